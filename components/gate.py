@@ -1,0 +1,79 @@
+"""The release gate: compare the final model with the teacher and decide whether it may ship.
+
+Pure decisions, no I/O. `compare_to_teacher` turns two model entries of the compression report into
+ratios; `decide` checks the ratios against `GateConfig`. The evaluate stage writes the decision into the
+report, and the register stage reads it back before moving any alias.
+
+A value that is not a finite number (NaN from a missing entry, inf from a zero measurement) fails its
+check: the gate never passes a model on a measurement it could not make.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from components.config import GateConfig
+
+RATIO_KEYS = ("size_ratio", "speedup_batch1_p50", "speedup_batch32_p50", "accuracy_drop_points")
+
+
+@dataclass(frozen=True)
+class Check:
+    value: float
+    threshold: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    passed: bool
+    checks: dict[str, Check]
+
+    def failed(self) -> list[str]:
+        """Names of the checks that did not pass, in check order."""
+        return [name for name, check in self.checks.items() if not check.passed]
+
+    def as_dict(self) -> dict:
+        return {"passed": self.passed,
+                "checks": {name: {"value": c.value, "threshold": c.threshold, "passed": c.passed}
+                           for name, c in self.checks.items()}}
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator, with inf (or NaN for 0/0) instead of ZeroDivisionError."""
+    numerator, denominator = float(numerator), float(denominator)
+    if denominator == 0.0:
+        return math.nan if numerator == 0.0 or math.isnan(numerator) else math.inf
+    return numerator / denominator
+
+
+def compare_to_teacher(teacher: dict, final: dict) -> dict:
+    """Ratios of two report model entries: above 1 means the final model is smaller / faster.
+
+    accuracy_drop_points is teacher minus final accuracy, in percentage points (negative: final is better).
+    """
+    teacher_latency, final_latency = teacher["latency_ms"], final["latency_ms"]
+    return {
+        "size_ratio": _ratio(teacher["size_bytes"], final["size_bytes"]),
+        "speedup_batch1_p50": _ratio(teacher_latency["batch1_p50"], final_latency["batch1_p50"]),
+        "speedup_batch32_p50": _ratio(teacher_latency["batch32_p50"], final_latency["batch32_p50"]),
+        "accuracy_drop_points": 100.0 * (float(teacher["accuracy"]) - float(final["accuracy"])),
+    }
+
+
+def _check(value, threshold: float, at_most: bool) -> Check:
+    value = math.nan if value is None else float(value)
+    within = value <= threshold if at_most else value >= threshold
+    return Check(value=value, threshold=float(threshold), passed=bool(math.isfinite(value) and within))
+
+
+def decide(ratios: dict, cfg: GateConfig) -> GateDecision:
+    """Every check must pass; a missing ratio counts as NaN and fails its check."""
+    checks = {
+        "accuracy_drop_points": _check(ratios.get("accuracy_drop_points"), cfg.max_accuracy_drop_points,
+                                       at_most=True),
+        "size_ratio": _check(ratios.get("size_ratio"), cfg.min_size_ratio, at_most=False),
+        "speedup_batch1_p50": _check(ratios.get("speedup_batch1_p50"), cfg.min_speedup, at_most=False),
+    }
+    return GateDecision(passed=all(c.passed for c in checks.values()), checks=checks)

@@ -1,0 +1,215 @@
+"""Stage 1, ingest: load the raw data, label it, drop exact duplicates and split it by seed.
+
+Sources (`data.source`):
+- `vader-movie` (default, offline): the human-rated movie-review snippets inside the vaderSentiment
+  3.3.2 source archive, fetched with pip, sha256-verified, ratings thresholded into negative/positive;
+- a local CSV, JSONL or Parquet file with `text` and `label` columns (labels may be strings);
+- a Hugging Face dataset id (needs the `datasets` package and a connection).
+
+Writes `train/validation/test.parquet` (columns `text`, `label`) and `data_card.json` to `out_dir`.
+Content checks (empty texts, unknown labels, ...) belong to the validate stage, so ingest keeps rows as
+they are apart from exact duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components.config import DataConfig
+from components.tracking import StageResult, Tracker
+
+SPLITS = ("train", "validation", "test")
+VADER_VERSION = "3.3.2"
+VADER_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
+VADER_ARCHIVE = f"vaderSentiment-{VADER_VERSION}.tar.gz"
+VADER_MEMBERS = {
+    "movie": "movieReviewSnippets",
+    "tweets": "tweets",
+    "nyt": "nytEditorialSnippets",
+    "amazon": "amazonReviewSnippets",
+}
+BUILTIN_LABELS = ["negative", "positive"]
+
+
+class DataError(ValueError):
+    """The data cannot be read or split; the message says what and where."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_vader_archive(cache_dir: Path) -> Path:
+    """Download the vaderSentiment source archive with pip (once) and verify its sha256."""
+    archive = cache_dir / VADER_ARCHIVE
+    if not archive.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+               f"vaderSentiment=={VADER_VERSION}", "-d", str(cache_dir)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0 or not archive.exists():
+            raise DataError(f"could not fetch {VADER_ARCHIVE} with pip: {done.stderr.strip()[-500:]}")
+    actual = sha256_file(archive)
+    if actual != VADER_SHA256:
+        archive.unlink()
+        raise DataError(f"{VADER_ARCHIVE} sha256 is {actual}, expected {VADER_SHA256}; removed it")
+    return archive
+
+
+def read_vader_ratings(archive: Path, member: str) -> pd.DataFrame:
+    """Rows of `hutto_ICWSM_2014/<member>_GroundTruth.txt`: id, mean rating, sentence."""
+    with tarfile.open(archive) as outer:
+        inner_name = f"vaderSentiment-{VADER_VERSION}/additional_resources/hutto_ICWSM_2014.tar.gz"
+        inner_bytes = outer.extractfile(inner_name).read()
+    with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
+        raw = inner.extractfile(f"hutto_ICWSM_2014/{member}_GroundTruth.txt").read()
+    rows = []
+    # The files mix encodings; undecodable bytes become U+FFFD rather than failing the run.
+    for line in raw.decode("utf-8", errors="replace").splitlines():
+        parts = line.split("\t", 2)
+        if len(parts) == 3:
+            try:
+                rows.append((float(parts[1]), parts[2].strip()))
+            except ValueError:
+                continue
+    return pd.DataFrame(rows, columns=["rating", "text"])
+
+
+def label_ratings(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Ratings >= +threshold are positive, <= -threshold negative; the rest are dropped."""
+    label = np.where(frame["rating"] >= threshold, "positive",
+                     np.where(frame["rating"] <= -threshold, "negative", ""))
+    out = pd.DataFrame({"text": frame["text"], "label": label})
+    return out[out["label"] != ""].reset_index(drop=True)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A user's CSV, JSONL or Parquet file, chosen by extension."""
+    if not path.exists():
+        raise DataError(f"data file {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        if suffix in (".jsonl", ".ndjson"):
+            return pd.read_json(path, lines=True, dtype=False)
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+    except (ValueError, UnicodeDecodeError, OSError) as err:
+        raise DataError(f"could not read {path} as {suffix[1:]}: {err}") from None
+    raise DataError(f"unsupported data file {path.name}: use .csv, .jsonl or .parquet")
+
+
+def read_hub_dataset(dataset_id: str) -> pd.DataFrame:
+    try:
+        import datasets  # optional, only for hub ids
+    except ImportError:
+        raise DataError(f"{dataset_id!r} is neither a file nor a built-in source; "
+                        "hub datasets need `pip install datasets` and a connection") from None
+    try:
+        loaded = datasets.load_dataset(dataset_id)
+    except Exception as err:  # noqa: BLE001 - the hub raises many kinds; the message matters
+        raise DataError(f"could not load hub dataset {dataset_id!r}: {err}") from None
+    return pd.concat([split.to_pandas() for split in loaded.values()], ignore_index=True)
+
+
+def load_source(cfg: DataConfig, cache_dir: Path) -> tuple[pd.DataFrame, str, str]:
+    """Returns (frame, source description, sha256 of the source bytes)."""
+    if cfg.source == "vader-movie":
+        archive = fetch_vader_archive(cache_dir)
+        frame = label_ratings(read_vader_ratings(archive, VADER_MEMBERS["movie"]), cfg.threshold)
+        return frame, f"vaderSentiment=={VADER_VERSION}:{VADER_MEMBERS['movie']}", VADER_SHA256
+    path = Path(cfg.source)
+    if path.suffix or path.exists():
+        return read_table(path), str(path), sha256_file(path) if path.is_file() else ""
+    frame = read_hub_dataset(cfg.source)
+    return frame, f"hub:{cfg.source}", hashlib.sha256(cfg.source.encode()).hexdigest()
+
+
+def normalize_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep `text` and `label` as strings when present; validation reports what is missing."""
+    frame = frame.copy()
+    for column in ("text", "label"):
+        if column in frame.columns:
+            frame[column] = frame[column].map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+    return frame
+
+
+def drop_exact_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    key = ["text"] if "text" in frame.columns else list(frame.columns)
+    deduped = frame.drop_duplicates(subset=key, keep="first").reset_index(drop=True)
+    return deduped, len(frame) - len(deduped)
+
+
+def stratified_split(frame: pd.DataFrame, shares: tuple[float, float, float], seed: int,
+                     max_rows: int | None = None) -> dict[str, pd.DataFrame]:
+    """Deterministic split by seed, stratified on `label` when every class has enough rows."""
+    rng = np.random.default_rng(seed)
+    groups = ([idx for _, idx in frame.groupby("label", sort=True).indices.items()]
+              if "label" in frame.columns and frame["label"].notna().all() else [np.arange(len(frame))])
+    if max_rows is not None and max_rows < len(frame):
+        keep = max_rows / len(frame)
+        groups = [rng.permutation(g)[: max(3, round(len(g) * keep))] for g in groups]
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}
+    for group in groups:
+        order = rng.permutation(group)
+        n_train = round(len(order) * shares[0])
+        n_val = round(len(order) * shares[1])
+        parts["train"].append(order[:n_train])
+        parts["validation"].append(order[n_train:n_train + n_val])
+        parts["test"].append(order[n_train + n_val:])
+    return {name: frame.iloc[np.sort(np.concatenate(idx))].reset_index(drop=True)
+            for name, idx in parts.items()}
+
+
+def describe(splits: dict[str, pd.DataFrame], source: str, sha256: str, dropped: int,
+             labels: list[str]) -> dict:
+    card = {"source": source, "sha256": sha256, "duplicates_dropped": dropped, "labels": labels,
+            "rows": {name: len(df) for name, df in splits.items()}, "label_balance": {}, "length": {}}
+    for name, df in splits.items():
+        if "label" in df.columns:
+            card["label_balance"][name] = {str(k): int(v) for k, v in df["label"].value_counts().sort_index().items()}
+        if "text" in df.columns:
+            words = df["text"].fillna("").str.split().str.len()
+            card["length"][name] = {"mean_words": round(float(words.mean()), 2) if len(df) else 0.0,
+                                    "max_words": int(words.max()) if len(df) else 0,
+                                    "p95_words": float(words.quantile(0.95)) if len(df) else 0.0}
+    return card
+
+
+def run(cfg: DataConfig, out_dir: Path, tracker: Tracker, cache_dir: Path = Path("data/raw")) -> StageResult:
+    frame, source, sha256 = load_source(cfg, cache_dir)
+    frame = normalize_columns(frame)
+    frame, dropped = drop_exact_duplicates(frame)
+    if cfg.source == "vader-movie":
+        labels = list(BUILTIN_LABELS)
+    elif cfg.labels is not None:
+        labels = list(cfg.labels)
+    else:
+        labels = sorted(frame["label"].dropna().unique().tolist()) if "label" in frame.columns else []
+    splits = stratified_split(frame, cfg.split, cfg.seed, cfg.max_rows)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, df in splits.items():
+        df.to_parquet(out_dir / f"{name}.parquet", index=False)
+    card = describe(splits, source, sha256, dropped, labels)
+    (out_dir / "data_card.json").write_text(json.dumps(card, indent=2))
+
+    tracker.log_params({"source": source, "source_sha256": sha256, "labels": ",".join(labels)})
+    tracker.log_metrics({f"rows_{k}": v for k, v in card["rows"].items()} | {"duplicates_dropped": dropped})
+    tracker.log_artifact(out_dir / "data_card.json")
+    return StageResult(metrics={f"rows_{k}": float(v) for k, v in card["rows"].items()},
+                       outputs={"prepared": out_dir}, info={"card": card})

@@ -1,0 +1,55 @@
+import pytest
+
+from components.config import ConfigError, build_params, load_params, parse_override, section_hash
+
+RAW = {"distill": {"alpha": 0.4}, "profiles": {"smoke": {"distill.epochs": 1, "data.max_rows": 50}}}
+
+
+def test_repository_params_file_is_valid_with_every_profile():
+    assert load_params("params.yaml").register_.model_name == "miniaturize-sentiment"
+    smoke = load_params("params.yaml", profile="smoke")
+    assert smoke.data.max_rows is not None and smoke.teacher.epochs == 1
+
+
+def test_profile_then_overrides_apply_in_order():
+    params = build_params(RAW, profile="smoke", overrides=["distill.epochs=4", "distill.layers=[0, 5]"])
+    assert params.distill.epochs == 4 and params.distill.layers == [0, 5] and params.distill.alpha == 0.4
+    assert params.data.max_rows == 50
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("distill.alphaa=0.3", "unknown key 'distill.alphaa'"),
+    ("distill.alpha=1.5", "distill.alpha"),
+    ("prune.head_ratio=1.0", "prune.head_ratio"),
+    ("register.gate.max_accuracy_drop_points=-1", "register.gate.max_accuracy_drop_points"),
+    ("teacher.epochs=many", "teacher.epochs"),
+    ("distill.layers=[2, 1]", "distill.layers"),
+    ("data.split=[0.5, 0.5, 0.5]", "data.split"),
+    ("nonsense", "key=value"),
+])
+def test_bad_values_name_the_key(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace(".", r"\.")):
+        build_params(RAW, overrides=[override])
+
+
+def test_unknown_profile_lists_known_ones():
+    with pytest.raises(ConfigError, match="unknown profile 'fast'.*smoke"):
+        build_params(RAW, profile="fast")
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_parse_override_reads_yaml_values():
+    assert parse_override("a.b=0.5") == ("a.b", 0.5)
+    assert parse_override("a=[1, 2]") == ("a", [1, 2])
+    assert parse_override("a=hello") == ("a", "hello")
+
+
+def test_section_hash_is_stable_and_sensitive():
+    a, b = build_params(RAW), build_params(RAW, overrides=["distill.alpha=0.6"])
+    assert section_hash(a.distill) == section_hash(build_params(RAW).distill)
+    assert section_hash(a.distill) != section_hash(b.distill)
+    assert section_hash(a.teacher) == section_hash(b.teacher)

