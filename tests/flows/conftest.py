@@ -1,0 +1,87 @@
+"""Fixtures for flow-level tests: a throwaway project workspace and a real local Prefect server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory) -> str:
+    """A real Prefect server on loopback for the session, so each flow run skips the ephemeral API start."""
+    home = tmp_path_factory.mktemp("prefect_home")
+    port = free_port()
+    env = os.environ | {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("Prefect server did not become healthy in 90 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def make_project(dest: Path, params_overrides: dict | None = None, profile: str | None = "smoke") -> Path:
+    """A copy of the project (code, dvc.yaml, .dvc config) in its own git repo, with the profile's values
+    written into params.yaml so that a plain `miniaturize run` is a smoke run DVC can record."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("components", "flows"):
+        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO / name, dest / name)
+    (dest / ".dvc").mkdir()
+    shutil.copy(REPO / ".dvc" / ".gitignore", dest / ".dvc" / ".gitignore")
+    (dest / ".dvc" / "config").write_text(f"[core]\n    remote = local\n    analytics = false\n"
+                                          f"['remote \"local\"']\n    url = {dest.parent / 'dvc-storage'}\n")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    profiles = raw.pop("profiles")
+    for key, value in (profiles[profile] if profile else {}).items() | (params_overrides or {}).items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    # Reuse the downloaded source archive when the repository has one: same bytes, sha256-checked again.
+    if (REPO / "data" / "raw").is_dir():
+        shutil.copytree(REPO / "data" / "raw", dest / "data" / "raw")
+    return dest
+
+
+def run_cli(args: list[str], cwd: Path, prefect_api: str, timeout: int = 600, extra_env: dict | None = None):
+    env = os.environ | {"PREFECT_API_URL": prefect_api, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env |= extra_env or {}
+    return subprocess.run([str(BIN / "miniaturize"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)

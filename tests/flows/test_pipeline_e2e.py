@@ -1,0 +1,124 @@
+"""End to end: `miniaturize run` at smoke scale with the real teacher, against a real Prefect server,
+then the MLflow runs, the registered version and its alias, the report schema and `dvc status`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from components.ingest import SPLITS
+from tests.flows.conftest import BIN, make_project, run_cli
+
+pytestmark = pytest.mark.e2e
+STAGES = ["ingest", "validate", "finetune", "distill", "prune", "export", "quantize", "evaluate", "register"]
+MODELS = ["teacher", "student", "pruned", "onnx_fp32", "final", "baseline_teacher_int8"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, prefect_api):
+    project = make_project(tmp_path_factory.mktemp("e2e") / "project")
+    done = run_cli(["run"], project, prefect_api)
+    return project, done
+
+
+def test_smoke_run_completes_and_says_where_things_are(smoke_run):
+    project, done = smoke_run
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    for stage in STAGES:
+        assert f"[{stage}] started" in out and f"[{stage}] finished in" in out
+    assert "compression_report.md" in out and "models:/miniaturize-sentiment/1" in out
+    assert "@champion" in out
+
+
+def test_report_has_the_promised_schema(smoke_run):
+    project, _ = smoke_run
+    report = json.loads((project / "reports" / "compression_report.json").read_text())
+    assert report["task"] == "sequence-classification"
+    assert set(report["dataset"]["rows"]) == set(SPLITS) and len(report["dataset"]["sha256"]) == 64
+    for name in MODELS:
+        entry = report["models"][name]
+        assert 0.0 <= entry["accuracy"] <= 1.0 and 0.0 <= entry["f1_macro"] <= 1.0
+        assert entry["size_bytes"] > 0 and entry["params"] > 0 and entry["peak_rss_mb"] > 0
+        assert 0 < entry["latency_ms"]["batch1_p50"] <= entry["latency_ms"]["batch1_p95"]
+        assert entry["latency_ms"]["batch32_p50"] > 0
+    teacher, final = report["models"]["teacher"], report["models"]["final"]
+    ratios = report["final_vs_teacher"]
+    assert ratios["size_ratio"] == pytest.approx(teacher["size_bytes"] / final["size_bytes"])
+    assert ratios["speedup_batch1_p50"] == pytest.approx(teacher["latency_ms"]["batch1_p50"] / final["latency_ms"]["batch1_p50"])
+    assert ratios["accuracy_drop_points"] == pytest.approx(100 * (teacher["accuracy"] - final["accuracy"]))
+    # The pruned and distilled model is physically smaller than the student and the teacher.
+    assert report["models"]["pruned"]["params"] < report["models"]["student"]["params"] < teacher["params"]
+    assert set(report["gate"]["checks"]) >= {"accuracy_drop_points", "size_ratio", "speedup_batch1_p50"}
+    assert {"cpu", "threads", "torch", "onnxruntime"} <= set(report["environment"])
+    assert (project / "reports" / "compression_plot.png").stat().st_size > 1000
+
+
+def test_mlflow_has_parent_child_runs_and_the_registered_champion(smoke_run):
+    from mlflow.tracking import MlflowClient
+
+    project, _ = smoke_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("miniaturize")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    assert sorted(children) == sorted(STAGES)
+    assert all(r.info.status == "FINISHED" and r.data.tags["miniaturize.stage_key"] for r in children.values())
+    assert "val_accuracy" in children["finetune"].data.metrics
+    assert [m.step for m in client.get_metric_history(children["finetune"].info.run_id, "val_accuracy")] == [1]
+
+    version = client.get_model_version_by_alias("miniaturize-sentiment", "champion")
+    assert version.version == "1" and version.run_id == children["register"].info.run_id
+    for tag in ("git_commit", "data_sha256", "params_hash", "parent_run_id"):
+        assert version.tags[tag]
+    assert version.tags["parent_run_id"] == parents[0].info.run_id
+    registration = json.loads((project / "reports" / "registration.json").read_text())
+    assert registration["version"] == "1" and registration["alias"] == "champion"
+
+
+def test_dvc_records_the_run(smoke_run):
+    project, _ = smoke_run
+    assert (project / "dvc.lock").is_file()
+    done = subprocess.run([str(BIN / "dvc"), "status"], cwd=project, capture_output=True, text=True)
+    assert done.returncode == 0 and "up to date" in done.stdout, done.stdout + done.stderr
+
+
+def bad_file(path: Path, kind: str) -> Path:
+    import pandas as pd
+
+    from tests.conftest import make_frame
+
+    frame = make_frame(40)
+    if kind == "labels_outside_set":
+        frame.loc[[3, 10, 20], "label"] = "neutral"
+    elif kind == "empty_texts":
+        frame.loc[[2, 5, 7, 30, 33, 60, 61], "text"] = ["", "   ", "", "\t", "", " ", ""]
+        frame = frame.drop_duplicates("text")  # keep ingest's de-duplication out of the picture
+        frame.loc[frame.index[:2], "text"] = ["", " "]
+    elif kind == "missing_column":
+        frame = frame.drop(columns=["label"])
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("kind, needle", [("labels_outside_set", "label"), ("empty_texts", "text"),
+                                          ("missing_column", "label")])
+def test_bad_dataset_stops_at_validation(tmp_path, prefect_api, kind, needle):
+    project = make_project(tmp_path / "project")
+    data = bad_file(tmp_path / f"{kind}.csv", kind)
+    done = run_cli(["run", "--data", str(data), "--set", "data.labels=[negative, positive]"], project, prefect_api)
+    assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "data validation failed" in done.stderr and needle in done.stderr
+    assert "[finetune] started" not in done.stdout
+    assert not (project / "models").exists() and not (project / "reports" / "registration.json").exists()
+    assert (project / "reports" / "validation" / "validation.json").is_file()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    assert client.search_registered_models() == []
