@@ -100,7 +100,7 @@ def train(model: nn.Module, train_set: Encoded, val_set: Encoded, cfg: TrainConf
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
-            if stale >= cfg.patience:
+            if stale >= cfg.patience and epoch < cfg.epochs:
                 print(f"  {desc}: early stop, best epoch {best_epoch} (val acc {best_acc:.4f})", flush=True)
                 break
     model.load_state_dict(best_state)

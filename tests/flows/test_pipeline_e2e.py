@@ -74,7 +74,7 @@ def test_mlflow_has_parent_child_runs_and_the_registered_champion(smoke_run):
     assert [m.step for m in client.get_metric_history(children["finetune"].info.run_id, "val_accuracy")] == [1]
 
     version = client.get_model_version_by_alias("miniaturize-sentiment", "champion")
-    assert version.version == "1" and version.run_id == children["register"].info.run_id
+    assert str(version.version) == "1" and version.run_id == children["register"].info.run_id
     for tag in ("git_commit", "data_sha256", "params_hash", "parent_run_id"):
         assert version.tags[tag]
     assert version.tags["parent_run_id"] == parents[0].info.run_id
