@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run smoke test ui stop-ui dvc-status clean
+.PHONY: install run smoke test bench ui stop-ui dvc-status clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ smoke: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(ARGS)
+
+# Re-measure every model of the latest report, 3 rounds side by side (median and min-max).
+bench: $(VENV)/.installed
+	$(BIN)/miniaturize bench $(ARGS)
 
 # MLflow UI on :5000 and Prefect UI on :4200, in the background; `make stop-ui` stops both.
 ui: $(VENV)/.installed

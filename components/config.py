@@ -36,6 +36,8 @@ class DataConfig(_Section):
     labels: list[str] | None = None
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 13
+    # Built-in source only: also prepare the archive's other sentences, unlabelled, for distillation.
+    transfer: bool = True
     # Cap on rows after cleaning, drawn stratified (None keeps everything); the smoke profile uses it.
     max_rows: int | None = Field(None, gt=0)
 
@@ -77,6 +79,8 @@ class DistillConfig(TrainConfig):
     alpha: float = Field(0.5, ge=0.0, le=1.0)  # weight of the soft (KL) term
     temperature: float = Field(2.0, gt=0.0)
     lr: float = Field(1e-4, gt=0)
+    # Add the unlabelled transfer set (when the data has one), taught by the teacher's soft outputs.
+    transfer: bool = True
 
     @model_validator(mode="after")
     def _layers_sorted_unique(self) -> DistillConfig:
@@ -93,6 +97,12 @@ class PruneConfig(TrainConfig):
     lr: float = Field(5e-5, gt=0)
     alpha: float = Field(0.5, ge=0.0, le=1.0)
     temperature: float = Field(2.0, gt=0.0)
+    transfer: bool = False  # recovery on the transfer set too (slower)
+
+
+class TrimConfig(_Section):
+    # Keep only the wordpieces the train and validation texts use (plus special tokens).
+    enabled: bool = True
 
 
 class ExportConfig(_Section):
@@ -132,6 +142,7 @@ class Params(_Section):
     teacher: TeacherConfig = TeacherConfig()
     distill: DistillConfig = DistillConfig()
     prune: PruneConfig = PruneConfig()
+    trim: TrimConfig = TrimConfig()
     export: ExportConfig = ExportConfig()
     quantize: QuantizeConfig = QuantizeConfig()
     evaluate: EvaluateConfig = EvaluateConfig()

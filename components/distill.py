@@ -2,7 +2,9 @@
 
 The student is a copy of the fine-tuned teacher that keeps only `distill.layers` (embeddings, pooler and
 classifier come along), trained on alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE against
-the teacher logits the finetune stage stored once (`train_logits.npy`): the teacher never runs here.
+the teacher logits the finetune stage stored once (`train_logits.npy`): the teacher never runs here. With `distill.transfer`
+the unlabelled transfer set joins the train split, learning from the teacher's stored soft outputs
+(`transfer_logits.npy`) alone.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from components.config import DistillConfig
-from components.finetune import load_encoded_splits, read_labels, save_model
-from components.modeling import (ModelSourceError, accuracy, count_params, predict_logits, seed_everything,
-                                 set_transformer_layers, transformer_layers)
+from components.finetune import load_encoded_splits, load_transfer, read_labels, save_model
+from components.modeling import (Encoded, ModelSourceError, accuracy, concat, count_params, predict_logits,
+                                 seed_everything, set_transformer_layers, transformer_layers)
 from components.tracking import StageResult, Tracker
 from components.training import Distillation, train
 
@@ -34,12 +36,25 @@ def keep_layers(model: nn.Module, layers: list[int]) -> nn.Module:
     return model
 
 
-def load_teacher_logits(teacher_dir: Path, n_train: int) -> np.ndarray:
-    logits = np.load(teacher_dir / "train_logits.npy")
-    if logits.shape[0] != n_train:
-        raise ValueError(f"{teacher_dir}/train_logits.npy has {logits.shape[0]} rows, train split has {n_train}: "
-                         "re-run the finetune stage")
+def load_teacher_logits(teacher_dir: Path, n_rows: int, split: str = "train") -> np.ndarray:
+    path = teacher_dir / f"{split}_logits.npy"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: re-run the finetune stage")
+    logits = np.load(path)
+    if logits.shape[0] != n_rows:
+        raise ValueError(f"{path} has {logits.shape[0]} rows, the {split} split has {n_rows}: re-run the finetune stage")
     return logits
+
+
+def training_set(teacher_dir: Path, prepared: Path, tokenizer, labels: list[str], max_length: int,
+                 train: Encoded, use_transfer: bool) -> tuple[Encoded, np.ndarray]:
+    """The train split, plus the unlabelled transfer set when asked for and present, with teacher logits."""
+    logits = load_teacher_logits(teacher_dir, len(train))
+    transfer = load_transfer(prepared, tokenizer, labels, max_length) if use_transfer else None
+    if transfer is None:
+        return train, logits
+    transfer_logits = load_teacher_logits(teacher_dir, len(transfer), "transfer")
+    return concat(train, transfer), np.concatenate([logits, transfer_logits])
 
 
 def run(cfg: DistillConfig, teacher_dir: Path, prepared: Path, out_dir: Path, tracker: Tracker, seed: int) -> StageResult:
@@ -48,10 +63,12 @@ def run(cfg: DistillConfig, teacher_dir: Path, prepared: Path, out_dir: Path, tr
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     student = keep_layers(AutoModelForSequenceClassification.from_pretrained(teacher_dir), cfg.layers)
     data = load_encoded_splits(prepared, tokenizer, labels, cfg.max_length)
-    kd = Distillation(load_teacher_logits(teacher_dir, len(data["train"])), cfg.alpha, cfg.temperature)
-    tracker.log_params(cfg.model_dump() | {"params": count_params(student)})
+    train_set, teacher_logits = training_set(teacher_dir, prepared, tokenizer, labels, cfg.max_length,
+                                             data["train"], cfg.transfer)
+    kd = Distillation(teacher_logits, cfg.alpha, cfg.temperature)
+    tracker.log_params(cfg.model_dump() | {"params": count_params(student), "train_rows": len(train_set)})
 
-    outcome = train(student, data["train"], data["validation"], cfg, tokenizer.pad_token_id, tracker, seed,
+    outcome = train(student, train_set, data["validation"], cfg, tokenizer.pad_token_id, tracker, seed,
                     kd=kd, desc="distill")
 
     test_acc = accuracy(predict_logits(student, data["test"], tokenizer.pad_token_id), data["test"].labels)

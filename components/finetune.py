@@ -3,7 +3,8 @@
 Loads `teacher.model` (local path, packaged copy, or hub id) with a fresh classification head sized to
 the label set in the data card, trains it with `components.training.train`, and saves the best epoch to
 `out_dir` (safetensors, tokenizer, `labels.json`). It also stores the teacher's logits on the train split
-(`train_logits.npy`) so that distillation and pruning recovery never run the teacher again.
+(`train_logits.npy`), and on the unlabelled transfer set when the data has one (`transfer_logits.npy`),
+so that distillation and pruning recovery never run the teacher again.
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ def load_encoded_splits(prepared: Path, tokenizer, labels: list[str], max_length
     return out
 
 
+def load_transfer(prepared: Path, tokenizer, labels: list[str], max_length: int):
+    """The unlabelled transfer set as an Encoded split (labels UNLABELLED), or None when there is none."""
+    path = prepared / "transfer.parquet"
+    if not path.exists():
+        return None
+    return encode(tokenizer, read_split(prepared, "transfer")["text"].tolist(), None, labels, max_length)
+
+
 def save_model(model, tokenizer, labels: list[str], out_dir: Path, extra: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
@@ -60,5 +69,8 @@ def run(cfg: TeacherConfig, prepared: Path, out_dir: Path, tracker: Tracker, see
                "train_seconds": outcome.seconds, "params": count_params(model)}
     save_model(model, tokenizer, labels, out_dir, metrics)
     np.save(out_dir / "train_logits.npy", predict_logits(model, data["train"], tokenizer.pad_token_id))
+    transfer = load_transfer(prepared, tokenizer, labels, cfg.max_length)
+    if transfer is not None:
+        np.save(out_dir / "transfer_logits.npy", predict_logits(model, transfer, tokenizer.pad_token_id))
     tracker.log_metrics({"test_accuracy": test_acc, "best_val_accuracy": outcome.best_val_accuracy})
     return StageResult(metrics=metrics, outputs={"model": out_dir})

@@ -6,7 +6,10 @@ Sources (`data.source`):
 - a local CSV, JSONL or Parquet file with `text` and `label` columns (labels may be strings);
 - a Hugging Face dataset id (needs the `datasets` package and a connection).
 
-Writes `train/validation/test.parquet` (columns `text`, `label`) and `data_card.json` to `out_dir`.
+Writes `train/validation/test.parquet` (columns `text`, `label`) and `data_card.json` to `out_dir`. For
+the built-in source it also writes `transfer.parquet`: the archive's other sentences (tweets, editorials,
+product reviews) and the neutral movie snippets, unlabelled, for distillation from the teacher's soft
+outputs; no text of the validation or test split (compared case-folded) is ever in it.
 Content checks (empty texts, unknown labels, ...) belong to the validate stage, so ingest keeps rows as
 they are apart from exact duplicates.
 """
@@ -139,6 +142,22 @@ def load_source(cfg: DataConfig, cache_dir: Path) -> tuple[pd.DataFrame, str, st
     return frame, f"hub:{cfg.source}", hashlib.sha256(cfg.source.encode()).hexdigest()
 
 
+def text_key(text: str) -> str:
+    """The form texts are compared in for overlap: case-folded, whitespace collapsed."""
+    return " ".join(str(text).casefold().split())
+
+
+def transfer_set(archive: Path, threshold: float, exclude: set[str]) -> pd.DataFrame:
+    """Unlabelled sentences for distillation: the other sources plus the neutral movie snippets."""
+    movie = read_vader_ratings(archive, VADER_MEMBERS["movie"])
+    parts = [movie[movie["rating"].abs() < threshold]["text"]]
+    parts += [read_vader_ratings(archive, VADER_MEMBERS[name])["text"] for name in ("tweets", "nyt", "amazon")]
+    texts = pd.concat(parts, ignore_index=True)
+    keys = texts.map(text_key)
+    keep = ~keys.isin(exclude) & ~keys.duplicated() & (texts.str.strip() != "")
+    return pd.DataFrame({"text": texts[keep].reset_index(drop=True)})
+
+
 def normalize_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """Keep `text` and `label` as strings when present; validation reports what is missing."""
     frame = frame.copy()
@@ -206,6 +225,16 @@ def run(cfg: DataConfig, out_dir: Path, tracker: Tracker, cache_dir: Path = Path
     for name, df in splits.items():
         df.to_parquet(out_dir / f"{name}.parquet", index=False)
     card = describe(splits, source, sha256, dropped, labels)
+    if cfg.source == "vader-movie" and cfg.transfer:
+        # Labelled texts are excluded too: they are in the train split already, or held out.
+        exclude = set(frame["text"].map(text_key))
+        transfer = transfer_set(fetch_vader_archive(cache_dir), cfg.threshold, exclude)
+        if cfg.max_rows is not None:
+            transfer = transfer.sample(n=min(len(transfer), cfg.max_rows), random_state=cfg.seed)
+        transfer.to_parquet(out_dir / "transfer.parquet", index=False)
+        card["rows_transfer"] = len(transfer)
+    elif (out_dir / "transfer.parquet").exists():
+        (out_dir / "transfer.parquet").unlink()
     (out_dir / "data_card.json").write_text(json.dumps(card, indent=2))
 
     tracker.log_params({"source": source, "source_sha256": sha256, "labels": ",".join(labels)})

@@ -5,25 +5,40 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+UNLABELLED = -1  # label of a transfer-set sentence: it learns from the teacher's soft outputs only
 
-def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), averaged over the batch.
+
+def soft_kl_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per row: T^2 * KL(softmax(teacher/T) || softmax(student/T)).
 
     The T^2 factor keeps the gradient scale of the soft term independent of T (Hinton et al., 2015).
     """
     log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
-    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    kl = F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True).sum(-1)
     return temperature**2 * kl
+
+
+def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The batch mean of `soft_kl_rows`."""
+    return soft_kl_rows(student_logits, teacher_logits, temperature).mean()
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
             alpha: float, temperature: float) -> torch.Tensor:
-    """alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * cross-entropy.
+    """alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * cross-entropy, averaged over rows.
 
-    With no teacher logits (plain fine-tuning) this is the cross-entropy alone.
+    Rows labelled UNLABELLED (transfer-set sentences) take the soft term alone, at full weight. With no
+    teacher logits (plain fine-tuning) this is the cross-entropy of the labelled rows.
     """
-    hard = F.cross_entropy(student_logits, labels)
+    labelled = labels != UNLABELLED
+    ce_rows = torch.zeros_like(student_logits[:, 0])
+    if labelled.any():
+        ce_rows = ce_rows.index_put((labelled.nonzero(as_tuple=True)[0],),
+                                    F.cross_entropy(student_logits[labelled], labels[labelled], reduction="none"))
     if teacher_logits is None or alpha == 0.0:
-        return hard
-    return alpha * soft_kl(student_logits, teacher_logits, temperature) + (1.0 - alpha) * hard
+        return ce_rows[labelled].mean() if labelled.any() else ce_rows.sum()
+    kl_rows = soft_kl_rows(student_logits, teacher_logits, temperature)
+    weight_kl = torch.where(labelled, torch.full_like(kl_rows, alpha), torch.ones_like(kl_rows))
+    weight_ce = torch.where(labelled, torch.full_like(kl_rows, 1.0 - alpha), torch.zeros_like(kl_rows))
+    return (weight_kl * kl_rows + weight_ce * ce_rows).mean()

@@ -67,6 +67,10 @@ class Encoded:
         return len(self.input_ids)
 
 
+def concat(a: Encoded, b: Encoded) -> Encoded:
+    return Encoded(a.input_ids + b.input_ids, np.concatenate([a.labels, b.labels]))
+
+
 def read_split(prepared: Path, name: str) -> pd.DataFrame:
     return pd.read_parquet(prepared / f"{name}.parquet")
 
@@ -75,7 +79,7 @@ def encode(tokenizer, texts: list[str], labels: list[str] | None, label_names: l
            max_length: int) -> Encoded:
     ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     index = {name: i for i, name in enumerate(label_names)}
-    y = np.array([index[label] for label in labels] if labels is not None else [-1] * len(ids))
+    y = np.array([index[label] for label in labels] if labels is not None else [-1] * len(ids), dtype=np.int64)
     return Encoded(ids, y)
 
 

@@ -21,7 +21,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.pytorch_utils import prune_linear_layer
 
 from components.config import PruneConfig
-from components.distill import load_teacher_logits
+from components.distill import load_teacher_logits, training_set
 from components.finetune import load_encoded_splits, read_labels, save_model
 from components.losses import kd_loss
 from components.modeling import (Encoded, accuracy, collate, count_params, length_bucketed_batches, model_inputs,
@@ -118,6 +118,8 @@ def run(cfg: PruneConfig, student_dir: Path, teacher_dir: Path, prepared: Path, 
     model = AutoModelForSequenceClassification.from_pretrained(student_dir)
     data = load_encoded_splits(prepared, tokenizer, labels, cfg.max_length)
     teacher_logits = load_teacher_logits(teacher_dir, len(data["train"]))
+    train_set, train_logits = training_set(teacher_dir, prepared, tokenizer, labels, cfg.max_length,
+                                           data["train"], cfg.transfer)
     params_before = count_params(model)
     heads_before = sum(layer.attention.self.num_attention_heads for layer in transformer_layers(model))
 
@@ -135,8 +137,8 @@ def run(cfg: PruneConfig, student_dir: Path, teacher_dir: Path, prepared: Path, 
           f"params {params_before:,} -> {params_after:,}; val acc before recovery {acc_before_recovery:.4f}", flush=True)
     tracker.log_params(cfg.model_dump() | {"pruned_heads": str(plan)})
 
-    kd = Distillation(teacher_logits, cfg.alpha, cfg.temperature)
-    outcome = train(model, data["train"], data["validation"], cfg, tokenizer.pad_token_id, tracker, seed,
+    kd = Distillation(train_logits, cfg.alpha, cfg.temperature)
+    outcome = train(model, train_set, data["validation"], cfg, tokenizer.pad_token_id, tracker, seed,
                     kd=kd, desc="recover")
 
     test_acc = accuracy(predict_logits(model, data["test"], tokenizer.pad_token_id), data["test"].labels)

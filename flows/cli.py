@@ -3,6 +3,7 @@
     miniaturize run [--profile smoke] [--data FILE] [--set key=value ...]   # the whole pipeline
     miniaturize stage NAME                                                    # one stage (what dvc.yaml runs)
     miniaturize promote --version N                                           # champion through the gate
+    miniaturize bench [--repeats 3]                                           # re-measure the report's models
 
 Exit codes: 0 done, 1 a stage failed, 2 bad params or input path, 3 data validation failed,
 4 the gate refused a promotion.
@@ -145,6 +146,30 @@ def promote(version: Annotated[str, typer.Option("--version", help="Registered m
     except GateRejected as err:
         fail(f"refused: {err}", 4)
     typer.echo(f"{result['model_name']} version {result['version']} is now @{result['alias']}")
+
+
+@app.command()
+def bench(repeats: Annotated[int, typer.Option(help="Rounds over all models.")] = 3,
+          params_file: ParamsOpt = Path("params.yaml"), overrides: SetOpt = None) -> None:
+    """Re-measure every model of the latest report side by side: median and min-max latency over rounds."""
+    import json
+
+    params = load(params_file, None, list(overrides or []))
+    from components import bench as component
+    from flows.stages import evaluated_models
+    from flows.workspace import Workspace
+
+    ws = Workspace(Path.cwd().resolve())
+    if not ws.report.exists():
+        fail(f"error: no report at {ws.report}: run the pipeline first (make run)", 2)
+    names = json.loads(ws.report.read_text())["models"]
+    models = [m for m in evaluated_models(ws) if m.name in names and m.path.exists()]
+    cfg = params.evaluate
+    result = component.run(models, ws.prepared, repeats, cfg.threads, cfg.warmup, cfg.batch1_calls,
+                           min(cfg.batch32_calls, 50), params.teacher.max_length)
+    (ws.reports / "bench.json").write_text(json.dumps(result, indent=2))
+    typer.echo(component.render(result))
+    typer.echo(f"\nwritten: {ws.reports / 'bench.json'}")
 
 
 if __name__ == "__main__":

@@ -46,11 +46,17 @@ def prune(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
     return component.run(p.prune, ws.student, ws.teacher, ws.prepared, ws.pruned, tracker, seed=p.seed)
 
 
+def trim(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
+    from components import vocab as component
+
+    return component.run(p.trim, ws.pruned, ws.prepared, ws.trimmed, tracker, max_length=p.teacher.max_length)
+
+
 def export(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
     """The compressed model, and the teacher as the quantize-only baseline's starting point."""
     from components import export as component
 
-    final = component.run(p.export, ws.pruned, ws.prepared, ws.onnx_fp32, tracker, max_length=p.teacher.max_length)
+    final = component.run(p.export, ws.trimmed, ws.prepared, ws.onnx_fp32, tracker, max_length=p.teacher.max_length)
     baseline = component.run(p.export, ws.teacher, ws.prepared, ws.teacher_onnx_fp32, NamedTracker(tracker, "teacher."),
                              max_length=p.teacher.max_length)
     return merge(final, baseline, "teacher.")
@@ -65,15 +71,20 @@ def quantize(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
     return merge(final, baseline, "teacher.")
 
 
-def evaluate(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
-    from components import evaluate as component
+def evaluated_models(ws: Workspace) -> list:
+    """Every model the report covers, each in its deployable runtime."""
     from components.evaluate import ModelSpec
 
-    models = [ModelSpec("teacher", ws.teacher, "pytorch"), ModelSpec("student", ws.student, "pytorch"),
-              ModelSpec("pruned", ws.pruned, "pytorch"), ModelSpec("onnx_fp32", ws.onnx_fp32, "onnxruntime"),
-              ModelSpec("final", ws.final, "onnxruntime"),
-              ModelSpec("baseline_teacher_int8", ws.baseline_teacher_int8, "onnxruntime")]
-    return component.run(p.evaluate, p.register_.gate, ws.prepared, models, ws.reports, tracker,
+    return [ModelSpec("teacher", ws.teacher, "pytorch"), ModelSpec("student", ws.student, "pytorch"),
+            ModelSpec("pruned", ws.pruned, "pytorch"), ModelSpec("trimmed", ws.trimmed, "pytorch"),
+            ModelSpec("onnx_fp32", ws.onnx_fp32, "onnxruntime"), ModelSpec("final", ws.final, "onnxruntime"),
+            ModelSpec("baseline_teacher_int8", ws.baseline_teacher_int8, "onnxruntime")]
+
+
+def evaluate(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
+    from components import evaluate as component
+
+    return component.run(p.evaluate, p.register_.gate, ws.prepared, evaluated_models(ws), ws.reports, tracker,
                          max_length=p.teacher.max_length)
 
 
@@ -85,14 +96,14 @@ def register(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
 
 STAGES: dict[str, StageFn] = {
     "ingest": ingest, "validate": validate, "finetune": finetune, "distill": distill, "prune": prune,
-    "export": export, "quantize": quantize, "evaluate": evaluate, "register": register,
+    "trim": trim, "export": export, "quantize": quantize, "evaluate": evaluate, "register": register,
 }
 
 
 # The params each stage sees (and whose change should re-run it): its own section, plus what it borrows.
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "ingest": ("data",), "validate": ("validate", "data"), "finetune": ("teacher", "seed"),
-    "distill": ("distill", "seed"), "prune": ("prune", "seed"), "export": ("export", "teacher"),
+    "distill": ("distill", "seed"), "prune": ("prune", "seed"), "trim": ("trim",), "export": ("export", "teacher"),
     "quantize": ("quantize", "teacher"), "evaluate": ("evaluate", "register"), "register": ("register",),
 }
 

@@ -35,6 +35,10 @@ class Workspace:
         return self.root / "models" / "pruned"
 
     @property
+    def trimmed(self) -> Path:
+        return self.root / "models" / "trimmed"
+
+    @property
     def onnx_fp32(self) -> Path:
         return self.root / "models" / "onnx_fp32"
 

@@ -29,3 +29,34 @@ def test_distill_trains_and_saves_a_loadable_student(tiny_teacher_dir, tiny_prep
     assert reloaded.config.num_hidden_layers == 1
     assert result.metrics["params"] == count_params(reloaded)
     assert 0.0 <= result.metrics["test_accuracy"] <= 1.0
+
+
+def test_distill_adds_the_transfer_set_with_teacher_logits(tiny_model_dir, tiny_prepared, tmp_path):
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+
+    from components import finetune
+    from components.config import TeacherConfig
+    from tests.conftest import make_frame
+
+    prepared = tmp_path / "prepared"
+    shutil.copytree(tiny_prepared, prepared)
+    pd.DataFrame({"text": make_frame(5, 500)["text"]}).to_parquet(prepared / "transfer.parquet", index=False)
+    teacher = tmp_path / "teacher"
+    finetune.run(TeacherConfig(model=str(tiny_model_dir), epochs=1, batch_size=8, max_length=32), prepared,
+                 teacher, NullTracker(), seed=0)
+    assert np.load(teacher / "transfer_logits.npy").shape == (10, 2)
+
+    logged = {}
+
+    class Params(NullTracker):
+        def log_params(self, params):
+            logged.update(params)
+
+    cfg = DistillConfig(layers=[0], epochs=1, batch_size=8, max_length=32)
+    distill.run(cfg, teacher, prepared, tmp_path / "student", Params(), seed=0)
+    assert logged["train_rows"] == 48 + 10
+    distill.run(cfg.model_copy(update={"transfer": False}), teacher, prepared, tmp_path / "student2", Params(), seed=0)
+    assert logged["train_rows"] == 48

@@ -27,3 +27,21 @@ def test_kd_loss_mixes_terms_by_alpha():
     assert math.isclose(kd_loss(s, t, y, 0.3, 3.0).item(), 0.3 * kl + 0.7 * ce, rel_tol=1e-5)
     assert math.isclose(kd_loss(s, None, y, 0.3, 3.0).item(), ce, rel_tol=1e-6)
     assert math.isclose(kd_loss(s, t, y, 0.0, 3.0).item(), ce, rel_tol=1e-6)
+
+
+def test_unlabelled_rows_learn_from_the_teacher_only():
+    s = torch.tensor([[1.0, -1.0], [0.2, 0.4], [0.0, 1.0]])
+    t = torch.tensor([[-1.0, 2.0], [0.0, 1.0], [2.0, 0.0]])
+    y = torch.tensor([0, 1, -1])
+    kl = [soft_kl(s[i:i + 1], t[i:i + 1], 2.0).item() for i in range(3)]
+    ce = [torch.nn.functional.cross_entropy(s[i:i + 1], y[i:i + 1]).item() for i in range(2)]
+    expected = (0.3 * kl[0] + 0.7 * ce[0] + 0.3 * kl[1] + 0.7 * ce[1] + kl[2]) / 3
+    assert math.isclose(kd_loss(s, t, y, 0.3, 2.0).item(), expected, rel_tol=1e-5)
+
+
+def test_an_all_unlabelled_batch_is_finite_and_trains():
+    s = torch.tensor([[1.0, -1.0]], requires_grad=True)
+    loss = kd_loss(s, torch.tensor([[0.0, 1.0]]), torch.tensor([-1]), 0.5, 2.0)
+    loss.backward()
+    assert math.isfinite(loss.item()) and s.grad.abs().sum() > 0
+    assert kd_loss(s, None, torch.tensor([-1]), 0.5, 2.0).item() == 0.0

@@ -14,8 +14,8 @@ from components.ingest import SPLITS
 from tests.flows.conftest import BIN, make_project, run_cli
 
 pytestmark = pytest.mark.e2e
-STAGES = ["ingest", "validate", "finetune", "distill", "prune", "export", "quantize", "evaluate", "register"]
-MODELS = ["teacher", "student", "pruned", "onnx_fp32", "final", "baseline_teacher_int8"]
+STAGES = ["ingest", "validate", "finetune", "distill", "prune", "trim", "export", "quantize", "evaluate", "register"]
+MODELS = ["teacher", "student", "pruned", "trimmed", "onnx_fp32", "final", "baseline_teacher_int8"]
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,18 @@ def test_mlflow_has_parent_child_runs_and_the_registered_champion(smoke_run):
     assert registration["version"] == "1" and registration["alias"] == "champion"
 
 
+def test_transfer_set_never_holds_held_out_texts(smoke_run):
+    import pandas as pd
+
+    from components.ingest import text_key
+
+    prepared = smoke_run[0] / "data" / "prepared"
+    transfer = set(pd.read_parquet(prepared / "transfer.parquet")["text"].map(text_key))
+    assert len(transfer) > 100
+    for split in SPLITS:
+        assert not transfer & set(pd.read_parquet(prepared / f"{split}.parquet")["text"].map(text_key))
+
+
 def test_dvc_records_the_run(smoke_run):
     project, _ = smoke_run
     assert (project / "dvc.lock").is_file()
@@ -122,3 +134,16 @@ def test_bad_dataset_stops_at_validation(tmp_path, prefect_api, kind, needle):
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     assert client.search_registered_models() == []
+
+
+def test_promote_goes_through_the_same_gate(smoke_run, prefect_api):
+    from mlflow.tracking import MlflowClient
+
+    project, _ = smoke_run
+    refused = run_cli(["promote", "--version", "1", "--set", "register.gate.min_size_ratio=1000"], project, prefect_api)
+    assert refused.returncode == 4 and "size_ratio" in refused.stderr and "champion unchanged" in refused.stderr
+    done = run_cli(["promote", "--version", "1"], project, prefect_api)
+    assert done.returncode == 0 and "is now @champion" in done.stdout, done.stderr[-2000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    version = client.get_model_version("miniaturize-sentiment", "1")
+    assert version.tags["alias.champion.by"] == "miniaturize promote"

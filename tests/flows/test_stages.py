@@ -1,0 +1,57 @@
+from components.config import build_params
+from components.tracking import NullTracker, StageResult
+from flows.pipeline import stage_key
+from flows.stages import STAGES, STAGE_SECTIONS, NamedTracker, merge, stage_config
+from flows.tracking import flatten
+
+
+def test_every_stage_has_a_config_slice_and_dvc_stage():
+    import yaml
+
+    dvc = yaml.safe_load(open("dvc.yaml"))["stages"]
+    assert list(STAGES) == list(STAGE_SECTIONS) == list(dvc)
+    assert all(stage["cmd"] == f"miniaturize stage {name}" for name, stage in dvc.items())
+
+
+def test_stage_key_changes_only_downstream_of_a_changed_slice():
+    base, changed = build_params({}), build_params({}, overrides=["distill.alpha=0.9"])
+    keys = {}
+    for params, label in ((base, "a"), (changed, "b")):
+        parent = "root"
+        for name in STAGES:
+            parent = keys[(label, name)] = stage_key(name, params, parent)
+    order = list(STAGES)
+    for name in order:
+        same = keys[("a", name)] == keys[("b", name)]
+        assert same == (order.index(name) < order.index("distill")), name
+
+
+def test_stage_config_holds_only_the_stage_sections():
+    params = build_params({})
+    assert set(stage_config(params, "distill")) == {"distill", "seed"}
+    assert stage_config(params, "ingest")["data"]["source"] == "vader-movie"
+
+
+class Recorder(NullTracker):
+    def __init__(self):
+        self.calls = []
+
+    def log_metrics(self, metrics, step=None):
+        self.calls.append(("metrics", metrics))
+
+    def log_artifact(self, path, artifact_path=None):
+        self.calls.append(("artifact", artifact_path))
+
+
+def test_named_tracker_prefixes_and_merge_keeps_both_results():
+    inner = Recorder()
+    named = NamedTracker(inner, "teacher.")
+    named.log_metrics({"acc": 1.0})
+    named.log_artifact("x.json")
+    assert inner.calls == [("metrics", {"teacher.acc": 1.0}), ("artifact", "teacher")]
+    merged = merge(StageResult({"acc": 0.5}), StageResult({"acc": 0.9}), "teacher.")
+    assert merged.metrics == {"acc": 0.5, "teacher.acc": 0.9}
+
+
+def test_flatten_nested_params():
+    assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
