@@ -6,7 +6,12 @@ on the fly, so no calibration data is needed). Preset "auto" is decided by `choo
 flags of the machine running the stage. The output folder holds the int8 `model.onnx`, `config.json`,
 the tokenizer and `labels.json`, like the export folder, so later stages load either one the same way.
 
-It then reports how far int8 strays from fp32: the share of identical predictions (agreement) on the test
+Quantization is chosen by measurement: each variant in `cfg.candidates` is built and measured on the
+validation split (accuracy, agreement with fp32, batch-1 latency), and `choose_candidate` ships the fastest
+one that is no slower than the fp32 export and within `cfg.max_accuracy_drop_points` of its accuracy; if
+none is, the fp32 model ships and the report says why.
+
+It then reports how far the shipped model strays from fp32: the share of identical predictions (agreement) on the test
 and validation splits, both accuracies, and the sizes, in `out_dir/quantize_report.json`. The folder is
 built in a temporary sibling and renamed into place at the end.
 """
@@ -86,28 +91,127 @@ def quantize_into(onnx_dir: Path, dst: Path, preset: str, per_channel: bool) -> 
     return dst / ONNX_FILE
 
 
+def fuse_then_quantize(onnx_dir: Path, dst: Path, per_channel: bool) -> Path:
+    """ONNX Runtime's transformer fusions (Attention, EmbedLayerNormalization, SkipLayerNormalization,
+    BiasGelu), then dynamic int8 of the fused graph. Fewer, larger kernels matter most at batch 1."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    model_type = json.loads((onnx_dir / "config.json").read_text()).get("model_type", "bert")
+    if model_type not in FUSABLE_MODEL_TYPES:
+        raise ValueError(f"no transformer fusions for model_type {model_type!r}")
+    dst.mkdir(parents=True, exist_ok=True)
+    fused = optimize_model(str(onnx_dir / ONNX_FILE), model_type="bert", num_heads=0, hidden_size=0, opt_level=2)
+    fused_path = dst / "fused_fp32.onnx"
+    fused.save_model_to_file(str(fused_path))
+    quantize_dynamic(str(fused_path), str(dst / ONNX_FILE), weight_type=QuantType.QInt8, per_channel=per_channel,
+                     # fused ops are in the com.microsoft domain, which shape inference does not type
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    fused_path.unlink()
+    return dst / ONNX_FILE
+
+
+FUSABLE_MODEL_TYPES = ("bert", "roberta", "distilbert", "electra", "xlm-roberta")
+
+
+def batch1_p50_ms(session, data, pad_id: int, sentences: int, warmup: int = 10) -> float:
+    """Median batch-1 latency over the first `sentences` sentences (ms)."""
+    import time
+
+    from components.modeling import collate
+
+    names = {i.name for i in session.get_inputs()}
+    feeds = []
+    for i in range(min(sentences, len(data))):
+        batch = collate(data.input_ids, np.array([i]), pad_id)
+        feeds.append({k: v.numpy() for k, v in batch.items() if k in names})
+    for feed in feeds[:warmup]:
+        session.run(None, feed)
+    times = []
+    for feed in feeds:
+        started = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.median(times)) if times else float("nan")
+
+
+def choose_candidate(fp32: dict, candidates: dict[str, dict], max_drop_points: float) -> tuple[str | None, dict]:
+    """The fastest candidate no slower than fp32 and within `max_drop_points` of its validation accuracy.
+
+    Returns (name or None, reasons): None means no int8 variant may ship, and the fp32 model ships instead.
+    """
+    reasons, eligible = {}, []
+    for name, c in candidates.items():
+        drop = 100.0 * (fp32["accuracy"] - c["accuracy"])
+        if "error" in c:
+            reasons[name] = f"failed: {c['error']}"
+        elif drop > max_drop_points + 1e-9:
+            reasons[name] = f"loses {drop:.2f} accuracy points (> {max_drop_points})"
+        elif c["latency_ms"] > fp32["latency_ms"]:
+            reasons[name] = f"slower than fp32 ({c['latency_ms']:.2f} > {fp32['latency_ms']:.2f} ms)"
+        else:
+            reasons[name] = "eligible"
+            eligible.append((c["latency_ms"], name))
+    return (min(eligible)[1] if eligible else None), reasons
+
+
+def build_candidate(name: str, onnx_dir: Path, dst: Path, preset: str, per_channel: bool) -> Path:
+    if name == "int8":
+        return quantize_into(onnx_dir, dst, preset, per_channel)
+    return fuse_then_quantize(onnx_dir, dst, per_channel)
+
+
 def run(cfg: QuantizeConfig, onnx_dir: Path, prepared: Path, out_dir: Path, tracker: Tracker,
         max_length: int = 64) -> StageResult:
     from transformers import AutoTokenizer
 
     onnx_dir, prepared, out_dir = Path(onnx_dir), Path(prepared), Path(out_dir)
     preset = resolve_preset(cfg.preset)
-    tracker.log_params({"preset": preset, "preset_requested": cfg.preset, "per_channel": cfg.per_channel})
+    tracker.log_params({"preset": preset, "preset_requested": cfg.preset, "per_channel": cfg.per_channel,
+                        "candidates": ",".join(cfg.candidates)})
     tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
     pad_id = pad_id_of(tokenizer)
     labels = read_model_labels(onnx_dir)
+    val = encode_split(prepared, "validation", tokenizer, labels, max_length)
 
     tmp = temp_sibling(out_dir)
+    work = temp_sibling(out_dir.with_name(out_dir.name + "-candidates"))
+    work.mkdir(parents=True)
     try:
-        int8_path = quantize_into(onnx_dir, tmp, preset, cfg.per_channel)
+        # decide: measure fp32 and every candidate on the validation split
+        fp32_session = onnx_session(onnx_dir / ONNX_FILE)
+        fp32_val = onnx_logits(fp32_session, val, pad_id)
+        fp32 = {"accuracy": accuracy(fp32_val, val.labels),
+                "latency_ms": batch1_p50_ms(fp32_session, val, pad_id, cfg.latency_sentences)}
+        measured: dict[str, dict] = {}
+        for name in cfg.candidates:
+            try:
+                path = build_candidate(name, onnx_dir, work / name, preset, cfg.per_channel)
+                session = onnx_session(path)
+                logits = onnx_logits(session, val, pad_id)
+                measured[name] = {"accuracy": accuracy(logits, val.labels), "agreement": agreement(fp32_val, logits),
+                                  "latency_ms": batch1_p50_ms(session, val, pad_id, cfg.latency_sentences),
+                                  "size_bytes": path.stat().st_size}
+            except Exception as err:  # noqa: BLE001 - a candidate that cannot be built is reported, not fatal
+                measured[name] = {"accuracy": float("nan"), "latency_ms": float("inf"), "error": str(err)[:300]}
+        chosen, reasons = choose_candidate(fp32, measured, cfg.max_accuracy_drop_points)
+        for name, m in measured.items():
+            print(f"  quantize {name}: val acc {m['accuracy']:.4f} (fp32 {fp32['accuracy']:.4f}), "
+                  f"batch-1 p50 {m['latency_ms']:.2f} ms (fp32 {fp32['latency_ms']:.2f}): {reasons[name]}", flush=True)
+
+        # act: ship the chosen variant (or fp32 when none may ship) with the export's metadata
+        tmp.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(work / chosen / ONNX_FILE if chosen else onnx_dir / ONNX_FILE, tmp / ONNX_FILE)
         shutil.copy2(onnx_dir / "config.json", tmp / "config.json")
         copy_model_metadata(onnx_dir, tmp, tokenizer)
-
-        fp32, int8 = onnx_session(onnx_dir / ONNX_FILE), onnx_session(int8_path)
-        report: dict[str, float | str | bool] = {"preset": preset, "per_channel": cfg.per_channel}
+        shipped = onnx_session(tmp / ONNX_FILE)
+        report: dict = {"preset": preset, "per_channel": cfg.per_channel, "chosen": chosen or "fp32",
+                        "fp32_validation": fp32, "candidates": measured, "decision": reasons}
         for split in ("test", "validation"):
-            data = encode_split(prepared, split, tokenizer, labels, max_length)
-            fp32_logits, int8_logits = onnx_logits(fp32, data, pad_id), onnx_logits(int8, data, pad_id)
+            data = val if split == "validation" else encode_split(prepared, split, tokenizer, labels, max_length)
+            fp32_logits = fp32_val if split == "validation" else onnx_logits(fp32_session, data, pad_id)
+            int8_logits = onnx_logits(shipped, data, pad_id)
             report[f"agreement_{split}"] = agreement(fp32_logits, int8_logits)
             report[f"accuracy_fp32_{split}"] = accuracy(fp32_logits, data.labels)
             report[f"accuracy_int8_{split}"] = accuracy(int8_logits, data.labels)
@@ -119,8 +223,9 @@ def run(cfg: QuantizeConfig, onnx_dir: Path, prepared: Path, out_dir: Path, trac
         move_into_place(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
     metrics = {k: float(v) for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     tracker.log_metrics(metrics)
     tracker.log_artifact(out_dir / "quantize_report.json")
-    return StageResult(metrics=metrics, outputs={"model": out_dir}, info={"preset": preset})
+    return StageResult(metrics=metrics, outputs={"model": out_dir}, info={"preset": preset, "chosen": report["chosen"]})

@@ -103,3 +103,25 @@ def test_agreement():
     assert quantize.agreement(a[:0], b[:0]) == 1.0
     with pytest.raises(ValueError):
         quantize.agreement(a, b[:2])
+
+
+def test_choose_candidate_takes_the_fastest_within_tolerance():
+    from components.quantize import choose_candidate
+
+    fp32 = {"accuracy": 0.90, "latency_ms": 2.0}
+    candidates = {"int8": {"accuracy": 0.899, "latency_ms": 1.5},
+                  "fused_int8": {"accuracy": 0.898, "latency_ms": 1.1},
+                  "broken": {"accuracy": float("nan"), "latency_ms": float("inf"), "error": "boom"}}
+    chosen, reasons = choose_candidate(fp32, candidates, max_drop_points=0.5)
+    assert chosen == "fused_int8" and reasons["int8"] == "eligible" and "boom" in reasons["broken"]
+    chosen, reasons = choose_candidate(fp32, candidates, max_drop_points=0.15)
+    assert chosen == "int8" and "loses 0.20" in reasons["fused_int8"]
+
+
+def test_choose_candidate_never_ships_a_slower_or_worse_int8():
+    from components.quantize import choose_candidate
+
+    fp32 = {"accuracy": 0.90, "latency_ms": 1.0}
+    chosen, reasons = choose_candidate(fp32, {"int8": {"accuracy": 0.90, "latency_ms": 1.2},
+                                              "fused_int8": {"accuracy": 0.80, "latency_ms": 0.5}}, 0.5)
+    assert chosen is None and "slower" in reasons["int8"] and "loses" in reasons["fused_int8"]
