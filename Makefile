@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run smoke test bench ui stop-ui dvc-status clean
+.PHONY: install run smoke test bench ui stop-ui dvc-status repro push clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,19 +45,27 @@ bench: $(VENV)/.installed
 # MLflow UI on :5000 and Prefect UI on :4200, in the background; `make stop-ui` stops both.
 ui: $(VENV)/.installed
 	@mkdir -p .miniaturize
-	@nohup $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000 \
+	@MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false nohup setsid $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000 \
 		> .miniaturize/mlflow-ui.log 2>&1 & echo $$! > .miniaturize/mlflow-ui.pid
-	@nohup $(BIN)/prefect server start --host 127.0.0.1 --port 4200 \
+	@nohup setsid $(BIN)/prefect server start --host 127.0.0.1 --port 4200 \
 		> .miniaturize/prefect-ui.log 2>&1 & echo $$! > .miniaturize/prefect-ui.pid
 	@echo "MLflow UI:  http://127.0.0.1:5000  (log: .miniaturize/mlflow-ui.log)"
 	@echo "Prefect UI: http://127.0.0.1:4200  (log: .miniaturize/prefect-ui.log)"
-	@echo "Stop both with: make stop-ui"
+	@echo "(both take 10-20 s to come up) Stop them with: make stop-ui"
 
 stop-ui:
-	-@kill $$(cat .miniaturize/mlflow-ui.pid .miniaturize/prefect-ui.pid 2>/dev/null) 2>/dev/null; rm -f .miniaturize/*-ui.pid
+	-@for f in .miniaturize/mlflow-ui.pid .miniaturize/prefect-ui.pid; do \
+		[ -f $$f ] && kill -- -$$(cat $$f) 2>/dev/null; rm -f $$f; done; true
 
 dvc-status: $(VENV)/.installed
 	$(BIN)/dvc status
+
+# Re-run the DVC pipeline (only stages whose code, params or inputs changed); stage commands need the venv.
+repro: $(VENV)/.installed
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro $(ARGS)
+
+push: $(VENV)/.installed
+	$(BIN)/dvc push
 
 clean:
 	rm -rf data/prepared models reports mlruns mlflow.db .miniaturize
