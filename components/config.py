@@ -81,6 +81,9 @@ class DistillConfig(TrainConfig):
     lr: float = Field(1e-4, gt=0)
     # Add the unlabelled transfer set (when the data has one), taught by the teacher's soft outputs.
     transfer: bool = True
+    # Also train the same student without the teacher (cross-entropy on the train split only), to show
+    # in the report what distillation buys. Costs one more student training.
+    ablation: bool = True
 
     @model_validator(mode="after")
     def _layers_sorted_unique(self) -> DistillConfig:

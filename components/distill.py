@@ -4,7 +4,8 @@ The student is a copy of the fine-tuned teacher that keeps only `distill.layers`
 classifier come along), trained on alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE against
 the teacher logits the finetune stage stored once (`train_logits.npy`): the teacher never runs here. With `distill.transfer`
 the unlabelled transfer set joins the train split, learning from the teacher's stored soft outputs
-(`transfer_logits.npy`) alone.
+(`transfer_logits.npy`) alone. With `distill.ablation` the same student is also trained without the
+teacher (labels only), and both test accuracies are recorded, to show what distillation buys.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from components.config import DistillConfig
 from components.finetune import load_encoded_splits, load_transfer, read_labels, save_model
 from components.modeling import (Encoded, ModelSourceError, accuracy, concat, count_params, predict_logits,
                                  seed_everything, set_transformer_layers, transformer_layers)
-from components.tracking import StageResult, Tracker
+from components.tracking import PrefixedTracker, StageResult, Tracker
 from components.training import Distillation, train
 
 
@@ -57,6 +58,19 @@ def training_set(teacher_dir: Path, prepared: Path, tokenizer, labels: list[str]
     return concat(train, transfer), np.concatenate([logits, transfer_logits])
 
 
+def without_teacher(cfg: DistillConfig, teacher_dir: Path, data: dict, pad_id: int, tracker: Tracker,
+                    seed: int) -> dict[str, float]:
+    """The ablation: the same student (same layers, same initialisation) trained on labels alone."""
+    seed_everything(seed)
+    student = keep_layers(AutoModelForSequenceClassification.from_pretrained(teacher_dir), cfg.layers)
+    outcome = train(student, data["train"], data["validation"], cfg, pad_id, PrefixedTracker(tracker, "ablation."),
+                    seed, kd=None, desc="ablation (no teacher)")
+    test_acc = accuracy(predict_logits(student, data["test"], pad_id), data["test"].labels)
+    print(f"  ablation: the same student without the teacher reaches test acc {test_acc:.4f}", flush=True)
+    return {"ablation_val_accuracy": outcome.best_val_accuracy, "ablation_test_accuracy": test_acc,
+            "ablation_train_seconds": outcome.seconds}
+
+
 def run(cfg: DistillConfig, teacher_dir: Path, prepared: Path, out_dir: Path, tracker: Tracker, seed: int) -> StageResult:
     seed_everything(seed)
     labels = read_labels(prepared)
@@ -75,6 +89,8 @@ def run(cfg: DistillConfig, teacher_dir: Path, prepared: Path, out_dir: Path, tr
     metrics = {"val_accuracy": outcome.best_val_accuracy, "test_accuracy": test_acc,
                "best_epoch": outcome.best_epoch, "epochs_run": outcome.epochs_run,
                "train_seconds": outcome.seconds, "params": count_params(student)}
+    if cfg.ablation:
+        metrics |= without_teacher(cfg, teacher_dir, data, tokenizer.pad_token_id, tracker, seed)
     save_model(student, tokenizer, labels, out_dir, metrics)
     tracker.log_metrics({"test_accuracy": test_acc, "best_val_accuracy": outcome.best_val_accuracy})
     return StageResult(metrics=metrics, outputs={"model": out_dir})

@@ -112,6 +112,18 @@ def build_report(card: dict, entries: dict[str, dict], decision: GateDecision, e
     return report
 
 
+def distillation_ablation(student_dir: Path) -> dict | None:
+    """What distillation bought: the student's test accuracy with and without the teacher, when the
+    distill stage trained the ablation (its metrics.json holds both)."""
+    path = Path(student_dir) / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    if "ablation_test_accuracy" not in metrics:
+        return None
+    with_teacher, without = float(metrics["test_accuracy"]), float(metrics["ablation_test_accuracy"])
+    return {"student_with_teacher_accuracy": with_teacher, "student_without_teacher_accuracy": without,
+            "distillation_gain_points": 100.0 * (with_teacher - without)}
+
+
 def environment_info(threads: int) -> dict:
     import onnxruntime
     import torch
@@ -248,6 +260,12 @@ def render_markdown(report: dict) -> str:
     for name, c in gate["checks"].items():
         lines.append(f"| {name} | {_fmt(c['value'], '.3f')} | {_fmt(c['threshold'], '.3f')} "
                      f"| {'pass' if c['passed'] else 'FAIL'} |")
+    if ablation := report.get("ablation"):
+        lines += ["", "## Ablation: what distillation buys", "",
+                  f"The same student (same layers, same initialisation) trained on the labels alone reaches "
+                  f"{ablation['student_without_teacher_accuracy']:.4f} test accuracy; distilled, "
+                  f"{ablation['student_with_teacher_accuracy']:.4f} "
+                  f"({ablation['distillation_gain_points']:+.2f} points)."]
     return "\n".join(lines) + "\n"
 
 
@@ -319,6 +337,9 @@ def run(cfg: EvaluateConfig, gate_cfg: GateConfig, prepared: Path, models: list[
     ratios = compare_to_teacher(entries[TEACHER], entries[FINAL])
     decision = decide(ratios, gate_cfg)
     report = build_report(card, entries, decision, environment_info(cfg.threads))
+    student = next((m for m in models if m.name == "student"), None)
+    if student is not None and (ablation := distillation_ablation(student.path)):
+        report["ablation"] = ablation
 
     json_path = write_atomic(out_dir / REPORT_JSON,
                              lambda p: p.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False)))

@@ -33,6 +33,26 @@ class NullTracker:
         pass
 
 
+class PrefixedTracker:
+    """Prefixes metric and param names (and files an artifact under the prefix), for a stage that trains
+    or handles two models in one run."""
+
+    def __init__(self, inner: Tracker, prefix: str):
+        self.inner, self.prefix = inner, prefix
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.inner.log_params({self.prefix + k: v for k, v in params.items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.inner.log_metrics({self.prefix + k: v for k, v in metrics.items()}, step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.inner.log_artifact(path, (artifact_path or "") + self.prefix.rstrip("."))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.inner.set_tags(tags)
+
+
 @dataclass
 class StageResult:
     """What a stage hands back: its summary metrics and the paths it wrote."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from components.config import Params
-from components.tracking import StageResult, Tracker
+from components.tracking import PrefixedTracker, StageResult, Tracker
 from flows.workspace import Workspace
 
 StageFn = Callable[[Params, Workspace, Tracker], StageResult]
@@ -57,7 +57,7 @@ def export(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
     from components import export as component
 
     final = component.run(p.export, ws.trimmed, ws.prepared, ws.onnx_fp32, tracker, max_length=p.teacher.max_length)
-    baseline = component.run(p.export, ws.teacher, ws.prepared, ws.teacher_onnx_fp32, NamedTracker(tracker, "teacher."),
+    baseline = component.run(p.export, ws.teacher, ws.prepared, ws.teacher_onnx_fp32, PrefixedTracker(tracker, "teacher."),
                              max_length=p.teacher.max_length)
     return merge(final, baseline, "teacher.")
 
@@ -69,7 +69,7 @@ def quantize(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
     # The baseline is what quantizing alone gives: Optimum's plain dynamic int8 of the teacher.
     plain = p.quantize.model_copy(update={"candidates": ["int8"], "max_accuracy_drop_points": 100.0})
     baseline = component.run(plain, ws.teacher_onnx_fp32, ws.prepared, ws.baseline_teacher_int8,
-                             NamedTracker(tracker, "teacher."), max_length=p.teacher.max_length)
+                             PrefixedTracker(tracker, "teacher."), max_length=p.teacher.max_length)
     return merge(final, baseline, "teacher.")
 
 
@@ -113,25 +113,6 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 def stage_config(params: Params, name: str) -> dict:
     tree = params.as_dict()
     return {section: tree[section] for section in STAGE_SECTIONS[name]}
-
-
-class NamedTracker:
-    """Prefixes metric and param names, for a stage that handles two models in one run."""
-
-    def __init__(self, inner: Tracker, prefix: str):
-        self.inner, self.prefix = inner, prefix
-
-    def log_params(self, params):
-        self.inner.log_params({self.prefix + k: v for k, v in params.items()})
-
-    def log_metrics(self, metrics, step=None):
-        self.inner.log_metrics({self.prefix + k: v for k, v in metrics.items()}, step)
-
-    def log_artifact(self, path, artifact_path=None):
-        self.inner.log_artifact(path, (artifact_path or "") + self.prefix.rstrip("."))
-
-    def set_tags(self, tags):
-        self.inner.set_tags(tags)
 
 
 def merge(main: StageResult, extra: StageResult, prefix: str) -> StageResult:

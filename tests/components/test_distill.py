@@ -23,7 +23,7 @@ def test_keep_layers_rejects_layers_the_teacher_lacks(tiny_model_dir):
 
 
 def test_distill_trains_and_saves_a_loadable_student(tiny_teacher_dir, tiny_prepared, tmp_path):
-    cfg = DistillConfig(layers=[0], epochs=1, batch_size=8, max_length=32, lr=1e-3)
+    cfg = DistillConfig(layers=[0], epochs=1, batch_size=8, max_length=32, lr=1e-3, ablation=False)
     result = distill.run(cfg, tiny_teacher_dir, tiny_prepared, tmp_path, NullTracker(), seed=0)
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
     assert reloaded.config.num_hidden_layers == 1
@@ -60,3 +60,17 @@ def test_distill_adds_the_transfer_set_with_teacher_logits(tiny_model_dir, tiny_
     assert logged["train_rows"] == 48 + 10
     distill.run(cfg.model_copy(update={"transfer": False}), teacher, prepared, tmp_path / "student2", Params(), seed=0)
     assert logged["train_rows"] == 48
+
+
+def test_ablation_trains_the_same_student_without_the_teacher(tiny_teacher_dir, tiny_prepared, tmp_path):
+    import json
+
+    from components.evaluate import distillation_ablation
+
+    cfg = DistillConfig(layers=[0], epochs=1, batch_size=8, max_length=32, ablation=True)
+    result = distill.run(cfg, tiny_teacher_dir, tiny_prepared, tmp_path, NullTracker(), seed=0)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0.0 <= saved["ablation_test_accuracy"] <= 1.0 and "ablation_test_accuracy" in result.metrics
+    ablation = distillation_ablation(tmp_path)
+    assert ablation["distillation_gain_points"] == pytest.approx(
+        100 * (saved["test_accuracy"] - saved["ablation_test_accuracy"]))

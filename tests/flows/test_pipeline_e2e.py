@@ -56,6 +56,9 @@ def test_report_has_the_promised_schema(smoke_run):
     assert set(report["gate"]["checks"]) >= {"accuracy_drop_points", "size_ratio", "speedup_batch1_p50"}
     assert {"cpu", "threads", "torch", "onnxruntime"} <= set(report["environment"])
     assert (project / "reports" / "compression_plot.png").stat().st_size > 1000
+    ablation = report["ablation"]
+    assert 0.0 <= ablation["student_without_teacher_accuracy"] <= 1.0
+    assert ablation["student_with_teacher_accuracy"] == pytest.approx(report["models"]["student"]["accuracy"], abs=0.01)
 
 
 def test_mlflow_has_parent_child_runs_and_the_registered_champion(smoke_run):

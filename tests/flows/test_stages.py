@@ -1,7 +1,8 @@
 from components.config import build_params
 from components.tracking import NullTracker, StageResult
 from flows.pipeline import stage_key
-from flows.stages import STAGES, STAGE_SECTIONS, NamedTracker, merge, stage_config
+from components.tracking import PrefixedTracker
+from flows.stages import STAGES, STAGE_SECTIONS, merge, stage_config
 from flows.tracking import flatten
 
 
@@ -45,7 +46,7 @@ class Recorder(NullTracker):
 
 def test_named_tracker_prefixes_and_merge_keeps_both_results():
     inner = Recorder()
-    named = NamedTracker(inner, "teacher.")
+    named = PrefixedTracker(inner, "teacher.")
     named.log_metrics({"acc": 1.0})
     named.log_artifact("x.json")
     assert inner.calls == [("metrics", {"teacher.acc": 1.0}), ("artifact", "teacher")]
