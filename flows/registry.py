@@ -7,7 +7,6 @@ when it fails (the champion stays where it was). `promote` re-runs the same gate
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import time
@@ -114,7 +113,3 @@ def promote(p: Params, ws: Workspace, version: str) -> dict:
         raise GateRejected(f"version {version} of {name} fails the gate ({details}); champion unchanged")
     move_alias(client, name, version, CHAMPION, reason="manual promotion, gate passed", by="miniaturize promote")
     return {"model_name": name, "version": version, "alias": CHAMPION, "checks": decision.as_dict()}
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

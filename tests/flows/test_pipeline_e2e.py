@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -105,8 +104,6 @@ def test_dvc_records_the_run(smoke_run):
 
 
 def bad_file(path: Path, kind: str) -> Path:
-    import pandas as pd
-
     from tests.conftest import make_frame
 
     frame = make_frame(40)
