@@ -21,7 +21,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.pytorch_utils import prune_linear_layer
 
 from components.config import PruneConfig
-from components.distill import load_teacher_logits, training_set
+from components.distill import training_set
 from components.finetune import load_encoded_splits, read_labels, save_model
 from components.losses import kd_loss
 from components.modeling import (Encoded, accuracy, collate, count_params, length_bucketed_batches, model_inputs,
@@ -117,13 +117,13 @@ def run(cfg: PruneConfig, student_dir: Path, teacher_dir: Path, prepared: Path, 
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
     model = AutoModelForSequenceClassification.from_pretrained(student_dir)
     data = load_encoded_splits(prepared, tokenizer, labels, cfg.max_length)
-    teacher_logits = load_teacher_logits(teacher_dir, len(data["train"]))
     train_set, train_logits = training_set(teacher_dir, prepared, tokenizer, labels, cfg.max_length,
                                            data["train"], cfg.transfer)
     params_before = count_params(model)
     heads_before = sum(layer.attention.self.num_attention_heads for layer in transformer_layers(model))
 
-    head_scores, ffn_scores = importance_scores(model, data["train"], teacher_logits, tokenizer.pad_token_id,
+    # The train split comes first in train_set: its rows of train_logits score the heads.
+    head_scores, ffn_scores = importance_scores(model, data["train"], train_logits[: len(data["train"])], tokenizer.pad_token_id,
                                                 cfg.importance_batches, cfg.batch_size, cfg.alpha,
                                                 cfg.temperature, seed)
     plan = heads_to_prune(head_scores, cfg.head_ratio)
