@@ -95,8 +95,10 @@ class DistillConfig(TrainConfig):
 class PruneConfig(TrainConfig):
     head_ratio: float = Field(0.4, ge=0.0, lt=1.0)  # share of all attention heads removed
     ffn_ratio: float = Field(0.4, ge=0.0, lt=1.0)  # share of FFN neurons removed in every layer
-    importance_batches: int = Field(32, ge=1)  # batches used to score heads and neurons
-    epochs: int = Field(2, ge=1)  # recovery fine-tune
+    importance_batches: int = Field(32, ge=1)  # batches used to score heads and neurons, per step
+    # Prune in this many equal steps, re-scoring and recovering after each one.
+    steps: int = Field(2, ge=1)
+    epochs: int = Field(1, ge=1)  # recovery fine-tune after each step
     lr: float = Field(5e-5, gt=0)
     alpha: float = Field(0.5, ge=0.0, le=1.0)
     temperature: float = Field(2.0, gt=0.0)

@@ -1,4 +1,4 @@
-"""Stage 5, prune: structured pruning of attention heads (and FFN neurons), then a recovery fine-tune.
+"""Stage 5, prune: iterative structured pruning of attention heads and FFN neurons, each step with recovery.
 
 Importance is gradient x activation (Michel et al., 2019; Molchanov et al., 2019): for a head, the
 absolute sum over tokens of its context vector times the loss gradient with respect to it, which equals
@@ -6,8 +6,11 @@ absolute sum over tokens of its context vector times the loss gradient with resp
 over `importance_batches` training batches, normalised per layer, and the lowest-scoring heads are
 removed across all layers (at least one head stays in every layer); FFN neurons are removed in the same
 share from every layer so that the config keeps one `intermediate_size`. Both are physical removals
-(`prune_heads`, sliced Linear layers): the saved model has fewer parameters. A recovery fine-tune with
-distillation from the stored teacher logits follows.
+(`prune_heads`, sliced Linear layers): the saved model has fewer parameters.
+
+Pruning is iterative (`prune.steps`): each step removes an equal part of the target, re-scoring the
+surviving heads and neurons first, and is followed by a recovery fine-tune (`prune.epochs` per step) with
+distillation from the stored teacher logits, so that later cuts are chosen on the recovered model.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from components.finetune import load_encoded_splits, read_labels, save_model
 from components.losses import kd_loss
 from components.modeling import (Encoded, accuracy, collate, count_params, length_bucketed_batches, model_inputs,
                                  predict_logits, seed_everything, transformer_layers)
-from components.tracking import StageResult, Tracker
+from components.tracking import PrefixedTracker, StageResult, Tracker
 from components.training import Distillation, train
 
 
@@ -78,11 +81,15 @@ def normalise_per_layer(scores: list[np.ndarray]) -> list[np.ndarray]:
     return [s / (np.linalg.norm(s) + 1e-12) for s in scores]
 
 
-def heads_to_prune(head_scores: list[np.ndarray], ratio: float) -> dict[int, list[int]]:
-    """The globally lowest-scoring share `ratio` of heads, never the last head of a layer."""
+def heads_to_prune(head_scores: list[np.ndarray], ratio: float | None = None,
+                   count: int | None = None) -> dict[int, list[int]]:
+    """The globally lowest-scoring `count` heads (or share `ratio` of them), never the last head of a layer.
+
+    Indices are positions among each layer's current heads.
+    """
     scores = normalise_per_layer(head_scores)
     total = sum(len(s) for s in scores)
-    budget = int(round(total * ratio))
+    budget = count if count is not None else int(round(total * ratio))
     ranked = sorted((score, layer, head) for layer, s in enumerate(scores) for head, score in enumerate(s))
     remaining = [len(s) for s in scores]
     chosen: dict[int, list[int]] = {}
@@ -96,10 +103,32 @@ def heads_to_prune(head_scores: list[np.ndarray], ratio: float) -> dict[int, lis
     return {layer: sorted(heads) for layer, heads in sorted(chosen.items())}
 
 
-def neurons_to_keep(ffn_scores: list[np.ndarray], ratio: float) -> list[np.ndarray]:
-    """Per layer, the indices of the top (1 - ratio) neurons, in their original order."""
-    keep = max(1, int(round(len(ffn_scores[0]) * (1.0 - ratio))))
+def neurons_to_keep(ffn_scores: list[np.ndarray], ratio: float | None = None,
+                    keep: int | None = None) -> list[np.ndarray]:
+    """Per layer, the indices of the top `keep` (or top 1 - ratio) neurons, in their original order."""
+    keep = keep if keep is not None else max(1, int(round(len(ffn_scores[0]) * (1.0 - ratio))))
     return [np.sort(np.argsort(-s, kind="stable")[:keep]) for s in ffn_scores]
+
+
+def step_targets(n_heads: int, n_neurons: int, head_ratio: float, ffn_ratio: float, steps: int) -> list[tuple[int, int]]:
+    """Per step: (total heads removed so far, FFN neurons kept per layer), reaching the ratios at the last step."""
+    return [(int(round(n_heads * head_ratio * k / steps)),
+             max(1, int(round(n_neurons * (1.0 - ffn_ratio * k / steps))))) for k in range(1, steps + 1)]
+
+
+def original_head_ids(model: nn.Module, plan: dict[int, list[int]]) -> dict[int, list[int]]:
+    """Map positions among a layer's current heads to its original head ids, which `prune_heads` expects."""
+    mapped = {}
+    for layer_id, heads in plan.items():
+        attention = transformer_layers(model)[layer_id].attention
+        n_original = attention.self.num_attention_heads + len(attention.pruned_heads)
+        alive = [h for h in range(n_original) if h not in attention.pruned_heads]
+        mapped[layer_id] = [alive[h] for h in heads]
+    return mapped
+
+
+def n_heads(model: nn.Module) -> int:
+    return sum(layer.attention.self.num_attention_heads for layer in transformer_layers(model))
 
 
 def prune_ffn(model: nn.Module, keep: list[np.ndarray]) -> None:
@@ -116,37 +145,46 @@ def run(cfg: PruneConfig, student_dir: Path, teacher_dir: Path, prepared: Path, 
     labels = read_labels(prepared)
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
     model = AutoModelForSequenceClassification.from_pretrained(student_dir)
+    pad_id = tokenizer.pad_token_id
     data = load_encoded_splits(prepared, tokenizer, labels, cfg.max_length)
     train_set, train_logits = training_set(teacher_dir, prepared, tokenizer, labels, cfg.max_length,
                                            data["train"], cfg.transfer)
-    params_before = count_params(model)
-    heads_before = sum(layer.attention.self.num_attention_heads for layer in transformer_layers(model))
-
-    # The train split comes first in train_set: its rows of train_logits score the heads.
-    head_scores, ffn_scores = importance_scores(model, data["train"], train_logits[: len(data["train"])], tokenizer.pad_token_id,
-                                                cfg.importance_batches, cfg.batch_size, cfg.alpha,
-                                                cfg.temperature, seed)
-    plan = heads_to_prune(head_scores, cfg.head_ratio)
-    model.prune_heads(plan)
-    if cfg.ffn_ratio > 0:
-        prune_ffn(model, neurons_to_keep(ffn_scores, cfg.ffn_ratio))
-    params_after = count_params(model)
-    acc_before_recovery = accuracy(predict_logits(model, data["validation"], tokenizer.pad_token_id),
-                                   data["validation"].labels)
-    print(f"  prune: removed {sum(map(len, plan.values()))} of {heads_before} heads, "
-          f"params {params_before:,} -> {params_after:,}; val acc before recovery {acc_before_recovery:.4f}", flush=True)
-    tracker.log_params(cfg.model_dump() | {"pruned_heads": str(plan)})
-
     kd = Distillation(train_logits, cfg.alpha, cfg.temperature)
-    outcome = train(model, train_set, data["validation"], cfg, tokenizer.pad_token_id, tracker, seed,
-                    kd=kd, desc="recover")
+    tracker.log_params(cfg.model_dump())
+    params_before, heads_before = count_params(model), n_heads(model)
+    targets = step_targets(heads_before, transformer_layers(model)[0].output.dense.in_features,
+                           cfg.head_ratio, cfg.ffn_ratio, cfg.steps)
 
-    test_acc = accuracy(predict_logits(model, data["test"], tokenizer.pad_token_id), data["test"].labels)
-    metrics = {"params_before": params_before, "params_after": params_after,
-               "heads_removed": sum(map(len, plan.values())), "heads_before": heads_before,
+    history, seconds, removed = [], 0.0, 0
+    for step, (heads_removed_target, neurons_kept) in enumerate(targets, start=1):
+        # The train split comes first in train_set: its rows of train_logits score the heads.
+        head_scores, ffn_scores = importance_scores(model, data["train"], train_logits[: len(data["train"])], pad_id,
+                                                    cfg.importance_batches, cfg.batch_size, cfg.alpha,
+                                                    cfg.temperature, seed + step)
+        plan = heads_to_prune(head_scores, count=heads_removed_target - removed)
+        model.prune_heads(original_head_ids(model, plan))
+        removed = heads_before - n_heads(model)
+        if neurons_kept < model.config.intermediate_size:
+            prune_ffn(model, neurons_to_keep(ffn_scores, keep=neurons_kept))
+        acc_cut = accuracy(predict_logits(model, data["validation"], pad_id), data["validation"].labels)
+        print(f"  prune step {step}/{cfg.steps}: {n_heads(model)} of {heads_before} heads, FFN "
+              f"{model.config.intermediate_size} wide, params {count_params(model):,}; val acc before recovery "
+              f"{acc_cut:.4f}", flush=True)
+        outcome = train(model, train_set, data["validation"], cfg, pad_id, PrefixedTracker(tracker, f"step{step}."),
+                        seed + step, kd=kd, desc=f"recover {step}/{cfg.steps}")
+        seconds += outcome.seconds
+        history.append({"step": step, "heads": n_heads(model), "intermediate_size": model.config.intermediate_size,
+                        "params": count_params(model), "val_accuracy_before_recovery": acc_cut,
+                        "val_accuracy": outcome.best_val_accuracy})
+
+    test_acc = accuracy(predict_logits(model, data["test"], pad_id), data["test"].labels)
+    pruned = {int(k): sorted(int(h) for h in v) for k, v in model.config.pruned_heads.items()}
+    metrics = {"params_before": params_before, "params_after": count_params(model), "steps": cfg.steps,
+               "heads_removed": removed, "heads_before": heads_before,
                "intermediate_size": model.config.intermediate_size,
-               "val_accuracy_before_recovery": acc_before_recovery, "val_accuracy": outcome.best_val_accuracy,
-               "test_accuracy": test_acc, "train_seconds": outcome.seconds}
-    save_model(model, tokenizer, labels, out_dir, metrics | {"pruned_heads": plan})
+               "val_accuracy_before_recovery": history[0]["val_accuracy_before_recovery"],
+               "val_accuracy": history[-1]["val_accuracy"], "test_accuracy": test_acc, "train_seconds": seconds}
+    save_model(model, tokenizer, labels, out_dir, metrics | {"pruned_heads": pruned, "history": history})
+    tracker.log_params({"pruned_heads": str(pruned)})
     tracker.log_metrics(metrics)
     return StageResult(metrics=metrics, outputs={"model": out_dir})

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 from transformers import AutoModelForSequenceClassification
 
@@ -20,6 +22,18 @@ def test_heads_to_prune_is_global_lowest_first_and_keeps_one_per_layer():
 def test_neurons_to_keep_keeps_top_share_in_order():
     keep = prune.neurons_to_keep([np.array([5.0, 1.0, 3.0, 0.0])], ratio=0.5)
     assert keep[0].tolist() == [0, 2]
+
+
+def test_step_targets_reach_the_ratios_in_equal_steps():
+    assert prune.step_targets(36, 1536, 0.4, 0.4, 2) == [(7, 1229), (14, 922)]
+    assert prune.step_targets(8, 64, 0.5, 0.0, 1) == [(4, 64)]
+
+
+def test_original_head_ids_skip_heads_already_pruned(tiny_teacher_dir):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)
+    model.prune_heads({0: [1]})
+    # layer 0 now holds original heads 0, 2, 3: its current position 1 is original head 2
+    assert prune.original_head_ids(model, {0: [1], 1: [1]}) == {0: [2], 1: [1]}
 
 
 def test_importance_scores_shapes_and_signal(tiny_teacher_dir, tiny_prepared):
@@ -45,3 +59,6 @@ def test_prune_physically_removes_heads_and_neurons(tiny_teacher_dir, tiny_prepa
     assert sum(layer.attention.self.num_attention_heads for layer in transformer_layers(reloaded)) == 4
     assert reloaded.config.intermediate_size == 32
     assert transformer_layers(reloaded)[0].intermediate.dense.out_features == 32
+    # two steps (the default): half the cut each, re-scored and recovered in between
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    assert [(h["heads"], h["intermediate_size"]) for h in history] == [(6, 48), (4, 32)]
