@@ -78,6 +78,10 @@ class DistillConfig(TrainConfig):
     layers: list[int] = [0, 2, 4]
     alpha: float = Field(0.5, ge=0.0, le=1.0)  # weight of the soft (KL) term
     temperature: float = Field(2.0, gt=0.0)
+    # Intermediate-layer transfer: MSE between hidden states and KL between attention maps of matched
+    # layers (0 turns a term off; either one above 0 runs the teacher beside the student).
+    hidden_weight: float = Field(1.0, ge=0.0)
+    attention_weight: float = Field(1.0, ge=0.0)
     lr: float = Field(1e-4, gt=0)
     # Add the unlabelled transfer set (when the data has one), taught by the teacher's soft outputs.
     transfer: bool = True
@@ -117,13 +121,29 @@ class ExportConfig(_Section):
 class QuantizeConfig(_Section):
     # "auto" picks the instruction set from the CPU: avx512_vnni, avx512, avx2 or arm64.
     preset: Literal["auto", "avx512_vnni", "avx512", "avx2", "arm64"] = "auto"
-    per_channel: bool = False
     # Variants measured on the validation split; the fastest within tolerance ships. "int8": Optimum's
-    # dynamic int8; "fused_int8": ONNX Runtime's transformer fusions (attention, layer norm, GELU), then int8.
-    candidates: list[Literal["int8", "fused_int8"]] = ["int8", "fused_int8"]
+    # dynamic int8; "fused_int8": ONNX Runtime's transformer fusions (attention, layer norm, GELU), then
+    # dynamic int8; "static_int8": weights and activations int8 with scales calibrated on validation sentences.
+    candidates: list[Literal["int8", "fused_int8", "static_int8"]] = ["int8", "fused_int8", "static_int8"]
+    # Each candidate is built with each setting: one scale per weight column (true) or per tensor (false).
+    per_channel: list[bool] = Field([False, True], min_length=1)
+    calibration_sentences: int = Field(200, ge=1)  # validation sentences that fix the static scales
     # A candidate may lose at most this much validation accuracy against the fp32 export (points).
     max_accuracy_drop_points: float = Field(0.5, ge=0.0)
     latency_sentences: int = Field(200, ge=10)  # validation sentences timed at batch 1 per candidate
+
+
+class SeedsConfig(_Section):
+    # Further training seeds: the student chain (distill through quantize) is re-trained with each, the
+    # teacher and data split unchanged, and the report gives the accuracy drop as mean and spread over
+    # these plus the run's own `seed`. An empty list skips the stage's training.
+    extra: list[int] = [14, 15]
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SeedsConfig:
+        if len(set(self.extra)) != len(self.extra):
+            raise ValueError(f"seeds.extra must be distinct, got {self.extra}")
+        return self
 
 
 class EvaluateConfig(_Section):
@@ -156,10 +176,17 @@ class Params(_Section):
     trim: TrimConfig = TrimConfig()
     export: ExportConfig = ExportConfig()
     quantize: QuantizeConfig = QuantizeConfig()
+    seeds: SeedsConfig = SeedsConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _extra_seeds_differ_from_seed(self) -> Params:
+        if self.seed in self.seeds.extra:
+            raise ValueError(f"seeds.extra {self.seeds.extra} repeats the run's own seed {self.seed}")
+        return self
 
     def section(self, name: str) -> BaseModel:
         """The config slice a stage sees, by stage name ('validate' and 'register' are aliased fields)."""

@@ -2,9 +2,10 @@
 
 The student is a copy of the fine-tuned teacher that keeps only `distill.layers` (embeddings, pooler and
 classifier come along), trained on alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE against
-the teacher logits the finetune stage stored once (`train_logits.npy`): the teacher never runs here. With `distill.transfer`
-the unlabelled transfer set joins the train split, learning from the teacher's stored soft outputs
-(`transfer_logits.npy`) alone. With `distill.ablation` the same student is also trained without the
+the teacher logits the finetune stage stored once (`train_logits.npy`). With `distill.hidden_weight` or
+`distill.attention_weight` above zero, the student also learns the teacher's intermediate layers
+(TinyBERT-style, `FeatureTransfer`): the teacher then runs, frozen, beside the student. With `distill.transfer`
+the unlabelled transfer set joins the train split, learning from the teacher's soft outputs alone. With `distill.ablation` the same student is also trained without the
 teacher (labels only), and both test accuracies are recorded, to show what distillation buys.
 """
 
@@ -13,11 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from components.config import DistillConfig
 from components.finetune import load_encoded_splits, load_transfer, read_labels, save_model
+from components.losses import attention_kl, hidden_mse
 from components.modeling import (Encoded, ModelSourceError, accuracy, concat, count_params, predict_logits,
                                  seed_everything, set_transformer_layers, transformer_layers)
 from components.tracking import PrefixedTracker, StageResult, Tracker
@@ -35,6 +38,44 @@ def keep_layers(model: nn.Module, layers: list[int]) -> nn.Module:
         if hasattr(model.config, attr):
             setattr(model.config, attr, len(layers))
     return model
+
+
+class FeatureTransfer(nn.Module):
+    """Hidden-state and attention-map transfer from the frozen teacher (Jiao et al., 2020, TinyBERT).
+
+    Student block i was copied from teacher block layers[i] and stands for the teacher's blocks up to the
+    next kept layer, so its output is matched with the teacher's output at the end of that span, and its
+    attention with the attention of the span's last block; the embedding outputs are matched too. Where the
+    widths differ, a learned linear projection maps the student's hidden states to the teacher's width.
+    """
+
+    def __init__(self, teacher: nn.Module, layers: list[int], student_width: int, hidden_weight: float,
+                 attention_weight: float):
+        super().__init__()
+        # A tuple, not a submodule: the teacher is frozen and its weights stay out of the optimizer.
+        self._teacher = (teacher.eval().requires_grad_(False),)
+        depth = teacher.config.num_hidden_layers
+        self.ends = [layers[i + 1] if i + 1 < len(layers) else depth for i in range(len(layers))]
+        width = teacher.config.hidden_size
+        self.project = nn.Linear(student_width, width) if student_width != width else nn.Identity()
+        self.hidden_weight, self.attention_weight = hidden_weight, attention_weight
+
+    def forward(self, student_out, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_out = self._teacher[0](**batch, output_hidden_states=True,
+                                           output_attentions=self.attention_weight > 0)
+        mask = batch["attention_mask"]
+        loss = student_out.logits.new_zeros(())
+        if self.hidden_weight > 0:
+            pairs = [(0, 0)] + [(i + 1, end) for i, end in enumerate(self.ends)]
+            loss = loss + self.hidden_weight * sum(
+                hidden_mse(self.project(student_out.hidden_states[s]), teacher_out.hidden_states[t], mask)
+                for s, t in pairs) / len(pairs)
+        if self.attention_weight > 0:
+            loss = loss + self.attention_weight * sum(
+                attention_kl(student_out.attentions[i], teacher_out.attentions[end - 1], mask)
+                for i, end in enumerate(self.ends)) / len(self.ends)
+        return loss
 
 
 def load_teacher_logits(teacher_dir: Path, n_rows: int, split: str = "train") -> np.ndarray:
@@ -75,11 +116,19 @@ def run(cfg: DistillConfig, teacher_dir: Path, prepared: Path, out_dir: Path, tr
     seed_everything(seed)
     labels = read_labels(prepared)
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
-    student = keep_layers(AutoModelForSequenceClassification.from_pretrained(teacher_dir), cfg.layers)
+    features = cfg.hidden_weight > 0 or cfg.attention_weight > 0
+    # Attention maps come out of the eager attention kernels only.
+    load = dict(attn_implementation="eager") if features else {}
+    student = keep_layers(AutoModelForSequenceClassification.from_pretrained(teacher_dir, **load), cfg.layers)
     data = load_encoded_splits(prepared, tokenizer, labels, cfg.max_length)
     train_set, teacher_logits = training_set(teacher_dir, prepared, tokenizer, labels, cfg.max_length,
                                              data["train"], cfg.transfer)
-    kd = Distillation(teacher_logits, cfg.alpha, cfg.temperature)
+    transfer = None
+    if features:
+        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, **load)
+        transfer = FeatureTransfer(teacher, cfg.layers, student.config.hidden_size, cfg.hidden_weight,
+                                   cfg.attention_weight)
+    kd = Distillation(teacher_logits, cfg.alpha, cfg.temperature, features=transfer)
     tracker.log_params(cfg.model_dump() | {"params": count_params(student), "train_rows": len(train_set)})
 
     outcome = train(student, train_set, data["validation"], cfg, tokenizer.pad_token_id, tracker, seed,

@@ -34,6 +34,7 @@ from components import benchmark
 from components.config import EvaluateConfig, GateConfig
 from components.gate import GateDecision, compare_to_teacher, decide
 from components.modeling import count_params, dir_size_bytes, encode, read_split
+from components.seeds import summarise as summarise_seeds
 from components.tracking import StageResult, Tracker
 
 REPORT_JSON, REPORT_MD, REPORT_PLOT = "compression_report.json", "compression_report.md", "compression_plot.png"
@@ -91,6 +92,9 @@ def metrics_to_log(report: dict) -> dict[str, float]:
     for section in ("final_vs_teacher", f"final_vs_{BASELINE}"):
         for key, value in report.get(section, {}).items():
             out[f"{section}.{key}"] = float(value)
+    for key, value in report.get("seeds", {}).items():
+        if key != "runs":
+            out |= {f"seeds.{key}.{stat}": float(v) for stat, v in value.items()}
     out["gate.passed"] = float(report["gate"]["passed"])
     return out
 
@@ -266,6 +270,18 @@ def render_markdown(report: dict) -> str:
                   f"{ablation['student_without_teacher_accuracy']:.4f} test accuracy; distilled, "
                   f"{ablation['student_with_teacher_accuracy']:.4f} "
                   f"({ablation['distillation_gain_points']:+.2f} points)."]
+    if seeds := report.get("seeds"):
+        drop = seeds["accuracy_drop_points"]
+        lines += ["", f"## Seed spread ({drop['n']} training seeds, teacher and data fixed)", "",
+                  "| seed | final accuracy | drop vs teacher (points) | agreement with teacher |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {r['seed']} | {r['accuracy']:.4f} | {r['accuracy_drop_points']:+.2f} "
+                  f"| {r['agreement_with_teacher']:.4f} |" for r in seeds["runs"]]
+        lines += ["", f"Accuracy drop vs teacher: mean {drop['mean']:+.2f} points, std {drop['std']:.2f}, "
+                      f"range {drop['min']:+.2f} to {drop['max']:+.2f}."]
+        if base := seeds.get("accuracy_drop_vs_baseline_points"):
+            lines[-1] += (f" Against {BASELINE}: mean {base['mean']:+.2f} points, "
+                          f"range {base['min']:+.2f} to {base['max']:+.2f}.")
     return "\n".join(lines) + "\n"
 
 
@@ -300,7 +316,9 @@ def save_plot(report: dict, path: Path) -> None:
 # ---------------------------------------------------------------- the stage
 
 def run(cfg: EvaluateConfig, gate_cfg: GateConfig, prepared: Path, models: list[ModelSpec], out_dir: Path,
-        tracker: Tracker, max_length: int = 64) -> StageResult:
+        tracker: Tracker, max_length: int = 64, seed: int | None = None, seed_runs: list[dict] = ()) -> StageResult:
+    """`seed` is the training seed of the evaluated chain; `seed_runs` are the seeds stage's rows for the
+    same chain re-trained with other seeds (seed, accuracy, agreement_with_teacher)."""
     prepared, out_dir = Path(prepared), Path(out_dir)
     models = [ModelSpec(m.name, Path(m.path), m.runtime) for m in models]
     names = [m.name for m in models]
@@ -340,6 +358,18 @@ def run(cfg: EvaluateConfig, gate_cfg: GateConfig, prepared: Path, models: list[
     student = next((m for m in models if m.name == "student"), None)
     if student is not None and (ablation := distillation_ablation(student.path)):
         report["ablation"] = ablation
+    report["final_vs_teacher"]["agreement_with_teacher"] = entries[FINAL]["agreement_with_teacher"]
+    if seed_runs:
+        seeds = summarise_seeds(seed, entries[FINAL], entries[TEACHER], entries.get(BASELINE), list(seed_runs))
+        report["seeds"] = seeds
+        for section, key in (("final_vs_teacher", "accuracy_drop_points"),
+                             (f"final_vs_{BASELINE}", "accuracy_drop_vs_baseline_points")):
+            if section in report and key in seeds:
+                report[section] |= {"accuracy_drop_points_seed_mean": seeds[key]["mean"],
+                                    "accuracy_drop_points_seed_std": seeds[key]["std"]}
+        print(f"  evaluate: accuracy drop over {seeds['accuracy_drop_points']['n']} seeds: mean "
+              f"{seeds['accuracy_drop_points']['mean']:+.2f} points, std {seeds['accuracy_drop_points']['std']:.2f}",
+              flush=True)
 
     json_path = write_atomic(out_dir / REPORT_JSON,
                              lambda p: p.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False)))

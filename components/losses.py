@@ -42,3 +42,19 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, l
     weight_kl = torch.where(labelled, torch.full_like(kl_rows, alpha), torch.ones_like(kl_rows))
     weight_ce = torch.where(labelled, torch.full_like(kl_rows, 1.0 - alpha), torch.zeros_like(kl_rows))
     return (weight_kl * kl_rows + weight_ce * ce_rows).mean()
+
+
+def hidden_mse(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between hidden states (batch, tokens, width), over real tokens only."""
+    weights = mask.unsqueeze(-1).to(student_hidden.dtype)
+    squared = ((student_hidden - teacher_hidden) ** 2 * weights).sum()
+    return squared / (weights.sum() * student_hidden.shape[-1]).clamp_min(1.0)
+
+
+def attention_kl(student_attn: torch.Tensor, teacher_attn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) between attention distributions (batch, heads, query, key), averaged over
+    heads and real query positions. Padded keys carry zero probability in both, so they add nothing."""
+    eps = 1e-8
+    kl = (teacher_attn * ((teacher_attn + eps).log() - (student_attn + eps).log())).sum(-1)  # (b, h, q)
+    weights = mask.unsqueeze(1).to(kl.dtype).expand_as(kl)
+    return (kl * weights).sum() / weights.sum().clamp_min(1.0)

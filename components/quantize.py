@@ -1,4 +1,4 @@
-"""Stage, quantize: dynamic int8 quantization of an exported ONNX classifier with ONNX Runtime (via Optimum).
+"""Stage, quantize: int8 quantization of an exported ONNX classifier with ONNX Runtime (and Optimum).
 
 `run(cfg, onnx_dir, prepared, out_dir, tracker)` quantizes `onnx_dir/model.onnx` with
 `ORTQuantizer` and an `AutoQuantizationConfig` preset (weights int8 ahead of time, activations quantized
@@ -6,8 +6,9 @@ on the fly, so no calibration data is needed). Preset "auto" is decided by `choo
 flags of the machine running the stage. The output folder holds the int8 `model.onnx`, `config.json`,
 the tokenizer and `labels.json`, like the export folder, so later stages load either one the same way.
 
-Quantization is chosen by measurement: each variant in `cfg.candidates` is built and measured on the
-validation split (accuracy, agreement with fp32, batch-1 latency), and `choose_candidate` ships the fastest
+Quantization is chosen by measurement: each variant in `cfg.candidates` (Optimum's dynamic int8, ONNX
+Runtime's fused graph with dynamic int8, static int8 calibrated on validation sentences; per-channel
+weights or not) is built and measured on the validation split (accuracy, agreement with fp32, batch-1 latency), and `choose_candidate` ships the fastest
 one that is no slower than the fp32 export and within `cfg.max_accuracy_drop_points` of its accuracy; if
 none is, the fp32 model ships and the report says why.
 
@@ -119,13 +120,7 @@ def batch1_p50_ms(session, data, pad_id: int, sentences: int, warmup: int = 10) 
     """Median batch-1 latency over the first `sentences` sentences (ms)."""
     import time
 
-    from components.modeling import collate
-
-    names = {i.name for i in session.get_inputs()}
-    feeds = []
-    for i in range(min(sentences, len(data))):
-        batch = collate(data.input_ids, np.array([i]), pad_id)
-        feeds.append({k: v.numpy() for k, v in batch.items() if k in names})
+    feeds = batch1_feeds(session, data, pad_id, sentences)
     for feed in feeds[:warmup]:
         session.run(None, feed)
     times = []
@@ -156,9 +151,53 @@ def choose_candidate(fp32: dict, candidates: dict[str, dict], max_drop_points: f
     return (min(eligible)[1] if eligible else None), reasons
 
 
-def build_candidate(name: str, onnx_dir: Path, dst: Path, preset: str, per_channel: bool) -> Path:
+class ValidationReader:
+    """ONNX Runtime calibration reader: one batch-1 feed per validation sentence."""
+
+    def __init__(self, feeds: list[dict]):
+        self._feeds = iter(feeds)
+
+    def get_next(self) -> dict | None:
+        return next(self._feeds, None)
+
+    def rewind(self):  # part of the CalibrationDataReader interface; one pass is all we use
+        raise NotImplementedError
+
+
+def static_quantize(onnx_dir: Path, dst: Path, per_channel: bool, feeds: list[dict]) -> Path:
+    """Static int8: weights and activations (MatMul inputs, the embedding Gathers) with scales fixed from
+    MinMax calibration on validation sentences, so no quantization runs per call. ONNX Runtime's transformer
+    fusions do not take QLinear ops, so this runs on the unfused export."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    dst.mkdir(parents=True, exist_ok=True)
+    quantize_static(str(onnx_dir / ONNX_FILE), str(dst / ONNX_FILE), ValidationReader(feeds),
+                    quant_format=QuantFormat.QOperator, op_types_to_quantize=["MatMul", "Gather"],
+                    per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    return dst / ONNX_FILE
+
+
+def batch1_feeds(session, data, pad_id: int, sentences: int) -> list[dict]:
+    from components.modeling import collate
+
+    names = {i.name for i in session.get_inputs()}
+    return [{k: v.numpy() for k, v in collate(data.input_ids, np.array([i]), pad_id).items() if k in names}
+            for i in range(min(sentences, len(data)))]
+
+
+def candidate_variants(cfg: QuantizeConfig) -> list[tuple[str, str, bool]]:
+    """(label, method, per_channel) for every method in `cfg.candidates` times every `cfg.per_channel` setting."""
+    return [(name + ("_per_channel" if per_channel else ""), name, per_channel)
+            for name in cfg.candidates for per_channel in cfg.per_channel]
+
+
+def build_candidate(name: str, onnx_dir: Path, dst: Path, preset: str, per_channel: bool,
+                    calibration: list[dict]) -> Path:
     if name == "int8":
         return quantize_into(onnx_dir, dst, preset, per_channel)
+    if name == "static_int8":
+        return static_quantize(onnx_dir, dst, per_channel, calibration)
     return fuse_then_quantize(onnx_dir, dst, per_channel)
 
 
@@ -168,7 +207,7 @@ def run(cfg: QuantizeConfig, onnx_dir: Path, prepared: Path, out_dir: Path, trac
 
     onnx_dir, prepared, out_dir = Path(onnx_dir), Path(prepared), Path(out_dir)
     preset = resolve_preset(cfg.preset)
-    tracker.log_params({"preset": preset, "preset_requested": cfg.preset, "per_channel": cfg.per_channel,
+    tracker.log_params({"preset": preset, "preset_requested": cfg.preset, "per_channel": ",".join(map(str, cfg.per_channel)),
                         "candidates": ",".join(cfg.candidates)})
     tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
     pad_id = pad_id_of(tokenizer)
@@ -184,17 +223,18 @@ def run(cfg: QuantizeConfig, onnx_dir: Path, prepared: Path, out_dir: Path, trac
         fp32_val = onnx_logits(fp32_session, val, pad_id)
         fp32 = {"accuracy": accuracy(fp32_val, val.labels),
                 "latency_ms": batch1_p50_ms(fp32_session, val, pad_id, cfg.latency_sentences)}
+        calibration = batch1_feeds(fp32_session, val, pad_id, cfg.calibration_sentences)
         measured: dict[str, dict] = {}
-        for name in cfg.candidates:
+        for label, name, per_channel in candidate_variants(cfg):
             try:
-                path = build_candidate(name, onnx_dir, work / name, preset, cfg.per_channel)
+                path = build_candidate(name, onnx_dir, work / label, preset, per_channel, calibration)
                 session = onnx_session(path)
                 logits = onnx_logits(session, val, pad_id)
-                measured[name] = {"accuracy": accuracy(logits, val.labels), "agreement": agreement(fp32_val, logits),
-                                  "latency_ms": batch1_p50_ms(session, val, pad_id, cfg.latency_sentences),
-                                  "size_bytes": path.stat().st_size}
+                measured[label] = {"accuracy": accuracy(logits, val.labels), "agreement": agreement(fp32_val, logits),
+                                   "latency_ms": batch1_p50_ms(session, val, pad_id, cfg.latency_sentences),
+                                   "size_bytes": path.stat().st_size}
             except Exception as err:  # noqa: BLE001 - a candidate that cannot be built is reported, not fatal
-                measured[name] = {"accuracy": float("nan"), "latency_ms": float("inf"), "error": str(err)[:300]}
+                measured[label] = {"accuracy": float("nan"), "latency_ms": float("inf"), "error": str(err)[:300]}
         chosen, reasons = choose_candidate(fp32, measured, cfg.max_accuracy_drop_points)
         for name, m in measured.items():
             print(f"  quantize {name}: val acc {m['accuracy']:.4f} (fp32 {fp32['accuracy']:.4f}), "
@@ -206,7 +246,7 @@ def run(cfg: QuantizeConfig, onnx_dir: Path, prepared: Path, out_dir: Path, trac
         shutil.copy2(onnx_dir / "config.json", tmp / "config.json")
         copy_model_metadata(onnx_dir, tmp, tokenizer)
         shipped = onnx_session(tmp / ONNX_FILE)
-        report: dict = {"preset": preset, "per_channel": cfg.per_channel, "chosen": chosen or "fp32",
+        report: dict = {"preset": preset, "per_channel": list(cfg.per_channel), "chosen": chosen or "fp32",
                         "fp32_validation": fp32, "candidates": measured, "decision": reasons}
         for split in ("test", "validation"):
             data = val if split == "validation" else encode_split(prepared, split, tokenizer, labels, max_length)

@@ -29,6 +29,8 @@ class Distillation:
     teacher_logits: np.ndarray  # (n_train, n_labels), computed once by the teacher stage
     alpha: float
     temperature: float
+    # Intermediate-layer transfer (hidden states, attention maps): needs the teacher itself at train time.
+    features: nn.Module | None = None
 
 
 @dataclass
@@ -59,6 +61,8 @@ def train(model: nn.Module, train_set: Encoded, val_set: Encoded, cfg: TrainConf
         {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": cfg.weight_decay},
         {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
+    if kd and kd.features is not None:  # its projections (where widths differ) learn alongside the student
+        groups.append({"params": list(kd.features.parameters()), "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     labels_all = torch.as_tensor(train_set.labels, dtype=torch.long)
     teacher_all = torch.as_tensor(kd.teacher_logits) if kd else None
@@ -75,10 +79,13 @@ def train(model: nn.Module, train_set: Encoded, val_set: Encoded, cfg: TrainConf
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup, cfg.lr)
             batch = model_inputs(model, collate(train_set.input_ids, index, pad_id))
-            logits = model(**batch).logits
+            features = kd is not None and kd.features is not None
+            out = model(**batch, output_hidden_states=features, output_attentions=features)
             index_t = torch.as_tensor(index)
-            loss = kd_loss(logits, teacher_all[index_t] if kd else None, labels_all[index_t],
+            loss = kd_loss(out.logits, teacher_all[index_t] if kd else None, labels_all[index_t],
                            kd.alpha if kd else 0.0, kd.temperature if kd else 1.0)
+            if features:
+                loss = loss + kd.features(out, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,4 +1,4 @@
-"""The miniaturization pipeline as a Prefect flow: ten stages, each a task and an MLflow child run.
+"""The miniaturization pipeline as a Prefect flow: eleven stages, each a task and an MLflow child run.
 
 Run it with `miniaturize run` (see `flows/cli.py`). Without `PREFECT_API_URL` Prefect starts a temporary
 local API for the run; with it, the run shows up on that server. Stages hand each other files under the
@@ -76,8 +76,9 @@ def pipeline(params: Params, root: str = ".", run_name: str | None = None) -> di
         for name in ("ingest", "validate"):
             stages[name] = run_stage(name, ctx, key)
             key = stages[name]["key"]
-        # transform: teacher -> student -> pruned -> trimmed vocabulary -> ONNX -> int8
-        for name in ("finetune", "distill", "prune", "trim", "export", "quantize"):
+        # transform: teacher -> student -> pruned -> trimmed vocabulary -> ONNX -> int8, then the same chain
+        # with further training seeds for the spread
+        for name in ("finetune", "distill", "prune", "trim", "export", "quantize", "seeds"):
             stages[name] = run_stage(name, ctx, key)
             key = stages[name]["key"]
         # load: measure, gate and register

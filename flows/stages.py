@@ -67,10 +67,50 @@ def quantize(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
 
     final = component.run(p.quantize, ws.onnx_fp32, ws.prepared, ws.final, tracker, max_length=p.teacher.max_length)
     # The baseline is what quantizing alone gives: Optimum's plain dynamic int8 of the teacher.
-    plain = p.quantize.model_copy(update={"candidates": ["int8"], "max_accuracy_drop_points": 100.0})
+    plain = p.quantize.model_copy(update={"candidates": ["int8"], "per_channel": [False],
+                                         "max_accuracy_drop_points": 100.0})
     baseline = component.run(plain, ws.teacher_onnx_fp32, ws.prepared, ws.baseline_teacher_int8,
                              PrefixedTracker(tracker, "teacher."), max_length=p.teacher.max_length)
     return merge(final, baseline, "teacher.")
+
+
+def seeds(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
+    """The student chain again for each of `seeds.extra` (teacher and data fixed), each final model measured.
+
+    Intermediate models of a seed are removed once its final model exists; reports/seeds.json holds the rows.
+    """
+    import json
+    import shutil
+
+    from components import distill, export, prune, quantize, vocab
+    from components.seeds import measure_final
+
+    length = p.teacher.max_length
+    rows, metrics = [], {}
+    shutil.rmtree(ws.seeds, ignore_errors=True)
+    for seed in p.seeds.extra:
+        out, t = ws.seeds / str(seed), PrefixedTracker(tracker, f"seed{seed}.")
+        print(f"  seeds: re-training the student chain with seed {seed}", flush=True)
+        distill.run(p.distill.model_copy(update={"ablation": False}), ws.teacher, ws.prepared, out / "student", t,
+                    seed=seed)
+        prune.run(p.prune, out / "student", ws.teacher, ws.prepared, out / "pruned", t, seed=seed)
+        vocab.run(p.trim, out / "pruned", ws.prepared, out / "trimmed", t, max_length=length)
+        export.run(p.export, out / "trimmed", ws.prepared, out / "onnx_fp32", t, max_length=length)
+        chosen = quantize.run(p.quantize, out / "onnx_fp32", ws.prepared, out / "final", t, max_length=length)
+        row = {"seed": seed, "quantization": chosen.info["chosen"],
+               **measure_final(out / "final", ws.teacher, ws.prepared, length)}
+        print(f"  seeds: seed {seed} final model test acc {row['accuracy']:.4f}, "
+              f"agreement with the teacher {row['agreement_with_teacher']:.4f}", flush=True)
+        for stage_dir in ("student", "pruned", "trimmed", "onnx_fp32"):
+            shutil.rmtree(out / stage_dir)
+        rows.append(row)
+        metrics |= {f"seed{seed}.accuracy": row["accuracy"],
+                    f"seed{seed}.agreement_with_teacher": row["agreement_with_teacher"]}
+    ws.seeds.mkdir(parents=True, exist_ok=True)  # an output even when seeds.extra is empty
+    ws.seed_report.parent.mkdir(parents=True, exist_ok=True)
+    ws.seed_report.write_text(json.dumps({"seed": p.seed, "extra": rows}, indent=2))
+    tracker.log_metrics(metrics)
+    return StageResult(metrics=metrics, outputs={"seeds": ws.seeds, "report": ws.seed_report})
 
 
 def evaluated_models(ws: Workspace) -> list:
@@ -86,8 +126,11 @@ def evaluated_models(ws: Workspace) -> list:
 def evaluate(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
     from components import evaluate as component
 
+    import json
+
+    extra = json.loads(ws.seed_report.read_text())["extra"] if ws.seed_report.exists() else []
     return component.run(p.evaluate, p.register_.gate, ws.prepared, evaluated_models(ws), ws.reports, tracker,
-                         max_length=p.teacher.max_length)
+                         max_length=p.teacher.max_length, seed=p.seed, seed_runs=extra)
 
 
 def register(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
@@ -98,7 +141,8 @@ def register(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
 
 STAGES: dict[str, StageFn] = {
     "ingest": ingest, "validate": validate, "finetune": finetune, "distill": distill, "prune": prune,
-    "trim": trim, "export": export, "quantize": quantize, "evaluate": evaluate, "register": register,
+    "trim": trim, "export": export, "quantize": quantize, "seeds": seeds, "evaluate": evaluate,
+    "register": register,
 }
 
 
@@ -106,7 +150,9 @@ STAGES: dict[str, StageFn] = {
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "ingest": ("data",), "validate": ("validate", "data"), "finetune": ("teacher", "seed"),
     "distill": ("distill", "seed"), "prune": ("prune", "seed"), "trim": ("trim",), "export": ("export", "teacher"),
-    "quantize": ("quantize", "teacher"), "evaluate": ("evaluate", "register"), "register": ("register",),
+    "quantize": ("quantize", "teacher"),
+    "seeds": ("seeds", "distill", "prune", "trim", "export", "quantize", "teacher"),
+    "evaluate": ("evaluate", "register", "seeds", "seed"), "register": ("register",),
 }
 
 

@@ -55,6 +55,15 @@ class Workspace:
         return self.root / "models" / "baseline_teacher_int8"
 
     @property
+    def seeds(self) -> Path:
+        """models/seeds/<seed>/final: the final model re-trained with each of `seeds.extra`."""
+        return self.root / "models" / "seeds"
+
+    @property
+    def seed_report(self) -> Path:
+        return self.reports / "seeds.json"
+
+    @property
     def reports(self) -> Path:
         return self.root / "reports"
 

@@ -53,3 +53,10 @@ def test_section_hash_is_stable_and_sensitive():
     assert section_hash(a.distill) == section_hash(build_params(RAW).distill)
     assert section_hash(a.distill) != section_hash(b.distill)
     assert section_hash(a.teacher) == section_hash(b.teacher)
+
+
+def test_extra_seeds_must_differ_from_the_runs_seed():
+    with pytest.raises(ConfigError, match="repeats the run's own seed 13"):
+        build_params({}, overrides=["seeds.extra=[13, 14]"])
+    with pytest.raises(ConfigError, match="distinct"):
+        build_params({}, overrides=["seeds.extra=[14, 14]"])

@@ -74,3 +74,29 @@ def test_ablation_trains_the_same_student_without_the_teacher(tiny_teacher_dir, 
     ablation = distillation_ablation(tmp_path)
     assert ablation["distillation_gain_points"] == pytest.approx(
         100 * (saved["test_accuracy"] - saved["ablation_test_accuracy"]))
+
+
+def test_feature_transfer_matches_span_ends_and_keeps_the_teacher_frozen(tiny_teacher_dir):
+    import torch
+    from transformers import AutoTokenizer
+
+    from components.modeling import collate
+
+    load = dict(attn_implementation="eager")
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir, **load)
+    student = distill.keep_layers(AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir, **load), [0])
+    transfer = distill.FeatureTransfer(teacher, [0], student.config.hidden_size, 1.0, 1.0)
+    assert transfer.ends == [2]  # the 1-layer student's block stands for teacher blocks 0 and 1
+    assert list(transfer.parameters()) == []  # same widths: no projection, and no teacher weights
+
+    tok = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    ids = [tok("a fine film")["input_ids"], tok("dull")["input_ids"]]
+    batch = collate(ids, [0, 1], tok.pad_token_id)
+    loss = transfer(student(**batch, output_hidden_states=True, output_attentions=True), batch)
+    loss.backward()
+    assert loss.item() > 0
+    assert transformer_layers(student)[0].attention.self.query.weight.grad is not None
+    assert all(p.grad is None for p in teacher.parameters())
+
+    narrow = distill.FeatureTransfer(teacher, [0], 16, 1.0, 0.0)
+    assert isinstance(narrow.project, torch.nn.Linear) and narrow.project.out_features == teacher.config.hidden_size

@@ -53,7 +53,8 @@ def evaluated(tiny_model_dir, tiny_onnx_dirs, tiny_prepared, tmp_path_factory):
     models = [ModelSpec("teacher", tiny_model_dir, "pytorch"),
               ModelSpec("final", tiny_onnx_dirs["fp32"], "onnxruntime"),
               ModelSpec("baseline_teacher_int8", tiny_onnx_dirs["int8"], "onnxruntime")]
-    result = evaluate.run(TINY, GateConfig(), tiny_prepared, models, out_dir, tracker, max_length=32)
+    result = evaluate.run(TINY, GateConfig(), tiny_prepared, models, out_dir, tracker, max_length=32, seed=13,
+                          seed_runs=[{"seed": 14, "accuracy": 0.5, "agreement_with_teacher": 0.75}])
     return result, out_dir, tracker
 
 
@@ -68,7 +69,7 @@ def test_report_schema(evaluated, tiny_prepared):
     result, out_dir, _ = evaluated
     report = strict_json(out_dir / "compression_report.json")
     assert set(report) == {"task", "dataset", "models", "final_vs_teacher", "final_vs_baseline_teacher_int8",
-                           "gate", "environment"}
+                           "gate", "environment", "seeds"}
     assert report["task"] == "sequence-classification"
     card = json.loads((tiny_prepared / "data_card.json").read_text())
     assert report["dataset"] == {"source": card["source"], "sha256": card["sha256"],
@@ -87,9 +88,15 @@ def test_report_schema(evaluated, tiny_prepared):
         assert m["latency_ms"]["batch1_p95"] >= m["latency_ms"]["batch1_p50"]
         assert isinstance(m["peak_rss_mb"], float) and m["peak_rss_mb"] > 0
 
+    seed_keys = {"accuracy_drop_points_seed_mean", "accuracy_drop_points_seed_std"}
+    assert set(report["final_vs_teacher"]) == set(RATIO_KEYS) | seed_keys | {"agreement_with_teacher"}
+    assert set(report["final_vs_baseline_teacher_int8"]) == set(RATIO_KEYS) | seed_keys
     for section in ("final_vs_teacher", "final_vs_baseline_teacher_int8"):
-        assert set(report[section]) == set(RATIO_KEYS)
         assert all(isinstance(v, float) for v in report[section].values())
+    seeds = report["seeds"]
+    assert [r["seed"] for r in seeds["runs"]] == [13, 14]
+    assert seeds["runs"][1]["accuracy_drop_points"] == pytest.approx(100 * (report["models"]["teacher"]["accuracy"] - 0.5))
+    assert report["final_vs_teacher"]["accuracy_drop_points_seed_mean"] == seeds["accuracy_drop_points"]["mean"]
 
     assert isinstance(report["gate"]["passed"], bool)
     assert set(report["gate"]["checks"]) == {"accuracy_drop_points", "size_ratio", "speedup_batch1_p50"}
@@ -125,16 +132,16 @@ def test_ratios_and_gate_follow_from_the_entries(evaluated):
     report = strict_json(out_dir / "compression_report.json")
     models = report["models"]
     expected = compare_to_teacher(models["teacher"], models["final"])
-    assert report["final_vs_teacher"] == pytest.approx(expected)
+    assert {k: report["final_vs_teacher"][k] for k in RATIO_KEYS} == pytest.approx(expected)
     assert report["final_vs_teacher"]["size_ratio"] == pytest.approx(
         models["teacher"]["size_bytes"] / models["final"]["size_bytes"])
     assert report["final_vs_teacher"]["accuracy_drop_points"] == pytest.approx(
         100 * (models["teacher"]["accuracy"] - models["final"]["accuracy"]))
-    assert report["final_vs_baseline_teacher_int8"] == pytest.approx(
+    assert {k: report["final_vs_baseline_teacher_int8"][k] for k in RATIO_KEYS} == pytest.approx(
         compare_to_teacher(models["baseline_teacher_int8"], models["final"]))
     assert report["gate"] == decide(expected, GateConfig()).as_dict()
     assert result.metrics["gate_passed"] == float(report["gate"]["passed"])
-    assert {k: result.metrics[k] for k in RATIO_KEYS} == pytest.approx(report["final_vs_teacher"])
+    assert {k: result.metrics[k] for k in RATIO_KEYS} == pytest.approx({k: report["final_vs_teacher"][k] for k in RATIO_KEYS})
 
 
 def test_markdown_plot_outputs_and_tracking(evaluated):

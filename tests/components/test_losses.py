@@ -45,3 +45,24 @@ def test_an_all_unlabelled_batch_is_finite_and_trains():
     loss.backward()
     assert math.isfinite(loss.item()) and s.grad.abs().sum() > 0
     assert kd_loss(s, None, torch.tensor([-1]), 0.5, 2.0).item() == 0.0
+
+
+def test_hidden_mse_ignores_padded_tokens():
+    from components.losses import hidden_mse
+
+    student = torch.zeros(1, 3, 2)
+    teacher = torch.tensor([[[1.0, 1.0], [3.0, 1.0], [100.0, 100.0]]])  # the last token is padding
+    mask = torch.tensor([[1, 1, 0]])
+    assert math.isclose(hidden_mse(student, teacher, mask).item(), (1 + 1 + 9 + 1) / 4)
+
+
+def test_attention_kl_is_zero_when_equal_and_positive_otherwise():
+    from components.losses import attention_kl
+
+    mask = torch.tensor([[1, 1, 0]])
+    teacher = torch.tensor([[0.9, 0.1, 0.0], [0.5, 0.5, 0.0], [0.3, 0.7, 0.0]]).expand(1, 2, 3, 3)
+    uniform = torch.tensor([[0.5, 0.5, 0.0]] * 3).expand(1, 2, 3, 3)
+    assert attention_kl(teacher, teacher, mask).item() < 1e-6
+    # query rows 0 and 1 count (row 2 is padding): KL of (0.9, 0.1) from (0.5, 0.5), and 0
+    expected = (0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)) / 2
+    assert math.isclose(attention_kl(uniform, teacher, mask).item(), expected, rel_tol=1e-4)

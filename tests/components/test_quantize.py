@@ -47,7 +47,12 @@ def test_quantized_model_is_smaller_and_reports_agreement(onnx_dir, tiny_prepare
         assert 0.0 <= report[key] <= 1.0
     assert report["n_test"] == 16
     assert tracker.params["preset"] in ("avx512_vnni", "avx512", "avx2", "arm64")
-    assert tracker.params["per_channel"] is False
+    assert tracker.params["per_channel"] == "False,True"
+    # every method is built per tensor and per channel, and each is measured or its failure recorded
+    assert set(report["candidates"]) == {"int8", "int8_per_channel", "fused_int8", "fused_int8_per_channel",
+                                         "static_int8", "static_int8_per_channel"}
+    static = report["candidates"]["static_int8"]
+    assert "error" not in static and 0.0 <= static["accuracy"] <= 1.0 and static["size_bytes"] > 0
     assert tracker.metrics["agreement_test"] == report["agreement_test"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folder left behind"
 
@@ -63,11 +68,11 @@ def test_explicit_preset_per_channel_replaces_previous_output(onnx_dir, tiny_pre
     out = tmp_path / "int8"
     out.mkdir()
     (out / "stale.txt").write_text("from an earlier run")
-    result = quantize.run(QuantizeConfig(preset="avx2", per_channel=True), onnx_dir, tiny_prepared, out,
+    result = quantize.run(QuantizeConfig(preset="avx2", per_channel=[True], candidates=["int8"]), onnx_dir, tiny_prepared, out,
                           NullTracker())
     assert result.info["preset"] == "avx2"
     assert not (out / "stale.txt").exists()
-    assert json.loads((out / "quantize_report.json").read_text())["per_channel"] is True
+    assert json.loads((out / "quantize_report.json").read_text())["per_channel"] == [True]
 
 
 @pytest.mark.parametrize("flags, machine, expected", [

@@ -13,7 +13,7 @@ from components.ingest import SPLITS
 from tests.flows.conftest import BIN, make_project, run_cli
 
 pytestmark = pytest.mark.e2e
-STAGES = ["ingest", "validate", "finetune", "distill", "prune", "trim", "export", "quantize", "evaluate", "register"]
+STAGES = ["ingest", "validate", "finetune", "distill", "prune", "trim", "export", "quantize", "seeds", "evaluate", "register"]
 MODELS = ["teacher", "student", "pruned", "trimmed", "onnx_fp32", "final", "baseline_teacher_int8"]
 
 
@@ -58,6 +58,15 @@ def test_report_has_the_promised_schema(smoke_run):
     ablation = report["ablation"]
     assert 0.0 <= ablation["student_without_teacher_accuracy"] <= 1.0
     assert ablation["student_with_teacher_accuracy"] == pytest.approx(report["models"]["student"]["accuracy"], abs=0.01)
+    # The smoke profile re-trains the student chain with one more seed: two rows, the run's own seed first.
+    seeds = report["seeds"]
+    assert [r["seed"] for r in seeds["runs"]] == [13, 14]
+    assert seeds["runs"][0]["accuracy"] == final["accuracy"]
+    assert seeds["accuracy_drop_points"]["n"] == 2
+    assert seeds["accuracy_drop_points"]["min"] <= ratios["accuracy_drop_points_seed_mean"] <= seeds["accuracy_drop_points"]["max"]
+    assert 0.0 <= ratios["agreement_with_teacher"] <= 1.0
+    assert (project / "models" / "seeds" / "14" / "final" / "model.onnx").exists()
+    assert not (project / "models" / "seeds" / "14" / "student").exists()
 
 
 def test_mlflow_has_parent_child_runs_and_the_registered_champion(smoke_run):
