@@ -79,9 +79,11 @@ class DistillConfig(TrainConfig):
     alpha: float = Field(0.5, ge=0.0, le=1.0)  # weight of the soft (KL) term
     temperature: float = Field(2.0, gt=0.0)
     # Intermediate-layer transfer: MSE between hidden states and KL between attention maps of matched
-    # layers (0 turns a term off; either one above 0 runs the teacher beside the student).
-    hidden_weight: float = Field(1.0, ge=0.0)
-    attention_weight: float = Field(1.0, ge=0.0)
+    # layers (0 turns a term off; either one above 0 runs the teacher beside the student). Off by default:
+    # on the default job, one epoch with both at 1.0 reached 85.5% validation / 86.6% test accuracy against
+    # 86.9% / 88.2% for logits alone, and cost about 50% more time per epoch.
+    hidden_weight: float = Field(0.0, ge=0.0)
+    attention_weight: float = Field(0.0, ge=0.0)
     lr: float = Field(1e-4, gt=0)
     # Add the unlabelled transfer set (when the data has one), taught by the teacher's soft outputs.
     transfer: bool = True
@@ -97,8 +99,8 @@ class DistillConfig(TrainConfig):
 
 
 class PruneConfig(TrainConfig):
-    head_ratio: float = Field(0.4, ge=0.0, lt=1.0)  # share of all attention heads removed
-    ffn_ratio: float = Field(0.4, ge=0.0, lt=1.0)  # share of FFN neurons removed in every layer
+    head_ratio: float = Field(0.5, ge=0.0, lt=1.0)  # share of all attention heads removed
+    ffn_ratio: float = Field(0.5, ge=0.0, lt=1.0)  # share of FFN neurons removed in every layer
     importance_batches: int = Field(32, ge=1)  # batches used to score heads and neurons, per step
     # Prune in this many equal steps, re-scoring and recovering after each one.
     steps: int = Field(2, ge=1)
@@ -146,6 +148,30 @@ class SeedsConfig(_Section):
         return self
 
 
+class SearchConfig(_Section):
+    """`miniaturize search`: the space, the training budget per candidate and the tolerance."""
+    layers: list[list[int]] = [[0, 2, 4], [0, 3], [0, 5]]  # teacher layers kept by each student
+    prune_ratios: list[float] = [0.4, 0.6]  # share of heads and FFN neurons removed (0: no pruning)
+    trim: list[bool] = [True]  # vocabulary trimming on / off
+    quantize: list[Literal["fp32", "int8", "fused_int8", "static_int8"]] = ["fused_int8", "static_int8"]
+    epochs: int = Field(1, ge=1)  # distill and prune epochs per candidate: a low-fidelity, cheaper search
+    max_candidates: int = Field(12, ge=1)
+    budget_minutes: float = Field(90.0, gt=0)  # no new candidate starts after this much time
+    max_accuracy_drop_points: float = Field(1.0, ge=0.0)  # validation accuracy below the teacher
+    latency_calls: int = Field(200, ge=10)  # batch-1 calls timed per candidate
+
+    @model_validator(mode="after")
+    def _valid_space(self) -> SearchConfig:
+        for layers in self.layers:
+            if not layers or sorted(set(layers)) != list(layers) or min(layers) < 0:
+                raise ValueError(f"search.layers entries must be increasing, distinct, >= 0; got {layers}")
+        if any(not 0.0 <= r < 1.0 for r in self.prune_ratios):
+            raise ValueError(f"search.prune_ratios must be in [0, 1), got {self.prune_ratios}")
+        if not (self.layers and self.prune_ratios and self.trim and self.quantize):
+            raise ValueError("search.layers, prune_ratios, trim and quantize each need at least one value")
+        return self
+
+
 class EvaluateConfig(_Section):
     threads: int = Field(2, ge=1)  # intra-op threads, the same for every model
     warmup: int = Field(20, ge=0)
@@ -177,6 +203,7 @@ class Params(_Section):
     export: ExportConfig = ExportConfig()
     quantize: QuantizeConfig = QuantizeConfig()
     seeds: SeedsConfig = SeedsConfig()
+    search: SearchConfig = SearchConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
 

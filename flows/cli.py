@@ -2,6 +2,7 @@
 
     miniaturize run [--profile smoke] [--data FILE] [--set key=value ...]   # the whole pipeline
     miniaturize stage NAME                                                    # one stage (what dvc.yaml runs)
+    miniaturize search [--profile smoke] [--set key=value ...]               # candidates, Pareto front, best one
     miniaturize promote --version N                                           # champion through the gate
     miniaturize bench [--repeats 3]                                           # re-measure the report's models
 
@@ -49,7 +50,7 @@ def load(params_file: Path, profile: str | None, overrides: list[str]):
 def run(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None,
         data: Annotated[Optional[str], typer.Option("--data", help="CSV/JSONL/Parquet with text,label, or a hub dataset id.")] = None,
         overrides: SetOpt = None) -> None:
-    """Run the whole pipeline: ingest, validate, finetune, distill, prune, export, quantize, evaluate, register."""
+    """Run the whole pipeline: ingest, validate, finetune, distill, prune, trim, export, quantize, seeds, evaluate, register."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     overrides = list(overrides or [])
@@ -101,7 +102,34 @@ def print_summary(root: Path, outcome: dict, minutes: float) -> None:
 
 
 @app.command()
-def stage(name: Annotated[str, typer.Argument(help="ingest, validate, finetune, distill, prune, export, quantize, evaluate or register")],
+def search(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None, overrides: SetOpt = None) -> None:
+    """Search kept layers x prune ratio x vocabulary x quantization; register the fastest within tolerance."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    params = load(params_file, profile, list(overrides or []))
+    root = Path.cwd()
+    from components.validate import ValidationFailed
+    from flows.search import search as search_flow
+
+    started = time.perf_counter()
+    try:
+        outcome = search_flow(params, root=str(root))
+    except ValidationFailed as err:
+        fail(f"\n{err}\n\nFull validation result: {err.report_path}\nNothing was trained or registered.", 3)
+    except Exception as err:  # noqa: BLE001 - one clear line instead of a Prefect traceback
+        fail(f"\nerror: search failed: {type(err).__name__}: {err}", 1)
+    reg = outcome["registration"]
+    typer.echo("")
+    typer.secho(f"miniaturize: search finished in {(time.perf_counter() - started) / 60:.1f} min", bold=True)
+    typer.echo(f"  chosen:  {outcome['chosen']} ({outcome['reason']})")
+    typer.echo(f"  front:   {', '.join(outcome['front'])}")
+    typer.echo(f"  registered: {reg['model_uri']} is now @{reg['alias']} ({reg['reason']})")
+    typer.echo(f"  report:  {outcome['reports']}/search.md (+ search.json, pareto.png)")
+    typer.echo(f"  MLflow:  {outcome['tracking_uri']}  run {outcome['parent_run_id']}")
+
+
+@app.command()
+def stage(name: Annotated[str, typer.Argument(help="ingest, validate, finetune, distill, prune, trim, export, quantize, seeds, evaluate or register")],
           params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None, overrides: SetOpt = None) -> None:
     """Run one stage on the files of the previous ones (dvc.yaml calls this)."""
     for key, value in QUIET_ENV.items():

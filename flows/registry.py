@@ -50,9 +50,28 @@ def version_tags(p: Params, ws: Workspace, report: dict, parent_run_id: str | No
     }
 
 
-def register(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
+def log_version(p: Params, run_id: str, model_dir: Path, report: Path, tags: dict[str, str]) -> str:
+    """Log the ONNX model of model_dir under the MLflow run as a new registered version, with its folder
+    (tokenizer, labels) as the `bundle` artifact, the report and the tags; returns the version."""
     import mlflow
     import onnx
+
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.onnx.log_model(onnx.load(str(model_dir / "model.onnx")), name="model",
+                                     registered_model_name=p.register_.model_name,
+                                     onnx_execution_providers=["CPUExecutionProvider"],
+                                     pip_requirements=PIP_REQUIREMENTS, save_as_external_data=False)
+        mlflow.log_artifacts(str(model_dir), artifact_path="bundle")
+        mlflow.log_artifact(str(report), artifact_path="report")
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()  # the tracking URI the caller set
+    for key, value in tags.items():
+        client.set_model_version_tag(p.register_.model_name, version, key, value)
+    return version
+
+
+def register(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
+    import mlflow
 
     from flows.tracking import tracking_uri
 
@@ -63,16 +82,7 @@ def register(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
     mlflow.set_tracking_uri(tracking_uri(ws.root))
     client = tracker.client
     parent = client.get_run(run_id).data.tags.get("mlflow.parentRunId")
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.onnx.log_model(onnx.load(str(ws.final / "model.onnx")), name="model",
-                                     registered_model_name=p.register_.model_name,
-                                     onnx_execution_providers=["CPUExecutionProvider"],
-                                     pip_requirements=PIP_REQUIREMENTS, save_as_external_data=False)
-        mlflow.log_artifacts(str(ws.final), artifact_path="bundle")
-        mlflow.log_artifact(str(ws.report), artifact_path="report")
-    version = str(info.registered_model_version)
-    for key, value in version_tags(p, ws, report, parent).items():
-        client.set_model_version_tag(p.register_.model_name, version, key, value)
+    version = log_version(p, run_id, ws.final, ws.report, version_tags(p, ws, report, parent))
 
     gate_passed = bool(report["gate"]["passed"])
     alias = alias_for(gate_passed)

@@ -89,14 +89,16 @@ def seeds(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
     rows, metrics = [], {}
     shutil.rmtree(ws.seeds, ignore_errors=True)
     for seed in p.seeds.extra:
-        out, t = ws.seeds / str(seed), PrefixedTracker(tracker, f"seed{seed}.")
+        out = ws.seeds / str(seed)
+        t = {name: PrefixedTracker(tracker, f"seed{seed}.{name}.") for name in ("distill", "prune", "trim", "export",
+                                                                                "quantize")}
         print(f"  seeds: re-training the student chain with seed {seed}", flush=True)
-        distill.run(p.distill.model_copy(update={"ablation": False}), ws.teacher, ws.prepared, out / "student", t,
-                    seed=seed)
-        prune.run(p.prune, out / "student", ws.teacher, ws.prepared, out / "pruned", t, seed=seed)
-        vocab.run(p.trim, out / "pruned", ws.prepared, out / "trimmed", t, max_length=length)
-        export.run(p.export, out / "trimmed", ws.prepared, out / "onnx_fp32", t, max_length=length)
-        chosen = quantize.run(p.quantize, out / "onnx_fp32", ws.prepared, out / "final", t, max_length=length)
+        distill.run(p.distill.model_copy(update={"ablation": False}), ws.teacher, ws.prepared, out / "student",
+                    t["distill"], seed=seed)
+        prune.run(p.prune, out / "student", ws.teacher, ws.prepared, out / "pruned", t["prune"], seed=seed)
+        vocab.run(p.trim, out / "pruned", ws.prepared, out / "trimmed", t["trim"], max_length=length)
+        export.run(p.export, out / "trimmed", ws.prepared, out / "onnx_fp32", t["export"], max_length=length)
+        chosen = quantize.run(p.quantize, out / "onnx_fp32", ws.prepared, out / "final", t["quantize"], max_length=length)
         row = {"seed": seed, "quantization": chosen.info["chosen"],
                **measure_final(out / "final", ws.teacher, ws.prepared, length)}
         print(f"  seeds: seed {seed} final model test acc {row['accuracy']:.4f}, "

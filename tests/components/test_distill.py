@@ -22,8 +22,10 @@ def test_keep_layers_rejects_layers_the_teacher_lacks(tiny_model_dir):
         distill.keep_layers(model, [0, 2])
 
 
-def test_distill_trains_and_saves_a_loadable_student(tiny_teacher_dir, tiny_prepared, tmp_path):
-    cfg = DistillConfig(layers=[0], epochs=1, batch_size=8, max_length=32, lr=1e-3, ablation=False)
+@pytest.mark.parametrize("features", [0.0, 1.0], ids=["logits", "hidden+attention"])
+def test_distill_trains_and_saves_a_loadable_student(tiny_teacher_dir, tiny_prepared, tmp_path, features):
+    cfg = DistillConfig(layers=[0], epochs=1, batch_size=8, max_length=32, lr=1e-3, ablation=False,
+                        hidden_weight=features, attention_weight=features)
     result = distill.run(cfg, tiny_teacher_dir, tiny_prepared, tmp_path, NullTracker(), seed=0)
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
     assert reloaded.config.num_hidden_layers == 1

@@ -65,7 +65,7 @@ def make_project(dest: Path, params_overrides: dict | None = None, profile: str 
                                           f"['remote \"local\"']\n    url = {dest.parent / 'dvc-storage'}\n")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     profiles = raw.pop("profiles")
-    for key, value in (profiles[profile] if profile else {}).items() | (params_overrides or {}).items():
+    for key, value in [*(profiles[profile] if profile else {}).items(), *(params_overrides or {}).items()]:
         node = raw
         *parents, leaf = key.split(".")
         for part in parents:

@@ -156,3 +156,35 @@ def test_promote_goes_through_the_same_gate(smoke_run, prefect_api):
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     version = client.get_model_version("miniaturize-sentiment", "1")
     assert version.tags["alias.champion.by"] == "miniaturize promote"
+
+
+def test_search_measures_every_candidate_and_registers_one(smoke_run, prefect_api):
+    """Runs last: it registers a new version. The smoke profile's space is 2 students x 2 quantizations."""
+    from mlflow.tracking import MlflowClient
+
+    project, _ = smoke_run
+    done = run_cli(["search"], project, prefect_api)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "search finished" in done.stdout and "pareto.png" in done.stdout
+    assert "running ingest, validate, finetune first" not in done.stdout  # the pipeline's teacher is reused
+    result = json.loads((project / "reports" / "search" / "search.json").read_text())
+    rows = result["candidates"]
+    assert len(rows) == 4 and not [r for r in rows if "error" in r]
+    for r in rows:
+        assert 0.0 <= r["val_accuracy"] <= 1.0 and r["latency_ms"] > 0 and r["size_bytes"] > 0
+    assert result["front"] and set(result["front"]) <= {r["name"] for r in rows}
+    assert result["chosen"] in {r["name"] for r in rows}
+    assert (project / "reports" / "search" / "pareto.png").stat().st_size > 1000
+    # one distilled student per layer choice, shared by its candidates
+    assert sorted(p.name for p in (project / "models" / "search" / "students").iterdir()) == ["L0-2-4", "L0-5"]
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("miniaturize")
+    parent = client.search_runs([experiment.experiment_id], "tags.`miniaturize.kind` = 'search'")[0]
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(c.info.run_name for c in children) == sorted(r["name"] for r in rows)
+    assert all({"val_accuracy", "latency_ms", "size_bytes"} <= set(c.data.metrics) for c in children)
+    registration = json.loads((project / "reports" / "search" / "registration.json").read_text())
+    assert registration["alias"] in ("champion", "challenger")
+    version = client.get_model_version("miniaturize-sentiment", registration["version"])
+    assert version.tags["source"] == "search" and version.tags["search_candidate"] == result["chosen"]

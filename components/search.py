@@ -1,0 +1,235 @@
+"""Accuracy-aware compression search: candidates over kept layers, prune ratio, vocabulary and quantization.
+
+`candidates(cfg)` spells out the space of `SearchConfig` (at most `max_candidates`, students grouped so
+that each distilled student and each pruned model is trained once and shared by the candidates built on
+it). `build(candidate, ...)` runs the real chain for one candidate: distill, prune, trim, export and
+quantize, each the pipeline's own component at the search's training budget (`search.epochs`), reusing
+the intermediate models an earlier candidate already built. `measure(...)` scores a model on the
+validation split (the selection split: accuracy and batch-1 p50 latency) and the test split (reported
+only), and its size.
+
+The decision is pure: `pareto_front` keeps the candidates no other candidate beats on validation
+accuracy, latency and size at once; `choose` picks, among the candidates within
+`max_accuracy_drop_points` of the teacher's validation accuracy, the fastest (then the smallest). When
+none is within tolerance it still returns the most accurate candidate, flagged, with the constraint that
+failed: a search never ends with nothing. `save_plot` draws every candidate, the front and the choice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from components.config import Params, SearchConfig
+
+
+@dataclass(frozen=True)
+class Candidate:
+    layers: tuple[int, ...]
+    prune_ratio: float  # share of heads and of FFN neurons removed; 0 skips pruning
+    trim: bool
+    quantize: str  # a quantize candidate method, or "fp32"
+
+    @property
+    def student_key(self) -> str:
+        return "L" + "-".join(map(str, self.layers))
+
+    @property
+    def pruned_key(self) -> str:
+        return f"{self.student_key}_p{round(self.prune_ratio * 100):02d}"
+
+    @property
+    def export_key(self) -> str:
+        return f"{self.pruned_key}_{'trim' if self.trim else 'full'}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.export_key}_{self.quantize}"
+
+    def as_params(self) -> dict:
+        return {"layers": list(self.layers), "prune_ratio": self.prune_ratio, "trim": self.trim,
+                "quantize": self.quantize}
+
+
+def candidates(cfg: SearchConfig) -> list[Candidate]:
+    """The space in build order (student, then prune ratio, then vocabulary, then quantization), capped
+    at `cfg.max_candidates`."""
+    space = [Candidate(tuple(layers), float(ratio), bool(trim), mode)
+             for layers in cfg.layers for ratio in cfg.prune_ratios for trim in cfg.trim for mode in cfg.quantize]
+    return space[: cfg.max_candidates]
+
+
+# ---------------------------------------------------------------- pure decisions
+
+def dominates(a: dict, b: dict) -> bool:
+    """a is at least as good as b on accuracy, latency and size, and better on one of them."""
+    at_least = a["val_accuracy"] >= b["val_accuracy"] and a["latency_ms"] <= b["latency_ms"] \
+        and a["size_bytes"] <= b["size_bytes"]
+    better = a["val_accuracy"] > b["val_accuracy"] or a["latency_ms"] < b["latency_ms"] \
+        or a["size_bytes"] < b["size_bytes"]
+    return at_least and better
+
+
+def pareto_front(rows: list[dict]) -> list[str]:
+    """Names of the measured candidates that no other candidate dominates, fastest first."""
+    ok = [r for r in rows if "error" not in r]
+    front = [r for r in ok if not any(dominates(o, r) for o in ok if o is not r)]
+    return [r["name"] for r in sorted(front, key=lambda r: (r["latency_ms"], r["size_bytes"]))]
+
+
+@dataclass(frozen=True)
+class Choice:
+    name: str | None
+    within_tolerance: bool
+    reason: str
+
+
+def choose(rows: list[dict], teacher_val_accuracy: float, max_drop_points: float) -> Choice:
+    """The fastest (then smallest) candidate within `max_drop_points` of the teacher's validation accuracy;
+    failing that, the most accurate candidate, with the constraint it failed."""
+    ok = [r for r in rows if "error" not in r]
+    if not ok:
+        return Choice(None, False, "no candidate could be built")
+    for r in ok:
+        r["accuracy_drop_points"] = 100.0 * (teacher_val_accuracy - r["val_accuracy"])
+    within = [r for r in ok if r["accuracy_drop_points"] <= max_drop_points + 1e-9]
+    if within:
+        best = min(within, key=lambda r: (r["latency_ms"], r["size_bytes"]))
+        return Choice(best["name"], True, f"fastest of {len(within)} candidate(s) within {max_drop_points} "
+                                          f"accuracy points of the teacher")
+    best = max(ok, key=lambda r: (r["val_accuracy"], -r["latency_ms"]))
+    return Choice(best["name"], False, f"accuracy constraint failed: no candidate within {max_drop_points} points "
+                                       f"of the teacher; the most accurate loses {best['accuracy_drop_points']:.2f}")
+
+
+def save_plot(rows: list[dict], front: list[str], chosen: str | None, teacher: dict, path: Path) -> None:
+    """Validation accuracy against batch-1 latency and against size: all candidates, the front, the choice."""
+    from matplotlib.figure import Figure
+
+    ok = [r for r in rows if "error" not in r]
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    for ax, key, scale, label in zip(fig.subplots(1, 2), ("latency_ms", "size_bytes"), (1.0, 1e-6),
+                                     ("batch-1 p50 latency (ms)", "size (MB)")):
+        ax.scatter([r[key] * scale for r in ok], [100 * r["val_accuracy"] for r in ok], color="0.6", label="candidate")
+        on_front = sorted((r for r in ok if r["name"] in front), key=lambda r: r[key])
+        ax.plot([r[key] * scale for r in on_front], [100 * r["val_accuracy"] for r in on_front], "o-", color="C0",
+                label="Pareto front")
+        for r in ok:
+            if r["name"] == chosen:
+                ax.scatter([r[key] * scale], [100 * r["val_accuracy"]], s=160, facecolors="none", edgecolors="C3",
+                           linewidths=2, label=f"chosen: {chosen}")
+        ax.axhline(100 * teacher["val_accuracy"], color="C2", linestyle="--", label="teacher")
+        ax.set(xlabel=label, ylabel="validation accuracy (%)")
+        ax.grid(True, alpha=0.3)
+    fig.axes[0].legend(fontsize=7, loc="lower right")
+    fig.savefig(path, format="png", dpi=120)
+
+
+def render_markdown(result: dict) -> str:
+    lines = ["# Compression search", "",
+             f"Teacher: validation accuracy {result['teacher']['val_accuracy']:.4f}, batch-1 p50 "
+             f"{result['teacher']['latency_ms']:.2f} ms, {result['teacher']['size_bytes'] / 1e6:.1f} MB. "
+             f"Tolerance: {result['max_accuracy_drop_points']} points of validation accuracy.", "",
+             f"**Chosen:** {result['chosen'] or 'none'} ({result['reason']}).", "",
+             "| candidate | val acc | test acc | drop (points) | batch-1 p50 (ms) | size (MB) | speed-up | smaller | front |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in result["candidates"]:
+        if "error" in r:
+            lines.append(f"| {r['name']} | failed: {r['error'][:80]} | | | | | | | |")
+            continue
+        lines.append(f"| {r['name']} | {r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} "
+                     f"| {r['accuracy_drop_points']:+.2f} | {r['latency_ms']:.2f} | {r['size_bytes'] / 1e6:.1f} "
+                     f"| {r['speedup_batch1']:.1f}x | {r['size_ratio']:.1f}x | {'yes' if r['name'] in result['front'] else ''} |")
+    if result["skipped"]:
+        lines += ["", f"Not built (budget of {result['budget_minutes']} min spent): " + ", ".join(result["skipped"])]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- building and measuring
+
+def measure(path: Path, runtime: str, prepared: Path, threads: int, calls: int, max_length: int) -> dict:
+    """Validation and test accuracy, batch-1 p50 latency on validation sentences, and size of one model."""
+    from transformers import AutoTokenizer
+
+    from components import benchmark
+    from components.modeling import dir_size_bytes, encode, read_split
+
+    folder = path if path.is_dir() else path.parent
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    labels = json.loads((folder / "labels.json").read_text())
+    runner = benchmark.load_runner(path, runtime, threads)
+    out = {}
+    for split in ("validation", "test"):
+        frame = read_split(prepared, split)
+        data = encode(tokenizer, frame["text"].tolist(), frame["label"].tolist(), labels, max_length)
+        predicted = benchmark.runner_logits(runner, data.input_ids, pad_id).argmax(-1)
+        out[f"{'val' if split == 'validation' else split}_accuracy"] = float((predicted == data.labels).mean())
+        if split == "validation":
+            times = benchmark.time_calls(runner, benchmark.batched_inputs(data.input_ids, pad_id, 1)[:calls],
+                                         warmup=min(20, calls), calls=calls)
+            out["latency_ms"] = benchmark.latency_stats(times)["p50"]
+    kind = benchmark.runtime_kind(runtime)
+    out["size_bytes"] = int(dir_size_bytes(path) if kind == "torch" else benchmark.onnx_size_bytes(path))
+    return out
+
+
+def build(c: Candidate, p: Params, teacher_dir: Path, prepared: Path, root: Path, tracker) -> Path:
+    """The candidate's final ONNX folder under root/candidates, reusing students, pruned and exported models
+    already under root. Training stages run at `p.search.epochs` epochs."""
+    from components import distill, export, prune, quantize, vocab
+    from components.tracking import PrefixedTracker
+
+    s, length = p.search, p.teacher.max_length
+    log = {name: PrefixedTracker(tracker, name + ".") for name in ("distill", "prune", "trim", "export", "quantize")}
+    student = root / "students" / c.student_key
+    if not student.exists():
+        distill.run(p.distill.model_copy(update={"layers": list(c.layers), "epochs": s.epochs, "ablation": False}),
+                    teacher_dir, prepared, student, log["distill"], seed=p.seed)
+    pruned = student
+    if c.prune_ratio > 0:
+        pruned = root / "pruned" / c.pruned_key
+        if not pruned.exists():
+            cfg = p.prune.model_copy(update={"head_ratio": c.prune_ratio, "ffn_ratio": c.prune_ratio,
+                                             "epochs": s.epochs})
+            prune.run(cfg, student, teacher_dir, prepared, pruned, log["prune"], seed=p.seed)
+    onnx_dir = root / "onnx" / c.export_key
+    if not onnx_dir.exists():
+        source = pruned
+        if c.trim:
+            source = root / "trimmed" / c.export_key
+            vocab.run(p.trim.model_copy(update={"enabled": True}), pruned, prepared, source, log["trim"],
+                      max_length=length)
+        export.run(p.export, source, prepared, onnx_dir, log["export"], max_length=length)
+    final = root / "candidates" / c.name
+    if c.quantize == "fp32":
+        return onnx_dir
+    # One method, per tensor; quantize still ships fp32 if the int8 graph is slower or too inaccurate.
+    cfg = p.quantize.model_copy(update={"candidates": [c.quantize], "per_channel": [False]})
+    quantize.run(cfg, onnx_dir, prepared, final, log["quantize"], max_length=length)
+    return final
+
+
+def summary(rows: list[dict], teacher: dict, choice: Choice, cfg: SearchConfig, skipped: list[str]) -> dict:
+    for r in rows:
+        if "error" not in r:
+            r["speedup_batch1"] = teacher["latency_ms"] / r["latency_ms"] if r["latency_ms"] else math.inf
+            r["size_ratio"] = teacher["size_bytes"] / r["size_bytes"]
+    return {"teacher": teacher, "max_accuracy_drop_points": cfg.max_accuracy_drop_points,
+            "budget_minutes": cfg.budget_minutes, "candidates": rows, "front": pareto_front(rows),
+            "chosen": choice.name, "within_tolerance": choice.within_tolerance, "reason": choice.reason,
+            "skipped": skipped, "space": {k: v for k, v in cfg.model_dump().items()}}
+
+
+def json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Candidate):
+        return asdict(value)
+    raise TypeError(f"not JSON serialisable: {type(value)}")
