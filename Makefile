@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run smoke test bench ui stop-ui dvc-status repro push clean
+.PHONY: install run smoke search test bench ui stop-ui dvc-status repro push clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ run: $(VENV)/.installed
 
 smoke: $(VENV)/.installed
 	$(BIN)/miniaturize run --profile smoke $(ARGS)
+
+search: $(VENV)/.installed
+	$(BIN)/miniaturize search $(ARGS)
 
 test: $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(ARGS)
