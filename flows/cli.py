@@ -3,6 +3,7 @@
     miniaturize run [--profile smoke] [--data FILE] [--set key=value ...]   # the whole pipeline
     miniaturize stage NAME                                                    # one stage (what dvc.yaml runs)
     miniaturize search [--profile smoke] [--set key=value ...]               # candidates, Pareto front, best one
+    miniaturize package [--model models:/NAME@champion] --out DIR            # edge bundle with predict.py
     miniaturize promote --version N                                           # champion through the gate
     miniaturize bench [--repeats 3]                                           # re-measure the report's models
 
@@ -174,6 +175,30 @@ def promote(version: Annotated[str, typer.Option("--version", help="Registered m
     except GateRejected as err:
         fail(f"refused: {err}", 4)
     typer.echo(f"{result['model_name']} version {result['version']} is now @{result['alias']}")
+
+
+@app.command()
+def package(out: Annotated[Path, typer.Option("--out", help="Folder to write the bundle to (replaced).")],
+            model: Annotated[Optional[str], typer.Option("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a model folder; default the champion.")] = None,
+            params_file: ParamsOpt = Path("params.yaml")) -> None:
+    """Write an edge bundle: int8 ONNX model, tokenizer, labels, manifest with hashes, and predict.py."""
+    import tempfile
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    params = load(params_file, None, [])
+    from components.bundle import BundleSourceError, package as make_bundle
+    from flows.registry import bundle_source
+    from flows.workspace import Workspace
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            folder, source, metrics = bundle_source(params, Workspace(Path.cwd().resolve()), model, Path(tmp))
+            bundle = make_bundle(folder, out, source, metrics, params.teacher.max_length)
+        except (BundleSourceError, FileNotFoundError) as err:
+            fail(f"error: {err}", 2)
+        except Exception as err:  # noqa: BLE001 - e.g. no such registered model or alias
+            fail(f"error: cannot package {model or 'the champion'}: {type(err).__name__}: {err}", 2)
+    typer.echo(f"bundle written: {bundle}  (python {bundle / 'predict.py'} \"some text\")")
 
 
 @app.command()

@@ -123,3 +123,39 @@ def promote(p: Params, ws: Workspace, version: str) -> dict:
         raise GateRejected(f"version {version} of {name} fails the gate ({details}); champion unchanged")
     move_alias(client, name, version, CHAMPION, reason="manual promotion, gate passed", by="miniaturize promote")
     return {"model_name": name, "version": version, "alias": CHAMPION, "checks": decision.as_dict()}
+
+
+def bundle_source(p: Params, ws: Workspace, model: str | None, download_to: Path) -> tuple[Path, dict, dict]:
+    """(model folder, source, metrics) for `miniaturize package`: a registered version given as
+    models:/NAME@ALIAS or models:/NAME/VERSION (default: the champion), downloaded from MLflow, or a
+    local model folder."""
+    from flows.tracking import client as make_client
+
+    model = model or f"models:/{p.register_.model_name}@{CHAMPION}"
+    if not model.startswith("models:/"):
+        path = Path(model)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{model} is neither a models:/ URI nor a model folder")
+        return path, {"path": str(path.resolve())}, {}
+    client = make_client(ws.root)
+    ref = model.removeprefix("models:/")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias)
+    else:
+        name, number = ref.rsplit("/", 1)
+        version = client.get_model_version(name, number)
+    folder = Path(client.download_artifacts(version.run_id, "bundle", str(download_to)))
+    metrics = {k: float(v) for k, v in version.tags.items() if k.startswith("final_vs_teacher.")}
+    try:
+        report = json.loads(Path(client.download_artifacts(version.run_id, "report/compression_report.json",
+                                                           str(download_to))).read_text())
+        final = report.get("models", {}).get("final")
+        if final:
+            metrics |= {"accuracy": final["accuracy"], "size_bytes": final["size_bytes"],
+                        "batch1_p50_ms": final["latency_ms"]["batch1_p50"]}
+    except Exception:  # noqa: BLE001 - a version without a report still packages; its tags carry the ratios
+        pass
+    source = {"model_uri": model, "name": name, "version": str(version.version), "run_id": version.run_id,
+              "git_commit": version.tags.get("git_commit", ""), "data_sha256": version.tags.get("data_sha256", "")}
+    return folder, source, metrics

@@ -158,6 +158,25 @@ def test_promote_goes_through_the_same_gate(smoke_run, prefect_api):
     assert version.tags["alias.champion.by"] == "miniaturize promote"
 
 
+def test_package_bundles_the_registered_champion(smoke_run, prefect_api, tmp_path):
+    project, _ = smoke_run
+    out = tmp_path / "edge"
+    done = run_cli(["package", "--out", str(out)], project, prefect_api)
+    assert done.returncode == 0 and "bundle written" in done.stdout, done.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"]["model_uri"] == "models:/miniaturize-sentiment@champion"
+    assert manifest["source"]["version"] == "1" and "git_commit" in manifest["source"]
+    assert 0.0 <= manifest["metrics"]["accuracy"] <= 1.0
+    final = project / "models" / "final" / "model.onnx"
+    assert (out / "model.onnx").read_bytes() == final.read_bytes()
+    predicted = subprocess.run([str(BIN / "python"), str(out / "predict.py"), "a wonderful film"],
+                               capture_output=True, text=True)
+    assert predicted.returncode == 0 and json.loads(predicted.stdout)["label"] in ("negative", "positive")
+    missing = run_cli(["package", "--out", str(tmp_path / "x"), "--model", "models:/miniaturize-sentiment@nope"],
+                      project, prefect_api)
+    assert missing.returncode == 2 and "cannot package" in missing.stderr
+
+
 def test_search_measures_every_candidate_and_registers_one(smoke_run, prefect_api):
     """Runs last: it registers a new version. The smoke profile's space is 2 students, one quantization."""
     from mlflow.tracking import MlflowClient
