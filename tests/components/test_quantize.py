@@ -41,8 +41,12 @@ def test_quantized_model_is_smaller_and_reports_agreement(onnx_dir, tiny_prepare
     assert {"model.onnx", "config.json", "labels.json", "tokenizer_config.json", "quantize_report.json"} <= names
     assert "model_quantized.onnx" not in names
     report = json.loads((out / "quantize_report.json").read_text())
-    assert report["size_int8_bytes"] < report["size_fp32_bytes"]
-    assert report["size_ratio"] > 1
+    # Every int8 candidate is smaller than fp32; which one ships depends on timing (fp32 ships when every
+    # candidate is slower), so the shipped size is only bounded by fp32's.
+    fp32_file = (onnx_dir / "model.onnx").stat().st_size
+    assert all(c["size_bytes"] < fp32_file for c in report["candidates"].values())
+    assert report["size_int8_bytes"] <= report["size_fp32_bytes"] and report["size_ratio"] >= 1
+    assert (report["size_int8_bytes"] < report["size_fp32_bytes"]) == (report["chosen"] != "fp32")
     for key in ("agreement_test", "agreement_validation", "accuracy_fp32_test", "accuracy_int8_test"):
         assert 0.0 <= report[key] <= 1.0
     assert report["n_test"] == 16
