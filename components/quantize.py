@@ -160,9 +160,6 @@ class ValidationReader:
     def get_next(self) -> dict | None:
         return next(self._feeds, None)
 
-    def rewind(self):  # part of the CalibrationDataReader interface; one pass is all we use
-        raise NotImplementedError
-
 
 def static_quantize(onnx_dir: Path, dst: Path, per_channel: bool, feeds: list[dict]) -> Path:
     """Static int8: weights and activations (MatMul inputs, the embedding Gathers) with scales fixed from

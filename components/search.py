@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -222,7 +222,7 @@ def summary(rows: list[dict], teacher: dict, choice: Choice, cfg: SearchConfig, 
     return {"teacher": teacher, "max_accuracy_drop_points": cfg.max_accuracy_drop_points,
             "budget_minutes": cfg.budget_minutes, "candidates": rows, "front": pareto_front(rows),
             "chosen": choice.name, "within_tolerance": choice.within_tolerance, "reason": choice.reason,
-            "skipped": skipped, "space": {k: v for k, v in cfg.model_dump().items()}}
+            "skipped": skipped, "space": cfg.model_dump()}
 
 
 def json_default(value):
@@ -230,6 +230,4 @@ def json_default(value):
         return value.item()
     if isinstance(value, Path):
         return str(value)
-    if isinstance(value, Candidate):
-        return asdict(value)
     raise TypeError(f"not JSON serialisable: {type(value)}")

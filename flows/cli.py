@@ -38,6 +38,21 @@ def fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+def run_flow(flow_fn, params, root: Path, what: str) -> tuple[dict, float]:
+    """Run a Prefect flow; map its failures to exit codes (3 data validation, 1 anything else).
+    Returns the flow's result and the minutes it took."""
+    from components.validate import ValidationFailed
+
+    started = time.perf_counter()
+    try:
+        outcome = flow_fn(params, root=str(root))
+    except ValidationFailed as err:
+        fail(f"\n{err}\n\nFull validation result: {err.report_path}\nNothing was trained or registered.", 3)
+    except Exception as err:  # noqa: BLE001 - one clear line instead of a Prefect traceback
+        fail(f"\nerror: {what} failed: {type(err).__name__}: {err}", 1)
+    return outcome, (time.perf_counter() - started) / 60
+
+
 def load(params_file: Path, profile: str | None, overrides: list[str]):
     from components.config import ConfigError, load_params
 
@@ -62,17 +77,9 @@ def run(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None
         overrides.append(f"data.source={path.resolve() if path.exists() else data}")
     params = load(params_file, profile, overrides)
     root = Path.cwd()
-    from components.validate import ValidationFailed
     from flows.pipeline import pipeline
 
-    started = time.perf_counter()
-    try:
-        outcome = pipeline(params, root=str(root))
-    except ValidationFailed as err:
-        fail(f"\n{err}\n\nFull validation result: {err.report_path}\nNothing was trained or registered.", 3)
-    except Exception as err:  # noqa: BLE001 - one clear line instead of a Prefect traceback
-        fail(f"\nerror: pipeline failed: {type(err).__name__}: {err}", 1)
-    minutes = (time.perf_counter() - started) / 60
+    outcome, minutes = run_flow(pipeline, params, root, "pipeline")
     print_summary(root, outcome, minutes)
     if profile or overrides:
         typer.echo("DVC: not recorded (this run used --profile/--set/--data; put the values in params.yaml to version them)")
@@ -108,20 +115,12 @@ def search(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = N
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     params = load(params_file, profile, list(overrides or []))
-    root = Path.cwd()
-    from components.validate import ValidationFailed
     from flows.search import search as search_flow
 
-    started = time.perf_counter()
-    try:
-        outcome = search_flow(params, root=str(root))
-    except ValidationFailed as err:
-        fail(f"\n{err}\n\nFull validation result: {err.report_path}\nNothing was trained or registered.", 3)
-    except Exception as err:  # noqa: BLE001 - one clear line instead of a Prefect traceback
-        fail(f"\nerror: search failed: {type(err).__name__}: {err}", 1)
+    outcome, minutes = run_flow(search_flow, params, Path.cwd(), "search")
     reg = outcome["registration"]
     typer.echo("")
-    typer.secho(f"miniaturize: search finished in {(time.perf_counter() - started) / 60:.1f} min", bold=True)
+    typer.secho(f"miniaturize: search finished in {minutes:.1f} min", bold=True)
     typer.echo(f"  chosen:  {outcome['chosen']} ({outcome['reason']})")
     typer.echo(f"  front:   {', '.join(outcome['front'])}")
     typer.echo(f"  registered: {reg['model_uri']} is now @{reg['alias']} ({reg['reason']})")
