@@ -1,4 +1,5 @@
 # miniaturize: `make run` sets up .venv and runs the default pipeline; `make test` runs the suite.
+# `make serve` runs it on a schedule (nightly at 02:00) against a local Prefect server.
 # Installs happen only when pyproject.toml changed since the last install (stamp files in .venv/).
 PYTHON ?= python3
 VENV   := .venv
@@ -11,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run smoke search test bench ui stop-ui dvc-status repro push clean
+.PHONY: install run smoke search test test-integration bench ui stop-ui serve dvc-status repro push clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +42,11 @@ search: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(ARGS)
 
+# The smoke pipeline against a real MLflow server on a throwaway PostgreSQL cluster (installs the
+# postgresql Debian package when missing and run as root); left out of `make test`.
+test-integration: $(VENV)/.installed-test
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m integration tests/integration $(ARGS)
+
 # Re-measure every model of the latest report, 3 rounds side by side (median and min-max).
 bench: $(VENV)/.installed
 	$(BIN)/miniaturize bench $(ARGS)
@@ -59,6 +65,21 @@ ui: $(VENV)/.installed
 stop-ui:
 	-@for f in .miniaturize/mlflow-ui.pid .miniaturize/prefect-ui.pid; do \
 		[ -f $$f ] && kill -- -$$(cat $$f) 2>/dev/null; rm -f $$f; done; true
+
+# The pipeline on a schedule: starts a Prefect server on :4200 in the background unless one answers there
+# (`make stop-ui` stops it), then serves `miniaturize deploy $(ARGS)` in the foreground until Ctrl-C,
+# e.g. make serve ARGS='--cron "30 1 * * 1-5" --timezone Europe/Paris'.
+PREFECT_HEALTHY := $(BIN)/python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:4200/api/health', timeout=2)" 2>/dev/null
+serve: $(VENV)/.installed
+	@mkdir -p .miniaturize
+	@if ! $(PREFECT_HEALTHY); then \
+		echo "starting a Prefect server on http://127.0.0.1:4200 (log: .miniaturize/prefect-ui.log)"; \
+		nohup setsid $(BIN)/prefect server start --host 127.0.0.1 --port 4200 \
+			> .miniaturize/prefect-ui.log 2>&1 & echo $$! > .miniaturize/prefect-ui.pid; \
+	fi
+	@for i in $$(seq 120); do $(PREFECT_HEALTHY) && exit 0; sleep 1; done; \
+		echo "the Prefect server did not answer in 120 s; see .miniaturize/prefect-ui.log"; exit 1
+	PREFECT_API_URL=http://127.0.0.1:4200/api $(BIN)/miniaturize deploy $(ARGS)
 
 dvc-status: $(VENV)/.installed
 	$(BIN)/dvc status

@@ -184,6 +184,9 @@ class GateConfig(_Section):
     max_accuracy_drop_points: float = Field(2.0, ge=0.0)  # teacher minus final, in points
     min_size_ratio: float = Field(3.0, ge=0.0)  # teacher bytes / final bytes
     min_speedup: float = Field(3.0, ge=0.0)  # teacher / final batch-1 p50 latency
+    # Against the current champion (if any): at most this many accuracy points worse, this much larger.
+    max_drop_vs_champion_points: float = Field(0.5, ge=0.0)
+    max_size_growth_vs_champion: float = Field(1.10, gt=0.0)
 
 
 class RegisterConfig(_Section):

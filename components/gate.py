@@ -1,7 +1,8 @@
 """The release gate: compare the final model with the teacher and decide whether it may ship.
 
 Pure decisions, no I/O. `compare_to_teacher` turns two model entries of the compression report into
-ratios; `decide` checks the ratios against `GateConfig`. The evaluate stage writes the decision into the
+ratios; `decide` checks the ratios against `GateConfig`; `compare_to_champion` checks a candidate against
+the version that is champion now, so no promotion makes production worse. The evaluate stage writes the decision into the
 report, and the register stage reads it back before moving any alias.
 
 A value that is not a finite number (NaN from a missing entry, inf from a zero measurement) fails its
@@ -68,6 +69,27 @@ def _check(value, threshold: float, at_most: bool) -> Check:
     value = math.nan if value is None else float(value)
     within = value <= threshold + TOLERANCE if at_most else value >= threshold - TOLERANCE
     return Check(value=value, threshold=float(threshold), passed=bool(math.isfinite(value) and within))
+
+
+def compare_to_champion(candidate: dict, champion: dict, cfg: GateConfig) -> GateDecision:
+    """Is the candidate no worse than the current champion beyond tolerance?
+
+    Both are {"accuracy": 0..1, "size_bytes": n} of the final model on its test split. Latency is left
+    out on purpose: two runs' timings on a shared machine differ by more than the models do, while each
+    version's speedup over its teacher is already checked by `decide`.
+    """
+    drop = 100.0 * (float(champion.get("accuracy", math.nan)) - float(candidate.get("accuracy", math.nan)))
+    growth = _ratio(candidate.get("size_bytes", math.nan), champion.get("size_bytes", math.nan))
+    checks = {
+        "vs_champion.accuracy_drop_points": _check(drop, cfg.max_drop_vs_champion_points, at_most=True),
+        "vs_champion.size_growth": _check(growth, cfg.max_size_growth_vs_champion, at_most=True),
+    }
+    return GateDecision(passed=all(c.passed for c in checks.values()), checks=checks)
+
+
+def combine(*decisions: GateDecision) -> GateDecision:
+    checks = {name: check for d in decisions for name, check in d.checks.items()}
+    return GateDecision(passed=all(c.passed for c in checks.values()), checks=checks)
 
 
 def decide(ratios: dict, cfg: GateConfig) -> GateDecision:

@@ -1,14 +1,18 @@
 """The `miniaturize` command line.
 
-    miniaturize run [--profile smoke] [--data FILE] [--set key=value ...]   # the whole pipeline
+    miniaturize run [--profile smoke] [--data FILE] [--set key=value ...] [--force]  # the whole pipeline
     miniaturize stage NAME                                                    # one stage (what dvc.yaml runs)
     miniaturize search [--profile smoke] [--set key=value ...]               # candidates, Pareto front, best one
     miniaturize package [--model models:/NAME@champion] --out DIR            # edge bundle with predict.py
-    miniaturize promote --version N                                           # champion through the gate
+    miniaturize serve-model DIR [--host 127.0.0.1] [--port 8000]              # the bundle over HTTP: /predict, /health
+    miniaturize promote --version N [--force --reason TEXT]                   # champion through the gate
+    miniaturize rollback [--reason TEXT]                                      # champion back to the previous one
+    miniaturize lineage N                                                     # commit, data, params, stage keys
     miniaturize bench [--repeats 3]                                           # re-measure the report's models
+    miniaturize deploy [--cron "0 2 * * *"] [--name nightly] [--timezone UTC] # the pipeline on a schedule (Prefect)
 
 Exit codes: 0 done, 1 a stage failed, 2 bad params or input path, 3 data validation failed,
-4 the gate refused a promotion.
+4 the gate refused a promotion (or there is nothing to roll back to).
 """
 
 from __future__ import annotations
@@ -38,14 +42,14 @@ def fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def run_flow(flow_fn, params, root: Path, what: str) -> tuple[dict, float]:
+def run_flow(flow_fn, params, root: Path, what: str, **options) -> tuple[dict, float]:
     """Run a Prefect flow; map its failures to exit codes (3 data validation, 1 anything else).
     Returns the flow's result and the minutes it took."""
     from components.validate import ValidationFailed
 
     started = time.perf_counter()
     try:
-        outcome = flow_fn(params, root=str(root))
+        outcome = flow_fn(params, root=str(root), **options)
     except ValidationFailed as err:
         fail(f"\n{err}\n\nFull validation result: {err.report_path}\nNothing was trained or registered.", 3)
     except Exception as err:  # noqa: BLE001 - one clear line instead of a Prefect traceback
@@ -65,8 +69,11 @@ def load(params_file: Path, profile: str | None, overrides: list[str]):
 @app.command()
 def run(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None,
         data: Annotated[Optional[str], typer.Option("--data", help="CSV/JSONL/Parquet with text,label, or a hub dataset id.")] = None,
-        overrides: SetOpt = None) -> None:
-    """Run the whole pipeline: ingest, validate, finetune, distill, prune, trim, export, quantize, seeds, evaluate, register."""
+        overrides: SetOpt = None,
+        force: Annotated[bool, typer.Option("--force", help="Run every stage, even those whose inputs, code and config are unchanged.")] = False) -> None:
+    """Run the whole pipeline: ingest, validate, finetune, distill, prune, trim, export, quantize, seeds, evaluate, register.
+
+    A stage whose inputs, component code and config slice are unchanged since its last run is skipped."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     overrides = list(overrides or [])
@@ -79,7 +86,7 @@ def run(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None
     root = Path.cwd()
     from flows.pipeline import pipeline
 
-    outcome, minutes = run_flow(pipeline, params, root, "pipeline")
+    outcome, minutes = run_flow(pipeline, params, root, "pipeline", force=force)
     print_summary(root, outcome, minutes)
     if profile or overrides:
         typer.echo("DVC: not recorded (this run used --profile/--set/--data; put the values in params.yaml to version them)")
@@ -98,11 +105,18 @@ def print_summary(root: Path, outcome: dict, minutes: float) -> None:
     teacher, final = report["models"]["teacher"], report["models"]["final"]
     typer.echo("")
     typer.secho(f"miniaturize: pipeline finished in {minutes:.1f} min", bold=True)
+    skipped = [name for name, stage in outcome["stages"].items() if stage.get("cache_hit")]
+    if skipped:
+        typer.echo(f"  unchanged, skipped: {', '.join(skipped)} ({len(skipped)} of {len(outcome['stages'])} stages; "
+                   "--force runs all)")
     typer.echo(f"  teacher accuracy {teacher['accuracy']:.4f} -> final {final['accuracy']:.4f} "
                f"(drop {ratios['accuracy_drop_points']:.2f} points)")
     typer.echo(f"  size {ratios['size_ratio']:.2f}x smaller, batch-1 p50 {ratios['speedup_batch1_p50']:.2f}x faster")
     gate = "passed" if reg["gate_passed"] else "FAILED (" + ", ".join(reg["failed_checks"]) + ")"
-    typer.echo(f"  gate {gate}: {reg['model_name']} version {reg['version']} is now @{reg['alias']}")
+    if outcome["stages"]["register"].get("cache_hit"):
+        typer.echo(f"  gate {gate}: unchanged model, already registered as {reg['model_name']} version {reg['version']}")
+    else:
+        typer.echo(f"  gate {gate}: {reg['model_name']} version {reg['version']} is now @{reg['alias']}")
     typer.echo(f"  report:  {root / 'reports' / 'compression_report.md'} (+ .json, compression_plot.png)")
     typer.echo(f"  MLflow:  {outcome['tracking_uri']}  experiment {outcome['experiment_id']}, "
                f"run {outcome['parent_run_id']}  (make ui -> http://127.0.0.1:5000)")
@@ -162,18 +176,83 @@ def stage(name: Annotated[str, typer.Argument(help="ingest, validate, finetune, 
 
 @app.command()
 def promote(version: Annotated[str, typer.Option("--version", help="Registered model version to promote.")],
+            force: Annotated[bool, typer.Option("--force", help="Promote even if the gate fails (needs --reason); recorded as forced.")] = False,
+            reason: Annotated[Optional[str], typer.Option("--reason", help="Why; recorded with the alias move.")] = None,
             params_file: ParamsOpt = Path("params.yaml"), overrides: SetOpt = None) -> None:
-    """Make VERSION the champion if it passes the gate (with the gate config in params)."""
+    """Make VERSION the champion if it passes the gate: against its teacher and against the current champion."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if force and not (reason or "").strip():
+        fail("error: --force needs --reason TEXT (it is recorded with the alias move)", 2)
     params = load(params_file, None, list(overrides or []))
+    from mlflow.exceptions import MlflowException
+
     from flows.registry import GateRejected, promote as do_promote
     from flows.workspace import Workspace
 
     try:
-        result = do_promote(params, Workspace(Path.cwd().resolve()), version)
+        result = do_promote(params, Workspace(Path.cwd().resolve()), version, force=force, reason=reason)
     except GateRejected as err:
         fail(f"refused: {err}", 4)
-    typer.echo(f"{result['model_name']} version {result['version']} is now @{result['alias']}")
+    except MlflowException as err:
+        fail(f"error: {err.message}", 2)
+    note = f" (FORCED past {', '.join(n for n, c in result['checks']['checks'].items() if not c['passed'])})" \
+        if result["forced"] else ""
+    typer.echo(f"{result['model_name']} version {result['version']} is now @{result['alias']}{note}; "
+               f"previous champion: {result['previous'] or 'none'}")
+
+
+@app.command()
+def rollback(reason: Annotated[str, typer.Option("--reason", help="Why; recorded with the alias move.")] = "manual rollback",
+             params_file: ParamsOpt = Path("params.yaml")) -> None:
+    """Move the champion back to the previous champion (by the recorded alias history)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    params = load(params_file, None, [])
+    from components.promotion import RollbackError
+    from flows.registry import rollback as do_rollback
+    from flows.workspace import Workspace
+
+    try:
+        result = do_rollback(params, Workspace(Path.cwd().resolve()), reason)
+    except RollbackError as err:
+        fail(f"refused: {err}", 4)
+    typer.echo(f"{result['model_name']}: champion rolled back from version {result['from']} to {result['version']}")
+
+
+@app.command()
+def lineage(version: Annotated[str, typer.Argument(help="Registered model version.")],
+            as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+            params_file: ParamsOpt = Path("params.yaml")) -> None:
+    """Where VERSION comes from: git commit, data hash, params, teacher run, every stage key and run, alias moves."""
+    import json
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    params = load(params_file, None, [])
+    from mlflow.exceptions import MlflowException
+
+    from flows.registry import lineage as trace
+    from flows.workspace import Workspace
+
+    try:
+        chain = trace(params, Workspace(Path.cwd().resolve()), version)
+    except MlflowException as err:
+        fail(f"error: {err.message}", 2)
+    if as_json:
+        typer.echo(json.dumps(chain, indent=2))
+        return
+    typer.secho(f"{chain['model_name']} version {chain['version']}  aliases now: {', '.join(chain['aliases_now']) or 'none'}",
+                bold=True)
+    for label, key in (("git commit", "git_commit"), ("data sha256", "data_sha256"), ("params hash", "params_hash"),
+                       ("pipeline run", "pipeline_run"), ("teacher run", "teacher_run"), ("model run", "model_run")):
+        typer.echo(f"  {label:<13} {chain[key] or '-'}")
+    if chain["stages"]:
+        typer.echo("  stages (key, run that produced the outputs):")
+        for row in chain["stages"]:
+            typer.echo(f"    {row['stage']:<9} {row['key']}  {row['run']}")
+    else:
+        typer.echo(f"  stages: not recorded (source: {chain['source']})")
+    for e in chain["alias_history"]:
+        forced = " FORCED" if e["forced"] else ""
+        typer.echo(f"  {e['at']}  {e['action']} @{e['alias']}{forced} by {e['by']}: {e['reason']}")
 
 
 @app.command()
@@ -222,6 +301,71 @@ def bench(repeats: Annotated[int, typer.Option(help="Rounds over all models.")] 
     (ws.reports / "bench.json").write_text(json.dumps(result, indent=2))
     typer.echo(component.render(result))
     typer.echo(f"\nwritten: {ws.reports / 'bench.json'}")
+
+
+@app.command("serve-model")
+def serve_model(bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `miniaturize package --out`.")],
+                host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
+                port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+                max_text_chars: Annotated[int, typer.Option(min=1, help="Longest text accepted, in characters (413 above).")] = 2000,
+                max_batch: Annotated[int, typer.Option(min=1, help="Most texts in one request (413 above).")] = 64,
+                threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads per inference.")] = 2) -> None:
+    """Serve an edge bundle over HTTP: GET /health, POST /predict {"texts": [...]} (hashes checked first)."""
+    if not bundle.is_dir():
+        fail(f"error: bundle folder {bundle} does not exist (write one with: miniaturize package --out {bundle})", 2)
+    from components.edge_predict import BundleError
+    from components.serve import serve
+
+    typer.echo(f"checking and loading {bundle} ...")
+    try:
+        serve(bundle, host, port, max_text_chars, max_batch, threads)
+    except BundleError as err:
+        fail(f"error: refusing to serve {bundle}: {err}", 2)
+
+
+@app.command()
+def deploy(name: Annotated[str, typer.Option("--name", help="Deployment name, under the flow miniaturize-scheduled.")] = "nightly",
+           cron: Annotated[str, typer.Option("--cron", help="When to run, as a cron expression (default: 02:00 every night).")] = "0 2 * * *",
+           timezone: Annotated[str, typer.Option("--timezone", help="IANA timezone of the cron expression, e.g. Europe/Paris.")] = "UTC",
+           params_file: Annotated[Optional[Path], typer.Option("--params", help="Params file, read when each run starts (default: params.yaml in --root).")] = None,
+           profile: ProfileOpt = None, overrides: SetOpt = None,
+           root: Annotated[Path, typer.Option("--root", help="Project folder the runs work in.")] = Path(".")) -> None:
+    """Run the pipeline on a schedule: register a Prefect deployment and execute its runs here until Ctrl-C."""
+    import urllib.request
+
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    overrides = list(overrides or [])
+    if not root.is_dir():
+        fail(f"error: project folder {root} does not exist", 2)
+    params_file = (params_file or root / "params.yaml").resolve()
+    load(params_file, profile, overrides)  # bad params fail now, not at the first scheduled run
+    from prefect.settings import get_current_settings
+
+    from flows.deploy import FLOW_NAME, build_deployment, serve
+
+    try:
+        deployment = build_deployment(name, cron, timezone, root, params_file, profile, overrides)
+    except ValueError as err:
+        fail(f"error: {err}", 2)
+    settings = get_current_settings()
+    api = settings.api.url
+    if not api:
+        fail("error: PREFECT_API_URL is not set; a schedule needs a running Prefect server. Start one and deploy "
+             "with `make serve` (or `prefect server start` and PREFECT_API_URL=http://127.0.0.1:4200/api).", 2)
+    try:
+        urllib.request.urlopen(f"{api}/health", timeout=10).close()
+    except OSError as err:
+        fail(f"error: no Prefect server answers at {api} ({err}); start one with `make serve`", 2)
+    full_name = f"{FLOW_NAME}/{name}"
+    typer.secho(f"miniaturize: serving {full_name} on {api}", bold=True)
+    typer.echo(f"  schedule: {cron} ({timezone}); one run at a time, params read when each run starts")
+    typer.echo(f"  project:  {root.resolve()}, params {params_file}"
+               + (f", profile {profile}" if profile else "") + (f", --set {' '.join(overrides)}" if overrides else ""))
+    typer.echo(f"  run now:  PREFECT_API_URL={api} prefect deployment run {full_name}")
+    typer.echo(f"  UI:       {settings.ui_url or api.removesuffix('/api')}/deployments  (runs, logs, schedule)")
+    typer.echo("Ctrl-C stops serving and pauses the schedule; deploying again resumes it.")
+    serve(deployment)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Run it with `miniaturize run` (see `flows/cli.py`). Without `PREFECT_API_URL` Prefect starts a temporary
 local API for the run; with it, the run shows up on that server. Stages hand each other files under the
-workspace (`flows/workspace.py`), which is what DVC versions.
+workspace (`flows/workspace.py`), which is what DVC versions. A stage whose content-addressed key (config
+slice, input files, component source, the key of the stage before it) and outputs are unchanged since its
+last run is skipped and logged as a cache hit (`flows/cache.py`); `miniaturize run --force` runs all.
 """
 
 from __future__ import annotations
@@ -15,61 +17,104 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from components.config import Params, section_hash
-from flows import tracking
-from flows.stages import STAGES, stage_config
+from flows import cache, tracking
+from flows.stages import STAGE_IO, STAGES, code_files, stage_config, stage_paths
 from flows.workspace import Workspace
 
 
 @dataclass(frozen=True)
 class RunContext:
-    """What every stage task needs: the config, where files live, and the MLflow runs to log under."""
+    """What every stage task needs: the config, where files live, the MLflow runs to log under, and whether
+    unchanged stages may be skipped."""
 
     params: Params
     workspace: Workspace
     experiment_id: str
     parent_run_id: str
+    force: bool = False
 
 
-def stage_key(name: str, params: Params, parent_key: str) -> str:
-    """Content address of a stage: its name, its config slice and the key of the stage before it."""
-    return section_hash({"stage": name, "config": stage_config(params, name), "parent": parent_key})
+def stage_key(name: str, params: Params, parent_key: str, ws: Workspace | None = None) -> str:
+    """Content address of a stage: its name, its config slice, the key of the stage before it, the hashes of
+    the files it reads (when a workspace is given) and of its components' source."""
+    io = STAGE_IO[name]
+    inputs = cache.hashes(stage_paths(ws, io.inputs) | external_inputs(name, params)) if ws else {}
+    extra = {"registry": tracking.tracking_uri(ws.root)} if ws and name == "register" else {}
+    return cache.stage_key(name, stage_config(params, name), parent_key, inputs, cache.hashes(code_files(io.code)),
+                           extra)
+
+
+def external_inputs(name: str, params: Params) -> dict[str, Path]:
+    """A user's own data file is an input of ingest (the built-in archive is checked by its sha256)."""
+    source = Path(params.data.source)
+    return {"data.source": source} if name == "ingest" and source.is_file() else {}
+
+
+def still_registered(record: cache.Record, client) -> bool:
+    """A cached registration counts only while its version still exists in the registry."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version(record.info["model_name"], record.info["version"])
+        return True
+    except (MlflowException, KeyError):
+        return False
 
 
 # Retries and caching policy live here, in one place: stage failures are not retried blindly (a data or
-# config error would fail the same way again), and Prefect's result cache is off because stages pass files.
+# config error would fail the same way again), and Prefect's own result cache is off: stages pass files,
+# and `flows.cache` skips a stage whose content-addressed key and outputs are unchanged.
 @task(task_run_name="{name}", cache_policy=NO_CACHE, retries=0)
 def run_stage(name: str, ctx: RunContext, parent_key: str) -> dict:
-    client = tracking.client(ctx.workspace.root)
-    key = stage_key(name, ctx.params, parent_key)
-    run_id = tracking.start_run(client, ctx.experiment_id, name, ctx.parent_run_id,
-                                tags={"miniaturize.stage": name, "miniaturize.stage_key": key,
-                                      "miniaturize.parent_key": parent_key, "miniaturize.cache_hit": "false"})
+    ws = ctx.workspace
+    client = tracking.client(ws.root)
+    store = cache.StageCache(ws.root)
+    outputs = stage_paths(ws, STAGE_IO[name].outputs)
+    key = stage_key(name, ctx.params, parent_key, ws)
+    record = None if ctx.force else store.lookup(name, key, outputs)
+    if record is not None and name == "register" and not still_registered(record, client):
+        record = None
+    tags = {"miniaturize.stage": name, "miniaturize.stage_key": key, "miniaturize.parent_key": parent_key,
+            "miniaturize.cache_hit": str(record is not None).lower()}
+    if record is not None:
+        tags["miniaturize.source_run_id"] = record.run_id
+    run_id = tracking.start_run(client, ctx.experiment_id, name, ctx.parent_run_id, tags=tags)
     tracker = tracking.MlflowTracker(client, run_id)
     tracker.log_params({"config": stage_config(ctx.params, name)})
+    if record is not None:
+        tracker.log_metrics(record.metrics)
+        tracking.end_run(client, run_id, True)
+        print(f"[{name}] unchanged (key {key}): skipped, outputs of run {record.run_id} ({record.finished_at})",
+              flush=True)
+        return {"stage": name, "key": key, "run_id": run_id, "seconds": 0.0, "metrics": record.metrics,
+                "info": record.info, "cache_hit": True, "source_run_id": record.run_id}
     print(f"[{name}] started", flush=True)
     started = time.perf_counter()
     ok = False
     try:
-        result = STAGES[name](ctx.params, ctx.workspace, tracker)
+        result = STAGES[name](ctx.params, ws, tracker)
         ok = True
     finally:
         seconds = time.perf_counter() - started
         tracker.log_metrics({"stage_seconds": seconds})
         tracking.end_run(client, run_id, ok)
         print(f"[{name}] {'finished' if ok else 'FAILED'} in {seconds:.1f} s", flush=True)
-    return {"stage": name, "key": key, "run_id": run_id, "seconds": seconds, "metrics": result.metrics,
-            "info": result.info if name == "register" else {}}
+    info = result.info if name == "register" else {}
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    store.store(name, key, outputs, run_id, metrics, info)
+    return {"stage": name, "key": key, "run_id": run_id, "seconds": seconds, "metrics": metrics, "info": info,
+            "cache_hit": False, "source_run_id": run_id}
 
 
 @flow(name="miniaturize", log_prints=False)
-def pipeline(params: Params, root: str = ".", run_name: str | None = None) -> dict:
+def pipeline(params: Params, root: str = ".", run_name: str | None = None, force: bool = False) -> dict:
     workspace = Workspace(Path(root).resolve())
     client = tracking.client(workspace.root)
     experiment = tracking.experiment_id(client, workspace.root)
     parent = tracking.start_run(client, experiment, run_name or time.strftime("pipeline-%Y%m%d-%H%M%S"),
                                 tags={"miniaturize.params_hash": section_hash(params.as_dict())})
     tracking.MlflowTracker(client, parent).log_params(params.as_dict())
-    ctx = RunContext(params, workspace, experiment, parent)
+    ctx = RunContext(params, workspace, experiment, parent, force)
     stages, key, ok = {}, "root", False
     try:
         # extract: raw data -> checked splits

@@ -1,26 +1,36 @@
 """Register the final ONNX model in the MLflow model registry and move aliases through the gate.
 
-Decide, then act: `components.gate.decide` judges the report's ratios against the gate config; this module
-only logs the model, tags the version and moves the alias: `champion` when the gate passes, `challenger`
-when it fails (the champion stays where it was). `promote` re-runs the same gate for an existing version.
+Decide, then act: `components.gate` judges the report's ratios against the teacher and the candidate against
+the current champion; `components.promotion` replays the alias history. This module only logs the model,
+tags the version and moves aliases: `champion` when every check passes, `challenger` otherwise (the
+champion stays where it was).
+
+Every alias move is recorded twice: as tags on the version (`alias.<alias>.set_at|reason|by|forced`) and
+as one JSON event in the history run (`alias_history/` artifacts of the run `alias-history-<model>` in
+the experiment `miniaturize-registry`), which `rollback` replays.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
+import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 from components.config import Params, section_hash
-from components.gate import decide
+from components.gate import GateDecision, combine, compare_to_champion, decide
+from components.promotion import CHALLENGER, CHAMPION, event, rollback_target
 from components.tracking import StageResult, Tracker
 from flows.workspace import Workspace
 
-CHAMPION, CHALLENGER = "champion", "challenger"
 # What the registered ONNX model needs to run through mlflow.pyfunc; given explicitly because
 # inferring requirements costs 5-10 s per model.
 PIP_REQUIREMENTS = ["onnx", "onnxruntime", "numpy"]
+HISTORY = "alias_history"
+REGISTRY_EXPERIMENT = "miniaturize-registry"
 
 
 class GateRejected(RuntimeError):
@@ -32,12 +42,17 @@ def git_commit(root: Path) -> str:
     return done.stdout.strip() if done.returncode == 0 else "unknown"
 
 
+def who(command: str) -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()} ({command})"
+
+
 def alias_for(gate_passed: bool) -> str:
     return CHAMPION if gate_passed else CHALLENGER
 
 
 def version_tags(p: Params, ws: Workspace, report: dict, parent_run_id: str | None) -> dict[str, str]:
     gate = report["gate"]
+    final = report["models"]["final"]
     return {
         "git_commit": git_commit(ws.root),
         "data_sha256": report["dataset"]["sha256"],
@@ -46,8 +61,28 @@ def version_tags(p: Params, ws: Workspace, report: dict, parent_run_id: str | No
         "gate_passed": str(gate["passed"]).lower(),
         "gate_failed_checks": ",".join(k for k, c in gate["checks"].items() if not c["passed"]),
         "task": report["task"],
+        "final.accuracy": f"{final['accuracy']:.6g}",
+        "final.size_bytes": str(int(final["size_bytes"])),
         **{f"final_vs_teacher.{k}": f"{v:.6g}" for k, v in report["final_vs_teacher"].items()},
     }
+
+
+def lineage_tags(client, parent_run_id: str) -> dict[str, str]:
+    """Stage key, run and cache hit of every stage of the pipeline run: which runs made this version."""
+    run = client.get_run(parent_run_id)
+    children = client.search_runs([run.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    tags = {}
+    for child in children:
+        stage = child.data.tags.get("miniaturize.stage")
+        if not stage:
+            continue
+        source = child.data.tags.get("miniaturize.source_run_id") or child.info.run_id
+        tags[f"lineage.{stage}.key"] = child.data.tags.get("miniaturize.stage_key", "")
+        tags[f"lineage.{stage}.run"] = source
+        if stage == "finetune":
+            tags["teacher_run_id"] = source
+    return tags
 
 
 def log_version(p: Params, run_id: str, model_dir: Path, report: Path, tags: dict[str, str]) -> str:
@@ -70,6 +105,45 @@ def log_version(p: Params, run_id: str, model_dir: Path, report: Path, tags: dic
     return version
 
 
+def champion_version(client, name: str):
+    """The version the champion alias points at, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def version_metrics(client, name: str, version) -> dict:
+    """{"accuracy", "size_bytes"} of a version's final model: from its tags, else from its report."""
+    tags = version.tags
+    if "final.accuracy" in tags and "final.size_bytes" in tags:
+        return {"accuracy": float(tags["final.accuracy"]), "size_bytes": float(tags["final.size_bytes"])}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(version.run_id, "report/compression_report.json", tmp)
+        final = json.loads(Path(path).read_text())["models"]["final"]
+    return {"accuracy": float(final["accuracy"]), "size_bytes": float(final["size_bytes"])}
+
+
+def judge(p: Params, client, version, ratios: dict) -> GateDecision:
+    """The gate against the teacher, and against the current champion when there is one (and it is another
+    version)."""
+    name = p.register_.model_name
+    decision = decide(ratios, p.register_.gate)
+    champion = champion_version(client, name)
+    if champion is not None and str(champion.version) != str(version.version):
+        decision = combine(decision, compare_to_champion(version_metrics(client, name, version),
+                                                         version_metrics(client, name, champion),
+                                                         p.register_.gate))
+    return decision
+
+
+def describe(decision: GateDecision) -> str:
+    return "; ".join(f"{k}: {decision.checks[k].value:.4g} vs threshold {decision.checks[k].threshold:.4g}"
+                     for k in decision.failed())
+
+
 def register(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
     import mlflow
 
@@ -82,47 +156,133 @@ def register(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
     mlflow.set_tracking_uri(tracking_uri(ws.root))
     client = tracker.client
     parent = client.get_run(run_id).data.tags.get("mlflow.parentRunId")
-    version = log_version(p, run_id, ws.final, ws.report, version_tags(p, ws, report, parent))
-
-    gate_passed = bool(report["gate"]["passed"])
-    alias = alias_for(gate_passed)
-    move_alias(client, p.register_.model_name, version, alias, reason="gate passed" if gate_passed else
-               "gate failed: " + ", ".join(k for k, c in report["gate"]["checks"].items() if not c["passed"]),
-               by="pipeline")
-    result = {"model_name": p.register_.model_name, "version": version, "alias": alias,
-              "gate_passed": gate_passed, "run_id": run_id, "parent_run_id": parent,
-              "model_uri": f"models:/{p.register_.model_name}/{version}",
-              "failed_checks": [k for k, c in report["gate"]["checks"].items() if not c["passed"]]}
+    tags = version_tags(p, ws, report, parent) | (lineage_tags(client, parent) if parent else {})
+    version = log_version(p, run_id, ws.final, ws.report, tags)
+    name = p.register_.model_name
+    decision = judge(p, client, client.get_model_version(name, version), report["final_vs_teacher"])
+    failed = decision.failed()
+    alias = alias_for(decision.passed)
+    move_alias(client, ws.root, name, version, alias, by="pipeline",
+               reason="gate passed" if decision.passed else "gate failed: " + ", ".join(failed),
+               failed_checks=failed)
+    result = {"model_name": name, "version": version, "alias": alias,
+              "gate_passed": decision.passed, "run_id": run_id, "parent_run_id": parent,
+              "model_uri": f"models:/{name}/{version}", "failed_checks": failed, "gate": decision.as_dict()}
     ws.registration.write_text(json.dumps(result, indent=2))
     tracker.set_tags({"miniaturize.registered_version": version, "miniaturize.alias": alias})
-    return StageResult(metrics={"version": float(version), "gate_passed": float(gate_passed)},
+    return StageResult(metrics={"version": float(version), "gate_passed": float(decision.passed)},
                        outputs={"registration": ws.registration}, info=result)
 
 
-def move_alias(client, model_name: str, version: str, alias: str, reason: str, by: str) -> None:
+def history_run(client, name: str, root: Path | None = None) -> str | None:
+    """The run whose `alias_history/` artifacts record every alias move of the registered model `name`, in
+    the experiment `miniaturize-registry` (apart from the pipeline runs). Created when `root` is given."""
+    from flows import tracking
+
+    experiment = client.get_experiment_by_name(REGISTRY_EXPERIMENT)
+    if experiment is not None:
+        found = client.search_runs([experiment.experiment_id],
+                                   filter_string=f"tags.`miniaturize.alias_history` = '{name}'", max_results=1)
+        if found:
+            return found[0].info.run_id
+    if root is None:
+        return None
+    experiment_id = tracking.experiment_id(client, root, REGISTRY_EXPERIMENT)
+    run_id = tracking.start_run(client, experiment_id, f"alias-history-{name}",
+                                tags={"miniaturize.alias_history": name})
+    tracking.end_run(client, run_id, True)
+    return run_id
+
+
+def read_history(client, name: str) -> list[dict]:
+    """Every recorded alias move of `name`, oldest first."""
+    run_id = history_run(client, name)
+    if run_id is None:
+        return []
+    events = []
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(client.download_artifacts(run_id, HISTORY, tmp))
+        for path in sorted(local.glob("*.json")):
+            events.append(json.loads(path.read_text()))
+    return events
+
+
+def move_alias(client, root: Path, model_name: str, version: str, alias: str, reason: str, by: str,
+               action: str = "set", forced: bool = False, failed_checks: list[str] | None = None) -> dict:
+    """Point `alias` at `version`, and record the move on the version's tags and in the history."""
+    record = event(alias, version, action, by, reason, forced, failed_checks)
     client.set_registered_model_alias(model_name, alias, version)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    client.set_model_version_tag(model_name, version, f"alias.{alias}.set_at", stamp)
-    client.set_model_version_tag(model_name, version, f"alias.{alias}.reason", reason)
-    client.set_model_version_tag(model_name, version, f"alias.{alias}.by", by)
+    for key, value in (("set_at", record["at"]), ("reason", reason), ("by", by), ("forced", str(forced).lower()),
+                       ("action", action)):
+        client.set_model_version_tag(model_name, version, f"alias.{alias}.{key}", value)
+    run_id = history_run(client, model_name, root)
+    with tempfile.TemporaryDirectory() as tmp:
+        # one file per move, named by time: artifacts are only ever added, never rewritten
+        path = Path(tmp) / f"{time.time_ns():020d}-{alias}-v{version}.json"
+        path.write_text(json.dumps(record, indent=2))
+        client.log_artifact(run_id, str(path), HISTORY)
+    return record
 
 
-def promote(p: Params, ws: Workspace, version: str) -> dict:
-    """Promote an existing version to champion through the same gate, judged with the current gate config."""
+def promote(p: Params, ws: Workspace, version: str, force: bool = False, reason: str | None = None) -> dict:
+    """Make `version` the champion through the gate (teacher ratios and the current champion), judged with the
+    current gate config. `force` overrides a failed gate; the override and its reason are recorded."""
     from flows.tracking import client as make_client
 
     client = make_client(ws.root)
     name = p.register_.model_name
     found = client.get_model_version(name, version)
-    local = Path(client.download_artifacts(found.run_id, "report/compression_report.json"))
-    report = json.loads(local.read_text())
-    decision = decide(report["final_vs_teacher"], p.register_.gate)
-    if not decision.passed:
-        details = "; ".join(f"{k}: {decision.checks[k].value:.4g} vs threshold {decision.checks[k].threshold:.4g}"
-                            for k in decision.failed())
-        raise GateRejected(f"version {version} of {name} fails the gate ({details}); champion unchanged")
-    move_alias(client, name, version, CHAMPION, reason="manual promotion, gate passed", by="miniaturize promote")
-    return {"model_name": name, "version": version, "alias": CHAMPION, "checks": decision.as_dict()}
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(client.download_artifacts(found.run_id, "report/compression_report.json", tmp))
+        report = json.loads(local.read_text())
+    decision = judge(p, client, found, report["final_vs_teacher"])
+    failed = decision.failed()
+    if failed and not force:
+        raise GateRejected(f"version {version} of {name} fails the gate ({describe(decision)}); champion unchanged")
+    why = reason or ("manual promotion, gate passed" if not failed else "")
+    if failed:
+        why = f"forced past failed checks {', '.join(failed)}: {reason}"
+    previous = champion_version(client, name)
+    move_alias(client, ws.root, name, version, CHAMPION, reason=why, by=who("miniaturize promote"), forced=bool(failed),
+               failed_checks=failed)
+    return {"model_name": name, "version": version, "alias": CHAMPION, "checks": decision.as_dict(),
+            "forced": bool(failed), "previous": str(previous.version) if previous else None}
+
+
+def rollback(p: Params, ws: Workspace, reason: str) -> dict:
+    """Move the champion back to the previous champion, by the recorded history."""
+    from flows.tracking import client as make_client
+
+    client = make_client(ws.root)
+    name = p.register_.model_name
+    current = champion_version(client, name)
+    target = rollback_target(read_history(client, name), str(current.version) if current else None)
+    move_alias(client, ws.root, name, target, CHAMPION, reason=f"rollback from version {current.version}: {reason}",
+               by=who("miniaturize rollback"), action="rollback")
+    return {"model_name": name, "version": target, "alias": CHAMPION, "from": str(current.version)}
+
+
+STAGE_ORDER = ("ingest", "validate", "finetune", "distill", "prune", "trim", "export", "quantize", "seeds",
+               "evaluate", "register")
+
+
+def lineage(p: Params, ws: Workspace, version: str) -> dict:
+    """Where a registered version comes from: commit, data, params, teacher run, every stage key and run,
+    and its alias moves."""
+    from flows.tracking import client as make_client
+
+    client = make_client(ws.root)
+    name = p.register_.model_name
+    found = client.get_model_version(name, version)
+    tags = found.tags
+    stages = [{"stage": s, "key": tags.get(f"lineage.{s}.key", ""), "run": tags.get(f"lineage.{s}.run", "")}
+              for s in STAGE_ORDER if f"lineage.{s}.key" in tags]
+    aliases = [e for e in read_history(client, name) if e["version"] == str(version)]
+    return {"model_name": name, "version": str(version), "model_run": found.run_id,
+            "git_commit": tags.get("git_commit", ""), "data_sha256": tags.get("data_sha256", ""),
+            "params_hash": tags.get("params_hash", ""), "pipeline_run": tags.get("parent_run_id", ""),
+            "teacher_run": tags.get("teacher_run_id", ""), "source": tags.get("source", "pipeline"),
+            "aliases_now": list(found.aliases), "stages": stages, "alias_history": aliases}
 
 
 def bundle_source(p: Params, ws: Workspace, model: str | None, download_to: Path) -> tuple[Path, dict, dict]:

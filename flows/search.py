@@ -99,23 +99,28 @@ def register_choice(p: Params, ws: Workspace, ctx: RunContext, row: dict, report
     from flows import registry
 
     report = json.loads(report_path.read_text())
-    gate = report["gate"]
-    failed = [k for k, c in gate["checks"].items() if not c["passed"]]
-    champion = within and gate["passed"]
-    alias = registry.CHAMPION if champion else registry.CHALLENGER
-    why = reason if not within else ("search choice, gate passed" if gate["passed"] else
-                                     "search choice, gate failed: " + ", ".join(failed))
     mlflow.set_tracking_uri(tracking.tracking_uri(ws.root))
     tags = {"git_commit": registry.git_commit(ws.root), "params_hash": section_hash(p.as_dict()),
             "parent_run_id": ctx.parent_run_id, "source": "search", "search_candidate": row["name"],
-            "gate_passed": str(gate["passed"]).lower(), "gate_failed_checks": ",".join(failed),
             "within_tolerance": str(within).lower(),
+            # the same test-split figures a pipeline version carries, so the champion check compares like
+            # with like
+            "final.accuracy": f"{row['test_accuracy']:.6g}", "final.size_bytes": str(int(row["size_bytes"])),
             **{f"final_vs_teacher.{k}": f"{v:.6g}" for k, v in report["final_vs_teacher"].items()}}
     version = registry.log_version(p, row["run_id"], Path(row["model_dir"]), report_path, tags)
     client = tracking.client(ws.root)
-    registry.move_alias(client, p.register_.model_name, version, alias, reason=why, by="miniaturize search")
-    return {"model_name": p.register_.model_name, "version": version, "alias": alias, "reason": why,
-            "model_uri": f"models:/{p.register_.model_name}/{version}"}
+    name = p.register_.model_name
+    decision = registry.judge(p, client, client.get_model_version(name, version), report["final_vs_teacher"])
+    failed = decision.failed()
+    for key, value in {"gate_passed": str(decision.passed).lower(), "gate_failed_checks": ",".join(failed)}.items():
+        client.set_model_version_tag(name, version, key, value)
+    champion = within and decision.passed
+    alias = registry.CHAMPION if champion else registry.CHALLENGER
+    why = reason if not within else ("search choice, gate passed" if decision.passed else
+                                     "search choice, gate failed: " + ", ".join(failed))
+    registry.move_alias(client, ws.root, name, version, alias, reason=why, by="miniaturize search", failed_checks=failed)
+    return {"model_name": name, "version": version, "alias": alias, "reason": why,
+            "model_uri": f"models:/{name}/{version}"}
 
 
 @flow(name="miniaturize-search", log_prints=False)

@@ -7,6 +7,8 @@ because it acts on the MLflow model registry.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from components.config import Params
@@ -156,6 +158,50 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "seeds": ("seeds", "distill", "prune", "trim", "export", "quantize", "teacher"),
     "evaluate": ("evaluate", "register", "seeds", "seed"), "register": ("register",),
 }
+
+
+@dataclass(frozen=True)
+class StageIO:
+    """Workspace paths a stage reads and writes (names of `Workspace` properties) and the components it runs:
+    what its content-addressed key hashes. dvc.yaml declares the same deps and outs."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    code: tuple[str, ...]
+
+
+_TRAIN = ("training", "modeling", "losses")
+STAGE_IO: dict[str, StageIO] = {
+    "ingest": StageIO((), ("prepared",), ("ingest",)),
+    "validate": StageIO(("prepared",), ("validation",), ("validate",)),
+    "finetune": StageIO(("prepared", "validation"), ("teacher",), ("finetune", *_TRAIN)),
+    "distill": StageIO(("prepared", "teacher"), ("student",), ("distill", *_TRAIN)),
+    "prune": StageIO(("prepared", "teacher", "student"), ("pruned",), ("prune", *_TRAIN)),
+    "trim": StageIO(("prepared", "pruned"), ("trimmed",), ("vocab",)),
+    "export": StageIO(("prepared", "trimmed", "teacher"), ("onnx_fp32", "teacher_onnx_fp32"), ("export",)),
+    "quantize": StageIO(("prepared", "onnx_fp32", "teacher_onnx_fp32"), ("final", "baseline_teacher_int8"),
+                        ("quantize",)),
+    "seeds": StageIO(("prepared", "teacher"), ("seeds", "seed_report"),
+                     ("seeds", "distill", "prune", "vocab", "export", "quantize", *_TRAIN)),
+    "evaluate": StageIO(("prepared", "teacher", "student", "pruned", "trimmed", "onnx_fp32", "final",
+                         "baseline_teacher_int8", "seed_report"), ("report", "report_md", "report_plot"),
+                        ("evaluate", "benchmark", "gate", "seeds")),
+    "register": StageIO(("final", "report"), ("registration",), ("gate", "promotion", "flows.registry")),
+}
+
+
+def stage_paths(ws: Workspace, names: tuple[str, ...]) -> dict[str, Path]:
+    """{path relative to the root: path} for the named workspace properties."""
+    paths = [getattr(ws, name) for name in names]
+    return {path.relative_to(ws.root).as_posix(): path for path in paths}
+
+
+def code_files(modules: tuple[str, ...]) -> dict[str, Path]:
+    """The source file of each module: a component's name, or a dotted module name."""
+    import importlib.util
+
+    names = [m if "." in m else f"components.{m}" for m in modules]
+    return {name.replace(".", "/") + ".py": Path(importlib.util.find_spec(name).origin) for name in names}
 
 
 def stage_config(params: Params, name: str) -> dict:

@@ -72,5 +72,13 @@ class Workspace:
         return self.reports / "compression_report.json"
 
     @property
+    def report_md(self) -> Path:
+        return self.reports / "compression_report.md"
+
+    @property
+    def report_plot(self) -> Path:
+        return self.reports / "compression_plot.png"
+
+    @property
     def registration(self) -> Path:
         return self.reports / "registration.json"

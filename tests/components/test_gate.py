@@ -170,3 +170,18 @@ def test_end_to_end_from_report_entries():
     assert d.passed
     slow = entry(0.90, 22_000_000, 4.0)
     assert decide(compare_to_teacher(teacher, slow), CFG).failed() == ["speedup_batch1_p50"]
+
+
+def test_a_candidate_worse_than_the_champion_beyond_tolerance_fails():
+    from components.gate import combine, compare_to_champion
+
+    cfg = GateConfig(max_drop_vs_champion_points=0.5, max_size_growth_vs_champion=1.1)
+    champion = {"accuracy": 0.88, "size_bytes": 8_000_000}
+    ok = compare_to_champion({"accuracy": 0.876, "size_bytes": 8_500_000}, champion, cfg)
+    assert ok.passed and ok.checks["vs_champion.accuracy_drop_points"].value == pytest.approx(0.4)
+    worse = compare_to_champion({"accuracy": 0.87, "size_bytes": 9_000_000}, champion, cfg)
+    assert worse.failed() == ["vs_champion.accuracy_drop_points", "vs_champion.size_growth"]
+    missing = compare_to_champion({}, champion, cfg)
+    assert not missing.passed
+    both = combine(decide({"size_ratio": 10, "speedup_batch1_p50": 10, "accuracy_drop_points": 0}, GateConfig()), worse)
+    assert not both.passed and "size_ratio" in both.checks and "vs_champion.size_growth" in both.failed()

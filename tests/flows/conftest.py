@@ -1,54 +1,18 @@
-"""Fixtures for flow-level tests: a throwaway project workspace and a real local Prefect server."""
+"""Helpers for flow-level tests: a throwaway project workspace and the `miniaturize` CLI run in it
+(the real local Prefect server, `prefect_api`, lives in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory) -> str:
-    """A real Prefect server on loopback for the session, so each flow run skips the ephemeral API start."""
-    home = tmp_path_factory.mktemp("prefect_home")
-    port = free_port()
-    env = os.environ | {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("Prefect server did not become healthy in 90 s")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def make_project(dest: Path, params_overrides: dict | None = None, profile: str | None = "smoke") -> Path:

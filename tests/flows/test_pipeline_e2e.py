@@ -112,6 +112,37 @@ def test_dvc_records_the_run(smoke_run):
     assert done.returncode == 0 and "up to date" in done.stdout, done.stdout + done.stderr
 
 
+def test_dvc_push_then_pull_in_a_fresh_clone_restores_the_champion(smoke_run, tmp_path):
+    """What `make push` stores is what a teammate's clone gets back: every output of dvc.lock, byte for byte,
+    and the registered champion's model among them."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from flows.cache import tree_sha256
+
+    project, _ = smoke_run
+    dvc = str(BIN / "dvc")
+    pushed = subprocess.run([dvc, "push", "--quiet"], cwd=project, capture_output=True, text=True)
+    assert pushed.returncode == 0, pushed.stderr[-2000:]
+    git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
+    subprocess.run([*git, "add", "-A"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-qm", "smoke run"], cwd=project, check=True)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    assert not (clone / "models").exists()
+    pulled = subprocess.run([dvc, "pull", "--quiet"], cwd=clone, capture_output=True, text=True)
+    assert pulled.returncode == 0, pulled.stderr[-2000:]
+    outs = {out["path"] for stage in yaml.safe_load((project / "dvc.lock").read_text())["stages"].values()
+            for out in stage.get("outs", [])}
+    assert {"data/prepared", "models/teacher", "models/final"} <= outs
+    for out in sorted(outs):
+        assert tree_sha256(clone / out) == tree_sha256(project / out), out
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("miniaturize-sentiment", "champion")
+    bundle = Path(client.download_artifacts(champion.run_id, "bundle", str(tmp_path / "champion")))
+    assert tree_sha256(bundle) == tree_sha256(clone / "models" / "final")
+
+
 def bad_file(path: Path, kind: str) -> Path:
     from tests.conftest import make_frame
 
@@ -155,7 +186,7 @@ def test_promote_goes_through_the_same_gate(smoke_run, prefect_api):
     assert done.returncode == 0 and "is now @champion" in done.stdout, done.stderr[-2000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     version = client.get_model_version("miniaturize-sentiment", "1")
-    assert version.tags["alias.champion.by"] == "miniaturize promote"
+    assert version.tags["alias.champion.by"].endswith("(miniaturize promote)")
 
 
 def test_package_bundles_the_registered_champion(smoke_run, prefect_api, tmp_path):
@@ -175,6 +206,108 @@ def test_package_bundles_the_registered_champion(smoke_run, prefect_api, tmp_pat
     missing = run_cli(["package", "--out", str(tmp_path / "x"), "--model", "models:/miniaturize-sentiment@nope"],
                       project, prefect_api)
     assert missing.returncode == 2 and "cannot package" in missing.stderr
+
+
+def stage_runs(client, parent_id: str) -> dict:
+    experiment = client.get_experiment_by_name("miniaturize")
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    return {c.data.tags["miniaturize.stage"]: c for c in children}
+
+
+def pipeline_parents(client) -> list:
+    experiment = client.get_experiment_by_name("miniaturize")
+    runs = client.search_runs([experiment.experiment_id], "tags.`miniaturize.params_hash` != ''",
+                              order_by=["attributes.start_time ASC"])
+    return [r for r in runs if "mlflow.parentRunId" not in r.data.tags and "miniaturize.kind" not in r.data.tags]
+
+
+def test_an_unchanged_rerun_skips_every_stage(smoke_run, prefect_api):
+    from mlflow.tracking import MlflowClient
+
+    project, _ = smoke_run
+    files = sorted(p for p in (project / "models").rglob("*") if p.is_file())
+    before = {p: p.stat().st_mtime_ns for p in files}
+    done = run_cli(["run"], project, prefect_api)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for stage in STAGES:
+        assert f"[{stage}] unchanged (key " in done.stdout and f"[{stage}] started" not in done.stdout, stage
+    assert f"unchanged, skipped: {', '.join(STAGES)} (11 of 11 stages" in done.stdout
+    assert "already registered as miniaturize-sentiment version 1" in done.stdout
+    assert {p: p.stat().st_mtime_ns for p in files} == before  # nothing rewritten
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    first, second = pipeline_parents(client)
+    old, new = stage_runs(client, first.info.run_id), stage_runs(client, second.info.run_id)
+    for stage in STAGES:
+        tags = new[stage].data.tags
+        assert tags["miniaturize.cache_hit"] == "true" and old[stage].data.tags["miniaturize.cache_hit"] == "false"
+        assert tags["miniaturize.stage_key"] == old[stage].data.tags["miniaturize.stage_key"]
+        assert tags["miniaturize.source_run_id"] == old[stage].info.run_id
+    assert new["finetune"].data.tags["miniaturize.parent_key"] == new["validate"].data.tags["miniaturize.stage_key"]
+    assert len(client.search_model_versions("name = 'miniaturize-sentiment'")) == 1
+    status = subprocess.run([str(BIN / "dvc"), "status"], cwd=project, capture_output=True, text=True)
+    assert "up to date" in status.stdout
+
+
+def test_changing_one_stage_param_reruns_that_stage_and_later_ones_only(smoke_run, prefect_api):
+    project, _ = smoke_run
+    done = run_cli(["run", "--set", "evaluate.batch1_calls=21"], project, prefect_api)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for stage in STAGES[:STAGES.index("evaluate")]:
+        assert f"[{stage}] unchanged (key " in done.stdout, stage
+    for stage in ("evaluate", "register"):
+        assert f"[{stage}] started" in done.stdout and f"[{stage}] finished in" in done.stdout
+    assert "models:/miniaturize-sentiment/2" in done.stdout
+
+
+def test_lineage_traces_a_version_to_commit_data_params_teacher_and_stage_keys(smoke_run, prefect_api):
+    from mlflow.tracking import MlflowClient
+
+    project, _ = smoke_run
+    done = run_cli(["lineage", "2", "--json"], project, prefect_api)
+    assert done.returncode == 0, done.stderr[-2000:]
+    chain = json.loads(done.stdout)
+    report = json.loads((project / "reports" / "compression_report.json").read_text())
+    assert chain["data_sha256"] == report["dataset"]["sha256"] and len(chain["params_hash"]) == 16
+    assert chain["git_commit"]
+    assert [row["stage"] for row in chain["stages"]] == STAGES
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    first, *_, last = pipeline_parents(client)
+    assert chain["pipeline_run"] == last.info.run_id
+    # unchanged stages trace back to the run that produced their outputs: the teacher of the first run
+    assert chain["teacher_run"] == stage_runs(client, first.info.run_id)["finetune"].info.run_id
+    latest = stage_runs(client, last.info.run_id)
+    assert {r["stage"]: r["key"] for r in chain["stages"]} == {s: c.data.tags["miniaturize.stage_key"]
+                                                               for s, c in latest.items()}
+    text = run_cli(["lineage", "2"], project, prefect_api)
+    assert text.returncode == 0 and "teacher run" in text.stdout and "finetune" in text.stdout
+    missing = run_cli(["lineage", "99"], project, prefect_api)
+    assert missing.returncode == 2 and "error" in missing.stderr
+
+
+def test_promotion_lifecycle_gate_vs_champion_force_rollback_and_history(smoke_run, prefect_api):
+    from mlflow.tracking import MlflowClient
+
+    project, _ = smoke_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    assert str(client.get_model_version_by_alias("miniaturize-sentiment", "champion").version) == "2"
+    strict = ["--set", "register.gate.max_size_growth_vs_champion=0.5"]
+    refused = run_cli(["promote", "--version", "1", *strict], project, prefect_api)
+    assert refused.returncode == 4 and "vs_champion.size_growth" in refused.stderr, refused.stderr[-2000:]
+    no_reason = run_cli(["promote", "--version", "1", "--force", *strict], project, prefect_api)
+    assert no_reason.returncode == 2 and "--reason" in no_reason.stderr
+    forced = run_cli(["promote", "--version", "1", "--force", "--reason", "pin v1 for the demo", *strict],
+                     project, prefect_api)
+    assert forced.returncode == 0 and "FORCED past vs_champion.size_growth" in forced.stdout, forced.stderr[-2000:]
+    tags = client.get_model_version("miniaturize-sentiment", "1").tags
+    assert tags["alias.champion.forced"] == "true" and "pin v1 for the demo" in tags["alias.champion.reason"]
+    back = run_cli(["rollback", "--reason", "demo over"], project, prefect_api)
+    assert back.returncode == 0 and "rolled back from version 1 to 2" in back.stdout, back.stderr[-2000:]
+    assert str(client.get_model_version_by_alias("miniaturize-sentiment", "champion").version) == "2"
+    chain = json.loads(run_cli(["lineage", "1", "--json"], project, prefect_api).stdout)
+    assert [(e["action"], e["forced"]) for e in chain["alias_history"]][-1] == ("set", True)
+    history = json.loads(run_cli(["lineage", "2", "--json"], project, prefect_api).stdout)["alias_history"]
+    assert history[-1]["action"] == "rollback" and history[-1]["reason"].endswith("demo over")
 
 
 def test_search_measures_every_candidate_and_registers_one(smoke_run, prefect_api):
@@ -207,3 +340,65 @@ def test_search_measures_every_candidate_and_registers_one(smoke_run, prefect_ap
     assert registration["alias"] in ("champion", "challenger")
     version = client.get_model_version("miniaturize-sentiment", registration["version"])
     assert version.tags["source"] == "search" and version.tags["search_candidate"] == result["chosen"]
+
+
+def log_tail(path: Path, chars: int = 4000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+def test_deploy_serves_a_cron_deployment_whose_triggered_run_completes(smoke_run, prefect_api, tmp_path):
+    """Runs after the search: `miniaturize deploy` serves the smoke project on a real Prefect server; a triggered
+    run reuses every unchanged stage and re-runs evaluate and register (the last run used another
+    evaluate.batch1_calls), registers a version and records the outputs with DVC."""
+    import os
+    import time
+
+    from mlflow.tracking import MlflowClient
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    project, _ = smoke_run
+    name = "miniaturize-scheduled/nightly"
+    log = tmp_path / "serve.log"
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PREFECT_API_URL": prefect_api}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(BIN / "miniaturize"), "deploy", "--cron", "0 3 * * *"], cwd=project, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: prefect_api}), get_client(sync_client=True) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                assert proc.poll() is None, f"deploy exited with {proc.returncode}:\n{log_tail(log)}"
+                try:
+                    deployment = client.read_deployment_by_name(name)
+                    break
+                except ObjectNotFound:
+                    assert time.monotonic() < deadline, f"{name} not registered in 120 s:\n{log_tail(log)}"
+                    time.sleep(1)
+            [schedule] = deployment.schedules
+            assert schedule.schedule.cron == "0 3 * * *" and schedule.schedule.timezone == "UTC" and schedule.active
+            assert deployment.parameters == {"root": str(project.resolve()), "params_file": "params.yaml",
+                                             "profile": None, "overrides": []}
+            assert deployment.entrypoint == "flows.deploy.scheduled_pipeline"
+            flow_run = run_deployment(name=name, timeout=900, poll_interval=3)
+            assert flow_run.state.is_completed(), f"{flow_run.state!r}\n{log_tail(log)}"
+            # Ctrl-C or SIGTERM stops serving and pauses the schedule.
+            proc.terminate()
+            assert proc.wait(timeout=60) is not None
+            assert client.read_deployment_by_name(name).paused
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = log.read_text()
+    assert "[finetune] unchanged (key " in out and "[register] finished" in out, log_tail(log)
+    registration = json.loads((project / "reports" / "registration.json").read_text())
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    version = client.get_model_version(registration["model_name"], registration["version"])
+    assert version.status == "READY"
+    parent = client.get_run(version.tags["parent_run_id"])
+    assert parent.info.run_name.startswith("scheduled-") and parent.info.status == "FINISHED"
+    status = subprocess.run([str(BIN / "dvc"), "status"], cwd=project, capture_output=True, text=True)
+    assert "up to date" in status.stdout, status.stdout + status.stderr

@@ -1,10 +1,14 @@
+import json
 from pathlib import Path
+
+import pytest
 
 from components.config import build_params
 from flows.registry import CHALLENGER, CHAMPION, alias_for, version_tags
 from flows.workspace import Workspace
 
 REPORT = {"task": "sequence-classification", "dataset": {"sha256": "ab" * 32},
+          "models": {"final": {"accuracy": 0.875, "size_bytes": 8_000_000}},
           "final_vs_teacher": {"size_ratio": 5.0, "speedup_batch1_p50": 9.0, "accuracy_drop_points": 0.5},
           "gate": {"passed": False, "checks": {"size_ratio": {"passed": True}, "speedup_batch1_p50": {"passed": False}}}}
 
@@ -19,3 +23,72 @@ def test_version_tags_trace_the_version():
     assert tags["gate_passed"] == "false" and tags["gate_failed_checks"] == "speedup_batch1_p50"
     assert len(tags["params_hash"]) == 16 and tags["git_commit"]
     assert tags["final_vs_teacher.size_ratio"] == "5"
+    assert tags["final.accuracy"] == "0.875" and tags["final.size_bytes"] == "8000000"
+
+
+@pytest.fixture()
+def registry_ws(tmp_path, monkeypatch):
+    """A workspace with its own sqlite MLflow store and three registered versions of a one-node ONNX model:
+    v1 accuracy 0.90, v2 0.88 (2 points worse), v3 0.90; every one 5x smaller and 9x faster than its teacher."""
+    import mlflow
+    import onnx
+    from onnx import TensorProto, helper
+
+    from flows import tracking
+    from flows.registry import log_version
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    ws = Workspace(tmp_path)
+    mlflow.set_tracking_uri(tracking.tracking_uri(ws.root))
+    client = tracking.client(ws.root)
+    experiment = tracking.experiment_id(client, ws.root)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), model_dir / "model.onnx")
+    params = build_params({})
+    ratios = {"size_ratio": 5.0, "speedup_batch1_p50": 9.0, "accuracy_drop_points": 0.5}
+    for accuracy in (0.90, 0.88, 0.90):
+        report = tmp_path / "compression_report.json"
+        report.write_text(json.dumps({"final_vs_teacher": ratios, "models": {"final": {"accuracy": accuracy}}}))
+        run_id = tracking.start_run(client, experiment, "register")
+        log_version(params, run_id, model_dir, report, {"final.accuracy": str(accuracy), "final.size_bytes": "1000",
+                                                        "git_commit": "abc", "lineage.train.key": "k"})
+        tracking.end_run(client, run_id, True)
+    return params, ws, client
+
+
+def test_promotion_lifecycle_gate_vs_champion_force_and_rollback(registry_ws):
+    from components.promotion import RollbackError
+    from flows import registry
+
+    params, ws, client = registry_ws
+    name = params.register_.model_name
+    registry.move_alias(client, ws.root, name, "1", CHAMPION, reason="gate passed", by="pipeline")
+    with pytest.raises(registry.GateRejected, match="vs_champion.accuracy_drop_points: 2 vs threshold 0.5"):
+        registry.promote(params, ws, "2")
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
+
+    forced = registry.promote(params, ws, "2", force=True, reason="hotfix for a data bug")
+    assert forced["forced"] and forced["previous"] == "1"
+    tags = client.get_model_version(name, "2").tags
+    assert tags["alias.champion.forced"] == "true" and "hotfix for a data bug" in tags["alias.champion.reason"]
+    assert "miniaturize promote" in tags["alias.champion.by"]
+
+    done = registry.promote(params, ws, "3")  # 2 points better than the forced champion: passes
+    assert not done["forced"] and done["previous"] == "2"
+    assert registry.rollback(params, ws, "latency regression")["version"] == "2"
+    assert registry.rollback(params, ws, "again")["version"] == "1"
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
+    with pytest.raises(RollbackError, match="first champion"):
+        registry.rollback(params, ws, "once more")
+
+    history = registry.read_history(client, name)
+    assert [(e["version"], e["action"], e["forced"]) for e in history] == [
+        ("1", "set", False), ("2", "set", True), ("3", "set", False), ("2", "rollback", False),
+        ("1", "rollback", False)]
+    assert all(e["at"] and e["by"] and e["reason"] for e in history)
+    chain = registry.lineage(params, ws, "2")
+    assert chain["git_commit"] == "abc" and [e["action"] for e in chain["alias_history"]] == ["set", "rollback"]

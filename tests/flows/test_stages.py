@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from components.config import build_params
 from components.tracking import NullTracker, StageResult
 from flows.pipeline import stage_key
@@ -12,6 +14,22 @@ def test_every_stage_has_a_config_slice_and_dvc_stage():
     dvc = yaml.safe_load(open("dvc.yaml"))["stages"]
     assert list(STAGES) == list(STAGE_SECTIONS) == list(dvc)
     assert all(stage["cmd"] == f"miniaturize stage {name}" for name, stage in dvc.items())
+
+
+def test_dvc_yaml_declares_the_inputs_outputs_and_code_that_stage_keys_hash():
+    import yaml
+
+    from flows.stages import STAGE_IO, code_files, stage_paths
+    from flows.workspace import Workspace
+
+    def names(items):
+        return {n for item in items for n in (item if isinstance(item, dict) else [item])}
+
+    ws = Workspace(Path.cwd())
+    dvc = yaml.safe_load(open("dvc.yaml"))["stages"]
+    for name, io in STAGE_IO.items():
+        assert names(dvc[name].get("deps", [])) == set(stage_paths(ws, io.inputs)) | set(code_files(io.code)), name
+        assert names(dvc[name]["outs"]) | names(dvc[name].get("metrics", [])) == set(stage_paths(ws, io.outputs)), name
 
 
 def test_stage_key_changes_only_downstream_of_a_changed_slice():

@@ -1,0 +1,105 @@
+"""Content-addressed stage keys, and the record that lets an unchanged stage be skipped.
+
+A stage's key hashes its name, its config slice, the key of the stage before it, the sha256 of every
+input file it reads and of the source of the components it runs. After a stage finishes, its key, the
+sha256 of its outputs, its metrics and the MLflow run that produced it are written to
+`.miniaturize/stages/<stage>.json`. The next run skips the stage when the key is the same and every
+output still has the recorded hash; otherwise it runs it (and, because keys chain, every stage after it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from components.config import section_hash
+
+# Digests by (path, size, mtime): one run hashes the teacher once although five stages read it.
+_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    stat = path.stat()
+    memo_key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if memo_key not in _MEMO:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        _MEMO[memo_key] = digest.hexdigest()
+    return _MEMO[memo_key]
+
+
+def tree_sha256(path: Path) -> str | None:
+    """sha256 of a file, or of a folder's sorted (relative name, file sha256) pairs; None if missing."""
+    if path.is_file():
+        return file_sha256(path)
+    if not path.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(f"{item.relative_to(path).as_posix()}\0{file_sha256(item)}\n".encode())
+    return digest.hexdigest()
+
+
+def hashes(paths: dict[str, Path]) -> dict[str, str | None]:
+    return {name: tree_sha256(path) for name, path in sorted(paths.items())}
+
+
+def stage_key(name: str, config: dict, parent_key: str, inputs: dict[str, str | None],
+              code: dict[str, str | None], extra: dict | None = None) -> str:
+    return section_hash({"stage": name, "config": config, "parent": parent_key, "inputs": inputs, "code": code,
+                         "extra": extra or {}})
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a finished stage left behind: enough to skip it next time and to trace where it came from."""
+
+    stage: str
+    key: str
+    outputs: dict[str, str | None]
+    run_id: str
+    metrics: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+    finished_at: str = ""
+
+
+class StageCache:
+    def __init__(self, root: Path):
+        self.folder = root / ".miniaturize" / "stages"
+
+    def path(self, stage: str) -> Path:
+        return self.folder / f"{stage}.json"
+
+    def lookup(self, stage: str, key: str, outputs: dict[str, Path]) -> Record | None:
+        """The record of `stage` if it was made with this key and its outputs are unchanged since."""
+        path = self.path(stage)
+        if not path.is_file():
+            return None
+        try:
+            record = Record(**json.loads(path.read_text()))
+        except (ValueError, TypeError):
+            return None  # an unreadable record only costs a re-run
+        if record.key != key or set(record.outputs) != set(outputs):
+            return None
+        current = hashes(outputs)
+        if any(digest is None for digest in current.values()) or current != record.outputs:
+            return None
+        return record
+
+    def store(self, stage: str, key: str, outputs: dict[str, Path], run_id: str, metrics: dict,
+              info: dict) -> Record:
+        record = Record(stage=stage, key=key, outputs=hashes(outputs), run_id=run_id, metrics=metrics,
+                        info=info, finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.path(stage).with_suffix(".tmp")
+        tmp.write_text(json.dumps(record.__dict__, indent=2, default=str))
+        tmp.replace(self.path(stage))  # never a half-written record
+        return record
+
+    def forget(self, stage: str) -> None:
+        self.path(stage).unlink(missing_ok=True)

@@ -1,0 +1,199 @@
+"""HTTP serving of an edge bundle: a real uvicorn server on a free loopback port, queried with urllib;
+predictions equal the bundle's Predictor, size and shape limits answer 413/422 with readable messages, a
+tampered bundle is refused before anything listens, and `miniaturize serve-model` runs as a process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from components import bundle, export
+from components.config import ExportConfig
+from components.edge_predict import BundleError, Predictor
+from components.serve import make_app
+from components.tracking import NullTracker
+
+TEXTS = ["a wonderful, moving film", "a dull, lifeless mess", "great acting and a sharp script number 7"]
+MAX_TEXT_CHARS, MAX_BATCH = 50, 4  # small, so the limit tests send small requests
+CLI = Path(sys.executable).with_name("miniaturize")
+
+# Loopback only: an http_proxy in the environment must not catch requests to 127.0.0.1.
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def call(url: str, body=None, raw: bytes | None = None) -> tuple[int, dict]:
+    """(status, JSON body) of a GET, or of a POST when body (JSON) or raw (bytes) is given."""
+    data = json.dumps(body).encode() if body is not None else raw
+    headers = {"content-type": "application/json"} if data is not None else {}
+    try:
+        with OPENER.open(urllib.request.Request(url, data=data, headers=headers), timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@contextmanager
+def running(app):
+    """The app under uvicorn in a background thread, on a port the kernel picks; yields its base URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def packaged(tiny_model_dir, tiny_prepared, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("serve_bundle")
+    onnx_dir = root / "onnx"
+    export.run(ExportConfig(), tiny_model_dir, tiny_prepared, onnx_dir, NullTracker(), max_length=32)
+    return bundle.package(onnx_dir, root / "edge", {"path": str(onnx_dir)}, {"accuracy": 0.5}, max_length=32)
+
+
+@pytest.fixture(scope="module")
+def url(packaged):
+    with running(make_app(packaged, max_text_chars=MAX_TEXT_CHARS, max_batch=MAX_BATCH, threads=1)) as base:
+        yield base
+
+
+def expected(packaged: Path, texts: list[str]) -> list[dict]:
+    return [{"label": row["label"], "scores": row["scores"]} for row in Predictor(packaged, 1).predict(texts)]
+
+
+def test_health_names_the_model_labels_and_limits(url, packaged):
+    status, body = call(f"{url}/health")
+    manifest = json.loads((packaged / "manifest.json").read_text())
+    assert status == 200 and body["status"] == "ok"
+    assert body["labels"] == ["negative", "positive"]
+    assert body["limits"] == {"max_text_chars": MAX_TEXT_CHARS, "max_batch": MAX_BATCH}
+    assert body["model"]["source"] == manifest["source"] and body["model"]["metrics"] == {"accuracy": 0.5}
+    assert body["model"]["model_sha256"] == manifest["files"]["model.onnx"]
+
+
+def test_predictions_equal_the_bundle_predictor(url, packaged):
+    status, body = call(f"{url}/predict", {"texts": TEXTS})
+    assert status == 200 and body["count"] == 3 and body["elapsed_ms"] >= 0
+    assert body["predictions"] == expected(packaged, TEXTS)
+    status, one = call(f"{url}/predict", {"text": TEXTS[1]})
+    assert status == 200 and one["predictions"] == expected(packaged, TEXTS[1:2])
+
+
+def test_concurrent_requests_get_their_own_answers(url, packaged):
+    want = expected(packaged, TEXTS)
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda i: call(f"{url}/predict", {"text": TEXTS[i % 3]}), range(12)))
+    assert [a[1]["predictions"][0] for a in answers] == [want[i % 3] for i in range(12)]
+
+
+@pytest.mark.parametrize("body, words", [
+    ({}, 'request body: give exactly one of "texts" and "text" ('),
+    ({"texts": []}, "texts: List should have at least 1 item"),
+    ({"texts": ["fine", 3]}, "texts.1: Input should be a valid string"),
+    ({"text": ["not", "a", "string"]}, "text: Input should be a valid string"),
+    ({"txt": "typo"}, "txt: Extra inputs are not permitted"),
+    ({"text": "a", "texts": ["b"]}, 'give exactly one of "texts" and "text"'),
+    ("just a string", "Input should be a valid dictionary"),
+])
+def test_a_body_of_the_wrong_shape_is_a_readable_422(url, body, words):
+    status, answer = call(f"{url}/predict", body)
+    assert status == 422 and words in answer["detail"], answer
+    assert '{"texts": ["...", ...]}' in answer["detail"]
+
+
+def test_broken_json_and_a_missing_body_are_422(url):
+    status, answer = call(f"{url}/predict", raw=b'{"texts": [')
+    assert status == 422 and "the request body is not valid JSON" in answer["detail"]
+    status, answer = call(f"{url}/predict", raw=b"")
+    assert status == 422 and "request body: Field required" in answer["detail"]
+
+
+def test_limits_answer_413_naming_the_limit_and_the_text(url):
+    status, answer = call(f"{url}/predict", {"texts": ["short", "x" * 10, "y" * (MAX_TEXT_CHARS + 1)]})
+    assert status == 413
+    assert answer["detail"] == f"texts[2] is {MAX_TEXT_CHARS + 1} characters long; the limit is max_text_chars={MAX_TEXT_CHARS}"
+    status, answer = call(f"{url}/predict", {"texts": ["a"] * (MAX_BATCH + 1)})
+    assert status == 413 and f"{MAX_BATCH + 1} texts" in answer["detail"] and f"max_batch={MAX_BATCH}" in answer["detail"]
+    status, _ = call(f"{url}/predict", {"texts": ["z" * MAX_TEXT_CHARS] * MAX_BATCH})  # exactly at both limits
+    assert status == 200
+
+
+def test_unknown_routes_are_404(url):
+    assert call(f"{url}/nothing-here")[0] == 404
+
+
+def test_a_tampered_or_foreign_folder_is_refused_at_startup(packaged, tmp_path):
+    copy = Path(shutil.copytree(packaged, tmp_path / "edge"))
+    (copy / "model.onnx").write_bytes((copy / "model.onnx").read_bytes() + b"\0")
+    with pytest.raises(BundleError, match="model.onnx does not match manifest.json"):
+        make_app(copy)
+    with pytest.raises(BundleError, match="manifest.json is missing"):
+        make_app(tmp_path)
+    (copy / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="cannot load the bundle: JSONDecodeError"):
+        make_app(copy)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_model_command_serves_and_refuses_a_tampered_bundle(packaged, tmp_path):
+    port = free_port()
+    # cwd is a scratch folder: ONNX Runtime may write temporary files beside the process.
+    process = subprocess.Popen([str(CLI), "serve-model", str(packaged), "--port", str(port), "--max-batch", "2",
+                                "--threads", "1"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                status, health = call(f"http://127.0.0.1:{port}/health")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, "serve-model did not answer within 60 s"
+                time.sleep(0.2)
+        assert status == 200 and health["limits"]["max_batch"] == 2
+        status, body = call(f"http://127.0.0.1:{port}/predict", {"texts": TEXTS[:2]})
+        assert status == 200 and body["predictions"] == expected(packaged, TEXTS[:2])
+        assert call(f"http://127.0.0.1:{port}/predict", {"texts": TEXTS})[0] == 413
+    finally:
+        process.terminate()
+        process.wait(15)
+
+    copy = Path(shutil.copytree(packaged, tmp_path / "edge"))
+    (copy / "labels.json").write_text('["positive", "negative"]')
+    refused = subprocess.run([str(CLI), "serve-model", str(copy), "--port", str(port)], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    assert "refusing to serve" in refused.stderr and "labels.json does not match manifest.json" in refused.stderr
+    missing = subprocess.run([str(CLI), "serve-model", str(tmp_path / "nope")], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
