@@ -1,6 +1,6 @@
 """The `miniaturize` command line.
 
-    miniaturize run [--profile smoke] [--data FILE] [--set key=value ...] [--force]  # the whole pipeline
+    miniaturize run [--profile smoke] [--data FILE] [--set key=value ...] [--force] [--until STAGE]
     miniaturize stage NAME                                                    # one stage (what dvc.yaml runs)
     miniaturize search [--profile smoke] [--set key=value ...]               # candidates, Pareto front, best one
     miniaturize package [--model models:/NAME@champion] --out DIR            # edge bundle with predict.py
@@ -35,6 +35,7 @@ QUIET_ENV = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "DVC_NO_
 ParamsOpt = Annotated[Path, typer.Option("--params", help="Params file.")]
 ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Named override set from params.yaml, e.g. smoke.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one value: key=value (repeatable).")]
+UntilOpt = Annotated[Optional[str], typer.Option("--until", help="Stop after this stage, e.g. prune (training only).")]
 
 
 def fail(message: str, code: int) -> None:
@@ -57,6 +58,13 @@ def run_flow(flow_fn, params, root: Path, what: str, **options) -> tuple[dict, f
     return outcome, (time.perf_counter() - started) / 60
 
 
+def check_stage(name: str | None) -> None:
+    from flows.stages import STAGES
+
+    if name is not None and name not in STAGES:
+        fail(f"error: unknown stage {name!r}; stages: {', '.join(STAGES)}", 2)
+
+
 def load(params_file: Path, profile: str | None, overrides: list[str]):
     from components.config import ConfigError, load_params
 
@@ -70,7 +78,8 @@ def load(params_file: Path, profile: str | None, overrides: list[str]):
 def run(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None,
         data: Annotated[Optional[str], typer.Option("--data", help="CSV/JSONL/Parquet with text,label, or a hub dataset id.")] = None,
         overrides: SetOpt = None,
-        force: Annotated[bool, typer.Option("--force", help="Run every stage, even those whose inputs, code and config are unchanged.")] = False) -> None:
+        force: Annotated[bool, typer.Option("--force", help="Run every stage, even those whose inputs, code and config are unchanged.")] = False,
+        until: UntilOpt = None) -> None:
     """Run the whole pipeline: ingest, validate, finetune, distill, prune, trim, export, quantize, seeds, evaluate, register.
 
     A stage whose inputs, component code and config slice are unchanged since its last run is skipped."""
@@ -83,10 +92,16 @@ def run(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None
             fail(f"error: data file {data} does not exist", 2)
         overrides.append(f"data.source={path.resolve() if path.exists() else data}")
     params = load(params_file, profile, overrides)
+    check_stage(until)
     root = Path.cwd()
     from flows.pipeline import pipeline
 
-    outcome, minutes = run_flow(pipeline, params, root, "pipeline", force=force)
+    outcome, minutes = run_flow(pipeline, params, root, "pipeline", force=force, until=until)
+    if outcome["registration"] is None:
+        typer.secho(f"\nminiaturize: stopped after {until} as asked, in {minutes:.1f} min", bold=True)
+        typer.echo(f"  MLflow:  {outcome['tracking_uri']}  run {outcome['parent_run_id']}")
+        typer.echo("DVC: not recorded (a partial run; the later stages' outputs are from an earlier run)")
+        return
     print_summary(root, outcome, minutes)
     if profile or overrides:
         typer.echo("DVC: not recorded (this run used --profile/--set/--data; put the values in params.yaml to version them)")
@@ -329,7 +344,8 @@ def deploy(name: Annotated[str, typer.Option("--name", help="Deployment name, un
            timezone: Annotated[str, typer.Option("--timezone", help="IANA timezone of the cron expression, e.g. Europe/Paris.")] = "UTC",
            params_file: Annotated[Optional[Path], typer.Option("--params", help="Params file, read when each run starts (default: params.yaml in --root).")] = None,
            profile: ProfileOpt = None, overrides: SetOpt = None,
-           root: Annotated[Path, typer.Option("--root", help="Project folder the runs work in.")] = Path(".")) -> None:
+           root: Annotated[Path, typer.Option("--root", help="Project folder the runs work in.")] = Path("."),
+           until: UntilOpt = None) -> None:
     """Run the pipeline on a schedule: register a Prefect deployment and execute its runs here until Ctrl-C."""
     import urllib.request
 
@@ -340,12 +356,13 @@ def deploy(name: Annotated[str, typer.Option("--name", help="Deployment name, un
         fail(f"error: project folder {root} does not exist", 2)
     params_file = (params_file or root / "params.yaml").resolve()
     load(params_file, profile, overrides)  # bad params fail now, not at the first scheduled run
+    check_stage(until)
     from prefect.settings import get_current_settings
 
     from flows.deploy import FLOW_NAME, build_deployment, serve
 
     try:
-        deployment = build_deployment(name, cron, timezone, root, params_file, profile, overrides)
+        deployment = build_deployment(name, cron, timezone, root, params_file, profile, overrides, until)
     except ValueError as err:
         fail(f"error: {err}", 2)
     settings = get_current_settings()
@@ -361,7 +378,8 @@ def deploy(name: Annotated[str, typer.Option("--name", help="Deployment name, un
     typer.secho(f"miniaturize: serving {full_name} on {api}", bold=True)
     typer.echo(f"  schedule: {cron} ({timezone}); one run at a time, params read when each run starts")
     typer.echo(f"  project:  {root.resolve()}, params {params_file}"
-               + (f", profile {profile}" if profile else "") + (f", --set {' '.join(overrides)}" if overrides else ""))
+               + (f", profile {profile}" if profile else "") + (f", --set {' '.join(overrides)}" if overrides else "")
+               + (f", up to {until}" if until else ""))
     typer.echo(f"  run now:  PREFECT_API_URL={api} prefect deployment run {full_name}")
     typer.echo(f"  UI:       {settings.ui_url or api.removesuffix('/api')}/deployments  (runs, logs, schedule)")
     typer.echo("Ctrl-C stops serving and pauses the schedule; deploying again resumes it.")

@@ -22,21 +22,30 @@ DEFAULT_TIMEZONE = "UTC"
 
 @flow(name=FLOW_NAME, log_prints=False)
 def scheduled_pipeline(root: str, params_file: str = "params.yaml", profile: str | None = None,
-                       overrides: list[str] | None = None) -> dict:
-    """Load the params, run the pipeline as a subflow, record its outputs with DVC; return a short summary."""
+                       overrides: list[str] | None = None, until: str | None = None) -> dict:
+    """Load the params, run the pipeline as a subflow (all stages, or up to `until`), record its outputs with
+    DVC; return a short summary."""
     from components.config import load_params
     from flows.pipeline import pipeline
     from flows.versioning import commit_outputs
 
     overrides = list(overrides or [])
     params = load_params(Path(root) / params_file, profile, overrides)  # an absolute params_file stays as is
-    outcome = pipeline(params, root=root, run_name=time.strftime("scheduled-%Y%m%d-%H%M%S"))
-    # Only a run of params.yaml as written is what dvc.lock describes (the same rule as `miniaturize run`).
+    outcome = pipeline(params, root=root, run_name=time.strftime("scheduled-%Y%m%d-%H%M%S"), until=until)
+    # Only a run of params.yaml as written is what dvc.lock describes (the same rule as `miniaturize run`),
+    # and only a complete one: after a partial run the later stages' outputs are from an older run.
     if profile or overrides:
         dvc = "DVC: not recorded (this deployment uses a profile or overrides)"
+    elif outcome["registration"] is None:
+        dvc = f"DVC: not recorded (the run stopped after {until})"
     else:
         dvc = commit_outputs(Path(root))[1]
     reg = outcome["registration"]
+    if reg is None:
+        get_run_logger().info("stopped after %s as asked; MLflow run %s in %s", until, outcome["parent_run_id"],
+                              outcome["tracking_uri"])
+        return {"registration": None, "stopped_after": until, "parent_run_id": outcome["parent_run_id"],
+                "tracking_uri": outcome["tracking_uri"], "dvc": dvc}
     summary = {"registration": {k: reg[k] for k in ("model_name", "version", "alias", "gate_passed", "model_uri")},
                "parent_run_id": outcome["parent_run_id"], "tracking_uri": outcome["tracking_uri"], "dvc": dvc}
     what = "unchanged, already registered" if outcome["stages"]["register"].get("cache_hit") else "registered"
@@ -59,7 +68,7 @@ def schedule(cron: str, timezone: str):
 
 def build_deployment(name: str = DEFAULT_NAME, cron: str = DEFAULT_CRON, timezone: str = DEFAULT_TIMEZONE,
                      root: str | Path = ".", params_file: str | Path = "params.yaml", profile: str | None = None,
-                     overrides: list[str] | None = None):
+                     overrides: list[str] | None = None, until: str | None = None):
     """The deployment `<FLOW_NAME>/<name>`: the flow on `cron` in `timezone`, with these run parameters
     (`params_file` relative to `root`, or absolute)."""
     from prefect.flows import EntrypointType
@@ -68,9 +77,9 @@ def build_deployment(name: str = DEFAULT_NAME, cron: str = DEFAULT_CRON, timezon
     if params_file.is_absolute() and params_file.is_relative_to(root):
         params_file = params_file.relative_to(root)  # shown as plain "params.yaml" in the UI
     parameters = {"root": str(root), "params_file": str(params_file), "profile": profile,
-                  "overrides": list(overrides or [])}
+                  "overrides": list(overrides or []), "until": until}
     where = f"{root / params_file}" + (f", profile {profile}" if profile else "") + \
-        (f", --set {' '.join(overrides)}" if overrides else "")
+        (f", --set {' '.join(overrides)}" if overrides else "") + (f", up to {until}" if until else "")
     return scheduled_pipeline.to_deployment(
         name=name, schedule=schedule(cron, timezone), parameters=parameters, tags=["miniaturize", "scheduled"],
         description=f"The miniaturize pipeline on {where}; params are read when each run starts.",

@@ -107,7 +107,12 @@ def run_stage(name: str, ctx: RunContext, parent_key: str) -> dict:
 
 
 @flow(name="miniaturize", log_prints=False)
-def pipeline(params: Params, root: str = ".", run_name: str | None = None, force: bool = False) -> dict:
+def pipeline(params: Params, root: str = ".", run_name: str | None = None, force: bool = False,
+             until: str | None = None) -> dict:
+    """Run the stages in order; `until` stops after that stage (e.g. training on one machine, the rest on
+    another that shares the workspace: its run finds the trained stages unchanged and skips them)."""
+    if until is not None and until not in STAGES:
+        raise ValueError(f"unknown stage {until!r} for until; stages: {', '.join(STAGES)}")
     workspace = Workspace(Path(root).resolve())
     client = tracking.client(workspace.root)
     experiment = tracking.experiment_id(client, workspace.root)
@@ -116,22 +121,18 @@ def pipeline(params: Params, root: str = ".", run_name: str | None = None, force
     tracking.MlflowTracker(client, parent).log_params(params.as_dict())
     ctx = RunContext(params, workspace, experiment, parent, force)
     stages, key, ok = {}, "root", False
+    # extract: raw data -> checked splits; transform: teacher -> student -> pruned -> trimmed vocabulary ->
+    # ONNX -> int8, then the same chain with further training seeds for the spread; load: measure, gate and
+    # register (STAGES is in that order)
     try:
-        # extract: raw data -> checked splits
-        for name in ("ingest", "validate"):
+        for name in STAGES:
             stages[name] = run_stage(name, ctx, key)
             key = stages[name]["key"]
-        # transform: teacher -> student -> pruned -> trimmed vocabulary -> ONNX -> int8, then the same chain
-        # with further training seeds for the spread
-        for name in ("finetune", "distill", "prune", "trim", "export", "quantize", "seeds"):
-            stages[name] = run_stage(name, ctx, key)
-            key = stages[name]["key"]
-        # load: measure, gate and register
-        for name in ("evaluate", "register"):
-            stages[name] = run_stage(name, ctx, key)
-            key = stages[name]["key"]
+            if name == until:
+                break
         ok = True
     finally:
         tracking.end_run(client, parent, ok)
     return {"parent_run_id": parent, "experiment_id": experiment, "stages": stages,
-            "registration": stages["register"]["info"], "tracking_uri": tracking.tracking_uri(workspace.root)}
+            "registration": stages["register"]["info"] if "register" in stages else None,
+            "tracking_uri": tracking.tracking_uri(workspace.root)}

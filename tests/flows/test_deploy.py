@@ -36,11 +36,12 @@ def test_deploy_refuses_bad_params_schedule_or_missing_server(tmp_path, args, ap
     assert needle in done.stderr
 
 
-@pytest.mark.parametrize("overrides, recorded", [([], True), (["distill.alpha=0.6"], False)])
-def test_scheduled_run_loads_params_runs_the_pipeline_and_records_plain_params_only(
-        tmp_path, prefect_api, monkeypatch, overrides, recorded):
+@pytest.mark.parametrize("overrides, until, recorded", [([], None, True), (["distill.alpha=0.6"], None, False),
+                                                       ([], "prune", False)])
+def test_scheduled_run_loads_params_runs_the_pipeline_and_records_plain_complete_runs_only(
+        tmp_path, prefect_api, monkeypatch, overrides, until, recorded):
     """The flow's own logic, with the pipeline replaced by a stub: params read at run time, DVC only for
-    params.yaml as written, a short JSON-able summary."""
+    params.yaml as written and a run to the end, a short JSON-able summary."""
     import shutil
 
     from prefect.events.worker import EventsWorker
@@ -56,22 +57,27 @@ def test_scheduled_run_loads_params_runs_the_pipeline_and_records_plain_params_o
     registration = {"model_name": "m", "version": "3", "alias": "champion", "gate_passed": True,
                     "model_uri": "models:/m/3", "failed_checks": [], "gate": {"checks": {}}}
 
-    def stub_pipeline(params, root, run_name):
-        seen.update(alpha=params.distill.alpha, root=root, run_name=run_name)
+    def stub_pipeline(params, root, run_name, until=None):
+        seen.update(alpha=params.distill.alpha, root=root, run_name=run_name, until=until)
         return {"parent_run_id": "p1", "experiment_id": "1", "tracking_uri": "sqlite:///x.db",
-                "registration": registration, "stages": {"register": {"cache_hit": False}}}
+                "registration": None if until else registration,
+                "stages": {} if until else {"register": {"cache_hit": False}}}
 
     monkeypatch.setattr(flows.pipeline, "pipeline", stub_pipeline)
     monkeypatch.setattr(flows.versioning, "commit_outputs", lambda root: committed.append(root) or (True, "DVC: ok"))
     with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
-        summary = scheduled_pipeline(root=str(tmp_path), overrides=overrides)
+        summary = scheduled_pipeline(root=str(tmp_path), overrides=overrides, until=until)
         # Send this process's run logs and events now, while the session's server still answers: left for
         # interpreter exit, they would retry against a stopped server for over a minute.
         APILogWorker.drain_all(timeout=30)
         EventsWorker.drain_all(timeout=30)
     assert seen["alpha"] == (0.6 if overrides else 0.5) and seen["root"] == str(tmp_path)
-    assert seen["run_name"].startswith("scheduled-")
+    assert seen["run_name"].startswith("scheduled-") and seen["until"] == until
     assert committed == ([tmp_path] if recorded else [])
+    if until:
+        assert summary["registration"] is None and summary["stopped_after"] == until
+        assert summary["dvc"] == f"DVC: not recorded (the run stopped after {until})"
+        return
     assert summary["registration"] == {k: registration[k] for k in ("model_name", "version", "alias", "gate_passed",
                                                                       "model_uri")}
     assert summary["parent_run_id"] == "p1" and summary["dvc"] == ("DVC: ok" if recorded else

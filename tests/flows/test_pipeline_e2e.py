@@ -260,6 +260,16 @@ def test_changing_one_stage_param_reruns_that_stage_and_later_ones_only(smoke_ru
     assert "models:/miniaturize-sentiment/2" in done.stdout
 
 
+def test_until_stops_after_a_stage_and_records_nothing_in_dvc(smoke_run, prefect_api):
+    project, _ = smoke_run
+    done = run_cli(["run", "--until", "trim"], project, prefect_api)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "[trim] unchanged (key " in done.stdout and "[export]" not in done.stdout
+    assert "stopped after trim as asked" in done.stdout and "DVC: not recorded" in done.stdout
+    bad = run_cli(["run", "--until", "polish"], project, prefect_api)
+    assert bad.returncode == 2 and "unknown stage 'polish'" in bad.stderr
+
+
 def test_lineage_traces_a_version_to_commit_data_params_teacher_and_stage_keys(smoke_run, prefect_api):
     from mlflow.tracking import MlflowClient
 
@@ -381,7 +391,7 @@ def test_deploy_serves_a_cron_deployment_whose_triggered_run_completes(smoke_run
             [schedule] = deployment.schedules
             assert schedule.schedule.cron == "0 3 * * *" and schedule.schedule.timezone == "UTC" and schedule.active
             assert deployment.parameters == {"root": str(project.resolve()), "params_file": "params.yaml",
-                                             "profile": None, "overrides": []}
+                                             "profile": None, "overrides": [], "until": None}
             assert deployment.entrypoint == "flows.deploy.scheduled_pipeline"
             flow_run = run_deployment(name=name, timeout=900, poll_interval=3)
             assert flow_run.state.is_completed(), f"{flow_run.state!r}\n{log_tail(log)}"
