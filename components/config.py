@@ -194,7 +194,123 @@ class RegisterConfig(_Section):
     gate: GateConfig = GateConfig()
 
 
+class LMDataConfig(_Section):
+    # "vader-all": every sentence of the vaderSentiment archive's four sources, ratings ignored. Anything
+    # else is a .txt (one sentence per line), .jsonl or .parquet file with a `text` column.
+    source: str = "vader-all"
+    split: tuple[float, float, float] = (0.9, 0.05, 0.05)
+    max_sentences: int | None = Field(None, gt=0)  # cap after cleaning, drawn by seed (smoke profile)
+    min_chars: int = Field(10, ge=1)  # shorter sentences are dropped
+    vocab_size: int = Field(8000, ge=300)  # byte-level BPE trained on the train split
+    min_frequency: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _split_sums_to_one(self) -> LMDataConfig:
+        if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) <= 0:
+            raise ValueError(f"lm.data.split must be three positive shares summing to 1, got {self.split}")
+        return self
+
+
+class LMArchitecture(_Section):
+    """A GPT-2-style decoder for `teacher.init: scratch`."""
+
+    n_layer: int = Field(6, ge=1)
+    n_embd: int = Field(256, ge=8)
+    n_head: int = Field(8, ge=1)
+    n_positions: int = Field(128, ge=16)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> LMArchitecture:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
+        return self
+
+
+class LMTeacherConfig(_Section):
+    init: Literal["scratch", "pretrained"] = "scratch"
+    model: str | None = None  # hub id or local path of a causal LM, for init: pretrained
+    architecture: LMArchitecture = LMArchitecture()
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    max_length: int = Field(64, ge=8)  # tokens per training sequence
+
+    @model_validator(mode="after")
+    def _model_for_pretrained(self) -> LMTeacherConfig:
+        if self.init == "pretrained" and not self.model:
+            raise ValueError("lm.teacher.model is required when lm.teacher.init is pretrained")
+        return self
+
+
+class LMDistillConfig(_Section):
+    layers: list[int] = [0, 2, 4]  # teacher blocks the student keeps (and starts from)
+    alpha: float = Field(0.5, ge=0.0, le=1.0)  # weight of the KL term; 1 - alpha on cross-entropy
+    temperature: float = Field(2.0, gt=0)
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    ablation: bool = True  # also train the same student without the teacher, for the report
+
+
+class LMPruneConfig(_Section):
+    ffn_ratio: float = Field(0.5, ge=0.0, lt=1.0)  # share of MLP neurons removed, the same in every block
+    # Share of attention heads removed. The prune component does it (in PyTorch); the pipeline refuses it
+    # (see LMConfig): Optimum sizes the exported KV cache from n_head, so a GPT-2 with fewer heads than its
+    # config fails ONNX export.
+    head_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    epochs: int = Field(1, ge=0)  # recovery distillation after pruning
+    importance_batches: int = Field(16, ge=1)
+
+
+class LMEvaluateConfig(_Section):
+    prefix_tokens: int = Field(8, ge=1)  # greedy continuation of the first prefix_tokens of a test sentence
+    continuation_tokens: int = Field(16, ge=1)
+    bleu_sentences: int = Field(300, ge=1)
+    generation_tokens: int = Field(32, ge=1)  # tokens/s: greedy generation at batch 1 with the KV cache
+    generation_prompts: int = Field(20, ge=1)
+    rss_prompts: int = Field(10, ge=1)
+    threads: int = Field(2, ge=1)
+
+
+class LMGateConfig(_Section):
+    max_perplexity_ratio: float = Field(1.25, gt=0)  # final / teacher perplexity
+    max_bleu_drop_points: float = Field(1.0, ge=0)  # teacher BLEU minus final BLEU
+    min_generation_speedup: float = Field(4.0, ge=0)  # final / teacher tokens per second
+    min_size_ratio: float = Field(4.0, ge=0)  # teacher bytes / final bytes
+    # Against the current champion: at most this much higher perplexity (ratio), this much larger.
+    max_perplexity_growth_vs_champion: float = Field(1.05, gt=0)
+    max_size_growth_vs_champion: float = Field(1.10, gt=0)
+
+
+class LMConfig(_Section):
+    """Everything specific to `task: causal-lm`; the classification sections are not used by that task."""
+
+    data: LMDataConfig = LMDataConfig()
+    teacher: LMTeacherConfig = LMTeacherConfig()
+    distill: LMDistillConfig = LMDistillConfig()
+    prune: LMPruneConfig = LMPruneConfig()
+    evaluate: LMEvaluateConfig = LMEvaluateConfig()
+    gate: LMGateConfig = LMGateConfig()
+
+    @model_validator(mode="after")
+    def _heads_stay_exportable(self) -> LMConfig:
+        if self.prune.head_ratio > 0:
+            raise ValueError("lm.prune.head_ratio > 0 cannot be exported: Optimum's ONNX export with past key "
+                             "values sizes the cache from n_head, so a GPT-2 with pruned heads fails export; "
+                             "prune MLP neurons with lm.prune.ffn_ratio instead")
+        return self
+
+    @model_validator(mode="after")
+    def _student_layers_exist(self) -> LMConfig:
+        n = self.teacher.architecture.n_layer
+        if self.teacher.init == "scratch" and (not self.distill.layers or max(self.distill.layers) >= n
+                                              or len(set(self.distill.layers)) != len(self.distill.layers)):
+            raise ValueError(f"lm.distill.layers {self.distill.layers} must be distinct teacher blocks 0..{n - 1}")
+        return self
+
+
 class Params(_Section):
+    task: Literal["sequence-classification", "causal-lm"] = "sequence-classification"
     seed: int = 13
     threads: int = Field(2, ge=1)  # torch intra-op threads for training
     data: DataConfig = DataConfig()
@@ -209,6 +325,7 @@ class Params(_Section):
     search: SearchConfig = SearchConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+    lm: LMConfig = LMConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

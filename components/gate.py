@@ -5,6 +5,9 @@ ratios; `decide` checks the ratios against `GateConfig`; `compare_to_champion` c
 the version that is champion now, so no promotion makes production worse. The evaluate stage writes the decision into the
 report, and the register stage reads it back before moving any alias.
 
+The causal-lm task has its own three: `compare_lm_to_teacher` (size, perplexity, BLEU and generation
+speed ratios), `decide_lm` against `LMGateConfig` and `compare_lm_to_champion` (perplexity and size).
+
 A value that is not a finite number (NaN from a missing entry, inf from a zero measurement) fails its
 check: the gate never passes a model on a measurement it could not make.
 """
@@ -14,9 +17,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from components.config import GateConfig
+from components.config import GateConfig, LMGateConfig
 
 RATIO_KEYS = ("size_ratio", "speedup_batch1_p50", "speedup_batch32_p50", "accuracy_drop_points")
+LM_RATIO_KEYS = ("size_ratio", "perplexity_ratio", "bleu_drop_points", "generation_speedup")
 # Slack for float noise, so a value equal to its threshold passes: 100 * (0.91 - 0.89) is 2.0000000000000018.
 TOLERANCE = 1e-9
 
@@ -99,5 +103,51 @@ def decide(ratios: dict, cfg: GateConfig) -> GateDecision:
                                        at_most=True),
         "size_ratio": _check(ratios.get("size_ratio"), cfg.min_size_ratio, at_most=False),
         "speedup_batch1_p50": _check(ratios.get("speedup_batch1_p50"), cfg.min_speedup, at_most=False),
+    }
+    return GateDecision(passed=all(c.passed for c in checks.values()), checks=checks)
+
+
+# ---------------------------------------------------------------- causal-lm
+
+def _number(value) -> float:
+    """float(value), NaN for a missing value (None: a measurement the report could not make)."""
+    return math.nan if value is None else float(value)
+
+
+def compare_lm_to_teacher(teacher: dict, final: dict) -> dict:
+    """Ratios of two causal-lm report entries, oriented so that above 1 is better for the final model where
+    it is a ratio: size_ratio (teacher / final bytes), generation_speedup (final / teacher tokens per
+    second); perplexity_ratio is final / teacher perplexity (above 1: worse) and bleu_drop_points is
+    teacher minus final BLEU (positive: worse). A missing value gives NaN."""
+    return {
+        "size_ratio": _ratio(_number(teacher.get("size_bytes")), _number(final.get("size_bytes"))),
+        "perplexity_ratio": _ratio(_number(final.get("perplexity")), _number(teacher.get("perplexity"))),
+        "bleu_drop_points": _number(teacher.get("bleu")) - _number(final.get("bleu")),
+        "generation_speedup": _ratio(_number(final.get("tokens_per_s")), _number(teacher.get("tokens_per_s"))),
+    }
+
+
+def decide_lm(ratios: dict, cfg: LMGateConfig) -> GateDecision:
+    """Every check must pass; a missing or non-finite ratio fails its check."""
+    checks = {
+        "perplexity_ratio": _check(ratios.get("perplexity_ratio"), cfg.max_perplexity_ratio, at_most=True),
+        "bleu_drop_points": _check(ratios.get("bleu_drop_points"), cfg.max_bleu_drop_points, at_most=True),
+        "generation_speedup": _check(ratios.get("generation_speedup"), cfg.min_generation_speedup, at_most=False),
+        "size_ratio": _check(ratios.get("size_ratio"), cfg.min_size_ratio, at_most=False),
+    }
+    return GateDecision(passed=all(c.passed for c in checks.values()), checks=checks)
+
+
+def compare_lm_to_champion(candidate: dict, champion: dict, cfg: LMGateConfig) -> GateDecision:
+    """Is the candidate causal LM no worse than the current champion beyond tolerance?
+
+    Both are {"perplexity": test perplexity, "size_bytes": n} of the final model. As in
+    `compare_to_champion`, speed is left out: it is checked against each version's own teacher.
+    """
+    growth = _ratio(_number(candidate.get("perplexity")), _number(champion.get("perplexity")))
+    size_growth = _ratio(_number(candidate.get("size_bytes")), _number(champion.get("size_bytes")))
+    checks = {
+        "vs_champion.perplexity_growth": _check(growth, cfg.max_perplexity_growth_vs_champion, at_most=True),
+        "vs_champion.size_growth": _check(size_growth, cfg.max_size_growth_vs_champion, at_most=True),
     }
     return GateDecision(passed=all(c.passed for c in checks.values()), checks=checks)

@@ -83,11 +83,11 @@ def resolve_labels(expected: list[str] | None, card: dict, train: pd.DataFrame) 
 
 
 def plan_checks(split: str, columns: set[str], n_rows: int, cfg: ValidateConfig, labels: list[str],
-                train_columns: set[str]) -> tuple[list[tuple[str, str, Callable]], list[dict]]:
+                train_columns: set[str], text_only: bool = False) -> tuple[list[tuple[str, str, Callable]], list[dict]]:
     """The row-level checks for one split as (check, column, expectation factory), and those skipped.
 
     A check is skipped, with a reason, when a column it needs is missing; the missing column itself
-    fails the `schema` check.
+    fails the `schema` check. `text_only` (a language-modelling corpus) plans no label checks at all.
     """
     import great_expectations as gx
 
@@ -114,6 +114,8 @@ def plan_checks(split: str, columns: set[str], n_rows: int, cfg: ValidateConfig,
         wanted.append(("train_overlap", "text", ("text", "train:text"), lambda: ex.ExpectColumnValuesToBeInSet(
             column="in_train", value_set=[False])))
 
+    if text_only:
+        wanted = [w for w in wanted if w[1] != "label"]
     planned, skipped = [], []
     for check, column, needs, factory in wanted:
         reason = missing_reason(needs, columns, n_rows, labels, train_columns)
@@ -325,7 +327,8 @@ def read_prepared(prepared: Path) -> tuple[dict[str, pd.DataFrame], dict]:
     return frames, card
 
 
-def validate_splits(cfg: ValidateConfig, frames: dict[str, pd.DataFrame], labels: list[str]) -> dict:
+def validate_splits(cfg: ValidateConfig, frames: dict[str, pd.DataFrame], labels: list[str],
+                    text_only: bool = False) -> dict:
     """Run every check on every split; returns the report (success, counts, failures, skipped, GX results)."""
     context, batch = open_context()
     train = frames["train"]
@@ -335,7 +338,7 @@ def validate_splits(cfg: ValidateConfig, frames: dict[str, pd.DataFrame], labels
     for split, source in frames.items():
         columns = set(source.columns)
         frame = rows_frame(source, None if split == "train" else train_keys)
-        planned, split_skipped = plan_checks(split, columns, len(frame), cfg, labels, train_columns)
+        planned, split_skipped = plan_checks(split, columns, len(frame), cfg, labels, train_columns, text_only)
         skipped += split_skipped
         expectations = [with_meta(check, column, factory()) for check, column, factory in planned]
         outcome = run_suite(context, batch, f"{split}_rows", frame, expectations, cfg.examples)
@@ -344,6 +347,8 @@ def validate_splits(cfg: ValidateConfig, frames: dict[str, pd.DataFrame], labels
         failures += [describe_failure(split, item, frame, list(source.columns), cfg)
                      for item in outcome.results if not item.success]
 
+        if text_only:
+            continue
         if "label" not in columns or not labels:
             reason = "column 'label' is missing" if "label" not in columns else "no expected label set"
             skipped.append({"split": split, "check": "class_share", "column": "label", "reason": reason})
@@ -362,10 +367,11 @@ def validate_splits(cfg: ValidateConfig, frames: dict[str, pd.DataFrame], labels
 
 
 def run(cfg: ValidateConfig, prepared: Path, out_dir: Path, tracker: Tracker,
-        expected_labels: list[str] | None = None) -> StageResult:
+        expected_labels: list[str] | None = None, text_only: bool = False) -> StageResult:
+    """Validate the prepared splits; `text_only` for an unlabelled language-modelling corpus."""
     frames, card = read_prepared(Path(prepared))
-    labels = resolve_labels(expected_labels, card, frames["train"])
-    report = validate_splits(cfg, frames, labels)
+    labels = [] if text_only else resolve_labels(expected_labels, card, frames["train"])
+    report = validate_splits(cfg, frames, labels, text_only)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -86,8 +86,7 @@ class StageCache:
             return None  # an unreadable record only costs a re-run
         if record.key != key or set(record.outputs) != set(outputs):
             return None
-        current = hashes(outputs)
-        if any(digest is None for digest in current.values()) or current != record.outputs:
+        if hashes(outputs) != record.outputs:  # changed, or gone (an output a stage may skip stays absent)
             return None
         return record
 

@@ -32,7 +32,7 @@ QUIET_ENV = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "DVC_NO_
              "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TOKENIZERS_PARALLELISM": "false",
              "TRANSFORMERS_VERBOSITY": "error", "DO_NOT_TRACK": "1"}
 
-ParamsOpt = Annotated[Path, typer.Option("--params", help="Params file.")]
+ParamsOpt = Annotated[Path, typer.Option("--params", "--config", help="Params file, e.g. configs/causal-lm.yaml.")]
 ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Named override set from params.yaml, e.g. smoke.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one value: key=value (repeatable).")]
 UntilOpt = Annotated[Optional[str], typer.Option("--until", help="Stop after this stage, e.g. prune (training only).")]
@@ -58,11 +58,12 @@ def run_flow(flow_fn, params, root: Path, what: str, **options) -> tuple[dict, f
     return outcome, (time.perf_counter() - started) / 60
 
 
-def check_stage(name: str | None) -> None:
-    from flows.stages import STAGES
+def check_stage(name: str | None, task: str = "sequence-classification") -> None:
+    from flows.stages import stage_table
 
-    if name is not None and name not in STAGES:
-        fail(f"error: unknown stage {name!r}; stages: {', '.join(STAGES)}", 2)
+    stages = stage_table(task).stages
+    if name is not None and name not in stages:
+        fail(f"error: unknown stage {name!r}; stages: {', '.join(stages)}", 2)
 
 
 def load(params_file: Path, profile: str | None, overrides: list[str]):
@@ -92,7 +93,7 @@ def run(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None
             fail(f"error: data file {data} does not exist", 2)
         overrides.append(f"data.source={path.resolve() if path.exists() else data}")
     params = load(params_file, profile, overrides)
-    check_stage(until)
+    check_stage(until, params.task)
     root = Path.cwd()
     from flows.pipeline import pipeline
 
@@ -102,20 +103,24 @@ def run(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None
         typer.echo(f"  MLflow:  {outcome['tracking_uri']}  run {outcome['parent_run_id']}")
         typer.echo("DVC: not recorded (a partial run; the later stages' outputs are from an earlier run)")
         return
-    print_summary(root, outcome, minutes)
+    print_summary(root, params.task, outcome, minutes)
     if profile or overrides:
-        typer.echo("DVC: not recorded (this run used --profile/--set/--data; put the values in params.yaml to version them)")
+        typer.echo(f"DVC: not recorded (this run used --profile/--set/--data; put the values in {params_file} "
+                   "to version them)")
     else:
-        from flows.versioning import commit_outputs
+        from flows.versioning import commit_outputs, dvc_stages
 
-        typer.echo(commit_outputs(root)[1])
+        typer.echo(commit_outputs(root, dvc_stages(root, params_file, params.task))[1])
 
 
-def print_summary(root: Path, outcome: dict, minutes: float) -> None:
+def print_summary(root: Path, task: str, outcome: dict, minutes: float) -> None:
     import json
 
+    from flows.workspace import workspace_for
+
+    ws = workspace_for(task, root)
     reg = outcome["registration"]
-    report = json.loads((root / "reports" / "compression_report.json").read_text())
+    report = json.loads(ws.report.read_text())
     ratios = report["final_vs_teacher"]
     teacher, final = report["models"]["teacher"], report["models"]["final"]
     typer.echo("")
@@ -124,15 +129,22 @@ def print_summary(root: Path, outcome: dict, minutes: float) -> None:
     if skipped:
         typer.echo(f"  unchanged, skipped: {', '.join(skipped)} ({len(skipped)} of {len(outcome['stages'])} stages; "
                    "--force runs all)")
-    typer.echo(f"  teacher accuracy {teacher['accuracy']:.4f} -> final {final['accuracy']:.4f} "
-               f"(drop {ratios['accuracy_drop_points']:.2f} points)")
-    typer.echo(f"  size {ratios['size_ratio']:.2f}x smaller, batch-1 p50 {ratios['speedup_batch1_p50']:.2f}x faster")
+    if task == "causal-lm":
+        typer.echo(f"  perplexity {teacher['perplexity']:.2f} -> {final['perplexity']:.2f} "
+                   f"({ratios['perplexity_ratio']:.3f}x), BLEU {teacher['bleu']:.2f} -> {final['bleu']:.2f} "
+                   f"(drop {ratios['bleu_drop_points']:.2f} points)")
+        typer.echo(f"  size {ratios['size_ratio']:.2f}x smaller, greedy generation {ratios['generation_speedup']:.2f}x "
+                   f"faster ({teacher['tokens_per_s']:.0f} -> {final['tokens_per_s']:.0f} tokens/s)")
+    else:
+        typer.echo(f"  teacher accuracy {teacher['accuracy']:.4f} -> final {final['accuracy']:.4f} "
+                   f"(drop {ratios['accuracy_drop_points']:.2f} points)")
+        typer.echo(f"  size {ratios['size_ratio']:.2f}x smaller, batch-1 p50 {ratios['speedup_batch1_p50']:.2f}x faster")
     gate = "passed" if reg["gate_passed"] else "FAILED (" + ", ".join(reg["failed_checks"]) + ")"
     if outcome["stages"]["register"].get("cache_hit"):
         typer.echo(f"  gate {gate}: unchanged model, already registered as {reg['model_name']} version {reg['version']}")
     else:
         typer.echo(f"  gate {gate}: {reg['model_name']} version {reg['version']} is now @{reg['alias']}")
-    typer.echo(f"  report:  {root / 'reports' / 'compression_report.md'} (+ .json, compression_plot.png)")
+    typer.echo(f"  report:  {ws.report_md} (+ .json{', compression_plot.png' if task != 'causal-lm' else ''})")
     typer.echo(f"  MLflow:  {outcome['tracking_uri']}  experiment {outcome['experiment_id']}, "
                f"run {outcome['parent_run_id']}  (make ui -> http://127.0.0.1:5000)")
     typer.echo(f"  model:   {reg['model_uri']}  (models:/{reg['model_name']}@{reg['alias']})")
@@ -163,16 +175,14 @@ def stage(name: Annotated[str, typer.Argument(help="ingest, validate, finetune, 
     """Run one stage on the files of the previous ones (dvc.yaml calls this)."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
-    from flows.stages import STAGES
-
-    if name not in STAGES:
-        fail(f"error: unknown stage {name!r}; stages: {', '.join(STAGES)}", 2)
     params = load(params_file, profile, list(overrides or []))
+    check_stage(name, params.task)
     from components.validate import ValidationFailed
     from flows import tracking
-    from flows.workspace import Workspace
+    from flows.stages import stage_table
+    from flows.workspace import workspace_for
 
-    ws = Workspace(Path.cwd().resolve())
+    ws = workspace_for(params.task, Path.cwd().resolve())
     client = tracking.client(ws.root)
     run_id = tracking.start_run(client, tracking.experiment_id(client, ws.root), f"stage-{name}",
                                 tags={"miniaturize.stage": name})
@@ -180,7 +190,7 @@ def stage(name: Annotated[str, typer.Argument(help="ingest, validate, finetune, 
     started = time.perf_counter()
     typer.echo(f"[{name}] started")
     try:
-        STAGES[name](params, ws, tracking.MlflowTracker(client, run_id))
+        stage_table(params.task).stages[name](params, ws, tracking.MlflowTracker(client, run_id))
         ok = True
     except ValidationFailed as err:
         fail(str(err), 3)
@@ -355,8 +365,7 @@ def deploy(name: Annotated[str, typer.Option("--name", help="Deployment name, un
     if not root.is_dir():
         fail(f"error: project folder {root} does not exist", 2)
     params_file = (params_file or root / "params.yaml").resolve()
-    load(params_file, profile, overrides)  # bad params fail now, not at the first scheduled run
-    check_stage(until)
+    check_stage(until, load(params_file, profile, overrides).task)  # bad params fail now, not at the first run
     from prefect.settings import get_current_settings
 
     from flows.deploy import FLOW_NAME, build_deployment, serve

@@ -27,7 +27,7 @@ def scheduled_pipeline(root: str, params_file: str = "params.yaml", profile: str
     DVC; return a short summary."""
     from components.config import load_params
     from flows.pipeline import pipeline
-    from flows.versioning import commit_outputs
+    from flows.versioning import commit_outputs, dvc_stages
 
     overrides = list(overrides or [])
     params = load_params(Path(root) / params_file, profile, overrides)  # an absolute params_file stays as is
@@ -39,7 +39,7 @@ def scheduled_pipeline(root: str, params_file: str = "params.yaml", profile: str
     elif outcome["registration"] is None:
         dvc = f"DVC: not recorded (the run stopped after {until})"
     else:
-        dvc = commit_outputs(Path(root))[1]
+        dvc = commit_outputs(Path(root), dvc_stages(Path(root), Path(root) / params_file, params.task))[1]
     reg = outcome["registration"]
     if reg is None:
         get_run_logger().info("stopped after %s as asked; MLflow run %s in %s", until, outcome["parent_run_id"],

@@ -18,8 +18,8 @@ from prefect.cache_policies import NO_CACHE
 
 from components.config import Params, section_hash
 from flows import cache, tracking
-from flows.stages import STAGE_IO, STAGES, code_files, stage_config, stage_paths
-from flows.workspace import Workspace
+from flows.stages import code_files, stage_config, stage_paths, stage_table
+from flows.workspace import Workspace, workspace_for
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class RunContext:
 def stage_key(name: str, params: Params, parent_key: str, ws: Workspace | None = None) -> str:
     """Content address of a stage: its name, its config slice, the key of the stage before it, the hashes of
     the files it reads (when a workspace is given) and of its components' source."""
-    io = STAGE_IO[name]
+    io = stage_table(params.task).io[name]
     inputs = cache.hashes(stage_paths(ws, io.inputs) | external_inputs(name, params)) if ws else {}
     extra = {"registry": tracking.tracking_uri(ws.root)} if ws and name == "register" else {}
     return cache.stage_key(name, stage_config(params, name), parent_key, inputs, cache.hashes(code_files(io.code)),
@@ -46,7 +46,7 @@ def stage_key(name: str, params: Params, parent_key: str, ws: Workspace | None =
 
 def external_inputs(name: str, params: Params) -> dict[str, Path]:
     """A user's own data file is an input of ingest (the built-in archive is checked by its sha256)."""
-    source = Path(params.data.source)
+    source = Path(params.lm.data.source if params.task == "causal-lm" else params.data.source)
     return {"data.source": source} if name == "ingest" and source.is_file() else {}
 
 
@@ -69,7 +69,8 @@ def run_stage(name: str, ctx: RunContext, parent_key: str) -> dict:
     ws = ctx.workspace
     client = tracking.client(ws.root)
     store = cache.StageCache(ws.root)
-    outputs = stage_paths(ws, STAGE_IO[name].outputs)
+    table = stage_table(ctx.params.task)
+    outputs = stage_paths(ws, table.io[name].outputs)
     key = stage_key(name, ctx.params, parent_key, ws)
     record = None if ctx.force else store.lookup(name, key, outputs)
     if record is not None and name == "register" and not still_registered(record, client):
@@ -92,7 +93,7 @@ def run_stage(name: str, ctx: RunContext, parent_key: str) -> dict:
     started = time.perf_counter()
     ok = False
     try:
-        result = STAGES[name](ctx.params, ws, tracker)
+        result = table.stages[name](ctx.params, ws, tracker)
         ok = True
     finally:
         seconds = time.perf_counter() - started
@@ -111,9 +112,10 @@ def pipeline(params: Params, root: str = ".", run_name: str | None = None, force
              until: str | None = None) -> dict:
     """Run the stages in order; `until` stops after that stage (e.g. training on one machine, the rest on
     another that shares the workspace: its run finds the trained stages unchanged and skips them)."""
-    if until is not None and until not in STAGES:
-        raise ValueError(f"unknown stage {until!r} for until; stages: {', '.join(STAGES)}")
-    workspace = Workspace(Path(root).resolve())
+    stages_in_order = stage_table(params.task).stages
+    if until is not None and until not in stages_in_order:
+        raise ValueError(f"unknown stage {until!r} for until; stages: {', '.join(stages_in_order)}")
+    workspace = workspace_for(params.task, Path(root).resolve())
     client = tracking.client(workspace.root)
     experiment = tracking.experiment_id(client, workspace.root)
     parent = tracking.start_run(client, experiment, run_name or time.strftime("pipeline-%Y%m%d-%H%M%S"),
@@ -123,9 +125,9 @@ def pipeline(params: Params, root: str = ".", run_name: str | None = None, force
     stages, key, ok = {}, "root", False
     # extract: raw data -> checked splits; transform: teacher -> student -> pruned -> trimmed vocabulary ->
     # ONNX -> int8, then the same chain with further training seeds for the spread; load: measure, gate and
-    # register (STAGES is in that order)
+    # register (the stage table is in that order)
     try:
-        for name in STAGES:
+        for name in stages_in_order:
             stages[name] = run_stage(name, ctx, key)
             key = stages[name]["key"]
             if name == until:

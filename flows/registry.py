@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from components.config import Params, section_hash
-from components.gate import GateDecision, combine, compare_to_champion, decide
+from components import gate
 from components.promotion import CHALLENGER, CHAMPION, event, rollback_target
 from components.tracking import StageResult, Tracker
 from flows.workspace import Workspace
@@ -31,6 +31,7 @@ from flows.workspace import Workspace
 PIP_REQUIREMENTS = ["onnx", "onnxruntime", "numpy"]
 HISTORY = "alias_history"
 REGISTRY_EXPERIMENT = "miniaturize-registry"
+QUALITY = ("accuracy", "perplexity")  # what the champion check compares, by task
 
 
 class GateRejected(RuntimeError):
@@ -51,17 +52,18 @@ def alias_for(gate_passed: bool) -> str:
 
 
 def version_tags(p: Params, ws: Workspace, report: dict, parent_run_id: str | None) -> dict[str, str]:
-    gate = report["gate"]
+    verdict = report["gate"]
     final = report["models"]["final"]
+    quality = {key: f"{final[key]:.6g}" for key in QUALITY if key in final}
     return {
         "git_commit": git_commit(ws.root),
         "data_sha256": report["dataset"]["sha256"],
         "params_hash": section_hash(p.as_dict()),
         "parent_run_id": parent_run_id or "",
-        "gate_passed": str(gate["passed"]).lower(),
-        "gate_failed_checks": ",".join(k for k, c in gate["checks"].items() if not c["passed"]),
+        "gate_passed": str(verdict["passed"]).lower(),
+        "gate_failed_checks": ",".join(k for k, c in verdict["checks"].items() if not c["passed"]),
         "task": report["task"],
-        "final.accuracy": f"{final['accuracy']:.6g}",
+        **{f"final.{key}": value for key, value in quality.items()},
         "final.size_bytes": str(int(final["size_bytes"])),
         **{f"final_vs_teacher.{k}": f"{v:.6g}" for k, v in report["final_vs_teacher"].items()},
     }
@@ -115,31 +117,34 @@ def champion_version(client, name: str):
         return None
 
 
-def version_metrics(client, name: str, version) -> dict:
-    """{"accuracy", "size_bytes"} of a version's final model: from its tags, else from its report."""
+def version_metrics(client, name: str, version, task: str) -> dict:
+    """The quality measure of the task ("accuracy" or "perplexity") and "size_bytes" of a version's final
+    model: from its tags, else from its report."""
+    key = QUALITY[0] if task != "causal-lm" else QUALITY[1]
     tags = version.tags
-    if "final.accuracy" in tags and "final.size_bytes" in tags:
-        return {"accuracy": float(tags["final.accuracy"]), "size_bytes": float(tags["final.size_bytes"])}
+    if f"final.{key}" in tags and "final.size_bytes" in tags:
+        return {key: float(tags[f"final.{key}"]), "size_bytes": float(tags["final.size_bytes"])}
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(version.run_id, "report/compression_report.json", tmp)
         final = json.loads(Path(path).read_text())["models"]["final"]
-    return {"accuracy": float(final["accuracy"]), "size_bytes": float(final["size_bytes"])}
+    return {key: float(final[key]), "size_bytes": float(final["size_bytes"])}
 
 
-def judge(p: Params, client, version, ratios: dict) -> GateDecision:
+def judge(p: Params, client, version, ratios: dict) -> gate.GateDecision:
     """The gate against the teacher, and against the current champion when there is one (and it is another
-    version)."""
+    version), with the checks of the task (`register.gate` for classification, `lm.gate` for causal-lm)."""
     name = p.register_.model_name
-    decision = decide(ratios, p.register_.gate)
+    lm = p.task == "causal-lm"
+    decision = gate.decide_lm(ratios, p.lm.gate) if lm else gate.decide(ratios, p.register_.gate)
     champion = champion_version(client, name)
     if champion is not None and str(champion.version) != str(version.version):
-        decision = combine(decision, compare_to_champion(version_metrics(client, name, version),
-                                                         version_metrics(client, name, champion),
-                                                         p.register_.gate))
+        candidate, current = (version_metrics(client, name, v, p.task) for v in (version, champion))
+        decision = gate.combine(decision, gate.compare_lm_to_champion(candidate, current, p.lm.gate) if lm
+                                else gate.compare_to_champion(candidate, current, p.register_.gate))
     return decision
 
 
-def describe(decision: GateDecision) -> str:
+def describe(decision: gate.GateDecision) -> str:
     return "; ".join(f"{k}: {decision.checks[k].value:.4g} vs threshold {decision.checks[k].threshold:.4g}"
                      for k in decision.failed())
 
@@ -262,13 +267,10 @@ def rollback(p: Params, ws: Workspace, reason: str) -> dict:
     return {"model_name": name, "version": target, "alias": CHAMPION, "from": str(current.version)}
 
 
-STAGE_ORDER = ("ingest", "validate", "finetune", "distill", "prune", "trim", "export", "quantize", "seeds",
-               "evaluate", "register")
-
-
 def lineage(p: Params, ws: Workspace, version: str) -> dict:
     """Where a registered version comes from: commit, data, params, teacher run, every stage key and run,
     and its alias moves."""
+    from flows.stages import stage_table
     from flows.tracking import client as make_client
 
     client = make_client(ws.root)
@@ -276,7 +278,7 @@ def lineage(p: Params, ws: Workspace, version: str) -> dict:
     found = client.get_model_version(name, version)
     tags = found.tags
     stages = [{"stage": s, "key": tags.get(f"lineage.{s}.key", ""), "run": tags.get(f"lineage.{s}.run", "")}
-              for s in STAGE_ORDER if f"lineage.{s}.key" in tags]
+              for s in stage_table(p.task).stages if f"lineage.{s}.key" in tags]
     aliases = [e for e in read_history(client, name) if e["version"] == str(version)]
     return {"model_name": name, "version": str(version), "model_run": found.run_id,
             "git_commit": tags.get("git_commit", ""), "data_sha256": tags.get("data_sha256", ""),

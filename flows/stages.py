@@ -204,9 +204,33 @@ def code_files(modules: tuple[str, ...]) -> dict[str, Path]:
     return {name.replace(".", "/") + ".py": Path(importlib.util.find_spec(name).origin) for name in names}
 
 
+@dataclass(frozen=True)
+class StageTable:
+    """A task's stages in run order, with what each reads, writes and runs, and its config sections."""
+
+    stages: dict[str, StageFn]
+    io: dict[str, StageIO]
+    sections: dict[str, tuple[str, ...]]
+
+
+def stage_table(task: str) -> StageTable:
+    if task == "causal-lm":
+        from flows import lm_stages
+
+        return StageTable(lm_stages.STAGES, lm_stages.stage_io(), lm_stages.STAGE_SECTIONS)
+    return StageTable(STAGES, STAGE_IO, STAGE_SECTIONS)
+
+
 def stage_config(params: Params, name: str) -> dict:
+    """The params a stage sees, by section name (dotted names reach into a section, e.g. lm.teacher)."""
     tree = params.as_dict()
-    return {section: tree[section] for section in STAGE_SECTIONS[name]}
+    out = {}
+    for section in stage_table(params.task).sections[name]:
+        node = tree
+        for part in section.split("."):
+            node = node[part]
+        out[section] = node
+    return out
 
 
 def merge(main: StageResult, extra: StageResult, prefix: str) -> StageResult:

@@ -23,11 +23,33 @@ def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([dvc_executable(), *args], cwd=root, capture_output=True, text=True, env=env)
 
 
-def commit_outputs(root: Path) -> tuple[bool, str]:
-    """`dvc commit -f` for every stage; returns (ok, message)."""
+# The params file each task's DVC stages read; a run from another file is not what dvc.lock would describe.
+TASK_PARAMS = {"sequence-classification": "params.yaml", "causal-lm": "configs/causal-lm.yaml"}
+LM_PREFIX = "lm-"  # dvc.yaml names the causal-lm stages lm-ingest, lm-validate, ...
+
+
+def dvc_stages(root: Path, params_file: Path | str | None = None,
+               task: str = "sequence-classification") -> list[str] | None:
+    """The dvc.yaml stages of `task`, or None when `params_file` is not the file those stages read."""
+    import yaml
+
+    if params_file is not None and Path(params_file).resolve() != (root / TASK_PARAMS[task]).resolve():
+        return None
+    if not (root / "dvc.yaml").is_file():
+        return []
+    names = list((yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages", {}))
+    lm = task == "causal-lm"
+    return [n for n in names if n.startswith(LM_PREFIX) == lm]
+
+
+def commit_outputs(root: Path, stages: list[str] | None = None) -> tuple[bool, str]:
+    """`dvc commit -f` for the given stages (default: the classification stages); returns (ok, message)."""
     if not (root / ".dvc").is_dir() or not (root / "dvc.yaml").is_file():
         return False, "DVC: no .dvc/ or dvc.yaml here, outputs not recorded"
-    done = dvc(root, "commit", "--force", "--quiet")
+    stages = dvc_stages(root) if stages is None else stages
+    if not stages:
+        return False, "DVC: not recorded (this params file is not the one dvc.yaml's stages read)"
+    done = dvc(root, "commit", "--force", "--quiet", *stages)
     if done.returncode != 0:
         return False, f"DVC: commit failed: {(done.stderr or done.stdout).strip()[-400:]}"
     return True, "DVC: outputs recorded in dvc.lock (`dvc status` is clean; `dvc push` stores them)"

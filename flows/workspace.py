@@ -82,3 +82,54 @@ class Workspace:
     @property
     def registration(self) -> Path:
         return self.reports / "registration.json"
+
+
+@dataclass(frozen=True)
+class LMWorkspace(Workspace):
+    """The causal-lm task's paths: the same roles under data/causal-lm, models/causal-lm and reports/causal-lm,
+    so both tasks can live in one project."""
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "data" / "causal-lm" / "prepared"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models" / "causal-lm"
+
+    @property
+    def teacher(self) -> Path:
+        return self.models / "teacher"
+
+    @property
+    def student(self) -> Path:
+        return self.models / "student"
+
+    @property
+    def student_ablation(self) -> Path:
+        """The same student trained without the teacher (the report's ablation)."""
+        return self.models / "student_without_teacher"
+
+    @property
+    def pruned(self) -> Path:
+        return self.models / "pruned"
+
+    @property
+    def onnx_fp32(self) -> Path:
+        return self.models / "onnx_fp32"
+
+    @property
+    def final(self) -> Path:
+        return self.models / "final"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports" / "causal-lm"
+
+    @property
+    def validation(self) -> Path:
+        return self.reports / "validation"
+
+
+def workspace_for(task: str, root: Path) -> Workspace:
+    return LMWorkspace(root) if task == "causal-lm" else Workspace(root)

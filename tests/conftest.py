@@ -118,3 +118,95 @@ def prefect_api(tmp_path_factory) -> str:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="session")
+def edge_python(tmp_path_factory) -> Path:
+    """A fresh virtual environment with only onnxruntime, tokenizers and numpy (and their dependencies),
+    installed from the package index: where the edge bundles' predict.py must run."""
+    import venv
+
+    env = tmp_path_factory.mktemp("edge_venv")
+    venv.create(env, with_pip=True)
+    python = env / "bin" / "python"
+    done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                           "onnxruntime", "tokenizers", "numpy"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    listed = subprocess.run([str(python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True)
+    names = {p["name"].lower() for p in json.loads(listed.stdout)}
+    assert not names & {"torch", "transformers", "miniaturize"}
+    return python
+
+
+# ---------------------------------------------------------------- causal LM fixtures
+
+LM_SUBJECTS = ["the cat", "a dog", "my friend", "the teacher", "our neighbour", "the old man", "a small child"]
+LM_VERBS = ["likes", "watches", "finds", "remembers", "paints", "carries"]
+LM_OBJECTS = ["the red ball", "a long story", "the old house", "a quiet song", "the open window", "a green apple"]
+
+
+def lm_sentences(n: int, seed: int) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    return [f"{rng.choice(LM_SUBJECTS)} {rng.choice(LM_VERBS)} {rng.choice(LM_OBJECTS)} "
+            f"and {rng.choice(LM_SUBJECTS)} {rng.choice(LM_VERBS)} {rng.choice(LM_OBJECTS)}." for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_data_dir(tmp_path_factory) -> Path:
+    """A prepared causal-LM data folder: 200 / 24 / 24 generated sentences and a byte-level BPE tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("lm_data")
+    splits = {"train": lm_sentences(200, 0), "validation": lm_sentences(24, 1), "test": lm_sentences(24, 2)}
+    for name, texts in splits.items():
+        pd.DataFrame({"text": texts}).to_parquet(out / f"{name}.parquet", index=False)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(splits["train"], trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    special = "<|endoftext|>"
+    PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=special, eos_token=special, pad_token=special,
+                            unk_token=special, padding_side="left",
+                            model_input_names=["input_ids", "attention_mask"]).save_pretrained(out / "tokenizer")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory, tiny_lm_data_dir) -> Path:
+    """A 2-layer, 4-head, 32-wide GPT2LMHeadModel trained for a few seconds on the fixture sentences
+    (so that greedy continuations are not one token repeated), saved with its tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm_data_dir / "tokenizer")
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = GPT2LMHeadModel(config)
+    texts = pd.read_parquet(tiny_lm_data_dir / "train.parquet")["text"].tolist()
+    rows = [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [tokenizer.eos_token_id] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    labels = ids.masked_fill(mask == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small trains several times faster on one thread
+    try:
+        for _ in range(60):
+            index = torch.randint(0, len(rows), (32,))
+            loss = model(input_ids=ids[index], attention_mask=mask[index], labels=labels[index]).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    out = tmp_path_factory.mktemp("tiny_gpt2")
+    model.eval().save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out

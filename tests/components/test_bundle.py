@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import venv
 
 import numpy as np
 import pytest
@@ -71,21 +69,6 @@ def test_package_refuses_a_folder_without_an_onnx_model(tiny_model_dir, tmp_path
     with pytest.raises(bundle.BundleSourceError, match="model.onnx"):
         bundle.package(tiny_model_dir, tmp_path / "edge", {}, {})
     assert not (tmp_path / "edge").exists()
-
-
-@pytest.fixture(scope="module")
-def edge_python(tmp_path_factory):
-    """A fresh virtual environment with only onnxruntime, tokenizers and numpy (and their dependencies)."""
-    env = tmp_path_factory.mktemp("edge_venv")
-    venv.create(env, with_pip=True)
-    python = env / "bin" / "python"
-    done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                           "onnxruntime", "tokenizers", "numpy"], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    listed = subprocess.run([str(python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True)
-    names = {p["name"].lower() for p in json.loads(listed.stdout)}
-    assert not names & {"torch", "transformers", "miniaturize"}
-    return python
 
 
 def test_predict_py_runs_in_a_fresh_environment(packaged, edge_python, tmp_path):

@@ -60,3 +60,15 @@ def test_extra_seeds_must_differ_from_the_runs_seed():
         build_params({}, overrides=["seeds.extra=[13, 14]"])
     with pytest.raises(ConfigError, match="distinct"):
         build_params({}, overrides=["seeds.extra=[14, 14]"])
+
+
+def test_causal_lm_config_refuses_head_pruning_it_cannot_export_and_student_layers_it_lacks():
+    from components.config import ConfigError, build_params, load_params
+
+    params = load_params("configs/causal-lm.yaml")
+    assert params.task == "causal-lm" and params.lm.prune.ffn_ratio == 0.5
+    assert load_params("configs/causal-lm.yaml", "smoke").lm.teacher.architecture.n_layer == 3
+    with pytest.raises(ConfigError, match="head_ratio > 0 cannot be exported"):
+        build_params({"task": "causal-lm", "lm": {"prune": {"head_ratio": 0.25}}})
+    with pytest.raises(ConfigError, match=r"lm.distill.layers \[0, 7\] must be distinct teacher blocks 0..5"):
+        build_params({"lm": {"distill": {"layers": [0, 7]}}})

@@ -213,3 +213,21 @@ def test_class_share_frame_counts_absent_labels_as_zero():
     assert frame.to_dict("records") == [{"label": "a", "count": 2, "share": 0.5},
                                         {"label": "b", "count": 1, "share": 0.25},
                                         {"label": "c", "count": 0, "share": 0.0}]
+
+
+def test_a_text_only_corpus_is_checked_without_label_checks(tmp_path):
+    import pandas as pd
+
+    from components.config import ValidateConfig
+    from components.tracking import NullTracker
+    from components.validate import ValidationFailed, run
+
+    texts = [f"sentence number {i} about a film" for i in range(60)]
+    for name, part in (("train", texts[:40]), ("validation", texts[40:50]), ("test", texts[50:])):
+        pd.DataFrame({"text": part}).to_parquet(tmp_path / f"{name}.parquet")
+    result = run(ValidateConfig(), tmp_path, tmp_path / "out", NullTracker(), text_only=True)
+    assert result.metrics["checks_failed"] == 0
+    assert not [s for s in result.info["skipped"] if s["column"] == "label"]
+    pd.DataFrame({"text": texts[:9] + [texts[0]]}).to_parquet(tmp_path / "test.parquet")  # a train text in test
+    with pytest.raises(ValidationFailed, match="train_overlap"):
+        run(ValidateConfig(), tmp_path, tmp_path / "out", NullTracker(), text_only=True)

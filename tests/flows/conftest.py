@@ -17,7 +17,8 @@ BIN = Path(sys.executable).parent
 
 def make_project(dest: Path, params_overrides: dict | None = None, profile: str | None = "smoke") -> Path:
     """A copy of the project (code, dvc.yaml, .dvc config) in its own git repo, with the profile's values
-    written into params.yaml so that a plain `miniaturize run` is a smoke run DVC can record."""
+    written into params.yaml and configs/causal-lm.yaml, so that a plain `miniaturize run` (and one with
+    `--config configs/causal-lm.yaml`) is a smoke run DVC can record."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("components", "flows"):
         shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -27,15 +28,18 @@ def make_project(dest: Path, params_overrides: dict | None = None, profile: str 
     shutil.copy(REPO / ".dvc" / ".gitignore", dest / ".dvc" / ".gitignore")
     (dest / ".dvc" / "config").write_text(f"[core]\n    remote = local\n    analytics = false\n"
                                           f"['remote \"local\"']\n    url = {dest.parent / 'dvc-storage'}\n")
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    profiles = raw.pop("profiles")
-    for key, value in [*(profiles[profile] if profile else {}).items(), *(params_overrides or {}).items()]:
-        node = raw
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    for name in ("params.yaml", "configs/causal-lm.yaml"):
+        raw = yaml.safe_load((REPO / name).read_text())
+        profiles = raw.pop("profiles")
+        overrides = params_overrides if name == "params.yaml" else None
+        for key, value in [*(profiles[profile] if profile else {}).items(), *(overrides or {}).items()]:
+            node = raw
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        (dest / name).write_text(yaml.safe_dump(raw, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     # Reuse the downloaded source archive when the repository has one: same bytes, sha256-checked again.
     if (REPO / "data" / "raw").is_dir():

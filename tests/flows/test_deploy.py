@@ -64,7 +64,7 @@ def test_scheduled_run_loads_params_runs_the_pipeline_and_records_plain_complete
                 "stages": {} if until else {"register": {"cache_hit": False}}}
 
     monkeypatch.setattr(flows.pipeline, "pipeline", stub_pipeline)
-    monkeypatch.setattr(flows.versioning, "commit_outputs", lambda root: committed.append(root) or (True, "DVC: ok"))
+    monkeypatch.setattr(flows.versioning, "commit_outputs", lambda root, stages=None: committed.append(root) or (True, "DVC: ok"))
     with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
         summary = scheduled_pipeline(root=str(tmp_path), overrides=overrides, until=until)
         # Send this process's run logs and events now, while the session's server still answers: left for

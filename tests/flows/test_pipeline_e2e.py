@@ -108,7 +108,7 @@ def test_transfer_set_never_holds_held_out_texts(smoke_run):
 def test_dvc_records_the_run(smoke_run):
     project, _ = smoke_run
     assert (project / "dvc.lock").is_file()
-    done = subprocess.run([str(BIN / "dvc"), "status"], cwd=project, capture_output=True, text=True)
+    done = subprocess.run([str(BIN / "dvc"), "status", *STAGES], cwd=project, capture_output=True, text=True)
     assert done.returncode == 0 and "up to date" in done.stdout, done.stdout + done.stderr
 
 
@@ -245,7 +245,7 @@ def test_an_unchanged_rerun_skips_every_stage(smoke_run, prefect_api):
         assert tags["miniaturize.source_run_id"] == old[stage].info.run_id
     assert new["finetune"].data.tags["miniaturize.parent_key"] == new["validate"].data.tags["miniaturize.stage_key"]
     assert len(client.search_model_versions("name = 'miniaturize-sentiment'")) == 1
-    status = subprocess.run([str(BIN / "dvc"), "status"], cwd=project, capture_output=True, text=True)
+    status = subprocess.run([str(BIN / "dvc"), "status", *STAGES], cwd=project, capture_output=True, text=True)
     assert "up to date" in status.stdout
 
 
@@ -258,16 +258,6 @@ def test_changing_one_stage_param_reruns_that_stage_and_later_ones_only(smoke_ru
     for stage in ("evaluate", "register"):
         assert f"[{stage}] started" in done.stdout and f"[{stage}] finished in" in done.stdout
     assert "models:/miniaturize-sentiment/2" in done.stdout
-
-
-def test_until_stops_after_a_stage_and_records_nothing_in_dvc(smoke_run, prefect_api):
-    project, _ = smoke_run
-    done = run_cli(["run", "--until", "trim"], project, prefect_api)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "[trim] unchanged (key " in done.stdout and "[export]" not in done.stdout
-    assert "stopped after trim as asked" in done.stdout and "DVC: not recorded" in done.stdout
-    bad = run_cli(["run", "--until", "polish"], project, prefect_api)
-    assert bad.returncode == 2 and "unknown stage 'polish'" in bad.stderr
 
 
 def test_lineage_traces_a_version_to_commit_data_params_teacher_and_stage_keys(smoke_run, prefect_api):
@@ -318,6 +308,16 @@ def test_promotion_lifecycle_gate_vs_champion_force_rollback_and_history(smoke_r
     assert [(e["action"], e["forced"]) for e in chain["alias_history"]][-1] == ("set", True)
     history = json.loads(run_cli(["lineage", "2", "--json"], project, prefect_api).stdout)["alias_history"]
     assert history[-1]["action"] == "rollback" and history[-1]["reason"].endswith("demo over")
+
+
+def test_until_stops_after_a_stage_and_records_nothing_in_dvc(smoke_run, prefect_api):
+    project, _ = smoke_run
+    done = run_cli(["run", "--until", "trim"], project, prefect_api)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "[trim] unchanged (key " in done.stdout and "[export]" not in done.stdout
+    assert "stopped after trim as asked" in done.stdout and "DVC: not recorded" in done.stdout
+    bad = run_cli(["run", "--until", "polish"], project, prefect_api)
+    assert bad.returncode == 2 and "unknown stage 'polish'" in bad.stderr
 
 
 def test_search_measures_every_candidate_and_registers_one(smoke_run, prefect_api):
@@ -410,5 +410,5 @@ def test_deploy_serves_a_cron_deployment_whose_triggered_run_completes(smoke_run
     assert version.status == "READY"
     parent = client.get_run(version.tags["parent_run_id"])
     assert parent.info.run_name.startswith("scheduled-") and parent.info.status == "FINISHED"
-    status = subprocess.run([str(BIN / "dvc"), "status"], cwd=project, capture_output=True, text=True)
+    status = subprocess.run([str(BIN / "dvc"), "status", *STAGES], cwd=project, capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout + status.stderr

@@ -12,24 +12,34 @@ def test_every_stage_has_a_config_slice_and_dvc_stage():
     import yaml
 
     dvc = yaml.safe_load(open("dvc.yaml"))["stages"]
-    assert list(STAGES) == list(STAGE_SECTIONS) == list(dvc)
-    assert all(stage["cmd"] == f"miniaturize stage {name}" for name, stage in dvc.items())
+    classification = {n: s for n, s in dvc.items() if not n.startswith("lm-")}
+    assert list(STAGES) == list(STAGE_SECTIONS) == list(classification)
+    assert all(stage["cmd"] == f"miniaturize stage {name}" for name, stage in classification.items())
+    assert all(stage["cmd"] == f"miniaturize stage {name[3:]} --config configs/causal-lm.yaml"
+               for name, stage in dvc.items() if name.startswith("lm-"))
 
 
 def test_dvc_yaml_declares_the_inputs_outputs_and_code_that_stage_keys_hash():
     import yaml
 
-    from flows.stages import STAGE_IO, code_files, stage_paths
-    from flows.workspace import Workspace
+    from flows.stages import code_files, stage_paths, stage_table
+    from flows.workspace import workspace_for
 
     def names(items):
         return {n for item in items for n in (item if isinstance(item, dict) else [item])}
 
-    ws = Workspace(Path.cwd())
     dvc = yaml.safe_load(open("dvc.yaml"))["stages"]
-    for name, io in STAGE_IO.items():
-        assert names(dvc[name].get("deps", [])) == set(stage_paths(ws, io.inputs)) | set(code_files(io.code)), name
-        assert names(dvc[name]["outs"]) | names(dvc[name].get("metrics", [])) == set(stage_paths(ws, io.outputs)), name
+    for task, prefix in (("sequence-classification", ""), ("causal-lm", "lm-")):
+        ws, table = workspace_for(task, Path.cwd()), stage_table(task)
+        assert [n for n in dvc if n.startswith("lm-") == bool(prefix)] == [prefix + n for n in table.stages]
+        for name, io in table.io.items():
+            stage = dvc[prefix + name]
+            assert names(stage.get("deps", [])) == set(stage_paths(ws, io.inputs)) | set(code_files(io.code)), name
+            assert names(stage["outs"]) | names(stage.get("metrics", [])) == set(stage_paths(ws, io.outputs)), name
+            if prefix:  # the causal-lm stages read configs/causal-lm.yaml, the same sections as their keys
+                declared = dict(item for entry in stage.get("params", []) for item in entry.items())
+                assert declared == ({"configs/causal-lm.yaml": list(table.sections[name])}
+                                    if table.sections[name] else {}), name
 
 
 def test_stage_key_changes_only_downstream_of_a_changed_slice():

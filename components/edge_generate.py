@@ -1,0 +1,210 @@
+"""Generate text with a miniaturize causal-LM edge bundle: needs only onnxruntime, tokenizers and numpy.
+
+This file is copied into every causal-LM bundle as `predict.py` (by `miniaturize package`):
+
+    python predict.py "the film was"                       # streams a greedy continuation, token by token
+    python predict.py "the film was" --max-new-tokens 64   # default 32; --threads (default 2)
+    python predict.py --jsonl prompts.jsonl                # one {"prompt": ...} (or a JSON string) per line;
+                                                           # prints one {"prompt", "continuation"} per line
+
+Before loading anything it checks every file against the sha256 in `manifest.json`: a changed or missing
+file stops it with exit code 2 and the file's name. The model is an Optimum `text-generation-with-past`
+export (one decoder that takes and returns the key/value cache): the prompt goes in once with an empty
+cache, then one token per step with the cache fed back. Decoding is greedy and stops at the end-of-text
+token, after `--max-new-tokens` tokens, or at the model's last position.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ONNX_FLOATS = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
+
+
+# sha256, BundleError and verify are the same as in edge_predict.py (each bundle script stands alone; a
+# test checks that the copies agree).
+class BundleError(RuntimeError):
+    """The bundle is incomplete or does not match its manifest."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(bundle: Path) -> dict:
+    """The manifest, after checking that every file it lists exists with its recorded sha256."""
+    manifest_path = bundle / "manifest.json"
+    if not manifest_path.is_file():
+        raise BundleError(f"{manifest_path} is missing: not a miniaturize bundle")
+    manifest = json.loads(manifest_path.read_text())
+    for name, expected in manifest["files"].items():
+        path = bundle / name
+        if not path.is_file():
+            raise BundleError(f"{name} is missing from the bundle")
+        if sha256(path) != expected:
+            raise BundleError(f"{name} does not match manifest.json (sha256 differs): the bundle was changed")
+    return manifest
+
+
+def eos_ids(config: dict, generation: dict) -> set[int]:
+    """End-of-text token ids: generation_config.json's, else config.json's (an int or a list)."""
+    value = generation.get("eos_token_id", config.get("eos_token_id"))
+    if value is None:
+        return set()
+    return {int(v) for v in value} if isinstance(value, list) else {int(value)}
+
+
+def past_shape(dims: list, layer: int, config: dict) -> tuple[int, int]:
+    """(heads, head size) of a layer's cache: from the ONNX input when fixed there, else from config.json
+    (less the layer's pruned heads)."""
+    n_head = config["n_head"] - len(config.get("pruned_heads", {}).get(str(layer), []))
+    heads = dims[1] if isinstance(dims[1], int) else n_head
+    head_size = dims[3] if isinstance(dims[3], int) else config["n_embd"] // config["n_head"]
+    return heads, head_size
+
+
+class Generator:
+    def __init__(self, bundle: Path = HERE, threads: int = 2):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.manifest = verify(bundle)
+        files = self.manifest["files"]
+        self.config = json.loads((bundle / "config.json").read_text())
+        generation = (json.loads((bundle / "generation_config.json").read_text())
+                      if "generation_config.json" in files else {})
+        self.eos = eos_ids(self.config, generation)
+        self.n_positions = int(self.config.get("n_positions") or self.config.get("max_position_embeddings") or 1024)
+        self.tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(bundle / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.past_names = [name for name in self.inputs if name.startswith("past_key_values.")]
+
+    def encode(self, prompt: str) -> list[int]:
+        ids = self.tokenizer.encode(prompt).ids
+        if not ids:
+            raise ValueError("the prompt is empty: give some text to continue")
+        if len(ids) >= self.n_positions:
+            raise ValueError(f"the prompt has {len(ids)} tokens; this model takes at most {self.n_positions - 1}")
+        return ids
+
+    def empty_past(self) -> dict:
+        """Zero-length key/value tensors for the first step, shaped and typed as the model declares them."""
+        import numpy as np
+
+        past = {}
+        for name in self.past_names:
+            meta = self.inputs[name]
+            heads, head_size = past_shape(meta.shape, int(name.split(".")[1]), self.config)
+            past[name] = np.zeros((1, heads, 0, head_size), dtype=ONNX_FLOATS.get(meta.type, "float32"))
+        return past
+
+    def step(self, new_ids: list[int], past: dict, past_length: int):
+        """(logits of the last position, the cache to feed next) after running `new_ids` on `past`."""
+        import numpy as np
+
+        length = past_length + len(new_ids)
+        feed = {"input_ids": np.array([new_ids], dtype=np.int64),
+                "attention_mask": np.ones((1, length), dtype=np.int64),
+                "position_ids": np.arange(past_length, length, dtype=np.int64)[None, :],
+                "use_cache_branch": np.array([past_length > 0])}
+        feed = {k: v for k, v in feed.items() if k in self.inputs} | past
+        results = dict(zip(self.outputs, self.session.run(self.outputs, feed)))
+        present = {name: results[name.replace("past_key_values.", "present.")] for name in self.past_names}
+        return results["logits"][0, -1], present
+
+    def generate(self, prompt: str, max_new_tokens: int = 32):
+        """Yields the greedy continuation's token ids one by one (the end-of-text token is not yielded)."""
+        ids = self.encode(prompt)
+        past, past_length, new_ids = self.empty_past(), 0, ids
+        for _ in range(min(max_new_tokens, self.n_positions - len(ids))):
+            logits, past = self.step(new_ids, past, past_length)
+            past_length += len(new_ids)
+            token = int(logits.argmax())
+            if token in self.eos:
+                return
+            yield token
+            new_ids = [token]
+
+    def stream(self, prompt: str, max_new_tokens: int = 32):
+        """Yields the continuation as text pieces, holding back a piece that ends inside a UTF-8 character
+        (byte-level tokens can split one)."""
+        ids, shown = [], ""
+        for token in self.generate(prompt, max_new_tokens):
+            ids.append(token)
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            if text.endswith("\ufffd") or not text.startswith(shown):
+                continue
+            yield text[len(shown):]
+            shown = text
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        if text != shown:
+            yield text[len(shown):] if text.startswith(shown) else text
+
+    def continuation(self, prompt: str, max_new_tokens: int = 32) -> str:
+        return self.tokenizer.decode(list(self.generate(prompt, max_new_tokens)), skip_special_tokens=True)
+
+
+def read_jsonl(path: Path) -> list[str]:
+    prompts = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise BundleError(f"{path}:{number}: not JSON ({err.msg})") from None
+        prompt = item.get("prompt") if isinstance(item, dict) else item
+        if not isinstance(prompt, str):
+            raise BundleError(f"{path}:{number}: expected a JSON string or an object with a \"prompt\" string")
+        prompts.append(prompt)
+    return prompts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Generate text with a miniaturize causal-LM edge bundle.")
+    parser.add_argument("prompt", nargs="?", help="text to continue")
+    parser.add_argument("--jsonl", type=Path, help="file with one JSON string or {\"prompt\": ...} per line")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    if (args.prompt is None) == (args.jsonl is None):
+        parser.error("give a prompt or --jsonl FILE (not both)")
+    try:
+        prompts = read_jsonl(args.jsonl) if args.jsonl else []
+        generator = Generator(HERE, args.threads)
+        if args.jsonl:
+            for prompt in prompts:
+                row = {"prompt": prompt, "continuation": generator.continuation(prompt, args.max_new_tokens)}
+                print(json.dumps(row), flush=True)
+        else:
+            for piece in generator.stream(args.prompt, args.max_new_tokens):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            print(flush=True)
+    except (BundleError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
