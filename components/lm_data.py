@@ -27,7 +27,7 @@ from transformers import PreTrainedTokenizerFast
 
 from components.config import LMDataConfig
 from components.ingest import (SPLITS, VADER_MEMBERS, VADER_SHA256, VADER_VERSION, DataError, fetch_vader_archive,
-                               read_table, read_vader_ratings, sha256_file)
+                               read_table, read_vader_ratings, sha256_file, text_key)
 from components.tracking import StageResult, Tracker
 
 BUILTIN_SOURCE = "vader-all"
@@ -55,14 +55,17 @@ def load_corpus(source: str, cache_dir: Path) -> tuple[list[str], str, str]:
 
 
 def clean(texts: list, min_chars: int) -> list[str]:
-    """Stripped strings of at least `min_chars` characters, exact duplicates dropped, first occurrence kept."""
+    """Stripped strings of at least `min_chars` characters; duplicates dropped (first occurrence kept) in the
+    form the validate stage compares texts (case-folded, whitespace collapsed), so that no text of one split
+    reappears in another."""
     kept, seen = [], set()
     for text in texts:
         if not isinstance(text, str):
             continue  # None, NaN and other non-text cells
         text = text.strip()
-        if len(text) >= min_chars and text not in seen:
-            seen.add(text)
+        key = text_key(text)
+        if len(text) >= min_chars and key not in seen:
+            seen.add(key)
             kept.append(text)
     return kept
 

@@ -106,3 +106,10 @@ def raw_cache():
     from pathlib import Path
 
     return Path(__file__).resolve().parents[2] / "data" / "raw"
+
+
+def test_clean_drops_duplicates_in_the_form_validation_compares():
+    from components.lm_data import clean
+
+    assert clean(["The film  was good", "the film was good", " x ", None, "Another one"], 3) == [
+        "The film  was good", "Another one"]
