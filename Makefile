@@ -40,7 +40,7 @@ search: $(VENV)/.installed
 	$(BIN)/miniaturize search $(ARGS)
 
 test: $(VENV)/.installed-test
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=15 $(ARGS)
 
 # The smoke pipeline against a real MLflow server on a throwaway PostgreSQL cluster (installs the
 # postgresql Debian package when missing and run as root); left out of `make test`.

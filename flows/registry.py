@@ -313,7 +313,9 @@ def bundle_source(p: Params, ws: Workspace, model: str | None, download_to: Path
         report = json.loads(Path(client.download_artifacts(version.run_id, "report/compression_report.json",
                                                            str(download_to))).read_text())
         final = report.get("models", {}).get("final")
-        if final:
+        if final and report.get("task") == "causal-lm":
+            metrics |= {k: final[k] for k in ("perplexity", "bleu", "tokens_per_s", "size_bytes")}
+        elif final:
             metrics |= {"accuracy": final["accuracy"], "size_bytes": final["size_bytes"],
                         "batch1_p50_ms": final["latency_ms"]["batch1_p50"]}
     except Exception:  # noqa: BLE001 - a version without a report still packages; its tags carry the ratios

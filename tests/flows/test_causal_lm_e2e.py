@@ -70,3 +70,16 @@ def test_causal_lm_unchanged_rerun_skips_every_stage(lm_run, prefect_api):
     done = run_cli(["run", *CONFIG], project, prefect_api)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"unchanged, skipped: {', '.join(STAGES)} (9 of 9 stages" in done.stdout
+
+
+def test_causal_lm_champion_packages_into_a_bundle_that_generates(lm_run, prefect_api, tmp_path):
+    project, _ = lm_run
+    out = tmp_path / "edge"
+    done = run_cli(["package", "--out", str(out), *CONFIG], project, prefect_api)
+    assert done.returncode == 0 and "bundle written" in done.stdout, done.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["task"] == "causal-lm" and manifest["source"]["model_uri"] == "models:/miniaturize-causal-lm@champion"
+    assert manifest["metrics"]["perplexity"] > 1.0
+    generated = subprocess.run([str(BIN / "python"), str(out / "predict.py"), "the movie was", "--max-new-tokens", "5"],
+                               capture_output=True, text=True)
+    assert generated.returncode == 0 and generated.stdout.strip(), generated.stderr[-2000:]
