@@ -231,8 +231,18 @@ def write_atomic(path: Path, write) -> Path:
     return path
 
 
-def _fmt(value, spec: str) -> str:
+def fmt(value, spec: str) -> str:
     return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
+
+
+def gate_lines(gate: dict) -> list[str]:
+    """The gate decision as a markdown section (both tasks' reports)."""
+    lines = ["", f"## Gate: {'PASSED' if gate['passed'] else 'FAILED'}", "",
+             "| check | value | threshold | result |", "|---|---:|---:|---|"]
+    for name, c in gate["checks"].items():
+        lines.append(f"| {name} | {fmt(c['value'], '.3f')} | {fmt(c['threshold'], '.3f')} "
+                     f"| {'pass' if c['passed'] else 'FAIL'} |")
+    return lines
 
 
 def render_markdown(report: dict) -> str:
@@ -246,24 +256,19 @@ def render_markdown(report: dict) -> str:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in report["models"].items():
         lat = m["latency_ms"]
-        lines.append(f"| {name} | {m['runtime']} | {_fmt(m['accuracy'], '.4f')} | {_fmt(m['f1_macro'], '.4f')} "
-                     f"| {_fmt(m['agreement_with_teacher'], '.4f')} | {m['size_bytes'] / 1e6:.2f} "
-                     f"| {m['params']:,} | {_fmt(lat['batch1_p50'], '.2f')} | {_fmt(lat['batch1_p95'], '.2f')} "
-                     f"| {_fmt(lat['batch32_p50'], '.2f')} | {_fmt(m['peak_rss_mb'], '.0f')} |")
+        lines.append(f"| {name} | {m['runtime']} | {fmt(m['accuracy'], '.4f')} | {fmt(m['f1_macro'], '.4f')} "
+                     f"| {fmt(m['agreement_with_teacher'], '.4f')} | {m['size_bytes'] / 1e6:.2f} "
+                     f"| {m['params']:,} | {fmt(lat['batch1_p50'], '.2f')} | {fmt(lat['batch1_p95'], '.2f')} "
+                     f"| {fmt(lat['batch32_p50'], '.2f')} | {fmt(m['peak_rss_mb'], '.0f')} |")
     for section in ("final_vs_teacher", f"final_vs_{BASELINE}"):
         if section in report:
             r = report[section]
             lines += ["", f"## {section.replace('_', ' ')}", "",
                       "| size ratio | batch-1 speed-up | batch-32 speed-up | accuracy drop (points) |",
                       "|---:|---:|---:|---:|",
-                      f"| {_fmt(r['size_ratio'], '.2f')}x | {_fmt(r['speedup_batch1_p50'], '.2f')}x "
-                      f"| {_fmt(r['speedup_batch32_p50'], '.2f')}x | {_fmt(r['accuracy_drop_points'], '+.2f')} |"]
-    gate = report["gate"]
-    lines += ["", f"## Gate: {'PASSED' if gate['passed'] else 'FAILED'}", "",
-              "| check | value | threshold | result |", "|---|---:|---:|---|"]
-    for name, c in gate["checks"].items():
-        lines.append(f"| {name} | {_fmt(c['value'], '.3f')} | {_fmt(c['threshold'], '.3f')} "
-                     f"| {'pass' if c['passed'] else 'FAIL'} |")
+                      f"| {fmt(r['size_ratio'], '.2f')}x | {fmt(r['speedup_batch1_p50'], '.2f')}x "
+                      f"| {fmt(r['speedup_batch32_p50'], '.2f')}x | {fmt(r['accuracy_drop_points'], '+.2f')} |"]
+    lines += gate_lines(report["gate"])
     if ablation := report.get("ablation"):
         lines += ["", "## Ablation: what distillation buys", "",
                   f"The same student (same layers, same initialisation) trained on the labels alone reaches "

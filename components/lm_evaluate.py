@@ -37,7 +37,7 @@ from pathlib import Path
 
 from components import benchmark
 from components.config import LMEvaluateConfig, LMGateConfig
-from components.evaluate import ModelSpec, environment_info, json_safe, write_atomic
+from components.evaluate import ModelSpec, fmt, environment_info, gate_lines, json_safe, write_atomic
 from components.gate import GateDecision, compare_lm_to_teacher, decide_lm
 from components.lm_export import greedy, load, load_tokenizer
 from components.rss_probe import session_greedy
@@ -256,10 +256,6 @@ def measure_model(spec: ModelSpec, cfg: LMEvaluateConfig, data_dir: Path, texts:
 
 # ---------------------------------------------------------------- writing
 
-def _fmt(value, spec: str) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
-
-
 def render_markdown(report: dict) -> str:
     env = report["environment"]
     lines = ["# Compression report (causal LM)", "",
@@ -269,28 +265,23 @@ def render_markdown(report: dict) -> str:
              "| model | runtime | perplexity | BLEU | BLEU vs teacher | tokens/s | size (MB) | params "
              "| peak RSS (MB) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in report["models"].items():
-        lines.append(f"| {name} | {m['runtime']} | {_fmt(m['perplexity'], '.2f')} | {_fmt(m['bleu'], '.2f')} "
-                     f"| {_fmt(m['bleu_vs_teacher'], '.2f')} | {_fmt(m['tokens_per_s'], '.1f')} "
-                     f"| {m['size_bytes'] / 1e6:.2f} | {m['params']:,} | {_fmt(m['peak_rss_mb'], '.0f')} |")
+        lines.append(f"| {name} | {m['runtime']} | {fmt(m['perplexity'], '.2f')} | {fmt(m['bleu'], '.2f')} "
+                     f"| {fmt(m['bleu_vs_teacher'], '.2f')} | {fmt(m['tokens_per_s'], '.1f')} "
+                     f"| {m['size_bytes'] / 1e6:.2f} | {m['params']:,} | {fmt(m['peak_rss_mb'], '.0f')} |")
     r = report["final_vs_teacher"]
     lines += ["", "## final vs teacher", "",
               "| size ratio | generation speed-up | perplexity ratio | BLEU drop (points) |",
               "|---:|---:|---:|---:|",
-              f"| {_fmt(r['size_ratio'], '.2f')}x | {_fmt(r['generation_speedup'], '.2f')}x "
-              f"| {_fmt(r['perplexity_ratio'], '.3f')} | {_fmt(r['bleu_drop_points'], '+.2f')} |"]
-    gate = report["gate"]
-    lines += ["", f"## Gate: {'PASSED' if gate['passed'] else 'FAILED'}", "",
-              "| check | value | threshold | result |", "|---|---:|---:|---|"]
-    for name, c in gate["checks"].items():
-        lines.append(f"| {name} | {_fmt(c['value'], '.3f')} | {_fmt(c['threshold'], '.3f')} "
-                     f"| {'pass' if c['passed'] else 'FAIL'} |")
+              f"| {fmt(r['size_ratio'], '.2f')}x | {fmt(r['generation_speedup'], '.2f')}x "
+              f"| {fmt(r['perplexity_ratio'], '.3f')} | {fmt(r['bleu_drop_points'], '+.2f')} |"]
+    lines += gate_lines(report["gate"])
     if ablation := report.get("ablation"):
         lines += ["", "## Ablation: what distillation buys", "",
                   f"The same student trained without the teacher reaches perplexity "
-                  f"{_fmt(ablation['student_without_teacher_perplexity'], '.2f')} and BLEU "
-                  f"{_fmt(ablation['student_without_teacher_bleu'], '.2f')}; distilled, "
-                  f"{_fmt(ablation['student_perplexity'], '.2f')} and {_fmt(ablation['student_bleu'], '.2f')} "
-                  f"({_fmt(ablation['distillation_bleu_gain_points'], '+.2f')} BLEU points)."]
+                  f"{fmt(ablation['student_without_teacher_perplexity'], '.2f')} and BLEU "
+                  f"{fmt(ablation['student_without_teacher_bleu'], '.2f')}; distilled, "
+                  f"{fmt(ablation['student_perplexity'], '.2f')} and {fmt(ablation['student_bleu'], '.2f')} "
+                  f"({fmt(ablation['distillation_bleu_gain_points'], '+.2f')} BLEU points)."]
     return "\n".join(lines) + "\n"
 
 
