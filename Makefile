@@ -39,8 +39,9 @@ smoke: $(VENV)/.installed
 search: $(VENV)/.installed
 	$(BIN)/miniaturize search $(ARGS)
 
+# Two workers (pytest-xdist); each test file stays on one worker, so its module fixtures are built once.
 test: $(VENV)/.installed-test
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=15 $(ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 $(ARGS)
 
 # The smoke pipeline against a real MLflow server on a throwaway PostgreSQL cluster (installs the
 # postgresql Debian package when missing and run as root); left out of `make test`.

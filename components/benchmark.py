@@ -130,7 +130,7 @@ def load_torch_model(model_dir: str | Path, threads: int):
     from transformers import AutoModelForSequenceClassification
 
     torch.set_num_threads(threads)
-    return AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
+    return AutoModelForSequenceClassification.from_pretrained(str(model_dir), use_safetensors=True).eval()
 
 
 def torch_runner(model) -> Runner:

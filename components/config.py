@@ -40,6 +40,9 @@ class DataConfig(_Section):
     transfer: bool = True
     # Cap on rows after cleaning, drawn stratified (None keeps everything); the smoke profile uses it.
     max_rows: int | None = Field(None, gt=0)
+    # Exact duplicate rows (same text) are dropped; a larger share than this of the file stops the run, as
+    # it points to a broken export (rows appended twice, a join that fanned out).
+    max_duplicate_share: float = Field(0.2, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _split_sums_to_one(self) -> DataConfig:
@@ -54,6 +57,25 @@ class ValidateConfig(_Section):
     min_class_share: float = Field(0.1, gt=0.0, lt=0.5)  # of each split
     max_duplicate_rate: float = Field(0.01, ge=0.0, le=1.0)  # duplicate texts / rows, per split
     examples: int = Field(5, ge=1)  # failing rows shown per expectation
+
+
+class DistributedConfig(_Section):
+    """Where and how the training stages (finetune, distill, prune) run: in one process, or data-parallel
+    over several (components/distributed.py, flows/launch.py). The seeds stage and the search train in one
+    process, on the same device and precision."""
+
+    # finetune, distill and prune run as this many processes of the machine (torchrun; one per GPU), each
+    # taking its share of every batch: the same batches and optimizer steps as one process.
+    processes: int = Field(1, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees a GPU, else the CPU
+    # auto: bf16 on a GPU that supports it (Ampere or later), else fp32 ("no"); fp16 uses a gradient scaler.
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    # Each process's share of a batch runs in this many micro-batches, for memory: `batch_size` (the global
+    # batch) and the number of optimizer steps stay the same.
+    grad_accum_steps: int = Field(1, ge=1)
+    # Recompute activations in the backward pass instead of storing them: less memory for a large teacher,
+    # about a third more compute.
+    gradient_checkpointing: bool = False
 
 
 class TrainConfig(_Section):
@@ -309,6 +331,16 @@ class LMConfig(_Section):
         return self
 
 
+class RetriesConfig(_Section):
+    # A stage failing with a transient error (network, timeout, tracking server restarting) runs again, up
+    # to this many attempts in all; a deterministic error (data, config, a bug) fails at once.
+    stage_attempts: int = Field(3, ge=1)
+    stage_delay_seconds: float = Field(10.0, ge=0)
+    # Each MLflow call: attempts with exponential backoff (1, 2, 4, ... s, at most 30 s apart).
+    tracking_attempts: int = Field(5, ge=1)
+    tracking_backoff_seconds: float = Field(1.0, ge=0)
+
+
 class Params(_Section):
     task: Literal["sequence-classification", "causal-lm"] = "sequence-classification"
     seed: int = 13
@@ -326,8 +358,20 @@ class Params(_Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
     lm: LMConfig = LMConfig()
+    retries: RetriesConfig = RetriesConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _no_credentials(self) -> Params:
+        from components.secrets import url_password
+
+        for key, value in _leaves(self.as_dict()):
+            if isinstance(value, str) and url_password(value):
+                raise ValueError(f"{key} holds a password in its URL; credentials belong in the environment "
+                                 "(e.g. MLFLOW_TRACKING_PASSWORD, AWS_SECRET_ACCESS_KEY, HF_TOKEN), never in params")
+        return self
 
     @model_validator(mode="after")
     def _extra_seeds_differ_from_seed(self) -> Params:
@@ -341,6 +385,17 @@ class Params(_Section):
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
+
+
+def _leaves(tree: Any, prefix: str = ""):
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _leaves(value, f"{prefix}{key}.")
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _leaves(value, prefix)
+    else:
+        yield prefix.rstrip("."), tree
 
 
 def section_hash(section: BaseModel | dict) -> str:
@@ -410,6 +465,10 @@ def _describe(err: ValidationError) -> str:
         key = ".".join(str(p) for p in item["loc"]) or "(root)"
         if item["type"] == "extra_forbidden":
             lines.append(f"unknown key {key!r}")
+        elif item["type"] == "value_error":
+            # A check across keys: its message names them, and its input is a whole section, too long to echo.
+            message = str(item["ctx"]["error"])
+            lines.append(message if not item["loc"] or message.startswith(str(item["loc"][0])) else f"{key}: {message}")
         else:
             lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
     return "invalid params: " + "; ".join(lines)

@@ -2,7 +2,7 @@
 
 The student is a copy of the fine-tuned teacher that keeps only `distill.layers` (embeddings, pooler and
 classifier come along), trained on alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE against
-the teacher logits the finetune stage stored once (`train_logits.npy`). With `distill.hidden_weight` or
+the teacher logits the finetune stage stored once (`components.soft_targets`). With `distill.hidden_weight` or
 `distill.attention_weight` above zero, the student also learns the teacher's intermediate layers
 (TinyBERT-style, `FeatureTransfer`): the teacher then runs, frozen, beside the student. With `distill.transfer`
 the unlabelled transfer set joins the train split, learning from the teacher's soft outputs alone. With `distill.ablation` the same student is also trained without the
@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from components.config import DistillConfig
+from components import soft_targets
+from components.config import DistillConfig, DistributedConfig
 from components.finetune import load_encoded_splits, load_transfer, read_labels, save_model
 from components.losses import attention_kl, hidden_mse
 from components.modeling import (Encoded, ModelSourceError, accuracy, concat, count_params, predict_logits,
@@ -61,9 +62,10 @@ class FeatureTransfer(nn.Module):
         self.hidden_weight, self.attention_weight = hidden_weight, attention_weight
 
     def forward(self, student_out, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        # The teacher is out of `.to()`'s reach (not a submodule): it follows the batch to the training device.
+        teacher = self._teacher[0].to(batch["input_ids"].device)
         with torch.no_grad():
-            teacher_out = self._teacher[0](**batch, output_hidden_states=True,
-                                           output_attentions=self.attention_weight > 0)
+            teacher_out = teacher(**batch, output_hidden_states=True, output_attentions=self.attention_weight > 0)
         mask = batch["attention_mask"]
         loss = student_out.logits.new_zeros(())
         if self.hidden_weight > 0:
@@ -78,68 +80,63 @@ class FeatureTransfer(nn.Module):
         return loss
 
 
-def load_teacher_logits(teacher_dir: Path, n_rows: int, split: str = "train") -> np.ndarray:
-    path = teacher_dir / f"{split}_logits.npy"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: re-run the finetune stage")
-    logits = np.load(path)
-    if logits.shape[0] != n_rows:
-        raise ValueError(f"{path} has {logits.shape[0]} rows, the {split} split has {n_rows}: re-run the finetune stage")
-    return logits
-
-
 def training_set(teacher_dir: Path, prepared: Path, tokenizer, labels: list[str], max_length: int,
-                 train: Encoded, use_transfer: bool) -> tuple[Encoded, np.ndarray]:
-    """The train split, plus the unlabelled transfer set when asked for and present, with teacher logits."""
-    logits = load_teacher_logits(teacher_dir, len(train))
+                 train: Encoded, use_transfer: bool, soft_cache: Path | None = None,
+                 dist: DistributedConfig | None = None) -> tuple[Encoded, np.ndarray]:
+    """The train split, plus the unlabelled transfer set when asked for and present, with the teacher's
+    logits on them: stored once by the finetune stage, or computed once into `soft_cache`."""
+    logits = soft_targets.load(teacher_dir, prepared, "train", train, max_length, soft_cache, dist)
     transfer = load_transfer(prepared, tokenizer, labels, max_length) if use_transfer else None
     if transfer is None:
         return train, logits
-    transfer_logits = load_teacher_logits(teacher_dir, len(transfer), "transfer")
+    transfer_logits = soft_targets.load(teacher_dir, prepared, "transfer", transfer, max_length, soft_cache, dist)
     return concat(train, transfer), np.concatenate([logits, transfer_logits])
 
 
 def without_teacher(cfg: DistillConfig, teacher_dir: Path, data: dict, pad_id: int, tracker: Tracker,
-                    seed: int) -> dict[str, float]:
+                    seed: int, dist: DistributedConfig | None = None) -> dict[str, float]:
     """The ablation: the same student (same layers, same initialisation) trained on labels alone."""
     seed_everything(seed)
-    student = keep_layers(AutoModelForSequenceClassification.from_pretrained(teacher_dir), cfg.layers)
+    student = keep_layers(AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True),
+                          cfg.layers)
     outcome = train(student, data["train"], data["validation"], cfg, pad_id, PrefixedTracker(tracker, "ablation."),
-                    seed, kd=None, desc="ablation (no teacher)")
+                    seed, kd=None, desc="ablation (no teacher)", dist=dist)
     test_acc = accuracy(predict_logits(student, data["test"], pad_id), data["test"].labels)
     print(f"  ablation: the same student without the teacher reaches test acc {test_acc:.4f}", flush=True)
     return {"ablation_val_accuracy": outcome.best_val_accuracy, "ablation_test_accuracy": test_acc,
             "ablation_train_seconds": outcome.seconds}
 
 
-def run(cfg: DistillConfig, teacher_dir: Path, prepared: Path, out_dir: Path, tracker: Tracker, seed: int) -> StageResult:
+def run(cfg: DistillConfig, teacher_dir: Path, prepared: Path, out_dir: Path, tracker: Tracker, seed: int,
+        dist: DistributedConfig | None = None, soft_cache: Path | None = None) -> StageResult:
     seed_everything(seed)
     labels = read_labels(prepared)
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     features = cfg.hidden_weight > 0 or cfg.attention_weight > 0
     # Attention maps come out of the eager attention kernels only.
     load = dict(attn_implementation="eager") if features else {}
-    student = keep_layers(AutoModelForSequenceClassification.from_pretrained(teacher_dir, **load), cfg.layers)
+    student = keep_layers(AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True, **load),
+                          cfg.layers)
     data = load_encoded_splits(prepared, tokenizer, labels, cfg.max_length)
     train_set, teacher_logits = training_set(teacher_dir, prepared, tokenizer, labels, cfg.max_length,
-                                             data["train"], cfg.transfer)
+                                             data["train"], cfg.transfer, soft_cache, dist)
     transfer = None
     if features:
-        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, **load)
+        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True, **load)
         transfer = FeatureTransfer(teacher, cfg.layers, student.config.hidden_size, cfg.hidden_weight,
                                    cfg.attention_weight)
     kd = Distillation(teacher_logits, cfg.alpha, cfg.temperature, features=transfer)
     tracker.log_params(cfg.model_dump() | {"params": count_params(student), "train_rows": len(train_set)})
 
     outcome = train(student, train_set, data["validation"], cfg, tokenizer.pad_token_id, tracker, seed,
-                    kd=kd, desc="distill")
+                    kd=kd, desc="distill", dist=dist)
 
     test_acc = accuracy(predict_logits(student, data["test"], tokenizer.pad_token_id), data["test"].labels)
     metrics = {"val_accuracy": outcome.best_val_accuracy, "test_accuracy": test_acc,
                "best_epoch": outcome.best_epoch, "epochs_run": outcome.epochs_run,
                "train_seconds": outcome.seconds, "params": count_params(student)}
     if cfg.ablation:
-        metrics |= without_teacher(cfg, teacher_dir, data, tokenizer.pad_token_id, tracker, seed)
+        metrics |= without_teacher(cfg, teacher_dir, data, tokenizer.pad_token_id, tracker, seed, dist)
     save_model(student, tokenizer, labels, out_dir, metrics)
     tracker.log_metrics({"test_accuracy": test_acc, "best_val_accuracy": outcome.best_val_accuracy})
     return StageResult(metrics=metrics, outputs={"model": out_dir})

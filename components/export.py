@@ -23,7 +23,7 @@ import numpy as np
 
 from components.config import ExportConfig
 from components.modeling import (Encoded, collate, dir_size_bytes, encode, length_bucketed_batches,
-                                 predict_logits, read_split)
+                                 predict_logits, read_split, require_safetensors)
 from components.tracking import StageResult, Tracker
 
 ONNX_FILE = "model.onnx"
@@ -142,11 +142,13 @@ def run(cfg: ExportConfig, model_dir: Path, prepared: Path, out_dir: Path, track
     try:
         # Optimum's own validation feeds a few random inputs; ours below runs the real test split,
         # so its pass is skipped rather than run twice.
+        require_safetensors(model_dir)  # main_export would load a pickle checkpoint as readily
         main_export(str(model_dir), tmp, task="text-classification", do_validation=False)
         copy_model_metadata(model_dir, tmp, tokenizer)
 
         test = encode_split(prepared, "test", tokenizer, read_model_labels(model_dir), max_length)
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir)  # re-applies pruned_heads
+        # Re-applies pruned_heads.
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
         reference = predict_logits(model, test, pad_id_of(tokenizer))
         candidate = onnx_logits(onnx_session(tmp / ONNX_FILE), test, pad_id_of(tokenizer))
         check = compare_logits(reference, candidate, cfg.max_abs_logit_diff)

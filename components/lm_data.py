@@ -7,6 +7,10 @@ Sources (`lm.data.source`):
   with pip and sha256-verified by `components.ingest`;
 - a local `.txt` file (one sentence per line), or a `.jsonl` / `.parquet` file with a `text` column.
 
+A local file must lie inside the workspace `root` and is read as strictly as `components.ingest` reads
+classification data (UTF-8 only, format matching the extension, nothing cut off, texts that are strings);
+each problem raises `DataError` naming the file.
+
 Cleaning strips whitespace, drops sentences shorter than `min_chars` characters and exact duplicates, so
 no sentence can sit in two splits. `max_sentences` keeps a sample drawn by seed (smoke runs).
 
@@ -26,32 +30,46 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import PreTrainedTokenizerFast
 
 from components.config import LMDataConfig
-from components.ingest import (SPLITS, VADER_MEMBERS, VADER_SHA256, VADER_VERSION, DataError, fetch_vader_archive,
-                               read_table, read_vader_ratings, sha256_file, text_key)
+from components.ingest import (SPLITS, VADER_MEMBERS, VADER_SHA256, VADER_VERSION, DataError, check_column_types,
+                               decode_utf8, fetch_vader_archive, read_table, read_vader_ratings, sha256_file, sniff,
+                               text_key, workspace_path)
 from components.tracking import StageResult, Tracker
 
 BUILTIN_SOURCE = "vader-all"
 EOS = "<|endoftext|>"  # GPT-2's single special token: beginning, end and padding of every sequence
 
 
-def load_corpus(source: str, cache_dir: Path) -> tuple[list[str], str, str]:
-    """Returns (raw sentences, source description, sha256 of the source file)."""
+def load_corpus(source: str, cache_dir: Path, root: Path = Path(".")) -> tuple[list[str], str, str]:
+    """Returns (raw sentences, source description, sha256 of the source file); a file is read relative to
+    `root`."""
     if source == BUILTIN_SOURCE:
         archive = fetch_vader_archive(cache_dir)
         texts = [t for member in VADER_MEMBERS.values() for t in read_vader_ratings(archive, member)["text"]]
         return texts, f"vaderSentiment=={VADER_VERSION}:all", VADER_SHA256
-    path = Path(source)
-    if not path.is_file():
+    if not (Path(root) / source).is_file():
         raise DataError(f"lm.data.source {source!r} is neither {BUILTIN_SOURCE!r} nor an existing file")
+    path = workspace_path(source, root, "lm.data.source")
+    name = path.relative_to(Path(root).resolve()).as_posix()
     if path.suffix.lower() == ".txt":
-        texts = path.read_bytes().decode("utf-8", errors="replace").splitlines()
-        return texts, str(path), sha256_file(path)
+        return read_text_lines(path), name, sha256_file(path)
     if path.suffix.lower() not in (".jsonl", ".ndjson", ".parquet", ".pq"):
         raise DataError(f"unsupported corpus file {path.name}: use .txt, .jsonl or .parquet")
     frame = read_table(path)
     if "text" not in frame.columns:
         raise DataError(f"corpus file {path} has no `text` column (columns: {', '.join(map(str, frame.columns))})")
-    return frame["text"].tolist(), str(path), sha256_file(path)
+    check_column_types(frame, f"data file {path}", ("text",))
+    return frame["text"].tolist(), name, sha256_file(path)
+
+
+def read_text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file; an empty, binary or otherwise encoded file is a `DataError`."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError(f"data file {path} is empty ({len(raw)} bytes{' of whitespace' if raw else ''})")
+    found = sniff(raw[:64])
+    if found not in ("text", "JSON Lines", "a JSON array"):  # all of these are plain text
+        raise DataError(f"data file {path} is not a text file: it starts like {found} ({raw[:24]!r})")
+    return decode_utf8(raw, path).splitlines()
 
 
 def clean(texts: list, min_chars: int) -> list[str]:
@@ -112,8 +130,8 @@ def mean_tokens(tokenizer, texts: list[str]) -> float:
 
 
 def run(cfg: LMDataConfig, out_dir: Path, tracker: Tracker, seed: int,
-        cache_dir: Path = Path("data/raw")) -> StageResult:
-    raw, source, sha256 = load_corpus(cfg.source, cache_dir)
+        cache_dir: Path = Path("data/raw"), root: Path = Path(".")) -> StageResult:
+    raw, source, sha256 = load_corpus(cfg.source, cache_dir, root)
     texts = clean(raw, cfg.min_chars)
     if not texts:
         raise DataError(f"{source} holds no sentence of at least {cfg.min_chars} characters")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from components.export import ONNX_FILE, move_into_place, temp_sibling
+from components.modeling import require_safetensors
 from components.tracking import StageResult, Tracker
 
 PROMPT_TOKENS = 8  # tokens of a test sentence that form one fixed prompt of the checks
@@ -52,7 +53,7 @@ def load(path: str | Path, runtime: str, threads: int | None = None):
 
         if threads:
             torch.set_num_threads(threads)
-        return AutoModelForCausalLM.from_pretrained(str(path)).eval()
+        return AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True).eval()
     import onnxruntime as ort
     from optimum.onnxruntime import ORTModelForCausalLM
 
@@ -166,6 +167,7 @@ def export(model_dir: Path, data_dir: Path, out_dir: Path, tracker: Tracker, pro
     tmp = temp_sibling(out_dir)
     try:
         # Optimum's own validation feeds random inputs; the check below generates from real prompts.
+        require_safetensors(model_dir)  # main_export would load a pickle checkpoint as readily
         main_export(str(model_dir), tmp, task="text-generation-with-past", do_validation=False)
         copy_metadata(model_dir, tmp, tokenizer)
 

@@ -28,7 +28,6 @@ token is context only, so perplexity is exp(mean NLL) over every later token and
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -43,7 +42,8 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import prune_conv1d_layer
 
-from components.config import LMDistillConfig, LMPruneConfig, LMTeacherConfig
+from components.config import DistributedConfig, LMDistillConfig, LMPruneConfig, LMTeacherConfig
+from components.distributed import DataParallel, cpu_state, is_main_process, same_on_every_rank, wait_for_everyone
 from components.losses import soft_kl_rows
 from components.modeling import count_params, length_bucketed_batches, resolve_model_source, seed_everything
 from components.prune import heads_to_prune
@@ -126,9 +126,10 @@ def lm_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None
 def perplexity(model: nn.Module, tokenizer, texts: list[str], max_length: int, batch_size: int = 32) -> float:
     """exp of the mean next-token NLL over all tokens of `text + eos` (the first token is context)."""
     model.eval()
+    device = next(model.parameters()).device  # the CPU, or the GPU a training loop placed the model on
     total_nll, total_tokens = 0.0, 0
     for rows in batches(encode(tokenizer, texts, max_length), batch_size, shuffle=False):
-        batch = lm_batch(rows, pad_id(tokenizer))
+        batch = {k: v.to(device) for k, v in lm_batch(rows, pad_id(tokenizer)).items()}
         logits, targets = shifted(model(**batch).logits.float(), batch)
         total_nll += F.cross_entropy(logits, targets, reduction="sum").item()
         total_tokens += targets.numel()
@@ -156,9 +157,13 @@ class FitOutcome:
 
 def fit(model: nn.Module, tokenizer, train_texts: list[str], val_texts: list[str], *, epochs: int,
         batch_size: int, lr: float, max_length: int, tracker: Tracker, seed: int,
-        teaching: Teaching | None = None, desc: str = "train") -> FitOutcome:
-    """AdamW with linear warm-up and decay; validation perplexity after every epoch; best epoch restored."""
+        teaching: Teaching | None = None, desc: str = "train", dist: DistributedConfig | None = None) -> FitOutcome:
+    """AdamW with linear warm-up and decay; validation perplexity after every epoch; best epoch restored.
+    Data-parallel under a multi-process launch (components.distributed): each process takes its share of
+    every batch and runs the teacher, when there is one, on that share."""
     seed_everything(seed)
+    dp = DataParallel(dist or DistributedConfig())
+    home = next(model.parameters()).device  # the model (and the teacher) go back there when training ends
     pad = pad_id(tokenizer)
     train_ids = encode(tokenizer, train_texts, max_length)
     steps_per_epoch = math.ceil(len(train_ids) / batch_size)
@@ -168,8 +173,10 @@ def fit(model: nn.Module, tokenizer, train_texts: list[str], val_texts: list[str
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    raw = model
+    model, optimizer = dp.prepare(model, optimizer)
     if teaching is not None:
-        teaching.model.eval().requires_grad_(False)
+        teaching.model.eval().requires_grad_(False).to(dp.device)
 
     best_state, best_ppl, best_epoch, step = None, math.inf, 0, 0
     history: list[dict[str, float]] = []
@@ -178,34 +185,48 @@ def fit(model: nn.Module, tokenizer, train_texts: list[str], val_texts: list[str
         model.train()
         epoch_started = time.perf_counter()
         running, seen = 0.0, 0
-        bar = tqdm(batches(train_ids, batch_size, shuffle=True, seed=seed * 1000 + epoch),
-                   desc=f"{desc} epoch {epoch}/{epochs}", unit="batch", leave=False, mininterval=2.0)
-        for rows in bar:
+        order = length_bucketed_batches([len(x) for x in train_ids], batch_size, shuffle=True, seed=seed * 1000 + epoch)
+        bar = tqdm(order, desc=f"{desc} epoch {epoch}/{epochs}", unit="batch", leave=False, mininterval=2.0,
+                   disable=not dp.main)
+        for index in bar:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup, lr)
-            loss = batch_loss(model, lm_batch(rows, pad), teaching)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            # The loss is a mean over predicted tokens: each share weighs by its tokens in the whole batch.
+            whole = max(1, sum(len(train_ids[i]) - 1 for i in index))
+            parts = dp.micro_batches(index)
+            for i, part in enumerate(parts):
+                rows = part if len(part) else index[:1]  # an empty share still joins the all-reduce, at weight 0
+                with dp.syncing(model, last=i == len(parts) - 1), dp.accelerator.autocast():
+                    loss = batch_loss(model, dp.to_device(lm_batch([train_ids[j] for j in rows], pad)), teaching)
+                    tokens = sum(len(train_ids[j]) - 1 for j in part)
+                    dp.accelerator.backward(loss * dp.weight(tokens, whole))
+                running += loss.item() * len(part)
+                seen += len(part)
+            dp.accelerator.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             step += 1
-            running += loss.item() * len(rows)
-            seen += len(rows)
-            bar.set_postfix(loss=f"{running / seen:.3f}", refresh=False)
+            bar.set_postfix(loss=f"{running / max(1, seen):.3f}", refresh=False)
         bar.close()
-        val_ppl = perplexity(model, tokenizer, val_texts, max_length, batch_size)
+        running, seen = dp.total(running, seen)
+        # Every process scores the whole validation split with the same weights; rank 0's figure decides.
+        val_ppl = same_on_every_rank(perplexity(raw, tokenizer, val_texts, max_length, batch_size))
         record = {"train_loss": running / max(1, seen), "val_perplexity": val_ppl,
                   "epoch_seconds": time.perf_counter() - epoch_started}
         history.append(record)
         tracker.log_metrics(record, step=epoch)
-        print(f"  {desc} epoch {epoch}: loss {record['train_loss']:.3f}, val perplexity {val_ppl:.2f}, "
-              f"{record['epoch_seconds']:.0f} s", flush=True)
+        if dp.main:
+            print(f"  {desc} epoch {epoch}: loss {record['train_loss']:.3f}, val perplexity {val_ppl:.2f}, "
+                  f"{record['epoch_seconds']:.0f} s", flush=True)
         if val_ppl < best_ppl:
             best_ppl, best_epoch = val_ppl, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = cpu_state(raw)
+    raw = dp.finish(model, home)
+    if teaching is not None:
+        teaching.model.to(home)
     if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
+        raw.load_state_dict(best_state)
+    raw.eval()
     return FitOutcome(best_epoch, best_ppl, time.perf_counter() - started, history)
 
 
@@ -220,13 +241,16 @@ def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor], teaching: Teach
 
 
 def save(model: nn.Module, tokenizer, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
+    """Rank 0 writes (every process holds the same weights); all processes wait for it."""
+    if is_main_process():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir, safe_serialization=True)
+        tokenizer.save_pretrained(out_dir)
+    wait_for_everyone()
 
 
 def load_model(model_dir: Path) -> nn.Module:
-    return AutoModelForCausalLM.from_pretrained(model_dir)
+    return AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
 
 
 def load_tokenizer(model_dir: Path):
@@ -246,7 +270,8 @@ def scratch_model(cfg: LMTeacherConfig, tokenizer) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(config)
 
 
-def train_teacher(cfg: LMTeacherConfig, data_dir: Path, out_dir: Path, tracker: Tracker, seed: int) -> StageResult:
+def train_teacher(cfg: LMTeacherConfig, data_dir: Path, out_dir: Path, tracker: Tracker, seed: int,
+                  dist: DistributedConfig | None = None) -> StageResult:
     seed_everything(seed)
     if cfg.init == "scratch":
         tokenizer = load_tokenizer(Path(data_dir) / "tokenizer")
@@ -255,7 +280,7 @@ def train_teacher(cfg: LMTeacherConfig, data_dir: Path, out_dir: Path, tracker: 
     else:
         source = resolve_model_source(cfg.model)
         tokenizer = load_tokenizer(source)
-        model = AutoModelForCausalLM.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
     train_texts, val_texts = read_texts(data_dir, "train"), read_texts(data_dir, "validation")
@@ -264,7 +289,7 @@ def train_teacher(cfg: LMTeacherConfig, data_dir: Path, out_dir: Path, tracker: 
 
     untrained_ppl = perplexity(model, tokenizer, val_texts, cfg.max_length, cfg.batch_size)
     outcome = fit(model, tokenizer, train_texts, val_texts, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                  lr=cfg.lr, max_length=cfg.max_length, tracker=tracker, seed=seed, desc="teacher")
+                  lr=cfg.lr, max_length=cfg.max_length, tracker=tracker, seed=seed, desc="teacher", dist=dist)
     save(model, tokenizer, out_dir)
     metrics = {"val_perplexity": outcome.best_val_perplexity, "untrained_val_perplexity": untrained_ppl,
                "best_epoch": float(outcome.best_epoch), "train_seconds": outcome.seconds, "params": float(params)}
@@ -291,7 +316,7 @@ def keep_blocks(model: GPT2LMHeadModel, layers: list[int]) -> GPT2LMHeadModel:
 
 
 def distill(cfg: LMDistillConfig, teacher_dir: Path, data_dir: Path, out_dir: Path, ablation_dir: Path,
-            tracker: Tracker, seed: int, max_length: int) -> StageResult:
+            tracker: Tracker, seed: int, max_length: int, dist: DistributedConfig | None = None) -> StageResult:
     seed_everything(seed)
     tokenizer = load_tokenizer(teacher_dir)
     teacher = load_model(teacher_dir)
@@ -303,7 +328,7 @@ def distill(cfg: LMDistillConfig, teacher_dir: Path, data_dir: Path, out_dir: Pa
     teacher_ppl = perplexity(teacher, tokenizer, val_texts, max_length, cfg.batch_size)
     outcome = fit(student, tokenizer, train_texts, val_texts, epochs=cfg.epochs, batch_size=cfg.batch_size,
                   lr=cfg.lr, max_length=max_length, tracker=tracker, seed=seed,
-                  teaching=Teaching(teacher, cfg.alpha, cfg.temperature), desc="distill")
+                  teaching=Teaching(teacher, cfg.alpha, cfg.temperature), desc="distill", dist=dist)
     save(student, tokenizer, out_dir)
     metrics = {"val_perplexity": outcome.best_val_perplexity, "teacher_val_perplexity": teacher_ppl,
                "best_epoch": float(outcome.best_epoch), "train_seconds": outcome.seconds, "params": float(params)}
@@ -312,7 +337,7 @@ def distill(cfg: LMDistillConfig, teacher_dir: Path, data_dir: Path, out_dir: Pa
         alone = keep_blocks(load_model(teacher_dir), cfg.layers)
         ablation = fit(alone, tokenizer, train_texts, val_texts, epochs=cfg.epochs, batch_size=cfg.batch_size,
                        lr=cfg.lr, max_length=max_length, tracker=PrefixedTracker(tracker, "ablation."), seed=seed,
-                       desc="ablation (no teacher)")
+                       desc="ablation (no teacher)", dist=dist)
         save(alone, tokenizer, ablation_dir)
         metrics |= {"ablation_val_perplexity": ablation.best_val_perplexity,
                     "ablation_train_seconds": ablation.seconds}
@@ -398,7 +423,7 @@ def original_head_ids(model: nn.Module, plan: dict[int, list[int]]) -> dict[int,
 
 def prune(cfg: LMPruneConfig, student_dir: Path, teacher_dir: Path, data_dir: Path, out_dir: Path,
           tracker: Tracker, seed: int, max_length: int, distill_cfg: LMDistillConfig, *,
-          ffn_ratio: float = 0.0) -> StageResult:
+          ffn_ratio: float = 0.0, dist: DistributedConfig | None = None) -> StageResult:
     """Remove the lowest-scoring `head_ratio` of the heads (and `ffn_ratio` of each block's MLP neurons),
     then recover with knowledge distillation from the teacher."""
     seed_everything(seed)
@@ -410,8 +435,10 @@ def prune(cfg: LMPruneConfig, student_dir: Path, teacher_dir: Path, data_dir: Pa
     tracker.log_params(cfg.model_dump(mode="json") | {"ffn_ratio": ffn_ratio, "heads_before": heads_before,
                                                        "params_before": params_before})
 
-    head_scores, mlp_scores = importance(model, tokenizer, train_texts, max_length, cfg.importance_batches,
-                                         distill_cfg.batch_size, teaching, seed)
+    # Every process scores the same weights on the same batches; rank 0's scores cut, so all cut alike.
+    head_scores, mlp_scores = same_on_every_rank(importance(model, tokenizer, train_texts, max_length,
+                                                            cfg.importance_batches, distill_cfg.batch_size, teaching,
+                                                            seed))
     plan = heads_to_prune(head_scores, count=int(round(cfg.head_ratio * heads_before)))
     if plan:
         model.prune_heads(original_head_ids(model, plan))
@@ -425,7 +452,7 @@ def prune(cfg: LMPruneConfig, student_dir: Path, teacher_dir: Path, data_dir: Pa
     if cfg.epochs > 0 and count_params(model) < params_before:
         outcome = fit(model, tokenizer, train_texts, val_texts, epochs=cfg.epochs,
                       batch_size=distill_cfg.batch_size, lr=distill_cfg.lr, max_length=max_length,
-                      tracker=tracker, seed=seed, teaching=teaching, desc="prune recovery")
+                      tracker=tracker, seed=seed, teaching=teaching, desc="prune recovery", dist=dist)
         ppl, seconds = outcome.best_val_perplexity, outcome.seconds
     save(model, tokenizer, out_dir)
     metrics = {"heads_before": float(heads_before), "heads_after": float(heads_after),

@@ -26,12 +26,32 @@ class ModelSourceError(ValueError):
     """A model path or hub id that cannot be used; the message says why."""
 
 
+def hub_offline() -> bool:
+    """True when the environment forbids calls to the Hugging Face hub (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)."""
+    return any(os.environ.get(key, "").upper() in ("1", "ON", "YES", "TRUE")
+               for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def require_safetensors(path: Path) -> None:
+    """Refuse a model directory without .safetensors weights: the other checkpoint formats (pytorch_model.bin,
+    .pt, .ckpt) are pickles, and unpickling a file can run any code it names."""
+    path = Path(path)
+    if any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(f.name for f in path.iterdir() if f.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+    found = f" (only {', '.join(pickles)}, a pickle checkpoint, which is never loaded)" if pickles else ""
+    raise ModelSourceError(f"model directory {path} has no .safetensors weights{found}; re-save the model with "
+                           "save_pretrained(..., safe_serialization=True)")
+
+
 def resolve_model_source(name: str) -> str:
-    """A local directory, a packaged copy of a hub id, or the hub id itself (for online use)."""
+    """A local directory, a packaged copy of a hub id, or the hub id itself (for online use, or offline when
+    the Hugging Face cache holds it)."""
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelSourceError(f"model directory {path} has no config.json")
+        require_safetensors(path)
         return str(path)
     if name in PACKAGED_MODELS:
         module_name, getter = PACKAGED_MODELS[name]
@@ -42,8 +62,14 @@ def resolve_model_source(name: str) -> str:
             pass  # fall through to the hub
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelSourceError(f"model path {name} does not exist")
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ModelSourceError(f"{name!r} is not a local path and the hub is offline (HF_HUB_OFFLINE=1)")
+    if hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise ModelSourceError(f"{name!r} is not a local path, the machine is offline (HF_HUB_OFFLINE or "
+                                   "TRANSFORMERS_OFFLINE is set) so the Hugging Face hub cannot be reached, and "
+                                   f"{name!r} is not in the local Hugging Face cache; download it while online, "
+                                   "or give the path of a local copy")
     return name
 
 
@@ -127,10 +153,11 @@ def model_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, data: Encoded, pad_id: int, batch_size: int = 64) -> np.ndarray:
     model.eval()
+    device = next(model.parameters()).device  # the CPU, or the GPU a training loop placed the model on
     out = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
     for index in length_bucketed_batches([len(x) for x in data.input_ids], batch_size, shuffle=False):
         batch = model_inputs(model, collate(data.input_ids, index, pad_id))
-        out[index] = model(**batch).logits.float().numpy()
+        out[index] = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
     return out
 
 

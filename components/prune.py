@@ -11,6 +11,7 @@ share from every layer so that the config keeps one `intermediate_size`. Both ar
 Pruning is iterative (`prune.steps`): each step removes an equal part of the target, re-scoring the
 surviving heads and neurons first, and is followed by a recovery fine-tune (`prune.epochs` per step) with
 distillation from the stored teacher logits, so that later cuts are chosen on the recovered model.
+Under a multi-process launch each recovery is data-parallel and every process cuts the same heads.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.pytorch_utils import prune_linear_layer
 
-from components.config import PruneConfig
+from components.config import DistributedConfig, PruneConfig
 from components.distill import training_set
+from components.distributed import same_on_every_rank
 from components.finetune import load_encoded_splits, read_labels, save_model
 from components.losses import kd_loss
 from components.modeling import (Encoded, accuracy, collate, count_params, length_bucketed_batches, model_inputs,
@@ -140,15 +142,15 @@ def prune_ffn(model: nn.Module, keep: list[np.ndarray]) -> None:
 
 
 def run(cfg: PruneConfig, student_dir: Path, teacher_dir: Path, prepared: Path, out_dir: Path, tracker: Tracker,
-        seed: int) -> StageResult:
+        seed: int, dist: DistributedConfig | None = None, soft_cache: Path | None = None) -> StageResult:
     seed_everything(seed)
     labels = read_labels(prepared)
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(student_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(student_dir, use_safetensors=True)
     pad_id = tokenizer.pad_token_id
     data = load_encoded_splits(prepared, tokenizer, labels, cfg.max_length)
     train_set, train_logits = training_set(teacher_dir, prepared, tokenizer, labels, cfg.max_length,
-                                           data["train"], cfg.transfer)
+                                           data["train"], cfg.transfer, soft_cache, dist)
     kd = Distillation(train_logits, cfg.alpha, cfg.temperature)
     tracker.log_params(cfg.model_dump())
     params_before, heads_before = count_params(model), n_heads(model)
@@ -158,9 +160,10 @@ def run(cfg: PruneConfig, student_dir: Path, teacher_dir: Path, prepared: Path, 
     history, seconds, removed = [], 0.0, 0
     for step, (heads_removed_target, neurons_kept) in enumerate(targets, start=1):
         # The train split comes first in train_set: its rows of train_logits score the heads.
-        head_scores, ffn_scores = importance_scores(model, data["train"], train_logits[: len(data["train"])], pad_id,
-                                                    cfg.importance_batches, cfg.batch_size, cfg.alpha,
-                                                    cfg.temperature, seed + step)
+        # Every process scores the same weights on the same batches; rank 0's scores cut, so all cut alike.
+        head_scores, ffn_scores = same_on_every_rank(importance_scores(
+            model, data["train"], train_logits[: len(data["train"])], pad_id, cfg.importance_batches, cfg.batch_size,
+            cfg.alpha, cfg.temperature, seed + step))
         plan = heads_to_prune(head_scores, count=heads_removed_target - removed)
         model.prune_heads(original_head_ids(model, plan))
         removed = heads_before - n_heads(model)
@@ -171,7 +174,7 @@ def run(cfg: PruneConfig, student_dir: Path, teacher_dir: Path, prepared: Path, 
               f"{model.config.intermediate_size} wide, params {count_params(model):,}; val acc before recovery "
               f"{acc_cut:.4f}", flush=True)
         outcome = train(model, train_set, data["validation"], cfg, pad_id, PrefixedTracker(tracker, f"step{step}."),
-                        seed + step, kd=kd, desc=f"recover {step}/{cfg.steps}")
+                        seed + step, kd=kd, desc=f"recover {step}/{cfg.steps}", dist=dist)
         seconds += outcome.seconds
         history.append({"step": step, "heads": n_heads(model), "intermediate_size": model.config.intermediate_size,
                         "params": count_params(model), "val_accuracy_before_recovery": acc_cut,

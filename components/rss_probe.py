@@ -136,7 +136,7 @@ def generate_prompts(model_dir: Path, runtime: str, prompts: list[list[int]], ne
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(threads)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), use_safetensors=True).eval()
     with torch.inference_mode():
         for prompt in prompts:
             ids = torch.tensor([prompt])

@@ -185,18 +185,21 @@ def build(c: Candidate, p: Params, teacher_dir: Path, prepared: Path, root: Path
     from components.tracking import PrefixedTracker
 
     s, length = p.search, p.teacher.max_length
+    # Every candidate learns from the teacher's soft targets, stored once (by finetune, or here on a miss).
+    soft = root / "soft_targets"
     log = {name: PrefixedTracker(tracker, name + ".") for name in ("distill", "prune", "trim", "export", "quantize")}
     student = root / "students" / c.student_key
     if not student.exists():
         distill.run(p.distill.model_copy(update={"layers": list(c.layers), "epochs": s.epochs, "ablation": False}),
-                    teacher_dir, prepared, student, log["distill"], seed=p.seed)
+                    teacher_dir, prepared, student, log["distill"], seed=p.seed, dist=p.distributed, soft_cache=soft)
     pruned = student
     if c.prune_ratio > 0:
         pruned = root / "pruned" / c.pruned_key
         if not pruned.exists():
             cfg = p.prune.model_copy(update={"head_ratio": c.prune_ratio, "ffn_ratio": c.prune_ratio,
                                              "epochs": s.epochs})
-            prune.run(cfg, student, teacher_dir, prepared, pruned, log["prune"], seed=p.seed)
+            prune.run(cfg, student, teacher_dir, prepared, pruned, log["prune"], seed=p.seed, dist=p.distributed,
+                      soft_cache=soft)
     onnx_dir = root / "onnx" / c.export_key
     if not onnx_dir.exists():
         source = pruned

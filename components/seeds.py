@@ -27,8 +27,8 @@ def measure_final(final_dir: Path, teacher_dir: Path, prepared: Path, max_length
     final = onnx_logits(final_dir, test, pad_id_of(tokenizer))
     teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     teacher_test = encode_split(prepared, "test", teacher_tokenizer, labels, max_length)
-    teacher = predict_logits(AutoModelForSequenceClassification.from_pretrained(teacher_dir), teacher_test,
-                             teacher_tokenizer.pad_token_id)
+    teacher_model = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True)
+    teacher = predict_logits(teacher_model, teacher_test, teacher_tokenizer.pad_token_id)
     return {"accuracy": accuracy(final, test.labels),
             "agreement_with_teacher": float((final.argmax(-1) == teacher.argmax(-1)).mean())}
 

@@ -234,6 +234,15 @@ def describe_failure(split: str, item, frame: pd.DataFrame, source_columns: list
     elif check == "distinct_labels":
         counts = frame["label"].value_counts()
         failure["examples"] = [{"label": truncate(k), "count": int(v)} for k, v in counts.head(limit).items()]
+    elif check == "text_length":
+        chars = frame["text_chars"]
+        failure["lengths"] = {"empty": int((chars == 0).sum()),
+                              "too_short": int(((chars > 0) & (chars < cfg.min_chars)).sum()),
+                              "too_long": int((chars > cfg.max_chars).sum())}
+        failure["examples"] = example_rows(frame, indices, limit)
+    elif check == "label_in_set":
+        failure["expected"] = list(item.expectation_config.kwargs.get("value_set") or [])
+        failure["examples"] = example_rows(frame, indices, limit)
     elif check == "text_is_string" and not indices:
         # Checked on the column dtype (not row by row) when the dtype is not `object`.
         failure["unexpected_count"] = len(frame)
@@ -255,7 +264,17 @@ def failure_detail(failure: dict, cfg: ValidateConfig) -> str:
     if check == "not_empty":
         return "the split has no rows"
     if check == "text_length":
-        return f"{count} row(s) with a text outside {cfg.min_chars}..{cfg.max_chars} chars after stripping"
+        kinds = ((failure["lengths"]["empty"], "empty or whitespace-only"),
+                 (failure["lengths"]["too_short"], f"shorter than validate.min_chars={cfg.min_chars}"),
+                 (failure["lengths"]["too_long"], f"longer than validate.max_chars={cfg.max_chars}"))
+        return (f"{count} row(s) with a text outside {cfg.min_chars}..{cfg.max_chars} chars after stripping: "
+                + ", ".join(f"{n} {what}" for n, what in kinds if n))
+    if check == "label_in_set":
+        return f"{count} row(s) with a label outside the expected set {failure['expected']}"
+    if check == "train_overlap":
+        return f"{count} row(s) whose text (case-folded) is also in train"
+    if check == "not_null":
+        return f"{count} null value(s)"
     if check == "duplicate_rate":
         return f"{count} duplicate row(s), duplicate rate {1 - float(observed or 0):.3f} > {cfg.max_duplicate_rate}"
     if check == "distinct_labels":

@@ -105,7 +105,7 @@ def trim(model_dir: Path, texts: list[str], out_dir: Path, max_length: int | Non
     if not getattr(tokenizer, "is_fast", False):
         raise NotTrimmable("vocabulary trimming needs a fast tokenizer (tokenizer.json)")
     keep_ids = used_token_ids(tokenizer, texts, max_length)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
     vocab_before = model.get_input_embeddings().num_embeddings
     tokenizer_json = trimmed_tokenizer_json(tokenizer, keep_ids)
     trim_embeddings(model, keep_ids)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,8 @@ class Record:
     metrics: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
     finished_at: str = ""
+    # What the stage could not log while MLflow was unreachable, replayed into `run_id` by the next run.
+    journal: list = field(default_factory=list)
 
 
 class StageCache:
@@ -91,14 +94,18 @@ class StageCache:
         return record
 
     def store(self, stage: str, key: str, outputs: dict[str, Path], run_id: str, metrics: dict,
-              info: dict) -> Record:
+              info: dict, journal: list | None = None) -> Record:
         record = Record(stage=stage, key=key, outputs=hashes(outputs), run_id=run_id, metrics=metrics,
-                        info=info, finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.path(stage).with_suffix(".tmp")
-        tmp.write_text(json.dumps(record.__dict__, indent=2, default=str))
-        tmp.replace(self.path(stage))  # never a half-written record
+                        info=info, finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        journal=list(journal or []))
+        self.write(record)
         return record
+
+    def write(self, record: Record) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.path(record.stage).with_suffix(".tmp")
+        tmp.write_text(json.dumps(record.__dict__, indent=2, default=str))
+        os.replace(tmp, self.path(record.stage))  # never a half-written record
 
     def forget(self, stage: str) -> None:
         self.path(stage).unlink(missing_ok=True)

@@ -1,7 +1,7 @@
 """The `miniaturize` command line.
 
-    miniaturize run [--profile smoke] [--data FILE] [--set key=value ...] [--force] [--until STAGE]
-    miniaturize stage NAME                                                    # one stage (what dvc.yaml runs)
+    miniaturize run [--profile smoke] [--data FILE] [--set key=value ...] [--force] [--until STAGE] [--wait S]
+    miniaturize stage NAME [--processes N]                                    # one stage (what dvc.yaml runs)
     miniaturize search [--profile smoke] [--set key=value ...]               # candidates, Pareto front, best one
     miniaturize package [--model models:/NAME@champion] --out DIR            # edge bundle with predict.py
     miniaturize serve-model DIR [--host 127.0.0.1] [--port 8000]              # the bundle over HTTP: /predict, /health
@@ -11,12 +11,14 @@
     miniaturize bench [--repeats 3]                                           # re-measure the report's models
     miniaturize deploy [--cron "0 2 * * *"] [--name nightly] [--timezone UTC] # the pipeline on a schedule (Prefect)
 
-Exit codes: 0 done, 1 a stage failed, 2 bad params or input path, 3 data validation failed,
-4 the gate refused a promotion (or there is nothing to roll back to).
+Exit codes: 0 done, 1 a stage failed, 2 bad params, input path or unreadable data, 3 data validation failed,
+4 the gate refused a promotion (or there is nothing to roll back to), 5 another run holds the workspace,
+6 the MLflow tracking server did not answer (after retries; finished stages are kept for the next run).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -43,16 +45,41 @@ def fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def run_flow(flow_fn, params, root: Path, what: str, **options) -> tuple[dict, float]:
-    """Run a Prefect flow; map its failures to exit codes (3 data validation, 1 anything else).
-    Returns the flow's result and the minutes it took."""
-    from components.validate import ValidationFailed
+class NoTracebackFor(logging.Filter):
+    """Keeps Prefect's one-line log of a failed flow run but drops the traceback for bad input, which the
+    CLI explains itself."""
 
+    def __init__(self, *kinds: type[BaseException]):
+        super().__init__()
+        self.kinds = kinds
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], self.kinds):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def run_flow(flow_fn, params, root: Path, what: str, **options) -> tuple[dict, float]:
+    """Run a Prefect flow; map its failures to exit codes (2 unreadable input data, 3 data validation, 1 anything
+    else). Returns the flow's result and the minutes it took."""
+    from components.ingest import DataError
+    from components.validate import ValidationFailed
+    from flows.lock import WorkspaceLocked
+    from flows.retries import TrackingUnavailable
+
+    logging.getLogger("prefect.flow_runs").addFilter(NoTracebackFor(DataError, ValidationFailed, WorkspaceLocked,
+                                                                    TrackingUnavailable))
     started = time.perf_counter()
     try:
         outcome = flow_fn(params, root=str(root), **options)
     except ValidationFailed as err:
         fail(f"\n{err}\n\nFull validation result: {err.report_path}\nNothing was trained or registered.", 3)
+    except DataError as err:
+        fail(f"\nerror: {err}", 2)
+    except WorkspaceLocked as err:
+        fail(f"\nerror: {err}", 5)
+    except TrackingUnavailable as err:
+        fail(f"\nerror: {what} stopped: {err}", 6)
     except Exception as err:  # noqa: BLE001 - one clear line instead of a Prefect traceback
         fail(f"\nerror: {what} failed: {type(err).__name__}: {err}", 1)
     return outcome, (time.perf_counter() - started) / 60
@@ -75,12 +102,24 @@ def load(params_file: Path, profile: str | None, overrides: list[str]):
         fail(f"error: {err}", 2)
 
 
+def preflight(params, search: bool = False) -> None:
+    """Check the params against the teacher model (path, hub reachability, depth) before anything runs."""
+    from components.config import ConfigError
+    from flows import preflight as checks
+
+    try:
+        checks.check(params, Path.cwd(), search=search)
+    except ConfigError as err:
+        fail(f"error: {err}", 2)
+
+
 @app.command()
 def run(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None,
         data: Annotated[Optional[str], typer.Option("--data", help="CSV/JSONL/Parquet with text,label, or a hub dataset id.")] = None,
         overrides: SetOpt = None,
         force: Annotated[bool, typer.Option("--force", help="Run every stage, even those whose inputs, code and config are unchanged.")] = False,
-        until: UntilOpt = None) -> None:
+        until: UntilOpt = None,
+        wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for another run in this workspace to finish (default: stop at once).")] = 0.0) -> None:
     """Run the whole pipeline: ingest, validate, finetune, distill, prune, trim, export, quantize, seeds, evaluate, register.
 
     A stage whose inputs, component code and config slice are unchanged since its last run is skipped."""
@@ -91,13 +130,21 @@ def run(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None
         path = Path(data)
         if not path.exists() and path.suffix:  # a file name, not a hub dataset id
             fail(f"error: data file {data} does not exist", 2)
-        overrides.append(f"data.source={path.resolve() if path.exists() else data}")
+        if path.exists():
+            from components.ingest import DataError, workspace_path
+
+            try:  # fail here, before the flow starts, when the file lies outside the project
+                path = workspace_path(data, Path.cwd(), "--data")
+            except DataError as err:
+                fail(f"error: {err}", 2)
+        overrides.append(f"data.source={path if path.exists() else data}")
     params = load(params_file, profile, overrides)
     check_stage(until, params.task)
+    preflight(params)
     root = Path.cwd()
     from flows.pipeline import pipeline
 
-    outcome, minutes = run_flow(pipeline, params, root, "pipeline", force=force, until=until)
+    outcome, minutes = run_flow(pipeline, params, root, "pipeline", force=force, until=until, wait_seconds=wait)
     if outcome["registration"] is None:
         typer.secho(f"\nminiaturize: stopped after {until} as asked, in {minutes:.1f} min", bold=True)
         typer.echo(f"  MLflow:  {outcome['tracking_uri']}  run {outcome['parent_run_id']}")
@@ -156,6 +203,7 @@ def search(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = N
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     params = load(params_file, profile, list(overrides or []))
+    preflight(params, search=True)
     from flows.search import search as search_flow
 
     outcome, minutes = run_flow(search_flow, params, Path.cwd(), "search")
@@ -169,34 +217,79 @@ def search(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = N
     typer.echo(f"  MLflow:  {outcome['tracking_uri']}  run {outcome['parent_run_id']}")
 
 
+def run_share(name: str, params, ws) -> None:
+    """A further process of a data-parallel launch: it trains its share of every batch in step with rank 0,
+    and neither logs to MLflow nor writes files (components write on rank 0 only) nor prints."""
+    import contextlib
+
+    from components.tracking import NullTracker
+    from flows.stages import stage_table
+
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+        stage_table(params.task).stages[name](params, ws, NullTracker())
+
+
 @app.command()
 def stage(name: Annotated[str, typer.Argument(help="ingest, validate, finetune, distill, prune, trim, export, quantize, seeds, evaluate or register")],
-          params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None, overrides: SetOpt = None) -> None:
+          params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None, overrides: SetOpt = None,
+          processes: Annotated[Optional[int], typer.Option("--processes", min=1, help="Train on N processes of this machine (torchrun; one per GPU): finetune, distill, prune. Default: distributed.processes (1).")] = None,
+          run_id: Annotated[Optional[str], typer.Option("--run-id", hidden=True, help="Log into this MLflow run (a launch's rank 0).")] = None,
+          result_file: Annotated[Optional[Path], typer.Option("--result", hidden=True, help="Write the stage's result here (JSON).")] = None,
+          workspace_paths: Annotated[Optional[list[str]], typer.Option("--workspace-path", hidden=True, help="NAME=PATH: read or write this workspace path elsewhere (a launch's staging folder).")] = None) -> None:
     """Run one stage on the files of the previous ones (dvc.yaml calls this)."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
-    params = load(params_file, profile, list(overrides or []))
+    overrides = list(overrides or []) + ([f"distributed.processes={processes}"] if processes else [])
+    params = load(params_file, profile, overrides)
     check_stage(name, params.task)
+    from components import distributed
+    from flows.launch import DATA_PARALLEL_STAGES, Paths, write_result
+
+    if ((processes or 1) > 1 or distributed.world_size() > 1) and name not in DATA_PARALLEL_STAGES:
+        fail(f"error: only {', '.join(DATA_PARALLEL_STAGES)} train on several processes; run {name} in one", 2)
+    preflight(params)
+    from components.ingest import DataError
     from components.validate import ValidationFailed
     from flows import tracking
     from flows.stages import stage_table
     from flows.workspace import workspace_for
 
     ws = workspace_for(params.task, Path.cwd().resolve())
+    if workspace_paths:
+        ws = Paths(ws, {key: Path(path) for key, _, path in (text.partition("=") for text in workspace_paths)})
+    if distributed.world_size() > 1:
+        distributed.process_state(params.distributed)  # join the process group before any collective call
+        if not distributed.is_main_process():
+            run_share(name, params, ws)
+            distributed.leave()
+            return
     client = tracking.client(ws.root)
-    run_id = tracking.start_run(client, tracking.experiment_id(client, ws.root), f"stage-{name}",
-                                tags={"miniaturize.stage": name})
+    if run_id is not None:  # rank 0 of a launch: the run belongs to the caller, which starts and ends it
+        result = stage_table(params.task).stages[name](params, ws, tracking.MlflowTracker(client, run_id))
+        if result_file is not None:
+            write_result(result, result_file)
+        distributed.leave()
+        return
+    tags = {"miniaturize.stage": name}
+    if name in DATA_PARALLEL_STAGES:
+        tags["miniaturize.processes"] = str(max(distributed.world_size(), params.distributed.processes))
+    run_id = tracking.start_run(client, tracking.experiment_id(client, ws.root), f"stage-{name}", tags=tags)
     ok = False
     started = time.perf_counter()
     typer.echo(f"[{name}] started")
     try:
-        stage_table(params.task).stages[name](params, ws, tracking.MlflowTracker(client, run_id))
+        result = stage_table(params.task).stages[name](params, ws, tracking.MlflowTracker(client, run_id))
+        if result_file is not None:
+            write_result(result, result_file)
         ok = True
     except ValidationFailed as err:
         fail(str(err), 3)
+    except DataError as err:
+        fail(f"error: {err}", 2)
     finally:
         tracking.end_run(client, run_id, ok)
     typer.echo(f"[{name}] finished in {time.perf_counter() - started:.1f} s")
+    distributed.leave()
 
 
 @app.command()

@@ -18,7 +18,7 @@ from flows.workspace import LMWorkspace
 def ingest(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
     from components import lm_data
 
-    return lm_data.run(p.lm.data, ws.prepared, tracker, seed=p.seed, cache_dir=ws.raw)
+    return lm_data.run(p.lm.data, ws.prepared, tracker, seed=p.seed, cache_dir=ws.raw, root=ws.root)
 
 
 def validate(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
@@ -30,21 +30,22 @@ def validate(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
 def finetune(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
     from components import lm_train
 
-    return lm_train.train_teacher(p.lm.teacher, ws.prepared, ws.teacher, tracker, seed=p.seed)
+    return lm_train.train_teacher(p.lm.teacher, ws.prepared, ws.teacher, tracker, seed=p.seed, dist=p.distributed)
 
 
 def distill(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
     from components import lm_train
 
     return lm_train.distill(p.lm.distill, ws.teacher, ws.prepared, ws.student, ws.student_ablation, tracker,
-                            seed=p.seed, max_length=p.lm.teacher.max_length)
+                            seed=p.seed, max_length=p.lm.teacher.max_length, dist=p.distributed)
 
 
 def prune(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
     from components import lm_train
 
     return lm_train.prune(p.lm.prune, ws.student, ws.teacher, ws.prepared, ws.pruned, tracker, seed=p.seed,
-                          max_length=p.lm.teacher.max_length, distill_cfg=p.lm.distill, ffn_ratio=p.lm.prune.ffn_ratio)
+                          max_length=p.lm.teacher.max_length, distill_cfg=p.lm.distill, ffn_ratio=p.lm.prune.ffn_ratio,
+                          dist=p.distributed)
 
 
 def export(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
@@ -74,7 +75,7 @@ def evaluated_models(ws: LMWorkspace) -> list:
 def evaluate(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
     from components import lm_evaluate
 
-    return lm_evaluate.run(p.lm.evaluate, p.lm.gate, ws.prepared, evaluated_models(ws), ws.reports, tracker,
+    return lm_evaluate.run(p.lm.evaluate, p.lm.gate, ws.prepared, evaluated_models(ws), ws.report.parent, tracker,
                            seed=p.seed, max_length=p.lm.teacher.max_length)
 
 
@@ -88,9 +89,9 @@ STAGES = {"ingest": ingest, "validate": validate, "finetune": finetune, "distill
           "export": export, "quantize": quantize, "evaluate": evaluate, "register": register}
 
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "ingest": ("lm.data", "seed"), "validate": ("validate",), "finetune": ("lm.teacher", "seed"),
-    "distill": ("lm.distill", "lm.teacher.max_length", "seed"),
-    "prune": ("lm.prune", "lm.distill", "lm.teacher.max_length", "seed"), "export": (), "quantize": (),
+    "ingest": ("lm.data", "seed"), "validate": ("validate",), "finetune": ("lm.teacher", "seed", "distributed"),
+    "distill": ("lm.distill", "lm.teacher.max_length", "seed", "distributed"),
+    "prune": ("lm.prune", "lm.distill", "lm.teacher.max_length", "seed", "distributed"), "export": (), "quantize": (),
     "evaluate": ("lm.evaluate", "lm.gate", "lm.teacher.max_length", "seed"), "register": ("register", "lm.gate"),
 }
 
@@ -101,9 +102,9 @@ def stage_io():
     return {
         "ingest": StageIO((), ("prepared",), ("lm_data", "ingest")),
         "validate": StageIO(("prepared",), ("validation",), ("validate",)),
-        "finetune": StageIO(("prepared", "validation"), ("teacher",), ("lm_train",)),
-        "distill": StageIO(("prepared", "teacher"), ("student", "student_ablation"), ("lm_train",)),
-        "prune": StageIO(("prepared", "teacher", "student"), ("pruned",), ("lm_train",)),
+        "finetune": StageIO(("prepared", "validation"), ("teacher",), ("lm_train", "distributed")),
+        "distill": StageIO(("prepared", "teacher"), ("student", "student_ablation"), ("lm_train", "distributed")),
+        "prune": StageIO(("prepared", "teacher", "student"), ("pruned",), ("lm_train", "distributed")),
         "export": StageIO(("prepared", "pruned"), ("onnx_fp32",), ("lm_export",)),
         "quantize": StageIO(("prepared", "onnx_fp32"), ("final",), ("lm_export",)),
         "evaluate": StageIO(("prepared", "teacher", "student", "student_ablation", "pruned", "onnx_fp32", "final"),

@@ -5,21 +5,32 @@ local API for the run; with it, the run shows up on that server. Stages hand eac
 workspace (`flows/workspace.py`), which is what DVC versions. A stage whose content-addressed key (config
 slice, input files, component source, the key of the stage before it) and outputs are unchanged since its
 last run is skipped and logged as a cache hit (`flows/cache.py`); `miniaturize run --force` runs all.
+
+A run either completes a stage or leaves things as they were: the stage writes into a staging folder, its
+outputs are renamed into place when it has finished, and its cache record, which marks it complete, is
+written last; a re-run after a crash (even SIGKILL) resumes from the last completed stage. One run at a
+time holds the workspace (`flows/lock.py`). Transient failures are retried, deterministic ones are not
+(`flows/retries.py`); a stage that finishes while MLflow is unreachable keeps its logs for the next run.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from components.config import Params, section_hash
+from components.secrets import redact
 from flows import cache, tracking
+from flows.lock import workspace_lock
+from flows.retries import RetryPolicy, TrackingUnavailable, retry_transient
 from flows.stages import code_files, stage_config, stage_paths, stage_table
-from flows.workspace import Workspace, workspace_for
+from flows.workspace import StagedWorkspace, Workspace, move_into_place, workspace_for
 
 
 @dataclass(frozen=True)
@@ -38,15 +49,15 @@ def stage_key(name: str, params: Params, parent_key: str, ws: Workspace | None =
     """Content address of a stage: its name, its config slice, the key of the stage before it, the hashes of
     the files it reads (when a workspace is given) and of its components' source."""
     io = stage_table(params.task).io[name]
-    inputs = cache.hashes(stage_paths(ws, io.inputs) | external_inputs(name, params)) if ws else {}
+    inputs = cache.hashes(stage_paths(ws, io.inputs) | external_inputs(name, params, ws.root)) if ws else {}
     extra = {"registry": tracking.tracking_uri(ws.root)} if ws and name == "register" else {}
     return cache.stage_key(name, stage_config(params, name), parent_key, inputs, cache.hashes(code_files(io.code)),
                            extra)
 
 
-def external_inputs(name: str, params: Params) -> dict[str, Path]:
+def external_inputs(name: str, params: Params, root: Path) -> dict[str, Path]:
     """A user's own data file is an input of ingest (the built-in archive is checked by its sha256)."""
-    source = Path(params.lm.data.source if params.task == "causal-lm" else params.data.source)
+    source = root / (params.lm.data.source if params.task == "causal-lm" else params.data.source)
     return {"data.source": source} if name == "ingest" and source.is_file() else {}
 
 
@@ -61,18 +72,33 @@ def still_registered(record: cache.Record, client) -> bool:
         return False
 
 
-# Retries and caching policy live here, in one place: stage failures are not retried blindly (a data or
-# config error would fail the same way again), and Prefect's own result cache is off: stages pass files,
-# and `flows.cache` skips a stage whose content-addressed key and outputs are unchanged.
-@task(task_run_name="{name}", cache_policy=NO_CACHE, retries=0)
+def policy(params: Params) -> RetryPolicy:
+    return RetryPolicy(attempts=params.retries.tracking_attempts, backoff_seconds=params.retries.tracking_backoff_seconds)
+
+
+def replay_journal(client, store: cache.StageCache, record: cache.Record, root: Path) -> None:
+    """Log what the stage's run could not while MLflow was unreachable, into that same run."""
+    print(f"[{record.stage}] logging {len(record.journal)} records kept while MLflow was unreachable into run "
+          f"{record.run_id}", flush=True)
+    tracking.replay(client, root, record.run_id, record.journal)
+    store.write(replace(record, journal=[]))
+
+
+# Caching and retry policy live here, in one place. Prefect's own result cache is off: stages pass files,
+# and `flows.cache` skips a stage whose content-addressed key and outputs are unchanged. Only transient
+# failures are retried (`flows.retries.retry_transient`; attempts and delay from `params.retries`): a data
+# or config error would fail the same way again.
+@task(task_run_name="{name}", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
 def run_stage(name: str, ctx: RunContext, parent_key: str) -> dict:
     ws = ctx.workspace
-    client = tracking.client(ws.root)
+    client = tracking.client(ws.root, policy(ctx.params))
     store = cache.StageCache(ws.root)
     table = stage_table(ctx.params.task)
     outputs = stage_paths(ws, table.io[name].outputs)
     key = stage_key(name, ctx.params, parent_key, ws)
     record = None if ctx.force else store.lookup(name, key, outputs)
+    if record is not None and record.journal:
+        replay_journal(client, store, record, ws.root)
     if record is not None and name == "register" and not still_registered(record, client):
         record = None
     tags = {"miniaturize.stage": name, "miniaturize.stage_key": key, "miniaturize.parent_key": parent_key,
@@ -80,7 +106,7 @@ def run_stage(name: str, ctx: RunContext, parent_key: str) -> dict:
     if record is not None:
         tags["miniaturize.source_run_id"] = record.run_id
     run_id = tracking.start_run(client, ctx.experiment_id, name, ctx.parent_run_id, tags=tags)
-    tracker = tracking.MlflowTracker(client, run_id)
+    tracker = tracking.MlflowTracker(client, run_id, root=ws.root)
     tracker.log_params({"config": stage_config(ctx.params, name)})
     if record is not None:
         tracker.log_metrics(record.metrics)
@@ -89,52 +115,107 @@ def run_stage(name: str, ctx: RunContext, parent_key: str) -> dict:
               flush=True)
         return {"stage": name, "key": key, "run_id": run_id, "seconds": 0.0, "metrics": record.metrics,
                 "info": record.info, "cache_hit": True, "source_run_id": record.run_id}
+    # The stage writes into a staging folder; its outputs are renamed into place only once it has finished,
+    # and its record (what marks it complete) is written last. A stage killed half-way leaves nothing that
+    # a later stage or run could take for its output.
+    staging = ws.root / ".miniaturize" / "staging" / name
+    shutil.rmtree(staging, ignore_errors=True)  # what a killed run left behind
+    staged = StagedWorkspace(ws, table.io[name].outputs, staging)
     print(f"[{name}] started", flush=True)
     started = time.perf_counter()
-    ok = False
     try:
-        result = table.stages[name](ctx.params, ws, tracker)
-        ok = True
-    finally:
+        result = table.stages[name](ctx.params, staged, tracker)
+    except Exception as err:
         seconds = time.perf_counter() - started
+        settle_failure(name, err, staged, staging, store, ws.root)
         tracker.log_metrics({"stage_seconds": seconds})
-        tracking.end_run(client, run_id, ok)
-        print(f"[{name}] {'finished' if ok else 'FAILED'} in {seconds:.1f} s", flush=True)
+        if not tracker.journal:  # with MLflow gone, the original error is the one to report
+            tracking.end_run(client, run_id, False)
+        print(f"[{name}] FAILED in {seconds:.1f} s", flush=True)
+        raise
+    seconds = time.perf_counter() - started
+    tracker.log_metrics({"stage_seconds": seconds})
+    store.forget(name)
+    move_into_place(staged.moves, ws.root / ".miniaturize" / "trash")
+    shutil.rmtree(staging, ignore_errors=True)
     info = result.info if name == "register" else {}
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    if tracker.journal:
+        # Complete on disk, not yet in MLflow: record it with its journal, so a re-run replays the logs
+        # instead of computing the stage again.
+        tracker.journal.append({"kind": "end", "status": "FINISHED"})
+        store.store(name, key, outputs, run_id, metrics, info, tracker.journal)
+        raise TrackingUnavailable(
+            f"the {name} stage finished and its outputs are in place "
+            f"({', '.join(stage_paths(ws, table.io[name].outputs))}), but MLflow at "
+            f"{redact(tracking.tracking_uri(ws.root))} is unreachable; its logs are kept in "
+            f"{tracking.pending_dir(ws.root, run_id)} and the next run logs them without computing it again")
     store.store(name, key, outputs, run_id, metrics, info)
+    tracking.end_run(client, run_id, True)
+    print(f"[{name}] finished in {seconds:.1f} s", flush=True)
     return {"stage": name, "key": key, "run_id": run_id, "seconds": seconds, "metrics": metrics, "info": info,
             "cache_hit": False, "source_run_id": run_id}
 
 
+def settle_failure(name: str, err: Exception, staged: StagedWorkspace, staging: Path, store: cache.StageCache,
+                   root: Path) -> None:
+    """A failed stage is never recorded as complete. A verdict that comes with its report (data validation)
+    moves that report into place for the user to read; other half-written outputs are set aside."""
+    store.forget(name)
+    report = getattr(err, "report_path", None)
+    if report is not None:
+        move_into_place(staged.moves, root / ".miniaturize" / "trash")
+        shutil.rmtree(staging, ignore_errors=True)
+        err.report_path = staged.real(Path(report))
+    elif staging.exists():
+        failed = root / ".miniaturize" / "failed" / name
+        shutil.rmtree(failed, ignore_errors=True)
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, failed)
+        print(f"[{name}] its unfinished outputs are set aside in {failed}; the pipeline never reads them", flush=True)
+
+
 @flow(name="miniaturize", log_prints=False)
 def pipeline(params: Params, root: str = ".", run_name: str | None = None, force: bool = False,
-             until: str | None = None) -> dict:
+             until: str | None = None, wait_seconds: float = 0.0) -> dict:
     """Run the stages in order; `until` stops after that stage (e.g. training on one machine, the rest on
-    another that shares the workspace: its run finds the trained stages unchanged and skips them)."""
+    another that shares the workspace: its run finds the trained stages unchanged and skips them). One run
+    at a time per workspace: another one waits `wait_seconds` for the lock, then stops (`flows.lock`)."""
     stages_in_order = stage_table(params.task).stages
     if until is not None and until not in stages_in_order:
         raise ValueError(f"unknown stage {until!r} for until; stages: {', '.join(stages_in_order)}")
     workspace = workspace_for(params.task, Path(root).resolve())
-    client = tracking.client(workspace.root)
+    with workspace_lock(workspace.root, f"miniaturize run {run_name or ''}".strip(), wait_seconds):
+        return run_stages(params, workspace, run_name, force, until)
+
+
+def run_stages(params: Params, workspace: Workspace, run_name: str | None, force: bool, until: str | None) -> dict:
+    client = tracking.client(workspace.root, policy(params))
     experiment = tracking.experiment_id(client, workspace.root)
     parent = tracking.start_run(client, experiment, run_name or time.strftime("pipeline-%Y%m%d-%H%M%S"),
                                 tags={"miniaturize.params_hash": section_hash(params.as_dict())})
     tracking.MlflowTracker(client, parent).log_params(params.as_dict())
     ctx = RunContext(params, workspace, experiment, parent, force)
+    stage = run_stage.with_options(retries=params.retries.stage_attempts - 1,
+                                   retry_delay_seconds=params.retries.stage_delay_seconds)
     stages, key, ok = {}, "root", False
     # extract: raw data -> checked splits; transform: teacher -> student -> pruned -> trimmed vocabulary ->
     # ONNX -> int8, then the same chain with further training seeds for the spread; load: measure, gate and
     # register (the stage table is in that order)
     try:
-        for name in stages_in_order:
-            stages[name] = run_stage(name, ctx, key)
+        for name in stage_table(params.task).stages:
+            stages[name] = stage(name, ctx, key)
             key = stages[name]["key"]
             if name == until:
                 break
         ok = True
     finally:
-        tracking.end_run(client, parent, ok)
+        try:
+            tracking.end_run(client, parent, ok)
+        except TrackingUnavailable:
+            if ok:
+                raise
+            # MLflow is gone and the run failed anyway: the stage's error says more than this one
     return {"parent_run_id": parent, "experiment_id": experiment, "stages": stages,
             "registration": stages["register"]["info"] if "register" in stages else None,
-            "tracking_uri": tracking.tracking_uri(workspace.root)}
+            "tracking_uri": redact(tracking.tracking_uri(workspace.root))}

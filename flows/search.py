@@ -27,6 +27,7 @@ from components import search as component
 from components.config import Params, section_hash
 from components.gate import decide
 from flows import tracking
+from flows.lock import workspace_lock
 from flows.pipeline import RunContext, run_stage
 from flows.workspace import Workspace
 
@@ -124,8 +125,15 @@ def register_choice(p: Params, ws: Workspace, ctx: RunContext, row: dict, report
 
 
 @flow(name="miniaturize-search", log_prints=False)
-def search(params: Params, root: str = ".", run_name: str | None = None) -> dict:
+def search(params: Params, root: str = ".", run_name: str | None = None, wait_seconds: float = 0.0) -> dict:
+    """Every candidate, the Pareto front, the chosen one registered. It holds the workspace like a pipeline
+    run does (`flows.lock`): it reads the teacher and data a concurrent run would rewrite."""
     ws = Workspace(Path(root).resolve())
+    with workspace_lock(ws.root, "miniaturize search", wait_seconds):
+        return run_search(params, ws, run_name)
+
+
+def run_search(params: Params, ws: Workspace, run_name: str | None) -> dict:
     cfg = params.search
     client = tracking.client(ws.root)
     experiment = tracking.experiment_id(client, ws.root)
@@ -136,7 +144,7 @@ def search(params: Params, root: str = ".", run_name: str | None = None) -> dict
     ctx = RunContext(params, ws, experiment, parent)
     ok = False
     try:
-        if not (ws.teacher / "train_logits.npy").exists() or not (ws.prepared / "data_card.json").exists():
+        if not (ws.teacher / "config.json").exists() or not (ws.prepared / "data_card.json").exists():
             print("[search] no fine-tuned teacher in this workspace: running ingest, validate, finetune first",
                   flush=True)
             key = "root"

@@ -21,7 +21,7 @@ StageFn = Callable[[Params, Workspace, Tracker], StageResult]
 def ingest(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
     from components import ingest as component
 
-    return component.run(p.data, ws.prepared, tracker, cache_dir=ws.raw)
+    return component.run(p.data, ws.prepared, tracker, cache_dir=ws.raw, root=ws.root)
 
 
 def validate(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
@@ -30,22 +30,29 @@ def validate(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
     return component.run(p.section("validate"), ws.prepared, ws.validation, tracker, expected_labels=p.data.labels)
 
 
+def soft_cache(ws: Workspace) -> Path:
+    """Teacher soft targets the teacher's folder lacks, computed once (beside the stage cache, not a DVC output)."""
+    return ws.root / ".miniaturize" / "soft_targets"
+
+
 def finetune(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
     from components import finetune as component
 
-    return component.run(p.teacher, ws.prepared, ws.teacher, tracker, seed=p.seed)
+    return component.run(p.teacher, ws.prepared, ws.teacher, tracker, seed=p.seed, dist=p.distributed)
 
 
 def distill(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
     from components import distill as component
 
-    return component.run(p.distill, ws.teacher, ws.prepared, ws.student, tracker, seed=p.seed)
+    return component.run(p.distill, ws.teacher, ws.prepared, ws.student, tracker, seed=p.seed, dist=p.distributed,
+                         soft_cache=soft_cache(ws))
 
 
 def prune(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
     from components import prune as component
 
-    return component.run(p.prune, ws.student, ws.teacher, ws.prepared, ws.pruned, tracker, seed=p.seed)
+    return component.run(p.prune, ws.student, ws.teacher, ws.prepared, ws.pruned, tracker, seed=p.seed,
+                         dist=p.distributed, soft_cache=soft_cache(ws))
 
 
 def trim(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
@@ -96,8 +103,9 @@ def seeds(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
                                                                                 "quantize")}
         print(f"  seeds: re-training the student chain with seed {seed}", flush=True)
         distill.run(p.distill.model_copy(update={"ablation": False}), ws.teacher, ws.prepared, out / "student",
-                    t["distill"], seed=seed)
-        prune.run(p.prune, out / "student", ws.teacher, ws.prepared, out / "pruned", t["prune"], seed=seed)
+                    t["distill"], seed=seed, dist=p.distributed, soft_cache=soft_cache(ws))
+        prune.run(p.prune, out / "student", ws.teacher, ws.prepared, out / "pruned", t["prune"], seed=seed,
+                  dist=p.distributed, soft_cache=soft_cache(ws))
         vocab.run(p.trim, out / "pruned", ws.prepared, out / "trimmed", t["trim"], max_length=length)
         export.run(p.export, out / "trimmed", ws.prepared, out / "onnx_fp32", t["export"], max_length=length)
         chosen = quantize.run(p.quantize, out / "onnx_fp32", ws.prepared, out / "final", t["quantize"], max_length=length)
@@ -133,7 +141,7 @@ def evaluate(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
     import json
 
     extra = json.loads(ws.seed_report.read_text())["extra"] if ws.seed_report.exists() else []
-    return component.run(p.evaluate, p.register_.gate, ws.prepared, evaluated_models(ws), ws.reports, tracker,
+    return component.run(p.evaluate, p.register_.gate, ws.prepared, evaluated_models(ws), ws.report.parent, tracker,
                          max_length=p.teacher.max_length, seed=p.seed, seed_runs=extra)
 
 
@@ -152,10 +160,10 @@ STAGES: dict[str, StageFn] = {
 
 # The params each stage sees (and whose change should re-run it): its own section, plus what it borrows.
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "ingest": ("data",), "validate": ("validate", "data"), "finetune": ("teacher", "seed"),
-    "distill": ("distill", "seed"), "prune": ("prune", "seed"), "trim": ("trim",), "export": ("export", "teacher"),
-    "quantize": ("quantize", "teacher"),
-    "seeds": ("seeds", "distill", "prune", "trim", "export", "quantize", "teacher"),
+    "ingest": ("data",), "validate": ("validate", "data"), "finetune": ("teacher", "seed", "distributed"),
+    "distill": ("distill", "seed", "distributed"), "prune": ("prune", "seed", "distributed"), "trim": ("trim",),
+    "export": ("export", "teacher"), "quantize": ("quantize", "teacher"),
+    "seeds": ("seeds", "distill", "prune", "trim", "export", "quantize", "teacher", "distributed"),
     "evaluate": ("evaluate", "register", "seeds", "seed"), "register": ("register",),
 }
 
@@ -170,7 +178,7 @@ class StageIO:
     code: tuple[str, ...]
 
 
-_TRAIN = ("training", "modeling", "losses")
+_TRAIN = ("training", "modeling", "losses", "distributed", "soft_targets")
 STAGE_IO: dict[str, StageIO] = {
     "ingest": StageIO((), ("prepared",), ("ingest",)),
     "validate": StageIO(("prepared",), ("validation",), ("validate",)),
@@ -214,11 +222,17 @@ class StageTable:
 
 
 def stage_table(task: str) -> StageTable:
+    """The task's table; its training stages run on `distributed.processes` processes (`flows.launch`)."""
+    from flows.launch import DATA_PARALLEL_STAGES, data_parallel
+
     if task == "causal-lm":
         from flows import lm_stages
 
-        return StageTable(lm_stages.STAGES, lm_stages.stage_io(), lm_stages.STAGE_SECTIONS)
-    return StageTable(STAGES, STAGE_IO, STAGE_SECTIONS)
+        stages, io, sections = lm_stages.STAGES, lm_stages.stage_io(), lm_stages.STAGE_SECTIONS
+    else:
+        stages, io, sections = STAGES, STAGE_IO, STAGE_SECTIONS
+    stages = {name: data_parallel(name, fn) if name in DATA_PARALLEL_STAGES else fn for name, fn in stages.items()}
+    return StageTable(stages, io, sections)
 
 
 def stage_config(params: Params, name: str) -> dict:

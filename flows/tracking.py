@@ -3,26 +3,58 @@
 Runs are addressed by id through `MlflowClient` (not the fluent active-run stack), so stages that Prefect
 runs in worker threads log to the right run. The store is `MLFLOW_TRACKING_URI` when set, else
 `sqlite:///<root>/mlflow.db` with artifacts under `<root>/mlruns`.
+
+The tracking server may be down or restarting. Every client call is retried on transient errors with
+exponential backoff (`flows.retries`, `retries.tracking_*` in the params), then fails with
+`TrackingUnavailable`. A stage already computing does not lose its work: once MLflow stops answering, its
+tracker keeps the params, metrics, tags and artifacts it is given in a journal on disk
+(`.miniaturize/pending/<run id>/`), and the next run replays them into the same MLflow run. Values that
+look like credentials are masked (`components.secrets`) before anything is sent.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from components.secrets import redact
+from flows.retries import RetryPolicy, TrackingUnavailable, with_retries
+
 EXPERIMENT = "miniaturize"
+# MLflow's own HTTP retries (7 by default, backoff factor 2) would hold a call for minutes; the policy
+# here decides how long to wait, and says so.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
-def client(root: Path):
+class ResilientClient:
+    """An `MlflowClient` whose every call is retried on transient errors (see `flows.retries`)."""
+
+    def __init__(self, inner, policy: RetryPolicy):
+        self._inner, self.policy = inner, policy
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._inner, name)
+        if not callable(attr) or name.startswith("_"):
+            return attr
+
+        def call(*args, **kwargs):
+            return with_retries(lambda: attr(*args, **kwargs), self.policy, name,
+                                f"MLflow at {redact(self._inner.tracking_uri)}")
+        return call
+
+
+def client(root: Path, policy: RetryPolicy | None = None) -> ResilientClient:
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri(root))
+    return ResilientClient(MlflowClient(tracking_uri=tracking_uri(root)), policy or RetryPolicy())
 
 
 def experiment_id(mlflow_client, root: Path, name: str = EXPERIMENT) -> str:
@@ -33,39 +65,84 @@ def experiment_id(mlflow_client, root: Path, name: str = EXPERIMENT) -> str:
     return mlflow_client.create_experiment(name, artifact_location=location)
 
 
-class MlflowTracker:
-    """Logs to one MLflow run by id. Values are flattened to what MLflow accepts."""
+def pending_dir(root: Path, run_id: str) -> Path:
+    return root / ".miniaturize" / "pending" / run_id
 
-    def __init__(self, mlflow_client, run_id: str):
+
+class MlflowTracker:
+    """Logs to one MLflow run by id. Values are flattened to what MLflow accepts.
+
+    With `root`, a call that fails for good (MLflow unreachable after every retry) does not fail the
+    stage: that call and every later one go to `journal` (artifacts copied under `pending_dir`), for
+    `replay` once MLflow answers again."""
+
+    def __init__(self, mlflow_client, run_id: str, root: Path | None = None):
         self.client = mlflow_client
         self.run_id = run_id
+        self.root = root
+        self.journal: list[dict] = []
+
+    def _send(self, entry: dict) -> None:
+        if not self.journal:
+            try:
+                send(self.client, self.run_id, entry)
+                return
+            except TrackingUnavailable as err:
+                if self.root is None:
+                    raise
+                print(f"  tracking: {err}; the stage goes on and its logs are kept in "
+                      f"{pending_dir(self.root, self.run_id)} for the next run", flush=True)
+        if entry["kind"] == "artifact":  # a copy: the file may be temporary, or replaced before the replay
+            source = Path(entry["path"])
+            keep = pending_dir(self.root, self.run_id) / f"{len(self.journal):04d}" / source.name
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if source.is_dir() else shutil.copy2)(source, keep)
+            entry = entry | {"path": str(keep)}
+        self.journal.append(entry)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
-        for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[start:start + 100])
+        self._send({"kind": "params", "items": {k: redact(str(v))[:6000] for k, v in flatten(params).items()}})
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in flatten(metrics).items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        items = {k: float(v) for k, v in flatten(metrics).items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if items:
-            self.client.log_batch(self.run_id, metrics=items)
+            self._send({"kind": "metrics", "items": items, "step": step or 0, "at": int(time.time() * 1000)})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        path = Path(path)
-        if path.is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
-        else:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._send({"kind": "artifact", "path": str(path), "artifact_path": artifact_path})
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, str(value))
+        self._send({"kind": "tags", "items": {k: redact(str(v)) for k, v in tags.items()}})
+
+
+def send(mlflow_client, run_id: str, entry: dict) -> None:
+    """One journal entry to MLflow."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    kind = entry["kind"]
+    if kind == "params":
+        items = [Param(k, v) for k, v in entry["items"].items()]
+        for start in range(0, len(items), 100):
+            mlflow_client.log_batch(run_id, params=items[start:start + 100])
+    elif kind == "metrics":
+        mlflow_client.log_batch(run_id, metrics=[Metric(k, v, entry["at"], entry["step"])
+                                                 for k, v in entry["items"].items()])
+    elif kind == "tags":
+        mlflow_client.log_batch(run_id, tags=[RunTag(k, v) for k, v in entry["items"].items()])
+    elif kind == "artifact":
+        path = Path(entry["path"])
+        log = mlflow_client.log_artifacts if path.is_dir() else mlflow_client.log_artifact
+        log(run_id, str(path), entry["artifact_path"])
+    elif kind == "end":
+        mlflow_client.set_terminated(run_id, status=entry["status"])
+
+
+def replay(mlflow_client, root: Path, run_id: str, journal: list[dict]) -> None:
+    """Send what a stage kept while MLflow was unreachable (TrackingUnavailable if it still is)."""
+    for entry in journal:
+        send(mlflow_client, run_id, entry)
+    shutil.rmtree(pending_dir(root, run_id), ignore_errors=True)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -81,7 +158,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def start_run(mlflow_client, experiment: str, name: str, parent_run_id: str | None = None,
               tags: dict[str, str] | None = None) -> str:
-    all_tags = dict(tags or {})
+    all_tags = {k: redact(str(v)) for k, v in (tags or {}).items()}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     return mlflow_client.create_run(experiment, tags=all_tags, run_name=name).info.run_id

@@ -1,7 +1,13 @@
-"""Where each stage reads and writes, relative to the project root. dvc.yaml mirrors these paths."""
+"""Where each stage reads and writes, relative to the project root. dvc.yaml mirrors these paths.
+
+A stage writes its outputs into a staging folder (`StagedWorkspace`); `move_into_place` then renames
+them over the previous ones. A stage killed half-way thus leaves its previous outputs as they were.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,3 +139,40 @@ class LMWorkspace(Workspace):
 
 def workspace_for(task: str, root: Path) -> Workspace:
     return LMWorkspace(root) if task == "causal-lm" else Workspace(root)
+
+
+class StagedWorkspace:
+    """The workspace as one stage sees it: the named outputs point into `staging` (same relative paths),
+    everything else is the real workspace."""
+
+    def __init__(self, ws: Workspace, outputs: tuple[str, ...], staging: Path):
+        self.workspace = ws
+        self.moves = [(staging / getattr(ws, name).relative_to(ws.root), getattr(ws, name)) for name in outputs]
+        self._staged = {name: staged for name, (staged, _) in zip(outputs, self.moves)}
+        for staged, _ in self.moves:
+            staged.parent.mkdir(parents=True, exist_ok=True)
+
+    def __getattr__(self, name: str):
+        staged = self.__dict__.get("_staged", {})
+        return staged[name] if name in staged else getattr(self.__dict__["workspace"], name)
+
+    def real(self, path: Path) -> Path:
+        """Where a staged path lands once moved into place."""
+        for staged, final in self.moves:
+            if path == staged or staged in path.parents:
+                return final / path.relative_to(staged)
+        return path
+
+
+def move_into_place(moves: list[tuple[Path, Path]], trash: Path) -> None:
+    """Rename each staged output over its final path (an output the stage did not write is removed: no
+    stale file outlives its stage). Renames stay on one file system, so each is atomic."""
+    shutil.rmtree(trash, ignore_errors=True)
+    trash.mkdir(parents=True)
+    for number, (staged, final) in enumerate(moves):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists() or final.is_symlink():
+            os.replace(final, trash / f"{number}-{final.name}")
+        if staged.exists():
+            os.replace(staged, final)
+    shutil.rmtree(trash, ignore_errors=True)

@@ -75,7 +75,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_teacher_dir(tmp_path_factory, tiny_model_dir, tiny_prepared) -> Path:
-    """The tiny model after one epoch of the finetune stage (so it carries train_logits.npy)."""
+    """The tiny model after one epoch of the finetune stage (so it carries its soft targets on the train split)."""
     from components import finetune
     from components.config import TeacherConfig
     from components.tracking import NullTracker
@@ -210,3 +210,4 @@ def tiny_gpt2_dir(tmp_path_factory, tiny_lm_data_dir) -> Path:
     model.eval().save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
+

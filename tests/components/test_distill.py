@@ -34,6 +34,7 @@ def test_distill_trains_and_saves_a_loadable_student(tiny_teacher_dir, tiny_prep
 
 
 def test_distill_adds_the_transfer_set_with_teacher_logits(tiny_model_dir, tiny_prepared, tmp_path):
+    import json
     import shutil
 
     import numpy as np
@@ -49,7 +50,9 @@ def test_distill_adds_the_transfer_set_with_teacher_logits(tiny_model_dir, tiny_
     teacher = tmp_path / "teacher"
     finetune.run(TeacherConfig(model=str(tiny_model_dir), epochs=1, batch_size=8, max_length=32), prepared,
                  teacher, NullTracker(), seed=0)
-    assert np.load(teacher / "transfer_logits.npy").shape == (10, 2)
+    stored = {json.loads((d / "inputs.json").read_text())["split"]: np.load(d / "logits.npy")
+              for d in (teacher / "soft_targets").iterdir()}
+    assert stored["transfer"].shape == (10, 2) and stored["train"].shape == (48, 2)
 
     logged = {}
 

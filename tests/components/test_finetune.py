@@ -24,8 +24,12 @@ def test_finetune_saves_model_logits_and_step_metrics(tiny_model_dir, tiny_prepa
     result = finetune.run(cfg, tiny_prepared, tmp_path, tracker, seed=0)
     assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "tokenizer.json").is_file()
     assert json.loads((tmp_path / "labels.json").read_text()) == ["negative", "positive"]
-    logits = np.load(tmp_path / "train_logits.npy")
+    stored = list((tmp_path / "soft_targets").glob("*/logits.npy"))
+    assert len(stored) == 1  # the train split; the fixture data has no transfer set
+    logits = np.load(stored[0])
     assert logits.shape == (48, 2) and np.isfinite(logits).all()
+    inputs = json.loads((stored[0].parent / "inputs.json").read_text())
+    assert inputs["split"] == "train" and inputs["max_length"] == 32 and inputs["rows"] == 48
     assert [step for step, m in tracker.metrics if "val_accuracy" in m and step] == [1, 2]
     assert 0.0 <= result.metrics["test_accuracy"] <= 1.0
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path)

@@ -44,7 +44,7 @@ def test_run_reads_user_files_and_writes_card(tmp_path, suffix):
     {".csv": lambda p: frame.to_csv(p, index=False),
      ".jsonl": lambda p: frame.to_json(p, orient="records", lines=True),
      ".parquet": lambda p: frame.to_parquet(p, index=False)}[suffix](src)
-    result = ingest.run(DataConfig(source=str(src)), tmp_path / "out", NullTracker())
+    result = ingest.run(DataConfig(source=str(src)), tmp_path / "out", NullTracker(), root=tmp_path)
     card = json.loads((tmp_path / "out" / "data_card.json").read_text())
     assert card["labels"] == ["neg", "pos"]
     assert card["duplicates_dropped"] == 4

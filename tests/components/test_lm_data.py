@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -29,7 +30,7 @@ def corpus_txt(tmp_path):
 
 def run(source, out, seed=3, **kwargs):
     cfg = LMDataConfig(source=str(source), vocab_size=400, split=(0.8, 0.1, 0.1), **kwargs)
-    return lm_data.run(cfg, out, NullTracker(), seed=seed)
+    return lm_data.run(cfg, out, NullTracker(), seed=seed, root=Path(source).parent)
 
 
 def split_texts(out):

@@ -17,7 +17,7 @@ def lm_prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("lm_prepared")
     (root / "corpus.txt").write_text("\n".join(sentences(200)))
     cfg = LMDataConfig(source=str(root / "corpus.txt"), vocab_size=400, split=(0.8, 0.1, 0.1))
-    lm_data.run(cfg, root / "prepared", NullTracker(), seed=0)
+    lm_data.run(cfg, root / "prepared", NullTracker(), seed=0, root=root)
     return root / "prepared"
 
 

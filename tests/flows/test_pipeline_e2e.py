@@ -163,7 +163,8 @@ def bad_file(path: Path, kind: str) -> Path:
                                           ("missing_column", "label")])
 def test_bad_dataset_stops_at_validation(tmp_path, prefect_api, kind, needle):
     project = make_project(tmp_path / "project")
-    data = bad_file(tmp_path / f"{kind}.csv", kind)
+    (project / "data").mkdir(exist_ok=True)  # a data file must lie inside the project
+    data = bad_file(project / "data" / f"{kind}.csv", kind)
     done = run_cli(["run", "--data", str(data), "--set", "data.labels=[negative, positive]"], project, prefect_api)
     assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-2000:]
     assert "data validation failed" in done.stderr and needle in done.stderr

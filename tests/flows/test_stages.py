@@ -57,7 +57,7 @@ def test_stage_key_changes_only_downstream_of_a_changed_slice():
 
 def test_stage_config_holds_only_the_stage_sections():
     params = build_params({})
-    assert set(stage_config(params, "distill")) == {"distill", "seed"}
+    assert set(stage_config(params, "distill")) == {"distill", "seed", "distributed"}
     assert stage_config(params, "ingest")["data"]["source"] == "vader-movie"
 
 

@@ -1,0 +1,59 @@
+from pathlib import Path
+
+from components.config import build_params
+from components.tracking import NullTracker, StageResult
+from flows import launch
+from flows.stages import stage_table
+from flows.workspace import Workspace
+
+
+class RunTracker(NullTracker):
+    run_id = "run-1"
+
+
+def test_training_stages_launch_on_several_processes_and_the_others_do_not(monkeypatch, tmp_path):
+    launched = []
+    monkeypatch.setattr(launch, "launch", lambda name, p, ws, run_id: launched.append((name, ws.root, run_id))
+                        or StageResult(metrics={"val_accuracy": 1.0}))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ws = Workspace(tmp_path)
+    for task in ("sequence-classification", "causal-lm"):
+        table = stage_table(task)
+        params = build_params({"task": task, "distributed": {"processes": 4}})
+        result = table.stages["distill"](params, ws, RunTracker())
+        assert result.metrics == {"val_accuracy": 1.0}
+    assert launched == [("distill", tmp_path, "run-1")] * 2
+
+
+def test_a_launched_process_runs_the_stage_itself(monkeypatch, tmp_path):
+    called = []
+    monkeypatch.setattr(launch, "launch", lambda *a: called.append("launch"))
+    monkeypatch.setenv("WORLD_SIZE", "4")  # already one of the four processes
+    stage = launch.data_parallel("finetune", lambda p, ws, t: called.append("stage") or StageResult())
+    stage(build_params({"distributed": {"processes": 4}}), Workspace(tmp_path), NullTracker())
+    monkeypatch.delenv("WORLD_SIZE")
+    stage(build_params({}), Workspace(tmp_path), NullTracker())  # one process asked for
+    assert called == ["stage", "stage"]
+
+
+def test_launch_command_runs_the_stage_cli_under_torchrun_with_the_callers_paths(tmp_path):
+    command = launch.launch_command("prune", 8, Path("/tmp/p.yaml"), Path("/tmp/r.json"), "abc", {"pruned": "/s/p"})
+    assert command[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=8", "-m"]
+    assert command[6:] == ["flows.cli", "stage", "prune", "--config", "/tmp/p.yaml", "--result", "/tmp/r.json",
+                           "--run-id", "abc", "--workspace-path", "pruned=/s/p"]
+
+    ws = Workspace(tmp_path)
+    staged = launch.Paths(ws, {"pruned": tmp_path / "staging" / "pruned"})  # as a pipeline run stages outputs
+    assert staged.teacher == ws.teacher and staged.root == ws.root
+    assert launch.moved_paths("prune", build_params({}), staged) == {"pruned": str(tmp_path / "staging" / "pruned")}
+    assert launch.moved_paths("prune", build_params({}), ws) == {}
+
+
+def test_a_result_survives_the_round_trip(tmp_path):
+    result = StageResult(metrics={"test_accuracy": 0.9}, outputs={"model": tmp_path / "m"}, info={"history": [1]})
+    launch.write_result(result, tmp_path / "r.json")
+    import json
+
+    back = json.loads((tmp_path / "r.json").read_text())
+    assert back == {"metrics": {"test_accuracy": 0.9}, "outputs": {"model": str(tmp_path / "m")},
+                    "info": {"history": [1]}}

@@ -1,0 +1,91 @@
+"""One complete run of the tiny project (`tiny_run`: every stage, registered as champion, credentials planted
+in its environment), and what must hold of it:
+
+- nothing is left in staging, and an unchanged re-run skips every stage;
+- no planted credential is in any file of the project (MLflow store and artifacts, reports, models, stage
+  records) or in anything the run printed;
+- a second run from scratch gives the same prepared-data hash and test accuracy within 0.2 points;
+- the champion alias moves only after the new version is fully registered (model, bundle, report and tags
+  in the registry, status READY) and has passed the gate: a crash in between leaves the old champion in
+  place (last: it registers a new version).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flows import cache
+from tests.reliability.conftest import PLANTED_SECRETS, make_tiny_project, run_pipeline
+
+TOLERANCE_POINTS = 0.2
+
+
+def test_the_complete_run_left_nothing_staged_and_an_unchanged_rerun_skips_every_stage(tiny_run, prefect_api,
+                                                                                      monkeypatch):
+    project = tiny_run["project"]
+    assert tiny_run["outcome"]["registration"]["alias"] == "champion"
+    assert not any((project / ".miniaturize" / "staging").glob("*/*")), "staging left behind"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    again = run_pipeline(project, prefect_api)
+    assert all(stage["cache_hit"] for stage in again["stages"].values())
+
+
+def test_no_planted_secret_in_any_file_the_run_wrote_or_in_its_output(tiny_run):
+    project = tiny_run["project"]
+    files = [p for p in project.rglob("*") if p.is_file() and ".git" not in p.parts]
+    assert any(p.name == "mlflow.db" for p in files) and any("mlruns" in p.parts for p in files)
+    for path in files:
+        data = path.read_bytes()
+        for name, secret in PLANTED_SECRETS.items():
+            assert secret.encode() not in data, f"{name} leaked into {path.relative_to(project)}"
+    for name, secret in PLANTED_SECRETS.items():
+        assert secret not in tiny_run["printed"], f"{name} leaked into the run's output"
+
+
+def test_a_second_run_from_scratch_gives_the_same_data_hash_and_accuracy(tiny_run, tmp_path, tiny_model_dir,
+                                                                         prefect_api, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = tiny_run["project"]
+    second = make_tiny_project(tmp_path / "again", tiny_model_dir)
+    run_pipeline(second, prefect_api, until="distill")
+
+    def record(project, stage):
+        return json.loads(cache.StageCache(project).path(stage).read_text())
+
+    assert record(first, "ingest")["outputs"] == record(second, "ingest")["outputs"]
+    for stage in ("finetune", "distill"):
+        a, b = record(first, stage)["metrics"], record(second, stage)["metrics"]
+        assert abs(a["test_accuracy"] - b["test_accuracy"]) * 100 <= TOLERANCE_POINTS, (stage, a, b)
+
+
+def test_a_crash_between_registration_and_the_alias_move_keeps_the_old_champion(tiny_run, prefect_api,
+                                                                                monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from flows import registry
+
+    project = tiny_run["project"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    name = tiny_run["outcome"]["registration"]["model_name"]
+    champion = client.get_model_version_by_alias(name, "champion").version
+    seen = {}
+
+    def crash(mlflow_client, root, model_name, version, alias, *args, **kwargs):
+        registered = client.get_model_version(model_name, version)
+        seen.update(version=version, status=registered.status, tags=dict(registered.tags))
+        raise SystemExit("killed between registration and the alias move")
+
+    monkeypatch.setattr(registry, "move_alias", crash)
+    cache.StageCache(project).forget("register")  # register again, the same model
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(BaseException, match="killed between registration"):
+        run_pipeline(project, prefect_api, "retries.stage_attempts=1")
+    # The new version was complete when the alias was about to move ...
+    assert seen["status"] == "READY" and seen["version"] != champion
+    assert {"git_commit", "data_sha256", "params_hash", "gate_passed", "final.accuracy"} <= set(seen["tags"])
+    # ... and the crash left the champion where it was, and the registration unrecorded.
+    assert client.get_model_version_by_alias(name, "champion").version == champion
+    assert "alias.champion.set_at" not in client.get_model_version(name, seen["version"]).tags
+    assert not cache.StageCache(project).path("register").exists()
