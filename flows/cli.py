@@ -270,25 +270,34 @@ def stage(name: Annotated[str, typer.Argument(help="ingest, validate, finetune, 
             write_result(result, result_file)
         distributed.leave()
         return
-    tags = {"miniaturize.stage": name}
-    if name in DATA_PARALLEL_STAGES:
-        tags["miniaturize.processes"] = str(max(distributed.world_size(), params.distributed.processes))
-    run_id = tracking.start_run(client, tracking.experiment_id(client, ws.root), f"stage-{name}", tags=tags)
-    ok = False
-    started = time.perf_counter()
-    typer.echo(f"[{name}] started")
-    try:
-        result = stage_table(params.task).stages[name](params, ws, tracking.MlflowTracker(client, run_id))
-        if result_file is not None:
-            write_result(result, result_file)
-        ok = True
-    except ValidationFailed as err:
-        fail(str(err), 3)
-    except DataError as err:
-        fail(f"error: {err}", 2)
-    finally:
-        tracking.end_run(client, run_id, ok)
-    typer.echo(f"[{name}] finished in {time.perf_counter() - started:.1f} s")
+    from contextlib import ExitStack
+
+    from flows.lock import WorkspaceLocked, workspace_lock
+
+    with ExitStack() as held:
+        try:  # like a pipeline run, a stage (dvc repro) holds the workspace while it writes
+            held.enter_context(workspace_lock(ws.root, f"miniaturize stage {name}"))
+        except WorkspaceLocked as err:
+            fail(f"error: {err}", 5)
+        tags = {"miniaturize.stage": name}
+        if name in DATA_PARALLEL_STAGES:
+            tags["miniaturize.processes"] = str(max(distributed.world_size(), params.distributed.processes))
+        run_id = tracking.start_run(client, tracking.experiment_id(client, ws.root), f"stage-{name}", tags=tags)
+        ok = False
+        started = time.perf_counter()
+        typer.echo(f"[{name}] started")
+        try:
+            result = stage_table(params.task).stages[name](params, ws, tracking.MlflowTracker(client, run_id))
+            if result_file is not None:
+                write_result(result, result_file)
+            ok = True
+        except ValidationFailed as err:
+            fail(str(err), 3)
+        except DataError as err:
+            fail(f"error: {err}", 2)
+        finally:
+            tracking.end_run(client, run_id, ok)
+        typer.echo(f"[{name}] finished in {time.perf_counter() - started:.1f} s")
     distributed.leave()
 
 

@@ -32,3 +32,11 @@ def test_two_runs_started_together_run_one_after_the_other(tiny_project, prefect
     assert ran == [False, True], outs
     skipped = next(out for out, _ in outs if "[ingest] started" not in out)
     assert "[ingest] unchanged" in skipped and "[validate] unchanged" in skipped
+
+
+def test_a_stage_run_by_dvc_stops_too_while_a_run_holds_the_workspace(tiny_project, prefect_api):
+    with workspace_lock(tiny_project, "miniaturize run"):
+        done = run_cli(["stage", "ingest"], tiny_project, prefect_api)
+    assert done.returncode == 5, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "is in use by miniaturize run" in done.stderr
+    assert not (tiny_project / "data" / "prepared").exists()
