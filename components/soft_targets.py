@@ -28,26 +28,12 @@ import numpy as np
 from components.config import DistributedConfig, section_hash
 from components.distributed import (is_main_process, process_state, resolve_device, wait_for_everyone,
                                     world_size)
+from components.hashing import file_sha256
 from components.modeling import Encoded, predict_logits
 
 FOLDER = "soft_targets"  # inside the teacher's folder
 # Files of the teacher folder that do not change its outputs (run metrics) or are outputs themselves.
 NOT_THE_TEACHER = ("metrics.json",)
-
-_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime): each file is hashed once per process
-
-
-def file_sha256(path: Path) -> str:
-    stat = path.stat()
-    memo = (str(path), stat.st_size, stat.st_mtime_ns)
-    if memo not in _DIGESTS:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        _DIGESTS[memo] = digest.hexdigest()
-    return _DIGESTS[memo]
-
 
 def teacher_sha256(teacher_dir: Path) -> str:
     """sha256 of the teacher folder's own files (weights, config, tokenizer, labels), not its soft targets."""

@@ -17,22 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.config import section_hash
-
-# Digests by (path, size, mtime): one run hashes the teacher once although five stages read it.
-_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    stat = path.stat()
-    memo_key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if memo_key not in _MEMO:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        _MEMO[memo_key] = digest.hexdigest()
-    return _MEMO[memo_key]
-
+from components.hashing import file_sha256
 
 def tree_sha256(path: Path) -> str | None:
     """sha256 of a file, or of a folder's sorted (relative name, file sha256) pairs; None if missing."""
