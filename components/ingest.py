@@ -1,8 +1,10 @@
-"""Stage 1, ingest: load the raw data, label it, drop exact duplicates and split it by seed.
+"""Stage 1, ingest: load the raw data, label it, drop duplicates and split it by seed.
 
 Sources (`data.source`):
 - `vader-movie` (default, offline): the human-rated movie-review snippets inside the vaderSentiment
-  3.3.2 source archive, fetched with pip, sha256-verified, ratings thresholded into negative/positive;
+  3.3.2 source archive, ratings thresholded into negative/positive. The archive file is downloaded from
+  the package index pip is configured with and its sha256 checked before anything opens it; nothing in
+  it is ever run (`pip download` would run its setup.py to read the metadata, before any hash check);
 - a local CSV, JSONL or Parquet file with `text` and `label` columns (labels may be strings);
 - a Hugging Face dataset id (needs the `datasets` package and a connection).
 
@@ -13,12 +15,16 @@ JSONL line or Parquet footer, an empty file, texts that are not strings, labels 
 integers, and more exact duplicates than `max_duplicate_share` each raise `DataError` naming the file and
 the problem (the CLI exits 2), before anything is written.
 
+Texts are de-duplicated in the form the validate stage compares them (`components.text.text_key`:
+case-folded, whitespace collapsed), so no text lands in two splits. A text that carries more than one label
+is dropped in every copy. The data card counts what was dropped and why.
+
 Writes `train/validation/test.parquet` (columns `text`, `label`) and `data_card.json` to `out_dir`. For
 the built-in source it also writes `transfer.parquet`: the archive's other sentences (tweets, editorials,
 product reviews) and the neutral movie snippets, unlabelled, for distillation from the teacher's soft
-outputs; no text of the validation or test split (compared case-folded) is ever in it.
+outputs; no labelled text (compared by `text_key`) is ever in it.
 Content checks (empty texts, unknown labels, ...) belong to the validate stage, so ingest keeps rows as
-they are apart from exact duplicates.
+they are apart from duplicates.
 """
 
 from __future__ import annotations
@@ -27,27 +33,38 @@ import csv
 import hashlib
 import io
 import json
+import os
+import ssl
 import subprocess
 import sys
 import tarfile
-from pathlib import Path
+import tempfile
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urldefrag, urljoin, urlsplit
+from urllib.request import Request, url2pathname, urlopen
 
 import numpy as np
 import pandas as pd
 
 from components.config import DataConfig
+from components.text import text_key
 from components.tracking import StageResult, Tracker
 
 SPLITS = ("train", "validation", "test")
 VADER_VERSION = "3.3.2"
 VADER_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
 VADER_ARCHIVE = f"vaderSentiment-{VADER_VERSION}.tar.gz"
+VADER_PROJECT = "vadersentiment"  # the name's normalised form in a simple-API index URL (PEP 503)
 VADER_MEMBERS = {
     "movie": "movieReviewSnippets",
     "tweets": "tweets",
     "nyt": "nytEditorialSnippets",
     "amazon": "amazonReviewSnippets",
 }
+DEFAULT_INDEX = "https://pypi.org/simple"  # pip's, when no index-url is configured
+FETCH_TIMEOUT_S = 60  # seconds without data before a download is given up
 BUILTIN_LABELS = ["negative", "positive"]
 # Extension -> (format name, what `sniff` finds at the start of such a file).
 FORMATS = {".csv": ("CSV", "text"), ".jsonl": ("JSON Lines", "JSON Lines"), ".ndjson": ("JSON Lines", "JSON Lines"),
@@ -68,20 +85,135 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_vader_archive(cache_dir: Path) -> Path:
-    """Download the vaderSentiment source archive with pip (once) and verify its sha256."""
+@dataclass(frozen=True)
+class IndexSettings:
+    """Where pip looks for packages on this machine."""
+    urls: tuple[str, ...]  # index-url first, then the extra-index-urls
+    cert: str | None = None  # CA bundle for HTTPS, when pip is given one
+
+
+def index_settings(pip_config: str) -> IndexSettings:
+    """The indexes and CA bundle from `pip config list` output (`section.key='value'` lines). As in pip,
+    the environment (`:env:`) overrides the `download` section, which overrides `global`."""
+    values = {}
+    for line in pip_config.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip().strip("'\"")
+
+    def pick(name: str) -> str | None:
+        return next((values[f"{section}.{name}"] for section in (":env:", "download", "global")
+                     if f"{section}.{name}" in values), None)
+
+    urls = [pick("index-url") or DEFAULT_INDEX, *(pick("extra-index-url") or "").split()]
+    return IndexSettings(tuple(urls), pick("cert") or None)
+
+
+def read_pip_config() -> str:
+    """`pip config list` (pip's own settings, nothing from any package); empty when pip is not there."""
+    done = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True)
+    return done.stdout if done.returncode == 0 else ""
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            self.hrefs += [value for name, value in attrs if name == "href" and value]
+
+
+def archive_link(page: str, page_url: str, filename: str) -> str | None:
+    """The URL of `filename` on a simple-API project page (PEP 503 HTML), or None when it is not listed."""
+    links = _Links()
+    links.feed(page)
+    for href in links.hrefs:
+        url = urldefrag(urljoin(page_url, href)).url  # the page's #sha256 is not trusted: the pin is checked
+        if unquote(PurePosixPath(urlsplit(url).path).name) == filename:
+            return url
+    return None
+
+
+def shown(url: str) -> str:
+    """`url` without any user and password in it, for messages (an index URL may carry a token)."""
+    parts = urlsplit(url)
+    if not (parts.username or parts.password):
+        return url
+    host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+    return parts._replace(netloc=f"***@{host}").geturl()
+
+
+def open_url(url: str, context: ssl.SSLContext | None):
+    """A readable response for an http(s) URL, or the file for a file: URL (a folder's index.html, as in a
+    local pip index)."""
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        path = Path(url2pathname(parts.path))
+        return open(path / "index.html" if path.is_dir() else path, "rb")
+    request = Request(url, headers={"User-Agent": "miniaturize-ingest"})
+    return urlopen(request, timeout=FETCH_TIMEOUT_S, context=context)
+
+
+def find_archive_url(indexes: tuple[str, ...], context: ssl.SSLContext | None) -> str:
+    """The first index whose vaderSentiment page lists the source archive gives its URL."""
+    tried = []
+    for index in indexes:
+        page_url = f"{index.rstrip('/')}/{VADER_PROJECT}/"
+        try:
+            with open_url(page_url, context) as response:
+                page = response.read().decode("utf-8", errors="replace")
+        except (OSError, ValueError) as err:  # URLError and HTTPError are OSErrors
+            tried.append(f"{shown(page_url)} ({err})")
+            continue
+        url = archive_link(page, page_url, VADER_ARCHIVE)
+        if url is not None:
+            return url
+        tried.append(f"{shown(page_url)} (does not list it)")
+    raise DataError(f"could not find {VADER_ARCHIVE} on the package index: tried {'; '.join(tried)}")
+
+
+def download_verified(url: str, dest: Path, expected_sha256: str, context: ssl.SSLContext | None) -> None:
+    """Stream `url` into a temporary file beside `dest`, hashing as it arrives; only a file whose sha256 is
+    `expected_sha256` is moved to `dest`. Anything else is deleted unopened, so a tampered index can only
+    make the run stop."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(handle, "wb") as out, open_url(url, context) as response:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                digest.update(block)
+                out.write(block)
+    except (OSError, ValueError) as err:
+        Path(partial).unlink(missing_ok=True)
+        raise DataError(f"could not download {VADER_ARCHIVE} from {shown(url)}: {err}") from None
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+    if digest.hexdigest() != expected_sha256:
+        Path(partial).unlink()
+        raise DataError(f"{VADER_ARCHIVE} from {shown(url)} has sha256 {digest.hexdigest()}, expected "
+                        f"{expected_sha256}; deleted it unopened")
+    os.chmod(partial, 0o644)  # mkstemp's 0600 would hide the shared cache from other users
+    os.replace(partial, dest)
+
+
+def fetch_vader_archive(cache_dir: Path, indexes: tuple[str, ...] | None = None) -> Path:
+    """The vaderSentiment source archive in `cache_dir`, downloaded once from `indexes` (default: the
+    indexes pip is configured with), its sha256 checked each time before anything opens it."""
     archive = cache_dir / VADER_ARCHIVE
     if not archive.exists():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-               f"vaderSentiment=={VADER_VERSION}", "-d", str(cache_dir)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0 or not archive.exists():
-            raise DataError(f"could not fetch {VADER_ARCHIVE} with pip: {done.stderr.strip()[-500:]}")
+        settings = index_settings(read_pip_config())
+        context = ssl.create_default_context(cafile=settings.cert) if settings.cert else None
+        url = find_archive_url(indexes if indexes is not None else settings.urls, context)
+        download_verified(url, archive, VADER_SHA256, context)
     actual = sha256_file(archive)
     if actual != VADER_SHA256:
         archive.unlink()
-        raise DataError(f"{VADER_ARCHIVE} sha256 is {actual}, expected {VADER_SHA256}; removed it")
+        raise DataError(f"{VADER_ARCHIVE} in {cache_dir} has sha256 {actual}, expected {VADER_SHA256}; "
+                        "deleted it unopened")
     return archive
 
 
@@ -272,11 +404,6 @@ def load_source(cfg: DataConfig, cache_dir: Path, root: Path = Path(".")) -> tup
     return frame, f"hub:{cfg.source}", hashlib.sha256(cfg.source.encode()).hexdigest()
 
 
-def text_key(text: str) -> str:
-    """The form texts are compared in for overlap: case-folded, whitespace collapsed."""
-    return " ".join(str(text).casefold().split())
-
-
 def transfer_set(archive: Path, threshold: float, exclude: set[str]) -> pd.DataFrame:
     """Unlabelled sentences for distillation: the other sources plus the neutral movie snippets."""
     movie = read_vader_ratings(archive, VADER_MEMBERS["movie"])
@@ -297,15 +424,44 @@ def normalize_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def drop_exact_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    key = ["text"] if "text" in frame.columns else list(frame.columns)
-    deduped = frame.drop_duplicates(subset=key, keep="first").reset_index(drop=True)
-    return deduped, len(frame) - len(deduped)
+def conflicting_label_rows(keys: pd.Series, labels: pd.Series) -> pd.Series:
+    """True for every row whose text (by key) carries more than one label in the data; missing labels are
+    not counted as a label (the validate stage reports them)."""
+    pairs = pd.DataFrame({"key": keys, "label": labels}).dropna()
+    per_key = pairs.groupby("key")["label"].nunique()
+    return keys.isin(per_key.index[per_key > 1])
 
 
-def check_duplicate_share(frame: pd.DataFrame, dropped: int, source: str, max_share: float) -> None:
-    """A few repeated rows are dropped quietly; many mean a broken export (rows appended twice, a join that
-    fanned out), which training on the rest would hide. `frame` is the data before de-duplication."""
+def deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The rows to split, and how many were dropped and why.
+
+    Texts are compared by `text_key`, as the validate stage compares them, so no text lands in two splits.
+    A text with conflicting labels is dropped in every copy: which label is right is unknown, and any copy
+    kept would put it in some split. Of the rest the first row of each text is kept; a dropped row is
+    `exact` when an earlier row has the very same text, `normalised` when it differs in case or spacing.
+    Empty and whitespace-only texts are only dropped as exact copies: the validate stage refuses them and
+    should count them all.
+    """
+    if "text" not in frame.columns:  # nothing to compare by; the validate stage reports the schema
+        deduped = frame.drop_duplicates().reset_index(drop=True)
+        return deduped, {"exact": len(frame) - len(deduped), "normalised": 0, "conflicting_labels": 0}
+    keys = frame["text"].map(text_key)
+    keys = keys.mask(keys == "")  # empty texts compare as missing: not de-duplicated, see above
+    conflicting = (conflicting_label_rows(keys, frame["label"]) if "label" in frame.columns
+                   else pd.Series(False, index=frame.index))
+    exact = frame["text"].duplicated() & ~conflicting
+    normalised = keys.duplicated() & keys.notna() & ~exact & ~conflicting
+    keep = ~(conflicting | exact | normalised)
+    counts = {"exact": int(exact.sum()), "normalised": int(normalised.sum()),
+              "conflicting_labels": int(conflicting.sum())}
+    return frame[keep].reset_index(drop=True), counts
+
+
+def check_duplicate_share(frame: pd.DataFrame, source: str, max_share: float) -> None:
+    """A few repeated rows are dropped quietly; many exact repeats mean a broken export (rows appended twice,
+    a join that fanned out), which training on the rest would hide. Texts that differ only in case or
+    spacing are ordinary data and do not count. `frame` is the data before de-duplication."""
+    dropped = int(frame.duplicated(subset=["text"] if "text" in frame.columns else None).sum())
     share = dropped / len(frame) if len(frame) else 0.0
     if share > max_share and "text" in frame.columns:
         text, count = next(iter(frame["text"].value_counts().items()))
@@ -335,9 +491,12 @@ def stratified_split(frame: pd.DataFrame, shares: tuple[float, float, float], se
             for name, idx in parts.items()}
 
 
-def describe(splits: dict[str, pd.DataFrame], source: str, sha256: str, dropped: int,
+def describe(splits: dict[str, pd.DataFrame], source: str, sha256: str, dropped: dict[str, int],
              labels: list[str]) -> dict:
-    card = {"source": source, "sha256": sha256, "duplicates_dropped": dropped, "labels": labels,
+    """The data card; `dropped` is `deduplicate`'s count of rows dropped, by reason."""
+    card = {"source": source, "sha256": sha256,
+            "duplicates_dropped": {"exact": dropped["exact"], "normalised": dropped["normalised"]},
+            "conflicting_labels_dropped": dropped["conflicting_labels"], "labels": labels,
             "rows": {name: len(df) for name, df in splits.items()}, "label_balance": {}, "length": {}}
     for name, df in splits.items():
         if "label" in df.columns:
@@ -352,11 +511,10 @@ def describe(splits: dict[str, pd.DataFrame], source: str, sha256: str, dropped:
 
 def run(cfg: DataConfig, out_dir: Path, tracker: Tracker, cache_dir: Path = Path("data/raw"),
         root: Path = Path(".")) -> StageResult:
-    frame, source, sha256 = load_source(cfg, cache_dir, root)
-    frame = normalize_columns(frame)
-    deduped, dropped = drop_exact_duplicates(frame)
-    check_duplicate_share(frame, dropped, source, cfg.max_duplicate_share)
-    frame = deduped
+    loaded, source, sha256 = load_source(cfg, cache_dir, root)
+    loaded = normalize_columns(loaded)
+    check_duplicate_share(loaded, source, cfg.max_duplicate_share)
+    frame, dropped = deduplicate(loaded)
     if cfg.source == "vader-movie":
         labels = list(BUILTIN_LABELS)
     elif cfg.labels is not None:
@@ -370,8 +528,9 @@ def run(cfg: DataConfig, out_dir: Path, tracker: Tracker, cache_dir: Path = Path
         df.to_parquet(out_dir / f"{name}.parquet", index=False)
     card = describe(splits, source, sha256, dropped, labels)
     if cfg.source == "vader-movie" and cfg.transfer:
-        # Labelled texts are excluded too: they are in the train split already, or held out.
-        exclude = set(frame["text"].map(text_key))
+        # Labelled texts are excluded too: they are in the train split already, held out, or dropped for
+        # conflicting labels.
+        exclude = set(loaded["text"].map(text_key))
         transfer = transfer_set(fetch_vader_archive(cache_dir), cfg.threshold, exclude)
         if cfg.max_rows is not None:
             transfer = transfer.sample(n=min(len(transfer), cfg.max_rows), random_state=cfg.seed)
@@ -382,7 +541,8 @@ def run(cfg: DataConfig, out_dir: Path, tracker: Tracker, cache_dir: Path = Path
     (out_dir / "data_card.json").write_text(json.dumps(card, indent=2))
 
     tracker.log_params({"source": source, "source_sha256": sha256, "labels": ",".join(labels)})
-    tracker.log_metrics({f"rows_{k}": v for k, v in card["rows"].items()} | {"duplicates_dropped": dropped})
+    tracker.log_metrics({f"rows_{k}": v for k, v in card["rows"].items()}
+                        | {f"dropped_{reason}": count for reason, count in dropped.items()})
     tracker.log_artifact(out_dir / "data_card.json")
     return StageResult(metrics={f"rows_{k}": float(v) for k, v in card["rows"].items()},
                        outputs={"prepared": out_dir}, info={"card": card})

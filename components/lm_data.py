@@ -4,15 +4,16 @@ tokenizer on the train split.
 Sources (`lm.data.source`):
 - `vader-all` (default, offline): every sentence of the four files inside the vaderSentiment 3.3.2 source
   archive (movie reviews, tweets, editorials, product reviews), ratings ignored; the archive is fetched
-  with pip and sha256-verified by `components.ingest`;
+  and sha256-verified, before anything opens it and without running any of it, by `components.ingest`;
 - a local `.txt` file (one sentence per line), or a `.jsonl` / `.parquet` file with a `text` column.
 
 A local file must lie inside the workspace `root` and is read as strictly as `components.ingest` reads
 classification data (UTF-8 only, format matching the extension, nothing cut off, texts that are strings);
 each problem raises `DataError` naming the file.
 
-Cleaning strips whitespace, drops sentences shorter than `min_chars` characters and exact duplicates, so
-no sentence can sit in two splits. `max_sentences` keeps a sample drawn by seed (smoke runs).
+Cleaning strips whitespace, drops sentences shorter than `min_chars` characters and duplicates in the form
+the validate stage compares texts (`components.text.text_key`), so no sentence can sit in two splits.
+`max_sentences` keeps a sample drawn by seed (smoke runs).
 
 Writes to `out_dir`: `train/validation/test.parquet` (column `text`), `tokenizer/` (a
 `PreTrainedTokenizerFast` saved with `save_pretrained`: bos/eos/pad `<|endoftext|>`, left padding, no
@@ -32,7 +33,8 @@ from transformers import PreTrainedTokenizerFast
 from components.config import LMDataConfig
 from components.ingest import (SPLITS, VADER_MEMBERS, VADER_SHA256, VADER_VERSION, DataError, check_column_types,
                                decode_utf8, fetch_vader_archive, read_table, read_vader_ratings, sha256_file, sniff,
-                               text_key, workspace_path)
+                               workspace_path)
+from components.text import text_key
 from components.tracking import StageResult, Tracker
 
 BUILTIN_SOURCE = "vader-all"

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from components.config import ValidateConfig
+from components.text import text_key  # the same form ingest de-duplicates by
 from components.tracking import StageResult, Tracker
 
 SPLITS = ("train", "validation", "test")
@@ -40,11 +41,6 @@ class ValidationFailed(Exception):
 
 
 # --- deciding: which frames and expectations -------------------------------------------------------
-
-def text_key(value: Any) -> str | None:
-    """The form texts are compared in for duplicates and overlap: case-folded, whitespace collapsed."""
-    return " ".join(value.casefold().split()) if isinstance(value, str) else None
-
 
 def rows_frame(frame: pd.DataFrame, train_keys: set[str] | None) -> pd.DataFrame:
     """The frame GX validates for a split: `text`/`label` as given plus derived columns.
