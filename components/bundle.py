@@ -3,8 +3,14 @@
 `package(model_dir, out_dir, source, metrics, max_length)` copies the ONNX model, `tokenizer.json` and
 `labels.json` of an exported (or quantized) model folder, adds `predict.py` (the stand-alone script in
 `components/edge_predict.py`) and writes `manifest.json`: the sha256 of every file, the metrics and the
-source it came from (registered version, run). `predict.py` checks the hashes before it loads anything.
-The folder is built beside `out_dir` and moved into place at the end, so a failure leaves no half bundle.
+source it came from (registered version, run). `predict.py` checks the folder against the manifest before
+it loads anything; `manifest_sha256(bundle)` is the value to pin the manifest itself with.
+
+`out_dir` is judged before anything is built (`out_dir_problem`): a new or empty folder is written, a
+folder that is already an edge bundle is replaced, and anything else (a file, a link, a folder with other
+files, the current folder or one above it) is refused unless `force` is given for a folder with other files.
+The bundle is built in a fresh temporary folder beside `out_dir` and moved into place at the end, so a
+failure leaves no half bundle.
 
 A causal-LM model folder (config.json names a `...LMHeadModel` / `...ForCausalLM`, or it has a
 generation_config.json and no labels.json) gets a text-generation bundle instead: the ONNX decoder with its
@@ -16,19 +22,30 @@ when there is one, and `components/edge_generate.py` as `predict.py`; its manife
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
+from components import edge_generate, edge_predict
 from components.edge_predict import sha256
 
-FILES = ("model.onnx", "tokenizer.json", "labels.json")
+FORMAT = "miniaturize-edge-bundle/1"
+FILES = tuple(name for name in edge_predict.BUNDLE_FILES if name != "predict.py")
 PREDICT = Path(__file__).with_name("edge_predict.py")
-LM_FILES = ("model.onnx", "tokenizer.json", "config.json")
-LM_OPTIONAL = ("generation_config.json",)
+LM_FILES = tuple(name for name in edge_generate.BUNDLE_FILES if name != "predict.py")
+LM_OPTIONAL = edge_generate.OPTIONAL_FILES
 GENERATE = Path(__file__).with_name("edge_generate.py")
 CAUSAL_LM = "causal-lm"
 REQUIRES = ["onnxruntime", "tokenizers", "numpy"]
+# What a bundle folder may hold besides the files its manifest lists (Python writes __pycache__ beside a
+# script it imports).
+BUNDLE_EXTRAS = {"manifest.json", *edge_predict.IGNORED}
+
+
+class OutDirRefused(ValueError):
+    """`out_dir` holds something that is not an edge bundle; nothing was written or removed."""
 
 
 class BundleSourceError(ValueError):
@@ -46,8 +63,52 @@ def task_of(model_dir: Path) -> str:
     return "classification"
 
 
-def package(model_dir: Path, out_dir: Path, source: dict, metrics: dict, max_length: int = 64) -> Path:
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
+def is_edge_bundle(folder: Path) -> bool:
+    """Whether `folder` is an edge bundle this module wrote: a manifest.json of our format, and nothing
+    beside it but the files that manifest lists."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(manifest, dict) or not str(manifest.get("format", "")).startswith("miniaturize-edge-bundle/"):
+        return False
+    listed = manifest.get("files")
+    return isinstance(listed, dict) and {p.name for p in folder.iterdir()} <= set(listed) | BUNDLE_EXTRAS
+
+
+def out_dir_problem(out_dir: Path, force: bool = False) -> str | None:
+    """Why writing a bundle to `out_dir` would destroy something it should not, or None when it may: a new
+    path, an empty folder, an edge bundle (replaced), or, with `force`, any other folder. A file, a link
+    and the current folder (or one above it) are refused even with `force`."""
+    out_dir = Path(out_dir)
+    absolute = Path(os.path.abspath(out_dir))
+    if out_dir.is_symlink():
+        return f"{out_dir} is a symbolic link: give the folder itself"
+    if out_dir.exists() and not out_dir.is_dir():
+        return f"{out_dir} is a file, not a folder: refusing to replace it"
+    cwd = Path.cwd().resolve()
+    if out_dir.exists() and (out_dir.resolve() == cwd or out_dir.resolve() in cwd.parents):
+        return f"{out_dir} is the current folder or holds it: give a folder of its own for the bundle"
+    if not out_dir.exists() or force or not any(out_dir.iterdir()) or is_edge_bundle(out_dir):
+        return None
+    return (f"{absolute} holds files and is not an edge bundle (no manifest.json of format "
+            f"miniaturize-edge-bundle/..., or other files beside it): refusing to replace it; choose a new or "
+            f"empty folder, or force the replacement (--force)")
+
+
+def manifest_sha256(bundle_dir: Path) -> str:
+    """The sha256 of the bundle's manifest.json: what `predict.py --expect-manifest` pins."""
+    return sha256(Path(bundle_dir) / "manifest.json")
+
+
+def package(model_dir: Path, out_dir: Path, source: dict, metrics: dict, max_length: int = 64,
+            force: bool = False) -> Path:
+    """Write the edge bundle of `model_dir` to `out_dir` (see the module docstring for what may be replaced;
+    OutDirRefused, with nothing touched, otherwise)."""
+    model_dir, out_dir = Path(model_dir), Path(os.path.abspath(out_dir))
+    problem = out_dir_problem(out_dir, force)
+    if problem:
+        raise OutDirRefused(problem)
     if task_of(model_dir) == CAUSAL_LM:
         return package_lm(model_dir, out_dir, source, metrics, max_length)
     missing = [name for name in FILES if not (model_dir / name).is_file()]
@@ -76,22 +137,40 @@ def package_lm(model_dir: Path, out_dir: Path, source: dict, metrics: dict, max_
 
 
 def write_bundle(model_dir: Path, out_dir: Path, names: tuple[str, ...], script: Path, fields: dict) -> Path:
-    """Copies `names` and `script` (as predict.py) into a folder beside `out_dir`, writes manifest.json
-    (format, time, sha256 of every file, then `fields`) and moves the folder into place."""
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    """Copies `names` and `script` (as predict.py) into a fresh folder beside `out_dir`, writes manifest.json
+    (format, time, sha256 of every file, then `fields`) and moves the folder into place. `out_dir` has been
+    judged replaceable by the caller."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # A fresh, uniquely named folder: only what this call created is ever removed on the way out.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would leave the bundle unreadable to the service that runs it
     try:
         for name in names:
             shutil.copy2(model_dir / name, tmp / name)
         shutil.copy2(script, tmp / "predict.py")
         files = {name: sha256(tmp / name) for name in (*names, "predict.py")}
         created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        manifest = {"format": "miniaturize-edge-bundle/1", "created_at": created_at, "files": files} | fields
+        manifest = {"format": FORMAT, "created_at": created_at, "files": files} | fields
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        move_into_place(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def move_into_place(built: Path, out_dir: Path) -> None:
+    """Rename `built` to `out_dir`. A folder already there is first renamed into a fresh folder of ours and
+    removed from there, so the only tree ever deleted is one this call moved aside."""
+    if not out_dir.exists():
+        built.rename(out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+    try:
+        out_dir.rename(old / out_dir.name)
+        try:
+            built.rename(out_dir)
+        except OSError:
+            (old / out_dir.name).rename(out_dir)  # the previous folder goes back where it was
+            raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)

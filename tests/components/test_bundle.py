@@ -1,10 +1,15 @@
 """Edge bundle: files and hashes, predictions equal to the pipeline's, tamper detection, and predict.py in
-a fresh virtual environment that holds only onnxruntime, tokenizers and numpy (from the package index)."""
+a fresh virtual environment that holds only onnxruntime, tokenizers and numpy (from the package index);
+where a bundle may be written (never over a folder or file that is not one), its fixed file set, and the
+manifest pinned by its sha256."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +19,7 @@ from components.config import ExportConfig
 from components.edge_predict import BundleError, Predictor, verify
 from components.tracking import NullTracker
 
+REPO = Path(__file__).resolve().parents[2]
 TEXTS = ["a wonderful, moving film", "a dull, lifeless mess", "great acting and a sharp script number 7"]
 
 
@@ -93,3 +99,167 @@ def test_predict_py_runs_in_a_fresh_environment(packaged, edge_python, tmp_path)
         assert tampered.stdout == ""
     finally:
         (out / "model.onnx").write_bytes((out / "model.onnx").read_bytes()[:-1])
+
+
+# ---------------------------------------------------------------- where a bundle may be written
+
+def bundle_at(packaged, out, force: bool = False):
+    onnx_dir, _ = packaged
+    return bundle.package(onnx_dir, out, {"path": str(onnx_dir)}, {"accuracy": 0.5}, max_length=32, force=force)
+
+
+def test_an_out_folder_holding_other_files_is_refused_and_left_untouched(packaged, tmp_path):
+    work = tmp_path / "work"
+    (work / "notes").mkdir(parents=True)
+    (work / "notes" / "draft.txt").write_text("a week of work")
+    (work / "manifest.json").write_text('{"format": "something-else"}')
+    with pytest.raises(bundle.OutDirRefused, match="is not an edge bundle"):
+        bundle_at(packaged, work)
+    assert (work / "notes" / "draft.txt").read_text() == "a week of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]  # no temporary folder left beside it
+
+
+def test_a_bundle_with_a_foreign_file_beside_it_is_not_ours_to_replace(packaged, tmp_path):
+    out = bundle_at(packaged, tmp_path / "edge")
+    (out / "results.csv").write_text("mine")
+    with pytest.raises(bundle.OutDirRefused):
+        bundle_at(packaged, out)
+    assert (out / "results.csv").read_text() == "mine"
+
+
+def test_a_new_an_empty_and_an_earlier_bundle_folder_are_written(packaged, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert verify(bundle_at(packaged, empty))["files"]
+    first = json.loads((empty / "manifest.json").read_text())
+    (empty / "__pycache__").mkdir()  # what Python may leave beside predict.py
+    again = bundle_at(packaged, empty)
+    assert verify(again)["files"] == first["files"] and not (again / "__pycache__").exists()
+    assert verify(bundle_at(packaged, tmp_path / "a" / "new" / "edge"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "empty"]
+
+
+def test_force_replaces_a_foreign_folder_but_never_a_file_or_the_current_folder(packaged, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "draft.txt").write_text("x")
+    assert verify(bundle_at(packaged, work, force=True)) and not (work / "draft.txt").exists()
+    file = tmp_path / "model.bin"
+    file.write_text("keep")
+    with pytest.raises(bundle.OutDirRefused, match="is a file"):
+        bundle_at(packaged, file, force=True)
+    assert file.read_text() == "keep"
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    monkeypatch.chdir(project / "src")
+    for out in (Path("."), Path("..")):
+        with pytest.raises(bundle.OutDirRefused, match="current folder"):
+            bundle_at(packaged, out, force=True)
+    assert (project / "src").is_dir()
+    link = tmp_path / "link"
+    link.symlink_to(work)
+    with pytest.raises(bundle.OutDirRefused, match="symbolic link"):
+        bundle_at(packaged, link, force=True)
+
+
+def test_a_folder_named_like_the_old_temporary_one_is_not_removed(packaged, tmp_path):
+    """Only the temporary folder a call creates is ever removed: not a `.edge.tmp` the user owns."""
+    theirs = tmp_path / ".edge.tmp"
+    theirs.mkdir()
+    (theirs / "keep.txt").write_text("mine")
+    bundle_at(packaged, tmp_path / "edge")
+    assert (theirs / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".edge.tmp", "edge"]
+
+
+def run_package(*args: str):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    return CliRunner().invoke(app, ["package", *args, "--params", str(REPO / "params.yaml")])
+
+
+def test_package_command_refuses_with_exit_2_and_prints_the_manifest_sha256(packaged, tmp_path):
+    onnx_dir, _ = packaged
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "draft.txt").write_text("x")
+    refused = run_package("--out", str(work), "--model", str(onnx_dir))
+    assert refused.exit_code == 2 and "is not an edge bundle" in refused.output and "--force" in refused.output
+    assert sorted(p.name for p in work.iterdir()) == ["draft.txt"]
+    file = tmp_path / "a-file"
+    file.write_text("keep")
+    assert run_package("--out", str(file), "--model", str(onnx_dir), "--force").exit_code == 2
+    assert file.read_text() == "keep"
+
+    done = run_package("--out", str(work), "--model", str(onnx_dir), "--force")
+    assert done.exit_code == 0, done.output
+    assert f"manifest sha256: {bundle.manifest_sha256(work)}" in done.output
+    assert verify(work, bundle.manifest_sha256(work))
+
+
+# ---------------------------------------------------------------- the bundle's file set is fixed
+
+def rewrite_manifest(folder, change) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    change(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.fixture()
+def copy(packaged, tmp_path):
+    import shutil
+
+    return shutil.copytree(packaged[1], tmp_path / "edge")
+
+
+def test_a_manifest_listing_no_files_is_refused(copy):
+    rewrite_manifest(copy, lambda m: m.update(files={}))
+    with pytest.raises(BundleError, match="does not list labels.json, model.onnx, predict.py, tokenizer.json"):
+        verify(copy)
+    with pytest.raises(BundleError):
+        Predictor(copy)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda m: m["files"].pop("model.onnx"), "does not list model.onnx"),
+    (lambda m: m["files"].update({"extra.onnx": "0" * 64}), "lists extra.onnx, which a classification bundle"),
+    (lambda m: m["files"].update({"../model.onnx": "0" * 64}), "lists ../model.onnx: a bundle's file names"),
+    (lambda m: m["files"].update({"sub/model.onnx": "0" * 64}), "lists sub/model.onnx"),
+    (lambda m: m.update(files=["model.onnx"]), 'has no "files" table'),
+])
+def test_a_manifest_listing_another_set_is_refused(copy, change, words):
+    rewrite_manifest(copy, change)
+    with pytest.raises(BundleError, match=re.escape(words)):
+        verify(copy)
+
+
+@pytest.mark.parametrize("name", ["model_quantized.onnx", "README.md", ".hidden"])
+def test_a_file_the_manifest_does_not_list_is_refused(copy, name):
+    (copy / name).write_bytes(b"anything")
+    with pytest.raises(BundleError, match=f"{re.escape(name)} is in the bundle folder but not in manifest.json"):
+        verify(copy)
+
+
+def test_pycache_beside_predict_py_is_allowed(copy):
+    (copy / "__pycache__").mkdir()
+    (copy / "__pycache__" / "predict.cpython-311.pyc").write_bytes(b"\0")
+    assert verify(copy)["files"]
+
+
+def test_expect_manifest_refuses_a_manifest_rewritten_with_a_swapped_file(copy, tmp_path):
+    pinned = bundle.manifest_sha256(copy)
+    assert verify(copy, pinned) and verify(copy, pinned.upper())
+    (copy / "labels.json").write_text('["positive", "negative"]')  # swapped, and the manifest made to match
+    rewrite_manifest(copy, lambda m: m["files"].update({"labels.json": bundle.sha256(copy / "labels.json")}))
+    assert verify(copy)  # consistent on its own: only the pin tells
+    with pytest.raises(BundleError, match=f"not the expected {pinned}"):
+        verify(copy, pinned)
+    refused = subprocess.run([sys.executable, str(copy / "predict.py"), "--expect-manifest", pinned, "x"],
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert refused.returncode == 2 and "not the bundle that was pinned" in refused.stderr and refused.stdout == ""
+    fresh = bundle.manifest_sha256(copy)
+    done = subprocess.run([sys.executable, str(copy / "predict.py"), "--expect-manifest", fresh, "x"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr

@@ -125,7 +125,7 @@ def test_package_refuses_a_causal_lm_folder_without_an_onnx_model(tiny_lm_dir, t
 
 
 def test_verify_is_the_same_in_both_bundle_scripts():
-    for name in ("sha256", "verify"):
+    for name in ("sha256", "file_set_problem", "verify"):
         assert inspect.getsource(getattr(edge_generate, name)) == inspect.getsource(getattr(edge_predict, name))
 
 
@@ -203,3 +203,43 @@ def test_predict_py_runs_in_a_fresh_environment(lm_bundle, optimum_generate, edg
         assert tampered.stdout == ""
     finally:
         (lm_bundle / "model.onnx").write_bytes((lm_bundle / "model.onnx").read_bytes()[:-1])
+
+
+def test_a_causal_lm_manifest_listing_no_files_or_another_set_is_refused(lm_bundle, tmp_path):
+    copy = shutil.copytree(lm_bundle, tmp_path / "edge")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps(manifest | {"files": {}}))
+    with pytest.raises(BundleError, match="does not list config.json, model.onnx, predict.py, tokenizer.json"):
+        edge_generate.verify(copy)
+    tampered = run_predict(sys.executable, copy, "the film", cwd=tmp_path)
+    assert tampered.returncode == 2 and "does not list" in tampered.stderr and tampered.stdout == ""
+    files = manifest["files"] | {"labels.json": manifest["files"]["config.json"]}
+    (copy / "manifest.json").write_text(json.dumps(manifest | {"files": files}))
+    with pytest.raises(BundleError, match="lists labels.json, which a causal-lm bundle does not hold"):
+        edge_generate.verify(copy)
+
+
+def test_an_unlisted_model_file_beside_a_causal_lm_bundle_is_refused(lm_bundle, tmp_path):
+    copy = shutil.copytree(lm_bundle, tmp_path / "edge")
+    shutil.copy2(copy / "model.onnx", copy / "decoder_model_merged.onnx")
+    with pytest.raises(BundleError, match="decoder_model_merged.onnx is in the bundle folder but not in manifest"):
+        Generator(copy)
+    (copy / "decoder_model_merged.onnx").unlink()
+    (copy / "generation_config.json").unlink()  # optional, but listed in this manifest: it must be there
+    with pytest.raises(BundleError, match="generation_config.json is missing"):
+        edge_generate.verify(copy)
+
+
+def test_each_script_refuses_the_other_kind_of_bundle(lm_bundle):
+    with pytest.raises(edge_predict.BundleError, match="does not list labels.json"):
+        edge_predict.verify(lm_bundle)
+
+
+def test_expect_manifest_pins_a_causal_lm_bundle(lm_bundle, tmp_path):
+    pinned = bundle.manifest_sha256(lm_bundle)
+    assert edge_generate.verify(lm_bundle, pinned)
+    refused = run_predict(sys.executable, lm_bundle, "the film", "--expect-manifest", "0" * 64, cwd=tmp_path)
+    assert refused.returncode == 2 and "not the bundle that was pinned" in refused.stderr and refused.stdout == ""
+    done = run_predict(sys.executable, lm_bundle, "the film", "--expect-manifest", pinned, "--max-new-tokens", 2,
+                       cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
