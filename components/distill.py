@@ -5,8 +5,13 @@ classifier come along), trained on alpha * T^2 * KL(teacher/T || student/T) + (1
 the teacher logits the finetune stage stored once (`components.soft_targets`). With `distill.hidden_weight` or
 `distill.attention_weight` above zero, the student also learns the teacher's intermediate layers
 (TinyBERT-style, `FeatureTransfer`): the teacher then runs, frozen, beside the student. With `distill.transfer`
-the unlabelled transfer set joins the train split, learning from the teacher's soft outputs alone. With `distill.ablation` the same student is also trained without the
-teacher (labels only), and both test accuracies are recorded, to show what distillation buys.
+the unlabelled transfer set joins the train split, learning from the teacher's soft outputs alone.
+
+With `distill.ablation` the same student (same layers, initialisation, epochs) is also trained so that each
+factor shows on its own: on the labels alone (`ablation.labels_only.*` in metrics.json) and, when the
+transfer set was used, distilled on the train split alone (`ablation.kd_train_only.*`). With the stage's
+own student (KD + transfer set) that makes three; without a transfer set the stage's student is the
+KD-on-train one and two suffice. A test split with no rows gives test accuracy None, not a number.
 """
 
 from __future__ import annotations
@@ -93,50 +98,92 @@ def training_set(teacher_dir: Path, prepared: Path, tokenizer, labels: list[str]
     return concat(train, transfer), np.concatenate([logits, transfer_logits])
 
 
-def without_teacher(cfg: DistillConfig, teacher_dir: Path, data: dict, pad_id: int, tracker: Tracker,
-                    seed: int, dist: DistributedConfig | None = None) -> dict[str, float]:
-    """The ablation: the same student (same layers, same initialisation) trained on labels alone."""
+def accuracy_if_any(model: nn.Module, test: Encoded, pad_id: int) -> float | None:
+    """Accuracy on the test split; None when it has no rows (an accuracy of nothing is not 0)."""
+    return accuracy(predict_logits(model, test, pad_id), test.labels) if len(test.labels) else None
+
+
+def shown(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def fresh_student(cfg: DistillConfig, teacher_dir: Path, seed: int, features: bool) -> nn.Module:
+    """The student before training: the teacher's kept layers, the same for every student of one seed."""
     seed_everything(seed)
-    student = keep_layers(AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True),
-                          cfg.layers)
-    outcome = train(student, data["train"], data["validation"], cfg, pad_id, PrefixedTracker(tracker, "ablation."),
-                    seed, kd=None, desc="ablation (no teacher)", dist=dist)
-    test_acc = accuracy(predict_logits(student, data["test"], pad_id), data["test"].labels)
-    print(f"  ablation: the same student without the teacher reaches test acc {test_acc:.4f}", flush=True)
-    return {"ablation_val_accuracy": outcome.best_val_accuracy, "ablation_test_accuracy": test_acc,
-            "ablation_train_seconds": outcome.seconds}
+    # Attention maps come out of the eager attention kernels only.
+    load = dict(attn_implementation="eager") if features else {}
+    return keep_layers(AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True, **load),
+                       cfg.layers)
+
+
+def distilled(cfg: DistillConfig, teacher_dir: Path, student: nn.Module, train_set: Encoded, teacher_logits: np.ndarray,
+              data: dict, pad_id: int, tracker: Tracker, seed: int, desc: str,
+              dist: DistributedConfig | None) -> tuple[dict, float | None]:
+    """Train `student` on `train_set` against the teacher's logits (and intermediate layers when asked);
+    returns (training metrics, test accuracy)."""
+    transfer = None
+    if cfg.hidden_weight > 0 or cfg.attention_weight > 0:
+        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True,
+                                                                     attn_implementation="eager")
+        transfer = FeatureTransfer(teacher, cfg.layers, student.config.hidden_size, cfg.hidden_weight,
+                                   cfg.attention_weight)
+    kd = Distillation(teacher_logits, cfg.alpha, cfg.temperature, features=transfer)
+    outcome = train(student, train_set, data["validation"], cfg, pad_id, tracker, seed, kd=kd, desc=desc, dist=dist)
+    return ({"val_accuracy": outcome.best_val_accuracy, "best_epoch": outcome.best_epoch,
+             "epochs_run": outcome.epochs_run, "train_seconds": outcome.seconds},
+            accuracy_if_any(student, data["test"], pad_id))
+
+
+def without_teacher(cfg: DistillConfig, teacher_dir: Path, data: dict, pad_id: int, tracker: Tracker,
+                    seed: int, dist: DistributedConfig | None = None) -> dict[str, float | None]:
+    """The first ablation student: the same student (same layers, same initialisation) on labels alone."""
+    student = fresh_student(cfg, teacher_dir, seed, features=False)
+    outcome = train(student, data["train"], data["validation"], cfg, pad_id,
+                    PrefixedTracker(tracker, "ablation.labels_only."), seed, kd=None, desc="ablation (no teacher)",
+                    dist=dist)
+    test_acc = accuracy_if_any(student, data["test"], pad_id)
+    print(f"  ablation: the same student on the labels alone reaches test acc {shown(test_acc)}", flush=True)
+    return {"ablation.labels_only.val_accuracy": outcome.best_val_accuracy,
+            "ablation.labels_only.test_accuracy": test_acc, "ablation.labels_only.train_seconds": outcome.seconds}
+
+
+def train_only(cfg: DistillConfig, teacher_dir: Path, train_logits: np.ndarray, data: dict, pad_id: int,
+               tracker: Tracker, seed: int, dist: DistributedConfig | None = None) -> dict[str, float | None]:
+    """The second ablation student: distilled like the stage's student, on the train split alone (no
+    transfer set), so that the transfer set's gain and distillation's gain are measured apart."""
+    features = cfg.hidden_weight > 0 or cfg.attention_weight > 0
+    student = fresh_student(cfg, teacher_dir, seed, features)
+    fit, test_acc = distilled(cfg, teacher_dir, student, data["train"], train_logits, data, pad_id,
+                              PrefixedTracker(tracker, "ablation.kd_train_only."), seed,
+                              "ablation (distilled, train split only)", dist)
+    print(f"  ablation: the same student distilled on the train split alone reaches test acc {shown(test_acc)}",
+          flush=True)
+    return {"ablation.kd_train_only.val_accuracy": fit["val_accuracy"],
+            "ablation.kd_train_only.test_accuracy": test_acc,
+            "ablation.kd_train_only.train_seconds": fit["train_seconds"]}
 
 
 def run(cfg: DistillConfig, teacher_dir: Path, prepared: Path, out_dir: Path, tracker: Tracker, seed: int,
         dist: DistributedConfig | None = None, soft_cache: Path | None = None) -> StageResult:
-    seed_everything(seed)
     labels = read_labels(prepared)
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
-    features = cfg.hidden_weight > 0 or cfg.attention_weight > 0
-    # Attention maps come out of the eager attention kernels only.
-    load = dict(attn_implementation="eager") if features else {}
-    student = keep_layers(AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True, **load),
-                          cfg.layers)
+    pad_id = tokenizer.pad_token_id
+    student = fresh_student(cfg, teacher_dir, seed, features=cfg.hidden_weight > 0 or cfg.attention_weight > 0)
     data = load_encoded_splits(prepared, tokenizer, labels, cfg.max_length)
     train_set, teacher_logits = training_set(teacher_dir, prepared, tokenizer, labels, cfg.max_length,
                                              data["train"], cfg.transfer, soft_cache, dist)
-    transfer = None
-    if features:
-        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True, **load)
-        transfer = FeatureTransfer(teacher, cfg.layers, student.config.hidden_size, cfg.hidden_weight,
-                                   cfg.attention_weight)
-    kd = Distillation(teacher_logits, cfg.alpha, cfg.temperature, features=transfer)
+    transfer_rows = len(train_set) - len(data["train"])
     tracker.log_params(cfg.model_dump() | {"params": count_params(student), "train_rows": len(train_set)})
 
-    outcome = train(student, train_set, data["validation"], cfg, tokenizer.pad_token_id, tracker, seed,
-                    kd=kd, desc="distill", dist=dist)
-
-    test_acc = accuracy(predict_logits(student, data["test"], tokenizer.pad_token_id), data["test"].labels)
-    metrics = {"val_accuracy": outcome.best_val_accuracy, "test_accuracy": test_acc,
-               "best_epoch": outcome.best_epoch, "epochs_run": outcome.epochs_run,
-               "train_seconds": outcome.seconds, "params": count_params(student)}
+    fit, test_acc = distilled(cfg, teacher_dir, student, train_set, teacher_logits, data, pad_id, tracker, seed,
+                              "distill", dist)
+    metrics = {**fit, "test_accuracy": test_acc, "params": count_params(student), "transfer_rows": transfer_rows}
     if cfg.ablation:
-        metrics |= without_teacher(cfg, teacher_dir, data, tokenizer.pad_token_id, tracker, seed, dist)
+        metrics |= without_teacher(cfg, teacher_dir, data, pad_id, tracker, seed, dist)
+        if transfer_rows:
+            # The train split's rows come first in train_set, and so do their logits.
+            metrics |= train_only(cfg, teacher_dir, teacher_logits[:len(data["train"])], data, pad_id, tracker,
+                                  seed, dist)
     save_model(student, tokenizer, labels, out_dir, metrics)
-    tracker.log_metrics({"test_accuracy": test_acc, "best_val_accuracy": outcome.best_val_accuracy})
+    tracker.log_metrics({"test_accuracy": test_acc, "best_val_accuracy": fit["val_accuracy"]})
     return StageResult(metrics=metrics, outputs={"model": out_dir})

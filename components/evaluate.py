@@ -13,6 +13,16 @@ peak RSS of a fresh process serving it. It then compares "final" with "teacher" 
 
 Models named "teacher" and "final" are required. Sizes: a PyTorch folder's weight files
 (`modeling.dir_size_bytes`); an ONNX model's .onnx file plus its external data (`benchmark.onnx_size_bytes`).
+A figure that cannot be measured (accuracy, F1 or agreement on an empty split) is None: null in the JSON,
+"n/a" in the markdown, and a failed gate check, never a number.
+
+With the distill stage's ablation, the report's `ablation` section holds the test accuracy of three
+students of one architecture and initialisation: `labels_only` (no teacher), `kd_train_only` (the teacher's
+soft targets on the train split) and `kd_with_transfer` (the same plus the unlabelled transfer set, the
+pipeline's student; None when the run used no transfer set), so each factor's gain is shown on its own.
+
+`split_accuracy` scores one ONNX classifier on one split, no timing: the register flow uses it to
+re-measure the champion on a candidate's data.
 """
 
 from __future__ import annotations
@@ -52,19 +62,20 @@ class ModelSpec:
 
 # ---------------------------------------------------------------- pure helpers
 
-def agreement(predictions: np.ndarray, reference: np.ndarray) -> float:
-    """Share of sentences with the same predicted label (1.0 for an empty split)."""
+def agreement(predictions: np.ndarray, reference: np.ndarray) -> float | None:
+    """Share of sentences with the same predicted label; None for an empty split (nothing to agree on)."""
     if len(predictions) != len(reference):
         raise ValueError(f"different numbers of predictions: {len(predictions)} and {len(reference)}")
-    return float((np.asarray(predictions) == np.asarray(reference)).mean()) if len(reference) else 1.0
+    return float((np.asarray(predictions) == np.asarray(reference)).mean()) if len(reference) else None
 
 
 def classification_scores(predictions: np.ndarray, labels: np.ndarray, n_labels: int) -> dict:
-    """accuracy (0..1) and macro F1 over every label, a label never predicted scoring 0."""
+    """accuracy (0..1) and macro F1 over every label, a label never predicted scoring 0; both None for an
+    empty split, where neither is defined."""
     from sklearn.metrics import accuracy_score, f1_score
 
     if len(labels) == 0:
-        return {"accuracy": 0.0, "f1_macro": 0.0}
+        return {"accuracy": None, "f1_macro": None}
     return {"accuracy": float(accuracy_score(labels, predictions)),
             "f1_macro": float(f1_score(labels, predictions, labels=list(range(n_labels)), average="macro",
                                        zero_division=0))}
@@ -86,12 +97,14 @@ def metrics_to_log(report: dict) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, entry in report["models"].items():
         for key in ("accuracy", "f1_macro", "size_bytes", "params", "peak_rss_mb", "agreement_with_teacher"):
-            out[f"{name}.{key}"] = float(entry[key])
+            if entry.get(key) is not None:  # a figure not measured is absent, not 0
+                out[f"{name}.{key}"] = float(entry[key])
         for key, value in entry["latency_ms"].items():
             out[f"{name}.{key}_ms"] = float(value)
     for section in ("final_vs_teacher", f"final_vs_{BASELINE}"):
         for key, value in report.get(section, {}).items():
-            out[f"{section}.{key}"] = float(value)
+            if value is not None:
+                out[f"{section}.{key}"] = float(value)
     for key, value in report.get("seeds", {}).items():
         if key != "runs":
             out |= {f"seeds.{key}.{stat}": float(v) for stat, v in value.items()}
@@ -116,16 +129,27 @@ def build_report(card: dict, entries: dict[str, dict], decision: GateDecision, e
     return report
 
 
+def gain_points(better: float | None, base: float | None) -> float | None:
+    """better minus base accuracy in percentage points; None when either was not measured."""
+    return None if better is None or base is None else 100.0 * (better - base)
+
+
 def distillation_ablation(student_dir: Path) -> dict | None:
-    """What distillation bought: the student's test accuracy with and without the teacher, when the
-    distill stage trained the ablation (its metrics.json holds both)."""
+    """What distillation and the transfer set each bought, from the distill stage's metrics.json when it
+    trained the ablation: test accuracy of `labels_only`, `kd_train_only` and `kd_with_transfer` (None when
+    no transfer set was used: then the student itself is `kd_train_only`), and the two gains in points."""
     path = Path(student_dir) / "metrics.json"
     metrics = json.loads(path.read_text()) if path.exists() else {}
-    if "ablation_test_accuracy" not in metrics:
+    if "ablation.labels_only.test_accuracy" not in metrics:
         return None
-    with_teacher, without = float(metrics["test_accuracy"]), float(metrics["ablation_test_accuracy"])
-    return {"student_with_teacher_accuracy": with_teacher, "student_without_teacher_accuracy": without,
-            "distillation_gain_points": 100.0 * (with_teacher - without)}
+    labels_only = metrics["ablation.labels_only.test_accuracy"]
+    with_transfer = "ablation.kd_train_only.test_accuracy" in metrics
+    kd_train_only = metrics["ablation.kd_train_only.test_accuracy"] if with_transfer else metrics["test_accuracy"]
+    kd_with_transfer = metrics["test_accuracy"] if with_transfer else None
+    return {"labels_only": labels_only, "kd_train_only": kd_train_only, "kd_with_transfer": kd_with_transfer,
+            "transfer_rows": int(metrics.get("transfer_rows", 0)),
+            "kd_gain_points": gain_points(kd_train_only, labels_only),
+            "transfer_gain_points": gain_points(kd_with_transfer, kd_train_only) if with_transfer else None}
 
 
 def environment_info(threads: int) -> dict:
@@ -165,6 +189,13 @@ def runtime_label(spec: ModelSpec, runner_model) -> str:
     return "pytorch " + {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(dtype, dtype)
 
 
+def predicted_classes(runner, input_ids: list[list[int]], pad_id: int) -> np.ndarray:
+    """The highest-scoring class of each sentence; an empty array for no sentences."""
+    if not input_ids:
+        return np.zeros(0, dtype=np.int64)
+    return benchmark.runner_logits(runner, input_ids, pad_id).argmax(-1)
+
+
 def measure_model(spec: ModelSpec, cfg: EvaluateConfig, prepared: Path, texts: list[str], gold: list[str],
                   card_labels: list[str], max_length: int) -> tuple[dict, np.ndarray]:
     """One report entry (without agreement_with_teacher) and the predicted label names."""
@@ -193,7 +224,7 @@ def measure_model(spec: ModelSpec, cfg: EvaluateConfig, prepared: Path, texts: l
         runtime = runtime_label(spec, None)
     step(0)
 
-    predicted = benchmark.runner_logits(runner, data.input_ids, pad_id).argmax(-1)
+    predicted = predicted_classes(runner, data.input_ids, pad_id)
     scores = classification_scores(predicted, data.labels, len(labels))
     step(1)
     batch1 = benchmark.latency_stats(benchmark.time_calls(
@@ -213,6 +244,25 @@ def measure_model(spec: ModelSpec, cfg: EvaluateConfig, prepared: Path, texts: l
                             "batch32_p50": batch32["p50"]},
              "peak_rss_mb": float(rss)}
     return entry, np.asarray(labels, dtype=object)[predicted] if len(predicted) else np.array([], dtype=object)
+
+
+def split_accuracy(model: Path, prepared: Path, split: str, threads: int, max_length: int) -> float | None:
+    """Accuracy (0..1) of an ONNX classifier folder (model.onnx, its tokenizer and labels.json) on one split
+    of `prepared`, scored as `measure_model` scores it; None for an empty split."""
+    from transformers import AutoTokenizer
+
+    model, prepared = Path(model), Path(prepared)
+    card = json.loads((prepared / "data_card.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    labels = model_labels(model, card["labels"])
+    frame = read_split(prepared, split)
+    if frame.empty:
+        return None
+    data = encode(tokenizer, frame["text"].tolist(), frame["label"].tolist(), labels, max_length)
+    runner = benchmark.onnx_runner(benchmark.load_onnx_session(model, threads))
+    predicted = predicted_classes(runner, data.input_ids, pad_id)
+    return classification_scores(predicted, data.labels, len(labels))["accuracy"]
 
 
 # ---------------------------------------------------------------- writing
@@ -235,13 +285,36 @@ def fmt(value, spec: str) -> str:
     return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
 
 
+def check_result(check: dict) -> str:
+    """pass, FAIL, or skipped (passed without a value: a comparison that was not made, the note says why)."""
+    if not check["passed"]:
+        return "FAIL"
+    return "skipped" if check["value"] is None or not math.isfinite(check["value"]) else "pass"
+
+
 def gate_lines(gate: dict) -> list[str]:
     """The gate decision as a markdown section (both tasks' reports)."""
     lines = ["", f"## Gate: {'PASSED' if gate['passed'] else 'FAILED'}", "",
-             "| check | value | threshold | result |", "|---|---:|---:|---|"]
+             "| check | value | threshold | result | note |", "|---|---:|---:|---|---|"]
     for name, c in gate["checks"].items():
         lines.append(f"| {name} | {fmt(c['value'], '.3f')} | {fmt(c['threshold'], '.3f')} "
-                     f"| {'pass' if c['passed'] else 'FAIL'} |")
+                     f"| {check_result(c)} | {c.get('note', '')} |")
+    return lines
+
+
+def ablation_lines(ablation: dict) -> list[str]:
+    """The three students of the distillation ablation as a markdown section."""
+    rows = [("labels only (no teacher)", ablation["labels_only"], None),
+            ("distilled, train split", ablation["kd_train_only"], ablation["kd_gain_points"])]
+    if ablation["kd_with_transfer"] is not None:
+        rows.append((f"distilled, train split + transfer set ({ablation['transfer_rows']:,} sentences)",
+                     ablation["kd_with_transfer"], ablation["transfer_gain_points"]))
+    lines = ["", "## Ablation: what distillation buys", "",
+             "The same student (same layers, same initialisation, same epochs), trained three ways; each row "
+             "adds one thing to the row above.", "",
+             "| student | test accuracy | gain over the row above (points) |", "|---|---:|---:|"]
+    lines += [f"| {name} | {fmt(accuracy, '.4f')} | {'-' if i == 0 else fmt(gain, '+.2f')} |"
+              for i, (name, accuracy, gain) in enumerate(rows)]
     return lines
 
 
@@ -270,11 +343,7 @@ def render_markdown(report: dict) -> str:
                       f"| {fmt(r['speedup_batch32_p50'], '.2f')}x | {fmt(r['accuracy_drop_points'], '+.2f')} |"]
     lines += gate_lines(report["gate"])
     if ablation := report.get("ablation"):
-        lines += ["", "## Ablation: what distillation buys", "",
-                  f"The same student (same layers, same initialisation) trained on the labels alone reaches "
-                  f"{ablation['student_without_teacher_accuracy']:.4f} test accuracy; distilled, "
-                  f"{ablation['student_with_teacher_accuracy']:.4f} "
-                  f"({ablation['distillation_gain_points']:+.2f} points)."]
+        lines += ablation_lines(ablation)
     if seeds := report.get("seeds"):
         drop = seeds["accuracy_drop_points"]
         lines += ["", f"## Seed spread ({drop['n']} training seeds, teacher and data fixed)", "",
@@ -298,6 +367,8 @@ def save_plot(report: dict, path: Path) -> None:
     fig = Figure(figsize=(11, 4.5), layout="constrained")
     latency_ax, size_ax = fig.subplots(1, 2)
     for i, (name, m) in enumerate(report["models"].items()):
+        if m["accuracy"] is None:
+            continue  # not measured: no point to place
         accuracy = 100 * m["accuracy"]
         for ax, x in ((latency_ax, m["latency_ms"]["batch1_p50"]), (size_ax, m["size_bytes"] / 1e6)):
             if x is None or not math.isfinite(x) or x <= 0:
@@ -348,7 +419,7 @@ def run(cfg: EvaluateConfig, gate_cfg: GateConfig, prepared: Path, models: list[
             entries[spec.name], predictions[spec.name] = measure_model(
                 spec, cfg, prepared, texts, gold, card["labels"], max_length)
             e = entries[spec.name]
-            print(f"  evaluate {spec.name}: {e['runtime']}, acc {e['accuracy']:.4f}, "
+            print(f"  evaluate {spec.name}: {e['runtime']}, acc {fmt(e['accuracy'], '.4f')}, "
                   f"batch-1 p50 {e['latency_ms']['batch1_p50']:.2f} ms, "
                   f"batch-32 p50 {e['latency_ms']['batch32_p50']:.2f} ms, {e['size_bytes'] / 1e6:.1f} MB, "
                   f"peak RSS {e['peak_rss_mb']:.0f} MB", flush=True)
@@ -364,7 +435,7 @@ def run(cfg: EvaluateConfig, gate_cfg: GateConfig, prepared: Path, models: list[
     if student is not None and (ablation := distillation_ablation(student.path)):
         report["ablation"] = ablation
     report["final_vs_teacher"]["agreement_with_teacher"] = entries[FINAL]["agreement_with_teacher"]
-    if seed_runs:
+    if seed_runs and entries[FINAL]["accuracy"] is not None and entries[TEACHER]["accuracy"] is not None:
         seeds = summarise_seeds(seed, entries[FINAL], entries[TEACHER], entries.get(BASELINE), list(seed_runs))
         report["seeds"] = seeds
         for section, key in (("final_vs_teacher", "accuracy_drop_points"),
@@ -387,7 +458,7 @@ def run(cfg: EvaluateConfig, gate_cfg: GateConfig, prepared: Path, models: list[
     verdict = "passed" if decision.passed else f"FAILED ({', '.join(decision.failed())})"
     print(f"  evaluate: gate {verdict}; final vs teacher: {ratios['size_ratio']:.2f}x smaller, "
           f"{ratios['speedup_batch1_p50']:.2f}x faster at batch 1, "
-          f"{ratios['accuracy_drop_points']:+.2f} points accuracy drop", flush=True)
+          f"{fmt(ratios['accuracy_drop_points'], '+.2f')} points accuracy drop", flush=True)
     metrics = {**ratios, "gate_passed": float(decision.passed)}
     if f"final_vs_{BASELINE}" in report:
         metrics |= {f"vs_{BASELINE}.{k}": v for k, v in report[f"final_vs_{BASELINE}"].items()}

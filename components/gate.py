@@ -9,7 +9,14 @@ The causal-lm task has its own three: `compare_lm_to_teacher` (size, perplexity,
 speed ratios), `decide_lm` against `LMGateConfig` and `compare_lm_to_champion` (perplexity and size).
 
 A value that is not a finite number (NaN from a missing entry, inf from a zero measurement) fails its
-check: the gate never passes a model on a measurement it could not make.
+check, with a note saying so: the gate never passes a model on a measurement it could not make.
+
+The champion checks compare like with like. Each figure carries its provenance (`data_sha256`, the hash
+of the data it was measured on, and `split`); `measured_alike` says whether two figures may be compared.
+When they may not, the register flow re-measures the champion on the candidate's split where it holds
+that data (`should_remeasure`); otherwise the quality check is skipped (it passes, with the reason as its
+note), since a figure from other data says nothing about which model is better. Size needs no data and is
+always compared.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ RATIO_KEYS = ("size_ratio", "speedup_batch1_p50", "speedup_batch32_p50", "accura
 LM_RATIO_KEYS = ("size_ratio", "perplexity_ratio", "bleu_drop_points", "generation_speedup")
 # Slack for float noise, so a value equal to its threshold passes: 100 * (0.91 - 0.89) is 2.0000000000000018.
 TOLERANCE = 1e-9
+SPLITS = ("train", "validation", "test")
+NOT_MEASURED = "not available: a figure it needs was not measured"
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,11 @@ class Check:
     value: float
     threshold: float
     passed: bool
+    note: str = ""  # why a check failed without a number, or why it was skipped
+
+    @property
+    def skipped(self) -> bool:
+        return self.passed and not math.isfinite(self.value)
 
 
 @dataclass(frozen=True)
@@ -42,8 +56,10 @@ class GateDecision:
         return [name for name, check in self.checks.items() if not check.passed]
 
     def as_dict(self) -> dict:
+        """JSON-ready: a value that is not a finite number becomes None (the note says why)."""
         return {"passed": self.passed,
-                "checks": {name: {"value": c.value, "threshold": c.threshold, "passed": c.passed}
+                "checks": {name: {"value": c.value if math.isfinite(c.value) else None, "threshold": c.threshold,
+                                  "passed": c.passed, "note": c.note}
                            for name, c in self.checks.items()}}
 
 
@@ -55,37 +71,73 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator
 
 
+def _number(value) -> float:
+    """float(value), NaN for a missing value (None: a measurement the report could not make)."""
+    return math.nan if value is None else float(value)
+
+
 def compare_to_teacher(teacher: dict, final: dict) -> dict:
     """Ratios of two report model entries: above 1 means the final model is smaller / faster.
 
-    accuracy_drop_points is teacher minus final accuracy, in percentage points (negative: final is better).
+    accuracy_drop_points is teacher minus final accuracy, in percentage points (negative: final is better);
+    NaN when either accuracy is missing (None: an empty test split).
     """
     teacher_latency, final_latency = teacher["latency_ms"], final["latency_ms"]
     return {
         "size_ratio": _ratio(teacher["size_bytes"], final["size_bytes"]),
         "speedup_batch1_p50": _ratio(teacher_latency["batch1_p50"], final_latency["batch1_p50"]),
         "speedup_batch32_p50": _ratio(teacher_latency["batch32_p50"], final_latency["batch32_p50"]),
-        "accuracy_drop_points": 100.0 * (float(teacher["accuracy"]) - float(final["accuracy"])),
+        "accuracy_drop_points": 100.0 * (_number(teacher.get("accuracy")) - _number(final.get("accuracy"))),
     }
 
 
 def _check(value, threshold: float, at_most: bool) -> Check:
-    value = math.nan if value is None else float(value)
+    value = _number(value)
     within = value <= threshold + TOLERANCE if at_most else value >= threshold - TOLERANCE
-    return Check(value=value, threshold=float(threshold), passed=bool(math.isfinite(value) and within))
+    passed = bool(math.isfinite(value) and within)
+    note = "" if math.isfinite(value) else NOT_MEASURED if math.isnan(value) else "not a finite number"
+    return Check(value=value, threshold=float(threshold), passed=passed, note=note)
+
+
+def _skipped(threshold: float, reason: str) -> Check:
+    return Check(value=math.nan, threshold=float(threshold), passed=True, note=reason)
+
+
+def measured_alike(candidate: dict, champion: dict) -> str | None:
+    """None when both figures were measured on the same data (`data_sha256`) and `split`; otherwise the
+    reason they are not compared. Unknown provenance (an older version's missing tag) is not alike."""
+    data = [f.get("data_sha256") or None for f in (candidate, champion)]
+    split = [f.get("split") or None for f in (candidate, champion)]
+    if None in data or data[0] != data[1]:
+        return "champion measured on other data: not compared"
+    if None in split or split[0] != split[1]:
+        return f"champion measured on the {split[1] or 'unknown'} split, candidate on the {split[0] or 'unknown'} " \
+               f"split: not compared"
+    return None
+
+
+def should_remeasure(candidate: dict, champion: dict, data_at_hand: str | None) -> bool:
+    """Re-measure the champion when its figure is not like the candidate's and the data the candidate was
+    measured on is the data at hand (its sha256), with a known split: then both come from one measurement."""
+    return (measured_alike(candidate, champion) is not None and data_at_hand is not None
+            and candidate.get("data_sha256") == data_at_hand and candidate.get("split") in SPLITS)
 
 
 def compare_to_champion(candidate: dict, champion: dict, cfg: GateConfig) -> GateDecision:
     """Is the candidate no worse than the current champion beyond tolerance?
 
-    Both are {"accuracy": 0..1, "size_bytes": n} of the final model on its test split. Latency is left
-    out on purpose: two runs' timings on a shared machine differ by more than the models do, while each
-    version's speedup over its teacher is already checked by `decide`.
+    Both are {"accuracy": 0..1, "size_bytes": n, "data_sha256": ..., "split": ...} of the final model.
+    Accuracy is compared only when `measured_alike`; size always. Latency is left out on purpose: two runs'
+    timings on a shared machine differ by more than the models do, while each version's speedup over its
+    teacher is already checked by `decide`.
     """
-    drop = 100.0 * (float(champion.get("accuracy", math.nan)) - float(candidate.get("accuracy", math.nan)))
-    growth = _ratio(candidate.get("size_bytes", math.nan), champion.get("size_bytes", math.nan))
+    threshold = cfg.max_drop_vs_champion_points
+    unlike = measured_alike(candidate, champion)
+    drop = 100.0 * (_number(champion.get("accuracy")) - _number(candidate.get("accuracy")))
+    growth = _ratio(_number(candidate.get("size_bytes")), _number(champion.get("size_bytes")))
     checks = {
-        "vs_champion.accuracy_drop_points": _check(drop, cfg.max_drop_vs_champion_points, at_most=True),
+        "vs_champion.accuracy_drop_points": _skipped(threshold, unlike) if unlike else
+        _check(drop, threshold, at_most=True),
         "vs_champion.size_growth": _check(growth, cfg.max_size_growth_vs_champion, at_most=True),
     }
     return GateDecision(passed=all(c.passed for c in checks.values()), checks=checks)
@@ -108,11 +160,6 @@ def decide(ratios: dict, cfg: GateConfig) -> GateDecision:
 
 
 # ---------------------------------------------------------------- causal-lm
-
-def _number(value) -> float:
-    """float(value), NaN for a missing value (None: a measurement the report could not make)."""
-    return math.nan if value is None else float(value)
-
 
 def compare_lm_to_teacher(teacher: dict, final: dict) -> dict:
     """Ratios of two causal-lm report entries, oriented so that above 1 is better for the final model where
@@ -141,13 +188,17 @@ def decide_lm(ratios: dict, cfg: LMGateConfig) -> GateDecision:
 def compare_lm_to_champion(candidate: dict, champion: dict, cfg: LMGateConfig) -> GateDecision:
     """Is the candidate causal LM no worse than the current champion beyond tolerance?
 
-    Both are {"perplexity": test perplexity, "size_bytes": n} of the final model. As in
-    `compare_to_champion`, speed is left out: it is checked against each version's own teacher.
+    Both are {"perplexity": ..., "size_bytes": n, "data_sha256": ..., "split": ...} of the final model; as in
+    `compare_to_champion`, perplexity is compared only when `measured_alike`, and speed is left out: it is
+    checked against each version's own teacher.
     """
+    threshold = cfg.max_perplexity_growth_vs_champion
+    unlike = measured_alike(candidate, champion)
     growth = _ratio(_number(candidate.get("perplexity")), _number(champion.get("perplexity")))
     size_growth = _ratio(_number(candidate.get("size_bytes")), _number(champion.get("size_bytes")))
     checks = {
-        "vs_champion.perplexity_growth": _check(growth, cfg.max_perplexity_growth_vs_champion, at_most=True),
+        "vs_champion.perplexity_growth": _skipped(threshold, unlike) if unlike else
+        _check(growth, threshold, at_most=True),
         "vs_champion.size_growth": _check(size_growth, cfg.max_size_growth_vs_champion, at_most=True),
     }
     return GateDecision(passed=all(c.passed for c in checks.values()), checks=checks)

@@ -10,7 +10,8 @@ in that runtime, on the test split of `data_dir`, with `cfg.threads` intra-op th
 - bleu: sacrebleu corpus BLEU (0..100) of greedy continuations: the first `cfg.prefix_tokens` tokens of up
   to `cfg.bleu_sentences` test sentences longer than that are the prompt, the model adds up to
   `cfg.continuation_tokens` tokens (stopping at eos) and the reference is the rest of the true sentence;
-  bleu_vs_teacher scores the same continuations against the teacher's;
+  bleu_vs_teacher scores the same continuations against the teacher's (absent from the teacher's entry,
+  "-" in the markdown: the teacher against itself is not a measurement);
 - tokens_per_s: median over `cfg.generation_prompts` prompts of greedy generation at batch 1 with the
   KV cache of exactly `cfg.generation_tokens` new tokens (eos is suppressed), after one warm-up run;
 - size_bytes (weight files), params, and peak_rss_mb of a fresh process that loads the model and
@@ -20,6 +21,9 @@ It then compares "final" with "teacher" (`gate.compare_lm_to_teacher`), applies 
 (`gate.decide_lm`), compares "student" with "student_without_teacher" when both are given (the ablation),
 and writes out_dir/compression_report.json and out_dir/compression_report.md, each atomically. The
 report has the classification report's shape with task "causal-lm".
+
+`split_perplexity` measures one decoder's perplexity on one split, nothing else: the register flow uses it
+to re-measure the champion on a candidate's data.
 """
 
 from __future__ import annotations
@@ -179,6 +183,17 @@ def tokens_per_second(model, tokenizer, prompts: list[list[int]], new_tokens: in
     return float(statistics.median(rates))
 
 
+def split_perplexity(model: Path, data_dir: Path, split: str, threads: int, max_length: int) -> float:
+    """Perplexity of an ONNX decoder folder (an export or int8 folder) on one split of `data_dir`, scored as
+    `measure_model` scores it; NaN for a split with nothing to score."""
+    import pandas as pd
+
+    model, data_dir = Path(model), Path(data_dir)
+    texts = [str(t) for t in pd.read_parquet(data_dir / f"{split}.parquet", columns=["text"])["text"]]
+    tokenizer = load_tokenizer(tokenizer_dir(ModelSpec("champion", model, "onnxruntime"), data_dir))
+    return perplexity(load(model, "onnxruntime", threads), tokenizer, texts, max_length)
+
+
 def lm_peak_rss_mb(path: Path, runtime: str, data_dir: Path, cfg: LMEvaluateConfig, max_length: int,
                    tokenizer_dir: Path | None = None, timeout_s: float = 600.0) -> float:
     """Peak resident memory (MB) of a fresh process that loads the decoder and generates
@@ -237,7 +252,8 @@ def measure_model(spec: ModelSpec, cfg: LMEvaluateConfig, data_dir: Path, texts:
     continuations = [tokenizer.decode(c, skip_special_tokens=True).strip() for c in
                      greedy(model, tokenizer, prompts, cfg.continuation_tokens, batch_size=BLEU_BATCH)]
     bleu = corpus_bleu(continuations, references)
-    bleu_vs_teacher = corpus_bleu(continuations, teacher_continuations) if teacher_continuations else 100.0
+    # None for the teacher itself (no teacher continuations yet): it is left out of its entry
+    vs_teacher = None if teacher_continuations is None else corpus_bleu(continuations, teacher_continuations)
     say(f"tokens/s over {cfg.generation_prompts} prompts x {cfg.generation_tokens} tokens")
     speed = tokens_per_second(model, tokenizer, prompts or [[tokenizer.eos_token_id]], cfg.generation_tokens,
                               cfg.generation_prompts)
@@ -246,10 +262,12 @@ def measure_model(spec: ModelSpec, cfg: LMEvaluateConfig, data_dir: Path, texts:
     say(f"peak RSS of a fresh process ({cfg.rss_prompts} prompts)")
     rss = lm_peak_rss_mb(spec.path, spec.runtime, data_dir, cfg, max_length, tokenizer_dir(spec, data_dir))
 
-    entry = {"runtime": runtime, "perplexity": ppl, "bleu": bleu, "bleu_vs_teacher": bleu_vs_teacher,
+    entry = {"runtime": runtime, "perplexity": ppl, "bleu": bleu,
+             **({} if vs_teacher is None else {"bleu_vs_teacher": vs_teacher}),
              "bleu_sentences": len(prompts), "tokens_per_s": speed, "size_bytes": int(size), "params": int(params),
              "peak_rss_mb": rss}
-    say(f"{runtime}, perplexity {ppl:.2f}, BLEU {bleu:.2f} ({bleu_vs_teacher:.2f} vs teacher), "
+    compared = "" if vs_teacher is None else f" ({fmt(vs_teacher, '.2f')} vs teacher)"
+    say(f"{runtime}, perplexity {ppl:.2f}, BLEU {bleu:.2f}{compared}, "
         f"{speed:.1f} tokens/s, {size / 1e6:.1f} MB, peak RSS {rss:.0f} MB")
     return entry, continuations
 
@@ -266,7 +284,8 @@ def render_markdown(report: dict) -> str:
              "| peak RSS (MB) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in report["models"].items():
         lines.append(f"| {name} | {m['runtime']} | {fmt(m['perplexity'], '.2f')} | {fmt(m['bleu'], '.2f')} "
-                     f"| {fmt(m['bleu_vs_teacher'], '.2f')} | {fmt(m['tokens_per_s'], '.1f')} "
+                     f"| {fmt(m['bleu_vs_teacher'], '.2f') if 'bleu_vs_teacher' in m else '-'} "
+                     f"| {fmt(m['tokens_per_s'], '.1f')} "
                      f"| {m['size_bytes'] / 1e6:.2f} | {m['params']:,} | {fmt(m['peak_rss_mb'], '.0f')} |")
     r = report["final_vs_teacher"]
     lines += ["", "## final vs teacher", "",

@@ -6,7 +6,8 @@ it). `build(candidate, ...)` runs the real chain for one candidate: distill, pru
 quantize, each the pipeline's own component at the search's training budget (`search.epochs`), reusing
 the intermediate models an earlier candidate already built. `measure(...)` scores a model on the
 validation split (the selection split: accuracy and batch-1 p50 latency) and the test split (reported
-only), and its size.
+only, and the figure a registered choice carries for the champion check), and its size; an empty split's
+accuracy is None, never 0.
 
 The decision is pure: `pareto_front` keeps the candidates no other candidate beats on validation
 accuracy, latency and size at once; `choose` picks, among the candidates within
@@ -129,6 +130,11 @@ def save_plot(rows: list[dict], front: list[str], chosen: str | None, teacher: d
     fig.savefig(path, format="png", dpi=120)
 
 
+def shown(accuracy: float | None) -> str:
+    """An accuracy to 4 places, or n/a when it was not measured."""
+    return "n/a" if accuracy is None else f"{accuracy:.4f}"
+
+
 def render_markdown(result: dict) -> str:
     lines = ["# Compression search", "",
              f"Teacher: validation accuracy {result['teacher']['val_accuracy']:.4f}, batch-1 p50 "
@@ -141,7 +147,7 @@ def render_markdown(result: dict) -> str:
         if "error" in r:
             lines.append(f"| {r['name']} | failed: {r['error'][:80]} | | | | | | | |")
             continue
-        lines.append(f"| {r['name']} | {r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} "
+        lines.append(f"| {r['name']} | {shown(r['val_accuracy'])} | {shown(r['test_accuracy'])} "
                      f"| {r['accuracy_drop_points']:+.2f} | {r['latency_ms']:.2f} | {r['size_bytes'] / 1e6:.1f} "
                      f"| {r['speedup_batch1']:.1f}x | {r['size_ratio']:.1f}x | {'yes' if r['name'] in result['front'] else ''} |")
     if result["skipped"]:
@@ -164,11 +170,14 @@ def measure(path: Path, runtime: str, prepared: Path, threads: int, calls: int, 
     labels = json.loads((folder / "labels.json").read_text())
     runner = benchmark.load_runner(path, runtime, threads)
     out = {}
-    for split in ("validation", "test"):
+    for split, key in (("validation", "val_accuracy"), ("test", "test_accuracy")):
         frame = read_split(prepared, split)
+        out[key] = None  # no rows: not measurable
+        if frame.empty:
+            continue
         data = encode(tokenizer, frame["text"].tolist(), frame["label"].tolist(), labels, max_length)
         predicted = benchmark.runner_logits(runner, data.input_ids, pad_id).argmax(-1)
-        out[f"{'val' if split == 'validation' else split}_accuracy"] = float((predicted == data.labels).mean())
+        out[key] = float((predicted == data.labels).mean())
         if split == "validation":
             times = benchmark.time_calls(runner, benchmark.batched_inputs(data.input_ids, pad_id, 1)[:calls],
                                          warmup=min(20, calls), calls=calls)

@@ -5,6 +5,18 @@ the current champion; `components.promotion` replays the alias history. This mod
 tags the version and moves aliases: `champion` when every check passes, `challenger` otherwise (the
 champion stays where it was).
 
+Each version records where its figures come from: `data_sha256` (the data), `metrics_split` (the split of
+its `final.*` figures) and `ratios_split` (the split of its `final_vs_teacher.*` ratios: test for a
+pipeline run, validation for a search choice). The champion check compares like with like: when the
+champion's figure comes from other data or another split, and the workspace holds the candidate's data,
+the champion's registered model is re-measured on the candidate's split (`remeasure_champion`: its ONNX
+bundle on that parquet split, seconds); otherwise that check is skipped with the reason as its note.
+
+Every registered version also carries its edge bundle (`components.bundle.package` of the model folder) as
+the run's `edge_bundle/` artifact, and that bundle's manifest sha256 as the version tag
+`bundle.manifest_sha256`: `miniaturize serve-model models:/...` serves that bundle only when its manifest
+still has that sha256.
+
 Every alias move is recorded twice: as tags on the version (`alias.<alias>.set_at|reason|by|forced`) and
 as one JSON event in the history run (`alias_history/` artifacts of the run `alias-history-<model>` in
 the experiment `miniaturize-registry`), which `rollback` replays.
@@ -32,10 +44,17 @@ PIP_REQUIREMENTS = ["onnx", "onnxruntime", "numpy"]
 HISTORY = "alias_history"
 REGISTRY_EXPERIMENT = "miniaturize-registry"
 QUALITY = ("accuracy", "perplexity")  # what the champion check compares, by task
+EDGE_BUNDLE = "edge_bundle"  # the run artifact holding a version's edge bundle
+MANIFEST_TAG = "bundle.manifest_sha256"  # the version tag pinning that bundle's manifest.json
+METRICS_SPLIT = "test"  # the split of a pipeline version's final.* figures and ratios
 
 
 class GateRejected(RuntimeError):
     """A manual promotion the gate refused; the message lists the failed checks."""
+
+
+class BundleNotRegistered(LookupError):
+    """A registered version without an edge bundle pinned by its `bundle.manifest_sha256` tag."""
 
 
 def git_commit(root: Path) -> str:
@@ -54,7 +73,8 @@ def alias_for(gate_passed: bool) -> str:
 def version_tags(p: Params, ws: Workspace, report: dict, parent_run_id: str | None) -> dict[str, str]:
     verdict = report["gate"]
     final = report["models"]["final"]
-    quality = {key: f"{final[key]:.6g}" for key in QUALITY if key in final}
+    # a figure not measured (None) gets no tag: the champion check then reads None and fails, not 0
+    quality = {key: f"{final[key]:.6g}" for key in QUALITY if final.get(key) is not None}
     return {
         "git_commit": git_commit(ws.root),
         "data_sha256": report["dataset"]["sha256"],
@@ -63,9 +83,11 @@ def version_tags(p: Params, ws: Workspace, report: dict, parent_run_id: str | No
         "gate_passed": str(verdict["passed"]).lower(),
         "gate_failed_checks": ",".join(k for k, c in verdict["checks"].items() if not c["passed"]),
         "task": report["task"],
+        "metrics_split": METRICS_SPLIT,
+        "ratios_split": report.get("split", METRICS_SPLIT),
         **{f"final.{key}": value for key, value in quality.items()},
         "final.size_bytes": str(int(final["size_bytes"])),
-        **{f"final_vs_teacher.{k}": f"{v:.6g}" for k, v in report["final_vs_teacher"].items()},
+        **{f"final_vs_teacher.{k}": f"{v:.6g}" for k, v in report["final_vs_teacher"].items() if v is not None},
     }
 
 
@@ -89,7 +111,8 @@ def lineage_tags(client, parent_run_id: str) -> dict[str, str]:
 
 def log_version(p: Params, run_id: str, model_dir: Path, report: Path, tags: dict[str, str]) -> str:
     """Log the ONNX model of model_dir under the MLflow run as a new registered version, with its folder
-    (tokenizer, labels) as the `bundle` artifact, the report and the tags; returns the version."""
+    (tokenizer, labels) as the `bundle` artifact, the report, the tags and its edge bundle; returns the
+    version."""
     import mlflow
     import onnx
 
@@ -104,7 +127,43 @@ def log_version(p: Params, run_id: str, model_dir: Path, report: Path, tags: dic
     client = mlflow.MlflowClient()  # the tracking URI the caller set
     for key, value in tags.items():
         client.set_model_version_tag(p.register_.model_name, version, key, value)
+    log_edge_bundle(p, client, run_id, version, model_dir, report, tags)
     return version
+
+
+def log_edge_bundle(p: Params, client, run_id: str, version: str, model_dir: Path, report: Path,
+                    tags: dict[str, str]) -> str | None:
+    """Package model_dir as the edge bundle of `version`, log it as the run's `edge_bundle` artifact and tag
+    the version with its manifest's sha256; returns that sha256. A folder that cannot be packaged (no
+    tokenizer or labels) gets neither, and `serve-model models:/...` then refuses the version."""
+    from components import bundle
+
+    name = p.register_.model_name
+    source = {"model_uri": f"models:/{name}/{version}", "name": name, "version": version, "run_id": run_id,
+              "git_commit": tags.get("git_commit", ""), "data_sha256": tags.get("data_sha256", "")}
+    metrics = bundle_metrics(tags, json.loads(report.read_text()))
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            out = bundle.package(model_dir, Path(tmp) / "edge", source, metrics, p.teacher.max_length)
+        except bundle.BundleSourceError:
+            return None
+        client.log_artifacts(run_id, str(out), EDGE_BUNDLE)
+        digest = bundle.manifest_sha256(out)
+    client.set_model_version_tag(name, version, MANIFEST_TAG, digest)
+    return digest
+
+
+def bundle_metrics(tags: dict[str, str], report: dict) -> dict:
+    """The figures a bundle's manifest carries: the version's ratios to its teacher (its tags) and its final
+    model's quality, size and latency (its report), as far as they are recorded."""
+    metrics = {k: float(v) for k, v in tags.items() if k.startswith("final_vs_teacher.")}
+    final = report.get("models", {}).get("final") or {}
+    if report.get("task") == "causal-lm":
+        return metrics | {k: final[k] for k in ("perplexity", "bleu", "tokens_per_s", "size_bytes") if k in final}
+    metrics |= {k: final[k] for k in ("accuracy", "size_bytes") if k in final}
+    if "batch1_p50" in final.get("latency_ms", {}):
+        metrics["batch1_p50_ms"] = final["latency_ms"]["batch1_p50"]
+    return metrics
 
 
 def champion_version(client, name: str):
@@ -117,36 +176,91 @@ def champion_version(client, name: str):
         return None
 
 
+def quality_key(task: str) -> str:
+    return QUALITY[0] if task != "causal-lm" else QUALITY[1]
+
+
 def version_metrics(client, name: str, version, task: str) -> dict:
-    """The quality measure of the task ("accuracy" or "perplexity") and "size_bytes" of a version's final
-    model: from its tags, else from its report."""
-    key = QUALITY[0] if task != "causal-lm" else QUALITY[1]
+    """The quality measure of the task ("accuracy" or "perplexity"), "size_bytes" of a version's final
+    model and where the quality figure comes from ("data_sha256", "split"): from its tags, else from its
+    report. A pipeline version from before the `metrics_split` tag measured on the test split; any other
+    version without it, on a split unknown (None)."""
+    key = quality_key(task)
     tags = version.tags
     if f"final.{key}" in tags and "final.size_bytes" in tags:
-        return {key: float(tags[f"final.{key}"]), "size_bytes": float(tags["final.size_bytes"])}
+        legacy = METRICS_SPLIT if tags.get("source", "pipeline") == "pipeline" else None
+        return {key: float(tags[f"final.{key}"]), "size_bytes": float(tags["final.size_bytes"]),
+                "data_sha256": tags.get("data_sha256") or None, "split": tags.get("metrics_split", legacy)}
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(version.run_id, "report/compression_report.json", tmp)
-        final = json.loads(Path(path).read_text())["models"]["final"]
-    return {key: float(final[key]), "size_bytes": float(final["size_bytes"])}
+        report = json.loads(Path(path).read_text())
+    final = report["models"]["final"]
+    return {key: None if final.get(key) is None else float(final[key]), "size_bytes": float(final["size_bytes"]),
+            "data_sha256": report.get("dataset", {}).get("sha256") or None, "split": METRICS_SPLIT}
 
 
-def judge(p: Params, client, version, ratios: dict) -> gate.GateDecision:
+def workspace_data_sha256(p: Params, ws: Workspace) -> str | None:
+    """The sha256 of the workspace's prepared data, as its reports record it; None when there is none."""
+    if not (ws.prepared / "test.parquet").is_file():
+        return None
+    if p.task == "causal-lm":
+        from components.lm_evaluate import dataset_card
+
+        return dataset_card(ws.prepared)["sha256"]
+    card = ws.prepared / "data_card.json"
+    if not card.is_file():
+        return None
+    return json.loads(card.read_text()).get("sha256") or None
+
+
+def remeasure_champion(p: Params, ws: Workspace, client, champion, candidate: dict) -> dict:
+    """The champion's quality figure measured on the candidate's split of the workspace data, from its
+    registered bundle; {} (and a printed reason) when that fails, so the check is skipped, not crashed."""
+    key, split = quality_key(p.task), candidate["split"]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            bundle = Path(client.download_artifacts(champion.run_id, "bundle", tmp))
+            if p.task == "causal-lm":
+                from components.lm_evaluate import split_perplexity
+
+                value = split_perplexity(bundle, ws.prepared, split, p.lm.evaluate.threads, p.lm.teacher.max_length)
+            else:
+                from components.evaluate import split_accuracy
+
+                value = split_accuracy(bundle, ws.prepared, split, p.evaluate.threads, p.teacher.max_length)
+    except Exception as err:  # noqa: BLE001 - an unreadable champion must not stop a registration
+        print(f"[register] champion version {champion.version} could not be re-measured on the {split} split: "
+              f"{type(err).__name__}: {err}", flush=True)
+        return {}
+    print(f"[register] champion version {champion.version} re-measured on the candidate's {split} split: "
+          f"{key} {value}", flush=True)
+    return {key: value, "data_sha256": candidate["data_sha256"], "split": split}
+
+
+def judge(p: Params, ws: Workspace, client, version, ratios: dict) -> gate.GateDecision:
     """The gate against the teacher, and against the current champion when there is one (and it is another
-    version), with the checks of the task (`register.gate` for classification, `lm.gate` for causal-lm)."""
+    version), with the checks of the task (`register.gate` for classification, `lm.gate` for causal-lm).
+    The champion's quality figure is re-measured when it is not like the candidate's (see the module)."""
     name = p.register_.model_name
     lm = p.task == "causal-lm"
     decision = gate.decide_lm(ratios, p.lm.gate) if lm else gate.decide(ratios, p.register_.gate)
     champion = champion_version(client, name)
     if champion is not None and str(champion.version) != str(version.version):
         candidate, current = (version_metrics(client, name, v, p.task) for v in (version, champion))
+        if gate.should_remeasure(candidate, current, workspace_data_sha256(p, ws)):
+            current |= remeasure_champion(p, ws, client, champion, candidate)
         decision = gate.combine(decision, gate.compare_lm_to_champion(candidate, current, p.lm.gate) if lm
                                 else gate.compare_to_champion(candidate, current, p.register_.gate))
     return decision
 
 
 def describe(decision: gate.GateDecision) -> str:
-    return "; ".join(f"{k}: {decision.checks[k].value:.4g} vs threshold {decision.checks[k].threshold:.4g}"
-                     for k in decision.failed())
+    """The failed checks, each with its value and threshold, or its note when it has no value."""
+    def one(name: str) -> str:
+        c = decision.checks[name]
+        return f"{name}: {c.note}" if c.note else f"{name}: {c.value:.4g} vs threshold {c.threshold:.4g}"
+
+    return "; ".join(one(k) for k in decision.failed())
 
 
 def register(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
@@ -164,7 +278,7 @@ def register(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
     tags = version_tags(p, ws, report, parent) | (lineage_tags(client, parent) if parent else {})
     version = log_version(p, run_id, ws.final, ws.report, tags)
     name = p.register_.model_name
-    decision = judge(p, client, client.get_model_version(name, version), report["final_vs_teacher"])
+    decision = judge(p, ws, client, client.get_model_version(name, version), report["final_vs_teacher"])
     failed = decision.failed()
     alias = alias_for(decision.passed)
     move_alias(client, ws.root, name, version, alias, by="pipeline",
@@ -240,7 +354,7 @@ def promote(p: Params, ws: Workspace, version: str, force: bool = False, reason:
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(client.download_artifacts(found.run_id, "report/compression_report.json", tmp))
         report = json.loads(local.read_text())
-    decision = judge(p, client, found, report["final_vs_teacher"])
+    decision = judge(p, ws, client, found, report["final_vs_teacher"])
     failed = decision.failed()
     if failed and not force:
         raise GateRejected(f"version {version} of {name} fails the gate ({describe(decision)}); champion unchanged")
@@ -287,6 +401,16 @@ def lineage(p: Params, ws: Workspace, version: str) -> dict:
             "aliases_now": list(found.aliases), "stages": stages, "alias_history": aliases}
 
 
+def find_version(client, model: str):
+    """(name, version) of models:/NAME@ALIAS or models:/NAME/VERSION."""
+    ref = model.removeprefix("models:/")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return name, client.get_model_version_by_alias(name, alias)
+    name, number = ref.rsplit("/", 1)
+    return name, client.get_model_version(name, number)
+
+
 def bundle_source(p: Params, ws: Workspace, model: str | None, download_to: Path) -> tuple[Path, dict, dict]:
     """(model folder, source, metrics) for `miniaturize package`: a registered version given as
     models:/NAME@ALIAS or models:/NAME/VERSION (default: the champion), downloaded from MLflow, or a
@@ -300,26 +424,31 @@ def bundle_source(p: Params, ws: Workspace, model: str | None, download_to: Path
             raise FileNotFoundError(f"{model} is neither a models:/ URI nor a model folder")
         return path, {"path": str(path.resolve())}, {}
     client = make_client(ws.root)
-    ref = model.removeprefix("models:/")
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        version = client.get_model_version_by_alias(name, alias)
-    else:
-        name, number = ref.rsplit("/", 1)
-        version = client.get_model_version(name, number)
+    name, version = find_version(client, model)
     folder = Path(client.download_artifacts(version.run_id, "bundle", str(download_to)))
-    metrics = {k: float(v) for k, v in version.tags.items() if k.startswith("final_vs_teacher.")}
     try:
         report = json.loads(Path(client.download_artifacts(version.run_id, "report/compression_report.json",
                                                            str(download_to))).read_text())
-        final = report.get("models", {}).get("final")
-        if final and report.get("task") == "causal-lm":
-            metrics |= {k: final[k] for k in ("perplexity", "bleu", "tokens_per_s", "size_bytes")}
-        elif final:
-            metrics |= {"accuracy": final["accuracy"], "size_bytes": final["size_bytes"],
-                        "batch1_p50_ms": final["latency_ms"]["batch1_p50"]}
     except Exception:  # noqa: BLE001 - a version without a report still packages; its tags carry the ratios
-        pass
+        report = {}
+    metrics = bundle_metrics(version.tags, report)
     source = {"model_uri": model, "name": name, "version": str(version.version), "run_id": version.run_id,
               "git_commit": version.tags.get("git_commit", ""), "data_sha256": version.tags.get("data_sha256", "")}
     return folder, source, metrics
+
+
+def registered_bundle(ws: Workspace, model: str, download_to: Path) -> tuple[Path, str]:
+    """(edge bundle folder, manifest sha256 to expect) of a registered version, models:/NAME@ALIAS or
+    models:/NAME/VERSION: the bundle logged at registration, downloaded, and its `bundle.manifest_sha256`
+    tag. BundleNotRegistered for a version registered without one."""
+    from flows.tracking import client as make_client
+
+    client = make_client(ws.root)
+    name, version = find_version(client, model)
+    expected = version.tags.get(MANIFEST_TAG)
+    if not expected:
+        raise BundleNotRegistered(f"{model} (version {version.version} of {name}) has no {MANIFEST_TAG} tag: it "
+                                  "was registered without an edge bundle; package it and pin the manifest sha256 "
+                                  "that `miniaturize package` prints")
+    folder = Path(client.download_artifacts(version.run_id, EDGE_BUNDLE, str(download_to)))
+    return folder, expected

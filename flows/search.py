@@ -69,8 +69,10 @@ def try_candidate(candidate: component.Candidate, ctx: RunContext, index: int, t
         row["model_dir"] = str(final)
         row |= component.measure(final, "onnxruntime", ws.prepared, p.evaluate.threads, p.search.latency_calls,
                                  p.teacher.max_length)
-        tracker.log_metrics({k: float(row[k]) for k in ("val_accuracy", "test_accuracy", "latency_ms", "size_bytes")})
-        print(f"[search]   {candidate.name}: val acc {row['val_accuracy']:.4f}, batch-1 p50 {row['latency_ms']:.2f} ms, "
+        tracker.log_metrics({k: float(row[k]) for k in ("val_accuracy", "test_accuracy", "latency_ms", "size_bytes")
+                             if row[k] is not None})
+        print(f"[search]   {candidate.name}: val acc {component.shown(row['val_accuracy'])}, "
+              f"batch-1 p50 {row['latency_ms']:.2f} ms, "
               f"{row['size_bytes'] / 1e6:.1f} MB ({row['shipped']})", flush=True)
         ok = True
     except Exception as err:  # noqa: BLE001 - one failed candidate must not end the search
@@ -104,14 +106,17 @@ def register_choice(p: Params, ws: Workspace, ctx: RunContext, row: dict, report
     tags = {"git_commit": registry.git_commit(ws.root), "params_hash": section_hash(p.as_dict()),
             "parent_run_id": ctx.parent_run_id, "source": "search", "search_candidate": row["name"],
             "within_tolerance": str(within).lower(),
-            # the same test-split figures a pipeline version carries, so the champion check compares like
-            # with like
-            "final.accuracy": f"{row['test_accuracy']:.6g}", "final.size_bytes": str(int(row["size_bytes"])),
+            # final.* are test-split figures, like a pipeline version's, so the champion check compares like
+            # with like; the ratios against the teacher come from the validation split the search selects on
+            "data_sha256": registry.workspace_data_sha256(p, ws) or "", "metrics_split": "test",
+            "ratios_split": report["split"],
+            **({"final.accuracy": f"{row['test_accuracy']:.6g}"} if row["test_accuracy"] is not None else {}),
+            "final.size_bytes": str(int(row["size_bytes"])),
             **{f"final_vs_teacher.{k}": f"{v:.6g}" for k, v in report["final_vs_teacher"].items()}}
     version = registry.log_version(p, row["run_id"], Path(row["model_dir"]), report_path, tags)
     client = tracking.client(ws.root)
     name = p.register_.model_name
-    decision = registry.judge(p, client, client.get_model_version(name, version), report["final_vs_teacher"])
+    decision = registry.judge(p, ws, client, client.get_model_version(name, version), report["final_vs_teacher"])
     failed = decision.failed()
     for key, value in {"gate_passed": str(decision.passed).lower(), "gate_failed_checks": ",".join(failed)}.items():
         client.set_model_version_tag(name, version, key, value)

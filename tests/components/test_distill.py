@@ -68,6 +68,7 @@ def test_distill_adds_the_transfer_set_with_teacher_logits(tiny_model_dir, tiny_
 
 
 def test_ablation_trains_the_same_student_without_the_teacher(tiny_teacher_dir, tiny_prepared, tmp_path):
+    """No transfer set: the stage's student is the distilled-on-train one, so one more student suffices."""
     import json
 
     from components.evaluate import distillation_ablation
@@ -75,10 +76,74 @@ def test_ablation_trains_the_same_student_without_the_teacher(tiny_teacher_dir, 
     cfg = DistillConfig(layers=[0], epochs=1, batch_size=8, max_length=32, ablation=True)
     result = distill.run(cfg, tiny_teacher_dir, tiny_prepared, tmp_path, NullTracker(), seed=0)
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert 0.0 <= saved["ablation_test_accuracy"] <= 1.0 and "ablation_test_accuracy" in result.metrics
+    assert 0.0 <= saved["ablation.labels_only.test_accuracy"] <= 1.0
+    assert "ablation.labels_only.test_accuracy" in result.metrics and saved["transfer_rows"] == 0
+    assert not any(key.startswith("ablation.kd_train_only.") for key in saved)
     ablation = distillation_ablation(tmp_path)
-    assert ablation["distillation_gain_points"] == pytest.approx(
-        100 * (saved["test_accuracy"] - saved["ablation_test_accuracy"]))
+    assert ablation["kd_train_only"] == saved["test_accuracy"] and ablation["kd_with_transfer"] is None
+    assert ablation["kd_gain_points"] == pytest.approx(
+        100 * (saved["test_accuracy"] - saved["ablation.labels_only.test_accuracy"]))
+
+
+@pytest.fixture(scope="module")
+def transfer_teacher(tiny_model_dir, tiny_prepared, tmp_path_factory):
+    """tiny_prepared plus a 10-sentence transfer set, and a teacher fine-tuned on it (with its soft targets)."""
+    import shutil
+
+    import pandas as pd
+
+    from components import finetune
+    from components.config import TeacherConfig
+    from tests.conftest import make_frame
+
+    root = tmp_path_factory.mktemp("transfer")
+    prepared = root / "prepared"
+    shutil.copytree(tiny_prepared, prepared)
+    pd.DataFrame({"text": make_frame(5, 500)["text"]}).to_parquet(prepared / "transfer.parquet", index=False)
+    finetune.run(TeacherConfig(model=str(tiny_model_dir), epochs=1, batch_size=8, max_length=32), prepared,
+                 root / "teacher", NullTracker(), seed=0)
+    return root / "teacher", prepared
+
+
+def test_ablation_with_a_transfer_set_trains_three_students(transfer_teacher, tmp_path):
+    """Labels only, distilled on the train split, distilled on train + transfer (the stage's own): each
+    factor's gain is measured on its own, not both at once."""
+    import json
+
+    from components.evaluate import distillation_ablation
+
+    class Recording(NullTracker):
+        def __init__(self):
+            self.metrics = {}
+
+        def log_metrics(self, metrics, step=None):
+            self.metrics.update(metrics)
+
+    teacher, prepared = transfer_teacher
+    tracker = Recording()
+    cfg = DistillConfig(layers=[0], epochs=1, batch_size=8, max_length=32, ablation=True)
+    distill.run(cfg, teacher, prepared, tmp_path, tracker, seed=0)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["transfer_rows"] == 10
+    for student in ("labels_only", "kd_train_only"):
+        assert 0.0 <= saved[f"ablation.{student}.test_accuracy"] <= 1.0
+        assert any(key.startswith(f"ablation.{student}.") for key in tracker.metrics), student
+    ablation = distillation_ablation(tmp_path)
+    assert ablation["kd_with_transfer"] == saved["test_accuracy"]
+    assert ablation["kd_train_only"] == saved["ablation.kd_train_only.test_accuracy"]
+    assert ablation["transfer_gain_points"] == pytest.approx(
+        100 * (saved["test_accuracy"] - saved["ablation.kd_train_only.test_accuracy"]))
+
+
+def test_a_split_without_rows_has_no_accuracy(tiny_model_dir):
+    """An accuracy of nothing is None, never 0."""
+    import numpy as np
+
+    from components.modeling import Encoded
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    assert distill.accuracy_if_any(model, Encoded([], np.zeros(0, dtype=np.int64)), pad_id=0) is None
+    assert 0.0 <= distill.accuracy_if_any(model, Encoded([[101, 102]], np.array([1])), pad_id=0) <= 1.0
 
 
 def test_feature_transfer_matches_span_ends_and_keeps_the_teacher_frozen(tiny_teacher_dir):

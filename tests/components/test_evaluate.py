@@ -101,7 +101,7 @@ def test_report_schema(evaluated, tiny_prepared):
     assert isinstance(report["gate"]["passed"], bool)
     assert set(report["gate"]["checks"]) == {"accuracy_drop_points", "size_ratio", "speedup_batch1_p50"}
     for check in report["gate"]["checks"].values():
-        assert set(check) == {"value", "threshold", "passed"}
+        assert set(check) == {"value", "threshold", "passed", "note"}
         assert isinstance(check["value"], float) and isinstance(check["threshold"], float)
         assert isinstance(check["passed"], bool)
 
@@ -174,7 +174,6 @@ def test_requires_teacher_and_final(tiny_model_dir, tiny_prepared, tmp_path):
 
 def test_pure_helpers():
     assert evaluate.agreement(np.array(["a", "b", "a"]), np.array(["a", "a", "a"])) == pytest.approx(2 / 3)
-    assert evaluate.agreement(np.array([]), np.array([])) == 1.0
     scores = evaluate.classification_scores(np.array([0, 0, 0, 0]), np.array([0, 0, 1, 1]), n_labels=2)
     assert scores["accuracy"] == 0.5 and scores["f1_macro"] == pytest.approx((2 / 3 + 0) / 2)
     assert evaluate.json_safe({"a": [1.0, math.nan], "b": {"c": math.inf}, "d": "x"}) == \
@@ -192,3 +191,91 @@ def test_write_atomic_leaves_nothing_behind_on_failure(tmp_path):
     with pytest.raises(RuntimeError):
         evaluate.write_atomic(target, broken)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+# ---------------------------------------------------------------- figures that cannot be measured
+
+def entry(accuracy, agreement=1.0, scale=1.0) -> dict:
+    return {"runtime": "onnxruntime fp32", "accuracy": accuracy, "f1_macro": accuracy,
+            "size_bytes": int(scale * 1_000_000), "params": 1000,
+            "latency_ms": {"batch1_p50": scale, "batch1_p95": 1.5 * scale, "batch32_p50": 10.0 * scale},
+            "peak_rss_mb": 100.0, "agreement_with_teacher": agreement}
+
+
+def test_an_empty_split_is_not_available_never_a_number(tmp_path):
+    """No rows: accuracy, F1 and agreement are None (null in the JSON, n/a in the markdown), and the gate
+    check that needs them fails with a note instead of crashing or passing on a 0."""
+    empty = np.array([], dtype=np.int64)
+    assert evaluate.classification_scores(empty, empty, n_labels=2) == {"accuracy": None, "f1_macro": None}
+    assert evaluate.agreement(np.array([]), np.array([])) is None
+
+    entries = {"teacher": entry(0.9, scale=10.0), "final": entry(None, None)}  # 10x smaller and faster
+    ratios = compare_to_teacher(entries["teacher"], entries["final"])
+    decision = decide(ratios, GateConfig())
+    card = {"source": "fixture", "sha256": "0" * 64, "rows": {"test": 0}}
+    report = evaluate.build_report(card, entries, decision, {"cpu": "cpu", "threads": 1})
+    text = json.dumps(evaluate.json_safe(report), allow_nan=False)
+    assert json.loads(text)["models"]["final"]["accuracy"] is None
+    assert json.loads(text)["final_vs_teacher"]["accuracy_drop_points"] is None
+    assert decision.failed() == ["accuracy_drop_points"]
+    assert report["gate"]["checks"]["accuracy_drop_points"]["note"].startswith("not available")
+    markdown = evaluate.render_markdown(report)
+    final_row = next(line for line in markdown.splitlines() if line.startswith("| final |"))
+    assert final_row.split("|")[3].strip() == "n/a" and final_row.split("|")[5].strip() == "n/a"
+    assert "| accuracy_drop_points | n/a | 2.000 | FAIL | not available" in markdown
+    logged = evaluate.metrics_to_log(report)
+    assert "final.accuracy" not in logged and "teacher.accuracy" in logged
+    evaluate.save_plot(report, tmp_path / "plot.png")  # the unmeasured model is left off the plot
+
+
+def test_a_skipped_check_shows_as_skipped_with_its_reason():
+    from components.gate import compare_to_champion
+
+    decision = compare_to_champion({"accuracy": 0.8, "size_bytes": 1.0, "data_sha256": "a", "split": "test"},
+                                   {"accuracy": 0.9, "size_bytes": 1.0, "data_sha256": "b", "split": "test"},
+                                   GateConfig())
+    lines = evaluate.gate_lines(decision.as_dict())
+    assert "| vs_champion.accuracy_drop_points | n/a | 0.500 | skipped | champion measured on other data: " \
+           "not compared |" in lines
+
+
+def test_split_accuracy_scores_an_onnx_folder_as_the_report_does(evaluated, tiny_onnx_dirs, tiny_prepared):
+    """How the gate re-measures a champion on a candidate's data: the same figure the evaluate stage gives."""
+    report = strict_json(evaluated[1] / "compression_report.json")
+    measured = evaluate.split_accuracy(tiny_onnx_dirs["fp32"], tiny_prepared, "test", threads=1, max_length=32)
+    assert measured == report["models"]["final"]["accuracy"]
+
+
+# ---------------------------------------------------------------- the distillation ablation
+
+def write_metrics(folder: Path, metrics: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def test_the_ablation_separates_distillation_from_the_transfer_set(tmp_path):
+    """Three students: labels only, distilled on the train split, distilled on train + transfer set; each
+    gain is measured against the student that differs by that one factor."""
+    folder = write_metrics(tmp_path / "student", {
+        "test_accuracy": 0.90, "transfer_rows": 13485, "ablation.labels_only.test_accuracy": 0.86,
+        "ablation.kd_train_only.test_accuracy": 0.88})
+    ablation = evaluate.distillation_ablation(folder)
+    assert ablation["labels_only"] == 0.86 and ablation["kd_train_only"] == 0.88
+    assert ablation["kd_with_transfer"] == 0.90 and ablation["transfer_rows"] == 13485
+    assert ablation["kd_gain_points"] == pytest.approx(2.0)
+    assert ablation["transfer_gain_points"] == pytest.approx(2.0)
+    lines = evaluate.ablation_lines(ablation)
+    assert "| labels only (no teacher) | 0.8600 | - |" in lines
+    assert "| distilled, train split | 0.8800 | +2.00 |" in lines
+    assert "| distilled, train split + transfer set (13,485 sentences) | 0.9000 | +2.00 |" in lines
+
+
+def test_without_a_transfer_set_the_student_is_the_kd_train_only_one(tmp_path):
+    folder = write_metrics(tmp_path / "student", {"test_accuracy": 0.88, "transfer_rows": 0,
+                                                  "ablation.labels_only.test_accuracy": 0.86})
+    ablation = evaluate.distillation_ablation(folder)
+    assert ablation["kd_train_only"] == 0.88 and ablation["kd_with_transfer"] is None
+    assert ablation["transfer_gain_points"] is None and ablation["kd_gain_points"] == pytest.approx(2.0)
+    assert not any("transfer set" in line for line in evaluate.ablation_lines(ablation))
+    assert evaluate.distillation_ablation(write_metrics(tmp_path / "plain", {"test_accuracy": 0.88})) is None

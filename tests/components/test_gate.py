@@ -151,9 +151,9 @@ def test_as_dict_shape():
     out = d.as_dict()
     assert out["passed"] is False
     assert set(out["checks"]) == set(CHECKS)
-    assert out["checks"]["accuracy_drop_points"] == {"value": 2.5, "threshold": 2.0, "passed": False}
+    assert out["checks"]["accuracy_drop_points"] == {"value": 2.5, "threshold": 2.0, "passed": False, "note": ""}
     for check in out["checks"].values():
-        assert set(check) == {"value", "threshold", "passed"}
+        assert set(check) == {"value", "threshold", "passed", "note"}
         assert isinstance(check["passed"], bool) and isinstance(check["threshold"], float)
 
 
@@ -172,16 +172,79 @@ def test_end_to_end_from_report_entries():
     assert decide(compare_to_teacher(teacher, slow), CFG).failed() == ["speedup_batch1_p50"]
 
 
+SAME = {"data_sha256": "ab" * 32, "split": "test"}  # where a figure was measured
+
+
 def test_a_candidate_worse_than_the_champion_beyond_tolerance_fails():
     from components.gate import combine, compare_to_champion
 
     cfg = GateConfig(max_drop_vs_champion_points=0.5, max_size_growth_vs_champion=1.1)
-    champion = {"accuracy": 0.88, "size_bytes": 8_000_000}
-    ok = compare_to_champion({"accuracy": 0.876, "size_bytes": 8_500_000}, champion, cfg)
+    champion = {"accuracy": 0.88, "size_bytes": 8_000_000, **SAME}
+    ok = compare_to_champion({"accuracy": 0.876, "size_bytes": 8_500_000, **SAME}, champion, cfg)
     assert ok.passed and ok.checks["vs_champion.accuracy_drop_points"].value == pytest.approx(0.4)
-    worse = compare_to_champion({"accuracy": 0.87, "size_bytes": 9_000_000}, champion, cfg)
+    worse = compare_to_champion({"accuracy": 0.87, "size_bytes": 9_000_000, **SAME}, champion, cfg)
     assert worse.failed() == ["vs_champion.accuracy_drop_points", "vs_champion.size_growth"]
-    missing = compare_to_champion({}, champion, cfg)
+    missing = compare_to_champion(dict(SAME), champion, cfg)
     assert not missing.passed
     both = combine(decide({"size_ratio": 10, "speedup_batch1_p50": 10, "accuracy_drop_points": 0}, GateConfig()), worse)
     assert not both.passed and "size_ratio" in both.checks and "vs_champion.size_growth" in both.failed()
+
+
+# ---------------------------------------------------------------- like with like, and figures not measured
+
+def test_a_champion_measured_on_other_data_or_split_is_not_compared():
+    from components.gate import compare_to_champion
+
+    cfg = GateConfig(max_drop_vs_champion_points=0.5, max_size_growth_vs_champion=1.1)
+    champion = {"accuracy": 0.95, "size_bytes": 8_000_000, **SAME}
+    candidate = {"accuracy": 0.80, "size_bytes": 8_000_000}
+    other_data = compare_to_champion(candidate | SAME | {"data_sha256": "cd" * 32}, champion, cfg)
+    check = other_data.checks["vs_champion.accuracy_drop_points"]
+    assert other_data.passed and check.skipped and check.note == "champion measured on other data: not compared"
+    assert other_data.as_dict()["checks"]["vs_champion.accuracy_drop_points"]["value"] is None
+    other_split = compare_to_champion(candidate | SAME | {"split": "validation"}, champion, cfg)
+    assert other_split.passed and "validation split" in other_split.checks["vs_champion.accuracy_drop_points"].note
+    unknown = compare_to_champion(candidate | SAME, {"accuracy": 0.95, "size_bytes": 8_000_000}, cfg)
+    assert unknown.passed and unknown.checks["vs_champion.accuracy_drop_points"].skipped
+    # size needs no data: still compared; and the same data and split are compared as before
+    larger = compare_to_champion(candidate | SAME | {"data_sha256": "cd" * 32, "size_bytes": 9_000_000}, champion, cfg)
+    assert larger.failed() == ["vs_champion.size_growth"]
+    assert compare_to_champion(candidate | SAME, champion, cfg).failed() == ["vs_champion.accuracy_drop_points"]
+
+
+def test_the_causal_lm_champion_check_follows_the_same_rule():
+    from components.config import LMGateConfig
+    from components.gate import compare_lm_to_champion
+
+    champion = {"perplexity": 20.0, "size_bytes": 10e6, **SAME}
+    candidate = {"perplexity": 40.0, "size_bytes": 10e6}
+    assert compare_lm_to_champion(candidate | SAME, champion, LMGateConfig()).failed() == [
+        "vs_champion.perplexity_growth"]
+    other = compare_lm_to_champion(candidate | SAME | {"data_sha256": "cd" * 32}, champion, LMGateConfig())
+    assert other.passed and other.checks["vs_champion.perplexity_growth"].note.startswith("champion measured on other")
+
+
+def test_the_champion_is_remeasured_only_on_the_candidates_own_data():
+    from components.gate import should_remeasure
+
+    champion = {"accuracy": 0.9, **SAME, "data_sha256": "cd" * 32}
+    assert should_remeasure(SAME, champion, data_at_hand=SAME["data_sha256"])
+    assert not should_remeasure(SAME, champion, data_at_hand="ef" * 32)  # the workspace holds other data
+    assert not should_remeasure(SAME, champion, data_at_hand=None)
+    assert not should_remeasure(SAME, dict(SAME), data_at_hand=SAME["data_sha256"])  # already alike
+    assert not should_remeasure({"data_sha256": SAME["data_sha256"]}, champion, SAME["data_sha256"])  # split unknown
+
+
+def test_a_figure_not_measured_fails_its_check_with_a_note_and_no_crash():
+    ratios = compare_to_teacher(entry(0.9), entry(None, 20_000_000, 2.0))  # an empty test split: accuracy None
+    assert math.isnan(ratios["accuracy_drop_points"])
+    d = decide(ratios, CFG)
+    assert d.failed() == ["accuracy_drop_points"]
+    assert d.checks["accuracy_drop_points"].note.startswith("not available")
+    assert d.as_dict()["checks"]["accuracy_drop_points"]["value"] is None
+    from components.gate import compare_to_champion
+
+    missing = compare_to_champion({"accuracy": None, "size_bytes": 1.0, **SAME},
+                                  {"accuracy": 0.9, "size_bytes": 1.0, **SAME}, GateConfig())
+    assert missing.failed() == ["vs_champion.accuracy_drop_points"]
+    assert not missing.checks["vs_champion.accuracy_drop_points"].skipped

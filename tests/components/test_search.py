@@ -59,3 +59,24 @@ def test_summary_markdown_and_plot(tmp_path):
     assert "**Chosen:** a" in text and "failed: boom" in text and "Not built" in text
     search.save_plot(rows, result["front"], "a", teacher, tmp_path / "pareto.png")
     assert (tmp_path / "pareto.png").stat().st_size > 1000
+
+
+def test_a_candidate_without_test_rows_shows_no_test_accuracy():
+    """An empty test split gives None (n/a), never an accuracy of 0."""
+    teacher = {"val_accuracy": 0.88, "test_accuracy": None, "latency_ms": 10.0, "size_bytes": 90_000_000}
+    rows = [row("a", 0.875, 1.0, 9) | {"test_accuracy": None}]
+    choice = search.choose(rows, teacher["val_accuracy"], 1.0)
+    text = search.render_markdown(search.summary(rows, teacher, choice, SearchConfig(), skipped=[]))
+    assert "| a | 0.8750 | n/a |" in text
+
+
+def test_measure_gives_none_for_an_empty_split(tiny_model_dir, tiny_prepared, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    prepared = tmp_path / "prepared"
+    shutil.copytree(tiny_prepared, prepared)
+    pd.read_parquet(prepared / "test.parquet").iloc[:0].to_parquet(prepared / "test.parquet", index=False)
+    measured = search.measure(tiny_model_dir, "pytorch", prepared, threads=1, calls=3, max_length=32)
+    assert measured["test_accuracy"] is None and 0.0 <= measured["val_accuracy"] <= 1.0

@@ -40,7 +40,8 @@ def test_causal_lm_report_has_the_promised_schema(lm_run):
     assert report["task"] == "causal-lm" and len(report["dataset"]["sha256"]) == 64
     for name in MODELS:
         entry = report["models"][name]
-        assert entry["perplexity"] > 1.0 and 0.0 <= entry["bleu"] <= 100.0 and 0.0 <= entry["bleu_vs_teacher"] <= 100.0
+        assert entry["perplexity"] > 1.0 and 0.0 <= entry["bleu"] <= 100.0
+        assert name == "teacher" or 0.0 <= entry["bleu_vs_teacher"] <= 100.0
         assert entry["tokens_per_s"] > 0 and entry["size_bytes"] > 0 and entry["params"] > 0
         assert entry["peak_rss_mb"] > 0
     teacher, final = report["models"]["teacher"], report["models"]["final"]

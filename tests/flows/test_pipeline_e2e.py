@@ -56,8 +56,8 @@ def test_report_has_the_promised_schema(smoke_run):
     assert {"cpu", "threads", "torch", "onnxruntime"} <= set(report["environment"])
     assert (project / "reports" / "compression_plot.png").stat().st_size > 1000
     ablation = report["ablation"]
-    assert 0.0 <= ablation["student_without_teacher_accuracy"] <= 1.0
-    assert ablation["student_with_teacher_accuracy"] == pytest.approx(report["models"]["student"]["accuracy"], abs=0.01)
+    assert 0.0 <= ablation["labels_only"] <= 1.0 and 0.0 <= ablation["kd_train_only"] <= 1.0
+    assert ablation["kd_with_transfer"] == pytest.approx(report["models"]["student"]["accuracy"], abs=0.01)
     # The smoke profile re-trains the student chain with one more seed: two rows, the run's own seed first.
     seeds = report["seeds"]
     assert [r["seed"] for r in seeds["runs"]] == [13, 14]
