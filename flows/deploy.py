@@ -1,18 +1,30 @@
-"""The pipeline on a schedule: a Prefect deployment served by a long-running local process.
+"""The pipeline on a schedule: a Prefect deployment bound to one workspace.
 
-`miniaturize deploy` (see `flows/cli.py`) builds the deployment and serves it against the Prefect server at
-`PREFECT_API_URL`: the server keeps the cron schedule and creates the runs, this process executes them (no
-work pool or worker needed). Each run reads the params file when it starts, so an edit to params.yaml takes
-effect at the next run without re-deploying. Trigger one now with
-`prefect deployment run miniaturize-scheduled/nightly`.
+A deployment's runs work in the workspace it was deployed for. The project folder, the params file, the
+profile and the `--set` overrides are fixed when deploying and travel inside the flow (`workspace_pipeline`),
+not as run parameters: a run triggered from the UI or the API may only choose `until`, the stage to stop
+after, so whoever can reach the Prefect server cannot point a run at another folder or file.
+
+Two ways to deploy:
+- `miniaturize deploy` (see `flows/cli.py`) builds the deployment and serves it against the Prefect server
+  at `PREFECT_API_URL`: the server keeps the cron schedule and creates the runs, this process executes them
+  with the bound flow it holds (no work pool or worker needed). Trigger one now with
+  `prefect deployment run miniaturize-scheduled/nightly`.
+- `prefect deploy` with `prefect.yaml` registers `scheduled_pipeline` below for the work pools: its workspace
+  is the working directory that the deployment's pull step sets (`/workspace` in the worker image), with
+  params.yaml as written.
+
+Each run reads the params file when it starts, so an edit to params.yaml takes effect at the next run without
+re-deploying.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import Flow, flow, get_run_logger
 
 FLOW_NAME = "miniaturize-scheduled"
 DEFAULT_NAME = "nightly"
@@ -20,26 +32,36 @@ DEFAULT_CRON = "0 2 * * *"  # every night at 02:00
 DEFAULT_TIMEZONE = "UTC"
 
 
-@flow(name=FLOW_NAME, log_prints=False)
-def scheduled_pipeline(root: str, params_file: str = "params.yaml", profile: str | None = None,
-                       overrides: list[str] | None = None, until: str | None = None) -> dict:
+@dataclass(frozen=True)
+class BoundWorkspace:
+    """What a deployment runs on, chosen when deploying and never by a run."""
+
+    root: str = "."  # the project folder; a relative one is taken from the working directory when a run starts
+    params_file: str = "params.yaml"  # relative to root, or absolute
+    profile: str | None = None
+    overrides: tuple[str, ...] = ()
+
+
+def run_in_workspace(workspace: BoundWorkspace, until: str | None = None) -> dict:
     """Load the params, run the pipeline as a subflow (all stages, or up to `until`), record its outputs with
     DVC; return a short summary."""
     from components.config import load_params
     from flows.pipeline import pipeline
     from flows.versioning import commit_outputs, dvc_stages
 
-    overrides = list(overrides or [])
-    params = load_params(Path(root) / params_file, profile, overrides)  # an absolute params_file stays as is
-    outcome = pipeline(params, root=root, run_name=time.strftime("scheduled-%Y%m%d-%H%M%S"), until=until)
+    root = Path(workspace.root).resolve()
+    params_path = root / workspace.params_file  # an absolute params_file stays as is
+    overrides = list(workspace.overrides)
+    params = load_params(params_path, workspace.profile, overrides)
+    outcome = pipeline(params, root=str(root), run_name=time.strftime("scheduled-%Y%m%d-%H%M%S"), until=until)
     # Only a run of params.yaml as written is what dvc.lock describes (the same rule as `miniaturize run`),
     # and only a complete one: after a partial run the later stages' outputs are from an older run.
-    if profile or overrides:
+    if workspace.profile or overrides:
         dvc = "DVC: not recorded (this deployment uses a profile or overrides)"
     elif outcome["registration"] is None:
         dvc = f"DVC: not recorded (the run stopped after {until})"
     else:
-        dvc = commit_outputs(Path(root), dvc_stages(Path(root), Path(root) / params_file, params.task))[1]
+        dvc = commit_outputs(root, dvc_stages(root, params_path, params.task))[1]
     reg = outcome["registration"]
     if reg is None:
         get_run_logger().info("stopped after %s as asked; MLflow run %s in %s", until, outcome["parent_run_id"],
@@ -55,6 +77,22 @@ def scheduled_pipeline(root: str, params_file: str = "params.yaml", profile: str
     return summary
 
 
+def workspace_pipeline(workspace: BoundWorkspace) -> Flow:
+    """The scheduled flow bound to `workspace`. Its only run parameter is `until`; a run given any other
+    parameter (`root`, `params_file`, ...) fails its parameter check before anything runs."""
+
+    @flow(name=FLOW_NAME, log_prints=False)
+    def scheduled_pipeline(until: str | None = None) -> dict:
+        """Run the pipeline in the workspace this deployment was made for: every stage, or up to `until`."""
+        return run_in_workspace(workspace, until)
+
+    return scheduled_pipeline
+
+
+# The work-pool deployments of prefect.yaml: the workspace is the working directory their pull step sets.
+scheduled_pipeline = workspace_pipeline(BoundWorkspace())
+
+
 def schedule(cron: str, timezone: str):
     """A Prefect cron schedule; raises ValueError for a bad cron expression or timezone name."""
     from prefect.client.schemas.schedules import CronSchedule
@@ -66,31 +104,53 @@ def schedule(cron: str, timezone: str):
         raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())) from None
 
 
+@dataclass(frozen=True)
+class ScheduledDeployment:
+    """A deployment ready to serve: the flow bound to its workspace and the options Prefect registers it with
+    (the keyword arguments of `Flow.to_deployment` and `Flow.serve`)."""
+
+    flow: Flow
+    options: dict
+
+    @property
+    def name(self) -> str:
+        return self.options["name"]
+
+    @property
+    def parameters(self) -> dict:
+        return self.options["parameters"]
+
+    def to_deployment(self):
+        """The deployment as the server will record it (schedule, parameters and their schema, entrypoint)."""
+        return self.flow.to_deployment(**self.options)
+
+
 def build_deployment(name: str = DEFAULT_NAME, cron: str = DEFAULT_CRON, timezone: str = DEFAULT_TIMEZONE,
                      root: str | Path = ".", params_file: str | Path = "params.yaml", profile: str | None = None,
-                     overrides: list[str] | None = None, until: str | None = None):
-    """The deployment `<FLOW_NAME>/<name>`: the flow on `cron` in `timezone`, with these run parameters
-    (`params_file` relative to `root`, or absolute)."""
+                     overrides: list[str] | None = None, until: str | None = None) -> ScheduledDeployment:
+    """The deployment `<FLOW_NAME>/<name>`: the flow bound to `root` (`params_file` relative to it, or
+    absolute), `profile` and `overrides`, on `cron` in `timezone`; `until` is the runs' default stop."""
     from prefect.flows import EntrypointType
 
     root, params_file = Path(root).resolve(), Path(params_file)
     if params_file.is_absolute() and params_file.is_relative_to(root):
-        params_file = params_file.relative_to(root)  # shown as plain "params.yaml" in the UI
-    parameters = {"root": str(root), "params_file": str(params_file), "profile": profile,
-                  "overrides": list(overrides or []), "until": until}
+        params_file = params_file.relative_to(root)  # shown as plain "params.yaml" in the description
+    workspace = BoundWorkspace(str(root), str(params_file), profile, tuple(overrides or ()))
     where = f"{root / params_file}" + (f", profile {profile}" if profile else "") + \
         (f", --set {' '.join(overrides)}" if overrides else "") + (f", up to {until}" if until else "")
-    return scheduled_pipeline.to_deployment(
-        name=name, schedule=schedule(cron, timezone), parameters=parameters, tags=["miniaturize", "scheduled"],
-        description=f"The miniaturize pipeline on {where}; params are read when each run starts.",
-        # Runs import the flow from the installed package, whichever directory `deploy` was started in.
+    options = dict(
+        name=name, schedule=schedule(cron, timezone), parameters={"until": until}, tags=["miniaturize", "scheduled"],
+        description=f"The miniaturize pipeline on {where} (fixed when deployed); params are read when each run "
+                    "starts.",
+        # Reject at creation a run whose parameters do not fit the flow's signature.
+        enforce_parameter_schema=True,
+        # The entrypoint names the module-level flow; the serving process runs the bound flow it holds.
         entrypoint_type=EntrypointType.MODULE_PATH)
+    return ScheduledDeployment(workspace_pipeline(workspace), options)
 
 
-def serve(deployment) -> None:
-    """Register the deployment with the server at PREFECT_API_URL and execute its runs until interrupted.
-    One run at a time: two runs writing the same workspace would overwrite each other's files. On Ctrl-C
-    Prefect pauses the schedule; the next `serve` resumes it."""
-    import prefect
-
-    prefect.serve(deployment, limit=1, print_starting_message=False)
+def serve(deployment: ScheduledDeployment) -> None:
+    """Register the deployment with the server at PREFECT_API_URL and execute its runs with the bound flow
+    until interrupted. One run at a time: two runs writing the same workspace would overwrite each other's
+    files. On Ctrl-C Prefect pauses the schedule; the next `serve` resumes it."""
+    deployment.flow.serve(**deployment.options, limit=1, pause_on_shutdown=True, print_starting_message=False)

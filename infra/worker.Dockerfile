@@ -7,6 +7,10 @@ FROM python:3.11-slim
 # Where torch comes from: https://download.pytorch.org/whl/cpu for a CPU-only image; empty for PyPI's
 # default Linux build, which carries CUDA (the gpu worker).
 ARG TORCH_INDEX_URL=""
+# The clients match the servers: the prefecthq/prefect image of docker-compose.yml and mlflow.Dockerfile
+# (tests/infra/test_compose.py checks they agree).
+ARG PREFECT_VERSION=3.9.1
+ARG MLFLOW_VERSION=3.17.2
 
 WORKDIR /workspace
 # torch first and pinned, as the Makefile does, so nothing else resolves another build of it; the default
@@ -16,7 +20,7 @@ RUN pip install --no-cache-dir ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"
 COPY pyproject.toml README.md ./
 COPY components components
 COPY flows flows
-RUN pip install --no-cache-dir -e .
+RUN pip install --no-cache-dir -e . "prefect==${PREFECT_VERSION}" "mlflow==${MLFLOW_VERSION}"
 COPY params.yaml dvc.yaml ./
 
 ENV DVC_NO_ANALYTICS=1 \

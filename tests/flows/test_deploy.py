@@ -1,6 +1,7 @@
 """Scheduling: `miniaturize deploy` refuses bad params, schedules and a missing server; the scheduled flow
-reads params at run time and records outputs with DVC. The deployment itself, served against a real
-Prefect server with a triggered run, is tested at the end of test_pipeline_e2e.py on the smoke project."""
+reads params at run time and records outputs with DVC; a deployment is bound to the workspace it was
+deployed for, and a run that names another folder is refused. A served deployment whose triggered run
+completes the smoke project is tested at the end of test_pipeline_e2e.py."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_scheduled_run_loads_params_runs_the_pipeline_and_records_plain_complete
 
     import flows.pipeline
     import flows.versioning
-    from flows.deploy import scheduled_pipeline
+    from flows.deploy import BoundWorkspace, workspace_pipeline
 
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     seen, committed = {}, []
@@ -66,7 +67,8 @@ def test_scheduled_run_loads_params_runs_the_pipeline_and_records_plain_complete
     monkeypatch.setattr(flows.pipeline, "pipeline", stub_pipeline)
     monkeypatch.setattr(flows.versioning, "commit_outputs", lambda root, stages=None: committed.append(root) or (True, "DVC: ok"))
     with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
-        summary = scheduled_pipeline(root=str(tmp_path), overrides=overrides, until=until)
+        bound = workspace_pipeline(BoundWorkspace(str(tmp_path), overrides=tuple(overrides)))
+        summary = bound(until=until)
         # Send this process's run logs and events now, while the session's server still answers: left for
         # interpreter exit, they would retry against a stopped server for over a minute.
         APILogWorker.drain_all(timeout=30)
@@ -83,3 +85,108 @@ def test_scheduled_run_loads_params_runs_the_pipeline_and_records_plain_complete
     assert summary["parent_run_id"] == "p1" and summary["dvc"] == ("DVC: ok" if recorded else
                                                                    "DVC: not recorded (this deployment uses a profile or overrides)")
     json.dumps(summary)
+
+
+def test_deployment_is_bound_to_its_workspace_and_takes_only_until(tmp_path, prefect_api, monkeypatch):
+    """The project folder, params file, profile and overrides are fixed at deploy time: the deployment's only
+    run parameter is `until`, and a run created with `root` (as the UI's custom run or the API allow) is
+    refused by the flow engine before the workspace code runs."""
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+    from prefect.events.worker import EventsWorker
+    from prefect.exceptions import ParameterBindError, SignatureMismatchError
+    from prefect.flow_engine import run_flow
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    import flows.deploy
+    from flows.deploy import BoundWorkspace, build_deployment, scheduled_pipeline
+
+    project = tmp_path / "project"
+    project.mkdir()
+    deployment = build_deployment("bound", root=project, params_file=project / "params.yaml",
+                                  overrides=["distill.alpha=0.6"], until="prune")
+    registered = deployment.to_deployment()
+    assert registered.parameters == {"until": "prune"} and registered.enforce_parameter_schema
+    assert set(registered._parameter_openapi_schema.properties) == {"until"}
+    assert registered.entrypoint == "flows.deploy.scheduled_pipeline"
+    assert str(project / "params.yaml") in registered.description
+    # The prefect.yaml deployments' flow is bound the same way, to the working directory its pull step sets.
+    assert set(scheduled_pipeline.parameters.properties) == {"until"}
+
+    ran = []
+    monkeypatch.setattr(flows.deploy, "run_in_workspace", lambda workspace, until=None: ran.append(workspace) or {})
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+        with pytest.raises(ParameterBindError, match="root"):
+            deployment.flow(root=str(tmp_path / "elsewhere"))
+        deployment.flow(until="prune")
+        assert ran == [BoundWorkspace(str(project.resolve()), "params.yaml", None, ("distill.alpha=0.6",))]
+
+        ran.clear()
+        registered.apply()
+        flow_run = run_deployment(f"{flows.deploy.FLOW_NAME}/bound", timeout=0,
+                                  parameters={"root": str(tmp_path / "elsewhere"), "params_file": "/etc/passwd"})
+        # What the serving process does with each run (in a subprocess): the engine checks the parameters
+        # against the flow's signature first.
+        with pytest.raises(SignatureMismatchError, match="expects parameters \\['until'\\]"):
+            run_flow(deployment.flow, flow_run=flow_run, return_type="state")
+        assert ran == []
+        # A wrong type for `until` is refused by the server itself (the deployment enforces its schema).
+        with pytest.raises(Exception, match="409"):
+            run_deployment(f"{flows.deploy.FLOW_NAME}/bound", timeout=0, parameters={"until": 3})
+        with get_client(sync_client=True) as client:
+            client.delete_deployment(client.read_deployment_by_name(f"{flows.deploy.FLOW_NAME}/bound").id)
+        APILogWorker.drain_all(timeout=30)  # while the session's server still answers (see the test above)
+        EventsWorker.drain_all(timeout=30)
+
+
+def test_served_deployment_runs_in_the_folder_it_was_deployed_for(tmp_path, prefect_api):
+    """`miniaturize deploy --root DIR` from another folder: a triggered run works in DIR (its params file,
+    removed after deploying, is the one the run looks for), and a run given another `root` crashes before it
+    reads anything."""
+    import shutil
+    import time
+
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    shutil.copy(REPO / "params.yaml", project / "params.yaml")
+    name = "miniaturize-scheduled/bound-served"
+    log = tmp_path / "serve.log"
+    env = cli_env(PREFECT_API_URL=prefect_api)
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(BIN / "miniaturize"), "deploy", "--name", "bound-served", "--root", str(project)],
+                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: prefect_api}), get_client(sync_client=True) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                assert proc.poll() is None, f"deploy exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
+                try:
+                    deployment = client.read_deployment_by_name(name)
+                    break
+                except ObjectNotFound:
+                    assert time.monotonic() < deadline, f"{name} not registered in 120 s:\n{log.read_text()[-4000:]}"
+                    time.sleep(1)
+            assert deployment.parameters == {"until": None}
+            (project / "params.yaml").unlink()  # a run that reaches the workspace now stops at once, naming it
+
+            refused = run_deployment(name, parameters={"root": str(elsewhere)}, timeout=120, poll_interval=1)
+            assert refused.state.is_crashed() or refused.state.is_failed(), refused.state
+            bound = run_deployment(name, timeout=120, poll_interval=1)
+            assert bound.state.is_failed(), bound.state
+            assert f"params file {project / 'params.yaml'} does not exist" in bound.state.message, bound.state.message
+            proc.terminate()
+            assert proc.wait(timeout=60) is not None
+            client.delete_deployment(deployment.id)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = log.read_text()
+    assert "Function expects parameters ['until']" in out, out[-4000:]
+    assert list(elsewhere.iterdir()) == []
