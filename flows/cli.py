@@ -3,17 +3,16 @@
     miniaturize run [--profile smoke] [--data FILE] [--set key=value ...] [--force] [--until STAGE] [--wait S]
     miniaturize stage NAME [--processes N]                                    # one stage (what dvc.yaml runs)
     miniaturize search [--profile smoke] [--set key=value ...]               # candidates, Pareto front, best one
-    miniaturize package [--model models:/NAME@champion] --out DIR            # edge bundle with predict.py
-    miniaturize serve-model DIR [--host 127.0.0.1] [--port 8000]              # the bundle over HTTP: /predict, /health
+    miniaturize package [--model models:/NAME@champion] --out DIR [--force]  # edge bundle with predict.py
+    miniaturize serve-model DIR|models:/NAME@champion [--port 8000]          # the bundle over HTTP: /predict, /health
     miniaturize promote --version N [--force --reason TEXT]                   # champion through the gate
     miniaturize rollback [--reason TEXT]                                      # champion back to the previous one
     miniaturize lineage N                                                     # commit, data, params, stage keys
     miniaturize bench [--repeats 3]                                           # re-measure the report's models
     miniaturize deploy [--cron "0 2 * * *"] [--name nightly] [--timezone UTC] # the pipeline on a schedule (Prefect)
 
-Exit codes: 0 done, 1 a stage failed, 2 bad params, input path or unreadable data, 3 data validation failed,
-4 the gate refused a promotion (or there is nothing to roll back to), 5 another run holds the workspace,
-6 the MLflow tracking server did not answer (after retries; finished stages are kept for the next run).
+Every command answers with the same exit codes (`EXIT_CODES`, listed by `miniaturize --help`); an
+unexpected error prints its traceback and exits 1.
 """
 
 from __future__ import annotations
@@ -21,13 +20,22 @@ from __future__ import annotations
 import logging
 import os
 import time
+import traceback
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Turn a large transformer into a small, fast, validated int8 ONNX model.")
+EXIT_CODES = {0: "done", 1: "unexpected error (traceback printed) or a stage failed",
+              2: "bad params, input path, unreadable data or unknown model version",
+              3: "data validation failed", 4: "the gate refused a promotion, or nothing to roll back to",
+              5: "another run holds the workspace",
+              6: "the MLflow tracking server did not answer (after retries; finished stages are kept)"}
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Turn a large transformer into a small, fast, validated int8 ONNX model.",
+                  epilog="Exit codes: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()) + ".")
 
 # Quiet, offline-friendly defaults; an ephemeral Prefect API on a busy 2-core machine can take over 20 s.
 QUIET_ENV = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -59,29 +67,63 @@ class NoTracebackFor(logging.Filter):
         return True
 
 
+def exit_code(err: BaseException, what: str) -> tuple[int, str]:
+    """The exit code and the message for an error a command raised (see EXIT_CODES)."""
+    from mlflow.exceptions import MlflowException
+
+    from components.bundle import BundleSourceError, OutDirRefused
+    from components.config import ConfigError
+    from components.edge_predict import BundleError
+    from components.ingest import DataError
+    from components.promotion import RollbackError
+    from components.validate import ValidationFailed
+    from flows.lock import WorkspaceLocked
+    from flows.registry import GateRejected
+    from flows.retries import TrackingUnavailable
+
+    if isinstance(err, ValidationFailed):
+        report = getattr(err, "report_path", None)
+        return 3, f"\n{err}\n\nFull validation result: {report}\nNothing was trained or registered."
+    if isinstance(err, (ConfigError, DataError, BundleSourceError, OutDirRefused, BundleError, FileNotFoundError)):
+        return 2, f"error: {err}"
+    if isinstance(err, MlflowException) and err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+        return 2, f"error: {err.message}"
+    if isinstance(err, (GateRejected, RollbackError)):
+        return 4, f"refused: {err}"
+    if isinstance(err, WorkspaceLocked):
+        return 5, f"error: {err}"
+    if isinstance(err, TrackingUnavailable):
+        return 6, f"error: {what} stopped: {err}"
+    return 1, f"error: {what} failed: {type(err).__name__}: {err}"
+
+
+@contextmanager
+def exit_codes(what: str):
+    """Every command's errors as one exit code and message; an unexpected one also prints its traceback."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except Exception as err:  # noqa: BLE001 - classified by exit_code
+        code, message = exit_code(err, what)
+        if code == 1:
+            traceback.print_exc()
+        fail(message, code)
+
+
 def run_flow(flow_fn, params, root: Path, what: str, **options) -> tuple[dict, float]:
-    """Run a Prefect flow; map its failures to exit codes (2 unreadable input data, 3 data validation, 1 anything
-    else). Returns the flow's result and the minutes it took."""
+    """Run a Prefect flow with the exit codes of every command. Returns its result and the minutes it took."""
     from components.ingest import DataError
     from components.validate import ValidationFailed
     from flows.lock import WorkspaceLocked
     from flows.retries import TrackingUnavailable
 
+    # Prefect logs the traceback of a failed flow run; for bad input the CLI's one line says more.
     logging.getLogger("prefect.flow_runs").addFilter(NoTracebackFor(DataError, ValidationFailed, WorkspaceLocked,
                                                                     TrackingUnavailable))
     started = time.perf_counter()
-    try:
+    with exit_codes(what):
         outcome = flow_fn(params, root=str(root), **options)
-    except ValidationFailed as err:
-        fail(f"\n{err}\n\nFull validation result: {err.report_path}\nNothing was trained or registered.", 3)
-    except DataError as err:
-        fail(f"\nerror: {err}", 2)
-    except WorkspaceLocked as err:
-        fail(f"\nerror: {err}", 5)
-    except TrackingUnavailable as err:
-        fail(f"\nerror: {what} stopped: {err}", 6)
-    except Exception as err:  # noqa: BLE001 - one clear line instead of a Prefect traceback
-        fail(f"\nerror: {what} failed: {type(err).__name__}: {err}", 1)
     return outcome, (time.perf_counter() - started) / 60
 
 
@@ -206,6 +248,8 @@ def search(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = N
     preflight(params, search=True)
     from flows.search import search as search_flow
 
+    from components.secrets import redact
+
     outcome, minutes = run_flow(search_flow, params, Path.cwd(), "search")
     reg = outcome["registration"]
     typer.echo("")
@@ -214,7 +258,7 @@ def search(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = N
     typer.echo(f"  front:   {', '.join(outcome['front'])}")
     typer.echo(f"  registered: {reg['model_uri']} is now @{reg['alias']} ({reg['reason']})")
     typer.echo(f"  report:  {outcome['reports']}/search.md (+ search.json, pareto.png)")
-    typer.echo(f"  MLflow:  {outcome['tracking_uri']}  run {outcome['parent_run_id']}")
+    typer.echo(f"  MLflow:  {redact(outcome['tracking_uri'])}  run {outcome['parent_run_id']}")
 
 
 def run_share(name: str, params, ws) -> None:
@@ -243,14 +287,23 @@ def stage(name: Annotated[str, typer.Argument(help="ingest, validate, finetune, 
     params = load(params_file, profile, overrides)
     check_stage(name, params.task)
     from components import distributed
-    from flows.launch import DATA_PARALLEL_STAGES, Paths, write_result
+    from flows.launch import DATA_PARALLEL_STAGES
 
     if ((processes or 1) > 1 or distributed.world_size() > 1) and name not in DATA_PARALLEL_STAGES:
         fail(f"error: only {', '.join(DATA_PARALLEL_STAGES)} train on several processes; run {name} in one", 2)
     preflight(params)
-    from components.ingest import DataError
-    from components.validate import ValidationFailed
+    with exit_codes(f"stage {name}"):
+        run_one_stage(name, params, run_id, result_file, workspace_paths)
+
+
+def run_one_stage(name: str, params, run_id: str | None, result_file: Path | None,
+                  workspace_paths: list[str] | None) -> None:
+    """`miniaturize stage NAME`: in a launch's further process, its share; as a launch's rank 0, into the
+    caller's run; alone (dvc repro), under the workspace lock in a run of its own."""
+    from components import distributed
     from flows import tracking
+    from flows.launch import DATA_PARALLEL_STAGES, Paths, write_result
+    from flows.lock import workspace_lock
     from flows.stages import stage_table
     from flows.workspace import workspace_for
 
@@ -270,15 +323,7 @@ def stage(name: Annotated[str, typer.Argument(help="ingest, validate, finetune, 
             write_result(result, result_file)
         distributed.leave()
         return
-    from contextlib import ExitStack
-
-    from flows.lock import WorkspaceLocked, workspace_lock
-
-    with ExitStack() as held:
-        try:  # like a pipeline run, a stage (dvc repro) holds the workspace while it writes
-            held.enter_context(workspace_lock(ws.root, f"miniaturize stage {name}"))
-        except WorkspaceLocked as err:
-            fail(f"error: {err}", 5)
+    with workspace_lock(ws.root, f"miniaturize stage {name}"):  # like a run, a stage holds the workspace
         tags = {"miniaturize.stage": name}
         if name in DATA_PARALLEL_STAGES:
             tags["miniaturize.processes"] = str(max(distributed.world_size(), params.distributed.processes))
@@ -291,10 +336,6 @@ def stage(name: Annotated[str, typer.Argument(help="ingest, validate, finetune, 
             if result_file is not None:
                 write_result(result, result_file)
             ok = True
-        except ValidationFailed as err:
-            fail(str(err), 3)
-        except DataError as err:
-            fail(f"error: {err}", 2)
         finally:
             tracking.end_run(client, run_id, ok)
         typer.echo(f"[{name}] finished in {time.perf_counter() - started:.1f} s")
@@ -311,17 +352,11 @@ def promote(version: Annotated[str, typer.Option("--version", help="Registered m
     if force and not (reason or "").strip():
         fail("error: --force needs --reason TEXT (it is recorded with the alias move)", 2)
     params = load(params_file, None, list(overrides or []))
-    from mlflow.exceptions import MlflowException
-
-    from flows.registry import GateRejected, promote as do_promote
+    from flows.registry import promote as do_promote
     from flows.workspace import Workspace
 
-    try:
+    with exit_codes("promote"):
         result = do_promote(params, Workspace(Path.cwd().resolve()), version, force=force, reason=reason)
-    except GateRejected as err:
-        fail(f"refused: {err}", 4)
-    except MlflowException as err:
-        fail(f"error: {err.message}", 2)
     note = f" (FORCED past {', '.join(n for n, c in result['checks']['checks'].items() if not c['passed'])})" \
         if result["forced"] else ""
     typer.echo(f"{result['model_name']} version {result['version']} is now @{result['alias']}{note}; "
@@ -334,14 +369,11 @@ def rollback(reason: Annotated[str, typer.Option("--reason", help="Why; recorded
     """Move the champion back to the previous champion (by the recorded alias history)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     params = load(params_file, None, [])
-    from components.promotion import RollbackError
     from flows.registry import rollback as do_rollback
     from flows.workspace import Workspace
 
-    try:
+    with exit_codes("rollback"):
         result = do_rollback(params, Workspace(Path.cwd().resolve()), reason)
-    except RollbackError as err:
-        fail(f"refused: {err}", 4)
     typer.echo(f"{result['model_name']}: champion rolled back from version {result['from']} to {result['version']}")
 
 
@@ -354,15 +386,11 @@ def lineage(version: Annotated[str, typer.Argument(help="Registered model versio
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     params = load(params_file, None, [])
-    from mlflow.exceptions import MlflowException
-
     from flows.registry import lineage as trace
     from flows.workspace import Workspace
 
-    try:
+    with exit_codes("lineage"):
         chain = trace(params, Workspace(Path.cwd().resolve()), version)
-    except MlflowException as err:
-        fail(f"error: {err.message}", 2)
     if as_json:
         typer.echo(json.dumps(chain, indent=2))
         return
@@ -383,27 +411,30 @@ def lineage(version: Annotated[str, typer.Argument(help="Registered model versio
 
 
 @app.command()
-def package(out: Annotated[Path, typer.Option("--out", help="Folder to write the bundle to (replaced).")],
+def package(out: Annotated[Path, typer.Option("--out", help="Folder to write the bundle to: a new or empty folder, or an earlier bundle (replaced).")],
             model: Annotated[Optional[str], typer.Option("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a model folder; default the champion.")] = None,
+            force: Annotated[bool, typer.Option("--force", help="Replace --out even when it is a folder holding other files (never a file, a link or the current folder).")] = False,
             params_file: ParamsOpt = Path("params.yaml")) -> None:
-    """Write an edge bundle: int8 ONNX model, tokenizer, labels, manifest with hashes, and predict.py."""
+    """Write an edge bundle: int8 ONNX model, tokenizer, labels, manifest with hashes, and predict.py; prints
+    the manifest's sha256, which predict.py and serve-model pin with --expect-manifest."""
     import tempfile
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from components.bundle import manifest_sha256, out_dir_problem, package as make_bundle
+
+    problem = out_dir_problem(out, force)  # judged before anything is downloaded, built or removed
+    if problem:
+        fail(f"error: {problem}", 2)
     params = load(params_file, None, [])
-    from components.bundle import BundleSourceError, package as make_bundle
     from flows.registry import bundle_source
     from flows.workspace import Workspace
 
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            folder, source, metrics = bundle_source(params, Workspace(Path.cwd().resolve()), model, Path(tmp))
-            bundle = make_bundle(folder, out, source, metrics, params.teacher.max_length)
-        except (BundleSourceError, FileNotFoundError) as err:
-            fail(f"error: {err}", 2)
-        except Exception as err:  # noqa: BLE001 - e.g. no such registered model or alias
-            fail(f"error: cannot package {model or 'the champion'}: {type(err).__name__}: {err}", 2)
+    with tempfile.TemporaryDirectory() as tmp, exit_codes(f"package {model or 'the champion'}"):
+        folder, source, metrics = bundle_source(params, Workspace(Path.cwd().resolve()), model, Path(tmp))
+        bundle = make_bundle(folder, out, source, metrics, params.teacher.max_length, force=force)
     typer.echo(f"bundle written: {bundle}  (python {bundle / 'predict.py'} \"some text\")")
+    typer.echo(f"manifest sha256: {manifest_sha256(bundle)}  (pin it: predict.py --expect-manifest SHA256, "
+               "miniaturize serve-model DIR --expect-manifest SHA256)")
 
 
 @app.command()
@@ -431,23 +462,54 @@ def bench(repeats: Annotated[int, typer.Option(help="Rounds over all models.")] 
 
 
 @app.command("serve-model")
-def serve_model(bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `miniaturize package --out`.")],
+def serve_model(bundle: Annotated[str, typer.Argument(help="Bundle folder written by `miniaturize package --out`, or models:/NAME@ALIAS | models:/NAME/VERSION: the edge bundle registered with that version, checked against its bundle.manifest_sha256 tag.")],
                 host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
                 port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
-                max_text_chars: Annotated[int, typer.Option(min=1, help="Longest text accepted, in characters (413 above).")] = 2000,
+                max_text_chars: Annotated[int, typer.Option(min=1, help="Longest text or prompt accepted, in characters (413 above).")] = 2000,
                 max_batch: Annotated[int, typer.Option(min=1, help="Most texts in one request (413 above).")] = 64,
-                threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads per inference.")] = 2) -> None:
-    """Serve an edge bundle over HTTP: GET /health, POST /predict {"texts": [...]} (hashes checked first)."""
-    if not bundle.is_dir():
-        fail(f"error: bundle folder {bundle} does not exist (write one with: miniaturize package --out {bundle})", 2)
+                threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads per inference.")] = 2,
+                max_new_tokens: Annotated[int, typer.Option(min=1, help="Most tokens one /generate request may ask for (causal-LM bundles; 413 above).")] = 64,
+                max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body in bytes (413 above, answered before the body is read).")] = 1 << 20,
+                expect_manifest: Annotated[Optional[str], typer.Option("--expect-manifest", metavar="SHA256", help="Refuse the bundle unless its manifest.json has this sha256 (printed by package).")] = None,
+                docs: Annotated[bool, typer.Option("--docs", help="Also serve the interactive API documentation (/docs, /redoc, /openapi.json).")] = False) -> None:
+    """Serve an edge bundle over HTTP: GET /health, and POST /predict {"texts": [...]} (classification) or POST
+    /generate {"prompt": "..."} (causal-LM). The bundle is checked before anything listens."""
+    import tempfile
+
     from components.edge_predict import BundleError
     from components.serve import serve
 
-    typer.echo(f"checking and loading {bundle} ...")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, expected = served_bundle(bundle, expect_manifest, Path(tmp))
+        typer.echo(f"checking and loading {bundle} ...")
+        try:
+            serve(folder, host, port, max_text_chars, max_batch, threads, max_new_tokens=max_new_tokens,
+                  max_body_bytes=max_body_bytes, docs=docs, expect_manifest=expected)
+        except BundleError as err:
+            fail(f"error: refusing to serve {bundle}: {err}", 2)
+
+
+def served_bundle(bundle: str, expect_manifest: str | None, download_to: Path) -> tuple[Path, str | None]:
+    """(folder, manifest sha256 it must have) for serve-model: a bundle folder as given, or a registered
+    version's edge bundle downloaded into `download_to`, pinned by its bundle.manifest_sha256 tag."""
+    if not bundle.startswith("models:/"):
+        if not Path(bundle).is_dir():
+            fail(f"error: bundle folder {bundle} does not exist (write one with: miniaturize package --out {bundle})", 2)
+        return Path(bundle), expect_manifest
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from flows.registry import MANIFEST_TAG, BundleNotRegistered, registered_bundle
+    from flows.workspace import Workspace
+
     try:
-        serve(bundle, host, port, max_text_chars, max_batch, threads)
-    except BundleError as err:
+        folder, pinned = registered_bundle(Workspace(Path.cwd().resolve()), bundle, download_to)
+    except BundleNotRegistered as err:
         fail(f"error: refusing to serve {bundle}: {err}", 2)
+    except Exception as err:  # noqa: BLE001 - e.g. no such registered model, alias or artifact
+        fail(f"error: cannot find the edge bundle of {bundle}: {type(err).__name__}: {err}", 2)
+    if expect_manifest and expect_manifest.strip().lower() != pinned:
+        fail(f"error: refusing to serve {bundle}: --expect-manifest {expect_manifest} is not its registered "
+             f"{MANIFEST_TAG} {pinned}", 2)
+    return folder, pinned
 
 
 @app.command()
@@ -456,9 +518,10 @@ def deploy(name: Annotated[str, typer.Option("--name", help="Deployment name, un
            timezone: Annotated[str, typer.Option("--timezone", help="IANA timezone of the cron expression, e.g. Europe/Paris.")] = "UTC",
            params_file: Annotated[Optional[Path], typer.Option("--params", help="Params file, read when each run starts (default: params.yaml in --root).")] = None,
            profile: ProfileOpt = None, overrides: SetOpt = None,
-           root: Annotated[Path, typer.Option("--root", help="Project folder the runs work in.")] = Path("."),
+           root: Annotated[Path, typer.Option("--root", help="Project folder the runs work in, fixed when deploying.")] = Path("."),
            until: UntilOpt = None) -> None:
-    """Run the pipeline on a schedule: register a Prefect deployment and execute its runs here until Ctrl-C."""
+    """Run the pipeline on a schedule: register a Prefect deployment and execute its runs here until Ctrl-C.
+    The folder, params file, profile and overrides are bound to the deployment; a run may only set `until`."""
     import urllib.request
 
     for key, value in QUIET_ENV.items():
@@ -490,7 +553,7 @@ def deploy(name: Annotated[str, typer.Option("--name", help="Deployment name, un
     typer.echo(f"  schedule: {cron} ({timezone}); one run at a time, params read when each run starts")
     typer.echo(f"  project:  {root.resolve()}, params {params_file}"
                + (f", profile {profile}" if profile else "") + (f", --set {' '.join(overrides)}" if overrides else "")
-               + (f", up to {until}" if until else ""))
+               + (f", up to {until}" if until else "") + "  (fixed; a run may only set until)")
     typer.echo(f"  run now:  PREFECT_API_URL={api} prefect deployment run {full_name}")
     typer.echo(f"  UI:       {settings.ui_url or api.removesuffix('/api')}/deployments  (runs, logs, schedule)")
     typer.echo("Ctrl-C stops serving and pauses the schedule; deploying again resumes it.")

@@ -3,11 +3,14 @@ Prefect server for the tests that run flows."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -15,8 +18,28 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# The suite runs the same whatever the caller's shell holds: a tracking server, a Prefect API or profile, a
+# hub endpoint or token of the user's would otherwise receive the tests' runs (or answer their lookups).
+# Cleared when this file loads, before any test module imports prefect, mlflow or huggingface_hub, several
+# of which read their settings at import; tests that need a server set it themselves.
+AMBIENT_PREFIXES = ("MLFLOW_", "PREFECT_", "HF_", "HUGGING_FACE_", "TRANSFORMERS_", "DVC_")
+PINNED = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+          "TRANSFORMERS_VERBOSITY": "error", "MLFLOW_DISABLE_TELEMETRY": "true",
+          "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}
+
+
+def pin_environment(environ=os.environ) -> None:
+    """Drop the caller's tracking, orchestration and hub variables; pin offline, quiet values and a Prefect
+    home of the suite's own (a user's ~/.prefect profile may name an API URL)."""
+    for key in [k for k in environ if k.startswith(AMBIENT_PREFIXES)]:
+        del environ[key]
+    environ.update(PINNED)
+    home = tempfile.mkdtemp(prefix="miniaturize-tests-prefect-")
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    environ["PREFECT_HOME"] = home
+
+
+pin_environment()
 
 POSITIVE = ["a wonderful, moving film", "great acting and a sharp script", "funny and warm throughout",
             "one of the best movies this year", "beautifully shot and deeply felt", "a delight from start to end"]

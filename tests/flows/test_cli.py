@@ -25,3 +25,81 @@ def test_missing_data_file_and_unknown_stage_and_profile(tmp_path):
     assert done.returncode == 2 and "unknown stage 'bogus'" in done.stderr
     done = run("run", "--profile", "fastest")
     assert done.returncode == 2 and "unknown profile 'fastest'" in done.stderr
+
+
+# ------------------------------------------------------------------ one set of exit codes for every command
+
+def invoke(monkeypatch, *args: str):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.chdir(REPO)
+    return CliRunner().invoke(app, list(args))
+
+
+def raiser(err: BaseException):
+    def call(*_args, **_kwargs):
+        raise err
+    return call
+
+
+def failures():
+    from components.config import ConfigError
+    from components.ingest import DataError
+    from components.promotion import RollbackError
+    from flows.lock import WorkspaceLocked
+    from flows.registry import GateRejected
+    from flows.retries import TrackingUnavailable
+
+    return {2: DataError("bad data"), 3: None, 4: GateRejected("gate"), 5: WorkspaceLocked("held by pid 1"),
+            6: TrackingUnavailable("MLflow did not answer"), 1: RuntimeError("boom"),
+            "config": ConfigError("distill.alpha: bad"), "rollback": RollbackError("no earlier champion")}
+
+
+def test_exit_code_maps_each_kind_of_failure():
+    from components.validate import ValidationFailed
+    from flows.cli import exit_code
+
+    cases = failures()
+    assert exit_code(cases[2], "x")[0] == 2 and exit_code(cases["config"], "x")[0] == 2
+    assert exit_code(ValidationFailed("3 expectations failed", Path("validation.json")), "x")[0] == 3
+    assert exit_code(cases[4], "x")[0] == 4 and exit_code(cases["rollback"], "x")[0] == 4
+    assert exit_code(cases[5], "x")[0] == 5
+    assert exit_code(cases[6], "x") == (6, "error: x stopped: MLflow did not answer")
+    assert exit_code(cases[1], "x") == (1, "error: x failed: RuntimeError: boom")
+
+
+def test_promote_rollback_and_stage_share_the_exit_codes(monkeypatch):
+    import flows.registry
+    from flows import tracking
+
+    for code in (5, 6):
+        monkeypatch.setattr(flows.registry, "promote", raiser(failures()[code]))
+        assert invoke(monkeypatch, "promote", "--version", "1").exit_code == code
+        monkeypatch.setattr(flows.registry, "rollback", raiser(failures()[code]))
+        assert invoke(monkeypatch, "rollback").exit_code == code
+        monkeypatch.setattr(tracking, "client", raiser(failures()[code]))
+        assert invoke(monkeypatch, "stage", "evaluate").exit_code == code
+    monkeypatch.setattr(flows.registry, "promote", raiser(failures()[1]))
+    done = invoke(monkeypatch, "promote", "--version", "1")
+    assert done.exit_code == 1 and "Traceback" in done.output and "RuntimeError: boom" in done.output
+
+
+def test_help_lists_the_exit_codes(monkeypatch):
+    done = invoke(monkeypatch, "--help")
+    assert done.exit_code == 0
+    for meaning in ("3 data validation failed", "5 another run holds the workspace", "6 the MLflow tracking"):
+        assert meaning in " ".join(done.output.split()), meaning
+
+
+def test_search_prints_the_tracking_uri_redacted(monkeypatch):
+    import flows.search
+
+    outcome = {"registration": {"model_uri": "models:/m/1", "alias": "champion", "reason": "fastest"},
+               "chosen": "c1", "reason": "fastest within tolerance", "front": ["c1"], "reports": "reports/search",
+               "tracking_uri": "http://alice:s3cret-pass@mlflow.example:5000", "parent_run_id": "abc"}
+    monkeypatch.setattr(flows.search, "search", lambda *args, **kwargs: outcome)
+    done = invoke(monkeypatch, "search", "--profile", "smoke")
+    assert done.exit_code == 0, done.output
+    assert "s3cret-pass" not in done.output and "mlflow.example" in done.output
