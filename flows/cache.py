@@ -3,7 +3,7 @@
 A stage's key hashes its name, its config slice, the key of the stage before it, the sha256 of every
 input file it reads and of the source of the components it runs. After a stage finishes, its key, the
 sha256 of its outputs, its metrics and the MLflow run that produced it are written to
-`.miniaturize/stages/<stage>.json`. The next run skips the stage when the key is the same and every
+`.miniaturize/<task>/stages/<stage>.json` (`StageCache(workspace.state)`). The next run skips the stage when the key is the same and every
 output still has the recorded hash; otherwise it runs it (and, because keys chain, every stage after it).
 """
 
@@ -57,8 +57,9 @@ class Record:
 
 
 class StageCache:
-    def __init__(self, root: Path):
-        self.folder = root / ".miniaturize" / "stages"
+    def __init__(self, state: Path):
+        """`state`: the task's run-state folder (`Workspace.state`), so each task keeps its own records."""
+        self.folder = state / "stages"
 
     def path(self, stage: str) -> Path:
         return self.folder / f"{stage}.json"

@@ -121,8 +121,10 @@ def run_flow(flow_fn, params, root: Path, what: str, **options) -> tuple[dict, f
     # Prefect logs the traceback of a failed flow run; for bad input the CLI's one line says more.
     logging.getLogger("prefect.flow_runs").addFilter(NoTracebackFor(DataError, ValidationFailed, WorkspaceLocked,
                                                                     TrackingUnavailable))
+    from flows.prefect_api import temporary_api
+
     started = time.perf_counter()
-    with exit_codes(what):
+    with exit_codes(what), temporary_api():  # a temporary Prefect API that cannot outlive this process
         outcome = flow_fn(params, root=str(root), **options)
     return outcome, (time.perf_counter() - started) / 60
 

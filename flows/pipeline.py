@@ -1,16 +1,19 @@
 """The miniaturization pipeline as a Prefect flow: eleven stages, each a task and an MLflow child run.
 
-Run it with `miniaturize run` (see `flows/cli.py`). Without `PREFECT_API_URL` Prefect starts a temporary
-local API for the run; with it, the run shows up on that server. Stages hand each other files under the
-workspace (`flows/workspace.py`), which is what DVC versions. A stage whose content-addressed key (config
-slice, input files, component source, the key of the stage before it) and outputs are unchanged since its
-last run is skipped and logged as a cache hit (`flows/cache.py`); `miniaturize run --force` runs all.
+Run it with `miniaturize run` (see `flows/cli.py`). Without `PREFECT_API_URL` the run starts a temporary
+local API that cannot outlive it (`flows/prefect_api.py`); with it, the run shows up on that server. Stages
+hand each other files under the workspace (`flows/workspace.py`), which is what DVC versions. A stage whose
+content-addressed key (config slice, input files, component source, the key of the stage before it) and
+outputs are unchanged since its last run is skipped and logged as a cache hit (`flows/cache.py`);
+`miniaturize run --force` runs all.
 
 A run either completes a stage or leaves things as they were: the stage writes into a staging folder, its
 outputs are renamed into place when it has finished, and its cache record, which marks it complete, is
 written last; a re-run after a crash (even SIGKILL) resumes from the last completed stage. One run at a
-time holds the workspace (`flows/lock.py`). Transient failures are retried, deterministic ones are not
-(`flows/retries.py`); a stage that finishes while MLflow is unreachable keeps its logs for the next run.
+time holds the workspace (`flows/lock.py`); the run after one that was killed marks the killed run's Prefect
+flow run Crashed and its open MLflow runs KILLED (`settle_killed_runs`). Transient failures are retried,
+deterministic ones are not (`flows/retries.py`); a stage that finishes while MLflow is unreachable keeps its
+logs for the next run.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ from prefect.cache_policies import NO_CACHE
 
 from components.config import Params, section_hash
 from components.secrets import redact
-from flows import cache, tracking
-from flows.lock import workspace_lock
-from flows.retries import RetryPolicy, TrackingUnavailable, retry_transient
+from flows import cache, prefect_api, tracking
+from flows.lock import killed_runs, note, settled, workspace_lock
+from flows.retries import RetryPolicy, TrackingUnavailable, retry_transient, short
 from flows.stages import code_files, stage_config, stage_paths, stage_table
 from flows.workspace import StagedWorkspace, Workspace, move_into_place, workspace_for
 
@@ -92,7 +95,7 @@ def replay_journal(client, store: cache.StageCache, record: cache.Record, root: 
 def run_stage(name: str, ctx: RunContext, parent_key: str) -> dict:
     ws = ctx.workspace
     client = tracking.client(ws.root, policy(ctx.params))
-    store = cache.StageCache(ws.root)
+    store = cache.StageCache(ws.state)
     table = stage_table(ctx.params.task)
     outputs = stage_paths(ws, table.io[name].outputs)
     key = stage_key(name, ctx.params, parent_key, ws)
@@ -118,7 +121,7 @@ def run_stage(name: str, ctx: RunContext, parent_key: str) -> dict:
     # The stage writes into a staging folder; its outputs are renamed into place only once it has finished,
     # and its record (what marks it complete) is written last. A stage killed half-way leaves nothing that
     # a later stage or run could take for its output.
-    staging = ws.root / ".miniaturize" / "staging" / name
+    staging = ws.state / "staging" / name
     shutil.rmtree(staging, ignore_errors=True)  # what a killed run left behind
     staged = StagedWorkspace(ws, table.io[name].outputs, staging)
     print(f"[{name}] started", flush=True)
@@ -127,7 +130,7 @@ def run_stage(name: str, ctx: RunContext, parent_key: str) -> dict:
         result = table.stages[name](ctx.params, staged, tracker)
     except Exception as err:
         seconds = time.perf_counter() - started
-        settle_failure(name, err, staged, staging, store, ws.root)
+        settle_failure(name, err, staged, staging, store, ws.state)
         tracker.log_metrics({"stage_seconds": seconds})
         if not tracker.journal:  # with MLflow gone, the original error is the one to report
             tracking.end_run(client, run_id, False)
@@ -136,7 +139,7 @@ def run_stage(name: str, ctx: RunContext, parent_key: str) -> dict:
     seconds = time.perf_counter() - started
     tracker.log_metrics({"stage_seconds": seconds})
     store.forget(name)
-    move_into_place(staged.moves, ws.root / ".miniaturize" / "trash")
+    move_into_place(staged.moves, ws.state / "trash")
     shutil.rmtree(staging, ignore_errors=True)
     info = result.info if name == "register" else {}
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
@@ -158,17 +161,17 @@ def run_stage(name: str, ctx: RunContext, parent_key: str) -> dict:
 
 
 def settle_failure(name: str, err: Exception, staged: StagedWorkspace, staging: Path, store: cache.StageCache,
-                   root: Path) -> None:
+                   state: Path) -> None:
     """A failed stage is never recorded as complete. A verdict that comes with its report (data validation)
     moves that report into place for the user to read; other half-written outputs are set aside."""
     store.forget(name)
     report = getattr(err, "report_path", None)
     if report is not None:
-        move_into_place(staged.moves, root / ".miniaturize" / "trash")
+        move_into_place(staged.moves, state / "trash")
         shutil.rmtree(staging, ignore_errors=True)
         err.report_path = staged.real(Path(report))
     elif staging.exists():
-        failed = root / ".miniaturize" / "failed" / name
+        failed = state / "failed" / name
         shutil.rmtree(failed, ignore_errors=True)
         failed.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging, failed)
@@ -186,7 +189,36 @@ def pipeline(params: Params, root: str = ".", run_name: str | None = None, force
         raise ValueError(f"unknown stage {until!r} for until; stages: {', '.join(stages_in_order)}")
     workspace = workspace_for(params.task, Path(root).resolve())
     with workspace_lock(workspace.root, f"miniaturize run {run_name or ''}".strip(), wait_seconds):
+        settle_killed_runs(workspace.root, params)
+        # what the next run needs to settle this one if it is killed (the MLflow run is added once created)
+        note(workspace.root, **prefect_api.this_flow_run())
         return run_stages(params, workspace, run_name, force, until)
+
+
+def settle_killed_runs(root: Path, params: Params) -> None:
+    """Runs killed while they held the workspace (SIGKILL, power loss) never ended their runs: mark each one's
+    Prefect flow run Crashed and its MLflow runs still open KILLED, one line each. Their completed stages are
+    kept and skipped as usual. What cannot be marked now (an API unreachable) is tried again by the next run."""
+    for path, killed in killed_runs(root):
+        who = f"{killed.get('what', 'a run')} (pid {killed.get('pid', '?')} on {killed.get('host', '?')}, " \
+              f"started {killed.get('started', '?')})"
+        print(f"{who} was killed before it finished; marking what it left open", flush=True)
+        done = True
+        if flow_run_id := killed.get("prefect_flow_run_id"):
+            try:
+                print("  " + prefect_api.crash_flow_run(flow_run_id, f"{who} was killed"), flush=True)
+            except Exception as err:  # noqa: BLE001 - bookkeeping of a dead run never stops this one
+                done = False
+                print(f"  Prefect flow run {flow_run_id}: not marked crashed yet ({short(err, 120)})", flush=True)
+        if mlflow_run_id := killed.get("mlflow_run_id"):
+            try:
+                for run_id in tracking.kill_open_runs(tracking.client(root, policy(params)), mlflow_run_id):
+                    print(f"  MLflow run {run_id} marked KILLED", flush=True)
+            except Exception as err:  # noqa: BLE001 - as above; an MLflow outage stops the run at its next call
+                done = False
+                print(f"  MLflow run {mlflow_run_id}: not marked killed yet ({short(err, 120)})", flush=True)
+        if done:
+            settled(path)
 
 
 def run_stages(params: Params, workspace: Workspace, run_name: str | None, force: bool, until: str | None) -> dict:
@@ -194,6 +226,7 @@ def run_stages(params: Params, workspace: Workspace, run_name: str | None, force
     experiment = tracking.experiment_id(client, workspace.root)
     parent = tracking.start_run(client, experiment, run_name or time.strftime("pipeline-%Y%m%d-%H%M%S"),
                                 tags={"miniaturize.params_hash": section_hash(params.as_dict())})
+    note(workspace.root, mlflow_run_id=parent)
     tracking.MlflowTracker(client, parent).log_params(params.as_dict())
     ctx = RunContext(params, workspace, experiment, parent, force)
     stage = run_stage.with_options(retries=params.retries.stage_attempts - 1,

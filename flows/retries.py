@@ -2,7 +2,8 @@
 
 A transient failure (the network, a timeout, a tracking server that is restarting, a locked SQLite store)
 may pass on the next attempt; a deterministic one (bad data, bad config, a bug) fails the same way again,
-so it is raised at once. `with_retries` retries MLflow calls; `retry_transient` is the Prefect
+so it is raised at once. `with_retries` retries MLflow calls that are safe to repeat, `send_once` sends the
+others once (a timeout does not say whether the server did it); `retry_transient` is the Prefect
 `retry_condition_fn` of the stage tasks.
 """
 
@@ -73,6 +74,18 @@ def with_retries(call: Callable[[], T], policy: RetryPolicy, what: str, where: s
             waited += delay
             delay = min(delay * 2, policy.max_backoff_seconds)
     raise AssertionError("unreachable")
+
+
+def send_once(call: Callable[[], T], what: str, where: str) -> T:
+    """`call()` for a call that is not safe to repeat: TrackingUnavailable on a transient error, without
+    another attempt (the server may have done it before the answer was lost)."""
+    try:
+        return call()
+    except Exception as err:  # noqa: BLE001 - classified just below
+        if not is_transient(err):
+            raise
+        raise TrackingUnavailable(f"{where} did not answer {what} ({short(err)}); not sent again, as a second "
+                                  f"{what} could be done twice") from err
 
 
 def retry_transient(task, task_run, state) -> bool:

@@ -4,9 +4,11 @@ Runs are addressed by id through `MlflowClient` (not the fluent active-run stack
 runs in worker threads log to the right run. The store is `MLFLOW_TRACKING_URI` when set, else
 `sqlite:///<root>/mlflow.db` with artifacts under `<root>/mlruns`.
 
-The tracking server may be down or restarting. Every client call is retried on transient errors with
-exponential backoff (`flows.retries`, `retries.tracking_*` in the params), then fails with
-`TrackingUnavailable`. A stage already computing does not lose its work: once MLflow stops answering, its
+The tracking server may be down or restarting. A client call that is safe to repeat is retried on transient
+errors with exponential backoff (`flows.retries`, `retries.tracking_*` in the params), then fails with
+`TrackingUnavailable`; one that is not is sent once, since a timeout does not say whether the server did it.
+Run and experiment creation are made safe to repeat: a later attempt first looks up what an unanswered one
+may have created. A stage already computing does not lose its work: once MLflow stops answering, its
 tracker keeps the params, metrics, tags and artifacts it is given in a journal on disk
 (`.miniaturize/pending/<run id>/`), and the next run replays them into the same MLflow run. Values that
 look like credentials are masked (`components.secrets`) before anything is sent.
@@ -17,15 +19,18 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from components.secrets import redact
-from flows.retries import RetryPolicy, TrackingUnavailable, with_retries
+from flows.retries import RetryPolicy, TrackingUnavailable, send_once, with_retries
 
 EXPERIMENT = "miniaturize"
-# MLflow's own HTTP retries (7 by default, backoff factor 2) would hold a call for minutes; the policy
-# here decides how long to wait, and says so.
+# The tag that makes run creation idempotent: a key chosen before the first attempt, looked up before another.
+REQUEST_ID = "miniaturize.request_id"
+# MLflow's own HTTP retries (7 by default, backoff factor 2) would hold a call for minutes, and would send a
+# create again after a timeout; the policy here decides what is retried and how long to wait, and says so.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
@@ -34,11 +39,34 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
+# Calls whose effect is the same however many times the server receives them, so a timeout can be retried:
+# reads; updates by key (tags, params of the same value, an alias, a run's end status); metrics in a batch,
+# whose timestamp and step are fixed before the first attempt (the store keeps one row per key, value,
+# timestamp and step); and artifacts: the same file sent again to the same artifact path replaces itself,
+# byte for byte, and lists once. Not here: `log_metric` stamps the time at each attempt, and a delete sent
+# twice fails the second time (RESOURCE_DOES_NOT_EXIST).
+IDEMPOTENT = frozenset({
+    "get_run", "get_experiment", "get_experiment_by_name", "get_metric_history", "get_parent_run",
+    "search_runs", "search_experiments", "list_artifacts", "download_artifacts",
+    "get_registered_model", "get_model_version", "get_model_version_by_alias", "get_latest_versions",
+    "search_registered_models", "search_model_versions", "get_model_version_download_uri",
+    "log_batch", "log_param", "set_tag", "set_experiment_tag", "set_terminated", "update_run",
+    "log_artifact", "log_artifacts", "log_text", "log_dict",
+    "set_registered_model_alias", "set_model_version_tag", "set_registered_model_tag",
+})
+
+
 class ResilientClient:
-    """An `MlflowClient` whose every call is retried on transient errors (see `flows.retries`)."""
+    """An `MlflowClient` whose calls are retried on transient errors when that cannot do them twice (see
+    `IDEMPOTENT` and `flows.retries`); `create_run` and `create_experiment` are made safe to retry, and any
+    other call is sent once (`TrackingUnavailable` if it goes unanswered)."""
 
     def __init__(self, inner, policy: RetryPolicy):
         self._inner, self.policy = inner, policy
+
+    @property
+    def where(self) -> str:
+        return f"MLflow at {redact(self._inner.tracking_uri)}"
 
     def __getattr__(self, name: str):
         attr = getattr(self._inner, name)
@@ -46,9 +74,48 @@ class ResilientClient:
             return attr
 
         def call(*args, **kwargs):
-            return with_retries(lambda: attr(*args, **kwargs), self.policy, name,
-                                f"MLflow at {redact(self._inner.tracking_uri)}")
+            if name in IDEMPOTENT:
+                return with_retries(lambda: attr(*args, **kwargs), self.policy, name, self.where)
+            return send_once(lambda: attr(*args, **kwargs), name, self.where)
         return call
+
+    def create_run(self, experiment_id: str, start_time: int | None = None, tags: dict[str, Any] | None = None,
+                   run_name: str | None = None):
+        """One run however many attempts it takes: the run carries a key (`REQUEST_ID`) chosen before the
+        first attempt, and an attempt after one that went unanswered first looks for a run with that key,
+        which the server may have created without its answer arriving."""
+        from mlflow.entities import ViewType
+
+        key = uuid.uuid4().hex
+        tags = dict(tags or {}) | {REQUEST_ID: key}
+        start_time = start_time or int(time.time() * 1000)
+        attempts = 0
+
+        def attempt():
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                found = self._inner.search_runs([experiment_id], filter_string=f"tags.`{REQUEST_ID}` = '{key}'",
+                                                run_view_type=ViewType.ALL, max_results=1)
+                if found:
+                    return found[0]
+            return self._inner.create_run(experiment_id, start_time=start_time, tags=tags, run_name=run_name)
+        return with_retries(attempt, self.policy, "create_run", self.where)
+
+    def create_experiment(self, name: str, artifact_location: str | None = None,
+                          tags: dict[str, Any] | None = None) -> str:
+        """One experiment however many attempts it takes: names are unique, so an attempt after one that went
+        unanswered first looks the name up."""
+        attempts = 0
+
+        def attempt():
+            nonlocal attempts
+            attempts += 1
+            found = self._inner.get_experiment_by_name(name) if attempts > 1 else None
+            if found is not None:
+                return found.experiment_id
+            return self._inner.create_experiment(name, artifact_location=artifact_location, tags=tags)
+        return with_retries(attempt, self.policy, "create_experiment", self.where)
 
 
 def client(root: Path, policy: RetryPolicy | None = None) -> ResilientClient:
@@ -166,3 +233,15 @@ def start_run(mlflow_client, experiment: str, name: str, parent_run_id: str | No
 
 def end_run(mlflow_client, run_id: str, ok: bool) -> None:
     mlflow_client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+
+
+def kill_open_runs(mlflow_client, parent_run_id: str) -> list[str]:
+    """Mark KILLED the run `parent_run_id` and those of its child runs still RUNNING: their process was killed,
+    so nothing else will end them. Returns their ids."""
+    parent = mlflow_client.get_run(parent_run_id)
+    children = mlflow_client.search_runs([parent.info.experiment_id],
+                                         filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    open_runs = [run.info.run_id for run in [parent, *children] if run.info.status == "RUNNING"]
+    for run_id in open_runs:
+        mlflow_client.set_terminated(run_id, status="KILLED")
+    return open_runs

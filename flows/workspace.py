@@ -2,6 +2,8 @@
 
 A stage writes its outputs into a staging folder (`StagedWorkspace`); `move_into_place` then renames
 them over the previous ones. A stage killed half-way thus leaves its previous outputs as they were.
+The run state of a task (stage records, staging, failed outputs) lives in its own folder, `state`
+(`.miniaturize/<task>/`), so two tasks in one project never invalidate each other's stage cache.
 """
 
 from __future__ import annotations
@@ -15,6 +17,11 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Workspace:
     root: Path
+
+    @property
+    def state(self) -> Path:
+        """This task's run state: stage records (`stages/`), `staging/`, `failed/` and `trash/`."""
+        return self.root / ".miniaturize" / "classification"
 
     @property
     def raw(self) -> Path:
@@ -94,6 +101,10 @@ class Workspace:
 class LMWorkspace(Workspace):
     """The causal-lm task's paths: the same roles under data/causal-lm, models/causal-lm and reports/causal-lm,
     so both tasks can live in one project."""
+
+    @property
+    def state(self) -> Path:
+        return self.root / ".miniaturize" / "causal-lm"
 
     @property
     def prepared(self) -> Path:

@@ -2,6 +2,8 @@
 in its environment), and what must hold of it:
 
 - nothing is left in staging, and an unchanged re-run skips every stage;
+- the two tasks keep their own stage cache: a causal-lm run in the same project, then the unchanged
+  classification run again, finds every classification stage unchanged (and the causal-lm run too);
 - no planted credential is in any file of the project (MLflow store and artifacts, reports, models, stage
   records) or in anything the run printed;
 - a second run from scratch gives the same prepared-data hash and test accuracy within 0.2 points;
@@ -17,19 +19,50 @@ import json
 import pytest
 
 from flows import cache
+from flows.workspace import LMWorkspace, Workspace
+from tests.conftest import lm_sentences
 from tests.reliability.conftest import PLANTED_SECRETS, make_tiny_project, run_pipeline
 
 TOLERANCE_POINTS = 0.2
+# A corpus of generated sentences and a teacher trained in seconds: the causal-lm chain in about a minute.
+TINY_LM = ["lm.data.max_sentences=400", "lm.data.vocab_size=300", "lm.teacher.epochs=1",
+           "lm.teacher.architecture={n_layer: 2, n_embd: 32, n_head: 2, n_positions: 48}",
+           "lm.distill.layers=[0]", "lm.distill.ablation=false", "lm.evaluate.rss_prompts=1",
+           "lm.evaluate.generation_prompts=2", "lm.evaluate.bleu_sentences=10", "retries.stage_delay_seconds=0"]
 
 
 def test_the_complete_run_left_nothing_staged_and_an_unchanged_rerun_skips_every_stage(tiny_run, prefect_api,
                                                                                       monkeypatch):
     project = tiny_run["project"]
     assert tiny_run["outcome"]["registration"]["alias"] == "champion"
-    assert not any((project / ".miniaturize" / "staging").glob("*/*")), "staging left behind"
+    assert not any((Workspace(project).state / "staging").glob("*/*")), "staging left behind"
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     again = run_pipeline(project, prefect_api)
     assert all(stage["cache_hit"] for stage in again["stages"].values())
+
+
+def run_lm(project, prefect_api: str) -> dict:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from components.config import load_params
+    from flows.pipeline import pipeline
+
+    corpus = project / "data" / "corpus.txt"
+    if not corpus.exists():
+        corpus.write_text("\n".join(lm_sentences(300, 7)) + "\n")
+    params = load_params(project / "configs" / "causal-lm.yaml", None, [*TINY_LM, f"lm.data.source={corpus}"])
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+        return pipeline(params, root=str(project))
+
+
+def test_a_causal_lm_run_in_the_same_project_keeps_both_stage_caches(tiny_run, prefect_api):
+    project = tiny_run["project"]
+    assert not any(stage["cache_hit"] for stage in run_lm(project, prefect_api)["stages"].values())
+    again = run_pipeline(project, prefect_api)
+    assert all(stage["cache_hit"] for stage in again["stages"].values()), "the causal-lm run invalidated them"
+    assert all(stage["cache_hit"] for stage in run_lm(project, prefect_api)["stages"].values())
+    assert (Workspace(project).state / "stages" / "ingest.json").is_file()
+    assert (LMWorkspace(project).state / "stages" / "ingest.json").is_file()
 
 
 def test_no_planted_secret_in_any_file_the_run_wrote_or_in_its_output(tiny_run):
@@ -52,7 +85,7 @@ def test_a_second_run_from_scratch_gives_the_same_data_hash_and_accuracy(tiny_ru
     run_pipeline(second, prefect_api, until="distill")
 
     def record(project, stage):
-        return json.loads(cache.StageCache(project).path(stage).read_text())
+        return json.loads(cache.StageCache(Workspace(project).state).path(stage).read_text())
 
     assert record(first, "ingest")["outputs"] == record(second, "ingest")["outputs"]
     for stage in ("finetune", "distill"):
@@ -78,7 +111,7 @@ def test_a_crash_between_registration_and_the_alias_move_keeps_the_old_champion(
         raise SystemExit("killed between registration and the alias move")
 
     monkeypatch.setattr(registry, "move_alias", crash)
-    cache.StageCache(project).forget("register")  # register again, the same model
+    cache.StageCache(Workspace(project).state).forget("register")  # register again, the same model
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(BaseException, match="killed between registration"):
         run_pipeline(project, prefect_api, "retries.stage_attempts=1")
@@ -88,4 +121,4 @@ def test_a_crash_between_registration_and_the_alias_move_keeps_the_old_champion(
     # ... and the crash left the champion where it was, and the registration unrecorded.
     assert client.get_model_version_by_alias(name, "champion").version == champion
     assert "alias.champion.set_at" not in client.get_model_version(name, seen["version"]).tags
-    assert not cache.StageCache(project).path("register").exists()
+    assert not cache.StageCache(Workspace(project).state).path("register").exists()

@@ -13,6 +13,7 @@ import pytest
 
 from flows import cache
 from flows.retries import TrackingUnavailable
+from flows.workspace import Workspace
 from tests.reliability.conftest import run_pipeline
 
 
@@ -46,7 +47,7 @@ def test_mlflow_down_mid_stage_keeps_outputs_and_logs_and_the_next_run_replays_t
     message = str(caught.value)
     assert "the validate stage finished and its outputs are in place (reports/validation)" in message
     assert "the next run logs them without computing it again" in message
-    record = cache.StageCache(tiny_project).path("validate")
+    record = cache.StageCache(Workspace(tiny_project).state).path("validate")
     assert record.is_file() and (tiny_project / "reports" / "validation" / "validation.json").is_file()
     kept = cache.Record(**json.loads(record.read_text()))
     assert {e["kind"] for e in kept.journal} >= {"metrics", "artifact", "end"}
