@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run smoke search test test-integration bench ui stop-ui serve dvc-status repro push clean
+.PHONY: install run smoke search test test-integration bench ui stop-ui serve dvc-status dvc-yaml repro push clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +84,10 @@ serve: $(VENV)/.installed
 
 dvc-status: $(VENV)/.installed
 	$(BIN)/dvc status
+
+# Rewrite dvc.yaml from the stage tables (flows/stages.py, flows/lm_stages.py); ARGS=--check only compares.
+dvc-yaml: $(VENV)/.installed
+	$(BIN)/miniaturize dvc-yaml $(ARGS)
 
 # Re-run the DVC pipeline (only stages whose code, params or inputs changed); stage commands need the venv.
 repro: $(VENV)/.installed

@@ -514,6 +514,23 @@ def served_bundle(bundle: str, expect_manifest: str | None, download_to: Path) -
     return folder, pinned
 
 
+@app.command("dvc-yaml")
+def dvc_yaml(check: Annotated[bool, typer.Option("--check", help="Write nothing; exit 1, showing the difference, when dvc.yaml is not what the stage tables give.")] = False) -> None:
+    """Write dvc.yaml from the stage tables (flows/stages.py, flows/lm_stages.py): every stage's cmd, deps,
+    params and outs, for both tasks."""
+    from flows import dvc_yaml as generated
+
+    path = Path.cwd() / "dvc.yaml"
+    if not check:
+        generated.write(path)
+        typer.echo(f"written: {path}")
+        return
+    difference = generated.drift(path)
+    if difference:
+        fail(f"{path} differs from the stage tables (`miniaturize dvc-yaml` rewrites it):\n{difference}", 1)
+    typer.echo(f"{path} matches the stage tables")
+
+
 @app.command()
 def deploy(name: Annotated[str, typer.Option("--name", help="Deployment name, under the flow miniaturize-scheduled.")] = "nightly",
            cron: Annotated[str, typer.Option("--cron", help="When to run, as a cron expression (default: 02:00 every night).")] = "0 2 * * *",

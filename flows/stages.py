@@ -158,13 +158,16 @@ STAGES: dict[str, StageFn] = {
 }
 
 
-# The params each stage sees (and whose change should re-run it): its own section, plus what it borrows.
+# The params each stage reads (and whose change should re-run it): its own section, plus what it borrows,
+# exactly (tests/flows/test_dvc_yaml.py); dvc.yaml's params are generated from it (flows/dvc_yaml.py).
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "ingest": ("data",), "validate": ("validate", "data"), "finetune": ("teacher", "seed", "distributed"),
-    "distill": ("distill", "seed", "distributed"), "prune": ("prune", "seed", "distributed"), "trim": ("trim",),
-    "export": ("export", "teacher"), "quantize": ("quantize", "teacher"),
-    "seeds": ("seeds", "distill", "prune", "trim", "export", "quantize", "teacher", "distributed"),
-    "evaluate": ("evaluate", "register", "seeds", "seed"), "register": ("register",),
+    "ingest": ("data",), "validate": ("validate", "data.labels"), "finetune": ("teacher", "seed", "distributed"),
+    "distill": ("distill", "seed", "distributed"), "prune": ("prune", "seed", "distributed"),
+    "trim": ("trim", "teacher.max_length"), "export": ("export", "teacher.max_length"),
+    "quantize": ("quantize", "teacher.max_length"),
+    "seeds": ("seeds.extra", "seed", "distill", "prune", "trim", "export", "quantize", "teacher.max_length",
+              "distributed"),
+    "evaluate": ("evaluate", "register.gate", "teacher.max_length", "seed"), "register": ("register",),
 }
 
 

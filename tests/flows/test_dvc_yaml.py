@@ -1,0 +1,153 @@
+"""dvc.yaml is generated from the stage tables (flows/dvc_yaml.py): the committed file is the generated one,
+its params are each stage's config slice, and that slice is exactly what the stage reads."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+import components
+from components.config import load_params
+from components.tracking import NullTracker, StageResult
+from flows import dvc_yaml, lm_stages, stages
+from flows.stages import stage_config, stage_table
+from flows.versioning import TASK_PARAMS
+from flows.workspace import workspace_for
+
+REPO = Path(__file__).resolve().parents[2]
+TASKS = list(TASK_PARAMS)
+
+
+def committed_stages(task: str) -> dict:
+    prefix = dvc_yaml.STAGE_PREFIX[task]
+    everything = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    return {name: stage for name, stage in everything.items() if name.startswith("lm-") == bool(prefix)}
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_committed_dvc_yaml_is_generated_from_the_stage_table(task):
+    assert committed_stages(task) == dvc_yaml.task_stages(task), "run `miniaturize dvc-yaml` (make dvc-yaml)"
+
+
+def test_committed_dvc_yaml_is_the_generated_text():
+    assert dvc_yaml.drift(REPO / "dvc.yaml") == "", "run `miniaturize dvc-yaml` (make dvc-yaml)"
+
+
+def test_drift_shows_the_changed_line(tmp_path):
+    path = tmp_path / "dvc.yaml"
+    path.write_text(dvc_yaml.render().replace("- trim\n", "- trim.enabled\n", 1))
+    diff = dvc_yaml.drift(path)
+    assert "-    - trim.enabled\n" in diff and "+    - trim\n" in diff
+    dvc_yaml.write(path)
+    assert dvc_yaml.drift(path) == ""
+
+
+def declared_params(task: str, stage: dict) -> list[str]:
+    entries = stage.get("params", [])
+    if TASK_PARAMS[task] == dvc_yaml.DEFAULT_PARAMS:
+        return entries
+    return [key for entry in entries for key in entry[TASK_PARAMS[task]]]
+
+
+def lookup(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_dvc_params_are_the_stage_config_slice_and_in_the_params_file(task):
+    params = load_params(REPO / TASK_PARAMS[task])
+    raw = yaml.safe_load((REPO / TASK_PARAMS[task]).read_text())
+    prefix = dvc_yaml.STAGE_PREFIX[task]
+    committed = committed_stages(task)
+    for name in stage_table(task).stages:
+        declared = declared_params(task, committed[prefix + name])
+        assert declared == list(stage_config(params, name)), name
+        for key in declared:  # DVC reads the file itself, not the schema's defaults
+            lookup(raw, key)
+
+
+# ------------------------------------------------------------------ what each stage really reads
+
+class Reads:
+    """A config (section) that notes which keys a stage reads: a value's dotted key, or the whole section's
+    when the section is handed on (to a component), copied or read through a method."""
+
+    def __init__(self, section: BaseModel, key: str, log: set[str]):
+        self._section, self._key, self._log = section, key, log
+
+    def _child(self, name: str) -> str:
+        field = type(self._section).model_fields.get(name)
+        alias = field.alias if field is not None and field.alias else name
+        return f"{self._key}.{alias}" if self._key else alias
+
+    def __getattr__(self, name: str):
+        if name == "section":  # Params.section("validate"): the stage's own section by its config name
+            return lambda section: Reads(self._section.section(section), section, self._log)
+        value = getattr(self._section, name)
+        if isinstance(value, BaseModel):
+            return Reads(value, self._child(name), self._log)
+        self._log.add(self._key if callable(value) else self._child(name))
+        return value
+
+
+class Component:
+    """Any function of a component module: notes the sections handed to it, returns a made-up result."""
+
+    def __init__(self, log: set[str]):
+        self._log = log
+
+    def __getattr__(self, name: str):
+        def call(*args, **kwargs):
+            self._log.update(arg._key for arg in (*args, *kwargs.values()) if isinstance(arg, Reads))
+            if name == "measure_final":
+                return {"accuracy": 1.0, "agreement_with_teacher": 1.0}
+            return StageResult(info={"chosen": "int8"})
+        return call
+
+
+COMPONENTS = ("ingest", "validate", "finetune", "distill", "prune", "vocab", "export", "quantize", "seeds",
+              "evaluate", "lm_data", "lm_train", "lm_export", "lm_evaluate")
+RAW_STAGES = {"sequence-classification": stages.STAGES, "causal-lm": lm_stages.STAGES}
+# register hands all the params to flows.registry (a version's params_hash tag covers them all), so these
+# fakes cannot tell what it reads: it is left out.
+CASES = [(task, name) for task in TASKS for name in RAW_STAGES[task] if name != "register"]
+
+
+def collapse(keys: set[str]) -> set[str]:
+    """The keys not inside another one: {lm.prune, lm.prune.ffn_ratio} -> {lm.prune}."""
+    return {k for k in keys if not any(k.startswith(other + ".") for other in keys)}
+
+
+@pytest.mark.parametrize(("task", "name"), CASES)
+def test_each_stage_reads_exactly_its_config_slice(task, name, tmp_path, monkeypatch):
+    log: set[str] = set()
+    fake = Component(log)
+    for module in COMPONENTS:
+        monkeypatch.setattr(components, module, fake, raising=False)
+        monkeypatch.setitem(sys.modules, f"components.{module}", fake)
+    rmtree = shutil.rmtree  # the fake components write nothing for the seeds stage to remove
+    monkeypatch.setattr(shutil, "rmtree", lambda path, ignore_errors=False: rmtree(path, ignore_errors=True))
+    params = load_params(REPO / TASK_PARAMS[task])
+    RAW_STAGES[task][name](Reads(params, "", log), workspace_for(task, tmp_path), NullTracker())
+    assert collapse(log) == set(stage_table(task).sections[name]), name
+
+
+def test_cli_writes_then_checks(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    assert CliRunner().invoke(app, ["dvc-yaml", "--check"]).exit_code == 1  # no dvc.yaml yet
+    assert CliRunner().invoke(app, ["dvc-yaml"]).exit_code == 0
+    assert CliRunner().invoke(app, ["dvc-yaml", "--check"]).exit_code == 0
+    (tmp_path / "dvc.yaml").write_text((tmp_path / "dvc.yaml").read_text().replace("- seed\n", "", 1))
+    done = CliRunner().invoke(app, ["dvc-yaml", "--check"])
+    assert done.exit_code == 1 and "+    - seed\n" in done.output
