@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run smoke search test test-integration bench ui stop-ui serve dvc-status dvc-yaml repro push clean
+.PHONY: install run smoke search lint test test-integration bench ui stop-ui serve dvc-status dvc-yaml repro push clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,15 @@ smoke: $(VENV)/.installed
 search: $(VENV)/.installed
 	$(BIN)/miniaturize search $(ARGS)
 
-# Two workers (pytest-xdist); each test file stays on one worker, so its module fixtures are built once.
-test: $(VENV)/.installed-test
+# ruff, then the import contracts of pyproject.toml ([tool.importlinter]): components never import flows,
+# Prefect, MLflow or DVC; the edge scripts import nothing from the project.
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check components flows tests
+	$(BIN)/lint-imports --no-cache
+
+# Lint first; then two workers (pytest-xdist); each test file stays on one worker, so its module fixtures are
+# built once.
+test: lint $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 $(ARGS)
 
 # The smoke pipeline against a real MLflow server on a throwaway PostgreSQL cluster (installs the

@@ -27,8 +27,17 @@ from components import soft_targets
 from components.config import DistillConfig, DistributedConfig
 from components.finetune import load_encoded_splits, load_transfer, read_labels, save_model
 from components.losses import attention_kl, hidden_mse
-from components.modeling import (Encoded, ModelSourceError, accuracy, concat, count_params, predict_logits,
-                                 seed_everything, set_transformer_layers, transformer_layers)
+from components.modeling import (
+    Encoded,
+    ModelSourceError,
+    accuracy,
+    concat,
+    count_params,
+    predict_logits,
+    seed_everything,
+    set_transformer_layers,
+    transformer_layers,
+)
 from components.tracking import PrefixedTracker, StageResult, Tracker
 from components.training import Distillation, train
 

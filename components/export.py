@@ -22,8 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from components.config import ExportConfig
-from components.modeling import (Encoded, collate, dir_size_bytes, encode, length_bucketed_batches,
-                                 predict_logits, read_split, require_safetensors)
+from components.modeling import (
+    Encoded,
+    collate,
+    dir_size_bytes,
+    encode,
+    length_bucketed_batches,
+    predict_logits,
+    read_split,
+    require_safetensors,
+)
 from components.tracking import StageResult, Tracker
 
 ONNX_FILE = "model.onnx"

@@ -19,8 +19,15 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from components import soft_targets
 from components.config import DistributedConfig, TeacherConfig
 from components.distributed import is_main_process, wait_for_everyone
-from components.modeling import (accuracy, count_params, encode, predict_logits, read_split,
-                                 resolve_model_source, seed_everything)
+from components.modeling import (
+    accuracy,
+    count_params,
+    encode,
+    predict_logits,
+    read_split,
+    resolve_model_source,
+    seed_everything,
+)
 from components.tracking import StageResult, Tracker
 from components.training import train
 

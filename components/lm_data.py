@@ -31,9 +31,21 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import PreTrainedTokenizerFast
 
 from components.config import LMDataConfig
-from components.ingest import (SPLITS, VADER_MEMBERS, VADER_SHA256, VADER_VERSION, DataError, check_column_types,
-                               decode_utf8, fetch_vader_archive, read_table, read_vader_ratings, sha256_file, sniff,
-                               workspace_path)
+from components.ingest import (
+    SPLITS,
+    VADER_MEMBERS,
+    VADER_SHA256,
+    VADER_VERSION,
+    DataError,
+    check_column_types,
+    decode_utf8,
+    fetch_vader_archive,
+    read_table,
+    read_vader_ratings,
+    sha256_file,
+    sniff,
+    workspace_path,
+)
 from components.text import text_key
 from components.tracking import StageResult, Tracker
 

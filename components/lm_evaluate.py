@@ -41,7 +41,7 @@ from pathlib import Path
 
 from components import benchmark
 from components.config import LMEvaluateConfig, LMGateConfig
-from components.evaluate import ModelSpec, fmt, environment_info, gate_lines, json_safe, write_atomic
+from components.evaluate import ModelSpec, environment_info, fmt, gate_lines, json_safe, write_atomic
 from components.gate import GateDecision, compare_lm_to_teacher, decide_lm
 from components.lm_export import greedy, load, load_tokenizer
 from components.rss_probe import session_greedy

@@ -29,8 +29,17 @@ from components.distill import training_set
 from components.distributed import same_on_every_rank
 from components.finetune import load_encoded_splits, read_labels, save_model
 from components.losses import kd_loss
-from components.modeling import (Encoded, accuracy, collate, count_params, length_bucketed_batches, model_inputs,
-                                 predict_logits, seed_everything, transformer_layers)
+from components.modeling import (
+    Encoded,
+    accuracy,
+    collate,
+    count_params,
+    length_bucketed_batches,
+    model_inputs,
+    predict_logits,
+    seed_everything,
+    transformer_layers,
+)
 from components.tracking import PrefixedTracker, StageResult, Tracker
 from components.training import Distillation, train
 

@@ -27,8 +27,17 @@ from pathlib import Path
 import numpy as np
 
 from components.config import QuantizeConfig
-from components.export import (ONNX_FILE, copy_model_metadata, encode_split, move_into_place, onnx_logits,
-                               onnx_session, pad_id_of, read_model_labels, temp_sibling)
+from components.export import (
+    ONNX_FILE,
+    copy_model_metadata,
+    encode_split,
+    move_into_place,
+    onnx_logits,
+    onnx_session,
+    pad_id_of,
+    read_model_labels,
+    temp_sibling,
+)
 from components.modeling import accuracy, dir_size_bytes
 from components.tracking import StageResult, Tracker
 

@@ -26,8 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from components.config import DistributedConfig, section_hash
-from components.distributed import (is_main_process, process_state, resolve_device, wait_for_everyone,
-                                    world_size)
+from components.distributed import is_main_process, process_state, resolve_device, wait_for_everyone, world_size
 from components.hashing import file_sha256
 from components.modeling import Encoded, predict_logits
 

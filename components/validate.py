@@ -155,8 +155,11 @@ def missing_reason(needs: tuple[str, ...], columns: set[str], n_rows: int, label
 def open_context():
     """An in-memory GX context (no files, no analytics, no progress bars) and its dataframe batch."""
     import great_expectations as gx
-    from great_expectations.data_context.types.base import (DataContextConfig, InMemoryStoreBackendDefaults,
-                                                            ProgressBarsConfig)
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
 
     config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
                                analytics_enabled=False, progress_bars=ProgressBarsConfig(globally=False))

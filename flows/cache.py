@@ -19,6 +19,7 @@ from pathlib import Path
 from components.config import section_hash
 from components.hashing import file_sha256
 
+
 def tree_sha256(path: Path) -> str | None:
     """sha256 of a file, or of a folder's sorted (relative name, file sha256) pairs; None if missing."""
     if path.is_file():

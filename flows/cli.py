@@ -248,9 +248,8 @@ def search(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = N
         os.environ.setdefault(key, value)
     params = load(params_file, profile, list(overrides or []))
     preflight(params, search=True)
-    from flows.search import search as search_flow
-
     from components.secrets import redact
+    from flows.search import search as search_flow
 
     outcome, minutes = run_flow(search_flow, params, Path.cwd(), "search")
     reg = outcome["registration"]

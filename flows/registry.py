@@ -32,8 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from components.config import Params, section_hash
 from components import gate
+from components.config import Params, section_hash
 from components.promotion import CHALLENGER, CHAMPION, event, rollback_target
 from components.tracking import StageResult, Tracker
 from flows.workspace import Workspace

@@ -136,9 +136,9 @@ def evaluated_models(ws: Workspace) -> list:
 
 
 def evaluate(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
-    from components import evaluate as component
-
     import json
+
+    from components import evaluate as component
 
     extra = json.loads(ws.seed_report.read_text())["extra"] if ws.seed_report.exists() else []
     return component.run(p.evaluate, p.register_.gate, ws.prepared, evaluated_models(ws), ws.report.parent, tracker,

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from components import benchmark
-from components.benchmark import (batched_inputs, latency_stats, onnx_params, pad_batch, runner_logits,
-                                  time_calls)
+from components.benchmark import batched_inputs, latency_stats, onnx_params, pad_batch, runner_logits, time_calls
 
 # ---------------------------------------------------------------- latency_stats (pure)
 

@@ -155,8 +155,9 @@ def test_only_training_stages_run_on_several_processes():
 
 
 def test_a_process_other_than_rank_0_writes_nothing(tiny_teacher_dir, tiny_prepared, tmp_path, monkeypatch):
-    from components.finetune import save_model
     from transformers import AutoTokenizer
+
+    from components.finetune import save_model
 
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")  # no process group here: the barriers are skipped

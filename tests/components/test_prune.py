@@ -37,9 +37,10 @@ def test_original_head_ids_skip_heads_already_pruned(tiny_teacher_dir):
 
 
 def test_importance_scores_shapes_and_signal(tiny_teacher_dir, tiny_prepared):
+    from transformers import AutoTokenizer
+
     from components import soft_targets
     from components.finetune import load_encoded_splits
-    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_teacher_dir)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)

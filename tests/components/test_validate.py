@@ -30,12 +30,12 @@ def clean_frames() -> dict[str, pd.DataFrame]:
     return {"train": make_frame(24, 0), "validation": make_frame(8, 100), "test": make_frame(8, 200)}
 
 
-def expect_failure(tmp_path, frames, cfg=ValidateConfig(), **kwargs) -> tuple[validate.ValidationFailed, dict]:
+def expect_failure(tmp_path, frames, cfg=None, **kwargs) -> tuple[validate.ValidationFailed, dict]:
     """Run the stage on `frames`; it must raise. Returns the error and the report it wrote."""
     prepared = write_prepared(tmp_path / "prepared", frames)
     tracker = RecordingTracker()
     with pytest.raises(validate.ValidationFailed) as caught:
-        validate.run(cfg, prepared, tmp_path / "out", tracker, **kwargs)
+        validate.run(cfg or ValidateConfig(), prepared, tmp_path / "out", tracker, **kwargs)
     error = caught.value
     assert error.report_path == tmp_path / "out" / "validation.json"
     assert tracker.artifacts == [error.report_path]  # written and logged before raising

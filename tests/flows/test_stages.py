@@ -1,10 +1,9 @@
 from pathlib import Path
 
 from components.config import build_params
-from components.tracking import NullTracker, StageResult
+from components.tracking import NullTracker, PrefixedTracker, StageResult
 from flows.pipeline import stage_key
-from components.tracking import PrefixedTracker
-from flows.stages import STAGES, STAGE_SECTIONS, merge, stage_config
+from flows.stages import STAGE_SECTIONS, STAGES, merge, stage_config
 from flows.tracking import flatten
 
 
