@@ -40,6 +40,21 @@ def pin_environment(environ=os.environ) -> None:
 
 
 pin_environment()
+PINNED_ENVIRONMENT = {k: v for k, v in os.environ.items() if k.startswith(AMBIENT_PREFIXES)}
+
+
+@pytest.fixture(autouse=True)
+def pinned_environment():
+    """Every test starts from the pinned environment: what an earlier test in the same worker left behind is
+    undone (`mlflow.set_tracking_uri`, which the registry and search call, also exports MLFLOW_TRACKING_URI,
+    and a later project would otherwise log into the earlier one's store)."""
+    yield
+    leaked = [k for k in os.environ if k.startswith(AMBIENT_PREFIXES) and k not in PINNED_ENVIRONMENT]
+    if "MLFLOW_TRACKING_URI" in leaked and "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)  # mlflow's own global, and the variable with it
+    for key in leaked:
+        os.environ.pop(key, None)
+    os.environ.update(PINNED_ENVIRONMENT)
 
 POSITIVE = ["a wonderful, moving film", "great acting and a sharp script", "funny and warm throughout",
             "one of the best movies this year", "beautifully shot and deeply felt", "a delight from start to end"]

@@ -94,12 +94,16 @@ def test_help_lists_the_exit_codes(monkeypatch):
 
 
 def test_search_prints_the_tracking_uri_redacted(monkeypatch):
+    import contextlib
+
+    import flows.prefect_api
     import flows.search
 
     outcome = {"registration": {"model_uri": "models:/m/1", "alias": "champion", "reason": "fastest"},
                "chosen": "c1", "reason": "fastest within tolerance", "front": ["c1"], "reports": "reports/search",
                "tracking_uri": "http://alice:s3cret-pass@mlflow.example:5000", "parent_run_id": "abc"}
     monkeypatch.setattr(flows.search, "search", lambda *args, **kwargs: outcome)
+    monkeypatch.setattr(flows.prefect_api, "temporary_api", contextlib.nullcontext)  # no flow runs here
     done = invoke(monkeypatch, "search", "--profile", "smoke")
     assert done.exit_code == 0, done.output
     assert "s3cret-pass" not in done.output and "mlflow.example" in done.output

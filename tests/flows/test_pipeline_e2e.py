@@ -206,7 +206,7 @@ def test_package_bundles_the_registered_champion(smoke_run, prefect_api, tmp_pat
     assert predicted.returncode == 0 and json.loads(predicted.stdout)["label"] in ("negative", "positive")
     missing = run_cli(["package", "--out", str(tmp_path / "x"), "--model", "models:/miniaturize-sentiment@nope"],
                       project, prefect_api)
-    assert missing.returncode == 2 and "cannot package" in missing.stderr
+    assert missing.returncode == 2 and "alias nope not found" in missing.stderr
 
 
 def stage_runs(client, parent_id: str) -> dict:
