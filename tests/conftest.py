@@ -40,21 +40,19 @@ def pin_environment(environ=os.environ) -> None:
 
 
 pin_environment()
-PINNED_ENVIRONMENT = {k: v for k, v in os.environ.items() if k.startswith(AMBIENT_PREFIXES)}
 
 
 @pytest.fixture(autouse=True)
-def pinned_environment():
-    """Every test starts from the pinned environment: what an earlier test in the same worker left behind is
-    undone (`mlflow.set_tracking_uri`, which the registry and search call, also exports MLFLOW_TRACKING_URI,
-    and a later project would otherwise log into the earlier one's store)."""
+def no_leaked_tracking_uri():
+    """`mlflow.set_tracking_uri`, which the registry and search call, also exports MLFLOW_TRACKING_URI: undone
+    after each test, so a later test's project never logs into an earlier one's store. (Only that variable:
+    modules set others, e.g. flows.tracking's HTTP retry settings, once at import, for every later test.)"""
     yield
-    leaked = [k for k in os.environ if k.startswith(AMBIENT_PREFIXES) and k not in PINNED_ENVIRONMENT]
-    if "MLFLOW_TRACKING_URI" in leaked and "mlflow" in sys.modules:
-        sys.modules["mlflow"].set_tracking_uri(None)  # mlflow's own global, and the variable with it
-    for key in leaked:
-        os.environ.pop(key, None)
-    os.environ.update(PINNED_ENVIRONMENT)
+    if "MLFLOW_TRACKING_URI" in os.environ:
+        if "mlflow" in sys.modules:
+            sys.modules["mlflow"].set_tracking_uri(None)  # mlflow's own global, and the variable with it
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+
 
 POSITIVE = ["a wonderful, moving film", "great acting and a sharp script", "funny and warm throughout",
             "one of the best movies this year", "beautifully shot and deeply felt", "a delight from start to end"]
