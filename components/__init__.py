@@ -1,5 +1,17 @@
-"""miniaturize components: one module per pipeline stage, pure of orchestration.
+"""miniaturize components: the pipeline's stages and their helpers, pure of orchestration.
 
-Each stage module exposes `run(cfg, inputs, out_dir, tracker) -> StageResult`. Components take paths
-and a tracker, and return metrics and paths; Prefect, MLflow and DVC live in `flows/`.
+- `components.classification`: the sequence-classification task's stage modules (ingest, finetune,
+  distill, prune, trim, export, quantize, evaluate), the search and bench commands, and `edge_predict.py`,
+  the stand-alone script of its edge bundle.
+- `components.causal_lm`: the causal-lm task's stage modules (data, train, export, evaluate) and
+  `edge_generate.py`, the stand-alone script of its edge bundle.
+- `components.kit`: what several stages or both tasks use (training loop, losses, pruning selection,
+  quantization, ONNX and latency helpers, file I/O, reports, the gate, tracking). The kit imports no task.
+- `config.py` (the one validated config, both tasks' sections), `validate.py` (the validate stage both
+  tasks run), `bundle.py` and `serve.py` (edge bundles and serving of either task's models).
+
+Each stage is a function that takes its config section, paths and a `Tracker` and returns a
+`StageResult` (metrics and paths): `run(...)` in most modules, `causal_lm.train.train_teacher`,
+`distill` and `prune`, `causal_lm.export.export` and `quantize`. Stage modules import only the kit,
+`config` and third-party libraries, never each other; Prefect, MLflow and DVC live in `flows/`.
 """

@@ -2,9 +2,9 @@
 
 `package(model_dir, out_dir, source, metrics, max_length)` copies the ONNX model, `tokenizer.json` and
 `labels.json` of an exported (or quantized) model folder, adds `predict.py` (the stand-alone script in
-`components/edge_predict.py`) and writes `manifest.json`: the sha256 of every file, the metrics and the
-source it came from (registered version, run). `predict.py` checks the folder against the manifest before
-it loads anything; `manifest_sha256(bundle)` is the value to pin the manifest itself with.
+`components/classification/edge_predict.py`) and writes `manifest.json`: the sha256 of every file, the
+metrics and the source it came from (registered version, run). `predict.py` checks the folder against the
+manifest before it loads anything; `manifest_sha256(bundle)` is the value to pin the manifest itself with.
 
 `out_dir` is judged before anything is built (`out_dir_problem`): a new or empty folder is written, a
 folder that is already an edge bundle is replaced, and anything else (a file, a link, a folder with other
@@ -15,7 +15,7 @@ failure leaves no half bundle.
 A causal-LM model folder (config.json names a `...LMHeadModel` / `...ForCausalLM`, or it has a
 generation_config.json and no labels.json) gets a text-generation bundle instead: the ONNX decoder with its
 key/value cache, `tokenizer.json`, `config.json` (head counts, positions, end token), generation_config.json
-when there is one, and `components/edge_generate.py` as `predict.py`; its manifest says
+when there is one, and `components/causal_lm/edge_generate.py` as `predict.py`; its manifest says
 `"task": "causal-lm"`.
 """
 
@@ -28,15 +28,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from components import edge_generate, edge_predict
-from components.edge_predict import sha256
+from components.causal_lm import edge_generate
+from components.classification import edge_predict
+from components.classification.edge_predict import sha256
 
 FORMAT = "miniaturize-edge-bundle/1"
 FILES = tuple(name for name in edge_predict.BUNDLE_FILES if name != "predict.py")
-PREDICT = Path(__file__).with_name("edge_predict.py")
+PREDICT = Path(edge_predict.__file__)
 LM_FILES = tuple(name for name in edge_generate.BUNDLE_FILES if name != "predict.py")
 LM_OPTIONAL = edge_generate.OPTIONAL_FILES
-GENERATE = Path(__file__).with_name("edge_generate.py")
+GENERATE = Path(edge_generate.__file__)
 CAUSAL_LM = "causal-lm"
 REQUIRES = ["onnxruntime", "tokenizers", "numpy"]
 # What a bundle folder may hold besides the files its manifest lists (Python writes __pycache__ beside a

@@ -61,8 +61,8 @@ class ValidateConfig(_Section):
 
 class DistributedConfig(_Section):
     """Where and how the training stages (finetune, distill, prune) run: in one process, or data-parallel
-    over several (components/distributed.py, flows/launch.py). The seeds stage and the search train in one
-    process, on the same device and precision."""
+    over several (components/kit/distributed.py, flows/launch.py). The seeds stage and the search train in
+    one process, on the same device and precision."""
 
     # finetune, distill and prune run as this many processes of the machine (torchrun; one per GPU), each
     # taking its share of every batch: the same batches and optimizer steps as one process.
@@ -365,7 +365,7 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _no_credentials(self) -> Params:
-        from components.secrets import url_password
+        from components.kit.secrets import url_password
 
         for key, value in _leaves(self.as_dict()):
             if isinstance(value, str) and url_password(value):

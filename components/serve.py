@@ -34,7 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
-from components.edge_predict import BundleError, Predictor
+from components.classification.edge_predict import BundleError, Predictor
 
 USAGE = 'send {"texts": ["...", ...]} or {"text": "..."}'
 GENERATE_USAGE = 'send {"prompt": "...", "max_new_tokens": n}'
@@ -131,7 +131,7 @@ def bundle_task(bundle_dir: Path) -> str:
 def load_model(bundle_dir: Path, threads: int, expect_manifest: str | None = None):
     """The bundle's Predictor (classification) or Generator (causal-LM) after its check; anything that stops
     it loading becomes a BundleError."""
-    from components.edge_generate import BundleError as GenerateBundleError, Generator
+    from components.causal_lm.edge_generate import BundleError as GenerateBundleError, Generator
 
     try:
         if bundle_task(bundle_dir) == CAUSAL_LM:

@@ -21,8 +21,8 @@ from typing import Any, Callable
 import pandas as pd
 
 from components.config import ValidateConfig
-from components.text import text_key  # the same form ingest de-duplicates by
-from components.tracking import StageResult, Tracker
+from components.kit.text import text_key  # the same form ingest de-duplicates by
+from components.kit.tracking import StageResult, Tracker
 
 SPLITS = ("train", "validation", "test")
 # Every check this stage can emit, in the order failures are reported (the headline first).

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.config import section_hash
-from components.hashing import file_sha256
+from components.kit.hashing import file_sha256
 
 
 def tree_sha256(path: Path) -> str | None:

@@ -72,10 +72,10 @@ def exit_code(err: BaseException, what: str) -> tuple[int, str]:
     from mlflow.exceptions import MlflowException
 
     from components.bundle import BundleSourceError, OutDirRefused
+    from components.classification.edge_predict import BundleError
     from components.config import ConfigError
-    from components.edge_predict import BundleError
-    from components.ingest import DataError
-    from components.promotion import RollbackError
+    from components.kit.data import DataError
+    from components.kit.promotion import RollbackError
     from components.validate import ValidationFailed
     from flows.lock import WorkspaceLocked
     from flows.registry import GateRejected
@@ -113,7 +113,7 @@ def exit_codes(what: str):
 
 def run_flow(flow_fn, params, root: Path, what: str, **options) -> tuple[dict, float]:
     """Run a Prefect flow with the exit codes of every command. Returns its result and the minutes it took."""
-    from components.ingest import DataError
+    from components.kit.data import DataError
     from components.validate import ValidationFailed
     from flows.lock import WorkspaceLocked
     from flows.retries import TrackingUnavailable
@@ -175,7 +175,7 @@ def run(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None
         if not path.exists() and path.suffix:  # a file name, not a hub dataset id
             fail(f"error: data file {data} does not exist", 2)
         if path.exists():
-            from components.ingest import DataError, workspace_path
+            from components.kit.data import DataError, workspace_path
 
             try:  # fail here, before the flow starts, when the file lies outside the project
                 path = workspace_path(data, Path.cwd(), "--data")
@@ -248,7 +248,7 @@ def search(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = N
         os.environ.setdefault(key, value)
     params = load(params_file, profile, list(overrides or []))
     preflight(params, search=True)
-    from components.secrets import redact
+    from components.kit.secrets import redact
     from flows.search import search as search_flow
 
     outcome, minutes = run_flow(search_flow, params, Path.cwd(), "search")
@@ -267,7 +267,7 @@ def run_share(name: str, params, ws) -> None:
     and neither logs to MLflow nor writes files (components write on rank 0 only) nor prints."""
     import contextlib
 
-    from components.tracking import NullTracker
+    from components.kit.tracking import NullTracker
     from flows.stages import stage_table
 
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
@@ -287,7 +287,7 @@ def stage(name: Annotated[str, typer.Argument(help="ingest, validate, finetune, 
     overrides = list(overrides or []) + ([f"distributed.processes={processes}"] if processes else [])
     params = load(params_file, profile, overrides)
     check_stage(name, params.task)
-    from components import distributed
+    from components.kit import distributed
     from flows.launch import DATA_PARALLEL_STAGES
 
     if ((processes or 1) > 1 or distributed.world_size() > 1) and name not in DATA_PARALLEL_STAGES:
@@ -301,7 +301,7 @@ def run_one_stage(name: str, params, run_id: str | None, result_file: Path | Non
                   workspace_paths: list[str] | None) -> None:
     """`miniaturize stage NAME`: in a launch's further process, its share; as a launch's rank 0, into the
     caller's run; alone (dvc repro), under the workspace lock in a run of its own."""
-    from components import distributed
+    from components.kit import distributed
     from flows import tracking
     from flows.launch import DATA_PARALLEL_STAGES, Paths, write_result
     from flows.lock import workspace_lock
@@ -445,7 +445,7 @@ def bench(repeats: Annotated[int, typer.Option(help="Rounds over all models.")] 
     import json
 
     params = load(params_file, None, list(overrides or []))
-    from components import bench as component
+    from components.classification import bench as component
     from flows.stages import evaluated_models
     from flows.workspace import Workspace
 
@@ -477,7 +477,7 @@ def serve_model(bundle: Annotated[str, typer.Argument(help="Bundle folder writte
     /generate {"prompt": "..."} (causal-LM). The bundle is checked before anything listens."""
     import tempfile
 
-    from components.edge_predict import BundleError
+    from components.classification.edge_predict import BundleError
     from components.serve import serve
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,7 +8,7 @@
 on this machine, in the project folder, with the run's params and the caller's paths for the stage's
 inputs and outputs (the pipeline's are in a staging folder until the stage has finished). Rank 0 logs into
 the caller's MLflow run and hands the stage's result back in a JSON file; the other processes train their
-share of every batch and neither log nor write (components/distributed.py). So `miniaturize run` (the Prefect flow),
+share of every batch and neither log nor write (components/kit/distributed.py). So `miniaturize run` (the Prefect flow),
 `miniaturize stage NAME --processes N` and dvc.yaml all train on N processes through one setting, and the
 stage cache and MLflow see the same runs as after a single-process stage. Several machines: start the same
 command with torchrun on each (README, "Distributed training").
@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from components.config import Params
-from components.tracking import StageResult, Tracker
+from components.kit.tracking import StageResult, Tracker
 
 DATA_PARALLEL_STAGES = ("finetune", "distill", "prune")
 
@@ -32,7 +32,7 @@ DATA_PARALLEL_STAGES = ("finetune", "distill", "prune")
 def data_parallel(name: str, stage_fn):
     """The stage, launched on `distributed.processes` processes when that is above 1."""
     def stage(p: Params, ws, tracker: Tracker) -> StageResult:
-        from components.distributed import world_size
+        from components.kit.distributed import world_size
 
         if p.distributed.processes == 1 or world_size() > 1:
             return stage_fn(p, ws, tracker)

@@ -11,14 +11,14 @@ against PyTorch) -> quantize (dynamic int8) -> evaluate (perplexity, BLEU, token
 from __future__ import annotations
 
 from components.config import Params
-from components.tracking import StageResult, Tracker
+from components.kit.tracking import StageResult, Tracker
 from flows.workspace import LMWorkspace
 
 
 def ingest(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
-    from components import lm_data
+    from components.causal_lm import data
 
-    return lm_data.run(p.lm.data, ws.prepared, tracker, seed=p.seed, cache_dir=ws.raw, root=ws.root)
+    return data.run(p.lm.data, ws.prepared, tracker, seed=p.seed, cache_dir=ws.raw, root=ws.root)
 
 
 def validate(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
@@ -28,41 +28,41 @@ def validate(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
 
 
 def finetune(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
-    from components import lm_train
+    from components.causal_lm import train
 
-    return lm_train.train_teacher(p.lm.teacher, ws.prepared, ws.teacher, tracker, seed=p.seed, dist=p.distributed)
+    return train.train_teacher(p.lm.teacher, ws.prepared, ws.teacher, tracker, seed=p.seed, dist=p.distributed)
 
 
 def distill(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
-    from components import lm_train
+    from components.causal_lm import train
 
-    return lm_train.distill(p.lm.distill, ws.teacher, ws.prepared, ws.student, ws.student_ablation, tracker,
-                            seed=p.seed, max_length=p.lm.teacher.max_length, dist=p.distributed)
+    return train.distill(p.lm.distill, ws.teacher, ws.prepared, ws.student, ws.student_ablation, tracker,
+                         seed=p.seed, max_length=p.lm.teacher.max_length, dist=p.distributed)
 
 
 def prune(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
-    from components import lm_train
+    from components.causal_lm import train
 
-    return lm_train.prune(p.lm.prune, ws.student, ws.teacher, ws.prepared, ws.pruned, tracker, seed=p.seed,
-                          max_length=p.lm.teacher.max_length, distill_cfg=p.lm.distill, ffn_ratio=p.lm.prune.ffn_ratio,
-                          dist=p.distributed)
+    return train.prune(p.lm.prune, ws.student, ws.teacher, ws.prepared, ws.pruned, tracker, seed=p.seed,
+                       max_length=p.lm.teacher.max_length, distill_cfg=p.lm.distill, ffn_ratio=p.lm.prune.ffn_ratio,
+                       dist=p.distributed)
 
 
 def export(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
-    from components import lm_export
+    from components.causal_lm import export as component
 
-    return lm_export.export(ws.pruned, ws.prepared, ws.onnx_fp32, tracker)
+    return component.export(ws.pruned, ws.prepared, ws.onnx_fp32, tracker)
 
 
 def quantize(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
-    from components import lm_export
+    from components.causal_lm import export as component
 
-    return lm_export.quantize(ws.onnx_fp32, ws.prepared, ws.final, tracker)
+    return component.quantize(ws.onnx_fp32, ws.prepared, ws.final, tracker)
 
 
 def evaluated_models(ws: LMWorkspace) -> list:
     """Every model the report covers, each in its deployable runtime."""
-    from components.evaluate import ModelSpec
+    from components.kit.report import ModelSpec
 
     models = [ModelSpec("teacher", ws.teacher, "pytorch"), ModelSpec("student", ws.student, "pytorch"),
               ModelSpec("pruned", ws.pruned, "pytorch"), ModelSpec("onnx_fp32", ws.onnx_fp32, "onnxruntime"),
@@ -73,10 +73,10 @@ def evaluated_models(ws: LMWorkspace) -> list:
 
 
 def evaluate(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
-    from components import lm_evaluate
+    from components.causal_lm import evaluate as component
 
-    return lm_evaluate.run(p.lm.evaluate, p.lm.gate, ws.prepared, evaluated_models(ws), ws.report.parent, tracker,
-                           seed=p.seed, max_length=p.lm.teacher.max_length)
+    return component.run(p.lm.evaluate, p.lm.gate, ws.prepared, evaluated_models(ws), ws.report.parent, tracker,
+                         seed=p.seed, max_length=p.lm.teacher.max_length)
 
 
 def register(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
@@ -99,15 +99,19 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 def stage_io():
     from flows.stages import StageIO
 
+    train = ("causal_lm.train", "kit.training", "kit.modeling", "kit.losses", "kit.distributed", "kit.pruning")
+    export = ("causal_lm.export", "kit.generation", "kit.quantization", "kit.onnx_models", "kit.files", "kit.latency")
     return {
-        "ingest": StageIO((), ("prepared",), ("lm_data", "ingest")),
-        "validate": StageIO(("prepared",), ("validation",), ("validate",)),
-        "finetune": StageIO(("prepared", "validation"), ("teacher",), ("lm_train", "distributed")),
-        "distill": StageIO(("prepared", "teacher"), ("student", "student_ablation"), ("lm_train", "distributed")),
-        "prune": StageIO(("prepared", "teacher", "student"), ("pruned",), ("lm_train", "distributed")),
-        "export": StageIO(("prepared", "pruned"), ("onnx_fp32",), ("lm_export",)),
-        "quantize": StageIO(("prepared", "onnx_fp32"), ("final",), ("lm_export",)),
+        "ingest": StageIO((), ("prepared",), ("causal_lm.data", "kit.data", "kit.hashing", "kit.text")),
+        "validate": StageIO(("prepared",), ("validation",), ("validate", "kit.text")),
+        "finetune": StageIO(("prepared", "validation"), ("teacher",), train),
+        "distill": StageIO(("prepared", "teacher"), ("student", "student_ablation"), train),
+        "prune": StageIO(("prepared", "teacher", "student"), ("pruned",), train),
+        "export": StageIO(("prepared", "pruned"), ("onnx_fp32",), export),
+        "quantize": StageIO(("prepared", "onnx_fp32"), ("final",), export),
         "evaluate": StageIO(("prepared", "teacher", "student", "student_ablation", "pruned", "onnx_fp32", "final"),
-                            ("report", "report_md"), ("lm_evaluate", "lm_export", "lm_train", "gate")),
-        "register": StageIO(("final", "report"), ("registration",), ("gate", "promotion", "flows.registry")),
+                            ("report", "report_md"),
+                            ("causal_lm.evaluate", "causal_lm.export", "causal_lm.train", "kit.generation",
+                             "kit.latency", "kit.rss_probe", "kit.gate", "kit.report", "kit.files")),
+        "register": StageIO(("final", "report"), ("registration",), ("kit.gate", "kit.promotion", "flows.registry")),
     }

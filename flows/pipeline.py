@@ -28,7 +28,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from components.config import Params, section_hash
-from components.secrets import redact
+from components.kit.secrets import redact
 from flows import cache, prefect_api, tracking
 from flows.lock import killed_runs, note, settled, workspace_lock
 from flows.retries import RetryPolicy, TrackingUnavailable, retry_transient, short

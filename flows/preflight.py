@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from components.config import ConfigError, Params
-from components.modeling import ModelSourceError, hub_offline, resolve_model_source
+from components.kit.modeling import ModelSourceError, hub_offline, resolve_model_source
 
 
 def check(params: Params, root: Path, search: bool = False) -> None:

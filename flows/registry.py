@@ -1,7 +1,7 @@
 """Register the final ONNX model in the MLflow model registry and move aliases through the gate.
 
-Decide, then act: `components.gate` judges the report's ratios against the teacher and the candidate against
-the current champion; `components.promotion` replays the alias history. This module only logs the model,
+Decide, then act: `components.kit.gate` judges the report's ratios against the teacher and the candidate against
+the current champion; `components.kit.promotion` replays the alias history. This module only logs the model,
 tags the version and moves aliases: `champion` when every check passes, `challenger` otherwise (the
 champion stays where it was).
 
@@ -32,10 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from components import gate
 from components.config import Params, section_hash
-from components.promotion import CHALLENGER, CHAMPION, event, rollback_target
-from components.tracking import StageResult, Tracker
+from components.kit import gate
+from components.kit.promotion import CHALLENGER, CHAMPION, event, rollback_target
+from components.kit.tracking import StageResult, Tracker
 from flows.workspace import Workspace
 
 # What the registered ONNX model needs to run through mlflow.pyfunc; given explicitly because
@@ -204,7 +204,7 @@ def workspace_data_sha256(p: Params, ws: Workspace) -> str | None:
     if not (ws.prepared / "test.parquet").is_file():
         return None
     if p.task == "causal-lm":
-        from components.lm_evaluate import dataset_card
+        from components.causal_lm.evaluate import dataset_card
 
         return dataset_card(ws.prepared)["sha256"]
     card = ws.prepared / "data_card.json"
@@ -221,11 +221,11 @@ def remeasure_champion(p: Params, ws: Workspace, client, champion, candidate: di
         with tempfile.TemporaryDirectory() as tmp:
             bundle = Path(client.download_artifacts(champion.run_id, "bundle", tmp))
             if p.task == "causal-lm":
-                from components.lm_evaluate import split_perplexity
+                from components.causal_lm.evaluate import split_perplexity
 
                 value = split_perplexity(bundle, ws.prepared, split, p.lm.evaluate.threads, p.lm.teacher.max_length)
             else:
-                from components.evaluate import split_accuracy
+                from components.classification.evaluate import split_accuracy
 
                 value = split_accuracy(bundle, ws.prepared, split, p.evaluate.threads, p.teacher.max_length)
     except Exception as err:  # noqa: BLE001 - an unreadable champion must not stop a registration

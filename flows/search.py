@@ -23,9 +23,9 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from components import search as component
+from components.classification import search as component
 from components.config import Params, section_hash
-from components.gate import decide
+from components.kit.gate import decide
 from flows import tracking
 from flows.lock import workspace_lock
 from flows.pipeline import RunContext, run_stage
@@ -38,6 +38,45 @@ def search_root(ws: Workspace) -> Path:
 
 def search_reports(ws: Workspace) -> Path:
     return ws.reports / "search"
+
+
+def build(c: component.Candidate, p: Params, teacher_dir: Path, prepared: Path, root: Path, tracker) -> Path:
+    """The candidate's final ONNX folder under root/candidates, reusing students, pruned and exported models
+    already under root. Training stages run at `p.search.epochs` epochs."""
+    from components.classification import distill, export, prune, quantize, trim
+    from components.kit.tracking import PrefixedTracker
+
+    s, length = p.search, p.teacher.max_length
+    # Every candidate learns from the teacher's soft targets, stored once (by finetune, or here on a miss).
+    soft = root / "soft_targets"
+    log = {name: PrefixedTracker(tracker, name + ".") for name in ("distill", "prune", "trim", "export", "quantize")}
+    student = root / "students" / c.student_key
+    if not student.exists():
+        distill.run(p.distill.model_copy(update={"layers": list(c.layers), "epochs": s.epochs, "ablation": False}),
+                    teacher_dir, prepared, student, log["distill"], seed=p.seed, dist=p.distributed, soft_cache=soft)
+    pruned = student
+    if c.prune_ratio > 0:
+        pruned = root / "pruned" / c.pruned_key
+        if not pruned.exists():
+            cfg = p.prune.model_copy(update={"head_ratio": c.prune_ratio, "ffn_ratio": c.prune_ratio,
+                                             "epochs": s.epochs})
+            prune.run(cfg, student, teacher_dir, prepared, pruned, log["prune"], seed=p.seed, dist=p.distributed,
+                      soft_cache=soft)
+    onnx_dir = root / "onnx" / c.export_key
+    if not onnx_dir.exists():
+        source = pruned
+        if c.trim:
+            source = root / "trimmed" / c.export_key
+            trim.run(p.trim.model_copy(update={"enabled": True}), pruned, prepared, source, log["trim"],
+                     max_length=length)
+        export.run(p.export, source, prepared, onnx_dir, log["export"], max_length=length)
+    final = root / "candidates" / c.name
+    if c.quantize == "fp32":
+        return onnx_dir
+    # One method, per tensor; quantize still ships fp32 if the int8 graph is slower or too inaccurate.
+    cfg = p.quantize.model_copy(update={"candidates": [c.quantize], "per_channel": [False]})
+    quantize.run(cfg, onnx_dir, prepared, final, log["quantize"], max_length=length)
+    return final
 
 
 @task(task_run_name="teacher reference", cache_policy=NO_CACHE)
@@ -63,7 +102,7 @@ def try_candidate(candidate: component.Candidate, ctx: RunContext, index: int, t
     started, row = time.perf_counter(), {"name": candidate.name, **candidate.as_params(), "run_id": run_id}
     ok = False
     try:
-        final = component.build(candidate, p, ws.teacher, ws.prepared, search_root(ws), tracker)
+        final = build(candidate, p, ws.teacher, ws.prepared, search_root(ws), tracker)
         report = final / "quantize_report.json"
         row["shipped"] = json.loads(report.read_text())["chosen"] if report.exists() else "fp32"
         row["model_dir"] = str(final)

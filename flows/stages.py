@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Callable
 
 from components.config import Params
-from components.tracking import PrefixedTracker, StageResult, Tracker
+from components.kit.tracking import PrefixedTracker, StageResult, Tracker
 from flows.workspace import Workspace
 
 StageFn = Callable[[Params, Workspace, Tracker], StageResult]
 
 
 def ingest(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
-    from components import ingest as component
+    from components.classification import ingest as component
 
     return component.run(p.data, ws.prepared, tracker, cache_dir=ws.raw, root=ws.root)
 
@@ -36,34 +36,34 @@ def soft_cache(ws: Workspace) -> Path:
 
 
 def finetune(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
-    from components import finetune as component
+    from components.classification import finetune as component
 
     return component.run(p.teacher, ws.prepared, ws.teacher, tracker, seed=p.seed, dist=p.distributed)
 
 
 def distill(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
-    from components import distill as component
+    from components.classification import distill as component
 
     return component.run(p.distill, ws.teacher, ws.prepared, ws.student, tracker, seed=p.seed, dist=p.distributed,
                          soft_cache=soft_cache(ws))
 
 
 def prune(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
-    from components import prune as component
+    from components.classification import prune as component
 
     return component.run(p.prune, ws.student, ws.teacher, ws.prepared, ws.pruned, tracker, seed=p.seed,
                          dist=p.distributed, soft_cache=soft_cache(ws))
 
 
 def trim(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
-    from components import vocab as component
+    from components.classification import trim as component
 
     return component.run(p.trim, ws.pruned, ws.prepared, ws.trimmed, tracker, max_length=p.teacher.max_length)
 
 
 def export(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
     """The compressed model, and the teacher as the quantize-only baseline's starting point."""
-    from components import export as component
+    from components.classification import export as component
 
     final = component.run(p.export, ws.trimmed, ws.prepared, ws.onnx_fp32, tracker, max_length=p.teacher.max_length)
     baseline = component.run(p.export, ws.teacher, ws.prepared, ws.teacher_onnx_fp32, PrefixedTracker(tracker, "teacher."),
@@ -72,7 +72,7 @@ def export(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
 
 
 def quantize(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
-    from components import quantize as component
+    from components.classification import quantize as component
 
     final = component.run(p.quantize, ws.onnx_fp32, ws.prepared, ws.final, tracker, max_length=p.teacher.max_length)
     # The baseline is what quantizing alone gives: Optimum's plain dynamic int8 of the teacher.
@@ -91,8 +91,8 @@ def seeds(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
     import json
     import shutil
 
-    from components import distill, export, prune, quantize, vocab
-    from components.seeds import measure_final
+    from components.classification import distill, export, prune, quantize, trim
+    from components.kit.seeds import measure_final
 
     length = p.teacher.max_length
     rows, metrics = [], {}
@@ -106,7 +106,7 @@ def seeds(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
                     t["distill"], seed=seed, dist=p.distributed, soft_cache=soft_cache(ws))
         prune.run(p.prune, out / "student", ws.teacher, ws.prepared, out / "pruned", t["prune"], seed=seed,
                   dist=p.distributed, soft_cache=soft_cache(ws))
-        vocab.run(p.trim, out / "pruned", ws.prepared, out / "trimmed", t["trim"], max_length=length)
+        trim.run(p.trim, out / "pruned", ws.prepared, out / "trimmed", t["trim"], max_length=length)
         export.run(p.export, out / "trimmed", ws.prepared, out / "onnx_fp32", t["export"], max_length=length)
         chosen = quantize.run(p.quantize, out / "onnx_fp32", ws.prepared, out / "final", t["quantize"], max_length=length)
         row = {"seed": seed, "quantization": chosen.info["chosen"],
@@ -127,7 +127,7 @@ def seeds(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
 
 def evaluated_models(ws: Workspace) -> list:
     """Every model the report covers, each in its deployable runtime."""
-    from components.evaluate import ModelSpec
+    from components.kit.report import ModelSpec
 
     return [ModelSpec("teacher", ws.teacher, "pytorch"), ModelSpec("student", ws.student, "pytorch"),
             ModelSpec("pruned", ws.pruned, "pytorch"), ModelSpec("trimmed", ws.trimmed, "pytorch"),
@@ -138,7 +138,7 @@ def evaluated_models(ws: Workspace) -> list:
 def evaluate(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
     import json
 
-    from components import evaluate as component
+    from components.classification import evaluate as component
 
     extra = json.loads(ws.seed_report.read_text())["extra"] if ws.seed_report.exists() else []
     return component.run(p.evaluate, p.register_.gate, ws.prepared, evaluated_models(ws), ws.report.parent, tracker,
@@ -181,23 +181,30 @@ class StageIO:
     code: tuple[str, ...]
 
 
-_TRAIN = ("training", "modeling", "losses", "distributed", "soft_targets")
+# Module names under components/ (a task's stage module, a kit module, a top-level one) or full dotted names:
+# the stage's module and the kit modules it imports, whose source the stage key hashes.
+_TRAIN = ("kit.training", "kit.modeling", "kit.losses", "kit.distributed", "kit.soft_targets")
+_EXPORT = ("classification.export", "kit.onnx_models", "kit.files", "kit.modeling")
+_QUANTIZE = ("classification.quantize", "kit.quantization", "kit.onnx_models", "kit.files", "kit.latency")
 STAGE_IO: dict[str, StageIO] = {
-    "ingest": StageIO((), ("prepared",), ("ingest",)),
-    "validate": StageIO(("prepared",), ("validation",), ("validate",)),
-    "finetune": StageIO(("prepared", "validation"), ("teacher",), ("finetune", *_TRAIN)),
-    "distill": StageIO(("prepared", "teacher"), ("student",), ("distill", *_TRAIN)),
-    "prune": StageIO(("prepared", "teacher", "student"), ("pruned",), ("prune", *_TRAIN)),
-    "trim": StageIO(("prepared", "pruned"), ("trimmed",), ("vocab",)),
-    "export": StageIO(("prepared", "trimmed", "teacher"), ("onnx_fp32", "teacher_onnx_fp32"), ("export",)),
+    "ingest": StageIO((), ("prepared",), ("classification.ingest", "kit.data", "kit.hashing", "kit.text")),
+    "validate": StageIO(("prepared",), ("validation",), ("validate", "kit.text")),
+    "finetune": StageIO(("prepared", "validation"), ("teacher",), ("classification.finetune", *_TRAIN)),
+    "distill": StageIO(("prepared", "teacher"), ("student",), ("classification.distill", *_TRAIN)),
+    "prune": StageIO(("prepared", "teacher", "student"), ("pruned",), ("classification.prune", "kit.pruning", *_TRAIN)),
+    "trim": StageIO(("prepared", "pruned"), ("trimmed",), ("classification.trim",)),
+    "export": StageIO(("prepared", "trimmed", "teacher"), ("onnx_fp32", "teacher_onnx_fp32"), _EXPORT),
     "quantize": StageIO(("prepared", "onnx_fp32", "teacher_onnx_fp32"), ("final", "baseline_teacher_int8"),
-                        ("quantize",)),
+                        _QUANTIZE),
     "seeds": StageIO(("prepared", "teacher"), ("seeds", "seed_report"),
-                     ("seeds", "distill", "prune", "vocab", "export", "quantize", *_TRAIN)),
+                     ("kit.seeds", "classification.distill", "classification.prune", "classification.trim",
+                      "classification.export", "classification.quantize", "kit.pruning", "kit.onnx_models",
+                      "kit.quantization", "kit.files", "kit.latency", *_TRAIN)),
     "evaluate": StageIO(("prepared", "teacher", "student", "pruned", "trimmed", "onnx_fp32", "final",
                          "baseline_teacher_int8", "seed_report"), ("report", "report_md", "report_plot"),
-                        ("evaluate", "benchmark", "gate", "seeds")),
-    "register": StageIO(("final", "report"), ("registration",), ("gate", "promotion", "flows.registry")),
+                        ("classification.evaluate", "kit.latency", "kit.rss_probe", "kit.gate", "kit.seeds",
+                         "kit.report", "kit.files")),
+    "register": StageIO(("final", "report"), ("registration",), ("kit.gate", "kit.promotion", "flows.registry")),
 }
 
 
@@ -208,10 +215,11 @@ def stage_paths(ws: Workspace, names: tuple[str, ...]) -> dict[str, Path]:
 
 
 def code_files(modules: tuple[str, ...]) -> dict[str, Path]:
-    """The source file of each module: a component's name, or a dotted module name."""
+    """The source file of each module: a name under components/ ("validate", "kit.gate",
+    "classification.prune") or a full dotted module name ("flows.registry", "components.config")."""
     import importlib.util
 
-    names = [m if "." in m else f"components.{m}" for m in modules]
+    names = [m if m.split(".")[0] in ("components", "flows") else f"components.{m}" for m in modules]
     return {name.replace(".", "/") + ".py": Path(importlib.util.find_spec(name).origin) for name in names}
 
 

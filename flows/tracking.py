@@ -11,7 +11,7 @@ Run and experiment creation are made safe to repeat: a later attempt first looks
 may have created. A stage already computing does not lose its work: once MLflow stops answering, its
 tracker keeps the params, metrics, tags and artifacts it is given in a journal on disk
 (`.miniaturize/pending/<run id>/`), and the next run replays them into the same MLflow run. Values that
-look like credentials are masked (`components.secrets`) before anything is sent.
+look like credentials are masked (`components.kit.secrets`) before anything is sent.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from components.secrets import redact
+from components.kit.secrets import redact
 from flows.retries import RetryPolicy, TrackingUnavailable, send_once, with_retries
 
 EXPERIMENT = "miniaturize"

@@ -112,9 +112,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_teacher_dir(tmp_path_factory, tiny_model_dir, tiny_prepared) -> Path:
     """The tiny model after one epoch of the finetune stage (so it carries its soft targets on the train split)."""
-    from components import finetune
+    from components.classification import finetune
     from components.config import TeacherConfig
-    from components.tracking import NullTracker
+    from components.kit.tracking import NullTracker
 
     out = tmp_path_factory.mktemp("teacher")
     cfg = TeacherConfig(model=str(tiny_model_dir), epochs=1, batch_size=8, max_length=32, lr=1e-3)
@@ -149,6 +149,13 @@ def prefect_api(tmp_path_factory) -> str:
         proc.kill()
         pytest.fail("Prefect server did not become healthy in 90 s")
     yield url
+    # Send what Prefect's background workers still hold (flow-run logs, events) while the server is up: once
+    # it is gone they retry against a closed port when the worker process exits.
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
     proc.terminate()
     try:
         proc.wait(timeout=20)

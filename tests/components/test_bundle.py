@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components import bundle, export
+from components import bundle
+from components.classification import export
+from components.classification.edge_predict import BundleError, Predictor, verify
 from components.config import ExportConfig
-from components.edge_predict import BundleError, Predictor, verify
-from components.tracking import NullTracker
+from components.kit.tracking import NullTracker
 
 REPO = Path(__file__).resolve().parents[2]
 TEXTS = ["a wonderful, moving film", "a dull, lifeless mess", "great acting and a sharp script number 7"]
@@ -45,13 +46,14 @@ def test_bundle_holds_the_model_tokenizer_labels_script_and_hashes(packaged):
 def test_bundle_predictions_match_the_pipelines_onnx_logits(packaged):
     from transformers import AutoTokenizer
 
-    from components.modeling import encode
+    from components.kit.modeling import encode
+    from components.kit.onnx_models import onnx_logits
 
     onnx_dir, out = packaged
     tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
     labels = json.loads((onnx_dir / "labels.json").read_text())
     data = encode(tokenizer, TEXTS, [labels[0]] * len(TEXTS), labels, 32)
-    logits = export.onnx_logits(onnx_dir, data, tokenizer.pad_token_id)
+    logits = onnx_logits(onnx_dir, data, tokenizer.pad_token_id)
     expected = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     assert np.allclose(Predictor(out).scores(TEXTS), expected, atol=1e-5)
     rows = Predictor(out).predict(TEXTS[:1])

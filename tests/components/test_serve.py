@@ -21,12 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from components import bundle, export
+from components import bundle
+from components.classification import export
+from components.classification.edge_predict import BundleError, Predictor
 from components.config import ExportConfig
-from components.edge_predict import BundleError, Predictor
+from components.kit.tracking import NullTracker
 from components.serve import make_app, model_info
-from components.tracking import NullTracker
-from tests.components.test_edge_generate import tiny_lm_dir  # noqa: F401 - the tiny causal-LM fixture
+from tests.components.causal_lm.test_edge_generate import tiny_lm_dir  # noqa: F401 - the tiny causal-LM fixture
 
 TEXTS = ["a wonderful, moving film", "a dull, lifeless mess", "great acting and a sharp script number 7"]
 MAX_TEXT_CHARS, MAX_BATCH = 50, 4  # small, so the limit tests send small requests
@@ -291,7 +292,7 @@ def lm_url(tiny_lm_dir, tmp_path_factory):  # noqa: F811 - the fixture imported 
 
 
 def test_a_causal_lm_bundle_serves_generate(lm_url):
-    from components.edge_generate import Generator
+    from components.causal_lm.edge_generate import Generator
 
     url, out = lm_url
     status, body = call(f"{url}/generate", {"prompt": "the film was", "max_new_tokens": 5})

@@ -219,7 +219,7 @@ def test_a_text_only_corpus_is_checked_without_label_checks(tmp_path):
     import pandas as pd
 
     from components.config import ValidateConfig
-    from components.tracking import NullTracker
+    from components.kit.tracking import NullTracker
     from components.validate import ValidationFailed, run
 
     texts = [f"sentence number {i} about a film" for i in range(60)]

@@ -46,8 +46,8 @@ def raiser(err: BaseException):
 
 def failures():
     from components.config import ConfigError
-    from components.ingest import DataError
-    from components.promotion import RollbackError
+    from components.kit.data import DataError
+    from components.kit.promotion import RollbackError
     from flows.lock import WorkspaceLocked
     from flows.registry import GateRejected
     from flows.retries import TrackingUnavailable

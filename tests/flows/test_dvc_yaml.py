@@ -3,6 +3,7 @@ its params are each stage's config slice, and that slice is exactly what the sta
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import sys
 from pathlib import Path
@@ -11,9 +12,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-import components
 from components.config import load_params
-from components.tracking import NullTracker, StageResult
+from components.kit.tracking import NullTracker, StageResult
 from flows import dvc_yaml, lm_stages, stages
 from flows.stages import stage_config, stage_table
 from flows.versioning import TASK_PARAMS
@@ -112,8 +112,11 @@ class Component:
         return call
 
 
-COMPONENTS = ("ingest", "validate", "finetune", "distill", "prune", "vocab", "export", "quantize", "seeds",
-              "evaluate", "lm_data", "lm_train", "lm_export", "lm_evaluate")
+# The modules the stage functions call, as names under components/.
+COMPONENTS = ("validate", "classification.ingest", "classification.finetune", "classification.distill",
+              "classification.prune", "classification.trim", "classification.export", "classification.quantize",
+              "classification.evaluate", "kit.seeds", "causal_lm.data", "causal_lm.train", "causal_lm.export",
+              "causal_lm.evaluate")
 RAW_STAGES = {"sequence-classification": stages.STAGES, "causal-lm": lm_stages.STAGES}
 # register hands all the params to flows.registry (a version's params_hash tag covers them all), so these
 # fakes cannot tell what it reads: it is left out.
@@ -130,7 +133,8 @@ def test_each_stage_reads_exactly_its_config_slice(task, name, tmp_path, monkeyp
     log: set[str] = set()
     fake = Component(log)
     for module in COMPONENTS:
-        monkeypatch.setattr(components, module, fake, raising=False)
+        package, _, name = f"components.{module}".rpartition(".")
+        monkeypatch.setattr(importlib.import_module(package), name, fake, raising=False)
         monkeypatch.setitem(sys.modules, f"components.{module}", fake)
     rmtree = shutil.rmtree  # the fake components write nothing for the seeds stage to remove
     monkeypatch.setattr(shutil, "rmtree", lambda path, ignore_errors=False: rmtree(path, ignore_errors=True))

@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from components.config import build_params
-from components.tracking import NullTracker, StageResult
+from components.kit.tracking import NullTracker, StageResult
 from flows import launch
 from flows.stages import stage_table
 from flows.workspace import Workspace

@@ -72,7 +72,7 @@ def registry_ws(tmp_path, monkeypatch):
 
 
 def test_promotion_lifecycle_gate_vs_champion_force_and_rollback(registry_ws):
-    from components.promotion import RollbackError
+    from components.kit.promotion import RollbackError
     from flows import registry
 
     params, ws, client = registry_ws
@@ -128,7 +128,7 @@ def test_the_champion_is_remeasured_on_the_candidates_data(registry_ws, tiny_mod
 
     from optimum.exporters.onnx import main_export
 
-    from components.evaluate import split_accuracy
+    from components.classification.evaluate import split_accuracy
     from flows import registry, tracking
 
     params, ws, client = registry_ws

@@ -68,7 +68,7 @@ def serve_model(monkeypatch, *args: str) -> tuple[object, list]:
     from typer.testing import CliRunner
 
     from components import serve
-    from components.edge_predict import verify
+    from components.classification.edge_predict import verify
     from flows.cli import app
 
     checked = []
@@ -82,7 +82,7 @@ def serve_model(monkeypatch, *args: str) -> tuple[object, list]:
 
 def test_registration_logs_the_edge_bundle_and_tags_its_manifest_sha256(registry, tmp_path):
     from components.bundle import manifest_sha256
-    from components.edge_predict import verify
+    from components.classification.edge_predict import verify
     from flows.registry import MANIFEST_TAG, registered_bundle
 
     params, ws, client = registry

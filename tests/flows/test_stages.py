@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from components.config import build_params
-from components.tracking import NullTracker, PrefixedTracker, StageResult
+from components.kit.tracking import NullTracker, PrefixedTracker, StageResult
 from flows.pipeline import stage_key
 from flows.stages import STAGE_SECTIONS, STAGES, merge, stage_config
 from flows.tracking import flatten

@@ -1,7 +1,7 @@
 """A tiny project for the fault-injection tests: the whole pipeline (every stage, real components) on 120
 generated reviews and the 2-layer random BERT of tests/conftest.py, so a full run takes seconds, not
 minutes. `run_pipeline` runs the flow in this process against the session's Prefect server; `tiny_run` is one
-complete run shared by the tests that only read it; `mlflow_server` is a real tracking server that the
+complete run (with one extra seed) shared by the tests that only read it; `mlflow_server` is a real tracking server that the
 outage tests stop and restart."""
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ TINY = {
 }
 
 
-def make_tiny_project(dest: Path, teacher_dir: Path, **overrides) -> Path:
+def make_tiny_project(dest: Path, teacher_dir: Path, overrides: dict | None = None) -> Path:
     """A project whose params.yaml runs the whole pipeline on tiny data with a tiny teacher (inside it; the
-    paths are absolute because the flow runs in this process, whose working directory is elsewhere)."""
+    paths are absolute because the flow runs in this process, whose working directory is elsewhere), with
+    `overrides` ({"dotted.key": value}) on top."""
     dest = dest.resolve()
     paths = {"data.source": str(dest / "data" / "reviews.csv"), "teacher.model": str(dest / "models" / "base")}
-    project = make_project(dest, TINY | paths | overrides)
+    project = make_project(dest, TINY | paths | (overrides or {}))
     shutil.copytree(teacher_dir, project / "models" / "base")
     (project / "data").mkdir(exist_ok=True)
     make_frame(60).to_csv(project / "data" / "reviews.csv", index=False)
@@ -74,7 +75,9 @@ def tiny_run(tmp_path_factory, tiny_model_dir, prefect_api) -> dict:
     import contextlib
     import io
 
-    project = make_tiny_project(tmp_path_factory.mktemp("tiny_run") / "project", tiny_model_dir)
+    # One extra seed: the seeds stage re-trains the student chain and the report gets the seed spread.
+    project = make_tiny_project(tmp_path_factory.mktemp("tiny_run") / "project", tiny_model_dir,
+                                {"seeds.extra": [14]})
     saved = {k: os.environ.get(k) for k in [*PLANTED_SECRETS, "MLFLOW_TRACKING_URI"]}
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.update(PLANTED_SECRETS)

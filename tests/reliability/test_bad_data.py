@@ -21,10 +21,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components import ingest, lm_data, validate
+from components import validate
+from components.causal_lm import data as lm_data
+from components.classification import ingest
 from components.config import DataConfig, ValidateConfig
-from components.ingest import DataError
-from components.tracking import NullTracker
+from components.kit.data import DataError
+from components.kit.tracking import NullTracker
 from components.validate import ValidationFailed
 from tests.conftest import make_frame, write_prepared
 from tests.flows.conftest import make_project, run_cli

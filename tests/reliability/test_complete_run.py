@@ -2,6 +2,7 @@
 in its environment), and what must hold of it:
 
 - nothing is left in staging, and an unchanged re-run skips every stage;
+- the seeds stage re-trains the student chain with the extra seed, and the report gives the seed spread;
 - the two tasks keep their own stage cache: a causal-lm run in the same project, then the unchanged
   classification run again, finds every classification stage unchanged (and the causal-lm run too);
 - no planted credential is in any file of the project (MLflow store and artifacts, reports, models, stage
@@ -39,6 +40,19 @@ def test_the_complete_run_left_nothing_staged_and_an_unchanged_rerun_skips_every
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     again = run_pipeline(project, prefect_api)
     assert all(stage["cache_hit"] for stage in again["stages"].values())
+
+
+def test_the_seeds_stage_retrains_the_chain_and_the_report_gives_the_seed_spread(tiny_run):
+    project = tiny_run["project"]
+    report = json.loads((project / "reports" / "compression_report.json").read_text())
+    final, ratios, seeds = report["models"]["final"], report["final_vs_teacher"], report["seeds"]
+    assert [r["seed"] for r in seeds["runs"]] == [13, 14]  # the run's own seed first
+    assert seeds["runs"][0]["accuracy"] == final["accuracy"]
+    assert seeds["accuracy_drop_points"]["n"] == 2
+    spread = seeds["accuracy_drop_points"]
+    assert spread["min"] <= ratios["accuracy_drop_points_seed_mean"] <= spread["max"]
+    assert (project / "models" / "seeds" / "14" / "final" / "model.onnx").exists()
+    assert not (project / "models" / "seeds" / "14" / "student").exists()  # intermediate models removed
 
 
 def run_lm(project, prefect_api: str) -> dict:

@@ -11,9 +11,9 @@ TOLERANCE_POINTS = 0.2
 
 
 def test_smoke_scale_data_hash_and_teacher_accuracy_repeat(tmp_path):
-    from components import finetune, ingest
+    from components.classification import finetune, ingest
     from components.config import load_params
-    from components.tracking import NullTracker
+    from components.kit.tracking import NullTracker
     from tests.flows.conftest import REPO
 
     params = load_params(REPO / "params.yaml", "smoke")

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from components import bundle, distill, export, finetune, lm_train, prune
+from components import bundle
+from components.causal_lm import train as lm_train
+from components.classification import distill, export, finetune, prune
 from components.config import DistillConfig, ExportConfig, PruneConfig, TeacherConfig, load_params
-from components.modeling import ModelSourceError
-from components.tracking import NullTracker
+from components.kit.modeling import ModelSourceError
+from components.kit.tracking import NullTracker
 from flows import preflight
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from components.config import ConfigError
-from components.secrets import redact
+from components.kit.secrets import redact
 from tests.reliability.conftest import load
 
 

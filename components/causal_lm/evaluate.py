@@ -1,0 +1,363 @@
+"""Stage evaluate of the causal-lm task: measure every decoder the pipeline built, compare, and gate.
+
+`run(cfg, gate, data_dir, models, out_dir, tracker, seed, max_length)` measures each `ModelSpec`
+(runtime "pytorch": a Hugging Face folder; "onnxruntime": an export or int8 folder of `causal_lm.export`)
+in that runtime, on the test split of `data_dir`, with `cfg.threads` intra-op threads for every model:
+
+- perplexity: exp of the mean negative log-likelihood over every predicted test token (each sentence
+  followed by eos, truncated to `max_length` tokens; a sentence's first token has no context and is not
+  scored), pooled over all sentences;
+- bleu: sacrebleu corpus BLEU (0..100) of greedy continuations: the first `cfg.prefix_tokens` tokens of up
+  to `cfg.bleu_sentences` test sentences longer than that are the prompt, the model adds up to
+  `cfg.continuation_tokens` tokens (stopping at eos) and the reference is the rest of the true sentence;
+  bleu_vs_teacher scores the same continuations against the teacher's (absent from the teacher's entry,
+  "-" in the markdown: the teacher against itself is not a measurement);
+- tokens_per_s: median over `cfg.generation_prompts` prompts of greedy generation at batch 1 with the
+  KV cache of exactly `cfg.generation_tokens` new tokens (eos is suppressed), after one warm-up run;
+- size_bytes (weight files), params, and peak_rss_mb of a fresh process that loads the model and
+  generates for `cfg.rss_prompts` prompts (`python -m components.kit.rss_probe --task causal-lm`).
+
+It then compares "final" with "teacher" (`gate.compare_lm_to_teacher`), applies the gate
+(`gate.decide_lm`), compares "student" with "student_without_teacher" when both are given (the ablation),
+and writes out_dir/compression_report.json and out_dir/compression_report.md, each atomically. The
+report has the classification report's shape with task "causal-lm".
+
+`split_perplexity` measures one decoder's perplexity on one split, nothing else: the register flow uses it
+to re-measure the champion on a candidate's data.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from components.config import LMEvaluateConfig, LMGateConfig
+from components.kit import latency
+from components.kit.files import write_atomic
+from components.kit.gate import GateDecision, compare_lm_to_teacher, decide_lm
+from components.kit.generation import greedy, load, load_tokenizer
+from components.kit.report import ModelSpec, environment_info, fmt, gate_lines, json_safe
+from components.kit.rss_probe import session_greedy
+from components.kit.tracking import StageResult, Tracker
+
+REPORT_JSON, REPORT_MD = "compression_report.json", "compression_report.md"
+TEACHER, FINAL, STUDENT, ABLATION = "teacher", "final", "student", "student_without_teacher"
+SPLITS = ("train", "validation", "test")
+BLEU_BATCH = 16  # prompts per generate call for BLEU (left-padded); speed is timed at batch 1 separately
+PERPLEXITY_BATCH = 16
+ENTRY_METRICS = ("perplexity", "bleu", "bleu_vs_teacher", "tokens_per_s", "size_bytes", "params", "peak_rss_mb")
+
+
+# ---------------------------------------------------------------- pure helpers
+
+def nll_to_perplexity(total_nll: float, tokens: int) -> float:
+    """exp(mean NLL) in nats per token; NaN for no tokens."""
+    return math.exp(total_nll / tokens) if tokens else math.nan
+
+
+def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:
+    """sacrebleu corpus BLEU (0..100) with its default 13a tokenisation; NaN for no sentences."""
+    import sacrebleu
+
+    if not hypotheses:
+        return math.nan
+    score = float(sacrebleu.corpus_bleu(hypotheses, [references]).score)
+    return min(100.0, max(0.0, score))  # identical texts can score 100.00000000000004
+
+
+def bleu_prompts(tokenizer, texts: list[str], prefix_tokens: int, n: int) -> tuple[list[list[int]], list[str]]:
+    """Prompts (the first `prefix_tokens` tokens) and references (the decoded rest) of up to `n` sentences
+    with more than `prefix_tokens` tokens, in test order."""
+    prompts, references = [], []
+    for text in texts:
+        ids = tokenizer(str(text), add_special_tokens=False)["input_ids"]
+        if len(ids) > prefix_tokens:
+            prompts.append(ids[:prefix_tokens])
+            references.append(tokenizer.decode(ids[prefix_tokens:], skip_special_tokens=True).strip())
+        if len(prompts) == n:
+            break
+    return prompts, references
+
+
+def ablation_summary(entries: dict[str, dict]) -> dict | None:
+    """What distillation bought: the student against the same student trained without the teacher."""
+    if STUDENT not in entries or ABLATION not in entries:
+        return None
+    s, a = entries[STUDENT], entries[ABLATION]
+    return {"student_perplexity": s["perplexity"], "student_without_teacher_perplexity": a["perplexity"],
+            "student_bleu": s["bleu"], "student_without_teacher_bleu": a["bleu"],
+            # below 1: distillation lowered perplexity; positive: distillation raised BLEU
+            "distillation_perplexity_ratio": s["perplexity"] / a["perplexity"] if a["perplexity"] else math.nan,
+            "distillation_bleu_gain_points": s["bleu"] - a["bleu"]}
+
+
+def metrics_to_log(report: dict) -> dict[str, float]:
+    """Flat tracker metrics: `final.perplexity`, `teacher.tokens_per_s`, `final_vs_teacher.size_ratio`, ..."""
+    out = {f"{name}.{key}": float(entry[key]) for name, entry in report["models"].items()
+           for key in ENTRY_METRICS if entry.get(key) is not None}
+    for section in ("final_vs_teacher", "ablation"):
+        out |= {f"{section}.{k}": float(v) for k, v in (report.get(section) or {}).items() if v is not None}
+    out["gate.passed"] = float(report["gate"]["passed"])
+    return out
+
+
+def dataset_card(data_dir: Path) -> dict:
+    """source, sha256 and rows per split: from data_card.json when the data stage wrote one, otherwise the
+    sha256 of the three split files (in split order) and their row counts."""
+    import pyarrow.parquet as pq
+
+    card_file = data_dir / "data_card.json"
+    card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+    files = [data_dir / f"{split}.parquet" for split in SPLITS]
+    sha256 = card.get("sha256")
+    if not sha256:
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(file.read_bytes() if file.is_file() else b"")
+        sha256 = digest.hexdigest()
+    rows = card.get("rows") or {s: pq.ParquetFile(f).metadata.num_rows for s, f in zip(SPLITS, files) if f.is_file()}
+    return {"source": str(card.get("source", data_dir)), "sha256": str(sha256),
+            "rows": {split: int(rows.get(split, 0)) for split in SPLITS}}
+
+
+# ---------------------------------------------------------------- measuring
+
+def perplexity(model, tokenizer, texts: list[str], max_length: int, batch_size: int = PERPLEXITY_BATCH) -> float:
+    """Test perplexity of a PyTorch causal LM or an `ORTModelForCausalLM` (one full-sequence forward per
+    batch, no cache): every sentence + eos, truncated to `max_length` tokens, right-padded."""
+    import torch
+
+    eos = tokenizer.eos_token_id
+    rows = [(tokenizer(str(t), add_special_tokens=False)["input_ids"] + [eos])[:max_length] for t in texts]
+    rows = sorted((r for r in rows if len(r) >= 2), key=len)
+    total_nll, tokens = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start:start + batch_size]
+        width = max(len(r) for r in batch)
+        ids = torch.tensor([r + [eos] * (width - len(r)) for r in batch], dtype=torch.long)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in batch], dtype=torch.long)
+        positions = torch.arange(width, dtype=torch.long).expand(len(batch), -1)
+        with torch.inference_mode():
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
+        log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        nll = -log_probs.gather(-1, ids[:, 1:, None]).squeeze(-1)
+        scored = mask[:, 1:].bool()
+        total_nll += float(nll[scored].sum())
+        tokens += int(scored.sum())
+    return nll_to_perplexity(total_nll, tokens)
+
+
+def tokens_per_second(model, tokenizer, prompts: list[list[int]], new_tokens: int, n_prompts: int) -> float:
+    """Median tokens/s of batch-1 greedy generation of exactly `new_tokens` tokens, over `n_prompts`
+    prompts (cycled when fewer exist), after one warm-up generation.
+
+    Each model runs as it is deployed: a PyTorch model through `generate`; an ONNX model through the plain
+    loop over its session with the KV cache (what the edge bundle's predict.py runs), not through
+    `ORTModelForCausalLM.generate`, whose per-token overhead in Python is larger than a small model's step.
+    """
+    if not prompts:
+        raise ValueError("no prompts to time generation with")
+    session = getattr(model, "session", None)
+    if session is not None:
+        def generate(prompt):
+            return session_greedy(session, prompt, new_tokens, tokenizer.eos_token_id, min_new_tokens=new_tokens)
+    else:
+        def generate(prompt):
+            return greedy(model, tokenizer, [prompt], new_tokens, min_new_tokens=new_tokens)[0]
+    generate(prompts[0])  # warm-up
+    rates = []
+    for i in range(n_prompts):
+        started = time.perf_counter()
+        generated = generate(prompts[i % len(prompts)])
+        elapsed = time.perf_counter() - started
+        if len(generated) != new_tokens:
+            raise RuntimeError(f"generation made {len(generated)} tokens instead of {new_tokens}")
+        rates.append(new_tokens / elapsed)
+    return float(statistics.median(rates))
+
+
+def split_perplexity(model: Path, data_dir: Path, split: str, threads: int, max_length: int) -> float:
+    """Perplexity of an ONNX decoder folder (an export or int8 folder) on one split of `data_dir`, scored as
+    `measure_model` scores it; NaN for a split with nothing to score."""
+    import pandas as pd
+
+    model, data_dir = Path(model), Path(data_dir)
+    texts = [str(t) for t in pd.read_parquet(data_dir / f"{split}.parquet", columns=["text"])["text"]]
+    tokenizer = load_tokenizer(tokenizer_dir(ModelSpec("champion", model, "onnxruntime"), data_dir))
+    return perplexity(load(model, "onnxruntime", threads), tokenizer, texts, max_length)
+
+
+def lm_peak_rss_mb(path: Path, runtime: str, data_dir: Path, cfg: LMEvaluateConfig, max_length: int,
+                   tokenizer_dir: Path | None = None, timeout_s: float = 600.0) -> float:
+    """Peak resident memory (MB) of a fresh process that loads the decoder and generates
+    `cfg.generation_tokens` tokens for each of `cfg.rss_prompts` prompts."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(latency.PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["OMP_NUM_THREADS"] = str(cfg.threads)
+    command = [sys.executable, "-m", "components.kit.rss_probe", "--task", "causal-lm", "--model", str(path),
+               "--runtime", latency.runtime_kind(runtime), "--prepared", str(data_dir),
+               "--n", str(cfg.rss_prompts), "--threads", str(cfg.threads), "--max-length", str(max_length),
+               "--prefix-tokens", str(cfg.prefix_tokens), "--new-tokens", str(cfg.generation_tokens)]
+    if tokenizer_dir is not None:
+        command += ["--tokenizer", str(tokenizer_dir)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout_s)
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"rss probe failed for {path} (exit {done.returncode}):\n{done.stderr[-2000:]}")
+    return float(json.loads(lines[-1])["peak_rss_mb"])
+
+
+def weights_facts(spec: ModelSpec, model) -> tuple[str, int, int]:
+    """(runtime label, weight bytes, parameters). An ONNX export stores the tied lm_head and embedding
+    as two tensors, so its parameter count and size include the output matrix twice."""
+    from components.kit.modeling import count_params, dir_size_bytes
+
+    if latency.runtime_kind(spec.runtime) == "onnx":
+        return (f"onnxruntime {latency.onnx_precision(spec.path)}", latency.onnx_size_bytes(spec.path),
+                latency.onnx_params(spec.path))
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    label = "pytorch " + {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(dtype, dtype)
+    return label, dir_size_bytes(spec.path), count_params(model)
+
+
+def tokenizer_dir(spec: ModelSpec, data_dir: Path) -> Path:
+    """The model's own folder when it holds a tokenizer, else the data folder's tokenizer/."""
+    folder = spec.path if spec.path.is_dir() else spec.path.parent
+    has_own = any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+    return folder if has_own else data_dir / "tokenizer"
+
+
+def measure_model(spec: ModelSpec, cfg: LMEvaluateConfig, data_dir: Path, texts: list[str], max_length: int,
+                  teacher_continuations: list[str] | None) -> tuple[dict, list[str]]:
+    """One report entry and the model's decoded BLEU continuations."""
+    def say(what: str) -> None:
+        print(f"  evaluate {spec.name}: {what}", flush=True)
+
+    say(f"loading ({spec.runtime}, {spec.path})")
+    tokenizer = load_tokenizer(tokenizer_dir(spec, data_dir))
+    model = load(spec.path, spec.runtime, cfg.threads)
+    runtime, size, params = weights_facts(spec, model)
+
+    say(f"perplexity on {len(texts)} test sentences")
+    ppl = perplexity(model, tokenizer, texts, max_length)
+    prompts, references = bleu_prompts(tokenizer, texts, cfg.prefix_tokens, cfg.bleu_sentences)
+    say(f"BLEU of {len(prompts)} greedy continuations of {cfg.continuation_tokens} tokens")
+    continuations = [tokenizer.decode(c, skip_special_tokens=True).strip() for c in
+                     greedy(model, tokenizer, prompts, cfg.continuation_tokens, batch_size=BLEU_BATCH)]
+    bleu = corpus_bleu(continuations, references)
+    # None for the teacher itself (no teacher continuations yet): it is left out of its entry
+    vs_teacher = None if teacher_continuations is None else corpus_bleu(continuations, teacher_continuations)
+    say(f"tokens/s over {cfg.generation_prompts} prompts x {cfg.generation_tokens} tokens")
+    speed = tokens_per_second(model, tokenizer, prompts or [[tokenizer.eos_token_id]], cfg.generation_tokens,
+                              cfg.generation_prompts)
+    del model
+    gc.collect()
+    say(f"peak RSS of a fresh process ({cfg.rss_prompts} prompts)")
+    rss = lm_peak_rss_mb(spec.path, spec.runtime, data_dir, cfg, max_length, tokenizer_dir(spec, data_dir))
+
+    entry = {"runtime": runtime, "perplexity": ppl, "bleu": bleu,
+             **({} if vs_teacher is None else {"bleu_vs_teacher": vs_teacher}),
+             "bleu_sentences": len(prompts), "tokens_per_s": speed, "size_bytes": int(size), "params": int(params),
+             "peak_rss_mb": rss}
+    compared = "" if vs_teacher is None else f" ({fmt(vs_teacher, '.2f')} vs teacher)"
+    say(f"{runtime}, perplexity {ppl:.2f}, BLEU {bleu:.2f}{compared}, "
+        f"{speed:.1f} tokens/s, {size / 1e6:.1f} MB, peak RSS {rss:.0f} MB")
+    return entry, continuations
+
+
+# ---------------------------------------------------------------- writing
+
+def render_markdown(report: dict) -> str:
+    env = report["environment"]
+    lines = ["# Compression report (causal LM)", "",
+             f"Dataset `{report['dataset']['source']}` (sha256 `{report['dataset']['sha256'][:12]}`), "
+             f"test rows: {report['dataset']['rows']['test']}. Speed and memory on {env['cpu']}, "
+             f"{env['threads']} intra-op thread(s) for every model.", "",
+             "| model | runtime | perplexity | BLEU | BLEU vs teacher | tokens/s | size (MB) | params "
+             "| peak RSS (MB) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, m in report["models"].items():
+        lines.append(f"| {name} | {m['runtime']} | {fmt(m['perplexity'], '.2f')} | {fmt(m['bleu'], '.2f')} "
+                     f"| {fmt(m['bleu_vs_teacher'], '.2f') if 'bleu_vs_teacher' in m else '-'} "
+                     f"| {fmt(m['tokens_per_s'], '.1f')} "
+                     f"| {m['size_bytes'] / 1e6:.2f} | {m['params']:,} | {fmt(m['peak_rss_mb'], '.0f')} |")
+    r = report["final_vs_teacher"]
+    lines += ["", "## final vs teacher", "",
+              "| size ratio | generation speed-up | perplexity ratio | BLEU drop (points) |",
+              "|---:|---:|---:|---:|",
+              f"| {fmt(r['size_ratio'], '.2f')}x | {fmt(r['generation_speedup'], '.2f')}x "
+              f"| {fmt(r['perplexity_ratio'], '.3f')} | {fmt(r['bleu_drop_points'], '+.2f')} |"]
+    lines += gate_lines(report["gate"])
+    if ablation := report.get("ablation"):
+        lines += ["", "## Ablation: what distillation buys", "",
+                  f"The same student trained without the teacher reaches perplexity "
+                  f"{fmt(ablation['student_without_teacher_perplexity'], '.2f')} and BLEU "
+                  f"{fmt(ablation['student_without_teacher_bleu'], '.2f')}; distilled, "
+                  f"{fmt(ablation['student_perplexity'], '.2f')} and {fmt(ablation['student_bleu'], '.2f')} "
+                  f"({fmt(ablation['distillation_bleu_gain_points'], '+.2f')} BLEU points)."]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- the stage
+
+def run(cfg: LMEvaluateConfig, gate: LMGateConfig, data_dir: Path, models: list[ModelSpec], out_dir: Path,
+        tracker: Tracker, seed: int, max_length: int) -> StageResult:
+    import pandas as pd
+    import torch
+
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    models = [ModelSpec(m.name, Path(m.path), m.runtime) for m in models]
+    names = [m.name for m in models]
+    missing = [n for n in (TEACHER, FINAL) if n not in names]
+    if missing or len(set(names)) != len(names):
+        raise ValueError(f"evaluate needs distinct model names including {TEACHER!r} and {FINAL!r}; got {names}")
+    for m in models:
+        latency.runtime_kind(m.runtime)  # fail on a bad runtime before minutes of measuring
+    models.sort(key=lambda m: m.name != TEACHER)  # the teacher first: the others are compared with its output
+    texts = [str(t) for t in pd.read_parquet(data_dir / "test.parquet", columns=["text"])["text"]]
+    tracker.log_params({f"evaluate.{k}": v for k, v in cfg.model_dump().items()}
+                       | {"evaluate.models": ",".join(names), "evaluate.max_length": max_length, "evaluate.seed": seed})
+
+    threads_before = torch.get_num_threads()
+    torch.manual_seed(seed)  # generation is greedy; this only pins anything a model might sample
+    entries: dict[str, dict] = {}
+    teacher_continuations: list[str] | None = None
+    started = time.perf_counter()
+    try:
+        for spec in models:
+            entries[spec.name], continuations = measure_model(spec, cfg, data_dir, texts, max_length,
+                                                              teacher_continuations)
+            if spec.name == TEACHER:
+                teacher_continuations = continuations
+    finally:
+        torch.set_num_threads(threads_before)
+    entries = {name: entries[name] for name in names}  # report in the caller's order
+
+    ratios = compare_lm_to_teacher(entries[TEACHER], entries[FINAL])
+    decision: GateDecision = decide_lm(ratios, gate)
+    report = {"task": "causal-lm", "dataset": dataset_card(data_dir), "models": entries,
+              "final_vs_teacher": ratios, "gate": decision.as_dict(), "ablation": ablation_summary(entries),
+              "environment": environment_info(cfg.threads) | {"seed": seed, "max_length": max_length,
+                                                              "evaluate_seconds": time.perf_counter() - started}}
+
+    json_path = write_atomic(out_dir / REPORT_JSON,
+                             lambda p: p.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False)))
+    md_path = write_atomic(out_dir / REPORT_MD, lambda p: p.write_text(render_markdown(report)))
+    for path in (json_path, md_path):
+        tracker.log_artifact(path)
+    tracker.log_metrics(metrics_to_log(report))
+
+    verdict = "passed" if decision.passed else f"FAILED ({', '.join(decision.failed())})"
+    print(f"  evaluate: gate {verdict}; final vs teacher: {ratios['size_ratio']:.2f}x smaller, "
+          f"{ratios['generation_speedup']:.2f}x tokens/s, perplexity x{ratios['perplexity_ratio']:.3f}, "
+          f"BLEU {-ratios['bleu_drop_points']:+.2f} points "
+          f"({report['environment']['evaluate_seconds']:.0f} s)", flush=True)
+    return StageResult(metrics={**ratios, "gate_passed": float(decision.passed)},
+                       outputs={"report": json_path, "markdown": md_path}, info={"report": report})

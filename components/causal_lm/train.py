@@ -1,0 +1,458 @@
+"""Causal-LM stages 3-5: train the teacher, distill it into fewer blocks, prune attention heads.
+
+One module for three stages: they share the training loop (`fit`), its loss and perplexity, which no other
+module uses. Every model folder is `save_pretrained` output of a `GPT2LMHeadModel` (safetensors) with its tokenizer
+beside it (bos/eos/pad `<|endoftext|>`, left padding, no `token_type_ids`).
+
+- `train_teacher`: a GPT-2 trained from scratch on the train split with the ingest stage's byte-level
+  BPE (`init: scratch`), or a hub / local causal LM fine-tuned with its own tokenizer (`init: pretrained`).
+- `distill`: the student keeps the teacher's embeddings, final layer norm, tied LM head and the blocks
+  in `lm.distill.layers`; it learns alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE per
+  token. With `ablation`, the same student is also trained on cross-entropy alone.
+- `prune`: attention heads scored by gradient x activation (|dL/d gate| of a gate on each head's context
+  vector, Michel et al., 2019) over `importance_batches` training batches, normalised per layer; the
+  globally lowest `round(head_ratio * heads)` are removed physically with `model.prune_heads` (at least
+  one head stays in every layer; GPT-2 records them in `config.pruned_heads`, so the folder reloads to
+  the same model). Optionally (`ffn_ratio`) the same share of MLP neurons goes from every block
+  (`config.n_inner`). Then the model recovers with the same KD loss as `distill`. The selection from the
+  scores (`heads_to_prune`, `neurons_to_keep`) is `components.kit.pruning`, shared with classification.
+
+ONNX: a GPT-2 with pruned heads, unevenly or uniformly, does NOT export with Optimum's stock
+`text-generation-with-past` (optimum 2.1 / optimum-onnx 0.1): the exporter's dummy past key values, and
+`ORTModelForCausalLM`'s empty first-step cache, are sized from `config.n_head` and `n_embd / n_head`,
+while a pruned layer has fewer heads ("Sizes of tensors must match except in dimension 2"). Uniform
+pruning does not help: GPT-2's config cannot describe heads narrower than `n_embd / n_head`. MLP-neuron
+pruning keeps the config consistent and exports, with ONNX Runtime's greedy output equal to PyTorch's.
+
+Sequences are `text + <|endoftext|>`, truncated to `max_length` tokens (the end token kept); the first
+token is context only, so perplexity is exp(mean NLL) over every later token and the end token.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers.pytorch_utils import prune_conv1d_layer
+
+from components.config import DistributedConfig, LMDistillConfig, LMPruneConfig, LMTeacherConfig
+from components.kit.distributed import DataParallel, cpu_state, is_main_process, same_on_every_rank, wait_for_everyone
+from components.kit.losses import soft_kl_rows
+from components.kit.modeling import count_params, length_bucketed_batches, resolve_model_source, seed_everything
+from components.kit.pruning import heads_to_prune, neurons_to_keep
+from components.kit.tracking import PrefixedTracker, StageResult, Tracker
+from components.kit.training import lr_at
+
+WARMUP_SHARE = 0.05  # of all optimizer steps, linear warm-up before the linear decay
+WEIGHT_DECAY = 0.01
+IGNORE = -100  # label of a padding position
+
+
+# ---- data -------------------------------------------------------------------------------------------
+
+def read_texts(data_dir: Path, split: str) -> list[str]:
+    path = Path(data_dir) / f"{split}.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: re-run the ingest stage")
+    return pd.read_parquet(path)["text"].astype(str).tolist()
+
+
+def prepare_tokenizer(tokenizer):
+    """The tokenizer format every model folder carries: pad = eos if unset, left padding, no token_type_ids."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    return tokenizer
+
+
+def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids of `text + eos` per sentence, cut to max_length tokens with the eos kept."""
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return [row[: max_length - 1] + [tokenizer.eos_token_id] for row in ids]
+
+
+def lm_batch(rows: list[list[int]], pad: int) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids and attention_mask, so real tokens keep positions 0..n-1 as in training."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def pad_id(tokenizer) -> int:
+    # Padded positions are masked out, so any id serves; a hub tokenizer may not set one.
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def batches(encoded: list[list[int]], batch_size: int, shuffle: bool, seed: int = 0) -> list[list[list[int]]]:
+    order = length_bucketed_batches([len(x) for x in encoded], batch_size, shuffle=shuffle, seed=seed)
+    return [[encoded[i] for i in index] for index in order]
+
+
+# ---- losses -----------------------------------------------------------------------------------------
+
+def shifted(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits at the positions that predict a real next token (n, vocab), and those targets (n,)."""
+    keep = batch["attention_mask"][:, 1:].bool()
+    return logits[:, :-1][keep], batch["input_ids"][:, 1:][keep]
+
+
+def lm_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor,
+               alpha: float, temperature: float) -> torch.Tensor:
+    """Per token: alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE, averaged over tokens.
+
+    Inputs are already restricted to real positions: (tokens, vocab) logits, (tokens,) targets.
+    Without teacher logits, or with alpha 0, this is the plain next-token cross-entropy.
+    """
+    ce = F.cross_entropy(student_logits, targets)
+    if teacher_logits is None or alpha == 0.0:
+        return ce
+    kl = soft_kl_rows(student_logits, teacher_logits, temperature).mean()
+    return alpha * kl + (1.0 - alpha) * ce
+
+
+@torch.inference_mode()
+def perplexity(model: nn.Module, tokenizer, texts: list[str], max_length: int, batch_size: int = 32) -> float:
+    """exp of the mean next-token NLL over all tokens of `text + eos` (the first token is context)."""
+    model.eval()
+    device = next(model.parameters()).device  # the CPU, or the GPU a training loop placed the model on
+    total_nll, total_tokens = 0.0, 0
+    for rows in batches(encode(tokenizer, texts, max_length), batch_size, shuffle=False):
+        batch = {k: v.to(device) for k, v in lm_batch(rows, pad_id(tokenizer)).items()}
+        logits, targets = shifted(model(**batch).logits.float(), batch)
+        total_nll += F.cross_entropy(logits, targets, reduction="sum").item()
+        total_tokens += targets.numel()
+    return math.exp(total_nll / max(1, total_tokens))
+
+
+# ---- the training loop ------------------------------------------------------------------------------
+
+@dataclass
+class Teaching:
+    """A frozen teacher whose soft next-token distributions the student learns."""
+
+    model: nn.Module
+    alpha: float
+    temperature: float
+
+
+@dataclass
+class FitOutcome:
+    best_epoch: int
+    best_val_perplexity: float
+    seconds: float
+    history: list[dict[str, float]]
+
+
+def fit(model: nn.Module, tokenizer, train_texts: list[str], val_texts: list[str], *, epochs: int,
+        batch_size: int, lr: float, max_length: int, tracker: Tracker, seed: int,
+        teaching: Teaching | None = None, desc: str = "train", dist: DistributedConfig | None = None) -> FitOutcome:
+    """AdamW with linear warm-up and decay; validation perplexity after every epoch; best epoch restored.
+    Data-parallel under a multi-process launch (components.kit.distributed): each process takes its share of
+    every batch and runs the teacher, when there is one, on that share."""
+    seed_everything(seed)
+    dp = DataParallel(dist or DistributedConfig())
+    home = next(model.parameters()).device  # the model (and the teacher) go back there when training ends
+    pad = pad_id(tokenizer)
+    train_ids = encode(tokenizer, train_texts, max_length)
+    steps_per_epoch = math.ceil(len(train_ids) / batch_size)
+    total_steps = steps_per_epoch * epochs
+    warmup = max(1, int(total_steps * WARMUP_SHARE))
+    decay = [p for p in model.parameters() if p.dim() >= 2]  # no decay on biases and layer norms
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    raw = model
+    model, optimizer = dp.prepare(model, optimizer)
+    if teaching is not None:
+        teaching.model.eval().requires_grad_(False).to(dp.device)
+
+    best_state, best_ppl, best_epoch, step = None, math.inf, 0, 0
+    history: list[dict[str, float]] = []
+    started = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        epoch_started = time.perf_counter()
+        running, seen = 0.0, 0
+        order = length_bucketed_batches([len(x) for x in train_ids], batch_size, shuffle=True, seed=seed * 1000 + epoch)
+        bar = tqdm(order, desc=f"{desc} epoch {epoch}/{epochs}", unit="batch", leave=False, mininterval=2.0,
+                   disable=not dp.main)
+        for index in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total_steps, warmup, lr)
+            optimizer.zero_grad(set_to_none=True)
+            # The loss is a mean over predicted tokens: each share weighs by its tokens in the whole batch.
+            whole = max(1, sum(len(train_ids[i]) - 1 for i in index))
+            parts = dp.micro_batches(index)
+            for i, part in enumerate(parts):
+                rows = part if len(part) else index[:1]  # an empty share still joins the all-reduce, at weight 0
+                with dp.syncing(model, last=i == len(parts) - 1), dp.accelerator.autocast():
+                    loss = batch_loss(model, dp.to_device(lm_batch([train_ids[j] for j in rows], pad)), teaching)
+                    tokens = sum(len(train_ids[j]) - 1 for j in part)
+                    dp.accelerator.backward(loss * dp.weight(tokens, whole))
+                running += loss.item() * len(part)
+                seen += len(part)
+            dp.accelerator.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            step += 1
+            bar.set_postfix(loss=f"{running / max(1, seen):.3f}", refresh=False)
+        bar.close()
+        running, seen = dp.total(running, seen)
+        # Every process scores the whole validation split with the same weights; rank 0's figure decides.
+        val_ppl = same_on_every_rank(perplexity(raw, tokenizer, val_texts, max_length, batch_size))
+        record = {"train_loss": running / max(1, seen), "val_perplexity": val_ppl,
+                  "epoch_seconds": time.perf_counter() - epoch_started}
+        history.append(record)
+        tracker.log_metrics(record, step=epoch)
+        if dp.main:
+            print(f"  {desc} epoch {epoch}: loss {record['train_loss']:.3f}, val perplexity {val_ppl:.2f}, "
+                  f"{record['epoch_seconds']:.0f} s", flush=True)
+        if val_ppl < best_ppl:
+            best_ppl, best_epoch = val_ppl, epoch
+            best_state = cpu_state(raw)
+    raw = dp.finish(model, home)
+    if teaching is not None:
+        teaching.model.to(home)
+    if best_state is not None:
+        raw.load_state_dict(best_state)
+    raw.eval()
+    return FitOutcome(best_epoch, best_ppl, time.perf_counter() - started, history)
+
+
+def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor], teaching: Teaching | None) -> torch.Tensor:
+    logits, targets = shifted(model(**batch).logits, batch)
+    teacher_logits = None
+    if teaching is not None and teaching.alpha > 0:
+        with torch.no_grad():
+            teacher_logits, _ = shifted(teaching.model(**batch).logits, batch)
+    return lm_kd_loss(logits, teacher_logits, targets, teaching.alpha if teaching else 0.0,
+                      teaching.temperature if teaching else 1.0)
+
+
+def save(model: nn.Module, tokenizer, out_dir: Path) -> None:
+    """Rank 0 writes (every process holds the same weights); all processes wait for it."""
+    if is_main_process():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir, safe_serialization=True)
+        tokenizer.save_pretrained(out_dir)
+    wait_for_everyone()
+
+
+def load_model(model_dir: Path) -> nn.Module:
+    return AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
+
+
+def load_tokenizer(model_dir: Path):
+    return prepare_tokenizer(AutoTokenizer.from_pretrained(model_dir))
+
+
+# ---- stage: teacher ---------------------------------------------------------------------------------
+
+def scratch_model(cfg: LMTeacherConfig, tokenizer) -> GPT2LMHeadModel:
+    arch = cfg.architecture
+    if cfg.max_length > arch.n_positions:
+        raise ValueError(f"lm.teacher.max_length {cfg.max_length} exceeds architecture.n_positions {arch.n_positions}")
+    eos = tokenizer.eos_token_id
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=arch.n_positions, n_embd=arch.n_embd,
+                        n_layer=arch.n_layer, n_head=arch.n_head, bos_token_id=eos, eos_token_id=eos,
+                        pad_token_id=eos)
+    return GPT2LMHeadModel(config)
+
+
+def train_teacher(cfg: LMTeacherConfig, data_dir: Path, out_dir: Path, tracker: Tracker, seed: int,
+                  dist: DistributedConfig | None = None) -> StageResult:
+    seed_everything(seed)
+    if cfg.init == "scratch":
+        tokenizer = load_tokenizer(Path(data_dir) / "tokenizer")
+        tokenizer.model_max_length = cfg.architecture.n_positions
+        model = scratch_model(cfg, tokenizer)
+    else:
+        source = resolve_model_source(cfg.model)
+        tokenizer = load_tokenizer(source)
+        model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+    train_texts, val_texts = read_texts(data_dir, "train"), read_texts(data_dir, "validation")
+    params = count_params(model)
+    tracker.log_params(cfg.model_dump(mode="json") | {"params": params, "train_rows": len(train_texts)})
+
+    untrained_ppl = perplexity(model, tokenizer, val_texts, cfg.max_length, cfg.batch_size)
+    outcome = fit(model, tokenizer, train_texts, val_texts, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                  lr=cfg.lr, max_length=cfg.max_length, tracker=tracker, seed=seed, desc="teacher", dist=dist)
+    save(model, tokenizer, out_dir)
+    metrics = {"val_perplexity": outcome.best_val_perplexity, "untrained_val_perplexity": untrained_ppl,
+               "best_epoch": float(outcome.best_epoch), "train_seconds": outcome.seconds, "params": float(params)}
+    tracker.log_metrics({k: v for k, v in metrics.items() if k != "params"})
+    return StageResult(metrics=metrics, outputs={"model": out_dir}, info={"history": outcome.history})
+
+
+# ---- stage: distill ---------------------------------------------------------------------------------
+
+def keep_blocks(model: GPT2LMHeadModel, layers: list[int]) -> GPT2LMHeadModel:
+    """Keep only the given transformer blocks, in order (embeddings, ln_f and the tied head stay)."""
+    blocks = getattr(getattr(model, "transformer", None), "h", None)
+    if not isinstance(blocks, nn.ModuleList):
+        raise ValueError(f"{type(model).__name__} is not a GPT-2 style model (no transformer.h)")
+    if not layers or max(layers) >= len(blocks) or min(layers) < 0:
+        raise ValueError(f"lm.distill.layers {layers} must be blocks of the teacher's 0..{len(blocks) - 1}")
+    pruned = {int(k): v for k, v in (model.config.pruned_heads or {}).items()}
+    model.transformer.h = nn.ModuleList(blocks[i] for i in layers)
+    for new_index, block in enumerate(model.transformer.h):
+        block.attn.layer_idx = new_index  # the KV cache is addressed by this index
+    model.config.n_layer = len(layers)
+    model.config.pruned_heads = {new: pruned[old] for new, old in enumerate(layers) if pruned.get(old)}
+    return model
+
+
+def distill(cfg: LMDistillConfig, teacher_dir: Path, data_dir: Path, out_dir: Path, ablation_dir: Path,
+            tracker: Tracker, seed: int, max_length: int, dist: DistributedConfig | None = None) -> StageResult:
+    seed_everything(seed)
+    tokenizer = load_tokenizer(teacher_dir)
+    teacher = load_model(teacher_dir)
+    student = keep_blocks(load_model(teacher_dir), cfg.layers)
+    train_texts, val_texts = read_texts(data_dir, "train"), read_texts(data_dir, "validation")
+    params = count_params(student)
+    tracker.log_params(cfg.model_dump(mode="json") | {"params": params, "teacher_params": count_params(teacher)})
+
+    teacher_ppl = perplexity(teacher, tokenizer, val_texts, max_length, cfg.batch_size)
+    outcome = fit(student, tokenizer, train_texts, val_texts, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                  lr=cfg.lr, max_length=max_length, tracker=tracker, seed=seed,
+                  teaching=Teaching(teacher, cfg.alpha, cfg.temperature), desc="distill", dist=dist)
+    save(student, tokenizer, out_dir)
+    metrics = {"val_perplexity": outcome.best_val_perplexity, "teacher_val_perplexity": teacher_ppl,
+               "best_epoch": float(outcome.best_epoch), "train_seconds": outcome.seconds, "params": float(params)}
+    if cfg.ablation:
+        # The same student, from the same initialisation, without the teacher: what distillation buys.
+        alone = keep_blocks(load_model(teacher_dir), cfg.layers)
+        ablation = fit(alone, tokenizer, train_texts, val_texts, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                       lr=cfg.lr, max_length=max_length, tracker=PrefixedTracker(tracker, "ablation."), seed=seed,
+                       desc="ablation (no teacher)", dist=dist)
+        save(alone, tokenizer, ablation_dir)
+        metrics |= {"ablation_val_perplexity": ablation.best_val_perplexity,
+                    "ablation_train_seconds": ablation.seconds}
+    tracker.log_metrics({k: v for k, v in metrics.items() if k != "params"})
+    outputs = {"model": out_dir} | ({"ablation": ablation_dir} if cfg.ablation else {})
+    return StageResult(metrics=metrics, outputs=outputs, info={"history": outcome.history})
+
+
+# ---- stage: prune -----------------------------------------------------------------------------------
+
+def head_counts(model: nn.Module) -> list[int]:
+    return [block.attn.num_heads for block in model.transformer.h]
+
+
+def importance(model: nn.Module, tokenizer, texts: list[str], max_length: int, n_batches: int,
+               batch_size: int, teaching: Teaching, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per layer: head scores (current heads,) and MLP neuron scores (n_inner,), gradient x activation.
+
+    A head's score is |sum over tokens of context x dLoss/dcontext| over its slice of the attention output,
+    summed over sentences and batches: the gradient of the loss with respect to a per-sentence gate on the
+    head. A neuron's score is the same on its activation (the MLP's c_proj input).
+    """
+    blocks = model.transformer.h
+    head_scores = [np.zeros(n) for n in head_counts(model)]
+    mlp_scores = [np.zeros(block.mlp.c_proj.weight.shape[0]) for block in blocks]
+    captured: dict[tuple[str, int], torch.Tensor] = {}
+
+    def keep_input(kind: str, i: int):
+        def hook(_module, args):  # attention: the heads' context vectors, concatenated; mlp: activations
+            args[0].retain_grad()
+            captured[(kind, i)] = args[0]
+        return hook
+
+    handles = []
+    for i, block in enumerate(blocks):
+        handles.append(block.attn.c_proj.register_forward_pre_hook(keep_input("attn", i)))
+        handles.append(block.mlp.c_proj.register_forward_pre_hook(keep_input("mlp", i)))
+    model.eval()  # no dropout: the scores should reflect the model as it will run
+    try:
+        for rows in batches(encode(tokenizer, texts, max_length), batch_size, shuffle=True, seed=seed)[:n_batches]:
+            batch = lm_batch(rows, pad_id(tokenizer))
+            model.zero_grad(set_to_none=True)
+            batch_loss(model, batch, teaching).backward()
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            for i, block in enumerate(blocks):
+                ctx = captured[("attn", i)]
+                prod = (ctx * ctx.grad * mask).reshape(*ctx.shape[:2], block.attn.num_heads, -1)
+                head_scores[i] += prod.sum(dim=(1, 3)).abs().sum(0).detach().numpy()
+                act = captured[("mlp", i)]
+                mlp_scores[i] += (act * act.grad * mask).sum(1).abs().sum(0).detach().numpy()
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.zero_grad(set_to_none=True)
+    return head_scores, mlp_scores
+
+
+def prune_mlp(model: nn.Module, keep: list[np.ndarray]) -> None:
+    """Remove MLP neurons physically (c_fc columns, c_proj rows) and record the width in `n_inner`."""
+    for block, idx in zip(model.transformer.h, keep):
+        index = torch.as_tensor(idx, dtype=torch.long)
+        block.mlp.c_fc = prune_conv1d_layer(block.mlp.c_fc, index, dim=1)
+        block.mlp.c_proj = prune_conv1d_layer(block.mlp.c_proj, index, dim=0)
+    model.config.n_inner = int(len(keep[0]))
+
+
+def original_head_ids(model: nn.Module, plan: dict[int, list[int]]) -> dict[int, list[int]]:
+    """Positions among a layer's surviving heads -> the original head ids `prune_heads` expects."""
+    mapped = {}
+    for layer, heads in plan.items():
+        attn = model.transformer.h[layer].attn
+        alive = [h for h in range(attn.num_heads + len(attn.pruned_heads)) if h not in attn.pruned_heads]
+        mapped[layer] = [alive[h] for h in heads]
+    return mapped
+
+
+def prune(cfg: LMPruneConfig, student_dir: Path, teacher_dir: Path, data_dir: Path, out_dir: Path,
+          tracker: Tracker, seed: int, max_length: int, distill_cfg: LMDistillConfig, *,
+          ffn_ratio: float = 0.0, dist: DistributedConfig | None = None) -> StageResult:
+    """Remove the lowest-scoring `head_ratio` of the heads (and `ffn_ratio` of each block's MLP neurons),
+    then recover with knowledge distillation from the teacher."""
+    seed_everything(seed)
+    tokenizer = load_tokenizer(student_dir)
+    model = load_model(student_dir)
+    teaching = Teaching(load_model(teacher_dir), distill_cfg.alpha, distill_cfg.temperature)
+    train_texts, val_texts = read_texts(data_dir, "train"), read_texts(data_dir, "validation")
+    heads_before, params_before = sum(head_counts(model)), count_params(model)
+    tracker.log_params(cfg.model_dump(mode="json") | {"ffn_ratio": ffn_ratio, "heads_before": heads_before,
+                                                       "params_before": params_before})
+
+    # Every process scores the same weights on the same batches; rank 0's scores cut, so all cut alike.
+    head_scores, mlp_scores = same_on_every_rank(importance(model, tokenizer, train_texts, max_length,
+                                                            cfg.importance_batches, distill_cfg.batch_size, teaching,
+                                                            seed))
+    plan = heads_to_prune(head_scores, count=int(round(cfg.head_ratio * heads_before)))
+    if plan:
+        model.prune_heads(original_head_ids(model, plan))
+    if ffn_ratio > 0:
+        prune_mlp(model, neurons_to_keep(mlp_scores, ratio=ffn_ratio))
+    heads_after = sum(head_counts(model))
+    print(f"  prune: removed {heads_before - heads_after} of {heads_before} heads, per layer now {head_counts(model)}"
+          f"; MLP width {model.transformer.h[0].mlp.c_proj.weight.shape[0]}", flush=True)
+    ppl_before = perplexity(model, tokenizer, val_texts, max_length, distill_cfg.batch_size)
+    ppl, seconds = ppl_before, 0.0
+    if cfg.epochs > 0 and count_params(model) < params_before:
+        outcome = fit(model, tokenizer, train_texts, val_texts, epochs=cfg.epochs,
+                      batch_size=distill_cfg.batch_size, lr=distill_cfg.lr, max_length=max_length,
+                      tracker=tracker, seed=seed, teaching=teaching, desc="prune recovery", dist=dist)
+        ppl, seconds = outcome.best_val_perplexity, outcome.seconds
+    save(model, tokenizer, out_dir)
+    metrics = {"heads_before": float(heads_before), "heads_after": float(heads_after),
+               "params_before": float(params_before), "params": float(count_params(model)),
+               "val_perplexity_before_recovery": ppl_before, "val_perplexity": ppl, "recovery_seconds": seconds}
+    tracker.log_metrics(metrics)
+    return StageResult(metrics=metrics, outputs={"model": out_dir},
+                       info={"pruned_heads": {int(k): list(v) for k, v in model.config.pruned_heads.items()}})

@@ -1,0 +1,1 @@
+"""The sequence-classification task: its stage modules, the search and bench commands, and the edge script."""

@@ -1,0 +1,186 @@
+"""Stage 4, distill: a shallower student initialised from a subset of the teacher's layers.
+
+The student is a copy of the fine-tuned teacher that keeps only `distill.layers` (embeddings, pooler and
+classifier come along), trained on alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE against
+the teacher logits the finetune stage stored once (`components.kit.soft_targets`). With `distill.hidden_weight` or
+`distill.attention_weight` above zero, the student also learns the teacher's intermediate layers
+(TinyBERT-style, `FeatureTransfer`): the teacher then runs, frozen, beside the student. With `distill.transfer`
+the unlabelled transfer set joins the train split, learning from the teacher's soft outputs alone.
+
+With `distill.ablation` the same student (same layers, initialisation, epochs) is also trained so that each
+factor shows on its own: on the labels alone (`ablation.labels_only.*` in metrics.json) and, when the
+transfer set was used, distilled on the train split alone (`ablation.kd_train_only.*`). With the stage's
+own student (KD + transfer set) that makes three; without a transfer set the stage's student is the
+KD-on-train one and two suffice. A test split with no rows gives test accuracy None, not a number.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from components.config import DistillConfig, DistributedConfig
+from components.kit.losses import attention_kl, hidden_mse
+from components.kit.modeling import (
+    Encoded,
+    ModelSourceError,
+    accuracy,
+    count_params,
+    load_encoded_splits,
+    predict_logits,
+    read_labels,
+    save_model,
+    seed_everything,
+    set_transformer_layers,
+    transformer_layers,
+)
+from components.kit.soft_targets import training_set
+from components.kit.tracking import PrefixedTracker, StageResult, Tracker
+from components.kit.training import Distillation, train
+
+
+def keep_layers(model: nn.Module, layers: list[int]) -> nn.Module:
+    """Keep only the given transformer blocks, in order, and record the new depth in the config."""
+    blocks = transformer_layers(model)
+    if max(layers) >= len(blocks):
+        raise ModelSourceError(f"distill.layers {layers} asks for layer {max(layers)}, "
+                               f"but the teacher has {len(blocks)} layers (0..{len(blocks) - 1})")
+    set_transformer_layers(model, nn.ModuleList(blocks[i] for i in layers))
+    for attr in ("num_hidden_layers", "n_layers", "n_layer"):
+        if hasattr(model.config, attr):
+            setattr(model.config, attr, len(layers))
+    return model
+
+
+class FeatureTransfer(nn.Module):
+    """Hidden-state and attention-map transfer from the frozen teacher (Jiao et al., 2020, TinyBERT).
+
+    Student block i was copied from teacher block layers[i] and stands for the teacher's blocks up to the
+    next kept layer, so its output is matched with the teacher's output at the end of that span, and its
+    attention with the attention of the span's last block; the embedding outputs are matched too. Where the
+    widths differ, a learned linear projection maps the student's hidden states to the teacher's width.
+    """
+
+    def __init__(self, teacher: nn.Module, layers: list[int], student_width: int, hidden_weight: float,
+                 attention_weight: float):
+        super().__init__()
+        # A tuple, not a submodule: the teacher is frozen and its weights stay out of the optimizer.
+        self._teacher = (teacher.eval().requires_grad_(False),)
+        depth = teacher.config.num_hidden_layers
+        self.ends = [layers[i + 1] if i + 1 < len(layers) else depth for i in range(len(layers))]
+        width = teacher.config.hidden_size
+        self.project = nn.Linear(student_width, width) if student_width != width else nn.Identity()
+        self.hidden_weight, self.attention_weight = hidden_weight, attention_weight
+
+    def forward(self, student_out, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        # The teacher is out of `.to()`'s reach (not a submodule): it follows the batch to the training device.
+        teacher = self._teacher[0].to(batch["input_ids"].device)
+        with torch.no_grad():
+            teacher_out = teacher(**batch, output_hidden_states=True, output_attentions=self.attention_weight > 0)
+        mask = batch["attention_mask"]
+        loss = student_out.logits.new_zeros(())
+        if self.hidden_weight > 0:
+            pairs = [(0, 0)] + [(i + 1, end) for i, end in enumerate(self.ends)]
+            loss = loss + self.hidden_weight * sum(
+                hidden_mse(self.project(student_out.hidden_states[s]), teacher_out.hidden_states[t], mask)
+                for s, t in pairs) / len(pairs)
+        if self.attention_weight > 0:
+            loss = loss + self.attention_weight * sum(
+                attention_kl(student_out.attentions[i], teacher_out.attentions[end - 1], mask)
+                for i, end in enumerate(self.ends)) / len(self.ends)
+        return loss
+
+
+def accuracy_if_any(model: nn.Module, test: Encoded, pad_id: int) -> float | None:
+    """Accuracy on the test split; None when it has no rows (an accuracy of nothing is not 0)."""
+    return accuracy(predict_logits(model, test, pad_id), test.labels) if len(test.labels) else None
+
+
+def shown(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def fresh_student(cfg: DistillConfig, teacher_dir: Path, seed: int, features: bool) -> nn.Module:
+    """The student before training: the teacher's kept layers, the same for every student of one seed."""
+    seed_everything(seed)
+    # Attention maps come out of the eager attention kernels only.
+    load = dict(attn_implementation="eager") if features else {}
+    return keep_layers(AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True, **load),
+                       cfg.layers)
+
+
+def distilled(cfg: DistillConfig, teacher_dir: Path, student: nn.Module, train_set: Encoded, teacher_logits: np.ndarray,
+              data: dict, pad_id: int, tracker: Tracker, seed: int, desc: str,
+              dist: DistributedConfig | None) -> tuple[dict, float | None]:
+    """Train `student` on `train_set` against the teacher's logits (and intermediate layers when asked);
+    returns (training metrics, test accuracy)."""
+    transfer = None
+    if cfg.hidden_weight > 0 or cfg.attention_weight > 0:
+        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True,
+                                                                     attn_implementation="eager")
+        transfer = FeatureTransfer(teacher, cfg.layers, student.config.hidden_size, cfg.hidden_weight,
+                                   cfg.attention_weight)
+    kd = Distillation(teacher_logits, cfg.alpha, cfg.temperature, features=transfer)
+    outcome = train(student, train_set, data["validation"], cfg, pad_id, tracker, seed, kd=kd, desc=desc, dist=dist)
+    return ({"val_accuracy": outcome.best_val_accuracy, "best_epoch": outcome.best_epoch,
+             "epochs_run": outcome.epochs_run, "train_seconds": outcome.seconds},
+            accuracy_if_any(student, data["test"], pad_id))
+
+
+def without_teacher(cfg: DistillConfig, teacher_dir: Path, data: dict, pad_id: int, tracker: Tracker,
+                    seed: int, dist: DistributedConfig | None = None) -> dict[str, float | None]:
+    """The first ablation student: the same student (same layers, same initialisation) on labels alone."""
+    student = fresh_student(cfg, teacher_dir, seed, features=False)
+    outcome = train(student, data["train"], data["validation"], cfg, pad_id,
+                    PrefixedTracker(tracker, "ablation.labels_only."), seed, kd=None, desc="ablation (no teacher)",
+                    dist=dist)
+    test_acc = accuracy_if_any(student, data["test"], pad_id)
+    print(f"  ablation: the same student on the labels alone reaches test acc {shown(test_acc)}", flush=True)
+    return {"ablation.labels_only.val_accuracy": outcome.best_val_accuracy,
+            "ablation.labels_only.test_accuracy": test_acc, "ablation.labels_only.train_seconds": outcome.seconds}
+
+
+def train_only(cfg: DistillConfig, teacher_dir: Path, train_logits: np.ndarray, data: dict, pad_id: int,
+               tracker: Tracker, seed: int, dist: DistributedConfig | None = None) -> dict[str, float | None]:
+    """The second ablation student: distilled like the stage's student, on the train split alone (no
+    transfer set), so that the transfer set's gain and distillation's gain are measured apart."""
+    features = cfg.hidden_weight > 0 or cfg.attention_weight > 0
+    student = fresh_student(cfg, teacher_dir, seed, features)
+    fit, test_acc = distilled(cfg, teacher_dir, student, data["train"], train_logits, data, pad_id,
+                              PrefixedTracker(tracker, "ablation.kd_train_only."), seed,
+                              "ablation (distilled, train split only)", dist)
+    print(f"  ablation: the same student distilled on the train split alone reaches test acc {shown(test_acc)}",
+          flush=True)
+    return {"ablation.kd_train_only.val_accuracy": fit["val_accuracy"],
+            "ablation.kd_train_only.test_accuracy": test_acc,
+            "ablation.kd_train_only.train_seconds": fit["train_seconds"]}
+
+
+def run(cfg: DistillConfig, teacher_dir: Path, prepared: Path, out_dir: Path, tracker: Tracker, seed: int,
+        dist: DistributedConfig | None = None, soft_cache: Path | None = None) -> StageResult:
+    labels = read_labels(prepared)
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    pad_id = tokenizer.pad_token_id
+    student = fresh_student(cfg, teacher_dir, seed, features=cfg.hidden_weight > 0 or cfg.attention_weight > 0)
+    data = load_encoded_splits(prepared, tokenizer, labels, cfg.max_length)
+    train_set, teacher_logits = training_set(teacher_dir, prepared, tokenizer, labels, cfg.max_length,
+                                             data["train"], cfg.transfer, soft_cache, dist)
+    transfer_rows = len(train_set) - len(data["train"])
+    tracker.log_params(cfg.model_dump() | {"params": count_params(student), "train_rows": len(train_set)})
+
+    fit, test_acc = distilled(cfg, teacher_dir, student, train_set, teacher_logits, data, pad_id, tracker, seed,
+                              "distill", dist)
+    metrics = {**fit, "test_accuracy": test_acc, "params": count_params(student), "transfer_rows": transfer_rows}
+    if cfg.ablation:
+        metrics |= without_teacher(cfg, teacher_dir, data, pad_id, tracker, seed, dist)
+        if transfer_rows:
+            # The train split's rows come first in train_set, and so do their logits.
+            metrics |= train_only(cfg, teacher_dir, teacher_logits[:len(data["train"])], data, pad_id, tracker,
+                                  seed, dist)
+    save_model(student, tokenizer, labels, out_dir, metrics)
+    tracker.log_metrics({"test_accuracy": test_acc, "best_val_accuracy": fit["val_accuracy"]})
+    return StageResult(metrics=metrics, outputs={"model": out_dir})

@@ -1,0 +1,390 @@
+"""Stage 8, evaluate: measure every model the pipeline built on the same test split and machine, and gate.
+
+`run(cfg, gate_cfg, prepared, models, out_dir, tracker)` scores each `ModelSpec` (PyTorch folder or ONNX
+folder/file) on the test split: accuracy, macro F1, agreement with the teacher's predictions, weight
+bytes, parameters, batch-1 and batch-32 latency (`cfg.threads` intra-op threads for every model) and the
+peak RSS of a fresh process serving it. It then compares "final" with "teacher" (and with
+"baseline_teacher_int8", the teacher merely quantized, when present), applies the release gate
+(`components.kit.gate`), and writes three files to `out_dir`, each atomically:
+
+- compression_report.json: the machine-readable report (schema in `build_report`);
+- compression_report.md: the same as readable tables;
+- compression_plot.png: accuracy against batch-1 latency and against size, one labelled point per model.
+
+Models named "teacher" and "final" are required. Sizes: a PyTorch folder's weight files
+(`modeling.dir_size_bytes`); an ONNX model's .onnx file plus its external data (`kit.latency.onnx_size_bytes`).
+A figure that cannot be measured (accuracy, F1 or agreement on an empty split) is None: null in the JSON,
+"n/a" in the markdown, and a failed gate check, never a number.
+
+With the distill stage's ablation, the report's `ablation` section holds the test accuracy of three
+students of one architecture and initialisation: `labels_only` (no teacher), `kd_train_only` (the teacher's
+soft targets on the train split) and `kd_with_transfer` (the same plus the unlabelled transfer set, the
+pipeline's student; None when the run used no transfer set), so each factor's gain is shown on its own.
+
+`split_accuracy` scores one ONNX classifier on one split, no timing: the register flow uses it to
+re-measure the champion on a candidate's data.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from components.config import EvaluateConfig, GateConfig
+from components.kit import latency
+from components.kit.files import write_atomic
+from components.kit.gate import GateDecision, compare_to_teacher, decide
+from components.kit.latency import BATCH_SIZE
+from components.kit.modeling import count_params, dir_size_bytes, encode, read_split
+from components.kit.report import ModelSpec, environment_info, fmt, gate_lines, json_safe
+from components.kit.seeds import summarise as summarise_seeds
+from components.kit.tracking import StageResult, Tracker
+
+REPORT_JSON, REPORT_MD, REPORT_PLOT = "compression_report.json", "compression_report.md", "compression_plot.png"
+TEACHER, FINAL, BASELINE = "teacher", "final", "baseline_teacher_int8"
+STEPS = ("load", "accuracy", "batch-1 latency", "batch-32 latency", "peak RSS")
+
+
+# ---------------------------------------------------------------- pure helpers
+
+def agreement(predictions: np.ndarray, reference: np.ndarray) -> float | None:
+    """Share of sentences with the same predicted label; None for an empty split (nothing to agree on)."""
+    if len(predictions) != len(reference):
+        raise ValueError(f"different numbers of predictions: {len(predictions)} and {len(reference)}")
+    return float((np.asarray(predictions) == np.asarray(reference)).mean()) if len(reference) else None
+
+
+def classification_scores(predictions: np.ndarray, labels: np.ndarray, n_labels: int) -> dict:
+    """accuracy (0..1) and macro F1 over every label, a label never predicted scoring 0; both None for an
+    empty split, where neither is defined."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    if len(labels) == 0:
+        return {"accuracy": None, "f1_macro": None}
+    return {"accuracy": float(accuracy_score(labels, predictions)),
+            "f1_macro": float(f1_score(labels, predictions, labels=list(range(n_labels)), average="macro",
+                                       zero_division=0))}
+
+
+def metrics_to_log(report: dict) -> dict[str, float]:
+    """Flat tracker metrics: `final.accuracy`, `final.batch1_p50_ms`, `final_vs_teacher.size_ratio`, ..."""
+    out: dict[str, float] = {}
+    for name, entry in report["models"].items():
+        for key in ("accuracy", "f1_macro", "size_bytes", "params", "peak_rss_mb", "agreement_with_teacher"):
+            if entry.get(key) is not None:  # a figure not measured is absent, not 0
+                out[f"{name}.{key}"] = float(entry[key])
+        for key, value in entry["latency_ms"].items():
+            out[f"{name}.{key}_ms"] = float(value)
+    for section in ("final_vs_teacher", f"final_vs_{BASELINE}"):
+        for key, value in report.get(section, {}).items():
+            if value is not None:
+                out[f"{section}.{key}"] = float(value)
+    for key, value in report.get("seeds", {}).items():
+        if key != "runs":
+            out |= {f"seeds.{key}.{stat}": float(v) for stat, v in value.items()}
+    out["gate.passed"] = float(report["gate"]["passed"])
+    return out
+
+
+def build_report(card: dict, entries: dict[str, dict], decision: GateDecision, environment: dict) -> dict:
+    """The compression report: dataset, one entry per model, the ratios, the gate and the environment."""
+    report = {
+        "task": "sequence-classification",
+        "dataset": {"source": str(card.get("source", "")), "sha256": str(card.get("sha256", "")),
+                    "rows": {split: int(card.get("rows", {}).get(split, 0))
+                             for split in ("train", "validation", "test")}},
+        "models": entries,
+        "final_vs_teacher": compare_to_teacher(entries[TEACHER], entries[FINAL]),
+    }
+    if BASELINE in entries:
+        report[f"final_vs_{BASELINE}"] = compare_to_teacher(entries[BASELINE], entries[FINAL])
+    report["gate"] = decision.as_dict()
+    report["environment"] = environment
+    return report
+
+
+def gain_points(better: float | None, base: float | None) -> float | None:
+    """better minus base accuracy in percentage points; None when either was not measured."""
+    return None if better is None or base is None else 100.0 * (better - base)
+
+
+def distillation_ablation(student_dir: Path) -> dict | None:
+    """What distillation and the transfer set each bought, from the distill stage's metrics.json when it
+    trained the ablation: test accuracy of `labels_only`, `kd_train_only` and `kd_with_transfer` (None when
+    no transfer set was used: then the student itself is `kd_train_only`), and the two gains in points."""
+    path = Path(student_dir) / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    if "ablation.labels_only.test_accuracy" not in metrics:
+        return None
+    labels_only = metrics["ablation.labels_only.test_accuracy"]
+    with_transfer = "ablation.kd_train_only.test_accuracy" in metrics
+    kd_train_only = metrics["ablation.kd_train_only.test_accuracy"] if with_transfer else metrics["test_accuracy"]
+    kd_with_transfer = metrics["test_accuracy"] if with_transfer else None
+    return {"labels_only": labels_only, "kd_train_only": kd_train_only, "kd_with_transfer": kd_with_transfer,
+            "transfer_rows": int(metrics.get("transfer_rows", 0)),
+            "kd_gain_points": gain_points(kd_train_only, labels_only),
+            "transfer_gain_points": gain_points(kd_with_transfer, kd_train_only) if with_transfer else None}
+
+
+# ---------------------------------------------------------------- measuring one model
+
+def model_labels(model_dir: Path, fallback: list[str]) -> list[str]:
+    """The model's output order (labels.json), or the data card's labels when the folder has none."""
+    file = model_dir / "labels.json"
+    return json.loads(file.read_text()) if file.is_file() else list(fallback)
+
+
+def runtime_label(spec: ModelSpec, runner_model) -> str:
+    """'pytorch fp32', 'onnxruntime int8', ... from the runtime and the weights' precision."""
+    if latency.runtime_kind(spec.runtime) == "onnx":
+        return f"onnxruntime {latency.onnx_precision(spec.path)}"
+    dtype = str(next(runner_model.parameters()).dtype).removeprefix("torch.")
+    return "pytorch " + {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(dtype, dtype)
+
+
+def predicted_classes(runner, input_ids: list[list[int]], pad_id: int) -> np.ndarray:
+    """The highest-scoring class of each sentence; an empty array for no sentences."""
+    if not input_ids:
+        return np.zeros(0, dtype=np.int64)
+    return latency.runner_logits(runner, input_ids, pad_id).argmax(-1)
+
+
+def measure_model(spec: ModelSpec, cfg: EvaluateConfig, prepared: Path, texts: list[str], gold: list[str],
+                  card_labels: list[str], max_length: int) -> tuple[dict, np.ndarray]:
+    """One report entry (without agreement_with_teacher) and the predicted label names."""
+    from transformers import AutoTokenizer
+
+    bar = tqdm(total=len(STEPS), desc=f"evaluate {spec.name}", unit="step", leave=False)
+
+    def step(i: int) -> None:
+        bar.update(1)
+        if i + 1 < len(STEPS):
+            bar.set_postfix_str(STEPS[i + 1])
+
+    bar.set_postfix_str(STEPS[0])
+    folder = spec.path if spec.path.is_dir() else spec.path.parent
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    labels = model_labels(folder, card_labels)
+    data = encode(tokenizer, texts, gold, labels, max_length)
+    if latency.runtime_kind(spec.runtime) == "torch":
+        model = latency.load_torch_model(spec.path, cfg.threads)
+        runner = latency.torch_runner(model)
+        params, size, runtime = count_params(model), dir_size_bytes(spec.path), runtime_label(spec, model)
+    else:
+        runner = latency.onnx_runner(latency.load_onnx_session(spec.path, cfg.threads))
+        params, size = latency.onnx_params(spec.path), latency.onnx_size_bytes(spec.path)
+        runtime = runtime_label(spec, None)
+    step(0)
+
+    predicted = predicted_classes(runner, data.input_ids, pad_id)
+    scores = classification_scores(predicted, data.labels, len(labels))
+    step(1)
+    batch1 = latency.latency_stats(latency.time_calls(
+        runner, latency.batched_inputs(data.input_ids, pad_id, 1), cfg.warmup, cfg.batch1_calls))
+    step(2)
+    batch32 = latency.latency_stats(latency.time_calls(
+        runner, latency.batched_inputs(data.input_ids, pad_id, BATCH_SIZE), cfg.warmup, cfg.batch32_calls))
+    step(3)
+    del runner
+    gc.collect()
+    rss = latency.peak_rss_mb(spec.path, spec.runtime, prepared, cfg.rss_sentences, cfg.threads, max_length)
+    step(4)
+    bar.close()
+
+    entry = {"runtime": runtime, **scores, "size_bytes": int(size), "params": int(params),
+             "latency_ms": {"batch1_p50": batch1["p50"], "batch1_p95": batch1["p95"],
+                            "batch32_p50": batch32["p50"]},
+             "peak_rss_mb": float(rss)}
+    return entry, np.asarray(labels, dtype=object)[predicted] if len(predicted) else np.array([], dtype=object)
+
+
+def split_accuracy(model: Path, prepared: Path, split: str, threads: int, max_length: int) -> float | None:
+    """Accuracy (0..1) of an ONNX classifier folder (model.onnx, its tokenizer and labels.json) on one split
+    of `prepared`, scored as `measure_model` scores it; None for an empty split."""
+    from transformers import AutoTokenizer
+
+    model, prepared = Path(model), Path(prepared)
+    card = json.loads((prepared / "data_card.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    labels = model_labels(model, card["labels"])
+    frame = read_split(prepared, split)
+    if frame.empty:
+        return None
+    data = encode(tokenizer, frame["text"].tolist(), frame["label"].tolist(), labels, max_length)
+    runner = latency.onnx_runner(latency.load_onnx_session(model, threads))
+    predicted = predicted_classes(runner, data.input_ids, pad_id)
+    return classification_scores(predicted, data.labels, len(labels))["accuracy"]
+
+
+# ---------------------------------------------------------------- writing
+
+def ablation_lines(ablation: dict) -> list[str]:
+    """The three students of the distillation ablation as a markdown section."""
+    rows = [("labels only (no teacher)", ablation["labels_only"], None),
+            ("distilled, train split", ablation["kd_train_only"], ablation["kd_gain_points"])]
+    if ablation["kd_with_transfer"] is not None:
+        rows.append((f"distilled, train split + transfer set ({ablation['transfer_rows']:,} sentences)",
+                     ablation["kd_with_transfer"], ablation["transfer_gain_points"]))
+    lines = ["", "## Ablation: what distillation buys", "",
+             "The same student (same layers, same initialisation, same epochs), trained three ways; each row "
+             "adds one thing to the row above.", "",
+             "| student | test accuracy | gain over the row above (points) |", "|---|---:|---:|"]
+    lines += [f"| {name} | {fmt(accuracy, '.4f')} | {'-' if i == 0 else fmt(gain, '+.2f')} |"
+              for i, (name, accuracy, gain) in enumerate(rows)]
+    return lines
+
+
+def render_markdown(report: dict) -> str:
+    lines = ["# Compression report", "",
+             f"Dataset `{report['dataset']['source']}` (sha256 `{report['dataset']['sha256'][:12]}`), "
+             f"test rows: {report['dataset']['rows']['test']}. "
+             f"Latency and memory on {report['environment']['cpu']}, {report['environment']['threads']} intra-op "
+             f"thread(s) for every model.", "",
+             "| model | runtime | accuracy | F1 macro | agreement | size (MB) | params | batch-1 p50 (ms) "
+             "| batch-1 p95 (ms) | batch-32 p50 (ms) | peak RSS (MB) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, m in report["models"].items():
+        lat = m["latency_ms"]
+        lines.append(f"| {name} | {m['runtime']} | {fmt(m['accuracy'], '.4f')} | {fmt(m['f1_macro'], '.4f')} "
+                     f"| {fmt(m['agreement_with_teacher'], '.4f')} | {m['size_bytes'] / 1e6:.2f} "
+                     f"| {m['params']:,} | {fmt(lat['batch1_p50'], '.2f')} | {fmt(lat['batch1_p95'], '.2f')} "
+                     f"| {fmt(lat['batch32_p50'], '.2f')} | {fmt(m['peak_rss_mb'], '.0f')} |")
+    for section in ("final_vs_teacher", f"final_vs_{BASELINE}"):
+        if section in report:
+            r = report[section]
+            lines += ["", f"## {section.replace('_', ' ')}", "",
+                      "| size ratio | batch-1 speed-up | batch-32 speed-up | accuracy drop (points) |",
+                      "|---:|---:|---:|---:|",
+                      f"| {fmt(r['size_ratio'], '.2f')}x | {fmt(r['speedup_batch1_p50'], '.2f')}x "
+                      f"| {fmt(r['speedup_batch32_p50'], '.2f')}x | {fmt(r['accuracy_drop_points'], '+.2f')} |"]
+    lines += gate_lines(report["gate"])
+    if ablation := report.get("ablation"):
+        lines += ablation_lines(ablation)
+    if seeds := report.get("seeds"):
+        drop = seeds["accuracy_drop_points"]
+        lines += ["", f"## Seed spread ({drop['n']} training seeds, teacher and data fixed)", "",
+                  "| seed | final accuracy | drop vs teacher (points) | agreement with teacher |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {r['seed']} | {r['accuracy']:.4f} | {r['accuracy_drop_points']:+.2f} "
+                  f"| {r['agreement_with_teacher']:.4f} |" for r in seeds["runs"]]
+        lines += ["", f"Accuracy drop vs teacher: mean {drop['mean']:+.2f} points, std {drop['std']:.2f}, "
+                      f"range {drop['min']:+.2f} to {drop['max']:+.2f}."]
+        if base := seeds.get("accuracy_drop_vs_baseline_points"):
+            lines[-1] += (f" Against {BASELINE}: mean {base['mean']:+.2f} points, "
+                          f"range {base['min']:+.2f} to {base['max']:+.2f}.")
+    return "\n".join(lines) + "\n"
+
+
+def save_plot(report: dict, path: Path) -> None:
+    """Two panels: accuracy vs batch-1 p50 latency (log x) and accuracy vs size (MB), points labelled."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with Agg
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    latency_ax, size_ax = fig.subplots(1, 2)
+    for i, (name, m) in enumerate(report["models"].items()):
+        if m["accuracy"] is None:
+            continue  # not measured: no point to place
+        accuracy = 100 * m["accuracy"]
+        for ax, x in ((latency_ax, m["latency_ms"]["batch1_p50"]), (size_ax, m["size_bytes"] / 1e6)):
+            if x is None or not math.isfinite(x) or x <= 0:
+                continue
+            ax.scatter([x], [accuracy], color=f"C{i}")
+            # Labels alternate above and below: models of equal size or accuracy often sit on one spot.
+            ax.annotate(name, (x, accuracy), textcoords="offset points", xytext=(5, 5 if i % 2 == 0 else -12),
+                        fontsize=8, color=f"C{i}")
+    latency_ax.set_xscale("log")
+    latency_ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # ticks at 1, 2, 5, 10, 20, ...
+    latency_ax.xaxis.set_major_formatter(ScalarFormatter())
+    latency_ax.xaxis.set_minor_formatter(NullFormatter())
+    latency_ax.set(xlabel="batch-1 p50 latency (ms, log scale)", ylabel="test accuracy (%)",
+                   title="Accuracy vs latency")
+    size_ax.set(xlabel="size (MB)", ylabel="test accuracy (%)", title="Accuracy vs size")
+    for ax in (latency_ax, size_ax):
+        ax.grid(True, alpha=0.3)
+    fig.savefig(path, format="png", dpi=120)
+
+
+# ---------------------------------------------------------------- the stage
+
+def run(cfg: EvaluateConfig, gate_cfg: GateConfig, prepared: Path, models: list[ModelSpec], out_dir: Path,
+        tracker: Tracker, max_length: int = 64, seed: int | None = None, seed_runs: list[dict] = ()) -> StageResult:
+    """`seed` is the training seed of the evaluated chain; `seed_runs` are the seeds stage's rows for the
+    same chain re-trained with other seeds (seed, accuracy, agreement_with_teacher)."""
+    prepared, out_dir = Path(prepared), Path(out_dir)
+    models = [ModelSpec(m.name, Path(m.path), m.runtime) for m in models]
+    names = [m.name for m in models]
+    missing = [n for n in (TEACHER, FINAL) if n not in names]
+    if missing or len(set(names)) != len(names):
+        raise ValueError(f"evaluate needs distinct model names including {TEACHER!r} and {FINAL!r}; got {names}")
+    for m in models:
+        latency.runtime_kind(m.runtime)  # fail on a bad runtime before minutes of measuring
+    import torch
+
+    card = json.loads((prepared / "data_card.json").read_text())
+    test = read_split(prepared, "test")
+    texts, gold = test["text"].tolist(), test["label"].tolist()
+    tracker.log_params({f"evaluate.{k}": v for k, v in cfg.model_dump().items()}
+                       | {"evaluate.models": ",".join(names), "evaluate.max_length": max_length})
+
+    threads_before = torch.get_num_threads()
+    entries: dict[str, dict] = {}
+    predictions: dict[str, np.ndarray] = {}
+    try:
+        for spec in models:
+            entries[spec.name], predictions[spec.name] = measure_model(
+                spec, cfg, prepared, texts, gold, card["labels"], max_length)
+            e = entries[spec.name]
+            print(f"  evaluate {spec.name}: {e['runtime']}, acc {fmt(e['accuracy'], '.4f')}, "
+                  f"batch-1 p50 {e['latency_ms']['batch1_p50']:.2f} ms, "
+                  f"batch-32 p50 {e['latency_ms']['batch32_p50']:.2f} ms, {e['size_bytes'] / 1e6:.1f} MB, "
+                  f"peak RSS {e['peak_rss_mb']:.0f} MB", flush=True)
+    finally:
+        torch.set_num_threads(threads_before)
+    for name, entry in entries.items():
+        entry["agreement_with_teacher"] = agreement(predictions[name], predictions[TEACHER])
+
+    ratios = compare_to_teacher(entries[TEACHER], entries[FINAL])
+    decision = decide(ratios, gate_cfg)
+    report = build_report(card, entries, decision, environment_info(cfg.threads))
+    student = next((m for m in models if m.name == "student"), None)
+    if student is not None and (ablation := distillation_ablation(student.path)):
+        report["ablation"] = ablation
+    report["final_vs_teacher"]["agreement_with_teacher"] = entries[FINAL]["agreement_with_teacher"]
+    if seed_runs and entries[FINAL]["accuracy"] is not None and entries[TEACHER]["accuracy"] is not None:
+        seeds = summarise_seeds(seed, entries[FINAL], entries[TEACHER], entries.get(BASELINE), list(seed_runs))
+        report["seeds"] = seeds
+        for section, key in (("final_vs_teacher", "accuracy_drop_points"),
+                             (f"final_vs_{BASELINE}", "accuracy_drop_vs_baseline_points")):
+            if section in report and key in seeds:
+                report[section] |= {"accuracy_drop_points_seed_mean": seeds[key]["mean"],
+                                    "accuracy_drop_points_seed_std": seeds[key]["std"]}
+        print(f"  evaluate: accuracy drop over {seeds['accuracy_drop_points']['n']} seeds: mean "
+              f"{seeds['accuracy_drop_points']['mean']:+.2f} points, std {seeds['accuracy_drop_points']['std']:.2f}",
+              flush=True)
+
+    json_path = write_atomic(out_dir / REPORT_JSON,
+                             lambda p: p.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False)))
+    md_path = write_atomic(out_dir / REPORT_MD, lambda p: p.write_text(render_markdown(report)))
+    plot_path = write_atomic(out_dir / REPORT_PLOT, lambda p: save_plot(report, p))
+    for path in (json_path, md_path, plot_path):
+        tracker.log_artifact(path)
+    tracker.log_metrics(metrics_to_log(report))
+
+    verdict = "passed" if decision.passed else f"FAILED ({', '.join(decision.failed())})"
+    print(f"  evaluate: gate {verdict}; final vs teacher: {ratios['size_ratio']:.2f}x smaller, "
+          f"{ratios['speedup_batch1_p50']:.2f}x faster at batch 1, "
+          f"{fmt(ratios['accuracy_drop_points'], '+.2f')} points accuracy drop", flush=True)
+    metrics = {**ratios, "gate_passed": float(decision.passed)}
+    if f"final_vs_{BASELINE}" in report:
+        metrics |= {f"vs_{BASELINE}.{k}": v for k, v in report[f"final_vs_{BASELINE}"].items()}
+    return StageResult(metrics=metrics,
+                       outputs={"report": json_path, "markdown": md_path, "plot": plot_path},
+                       info={"report": report})

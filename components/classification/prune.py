@@ -1,0 +1,173 @@
+"""Stage 5, prune: iterative structured pruning of attention heads and FFN neurons, each step with recovery.
+
+Importance is gradient x activation (Michel et al., 2019; Molchanov et al., 2019): for a head, the
+absolute sum over tokens of its context vector times the loss gradient with respect to it, which equals
+|dL/d gate| for a gate on that head; for an FFN neuron, the same on its activation. Scores are summed
+over `importance_batches` training batches, normalised per layer, and the lowest-scoring heads are
+removed across all layers (at least one head stays in every layer); FFN neurons are removed in the same
+share from every layer so that the config keeps one `intermediate_size`. Both are physical removals
+(`prune_heads`, sliced Linear layers): the saved model has fewer parameters. The selection from the scores
+(`heads_to_prune`, `neurons_to_keep`) is `components.kit.pruning`, shared with the causal-lm prune stage.
+
+Pruning is iterative (`prune.steps`): each step removes an equal part of the target, re-scoring the
+surviving heads and neurons first, and is followed by a recovery fine-tune (`prune.epochs` per step) with
+distillation from the stored teacher logits, so that later cuts are chosen on the recovered model.
+Under a multi-process launch each recovery is data-parallel and every process cuts the same heads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.pytorch_utils import prune_linear_layer
+
+from components.config import DistributedConfig, PruneConfig
+from components.kit.distributed import same_on_every_rank
+from components.kit.losses import kd_loss
+from components.kit.modeling import (
+    Encoded,
+    accuracy,
+    collate,
+    count_params,
+    length_bucketed_batches,
+    load_encoded_splits,
+    model_inputs,
+    predict_logits,
+    read_labels,
+    save_model,
+    seed_everything,
+    transformer_layers,
+)
+from components.kit.pruning import heads_to_prune, neurons_to_keep
+from components.kit.soft_targets import training_set
+from components.kit.tracking import PrefixedTracker, StageResult, Tracker
+from components.kit.training import Distillation, train
+
+
+def importance_scores(model: nn.Module, data: Encoded, teacher_logits: np.ndarray, pad_id: int, batches: int,
+                      batch_size: int, alpha: float, temperature: float, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per layer: head scores (n_heads,) and FFN neuron scores (intermediate,), gradient x activation."""
+    layers = transformer_layers(model)
+    head_scores = [np.zeros(layer.attention.self.num_attention_heads) for layer in layers]
+    ffn_scores = [np.zeros(layer.output.dense.in_features) for layer in layers]
+    captured: dict[tuple[str, int], torch.Tensor] = {}
+
+    def keep_input(kind: str, i: int):
+        def hook(_module, args):
+            args[0].retain_grad()
+            captured[(kind, i)] = args[0]
+        return hook
+
+    handles = []
+    for i, layer in enumerate(layers):
+        handles.append(layer.attention.output.dense.register_forward_pre_hook(keep_input("ctx", i)))
+        handles.append(layer.output.dense.register_forward_pre_hook(keep_input("ffn", i)))
+    model.eval()  # no dropout: scores should reflect the model as it will run
+    order = length_bucketed_batches([len(x) for x in data.input_ids], batch_size, shuffle=True, seed=seed)
+    try:
+        for index in order[:batches]:
+            batch = model_inputs(model, collate(data.input_ids, index, pad_id))
+            index_t = torch.as_tensor(index)
+            logits = model(**batch).logits
+            loss = kd_loss(logits, torch.as_tensor(teacher_logits)[index_t],
+                           torch.as_tensor(data.labels[index], dtype=torch.long), alpha, temperature)
+            model.zero_grad(set_to_none=True)
+            loss.backward()
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            for i, layer in enumerate(layers):
+                ctx = captured[("ctx", i)]
+                n_heads = layer.attention.self.num_attention_heads
+                prod = (ctx * ctx.grad * mask).reshape(*ctx.shape[:2], n_heads, -1)
+                head_scores[i] += prod.sum(dim=(1, 3)).abs().sum(0).detach().numpy()
+                ffn = captured[("ffn", i)]
+                ffn_scores[i] += (ffn * ffn.grad * mask).sum(1).abs().sum(0).detach().numpy()
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.zero_grad(set_to_none=True)
+    return head_scores, ffn_scores
+
+
+def step_targets(n_heads: int, n_neurons: int, head_ratio: float, ffn_ratio: float, steps: int) -> list[tuple[int, int]]:
+    """Per step: (total heads removed so far, FFN neurons kept per layer), reaching the ratios at the last step."""
+    return [(int(round(n_heads * head_ratio * k / steps)),
+             max(1, int(round(n_neurons * (1.0 - ffn_ratio * k / steps))))) for k in range(1, steps + 1)]
+
+
+def original_head_ids(model: nn.Module, plan: dict[int, list[int]]) -> dict[int, list[int]]:
+    """Map positions among a layer's current heads to its original head ids, which `prune_heads` expects."""
+    mapped = {}
+    for layer_id, heads in plan.items():
+        attention = transformer_layers(model)[layer_id].attention
+        n_original = attention.self.num_attention_heads + len(attention.pruned_heads)
+        alive = [h for h in range(n_original) if h not in attention.pruned_heads]
+        mapped[layer_id] = [alive[h] for h in heads]
+    return mapped
+
+
+def n_heads(model: nn.Module) -> int:
+    return sum(layer.attention.self.num_attention_heads for layer in transformer_layers(model))
+
+
+def prune_ffn(model: nn.Module, keep: list[np.ndarray]) -> None:
+    for layer, idx in zip(transformer_layers(model), keep):
+        index = torch.as_tensor(idx, dtype=torch.long)
+        layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, index, dim=0)
+        layer.output.dense = prune_linear_layer(layer.output.dense, index, dim=1)
+    model.config.intermediate_size = int(len(keep[0]))
+
+
+def run(cfg: PruneConfig, student_dir: Path, teacher_dir: Path, prepared: Path, out_dir: Path, tracker: Tracker,
+        seed: int, dist: DistributedConfig | None = None, soft_cache: Path | None = None) -> StageResult:
+    seed_everything(seed)
+    labels = read_labels(prepared)
+    tokenizer = AutoTokenizer.from_pretrained(student_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(student_dir, use_safetensors=True)
+    pad_id = tokenizer.pad_token_id
+    data = load_encoded_splits(prepared, tokenizer, labels, cfg.max_length)
+    train_set, train_logits = training_set(teacher_dir, prepared, tokenizer, labels, cfg.max_length,
+                                           data["train"], cfg.transfer, soft_cache, dist)
+    kd = Distillation(train_logits, cfg.alpha, cfg.temperature)
+    tracker.log_params(cfg.model_dump())
+    params_before, heads_before = count_params(model), n_heads(model)
+    targets = step_targets(heads_before, transformer_layers(model)[0].output.dense.in_features,
+                           cfg.head_ratio, cfg.ffn_ratio, cfg.steps)
+
+    history, seconds, removed = [], 0.0, 0
+    for step, (heads_removed_target, neurons_kept) in enumerate(targets, start=1):
+        # The train split comes first in train_set: its rows of train_logits score the heads.
+        # Every process scores the same weights on the same batches; rank 0's scores cut, so all cut alike.
+        head_scores, ffn_scores = same_on_every_rank(importance_scores(
+            model, data["train"], train_logits[: len(data["train"])], pad_id, cfg.importance_batches, cfg.batch_size,
+            cfg.alpha, cfg.temperature, seed + step))
+        plan = heads_to_prune(head_scores, count=heads_removed_target - removed)
+        model.prune_heads(original_head_ids(model, plan))
+        removed = heads_before - n_heads(model)
+        if neurons_kept < model.config.intermediate_size:
+            prune_ffn(model, neurons_to_keep(ffn_scores, keep=neurons_kept))
+        acc_cut = accuracy(predict_logits(model, data["validation"], pad_id), data["validation"].labels)
+        print(f"  prune step {step}/{cfg.steps}: {n_heads(model)} of {heads_before} heads, FFN "
+              f"{model.config.intermediate_size} wide, params {count_params(model):,}; val acc before recovery "
+              f"{acc_cut:.4f}", flush=True)
+        outcome = train(model, train_set, data["validation"], cfg, pad_id, PrefixedTracker(tracker, f"step{step}."),
+                        seed + step, kd=kd, desc=f"recover {step}/{cfg.steps}", dist=dist)
+        seconds += outcome.seconds
+        history.append({"step": step, "heads": n_heads(model), "intermediate_size": model.config.intermediate_size,
+                        "params": count_params(model), "val_accuracy_before_recovery": acc_cut,
+                        "val_accuracy": outcome.best_val_accuracy})
+
+    test_acc = accuracy(predict_logits(model, data["test"], pad_id), data["test"].labels)
+    pruned = {int(k): sorted(int(h) for h in v) for k, v in model.config.pruned_heads.items()}
+    metrics = {"params_before": params_before, "params_after": count_params(model), "steps": cfg.steps,
+               "heads_removed": removed, "heads_before": heads_before,
+               "intermediate_size": model.config.intermediate_size,
+               "val_accuracy_before_recovery": history[0]["val_accuracy_before_recovery"],
+               "val_accuracy": history[-1]["val_accuracy"], "test_accuracy": test_acc, "train_seconds": seconds}
+    save_model(model, tokenizer, labels, out_dir, metrics | {"pruned_heads": pruned, "history": history})
+    tracker.log_params({"pruned_heads": str(pruned)})
+    tracker.log_metrics(metrics)
+    return StageResult(metrics=metrics, outputs={"model": out_dir})

