@@ -93,7 +93,7 @@ serve: $(VENV)/.installed
 dvc-status: $(VENV)/.installed
 	$(BIN)/dvc status
 
-# Rewrite dvc.yaml from the stage tables (flows/stages.py, flows/lm_stages.py); ARGS=--check only compares.
+# Rewrite dvc.yaml from the stage tables (flows/tasks/, one module per task); ARGS=--check only compares.
 dvc-yaml: $(VENV)/.installed
 	$(BIN)/miniaturize dvc-yaml $(ARGS)
 

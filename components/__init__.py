@@ -5,6 +5,8 @@
   the stand-alone script of its edge bundle.
 - `components.causal_lm`: the causal-lm task's stage modules (data, train, export, evaluate) and
   `edge_generate.py`, the stand-alone script of its edge bundle.
+- Each task package's `__init__` exports `NAME` (the params' `task:`) and `KIND` (its edge bundle's kind);
+  code outside the package uses those, never the strings. flows/tasks/ holds each task's record.
 - `components.kit`: what several stages or both tasks use (training loop, losses, pruning selection,
   quantization, ONNX and latency helpers, file I/O, reports, the gate, tracking). The kit imports no task.
 - `config.py` (the one validated config, both tasks' sections), `validate.py` (the validate stage both

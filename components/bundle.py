@@ -15,8 +15,8 @@ failure leaves no half bundle.
 A causal-LM model folder (config.json names a `...LMHeadModel` / `...ForCausalLM`, or it has a
 generation_config.json and no labels.json) gets a text-generation bundle instead: the ONNX decoder with its
 key/value cache, `tokenizer.json`, `config.json` (head counts, positions, end token), generation_config.json
-when there is one, and `components/causal_lm/edge_generate.py` as `predict.py`; its manifest says
-`"task": "causal-lm"`.
+when there is one, and `components/causal_lm/edge_generate.py` as `predict.py`; its manifest's `task` is
+that task's bundle kind (`components.causal_lm.KIND`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from components import causal_lm, classification
 from components.causal_lm import edge_generate
 from components.classification import edge_predict
 from components.classification.edge_predict import sha256
@@ -38,7 +39,7 @@ PREDICT = Path(edge_predict.__file__)
 LM_FILES = tuple(name for name in edge_generate.BUNDLE_FILES if name != "predict.py")
 LM_OPTIONAL = edge_generate.OPTIONAL_FILES
 GENERATE = Path(edge_generate.__file__)
-CAUSAL_LM = "causal-lm"
+CAUSAL_LM = causal_lm.KIND
 REQUIRES = ["onnxruntime", "tokenizers", "numpy"]
 # What a bundle folder may hold besides the files its manifest lists (Python writes __pycache__ beside a
 # script it imports).
@@ -54,14 +55,14 @@ class BundleSourceError(ValueError):
 
 
 def task_of(model_dir: Path) -> str:
-    """The task a model folder serves: "causal-lm" (text generation) or "classification"."""
+    """The bundle kind of a model folder: `causal_lm.KIND` (text generation) or `classification.KIND`."""
     config = model_dir / "config.json"
     architectures = (json.loads(config.read_text()).get("architectures") or []) if config.is_file() else []
     if any(a.endswith(("LMHeadModel", "ForCausalLM")) for a in architectures):
         return CAUSAL_LM
     if (model_dir / "generation_config.json").is_file() and not (model_dir / "labels.json").is_file():
         return CAUSAL_LM
-    return "classification"
+    return classification.KIND
 
 
 def is_edge_bundle(folder: Path) -> bool:

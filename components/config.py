@@ -15,15 +15,34 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from components import causal_lm, classification
+
+# The tasks a params file may name (`task:`), each exported by its own package; classification is the default.
+TASK_NAMES = (classification.NAME, causal_lm.NAME)
 
 
 class ConfigError(ValueError):
     """A params file, profile or override that does not fit the schema."""
 
 
+# The prepared data's splits, in the order of the shares in `data.split` and `lm.data.split`.
+SPLITS = ("train", "validation", "test")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_shares(split: tuple[float, ...], key: str) -> None:
+    if abs(sum(split) - 1.0) > 1e-6 or min(split) <= 0:
+        raise ValueError(f"{key} must be three positive shares summing to 1, got {split}")
+
+
+def _increasing_distinct(layers: list[int]) -> bool:
+    """Layer indices: at least one, increasing, distinct and >= 0."""
+    return bool(layers) and sorted(set(layers)) == list(layers) and min(layers) >= 0
 
 
 class DataConfig(_Section):
@@ -46,8 +65,7 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _split_sums_to_one(self) -> DataConfig:
-        if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) <= 0:
-            raise ValueError(f"data.split must be three positive shares summing to 1, got {self.split}")
+        _check_shares(self.split, "data.split")
         return self
 
 
@@ -86,7 +104,9 @@ class TrainConfig(_Section):
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     # Stop after this many epochs without a better validation accuracy; the best epoch is kept.
     patience: int = Field(1, ge=1)
-    max_length: int = Field(64, ge=8)  # tokens; longer sentences are truncated
+    # Tokens; longer sentences are truncated. teacher.max_length is also the length every later stage
+    # measures and serves at; distill's and prune's cut only the sentences they train on, and may differ.
+    max_length: int = Field(64, ge=8)
 
 
 class TeacherConfig(TrainConfig):
@@ -115,7 +135,7 @@ class DistillConfig(TrainConfig):
 
     @model_validator(mode="after")
     def _layers_sorted_unique(self) -> DistillConfig:
-        if not self.layers or sorted(set(self.layers)) != list(self.layers) or min(self.layers) < 0:
+        if not _increasing_distinct(self.layers):
             raise ValueError(f"distill.layers must be increasing, distinct, >= 0; got {self.layers}")
         return self
 
@@ -152,8 +172,9 @@ class QuantizeConfig(_Section):
     # Each candidate is built with each setting: one scale per weight column (true) or per tensor (false).
     per_channel: list[bool] = Field([False, True], min_length=1)
     calibration_sentences: int = Field(200, ge=1)  # validation sentences that fix the static scales
-    # A candidate may lose at most this much validation accuracy against the fp32 export (points).
-    max_accuracy_drop_points: float = Field(0.5, ge=0.0)
+    # A candidate may lose at most this much validation accuracy against the fp32 export it was quantized
+    # from (percentage points): the reference is the fp32 ONNX model, not the teacher.
+    max_drop_vs_fp32_points: float = Field(0.5, ge=0.0)
     latency_sentences: int = Field(200, ge=10)  # validation sentences timed at batch 1 per candidate
 
 
@@ -179,13 +200,14 @@ class SearchConfig(_Section):
     epochs: int = Field(1, ge=1)  # distill and prune epochs per candidate: a low-fidelity, cheaper search
     max_candidates: int = Field(12, ge=1)
     budget_minutes: float = Field(90.0, gt=0)  # no new candidate starts after this much time
-    max_accuracy_drop_points: float = Field(1.0, ge=0.0)  # validation accuracy below the teacher
+    # The choice stays within this much validation accuracy below the teacher's (percentage points).
+    max_drop_vs_teacher_points: float = Field(1.0, ge=0.0)
     latency_calls: int = Field(200, ge=10)  # batch-1 calls timed per candidate
 
     @model_validator(mode="after")
     def _valid_space(self) -> SearchConfig:
         for layers in self.layers:
-            if not layers or sorted(set(layers)) != list(layers) or min(layers) < 0:
+            if not _increasing_distinct(layers):
                 raise ValueError(f"search.layers entries must be increasing, distinct, >= 0; got {layers}")
         if any(not 0.0 <= r < 1.0 for r in self.prune_ratios):
             raise ValueError(f"search.prune_ratios must be in [0, 1), got {self.prune_ratios}")
@@ -203,7 +225,8 @@ class EvaluateConfig(_Section):
 
 
 class GateConfig(_Section):
-    max_accuracy_drop_points: float = Field(2.0, ge=0.0)  # teacher minus final, in points
+    # Teacher minus final test accuracy, in percentage points: the release gate's accuracy check.
+    max_drop_vs_teacher_points: float = Field(2.0, ge=0.0)
     min_size_ratio: float = Field(3.0, ge=0.0)  # teacher bytes / final bytes
     min_speedup: float = Field(3.0, ge=0.0)  # teacher / final batch-1 p50 latency
     # Against the current champion (if any): at most this many accuracy points worse, this much larger.
@@ -228,8 +251,7 @@ class LMDataConfig(_Section):
 
     @model_validator(mode="after")
     def _split_sums_to_one(self) -> LMDataConfig:
-        if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) <= 0:
-            raise ValueError(f"lm.data.split must be three positive shares summing to 1, got {self.split}")
+        _check_shares(self.split, "lm.data.split")
         return self
 
 
@@ -342,7 +364,7 @@ class RetriesConfig(_Section):
 
 
 class Params(_Section):
-    task: Literal["sequence-classification", "causal-lm"] = "sequence-classification"
+    task: str = classification.NAME  # one of TASK_NAMES (flows.tasks.TASKS holds each one's record)
     seed: int = 13
     threads: int = Field(2, ge=1)  # torch intra-op threads for training
     data: DataConfig = DataConfig()
@@ -372,6 +394,13 @@ class Params(_Section):
                 raise ValueError(f"{key} holds a password in its URL; credentials belong in the environment "
                                  "(e.g. MLFLOW_TRACKING_PASSWORD, AWS_SECRET_ACCESS_KEY, HF_TOKEN), never in params")
         return self
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        if task not in TASK_NAMES:
+            raise ValueError(f"task: {task!r} is not one of {', '.join(TASK_NAMES)}")
+        return task
 
     @model_validator(mode="after")
     def _extra_seeds_differ_from_seed(self) -> Params:
@@ -459,12 +488,21 @@ def load_params(path: str | Path = "params.yaml", profile: str | None = None,
     return build_params(raw, profile, overrides)
 
 
+# Keys that were renamed: an old key in a params file is refused with a message naming the new one.
+RENAMED = {
+    "quantize.max_accuracy_drop_points": "quantize.max_drop_vs_fp32_points",
+    "search.max_accuracy_drop_points": "search.max_drop_vs_teacher_points",
+    "register.gate.max_accuracy_drop_points": "register.gate.max_drop_vs_teacher_points",
+}
+
+
 def _describe(err: ValidationError) -> str:
     lines = []
     for item in err.errors():
         key = ".".join(str(p) for p in item["loc"]) or "(root)"
         if item["type"] == "extra_forbidden":
-            lines.append(f"unknown key {key!r}")
+            renamed = f" (renamed: use {RENAMED[key]!r})" if key in RENAMED else ""
+            lines.append(f"unknown key {key!r}{renamed}")
         elif item["type"] == "value_error":
             # A check across keys: its message names them, and its input is a whole section, too long to echo.
             message = str(item["ctx"]["error"])

@@ -34,12 +34,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
+from components import causal_lm, classification
 from components.classification.edge_predict import BundleError, Predictor
 
 USAGE = 'send {"texts": ["...", ...]} or {"text": "..."}'
 GENERATE_USAGE = 'send {"prompt": "...", "max_new_tokens": n}'
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: 64 texts of 2000 characters, even JSON-escaped non-ASCII, fit
-CAUSAL_LM = "causal-lm"
+CAUSAL_LM = causal_lm.KIND
 
 
 class PredictRequest(BaseModel):
@@ -123,9 +124,9 @@ def bundle_task(bundle_dir: Path) -> str:
     to its kind's file set (a manifest that lies about its task fails that check)."""
     try:
         manifest = json.loads((bundle_dir / "manifest.json").read_text())
-        return manifest.get("task", "classification") if isinstance(manifest, dict) else "classification"
+        return manifest.get("task", classification.KIND) if isinstance(manifest, dict) else classification.KIND
     except (OSError, ValueError):
-        return "classification"  # the loader's check then says what is wrong
+        return classification.KIND  # the loader's check then says what is wrong
 
 
 def load_model(bundle_dir: Path, threads: int, expect_manifest: str | None = None):

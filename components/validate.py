@@ -1,4 +1,4 @@
-"""Stage 2, validate: check the prepared splits with Great Expectations before any training.
+"""Stage, validate: check the prepared splits with Great Expectations before any training.
 
 `run(cfg, prepared, out_dir, tracker)` reads `train/validation/test.parquet` and `data_card.json` from
 `prepared`, runs one GX suite per split on the rows (schema, nulls, text length, label set, duplicates,
@@ -20,11 +20,10 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from components.config import ValidateConfig
+from components.config import SPLITS, ValidateConfig
 from components.kit.text import text_key  # the same form ingest de-duplicates by
 from components.kit.tracking import StageResult, Tracker
 
-SPLITS = ("train", "validation", "test")
 # Every check this stage can emit, in the order failures are reported (the headline first).
 CHECKS = ("schema", "not_empty", "text_is_string", "not_null", "text_length", "label_in_set",
           "distinct_labels", "class_share", "duplicate_rate", "train_overlap")

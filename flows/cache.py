@@ -65,16 +65,20 @@ class StageCache:
     def path(self, stage: str) -> Path:
         return self.folder / f"{stage}.json"
 
-    def lookup(self, stage: str, key: str, outputs: dict[str, Path]) -> Record | None:
-        """The record of `stage` if it was made with this key and its outputs are unchanged since."""
+    def read(self, stage: str) -> Record | None:
+        """The last record of `stage`, whatever its key; None when there is none (or it cannot be read)."""
         path = self.path(stage)
         if not path.is_file():
             return None
         try:
-            record = Record(**json.loads(path.read_text()))
+            return Record(**json.loads(path.read_text()))
         except (ValueError, TypeError):
             return None  # an unreadable record only costs a re-run
-        if record.key != key or set(record.outputs) != set(outputs):
+
+    def lookup(self, stage: str, key: str, outputs: dict[str, Path]) -> Record | None:
+        """The record of `stage` if it was made with this key and its outputs are unchanged since."""
+        record = self.read(stage)
+        if record is None or record.key != key or set(record.outputs) != set(outputs):
             return None
         if hashes(outputs) != record.outputs:  # changed, or gone (an output a stage may skip stays absent)
             return None

@@ -12,7 +12,8 @@
     miniaturize deploy [--cron "0 2 * * *"] [--name nightly] [--timezone UTC] # the pipeline on a schedule (Prefect)
 
 Every command answers with the same exit codes (`EXIT_CODES`, listed by `miniaturize --help`); an
-unexpected error prints its traceback and exits 1.
+unexpected error prints its traceback and exits 1. The commands parse their options, call into flows/ and
+map errors to exit codes; what differs between tasks comes from the params' task record (`flows.tasks`).
 """
 
 from __future__ import annotations
@@ -38,9 +39,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                   epilog="Exit codes: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()) + ".")
 
 # Quiet, offline-friendly defaults; an ephemeral Prefect API on a busy 2-core machine can take over 20 s.
-QUIET_ENV = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+QUIET_ENV = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "DVC_NO_ANALYTICS": "1",
+             "GX_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
              "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TOKENIZERS_PARALLELISM": "false",
              "TRANSFORMERS_VERBOSITY": "error", "DO_NOT_TRACK": "1"}
+
+
+@app.callback()
+def environment_defaults() -> None:
+    # Runs before every command: the one place the environment defaults are set (a value already set wins).
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "--config", help="Params file, e.g. configs/causal-lm.yaml.")]
 ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Named override set from params.yaml, e.g. smoke.")]
@@ -72,10 +82,10 @@ def exit_code(err: BaseException, what: str) -> tuple[int, str]:
     from mlflow.exceptions import MlflowException
 
     from components.bundle import BundleSourceError, OutDirRefused
-    from components.classification.edge_predict import BundleError
     from components.config import ConfigError
     from components.kit.data import DataError
     from components.kit.promotion import RollbackError
+    from components.serve import BundleError
     from components.validate import ValidationFailed
     from flows.lock import WorkspaceLocked
     from flows.registry import GateRejected
@@ -129,12 +139,9 @@ def run_flow(flow_fn, params, root: Path, what: str, **options) -> tuple[dict, f
     return outcome, (time.perf_counter() - started) / 60
 
 
-def check_stage(name: str | None, task: str = "sequence-classification") -> None:
-    from flows.stages import stage_table
-
-    stages = stage_table(task).stages
-    if name is not None and name not in stages:
-        fail(f"error: unknown stage {name!r}; stages: {', '.join(stages)}", 2)
+def check_stage(name: str | None, task) -> None:
+    if name is not None and name not in task.stages:
+        fail(f"error: unknown stage {name!r}; stages: {', '.join(task.stages)}", 2)
 
 
 def load(params_file: Path, profile: str | None, overrides: list[str]):
@@ -146,13 +153,20 @@ def load(params_file: Path, profile: str | None, overrides: list[str]):
         fail(f"error: {err}", 2)
 
 
-def preflight(params, search: bool = False) -> None:
+def load_task(params_file: Path, profile: str | None = None, overrides: list[str] | None = None):
+    """(params, the record of their task)."""
+    from flows.tasks import task_for
+
+    params = load(params_file, profile, list(overrides or []))
+    return params, task_for(params)
+
+
+def preflight(task, params, search: bool = False) -> None:
     """Check the params against the teacher model (path, hub reachability, depth) before anything runs."""
     from components.config import ConfigError
-    from flows import preflight as checks
 
     try:
-        checks.check(params, Path.cwd(), search=search)
+        task.preflight(params, Path.cwd(), search)
     except ConfigError as err:
         fail(f"error: {err}", 2)
 
@@ -167,75 +181,53 @@ def run(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None
     """Run the whole pipeline: ingest, validate, finetune, distill, prune, trim, export, quantize, seeds, evaluate, register.
 
     A stage whose inputs, component code and config slice are unchanged since its last run is skipped."""
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
     overrides = list(overrides or [])
+    params, task = load_task(params_file, profile, overrides)
     if data:
-        path = Path(data)
-        if not path.exists() and path.suffix:  # a file name, not a hub dataset id
-            fail(f"error: data file {data} does not exist", 2)
-        if path.exists():
-            from components.kit.data import DataError, workspace_path
+        from flows.preflight import data_source
 
-            try:  # fail here, before the flow starts, when the file lies outside the project
-                path = workspace_path(data, Path.cwd(), "--data")
-            except DataError as err:
-                fail(f"error: {err}", 2)
-        overrides.append(f"data.source={path if path.exists() else data}")
-    params = load(params_file, profile, overrides)
-    check_stage(until, params.task)
-    preflight(params)
+        with exit_codes("run"):  # fail here, before the flow starts: a missing file, or one outside the project
+            overrides.append(f"{task.data_source}={data_source(data, Path.cwd())}")
+        params = load(params_file, profile, overrides)
+    check_stage(until, task)
+    preflight(task, params)
     root = Path.cwd()
     from flows.pipeline import pipeline
+    from flows.versioning import record_run
 
     outcome, minutes = run_flow(pipeline, params, root, "pipeline", force=force, until=until, wait_seconds=wait)
     if outcome["registration"] is None:
         typer.secho(f"\nminiaturize: stopped after {until} as asked, in {minutes:.1f} min", bold=True)
         typer.echo(f"  MLflow:  {outcome['tracking_uri']}  run {outcome['parent_run_id']}")
-        typer.echo("DVC: not recorded (a partial run; the later stages' outputs are from an earlier run)")
+        typer.echo(record_run(root, params_file, task, until, None))
         return
-    print_summary(root, params.task, outcome, minutes)
-    if profile or overrides:
-        typer.echo(f"DVC: not recorded (this run used --profile/--set/--data; put the values in {params_file} "
-                   "to version them)")
-    else:
-        from flows.versioning import commit_outputs, dvc_stages
-
-        typer.echo(commit_outputs(root, dvc_stages(root, params_file, params.task))[1])
+    print_summary(task, root, outcome, minutes)
+    customised = f"this run used --profile/--set/--data; put the values in {params_file} to version them"
+    typer.echo(record_run(root, params_file, task, None, customised if profile or overrides else None))
 
 
-def print_summary(root: Path, task: str, outcome: dict, minutes: float) -> None:
+def print_summary(task, root: Path, outcome: dict, minutes: float) -> None:
     import json
 
-    from flows.workspace import workspace_for
+    from flows.pipeline import registration_cached
 
-    ws = workspace_for(task, root)
+    ws = task.workspace(root)
     reg = outcome["registration"]
     report = json.loads(ws.report.read_text())
-    ratios = report["final_vs_teacher"]
-    teacher, final = report["models"]["teacher"], report["models"]["final"]
     typer.echo("")
     typer.secho(f"miniaturize: pipeline finished in {minutes:.1f} min", bold=True)
     skipped = [name for name, stage in outcome["stages"].items() if stage.get("cache_hit")]
     if skipped:
         typer.echo(f"  unchanged, skipped: {', '.join(skipped)} ({len(skipped)} of {len(outcome['stages'])} stages; "
                    "--force runs all)")
-    if task == "causal-lm":
-        typer.echo(f"  perplexity {teacher['perplexity']:.2f} -> {final['perplexity']:.2f} "
-                   f"({ratios['perplexity_ratio']:.3f}x), BLEU {teacher['bleu']:.2f} -> {final['bleu']:.2f} "
-                   f"(drop {ratios['bleu_drop_points']:.2f} points)")
-        typer.echo(f"  size {ratios['size_ratio']:.2f}x smaller, greedy generation {ratios['generation_speedup']:.2f}x "
-                   f"faster ({teacher['tokens_per_s']:.0f} -> {final['tokens_per_s']:.0f} tokens/s)")
-    else:
-        typer.echo(f"  teacher accuracy {teacher['accuracy']:.4f} -> final {final['accuracy']:.4f} "
-                   f"(drop {ratios['accuracy_drop_points']:.2f} points)")
-        typer.echo(f"  size {ratios['size_ratio']:.2f}x smaller, batch-1 p50 {ratios['speedup_batch1_p50']:.2f}x faster")
+    for line in task.summary(report):
+        typer.echo(line)
     gate = "passed" if reg["gate_passed"] else "FAILED (" + ", ".join(reg["failed_checks"]) + ")"
-    if outcome["stages"]["register"].get("cache_hit"):
+    if registration_cached(task, outcome):
         typer.echo(f"  gate {gate}: unchanged model, already registered as {reg['model_name']} version {reg['version']}")
     else:
         typer.echo(f"  gate {gate}: {reg['model_name']} version {reg['version']} is now @{reg['alias']}")
-    typer.echo(f"  report:  {ws.report_md} (+ .json{', compression_plot.png' if task != 'causal-lm' else ''})")
+    typer.echo(f"  report:  {ws.report_md} (+ {task.report_files})")
     typer.echo(f"  MLflow:  {outcome['tracking_uri']}  experiment {outcome['experiment_id']}, "
                f"run {outcome['parent_run_id']}  (make ui -> http://127.0.0.1:5000)")
     typer.echo(f"  model:   {reg['model_uri']}  (models:/{reg['model_name']}@{reg['alias']})")
@@ -244,14 +236,15 @@ def print_summary(root: Path, task: str, outcome: dict, minutes: float) -> None:
 @app.command()
 def search(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None, overrides: SetOpt = None) -> None:
     """Search kept layers x prune ratio x vocabulary x quantization; register the fastest within tolerance."""
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    params = load(params_file, profile, list(overrides or []))
-    preflight(params, search=True)
+    params, task = load_task(params_file, profile, overrides)
     from components.kit.secrets import redact
-    from flows.search import search as search_flow
+    from flows import search as searching
 
-    outcome, minutes = run_flow(search_flow, params, Path.cwd(), "search")
+    if task is not searching.TASK:
+        fail(f"error: miniaturize search compresses {searching.TASK.name} models; {params_file} sets task "
+             f"{task.name}", 2)
+    preflight(task, params, search=True)
+    outcome, minutes = run_flow(searching.search, params, Path.cwd(), "search")
     reg = outcome["registration"]
     typer.echo("")
     typer.secho(f"miniaturize: search finished in {minutes:.1f} min", bold=True)
@@ -262,18 +255,6 @@ def search(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = N
     typer.echo(f"  MLflow:  {redact(outcome['tracking_uri'])}  run {outcome['parent_run_id']}")
 
 
-def run_share(name: str, params, ws) -> None:
-    """A further process of a data-parallel launch: it trains its share of every batch in step with rank 0,
-    and neither logs to MLflow nor writes files (components write on rank 0 only) nor prints."""
-    import contextlib
-
-    from components.kit.tracking import NullTracker
-    from flows.stages import stage_table
-
-    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-        stage_table(params.task).stages[name](params, ws, NullTracker())
-
-
 @app.command()
 def stage(name: Annotated[str, typer.Argument(help="ingest, validate, finetune, distill, prune, trim, export, quantize, seeds, evaluate or register")],
           params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None, overrides: SetOpt = None,
@@ -282,65 +263,23 @@ def stage(name: Annotated[str, typer.Argument(help="ingest, validate, finetune, 
           result_file: Annotated[Optional[Path], typer.Option("--result", hidden=True, help="Write the stage's result here (JSON).")] = None,
           workspace_paths: Annotated[Optional[list[str]], typer.Option("--workspace-path", hidden=True, help="NAME=PATH: read or write this workspace path elsewhere (a launch's staging folder).")] = None) -> None:
     """Run one stage on the files of the previous ones (dvc.yaml calls this)."""
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
     overrides = list(overrides or []) + ([f"distributed.processes={processes}"] if processes else [])
-    params = load(params_file, profile, overrides)
-    check_stage(name, params.task)
+    params, task = load_task(params_file, profile, overrides)
+    check_stage(name, task)
     from components.kit import distributed
-    from flows.launch import DATA_PARALLEL_STAGES
+    from flows import launch
 
-    if ((processes or 1) > 1 or distributed.world_size() > 1) and name not in DATA_PARALLEL_STAGES:
-        fail(f"error: only {', '.join(DATA_PARALLEL_STAGES)} train on several processes; run {name} in one", 2)
-    preflight(params)
+    if ((processes or 1) > 1 or distributed.world_size() > 1) and not task.stages[name].data_parallel:
+        fail(f"error: only {', '.join(launch.training_stages(task))} train on several processes; run {name} in one", 2)
+    preflight(task, params)
     with exit_codes(f"stage {name}"):
-        run_one_stage(name, params, run_id, result_file, workspace_paths)
+        if run_id is not None or result_file is not None:  # a process flows.launch started: in the caller's run
+            paths = {key: Path(path) for key, _, path in (text.partition("=") for text in workspace_paths or [])}
+            launch.join(task, name, params, Path.cwd().resolve(), paths, run_id, result_file)
+        else:  # on its own (dvc repro, or torchrun by hand): the pipeline's lifecycle of one stage
+            from flows.pipeline import run_one_stage
 
-
-def run_one_stage(name: str, params, run_id: str | None, result_file: Path | None,
-                  workspace_paths: list[str] | None) -> None:
-    """`miniaturize stage NAME`: in a launch's further process, its share; as a launch's rank 0, into the
-    caller's run; alone (dvc repro), under the workspace lock in a run of its own."""
-    from components.kit import distributed
-    from flows import tracking
-    from flows.launch import DATA_PARALLEL_STAGES, Paths, write_result
-    from flows.lock import workspace_lock
-    from flows.stages import stage_table
-    from flows.workspace import workspace_for
-
-    ws = workspace_for(params.task, Path.cwd().resolve())
-    if workspace_paths:
-        ws = Paths(ws, {key: Path(path) for key, _, path in (text.partition("=") for text in workspace_paths)})
-    if distributed.world_size() > 1:
-        distributed.process_state(params.distributed)  # join the process group before any collective call
-        if not distributed.is_main_process():
-            run_share(name, params, ws)
-            distributed.leave()
-            return
-    client = tracking.client(ws.root)
-    if run_id is not None:  # rank 0 of a launch: the run belongs to the caller, which starts and ends it
-        result = stage_table(params.task).stages[name](params, ws, tracking.MlflowTracker(client, run_id))
-        if result_file is not None:
-            write_result(result, result_file)
-        distributed.leave()
-        return
-    with workspace_lock(ws.root, f"miniaturize stage {name}"):  # like a run, a stage holds the workspace
-        tags = {"miniaturize.stage": name}
-        if name in DATA_PARALLEL_STAGES:
-            tags["miniaturize.processes"] = str(max(distributed.world_size(), params.distributed.processes))
-        run_id = tracking.start_run(client, tracking.experiment_id(client, ws.root), f"stage-{name}", tags=tags)
-        ok = False
-        started = time.perf_counter()
-        typer.echo(f"[{name}] started")
-        try:
-            result = stage_table(params.task).stages[name](params, ws, tracking.MlflowTracker(client, run_id))
-            if result_file is not None:
-                write_result(result, result_file)
-            ok = True
-        finally:
-            tracking.end_run(client, run_id, ok)
-        typer.echo(f"[{name}] finished in {time.perf_counter() - started:.1f} s")
-    distributed.leave()
+            run_one_stage(params, name, Path.cwd())
 
 
 @app.command()
@@ -349,15 +288,14 @@ def promote(version: Annotated[str, typer.Option("--version", help="Registered m
             reason: Annotated[Optional[str], typer.Option("--reason", help="Why; recorded with the alias move.")] = None,
             params_file: ParamsOpt = Path("params.yaml"), overrides: SetOpt = None) -> None:
     """Make VERSION the champion if it passes the gate: against its teacher and against the current champion."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if force and not (reason or "").strip():
         fail("error: --force needs --reason TEXT (it is recorded with the alias move)", 2)
-    params = load(params_file, None, list(overrides or []))
-    from flows.registry import promote as do_promote
-    from flows.workspace import Workspace
+    params, task = load_task(params_file, None, overrides)
+    from flows import registry
 
     with exit_codes("promote"):
-        result = do_promote(params, Workspace(Path.cwd().resolve()), version, force=force, reason=reason)
+        result = registry.promote(task, params, task.workspace(Path.cwd().resolve()), version, force=force,
+                                  reason=reason)
     note = f" (FORCED past {', '.join(n for n, c in result['checks']['checks'].items() if not c['passed'])})" \
         if result["forced"] else ""
     typer.echo(f"{result['model_name']} version {result['version']} is now @{result['alias']}{note}; "
@@ -368,13 +306,11 @@ def promote(version: Annotated[str, typer.Option("--version", help="Registered m
 def rollback(reason: Annotated[str, typer.Option("--reason", help="Why; recorded with the alias move.")] = "manual rollback",
              params_file: ParamsOpt = Path("params.yaml")) -> None:
     """Move the champion back to the previous champion (by the recorded alias history)."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    params = load(params_file, None, [])
-    from flows.registry import rollback as do_rollback
-    from flows.workspace import Workspace
+    params, task = load_task(params_file)
+    from flows import registry
 
     with exit_codes("rollback"):
-        result = do_rollback(params, Workspace(Path.cwd().resolve()), reason)
+        result = registry.rollback(params, task.workspace(Path.cwd().resolve()), reason)
     typer.echo(f"{result['model_name']}: champion rolled back from version {result['from']} to {result['version']}")
 
 
@@ -385,13 +321,11 @@ def lineage(version: Annotated[str, typer.Argument(help="Registered model versio
     """Where VERSION comes from: git commit, data hash, params, teacher run, every stage key and run, alias moves."""
     import json
 
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    params = load(params_file, None, [])
+    params, task = load_task(params_file)
     from flows.registry import lineage as trace
-    from flows.workspace import Workspace
 
     with exit_codes("lineage"):
-        chain = trace(params, Workspace(Path.cwd().resolve()), version)
+        chain = trace(task, params, task.workspace(Path.cwd().resolve()), version)
     if as_json:
         typer.echo(json.dumps(chain, indent=2))
         return
@@ -420,18 +354,17 @@ def package(out: Annotated[Path, typer.Option("--out", help="Folder to write the
     the manifest's sha256, which predict.py and serve-model pin with --expect-manifest."""
     import tempfile
 
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from components.bundle import manifest_sha256, out_dir_problem, package as make_bundle
 
     problem = out_dir_problem(out, force)  # judged before anything is downloaded, built or removed
     if problem:
         fail(f"error: {problem}", 2)
-    params = load(params_file, None, [])
+    params, task = load_task(params_file)
     from flows.registry import bundle_source
-    from flows.workspace import Workspace
+    from flows.tasks import TASKS
 
     with tempfile.TemporaryDirectory() as tmp, exit_codes(f"package {model or 'the champion'}"):
-        folder, source, metrics = bundle_source(params, Workspace(Path.cwd().resolve()), model, Path(tmp))
+        folder, source, metrics = bundle_source(params, task.workspace(Path.cwd().resolve()), model, Path(tmp), TASKS)
         bundle = make_bundle(folder, out, source, metrics, params.teacher.max_length, force=force)
     typer.echo(f"bundle written: {bundle}  (python {bundle / 'predict.py'} \"some text\")")
     typer.echo(f"manifest sha256: {manifest_sha256(bundle)}  (pin it: predict.py --expect-manifest SHA256, "
@@ -444,21 +377,18 @@ def bench(repeats: Annotated[int, typer.Option(help="Rounds over all models.")] 
     """Re-measure every model of the latest report side by side: median and min-max latency over rounds."""
     import json
 
-    params = load(params_file, None, list(overrides or []))
-    from components.classification import bench as component
-    from flows.stages import evaluated_models
-    from flows.workspace import Workspace
+    params, task = load_task(params_file, None, overrides)
+    if task.bench is None:
+        from flows.tasks import TASKS
 
-    ws = Workspace(Path.cwd().resolve())
+        fail(f"error: miniaturize bench does not re-measure {task.name} models ({params_file}); it benches "
+             f"{', '.join(name for name, other in TASKS.items() if other.bench)}", 2)
+    ws = task.workspace(Path.cwd().resolve())
     if not ws.report.exists():
         fail(f"error: no report at {ws.report}: run the pipeline first (make run)", 2)
-    names = json.loads(ws.report.read_text())["models"]
-    models = [m for m in evaluated_models(ws) if m.name in names and m.path.exists()]
-    cfg = params.evaluate
-    result = component.run(models, ws.prepared, repeats, cfg.threads, cfg.warmup, cfg.batch1_calls,
-                           min(cfg.batch32_calls, 50), params.teacher.max_length)
+    result, text = task.bench(params, ws, repeats)
     (ws.reports / "bench.json").write_text(json.dumps(result, indent=2))
-    typer.echo(component.render(result))
+    typer.echo(text)
     typer.echo(f"\nwritten: {ws.reports / 'bench.json'}")
 
 
@@ -477,8 +407,7 @@ def serve_model(bundle: Annotated[str, typer.Argument(help="Bundle folder writte
     /generate {"prompt": "..."} (causal-LM). The bundle is checked before anything listens."""
     import tempfile
 
-    from components.classification.edge_predict import BundleError
-    from components.serve import serve
+    from components.serve import BundleError, serve
 
     with tempfile.TemporaryDirectory() as tmp:
         folder, expected = served_bundle(bundle, expect_manifest, Path(tmp))
@@ -497,12 +426,10 @@ def served_bundle(bundle: str, expect_manifest: str | None, download_to: Path) -
         if not Path(bundle).is_dir():
             fail(f"error: bundle folder {bundle} does not exist (write one with: miniaturize package --out {bundle})", 2)
         return Path(bundle), expect_manifest
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from flows.registry import MANIFEST_TAG, BundleNotRegistered, registered_bundle
-    from flows.workspace import Workspace
 
     try:
-        folder, pinned = registered_bundle(Workspace(Path.cwd().resolve()), bundle, download_to)
+        folder, pinned = registered_bundle(Path.cwd().resolve(), bundle, download_to)
     except BundleNotRegistered as err:
         fail(f"error: refusing to serve {bundle}: {err}", 2)
     except Exception as err:  # noqa: BLE001 - e.g. no such registered model, alias or artifact
@@ -513,10 +440,33 @@ def served_bundle(bundle: str, expect_manifest: str | None, download_to: Path) -
     return folder, pinned
 
 
+@app.command()
+def figures(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None, overrides: SetOpt = None,
+            write: Annotated[Optional[Path], typer.Option("--write", help="Replace the task's section in this Markdown page (appended when the page has none) instead of printing it.")] = None) -> None:
+    """Print the measured figures of the task's latest report as a docs section, stamped with the registered
+    version, git commit and params hash it comes from (flows/figures.py)."""
+    from components.config import section_hash
+    from flows import figures as generated
+    from flows.tracking import tracking_uri
+
+    params, task = load_task(params_file, profile, overrides)
+    ws, root = task.workspace(Path.cwd()), Path.cwd()
+    with exit_codes("figures"):
+        stamp = generated.read_stamp(ws.reports, params_file, section_hash(params.as_dict()), tracking_uri(root))
+        text = generated.section(task.name, ws.report_md.read_text(), ws.report_md.relative_to(root).as_posix(),
+                                 stamp)
+        if write is None:
+            typer.echo(text, nl=False)
+            return
+        page = write.read_text() if write.exists() else ""
+        write.write_text(generated.replace_section(page, task.name, text))
+        typer.echo(f"written: {task.name} section of {write}")
+
+
 @app.command("dvc-yaml")
 def dvc_yaml(check: Annotated[bool, typer.Option("--check", help="Write nothing; exit 1, showing the difference, when dvc.yaml is not what the stage tables give.")] = False) -> None:
-    """Write dvc.yaml from the stage tables (flows/stages.py, flows/lm_stages.py): every stage's cmd, deps,
-    params and outs, for both tasks."""
+    """Write dvc.yaml from the stage tables (flows/tasks/, one module per task): every stage's cmd, deps,
+    params and outs, for every task."""
     from flows import dvc_yaml as generated
 
     path = Path.cwd() / "dvc.yaml"
@@ -542,13 +492,11 @@ def deploy(name: Annotated[str, typer.Option("--name", help="Deployment name, un
     The folder, params file, profile and overrides are bound to the deployment; a run may only set `until`."""
     import urllib.request
 
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
     overrides = list(overrides or [])
     if not root.is_dir():
         fail(f"error: project folder {root} does not exist", 2)
     params_file = (params_file or root / "params.yaml").resolve()
-    check_stage(until, load(params_file, profile, overrides).task)  # bad params fail now, not at the first run
+    check_stage(until, load_task(params_file, profile, overrides)[1])  # bad params fail now, not at the first run
     from prefect.settings import get_current_settings
 
     from flows.deploy import FLOW_NAME, build_deployment, serve

@@ -46,22 +46,17 @@ def run_in_workspace(workspace: BoundWorkspace, until: str | None = None) -> dic
     """Load the params, run the pipeline as a subflow (all stages, or up to `until`), record its outputs with
     DVC; return a short summary."""
     from components.config import load_params
-    from flows.pipeline import pipeline
-    from flows.versioning import commit_outputs, dvc_stages
+    from flows.pipeline import pipeline, registration_cached
+    from flows.tasks import task_for
+    from flows.versioning import record_run
 
     root = Path(workspace.root).resolve()
     params_path = root / workspace.params_file  # an absolute params_file stays as is
     overrides = list(workspace.overrides)
     params = load_params(params_path, workspace.profile, overrides)
     outcome = pipeline(params, root=str(root), run_name=time.strftime("scheduled-%Y%m%d-%H%M%S"), until=until)
-    # Only a run of params.yaml as written is what dvc.lock describes (the same rule as `miniaturize run`),
-    # and only a complete one: after a partial run the later stages' outputs are from an older run.
-    if workspace.profile or overrides:
-        dvc = "DVC: not recorded (this deployment uses a profile or overrides)"
-    elif outcome["registration"] is None:
-        dvc = f"DVC: not recorded (the run stopped after {until})"
-    else:
-        dvc = commit_outputs(root, dvc_stages(root, params_path, params.task))[1]
+    dvc = record_run(root, params_path, task_for(params), until if outcome["registration"] is None else None,
+                     "this deployment uses a profile or overrides" if workspace.profile or overrides else None)
     reg = outcome["registration"]
     if reg is None:
         get_run_logger().info("stopped after %s as asked; MLflow run %s in %s", until, outcome["parent_run_id"],
@@ -70,7 +65,7 @@ def run_in_workspace(workspace: BoundWorkspace, until: str | None = None) -> dic
                 "tracking_uri": outcome["tracking_uri"], "dvc": dvc}
     summary = {"registration": {k: reg[k] for k in ("model_name", "version", "alias", "gate_passed", "model_uri")},
                "parent_run_id": outcome["parent_run_id"], "tracking_uri": outcome["tracking_uri"], "dvc": dvc}
-    what = "unchanged, already registered" if outcome["stages"]["register"].get("cache_hit") else "registered"
+    what = "unchanged, already registered" if registration_cached(task_for(params), outcome) else "registered"
     gate = "passed" if reg["gate_passed"] else "failed: " + ", ".join(reg["failed_checks"])
     get_run_logger().info("%s: %s version %s @%s (gate %s); MLflow run %s in %s; %s", what, reg["model_name"],
                           reg["version"], reg["alias"], gate, outcome["parent_run_id"], outcome["tracking_uri"], dvc)

@@ -1,7 +1,8 @@
 """Training stages on several processes: finetune, distill and prune as `distributed.processes` processes.
 
-`flows.stages.stage_table` wraps those three stages (of both tasks) with `data_parallel`. With
-`distributed.processes` above 1, and when this process is not already one of a launch, the stage runs
+Every stage runs through `run`. For a stage whose record says it trains (`Stage.data_parallel`: finetune,
+distill and prune of both tasks), with `distributed.processes` above 1, and when this process is not
+already one of a launch, the stage runs
 
     python -m torch.distributed.run --standalone --nproc-per-node N -m flows.cli stage NAME --config <params>
 
@@ -25,39 +26,28 @@ from pathlib import Path
 
 from components.config import Params
 from components.kit.tracking import StageResult, Tracker
-
-DATA_PARALLEL_STAGES = ("finetune", "distill", "prune")
-
-
-def data_parallel(name: str, stage_fn):
-    """The stage, launched on `distributed.processes` processes when that is above 1."""
-    def stage(p: Params, ws, tracker: Tracker) -> StageResult:
-        from components.kit.distributed import world_size
-
-        if p.distributed.processes == 1 or world_size() > 1:
-            return stage_fn(p, ws, tracker)
-        return launch(name, p, ws, getattr(tracker, "run_id", None))
-
-    stage.__doc__ = stage_fn.__doc__
-    return stage
+from flows.stages import Task
 
 
-class Paths:
-    """A workspace with some of its paths replaced (`workspace_path` options of the stage command)."""
+def run(task: Task, name: str, p: Params, ws, tracker: Tracker) -> StageResult:
+    """Stage `name` of `task`, launched on `distributed.processes` processes when it trains and that is above
+    1 (and this process is not already one of a launch); in this process otherwise."""
+    from components.kit.distributed import world_size
 
-    def __init__(self, workspace, paths: dict[str, Path]):
-        self.__dict__.update(_workspace=workspace, _paths=paths)
+    stage = task.stages[name]
+    if not stage.data_parallel or p.distributed.processes == 1 or world_size() > 1:
+        return stage.run(p, ws, tracker)
+    return launch(task, name, p, ws, getattr(tracker, "run_id", None))
 
-    def __getattr__(self, name: str):
-        return self._paths[name] if name in self._paths else getattr(self._workspace, name)
+
+def training_stages(task: Task) -> list[str]:
+    """The task's stages that may run on several processes."""
+    return [name for name, stage in task.stages.items() if stage.data_parallel]
 
 
-def moved_paths(name: str, p: Params, ws) -> dict[str, str]:
+def moved_paths(task: Task, name: str, ws) -> dict[str, str]:
     """The stage's inputs and outputs where `ws` puts them elsewhere than the plain workspace does."""
-    from flows.stages import stage_table
-    from flows.workspace import workspace_for
-
-    plain, io = workspace_for(p.task, ws.root), stage_table(p.task).io[name]
+    plain, io = task.workspace(ws.root), task.stages[name].io
     return {key: str(getattr(ws, key)) for key in io.inputs + io.outputs if getattr(ws, key) != getattr(plain, key)}
 
 
@@ -69,7 +59,7 @@ def launch_command(name: str, processes: int, params_file: Path, result_file: Pa
             *[item for key, path in (paths or {}).items() for item in ("--workspace-path", f"{key}={path}")]]
 
 
-def launch(name: str, p: Params, ws, run_id: str | None) -> StageResult:
+def launch(task: Task, name: str, p: Params, ws, run_id: str | None) -> StageResult:
     """Run stage `name` on `distributed.processes` processes of this machine; its result, read back."""
     import yaml
 
@@ -80,7 +70,7 @@ def launch(name: str, p: Params, ws, run_id: str | None) -> StageResult:
     with tempfile.TemporaryDirectory(prefix="miniaturize-launch-") as tmp:
         params_file, result_file = Path(tmp) / "params.yaml", Path(tmp) / "result.json"
         params_file.write_text(yaml.safe_dump(p.as_dict(), sort_keys=False))
-        command = launch_command(name, processes, params_file, result_file, run_id, moved_paths(name, p, ws))
+        command = launch_command(name, processes, params_file, result_file, run_id, moved_paths(task, name, ws))
         done = subprocess.run(command, cwd=ws.root, env=env)
         if done.returncode != 0 or not result_file.exists():
             raise RuntimeError(f"{name} on {processes} processes failed (torchrun exit code {done.returncode}); "
@@ -88,6 +78,33 @@ def launch(name: str, p: Params, ws, run_id: str | None) -> StageResult:
         result = json.loads(result_file.read_text())
     return StageResult(metrics=result["metrics"], outputs={k: Path(v) for k, v in result["outputs"].items()},
                        info=result["info"])
+
+
+def join(task: Task, name: str, p: Params, root: Path, paths: dict[str, Path], run_id: str | None,
+         result_file: Path | None) -> None:
+    """This process's part of a launch (`miniaturize stage NAME --run-id ID --result FILE` under torchrun), on
+    the caller's paths for the stage's inputs and outputs: rank 0 runs the stage into the caller's MLflow run
+    and hands its result back in `result_file`; every other process trains its share of every batch in step
+    with rank 0, and neither logs to MLflow nor writes files (components write on rank 0 only) nor prints."""
+    import contextlib
+
+    from components.kit import distributed
+    from components.kit.tracking import NullTracker
+    from flows import tracking
+    from flows.workspace import StagedWorkspace
+
+    ws = StagedWorkspace(task.workspace(root), paths)
+    if distributed.world_size() > 1:
+        distributed.process_state(p.distributed)  # join the process group before any collective call
+    if not distributed.is_main_process():
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            run(task, name, p, ws, NullTracker())
+    else:
+        tracker = tracking.MlflowTracker(tracking.client(ws.root), run_id) if run_id else NullTracker()
+        result = run(task, name, p, ws, tracker)
+        if result_file is not None:
+            write_result(result, result_file)
+    distributed.leave()
 
 
 def write_result(result: StageResult, path: Path) -> None:

@@ -1,6 +1,8 @@
-"""The miniaturization pipeline as a Prefect flow: eleven stages, each a task and an MLflow child run.
+"""The miniaturization pipeline as a Prefect flow: the stages of the params' task (`flows.tasks`), in order,
+each a Prefect task and an MLflow child run. The runner reads the task's record and names no stage.
 
-Run it with `miniaturize run` (see `flows/cli.py`). Without `PREFECT_API_URL` the run starts a temporary
+Run it with `miniaturize run` (see `flows/cli.py`); `miniaturize stage NAME` runs one stage through the same
+`execute_stage` (`run_one_stage`). Without `PREFECT_API_URL` the run starts a temporary
 local API that cannot outlive it (`flows/prefect_api.py`); with it, the run shows up on that server. Stages
 hand each other files under the workspace (`flows/workspace.py`), which is what DVC versions. A stage whose
 content-addressed key (config slice, input files, component source, the key of the stage before it) and
@@ -29,39 +31,44 @@ from prefect.cache_policies import NO_CACHE
 
 from components.config import Params, section_hash
 from components.kit.secrets import redact
-from flows import cache, prefect_api, tracking
+from flows import cache, launch, prefect_api, tracking
 from flows.lock import killed_runs, note, settled, workspace_lock
 from flows.retries import RetryPolicy, TrackingUnavailable, retry_transient, short
-from flows.stages import code_files, stage_config, stage_paths, stage_table
-from flows.workspace import StagedWorkspace, Workspace, move_into_place, workspace_for
+from flows.stages import Stage, Task, code_files, lookup, stage_config, stage_paths
+from flows.tasks import task_for
+from flows.workspace import StagedWorkspace, Workspace, move_into_place, staged, staged_paths
 
 
 @dataclass(frozen=True)
 class RunContext:
-    """What every stage task needs: the config, where files live, the MLflow runs to log under, and whether
-    unchanged stages may be skipped."""
+    """What every stage task needs: the config, where files live, the MLflow runs to log under (a stage run
+    on its own has no parent run), and whether unchanged stages may be skipped."""
 
     params: Params
     workspace: Workspace
     experiment_id: str
-    parent_run_id: str
+    parent_run_id: str | None
     force: bool = False
 
 
 def stage_key(name: str, params: Params, parent_key: str, ws: Workspace | None = None) -> str:
     """Content address of a stage: its name, its config slice, the key of the stage before it, the hashes of
     the files it reads (when a workspace is given) and of its components' source."""
-    io = stage_table(params.task).io[name]
-    inputs = cache.hashes(stage_paths(ws, io.inputs) | external_inputs(name, params, ws.root)) if ws else {}
-    extra = {"registry": tracking.tracking_uri(ws.root)} if ws and name == "register" else {}
-    return cache.stage_key(name, stage_config(params, name), parent_key, inputs, cache.hashes(code_files(io.code)),
-                           extra)
+    task = task_for(params)
+    stage = task.stages[name]
+    inputs = (stage_paths(ws, stage.io.inputs) | external_inputs(task, stage, params, ws.root)) if ws else {}
+    extra = {"registry": tracking.tracking_uri(ws.root)} if ws and stage.registers else {}
+    return cache.stage_key(name, stage_config(params, stage.sections), parent_key, cache.hashes(inputs),
+                           cache.hashes(code_files(stage.io.code)), extra)
 
 
-def external_inputs(name: str, params: Params, root: Path) -> dict[str, Path]:
-    """A user's own data file is an input of ingest (the built-in archive is checked by its sha256)."""
-    source = root / (params.lm.data.source if params.task == "causal-lm" else params.data.source)
-    return {"data.source": source} if name == "ingest" and source.is_file() else {}
+def external_inputs(task: Task, stage: Stage, params: Params, root: Path) -> dict[str, Path]:
+    """A user's own data file is an input of the stage that reads it (the built-in archive is checked by its
+    sha256)."""
+    if not stage.reads_data_source:
+        return {}
+    source = root / lookup(params, task.data_source)
+    return {task.data_source: source} if source.is_file() else {}
 
 
 def still_registered(record: cache.Record, client) -> bool:
@@ -93,24 +100,26 @@ def replay_journal(client, store: cache.StageCache, record: cache.Record, root: 
 # or config error would fail the same way again.
 @task(task_run_name="{name}", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
 def run_stage(name: str, ctx: RunContext, parent_key: str) -> dict:
-    ws = ctx.workspace
+    return execute_stage(name, ctx, parent_key)
+
+
+def execute_stage(name: str, ctx: RunContext, parent_key: str) -> dict:
+    """One stage, start to end, the same for a pipeline run and `miniaturize stage NAME`: skipped when its
+    key and outputs are unchanged (unless `ctx.force`), else run in an MLflow run of its own into a staging
+    folder, its outputs moved into place and its cache record written last."""
+    ws, task = ctx.workspace, task_for(ctx.params)
+    stage = task.stages[name]
     client = tracking.client(ws.root, policy(ctx.params))
     store = cache.StageCache(ws.state)
-    table = stage_table(ctx.params.task)
-    outputs = stage_paths(ws, table.io[name].outputs)
+    outputs = stage_paths(ws, stage.io.outputs)
     key = stage_key(name, ctx.params, parent_key, ws)
-    record = None if ctx.force else store.lookup(name, key, outputs)
-    if record is not None and record.journal:
-        replay_journal(client, store, record, ws.root)
-    if record is not None and name == "register" and not still_registered(record, client):
-        record = None
-    tags = {"miniaturize.stage": name, "miniaturize.stage_key": key, "miniaturize.parent_key": parent_key,
-            "miniaturize.cache_hit": str(record is not None).lower()}
-    if record is not None:
-        tags["miniaturize.source_run_id"] = record.run_id
-    run_id = tracking.start_run(client, ctx.experiment_id, name, ctx.parent_run_id, tags=tags)
+    record = None if ctx.force else reusable(name, stage, key, outputs, store, client, ws.root)
+    # A stage run on its own (dvc repro) is a run of its own, named apart from a pipeline's child runs.
+    run_name = name if ctx.parent_run_id else f"stage-{name}"
+    run_id = tracking.start_run(client, ctx.experiment_id, run_name, ctx.parent_run_id,
+                                tags=run_tags(name, stage, key, parent_key, record, ctx.params))
     tracker = tracking.MlflowTracker(client, run_id, root=ws.root)
-    tracker.log_params({"config": stage_config(ctx.params, name)})
+    tracker.log_params({"config": stage_config(ctx.params, stage.sections)})
     if record is not None:
         tracker.log_metrics(record.metrics)
         tracking.end_run(client, run_id, True)
@@ -121,16 +130,16 @@ def run_stage(name: str, ctx: RunContext, parent_key: str) -> dict:
     # The stage writes into a staging folder; its outputs are renamed into place only once it has finished,
     # and its record (what marks it complete) is written last. A stage killed half-way leaves nothing that
     # a later stage or run could take for its output.
-    staging = ws.state / "staging" / name
+    staging = staging_folder(ws, name)
     shutil.rmtree(staging, ignore_errors=True)  # what a killed run left behind
-    staged = StagedWorkspace(ws, table.io[name].outputs, staging)
+    view = staged(ws, stage.io.outputs, staging)
     print(f"[{name}] started", flush=True)
     started = time.perf_counter()
     try:
-        result = table.stages[name](ctx.params, staged, tracker)
+        result = launch.run(task, name, ctx.params, view, tracker)
     except Exception as err:
         seconds = time.perf_counter() - started
-        settle_failure(name, err, staged, staging, store, ws.state)
+        settle_failure(name, err, view, staging, store, ws.state)
         tracker.log_metrics({"stage_seconds": seconds})
         if not tracker.journal:  # with MLflow gone, the original error is the one to report
             tracking.end_run(client, run_id, False)
@@ -139,9 +148,9 @@ def run_stage(name: str, ctx: RunContext, parent_key: str) -> dict:
     seconds = time.perf_counter() - started
     tracker.log_metrics({"stage_seconds": seconds})
     store.forget(name)
-    move_into_place(staged.moves, ws.state / "trash")
+    move_into_place(view.moves, ws.state / "trash")
     shutil.rmtree(staging, ignore_errors=True)
-    info = result.info if name == "register" else {}
+    info = result.info if stage.registers else {}
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     if tracker.journal:
         # Complete on disk, not yet in MLflow: record it with its journal, so a re-run replays the logs
@@ -150,7 +159,7 @@ def run_stage(name: str, ctx: RunContext, parent_key: str) -> dict:
         store.store(name, key, outputs, run_id, metrics, info, tracker.journal)
         raise TrackingUnavailable(
             f"the {name} stage finished and its outputs are in place "
-            f"({', '.join(stage_paths(ws, table.io[name].outputs))}), but MLflow at "
+            f"({', '.join(outputs)}), but MLflow at "
             f"{redact(tracking.tracking_uri(ws.root))} is unreachable; its logs are kept in "
             f"{tracking.pending_dir(ws.root, run_id)} and the next run logs them without computing it again")
     store.store(name, key, outputs, run_id, metrics, info)
@@ -160,16 +169,46 @@ def run_stage(name: str, ctx: RunContext, parent_key: str) -> dict:
             "cache_hit": False, "source_run_id": run_id}
 
 
-def settle_failure(name: str, err: Exception, staged: StagedWorkspace, staging: Path, store: cache.StageCache,
+def staging_folder(ws: Workspace, name: str) -> Path:
+    return ws.state / "staging" / name
+
+
+def reusable(name: str, stage: Stage, key: str, outputs: dict[str, Path], store: cache.StageCache, client,
+             root: Path) -> cache.Record | None:
+    """The stage's record when its key and outputs are unchanged (its logs kept during an MLflow outage
+    replayed first); a registration counts only while its version still exists."""
+    record = store.lookup(name, key, outputs)
+    if record is not None and record.journal:
+        replay_journal(client, store, record, root)
+    if record is not None and stage.registers and not still_registered(record, client):
+        return None
+    return record
+
+
+def run_tags(name: str, stage: Stage, key: str, parent_key: str, record: cache.Record | None,
+             params: Params) -> dict[str, str]:
+    """The stage run's tags: its key and lineage, whether it was skipped (and whose outputs it reuses)."""
+    tags = {"miniaturize.stage": name, "miniaturize.stage_key": key, "miniaturize.parent_key": parent_key,
+            "miniaturize.cache_hit": str(record is not None).lower()}
+    if record is not None:
+        tags["miniaturize.source_run_id"] = record.run_id
+    if stage.data_parallel:
+        from components.kit.distributed import world_size
+
+        tags["miniaturize.processes"] = str(max(world_size(), params.distributed.processes))
+    return tags
+
+
+def settle_failure(name: str, err: Exception, view: StagedWorkspace, staging: Path, store: cache.StageCache,
                    state: Path) -> None:
     """A failed stage is never recorded as complete. A verdict that comes with its report (data validation)
     moves that report into place for the user to read; other half-written outputs are set aside."""
     store.forget(name)
     report = getattr(err, "report_path", None)
     if report is not None:
-        move_into_place(staged.moves, state / "trash")
+        move_into_place(view.moves, state / "trash")
         shutil.rmtree(staging, ignore_errors=True)
-        err.report_path = staged.real(Path(report))
+        err.report_path = view.real(Path(report))
     elif staging.exists():
         failed = state / "failed" / name
         shutil.rmtree(failed, ignore_errors=True)
@@ -184,10 +223,10 @@ def pipeline(params: Params, root: str = ".", run_name: str | None = None, force
     """Run the stages in order; `until` stops after that stage (e.g. training on one machine, the rest on
     another that shares the workspace: its run finds the trained stages unchanged and skips them). One run
     at a time per workspace: another one waits `wait_seconds` for the lock, then stops (`flows.lock`)."""
-    stages_in_order = stage_table(params.task).stages
-    if until is not None and until not in stages_in_order:
-        raise ValueError(f"unknown stage {until!r} for until; stages: {', '.join(stages_in_order)}")
-    workspace = workspace_for(params.task, Path(root).resolve())
+    task = task_for(params)
+    if until is not None and until not in task.stages:
+        raise ValueError(f"unknown stage {until!r} for until; stages: {', '.join(task.stages)}")
+    workspace = task.workspace(Path(root).resolve())
     with workspace_lock(workspace.root, f"miniaturize run {run_name or ''}".strip(), wait_seconds):
         settle_killed_runs(workspace.root, params)
         # what the next run needs to settle this one if it is killed (the MLflow run is added once created)
@@ -235,8 +274,9 @@ def run_stages(params: Params, workspace: Workspace, run_name: str | None, force
     # extract: raw data -> checked splits; transform: teacher -> student -> pruned -> trimmed vocabulary ->
     # ONNX -> int8, then the same chain with further training seeds for the spread; load: measure, gate and
     # register (the stage table is in that order)
+    task = task_for(params)
     try:
-        for name in stage_table(params.task).stages:
+        for name in task.stages:
             stages[name] = stage(name, ctx, key)
             key = stages[name]["key"]
             if name == until:
@@ -249,6 +289,46 @@ def run_stages(params: Params, workspace: Workspace, run_name: str | None, force
             if ok:
                 raise
             # MLflow is gone and the run failed anyway: the stage's error says more than this one
-    return {"parent_run_id": parent, "experiment_id": experiment, "stages": stages,
-            "registration": stages["register"]["info"] if "register" in stages else None,
+    registration = next((stages[name]["info"] for name, s in task.stages.items() if s.registers and name in stages),
+                        None)
+    return {"parent_run_id": parent, "experiment_id": experiment, "stages": stages, "registration": registration,
             "tracking_uri": redact(tracking.tracking_uri(workspace.root))}
+
+
+def registration_cached(task: Task, outcome: dict) -> bool:
+    """Whether the run's registering stage was skipped: its model was already registered."""
+    return any(stage.get("cache_hit") for name, stage in outcome["stages"].items() if task.stages[name].registers)
+
+
+def run_one_stage(params: Params, name: str, root: Path) -> dict | None:
+    """`miniaturize stage NAME` (what dvc.yaml runs): one stage through `execute_stage`, like a pipeline's, in
+    an MLflow run of its own, holding the workspace like a run. It always runs (DVC has decided it must); its
+    key chains to the recorded key of the stage before it, so a later pipeline run can skip it.
+
+    Under torchrun started by hand (several machines, WORLD_SIZE set): every process joins the group, rank 0
+    runs the stage so, and the others train their share on the same staged paths (`flows.launch.join`)."""
+    from components.kit import distributed
+
+    task = task_for(params)
+    ws = task.workspace(Path(root).resolve())
+    if distributed.world_size() > 1:
+        distributed.process_state(params.distributed)  # join the process group before any collective call
+        if not distributed.is_main_process():
+            paths = staged_paths(ws, task.stages[name].io.outputs, staging_folder(ws, name))
+            launch.join(task, name, params, ws.root, paths, None, None)
+            return None
+    with workspace_lock(ws.root, f"miniaturize stage {name}"):
+        client = tracking.client(ws.root, policy(params))
+        ctx = RunContext(params, ws, tracking.experiment_id(client, ws.root), None, force=True)
+        done = execute_stage(name, ctx, recorded_parent_key(task, ws, name))
+    distributed.leave()
+    return done
+
+
+def recorded_parent_key(task: Task, ws: Workspace, name: str) -> str:
+    """The key the stage before `name` was last completed with ("root" before the first stage)."""
+    names = list(task.stages)
+    if names.index(name) == 0:
+        return "root"
+    record = cache.StageCache(ws.state).read(names[names.index(name) - 1])
+    return record.key if record is not None else "unrecorded"

@@ -98,9 +98,20 @@ def temporary_api():
     try:
         yield
     finally:
+        drain_background_workers()
         os.environ.pop("PREFECT_API_URL", None)
         refresh_global_settings_context()
         stop_server(proc)
+
+
+def drain_background_workers(timeout_s: float = 10.0) -> None:
+    """Send the flow-run logs and events Prefect's background workers still hold while the API is up: once
+    it is stopped they retry against a closed port when this process exits (a minute of exit delay)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=timeout_s)
+    EventsWorker.drain_all(timeout=timeout_s)
 
 
 def this_flow_run() -> dict:

@@ -1,33 +1,19 @@
 """Pre-flight checks of a run's params against its teacher model, before anything is computed.
 
-`check(params, root)` raises `ConfigError` when the teacher cannot be used (a path that does not exist, a
-folder without safetensors weights, a hub id while the hub cannot be reached and the id is not in the local
-Hugging Face cache) or when the student keeps layers the teacher does not have (`distill.layers`,
-`lm.distill.layers`, and `search.layers` with `search=True`). It reads only the teacher's config.json.
-`miniaturize run`, `stage` and `search` call it right after loading the params, and exit with code 2.
+Each task's check (`Task.preflight`, in flows/tasks/<task>.py) raises `ConfigError` when the teacher cannot
+be used (a path that does not exist, a folder without safetensors weights, a hub id while the hub cannot be
+reached and the id is not in the local Hugging Face cache) or when the student keeps layers the teacher
+does not have (`distill.layers`, `lm.distill.layers`, and `search.layers` for a search). It reads only the
+teacher's config.json, with the helpers here. `miniaturize run`, `stage` and `search` call it right after
+loading the params, and exit with code 2; `data_source` checks `miniaturize run --data` the same way.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from components.config import ConfigError, Params
+from components.config import ConfigError
 from components.kit.modeling import ModelSourceError, hub_offline, resolve_model_source
-
-
-def check(params: Params, root: Path, search: bool = False) -> None:
-    if params.task == "causal-lm":
-        teacher = params.lm.teacher
-        if teacher.init == "scratch":
-            return  # nothing to read: the params check lm.distill.layers against architecture.n_layer
-        depth = teacher_depth("lm.teacher.model", teacher.model, root)
-        require_layers("lm.distill.layers", params.lm.distill.layers, depth, teacher.model)
-        return
-    depth = teacher_depth("teacher.model", params.teacher.model, root)
-    require_layers("distill.layers", params.distill.layers, depth, params.teacher.model)
-    if search:
-        for layers in params.search.layers:
-            require_layers("search.layers", layers, depth, params.teacher.model)
 
 
 def teacher_depth(key: str, name: str, root: Path) -> int | None:
@@ -77,3 +63,14 @@ def require_layers(key: str, layers: list[int], depth: int | None, teacher: str)
 
 def first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def data_source(data: str, root: Path) -> str:
+    """The value `--data` gives the task's data source: a file of the project (it must exist and lie inside
+    `root`: `components.kit.data.workspace_path`, a DataError otherwise), or a hub dataset id as it is."""
+    from components.kit.data import workspace_path
+
+    path = Path(data)
+    if not path.exists() and path.suffix:  # a file name, not a hub dataset id
+        raise ConfigError(f"data file {data} does not exist")
+    return str(workspace_path(data, root, "--data")) if path.exists() else data

@@ -36,6 +36,7 @@ from components.config import Params, section_hash
 from components.kit import gate
 from components.kit.promotion import CHALLENGER, CHAMPION, event, rollback_target
 from components.kit.tracking import StageResult, Tracker
+from flows.stages import Task
 from flows.workspace import Workspace
 
 # What the registered ONNX model needs to run through mlflow.pyfunc; given explicitly because
@@ -43,7 +44,6 @@ from flows.workspace import Workspace
 PIP_REQUIREMENTS = ["onnx", "onnxruntime", "numpy"]
 HISTORY = "alias_history"
 REGISTRY_EXPERIMENT = "miniaturize-registry"
-QUALITY = ("accuracy", "perplexity")  # what the champion check compares, by task
 EDGE_BUNDLE = "edge_bundle"  # the run artifact holding a version's edge bundle
 MANIFEST_TAG = "bundle.manifest_sha256"  # the version tag pinning that bundle's manifest.json
 METRICS_SPLIT = "test"  # the split of a pipeline version's final.* figures and ratios
@@ -70,11 +70,11 @@ def alias_for(gate_passed: bool) -> str:
     return CHAMPION if gate_passed else CHALLENGER
 
 
-def version_tags(p: Params, ws: Workspace, report: dict, parent_run_id: str | None) -> dict[str, str]:
+def version_tags(task: Task, p: Params, ws: Workspace, report: dict, parent_run_id: str | None) -> dict[str, str]:
     verdict = report["gate"]
     final = report["models"]["final"]
     # a figure not measured (None) gets no tag: the champion check then reads None and fails, not 0
-    quality = {key: f"{final[key]:.6g}" for key in QUALITY if final.get(key) is not None}
+    quality = {key: f"{final[key]:.6g}" for key in (task.quality,) if final.get(key) is not None}
     return {
         "git_commit": git_commit(ws.root),
         "data_sha256": report["dataset"]["sha256"],
@@ -91,8 +91,10 @@ def version_tags(p: Params, ws: Workspace, report: dict, parent_run_id: str | No
     }
 
 
-def lineage_tags(client, parent_run_id: str) -> dict[str, str]:
-    """Stage key, run and cache hit of every stage of the pipeline run: which runs made this version."""
+def lineage_tags(task: Task, client, parent_run_id: str) -> dict[str, str]:
+    """Stage key, run and cache hit of every stage of the pipeline run: which runs made this version, and the
+    run that trained its teacher (the stage whose output is the teacher)."""
+    teacher_stages = {name for name, stage in task.stages.items() if "teacher" in stage.io.outputs}
     run = client.get_run(parent_run_id)
     children = client.search_runs([run.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
@@ -104,12 +106,12 @@ def lineage_tags(client, parent_run_id: str) -> dict[str, str]:
         source = child.data.tags.get("miniaturize.source_run_id") or child.info.run_id
         tags[f"lineage.{stage}.key"] = child.data.tags.get("miniaturize.stage_key", "")
         tags[f"lineage.{stage}.run"] = source
-        if stage == "finetune":
+        if stage in teacher_stages:
             tags["teacher_run_id"] = source
     return tags
 
 
-def log_version(p: Params, run_id: str, model_dir: Path, report: Path, tags: dict[str, str]) -> str:
+def log_version(task: Task, p: Params, run_id: str, model_dir: Path, report: Path, tags: dict[str, str]) -> str:
     """Log the ONNX model of model_dir under the MLflow run as a new registered version, with its folder
     (tokenizer, labels) as the `bundle` artifact, the report, the tags and its edge bundle; returns the
     version."""
@@ -127,11 +129,11 @@ def log_version(p: Params, run_id: str, model_dir: Path, report: Path, tags: dic
     client = mlflow.MlflowClient()  # the tracking URI the caller set
     for key, value in tags.items():
         client.set_model_version_tag(p.register_.model_name, version, key, value)
-    log_edge_bundle(p, client, run_id, version, model_dir, report, tags)
+    log_edge_bundle(task, p, client, run_id, version, model_dir, report, tags)
     return version
 
 
-def log_edge_bundle(p: Params, client, run_id: str, version: str, model_dir: Path, report: Path,
+def log_edge_bundle(task: Task, p: Params, client, run_id: str, version: str, model_dir: Path, report: Path,
                     tags: dict[str, str]) -> str | None:
     """Package model_dir as the edge bundle of `version`, log it as the run's `edge_bundle` artifact and tag
     the version with its manifest's sha256; returns that sha256. A folder that cannot be packaged (no
@@ -141,7 +143,7 @@ def log_edge_bundle(p: Params, client, run_id: str, version: str, model_dir: Pat
     name = p.register_.model_name
     source = {"model_uri": f"models:/{name}/{version}", "name": name, "version": version, "run_id": run_id,
               "git_commit": tags.get("git_commit", ""), "data_sha256": tags.get("data_sha256", "")}
-    metrics = bundle_metrics(tags, json.loads(report.read_text()))
+    metrics = bundle_metrics(task, tags, json.loads(report.read_text()))
     with tempfile.TemporaryDirectory() as tmp:
         try:
             out = bundle.package(model_dir, Path(tmp) / "edge", source, metrics, p.teacher.max_length)
@@ -153,17 +155,11 @@ def log_edge_bundle(p: Params, client, run_id: str, version: str, model_dir: Pat
     return digest
 
 
-def bundle_metrics(tags: dict[str, str], report: dict) -> dict:
+def bundle_metrics(task: Task, tags: dict[str, str], report: dict) -> dict:
     """The figures a bundle's manifest carries: the version's ratios to its teacher (its tags) and its final
-    model's quality, size and latency (its report), as far as they are recorded."""
-    metrics = {k: float(v) for k, v in tags.items() if k.startswith("final_vs_teacher.")}
-    final = report.get("models", {}).get("final") or {}
-    if report.get("task") == "causal-lm":
-        return metrics | {k: final[k] for k in ("perplexity", "bleu", "tokens_per_s", "size_bytes") if k in final}
-    metrics |= {k: final[k] for k in ("accuracy", "size_bytes") if k in final}
-    if "batch1_p50" in final.get("latency_ms", {}):
-        metrics["batch1_p50_ms"] = final["latency_ms"]["batch1_p50"]
-    return metrics
+    model's figures the task names (its report: quality, size, latency), as far as they are recorded."""
+    ratios = {k: float(v) for k, v in tags.items() if k.startswith("final_vs_teacher.")}
+    return ratios | task.bundle_metrics(report.get("models", {}).get("final") or {})
 
 
 def champion_version(client, name: str):
@@ -176,16 +172,12 @@ def champion_version(client, name: str):
         return None
 
 
-def quality_key(task: str) -> str:
-    return QUALITY[0] if task != "causal-lm" else QUALITY[1]
-
-
-def version_metrics(client, name: str, version, task: str) -> dict:
-    """The quality measure of the task ("accuracy" or "perplexity"), "size_bytes" of a version's final
-    model and where the quality figure comes from ("data_sha256", "split"): from its tags, else from its
-    report. A pipeline version from before the `metrics_split` tag measured on the test split; any other
-    version without it, on a split unknown (None)."""
-    key = quality_key(task)
+def version_metrics(client, name: str, version, task: Task) -> dict:
+    """The quality figure of the task (`Task.quality`), "size_bytes" of a version's final model and where
+    the quality figure comes from ("data_sha256", "split"): from its tags, else from its report. A pipeline
+    version from before the `metrics_split` tag measured on the test split; any other version without it,
+    on a split unknown (None)."""
+    key = task.quality
     tags = version.tags
     if f"final.{key}" in tags and "final.size_bytes" in tags:
         legacy = METRICS_SPLIT if tags.get("source", "pipeline") == "pipeline" else None
@@ -199,35 +191,21 @@ def version_metrics(client, name: str, version, task: str) -> dict:
             "data_sha256": report.get("dataset", {}).get("sha256") or None, "split": METRICS_SPLIT}
 
 
-def workspace_data_sha256(p: Params, ws: Workspace) -> str | None:
+def workspace_data_sha256(task: Task, ws: Workspace) -> str | None:
     """The sha256 of the workspace's prepared data, as its reports record it; None when there is none."""
     if not (ws.prepared / "test.parquet").is_file():
         return None
-    if p.task == "causal-lm":
-        from components.causal_lm.evaluate import dataset_card
-
-        return dataset_card(ws.prepared)["sha256"]
-    card = ws.prepared / "data_card.json"
-    if not card.is_file():
-        return None
-    return json.loads(card.read_text()).get("sha256") or None
+    return task.data_sha256(ws.prepared)
 
 
-def remeasure_champion(p: Params, ws: Workspace, client, champion, candidate: dict) -> dict:
+def remeasure_champion(task: Task, p: Params, ws: Workspace, client, champion, candidate: dict) -> dict:
     """The champion's quality figure measured on the candidate's split of the workspace data, from its
     registered bundle; {} (and a printed reason) when that fails, so the check is skipped, not crashed."""
-    key, split = quality_key(p.task), candidate["split"]
+    key, split = task.quality, candidate["split"]
     try:
         with tempfile.TemporaryDirectory() as tmp:
             bundle = Path(client.download_artifacts(champion.run_id, "bundle", tmp))
-            if p.task == "causal-lm":
-                from components.causal_lm.evaluate import split_perplexity
-
-                value = split_perplexity(bundle, ws.prepared, split, p.lm.evaluate.threads, p.lm.teacher.max_length)
-            else:
-                from components.classification.evaluate import split_accuracy
-
-                value = split_accuracy(bundle, ws.prepared, split, p.evaluate.threads, p.teacher.max_length)
+            value = task.remeasure(bundle, ws.prepared, split, p)
     except Exception as err:  # noqa: BLE001 - an unreadable champion must not stop a registration
         print(f"[register] champion version {champion.version} could not be re-measured on the {split} split: "
               f"{type(err).__name__}: {err}", flush=True)
@@ -237,20 +215,19 @@ def remeasure_champion(p: Params, ws: Workspace, client, champion, candidate: di
     return {key: value, "data_sha256": candidate["data_sha256"], "split": split}
 
 
-def judge(p: Params, ws: Workspace, client, version, ratios: dict) -> gate.GateDecision:
+def judge(task: Task, p: Params, ws: Workspace, client, version, ratios: dict) -> gate.GateDecision:
     """The gate against the teacher, and against the current champion when there is one (and it is another
-    version), with the checks of the task (`register.gate` for classification, `lm.gate` for causal-lm).
-    The champion's quality figure is re-measured when it is not like the candidate's (see the module)."""
+    version), with the checks of the task (`Task.gate`, `Task.champion_gate`: `register.gate` for
+    classification, `lm.gate` for causal-lm). The champion's quality figure is re-measured when it is not
+    like the candidate's (see the module)."""
     name = p.register_.model_name
-    lm = p.task == "causal-lm"
-    decision = gate.decide_lm(ratios, p.lm.gate) if lm else gate.decide(ratios, p.register_.gate)
+    decision = task.gate(ratios, p)
     champion = champion_version(client, name)
     if champion is not None and str(champion.version) != str(version.version):
-        candidate, current = (version_metrics(client, name, v, p.task) for v in (version, champion))
-        if gate.should_remeasure(candidate, current, workspace_data_sha256(p, ws)):
-            current |= remeasure_champion(p, ws, client, champion, candidate)
-        decision = gate.combine(decision, gate.compare_lm_to_champion(candidate, current, p.lm.gate) if lm
-                                else gate.compare_to_champion(candidate, current, p.register_.gate))
+        candidate, current = (version_metrics(client, name, v, task) for v in (version, champion))
+        if gate.should_remeasure(candidate, current, workspace_data_sha256(task, ws)):
+            current |= remeasure_champion(task, p, ws, client, champion, candidate)
+        decision = gate.combine(decision, task.champion_gate(candidate, current, p))
     return decision
 
 
@@ -263,7 +240,8 @@ def describe(decision: gate.GateDecision) -> str:
     return "; ".join(one(k) for k in decision.failed())
 
 
-def register(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
+def register(task: Task, p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
+    """The register stage of every task: log the final model as a new version, judge it, move the alias."""
     import mlflow
 
     from flows.tracking import tracking_uri
@@ -275,10 +253,10 @@ def register(p: Params, ws: Workspace, tracker: Tracker) -> StageResult:
     mlflow.set_tracking_uri(tracking_uri(ws.root))
     client = tracker.client
     parent = client.get_run(run_id).data.tags.get("mlflow.parentRunId")
-    tags = version_tags(p, ws, report, parent) | (lineage_tags(client, parent) if parent else {})
-    version = log_version(p, run_id, ws.final, ws.report, tags)
+    tags = version_tags(task, p, ws, report, parent) | (lineage_tags(task, client, parent) if parent else {})
+    version = log_version(task, p, run_id, ws.final, ws.report, tags)
     name = p.register_.model_name
-    decision = judge(p, ws, client, client.get_model_version(name, version), report["final_vs_teacher"])
+    decision = judge(task, p, ws, client, client.get_model_version(name, version), report["final_vs_teacher"])
     failed = decision.failed()
     alias = alias_for(decision.passed)
     move_alias(client, ws.root, name, version, alias, by="pipeline",
@@ -343,7 +321,7 @@ def move_alias(client, root: Path, model_name: str, version: str, alias: str, re
     return record
 
 
-def promote(p: Params, ws: Workspace, version: str, force: bool = False, reason: str | None = None) -> dict:
+def promote(task: Task, p: Params, ws: Workspace, version: str, force: bool = False, reason: str | None = None) -> dict:
     """Make `version` the champion through the gate (teacher ratios and the current champion), judged with the
     current gate config. `force` overrides a failed gate; the override and its reason are recorded."""
     from flows.tracking import client as make_client
@@ -354,7 +332,7 @@ def promote(p: Params, ws: Workspace, version: str, force: bool = False, reason:
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(client.download_artifacts(found.run_id, "report/compression_report.json", tmp))
         report = json.loads(local.read_text())
-    decision = judge(p, ws, client, found, report["final_vs_teacher"])
+    decision = judge(task, p, ws, client, found, report["final_vs_teacher"])
     failed = decision.failed()
     if failed and not force:
         raise GateRejected(f"version {version} of {name} fails the gate ({describe(decision)}); champion unchanged")
@@ -381,10 +359,9 @@ def rollback(p: Params, ws: Workspace, reason: str) -> dict:
     return {"model_name": name, "version": target, "alias": CHAMPION, "from": str(current.version)}
 
 
-def lineage(p: Params, ws: Workspace, version: str) -> dict:
+def lineage(task: Task, p: Params, ws: Workspace, version: str) -> dict:
     """Where a registered version comes from: commit, data, params, teacher run, every stage key and run,
     and its alias moves."""
-    from flows.stages import stage_table
     from flows.tracking import client as make_client
 
     client = make_client(ws.root)
@@ -392,7 +369,7 @@ def lineage(p: Params, ws: Workspace, version: str) -> dict:
     found = client.get_model_version(name, version)
     tags = found.tags
     stages = [{"stage": s, "key": tags.get(f"lineage.{s}.key", ""), "run": tags.get(f"lineage.{s}.run", "")}
-              for s in stage_table(p.task).stages if f"lineage.{s}.key" in tags]
+              for s in task.stages if f"lineage.{s}.key" in tags]
     aliases = [e for e in read_history(client, name) if e["version"] == str(version)]
     return {"model_name": name, "version": str(version), "model_run": found.run_id,
             "git_commit": tags.get("git_commit", ""), "data_sha256": tags.get("data_sha256", ""),
@@ -411,10 +388,12 @@ def find_version(client, model: str):
     return name, client.get_model_version(name, number)
 
 
-def bundle_source(p: Params, ws: Workspace, model: str | None, download_to: Path) -> tuple[Path, dict, dict]:
+def bundle_source(p: Params, ws: Workspace, model: str | None, download_to: Path,
+                  tasks: dict[str, Task]) -> tuple[Path, dict, dict]:
     """(model folder, source, metrics) for `miniaturize package`: a registered version given as
     models:/NAME@ALIAS or models:/NAME/VERSION (default: the champion), downloaded from MLflow, or a
-    local model folder."""
+    local model folder. The figures are those of the task its report names (`tasks`: name -> record),
+    or of the params' task."""
     from flows.tracking import client as make_client
 
     model = model or f"models:/{p.register_.model_name}@{CHAMPION}"
@@ -431,19 +410,19 @@ def bundle_source(p: Params, ws: Workspace, model: str | None, download_to: Path
                                                            str(download_to))).read_text())
     except Exception:  # noqa: BLE001 - a version without a report still packages; its tags carry the ratios
         report = {}
-    metrics = bundle_metrics(version.tags, report)
+    metrics = bundle_metrics(tasks.get(report.get("task")) or tasks[p.task], version.tags, report)
     source = {"model_uri": model, "name": name, "version": str(version.version), "run_id": version.run_id,
               "git_commit": version.tags.get("git_commit", ""), "data_sha256": version.tags.get("data_sha256", "")}
     return folder, source, metrics
 
 
-def registered_bundle(ws: Workspace, model: str, download_to: Path) -> tuple[Path, str]:
+def registered_bundle(root: Path, model: str, download_to: Path) -> tuple[Path, str]:
     """(edge bundle folder, manifest sha256 to expect) of a registered version, models:/NAME@ALIAS or
     models:/NAME/VERSION: the bundle logged at registration, downloaded, and its `bundle.manifest_sha256`
     tag. BundleNotRegistered for a version registered without one."""
     from flows.tracking import client as make_client
 
-    client = make_client(ws.root)
+    client = make_client(root)
     name, version = find_version(client, model)
     expected = version.tags.get(MANIFEST_TAG)
     if not expected:

@@ -29,54 +29,37 @@ from components.kit.gate import decide
 from flows import tracking
 from flows.lock import workspace_lock
 from flows.pipeline import RunContext, run_stage
-from flows.workspace import Workspace
+from flows.tasks.classification import TASK, ClassificationWorkspace, student_chain
 
 
-def search_root(ws: Workspace) -> Path:
+def search_root(ws: ClassificationWorkspace) -> Path:
     return ws.root / "models" / "search"
 
 
-def search_reports(ws: Workspace) -> Path:
+def search_reports(ws: ClassificationWorkspace) -> Path:
     return ws.reports / "search"
 
 
-def build(c: component.Candidate, p: Params, teacher_dir: Path, prepared: Path, root: Path, tracker) -> Path:
-    """The candidate's final ONNX folder under root/candidates, reusing students, pruned and exported models
-    already under root. Training stages run at `p.search.epochs` epochs."""
-    from components.classification import distill, export, prune, quantize, trim
-    from components.kit.tracking import PrefixedTracker
-
-    s, length = p.search, p.teacher.max_length
+def build(c: component.Candidate, p: Params, teacher_dir: Path, prepared: Path, root: Path,
+          tracker) -> tuple[Path, str]:
+    """The candidate's final ONNX folder under root/candidates and what it ships (int8 or fp32), reusing
+    students, pruned and exported models already under root (`student_chain`). Training stages run at
+    `p.search.epochs` epochs."""
+    epochs = p.search.epochs
+    out = {"student": root / "students" / c.student_key, "pruned": root / "pruned" / c.pruned_key,
+           "trimmed": root / "trimmed" / c.export_key, "onnx_fp32": root / "onnx" / c.export_key,
+           "final": root / "candidates" / c.name}
     # Every candidate learns from the teacher's soft targets, stored once (by finetune, or here on a miss).
-    soft = root / "soft_targets"
-    log = {name: PrefixedTracker(tracker, name + ".") for name in ("distill", "prune", "trim", "export", "quantize")}
-    student = root / "students" / c.student_key
-    if not student.exists():
-        distill.run(p.distill.model_copy(update={"layers": list(c.layers), "epochs": s.epochs, "ablation": False}),
-                    teacher_dir, prepared, student, log["distill"], seed=p.seed, dist=p.distributed, soft_cache=soft)
-    pruned = student
-    if c.prune_ratio > 0:
-        pruned = root / "pruned" / c.pruned_key
-        if not pruned.exists():
-            cfg = p.prune.model_copy(update={"head_ratio": c.prune_ratio, "ffn_ratio": c.prune_ratio,
-                                             "epochs": s.epochs})
-            prune.run(cfg, student, teacher_dir, prepared, pruned, log["prune"], seed=p.seed, dist=p.distributed,
-                      soft_cache=soft)
-    onnx_dir = root / "onnx" / c.export_key
-    if not onnx_dir.exists():
-        source = pruned
-        if c.trim:
-            source = root / "trimmed" / c.export_key
-            trim.run(p.trim.model_copy(update={"enabled": True}), pruned, prepared, source, log["trim"],
-                     max_length=length)
-        export.run(p.export, source, prepared, onnx_dir, log["export"], max_length=length)
-    final = root / "candidates" / c.name
-    if c.quantize == "fp32":
-        return onnx_dir
-    # One method, per tensor; quantize still ships fp32 if the int8 graph is slower or too inaccurate.
-    cfg = p.quantize.model_copy(update={"candidates": [c.quantize], "per_channel": [False]})
-    quantize.run(cfg, onnx_dir, prepared, final, log["quantize"], max_length=length)
-    return final
+    # Quantization: one method, per tensor; quantize still ships fp32 if the int8 graph is slower or too
+    # inaccurate.
+    return student_chain(
+        p, teacher_dir, prepared, out, tracker, "", p.seed, root / "soft_targets",
+        p.distill.model_copy(update={"layers": list(c.layers), "epochs": epochs, "ablation": False}),
+        p.prune.model_copy(update={"head_ratio": c.prune_ratio, "ffn_ratio": c.prune_ratio, "epochs": epochs})
+        if c.prune_ratio > 0 else None,
+        p.trim.model_copy(update={"enabled": True}) if c.trim else None,
+        p.quantize.model_copy(update={"candidates": [c.quantize], "per_channel": [False]})
+        if c.quantize != "fp32" else None)
 
 
 @task(task_run_name="teacher reference", cache_policy=NO_CACHE)
@@ -102,9 +85,7 @@ def try_candidate(candidate: component.Candidate, ctx: RunContext, index: int, t
     started, row = time.perf_counter(), {"name": candidate.name, **candidate.as_params(), "run_id": run_id}
     ok = False
     try:
-        final = build(candidate, p, ws.teacher, ws.prepared, search_root(ws), tracker)
-        report = final / "quantize_report.json"
-        row["shipped"] = json.loads(report.read_text())["chosen"] if report.exists() else "fp32"
+        final, row["shipped"] = build(candidate, p, ws.teacher, ws.prepared, search_root(ws), tracker)
         row["model_dir"] = str(final)
         row |= component.measure(final, "onnxruntime", ws.prepared, p.evaluate.threads, p.search.latency_calls,
                                  p.teacher.max_length)
@@ -129,12 +110,12 @@ def chosen_report(row: dict, teacher: dict, p: Params, summary: dict) -> dict:
     ratios = {"size_ratio": teacher["size_bytes"] / row["size_bytes"],
               "speedup_batch1_p50": teacher["latency_ms"] / row["latency_ms"],
               "accuracy_drop_points": row["accuracy_drop_points"]}
-    return {"task": "sequence-classification", "source": "search", "split": "validation",
+    return {"task": TASK.name, "source": "search", "split": "validation",
             "final_vs_teacher": ratios, "gate": decide(ratios, p.register_.gate).as_dict(),
             "candidate": row, "search": {k: summary[k] for k in ("chosen", "reason", "within_tolerance", "front")}}
 
 
-def register_choice(p: Params, ws: Workspace, ctx: RunContext, row: dict, report_path: Path, within: bool,
+def register_choice(p: Params, ws: ClassificationWorkspace, ctx: RunContext, row: dict, report_path: Path, within: bool,
                     reason: str) -> dict:
     import mlflow
 
@@ -147,15 +128,15 @@ def register_choice(p: Params, ws: Workspace, ctx: RunContext, row: dict, report
             "within_tolerance": str(within).lower(),
             # final.* are test-split figures, like a pipeline version's, so the champion check compares like
             # with like; the ratios against the teacher come from the validation split the search selects on
-            "data_sha256": registry.workspace_data_sha256(p, ws) or "", "metrics_split": "test",
+            "data_sha256": registry.workspace_data_sha256(TASK, ws) or "", "metrics_split": "test",
             "ratios_split": report["split"],
             **({"final.accuracy": f"{row['test_accuracy']:.6g}"} if row["test_accuracy"] is not None else {}),
             "final.size_bytes": str(int(row["size_bytes"])),
             **{f"final_vs_teacher.{k}": f"{v:.6g}" for k, v in report["final_vs_teacher"].items()}}
-    version = registry.log_version(p, row["run_id"], Path(row["model_dir"]), report_path, tags)
+    version = registry.log_version(TASK, p, row["run_id"], Path(row["model_dir"]), report_path, tags)
     client = tracking.client(ws.root)
     name = p.register_.model_name
-    decision = registry.judge(p, ws, client, client.get_model_version(name, version), report["final_vs_teacher"])
+    decision = registry.judge(TASK, p, ws, client, client.get_model_version(name, version), report["final_vs_teacher"])
     failed = decision.failed()
     for key, value in {"gate_passed": str(decision.passed).lower(), "gate_failed_checks": ",".join(failed)}.items():
         client.set_model_version_tag(name, version, key, value)
@@ -163,7 +144,8 @@ def register_choice(p: Params, ws: Workspace, ctx: RunContext, row: dict, report
     alias = registry.CHAMPION if champion else registry.CHALLENGER
     why = reason if not within else ("search choice, gate passed" if decision.passed else
                                      "search choice, gate failed: " + ", ".join(failed))
-    registry.move_alias(client, ws.root, name, version, alias, reason=why, by="miniaturize search", failed_checks=failed)
+    registry.move_alias(client, ws.root, name, version, alias, reason=why, by="miniaturize search",
+                        failed_checks=failed)
     return {"model_name": name, "version": version, "alias": alias, "reason": why,
             "model_uri": f"models:/{name}/{version}"}
 
@@ -172,12 +154,12 @@ def register_choice(p: Params, ws: Workspace, ctx: RunContext, row: dict, report
 def search(params: Params, root: str = ".", run_name: str | None = None, wait_seconds: float = 0.0) -> dict:
     """Every candidate, the Pareto front, the chosen one registered. It holds the workspace like a pipeline
     run does (`flows.lock`): it reads the teacher and data a concurrent run would rewrite."""
-    ws = Workspace(Path(root).resolve())
+    ws = TASK.workspace(Path(root).resolve())
     with workspace_lock(ws.root, "miniaturize search", wait_seconds):
         return run_search(params, ws, run_name)
 
 
-def run_search(params: Params, ws: Workspace, run_name: str | None) -> dict:
+def run_search(params: Params, ws: ClassificationWorkspace, run_name: str | None) -> dict:
     cfg = params.search
     client = tracking.client(ws.root)
     experiment = tracking.experiment_id(client, ws.root)
@@ -203,7 +185,7 @@ def run_search(params: Params, ws: Workspace, run_name: str | None) -> dict:
                 skipped.append(candidate.name)
                 continue
             rows.append(try_candidate(candidate, ctx, i, len(space)))
-        choice = component.choose(rows, teacher["val_accuracy"], cfg.max_accuracy_drop_points)
+        choice = component.choose(rows, teacher["val_accuracy"], cfg.max_drop_vs_teacher_points)
         summary = component.summary(rows, teacher, choice, cfg, skipped)
 
         out = search_reports(ws)

@@ -2,6 +2,7 @@
 
 The Prefect flow produces exactly the outputs dvc.yaml declares, so `dvc commit` can record them without
 re-running anything; `dvc status` then reports the pipeline up to date and `dvc push` can store it.
+`record_run` is the one rule for which runs are recorded (`miniaturize run` and a scheduled run use it).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from flows.stages import Task
 
 
 def dvc_executable() -> str:
@@ -23,30 +26,36 @@ def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([dvc_executable(), *args], cwd=root, capture_output=True, text=True, env=env)
 
 
-# The params file each task's DVC stages read; a run from another file is not what dvc.lock would describe.
-TASK_PARAMS = {"sequence-classification": "params.yaml", "causal-lm": "configs/causal-lm.yaml"}
-LM_PREFIX = "lm-"  # dvc.yaml names the causal-lm stages lm-ingest, lm-validate, ...
-
-
-def dvc_stages(root: Path, params_file: Path | str | None = None,
-               task: str = "sequence-classification") -> list[str] | None:
-    """The dvc.yaml stages of `task`, or None when `params_file` is not the file those stages read."""
+def dvc_stages(root: Path, params_file: Path | str, task: Task) -> list[str] | None:
+    """The dvc.yaml stages of `task` (its stage names under its `dvc_prefix`), or None when `params_file` is
+    not the file those stages read: a run from another file is not what dvc.lock would describe."""
     import yaml
 
-    if params_file is not None and Path(params_file).resolve() != (root / TASK_PARAMS[task]).resolve():
+    if Path(params_file).resolve() != (root / task.params_file).resolve():
         return None
     if not (root / "dvc.yaml").is_file():
         return []
-    names = list((yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages", {}))
-    lm = task == "causal-lm"
-    return [n for n in names if n.startswith(LM_PREFIX) == lm]
+    names = set((yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages", {}))
+    return [task.dvc_prefix + name for name in task.stages if task.dvc_prefix + name in names]
 
 
-def commit_outputs(root: Path, stages: list[str] | None = None) -> tuple[bool, str]:
-    """`dvc commit -f` for the given stages (default: the classification stages); returns (ok, message)."""
+def record_run(root: Path, params_file: Path | str, task: Task, stopped_after: str | None,
+               customised: str | None) -> str:
+    """Record a finished run's outputs in DVC when that is what dvc.lock describes; returns the line to print.
+    Only a complete run (not one `stopped_after` a stage: the later stages' outputs are from an older run) of
+    the task's params file as written (not `customised`, which says how) is recorded."""
+    if stopped_after is not None:
+        return f"DVC: not recorded (the run stopped after {stopped_after})"
+    if customised:
+        return f"DVC: not recorded ({customised})"
+    return commit_outputs(root, dvc_stages(root, params_file, task))[1]
+
+
+def commit_outputs(root: Path, stages: list[str] | None) -> tuple[bool, str]:
+    """`dvc commit -f` for the given stages (None: the params file is not the one they read); returns (ok,
+    message)."""
     if not (root / ".dvc").is_dir() or not (root / "dvc.yaml").is_file():
         return False, "DVC: no .dvc/ or dvc.yaml here, outputs not recorded"
-    stages = dvc_stages(root) if stages is None else stages
     if not stages:
         return False, "DVC: not recorded (this params file is not the one dvc.yaml's stages read)"
     done = dvc(root, "commit", "--force", "--quiet", *stages)
@@ -54,7 +63,3 @@ def commit_outputs(root: Path, stages: list[str] | None = None) -> tuple[bool, s
         return False, f"DVC: commit failed: {(done.stderr or done.stdout).strip()[-400:]}"
     return True, "DVC: outputs recorded in dvc.lock (`dvc status` is clean; `dvc push` stores them)"
 
-
-def status(root: Path) -> str:
-    done = dvc(root, "status")
-    return (done.stdout or done.stderr).strip()

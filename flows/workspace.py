@@ -1,9 +1,11 @@
-"""Where each stage reads and writes, relative to the project root. dvc.yaml mirrors these paths.
+"""Where a task's stages read and write, relative to the project root. dvc.yaml mirrors these paths.
 
-A stage writes its outputs into a staging folder (`StagedWorkspace`); `move_into_place` then renames
-them over the previous ones. A stage killed half-way thus leaves its previous outputs as they were.
-The run state of a task (stage records, staging, failed outputs) lives in its own folder, `state`
-(`.miniaturize/<task>/`), so two tasks in one project never invalidate each other's stage cache.
+`Workspace` holds the roles every task has (reports, registration, run state); each task's layout adds its
+own (flows/tasks/<task>.py, `Task.workspace`). A stage writes its outputs into a staging folder (`staged`,
+a `StagedWorkspace`); `move_into_place` then renames them over the previous ones. A stage killed half-way
+thus leaves its previous outputs as they were. The run state of a task (stage records, staging, failed
+outputs) lives in its own folder, `state` (`.miniaturize/<task>/`), so two tasks in one project never
+invalidate each other's stage cache.
 """
 
 from __future__ import annotations
@@ -12,73 +14,33 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 
 @dataclass(frozen=True)
 class Workspace:
+    """The roles every task's layout has. A task's layout (`Task.workspace`, in flows/tasks/<task>.py) adds
+    its models and data, and names its run-state folder (`STATE`)."""
+
     root: Path
+    STATE: ClassVar[str] = ""  # the task's folder under .miniaturize/
 
     @property
     def state(self) -> Path:
         """This task's run state: stage records (`stages/`), `staging/`, `failed/` and `trash/`."""
-        return self.root / ".miniaturize" / "classification"
+        return self.root / ".miniaturize" / self.STATE
 
     @property
     def raw(self) -> Path:
         return self.root / "data" / "raw"
 
     @property
-    def prepared(self) -> Path:
-        return self.root / "data" / "prepared"
+    def reports(self) -> Path:
+        return self.root / "reports"
 
     @property
     def validation(self) -> Path:
-        return self.root / "reports" / "validation"
-
-    @property
-    def teacher(self) -> Path:
-        return self.root / "models" / "teacher"
-
-    @property
-    def student(self) -> Path:
-        return self.root / "models" / "student"
-
-    @property
-    def pruned(self) -> Path:
-        return self.root / "models" / "pruned"
-
-    @property
-    def trimmed(self) -> Path:
-        return self.root / "models" / "trimmed"
-
-    @property
-    def onnx_fp32(self) -> Path:
-        return self.root / "models" / "onnx_fp32"
-
-    @property
-    def teacher_onnx_fp32(self) -> Path:
-        return self.root / "models" / "teacher_onnx_fp32"
-
-    @property
-    def final(self) -> Path:
-        return self.root / "models" / "final"
-
-    @property
-    def baseline_teacher_int8(self) -> Path:
-        return self.root / "models" / "baseline_teacher_int8"
-
-    @property
-    def seeds(self) -> Path:
-        """models/seeds/<seed>/final: the final model re-trained with each of `seeds.extra`."""
-        return self.root / "models" / "seeds"
-
-    @property
-    def seed_report(self) -> Path:
-        return self.reports / "seeds.json"
-
-    @property
-    def reports(self) -> Path:
-        return self.root / "reports"
+        return self.reports / "validation"
 
     @property
     def report(self) -> Path:
@@ -97,75 +59,22 @@ class Workspace:
         return self.reports / "registration.json"
 
 
-@dataclass(frozen=True)
-class LMWorkspace(Workspace):
-    """The causal-lm task's paths: the same roles under data/causal-lm, models/causal-lm and reports/causal-lm,
-    so both tasks can live in one project."""
-
-    @property
-    def state(self) -> Path:
-        return self.root / ".miniaturize" / "causal-lm"
-
-    @property
-    def prepared(self) -> Path:
-        return self.root / "data" / "causal-lm" / "prepared"
-
-    @property
-    def models(self) -> Path:
-        return self.root / "models" / "causal-lm"
-
-    @property
-    def teacher(self) -> Path:
-        return self.models / "teacher"
-
-    @property
-    def student(self) -> Path:
-        return self.models / "student"
-
-    @property
-    def student_ablation(self) -> Path:
-        """The same student trained without the teacher (the report's ablation)."""
-        return self.models / "student_without_teacher"
-
-    @property
-    def pruned(self) -> Path:
-        return self.models / "pruned"
-
-    @property
-    def onnx_fp32(self) -> Path:
-        return self.models / "onnx_fp32"
-
-    @property
-    def final(self) -> Path:
-        return self.models / "final"
-
-    @property
-    def reports(self) -> Path:
-        return self.root / "reports" / "causal-lm"
-
-    @property
-    def validation(self) -> Path:
-        return self.reports / "validation"
-
-
-def workspace_for(task: str, root: Path) -> Workspace:
-    return LMWorkspace(root) if task == "causal-lm" else Workspace(root)
-
-
 class StagedWorkspace:
-    """The workspace as one stage sees it: the named outputs point into `staging` (same relative paths),
-    everything else is the real workspace."""
+    """A workspace with some roles at other paths (`paths`: role -> path), every other role the workspace's
+    own: a stage's outputs in its staging folder (`staged`), or the caller's paths given to a launched
+    process (`miniaturize stage --workspace-path`)."""
 
-    def __init__(self, ws: Workspace, outputs: tuple[str, ...], staging: Path):
-        self.workspace = ws
-        self.moves = [(staging / getattr(ws, name).relative_to(ws.root), getattr(ws, name)) for name in outputs]
-        self._staged = {name: staged for name, (staged, _) in zip(outputs, self.moves)}
-        for staged, _ in self.moves:
-            staged.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, ws: Workspace, paths: dict[str, Path]):
+        self.__dict__.update(workspace=ws, paths=dict(paths))
 
     def __getattr__(self, name: str):
-        staged = self.__dict__.get("_staged", {})
-        return staged[name] if name in staged else getattr(self.__dict__["workspace"], name)
+        paths = self.__dict__["paths"]
+        return paths[name] if name in paths else getattr(self.__dict__["workspace"], name)
+
+    @property
+    def moves(self) -> list[tuple[Path, Path]]:
+        """(staged path, the workspace's own path) of each moved role."""
+        return [(path, getattr(self.workspace, name)) for name, path in self.paths.items()]
 
     def real(self, path: Path) -> Path:
         """Where a staged path lands once moved into place."""
@@ -173,6 +82,19 @@ class StagedWorkspace:
             if path == staged or staged in path.parents:
                 return final / path.relative_to(staged)
         return path
+
+
+def staged_paths(ws: Workspace, outputs: tuple[str, ...], staging: Path) -> dict[str, Path]:
+    """Where the named outputs go in `staging`: the same paths relative to it as to the root."""
+    return {name: staging / getattr(ws, name).relative_to(ws.root) for name in outputs}
+
+
+def staged(ws: Workspace, outputs: tuple[str, ...], staging: Path) -> StagedWorkspace:
+    """The workspace as one stage sees it: the named outputs point into `staging`."""
+    view = StagedWorkspace(ws, staged_paths(ws, outputs, staging))
+    for path in view.paths.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return view
 
 
 def move_into_place(moves: list[tuple[Path, Path]], trash: Path) -> None:

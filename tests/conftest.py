@@ -149,13 +149,9 @@ def prefect_api(tmp_path_factory) -> str:
         proc.kill()
         pytest.fail("Prefect server did not become healthy in 90 s")
     yield url
-    # Send what Prefect's background workers still hold (flow-run logs, events) while the server is up: once
-    # it is gone they retry against a closed port when the worker process exits.
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
+    from flows.prefect_api import drain_background_workers
 
-    APILogWorker.drain_all(timeout=10)
-    EventsWorker.drain_all(timeout=10)
+    drain_background_workers()  # while the server is up: else the worker retries against a closed port at exit
     proc.terminate()
     try:
         proc.wait(timeout=20)

@@ -1,4 +1,4 @@
-"""Causal-LM stage 1, ingest: load a text corpus, clean it, split it by seed and train a byte-level BPE
+"""Stage ingest of the causal-lm task: load a text corpus, clean it, split it by seed and train a byte-level BPE
 tokenizer on the train split.
 
 Sources (`lm.data.source`):
@@ -30,9 +30,8 @@ import pandas as pd
 from tokenizers import ByteLevelBPETokenizer
 from transformers import PreTrainedTokenizerFast
 
-from components.config import LMDataConfig
+from components.config import SPLITS, LMDataConfig
 from components.kit.data import (
-    SPLITS,
     VADER_MEMBERS,
     VADER_SHA256,
     VADER_VERSION,

@@ -15,7 +15,7 @@ in that runtime, on the test split of `data_dir`, with `cfg.threads` intra-op th
 - tokens_per_s: median over `cfg.generation_prompts` prompts of greedy generation at batch 1 with the
   KV cache of exactly `cfg.generation_tokens` new tokens (eos is suppressed), after one warm-up run;
 - size_bytes (weight files), params, and peak_rss_mb of a fresh process that loads the model and
-  generates for `cfg.rss_prompts` prompts (`python -m components.kit.rss_probe --task causal-lm`).
+  generates for `cfg.rss_prompts` prompts (`python -m components.kit.rss_probe --work generate`).
 
 It then compares "final" with "teacher" (`gate.compare_lm_to_teacher`), applies the gate
 (`gate.decide_lm`), compares "student" with "student_without_teacher" when both are given (the ablation),
@@ -32,25 +32,19 @@ import gc
 import hashlib
 import json
 import math
-import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from components.config import LMEvaluateConfig, LMGateConfig
+from components.config import SPLITS, LMEvaluateConfig, LMGateConfig
 from components.kit import latency
-from components.kit.files import write_atomic
 from components.kit.gate import GateDecision, compare_lm_to_teacher, decide_lm
 from components.kit.generation import greedy, load, load_tokenizer
-from components.kit.report import ModelSpec, environment_info, fmt, gate_lines, json_safe
+from components.kit.report import ModelSpec, environment_info, fmt, gate_lines, write_report
 from components.kit.rss_probe import session_greedy
 from components.kit.tracking import StageResult, Tracker
 
-REPORT_JSON, REPORT_MD = "compression_report.json", "compression_report.md"
 TEACHER, FINAL, STUDENT, ABLATION = "teacher", "final", "student", "student_without_teacher"
-SPLITS = ("train", "validation", "test")
 BLEU_BATCH = 16  # prompts per generate call for BLEU (left-padded); speed is timed at batch 1 separately
 PERPLEXITY_BATCH = 16
 ENTRY_METRICS = ("perplexity", "bleu", "bleu_vs_teacher", "tokens_per_s", "size_bytes", "params", "peak_rss_mb")
@@ -195,37 +189,13 @@ def split_perplexity(model: Path, data_dir: Path, split: str, threads: int, max_
     return perplexity(load(model, "onnxruntime", threads), tokenizer, texts, max_length)
 
 
-def lm_peak_rss_mb(path: Path, runtime: str, data_dir: Path, cfg: LMEvaluateConfig, max_length: int,
-                   tokenizer_dir: Path | None = None, timeout_s: float = 600.0) -> float:
+def generation_peak_rss_mb(spec: ModelSpec, cfg: LMEvaluateConfig, data_dir: Path, max_length: int) -> float:
     """Peak resident memory (MB) of a fresh process that loads the decoder and generates
-    `cfg.generation_tokens` tokens for each of `cfg.rss_prompts` prompts."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(latency.PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
-    env["OMP_NUM_THREADS"] = str(cfg.threads)
-    command = [sys.executable, "-m", "components.kit.rss_probe", "--task", "causal-lm", "--model", str(path),
-               "--runtime", latency.runtime_kind(runtime), "--prepared", str(data_dir),
-               "--n", str(cfg.rss_prompts), "--threads", str(cfg.threads), "--max-length", str(max_length),
-               "--prefix-tokens", str(cfg.prefix_tokens), "--new-tokens", str(cfg.generation_tokens)]
-    if tokenizer_dir is not None:
-        command += ["--tokenizer", str(tokenizer_dir)]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout_s)
-    lines = [line for line in done.stdout.splitlines() if line.strip()]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"rss probe failed for {path} (exit {done.returncode}):\n{done.stderr[-2000:]}")
-    return float(json.loads(lines[-1])["peak_rss_mb"])
-
-
-def weights_facts(spec: ModelSpec, model) -> tuple[str, int, int]:
-    """(runtime label, weight bytes, parameters). An ONNX export stores the tied lm_head and embedding
-    as two tensors, so its parameter count and size include the output matrix twice."""
-    from components.kit.modeling import count_params, dir_size_bytes
-
-    if latency.runtime_kind(spec.runtime) == "onnx":
-        return (f"onnxruntime {latency.onnx_precision(spec.path)}", latency.onnx_size_bytes(spec.path),
-                latency.onnx_params(spec.path))
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    label = "pytorch " + {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(dtype, dtype)
-    return label, dir_size_bytes(spec.path), count_params(model)
+    `cfg.generation_tokens` tokens for each of `cfg.rss_prompts` prompts (`latency.peak_rss_mb`)."""
+    work = ("--work", "generate", "--prefix-tokens", str(cfg.prefix_tokens), "--new-tokens", str(cfg.generation_tokens),
+            "--tokenizer", str(tokenizer_dir(spec, data_dir)))
+    return latency.peak_rss_mb(spec.path, spec.runtime, data_dir, cfg.rss_prompts, cfg.threads, max_length,
+                               probe_args=work)
 
 
 def tokenizer_dir(spec: ModelSpec, data_dir: Path) -> Path:
@@ -244,7 +214,9 @@ def measure_model(spec: ModelSpec, cfg: LMEvaluateConfig, data_dir: Path, texts:
     say(f"loading ({spec.runtime}, {spec.path})")
     tokenizer = load_tokenizer(tokenizer_dir(spec, data_dir))
     model = load(spec.path, spec.runtime, cfg.threads)
-    runtime, size, params = weights_facts(spec, model)
+    # An ONNX export stores the tied lm_head and embedding as two tensors: its size and parameter count hold
+    # the output matrix twice.
+    runtime, size, params = spec.weights_facts(model)
 
     say(f"perplexity on {len(texts)} test sentences")
     ppl = perplexity(model, tokenizer, texts, max_length)
@@ -261,7 +233,7 @@ def measure_model(spec: ModelSpec, cfg: LMEvaluateConfig, data_dir: Path, texts:
     del model
     gc.collect()
     say(f"peak RSS of a fresh process ({cfg.rss_prompts} prompts)")
-    rss = lm_peak_rss_mb(spec.path, spec.runtime, data_dir, cfg, max_length, tokenizer_dir(spec, data_dir))
+    rss = generation_peak_rss_mb(spec, cfg, data_dir, max_length)
 
     entry = {"runtime": runtime, "perplexity": ppl, "bleu": bleu,
              **({} if vs_teacher is None else {"bleu_vs_teacher": vs_teacher}),
@@ -307,39 +279,41 @@ def render_markdown(report: dict) -> str:
 
 # ---------------------------------------------------------------- the stage
 
-def run(cfg: LMEvaluateConfig, gate: LMGateConfig, data_dir: Path, models: list[ModelSpec], out_dir: Path,
-        tracker: Tracker, seed: int, max_length: int) -> StageResult:
-    import pandas as pd
+def measure_all(models: list[ModelSpec], cfg: LMEvaluateConfig, data_dir: Path, texts: list[str], max_length: int,
+                seed: int) -> dict[str, dict]:
+    """Every model's report entry, in the caller's order. The teacher is measured first: the others' BLEU is
+    also scored against its continuations. torch's thread count is restored afterwards."""
     import torch
-
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    models = [ModelSpec(m.name, Path(m.path), m.runtime) for m in models]
-    names = [m.name for m in models]
-    missing = [n for n in (TEACHER, FINAL) if n not in names]
-    if missing or len(set(names)) != len(names):
-        raise ValueError(f"evaluate needs distinct model names including {TEACHER!r} and {FINAL!r}; got {names}")
-    for m in models:
-        latency.runtime_kind(m.runtime)  # fail on a bad runtime before minutes of measuring
-    models.sort(key=lambda m: m.name != TEACHER)  # the teacher first: the others are compared with its output
-    texts = [str(t) for t in pd.read_parquet(data_dir / "test.parquet", columns=["text"])["text"]]
-    tracker.log_params({f"evaluate.{k}": v for k, v in cfg.model_dump().items()}
-                       | {"evaluate.models": ",".join(names), "evaluate.max_length": max_length, "evaluate.seed": seed})
 
     threads_before = torch.get_num_threads()
     torch.manual_seed(seed)  # generation is greedy; this only pins anything a model might sample
     entries: dict[str, dict] = {}
     teacher_continuations: list[str] | None = None
-    started = time.perf_counter()
     try:
-        for spec in models:
+        for spec in sorted(models, key=lambda m: m.name != TEACHER):
             entries[spec.name], continuations = measure_model(spec, cfg, data_dir, texts, max_length,
                                                               teacher_continuations)
             if spec.name == TEACHER:
                 teacher_continuations = continuations
     finally:
         torch.set_num_threads(threads_before)
-    entries = {name: entries[name] for name in names}  # report in the caller's order
+    return {m.name: entries[m.name] for m in models}
 
+
+def run(cfg: LMEvaluateConfig, gate: LMGateConfig, data_dir: Path, models: list[ModelSpec], out_dir: Path,
+        tracker: Tracker, seed: int, max_length: int) -> StageResult:
+    import pandas as pd
+
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    models = ModelSpec.checked(models, (TEACHER, FINAL))
+    texts = [str(t) for t in pd.read_parquet(data_dir / "test.parquet", columns=["text"])["text"]]
+    tracker.log_params({f"evaluate.{k}": v for k, v in cfg.model_dump().items()}
+                       | {"evaluate.models": ",".join(m.name for m in models), "evaluate.max_length": max_length,
+                          "evaluate.seed": seed})
+
+    # measure, compare, gate
+    started = time.perf_counter()
+    entries = measure_all(models, cfg, data_dir, texts, max_length, seed)
     ratios = compare_lm_to_teacher(entries[TEACHER], entries[FINAL])
     decision: GateDecision = decide_lm(ratios, gate)
     report = {"task": "causal-lm", "dataset": dataset_card(data_dir), "models": entries,
@@ -347,9 +321,8 @@ def run(cfg: LMEvaluateConfig, gate: LMGateConfig, data_dir: Path, models: list[
               "environment": environment_info(cfg.threads) | {"seed": seed, "max_length": max_length,
                                                               "evaluate_seconds": time.perf_counter() - started}}
 
-    json_path = write_atomic(out_dir / REPORT_JSON,
-                             lambda p: p.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False)))
-    md_path = write_atomic(out_dir / REPORT_MD, lambda p: p.write_text(render_markdown(report)))
+    # write and log
+    json_path, md_path = write_report(out_dir, report, render_markdown)
     for path in (json_path, md_path):
         tracker.log_artifact(path)
     tracker.log_metrics(metrics_to_log(report))

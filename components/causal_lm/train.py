@@ -1,21 +1,24 @@
-"""Causal-LM stages 3-5: train the teacher, distill it into fewer blocks, prune attention heads.
+"""Stages finetune, distill and prune of the causal-lm task: train the teacher, distill it into fewer blocks,
+prune MLP neurons (attention heads too, outside the pipeline: see ONNX below).
 
-One module for three stages: they share the training loop (`fit`), its loss and perplexity, which no other
-module uses. Every model folder is `save_pretrained` output of a `GPT2LMHeadModel` (safetensors) with its tokenizer
-beside it (bos/eos/pad `<|endoftext|>`, left padding, no `token_type_ids`).
+One module for three stages: they share the training loop (`fit`, whose epoch is the kit's `train_epoch`), its
+loss and perplexity, which no other module uses. Every model folder is `save_pretrained` output of a
+`GPT2LMHeadModel` (safetensors) with its tokenizer beside it (bos/eos/pad `<|endoftext|>`, left padding, no
+`token_type_ids`).
 
 - `train_teacher`: a GPT-2 trained from scratch on the train split with the ingest stage's byte-level
   BPE (`init: scratch`), or a hub / local causal LM fine-tuned with its own tokenizer (`init: pretrained`).
 - `distill`: the student keeps the teacher's embeddings, final layer norm, tied LM head and the blocks
   in `lm.distill.layers`; it learns alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE per
   token. With `ablation`, the same student is also trained on cross-entropy alone.
-- `prune`: attention heads scored by gradient x activation (|dL/d gate| of a gate on each head's context
-  vector, Michel et al., 2019) over `importance_batches` training batches, normalised per layer; the
-  globally lowest `round(head_ratio * heads)` are removed physically with `model.prune_heads` (at least
-  one head stays in every layer; GPT-2 records them in `config.pruned_heads`, so the folder reloads to
-  the same model). Optionally (`ffn_ratio`) the same share of MLP neurons goes from every block
-  (`config.n_inner`). Then the model recovers with the same KD loss as `distill`. The selection from the
-  scores (`heads_to_prune`, `neurons_to_keep`) is `components.kit.pruning`, shared with classification.
+- `prune`: MLP neurons (`ffn_ratio`, the same share from every block, `config.n_inner`) and attention heads
+  (`head_ratio`) scored by gradient x activation (for a head, |dL/d gate| of a gate on its context vector,
+  Michel et al., 2019) over `importance_batches` training batches, normalised per layer; only what is to
+  be removed is scored. The globally lowest `round(head_ratio * heads)` heads are removed physically with
+  `model.prune_heads` (at least one head stays in every layer; GPT-2 records them in `config.pruned_heads`,
+  so the folder reloads to the same model). Then the model recovers with the same KD loss as `distill`.
+  The scoring hooks and the selection (`heads_to_prune`, `neurons_to_keep`) are `components.kit.pruning`,
+  shared with classification. The pipeline refuses `head_ratio` > 0 (`LMConfig`), for the reason below.
 
 ONNX: a GPT-2 with pruned heads, unevenly or uniformly, does NOT export with Optimum's stock
 `text-generation-with-past` (optimum 2.1 / optimum-onnx 0.1): the exporter's dummy past key values, and
@@ -31,6 +34,7 @@ token is context only, so perplexity is exp(mean NLL) over every later token and
 from __future__ import annotations
 
 import math
+import operator
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,21 +44,25 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import prune_conv1d_layer
 
 from components.config import DistributedConfig, LMDistillConfig, LMPruneConfig, LMTeacherConfig
-from components.kit.distributed import DataParallel, cpu_state, is_main_process, same_on_every_rank, wait_for_everyone
+from components.kit.distributed import DataParallel, is_main_process, same_on_every_rank, wait_for_everyone
 from components.kit.losses import soft_kl_rows
-from components.kit.modeling import count_params, length_bucketed_batches, resolve_model_source, seed_everything
-from components.kit.pruning import heads_to_prune, neurons_to_keep
+from components.kit.modeling import (
+    count_params,
+    length_bucketed_batches,
+    pad_rows,
+    resolve_model_source,
+    seed_everything,
+)
+from components.kit.pruning import head_scores, heads_to_prune, neuron_scores, neurons_to_keep, retained_inputs
 from components.kit.tracking import PrefixedTracker, StageResult, Tracker
-from components.kit.training import lr_at
+from components.kit.training import BestEpoch, Schedule, report_epoch, train_epoch
 
 WARMUP_SHARE = 0.05  # of all optimizer steps, linear warm-up before the linear decay
 WEIGHT_DECAY = 0.01
-IGNORE = -100  # label of a padding position
 
 
 # ---- data -------------------------------------------------------------------------------------------
@@ -79,17 +87,6 @@ def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     """Token ids of `text + eos` per sentence, cut to max_length tokens with the eos kept."""
     ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     return [row[: max_length - 1] + [tokenizer.eos_token_id] for row in ids]
-
-
-def lm_batch(rows: list[list[int]], pad: int) -> dict[str, torch.Tensor]:
-    """Right-padded input_ids and attention_mask, so real tokens keep positions 0..n-1 as in training."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
 
 
 def pad_id(tokenizer) -> int:
@@ -131,7 +128,7 @@ def perplexity(model: nn.Module, tokenizer, texts: list[str], max_length: int, b
     device = next(model.parameters()).device  # the CPU, or the GPU a training loop placed the model on
     total_nll, total_tokens = 0.0, 0
     for rows in batches(encode(tokenizer, texts, max_length), batch_size, shuffle=False):
-        batch = {k: v.to(device) for k, v in lm_batch(rows, pad_id(tokenizer)).items()}
+        batch = {k: v.to(device) for k, v in pad_rows(rows, pad_id(tokenizer)).items()}
         logits, targets = shifted(model(**batch).logits.float(), batch)
         total_nll += F.cross_entropy(logits, targets, reduction="sum").item()
         total_tokens += targets.numel()
@@ -157,79 +154,62 @@ class FitOutcome:
     history: list[dict[str, float]]
 
 
+def adamw(model: nn.Module, lr: float) -> torch.optim.AdamW:
+    """AdamW with WEIGHT_DECAY on the weight matrices, none on biases and layer norms (fewer than 2 dims)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
 def fit(model: nn.Module, tokenizer, train_texts: list[str], val_texts: list[str], *, epochs: int,
         batch_size: int, lr: float, max_length: int, tracker: Tracker, seed: int,
         teaching: Teaching | None = None, desc: str = "train", dist: DistributedConfig | None = None) -> FitOutcome:
     """AdamW with linear warm-up and decay; validation perplexity after every epoch; best epoch restored.
     Data-parallel under a multi-process launch (components.kit.distributed): each process takes its share of
-    every batch and runs the teacher, when there is one, on that share."""
+    every batch and runs the teacher, when there is one, on that share. The epoch itself is
+    `components.kit.training.train_epoch`, as in the classifier loop."""
     seed_everything(seed)
     dp = DataParallel(dist or DistributedConfig())
     home = next(model.parameters()).device  # the model (and the teacher) go back there when training ends
     pad = pad_id(tokenizer)
     train_ids = encode(tokenizer, train_texts, max_length)
-    steps_per_epoch = math.ceil(len(train_ids) / batch_size)
-    total_steps = steps_per_epoch * epochs
-    warmup = max(1, int(total_steps * WARMUP_SHARE))
-    decay = [p for p in model.parameters() if p.dim() >= 2]  # no decay on biases and layer norms
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    schedule = Schedule.linear(lr, math.ceil(len(train_ids) / batch_size) * epochs, WARMUP_SHARE)
     raw = model
-    model, optimizer = dp.prepare(model, optimizer)
+    model, optimizer = dp.prepare(model, adamw(model, lr))
     if teaching is not None:
         teaching.model.eval().requires_grad_(False).to(dp.device)
 
-    best_state, best_ppl, best_epoch, step = None, math.inf, 0, 0
+    def part_loss(rows: np.ndarray) -> torch.Tensor:
+        return batch_loss(model, dp.to_device(pad_rows([train_ids[j] for j in rows], pad)), teaching)
+
+    def token_share(part: np.ndarray, index: np.ndarray) -> float:
+        # The loss is a mean over predicted tokens (all but each sentence's first): each share of a batch
+        # weighs by its tokens in the whole batch.
+        return dp.weight(sum(len(train_ids[j]) - 1 for j in part), max(1, sum(len(train_ids[j]) - 1 for j in index)))
+
+    best = BestEpoch(math.inf, operator.lt)
     history: list[dict[str, float]] = []
     started = time.perf_counter()
     for epoch in range(1, epochs + 1):
-        model.train()
         epoch_started = time.perf_counter()
-        running, seen = 0.0, 0
         order = length_bucketed_batches([len(x) for x in train_ids], batch_size, shuffle=True, seed=seed * 1000 + epoch)
-        bar = tqdm(order, desc=f"{desc} epoch {epoch}/{epochs}", unit="batch", leave=False, mininterval=2.0,
-                   disable=not dp.main)
-        for index in bar:
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, warmup, lr)
-            optimizer.zero_grad(set_to_none=True)
-            # The loss is a mean over predicted tokens: each share weighs by its tokens in the whole batch.
-            whole = max(1, sum(len(train_ids[i]) - 1 for i in index))
-            parts = dp.micro_batches(index)
-            for i, part in enumerate(parts):
-                rows = part if len(part) else index[:1]  # an empty share still joins the all-reduce, at weight 0
-                with dp.syncing(model, last=i == len(parts) - 1), dp.accelerator.autocast():
-                    loss = batch_loss(model, dp.to_device(lm_batch([train_ids[j] for j in rows], pad)), teaching)
-                    tokens = sum(len(train_ids[j]) - 1 for j in part)
-                    dp.accelerator.backward(loss * dp.weight(tokens, whole))
-                running += loss.item() * len(part)
-                seen += len(part)
-            dp.accelerator.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            step += 1
-            bar.set_postfix(loss=f"{running / max(1, seen):.3f}", refresh=False)
-        bar.close()
-        running, seen = dp.total(running, seen)
+        train_loss = train_epoch(dp, model, optimizer, order, schedule, part_loss, token_share,
+                                 f"{desc} epoch {epoch}/{epochs}", 3)
         # Every process scores the whole validation split with the same weights; rank 0's figure decides.
         val_ppl = same_on_every_rank(perplexity(raw, tokenizer, val_texts, max_length, batch_size))
-        record = {"train_loss": running / max(1, seen), "val_perplexity": val_ppl,
+        record = {"train_loss": train_loss, "val_perplexity": val_ppl,
                   "epoch_seconds": time.perf_counter() - epoch_started}
-        history.append(record)
-        tracker.log_metrics(record, step=epoch)
-        if dp.main:
-            print(f"  {desc} epoch {epoch}: loss {record['train_loss']:.3f}, val perplexity {val_ppl:.2f}, "
-                  f"{record['epoch_seconds']:.0f} s", flush=True)
-        if val_ppl < best_ppl:
-            best_ppl, best_epoch = val_ppl, epoch
-            best_state = cpu_state(raw)
+        report_epoch(history, record, epoch, tracker, dp,
+                     f"{desc} epoch {epoch}: loss {train_loss:.3f}, val perplexity {val_ppl:.2f}")
+        best.update(val_ppl, epoch, raw)
     raw = dp.finish(model, home)
     if teaching is not None:
         teaching.model.to(home)
-    if best_state is not None:
-        raw.load_state_dict(best_state)
+    if best.state is not None:
+        raw.load_state_dict(best.state)
     raw.eval()
-    return FitOutcome(best_epoch, best_ppl, time.perf_counter() - started, history)
+    return FitOutcome(best.epoch, best.value, time.perf_counter() - started, history)
 
 
 def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor], teaching: Teaching | None) -> torch.Tensor:
@@ -355,46 +335,36 @@ def head_counts(model: nn.Module) -> list[int]:
 
 
 def importance(model: nn.Module, tokenizer, texts: list[str], max_length: int, n_batches: int,
-               batch_size: int, teaching: Teaching, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per layer: head scores (current heads,) and MLP neuron scores (n_inner,), gradient x activation.
+               batch_size: int, teaching: Teaching, seed: int, *,
+               heads: bool = True) -> tuple[list[np.ndarray] | None, list[np.ndarray]]:
+    """Per layer: head scores (current heads,) and MLP neuron scores (n_inner,), gradient x activation
+    (`components.kit.pruning`); the head scores only with `heads` (None without).
 
     A head's score is |sum over tokens of context x dLoss/dcontext| over its slice of the attention output,
     summed over sentences and batches: the gradient of the loss with respect to a per-sentence gate on the
     head. A neuron's score is the same on its activation (the MLP's c_proj input).
     """
     blocks = model.transformer.h
-    head_scores = [np.zeros(n) for n in head_counts(model)]
-    mlp_scores = [np.zeros(block.mlp.c_proj.weight.shape[0]) for block in blocks]
-    captured: dict[tuple[str, int], torch.Tensor] = {}
-
-    def keep_input(kind: str, i: int):
-        def hook(_module, args):  # attention: the heads' context vectors, concatenated; mlp: activations
-            args[0].retain_grad()
-            captured[(kind, i)] = args[0]
-        return hook
-
-    handles = []
-    for i, block in enumerate(blocks):
-        handles.append(block.attn.c_proj.register_forward_pre_hook(keep_input("attn", i)))
-        handles.append(block.mlp.c_proj.register_forward_pre_hook(keep_input("mlp", i)))
+    watched = {("mlp", i): block.mlp.c_proj for i, block in enumerate(blocks)}  # input: the activations
+    if heads:  # input of attn.c_proj: the heads' context vectors, concatenated
+        watched |= {("attn", i): block.attn.c_proj for i, block in enumerate(blocks)}
+    head_totals = [np.zeros(n) for n in head_counts(model)] if heads else None
+    mlp_totals = [np.zeros(block.mlp.c_proj.weight.shape[0]) for block in blocks]
     model.eval()  # no dropout: the scores should reflect the model as it will run
     try:
-        for rows in batches(encode(tokenizer, texts, max_length), batch_size, shuffle=True, seed=seed)[:n_batches]:
-            batch = lm_batch(rows, pad_id(tokenizer))
-            model.zero_grad(set_to_none=True)
-            batch_loss(model, batch, teaching).backward()
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            for i, block in enumerate(blocks):
-                ctx = captured[("attn", i)]
-                prod = (ctx * ctx.grad * mask).reshape(*ctx.shape[:2], block.attn.num_heads, -1)
-                head_scores[i] += prod.sum(dim=(1, 3)).abs().sum(0).detach().numpy()
-                act = captured[("mlp", i)]
-                mlp_scores[i] += (act * act.grad * mask).sum(1).abs().sum(0).detach().numpy()
+        with retained_inputs(watched) as captured:
+            for rows in batches(encode(tokenizer, texts, max_length), batch_size, shuffle=True, seed=seed)[:n_batches]:
+                batch = pad_rows(rows, pad_id(tokenizer))
+                model.zero_grad(set_to_none=True)
+                batch_loss(model, batch, teaching).backward()
+                mask = batch["attention_mask"].unsqueeze(-1).float()
+                for i, block in enumerate(blocks):
+                    if heads:
+                        head_totals[i] += head_scores(captured[("attn", i)], mask, block.attn.num_heads)
+                    mlp_totals[i] += neuron_scores(captured[("mlp", i)], mask)
     finally:
-        for handle in handles:
-            handle.remove()
         model.zero_grad(set_to_none=True)
-    return head_scores, mlp_scores
+    return head_totals, mlp_totals
 
 
 def prune_mlp(model: nn.Module, keep: list[np.ndarray]) -> None:
@@ -430,15 +400,17 @@ def prune(cfg: LMPruneConfig, student_dir: Path, teacher_dir: Path, data_dir: Pa
     tracker.log_params(cfg.model_dump(mode="json") | {"ffn_ratio": ffn_ratio, "heads_before": heads_before,
                                                        "params_before": params_before})
 
-    # Every process scores the same weights on the same batches; rank 0's scores cut, so all cut alike.
-    head_scores, mlp_scores = same_on_every_rank(importance(model, tokenizer, train_texts, max_length,
-                                                            cfg.importance_batches, distill_cfg.batch_size, teaching,
-                                                            seed))
-    plan = heads_to_prune(head_scores, count=int(round(cfg.head_ratio * heads_before)))
-    if plan:
-        model.prune_heads(original_head_ids(model, plan))
-    if ffn_ratio > 0:
-        prune_mlp(model, neurons_to_keep(mlp_scores, ratio=ffn_ratio))
+    # Only what is removed is scored: the pipeline refuses head_ratio > 0 (see LMConfig), so heads seldom are.
+    heads_out = int(round(cfg.head_ratio * heads_before))
+    if heads_out or ffn_ratio > 0:
+        # Every process scores the same weights on the same batches; rank 0's scores cut, so all cut alike.
+        by_head, by_neuron = same_on_every_rank(importance(
+            model, tokenizer, train_texts, max_length, cfg.importance_batches, distill_cfg.batch_size, teaching, seed,
+            heads=heads_out > 0))
+        if heads_out and (plan := heads_to_prune(by_head, count=heads_out)):
+            model.prune_heads(original_head_ids(model, plan))
+        if ffn_ratio > 0:
+            prune_mlp(model, neurons_to_keep(by_neuron, ratio=ffn_ratio))
     heads_after = sum(head_counts(model))
     print(f"  prune: removed {heads_before - heads_after} of {heads_before} heads, per layer now {head_counts(model)}"
           f"; MLP width {model.transformer.h[0].mlp.c_proj.weight.shape[0]}", flush=True)

@@ -1,4 +1,4 @@
-"""Stage 4, distill: a shallower student initialised from a subset of the teacher's layers.
+"""Stage, distill: a shallower student initialised from a subset of the teacher's layers.
 
 The student is a copy of the fine-tuned teacher that keeps only `distill.layers` (embeddings, pooler and
 classifier come along), trained on alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE against

@@ -1,4 +1,4 @@
-"""Stage 8, evaluate: measure every model the pipeline built on the same test split and machine, and gate.
+"""Stage, evaluate: measure every model the pipeline built on the same test split and machine, and gate.
 
 `run(cfg, gate_cfg, prepared, models, out_dir, tracker)` scores each `ModelSpec` (PyTorch folder or ONNX
 folder/file) on the test split: accuracy, macro F1, agreement with the teacher's predictions, weight
@@ -35,17 +35,18 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from components.config import EvaluateConfig, GateConfig
+from components.config import SPLITS, EvaluateConfig, GateConfig
 from components.kit import latency
 from components.kit.files import write_atomic
 from components.kit.gate import GateDecision, compare_to_teacher, decide
 from components.kit.latency import BATCH_SIZE
-from components.kit.modeling import count_params, dir_size_bytes, encode, read_split
-from components.kit.report import ModelSpec, environment_info, fmt, gate_lines, json_safe
+from components.kit.modeling import encode, read_split
+from components.kit.onnx_models import pad_id_of
+from components.kit.report import ModelSpec, environment_info, fmt, gate_lines, write_report
 from components.kit.seeds import summarise as summarise_seeds
 from components.kit.tracking import StageResult, Tracker
 
-REPORT_JSON, REPORT_MD, REPORT_PLOT = "compression_report.json", "compression_report.md", "compression_plot.png"
+REPORT_PLOT = "compression_plot.png"  # beside the report files of `kit.report.write_report`
 TEACHER, FINAL, BASELINE = "teacher", "final", "baseline_teacher_int8"
 STEPS = ("load", "accuracy", "batch-1 latency", "batch-32 latency", "peak RSS")
 
@@ -97,7 +98,7 @@ def build_report(card: dict, entries: dict[str, dict], decision: GateDecision, e
         "task": "sequence-classification",
         "dataset": {"source": str(card.get("source", "")), "sha256": str(card.get("sha256", "")),
                     "rows": {split: int(card.get("rows", {}).get(split, 0))
-                             for split in ("train", "validation", "test")}},
+                             for split in SPLITS}},
         "models": entries,
         "final_vs_teacher": compare_to_teacher(entries[TEACHER], entries[FINAL]),
     }
@@ -139,14 +140,6 @@ def model_labels(model_dir: Path, fallback: list[str]) -> list[str]:
     return json.loads(file.read_text()) if file.is_file() else list(fallback)
 
 
-def runtime_label(spec: ModelSpec, runner_model) -> str:
-    """'pytorch fp32', 'onnxruntime int8', ... from the runtime and the weights' precision."""
-    if latency.runtime_kind(spec.runtime) == "onnx":
-        return f"onnxruntime {latency.onnx_precision(spec.path)}"
-    dtype = str(next(runner_model.parameters()).dtype).removeprefix("torch.")
-    return "pytorch " + {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(dtype, dtype)
-
-
 def predicted_classes(runner, input_ids: list[list[int]], pad_id: int) -> np.ndarray:
     """The highest-scoring class of each sentence; an empty array for no sentences."""
     if not input_ids:
@@ -169,17 +162,15 @@ def measure_model(spec: ModelSpec, cfg: EvaluateConfig, prepared: Path, texts: l
     bar.set_postfix_str(STEPS[0])
     folder = spec.path if spec.path.is_dir() else spec.path.parent
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_id_of(tokenizer)
     labels = model_labels(folder, card_labels)
     data = encode(tokenizer, texts, gold, labels, max_length)
     if latency.runtime_kind(spec.runtime) == "torch":
         model = latency.load_torch_model(spec.path, cfg.threads)
         runner = latency.torch_runner(model)
-        params, size, runtime = count_params(model), dir_size_bytes(spec.path), runtime_label(spec, model)
     else:
-        runner = latency.onnx_runner(latency.load_onnx_session(spec.path, cfg.threads))
-        params, size = latency.onnx_params(spec.path), latency.onnx_size_bytes(spec.path)
-        runtime = runtime_label(spec, None)
+        model, runner = None, latency.onnx_runner(latency.load_onnx_session(spec.path, cfg.threads))
+    runtime, size, params = spec.weights_facts(model)
     step(0)
 
     predicted = predicted_classes(runner, data.input_ids, pad_id)
@@ -212,7 +203,7 @@ def split_accuracy(model: Path, prepared: Path, split: str, threads: int, max_le
     model, prepared = Path(model), Path(prepared)
     card = json.loads((prepared / "data_card.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(str(model))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_id_of(tokenizer)
     labels = model_labels(model, card["labels"])
     frame = read_split(prepared, split)
     if frame.empty:
@@ -314,25 +305,11 @@ def save_plot(report: dict, path: Path) -> None:
 
 # ---------------------------------------------------------------- the stage
 
-def run(cfg: EvaluateConfig, gate_cfg: GateConfig, prepared: Path, models: list[ModelSpec], out_dir: Path,
-        tracker: Tracker, max_length: int = 64, seed: int | None = None, seed_runs: list[dict] = ()) -> StageResult:
-    """`seed` is the training seed of the evaluated chain; `seed_runs` are the seeds stage's rows for the
-    same chain re-trained with other seeds (seed, accuracy, agreement_with_teacher)."""
-    prepared, out_dir = Path(prepared), Path(out_dir)
-    models = [ModelSpec(m.name, Path(m.path), m.runtime) for m in models]
-    names = [m.name for m in models]
-    missing = [n for n in (TEACHER, FINAL) if n not in names]
-    if missing or len(set(names)) != len(names):
-        raise ValueError(f"evaluate needs distinct model names including {TEACHER!r} and {FINAL!r}; got {names}")
-    for m in models:
-        latency.runtime_kind(m.runtime)  # fail on a bad runtime before minutes of measuring
+def measure_all(models: list[ModelSpec], cfg: EvaluateConfig, prepared: Path, texts: list[str], gold: list[str],
+                card_labels: list[str], max_length: int) -> dict[str, dict]:
+    """Every model's report entry, in order, with its agreement with the teacher's predictions. torch's
+    thread count is set per model and restored afterwards."""
     import torch
-
-    card = json.loads((prepared / "data_card.json").read_text())
-    test = read_split(prepared, "test")
-    texts, gold = test["text"].tolist(), test["label"].tolist()
-    tracker.log_params({f"evaluate.{k}": v for k, v in cfg.model_dump().items()}
-                       | {"evaluate.models": ",".join(names), "evaluate.max_length": max_length})
 
     threads_before = torch.get_num_threads()
     entries: dict[str, dict] = {}
@@ -340,7 +317,7 @@ def run(cfg: EvaluateConfig, gate_cfg: GateConfig, prepared: Path, models: list[
     try:
         for spec in models:
             entries[spec.name], predictions[spec.name] = measure_model(
-                spec, cfg, prepared, texts, gold, card["labels"], max_length)
+                spec, cfg, prepared, texts, gold, card_labels, max_length)
             e = entries[spec.name]
             print(f"  evaluate {spec.name}: {e['runtime']}, acc {fmt(e['accuracy'], '.4f')}, "
                   f"batch-1 p50 {e['latency_ms']['batch1_p50']:.2f} ms, "
@@ -350,7 +327,40 @@ def run(cfg: EvaluateConfig, gate_cfg: GateConfig, prepared: Path, models: list[
         torch.set_num_threads(threads_before)
     for name, entry in entries.items():
         entry["agreement_with_teacher"] = agreement(predictions[name], predictions[TEACHER])
+    return entries
 
+
+def add_seed_spread(report: dict, entries: dict[str, dict], seed: int | None, seed_runs: list[dict]) -> None:
+    """The `seeds` section and, in each comparison, the accuracy drop's mean and std over the seeds: when the
+    seeds stage re-trained the chain and both accuracies were measured."""
+    if not seed_runs or entries[FINAL]["accuracy"] is None or entries[TEACHER]["accuracy"] is None:
+        return
+    seeds = summarise_seeds(seed, entries[FINAL], entries[TEACHER], entries.get(BASELINE), list(seed_runs))
+    report["seeds"] = seeds
+    for section, key in (("final_vs_teacher", "accuracy_drop_points"),
+                         (f"final_vs_{BASELINE}", "accuracy_drop_vs_baseline_points")):
+        if section in report and key in seeds:
+            report[section] |= {"accuracy_drop_points_seed_mean": seeds[key]["mean"],
+                                "accuracy_drop_points_seed_std": seeds[key]["std"]}
+    print(f"  evaluate: accuracy drop over {seeds['accuracy_drop_points']['n']} seeds: mean "
+          f"{seeds['accuracy_drop_points']['mean']:+.2f} points, std {seeds['accuracy_drop_points']['std']:.2f}",
+          flush=True)
+
+
+def run(cfg: EvaluateConfig, gate_cfg: GateConfig, prepared: Path, models: list[ModelSpec], out_dir: Path,
+        tracker: Tracker, max_length: int = 64, seed: int | None = None, seed_runs: list[dict] = ()) -> StageResult:
+    """`seed` is the training seed of the evaluated chain; `seed_runs` are the seeds stage's rows for the
+    same chain re-trained with other seeds (seed, accuracy, agreement_with_teacher)."""
+    prepared, out_dir = Path(prepared), Path(out_dir)
+    models = ModelSpec.checked(models, (TEACHER, FINAL))
+    card = json.loads((prepared / "data_card.json").read_text())
+    test = read_split(prepared, "test")
+    tracker.log_params({f"evaluate.{k}": v for k, v in cfg.model_dump().items()}
+                       | {"evaluate.models": ",".join(m.name for m in models), "evaluate.max_length": max_length})
+
+    # measure, compare, gate
+    entries = measure_all(models, cfg, prepared, test["text"].tolist(), test["label"].tolist(), card["labels"],
+                          max_length)
     ratios = compare_to_teacher(entries[TEACHER], entries[FINAL])
     decision = decide(ratios, gate_cfg)
     report = build_report(card, entries, decision, environment_info(cfg.threads))
@@ -358,21 +368,10 @@ def run(cfg: EvaluateConfig, gate_cfg: GateConfig, prepared: Path, models: list[
     if student is not None and (ablation := distillation_ablation(student.path)):
         report["ablation"] = ablation
     report["final_vs_teacher"]["agreement_with_teacher"] = entries[FINAL]["agreement_with_teacher"]
-    if seed_runs and entries[FINAL]["accuracy"] is not None and entries[TEACHER]["accuracy"] is not None:
-        seeds = summarise_seeds(seed, entries[FINAL], entries[TEACHER], entries.get(BASELINE), list(seed_runs))
-        report["seeds"] = seeds
-        for section, key in (("final_vs_teacher", "accuracy_drop_points"),
-                             (f"final_vs_{BASELINE}", "accuracy_drop_vs_baseline_points")):
-            if section in report and key in seeds:
-                report[section] |= {"accuracy_drop_points_seed_mean": seeds[key]["mean"],
-                                    "accuracy_drop_points_seed_std": seeds[key]["std"]}
-        print(f"  evaluate: accuracy drop over {seeds['accuracy_drop_points']['n']} seeds: mean "
-              f"{seeds['accuracy_drop_points']['mean']:+.2f} points, std {seeds['accuracy_drop_points']['std']:.2f}",
-              flush=True)
+    add_seed_spread(report, entries, seed, seed_runs)
 
-    json_path = write_atomic(out_dir / REPORT_JSON,
-                             lambda p: p.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False)))
-    md_path = write_atomic(out_dir / REPORT_MD, lambda p: p.write_text(render_markdown(report)))
+    # write and log
+    json_path, md_path = write_report(out_dir, report, render_markdown)
     plot_path = write_atomic(out_dir / REPORT_PLOT, lambda p: save_plot(report, p))
     for path in (json_path, md_path, plot_path):
         tracker.log_artifact(path)

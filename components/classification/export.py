@@ -7,8 +7,9 @@ split and compares logits. A max |delta logit| above `cfg.max_abs_logit_diff`, o
 raises `ExportCheckFailed` and leaves no `out_dir` behind: everything is written to a temporary sibling
 folder that is renamed into place only once the check passed. `out_dir/export_check.json` records the check.
 
-The ONNX helpers it shares with the quantize and seeds stages (`onnx_session`, `onnx_logits`, the folder's
-metadata) are in `components.kit.onnx_models`. Optimum, ONNX and ONNX Runtime are imported inside functions only.
+The ONNX helpers it shares with the quantize and seeds stages (`onnx_logits`, the folder's metadata) are in
+`components.kit.onnx_models`, its sessions from `components.kit.latency.load_onnx_session`. Optimum, ONNX and
+ONNX Runtime are imported inside functions only.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ import numpy as np
 
 from components.config import ExportConfig
 from components.kit.files import move_into_place, temp_sibling
+from components.kit.latency import load_onnx_session
 from components.kit.modeling import dir_size_bytes, encode_split, predict_logits, require_safetensors
 from components.kit.onnx_models import (
     ONNX_FILE,
     copy_model_metadata,
     onnx_logits,
-    onnx_session,
     pad_id_of,
     read_model_labels,
 )
@@ -84,7 +85,7 @@ def run(cfg: ExportConfig, model_dir: Path, prepared: Path, out_dir: Path, track
         # Re-applies pruned_heads.
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
         reference = predict_logits(model, test, pad_id_of(tokenizer))
-        candidate = onnx_logits(onnx_session(tmp / ONNX_FILE), test, pad_id_of(tokenizer))
+        candidate = onnx_logits(load_onnx_session(tmp / ONNX_FILE), test, pad_id_of(tokenizer))
         check = compare_logits(reference, candidate, cfg.max_abs_logit_diff)
         opset = onnx_opset(tmp / ONNX_FILE)
 

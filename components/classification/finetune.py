@@ -1,4 +1,4 @@
-"""Stage 3, finetune: fine-tune the teacher for the task, with early stopping on validation accuracy.
+"""Stage, finetune: fine-tune the teacher for the task, with early stopping on validation accuracy.
 
 Loads `teacher.model` (local path, packaged copy, or hub id) with a fresh classification head sized to
 the label set in the data card, trains it with `components.kit.training.train`, and saves the best epoch to

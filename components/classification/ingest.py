@@ -1,4 +1,4 @@
-"""Stage 1, ingest: load the raw data, label it, drop duplicates and split it by seed.
+"""Stage, ingest: load the raw data, label it, drop duplicates and split it by seed.
 
 Sources (`data.source`):
 - `vader-movie` (default, offline): the human-rated movie-review snippets inside the vaderSentiment
@@ -37,9 +37,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.config import DataConfig
+from components.config import SPLITS, DataConfig
 from components.kit.data import (
-    SPLITS,
     VADER_MEMBERS,
     VADER_SHA256,
     VADER_VERSION,

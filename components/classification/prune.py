@@ -1,4 +1,4 @@
-"""Stage 5, prune: iterative structured pruning of attention heads and FFN neurons, each step with recovery.
+"""Stage, prune: iterative structured pruning of attention heads and FFN neurons, each step with recovery.
 
 Importance is gradient x activation (Michel et al., 2019; Molchanov et al., 2019): for a head, the
 absolute sum over tokens of its context vector times the loss gradient with respect to it, which equals
@@ -42,7 +42,7 @@ from components.kit.modeling import (
     seed_everything,
     transformer_layers,
 )
-from components.kit.pruning import heads_to_prune, neurons_to_keep
+from components.kit.pruning import head_scores, heads_to_prune, neuron_scores, neurons_to_keep, retained_inputs
 from components.kit.soft_targets import training_set
 from components.kit.tracking import PrefixedTracker, StageResult, Tracker
 from components.kit.training import Distillation, train
@@ -50,46 +50,33 @@ from components.kit.training import Distillation, train
 
 def importance_scores(model: nn.Module, data: Encoded, teacher_logits: np.ndarray, pad_id: int, batches: int,
                       batch_size: int, alpha: float, temperature: float, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per layer: head scores (n_heads,) and FFN neuron scores (intermediate,), gradient x activation."""
+    """Per layer: head scores (n_heads,) and FFN neuron scores (intermediate,), gradient x activation
+    (`components.kit.pruning`)."""
     layers = transformer_layers(model)
-    head_scores = [np.zeros(layer.attention.self.num_attention_heads) for layer in layers]
-    ffn_scores = [np.zeros(layer.output.dense.in_features) for layer in layers]
-    captured: dict[tuple[str, int], torch.Tensor] = {}
-
-    def keep_input(kind: str, i: int):
-        def hook(_module, args):
-            args[0].retain_grad()
-            captured[(kind, i)] = args[0]
-        return hook
-
-    handles = []
-    for i, layer in enumerate(layers):
-        handles.append(layer.attention.output.dense.register_forward_pre_hook(keep_input("ctx", i)))
-        handles.append(layer.output.dense.register_forward_pre_hook(keep_input("ffn", i)))
+    totals_heads = [np.zeros(layer.attention.self.num_attention_heads) for layer in layers]
+    totals_ffn = [np.zeros(layer.output.dense.in_features) for layer in layers]
+    # Inputs of attention.output.dense: the heads' context vectors; of output.dense: the FFN activations.
+    watched = {key: module for i, layer in enumerate(layers)
+               for key, module in ((("ctx", i), layer.attention.output.dense), (("ffn", i), layer.output.dense))}
     model.eval()  # no dropout: scores should reflect the model as it will run
     order = length_bucketed_batches([len(x) for x in data.input_ids], batch_size, shuffle=True, seed=seed)
     try:
-        for index in order[:batches]:
-            batch = model_inputs(model, collate(data.input_ids, index, pad_id))
-            index_t = torch.as_tensor(index)
-            logits = model(**batch).logits
-            loss = kd_loss(logits, torch.as_tensor(teacher_logits)[index_t],
-                           torch.as_tensor(data.labels[index], dtype=torch.long), alpha, temperature)
-            model.zero_grad(set_to_none=True)
-            loss.backward()
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            for i, layer in enumerate(layers):
-                ctx = captured[("ctx", i)]
-                n_heads = layer.attention.self.num_attention_heads
-                prod = (ctx * ctx.grad * mask).reshape(*ctx.shape[:2], n_heads, -1)
-                head_scores[i] += prod.sum(dim=(1, 3)).abs().sum(0).detach().numpy()
-                ffn = captured[("ffn", i)]
-                ffn_scores[i] += (ffn * ffn.grad * mask).sum(1).abs().sum(0).detach().numpy()
+        with retained_inputs(watched) as captured:
+            for index in order[:batches]:
+                batch = model_inputs(model, collate(data.input_ids, index, pad_id))
+                index_t = torch.as_tensor(index)
+                logits = model(**batch).logits
+                loss = kd_loss(logits, torch.as_tensor(teacher_logits)[index_t],
+                               torch.as_tensor(data.labels[index], dtype=torch.long), alpha, temperature)
+                model.zero_grad(set_to_none=True)
+                loss.backward()
+                mask = batch["attention_mask"].unsqueeze(-1).float()
+                for i, layer in enumerate(layers):
+                    totals_heads[i] += head_scores(captured[("ctx", i)], mask, layer.attention.self.num_attention_heads)
+                    totals_ffn[i] += neuron_scores(captured[("ffn", i)], mask)
     finally:
-        for handle in handles:
-            handle.remove()
         model.zero_grad(set_to_none=True)
-    return head_scores, ffn_scores
+    return totals_heads, totals_ffn
 
 
 def step_targets(n_heads: int, n_neurons: int, head_ratio: float, ffn_ratio: float, steps: int) -> list[tuple[int, int]]:
@@ -121,6 +108,20 @@ def prune_ffn(model: nn.Module, keep: list[np.ndarray]) -> None:
     model.config.intermediate_size = int(len(keep[0]))
 
 
+def cut(model: nn.Module, train_split: Encoded, train_logits: np.ndarray, pad_id: int, cfg: PruneConfig, seed: int,
+        heads_to_remove: int, neurons_kept: int) -> None:
+    """One step's cut: re-score the surviving heads and neurons on the train split, then remove
+    `heads_to_remove` more heads and narrow every FFN to `neurons_kept` neurons."""
+    # Every process scores the same weights on the same batches; rank 0's scores cut, so all cut alike.
+    by_head, by_neuron = same_on_every_rank(importance_scores(
+        model, train_split, train_logits, pad_id, cfg.importance_batches, cfg.batch_size, cfg.alpha, cfg.temperature,
+        seed))
+    plan = heads_to_prune(by_head, count=heads_to_remove)
+    model.prune_heads(original_head_ids(model, plan))
+    if neurons_kept < model.config.intermediate_size:
+        prune_ffn(model, neurons_to_keep(by_neuron, keep=neurons_kept))
+
+
 def run(cfg: PruneConfig, student_dir: Path, teacher_dir: Path, prepared: Path, out_dir: Path, tracker: Tracker,
         seed: int, dist: DistributedConfig | None = None, soft_cache: Path | None = None) -> StageResult:
     seed_everything(seed)
@@ -140,15 +141,9 @@ def run(cfg: PruneConfig, student_dir: Path, teacher_dir: Path, prepared: Path, 
     history, seconds, removed = [], 0.0, 0
     for step, (heads_removed_target, neurons_kept) in enumerate(targets, start=1):
         # The train split comes first in train_set: its rows of train_logits score the heads.
-        # Every process scores the same weights on the same batches; rank 0's scores cut, so all cut alike.
-        head_scores, ffn_scores = same_on_every_rank(importance_scores(
-            model, data["train"], train_logits[: len(data["train"])], pad_id, cfg.importance_batches, cfg.batch_size,
-            cfg.alpha, cfg.temperature, seed + step))
-        plan = heads_to_prune(head_scores, count=heads_removed_target - removed)
-        model.prune_heads(original_head_ids(model, plan))
+        cut(model, data["train"], train_logits[: len(data["train"])], pad_id, cfg, seed + step,
+            heads_removed_target - removed, neurons_kept)
         removed = heads_before - n_heads(model)
-        if neurons_kept < model.config.intermediate_size:
-            prune_ffn(model, neurons_to_keep(ffn_scores, keep=neurons_kept))
         acc_cut = accuracy(predict_logits(model, data["validation"], pad_id), data["validation"].labels)
         print(f"  prune step {step}/{cfg.steps}: {n_heads(model)} of {heads_before} heads, FFN "
               f"{model.config.intermediate_size} wide, params {count_params(model):,}; val acc before recovery "

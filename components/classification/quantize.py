@@ -10,7 +10,7 @@ folder, so later stages load either one the same way.
 Quantization is chosen by measurement: each variant in `cfg.candidates` (Optimum's dynamic int8, ONNX
 Runtime's fused graph with dynamic int8, static int8 calibrated on validation sentences; per-channel
 weights or not) is built and measured on the validation split (accuracy, agreement with fp32, batch-1 latency), and `choose_candidate` ships the fastest
-one that is no slower than the fp32 export and within `cfg.max_accuracy_drop_points` of its accuracy; if
+one that is no slower than the fp32 export and within `cfg.max_drop_vs_fp32_points` of its accuracy; if
 none is, the fp32 model ships and the report says why.
 
 It then reports how far the shipped model strays from fp32: the share of identical predictions (agreement) on the test
@@ -28,13 +28,12 @@ import numpy as np
 
 from components.config import QuantizeConfig
 from components.kit.files import move_into_place, temp_sibling
-from components.kit.latency import latency_stats, time_calls
+from components.kit.latency import latency_stats, load_onnx_session, time_calls
 from components.kit.modeling import accuracy, collate, dir_size_bytes, encode_split
 from components.kit.onnx_models import (
     ONNX_FILE,
     copy_model_metadata,
     onnx_logits,
-    onnx_session,
     pad_id_of,
     read_model_labels,
 )
@@ -147,6 +146,39 @@ def build_candidate(name: str, onnx_dir: Path, dst: Path, preset: str, per_chann
     return fuse_then_quantize(onnx_dir, dst, per_channel)
 
 
+def measure_candidates(cfg: QuantizeConfig, onnx_dir: Path, work: Path, preset: str, fp32_session,
+                       fp32_val: np.ndarray, val, pad_id: int) -> dict[str, dict]:
+    """Build every variant of `candidate_variants(cfg)` under `work` and measure it on the validation split
+    (`val`, on which the fp32 export gave `fp32_val`): accuracy, agreement with fp32, batch-1 p50 latency and
+    size. A variant that cannot be built is reported with its error, not fatal."""
+    calibration = batch1_feeds(fp32_session, val, pad_id, cfg.calibration_sentences)
+    measured: dict[str, dict] = {}
+    for label, name, per_channel in candidate_variants(cfg):
+        try:
+            path = build_candidate(name, onnx_dir, work / label, preset, per_channel, calibration)
+            session = load_onnx_session(path)
+            logits = onnx_logits(session, val, pad_id)
+            measured[label] = {"accuracy": accuracy(logits, val.labels), "agreement": agreement(fp32_val, logits),
+                               "latency_ms": batch1_p50_ms(session, val, pad_id, cfg.latency_sentences),
+                               "size_bytes": path.stat().st_size}
+        except Exception as err:  # noqa: BLE001 - a candidate that cannot be built is reported, not fatal
+            measured[label] = {"accuracy": float("nan"), "latency_ms": float("inf"), "error": str(err)[:300]}
+    return measured
+
+
+def against_fp32(shipped, splits: dict, pad_id: int) -> dict:
+    """How far the shipped model strays from fp32 on each split of `splits` ({name: (encoded split, the fp32
+    export's logits)}): agreement, both accuracies and the row count."""
+    report = {}
+    for split, (data, fp32_logits) in splits.items():
+        int8_logits = onnx_logits(shipped, data, pad_id)
+        report[f"agreement_{split}"] = agreement(fp32_logits, int8_logits)
+        report[f"accuracy_fp32_{split}"] = accuracy(fp32_logits, data.labels)
+        report[f"accuracy_int8_{split}"] = accuracy(int8_logits, data.labels)
+        report[f"n_{split}"] = len(data)
+    return report
+
+
 def run(cfg: QuantizeConfig, onnx_dir: Path, prepared: Path, out_dir: Path, tracker: Tracker,
         max_length: int = 64) -> StageResult:
     from transformers import AutoTokenizer
@@ -165,23 +197,12 @@ def run(cfg: QuantizeConfig, onnx_dir: Path, prepared: Path, out_dir: Path, trac
     work.mkdir(parents=True)
     try:
         # decide: measure fp32 and every candidate on the validation split
-        fp32_session = onnx_session(onnx_dir / ONNX_FILE)
+        fp32_session = load_onnx_session(onnx_dir / ONNX_FILE)
         fp32_val = onnx_logits(fp32_session, val, pad_id)
         fp32 = {"accuracy": accuracy(fp32_val, val.labels),
                 "latency_ms": batch1_p50_ms(fp32_session, val, pad_id, cfg.latency_sentences)}
-        calibration = batch1_feeds(fp32_session, val, pad_id, cfg.calibration_sentences)
-        measured: dict[str, dict] = {}
-        for label, name, per_channel in candidate_variants(cfg):
-            try:
-                path = build_candidate(name, onnx_dir, work / label, preset, per_channel, calibration)
-                session = onnx_session(path)
-                logits = onnx_logits(session, val, pad_id)
-                measured[label] = {"accuracy": accuracy(logits, val.labels), "agreement": agreement(fp32_val, logits),
-                                   "latency_ms": batch1_p50_ms(session, val, pad_id, cfg.latency_sentences),
-                                   "size_bytes": path.stat().st_size}
-            except Exception as err:  # noqa: BLE001 - a candidate that cannot be built is reported, not fatal
-                measured[label] = {"accuracy": float("nan"), "latency_ms": float("inf"), "error": str(err)[:300]}
-        chosen, reasons = choose_candidate(fp32, measured, cfg.max_accuracy_drop_points)
+        measured = measure_candidates(cfg, onnx_dir, work, preset, fp32_session, fp32_val, val, pad_id)
+        chosen, reasons = choose_candidate(fp32, measured, cfg.max_drop_vs_fp32_points)
         for name, m in measured.items():
             print(f"  quantize {name}: val acc {m['accuracy']:.4f} (fp32 {fp32['accuracy']:.4f}), "
                   f"batch-1 p50 {m['latency_ms']:.2f} ms (fp32 {fp32['latency_ms']:.2f}): {reasons[name]}", flush=True)
@@ -191,17 +212,12 @@ def run(cfg: QuantizeConfig, onnx_dir: Path, prepared: Path, out_dir: Path, trac
         shutil.copy2(work / chosen / ONNX_FILE if chosen else onnx_dir / ONNX_FILE, tmp / ONNX_FILE)
         shutil.copy2(onnx_dir / "config.json", tmp / "config.json")
         copy_model_metadata(onnx_dir, tmp, tokenizer)
-        shipped = onnx_session(tmp / ONNX_FILE)
         report: dict = {"preset": preset, "per_channel": list(cfg.per_channel), "chosen": chosen or "fp32",
                         "fp32_validation": fp32, "candidates": measured, "decision": reasons}
-        for split in ("test", "validation"):
-            data = val if split == "validation" else encode_split(prepared, split, tokenizer, labels, max_length)
-            fp32_logits = fp32_val if split == "validation" else onnx_logits(fp32_session, data, pad_id)
-            int8_logits = onnx_logits(shipped, data, pad_id)
-            report[f"agreement_{split}"] = agreement(fp32_logits, int8_logits)
-            report[f"accuracy_fp32_{split}"] = accuracy(fp32_logits, data.labels)
-            report[f"accuracy_int8_{split}"] = accuracy(int8_logits, data.labels)
-            report[f"n_{split}"] = len(data)
+        shipped = load_onnx_session(tmp / ONNX_FILE)
+        test = encode_split(prepared, "test", tokenizer, labels, max_length)
+        report |= against_fp32(shipped, {"test": (test, onnx_logits(fp32_session, test, pad_id)),
+                                         "validation": (val, fp32_val)}, pad_id)
         fp32_bytes, int8_bytes = dir_size_bytes(onnx_dir), dir_size_bytes(tmp)
         report |= {"size_fp32_bytes": fp32_bytes, "size_int8_bytes": int8_bytes,
                    "size_ratio": fp32_bytes / int8_bytes}  # > 1: int8 is that many times smaller

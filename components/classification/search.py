@@ -11,7 +11,7 @@ accuracy is None, never 0.
 
 The decision is pure: `pareto_front` keeps the candidates no other candidate beats on validation
 accuracy, latency and size at once; `choose` picks, among the candidates within
-`max_accuracy_drop_points` of the teacher's validation accuracy, the fastest (then the smallest). When
+`max_drop_vs_teacher_points` of the teacher's validation accuracy, the fastest (then the smallest). When
 none is within tolerance it still returns the most accurate candidate, flagged, with the constraint that
 failed: a search never ends with nothing. `save_plot` draws every candidate, the front and the choice.
 """
@@ -139,7 +139,7 @@ def render_markdown(result: dict) -> str:
     lines = ["# Compression search", "",
              f"Teacher: validation accuracy {result['teacher']['val_accuracy']:.4f}, batch-1 p50 "
              f"{result['teacher']['latency_ms']:.2f} ms, {result['teacher']['size_bytes'] / 1e6:.1f} MB. "
-             f"Tolerance: {result['max_accuracy_drop_points']} points of validation accuracy.", "",
+             f"Tolerance: {result['max_drop_vs_teacher_points']} points of validation accuracy.", "",
              f"**Chosen:** {result['chosen'] or 'none'} ({result['reason']}).", "",
              "| candidate | val acc | test acc | drop (points) | batch-1 p50 (ms) | size (MB) | speed-up | smaller | front |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -192,7 +192,7 @@ def summary(rows: list[dict], teacher: dict, choice: Choice, cfg: SearchConfig, 
         if "error" not in r:
             r["speedup_batch1"] = teacher["latency_ms"] / r["latency_ms"] if r["latency_ms"] else math.inf
             r["size_ratio"] = teacher["size_bytes"] / r["size_bytes"]
-    return {"teacher": teacher, "max_accuracy_drop_points": cfg.max_accuracy_drop_points,
+    return {"teacher": teacher, "max_drop_vs_teacher_points": cfg.max_drop_vs_teacher_points,
             "budget_minutes": cfg.budget_minutes, "candidates": rows, "front": pareto_front(rows),
             "chosen": choice.name, "within_tolerance": choice.within_tolerance, "reason": choice.reason,
             "skipped": skipped, "space": cfg.model_dump()}

@@ -140,7 +140,7 @@ def copy_untrimmed(model_dir: Path, out_dir: Path) -> None:
 
 def run(cfg: TrimConfig, model_dir: Path, prepared: Path, out_dir: Path, tracker: Tracker,
         max_length: int = 64) -> StageResult:
-    """Stage 6, trim: a trimmed copy of the pruned model (or a plain copy when disabled)."""
+    """Stage trim: a trimmed copy of the pruned model (or a plain copy when disabled)."""
     import pandas as pd
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)

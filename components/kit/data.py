@@ -34,7 +34,6 @@ import pandas as pd
 
 from components.kit.hashing import file_sha256
 
-SPLITS = ("train", "validation", "test")
 VADER_VERSION = "3.3.2"
 VADER_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
 VADER_ARCHIVE = f"vaderSentiment-{VADER_VERSION}.tar.gz"

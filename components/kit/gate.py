@@ -24,13 +24,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from components.config import GateConfig, LMGateConfig
+from components.config import SPLITS, GateConfig, LMGateConfig
 
-RATIO_KEYS = ("size_ratio", "speedup_batch1_p50", "speedup_batch32_p50", "accuracy_drop_points")
-LM_RATIO_KEYS = ("size_ratio", "perplexity_ratio", "bleu_drop_points", "generation_speedup")
 # Slack for float noise, so a value equal to its threshold passes: 100 * (0.91 - 0.89) is 2.0000000000000018.
 TOLERANCE = 1e-9
-SPLITS = ("train", "validation", "test")
 NOT_MEASURED = "not available: a figure it needs was not measured"
 
 
@@ -50,6 +47,11 @@ class Check:
 class GateDecision:
     passed: bool
     checks: dict[str, Check]
+
+    @classmethod
+    def of(cls, checks: dict[str, Check]) -> GateDecision:
+        """Passed when every check passed."""
+        return cls(passed=all(c.passed for c in checks.values()), checks=checks)
 
     def failed(self) -> list[str]:
         """Names of the checks that did not pass, in check order."""
@@ -131,32 +133,35 @@ def compare_to_champion(candidate: dict, champion: dict, cfg: GateConfig) -> Gat
     timings on a shared machine differ by more than the models do, while each version's speedup over its
     teacher is already checked by `decide`.
     """
-    threshold = cfg.max_drop_vs_champion_points
-    unlike = measured_alike(candidate, champion)
     drop = 100.0 * (_number(champion.get("accuracy")) - _number(candidate.get("accuracy")))
+    return _vs_champion(candidate, champion, "vs_champion.accuracy_drop_points", drop,
+                        cfg.max_drop_vs_champion_points, cfg.max_size_growth_vs_champion)
+
+
+def _vs_champion(candidate: dict, champion: dict, quality_check: str, quality: float, max_quality: float,
+                 max_size_growth: float) -> GateDecision:
+    """The quality figure (lower is better) against `max_quality` when `measured_alike`, skipped with the reason
+    otherwise; the candidate's size over the champion's against `max_size_growth`, always."""
+    unlike = measured_alike(candidate, champion)
     growth = _ratio(_number(candidate.get("size_bytes")), _number(champion.get("size_bytes")))
-    checks = {
-        "vs_champion.accuracy_drop_points": _skipped(threshold, unlike) if unlike else
-        _check(drop, threshold, at_most=True),
-        "vs_champion.size_growth": _check(growth, cfg.max_size_growth_vs_champion, at_most=True),
-    }
-    return GateDecision(passed=all(c.passed for c in checks.values()), checks=checks)
+    return GateDecision.of({
+        quality_check: _skipped(max_quality, unlike) if unlike else _check(quality, max_quality, at_most=True),
+        "vs_champion.size_growth": _check(growth, max_size_growth, at_most=True),
+    })
 
 
 def combine(*decisions: GateDecision) -> GateDecision:
-    checks = {name: check for d in decisions for name, check in d.checks.items()}
-    return GateDecision(passed=all(c.passed for c in checks.values()), checks=checks)
+    return GateDecision.of({name: check for d in decisions for name, check in d.checks.items()})
 
 
 def decide(ratios: dict, cfg: GateConfig) -> GateDecision:
     """Every check must pass; a missing ratio counts as NaN and fails its check."""
-    checks = {
-        "accuracy_drop_points": _check(ratios.get("accuracy_drop_points"), cfg.max_accuracy_drop_points,
+    return GateDecision.of({
+        "accuracy_drop_points": _check(ratios.get("accuracy_drop_points"), cfg.max_drop_vs_teacher_points,
                                        at_most=True),
         "size_ratio": _check(ratios.get("size_ratio"), cfg.min_size_ratio, at_most=False),
         "speedup_batch1_p50": _check(ratios.get("speedup_batch1_p50"), cfg.min_speedup, at_most=False),
-    }
-    return GateDecision(passed=all(c.passed for c in checks.values()), checks=checks)
+    })
 
 
 # ---------------------------------------------------------------- causal-lm
@@ -176,13 +181,12 @@ def compare_lm_to_teacher(teacher: dict, final: dict) -> dict:
 
 def decide_lm(ratios: dict, cfg: LMGateConfig) -> GateDecision:
     """Every check must pass; a missing or non-finite ratio fails its check."""
-    checks = {
+    return GateDecision.of({
         "perplexity_ratio": _check(ratios.get("perplexity_ratio"), cfg.max_perplexity_ratio, at_most=True),
         "bleu_drop_points": _check(ratios.get("bleu_drop_points"), cfg.max_bleu_drop_points, at_most=True),
         "generation_speedup": _check(ratios.get("generation_speedup"), cfg.min_generation_speedup, at_most=False),
         "size_ratio": _check(ratios.get("size_ratio"), cfg.min_size_ratio, at_most=False),
-    }
-    return GateDecision(passed=all(c.passed for c in checks.values()), checks=checks)
+    })
 
 
 def compare_lm_to_champion(candidate: dict, champion: dict, cfg: LMGateConfig) -> GateDecision:
@@ -192,13 +196,6 @@ def compare_lm_to_champion(candidate: dict, champion: dict, cfg: LMGateConfig) -
     `compare_to_champion`, perplexity is compared only when `measured_alike`, and speed is left out: it is
     checked against each version's own teacher.
     """
-    threshold = cfg.max_perplexity_growth_vs_champion
-    unlike = measured_alike(candidate, champion)
     growth = _ratio(_number(candidate.get("perplexity")), _number(champion.get("perplexity")))
-    size_growth = _ratio(_number(candidate.get("size_bytes")), _number(champion.get("size_bytes")))
-    checks = {
-        "vs_champion.perplexity_growth": _skipped(threshold, unlike) if unlike else
-        _check(growth, threshold, at_most=True),
-        "vs_champion.size_growth": _check(size_growth, cfg.max_size_growth_vs_champion, at_most=True),
-    }
-    return GateDecision(passed=all(c.passed for c in checks.values()), checks=checks)
+    return _vs_champion(candidate, champion, "vs_champion.perplexity_growth", growth,
+                        cfg.max_perplexity_growth_vs_champion, cfg.max_size_growth_vs_champion)

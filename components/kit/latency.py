@@ -1,7 +1,8 @@
 """Latency, memory and size measurements of a sequence classifier, PyTorch or ONNX Runtime.
 
-Used by the evaluate stage, `miniaturize bench`, the search and the quantize stage (timing), and by the
-causal-lm stages for runtime names, ONNX sizes and the RSS probe's environment.
+Used by the evaluate stage, `miniaturize bench`, the search and the quantize stage (timing), by every stage
+that opens an ONNX Runtime session (`load_onnx_session`), and by the causal-lm stages for runtime names, ONNX
+sizes and peak memory.
 
 The evaluate stage builds a *runner* per model (`load_runner(path, runtime, threads)`): a callable that
 takes one pre-tokenised batch (a dict of int64 numpy arrays `input_ids`, `attention_mask`,
@@ -11,8 +12,8 @@ starts (`batched_inputs`), so a timed call covers the model forward only, never 
 - `time_calls` runs warm-up calls, then timed calls (`time.perf_counter`, milliseconds);
   `latency_stats` summarises them (pure).
 - `peak_rss_mb` starts a fresh Python process (`python -m components.kit.rss_probe`) that loads one model
-  and predicts some test sentences, so each model's peak resident memory is measured on its own, without
-  the memory of the models evaluated before it.
+  and predicts some test sentences (or, with `--work generate`, continues prompts with a decoder), so each
+  model's peak resident memory is measured on its own, without the memory of the models evaluated before it.
 - `onnx_params`, `onnx_precision` and `onnx_size_bytes` read an ONNX file's initializers.
 
 Nothing heavy is imported at module level: torch, transformers and onnxruntime are imported by the
@@ -164,12 +165,10 @@ def find_onnx_file(path: str | Path) -> Path:
                             f"{[c.name for c in candidates] or 'none'}")
 
 
-def load_onnx_session(path: str | Path, threads: int):
-    """A CPU InferenceSession with `threads` intra-op threads and one inter-op thread.
-
-    Same settings as `components.kit.onnx_models.onnx_session`, kept here so that the RSS probe of an ONNX
-    model never imports torch (components.kit.onnx_models imports components.kit.modeling, which imports torch).
-    """
+def load_onnx_session(path: str | Path, threads: int = 2):
+    """A CPU InferenceSession with `threads` intra-op threads and one inter-op thread, of an .onnx file or a
+    folder's model (`find_onnx_file`). Every stage opens its sessions here; it lives in this module, which
+    imports nothing heavy, so that the RSS probe of an ONNX model never imports torch."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -273,15 +272,16 @@ def onnx_size_bytes(path: str | Path) -> int:
 # ---------------------------------------------------------------- memory
 
 def peak_rss_mb(model_dir: str | Path, runtime: str, prepared: str | Path, n_sentences: int, threads: int,
-                max_length: int = 64, timeout_s: float = 600.0) -> float:
-    """Peak resident memory (MB) of a fresh process that loads the model and predicts n test sentences."""
+                max_length: int = 64, timeout_s: float = 600.0, probe_args: tuple[str, ...] = ()) -> float:
+    """Peak resident memory (MB) of a fresh process that loads the model and predicts n test sentences;
+    `probe_args` are further `rss_probe` options (`--work generate ...`: a decoder continues n prompts)."""
     env = dict(os.environ)
     # The probe must import this checkout's components, whichever copy is installed.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     env["OMP_NUM_THREADS"] = str(threads)
     command = [sys.executable, "-m", "components.kit.rss_probe", "--model", str(model_dir),
                "--runtime", runtime_kind(runtime), "--prepared", str(prepared), "--n", str(n_sentences),
-               "--threads", str(threads), "--max-length", str(max_length)]
+               "--threads", str(threads), "--max-length", str(max_length), *probe_args]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout_s)
     if done.returncode != 0:
         raise RuntimeError(f"rss probe failed for {model_dir} (exit {done.returncode}):\n{done.stderr[-2000:]}")

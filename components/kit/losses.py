@@ -19,11 +19,6 @@ def soft_kl_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
     return temperature**2 * kl
 
 
-def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """The batch mean of `soft_kl_rows`."""
-    return soft_kl_rows(student_logits, teacher_logits, temperature).mean()
-
-
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
             alpha: float, temperature: float) -> torch.Tensor:
     """alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * cross-entropy, averaged over rows.

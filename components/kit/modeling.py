@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from components.config import SPLITS
 from components.kit.distributed import is_main_process, wait_for_everyone
 
 PACKAGED_MODELS = {
@@ -77,10 +78,6 @@ def resolve_model_source(name: str) -> str:
     return name
 
 
-def set_threads(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -122,7 +119,7 @@ def encode_split(prepared: Path, name: str, tokenizer, labels: list[str], max_le
     return encode(tokenizer, frame["text"].tolist(), frame["label"].tolist(), labels, max_length)
 
 
-def load_encoded_splits(prepared: Path, tokenizer, labels: list[str], max_length: int, names=("train", "validation", "test")):
+def load_encoded_splits(prepared: Path, tokenizer, labels: list[str], max_length: int, names=SPLITS):
     out = {}
     for name in names:
         frame = read_split(prepared, name)
@@ -172,15 +169,22 @@ def length_bucketed_batches(lengths: list[int], batch_size: int, shuffle: bool,
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def collate(input_ids: list[list[int]], index: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
-    rows = [input_ids[i] for i in index]
+def pad_rows(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Token id rows right-padded to the longest: input_ids and attention_mask (long tensors), so real tokens
+    keep positions 0..n-1."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = torch.tensor(row)
         mask[i, : len(row)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def collate(input_ids: list[list[int]], index: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+    """The rows at `index`, padded (`pad_rows`), with all-zero token_type_ids."""
+    batch = pad_rows([input_ids[i] for i in index], pad_id)
+    return batch | {"token_type_ids": torch.zeros_like(batch["input_ids"])}
 
 
 def model_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

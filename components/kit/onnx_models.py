@@ -1,8 +1,8 @@
 """ONNX classifier folders as the export, quantize and seeds stages read and write them.
 
-`onnx_session` and `onnx_logits` are the ONNX counterparts of `modeling.predict_logits`. A folder holds
-`model.onnx` (`ONNX_FILE`), the tokenizer and `labels.json` (`copy_model_metadata`), so that it loads like
-a PyTorch model folder. ONNX Runtime is imported inside functions only.
+`onnx_logits` is the ONNX counterpart of `modeling.predict_logits` (sessions: `latency.load_onnx_session`). A
+folder holds `model.onnx` (`ONNX_FILE`), the tokenizer and `labels.json` (`copy_model_metadata`), so that it
+loads like a PyTorch model folder. ONNX Runtime is imported inside functions only.
 """
 
 from __future__ import annotations
@@ -13,25 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from components.kit.latency import load_onnx_session
 from components.kit.modeling import Encoded, collate, length_bucketed_batches
 
 ONNX_FILE = "model.onnx"
-
-
-def onnx_session(path: str | Path, threads: int = 2):
-    """A CPU-only InferenceSession with `threads` intra-op threads and one inter-op thread.
-
-    `path` is an .onnx file or a model folder holding `model.onnx`.
-    """
-    import onnxruntime as ort
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / ONNX_FILE
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def onnx_logits(session_or_path, encoded: Encoded, pad_id: int, batch_size: int = 64) -> np.ndarray:
@@ -39,7 +24,7 @@ def onnx_logits(session_or_path, encoded: Encoded, pad_id: int, batch_size: int 
 
     The session gets only the inputs it declares: token_type_ids is dropped for models that lack it.
     """
-    session = session_or_path if hasattr(session_or_path, "run") else onnx_session(session_or_path)
+    session = session_or_path if hasattr(session_or_path, "run") else load_onnx_session(session_or_path)
     wanted = [i.name for i in session.get_inputs()]
     output = session.get_outputs()[0].name
     out: np.ndarray | None = None

@@ -1,9 +1,51 @@
-"""Which attention heads and FFN neurons to remove, from their importance scores: the selection both tasks'
-prune stages share (the scores themselves depend on the architecture and stay with each stage)."""
+"""Which attention heads and FFN neurons to remove, and the gradient x activation arithmetic that scores them:
+what both tasks' prune stages share. Which modules to watch and which loss to score with depend on the
+architecture and stay with each stage.
+
+Scoring: `retained_inputs` keeps, for each watched module, the input of its latest forward pass with its
+gradient after backward; `head_scores` and `neuron_scores` turn one batch's input and gradient into per-head
+and per-neuron scores (|sum over tokens of activation x dLoss/dactivation|, Michel et al., 2019; Molchanov et
+al., 2019), which a stage sums over batches.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
+
 import numpy as np
+
+
+@contextmanager
+def retained_inputs(modules: dict[Hashable, object]) -> Iterator[dict]:
+    """While open: {key: the input tensor of that module's latest forward}, its `.grad` kept after backward
+    (a forward pre-hook on each module, removed on exit)."""
+    captured: dict = {}
+
+    def keep(key):
+        def hook(_module, args):
+            args[0].retain_grad()
+            captured[key] = args[0]
+        return hook
+
+    handles = [module.register_forward_pre_hook(keep(key)) for key, module in modules.items()]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def head_scores(context, mask, n_heads: int) -> np.ndarray:
+    """One batch's score per head (n_heads,): `context` is the heads' concatenated context vectors (batch,
+    tokens, width) with its gradient, `mask` (batch, tokens, 1) zero on padding."""
+    prod = (context * context.grad * mask).reshape(*context.shape[:2], n_heads, -1)
+    return prod.sum(dim=(1, 3)).abs().sum(0).detach().numpy()
+
+
+def neuron_scores(activation, mask) -> np.ndarray:
+    """One batch's score per FFN neuron (width,), from its activation (batch, tokens, width) and gradient."""
+    return (activation * activation.grad * mask).sum(1).abs().sum(0).detach().numpy()
 
 
 def normalise_per_layer(scores: list[np.ndarray]) -> list[np.ndarray]:

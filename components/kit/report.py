@@ -1,21 +1,56 @@
 """What both tasks' evaluate stages share in their compression reports: the models they measure
-(`ModelSpec`), strict JSON (`json_safe`), the machine the figures come from (`environment_info`), and the
-markdown of figures and of the gate (`fmt`, `gate_lines`)."""
+(`ModelSpec`: `ModelSpec.checked` checks a list, `weights_facts` describes one), strict JSON (`json_safe`), the
+machine the figures come from (`environment_info`), the markdown of figures and of the gate (`fmt`,
+`gate_lines`), and the two report files (`write_report`: compression_report.json and compression_report.md,
+each written atomically)."""
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
+
+from components.kit.files import write_atomic
+from components.kit.latency import onnx_params, onnx_precision, onnx_size_bytes, runtime_kind
+
+REPORT_JSON, REPORT_MD = "compression_report.json", "compression_report.md"
 
 
 @dataclass
 class ModelSpec:
+    """A model an evaluate stage measures: its report name, its folder (or file) and the runtime it runs in."""
+
     name: str
     path: Path
     runtime: Literal["pytorch", "onnxruntime"]
+
+    @classmethod
+    def checked(cls, models: list[ModelSpec], required: tuple[str, ...]) -> list[ModelSpec]:
+        """The specs with `Path` paths, in order; ValueError unless their names are distinct and include
+        every `required` name, or for an unknown runtime: checked before minutes of measuring."""
+        models = [cls(m.name, Path(m.path), m.runtime) for m in models]
+        names = [m.name for m in models]
+        if any(n not in names for n in required) or len(set(names)) != len(names):
+            raise ValueError(f"evaluate needs distinct model names including "
+                             f"{' and '.join(map(repr, required))}; got {names}")
+        for m in models:
+            runtime_kind(m.runtime)
+        return models
+
+    def weights_facts(self, model=None) -> tuple[str, int, int]:
+        """(runtime label, weight bytes, parameters). The label names the runtime and the weights' precision
+        ('pytorch fp32', 'onnxruntime int8', ...). A PyTorch model: its folder's weight files and the loaded
+        `model`'s parameters; an ONNX model: read from its file (`latency.onnx_size_bytes`, `onnx_params`)."""
+        if runtime_kind(self.runtime) == "onnx":
+            return f"onnxruntime {onnx_precision(self.path)}", onnx_size_bytes(self.path), onnx_params(self.path)
+        from components.kit.modeling import count_params, dir_size_bytes  # imports torch: a PyTorch model only
+
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        label = "pytorch " + {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(dtype, dtype)
+        return label, dir_size_bytes(self.path), count_params(model)
 
 
 def json_safe(value):
@@ -69,3 +104,11 @@ def gate_lines(gate: dict) -> list[str]:
         lines.append(f"| {name} | {fmt(c['value'], '.3f')} | {fmt(c['threshold'], '.3f')} "
                      f"| {check_result(c)} | {c.get('note', '')} |")
     return lines
+
+
+def write_report(out_dir: Path, report: dict, render_markdown: Callable[[dict], str]) -> tuple[Path, Path]:
+    """out_dir/compression_report.json (strict JSON: no NaN) and out_dir/compression_report.md, each atomically."""
+    json_path = write_atomic(out_dir / REPORT_JSON,
+                             lambda p: p.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False)))
+    md_path = write_atomic(out_dir / REPORT_MD, lambda p: p.write_text(render_markdown(report)))
+    return json_path, md_path

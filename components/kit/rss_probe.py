@@ -4,14 +4,14 @@
 
 prints one line: {"peak_rss_mb": 812.4, "n": 100, "runtime": "torch", "model": "DIR"}.
 
-With `--task causal-lm` the model is a decoder (GPT-2 style): each of the n test sentences gives a prompt
+With `--work generate` the model is a decoder (GPT-2 style): each of the n test sentences gives a prompt
 (its first `--prefix-tokens` tokens) and the model generates exactly `--new-tokens` tokens greedily at
 batch 1 with its KV cache. A PyTorch model generates with transformers' `generate`; an ONNX decoder
 (Optimum's merged export with past key values) runs `session_greedy`, a numpy loop over the
 InferenceSession, so the probe imports onnxruntime and tokenizers only, never torch.
 
-`latency.peak_rss_mb` (and the causal-lm evaluate stage) runs it in a fresh process per model, so a figure
-holds that model alone. The probe imports only what serving the model needs: tokenisation uses the
+`latency.peak_rss_mb` (and a decoder's evaluate stage, with `--work generate`) runs it in a fresh process
+per model, so a figure holds that model alone. The probe imports only what serving the model needs: tokenisation uses the
 `tokenizers` library on the folder's tokenizer.json (transformers would import torch), and an ONNX model is
 run with onnxruntime only, never torch. The test split is read by a short-lived child process, so pyarrow's ~80 MB of
 libraries do not count either. Peak RSS is VmHWM from /proc/self/status on Linux (see `peak_rss_mb` for why
@@ -126,7 +126,7 @@ def session_greedy(session, prompt_ids: list[int], max_new_tokens: int, eos_id: 
 
 def generate_prompts(model_dir: Path, runtime: str, prompts: list[list[int]], new_tokens: int, eos_id: int,
                      threads: int) -> None:
-    """Generate exactly `new_tokens` tokens for every prompt at batch 1 (the causal-lm probe's work)."""
+    """Generate exactly `new_tokens` tokens for every prompt at batch 1 (the probe's `--work generate`)."""
     if runtime_kind(runtime) == "onnx":
         session = load_onnx_session(model_dir, threads)
         for prompt in prompts:
@@ -153,14 +153,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n", type=int, default=100, help="test sentences to predict")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--task", choices=["sequence-classification", "causal-lm"], default="sequence-classification")
-    parser.add_argument("--prefix-tokens", type=int, default=8, help="causal-lm: prompt tokens per sentence")
-    parser.add_argument("--new-tokens", type=int, default=32, help="causal-lm: tokens generated per prompt")
+    parser.add_argument("--work", choices=["predict", "generate"], default="predict",
+                        help="predict: classify the sentences in batches; generate: a decoder continues prompts")
+    parser.add_argument("--prefix-tokens", type=int, default=8, help="generate: prompt tokens per sentence")
+    parser.add_argument("--new-tokens", type=int, default=32, help="generate: tokens generated per prompt")
     parser.add_argument("--tokenizer", type=Path, default=None,
-                        help="causal-lm: tokenizer folder, when not the model's own folder")
+                        help="generate: tokenizer folder, when not the model's own folder")
     args = parser.parse_args(argv)
-    if args.task == "causal-lm":
-        return main_causal_lm(args)
+    if args.work == "generate":
+        return main_generate(args)
 
     runner = load_runner(args.model, runtime_kind(args.runtime), args.threads)  # fails fast on a bad path
     texts = read_test_texts(args.prepared, args.n)
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def main_causal_lm(args: argparse.Namespace) -> dict:
+def main_generate(args: argparse.Namespace) -> dict:
     texts = read_test_texts(args.prepared, args.n)
     tokenizer_dir = args.tokenizer or (args.model if args.model.is_dir() else args.model.parent)
     ids, _ = tokenize(tokenizer_dir, texts, args.max_length)
@@ -188,7 +189,7 @@ def main_causal_lm(args: argparse.Namespace) -> dict:
         eos_id = AutoTokenizer.from_pretrained(str(tokenizer_dir)).eos_token_id or 0
     generate_prompts(args.model, args.runtime, prompts, args.new_tokens, eos_id, args.threads)
     result = {"peak_rss_mb": peak_rss_mb(), "n": len(prompts), "runtime": args.runtime, "model": str(args.model),
-              "task": args.task, "new_tokens": args.new_tokens}
+              "work": args.work, "new_tokens": args.new_tokens}
     print(json.dumps(result), flush=True)
     return result
 

@@ -1,6 +1,8 @@
-"""The one training loop every training stage uses (teacher fine-tune, distillation, recovery).
+"""The classifier training loop every classification training stage uses (teacher fine-tune, distillation,
+recovery), and the parts of it the causal-LM loop (`components.causal_lm.train.fit`) shares: the learning-rate
+schedule (`Schedule`), one epoch of optimizer steps (`train_epoch`) and the best-epoch bookkeeping (`BestEpoch`).
 
-It reads top to bottom: AdamW with linear warm-up and decay, length-bucketed batches, an optional
+`train` reads top to bottom: AdamW with linear warm-up and decay, length-bucketed batches, an optional
 teacher-logit target (knowledge distillation), validation after every epoch, early stopping on validation
 accuracy with the best epoch's weights restored at the end. Per-epoch metrics go to the tracker as step
 metrics; a tqdm bar shows progress.
@@ -14,8 +16,10 @@ validation accuracy that decides early stopping.
 from __future__ import annotations
 
 import math
+import operator
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -54,6 +58,119 @@ def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
     return base_lr * max(0.0, (total - step) / max(1, total - warmup))
 
 
+@dataclass
+class Schedule:
+    """Linear warm-up to `lr` over `warmup` optimizer steps, then linear decay to zero at `total` (`lr_at`);
+    `step` counts the steps taken."""
+
+    lr: float
+    total: int
+    warmup: int
+    step: int = 0
+
+    @classmethod
+    def linear(cls, lr: float, total: int, warmup_share: float) -> Schedule:
+        return cls(lr, total, max(1, int(total * warmup_share)))
+
+    def next_lr(self) -> float:
+        """The learning rate of the next step."""
+        lr = lr_at(self.step, self.total, self.warmup, self.lr)
+        self.step += 1
+        return lr
+
+
+@dataclass
+class BestEpoch:
+    """Best-epoch bookkeeping: the best validation figure so far (`better(new, best)` says which is better),
+    its epoch, the weights then (on the CPU) and the epochs since."""
+
+    value: float
+    better: Callable[[float, float], bool]
+    epoch: int = 0
+    state: dict | None = None
+    stale: int = 0
+
+    def update(self, value: float, epoch: int, model: nn.Module) -> None:
+        if self.better(value, self.value):
+            self.value, self.epoch, self.stale = value, epoch, 0
+            self.state = cpu_state(model)
+        else:
+            self.stale += 1
+
+
+def train_epoch(dp: DataParallel, model: nn.Module, optimizer: torch.optim.Optimizer, batches: list[np.ndarray],
+                schedule: Schedule, part_loss: Callable[[np.ndarray], torch.Tensor],
+                part_weight: Callable[[np.ndarray, np.ndarray], float], desc: str, loss_digits: int = 4,
+                before_clip: Callable[[], None] | None = None) -> float:
+    """One epoch: an optimizer step per global batch of `batches` (row indices), at the schedule's rate. This
+    process takes its share of each batch in micro-batches (`dp.micro_batches`); a micro-batch's loss
+    `part_loss(rows)` is back-propagated at weight `part_weight(part, batch)` of the whole batch. Gradients are
+    clipped to norm 1.0 (after `before_clip`). Returns the mean training loss over all processes' rows."""
+    model.train()
+    running, seen = 0.0, 0
+    bar = tqdm(batches, desc=desc, unit="batch", leave=False, mininterval=2.0, disable=not dp.main)
+    for index in bar:
+        lr = schedule.next_lr()
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        parts = dp.micro_batches(index)
+        for i, part in enumerate(parts):
+            rows = part if len(part) else index[:1]  # an empty share still joins the all-reduce, at weight 0
+            with dp.syncing(model, last=i == len(parts) - 1), dp.accelerator.autocast():
+                loss = part_loss(rows)
+                dp.accelerator.backward(loss * part_weight(part, index))
+            running += loss.item() * len(part)
+            seen += len(part)
+        if before_clip is not None:
+            before_clip()
+        dp.accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        bar.set_postfix(loss=f"{running / max(1, seen):.{loss_digits}f}", refresh=False)
+    bar.close()
+    running, seen = dp.total(running, seen)
+    return running / max(1, seen)
+
+
+def report_epoch(history: list[dict], record: dict[str, float], epoch: int, tracker: Tracker, dp: DataParallel,
+                 summary: str) -> None:
+    """Keep the epoch's record, log it as step metrics, and print `summary` with the epoch's seconds (on the
+    main process only)."""
+    history.append(record)
+    tracker.log_metrics(record, step=epoch)
+    if dp.main:
+        print(f"  {summary}, {record['epoch_seconds']:.0f} s", flush=True)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: weight decay on the weights, none on biases and layer norms."""
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    return [
+        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": weight_decay},
+        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+
+
+def classifier_loss(model: nn.Module, raw: nn.Module, train_set: Encoded, pad_id: int, kd: Distillation | None,
+                    dp: DataParallel) -> Callable[[np.ndarray], torch.Tensor]:
+    """The loss of a micro-batch of training rows: `kd_loss` against the labels and, with `kd`, the teacher's
+    logits, plus the feature-transfer term when `kd.features` is set. `model` is the prepared (possibly
+    wrapped) model, `raw` the model itself."""
+    features = kd is not None and kd.features is not None
+    labels_all = torch.as_tensor(train_set.labels, dtype=torch.long).to(dp.device)
+    teacher_all = torch.as_tensor(kd.teacher_logits).to(dp.device) if kd else None
+
+    def loss_of(rows: np.ndarray) -> torch.Tensor:
+        batch = dp.to_device(model_inputs(raw, collate(train_set.input_ids, rows, pad_id)))
+        out = model(**batch, output_hidden_states=features, output_attentions=features)
+        index_t = torch.as_tensor(rows, device=dp.device)
+        loss = kd_loss(out.logits, teacher_all[index_t] if kd else None, labels_all[index_t],
+                       kd.alpha if kd else 0.0, kd.temperature if kd else 1.0)
+        return loss + kd.features(out, batch) if features else loss
+
+    return loss_of
+
+
 def train(model: nn.Module, train_set: Encoded, val_set: Encoded, cfg: TrainConfig, pad_id: int,
           tracker: Tracker, seed: int, kd: Distillation | None = None, desc: str = "train",
           dist: DistributedConfig | None = None) -> TrainOutcome:
@@ -61,81 +178,41 @@ def train(model: nn.Module, train_set: Encoded, val_set: Encoded, cfg: TrainConf
     dp = DataParallel(dist or DistributedConfig())
     home = next(model.parameters()).device  # the model goes back there when training ends
     lengths = [len(x) for x in train_set.input_ids]
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup = max(1, int(total_steps * cfg.warmup_ratio))
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": cfg.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
-    ]
+    schedule = Schedule.linear(cfg.lr, math.ceil(len(train_set) / cfg.batch_size) * cfg.epochs, cfg.warmup_ratio)
+    groups = parameter_groups(model, cfg.weight_decay)
     features = kd is not None and kd.features is not None
     if features:  # its projections (where widths differ) learn alongside the student
         kd.features.to(dp.device)
         groups.append({"params": list(kd.features.parameters()), "weight_decay": 0.0})
     raw = model
     model, optimizer = dp.prepare(model, torch.optim.AdamW(groups, lr=cfg.lr))
-    labels_all = torch.as_tensor(train_set.labels, dtype=torch.long).to(dp.device)
-    teacher_all = torch.as_tensor(kd.teacher_logits).to(dp.device) if kd else None
+    part_loss = classifier_loss(model, raw, train_set, pad_id, kd, dp)
+    before_clip = (lambda: dp.average_gradients(kd.features.parameters())) if features else None
 
-    best_state, best_acc, best_epoch, stale, step = None, -1.0, 0, 0, 0
+    best = BestEpoch(-1.0, operator.gt)
     history: list[dict[str, float]] = []
     started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
-        model.train()
         # Every process draws the same global batches (same seed) and takes its own share of each.
         batches = length_bucketed_batches(lengths, cfg.batch_size, shuffle=True, seed=seed * 1000 + epoch)
-        running, seen = 0.0, 0
-        bar = tqdm(batches, desc=f"{desc} epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, mininterval=2.0,
-                   disable=not dp.main)
-        for index in bar:
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, warmup, cfg.lr)
-            optimizer.zero_grad(set_to_none=True)
-            parts = dp.micro_batches(index)
-            for i, part in enumerate(parts):
-                rows = part if len(part) else index[:1]  # an empty share still joins the all-reduce, at weight 0
-                with dp.syncing(model, last=i == len(parts) - 1), dp.accelerator.autocast():
-                    batch = dp.to_device(model_inputs(raw, collate(train_set.input_ids, rows, pad_id)))
-                    out = model(**batch, output_hidden_states=features, output_attentions=features)
-                    index_t = torch.as_tensor(rows, device=dp.device)
-                    loss = kd_loss(out.logits, teacher_all[index_t] if kd else None, labels_all[index_t],
-                                   kd.alpha if kd else 0.0, kd.temperature if kd else 1.0)
-                    if features:
-                        loss = loss + kd.features(out, batch)
-                    dp.accelerator.backward(loss * dp.weight(len(part), len(index)))
-                running += loss.item() * len(part)
-                seen += len(part)
-            if features:
-                dp.average_gradients(kd.features.parameters())
-            dp.accelerator.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            step += 1
-            bar.set_postfix(loss=f"{running / max(1, seen):.4f}", refresh=False)
-        bar.close()
-        running, seen = dp.total(running, seen)
+        train_loss = train_epoch(dp, model, optimizer, batches, schedule, part_loss,
+                                 lambda part, index: dp.weight(len(part), len(index)),
+                                 f"{desc} epoch {epoch}/{cfg.epochs}", 4, before_clip)
         # Every process holds the same weights and scores the whole validation split; rank 0's figure decides,
         # so early stopping and the best epoch cannot differ between processes.
         val_acc = same_on_every_rank(accuracy(predict_logits(raw, val_set, pad_id), val_set.labels))
-        record = {"train_loss": running / max(1, seen), "val_accuracy": val_acc,
+        record = {"train_loss": train_loss, "val_accuracy": val_acc,
                   "epoch_seconds": time.perf_counter() - started - sum(h["epoch_seconds"] for h in history)}
-        history.append(record)
-        tracker.log_metrics(record, step=epoch)
-        if dp.main:
-            print(f"  {desc} epoch {epoch}: loss {record['train_loss']:.4f}, val acc {val_acc:.4f}, "
-                  f"{record['epoch_seconds']:.0f} s", flush=True)
-        if val_acc > best_acc:
-            best_acc, best_epoch, stale = val_acc, epoch, 0
-            best_state = cpu_state(raw)
-        else:
-            stale += 1
-            if stale >= cfg.patience and epoch < cfg.epochs:
-                if dp.main:
-                    print(f"  {desc}: early stop, best epoch {best_epoch} (val acc {best_acc:.4f})", flush=True)
-                break
+        report_epoch(history, record, epoch, tracker, dp,
+                     f"{desc} epoch {epoch}: loss {train_loss:.4f}, val acc {val_acc:.4f}")
+        best.update(val_acc, epoch, raw)
+        if best.stale >= cfg.patience and epoch < cfg.epochs:
+            if dp.main:
+                print(f"  {desc}: early stop, best epoch {best.epoch} (val acc {best.value:.4f})", flush=True)
+            break
     raw = dp.finish(model, home)
-    raw.load_state_dict(best_state)
+    raw.load_state_dict(best.state)
     raw.eval()
     if features:
         kd.features.to(home)
-    return TrainOutcome(best_epoch, best_acc, len(history), time.perf_counter() - started, history)
+    return TrainOutcome(best.epoch, best.value, len(history), time.perf_counter() - started, history)

@@ -107,3 +107,10 @@ def test_search_prints_the_tracking_uri_redacted(monkeypatch):
     done = invoke(monkeypatch, "search", "--profile", "smoke")
     assert done.exit_code == 0, done.output
     assert "s3cret-pass" not in done.output and "mlflow.example" in done.output
+
+
+def test_bench_and_search_refuse_a_task_they_do_not_handle(monkeypatch):
+    done = invoke(monkeypatch, "bench", "--config", "configs/causal-lm.yaml")
+    assert done.exit_code == 2 and "does not re-measure causal-lm models" in done.output
+    done = invoke(monkeypatch, "search", "--config", "configs/causal-lm.yaml")
+    assert done.exit_code == 2 and "compresses sequence-classification models" in done.output

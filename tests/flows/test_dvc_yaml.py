@@ -1,5 +1,5 @@
 """dvc.yaml is generated from the stage tables (flows/dvc_yaml.py): the committed file is the generated one,
-its params are each stage's config slice, and that slice is exactly what the stage reads."""
+its params are each stage's config slice, and that slice is exactly what the stage reads; for every task."""
 
 from __future__ import annotations
 
@@ -14,24 +14,29 @@ from pydantic import BaseModel
 
 from components.config import load_params
 from components.kit.tracking import NullTracker, StageResult
-from flows import dvc_yaml, lm_stages, stages
-from flows.stages import stage_config, stage_table
-from flows.versioning import TASK_PARAMS
-from flows.workspace import workspace_for
+from flows import dvc_yaml
+from flows.stages import stage_config
+from flows.tasks import TASKS
 
 REPO = Path(__file__).resolve().parents[2]
-TASKS = list(TASK_PARAMS)
+NAMES = list(TASKS)
 
 
 def committed_stages(task: str) -> dict:
-    prefix = dvc_yaml.STAGE_PREFIX[task]
+    prefix = TASKS[task].dvc_prefix
     everything = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     return {name: stage for name, stage in everything.items() if name.startswith("lm-") == bool(prefix)}
 
 
-@pytest.mark.parametrize("task", TASKS)
+def test_every_task_has_its_stages_in_dvc_yaml():
+    assert len(NAMES) == 2
+    everything = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert list(everything) == [task.dvc_prefix + name for task in TASKS.values() for name in task.stages]
+
+
+@pytest.mark.parametrize("task", NAMES)
 def test_committed_dvc_yaml_is_generated_from_the_stage_table(task):
-    assert committed_stages(task) == dvc_yaml.task_stages(task), "run `miniaturize dvc-yaml` (make dvc-yaml)"
+    assert committed_stages(task) == dvc_yaml.task_stages(TASKS[task]), "run `miniaturize dvc-yaml` (make dvc-yaml)"
 
 
 def test_committed_dvc_yaml_is_the_generated_text():
@@ -48,10 +53,10 @@ def test_drift_shows_the_changed_line(tmp_path):
 
 
 def declared_params(task: str, stage: dict) -> list[str]:
-    entries = stage.get("params", [])
-    if TASK_PARAMS[task] == dvc_yaml.DEFAULT_PARAMS:
+    entries, params_file = stage.get("params", []), TASKS[task].params_file
+    if params_file == dvc_yaml.DEFAULT_PARAMS:
         return entries
-    return [key for entry in entries for key in entry[TASK_PARAMS[task]]]
+    return [key for entry in entries for key in entry[params_file]]
 
 
 def lookup(tree: dict, dotted: str):
@@ -60,15 +65,15 @@ def lookup(tree: dict, dotted: str):
     return tree
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", NAMES)
 def test_dvc_params_are_the_stage_config_slice_and_in_the_params_file(task):
-    params = load_params(REPO / TASK_PARAMS[task])
-    raw = yaml.safe_load((REPO / TASK_PARAMS[task]).read_text())
-    prefix = dvc_yaml.STAGE_PREFIX[task]
+    params = load_params(REPO / TASKS[task].params_file)
+    raw = yaml.safe_load((REPO / TASKS[task].params_file).read_text())
+    prefix = TASKS[task].dvc_prefix
     committed = committed_stages(task)
-    for name in stage_table(task).stages:
+    for name, stage in TASKS[task].stages.items():
         declared = declared_params(task, committed[prefix + name])
-        assert declared == list(stage_config(params, name)), name
+        assert declared == list(stage_config(params, stage.sections)), name
         for key in declared:  # DVC reads the file itself, not the schema's defaults
             lookup(raw, key)
 
@@ -117,10 +122,9 @@ COMPONENTS = ("validate", "classification.ingest", "classification.finetune", "c
               "classification.prune", "classification.trim", "classification.export", "classification.quantize",
               "classification.evaluate", "kit.seeds", "causal_lm.data", "causal_lm.train", "causal_lm.export",
               "causal_lm.evaluate")
-RAW_STAGES = {"sequence-classification": stages.STAGES, "causal-lm": lm_stages.STAGES}
 # register hands all the params to flows.registry (a version's params_hash tag covers them all), so these
 # fakes cannot tell what it reads: it is left out.
-CASES = [(task, name) for task in TASKS for name in RAW_STAGES[task] if name != "register"]
+CASES = [(task, name) for task in NAMES for name, stage in TASKS[task].stages.items() if not stage.registers]
 
 
 def collapse(keys: set[str]) -> set[str]:
@@ -133,14 +137,15 @@ def test_each_stage_reads_exactly_its_config_slice(task, name, tmp_path, monkeyp
     log: set[str] = set()
     fake = Component(log)
     for module in COMPONENTS:
-        package, _, name = f"components.{module}".rpartition(".")
-        monkeypatch.setattr(importlib.import_module(package), name, fake, raising=False)
+        package, _, attribute = f"components.{module}".rpartition(".")
+        monkeypatch.setattr(importlib.import_module(package), attribute, fake, raising=False)
         monkeypatch.setitem(sys.modules, f"components.{module}", fake)
     rmtree = shutil.rmtree  # the fake components write nothing for the seeds stage to remove
     monkeypatch.setattr(shutil, "rmtree", lambda path, ignore_errors=False: rmtree(path, ignore_errors=True))
-    params = load_params(REPO / TASK_PARAMS[task])
-    RAW_STAGES[task][name](Reads(params, "", log), workspace_for(task, tmp_path), NullTracker())
-    assert collapse(log) == set(stage_table(task).sections[name]), name
+    params = load_params(REPO / TASKS[task].params_file)
+    stage = TASKS[task].stages[name]
+    stage.run(Reads(params, "", log), TASKS[task].workspace(tmp_path), NullTracker())
+    assert collapse(log) == set(stage.sections), name
 
 
 def test_cli_writes_then_checks(tmp_path, monkeypatch):

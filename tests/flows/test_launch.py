@@ -1,10 +1,12 @@
+from dataclasses import replace
 from pathlib import Path
 
 from components.config import build_params
 from components.kit.tracking import NullTracker, StageResult
 from flows import launch
-from flows.stages import stage_table
-from flows.workspace import Workspace
+from flows.tasks import TASKS
+from flows.tasks.classification import TASK as CLASSIFICATION
+from flows.workspace import StagedWorkspace
 
 
 class RunTracker(NullTracker):
@@ -13,26 +15,28 @@ class RunTracker(NullTracker):
 
 def test_training_stages_launch_on_several_processes_and_the_others_do_not(monkeypatch, tmp_path):
     launched = []
-    monkeypatch.setattr(launch, "launch", lambda name, p, ws, run_id: launched.append((name, ws.root, run_id))
+    monkeypatch.setattr(launch, "launch", lambda task, name, p, ws, run_id: launched.append((name, ws.root, run_id))
                         or StageResult(metrics={"val_accuracy": 1.0}))
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    ws = Workspace(tmp_path)
-    for task in ("sequence-classification", "causal-lm"):
-        table = stage_table(task)
-        params = build_params({"task": task, "distributed": {"processes": 4}})
-        result = table.stages["distill"](params, ws, RunTracker())
+    for task in TASKS.values():
+        params = build_params({"task": task.name, "distributed": {"processes": 4}})
+        result = launch.run(task, "distill", params, task.workspace(tmp_path), RunTracker())
         assert result.metrics == {"val_accuracy": 1.0}
+        assert launch.training_stages(task) == ["finetune", "distill", "prune"]
     assert launched == [("distill", tmp_path, "run-1")] * 2
 
 
 def test_a_launched_process_runs_the_stage_itself(monkeypatch, tmp_path):
     called = []
     monkeypatch.setattr(launch, "launch", lambda *a: called.append("launch"))
+    stages = dict(CLASSIFICATION.stages)
+    stages["finetune"] = replace(stages["finetune"], run=lambda p, ws, t: called.append("stage") or StageResult())
+    task = replace(CLASSIFICATION, stages=stages)
     monkeypatch.setenv("WORLD_SIZE", "4")  # already one of the four processes
-    stage = launch.data_parallel("finetune", lambda p, ws, t: called.append("stage") or StageResult())
-    stage(build_params({"distributed": {"processes": 4}}), Workspace(tmp_path), NullTracker())
+    launch.run(task, "finetune", build_params({"distributed": {"processes": 4}}), task.workspace(tmp_path),
+               NullTracker())
     monkeypatch.delenv("WORLD_SIZE")
-    stage(build_params({}), Workspace(tmp_path), NullTracker())  # one process asked for
+    launch.run(task, "finetune", build_params({}), task.workspace(tmp_path), NullTracker())  # one process asked for
     assert called == ["stage", "stage"]
 
 
@@ -42,11 +46,11 @@ def test_launch_command_runs_the_stage_cli_under_torchrun_with_the_callers_paths
     assert command[6:] == ["flows.cli", "stage", "prune", "--config", "/tmp/p.yaml", "--result", "/tmp/r.json",
                            "--run-id", "abc", "--workspace-path", "pruned=/s/p"]
 
-    ws = Workspace(tmp_path)
-    staged = launch.Paths(ws, {"pruned": tmp_path / "staging" / "pruned"})  # as a pipeline run stages outputs
+    ws = CLASSIFICATION.workspace(tmp_path)
+    staged = StagedWorkspace(ws, {"pruned": tmp_path / "staging" / "pruned"})  # as a pipeline run stages outputs
     assert staged.teacher == ws.teacher and staged.root == ws.root
-    assert launch.moved_paths("prune", build_params({}), staged) == {"pruned": str(tmp_path / "staging" / "pruned")}
-    assert launch.moved_paths("prune", build_params({}), ws) == {}
+    assert launch.moved_paths(CLASSIFICATION, "prune", staged) == {"pruned": str(tmp_path / "staging" / "pruned")}
+    assert launch.moved_paths(CLASSIFICATION, "prune", ws) == {}
 
 
 def test_a_result_survives_the_round_trip(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 
 from components.config import build_params
 from flows.registry import CHALLENGER, CHAMPION, alias_for, version_tags
-from flows.workspace import Workspace
+from flows.tasks.classification import TASK as CLASSIFICATION
 
 REPORT = {"task": "sequence-classification", "dataset": {"sha256": "ab" * 32},
           "models": {"final": {"accuracy": 0.875, "size_bytes": 8_000_000}},
@@ -18,7 +18,7 @@ def test_gate_result_picks_the_alias():
 
 
 def test_version_tags_trace_the_version():
-    tags = version_tags(build_params({}), Workspace(Path(".")), REPORT, "parent123")
+    tags = version_tags(CLASSIFICATION, build_params({}), CLASSIFICATION.workspace(Path(".")), REPORT, "parent123")
     assert tags["data_sha256"] == "ab" * 32 and tags["parent_run_id"] == "parent123"
     assert tags["gate_passed"] == "false" and tags["gate_failed_checks"] == "speedup_batch1_p50"
     assert len(tags["params_hash"]) == 16 and tags["git_commit"]
@@ -27,9 +27,10 @@ def test_version_tags_trace_the_version():
 
 
 def test_version_tags_say_which_split_the_figures_come_from():
-    tags = version_tags(build_params({}), Workspace(Path(".")), REPORT, "parent123")
+    tags = version_tags(CLASSIFICATION, build_params({}), CLASSIFICATION.workspace(Path(".")), REPORT, "parent123")
     assert tags["metrics_split"] == "test" and tags["ratios_split"] == "test"
-    searched = version_tags(build_params({}), Workspace(Path(".")), REPORT | {"split": "validation"}, None)
+    searched = version_tags(CLASSIFICATION, build_params({}), CLASSIFICATION.workspace(Path(".")),
+                            REPORT | {"split": "validation"}, None)
     assert searched["metrics_split"] == "test" and searched["ratios_split"] == "validation"
 
 
@@ -49,7 +50,7 @@ def registry_ws(tmp_path, monkeypatch):
     from flows.registry import log_version
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    ws = Workspace(tmp_path)
+    ws = CLASSIFICATION.workspace(tmp_path)
     mlflow.set_tracking_uri(tracking.tracking_uri(ws.root))
     client = tracking.client(ws.root)
     experiment = tracking.experiment_id(client, ws.root)
@@ -65,8 +66,9 @@ def registry_ws(tmp_path, monkeypatch):
         report = tmp_path / "compression_report.json"
         report.write_text(json.dumps({"final_vs_teacher": ratios, "models": {"final": {"accuracy": accuracy}}}))
         run_id = tracking.start_run(client, experiment, "register")
-        log_version(params, run_id, model_dir, report, {"final.accuracy": str(accuracy), "final.size_bytes": "1000",
-                                                        "git_commit": "abc", "lineage.train.key": "k", **MEASURED})
+        log_version(CLASSIFICATION, params, run_id, model_dir, report,
+                    {"final.accuracy": str(accuracy), "final.size_bytes": "1000", "git_commit": "abc",
+                     "lineage.train.key": "k", **MEASURED})
         tracking.end_run(client, run_id, True)
     return params, ws, client
 
@@ -79,16 +81,16 @@ def test_promotion_lifecycle_gate_vs_champion_force_and_rollback(registry_ws):
     name = params.register_.model_name
     registry.move_alias(client, ws.root, name, "1", CHAMPION, reason="gate passed", by="pipeline")
     with pytest.raises(registry.GateRejected, match="vs_champion.accuracy_drop_points: 2 vs threshold 0.5"):
-        registry.promote(params, ws, "2")
+        registry.promote(CLASSIFICATION, params, ws, "2")
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
 
-    forced = registry.promote(params, ws, "2", force=True, reason="hotfix for a data bug")
+    forced = registry.promote(CLASSIFICATION, params, ws, "2", force=True, reason="hotfix for a data bug")
     assert forced["forced"] and forced["previous"] == "1"
     tags = client.get_model_version(name, "2").tags
     assert tags["alias.champion.forced"] == "true" and "hotfix for a data bug" in tags["alias.champion.reason"]
     assert "miniaturize promote" in tags["alias.champion.by"]
 
-    done = registry.promote(params, ws, "3")  # 2 points better than the forced champion: passes
+    done = registry.promote(CLASSIFICATION, params, ws, "3")  # 2 points better than the forced champion: passes
     assert not done["forced"] and done["previous"] == "2"
     assert registry.rollback(params, ws, "latency regression")["version"] == "2"
     assert registry.rollback(params, ws, "again")["version"] == "1"
@@ -101,7 +103,7 @@ def test_promotion_lifecycle_gate_vs_champion_force_and_rollback(registry_ws):
         ("1", "set", False), ("2", "set", True), ("3", "set", False), ("2", "rollback", False),
         ("1", "rollback", False)]
     assert all(e["at"] and e["by"] and e["reason"] for e in history)
-    chain = registry.lineage(params, ws, "2")
+    chain = registry.lineage(CLASSIFICATION, params, ws, "2")
     assert chain["git_commit"] == "abc" and [e["action"] for e in chain["alias_history"]] == ["set", "rollback"]
 
 
@@ -114,7 +116,7 @@ def test_a_champion_measured_on_other_data_is_not_compared(registry_ws):
     name = params.register_.model_name
     client.set_model_version_tag(name, "1", "data_sha256", "cd" * 32)
     registry.move_alias(client, ws.root, name, "1", CHAMPION, reason="gate passed", by="pipeline")
-    done = registry.promote(params, ws, "2")
+    done = registry.promote(CLASSIFICATION, params, ws, "2")
     check = done["checks"]["checks"]["vs_champion.accuracy_drop_points"]
     assert not done["forced"] and check["passed"] and check["value"] is None
     assert check["note"] == "champion measured on other data: not compared"
@@ -146,12 +148,12 @@ def test_the_champion_is_remeasured_on_the_candidates_data(registry_ws, tiny_mod
     for role, folder, accuracy, data in (("champion", onnx_dir, 0.99, "cd" * 32),
                                          ("candidate", onnx_dir, truth - 0.002, "0" * 64)):
         run_id = tracking.start_run(client, experiment, role)
-        versions[role] = registry.log_version(params, run_id, folder, report, {
+        versions[role] = registry.log_version(CLASSIFICATION, params, run_id, folder, report, {
             "final.accuracy": str(accuracy), "final.size_bytes": "1000", "data_sha256": data, "metrics_split": "test"})
         tracking.end_run(client, run_id, True)
     registry.move_alias(client, ws.root, name, versions["champion"], CHAMPION, reason="gate passed", by="pipeline")
 
-    done = registry.promote(params, ws, versions["candidate"])
+    done = registry.promote(CLASSIFICATION, params, ws, versions["candidate"])
     check = done["checks"]["checks"]["vs_champion.accuracy_drop_points"]
     assert check["passed"] and check["note"] == ""
     assert check["value"] == pytest.approx(100 * (truth - (truth - 0.002)))  # against the re-measured figure

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import pytest
 
 from components.config import build_params
-from flows.workspace import Workspace
+from flows.tasks.classification import TASK as CLASSIFICATION
 
 
 def one_node_onnx(path: Path) -> None:
@@ -34,7 +34,7 @@ def registry(tmp_path, monkeypatch):
     from flows.registry import log_version
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    ws = Workspace(tmp_path / "project")
+    ws = CLASSIFICATION.workspace(tmp_path / "project")
     ws.root.mkdir()
     monkeypatch.chdir(ws.root)
     mlflow.set_tracking_uri(tracking.tracking_uri(ws.root))
@@ -52,7 +52,8 @@ def registry(tmp_path, monkeypatch):
     params = build_params({})
     for folder in (full, bare):
         run_id = tracking.start_run(client, experiment, "register")
-        log_version(params, run_id, folder, report, {"final_vs_teacher.size_ratio": "5", "git_commit": "abc"})
+        log_version(CLASSIFICATION, params, run_id, folder, report,
+                    {"final_vs_teacher.size_ratio": "5", "git_commit": "abc"})
         tracking.end_run(client, run_id, True)
     return params, ws, client
 
@@ -88,7 +89,7 @@ def test_registration_logs_the_edge_bundle_and_tags_its_manifest_sha256(registry
     params, ws, client = registry
     name = params.register_.model_name
     tag = client.get_model_version(name, "1").tags[MANIFEST_TAG]
-    folder, expected = registered_bundle(ws, f"models:/{name}/1", tmp_path / "download")
+    folder, expected = registered_bundle(ws.root, f"models:/{name}/1", tmp_path / "download")
     assert expected == tag == manifest_sha256(folder)
     manifest = verify(folder, tag)
     assert manifest["source"]["model_uri"] == f"models:/{name}/1" and manifest["source"]["version"] == "1"

@@ -3,8 +3,12 @@ from pathlib import Path
 from components.config import build_params
 from components.kit.tracking import NullTracker, PrefixedTracker, StageResult
 from flows.pipeline import stage_key
-from flows.stages import STAGE_SECTIONS, STAGES, merge, stage_config
+from flows.stages import merge, stage_config
+from flows.tasks import TASKS
+from flows.tasks.classification import TASK as CLASSIFICATION
 from flows.tracking import flatten
+
+STAGES = CLASSIFICATION.stages
 
 
 def test_every_stage_has_a_config_slice_and_dvc_stage():
@@ -12,7 +16,7 @@ def test_every_stage_has_a_config_slice_and_dvc_stage():
 
     dvc = yaml.safe_load(open("dvc.yaml"))["stages"]
     classification = {n: s for n, s in dvc.items() if not n.startswith("lm-")}
-    assert list(STAGES) == list(STAGE_SECTIONS) == list(classification)
+    assert list(STAGES) == list(classification)
     assert all(stage["cmd"] == f"miniaturize stage {name}" for name, stage in classification.items())
     assert all(stage["cmd"] == f"miniaturize stage {name[3:]} --config configs/causal-lm.yaml"
                for name, stage in dvc.items() if name.startswith("lm-"))
@@ -21,24 +25,24 @@ def test_every_stage_has_a_config_slice_and_dvc_stage():
 def test_dvc_yaml_declares_the_inputs_outputs_and_code_that_stage_keys_hash():
     import yaml
 
-    from flows.stages import code_files, stage_paths, stage_table
-    from flows.workspace import workspace_for
+    from flows.stages import code_files, stage_paths
 
     def names(items):
         return {n for item in items for n in (item if isinstance(item, dict) else [item])}
 
     dvc = yaml.safe_load(open("dvc.yaml"))["stages"]
-    for task, prefix in (("sequence-classification", ""), ("causal-lm", "lm-")):
-        ws, table = workspace_for(task, Path.cwd()), stage_table(task)
-        assert [n for n in dvc if n.startswith("lm-") == bool(prefix)] == [prefix + n for n in table.stages]
-        for name, io in table.io.items():
+    assert [task.dvc_prefix for task in TASKS.values()] == ["", "lm-"]
+    for task in TASKS.values():
+        prefix, ws = task.dvc_prefix, task.workspace(Path.cwd())
+        assert [n for n in dvc if n.startswith("lm-") == bool(prefix)] == [prefix + n for n in task.stages]
+        for name, declared in task.stages.items():
+            io, sections = declared.io, declared.sections
             stage = dvc[prefix + name]
             assert names(stage.get("deps", [])) == set(stage_paths(ws, io.inputs)) | set(code_files(io.code)), name
             assert names(stage["outs"]) | names(stage.get("metrics", [])) == set(stage_paths(ws, io.outputs)), name
             if prefix:  # the causal-lm stages read configs/causal-lm.yaml, the same sections as their keys
-                declared = dict(item for entry in stage.get("params", []) for item in entry.items())
-                assert declared == ({"configs/causal-lm.yaml": list(table.sections[name])}
-                                    if table.sections[name] else {}), name
+                params = dict(item for entry in stage.get("params", []) for item in entry.items())
+                assert params == ({"configs/causal-lm.yaml": list(sections)} if sections else {}), name
 
 
 def test_stage_key_changes_only_downstream_of_a_changed_slice():
@@ -56,8 +60,32 @@ def test_stage_key_changes_only_downstream_of_a_changed_slice():
 
 def test_stage_config_holds_only_the_stage_sections():
     params = build_params({})
-    assert set(stage_config(params, "distill")) == {"distill", "seed", "distributed"}
-    assert stage_config(params, "ingest")["data"]["source"] == "vader-movie"
+    assert set(stage_config(params, STAGES["distill"].sections)) == {"distill", "seed", "distributed"}
+    assert stage_config(params, STAGES["ingest"].sections)["data"]["source"] == "vader-movie"
+
+
+def test_the_runner_learns_from_the_records_which_stage_registers_reads_data_or_trains():
+    for task in TASKS.values():
+        assert [n for n, s in task.stages.items() if s.registers] == ["register"]
+        assert [n for n, s in task.stages.items() if s.reads_data_source] == ["ingest"]
+        assert [n for n, s in task.stages.items() if s.data_parallel] == ["finetune", "distill", "prune"]
+
+
+def test_the_task_names_are_the_ones_the_config_accepts():
+    from components.config import TASK_NAMES
+
+    assert tuple(TASKS) == TASK_NAMES
+    assert all(name == task.name for name, task in TASKS.items())
+
+
+def test_a_user_data_file_is_an_input_of_the_stage_that_reads_it(tmp_path):
+    for task in TASKS.values():
+        (tmp_path / "mine.csv").write_text("text,label\na,b\n")
+        params = build_params({"task": task.name}, overrides=[f"{task.data_source}=mine.csv"])
+        keys = [stage_key("ingest", params, "root", task.workspace(tmp_path))]
+        (tmp_path / "mine.csv").write_text("text,label\na,c\n")
+        keys.append(stage_key("ingest", params, "root", task.workspace(tmp_path)))
+        assert keys[0] != keys[1], task.name
 
 
 class Recorder(NullTracker):
@@ -83,3 +111,12 @@ def test_named_tracker_prefixes_and_merge_keeps_both_results():
 
 def test_flatten_nested_params():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
+
+
+def test_each_task_names_the_bundle_kind_its_edge_script_checks():
+    from components import causal_lm, classification
+    from components.causal_lm import edge_generate
+    from components.classification import edge_predict
+
+    assert classification.KIND == edge_predict.KIND and causal_lm.KIND == edge_generate.KIND
+    assert [task.bundle_kind for task in TASKS.values()] == [classification.KIND, causal_lm.KIND]

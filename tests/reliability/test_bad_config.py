@@ -2,7 +2,7 @@
 
 Schema cases (unknown keys, wrong types, impossible values) go through `load_params`; the cases that need
 the teacher (a path that does not exist, a hub id while offline, more student layers than the teacher
-has) through `flows.preflight.check`, which reads only the teacher's config.json. Two cases run
+has) through the task's pre-flight check (`Task.preflight`), which reads only the teacher's config.json. Two cases run
 `miniaturize run` in a throwaway project: exit code 2, the message on stderr, nothing written.
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q tests/reliability/test_bad_config.py
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from components.config import ConfigError, load_params
-from flows import preflight
+from flows.tasks import task_for
 from tests.flows.conftest import make_project, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,14 +54,14 @@ SCHEMA_CASES = [
      r"lm\.distill\.layers \[0, 2, 9\] must be distinct teacher blocks 0\.\.5"),
     ("export tolerance below 0", CLASSIFICATION, ["export.max_abs_logit_diff=-1"],
      r"export\.max_abs_logit_diff: Input should be greater than 0"),
-    ("quantize tolerance below 0", CLASSIFICATION, ["quantize.max_accuracy_drop_points=-0.5"],
-     r"quantize\.max_accuracy_drop_points: .*greater than or equal to 0"),
-    ("gate tolerance below 0", CLASSIFICATION, ["register.gate.max_accuracy_drop_points=-1"],
-     r"register\.gate\.max_accuracy_drop_points: .*greater than or equal to 0"),
+    ("quantize tolerance below 0", CLASSIFICATION, ["quantize.max_drop_vs_fp32_points=-0.5"],
+     r"quantize\.max_drop_vs_fp32_points: .*greater than or equal to 0"),
+    ("gate tolerance below 0", CLASSIFICATION, ["register.gate.max_drop_vs_teacher_points=-1"],
+     r"register\.gate\.max_drop_vs_teacher_points: .*greater than or equal to 0"),
     ("champion tolerance below 0", CLASSIFICATION, ["register.gate.max_drop_vs_champion_points=-0.1"],
      r"register\.gate\.max_drop_vs_champion_points: .*greater than or equal to 0"),
-    ("search tolerance below 0", CLASSIFICATION, ["search.max_accuracy_drop_points=-1"],
-     r"search\.max_accuracy_drop_points: .*greater than or equal to 0"),
+    ("search tolerance below 0", CLASSIFICATION, ["search.max_drop_vs_teacher_points=-1"],
+     r"search\.max_drop_vs_teacher_points: .*greater than or equal to 0"),
     ("lm gate tolerance below 0", CAUSAL_LM, ["lm.gate.max_bleu_drop_points=-1"],
      r"lm\.gate\.max_bleu_drop_points: .*greater than or equal to 0"),
     ("pretrained lm without a model", CAUSAL_LM, PRETRAINED_LM, r"lm\.teacher\.model is required"),
@@ -79,7 +79,8 @@ def test_schema_refuses_with_a_message_naming_the_key(params_file, overrides, me
 
 def test_the_shipped_params_pass_both_checks(tmp_path):
     for params_file in (CLASSIFICATION, CAUSAL_LM):
-        preflight.check(load_params(params_file), tmp_path, search=True)
+        params = load_params(params_file)
+        task_for(params).preflight(params, tmp_path, True)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,8 @@ def project(tmp_path, tiny_model_dir) -> Path:
 
 
 def preflight_case(params_file: Path, overrides: list[str], root: Path, search: bool = False) -> None:
-    preflight.check(load_params(params_file, overrides=overrides), root, search=search)
+    params = load_params(params_file, overrides=overrides)
+    task_for(params).preflight(params, root, search)
 
 
 def test_student_layers_beyond_the_teachers_depth_are_refused(project, tiny_model_dir):

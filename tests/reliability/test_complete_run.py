@@ -20,7 +20,8 @@ import json
 import pytest
 
 from flows import cache
-from flows.workspace import LMWorkspace, Workspace
+from flows.tasks.causal_lm import TASK as CAUSAL_LM
+from flows.tasks.classification import TASK as CLASSIFICATION
 from tests.conftest import lm_sentences
 from tests.reliability.conftest import PLANTED_SECRETS, make_tiny_project, run_pipeline
 
@@ -36,7 +37,7 @@ def test_the_complete_run_left_nothing_staged_and_an_unchanged_rerun_skips_every
                                                                                       monkeypatch):
     project = tiny_run["project"]
     assert tiny_run["outcome"]["registration"]["alias"] == "champion"
-    assert not any((Workspace(project).state / "staging").glob("*/*")), "staging left behind"
+    assert not any((CLASSIFICATION.workspace(project).state / "staging").glob("*/*")), "staging left behind"
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     again = run_pipeline(project, prefect_api)
     assert all(stage["cache_hit"] for stage in again["stages"].values())
@@ -75,8 +76,8 @@ def test_a_causal_lm_run_in_the_same_project_keeps_both_stage_caches(tiny_run, p
     again = run_pipeline(project, prefect_api)
     assert all(stage["cache_hit"] for stage in again["stages"].values()), "the causal-lm run invalidated them"
     assert all(stage["cache_hit"] for stage in run_lm(project, prefect_api)["stages"].values())
-    assert (Workspace(project).state / "stages" / "ingest.json").is_file()
-    assert (LMWorkspace(project).state / "stages" / "ingest.json").is_file()
+    assert (CLASSIFICATION.workspace(project).state / "stages" / "ingest.json").is_file()
+    assert (CAUSAL_LM.workspace(project).state / "stages" / "ingest.json").is_file()
 
 
 def test_no_planted_secret_in_any_file_the_run_wrote_or_in_its_output(tiny_run):
@@ -99,7 +100,7 @@ def test_a_second_run_from_scratch_gives_the_same_data_hash_and_accuracy(tiny_ru
     run_pipeline(second, prefect_api, until="distill")
 
     def record(project, stage):
-        return json.loads(cache.StageCache(Workspace(project).state).path(stage).read_text())
+        return json.loads(cache.StageCache(CLASSIFICATION.workspace(project).state).path(stage).read_text())
 
     assert record(first, "ingest")["outputs"] == record(second, "ingest")["outputs"]
     for stage in ("finetune", "distill"):
@@ -125,7 +126,7 @@ def test_a_crash_between_registration_and_the_alias_move_keeps_the_old_champion(
         raise SystemExit("killed between registration and the alias move")
 
     monkeypatch.setattr(registry, "move_alias", crash)
-    cache.StageCache(Workspace(project).state).forget("register")  # register again, the same model
+    cache.StageCache(CLASSIFICATION.workspace(project).state).forget("register")  # register again, the same model
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(BaseException, match="killed between registration"):
         run_pipeline(project, prefect_api, "retries.stage_attempts=1")
@@ -135,4 +136,4 @@ def test_a_crash_between_registration_and_the_alias_move_keeps_the_old_champion(
     # ... and the crash left the champion where it was, and the registration unrecorded.
     assert client.get_model_version_by_alias(name, "champion").version == champion
     assert "alias.champion.set_at" not in client.get_model_version(name, seen["version"]).tags
-    assert not cache.StageCache(Workspace(project).state).path("register").exists()
+    assert not cache.StageCache(CLASSIFICATION.workspace(project).state).path("register").exists()

@@ -20,7 +20,7 @@ import pytest
 
 from flows import cache
 from flows.lock import holder, killed_runs
-from flows.workspace import Workspace
+from flows.tasks.classification import TASK as CLASSIFICATION
 from tests.flows.conftest import BIN
 from tests.reliability.conftest import run_pipeline
 
@@ -31,24 +31,26 @@ def stage_outputs(project: Path) -> dict[str, str]:
 
 def test_a_stage_that_fails_half_way_keeps_the_previous_outputs_and_is_not_recorded(tiny_project, prefect_api,
                                                                                      monkeypatch):
-    from flows import stages
+    from dataclasses import replace
+
+    from flows.tasks.classification import STAGES
 
     run_pipeline(tiny_project, prefect_api, until="distill")
     before = cache.tree_sha256(tiny_project / "models" / "student")
-    real = stages.STAGES["distill"]
+    real = STAGES["distill"]
 
     def dies_half_way(p, ws, tracker):
         ws.student.mkdir(parents=True)
         (ws.student / "model.safetensors").write_bytes(b"half a model")
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setitem(stages.STAGES, "distill", dies_half_way)
+    monkeypatch.setitem(STAGES, "distill", replace(real, run=dies_half_way))
     with pytest.raises(RuntimeError, match="disk on fire"):
         run_pipeline(tiny_project, prefect_api, until="distill", force=True)
     assert cache.tree_sha256(tiny_project / "models" / "student") == before
-    assert not cache.StageCache(Workspace(tiny_project).state).path("distill").exists()
-    assert (Workspace(tiny_project).state / "failed" / "distill" / "models" / "student" / "model.safetensors").exists()
-    monkeypatch.setitem(stages.STAGES, "distill", real)
+    assert not cache.StageCache(CLASSIFICATION.workspace(tiny_project).state).path("distill").exists()
+    assert (CLASSIFICATION.workspace(tiny_project).state / "failed" / "distill" / "models" / "student" / "model.safetensors").exists()
+    monkeypatch.setitem(STAGES, "distill", real)
     resumed = run_pipeline(tiny_project, prefect_api, until="distill")
     assert [name for name, s in resumed["stages"].items() if not s["cache_hit"]] == ["distill"]
 
@@ -116,7 +118,7 @@ def test_sigkill_during_a_stage_resumes_from_the_last_completed_stage_and_leaves
                                                                                          prefect_api):
     from mlflow.tracking import MlflowClient
 
-    store = cache.StageCache(Workspace(tiny_project).state)
+    store = cache.StageCache(CLASSIFICATION.workspace(tiny_project).state)
     mlflow = MlflowClient(f"sqlite:///{tiny_project / 'mlflow.db'}")
     # The killed runs have no PREFECT_API_URL: each starts a temporary Prefect API, both on one database.
     own_api = {"PREFECT_HOME": str(tiny_project.parent / "prefect-home"), "PREFECT_API_URL": None}

@@ -10,31 +10,33 @@ from tests.reliability.conftest import run_pipeline
 
 
 def flaky(real, errors: list[Exception], calls: list[int]):
+    """The stage record `real`, its function failing with each of `errors` first."""
+    from dataclasses import replace
+
     def stage(p, ws, tracker):
         calls.append(1)
         if errors:
             raise errors.pop(0)
-        return real(p, ws, tracker)
-    return stage
+        return real.run(p, ws, tracker)
+    return replace(real, run=stage)
 
 
 def test_a_transient_error_is_retried_and_the_run_completes(tiny_project, prefect_api, monkeypatch):
-    from flows import stages
+    from flows.tasks.classification import STAGES
 
     calls: list[int] = []
-    monkeypatch.setitem(stages.STAGES, "ingest", flaky(stages.STAGES["ingest"],
-                                                       [ConnectionResetError(104, "Connection reset by peer")], calls))
+    monkeypatch.setitem(STAGES, "ingest", flaky(STAGES["ingest"], [ConnectionResetError(104, "Connection reset by peer")],
+                                                calls))
     outcome = run_pipeline(tiny_project, prefect_api, until="ingest")
     assert len(calls) == 2 and not outcome["stages"]["ingest"]["cache_hit"]
     assert (tiny_project / "data" / "prepared" / "train.parquet").is_file()
 
 
 def test_a_deterministic_error_is_not_retried(tiny_project, prefect_api, monkeypatch):
-    from flows import stages
+    from flows.tasks.classification import STAGES
 
     calls: list[int] = []
-    monkeypatch.setitem(stages.STAGES, "ingest", flaky(stages.STAGES["ingest"],
-                                                       [ValueError("column 'text' holds numbers")], calls))
+    monkeypatch.setitem(STAGES, "ingest", flaky(STAGES["ingest"], [ValueError("column 'text' holds numbers")], calls))
     with pytest.raises(ValueError, match="holds numbers"):
         run_pipeline(tiny_project, prefect_api, until="ingest")
     assert len(calls) == 1

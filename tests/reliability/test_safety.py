@@ -26,7 +26,7 @@ from components.classification import distill, export, finetune, prune
 from components.config import DistillConfig, ExportConfig, PruneConfig, TeacherConfig, load_params
 from components.kit.modeling import ModelSourceError
 from components.kit.tracking import NullTracker
-from flows import preflight
+from flows.tasks import task_for
 
 REPO = Path(__file__).resolve().parents[2]
 NO_SAFETENSORS = r"has no \.safetensors weights \(only pytorch_model\.bin, a pickle checkpoint, which is never loaded\)"
@@ -64,12 +64,14 @@ def load_teacher_for_finetune(folder: Path, prepared: Path, out: Path) -> None:
 
 
 def preflight_check(folder: Path, prepared: Path, out: Path) -> None:
-    preflight.check(load_params(REPO / "params.yaml", overrides=[f"teacher.model={folder}"]), out)
+    params = load_params(REPO / "params.yaml", overrides=[f"teacher.model={folder}"])
+    task_for(params).preflight(params, out, False)
 
 
 def lm_pretrained_preflight(folder: Path, prepared: Path, out: Path) -> None:
     overrides = ["lm.teacher.init=pretrained", f"lm.teacher.model={folder}", "lm.distill.layers=[0]"]
-    preflight.check(load_params(REPO / "configs" / "causal-lm.yaml", overrides=overrides), out)
+    params = load_params(REPO / "configs" / "causal-lm.yaml", overrides=overrides)
+    task_for(params).preflight(params, out, False)
 
 
 def distill_from(folder: Path, prepared: Path, out: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from flows import cache
 from flows.retries import TrackingUnavailable
-from flows.workspace import Workspace
+from flows.tasks.classification import TASK as CLASSIFICATION
 from tests.reliability.conftest import run_pipeline
 
 
@@ -29,30 +29,32 @@ def test_mlflow_down_at_the_start_fails_clearly_after_retries_and_computes_nothi
 
 def test_mlflow_down_mid_stage_keeps_outputs_and_logs_and_the_next_run_replays_them(tiny_project, prefect_api,
                                                                                     mlflow_server, monkeypatch):
+    from dataclasses import replace
+
     from mlflow.tracking import MlflowClient
 
-    from flows import stages
+    from flows.tasks.classification import STAGES
 
     mlflow_server.start()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-    real = stages.STAGES["validate"]
+    real = STAGES["validate"]
 
     def server_dies_then_validate(p, ws, tracker):
         mlflow_server.stop()
-        return real(p, ws, tracker)
+        return real.run(p, ws, tracker)
 
-    monkeypatch.setitem(stages.STAGES, "validate", server_dies_then_validate)
+    monkeypatch.setitem(STAGES, "validate", replace(real, run=server_dies_then_validate))
     with pytest.raises(TrackingUnavailable) as caught:
         run_pipeline(tiny_project, prefect_api, "retries.stage_attempts=1", until="validate")
     message = str(caught.value)
     assert "the validate stage finished and its outputs are in place (reports/validation)" in message
     assert "the next run logs them without computing it again" in message
-    record = cache.StageCache(Workspace(tiny_project).state).path("validate")
+    record = cache.StageCache(CLASSIFICATION.workspace(tiny_project).state).path("validate")
     assert record.is_file() and (tiny_project / "reports" / "validation" / "validation.json").is_file()
     kept = cache.Record(**json.loads(record.read_text()))
     assert {e["kind"] for e in kept.journal} >= {"metrics", "artifact", "end"}
 
-    monkeypatch.setitem(stages.STAGES, "validate", real)
+    monkeypatch.setitem(STAGES, "validate", real)
     mlflow_server.start()
     again = run_pipeline(tiny_project, prefect_api, until="validate")
     assert again["stages"]["validate"]["cache_hit"], "validate was computed again"

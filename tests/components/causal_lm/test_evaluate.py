@@ -5,7 +5,7 @@ import pytest
 
 from components.causal_lm import evaluate, export
 from components.config import LMEvaluateConfig, LMGateConfig
-from components.kit.gate import LM_RATIO_KEYS, compare_lm_to_champion, compare_lm_to_teacher, decide_lm
+from components.kit.gate import compare_lm_to_champion, compare_lm_to_teacher, decide_lm
 from components.kit.report import ModelSpec
 from components.kit.tracking import NullTracker
 
@@ -13,6 +13,7 @@ TINY = LMEvaluateConfig(prefix_tokens=4, continuation_tokens=8, bleu_sentences=1
                         generation_prompts=3, rss_prompts=2, threads=1)
 ENTRY_KEYS = {"runtime", "perplexity", "bleu", "bleu_sentences", "tokens_per_s", "size_bytes",
               "params", "peak_rss_mb"}
+LM_RATIO_KEYS = ("size_ratio", "perplexity_ratio", "bleu_drop_points", "generation_speedup")  # compare_lm_to_teacher's
 
 
 class RecordingTracker(NullTracker):

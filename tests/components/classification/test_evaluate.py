@@ -8,13 +8,15 @@ import pytest
 
 from components.classification import evaluate
 from components.config import EvaluateConfig, GateConfig
-from components.kit.gate import RATIO_KEYS, compare_to_teacher, decide
-from components.kit.report import ModelSpec
+from components.kit.gate import compare_to_teacher, decide
+from components.kit.report import ModelSpec, json_safe
 from components.kit.tracking import NullTracker
 
 TINY = EvaluateConfig(threads=1, warmup=1, batch1_calls=3, batch32_calls=3, rss_sentences=4)
 MODEL_KEYS = {"runtime", "accuracy", "f1_macro", "size_bytes", "params", "latency_ms", "peak_rss_mb",
               "agreement_with_teacher"}
+# What `compare_to_teacher` returns (the report's final_vs_teacher section, before the seed figures).
+RATIO_KEYS = ("size_ratio", "speedup_batch1_p50", "speedup_batch32_p50", "accuracy_drop_points")
 
 
 class RecordingTracker(NullTracker):
@@ -176,7 +178,7 @@ def test_pure_helpers():
     assert evaluate.agreement(np.array(["a", "b", "a"]), np.array(["a", "a", "a"])) == pytest.approx(2 / 3)
     scores = evaluate.classification_scores(np.array([0, 0, 0, 0]), np.array([0, 0, 1, 1]), n_labels=2)
     assert scores["accuracy"] == 0.5 and scores["f1_macro"] == pytest.approx((2 / 3 + 0) / 2)
-    assert evaluate.json_safe({"a": [1.0, math.nan], "b": {"c": math.inf}, "d": "x"}) == \
+    assert json_safe({"a": [1.0, math.nan], "b": {"c": math.inf}, "d": "x"}) == \
         {"a": [1.0, None], "b": {"c": None}, "d": "x"}
 
 
@@ -201,7 +203,7 @@ def test_an_empty_split_is_not_available_never_a_number(tmp_path):
     decision = decide(ratios, GateConfig())
     card = {"source": "fixture", "sha256": "0" * 64, "rows": {"test": 0}}
     report = evaluate.build_report(card, entries, decision, {"cpu": "cpu", "threads": 1})
-    text = json.dumps(evaluate.json_safe(report), allow_nan=False)
+    text = json.dumps(json_safe(report), allow_nan=False)
     assert json.loads(text)["models"]["final"]["accuracy"] is None
     assert json.loads(text)["final_vs_teacher"]["accuracy_drop_points"] is None
     assert decision.failed() == ["accuracy_drop_points"]

@@ -51,7 +51,7 @@ def test_summary_markdown_and_plot(tmp_path):
     teacher = {"val_accuracy": 0.88, "test_accuracy": 0.87, "latency_ms": 10.0, "size_bytes": 90_000_000}
     rows = [row("a", 0.875, 1.0, 9), row("b", 0.86, 0.8, 8), {"name": "c", "error": "boom"}]
     cfg = SearchConfig()
-    choice = search.choose(rows, teacher["val_accuracy"], cfg.max_accuracy_drop_points)
+    choice = search.choose(rows, teacher["val_accuracy"], cfg.max_drop_vs_teacher_points)
     result = search.summary(rows, teacher, choice, cfg, skipped=["d"])
     assert result["chosen"] == "a" and result["front"] == ["b", "a"]
     assert rows[0]["speedup_batch1"] == pytest.approx(10.0) and rows[0]["size_ratio"] == pytest.approx(10.0)

@@ -96,8 +96,7 @@ def launched(tmp_path_factory, tiny_prepared, no_dropout_model) -> dict[int, dic
     import time
 
     from components.config import load_params
-    from flows.stages import STAGES
-    from flows.workspace import Workspace
+    from flows.tasks.classification import TASK
 
     out = {}
     root = make_project(tmp_path_factory.mktemp("two_processes"), tiny_prepared, no_dropout_model)
@@ -108,7 +107,7 @@ def launched(tmp_path_factory, tiny_prepared, no_dropout_model) -> dict[int, dic
     params, started, histories = load_params(root / "params.yaml"), time.perf_counter(), {}
     for name in ("finetune", "distill"):
         histories[name] = History()
-        STAGES[name](params, Workspace(root), histories[name])
+        TASK.stages[name].run(params, TASK.workspace(root), histories[name])
     out[1] = {"root": root, "histories": {k: v.history for k, v in histories.items()},
               "seconds": time.perf_counter() - started}
     return out

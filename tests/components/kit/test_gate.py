@@ -5,7 +5,7 @@ import pytest
 from components.config import GateConfig
 from components.kit.gate import Check, GateDecision, compare_to_teacher, decide
 
-CFG = GateConfig(max_accuracy_drop_points=2.0, min_size_ratio=3.0, min_speedup=3.0)
+CFG = GateConfig(max_drop_vs_teacher_points=2.0, min_size_ratio=3.0, min_speedup=3.0)
 CHECKS = ["accuracy_drop_points", "size_ratio", "speedup_batch1_p50"]
 
 
@@ -84,7 +84,7 @@ def test_negative_accuracy_drop_passes():
 
 
 def test_zero_thresholds():
-    cfg = GateConfig(max_accuracy_drop_points=0.0, min_size_ratio=0.0, min_speedup=0.0)
+    cfg = GateConfig(max_drop_vs_teacher_points=0.0, min_size_ratio=0.0, min_speedup=0.0)
     assert decide(ratios(drop=0.0, size=0.0, speedup=0.0), cfg).passed
     assert decide(ratios(drop=0.01, size=0.0, speedup=0.0), cfg).failed() == ["accuracy_drop_points"]
 

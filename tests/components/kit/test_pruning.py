@@ -17,3 +17,23 @@ def test_neurons_to_keep_keeps_top_share_in_order():
     keep = neurons_to_keep([np.array([5.0, 1.0, 3.0, 0.0])], ratio=0.5)
     assert keep[0].tolist() == [0, 2]
 
+
+
+def test_retained_inputs_scores_are_gradient_times_activation_and_hooks_go_away():
+    import torch
+
+    from components.kit.pruning import head_scores, neuron_scores, retained_inputs
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 1)
+    x = torch.randn(2, 3, 4)  # (batch, tokens, width): 2 heads of width 2, or 4 neurons
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]]).unsqueeze(-1).float()
+    with retained_inputs({"dense": layer}) as captured:
+        layer(x.clone().requires_grad_()).sum().backward()
+        seen = captured["dense"]
+    assert not layer._forward_pre_hooks  # removed on exit
+    grad = layer.weight.detach()[0].expand_as(x)  # d(sum of outputs)/d input
+    per_neuron = (x * grad * mask).sum(1).abs().sum(0)
+    assert np.allclose(neuron_scores(seen, mask), per_neuron.numpy())
+    per_head = (x * grad * mask).reshape(2, 3, 2, 2).sum(dim=(1, 3)).abs().sum(0)
+    assert np.allclose(head_scores(seen, mask, n_heads=2), per_head.numpy())

@@ -1,0 +1,219 @@
+"""The causal-lm task (configs/causal-lm.yaml): its workspace layout, its stages and its record, `TASK`.
+
+The same stage names as the classification task, each calling a causal-LM component (components/causal_lm/):
+ingest (corpus + byte-level BPE) -> validate (text checks) -> finetune (teacher, from scratch or a hub
+model) -> distill (fewer blocks, token-level KL + CE, and the ablation without the teacher) -> prune
+(MLP neurons, physically, then recovery) -> export (ONNX with past key values, greedy output checked
+against PyTorch) -> quantize (dynamic int8) -> evaluate (perplexity, BLEU, tokens/s, size, RSS; the gate)
+-> register (the same registry code as classification, `flows.registry`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from components.causal_lm import KIND, NAME
+from components.config import Params
+from components.kit import gate
+from components.kit.tracking import StageResult, Tracker
+from flows import registry
+from flows.preflight import require_layers, teacher_depth
+from flows.stages import Stage, StageIO, Task
+from flows.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class LMWorkspace(Workspace):
+    """The causal-lm task's paths: the same roles under data/causal-lm, models/causal-lm and reports/causal-lm,
+    so both tasks can live in one project."""
+
+    STATE: ClassVar[str] = KIND  # .miniaturize/causal-lm
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "data" / KIND / "prepared"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models" / KIND
+
+    @property
+    def teacher(self) -> Path:
+        return self.models / "teacher"
+
+    @property
+    def student(self) -> Path:
+        return self.models / "student"
+
+    @property
+    def student_ablation(self) -> Path:
+        """The same student trained without the teacher (the report's ablation)."""
+        return self.models / "student_without_teacher"
+
+    @property
+    def pruned(self) -> Path:
+        return self.models / "pruned"
+
+    @property
+    def onnx_fp32(self) -> Path:
+        return self.models / "onnx_fp32"
+
+    @property
+    def final(self) -> Path:
+        return self.models / "final"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports" / KIND
+
+
+# ------------------------------------------------------------------ the stages
+
+def ingest(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
+    from components.causal_lm import data
+
+    return data.run(p.lm.data, ws.prepared, tracker, seed=p.seed, cache_dir=ws.raw, root=ws.root)
+
+
+def validate(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
+    from components import validate as component
+
+    return component.run(p.validate_, ws.prepared, ws.validation, tracker, text_only=True)
+
+
+def finetune(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
+    from components.causal_lm import train
+
+    return train.train_teacher(p.lm.teacher, ws.prepared, ws.teacher, tracker, seed=p.seed, dist=p.distributed)
+
+
+def distill(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
+    from components.causal_lm import train
+
+    return train.distill(p.lm.distill, ws.teacher, ws.prepared, ws.student, ws.student_ablation, tracker,
+                         seed=p.seed, max_length=p.lm.teacher.max_length, dist=p.distributed)
+
+
+def prune(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
+    from components.causal_lm import train
+
+    return train.prune(p.lm.prune, ws.student, ws.teacher, ws.prepared, ws.pruned, tracker, seed=p.seed,
+                       max_length=p.lm.teacher.max_length, distill_cfg=p.lm.distill, ffn_ratio=p.lm.prune.ffn_ratio,
+                       dist=p.distributed)
+
+
+def export(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
+    from components.causal_lm import export as component
+
+    return component.export(ws.pruned, ws.prepared, ws.onnx_fp32, tracker)
+
+
+def quantize(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
+    from components.causal_lm import export as component
+
+    return component.quantize(ws.onnx_fp32, ws.prepared, ws.final, tracker)
+
+
+def evaluated_models(ws: LMWorkspace) -> list:
+    """Every model the report covers, each in its deployable runtime."""
+    from components.kit.report import ModelSpec
+
+    models = [ModelSpec("teacher", ws.teacher, "pytorch"), ModelSpec("student", ws.student, "pytorch"),
+              ModelSpec("pruned", ws.pruned, "pytorch"), ModelSpec("onnx_fp32", ws.onnx_fp32, "onnxruntime"),
+              ModelSpec("final", ws.final, "onnxruntime")]
+    if ws.student_ablation.exists():
+        models.insert(2, ModelSpec("student_without_teacher", ws.student_ablation, "pytorch"))
+    return models
+
+
+def evaluate(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
+    from components.causal_lm import evaluate as component
+
+    return component.run(p.lm.evaluate, p.lm.gate, ws.prepared, evaluated_models(ws), ws.report.parent, tracker,
+                         seed=p.seed, max_length=p.lm.teacher.max_length)
+
+
+def register(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
+    return registry.register(TASK, p, ws, tracker)
+
+
+_TRAIN = ("causal_lm.train", "kit.training", "kit.modeling", "kit.losses", "kit.distributed", "kit.pruning")
+_EXPORT = ("causal_lm.export", "kit.generation", "kit.quantization", "kit.onnx_models", "kit.files", "kit.latency")
+_MAX_LENGTH = "lm.teacher.max_length"
+STAGES: dict[str, Stage] = {
+    "ingest": Stage(ingest, StageIO((), ("prepared",), ("causal_lm.data", "kit.data", "kit.hashing", "kit.text")),
+                    ("lm.data", "seed"), reads_data_source=True),
+    "validate": Stage(validate, StageIO(("prepared",), ("validation",), ("validate", "kit.text")), ("validate",)),
+    "finetune": Stage(finetune, StageIO(("prepared", "validation"), ("teacher",), _TRAIN),
+                      ("lm.teacher", "seed", "distributed"), data_parallel=True),
+    "distill": Stage(distill, StageIO(("prepared", "teacher"), ("student", "student_ablation"), _TRAIN),
+                     ("lm.distill", _MAX_LENGTH, "seed", "distributed"), data_parallel=True),
+    "prune": Stage(prune, StageIO(("prepared", "teacher", "student"), ("pruned",), _TRAIN),
+                   ("lm.prune", "lm.distill", _MAX_LENGTH, "seed", "distributed"), data_parallel=True),
+    "export": Stage(export, StageIO(("prepared", "pruned"), ("onnx_fp32",), _EXPORT), ()),
+    "quantize": Stage(quantize, StageIO(("prepared", "onnx_fp32"), ("final",), _EXPORT), ()),
+    "evaluate": Stage(evaluate, StageIO(("prepared", "teacher", "student", "student_ablation", "pruned", "onnx_fp32",
+                                         "final"), ("report", "report_md"),
+                                        ("causal_lm.evaluate", "causal_lm.export", "causal_lm.train", "kit.generation",
+                                         "kit.latency", "kit.rss_probe", "kit.gate", "kit.report", "kit.files")),
+                      ("lm.evaluate", "lm.gate", _MAX_LENGTH, "seed")),
+    "register": Stage(register, StageIO(("final", "report"), ("registration",),
+                                        ("kit.gate", "kit.promotion", "flows.registry")),
+                      ("register", "lm.gate"), registers=True),
+}
+
+
+# ------------------------------------------------------------------ what else differs from another task
+
+def decide(ratios: dict, p: Params) -> gate.GateDecision:
+    return gate.decide_lm(ratios, p.lm.gate)
+
+
+def against_champion(candidate: dict, champion: dict, p: Params) -> gate.GateDecision:
+    return gate.compare_lm_to_champion(candidate, champion, p.lm.gate)
+
+
+def remeasure(model: Path, prepared: Path, split: str, p: Params) -> float | None:
+    from components.causal_lm.evaluate import split_perplexity
+
+    return split_perplexity(model, prepared, split, p.lm.evaluate.threads, p.lm.teacher.max_length)
+
+
+def data_sha256(prepared: Path) -> str | None:
+    from components.causal_lm.evaluate import dataset_card
+
+    return dataset_card(prepared)["sha256"]
+
+
+def bundle_metrics(final: dict) -> dict:
+    return {k: final[k] for k in ("perplexity", "bleu", "tokens_per_s", "size_bytes") if k in final}
+
+
+def summary(report: dict) -> list[str]:
+    ratios, teacher, final = report["final_vs_teacher"], report["models"]["teacher"], report["models"]["final"]
+    return [f"  perplexity {teacher['perplexity']:.2f} -> {final['perplexity']:.2f} "
+            f"({ratios['perplexity_ratio']:.3f}x), BLEU {teacher['bleu']:.2f} -> {final['bleu']:.2f} "
+            f"(drop {ratios['bleu_drop_points']:.2f} points)",
+            f"  size {ratios['size_ratio']:.2f}x smaller, greedy generation {ratios['generation_speedup']:.2f}x "
+            f"faster ({teacher['tokens_per_s']:.0f} -> {final['tokens_per_s']:.0f} tokens/s)"]
+
+
+def preflight(params: Params, root: Path, search: bool = False) -> None:
+    """A hub or local teacher can be read and has the blocks the student keeps (a teacher trained from scratch
+    is checked by the params themselves: lm.distill.layers against architecture.n_layer)."""
+    teacher = params.lm.teacher
+    if teacher.init == "scratch":
+        return
+    depth = teacher_depth("lm.teacher.model", teacher.model, root)
+    require_layers("lm.distill.layers", params.lm.distill.layers, depth, teacher.model)
+
+
+TASK = Task(
+    name=NAME, params_file="configs/causal-lm.yaml", stages=STAGES, workspace=LMWorkspace,
+    data_source="lm.data.source", bundle_kind=KIND, dvc_prefix="lm-",
+    dvc_note=("The causal-lm task (configs/causal-lm.yaml): the same stages over data/causal-lm, models/causal-lm",
+              "and reports/causal-lm."),
+    quality="perplexity", gate=decide, champion_gate=against_champion, remeasure=remeasure, data_sha256=data_sha256,
+    bundle_metrics=bundle_metrics, summary=summary, report_files=".json", preflight=preflight)

@@ -1,0 +1,346 @@
+"""The sequence-classification task (params.yaml): its workspace layout, its stages and its record, `TASK`.
+
+ingest (labelled sentences -> parquet splits) -> validate -> finetune (the teacher) -> distill (fewer
+layers, from the teacher's soft targets) -> prune (attention heads and FFN neurons, then recovery) -> trim
+(the vocabulary the data uses) -> export (ONNX, and the teacher as the quantize-only baseline's start) ->
+quantize (int8 chosen by measurement) -> seeds (the student chain again per extra seed) -> evaluate
+(accuracy, latency, size, RSS; the gate) -> register (`flows.registry`). Each stage calls its component
+(components/classification/) with its config slice and paths.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import BaseModel
+
+from components.classification import KIND, NAME
+from components.config import Params
+from components.kit import gate
+from components.kit.tracking import PrefixedTracker, StageResult, Tracker
+from flows import registry
+from flows.preflight import require_layers, teacher_depth
+from flows.stages import Stage, StageIO, Task, merge
+from flows.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class ClassificationWorkspace(Workspace):
+    """The classification task's paths: data/prepared, models/<stage>, reports/."""
+
+    STATE: ClassVar[str] = KIND  # .miniaturize/classification
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    @property
+    def teacher(self) -> Path:
+        return self.root / "models" / "teacher"
+
+    @property
+    def student(self) -> Path:
+        return self.root / "models" / "student"
+
+    @property
+    def pruned(self) -> Path:
+        return self.root / "models" / "pruned"
+
+    @property
+    def trimmed(self) -> Path:
+        return self.root / "models" / "trimmed"
+
+    @property
+    def onnx_fp32(self) -> Path:
+        return self.root / "models" / "onnx_fp32"
+
+    @property
+    def teacher_onnx_fp32(self) -> Path:
+        return self.root / "models" / "teacher_onnx_fp32"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "models" / "final"
+
+    @property
+    def baseline_teacher_int8(self) -> Path:
+        return self.root / "models" / "baseline_teacher_int8"
+
+    @property
+    def seeds(self) -> Path:
+        """models/seeds/<seed>/final: the final model re-trained with each of `seeds.extra`."""
+        return self.root / "models" / "seeds"
+
+    @property
+    def seed_report(self) -> Path:
+        return self.reports / "seeds.json"
+
+
+
+# ------------------------------------------------------------------ the stages
+
+def ingest(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
+    from components.classification import ingest as component
+
+    return component.run(p.data, ws.prepared, tracker, cache_dir=ws.raw, root=ws.root)
+
+
+def validate(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
+    from components import validate as component
+
+    return component.run(p.section("validate"), ws.prepared, ws.validation, tracker, expected_labels=p.data.labels)
+
+
+def soft_cache(ws: ClassificationWorkspace) -> Path:
+    """Teacher soft targets the teacher's folder lacks, computed once (beside the stage cache, not a DVC output)."""
+    return ws.root / ".miniaturize" / "soft_targets"
+
+
+def finetune(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
+    from components.classification import finetune as component
+
+    return component.run(p.teacher, ws.prepared, ws.teacher, tracker, seed=p.seed, dist=p.distributed)
+
+
+def distill(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
+    from components.classification import distill as component
+
+    return component.run(p.distill, ws.teacher, ws.prepared, ws.student, tracker, seed=p.seed, dist=p.distributed,
+                         soft_cache=soft_cache(ws))
+
+
+def prune(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
+    from components.classification import prune as component
+
+    return component.run(p.prune, ws.student, ws.teacher, ws.prepared, ws.pruned, tracker, seed=p.seed,
+                         dist=p.distributed, soft_cache=soft_cache(ws))
+
+
+def trim(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
+    from components.classification import trim as component
+
+    return component.run(p.trim, ws.pruned, ws.prepared, ws.trimmed, tracker, max_length=p.teacher.max_length)
+
+
+def export(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
+    """The compressed model, and the teacher as the quantize-only baseline's starting point."""
+    from components.classification import export as component
+
+    final = component.run(p.export, ws.trimmed, ws.prepared, ws.onnx_fp32, tracker, max_length=p.teacher.max_length)
+    baseline = component.run(p.export, ws.teacher, ws.prepared, ws.teacher_onnx_fp32,
+                             PrefixedTracker(tracker, "teacher."),
+                             max_length=p.teacher.max_length)
+    return merge(final, baseline, "teacher.")
+
+
+def quantize(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
+    from components.classification import quantize as component
+
+    final = component.run(p.quantize, ws.onnx_fp32, ws.prepared, ws.final, tracker, max_length=p.teacher.max_length)
+    # The baseline is what quantizing alone gives: Optimum's plain dynamic int8 of the teacher.
+    plain = p.quantize.model_copy(update={"candidates": ["int8"], "per_channel": [False],
+                                         "max_drop_vs_fp32_points": 100.0})
+    baseline = component.run(plain, ws.teacher_onnx_fp32, ws.prepared, ws.baseline_teacher_int8,
+                             PrefixedTracker(tracker, "teacher."), max_length=p.teacher.max_length)
+    return merge(final, baseline, "teacher.")
+
+
+def student_chain(p: Params, teacher: Path, prepared: Path, out: dict[str, Path], tracker: Tracker, prefix: str,
+                  seed: int, soft: Path, distill_cfg: BaseModel, prune_cfg: BaseModel | None,
+                  trim_cfg: BaseModel | None, quantize_cfg: BaseModel | None) -> tuple[Path, str]:
+    """The student chain from a trained teacher, as the seeds stage re-runs it per seed and the search builds
+    each candidate (flows/search.py): distill -> prune -> trim -> export -> quantize.
+
+    `out` says where each step writes (student, pruned, trimmed, onnx_fp32, final). A step whose folder
+    already exists is reused (search candidates share students, pruned and exported models); a step given
+    no config (None) is skipped, its input passed on. Each step logs under `<prefix><step>.`. Returns the
+    final folder and what it ships (the chosen quantization, or fp32)."""
+    from components.classification import distill, export, prune, quantize, trim
+
+    length = p.teacher.max_length
+    log = {name: PrefixedTracker(tracker, f"{prefix}{name}.") for name in ("distill", "prune", "trim", "export",
+                                                                          "quantize")}
+    student = model = out["student"]
+    if not student.exists():
+        distill.run(distill_cfg, teacher, prepared, student, log["distill"], seed=seed, dist=p.distributed,
+                    soft_cache=soft)
+    if prune_cfg is not None:
+        model = out["pruned"]
+        if not model.exists():
+            prune.run(prune_cfg, student, teacher, prepared, model, log["prune"], seed=seed, dist=p.distributed,
+                      soft_cache=soft)
+    onnx_dir = out["onnx_fp32"]
+    if not onnx_dir.exists():
+        if trim_cfg is not None:
+            trim.run(trim_cfg, model, prepared, out["trimmed"], log["trim"], max_length=length)
+            model = out["trimmed"]
+        export.run(p.export, model, prepared, onnx_dir, log["export"], max_length=length)
+    if quantize_cfg is None:
+        return onnx_dir, "fp32"
+    chosen = quantize.run(quantize_cfg, onnx_dir, prepared, out["final"], log["quantize"], max_length=length)
+    return out["final"], chosen.info["chosen"]
+
+
+def seeds(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
+    """The student chain again for each of `seeds.extra` (teacher and data fixed), each final model measured.
+
+    Intermediate models of a seed are removed once its final model exists; reports/seeds.json holds the rows.
+    """
+    from components.kit.seeds import measure_final
+
+    rows, metrics = [], {}
+    shutil.rmtree(ws.seeds, ignore_errors=True)
+    for seed in p.seeds.extra:
+        out = ws.seeds / str(seed)
+        print(f"  seeds: re-training the student chain with seed {seed}", flush=True)
+        final, shipped = student_chain(
+            p, ws.teacher, ws.prepared, {step: out / step for step in ("student", "pruned", "trimmed", "onnx_fp32",
+                                                                       "final")},
+            tracker, f"seed{seed}.", seed, soft_cache(ws), p.distill.model_copy(update={"ablation": False}), p.prune,
+            p.trim, p.quantize)
+        row = {"seed": seed, "quantization": shipped,
+               **measure_final(final, ws.teacher, ws.prepared, p.teacher.max_length)}
+        print(f"  seeds: seed {seed} final model test acc {row['accuracy']:.4f}, "
+              f"agreement with the teacher {row['agreement_with_teacher']:.4f}", flush=True)
+        for stage_dir in ("student", "pruned", "trimmed", "onnx_fp32"):
+            shutil.rmtree(out / stage_dir)
+        rows.append(row)
+        metrics |= {f"seed{seed}.accuracy": row["accuracy"],
+                    f"seed{seed}.agreement_with_teacher": row["agreement_with_teacher"]}
+    ws.seeds.mkdir(parents=True, exist_ok=True)  # an output even when seeds.extra is empty
+    ws.seed_report.parent.mkdir(parents=True, exist_ok=True)
+    ws.seed_report.write_text(json.dumps({"seed": p.seed, "extra": rows}, indent=2))
+    tracker.log_metrics(metrics)
+    return StageResult(metrics=metrics, outputs={"seeds": ws.seeds, "report": ws.seed_report})
+
+
+def evaluated_models(ws: ClassificationWorkspace) -> list:
+    """Every model the report covers, each in its deployable runtime."""
+    from components.kit.report import ModelSpec
+
+    return [ModelSpec("teacher", ws.teacher, "pytorch"), ModelSpec("student", ws.student, "pytorch"),
+            ModelSpec("pruned", ws.pruned, "pytorch"), ModelSpec("trimmed", ws.trimmed, "pytorch"),
+            ModelSpec("onnx_fp32", ws.onnx_fp32, "onnxruntime"), ModelSpec("final", ws.final, "onnxruntime"),
+            ModelSpec("baseline_teacher_int8", ws.baseline_teacher_int8, "onnxruntime")]
+
+
+def evaluate(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
+    from components.classification import evaluate as component
+
+    extra = json.loads(ws.seed_report.read_text())["extra"] if ws.seed_report.exists() else []
+    return component.run(p.evaluate, p.register_.gate, ws.prepared, evaluated_models(ws), ws.report.parent, tracker,
+                         max_length=p.teacher.max_length, seed=p.seed, seed_runs=extra)
+
+
+def register(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
+    return registry.register(TASK, p, ws, tracker)
+
+
+_TRAIN = ("kit.training", "kit.modeling", "kit.losses", "kit.distributed", "kit.soft_targets")
+_EXPORT = ("classification.export", "kit.onnx_models", "kit.files", "kit.modeling")
+_QUANTIZE = ("classification.quantize", "kit.quantization", "kit.onnx_models", "kit.files", "kit.latency")
+_MAX_LENGTH = "teacher.max_length"
+STAGES: dict[str, Stage] = {
+    "ingest": Stage(ingest, StageIO((), ("prepared",), ("classification.ingest", "kit.data", "kit.hashing",
+                                                         "kit.text")),
+                    ("data",), reads_data_source=True),
+    "validate": Stage(validate, StageIO(("prepared",), ("validation",), ("validate", "kit.text")),
+                      ("validate", "data.labels")),
+    "finetune": Stage(finetune, StageIO(("prepared", "validation"), ("teacher",), ("classification.finetune", *_TRAIN)),
+                      ("teacher", "seed", "distributed"), data_parallel=True),
+    "distill": Stage(distill, StageIO(("prepared", "teacher"), ("student",), ("classification.distill", *_TRAIN)),
+                     ("distill", "seed", "distributed"), data_parallel=True),
+    "prune": Stage(prune, StageIO(("prepared", "teacher", "student"), ("pruned",),
+                                  ("classification.prune", "kit.pruning", *_TRAIN)),
+                   ("prune", "seed", "distributed"), data_parallel=True),
+    "trim": Stage(trim, StageIO(("prepared", "pruned"), ("trimmed",), ("classification.trim",)), ("trim", _MAX_LENGTH)),
+    "export": Stage(export, StageIO(("prepared", "trimmed", "teacher"), ("onnx_fp32", "teacher_onnx_fp32"), _EXPORT),
+                    ("export", _MAX_LENGTH)),
+    "quantize": Stage(quantize, StageIO(("prepared", "onnx_fp32", "teacher_onnx_fp32"),
+                                        ("final", "baseline_teacher_int8"), _QUANTIZE),
+                      ("quantize", _MAX_LENGTH)),
+    "seeds": Stage(seeds, StageIO(("prepared", "teacher"), ("seeds", "seed_report"),
+                                  ("kit.seeds", "classification.distill", "classification.prune", "classification.trim",
+                                   "classification.export", "classification.quantize", "kit.pruning",
+                                   "kit.onnx_models", "kit.quantization", "kit.files", "kit.latency", *_TRAIN)),
+                   ("seeds.extra", "seed", "distill", "prune", "trim", "export", "quantize", _MAX_LENGTH,
+                    "distributed")),
+    "evaluate": Stage(evaluate, StageIO(("prepared", "teacher", "student", "pruned", "trimmed", "onnx_fp32", "final",
+                                         "baseline_teacher_int8", "seed_report"),
+                                        ("report", "report_md", "report_plot"),
+                                        ("classification.evaluate", "kit.latency", "kit.rss_probe", "kit.gate",
+                                         "kit.seeds", "kit.report", "kit.files")),
+                      ("evaluate", "register.gate", _MAX_LENGTH, "seed")),
+    "register": Stage(register, StageIO(("final", "report"), ("registration",),
+                                        ("kit.gate", "kit.promotion", "flows.registry")),
+                      ("register",), registers=True),
+}
+
+
+# ------------------------------------------------------------------ what else differs from another task
+
+def decide(ratios: dict, p: Params) -> gate.GateDecision:
+    return gate.decide(ratios, p.register_.gate)
+
+
+def against_champion(candidate: dict, champion: dict, p: Params) -> gate.GateDecision:
+    return gate.compare_to_champion(candidate, champion, p.register_.gate)
+
+
+def remeasure(model: Path, prepared: Path, split: str, p: Params) -> float | None:
+    from components.classification.evaluate import split_accuracy
+
+    return split_accuracy(model, prepared, split, p.evaluate.threads, p.teacher.max_length)
+
+
+def data_sha256(prepared: Path) -> str | None:
+    card = prepared / "data_card.json"
+    if not card.is_file():
+        return None
+    return json.loads(card.read_text()).get("sha256") or None
+
+
+def bundle_metrics(final: dict) -> dict:
+    metrics = {k: final[k] for k in ("accuracy", "size_bytes") if k in final}
+    if "batch1_p50" in final.get("latency_ms", {}):
+        metrics["batch1_p50_ms"] = final["latency_ms"]["batch1_p50"]
+    return metrics
+
+
+def summary(report: dict) -> list[str]:
+    ratios, teacher, final = report["final_vs_teacher"], report["models"]["teacher"], report["models"]["final"]
+    return [f"  teacher accuracy {teacher['accuracy']:.4f} -> final {final['accuracy']:.4f} "
+            f"(drop {ratios['accuracy_drop_points']:.2f} points)",
+            f"  size {ratios['size_ratio']:.2f}x smaller, batch-1 p50 {ratios['speedup_batch1_p50']:.2f}x faster"]
+
+
+def preflight(params: Params, root: Path, search: bool = False) -> None:
+    """The teacher can be read, and has the layers the student (and, with `search`, each candidate) keeps."""
+    depth = teacher_depth("teacher.model", params.teacher.model, root)
+    require_layers("distill.layers", params.distill.layers, depth, params.teacher.model)
+    if search:
+        for layers in params.search.layers:
+            require_layers("search.layers", layers, depth, params.teacher.model)
+
+
+def bench(p: Params, ws: ClassificationWorkspace, repeats: int) -> tuple[dict, str]:
+    """Every model of the latest report re-measured side by side (`miniaturize bench`)."""
+    from components.classification import bench as component
+
+    names = json.loads(ws.report.read_text())["models"]
+    models = [m for m in evaluated_models(ws) if m.name in names and m.path.exists()]
+    cfg = p.evaluate
+    result = component.run(models, ws.prepared, repeats, cfg.threads, cfg.warmup, cfg.batch1_calls,
+                           min(cfg.batch32_calls, 50), p.teacher.max_length)
+    return result, component.render(result)
+
+
+TASK = Task(
+    name=NAME, params_file="params.yaml", stages=STAGES, workspace=ClassificationWorkspace, data_source="data.source",
+    bundle_kind=KIND, dvc_prefix="", dvc_note=(), quality="accuracy", gate=decide, champion_gate=against_champion,
+    remeasure=remeasure, data_sha256=data_sha256, bundle_metrics=bundle_metrics, summary=summary,
+    report_files=".json, compression_plot.png", preflight=preflight, bench=bench)
