@@ -39,11 +39,12 @@ smoke: $(VENV)/.installed
 search: $(VENV)/.installed
 	$(BIN)/miniaturize search $(ARGS)
 
-# ruff, then the import contracts of pyproject.toml ([tool.importlinter]): components never import flows,
+# ruff (lint and format), then the import contracts of pyproject.toml ([tool.importlinter]): components never import flows,
 # Prefect, MLflow or DVC; the edge scripts import nothing from the project; the kit imports no task; the
 # tasks, and the stage modules, never import each other.
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check components flows tests
+	$(BIN)/ruff format --check components flows tests
 	$(BIN)/lint-imports --no-cache
 
 # Lint first; then two workers (pytest-xdist); each test file stays on one worker, so its module fixtures are

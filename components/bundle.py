@@ -93,9 +93,11 @@ def out_dir_problem(out_dir: Path, force: bool = False) -> str | None:
         return f"{out_dir} is the current folder or holds it: give a folder of its own for the bundle"
     if not out_dir.exists() or force or not any(out_dir.iterdir()) or is_edge_bundle(out_dir):
         return None
-    return (f"{absolute} holds files and is not an edge bundle (no manifest.json of format "
-            f"miniaturize-edge-bundle/..., or other files beside it): refusing to replace it; choose a new or "
-            f"empty folder, or force the replacement (--force)")
+    return (
+        f"{absolute} holds files and is not an edge bundle (no manifest.json of format "
+        f"miniaturize-edge-bundle/..., or other files beside it): refusing to replace it; choose a new or "
+        f"empty folder, or force the replacement (--force)"
+    )
 
 
 def manifest_sha256(bundle_dir: Path) -> str:
@@ -103,8 +105,9 @@ def manifest_sha256(bundle_dir: Path) -> str:
     return sha256(Path(bundle_dir) / "manifest.json")
 
 
-def package(model_dir: Path, out_dir: Path, source: dict, metrics: dict, max_length: int = 64,
-            force: bool = False) -> Path:
+def package(
+    model_dir: Path, out_dir: Path, source: dict, metrics: dict, max_length: int = 64, force: bool = False
+) -> Path:
     """Write the edge bundle of `model_dir` to `out_dir` (see the module docstring for what may be replaced;
     OutDirRefused, with nothing touched, otherwise)."""
     model_dir, out_dir = Path(model_dir), Path(os.path.abspath(out_dir))
@@ -115,27 +118,39 @@ def package(model_dir: Path, out_dir: Path, source: dict, metrics: dict, max_len
         return package_lm(model_dir, out_dir, source, metrics, max_length)
     missing = [name for name in FILES if not (model_dir / name).is_file()]
     if missing:
-        raise BundleSourceError(f"{model_dir} lacks {', '.join(missing)}: package an exported or quantized "
-                                f"model folder (models/final) or a registered version")
+        raise BundleSourceError(
+            f"{model_dir} lacks {', '.join(missing)}: package an exported or quantized "
+            f"model folder (models/final) or a registered version"
+        )
     pad_token = "[PAD]"
     config = model_dir / "tokenizer_config.json"
     if config.is_file():
         value = json.loads(config.read_text()).get("pad_token") or pad_token
         pad_token = value["content"] if isinstance(value, dict) else value
-    return write_bundle(model_dir, out_dir, FILES, PREDICT,
-                        {"max_length": max_length, "pad_token": pad_token, "requires": REQUIRES, "source": source,
-                         "metrics": metrics})
+    return write_bundle(
+        model_dir,
+        out_dir,
+        FILES,
+        PREDICT,
+        {"max_length": max_length, "pad_token": pad_token, "requires": REQUIRES, "source": source, "metrics": metrics},
+    )
 
 
 def package_lm(model_dir: Path, out_dir: Path, source: dict, metrics: dict, max_length: int) -> Path:
     missing = [name for name in LM_FILES if not (model_dir / name).is_file()]
     if missing:
-        raise BundleSourceError(f"{model_dir} lacks {', '.join(missing)}: package an exported or quantized "
-                                f"causal-LM folder (models/final) or a registered version")
+        raise BundleSourceError(
+            f"{model_dir} lacks {', '.join(missing)}: package an exported or quantized "
+            f"causal-LM folder (models/final) or a registered version"
+        )
     names = (*LM_FILES, *(name for name in LM_OPTIONAL if (model_dir / name).is_file()))
-    return write_bundle(model_dir, out_dir, names, GENERATE,
-                        {"task": CAUSAL_LM, "max_length": max_length, "requires": REQUIRES, "source": source,
-                         "metrics": metrics})
+    return write_bundle(
+        model_dir,
+        out_dir,
+        names,
+        GENERATE,
+        {"task": CAUSAL_LM, "max_length": max_length, "requires": REQUIRES, "source": source, "metrics": metrics},
+    )
 
 
 def write_bundle(model_dir: Path, out_dir: Path, names: tuple[str, ...], script: Path, fields: dict) -> Path:

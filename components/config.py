@@ -193,6 +193,7 @@ class SeedsConfig(_Section):
 
 class SearchConfig(_Section):
     """`miniaturize search`: the space, the training budget per candidate and the tolerance."""
+
     layers: list[list[int]] = [[0, 2, 4], [0, 3], [0, 5]]  # teacher layers kept by each student
     prune_ratios: list[float] = [0.4, 0.6]  # share of heads and FFN neurons removed (0: no pruning)
     trim: list[bool] = [True]  # vocabulary trimming on / off
@@ -339,16 +340,21 @@ class LMConfig(_Section):
     @model_validator(mode="after")
     def _heads_stay_exportable(self) -> LMConfig:
         if self.prune.head_ratio > 0:
-            raise ValueError("lm.prune.head_ratio > 0 cannot be exported: Optimum's ONNX export with past key "
-                             "values sizes the cache from n_head, so a GPT-2 with pruned heads fails export; "
-                             "prune MLP neurons with lm.prune.ffn_ratio instead")
+            raise ValueError(
+                "lm.prune.head_ratio > 0 cannot be exported: Optimum's ONNX export with past key "
+                "values sizes the cache from n_head, so a GPT-2 with pruned heads fails export; "
+                "prune MLP neurons with lm.prune.ffn_ratio instead"
+            )
         return self
 
     @model_validator(mode="after")
     def _student_layers_exist(self) -> LMConfig:
         n = self.teacher.architecture.n_layer
-        if self.teacher.init == "scratch" and (not self.distill.layers or max(self.distill.layers) >= n
-                                              or len(set(self.distill.layers)) != len(self.distill.layers)):
+        if self.teacher.init == "scratch" and (
+            not self.distill.layers
+            or max(self.distill.layers) >= n
+            or len(set(self.distill.layers)) != len(self.distill.layers)
+        ):
             raise ValueError(f"lm.distill.layers {self.distill.layers} must be distinct teacher blocks 0..{n - 1}")
         return self
 
@@ -391,8 +397,10 @@ class Params(_Section):
 
         for key, value in _leaves(self.as_dict()):
             if isinstance(value, str) and url_password(value):
-                raise ValueError(f"{key} holds a password in its URL; credentials belong in the environment "
-                                 "(e.g. MLFLOW_TRACKING_PASSWORD, AWS_SECRET_ACCESS_KEY, HF_TOKEN), never in params")
+                raise ValueError(
+                    f"{key} holds a password in its URL; credentials belong in the environment "
+                    "(e.g. MLFLOW_TRACKING_PASSWORD, AWS_SECRET_ACCESS_KEY, HF_TOKEN), never in params"
+                )
         return self
 
     @field_validator("task")
@@ -474,8 +482,7 @@ def build_params(raw: dict, profile: str | None = None, overrides: list[str] = (
         raise ConfigError(_describe(err)) from None
 
 
-def load_params(path: str | Path = "params.yaml", profile: str | None = None,
-                overrides: list[str] = ()) -> Params:
+def load_params(path: str | Path = "params.yaml", profile: str | None = None, overrides: list[str] = ()) -> Params:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file {path} does not exist")

@@ -99,9 +99,17 @@ class BodyLimit:
         detail = f"the request body is over {self.max_bytes} bytes; the limit is max_body_bytes={self.max_bytes}"
         payload = json.dumps({"detail": detail}).encode()
         # "connection: close": the server drops the connection instead of reading the rest of the body.
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": payload})
 
 
@@ -158,17 +166,16 @@ def limit_error(texts: list[str], max_text_chars: int, max_batch: int) -> str | 
         return f"{len(texts)} texts in one request; the limit is max_batch={max_batch}: split the request"
     for index, text in enumerate(texts):
         if len(text) > max_text_chars:
-            return (f"texts[{index}] is {len(text)} characters long; the limit is max_text_chars={max_text_chars}")
+            return f"texts[{index}] is {len(text)} characters long; the limit is max_text_chars={max_text_chars}"
     return None
 
 
 def generate_limit_error(request: GenerateRequest, max_text_chars: int, max_new_tokens: int) -> str | None:
     """Why a generation request breaks a size limit (413), or None when it is within both."""
     if len(request.prompt) > max_text_chars:
-        return (f"the prompt is {len(request.prompt)} characters long; the limit is "
-                f"max_text_chars={max_text_chars}")
+        return f"the prompt is {len(request.prompt)} characters long; the limit is max_text_chars={max_text_chars}"
     if request.max_new_tokens > max_new_tokens:
-        return (f"max_new_tokens={request.max_new_tokens} asked for; the limit is max_new_tokens={max_new_tokens}")
+        return f"max_new_tokens={request.max_new_tokens} asked for; the limit is max_new_tokens={max_new_tokens}"
     return None
 
 
@@ -186,9 +193,16 @@ def readable(errors: list[dict], usage: str = USAGE) -> str:
     return "; ".join(parts) + f" ({usage})"
 
 
-def make_app(bundle_dir: Path, max_text_chars: int = 2000, max_batch: int = 64, threads: int = 2,
-             max_new_tokens: int = 64, max_body_bytes: int = MAX_BODY_BYTES, docs: bool = False,
-             expect_manifest: str | None = None) -> FastAPI:
+def make_app(
+    bundle_dir: Path,
+    max_text_chars: int = 2000,
+    max_batch: int = 64,
+    threads: int = 2,
+    max_new_tokens: int = 64,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    docs: bool = False,
+    expect_manifest: str | None = None,
+) -> FastAPI:
     model = load_model(Path(bundle_dir), threads, expect_manifest)
     causal_lm = bundle_task(Path(bundle_dir)) == CAUSAL_LM
     info = model_info(model.manifest)
@@ -196,8 +210,12 @@ def make_app(bundle_dir: Path, max_text_chars: int = 2000, max_batch: int = 64, 
     # for them, and the tokenizer is then never used from two threads at once.
     lock = threading.Lock()
 
-    app = FastAPI(title="miniaturize edge model", docs_url="/docs" if docs else None,
-                  redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None)
+    app = FastAPI(
+        title="miniaturize edge model",
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     usage = GENERATE_USAGE if causal_lm else USAGE
 
@@ -216,8 +234,7 @@ def make_app(bundle_dir: Path, max_text_chars: int = 2000, max_batch: int = 64, 
     return app
 
 
-def add_predict(app: FastAPI, predictor: Predictor, lock: threading.Lock, max_text_chars: int,
-                max_batch: int) -> None:
+def add_predict(app: FastAPI, predictor: Predictor, lock: threading.Lock, max_text_chars: int, max_batch: int) -> None:
     # A plain `def`: FastAPI runs it in its thread pool, so /health answers while a batch is being scored.
     @app.post("/predict")
     def predict(request: PredictRequest) -> dict:
@@ -230,8 +247,11 @@ def add_predict(app: FastAPI, predictor: Predictor, lock: threading.Lock, max_te
             rows = predictor.predict(texts)
         # The client has the texts in order; echoing up to max_batch x max_text_chars back is waste.
         predictions = [{"label": row["label"], "scores": row["scores"]} for row in rows]
-        return {"predictions": predictions, "count": len(predictions),
-                "elapsed_ms": round((time.perf_counter() - started) * 1000, 3)}
+        return {
+            "predictions": predictions,
+            "count": len(predictions),
+            "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
 
 
 def add_generate(app: FastAPI, generator, lock: threading.Lock, max_text_chars: int, max_new_tokens: int) -> None:
@@ -247,16 +267,30 @@ def add_generate(app: FastAPI, generator, lock: threading.Lock, max_text_chars: 
             except ValueError as err:  # an empty or over-long prompt, in tokens
                 raise HTTPException(status_code=422, detail=str(err)) from None
             text = generator.tokenizer.decode(ids, skip_special_tokens=True)
-        return {"continuation": text, "tokens": len(ids),
-                "elapsed_ms": round((time.perf_counter() - started) * 1000, 3)}
+        return {
+            "continuation": text,
+            "tokens": len(ids),
+            "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
 
 
-def serve(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, max_text_chars: int = 2000,
-          max_batch: int = 64, threads: int = 2, log_level: str = "info", max_new_tokens: int = 64,
-          max_body_bytes: int = MAX_BODY_BYTES, docs: bool = False, expect_manifest: str | None = None) -> None:
+def serve(
+    bundle_dir: Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_text_chars: int = 2000,
+    max_batch: int = 64,
+    threads: int = 2,
+    log_level: str = "info",
+    max_new_tokens: int = 64,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    docs: bool = False,
+    expect_manifest: str | None = None,
+) -> None:
     """Check and load the bundle (BundleError before listening if it is bad), then serve until interrupted."""
     import uvicorn
 
-    app = make_app(bundle_dir, max_text_chars, max_batch, threads, max_new_tokens, max_body_bytes, docs,
-                   expect_manifest)
+    app = make_app(
+        bundle_dir, max_text_chars, max_batch, threads, max_new_tokens, max_body_bytes, docs, expect_manifest
+    )
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -25,8 +25,18 @@ from components.kit.text import text_key  # the same form ingest de-duplicates b
 from components.kit.tracking import StageResult, Tracker
 
 # Every check this stage can emit, in the order failures are reported (the headline first).
-CHECKS = ("schema", "not_empty", "text_is_string", "not_null", "text_length", "label_in_set",
-          "distinct_labels", "class_share", "duplicate_rate", "train_overlap")
+CHECKS = (
+    "schema",
+    "not_empty",
+    "text_is_string",
+    "not_null",
+    "text_length",
+    "label_in_set",
+    "distinct_labels",
+    "class_share",
+    "duplicate_rate",
+    "train_overlap",
+)
 EXAMPLE_CHARS = 80  # example texts and labels are cut to this many characters
 
 
@@ -40,6 +50,7 @@ class ValidationFailed(Exception):
 
 
 # --- deciding: which frames and expectations -------------------------------------------------------
+
 
 def rows_frame(frame: pd.DataFrame, train_keys: set[str] | None) -> pd.DataFrame:
     """The frame GX validates for a split: `text`/`label` as given plus derived columns.
@@ -61,8 +72,7 @@ def class_share_frame(labels: pd.Series, expected: list[str]) -> pd.DataFrame:
     """One row per expected label: its row count and share of the split (0 when absent)."""
     counts = labels.value_counts()
     total = len(labels)
-    rows = [(label, int(counts.get(label, 0)), counts.get(label, 0) / total if total else 0.0)
-            for label in expected]
+    rows = [(label, int(counts.get(label, 0)), counts.get(label, 0) / total if total else 0.0) for label in expected]
     return pd.DataFrame(rows, columns=["label", "count", "share"])
 
 
@@ -77,8 +87,15 @@ def resolve_labels(expected: list[str] | None, card: dict, train: pd.DataFrame) 
     return []
 
 
-def plan_checks(split: str, columns: set[str], n_rows: int, cfg: ValidateConfig, labels: list[str],
-                train_columns: set[str], text_only: bool = False) -> tuple[list[tuple[str, str, Callable]], list[dict]]:
+def plan_checks(
+    split: str,
+    columns: set[str],
+    n_rows: int,
+    cfg: ValidateConfig,
+    labels: list[str],
+    train_columns: set[str],
+    text_only: bool = False,
+) -> tuple[list[tuple[str, str, Callable]], list[dict]]:
     """The row-level checks for one split as (check, column, expectation factory), and those skipped.
 
     A check is skipped, with a reason, when a column it needs is missing; the missing column itself
@@ -95,19 +112,47 @@ def plan_checks(split: str, columns: set[str], n_rows: int, cfg: ValidateConfig,
         ("text_is_string", "text", ("text",), lambda: ex.ExpectColumnValuesToBeOfType(column="text", type_="str")),
         ("not_null", "text", ("text",), lambda: ex.ExpectColumnValuesToNotBeNull(column="text")),
         ("not_null", "label", ("label",), lambda: ex.ExpectColumnValuesToNotBeNull(column="label")),
-        ("text_length", "text", ("text",), lambda: ex.ExpectColumnValuesToBeBetween(
-            column="text_chars", min_value=cfg.min_chars, max_value=cfg.max_chars)),
-        ("label_in_set", "label", ("label", "labels"), lambda: ex.ExpectColumnValuesToBeInSet(
-            column="label", value_set=list(labels))),
-        ("duplicate_rate", "text", ("text", "rows"), lambda: ex.ExpectColumnProportionOfUniqueValuesToBeBetween(
-            column="text_key", min_value=1.0 - cfg.max_duplicate_rate)),
+        (
+            "text_length",
+            "text",
+            ("text",),
+            lambda: ex.ExpectColumnValuesToBeBetween(
+                column="text_chars", min_value=cfg.min_chars, max_value=cfg.max_chars
+            ),
+        ),
+        (
+            "label_in_set",
+            "label",
+            ("label", "labels"),
+            lambda: ex.ExpectColumnValuesToBeInSet(column="label", value_set=list(labels)),
+        ),
+        (
+            "duplicate_rate",
+            "text",
+            ("text", "rows"),
+            lambda: ex.ExpectColumnProportionOfUniqueValuesToBeBetween(
+                column="text_key", min_value=1.0 - cfg.max_duplicate_rate
+            ),
+        ),
     ]
     if split == "train":
-        wanted.append(("distinct_labels", "label", ("label",), lambda: ex.ExpectColumnUniqueValueCountToBeBetween(
-            column="label", min_value=2)))
+        wanted.append(
+            (
+                "distinct_labels",
+                "label",
+                ("label",),
+                lambda: ex.ExpectColumnUniqueValueCountToBeBetween(column="label", min_value=2),
+            )
+        )
     else:
-        wanted.append(("train_overlap", "text", ("text", "train:text"), lambda: ex.ExpectColumnValuesToBeInSet(
-            column="in_train", value_set=[False])))
+        wanted.append(
+            (
+                "train_overlap",
+                "text",
+                ("text", "train:text"),
+                lambda: ex.ExpectColumnValuesToBeInSet(column="in_train", value_set=[False]),
+            )
+        )
 
     if text_only:
         wanted = [w for w in wanted if w[1] != "label"]
@@ -130,13 +175,15 @@ def class_share_check(cfg: ValidateConfig):
     """Every expected label holds at least `min_class_share` of the split (checked on the summary frame)."""
     import great_expectations as gx
 
-    expectation = gx.expectations.ExpectColumnValuesToBeBetween(column="share", min_value=cfg.min_class_share,
-                                                                max_value=1.0)
+    expectation = gx.expectations.ExpectColumnValuesToBeBetween(
+        column="share", min_value=cfg.min_class_share, max_value=1.0
+    )
     return with_meta("class_share", "label", expectation)
 
 
-def missing_reason(needs: tuple[str, ...], columns: set[str], n_rows: int, labels: list[str],
-                   train_columns: set[str]) -> str:
+def missing_reason(
+    needs: tuple[str, ...], columns: set[str], n_rows: int, labels: list[str], train_columns: set[str]
+) -> str:
     for need in needs:
         if need == "labels" and not labels:
             return "no expected label set (not configured, not in the data card, none in train)"
@@ -151,6 +198,7 @@ def missing_reason(needs: tuple[str, ...], columns: set[str], n_rows: int, label
 
 # --- acting: run GX ------------------------------------------------------------------------------
 
+
 def open_context():
     """An in-memory GX context (no files, no analytics, no progress bars) and its dataframe batch."""
     import great_expectations as gx
@@ -160,11 +208,17 @@ def open_context():
         ProgressBarsConfig,
     )
 
-    config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
-                               analytics_enabled=False, progress_bars=ProgressBarsConfig(globally=False))
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+    )
     context = gx.get_context(mode="ephemeral", project_config=config)
-    batch = (context.data_sources.add_pandas("prepared").add_dataframe_asset("frame")
-             .add_batch_definition_whole_dataframe("whole"))
+    batch = (
+        context.data_sources.add_pandas("prepared")
+        .add_dataframe_asset("frame")
+        .add_batch_definition_whole_dataframe("whole")
+    )
     return context, batch
 
 
@@ -179,6 +233,7 @@ def run_suite(context, batch, name: str, frame: pd.DataFrame, expectations: list
 
 
 # --- deciding: what failed, with examples ---------------------------------------------------------
+
 
 def truncate(value: Any, limit: int = EXAMPLE_CHARS) -> Any:
     """A JSON-friendly example value, strings cut to `limit` characters."""
@@ -216,17 +271,29 @@ def describe_failure(split: str, item, frame: pd.DataFrame, source_columns: list
     """A failed GX result as a report entry: which check, where, how many and a few examples."""
     meta = item.expectation_config.meta or {}
     check, result = meta.get("check", "?"), item.result or {}
-    failure = {"split": split, "check": check, "expectation_type": item.expectation_config.type,
-               "column": meta.get("column", ""), "unexpected_count": result.get("unexpected_count"),
-               "observed_value": result.get("observed_value"), "examples": []}
+    failure = {
+        "split": split,
+        "check": check,
+        "expectation_type": item.expectation_config.type,
+        "column": meta.get("column", ""),
+        "unexpected_count": result.get("unexpected_count"),
+        "observed_value": result.get("observed_value"),
+        "examples": [],
+    }
     indices = result.get("partial_unexpected_index_list") or []
     limit = cfg.examples
     if check == "schema":
         failure["examples"] = [{"columns_present": ", ".join(map(str, source_columns)) or "(none)"}]
     elif check == "class_share":
         failure["unexpected_count"] = len(indices)
-        failure["examples"] = [{"label": truncate(frame.at[i, "label"]), "count": int(frame.at[i, "count"]),
-                                "share": round(float(frame.at[i, "share"]), 4)} for i in indices[:limit]]
+        failure["examples"] = [
+            {
+                "label": truncate(frame.at[i, "label"]),
+                "count": int(frame.at[i, "count"]),
+                "share": round(float(frame.at[i, "share"]), 4),
+            }
+            for i in indices[:limit]
+        ]
     elif check == "duplicate_rate":
         failure["unexpected_count"], failure["examples"] = duplicate_examples(frame, limit)
     elif check == "distinct_labels":
@@ -234,9 +301,11 @@ def describe_failure(split: str, item, frame: pd.DataFrame, source_columns: list
         failure["examples"] = [{"label": truncate(k), "count": int(v)} for k, v in counts.head(limit).items()]
     elif check == "text_length":
         chars = frame["text_chars"]
-        failure["lengths"] = {"empty": int((chars == 0).sum()),
-                              "too_short": int(((chars > 0) & (chars < cfg.min_chars)).sum()),
-                              "too_long": int((chars > cfg.max_chars).sum())}
+        failure["lengths"] = {
+            "empty": int((chars == 0).sum()),
+            "too_short": int(((chars > 0) & (chars < cfg.min_chars)).sum()),
+            "too_long": int((chars > cfg.max_chars).sum()),
+        }
         failure["examples"] = example_rows(frame, indices, limit)
     elif check == "label_in_set":
         failure["expected"] = list(item.expectation_config.kwargs.get("value_set") or [])
@@ -262,11 +331,15 @@ def failure_detail(failure: dict, cfg: ValidateConfig) -> str:
     if check == "not_empty":
         return "the split has no rows"
     if check == "text_length":
-        kinds = ((failure["lengths"]["empty"], "empty or whitespace-only"),
-                 (failure["lengths"]["too_short"], f"shorter than validate.min_chars={cfg.min_chars}"),
-                 (failure["lengths"]["too_long"], f"longer than validate.max_chars={cfg.max_chars}"))
-        return (f"{count} row(s) with a text outside {cfg.min_chars}..{cfg.max_chars} chars after stripping: "
-                + ", ".join(f"{n} {what}" for n, what in kinds if n))
+        kinds = (
+            (failure["lengths"]["empty"], "empty or whitespace-only"),
+            (failure["lengths"]["too_short"], f"shorter than validate.min_chars={cfg.min_chars}"),
+            (failure["lengths"]["too_long"], f"longer than validate.max_chars={cfg.max_chars}"),
+        )
+        return (
+            f"{count} row(s) with a text outside {cfg.min_chars}..{cfg.max_chars} chars after stripping: "
+            + ", ".join(f"{n} {what}" for n, what in kinds if n)
+        )
     if check == "label_in_set":
         return f"{count} row(s) with a label outside the expected set {failure['expected']}"
     if check == "train_overlap":
@@ -302,8 +375,13 @@ def exception_messages(info: dict) -> list[str]:
 
 
 def order_failures(failures: list[dict]) -> list[dict]:
-    return sorted(failures, key=lambda f: (CHECKS.index(f["check"]) if f["check"] in CHECKS else len(CHECKS),
-                                           SPLITS.index(f["split"]) if f["split"] in SPLITS else len(SPLITS)))
+    return sorted(
+        failures,
+        key=lambda f: (
+            CHECKS.index(f["check"]) if f["check"] in CHECKS else len(CHECKS),
+            SPLITS.index(f["split"]) if f["split"] in SPLITS else len(SPLITS),
+        ),
+    )
 
 
 def format_example(example: dict) -> str:
@@ -318,8 +396,9 @@ def format_message(report: dict) -> str:
     lines = [f"data validation failed: {report['checks_failed']} of {report['checks_total']} checks"]
     for failure in report["failures"]:
         where = f" on column {failure['column']!r}" if failure["column"] else ""
-        lines.append(f"  {failure['split']}: {failure['check']}{where} ({failure['expectation_type']}): "
-                     f"{failure['detail']}")
+        lines.append(
+            f"  {failure['split']}: {failure['check']}{where} ({failure['expectation_type']}): {failure['detail']}"
+        )
         if failure.get("error"):
             lines.append(f"      error: {truncate(failure['error'], 200)}")
         lines.extend(f"      {format_example(example)}" for example in failure["examples"])
@@ -331,6 +410,7 @@ def format_message(report: dict) -> str:
 
 
 # --- the stage ------------------------------------------------------------------------------------
+
 
 def read_prepared(prepared: Path) -> tuple[dict[str, pd.DataFrame], dict]:
     frames = {}
@@ -344,13 +424,14 @@ def read_prepared(prepared: Path) -> tuple[dict[str, pd.DataFrame], dict]:
     return frames, card
 
 
-def validate_splits(cfg: ValidateConfig, frames: dict[str, pd.DataFrame], labels: list[str],
-                    text_only: bool = False) -> dict:
+def validate_splits(
+    cfg: ValidateConfig, frames: dict[str, pd.DataFrame], labels: list[str], text_only: bool = False
+) -> dict:
     """Run every check on every split; returns the report (success, counts, failures, skipped, GX results)."""
     context, batch = open_context()
     train = frames["train"]
     train_columns = set(train.columns)
-    train_keys = ({k for k in map(text_key, train["text"]) if k is not None} if "text" in train_columns else None)
+    train_keys = {k for k in map(text_key, train["text"]) if k is not None} if "text" in train_columns else None
     failures, skipped, gx_results, total = [], [], {}, 0
     for split, source in frames.items():
         columns = set(source.columns)
@@ -361,8 +442,11 @@ def validate_splits(cfg: ValidateConfig, frames: dict[str, pd.DataFrame], labels
         outcome = run_suite(context, batch, f"{split}_rows", frame, expectations, cfg.examples)
         gx_results[split] = {"rows": described(outcome)}
         total += len(outcome.results)
-        failures += [describe_failure(split, item, frame, list(source.columns), cfg)
-                     for item in outcome.results if not item.success]
+        failures += [
+            describe_failure(split, item, frame, list(source.columns), cfg)
+            for item in outcome.results
+            if not item.success
+        ]
 
         if text_only:
             continue
@@ -374,17 +458,33 @@ def validate_splits(cfg: ValidateConfig, frames: dict[str, pd.DataFrame], labels
         outcome = run_suite(context, batch, f"{split}_class_share", shares, [class_share_check(cfg)], cfg.examples)
         gx_results[split]["class_share"] = described(outcome)
         total += len(outcome.results)
-        failures += [describe_failure(split, item, shares, list(source.columns), cfg)
-                     for item in outcome.results if not item.success]
+        failures += [
+            describe_failure(split, item, shares, list(source.columns), cfg)
+            for item in outcome.results
+            if not item.success
+        ]
 
     failures = order_failures(failures)
-    return {"success": not failures, "checks_total": total, "checks_failed": len(failures),
-            "checks_skipped": len(skipped), "expected_labels": labels, "failures": failures,
-            "skipped": skipped, "gx": gx_results}
+    return {
+        "success": not failures,
+        "checks_total": total,
+        "checks_failed": len(failures),
+        "checks_skipped": len(skipped),
+        "expected_labels": labels,
+        "failures": failures,
+        "skipped": skipped,
+        "gx": gx_results,
+    }
 
 
-def run(cfg: ValidateConfig, prepared: Path, out_dir: Path, tracker: Tracker,
-        expected_labels: list[str] | None = None, text_only: bool = False) -> StageResult:
+def run(
+    cfg: ValidateConfig,
+    prepared: Path,
+    out_dir: Path,
+    tracker: Tracker,
+    expected_labels: list[str] | None = None,
+    text_only: bool = False,
+) -> StageResult:
     """Validate the prepared splits; `text_only` for an unlabelled language-modelling corpus."""
     frames, card = read_prepared(Path(prepared))
     labels = [] if text_only else resolve_labels(expected_labels, card, frames["train"])
@@ -395,11 +495,15 @@ def run(cfg: ValidateConfig, prepared: Path, out_dir: Path, tracker: Tracker,
     report_path = out_dir / "validation.json"
     report["report_path"] = str(report_path)
     report_path.write_text(json.dumps(report, indent=2, default=str))
-    metrics = {"checks_total": float(report["checks_total"]), "checks_failed": float(report["checks_failed"]),
-               "checks_skipped": float(report["checks_skipped"])}
+    metrics = {
+        "checks_total": float(report["checks_total"]),
+        "checks_failed": float(report["checks_failed"]),
+        "checks_skipped": float(report["checks_skipped"]),
+    }
     tracker.log_metrics(metrics)
     tracker.log_artifact(report_path)
     if not report["success"]:
         raise ValidationFailed(format_message(report), report_path, report["failures"])
-    return StageResult(metrics=metrics, outputs={"report": report_path},
-                       info={"expected_labels": labels, "skipped": report["skipped"]})
+    return StageResult(
+        metrics=metrics, outputs={"report": report_path}, info={"expected_labels": labels, "skipped": report["skipped"]}
+    )

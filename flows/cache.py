@@ -36,10 +36,17 @@ def hashes(paths: dict[str, Path]) -> dict[str, str | None]:
     return {name: tree_sha256(path) for name, path in sorted(paths.items())}
 
 
-def stage_key(name: str, config: dict, parent_key: str, inputs: dict[str, str | None],
-              code: dict[str, str | None], extra: dict | None = None) -> str:
-    return section_hash({"stage": name, "config": config, "parent": parent_key, "inputs": inputs, "code": code,
-                         "extra": extra or {}})
+def stage_key(
+    name: str,
+    config: dict,
+    parent_key: str,
+    inputs: dict[str, str | None],
+    code: dict[str, str | None],
+    extra: dict | None = None,
+) -> str:
+    return section_hash(
+        {"stage": name, "config": config, "parent": parent_key, "inputs": inputs, "code": code, "extra": extra or {}}
+    )
 
 
 @dataclass(frozen=True)
@@ -84,11 +91,26 @@ class StageCache:
             return None
         return record
 
-    def store(self, stage: str, key: str, outputs: dict[str, Path], run_id: str, metrics: dict,
-              info: dict, journal: list | None = None) -> Record:
-        record = Record(stage=stage, key=key, outputs=hashes(outputs), run_id=run_id, metrics=metrics,
-                        info=info, finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        journal=list(journal or []))
+    def store(
+        self,
+        stage: str,
+        key: str,
+        outputs: dict[str, Path],
+        run_id: str,
+        metrics: dict,
+        info: dict,
+        journal: list | None = None,
+    ) -> Record:
+        record = Record(
+            stage=stage,
+            key=key,
+            outputs=hashes(outputs),
+            run_id=run_id,
+            metrics=metrics,
+            info=info,
+            finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            journal=list(journal or []),
+        )
         self.write(record)
         return record
 

@@ -28,21 +28,35 @@ from typing import Annotated, Optional
 
 import typer
 
-EXIT_CODES = {0: "done", 1: "unexpected error (traceback printed) or a stage failed",
-              2: "bad params, input path, unreadable data or unknown model version",
-              3: "data validation failed", 4: "the gate refused a promotion, or nothing to roll back to",
-              5: "another run holds the workspace",
-              6: "the MLflow tracking server did not answer (after retries; finished stages are kept)"}
+EXIT_CODES = {
+    0: "done",
+    1: "unexpected error (traceback printed) or a stage failed",
+    2: "bad params, input path, unreadable data or unknown model version",
+    3: "data validation failed",
+    4: "the gate refused a promotion, or nothing to roll back to",
+    5: "another run holds the workspace",
+    6: "the MLflow tracking server did not answer (after retries; finished stages are kept)",
+}
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-                  help="Turn a large transformer into a small, fast, validated int8 ONNX model.",
-                  epilog="Exit codes: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()) + ".")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Turn a large transformer into a small, fast, validated int8 ONNX model.",
+    epilog="Exit codes: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()) + ".",
+)
 
 # Quiet, offline-friendly defaults; an ephemeral Prefect API on a busy 2-core machine can take over 20 s.
-QUIET_ENV = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "DVC_NO_ANALYTICS": "1",
-             "GX_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TOKENIZERS_PARALLELISM": "false",
-             "TRANSFORMERS_VERBOSITY": "error", "DO_NOT_TRACK": "1"}
+QUIET_ENV = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "DVC_NO_ANALYTICS": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "TOKENIZERS_PARALLELISM": "false",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DO_NOT_TRACK": "1",
+}
 
 
 @app.callback()
@@ -53,7 +67,9 @@ def environment_defaults() -> None:
 
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "--config", help="Params file, e.g. configs/causal-lm.yaml.")]
-ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Named override set from params.yaml, e.g. smoke.")]
+ProfileOpt = Annotated[
+    Optional[str], typer.Option("--profile", help="Named override set from params.yaml, e.g. smoke.")
+]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one value: key=value (repeatable).")]
 UntilOpt = Annotated[Optional[str], typer.Option("--until", help="Stop after this stage, e.g. prune (training only).")]
 
@@ -129,8 +145,9 @@ def run_flow(flow_fn, params, root: Path, what: str, **options) -> tuple[dict, f
     from flows.retries import TrackingUnavailable
 
     # Prefect logs the traceback of a failed flow run; for bad input the CLI's one line says more.
-    logging.getLogger("prefect.flow_runs").addFilter(NoTracebackFor(DataError, ValidationFailed, WorkspaceLocked,
-                                                                    TrackingUnavailable))
+    logging.getLogger("prefect.flow_runs").addFilter(
+        NoTracebackFor(DataError, ValidationFailed, WorkspaceLocked, TrackingUnavailable)
+    )
     from flows.prefect_api import temporary_api
 
     started = time.perf_counter()
@@ -172,12 +189,24 @@ def preflight(task, params, search: bool = False) -> None:
 
 
 @app.command()
-def run(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None,
-        data: Annotated[Optional[str], typer.Option("--data", help="CSV/JSONL/Parquet with text,label, or a hub dataset id.")] = None,
-        overrides: SetOpt = None,
-        force: Annotated[bool, typer.Option("--force", help="Run every stage, even those whose inputs, code and config are unchanged.")] = False,
-        until: UntilOpt = None,
-        wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for another run in this workspace to finish (default: stop at once).")] = 0.0) -> None:
+def run(
+    params_file: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    data: Annotated[
+        Optional[str], typer.Option("--data", help="CSV/JSONL/Parquet with text,label, or a hub dataset id.")
+    ] = None,
+    overrides: SetOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Run every stage, even those whose inputs, code and config are unchanged.")
+    ] = False,
+    until: UntilOpt = None,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait", help="Seconds to wait for another run in this workspace to finish (default: stop at once)."
+        ),
+    ] = 0.0,
+) -> None:
     """Run the whole pipeline: ingest, validate, finetune, distill, prune, trim, export, quantize, seeds, evaluate, register.
 
     A stage whose inputs, component code and config slice are unchanged since its last run is skipped."""
@@ -218,18 +247,24 @@ def print_summary(task, root: Path, outcome: dict, minutes: float) -> None:
     typer.secho(f"miniaturize: pipeline finished in {minutes:.1f} min", bold=True)
     skipped = [name for name, stage in outcome["stages"].items() if stage.get("cache_hit")]
     if skipped:
-        typer.echo(f"  unchanged, skipped: {', '.join(skipped)} ({len(skipped)} of {len(outcome['stages'])} stages; "
-                   "--force runs all)")
+        typer.echo(
+            f"  unchanged, skipped: {', '.join(skipped)} ({len(skipped)} of {len(outcome['stages'])} stages; "
+            "--force runs all)"
+        )
     for line in task.summary(report):
         typer.echo(line)
     gate = "passed" if reg["gate_passed"] else "FAILED (" + ", ".join(reg["failed_checks"]) + ")"
     if registration_cached(task, outcome):
-        typer.echo(f"  gate {gate}: unchanged model, already registered as {reg['model_name']} version {reg['version']}")
+        typer.echo(
+            f"  gate {gate}: unchanged model, already registered as {reg['model_name']} version {reg['version']}"
+        )
     else:
         typer.echo(f"  gate {gate}: {reg['model_name']} version {reg['version']} is now @{reg['alias']}")
     typer.echo(f"  report:  {ws.report_md} (+ {task.report_files})")
-    typer.echo(f"  MLflow:  {outcome['tracking_uri']}  experiment {outcome['experiment_id']}, "
-               f"run {outcome['parent_run_id']}  (make ui -> http://127.0.0.1:5000)")
+    typer.echo(
+        f"  MLflow:  {outcome['tracking_uri']}  experiment {outcome['experiment_id']}, "
+        f"run {outcome['parent_run_id']}  (make ui -> http://127.0.0.1:5000)"
+    )
     typer.echo(f"  model:   {reg['model_uri']}  (models:/{reg['model_name']}@{reg['alias']})")
 
 
@@ -241,8 +276,9 @@ def search(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = N
     from flows import search as searching
 
     if task is not searching.TASK:
-        fail(f"error: miniaturize search compresses {searching.TASK.name} models; {params_file} sets task "
-             f"{task.name}", 2)
+        fail(
+            f"error: miniaturize search compresses {searching.TASK.name} models; {params_file} sets task {task.name}", 2
+        )
     preflight(task, params, search=True)
     outcome, minutes = run_flow(searching.search, params, Path.cwd(), "search")
     reg = outcome["registration"]
@@ -256,12 +292,39 @@ def search(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = N
 
 
 @app.command()
-def stage(name: Annotated[str, typer.Argument(help="ingest, validate, finetune, distill, prune, trim, export, quantize, seeds, evaluate or register")],
-          params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None, overrides: SetOpt = None,
-          processes: Annotated[Optional[int], typer.Option("--processes", min=1, help="Train on N processes of this machine (torchrun; one per GPU): finetune, distill, prune. Default: distributed.processes (1).")] = None,
-          run_id: Annotated[Optional[str], typer.Option("--run-id", hidden=True, help="Log into this MLflow run (a launch's rank 0).")] = None,
-          result_file: Annotated[Optional[Path], typer.Option("--result", hidden=True, help="Write the stage's result here (JSON).")] = None,
-          workspace_paths: Annotated[Optional[list[str]], typer.Option("--workspace-path", hidden=True, help="NAME=PATH: read or write this workspace path elsewhere (a launch's staging folder).")] = None) -> None:
+def stage(
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="ingest, validate, finetune, distill, prune, trim, export, quantize, seeds, evaluate or register"
+        ),
+    ],
+    params_file: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    processes: Annotated[
+        Optional[int],
+        typer.Option(
+            "--processes",
+            min=1,
+            help="Train on N processes of this machine (torchrun; one per GPU): finetune, distill, prune. Default: distributed.processes (1).",
+        ),
+    ] = None,
+    run_id: Annotated[
+        Optional[str], typer.Option("--run-id", hidden=True, help="Log into this MLflow run (a launch's rank 0).")
+    ] = None,
+    result_file: Annotated[
+        Optional[Path], typer.Option("--result", hidden=True, help="Write the stage's result here (JSON).")
+    ] = None,
+    workspace_paths: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--workspace-path",
+            hidden=True,
+            help="NAME=PATH: read or write this workspace path elsewhere (a launch's staging folder).",
+        ),
+    ] = None,
+) -> None:
     """Run one stage on the files of the previous ones (dvc.yaml calls this)."""
     overrides = list(overrides or []) + ([f"distributed.processes={processes}"] if processes else [])
     params, task = load_task(params_file, profile, overrides)
@@ -283,10 +346,15 @@ def stage(name: Annotated[str, typer.Argument(help="ingest, validate, finetune, 
 
 
 @app.command()
-def promote(version: Annotated[str, typer.Option("--version", help="Registered model version to promote.")],
-            force: Annotated[bool, typer.Option("--force", help="Promote even if the gate fails (needs --reason); recorded as forced.")] = False,
-            reason: Annotated[Optional[str], typer.Option("--reason", help="Why; recorded with the alias move.")] = None,
-            params_file: ParamsOpt = Path("params.yaml"), overrides: SetOpt = None) -> None:
+def promote(
+    version: Annotated[str, typer.Option("--version", help="Registered model version to promote.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote even if the gate fails (needs --reason); recorded as forced.")
+    ] = False,
+    reason: Annotated[Optional[str], typer.Option("--reason", help="Why; recorded with the alias move.")] = None,
+    params_file: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+) -> None:
     """Make VERSION the champion if it passes the gate: against its teacher and against the current champion."""
     if force and not (reason or "").strip():
         fail("error: --force needs --reason TEXT (it is recorded with the alias move)", 2)
@@ -294,17 +362,25 @@ def promote(version: Annotated[str, typer.Option("--version", help="Registered m
     from flows import registry
 
     with exit_codes("promote"):
-        result = registry.promote(task, params, task.workspace(Path.cwd().resolve()), version, force=force,
-                                  reason=reason)
-    note = f" (FORCED past {', '.join(n for n, c in result['checks']['checks'].items() if not c['passed'])})" \
-        if result["forced"] else ""
-    typer.echo(f"{result['model_name']} version {result['version']} is now @{result['alias']}{note}; "
-               f"previous champion: {result['previous'] or 'none'}")
+        result = registry.promote(
+            task, params, task.workspace(Path.cwd().resolve()), version, force=force, reason=reason
+        )
+    note = (
+        f" (FORCED past {', '.join(n for n, c in result['checks']['checks'].items() if not c['passed'])})"
+        if result["forced"]
+        else ""
+    )
+    typer.echo(
+        f"{result['model_name']} version {result['version']} is now @{result['alias']}{note}; "
+        f"previous champion: {result['previous'] or 'none'}"
+    )
 
 
 @app.command()
-def rollback(reason: Annotated[str, typer.Option("--reason", help="Why; recorded with the alias move.")] = "manual rollback",
-             params_file: ParamsOpt = Path("params.yaml")) -> None:
+def rollback(
+    reason: Annotated[str, typer.Option("--reason", help="Why; recorded with the alias move.")] = "manual rollback",
+    params_file: ParamsOpt = Path("params.yaml"),
+) -> None:
     """Move the champion back to the previous champion (by the recorded alias history)."""
     params, task = load_task(params_file)
     from flows import registry
@@ -315,9 +391,11 @@ def rollback(reason: Annotated[str, typer.Option("--reason", help="Why; recorded
 
 
 @app.command()
-def lineage(version: Annotated[str, typer.Argument(help="Registered model version.")],
-            as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
-            params_file: ParamsOpt = Path("params.yaml")) -> None:
+def lineage(
+    version: Annotated[str, typer.Argument(help="Registered model version.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    params_file: ParamsOpt = Path("params.yaml"),
+) -> None:
     """Where VERSION comes from: git commit, data hash, params, teacher run, every stage key and run, alias moves."""
     import json
 
@@ -329,10 +407,18 @@ def lineage(version: Annotated[str, typer.Argument(help="Registered model versio
     if as_json:
         typer.echo(json.dumps(chain, indent=2))
         return
-    typer.secho(f"{chain['model_name']} version {chain['version']}  aliases now: {', '.join(chain['aliases_now']) or 'none'}",
-                bold=True)
-    for label, key in (("git commit", "git_commit"), ("data sha256", "data_sha256"), ("params hash", "params_hash"),
-                       ("pipeline run", "pipeline_run"), ("teacher run", "teacher_run"), ("model run", "model_run")):
+    typer.secho(
+        f"{chain['model_name']} version {chain['version']}  aliases now: {', '.join(chain['aliases_now']) or 'none'}",
+        bold=True,
+    )
+    for label, key in (
+        ("git commit", "git_commit"),
+        ("data sha256", "data_sha256"),
+        ("params hash", "params_hash"),
+        ("pipeline run", "pipeline_run"),
+        ("teacher run", "teacher_run"),
+        ("model run", "model_run"),
+    ):
         typer.echo(f"  {label:<13} {chain[key] or '-'}")
     if chain["stages"]:
         typer.echo("  stages (key, run that produced the outputs):")
@@ -346,10 +432,28 @@ def lineage(version: Annotated[str, typer.Argument(help="Registered model versio
 
 
 @app.command()
-def package(out: Annotated[Path, typer.Option("--out", help="Folder to write the bundle to: a new or empty folder, or an earlier bundle (replaced).")],
-            model: Annotated[Optional[str], typer.Option("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a model folder; default the champion.")] = None,
-            force: Annotated[bool, typer.Option("--force", help="Replace --out even when it is a folder holding other files (never a file, a link or the current folder).")] = False,
-            params_file: ParamsOpt = Path("params.yaml")) -> None:
+def package(
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Folder to write the bundle to: a new or empty folder, or an earlier bundle (replaced)."
+        ),
+    ],
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a model folder; default the champion."
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace --out even when it is a folder holding other files (never a file, a link or the current folder).",
+        ),
+    ] = False,
+    params_file: ParamsOpt = Path("params.yaml"),
+) -> None:
     """Write an edge bundle: int8 ONNX model, tokenizer, labels, manifest with hashes, and predict.py; prints
     the manifest's sha256, which predict.py and serve-model pin with --expect-manifest."""
     import tempfile
@@ -366,14 +470,19 @@ def package(out: Annotated[Path, typer.Option("--out", help="Folder to write the
     with tempfile.TemporaryDirectory() as tmp, exit_codes(f"package {model or 'the champion'}"):
         folder, source, metrics = bundle_source(params, task.workspace(Path.cwd().resolve()), model, Path(tmp), TASKS)
         bundle = make_bundle(folder, out, source, metrics, params.teacher.max_length, force=force)
-    typer.echo(f"bundle written: {bundle}  (python {bundle / 'predict.py'} \"some text\")")
-    typer.echo(f"manifest sha256: {manifest_sha256(bundle)}  (pin it: predict.py --expect-manifest SHA256, "
-               "miniaturize serve-model DIR --expect-manifest SHA256)")
+    typer.echo(f'bundle written: {bundle}  (python {bundle / "predict.py"} "some text")')
+    typer.echo(
+        f"manifest sha256: {manifest_sha256(bundle)}  (pin it: predict.py --expect-manifest SHA256, "
+        "miniaturize serve-model DIR --expect-manifest SHA256)"
+    )
 
 
 @app.command()
-def bench(repeats: Annotated[int, typer.Option(help="Rounds over all models.")] = 3,
-          params_file: ParamsOpt = Path("params.yaml"), overrides: SetOpt = None) -> None:
+def bench(
+    repeats: Annotated[int, typer.Option(help="Rounds over all models.")] = 3,
+    params_file: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+) -> None:
     """Re-measure every model of the latest report side by side: median and min-max latency over rounds."""
     import json
 
@@ -381,8 +490,11 @@ def bench(repeats: Annotated[int, typer.Option(help="Rounds over all models.")] 
     if task.bench is None:
         from flows.tasks import TASKS
 
-        fail(f"error: miniaturize bench does not re-measure {task.name} models ({params_file}); it benches "
-             f"{', '.join(name for name, other in TASKS.items() if other.bench)}", 2)
+        fail(
+            f"error: miniaturize bench does not re-measure {task.name} models ({params_file}); it benches "
+            f"{', '.join(name for name, other in TASKS.items() if other.bench)}",
+            2,
+        )
     ws = task.workspace(Path.cwd().resolve())
     if not ws.report.exists():
         fail(f"error: no report at {ws.report}: run the pipeline first (make run)", 2)
@@ -393,16 +505,39 @@ def bench(repeats: Annotated[int, typer.Option(help="Rounds over all models.")] 
 
 
 @app.command("serve-model")
-def serve_model(bundle: Annotated[str, typer.Argument(help="Bundle folder written by `miniaturize package --out`, or models:/NAME@ALIAS | models:/NAME/VERSION: the edge bundle registered with that version, checked against its bundle.manifest_sha256 tag.")],
-                host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
-                port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
-                max_text_chars: Annotated[int, typer.Option(min=1, help="Longest text or prompt accepted, in characters (413 above).")] = 2000,
-                max_batch: Annotated[int, typer.Option(min=1, help="Most texts in one request (413 above).")] = 64,
-                threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads per inference.")] = 2,
-                max_new_tokens: Annotated[int, typer.Option(min=1, help="Most tokens one /generate request may ask for (causal-LM bundles; 413 above).")] = 64,
-                max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body in bytes (413 above, answered before the body is read).")] = 1 << 20,
-                expect_manifest: Annotated[Optional[str], typer.Option("--expect-manifest", metavar="SHA256", help="Refuse the bundle unless its manifest.json has this sha256 (printed by package).")] = None,
-                docs: Annotated[bool, typer.Option("--docs", help="Also serve the interactive API documentation (/docs, /redoc, /openapi.json).")] = False) -> None:
+def serve_model(
+    bundle: Annotated[
+        str,
+        typer.Argument(
+            help="Bundle folder written by `miniaturize package --out`, or models:/NAME@ALIAS | models:/NAME/VERSION: the edge bundle registered with that version, checked against its bundle.manifest_sha256 tag."
+        ),
+    ],
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    max_text_chars: Annotated[
+        int, typer.Option(min=1, help="Longest text or prompt accepted, in characters (413 above).")
+    ] = 2000,
+    max_batch: Annotated[int, typer.Option(min=1, help="Most texts in one request (413 above).")] = 64,
+    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads per inference.")] = 2,
+    max_new_tokens: Annotated[
+        int, typer.Option(min=1, help="Most tokens one /generate request may ask for (causal-LM bundles; 413 above).")
+    ] = 64,
+    max_body_bytes: Annotated[
+        int, typer.Option(min=1, help="Largest request body in bytes (413 above, answered before the body is read).")
+    ] = 1 << 20,
+    expect_manifest: Annotated[
+        Optional[str],
+        typer.Option(
+            "--expect-manifest",
+            metavar="SHA256",
+            help="Refuse the bundle unless its manifest.json has this sha256 (printed by package).",
+        ),
+    ] = None,
+    docs: Annotated[
+        bool,
+        typer.Option("--docs", help="Also serve the interactive API documentation (/docs, /redoc, /openapi.json)."),
+    ] = False,
+) -> None:
     """Serve an edge bundle over HTTP: GET /health, and POST /predict {"texts": [...]} (classification) or POST
     /generate {"prompt": "..."} (causal-LM). The bundle is checked before anything listens."""
     import tempfile
@@ -413,8 +548,18 @@ def serve_model(bundle: Annotated[str, typer.Argument(help="Bundle folder writte
         folder, expected = served_bundle(bundle, expect_manifest, Path(tmp))
         typer.echo(f"checking and loading {bundle} ...")
         try:
-            serve(folder, host, port, max_text_chars, max_batch, threads, max_new_tokens=max_new_tokens,
-                  max_body_bytes=max_body_bytes, docs=docs, expect_manifest=expected)
+            serve(
+                folder,
+                host,
+                port,
+                max_text_chars,
+                max_batch,
+                threads,
+                max_new_tokens=max_new_tokens,
+                max_body_bytes=max_body_bytes,
+                docs=docs,
+                expect_manifest=expected,
+            )
         except BundleError as err:
             fail(f"error: refusing to serve {bundle}: {err}", 2)
 
@@ -424,7 +569,9 @@ def served_bundle(bundle: str, expect_manifest: str | None, download_to: Path) -
     version's edge bundle downloaded into `download_to`, pinned by its bundle.manifest_sha256 tag."""
     if not bundle.startswith("models:/"):
         if not Path(bundle).is_dir():
-            fail(f"error: bundle folder {bundle} does not exist (write one with: miniaturize package --out {bundle})", 2)
+            fail(
+                f"error: bundle folder {bundle} does not exist (write one with: miniaturize package --out {bundle})", 2
+            )
         return Path(bundle), expect_manifest
     from flows.registry import MANIFEST_TAG, BundleNotRegistered, registered_bundle
 
@@ -435,14 +582,27 @@ def served_bundle(bundle: str, expect_manifest: str | None, download_to: Path) -
     except Exception as err:  # noqa: BLE001 - e.g. no such registered model, alias or artifact
         fail(f"error: cannot find the edge bundle of {bundle}: {type(err).__name__}: {err}", 2)
     if expect_manifest and expect_manifest.strip().lower() != pinned:
-        fail(f"error: refusing to serve {bundle}: --expect-manifest {expect_manifest} is not its registered "
-             f"{MANIFEST_TAG} {pinned}", 2)
+        fail(
+            f"error: refusing to serve {bundle}: --expect-manifest {expect_manifest} is not its registered "
+            f"{MANIFEST_TAG} {pinned}",
+            2,
+        )
     return folder, pinned
 
 
 @app.command()
-def figures(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None, overrides: SetOpt = None,
-            write: Annotated[Optional[Path], typer.Option("--write", help="Replace the task's section in this Markdown page (appended when the page has none) instead of printing it.")] = None) -> None:
+def figures(
+    params_file: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    write: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--write",
+            help="Replace the task's section in this Markdown page (appended when the page has none) instead of printing it.",
+        ),
+    ] = None,
+) -> None:
     """Print the measured figures of the task's latest report as a docs section, stamped with the registered
     version, git commit and params hash it comes from (flows/figures.py)."""
     from components.config import section_hash
@@ -453,8 +613,7 @@ def figures(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = 
     ws, root = task.workspace(Path.cwd()), Path.cwd()
     with exit_codes("figures"):
         stamp = generated.read_stamp(ws.reports, params_file, section_hash(params.as_dict()), tracking_uri(root))
-        text = generated.section(task.name, ws.report_md.read_text(), ws.report_md.relative_to(root).as_posix(),
-                                 stamp)
+        text = generated.section(task.name, ws.report_md.read_text(), ws.report_md.relative_to(root).as_posix(), stamp)
         if write is None:
             typer.echo(text, nl=False)
             return
@@ -464,7 +623,15 @@ def figures(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = 
 
 
 @app.command("dvc-yaml")
-def dvc_yaml(check: Annotated[bool, typer.Option("--check", help="Write nothing; exit 1, showing the difference, when dvc.yaml is not what the stage tables give.")] = False) -> None:
+def dvc_yaml(
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Write nothing; exit 1, showing the difference, when dvc.yaml is not what the stage tables give.",
+        ),
+    ] = False,
+) -> None:
     """Write dvc.yaml from the stage tables (flows/tasks/, one module per task): every stage's cmd, deps,
     params and outs, for every task."""
     from flows import dvc_yaml as generated
@@ -481,13 +648,27 @@ def dvc_yaml(check: Annotated[bool, typer.Option("--check", help="Write nothing;
 
 
 @app.command()
-def deploy(name: Annotated[str, typer.Option("--name", help="Deployment name, under the flow miniaturize-scheduled.")] = "nightly",
-           cron: Annotated[str, typer.Option("--cron", help="When to run, as a cron expression (default: 02:00 every night).")] = "0 2 * * *",
-           timezone: Annotated[str, typer.Option("--timezone", help="IANA timezone of the cron expression, e.g. Europe/Paris.")] = "UTC",
-           params_file: Annotated[Optional[Path], typer.Option("--params", help="Params file, read when each run starts (default: params.yaml in --root).")] = None,
-           profile: ProfileOpt = None, overrides: SetOpt = None,
-           root: Annotated[Path, typer.Option("--root", help="Project folder the runs work in, fixed when deploying.")] = Path("."),
-           until: UntilOpt = None) -> None:
+def deploy(
+    name: Annotated[
+        str, typer.Option("--name", help="Deployment name, under the flow miniaturize-scheduled.")
+    ] = "nightly",
+    cron: Annotated[
+        str, typer.Option("--cron", help="When to run, as a cron expression (default: 02:00 every night).")
+    ] = "0 2 * * *",
+    timezone: Annotated[
+        str, typer.Option("--timezone", help="IANA timezone of the cron expression, e.g. Europe/Paris.")
+    ] = "UTC",
+    params_file: Annotated[
+        Optional[Path],
+        typer.Option("--params", help="Params file, read when each run starts (default: params.yaml in --root)."),
+    ] = None,
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    root: Annotated[Path, typer.Option("--root", help="Project folder the runs work in, fixed when deploying.")] = Path(
+        "."
+    ),
+    until: UntilOpt = None,
+) -> None:
     """Run the pipeline on a schedule: register a Prefect deployment and execute its runs here until Ctrl-C.
     The folder, params file, profile and overrides are bound to the deployment; a run may only set `until`."""
     import urllib.request
@@ -508,8 +689,11 @@ def deploy(name: Annotated[str, typer.Option("--name", help="Deployment name, un
     settings = get_current_settings()
     api = settings.api.url
     if not api:
-        fail("error: PREFECT_API_URL is not set; a schedule needs a running Prefect server. Start one and deploy "
-             "with `make serve` (or `prefect server start` and PREFECT_API_URL=http://127.0.0.1:4200/api).", 2)
+        fail(
+            "error: PREFECT_API_URL is not set; a schedule needs a running Prefect server. Start one and deploy "
+            "with `make serve` (or `prefect server start` and PREFECT_API_URL=http://127.0.0.1:4200/api).",
+            2,
+        )
     try:
         urllib.request.urlopen(f"{api}/health", timeout=10).close()
     except OSError as err:
@@ -517,9 +701,13 @@ def deploy(name: Annotated[str, typer.Option("--name", help="Deployment name, un
     full_name = f"{FLOW_NAME}/{name}"
     typer.secho(f"miniaturize: serving {full_name} on {api}", bold=True)
     typer.echo(f"  schedule: {cron} ({timezone}); one run at a time, params read when each run starts")
-    typer.echo(f"  project:  {root.resolve()}, params {params_file}"
-               + (f", profile {profile}" if profile else "") + (f", --set {' '.join(overrides)}" if overrides else "")
-               + (f", up to {until}" if until else "") + "  (fixed; a run may only set until)")
+    typer.echo(
+        f"  project:  {root.resolve()}, params {params_file}"
+        + (f", profile {profile}" if profile else "")
+        + (f", --set {' '.join(overrides)}" if overrides else "")
+        + (f", up to {until}" if until else "")
+        + "  (fixed; a run may only set until)"
+    )
     typer.echo(f"  run now:  PREFECT_API_URL={api} prefect deployment run {full_name}")
     typer.echo(f"  UI:       {settings.ui_url or api.removesuffix('/api')}/deployments  (runs, logs, schedule)")
     typer.echo("Ctrl-C stops serving and pauses the schedule; deploying again resumes it.")

@@ -55,20 +55,44 @@ def run_in_workspace(workspace: BoundWorkspace, until: str | None = None) -> dic
     overrides = list(workspace.overrides)
     params = load_params(params_path, workspace.profile, overrides)
     outcome = pipeline(params, root=str(root), run_name=time.strftime("scheduled-%Y%m%d-%H%M%S"), until=until)
-    dvc = record_run(root, params_path, task_for(params), until if outcome["registration"] is None else None,
-                     "this deployment uses a profile or overrides" if workspace.profile or overrides else None)
+    dvc = record_run(
+        root,
+        params_path,
+        task_for(params),
+        until if outcome["registration"] is None else None,
+        "this deployment uses a profile or overrides" if workspace.profile or overrides else None,
+    )
     reg = outcome["registration"]
     if reg is None:
-        get_run_logger().info("stopped after %s as asked; MLflow run %s in %s", until, outcome["parent_run_id"],
-                              outcome["tracking_uri"])
-        return {"registration": None, "stopped_after": until, "parent_run_id": outcome["parent_run_id"],
-                "tracking_uri": outcome["tracking_uri"], "dvc": dvc}
-    summary = {"registration": {k: reg[k] for k in ("model_name", "version", "alias", "gate_passed", "model_uri")},
-               "parent_run_id": outcome["parent_run_id"], "tracking_uri": outcome["tracking_uri"], "dvc": dvc}
+        get_run_logger().info(
+            "stopped after %s as asked; MLflow run %s in %s", until, outcome["parent_run_id"], outcome["tracking_uri"]
+        )
+        return {
+            "registration": None,
+            "stopped_after": until,
+            "parent_run_id": outcome["parent_run_id"],
+            "tracking_uri": outcome["tracking_uri"],
+            "dvc": dvc,
+        }
+    summary = {
+        "registration": {k: reg[k] for k in ("model_name", "version", "alias", "gate_passed", "model_uri")},
+        "parent_run_id": outcome["parent_run_id"],
+        "tracking_uri": outcome["tracking_uri"],
+        "dvc": dvc,
+    }
     what = "unchanged, already registered" if registration_cached(task_for(params), outcome) else "registered"
     gate = "passed" if reg["gate_passed"] else "failed: " + ", ".join(reg["failed_checks"])
-    get_run_logger().info("%s: %s version %s @%s (gate %s); MLflow run %s in %s; %s", what, reg["model_name"],
-                          reg["version"], reg["alias"], gate, outcome["parent_run_id"], outcome["tracking_uri"], dvc)
+    get_run_logger().info(
+        "%s: %s version %s @%s (gate %s); MLflow run %s in %s; %s",
+        what,
+        reg["model_name"],
+        reg["version"],
+        reg["alias"],
+        gate,
+        outcome["parent_run_id"],
+        outcome["tracking_uri"],
+        dvc,
+    )
     return summary
 
 
@@ -120,9 +144,16 @@ class ScheduledDeployment:
         return self.flow.to_deployment(**self.options)
 
 
-def build_deployment(name: str = DEFAULT_NAME, cron: str = DEFAULT_CRON, timezone: str = DEFAULT_TIMEZONE,
-                     root: str | Path = ".", params_file: str | Path = "params.yaml", profile: str | None = None,
-                     overrides: list[str] | None = None, until: str | None = None) -> ScheduledDeployment:
+def build_deployment(
+    name: str = DEFAULT_NAME,
+    cron: str = DEFAULT_CRON,
+    timezone: str = DEFAULT_TIMEZONE,
+    root: str | Path = ".",
+    params_file: str | Path = "params.yaml",
+    profile: str | None = None,
+    overrides: list[str] | None = None,
+    until: str | None = None,
+) -> ScheduledDeployment:
     """The deployment `<FLOW_NAME>/<name>`: the flow bound to `root` (`params_file` relative to it, or
     absolute), `profile` and `overrides`, on `cron` in `timezone`; `until` is the runs' default stop."""
     from prefect.flows import EntrypointType
@@ -131,16 +162,23 @@ def build_deployment(name: str = DEFAULT_NAME, cron: str = DEFAULT_CRON, timezon
     if params_file.is_absolute() and params_file.is_relative_to(root):
         params_file = params_file.relative_to(root)  # shown as plain "params.yaml" in the description
     workspace = BoundWorkspace(str(root), str(params_file), profile, tuple(overrides or ()))
-    where = f"{root / params_file}" + (f", profile {profile}" if profile else "") + \
-        (f", --set {' '.join(overrides)}" if overrides else "") + (f", up to {until}" if until else "")
+    where = (
+        f"{root / params_file}"
+        + (f", profile {profile}" if profile else "")
+        + (f", --set {' '.join(overrides)}" if overrides else "")
+        + (f", up to {until}" if until else "")
+    )
     options = dict(
-        name=name, schedule=schedule(cron, timezone), parameters={"until": until}, tags=["miniaturize", "scheduled"],
-        description=f"The miniaturize pipeline on {where} (fixed when deployed); params are read when each run "
-                    "starts.",
+        name=name,
+        schedule=schedule(cron, timezone),
+        parameters={"until": until},
+        tags=["miniaturize", "scheduled"],
+        description=f"The miniaturize pipeline on {where} (fixed when deployed); params are read when each run starts.",
         # Reject at creation a run whose parameters do not fit the flow's signature.
         enforce_parameter_schema=True,
         # The entrypoint names the module-level flow; the serving process runs the bound flow it holds.
-        entrypoint_type=EntrypointType.MODULE_PATH)
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
     return ScheduledDeployment(workspace_pipeline(workspace), options)
 
 

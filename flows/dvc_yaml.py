@@ -74,8 +74,14 @@ def render() -> str:
 
 def difference(current: str, expected: str) -> str:
     """A unified diff from `current` to `expected`; empty when they are the same."""
-    return "".join(difflib.unified_diff(current.splitlines(keepends=True), expected.splitlines(keepends=True),
-                                        "dvc.yaml", "dvc.yaml (from the stage tables)"))
+    return "".join(
+        difflib.unified_diff(
+            current.splitlines(keepends=True),
+            expected.splitlines(keepends=True),
+            "dvc.yaml",
+            "dvc.yaml (from the stage tables)",
+        )
+    )
 
 
 def drift(path: Path) -> str:

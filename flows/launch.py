@@ -51,12 +51,31 @@ def moved_paths(task: Task, name: str, ws) -> dict[str, str]:
     return {key: str(getattr(ws, key)) for key in io.inputs + io.outputs if getattr(ws, key) != getattr(plain, key)}
 
 
-def launch_command(name: str, processes: int, params_file: Path, result_file: Path, run_id: str | None,
-                   paths: dict[str, str] | None = None) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-            "-m", "flows.cli", "stage", name, "--config", str(params_file), "--result", str(result_file),
-            *(["--run-id", run_id] if run_id else []),
-            *[item for key, path in (paths or {}).items() for item in ("--workspace-path", f"{key}={path}")]]
+def launch_command(
+    name: str,
+    processes: int,
+    params_file: Path,
+    result_file: Path,
+    run_id: str | None,
+    paths: dict[str, str] | None = None,
+) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        "-m",
+        "flows.cli",
+        "stage",
+        name,
+        "--config",
+        str(params_file),
+        "--result",
+        str(result_file),
+        *(["--run-id", run_id] if run_id else []),
+        *[item for key, path in (paths or {}).items() for item in ("--workspace-path", f"{key}={path}")],
+    ]
 
 
 def launch(task: Task, name: str, p: Params, ws, run_id: str | None) -> StageResult:
@@ -73,15 +92,19 @@ def launch(task: Task, name: str, p: Params, ws, run_id: str | None) -> StageRes
         command = launch_command(name, processes, params_file, result_file, run_id, moved_paths(task, name, ws))
         done = subprocess.run(command, cwd=ws.root, env=env)
         if done.returncode != 0 or not result_file.exists():
-            raise RuntimeError(f"{name} on {processes} processes failed (torchrun exit code {done.returncode}); "
-                               "the processes' output is above")
+            raise RuntimeError(
+                f"{name} on {processes} processes failed (torchrun exit code {done.returncode}); "
+                "the processes' output is above"
+            )
         result = json.loads(result_file.read_text())
-    return StageResult(metrics=result["metrics"], outputs={k: Path(v) for k, v in result["outputs"].items()},
-                       info=result["info"])
+    return StageResult(
+        metrics=result["metrics"], outputs={k: Path(v) for k, v in result["outputs"].items()}, info=result["info"]
+    )
 
 
-def join(task: Task, name: str, p: Params, root: Path, paths: dict[str, Path], run_id: str | None,
-         result_file: Path | None) -> None:
+def join(
+    task: Task, name: str, p: Params, root: Path, paths: dict[str, Path], run_id: str | None, result_file: Path | None
+) -> None:
     """This process's part of a launch (`miniaturize stage NAME --run-id ID --result FILE` under torchrun), on
     the caller's paths for the stage's inputs and outputs: rank 0 runs the stage into the caller's MLflow run
     and hands its result back in `result_file`; every other process trains its share of every batch in step
@@ -109,5 +132,9 @@ def join(task: Task, name: str, p: Params, root: Path, paths: dict[str, Path], r
 
 def write_result(result: StageResult, path: Path) -> None:
     """What rank 0 hands back to `launch`."""
-    path.write_text(json.dumps({"metrics": result.metrics, "outputs": {k: str(v) for k, v in result.outputs.items()},
-                                "info": result.info}, default=str))
+    path.write_text(
+        json.dumps(
+            {"metrics": result.metrics, "outputs": {k: str(v) for k, v in result.outputs.items()}, "info": result.info},
+            default=str,
+        )
+    )

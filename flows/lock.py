@@ -86,18 +86,33 @@ def workspace_lock(root: Path, what: str, wait_seconds: float = 0.0):
         lock.acquire(timeout=wait_seconds, poll_interval=min(1.0, max(wait_seconds, 0.05)))
     except Timeout:
         held = holder(root)
-        by = (f"{held.get('what', 'a run')} (pid {held.get('pid', '?')} on {held.get('host', '?')}, "
-              f"started {held.get('started', '?')})") if held else "another run"
-        raise WorkspaceLocked(f"the workspace {root} is in use by {by}; nothing was changed. Wait for it to finish, "
-                              f"or run again with --wait SECONDS to queue behind it") from None
+        by = (
+            (
+                f"{held.get('what', 'a run')} (pid {held.get('pid', '?')} on {held.get('host', '?')}, "
+                f"started {held.get('started', '?')})"
+            )
+            if held
+            else "another run"
+        )
+        raise WorkspaceLocked(
+            f"the workspace {root} is in use by {by}; nothing was changed. Wait for it to finish, "
+            f"or run again with --wait SECONDS to queue behind it"
+        ) from None
     info = info_path(root)
     if info.exists():  # its run never reached the `finally` below
         killed_dir(root).mkdir(exist_ok=True)
         os.replace(info, killed_dir(root) / f"{time.time_ns()}.json")
     try:
-        write_record(root, {"what": what, "pid": os.getpid(), "host": socket.gethostname(),
-                            "command": " ".join(sys.argv[:3]),
-                            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        write_record(
+            root,
+            {
+                "what": what,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "command": " ".join(sys.argv[:3]),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+        )
         yield
     finally:
         info.unlink(missing_ok=True)

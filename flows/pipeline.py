@@ -58,8 +58,14 @@ def stage_key(name: str, params: Params, parent_key: str, ws: Workspace | None =
     stage = task.stages[name]
     inputs = (stage_paths(ws, stage.io.inputs) | external_inputs(task, stage, params, ws.root)) if ws else {}
     extra = {"registry": tracking.tracking_uri(ws.root)} if ws and stage.registers else {}
-    return cache.stage_key(name, stage_config(params, stage.sections), parent_key, cache.hashes(inputs),
-                           cache.hashes(code_files(stage.io.code)), extra)
+    return cache.stage_key(
+        name,
+        stage_config(params, stage.sections),
+        parent_key,
+        cache.hashes(inputs),
+        cache.hashes(code_files(stage.io.code)),
+        extra,
+    )
 
 
 def external_inputs(task: Task, stage: Stage, params: Params, root: Path) -> dict[str, Path]:
@@ -83,13 +89,18 @@ def still_registered(record: cache.Record, client) -> bool:
 
 
 def policy(params: Params) -> RetryPolicy:
-    return RetryPolicy(attempts=params.retries.tracking_attempts, backoff_seconds=params.retries.tracking_backoff_seconds)
+    return RetryPolicy(
+        attempts=params.retries.tracking_attempts, backoff_seconds=params.retries.tracking_backoff_seconds
+    )
 
 
 def replay_journal(client, store: cache.StageCache, record: cache.Record, root: Path) -> None:
     """Log what the stage's run could not while MLflow was unreachable, into that same run."""
-    print(f"[{record.stage}] logging {len(record.journal)} records kept while MLflow was unreachable into run "
-          f"{record.run_id}", flush=True)
+    print(
+        f"[{record.stage}] logging {len(record.journal)} records kept while MLflow was unreachable into run "
+        f"{record.run_id}",
+        flush=True,
+    )
     tracking.replay(client, root, record.run_id, record.journal)
     store.write(replace(record, journal=[]))
 
@@ -116,17 +127,32 @@ def execute_stage(name: str, ctx: RunContext, parent_key: str) -> dict:
     record = None if ctx.force else reusable(name, stage, key, outputs, store, client, ws.root)
     # A stage run on its own (dvc repro) is a run of its own, named apart from a pipeline's child runs.
     run_name = name if ctx.parent_run_id else f"stage-{name}"
-    run_id = tracking.start_run(client, ctx.experiment_id, run_name, ctx.parent_run_id,
-                                tags=run_tags(name, stage, key, parent_key, record, ctx.params))
+    run_id = tracking.start_run(
+        client,
+        ctx.experiment_id,
+        run_name,
+        ctx.parent_run_id,
+        tags=run_tags(name, stage, key, parent_key, record, ctx.params),
+    )
     tracker = tracking.MlflowTracker(client, run_id, root=ws.root)
     tracker.log_params({"config": stage_config(ctx.params, stage.sections)})
     if record is not None:
         tracker.log_metrics(record.metrics)
         tracking.end_run(client, run_id, True)
-        print(f"[{name}] unchanged (key {key}): skipped, outputs of run {record.run_id} ({record.finished_at})",
-              flush=True)
-        return {"stage": name, "key": key, "run_id": run_id, "seconds": 0.0, "metrics": record.metrics,
-                "info": record.info, "cache_hit": True, "source_run_id": record.run_id}
+        print(
+            f"[{name}] unchanged (key {key}): skipped, outputs of run {record.run_id} ({record.finished_at})",
+            flush=True,
+        )
+        return {
+            "stage": name,
+            "key": key,
+            "run_id": run_id,
+            "seconds": 0.0,
+            "metrics": record.metrics,
+            "info": record.info,
+            "cache_hit": True,
+            "source_run_id": record.run_id,
+        }
     # The stage writes into a staging folder; its outputs are renamed into place only once it has finished,
     # and its record (what marks it complete) is written last. A stage killed half-way leaves nothing that
     # a later stage or run could take for its output.
@@ -161,20 +187,30 @@ def execute_stage(name: str, ctx: RunContext, parent_key: str) -> dict:
             f"the {name} stage finished and its outputs are in place "
             f"({', '.join(outputs)}), but MLflow at "
             f"{redact(tracking.tracking_uri(ws.root))} is unreachable; its logs are kept in "
-            f"{tracking.pending_dir(ws.root, run_id)} and the next run logs them without computing it again")
+            f"{tracking.pending_dir(ws.root, run_id)} and the next run logs them without computing it again"
+        )
     store.store(name, key, outputs, run_id, metrics, info)
     tracking.end_run(client, run_id, True)
     print(f"[{name}] finished in {seconds:.1f} s", flush=True)
-    return {"stage": name, "key": key, "run_id": run_id, "seconds": seconds, "metrics": metrics, "info": info,
-            "cache_hit": False, "source_run_id": run_id}
+    return {
+        "stage": name,
+        "key": key,
+        "run_id": run_id,
+        "seconds": seconds,
+        "metrics": metrics,
+        "info": info,
+        "cache_hit": False,
+        "source_run_id": run_id,
+    }
 
 
 def staging_folder(ws: Workspace, name: str) -> Path:
     return ws.state / "staging" / name
 
 
-def reusable(name: str, stage: Stage, key: str, outputs: dict[str, Path], store: cache.StageCache, client,
-             root: Path) -> cache.Record | None:
+def reusable(
+    name: str, stage: Stage, key: str, outputs: dict[str, Path], store: cache.StageCache, client, root: Path
+) -> cache.Record | None:
     """The stage's record when its key and outputs are unchanged (its logs kept during an MLflow outage
     replayed first); a registration counts only while its version still exists."""
     record = store.lookup(name, key, outputs)
@@ -185,11 +221,16 @@ def reusable(name: str, stage: Stage, key: str, outputs: dict[str, Path], store:
     return record
 
 
-def run_tags(name: str, stage: Stage, key: str, parent_key: str, record: cache.Record | None,
-             params: Params) -> dict[str, str]:
+def run_tags(
+    name: str, stage: Stage, key: str, parent_key: str, record: cache.Record | None, params: Params
+) -> dict[str, str]:
     """The stage run's tags: its key and lineage, whether it was skipped (and whose outputs it reuses)."""
-    tags = {"miniaturize.stage": name, "miniaturize.stage_key": key, "miniaturize.parent_key": parent_key,
-            "miniaturize.cache_hit": str(record is not None).lower()}
+    tags = {
+        "miniaturize.stage": name,
+        "miniaturize.stage_key": key,
+        "miniaturize.parent_key": parent_key,
+        "miniaturize.cache_hit": str(record is not None).lower(),
+    }
     if record is not None:
         tags["miniaturize.source_run_id"] = record.run_id
     if stage.data_parallel:
@@ -199,8 +240,9 @@ def run_tags(name: str, stage: Stage, key: str, parent_key: str, record: cache.R
     return tags
 
 
-def settle_failure(name: str, err: Exception, view: StagedWorkspace, staging: Path, store: cache.StageCache,
-                   state: Path) -> None:
+def settle_failure(
+    name: str, err: Exception, view: StagedWorkspace, staging: Path, store: cache.StageCache, state: Path
+) -> None:
     """A failed stage is never recorded as complete. A verdict that comes with its report (data validation)
     moves that report into place for the user to read; other half-written outputs are set aside."""
     store.forget(name)
@@ -218,8 +260,14 @@ def settle_failure(name: str, err: Exception, view: StagedWorkspace, staging: Pa
 
 
 @flow(name="miniaturize", log_prints=False)
-def pipeline(params: Params, root: str = ".", run_name: str | None = None, force: bool = False,
-             until: str | None = None, wait_seconds: float = 0.0) -> dict:
+def pipeline(
+    params: Params,
+    root: str = ".",
+    run_name: str | None = None,
+    force: bool = False,
+    until: str | None = None,
+    wait_seconds: float = 0.0,
+) -> dict:
     """Run the stages in order; `until` stops after that stage (e.g. training on one machine, the rest on
     another that shares the workspace: its run finds the trained stages unchanged and skips them). One run
     at a time per workspace: another one waits `wait_seconds` for the lock, then stops (`flows.lock`)."""
@@ -239,8 +287,10 @@ def settle_killed_runs(root: Path, params: Params) -> None:
     Prefect flow run Crashed and its MLflow runs still open KILLED, one line each. Their completed stages are
     kept and skipped as usual. What cannot be marked now (an API unreachable) is tried again by the next run."""
     for path, killed in killed_runs(root):
-        who = f"{killed.get('what', 'a run')} (pid {killed.get('pid', '?')} on {killed.get('host', '?')}, " \
-              f"started {killed.get('started', '?')})"
+        who = (
+            f"{killed.get('what', 'a run')} (pid {killed.get('pid', '?')} on {killed.get('host', '?')}, "
+            f"started {killed.get('started', '?')})"
+        )
         print(f"{who} was killed before it finished; marking what it left open", flush=True)
         done = True
         if flow_run_id := killed.get("prefect_flow_run_id"):
@@ -263,13 +313,18 @@ def settle_killed_runs(root: Path, params: Params) -> None:
 def run_stages(params: Params, workspace: Workspace, run_name: str | None, force: bool, until: str | None) -> dict:
     client = tracking.client(workspace.root, policy(params))
     experiment = tracking.experiment_id(client, workspace.root)
-    parent = tracking.start_run(client, experiment, run_name or time.strftime("pipeline-%Y%m%d-%H%M%S"),
-                                tags={"miniaturize.params_hash": section_hash(params.as_dict())})
+    parent = tracking.start_run(
+        client,
+        experiment,
+        run_name or time.strftime("pipeline-%Y%m%d-%H%M%S"),
+        tags={"miniaturize.params_hash": section_hash(params.as_dict())},
+    )
     note(workspace.root, mlflow_run_id=parent)
     tracking.MlflowTracker(client, parent).log_params(params.as_dict())
     ctx = RunContext(params, workspace, experiment, parent, force)
-    stage = run_stage.with_options(retries=params.retries.stage_attempts - 1,
-                                   retry_delay_seconds=params.retries.stage_delay_seconds)
+    stage = run_stage.with_options(
+        retries=params.retries.stage_attempts - 1, retry_delay_seconds=params.retries.stage_delay_seconds
+    )
     stages, key, ok = {}, "root", False
     # extract: raw data -> checked splits; transform: teacher -> student -> pruned -> trimmed vocabulary ->
     # ONNX -> int8, then the same chain with further training seeds for the spread; load: measure, gate and
@@ -289,10 +344,16 @@ def run_stages(params: Params, workspace: Workspace, run_name: str | None, force
             if ok:
                 raise
             # MLflow is gone and the run failed anyway: the stage's error says more than this one
-    registration = next((stages[name]["info"] for name, s in task.stages.items() if s.registers and name in stages),
-                        None)
-    return {"parent_run_id": parent, "experiment_id": experiment, "stages": stages, "registration": registration,
-            "tracking_uri": redact(tracking.tracking_uri(workspace.root))}
+    registration = next(
+        (stages[name]["info"] for name, s in task.stages.items() if s.registers and name in stages), None
+    )
+    return {
+        "parent_run_id": parent,
+        "experiment_id": experiment,
+        "stages": stages,
+        "registration": registration,
+        "tracking_uri": redact(tracking.tracking_uri(workspace.root)),
+    }
 
 
 def registration_cached(task: Task, outcome: dict) -> bool:

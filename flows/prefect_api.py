@@ -42,17 +42,35 @@ def free_port() -> int:
 
 def server_command(port: int) -> list[str]:
     """Prefect's own temporary server: its app, on loopback, quiet, without the UI."""
-    return [sys.executable, "-c", LAUNCHER, str(os.getpid()), "-m", "uvicorn", "--factory",
-            "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
-            "--log-level", "error", "--lifespan", "on"]
+    return [
+        sys.executable,
+        "-c",
+        LAUNCHER,
+        str(os.getpid()),
+        "-m",
+        "uvicorn",
+        "--factory",
+        "prefect.server.api.server:create_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "error",
+        "--lifespan",
+        "on",
+    ]
 
 
 def start_server(timeout_seconds: float) -> tuple[subprocess.Popen, str]:
     """Start the server and wait until it answers; (process, API URL)."""
     from prefect.settings import get_current_settings
 
-    env = os.environ | get_current_settings().to_environment_variables(exclude_unset=True) | {
-        "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    env = (
+        os.environ
+        | get_current_settings().to_environment_variables(exclude_unset=True)
+        | {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    )
     deadline = time.monotonic() + timeout_seconds
     while True:
         port = free_port()
@@ -66,9 +84,11 @@ def start_server(timeout_seconds: float) -> tuple[subprocess.Popen, str]:
                 time.sleep(0.2)
         if proc.poll() != PORT_IN_USE or time.monotonic() >= deadline:
             stop_server(proc)
-            raise RuntimeError(f"the temporary Prefect API did not answer within {timeout_seconds:.0f} s "
-                               f"(exit status {proc.returncode}); set PREFECT_API_URL to a running Prefect "
-                               f"server, or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
+            raise RuntimeError(
+                f"the temporary Prefect API did not answer within {timeout_seconds:.0f} s "
+                f"(exit status {proc.returncode}); set PREFECT_API_URL to a running Prefect "
+                f"server, or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+            )
 
 
 def stop_server(proc: subprocess.Popen) -> None:

@@ -44,12 +44,20 @@ def unreadable(source: str, err: OSError) -> str:
         return f"cannot read {Path(source) / 'config.json'}: {first_line(err)}"
     if isinstance(cause, RepositoryNotFoundError):
         return f"{source!r} is not a model on the Hugging Face hub (or it is private or gated)"
-    if hub_offline() or isinstance(cause, (LocalEntryNotFoundError, OfflineModeIsEnabled)) \
-            or "couldn't connect" in str(err):
-        why = "the machine is offline (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set)" if hub_offline() \
+    if (
+        hub_offline()
+        or isinstance(cause, (LocalEntryNotFoundError, OfflineModeIsEnabled))
+        or "couldn't connect" in str(err)
+    ):
+        why = (
+            "the machine is offline (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set)"
+            if hub_offline()
             else "there is no connection"
-        return (f"the Hugging Face hub cannot be reached ({why}) and {source!r} is not in the local Hugging Face "
-                "cache; download it while online, or give the path of a local copy")
+        )
+        return (
+            f"the Hugging Face hub cannot be reached ({why}) and {source!r} is not in the local Hugging Face "
+            "cache; download it while online, or give the path of a local copy"
+        )
     return f"cannot read the config of {source!r}: {first_line(err)}"
 
 
@@ -57,8 +65,10 @@ def require_layers(key: str, layers: list[int], depth: int | None, teacher: str)
     if not layers:
         raise ConfigError(f"{key} is empty: the student needs at least one teacher layer")
     if depth is not None and max(layers) >= depth:
-        raise ConfigError(f"{key} {layers} asks for layer {max(layers)}, but the teacher {teacher} has {depth} "
-                          f"layers (0..{depth - 1})")
+        raise ConfigError(
+            f"{key} {layers} asks for layer {max(layers)}, but the teacher {teacher} has {depth} "
+            f"layers (0..{depth - 1})"
+        )
 
 
 def first_line(err: Exception) -> str:

@@ -96,8 +96,9 @@ def lineage_tags(task: Task, client, parent_run_id: str) -> dict[str, str]:
     run that trained its teacher (the stage whose output is the teacher)."""
     teacher_stages = {name for name, stage in task.stages.items() if "teacher" in stage.io.outputs}
     run = client.get_run(parent_run_id)
-    children = client.search_runs([run.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    children = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"
+    )
     tags = {}
     for child in children:
         stage = child.data.tags.get("miniaturize.stage")
@@ -119,10 +120,14 @@ def log_version(task: Task, p: Params, run_id: str, model_dir: Path, report: Pat
     import onnx
 
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.onnx.log_model(onnx.load(str(model_dir / "model.onnx")), name="model",
-                                     registered_model_name=p.register_.model_name,
-                                     onnx_execution_providers=["CPUExecutionProvider"],
-                                     pip_requirements=PIP_REQUIREMENTS, save_as_external_data=False)
+        info = mlflow.onnx.log_model(
+            onnx.load(str(model_dir / "model.onnx")),
+            name="model",
+            registered_model_name=p.register_.model_name,
+            onnx_execution_providers=["CPUExecutionProvider"],
+            pip_requirements=PIP_REQUIREMENTS,
+            save_as_external_data=False,
+        )
         mlflow.log_artifacts(str(model_dir), artifact_path="bundle")
         mlflow.log_artifact(str(report), artifact_path="report")
     version = str(info.registered_model_version)
@@ -133,16 +138,23 @@ def log_version(task: Task, p: Params, run_id: str, model_dir: Path, report: Pat
     return version
 
 
-def log_edge_bundle(task: Task, p: Params, client, run_id: str, version: str, model_dir: Path, report: Path,
-                    tags: dict[str, str]) -> str | None:
+def log_edge_bundle(
+    task: Task, p: Params, client, run_id: str, version: str, model_dir: Path, report: Path, tags: dict[str, str]
+) -> str | None:
     """Package model_dir as the edge bundle of `version`, log it as the run's `edge_bundle` artifact and tag
     the version with its manifest's sha256; returns that sha256. A folder that cannot be packaged (no
     tokenizer or labels) gets neither, and `serve-model models:/...` then refuses the version."""
     from components import bundle
 
     name = p.register_.model_name
-    source = {"model_uri": f"models:/{name}/{version}", "name": name, "version": version, "run_id": run_id,
-              "git_commit": tags.get("git_commit", ""), "data_sha256": tags.get("data_sha256", "")}
+    source = {
+        "model_uri": f"models:/{name}/{version}",
+        "name": name,
+        "version": version,
+        "run_id": run_id,
+        "git_commit": tags.get("git_commit", ""),
+        "data_sha256": tags.get("data_sha256", ""),
+    }
     metrics = bundle_metrics(task, tags, json.loads(report.read_text()))
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -181,14 +193,22 @@ def version_metrics(client, name: str, version, task: Task) -> dict:
     tags = version.tags
     if f"final.{key}" in tags and "final.size_bytes" in tags:
         legacy = METRICS_SPLIT if tags.get("source", "pipeline") == "pipeline" else None
-        return {key: float(tags[f"final.{key}"]), "size_bytes": float(tags["final.size_bytes"]),
-                "data_sha256": tags.get("data_sha256") or None, "split": tags.get("metrics_split", legacy)}
+        return {
+            key: float(tags[f"final.{key}"]),
+            "size_bytes": float(tags["final.size_bytes"]),
+            "data_sha256": tags.get("data_sha256") or None,
+            "split": tags.get("metrics_split", legacy),
+        }
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(version.run_id, "report/compression_report.json", tmp)
         report = json.loads(Path(path).read_text())
     final = report["models"]["final"]
-    return {key: None if final.get(key) is None else float(final[key]), "size_bytes": float(final["size_bytes"]),
-            "data_sha256": report.get("dataset", {}).get("sha256") or None, "split": METRICS_SPLIT}
+    return {
+        key: None if final.get(key) is None else float(final[key]),
+        "size_bytes": float(final["size_bytes"]),
+        "data_sha256": report.get("dataset", {}).get("sha256") or None,
+        "split": METRICS_SPLIT,
+    }
 
 
 def workspace_data_sha256(task: Task, ws: Workspace) -> str | None:
@@ -207,11 +227,16 @@ def remeasure_champion(task: Task, p: Params, ws: Workspace, client, champion, c
             bundle = Path(client.download_artifacts(champion.run_id, "bundle", tmp))
             value = task.remeasure(bundle, ws.prepared, split, p)
     except Exception as err:  # noqa: BLE001 - an unreadable champion must not stop a registration
-        print(f"[register] champion version {champion.version} could not be re-measured on the {split} split: "
-              f"{type(err).__name__}: {err}", flush=True)
+        print(
+            f"[register] champion version {champion.version} could not be re-measured on the {split} split: "
+            f"{type(err).__name__}: {err}",
+            flush=True,
+        )
         return {}
-    print(f"[register] champion version {champion.version} re-measured on the candidate's {split} split: "
-          f"{key} {value}", flush=True)
+    print(
+        f"[register] champion version {champion.version} re-measured on the candidate's {split} split: {key} {value}",
+        flush=True,
+    )
     return {key: value, "data_sha256": candidate["data_sha256"], "split": split}
 
 
@@ -233,6 +258,7 @@ def judge(task: Task, p: Params, ws: Workspace, client, version, ratios: dict) -
 
 def describe(decision: gate.GateDecision) -> str:
     """The failed checks, each with its value and threshold, or its note when it has no value."""
+
     def one(name: str) -> str:
         c = decision.checks[name]
         return f"{name}: {c.note}" if c.note else f"{name}: {c.value:.4g} vs threshold {c.threshold:.4g}"
@@ -259,16 +285,34 @@ def register(task: Task, p: Params, ws: Workspace, tracker: Tracker) -> StageRes
     decision = judge(task, p, ws, client, client.get_model_version(name, version), report["final_vs_teacher"])
     failed = decision.failed()
     alias = alias_for(decision.passed)
-    move_alias(client, ws.root, name, version, alias, by="pipeline",
-               reason="gate passed" if decision.passed else "gate failed: " + ", ".join(failed),
-               failed_checks=failed)
-    result = {"model_name": name, "version": version, "alias": alias,
-              "gate_passed": decision.passed, "run_id": run_id, "parent_run_id": parent,
-              "model_uri": f"models:/{name}/{version}", "failed_checks": failed, "gate": decision.as_dict()}
+    move_alias(
+        client,
+        ws.root,
+        name,
+        version,
+        alias,
+        by="pipeline",
+        reason="gate passed" if decision.passed else "gate failed: " + ", ".join(failed),
+        failed_checks=failed,
+    )
+    result = {
+        "model_name": name,
+        "version": version,
+        "alias": alias,
+        "gate_passed": decision.passed,
+        "run_id": run_id,
+        "parent_run_id": parent,
+        "model_uri": f"models:/{name}/{version}",
+        "failed_checks": failed,
+        "gate": decision.as_dict(),
+    }
     ws.registration.write_text(json.dumps(result, indent=2))
     tracker.set_tags({"miniaturize.registered_version": version, "miniaturize.alias": alias})
-    return StageResult(metrics={"version": float(version), "gate_passed": float(decision.passed)},
-                       outputs={"registration": ws.registration}, info=result)
+    return StageResult(
+        metrics={"version": float(version), "gate_passed": float(decision.passed)},
+        outputs={"registration": ws.registration},
+        info=result,
+    )
 
 
 def history_run(client, name: str, root: Path | None = None) -> str | None:
@@ -278,15 +322,17 @@ def history_run(client, name: str, root: Path | None = None) -> str | None:
 
     experiment = client.get_experiment_by_name(REGISTRY_EXPERIMENT)
     if experiment is not None:
-        found = client.search_runs([experiment.experiment_id],
-                                   filter_string=f"tags.`miniaturize.alias_history` = '{name}'", max_results=1)
+        found = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`miniaturize.alias_history` = '{name}'", max_results=1
+        )
         if found:
             return found[0].info.run_id
     if root is None:
         return None
     experiment_id = tracking.experiment_id(client, root, REGISTRY_EXPERIMENT)
-    run_id = tracking.start_run(client, experiment_id, f"alias-history-{name}",
-                                tags={"miniaturize.alias_history": name})
+    run_id = tracking.start_run(
+        client, experiment_id, f"alias-history-{name}", tags={"miniaturize.alias_history": name}
+    )
     tracking.end_run(client, run_id, True)
     return run_id
 
@@ -304,13 +350,28 @@ def read_history(client, name: str) -> list[dict]:
     return events
 
 
-def move_alias(client, root: Path, model_name: str, version: str, alias: str, reason: str, by: str,
-               action: str = "set", forced: bool = False, failed_checks: list[str] | None = None) -> dict:
+def move_alias(
+    client,
+    root: Path,
+    model_name: str,
+    version: str,
+    alias: str,
+    reason: str,
+    by: str,
+    action: str = "set",
+    forced: bool = False,
+    failed_checks: list[str] | None = None,
+) -> dict:
     """Point `alias` at `version`, and record the move on the version's tags and in the history."""
     record = event(alias, version, action, by, reason, forced, failed_checks)
     client.set_registered_model_alias(model_name, alias, version)
-    for key, value in (("set_at", record["at"]), ("reason", reason), ("by", by), ("forced", str(forced).lower()),
-                       ("action", action)):
+    for key, value in (
+        ("set_at", record["at"]),
+        ("reason", reason),
+        ("by", by),
+        ("forced", str(forced).lower()),
+        ("action", action),
+    ):
         client.set_model_version_tag(model_name, version, f"alias.{alias}.{key}", value)
     run_id = history_run(client, model_name, root)
     with tempfile.TemporaryDirectory() as tmp:
@@ -340,10 +401,25 @@ def promote(task: Task, p: Params, ws: Workspace, version: str, force: bool = Fa
     if failed:
         why = f"forced past failed checks {', '.join(failed)}: {reason}"
     previous = champion_version(client, name)
-    move_alias(client, ws.root, name, version, CHAMPION, reason=why, by=who("miniaturize promote"), forced=bool(failed),
-               failed_checks=failed)
-    return {"model_name": name, "version": version, "alias": CHAMPION, "checks": decision.as_dict(),
-            "forced": bool(failed), "previous": str(previous.version) if previous else None}
+    move_alias(
+        client,
+        ws.root,
+        name,
+        version,
+        CHAMPION,
+        reason=why,
+        by=who("miniaturize promote"),
+        forced=bool(failed),
+        failed_checks=failed,
+    )
+    return {
+        "model_name": name,
+        "version": version,
+        "alias": CHAMPION,
+        "checks": decision.as_dict(),
+        "forced": bool(failed),
+        "previous": str(previous.version) if previous else None,
+    }
 
 
 def rollback(p: Params, ws: Workspace, reason: str) -> dict:
@@ -354,8 +430,16 @@ def rollback(p: Params, ws: Workspace, reason: str) -> dict:
     name = p.register_.model_name
     current = champion_version(client, name)
     target = rollback_target(read_history(client, name), str(current.version) if current else None)
-    move_alias(client, ws.root, name, target, CHAMPION, reason=f"rollback from version {current.version}: {reason}",
-               by=who("miniaturize rollback"), action="rollback")
+    move_alias(
+        client,
+        ws.root,
+        name,
+        target,
+        CHAMPION,
+        reason=f"rollback from version {current.version}: {reason}",
+        by=who("miniaturize rollback"),
+        action="rollback",
+    )
     return {"model_name": name, "version": target, "alias": CHAMPION, "from": str(current.version)}
 
 
@@ -368,14 +452,26 @@ def lineage(task: Task, p: Params, ws: Workspace, version: str) -> dict:
     name = p.register_.model_name
     found = client.get_model_version(name, version)
     tags = found.tags
-    stages = [{"stage": s, "key": tags.get(f"lineage.{s}.key", ""), "run": tags.get(f"lineage.{s}.run", "")}
-              for s in task.stages if f"lineage.{s}.key" in tags]
+    stages = [
+        {"stage": s, "key": tags.get(f"lineage.{s}.key", ""), "run": tags.get(f"lineage.{s}.run", "")}
+        for s in task.stages
+        if f"lineage.{s}.key" in tags
+    ]
     aliases = [e for e in read_history(client, name) if e["version"] == str(version)]
-    return {"model_name": name, "version": str(version), "model_run": found.run_id,
-            "git_commit": tags.get("git_commit", ""), "data_sha256": tags.get("data_sha256", ""),
-            "params_hash": tags.get("params_hash", ""), "pipeline_run": tags.get("parent_run_id", ""),
-            "teacher_run": tags.get("teacher_run_id", ""), "source": tags.get("source", "pipeline"),
-            "aliases_now": list(found.aliases), "stages": stages, "alias_history": aliases}
+    return {
+        "model_name": name,
+        "version": str(version),
+        "model_run": found.run_id,
+        "git_commit": tags.get("git_commit", ""),
+        "data_sha256": tags.get("data_sha256", ""),
+        "params_hash": tags.get("params_hash", ""),
+        "pipeline_run": tags.get("parent_run_id", ""),
+        "teacher_run": tags.get("teacher_run_id", ""),
+        "source": tags.get("source", "pipeline"),
+        "aliases_now": list(found.aliases),
+        "stages": stages,
+        "alias_history": aliases,
+    }
 
 
 def find_version(client, model: str):
@@ -388,8 +484,9 @@ def find_version(client, model: str):
     return name, client.get_model_version(name, number)
 
 
-def bundle_source(p: Params, ws: Workspace, model: str | None, download_to: Path,
-                  tasks: dict[str, Task]) -> tuple[Path, dict, dict]:
+def bundle_source(
+    p: Params, ws: Workspace, model: str | None, download_to: Path, tasks: dict[str, Task]
+) -> tuple[Path, dict, dict]:
     """(model folder, source, metrics) for `miniaturize package`: a registered version given as
     models:/NAME@ALIAS or models:/NAME/VERSION (default: the champion), downloaded from MLflow, or a
     local model folder. The figures are those of the task its report names (`tasks`: name -> record),
@@ -406,13 +503,22 @@ def bundle_source(p: Params, ws: Workspace, model: str | None, download_to: Path
     name, version = find_version(client, model)
     folder = Path(client.download_artifacts(version.run_id, "bundle", str(download_to)))
     try:
-        report = json.loads(Path(client.download_artifacts(version.run_id, "report/compression_report.json",
-                                                           str(download_to))).read_text())
+        report = json.loads(
+            Path(
+                client.download_artifacts(version.run_id, "report/compression_report.json", str(download_to))
+            ).read_text()
+        )
     except Exception:  # noqa: BLE001 - a version without a report still packages; its tags carry the ratios
         report = {}
     metrics = bundle_metrics(tasks.get(report.get("task")) or tasks[p.task], version.tags, report)
-    source = {"model_uri": model, "name": name, "version": str(version.version), "run_id": version.run_id,
-              "git_commit": version.tags.get("git_commit", ""), "data_sha256": version.tags.get("data_sha256", "")}
+    source = {
+        "model_uri": model,
+        "name": name,
+        "version": str(version.version),
+        "run_id": version.run_id,
+        "git_commit": version.tags.get("git_commit", ""),
+        "data_sha256": version.tags.get("data_sha256", ""),
+    }
     return folder, source, metrics
 
 
@@ -426,8 +532,10 @@ def registered_bundle(root: Path, model: str, download_to: Path) -> tuple[Path, 
     name, version = find_version(client, model)
     expected = version.tags.get(MANIFEST_TAG)
     if not expected:
-        raise BundleNotRegistered(f"{model} (version {version.version} of {name}) has no {MANIFEST_TAG} tag: it "
-                                  "was registered without an edge bundle; package it and pin the manifest sha256 "
-                                  "that `miniaturize package` prints")
+        raise BundleNotRegistered(
+            f"{model} (version {version.version} of {name}) has no {MANIFEST_TAG} tag: it "
+            "was registered without an edge bundle; package it and pin the manifest sha256 "
+            "that `miniaturize package` prints"
+        )
     folder = Path(client.download_artifacts(version.run_id, EDGE_BUNDLE, str(download_to)))
     return folder, expected

@@ -17,10 +17,24 @@ from typing import Callable, TypeVar
 T = TypeVar("T")
 
 # MLflow error codes a later attempt can clear; RESOURCE_DOES_NOT_EXIST, INVALID_PARAMETER_VALUE, ... cannot.
-_TRANSIENT_MLFLOW_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED",
-                           "ABORTED"}
-_TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EAGAIN,
-                     errno.EBUSY, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPIPE}
+_TRANSIENT_MLFLOW_CODES = {
+    "INTERNAL_ERROR",
+    "TEMPORARILY_UNAVAILABLE",
+    "REQUEST_LIMIT_EXCEEDED",
+    "DEADLINE_EXCEEDED",
+    "ABORTED",
+}
+_TRANSIENT_ERRNOS = {
+    errno.ECONNREFUSED,
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+    errno.ETIMEDOUT,
+    errno.EAGAIN,
+    errno.EBUSY,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.EPIPE,
+}
 
 
 class TransientError(RuntimeError):
@@ -66,10 +80,14 @@ def with_retries(call: Callable[[], T], policy: RetryPolicy, what: str, where: s
             if not is_transient(err):
                 raise
             if attempt == policy.attempts:
-                raise TrackingUnavailable(f"{where} did not answer {what} after {attempt} attempts over {waited:.0f} s "
-                                          f"({short(err)})") from err
-            print(f"  tracking: {what} failed ({short(err, 120)}); attempt {attempt + 1}/{policy.attempts} in "
-                  f"{delay:.1f} s", flush=True)
+                raise TrackingUnavailable(
+                    f"{where} did not answer {what} after {attempt} attempts over {waited:.0f} s ({short(err)})"
+                ) from err
+            print(
+                f"  tracking: {what} failed ({short(err, 120)}); attempt {attempt + 1}/{policy.attempts} in "
+                f"{delay:.1f} s",
+                flush=True,
+            )
             time.sleep(delay)
             waited += delay
             delay = min(delay * 2, policy.max_backoff_seconds)
@@ -84,8 +102,9 @@ def send_once(call: Callable[[], T], what: str, where: str) -> T:
     except Exception as err:  # noqa: BLE001 - classified just below
         if not is_transient(err):
             raise
-        raise TrackingUnavailable(f"{where} did not answer {what} ({short(err)}); not sent again, as a second "
-                                  f"{what} could be done twice") from err
+        raise TrackingUnavailable(
+            f"{where} did not answer {what} ({short(err)}); not sent again, as a second {what} could be done twice"
+        ) from err
 
 
 def retry_transient(task, task_run, state) -> bool:

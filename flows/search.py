@@ -40,35 +40,54 @@ def search_reports(ws: ClassificationWorkspace) -> Path:
     return ws.reports / "search"
 
 
-def build(c: component.Candidate, p: Params, teacher_dir: Path, prepared: Path, root: Path,
-          tracker) -> tuple[Path, str]:
+def build(
+    c: component.Candidate, p: Params, teacher_dir: Path, prepared: Path, root: Path, tracker
+) -> tuple[Path, str]:
     """The candidate's final ONNX folder under root/candidates and what it ships (int8 or fp32), reusing
     students, pruned and exported models already under root (`student_chain`). Training stages run at
     `p.search.epochs` epochs."""
     epochs = p.search.epochs
-    out = {"student": root / "students" / c.student_key, "pruned": root / "pruned" / c.pruned_key,
-           "trimmed": root / "trimmed" / c.export_key, "onnx_fp32": root / "onnx" / c.export_key,
-           "final": root / "candidates" / c.name}
+    out = {
+        "student": root / "students" / c.student_key,
+        "pruned": root / "pruned" / c.pruned_key,
+        "trimmed": root / "trimmed" / c.export_key,
+        "onnx_fp32": root / "onnx" / c.export_key,
+        "final": root / "candidates" / c.name,
+    }
     # Every candidate learns from the teacher's soft targets, stored once (by finetune, or here on a miss).
     # Quantization: one method, per tensor; quantize still ships fp32 if the int8 graph is slower or too
     # inaccurate.
     return student_chain(
-        p, teacher_dir, prepared, out, tracker, "", p.seed, root / "soft_targets",
+        p,
+        teacher_dir,
+        prepared,
+        out,
+        tracker,
+        "",
+        p.seed,
+        root / "soft_targets",
         p.distill.model_copy(update={"layers": list(c.layers), "epochs": epochs, "ablation": False}),
         p.prune.model_copy(update={"head_ratio": c.prune_ratio, "ffn_ratio": c.prune_ratio, "epochs": epochs})
-        if c.prune_ratio > 0 else None,
+        if c.prune_ratio > 0
+        else None,
         p.trim.model_copy(update={"enabled": True}) if c.trim else None,
         p.quantize.model_copy(update={"candidates": [c.quantize], "per_channel": [False]})
-        if c.quantize != "fp32" else None)
+        if c.quantize != "fp32"
+        else None,
+    )
 
 
 @task(task_run_name="teacher reference", cache_policy=NO_CACHE)
 def teacher_reference(ctx: RunContext) -> dict:
     p, ws = ctx.params, ctx.workspace
-    ref = component.measure(ws.teacher, "pytorch", ws.prepared, p.evaluate.threads, p.search.latency_calls,
-                            p.teacher.max_length)
-    print(f"[search] teacher: val acc {ref['val_accuracy']:.4f}, batch-1 p50 {ref['latency_ms']:.2f} ms, "
-          f"{ref['size_bytes'] / 1e6:.1f} MB", flush=True)
+    ref = component.measure(
+        ws.teacher, "pytorch", ws.prepared, p.evaluate.threads, p.search.latency_calls, p.teacher.max_length
+    )
+    print(
+        f"[search] teacher: val acc {ref['val_accuracy']:.4f}, batch-1 p50 {ref['latency_ms']:.2f} ms, "
+        f"{ref['size_bytes'] / 1e6:.1f} MB",
+        flush=True,
+    )
     return ref
 
 
@@ -77,8 +96,13 @@ def try_candidate(candidate: component.Candidate, ctx: RunContext, index: int, t
     """Build and measure one candidate in its own MLflow child run; a failure is recorded, not raised."""
     p, ws = ctx.params, ctx.workspace
     client = tracking.client(ws.root)
-    run_id = tracking.start_run(client, ctx.experiment_id, candidate.name, ctx.parent_run_id,
-                                tags={"miniaturize.search_candidate": candidate.name})
+    run_id = tracking.start_run(
+        client,
+        ctx.experiment_id,
+        candidate.name,
+        ctx.parent_run_id,
+        tags={"miniaturize.search_candidate": candidate.name},
+    )
     tracker = tracking.MlflowTracker(client, run_id)
     tracker.log_params(candidate.as_params())
     print(f"[search] candidate {index}/{total}: {candidate.name}", flush=True)
@@ -87,13 +111,22 @@ def try_candidate(candidate: component.Candidate, ctx: RunContext, index: int, t
     try:
         final, row["shipped"] = build(candidate, p, ws.teacher, ws.prepared, search_root(ws), tracker)
         row["model_dir"] = str(final)
-        row |= component.measure(final, "onnxruntime", ws.prepared, p.evaluate.threads, p.search.latency_calls,
-                                 p.teacher.max_length)
-        tracker.log_metrics({k: float(row[k]) for k in ("val_accuracy", "test_accuracy", "latency_ms", "size_bytes")
-                             if row[k] is not None})
-        print(f"[search]   {candidate.name}: val acc {component.shown(row['val_accuracy'])}, "
-              f"batch-1 p50 {row['latency_ms']:.2f} ms, "
-              f"{row['size_bytes'] / 1e6:.1f} MB ({row['shipped']})", flush=True)
+        row |= component.measure(
+            final, "onnxruntime", ws.prepared, p.evaluate.threads, p.search.latency_calls, p.teacher.max_length
+        )
+        tracker.log_metrics(
+            {
+                k: float(row[k])
+                for k in ("val_accuracy", "test_accuracy", "latency_ms", "size_bytes")
+                if row[k] is not None
+            }
+        )
+        print(
+            f"[search]   {candidate.name}: val acc {component.shown(row['val_accuracy'])}, "
+            f"batch-1 p50 {row['latency_ms']:.2f} ms, "
+            f"{row['size_bytes'] / 1e6:.1f} MB ({row['shipped']})",
+            flush=True,
+        )
         ok = True
     except Exception as err:  # noqa: BLE001 - one failed candidate must not end the search
         row["error"] = f"{type(err).__name__}: {err}"[:500]
@@ -107,32 +140,47 @@ def try_candidate(candidate: component.Candidate, ctx: RunContext, index: int, t
 
 def chosen_report(row: dict, teacher: dict, p: Params, summary: dict) -> dict:
     """The compression report of the chosen candidate, in the pipeline report's terms (validation split)."""
-    ratios = {"size_ratio": teacher["size_bytes"] / row["size_bytes"],
-              "speedup_batch1_p50": teacher["latency_ms"] / row["latency_ms"],
-              "accuracy_drop_points": row["accuracy_drop_points"]}
-    return {"task": TASK.name, "source": "search", "split": "validation",
-            "final_vs_teacher": ratios, "gate": decide(ratios, p.register_.gate).as_dict(),
-            "candidate": row, "search": {k: summary[k] for k in ("chosen", "reason", "within_tolerance", "front")}}
+    ratios = {
+        "size_ratio": teacher["size_bytes"] / row["size_bytes"],
+        "speedup_batch1_p50": teacher["latency_ms"] / row["latency_ms"],
+        "accuracy_drop_points": row["accuracy_drop_points"],
+    }
+    return {
+        "task": TASK.name,
+        "source": "search",
+        "split": "validation",
+        "final_vs_teacher": ratios,
+        "gate": decide(ratios, p.register_.gate).as_dict(),
+        "candidate": row,
+        "search": {k: summary[k] for k in ("chosen", "reason", "within_tolerance", "front")},
+    }
 
 
-def register_choice(p: Params, ws: ClassificationWorkspace, ctx: RunContext, row: dict, report_path: Path, within: bool,
-                    reason: str) -> dict:
+def register_choice(
+    p: Params, ws: ClassificationWorkspace, ctx: RunContext, row: dict, report_path: Path, within: bool, reason: str
+) -> dict:
     import mlflow
 
     from flows import registry
 
     report = json.loads(report_path.read_text())
     mlflow.set_tracking_uri(tracking.tracking_uri(ws.root))
-    tags = {"git_commit": registry.git_commit(ws.root), "params_hash": section_hash(p.as_dict()),
-            "parent_run_id": ctx.parent_run_id, "source": "search", "search_candidate": row["name"],
-            "within_tolerance": str(within).lower(),
-            # final.* are test-split figures, like a pipeline version's, so the champion check compares like
-            # with like; the ratios against the teacher come from the validation split the search selects on
-            "data_sha256": registry.workspace_data_sha256(TASK, ws) or "", "metrics_split": "test",
-            "ratios_split": report["split"],
-            **({"final.accuracy": f"{row['test_accuracy']:.6g}"} if row["test_accuracy"] is not None else {}),
-            "final.size_bytes": str(int(row["size_bytes"])),
-            **{f"final_vs_teacher.{k}": f"{v:.6g}" for k, v in report["final_vs_teacher"].items()}}
+    tags = {
+        "git_commit": registry.git_commit(ws.root),
+        "params_hash": section_hash(p.as_dict()),
+        "parent_run_id": ctx.parent_run_id,
+        "source": "search",
+        "search_candidate": row["name"],
+        "within_tolerance": str(within).lower(),
+        # final.* are test-split figures, like a pipeline version's, so the champion check compares like
+        # with like; the ratios against the teacher come from the validation split the search selects on
+        "data_sha256": registry.workspace_data_sha256(TASK, ws) or "",
+        "metrics_split": "test",
+        "ratios_split": report["split"],
+        **({"final.accuracy": f"{row['test_accuracy']:.6g}"} if row["test_accuracy"] is not None else {}),
+        "final.size_bytes": str(int(row["size_bytes"])),
+        **{f"final_vs_teacher.{k}": f"{v:.6g}" for k, v in report["final_vs_teacher"].items()},
+    }
     version = registry.log_version(TASK, p, row["run_id"], Path(row["model_dir"]), report_path, tags)
     client = tracking.client(ws.root)
     name = p.register_.model_name
@@ -142,12 +190,21 @@ def register_choice(p: Params, ws: ClassificationWorkspace, ctx: RunContext, row
         client.set_model_version_tag(name, version, key, value)
     champion = within and decision.passed
     alias = registry.CHAMPION if champion else registry.CHALLENGER
-    why = reason if not within else ("search choice, gate passed" if decision.passed else
-                                     "search choice, gate failed: " + ", ".join(failed))
-    registry.move_alias(client, ws.root, name, version, alias, reason=why, by="miniaturize search",
-                        failed_checks=failed)
-    return {"model_name": name, "version": version, "alias": alias, "reason": why,
-            "model_uri": f"models:/{name}/{version}"}
+    why = (
+        reason
+        if not within
+        else ("search choice, gate passed" if decision.passed else "search choice, gate failed: " + ", ".join(failed))
+    )
+    registry.move_alias(
+        client, ws.root, name, version, alias, reason=why, by="miniaturize search", failed_checks=failed
+    )
+    return {
+        "model_name": name,
+        "version": version,
+        "alias": alias,
+        "reason": why,
+        "model_uri": f"models:/{name}/{version}",
+    }
 
 
 @flow(name="miniaturize-search", log_prints=False)
@@ -163,16 +220,20 @@ def run_search(params: Params, ws: ClassificationWorkspace, run_name: str | None
     cfg = params.search
     client = tracking.client(ws.root)
     experiment = tracking.experiment_id(client, ws.root)
-    parent = tracking.start_run(client, experiment, run_name or time.strftime("search-%Y%m%d-%H%M%S"),
-                                tags={"miniaturize.params_hash": section_hash(params.as_dict()),
-                                      "miniaturize.kind": "search"})
+    parent = tracking.start_run(
+        client,
+        experiment,
+        run_name or time.strftime("search-%Y%m%d-%H%M%S"),
+        tags={"miniaturize.params_hash": section_hash(params.as_dict()), "miniaturize.kind": "search"},
+    )
     tracking.MlflowTracker(client, parent).log_params({"search": cfg.model_dump()})
     ctx = RunContext(params, ws, experiment, parent)
     ok = False
     try:
         if not (ws.teacher / "config.json").exists() or not (ws.prepared / "data_card.json").exists():
-            print("[search] no fine-tuned teacher in this workspace: running ingest, validate, finetune first",
-                  flush=True)
+            print(
+                "[search] no fine-tuned teacher in this workspace: running ingest, validate, finetune first", flush=True
+            )
             key = "root"
             for name in ("ingest", "validate", "finetune"):
                 key = run_stage(name, ctx, key)["key"]
@@ -201,13 +262,21 @@ def run_search(params: Params, ws: ClassificationWorkspace, run_name: str | None
             raise RuntimeError(f"search found nothing to register: {choice.reason}")
         row = next(r for r in rows if r["name"] == choice.name)
         report_path = out / "compression_report.json"
-        report_path.write_text(json.dumps(chosen_report(row, teacher, params, summary), indent=2,
-                                          default=component.json_default))
+        report_path.write_text(
+            json.dumps(chosen_report(row, teacher, params, summary), indent=2, default=component.json_default)
+        )
         registration = register_choice(params, ws, ctx, row, report_path, choice.within_tolerance, choice.reason)
         (out / "registration.json").write_text(json.dumps(registration, indent=2))
         ok = True
     finally:
         tracking.end_run(client, parent, ok)
-    return {"parent_run_id": parent, "chosen": choice.name, "within_tolerance": choice.within_tolerance,
-            "reason": choice.reason, "registration": registration, "front": summary["front"],
-            "reports": str(search_reports(ws)), "tracking_uri": tracking.tracking_uri(ws.root)}
+    return {
+        "parent_run_id": parent,
+        "chosen": choice.name,
+        "within_tolerance": choice.within_tolerance,
+        "reason": choice.reason,
+        "registration": registration,
+        "front": summary["front"],
+        "reports": str(search_reports(ws)),
+        "tracking_uri": tracking.tracking_uri(ws.root),
+    }

@@ -111,6 +111,8 @@ def _node(tree: dict, dotted: str) -> Any:
 
 
 def merge(main: StageResult, extra: StageResult, prefix: str) -> StageResult:
-    return StageResult(metrics=main.metrics | {prefix + k: v for k, v in extra.metrics.items()},
-                       outputs=main.outputs | {prefix + k: v for k, v in extra.outputs.items()},
-                       info=main.info | {prefix.rstrip("."): extra.info})
+    return StageResult(
+        metrics=main.metrics | {prefix + k: v for k, v in extra.metrics.items()},
+        outputs=main.outputs | {prefix + k: v for k, v in extra.outputs.items()},
+        info=main.info | {prefix.rstrip("."): extra.info},
+    )

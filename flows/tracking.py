@@ -45,15 +45,39 @@ def tracking_uri(root: Path) -> str:
 # timestamp and step); and artifacts: the same file sent again to the same artifact path replaces itself,
 # byte for byte, and lists once. Not here: `log_metric` stamps the time at each attempt, and a delete sent
 # twice fails the second time (RESOURCE_DOES_NOT_EXIST).
-IDEMPOTENT = frozenset({
-    "get_run", "get_experiment", "get_experiment_by_name", "get_metric_history", "get_parent_run",
-    "search_runs", "search_experiments", "list_artifacts", "download_artifacts",
-    "get_registered_model", "get_model_version", "get_model_version_by_alias", "get_latest_versions",
-    "search_registered_models", "search_model_versions", "get_model_version_download_uri",
-    "log_batch", "log_param", "set_tag", "set_experiment_tag", "set_terminated", "update_run",
-    "log_artifact", "log_artifacts", "log_text", "log_dict",
-    "set_registered_model_alias", "set_model_version_tag", "set_registered_model_tag",
-})
+IDEMPOTENT = frozenset(
+    {
+        "get_run",
+        "get_experiment",
+        "get_experiment_by_name",
+        "get_metric_history",
+        "get_parent_run",
+        "search_runs",
+        "search_experiments",
+        "list_artifacts",
+        "download_artifacts",
+        "get_registered_model",
+        "get_model_version",
+        "get_model_version_by_alias",
+        "get_latest_versions",
+        "search_registered_models",
+        "search_model_versions",
+        "get_model_version_download_uri",
+        "log_batch",
+        "log_param",
+        "set_tag",
+        "set_experiment_tag",
+        "set_terminated",
+        "update_run",
+        "log_artifact",
+        "log_artifacts",
+        "log_text",
+        "log_dict",
+        "set_registered_model_alias",
+        "set_model_version_tag",
+        "set_registered_model_tag",
+    }
+)
 
 
 class ResilientClient:
@@ -77,10 +101,16 @@ class ResilientClient:
             if name in IDEMPOTENT:
                 return with_retries(lambda: attr(*args, **kwargs), self.policy, name, self.where)
             return send_once(lambda: attr(*args, **kwargs), name, self.where)
+
         return call
 
-    def create_run(self, experiment_id: str, start_time: int | None = None, tags: dict[str, Any] | None = None,
-                   run_name: str | None = None):
+    def create_run(
+        self,
+        experiment_id: str,
+        start_time: int | None = None,
+        tags: dict[str, Any] | None = None,
+        run_name: str | None = None,
+    ):
         """One run however many attempts it takes: the run carries a key (`REQUEST_ID`) chosen before the
         first attempt, and an attempt after one that went unanswered first looks for a run with that key,
         which the server may have created without its answer arriving."""
@@ -95,15 +125,21 @@ class ResilientClient:
             nonlocal attempts
             attempts += 1
             if attempts > 1:
-                found = self._inner.search_runs([experiment_id], filter_string=f"tags.`{REQUEST_ID}` = '{key}'",
-                                                run_view_type=ViewType.ALL, max_results=1)
+                found = self._inner.search_runs(
+                    [experiment_id],
+                    filter_string=f"tags.`{REQUEST_ID}` = '{key}'",
+                    run_view_type=ViewType.ALL,
+                    max_results=1,
+                )
                 if found:
                     return found[0]
             return self._inner.create_run(experiment_id, start_time=start_time, tags=tags, run_name=run_name)
+
         return with_retries(attempt, self.policy, "create_run", self.where)
 
-    def create_experiment(self, name: str, artifact_location: str | None = None,
-                          tags: dict[str, Any] | None = None) -> str:
+    def create_experiment(
+        self, name: str, artifact_location: str | None = None, tags: dict[str, Any] | None = None
+    ) -> str:
         """One experiment however many attempts it takes: names are unique, so an attempt after one that went
         unanswered first looks the name up."""
         attempts = 0
@@ -115,6 +151,7 @@ class ResilientClient:
             if found is not None:
                 return found.experiment_id
             return self._inner.create_experiment(name, artifact_location=artifact_location, tags=tags)
+
         return with_retries(attempt, self.policy, "create_experiment", self.where)
 
 
@@ -157,8 +194,11 @@ class MlflowTracker:
             except TrackingUnavailable as err:
                 if self.root is None:
                     raise
-                print(f"  tracking: {err}; the stage goes on and its logs are kept in "
-                      f"{pending_dir(self.root, self.run_id)} for the next run", flush=True)
+                print(
+                    f"  tracking: {err}; the stage goes on and its logs are kept in "
+                    f"{pending_dir(self.root, self.run_id)} for the next run",
+                    flush=True,
+                )
         if entry["kind"] == "artifact":  # a copy: the file may be temporary, or replaced before the replay
             source = Path(entry["path"])
             keep = pending_dir(self.root, self.run_id) / f"{len(self.journal):04d}" / source.name
@@ -171,8 +211,9 @@ class MlflowTracker:
         self._send({"kind": "params", "items": {k: redact(str(v))[:6000] for k, v in flatten(params).items()}})
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        items = {k: float(v) for k, v in flatten(metrics).items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        items = {
+            k: float(v) for k, v in flatten(metrics).items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         if items:
             self._send({"kind": "metrics", "items": items, "step": step or 0, "at": int(time.time() * 1000)})
 
@@ -191,10 +232,11 @@ def send(mlflow_client, run_id: str, entry: dict) -> None:
     if kind == "params":
         items = [Param(k, v) for k, v in entry["items"].items()]
         for start in range(0, len(items), 100):
-            mlflow_client.log_batch(run_id, params=items[start:start + 100])
+            mlflow_client.log_batch(run_id, params=items[start : start + 100])
     elif kind == "metrics":
-        mlflow_client.log_batch(run_id, metrics=[Metric(k, v, entry["at"], entry["step"])
-                                                 for k, v in entry["items"].items()])
+        mlflow_client.log_batch(
+            run_id, metrics=[Metric(k, v, entry["at"], entry["step"]) for k, v in entry["items"].items()]
+        )
     elif kind == "tags":
         mlflow_client.log_batch(run_id, tags=[RunTag(k, v) for k, v in entry["items"].items()])
     elif kind == "artifact":
@@ -223,8 +265,9 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def start_run(mlflow_client, experiment: str, name: str, parent_run_id: str | None = None,
-              tags: dict[str, str] | None = None) -> str:
+def start_run(
+    mlflow_client, experiment: str, name: str, parent_run_id: str | None = None, tags: dict[str, str] | None = None
+) -> str:
     all_tags = {k: redact(str(v)) for k, v in (tags or {}).items()}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
@@ -239,8 +282,9 @@ def kill_open_runs(mlflow_client, parent_run_id: str) -> list[str]:
     """Mark KILLED the run `parent_run_id` and those of its child runs still RUNNING: their process was killed,
     so nothing else will end them. Returns their ids."""
     parent = mlflow_client.get_run(parent_run_id)
-    children = mlflow_client.search_runs([parent.info.experiment_id],
-                                         filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    children = mlflow_client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"
+    )
     open_runs = [run.info.run_id for run in [parent, *children] if run.info.status == "RUNNING"]
     for run_id in open_runs:
         mlflow_client.set_terminated(run_id, status="KILLED")

@@ -39,8 +39,9 @@ def dvc_stages(root: Path, params_file: Path | str, task: Task) -> list[str] | N
     return [task.dvc_prefix + name for name in task.stages if task.dvc_prefix + name in names]
 
 
-def record_run(root: Path, params_file: Path | str, task: Task, stopped_after: str | None,
-               customised: str | None) -> str:
+def record_run(
+    root: Path, params_file: Path | str, task: Task, stopped_after: str | None, customised: str | None
+) -> str:
     """Record a finished run's outputs in DVC when that is what dvc.lock describes; returns the line to print.
     Only a complete run (not one `stopped_after` a stage: the later stages' outputs are from an older run) of
     the task's params file as written (not `customised`, which says how) is recorded."""
@@ -62,4 +63,3 @@ def commit_outputs(root: Path, stages: list[str] | None) -> tuple[bool, str]:
     if done.returncode != 0:
         return False, f"DVC: commit failed: {(done.stderr or done.stdout).strip()[-400:]}"
     return True, "DVC: outputs recorded in dvc.lock (`dvc status` is clean; `dvc push` stores them)"
-

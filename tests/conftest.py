@@ -23,9 +23,15 @@ import pytest
 # Cleared when this file loads, before any test module imports prefect, mlflow or huggingface_hub, several
 # of which read their settings at import; tests that need a server set it themselves.
 AMBIENT_PREFIXES = ("MLFLOW_", "PREFECT_", "HF_", "HUGGING_FACE_", "TRANSFORMERS_", "DVC_")
-PINNED = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-          "TRANSFORMERS_VERBOSITY": "error", "MLFLOW_DISABLE_TELEMETRY": "true",
-          "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}
+PINNED = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+}
 
 
 def pin_environment(environ=os.environ) -> None:
@@ -54,10 +60,22 @@ def no_leaked_tracking_uri():
         os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
-POSITIVE = ["a wonderful, moving film", "great acting and a sharp script", "funny and warm throughout",
-            "one of the best movies this year", "beautifully shot and deeply felt", "a delight from start to end"]
-NEGATIVE = ["a dull, lifeless mess", "terrible pacing and flat jokes", "boring and far too long",
-            "the worst script in years", "clumsy, loud and empty", "a tedious waste of time"]
+POSITIVE = [
+    "a wonderful, moving film",
+    "great acting and a sharp script",
+    "funny and warm throughout",
+    "one of the best movies this year",
+    "beautifully shot and deeply felt",
+    "a delight from start to end",
+]
+NEGATIVE = [
+    "a dull, lifeless mess",
+    "terrible pacing and flat jokes",
+    "boring and far too long",
+    "the worst script in years",
+    "clumsy, loud and empty",
+    "a tedious waste of time",
+]
 
 
 def make_frame(n_per_class: int, offset: int = 0) -> pd.DataFrame:
@@ -72,8 +90,12 @@ def write_prepared(out: Path, frames: dict[str, pd.DataFrame], labels=("negative
     out.mkdir(parents=True, exist_ok=True)
     for name, frame in frames.items():
         frame.to_parquet(out / f"{name}.parquet", index=False)
-    card = {"source": "fixture", "sha256": "0" * 64, "labels": list(labels),
-            "rows": {k: len(v) for k, v in frames.items()}}
+    card = {
+        "source": "fixture",
+        "sha256": "0" * 64,
+        "labels": list(labels),
+        "rows": {k: len(v) for k, v in frames.items()},
+    }
     (out / "data_card.json").write_text(json.dumps(card))
     return out
 
@@ -82,8 +104,9 @@ def write_prepared(out: Path, frames: dict[str, pd.DataFrame], labels=("negative
 def tiny_prepared(tmp_path_factory) -> Path:
     """train 48 / validation 16 / test 16 sentences, balanced, no overlap."""
     out = tmp_path_factory.mktemp("prepared")
-    return write_prepared(out, {"train": make_frame(24, 0), "validation": make_frame(8, 100),
-                                "test": make_frame(8, 200)})
+    return write_prepared(
+        out, {"train": make_frame(24, 0), "validation": make_frame(8, 100), "test": make_frame(8, 200)}
+    )
 
 
 def packaged_tokenizer_dir() -> str:
@@ -100,9 +123,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny_model")
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128, num_labels=2,
-                        id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=2,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
     BertForSequenceClassification(config).save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(packaged_tokenizer_dir()).save_pretrained(out)
     (out / "labels.json").write_text(json.dumps(["negative", "positive"]))
@@ -135,8 +166,13 @@ def prefect_api(tmp_path_factory) -> str:
     port = free_port()
     env = os.environ | {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     prefect = Path(sys.executable).parent / "prefect"
-    proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}/api"
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -168,8 +204,22 @@ def edge_python(tmp_path_factory) -> Path:
     env = tmp_path_factory.mktemp("edge_venv")
     venv.create(env, with_pip=True)
     python = env / "bin" / "python"
-    done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                           "onnxruntime", "tokenizers", "numpy"], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "onnxruntime",
+            "tokenizers",
+            "numpy",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     listed = subprocess.run([str(python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True)
     names = {p["name"].lower() for p in json.loads(listed.stdout)}
@@ -188,8 +238,11 @@ def lm_sentences(n: int, seed: int) -> list[str]:
     import random
 
     rng = random.Random(seed)
-    return [f"{rng.choice(LM_SUBJECTS)} {rng.choice(LM_VERBS)} {rng.choice(LM_OBJECTS)} "
-            f"and {rng.choice(LM_SUBJECTS)} {rng.choice(LM_VERBS)} {rng.choice(LM_OBJECTS)}." for _ in range(n)]
+    return [
+        f"{rng.choice(LM_SUBJECTS)} {rng.choice(LM_VERBS)} {rng.choice(LM_OBJECTS)} "
+        f"and {rng.choice(LM_SUBJECTS)} {rng.choice(LM_VERBS)} {rng.choice(LM_OBJECTS)}."
+        for _ in range(n)
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -205,12 +258,22 @@ def tiny_lm_data_dir(tmp_path_factory) -> Path:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(splits["train"], trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.train_from_iterator(
+        splits["train"],
+        trainers.BpeTrainer(
+            vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     special = "<|endoftext|>"
-    PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=special, eos_token=special, pad_token=special,
-                            unk_token=special, padding_side="left",
-                            model_input_names=["input_ids", "attention_mask"]).save_pretrained(out / "tokenizer")
+    PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=special,
+        eos_token=special,
+        pad_token=special,
+        unk_token=special,
+        padding_side="left",
+        model_input_names=["input_ids", "attention_mask"],
+    ).save_pretrained(out / "tokenizer")
     return out
 
 
@@ -223,8 +286,15 @@ def tiny_gpt2_dir(tmp_path_factory, tiny_lm_data_dir) -> Path:
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm_data_dir / "tokenizer")
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=4,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     model = GPT2LMHeadModel(config)
     texts = pd.read_parquet(tiny_lm_data_dir / "train.parquet")["text"].tolist()
     rows = [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
@@ -249,4 +319,3 @@ def tiny_gpt2_dir(tmp_path_factory, tiny_lm_data_dir) -> Path:
     model.eval().save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
-

@@ -111,12 +111,16 @@ def parses(parser, args: list[str]) -> bool:
     return True
 
 
-@pytest.mark.parametrize(("page", "line"), [c for c in commands("python") if re.match(r"python [\w/]*predict\.py", c[1])],
-                         ids=lambda v: v[:60])
+@pytest.mark.parametrize(
+    ("page", "line"),
+    [c for c in commands("python") if re.match(r"python [\w/]*predict\.py", c[1])],
+    ids=lambda v: v[:60],
+)
 def test_each_bundle_command_parses(page, line):
     """A bundle's script is predict.py for both kinds of bundle: the line must parse for one of them."""
     from components import bundle
 
     words = shlex.split(line.replace("...", "x").replace("<hex>", "0" * 64))[2:]
-    assert any(parses(edge_script_parser(script), words) for script in (bundle.PREDICT, bundle.GENERATE)), \
+    assert any(parses(edge_script_parser(script), words) for script in (bundle.PREDICT, bundle.GENERATE)), (
         f"{page}: `{line}` does not parse"
+    )

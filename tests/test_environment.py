@@ -9,8 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-AMBIENT = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_EXPERIMENT_NAME": "someone-elses",
-           "PREFECT_API_URL": "http://127.0.0.1:9/api", "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}
+AMBIENT = {
+    "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+    "MLFLOW_EXPERIMENT_NAME": "someone-elses",
+    "PREFECT_API_URL": "http://127.0.0.1:9/api",
+    "HF_HUB_OFFLINE": "0",
+    "HF_ENDPOINT": "http://127.0.0.1:9",
+}
 
 
 def test_the_tests_see_their_own_tracking_and_an_offline_hub(tmp_path):
@@ -24,7 +29,22 @@ def test_the_tests_see_their_own_tracking_and_an_offline_hub(tmp_path):
 
 def test_a_caller_environment_naming_other_servers_changes_nothing():
     here = Path(__file__)
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
-                           f"{here}::test_the_tests_see_their_own_tracking_and_an_offline_hub"],
-                          cwd=here.parents[1], env=os.environ | AMBIENT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:xdist",
+            "-p",
+            "no:cacheprovider",
+            f"{here}::test_the_tests_see_their_own_tracking_and_an_offline_hub",
+        ],
+        cwd=here.parents[1],
+        env=os.environ | AMBIENT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -101,8 +101,9 @@ def clean(texts: list, min_chars: int) -> list[str]:
     return kept
 
 
-def split_texts(texts: list[str], shares: tuple[float, float, float], seed: int,
-                max_sentences: int | None = None) -> dict[str, list[str]]:
+def split_texts(
+    texts: list[str], shares: tuple[float, float, float], seed: int, max_sentences: int | None = None
+) -> dict[str, list[str]]:
     """A seeded shuffle cut into train/validation/test (after an optional seeded cap)."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(texts))
@@ -110,8 +111,7 @@ def split_texts(texts: list[str], shares: tuple[float, float, float], seed: int,
         order = order[:max_sentences]
     n_train = round(len(order) * shares[0])
     n_val = round(len(order) * shares[1])
-    cuts = {"train": order[:n_train], "validation": order[n_train:n_train + n_val],
-            "test": order[n_train + n_val:]}
+    cuts = {"train": order[:n_train], "validation": order[n_train : n_train + n_val], "test": order[n_train + n_val :]}
     empty = [name for name, idx in cuts.items() if len(idx) == 0]
     if empty:
         raise DataError(f"{len(order)} sentences are too few for the split {shares}: {', '.join(empty)} would be empty")
@@ -121,17 +121,23 @@ def split_texts(texts: list[str], shares: tuple[float, float, float], seed: int,
 def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int) -> PreTrainedTokenizerFast:
     """A GPT-2-style byte-level BPE (all 256 bytes in the base alphabet, so nothing is ever unknown)."""
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS],
-                            show_progress=False)
+    bpe.train_from_iterator(
+        texts, vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS], show_progress=False
+    )
     return wrap_tokenizer(bpe._tokenizer)
 
 
 def wrap_tokenizer(tokenizer_object) -> PreTrainedTokenizerFast:
     # Left padding for batched generation; no token_type_ids, which the ONNX decoder does not take.
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer_object, bos_token=EOS, eos_token=EOS,
-                                   pad_token=EOS, padding_side="left",
-                                   model_input_names=["input_ids", "attention_mask"],
-                                   clean_up_tokenization_spaces=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer_object,
+        bos_token=EOS,
+        eos_token=EOS,
+        pad_token=EOS,
+        padding_side="left",
+        model_input_names=["input_ids", "attention_mask"],
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def mean_tokens(tokenizer, texts: list[str]) -> float:
@@ -142,8 +148,14 @@ def mean_tokens(tokenizer, texts: list[str]) -> float:
     return float(np.mean([len(x) for x in ids]))
 
 
-def run(cfg: LMDataConfig, out_dir: Path, tracker: Tracker, seed: int,
-        cache_dir: Path = Path("data/raw"), root: Path = Path(".")) -> StageResult:
+def run(
+    cfg: LMDataConfig,
+    out_dir: Path,
+    tracker: Tracker,
+    seed: int,
+    cache_dir: Path = Path("data/raw"),
+    root: Path = Path("."),
+) -> StageResult:
     raw, source, sha256 = load_corpus(cfg.source, cache_dir, root)
     texts = clean(raw, cfg.min_chars)
     if not texts:
@@ -156,16 +168,27 @@ def run(cfg: LMDataConfig, out_dir: Path, tracker: Tracker, seed: int,
         pd.DataFrame({"text": splits[name]}).to_parquet(out_dir / f"{name}.parquet", index=False)
     tokenizer.save_pretrained(out_dir / "tokenizer")
     tokens = mean_tokens(tokenizer, splits["train"])
-    card = {"source": source, "sha256": sha256, "rows_raw": len(raw), "rows_clean": len(texts),
-            "dropped": len(raw) - len(texts), "min_chars": cfg.min_chars,
-            "rows": {name: len(splits[name]) for name in SPLITS}, "vocab_size": len(tokenizer),
-            "mean_tokens_per_sentence": round(tokens, 2)}
+    card = {
+        "source": source,
+        "sha256": sha256,
+        "rows_raw": len(raw),
+        "rows_clean": len(texts),
+        "dropped": len(raw) - len(texts),
+        "min_chars": cfg.min_chars,
+        "rows": {name: len(splits[name]) for name in SPLITS},
+        "vocab_size": len(tokenizer),
+        "mean_tokens_per_sentence": round(tokens, 2),
+    }
     (out_dir / "data_card.json").write_text(json.dumps(card, indent=2))
 
     metrics = {f"rows_{name}": float(n) for name, n in card["rows"].items()} | {
-        "vocab_size": float(len(tokenizer)), "mean_tokens_per_sentence": tokens, "dropped": float(card["dropped"])}
+        "vocab_size": float(len(tokenizer)),
+        "mean_tokens_per_sentence": tokens,
+        "dropped": float(card["dropped"]),
+    }
     tracker.log_params({"source": source, "source_sha256": sha256, "vocab_size_asked": cfg.vocab_size})
     tracker.log_metrics(metrics)
     tracker.log_artifact(out_dir / "data_card.json")
-    return StageResult(metrics=metrics, outputs={"prepared": out_dir, "tokenizer": out_dir / "tokenizer"},
-                       info={"card": card})
+    return StageResult(
+        metrics=metrics, outputs={"prepared": out_dir, "tokenizer": out_dir / "tokenizer"}, info={"card": card}
+    )

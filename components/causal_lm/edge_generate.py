@@ -70,8 +70,10 @@ def file_set_problem(listed: set[str], present: set[str]) -> str | None:
         return f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing from the bundle"
     extra = sorted(present - listed)
     if extra:
-        return (f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} in the bundle folder but not in "
-                f"manifest.json: a bundle holds only its listed files")
+        return (
+            f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} in the bundle folder but not in "
+            f"manifest.json: a bundle holds only its listed files"
+        )
     return None
 
 
@@ -85,12 +87,13 @@ def verify(bundle: Path, expect_manifest: str | None = None) -> dict:
     if expect_manifest is not None:
         actual, wanted = hashlib.sha256(raw).hexdigest(), expect_manifest.strip().lower()
         if actual != wanted:
-            raise BundleError(f"manifest.json has sha256 {actual}, not the expected {wanted}: "
-                              "this is not the bundle that was pinned")
+            raise BundleError(
+                f"manifest.json has sha256 {actual}, not the expected {wanted}: this is not the bundle that was pinned"
+            )
     manifest = json.loads(raw)
     listed = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(listed, dict):
-        raise BundleError("manifest.json has no \"files\" table: not a miniaturize bundle")
+        raise BundleError('manifest.json has no "files" table: not a miniaturize bundle')
     present = {path.name for path in bundle.iterdir()} - {"manifest.json", *IGNORED}
     problem = file_set_problem(set(listed), present)
     if problem:
@@ -129,8 +132,9 @@ class Generator:
         self.manifest = verify(bundle, expect_manifest)
         files = self.manifest["files"]
         self.config = json.loads((bundle / "config.json").read_text())
-        generation = (json.loads((bundle / "generation_config.json").read_text())
-                      if "generation_config.json" in files else {})
+        generation = (
+            json.loads((bundle / "generation_config.json").read_text()) if "generation_config.json" in files else {}
+        )
         self.eos = eos_ids(self.config, generation)
         self.n_positions = int(self.config.get("n_positions") or self.config.get("max_position_embeddings") or 1024)
         self.tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
@@ -168,10 +172,12 @@ class Generator:
         import numpy as np
 
         length = past_length + len(new_ids)
-        feed = {"input_ids": np.array([new_ids], dtype=np.int64),
-                "attention_mask": np.ones((1, length), dtype=np.int64),
-                "position_ids": np.arange(past_length, length, dtype=np.int64)[None, :],
-                "use_cache_branch": np.array([past_length > 0])}
+        feed = {
+            "input_ids": np.array([new_ids], dtype=np.int64),
+            "attention_mask": np.ones((1, length), dtype=np.int64),
+            "position_ids": np.arange(past_length, length, dtype=np.int64)[None, :],
+            "use_cache_branch": np.array([past_length > 0]),
+        }
         feed = {k: v for k, v in feed.items() if k in self.inputs} | past
         results = dict(zip(self.outputs, self.session.run(self.outputs, feed)))
         present = {name: results[name.replace("past_key_values.", "present.")] for name in self.past_names}
@@ -199,11 +205,11 @@ class Generator:
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             if text.endswith("\ufffd") or not text.startswith(shown):
                 continue
-            yield text[len(shown):]
+            yield text[len(shown) :]
             shown = text
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         if text != shown:
-            yield text[len(shown):] if text.startswith(shown) else text
+            yield text[len(shown) :] if text.startswith(shown) else text
 
     def continuation(self, prompt: str, max_new_tokens: int = 32) -> str:
         return self.tokenizer.decode(list(self.generate(prompt, max_new_tokens)), skip_special_tokens=True)
@@ -220,7 +226,7 @@ def read_jsonl(path: Path) -> list[str]:
             raise BundleError(f"{path}:{number}: not JSON ({err.msg})") from None
         prompt = item.get("prompt") if isinstance(item, dict) else item
         if not isinstance(prompt, str):
-            raise BundleError(f"{path}:{number}: expected a JSON string or an object with a \"prompt\" string")
+            raise BundleError(f'{path}:{number}: expected a JSON string or an object with a "prompt" string')
         prompts.append(prompt)
     return prompts
 
@@ -228,11 +234,14 @@ def read_jsonl(path: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Generate text with a miniaturize causal-LM edge bundle.")
     parser.add_argument("prompt", nargs="?", help="text to continue")
-    parser.add_argument("--jsonl", type=Path, help="file with one JSON string or {\"prompt\": ...} per line")
+    parser.add_argument("--jsonl", type=Path, help='file with one JSON string or {"prompt": ...} per line')
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--expect-manifest", metavar="SHA256", help="refuse the bundle unless manifest.json has "
-                        "this sha256 (printed by miniaturize package)")
+    parser.add_argument(
+        "--expect-manifest",
+        metavar="SHA256",
+        help="refuse the bundle unless manifest.json has this sha256 (printed by miniaturize package)",
+    )
     args = parser.parse_args(argv)
     if (args.prompt is None) == (args.jsonl is None):
         parser.error("give a prompt or --jsonl FILE (not both)")

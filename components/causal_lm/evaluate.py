@@ -52,6 +52,7 @@ ENTRY_METRICS = ("perplexity", "bleu", "bleu_vs_teacher", "tokens_per_s", "size_
 
 # ---------------------------------------------------------------- pure helpers
 
+
 def nll_to_perplexity(total_nll: float, tokens: int) -> float:
     """exp(mean NLL) in nats per token; NaN for no tokens."""
     return math.exp(total_nll / tokens) if tokens else math.nan
@@ -86,17 +87,25 @@ def ablation_summary(entries: dict[str, dict]) -> dict | None:
     if STUDENT not in entries or ABLATION not in entries:
         return None
     s, a = entries[STUDENT], entries[ABLATION]
-    return {"student_perplexity": s["perplexity"], "student_without_teacher_perplexity": a["perplexity"],
-            "student_bleu": s["bleu"], "student_without_teacher_bleu": a["bleu"],
-            # below 1: distillation lowered perplexity; positive: distillation raised BLEU
-            "distillation_perplexity_ratio": s["perplexity"] / a["perplexity"] if a["perplexity"] else math.nan,
-            "distillation_bleu_gain_points": s["bleu"] - a["bleu"]}
+    return {
+        "student_perplexity": s["perplexity"],
+        "student_without_teacher_perplexity": a["perplexity"],
+        "student_bleu": s["bleu"],
+        "student_without_teacher_bleu": a["bleu"],
+        # below 1: distillation lowered perplexity; positive: distillation raised BLEU
+        "distillation_perplexity_ratio": s["perplexity"] / a["perplexity"] if a["perplexity"] else math.nan,
+        "distillation_bleu_gain_points": s["bleu"] - a["bleu"],
+    }
 
 
 def metrics_to_log(report: dict) -> dict[str, float]:
     """Flat tracker metrics: `final.perplexity`, `teacher.tokens_per_s`, `final_vs_teacher.size_ratio`, ..."""
-    out = {f"{name}.{key}": float(entry[key]) for name, entry in report["models"].items()
-           for key in ENTRY_METRICS if entry.get(key) is not None}
+    out = {
+        f"{name}.{key}": float(entry[key])
+        for name, entry in report["models"].items()
+        for key in ENTRY_METRICS
+        if entry.get(key) is not None
+    }
     for section in ("final_vs_teacher", "ablation"):
         out |= {f"{section}.{k}": float(v) for k, v in (report.get(section) or {}).items() if v is not None}
     out["gate.passed"] = float(report["gate"]["passed"])
@@ -118,11 +127,15 @@ def dataset_card(data_dir: Path) -> dict:
             digest.update(file.read_bytes() if file.is_file() else b"")
         sha256 = digest.hexdigest()
     rows = card.get("rows") or {s: pq.ParquetFile(f).metadata.num_rows for s, f in zip(SPLITS, files) if f.is_file()}
-    return {"source": str(card.get("source", data_dir)), "sha256": str(sha256),
-            "rows": {split: int(rows.get(split, 0)) for split in SPLITS}}
+    return {
+        "source": str(card.get("source", data_dir)),
+        "sha256": str(sha256),
+        "rows": {split: int(rows.get(split, 0)) for split in SPLITS},
+    }
 
 
 # ---------------------------------------------------------------- measuring
+
 
 def perplexity(model, tokenizer, texts: list[str], max_length: int, batch_size: int = PERPLEXITY_BATCH) -> float:
     """Test perplexity of a PyTorch causal LM or an `ORTModelForCausalLM` (one full-sequence forward per
@@ -134,7 +147,7 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int, batch_size: 
     rows = sorted((r for r in rows if len(r) >= 2), key=len)
     total_nll, tokens = 0.0, 0
     for start in range(0, len(rows), batch_size):
-        batch = rows[start:start + batch_size]
+        batch = rows[start : start + batch_size]
         width = max(len(r) for r in batch)
         ids = torch.tensor([r + [eos] * (width - len(r)) for r in batch], dtype=torch.long)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in batch], dtype=torch.long)
@@ -161,11 +174,14 @@ def tokens_per_second(model, tokenizer, prompts: list[list[int]], new_tokens: in
         raise ValueError("no prompts to time generation with")
     session = getattr(model, "session", None)
     if session is not None:
+
         def generate(prompt):
             return session_greedy(session, prompt, new_tokens, tokenizer.eos_token_id, min_new_tokens=new_tokens)
     else:
+
         def generate(prompt):
             return greedy(model, tokenizer, [prompt], new_tokens, min_new_tokens=new_tokens)[0]
+
     generate(prompts[0])  # warm-up
     rates = []
     for i in range(n_prompts):
@@ -192,10 +208,19 @@ def split_perplexity(model: Path, data_dir: Path, split: str, threads: int, max_
 def generation_peak_rss_mb(spec: ModelSpec, cfg: LMEvaluateConfig, data_dir: Path, max_length: int) -> float:
     """Peak resident memory (MB) of a fresh process that loads the decoder and generates
     `cfg.generation_tokens` tokens for each of `cfg.rss_prompts` prompts (`latency.peak_rss_mb`)."""
-    work = ("--work", "generate", "--prefix-tokens", str(cfg.prefix_tokens), "--new-tokens", str(cfg.generation_tokens),
-            "--tokenizer", str(tokenizer_dir(spec, data_dir)))
-    return latency.peak_rss_mb(spec.path, spec.runtime, data_dir, cfg.rss_prompts, cfg.threads, max_length,
-                               probe_args=work)
+    work = (
+        "--work",
+        "generate",
+        "--prefix-tokens",
+        str(cfg.prefix_tokens),
+        "--new-tokens",
+        str(cfg.generation_tokens),
+        "--tokenizer",
+        str(tokenizer_dir(spec, data_dir)),
+    )
+    return latency.peak_rss_mb(
+        spec.path, spec.runtime, data_dir, cfg.rss_prompts, cfg.threads, max_length, probe_args=work
+    )
 
 
 def tokenizer_dir(spec: ModelSpec, data_dir: Path) -> Path:
@@ -205,9 +230,16 @@ def tokenizer_dir(spec: ModelSpec, data_dir: Path) -> Path:
     return folder if has_own else data_dir / "tokenizer"
 
 
-def measure_model(spec: ModelSpec, cfg: LMEvaluateConfig, data_dir: Path, texts: list[str], max_length: int,
-                  teacher_continuations: list[str] | None) -> tuple[dict, list[str]]:
+def measure_model(
+    spec: ModelSpec,
+    cfg: LMEvaluateConfig,
+    data_dir: Path,
+    texts: list[str],
+    max_length: int,
+    teacher_continuations: list[str] | None,
+) -> tuple[dict, list[str]]:
     """One report entry and the model's decoded BLEU continuations."""
+
     def say(what: str) -> None:
         print(f"  evaluate {spec.name}: {what}", flush=True)
 
@@ -222,65 +254,94 @@ def measure_model(spec: ModelSpec, cfg: LMEvaluateConfig, data_dir: Path, texts:
     ppl = perplexity(model, tokenizer, texts, max_length)
     prompts, references = bleu_prompts(tokenizer, texts, cfg.prefix_tokens, cfg.bleu_sentences)
     say(f"BLEU of {len(prompts)} greedy continuations of {cfg.continuation_tokens} tokens")
-    continuations = [tokenizer.decode(c, skip_special_tokens=True).strip() for c in
-                     greedy(model, tokenizer, prompts, cfg.continuation_tokens, batch_size=BLEU_BATCH)]
+    continuations = [
+        tokenizer.decode(c, skip_special_tokens=True).strip()
+        for c in greedy(model, tokenizer, prompts, cfg.continuation_tokens, batch_size=BLEU_BATCH)
+    ]
     bleu = corpus_bleu(continuations, references)
     # None for the teacher itself (no teacher continuations yet): it is left out of its entry
     vs_teacher = None if teacher_continuations is None else corpus_bleu(continuations, teacher_continuations)
     say(f"tokens/s over {cfg.generation_prompts} prompts x {cfg.generation_tokens} tokens")
-    speed = tokens_per_second(model, tokenizer, prompts or [[tokenizer.eos_token_id]], cfg.generation_tokens,
-                              cfg.generation_prompts)
+    speed = tokens_per_second(
+        model, tokenizer, prompts or [[tokenizer.eos_token_id]], cfg.generation_tokens, cfg.generation_prompts
+    )
     del model
     gc.collect()
     say(f"peak RSS of a fresh process ({cfg.rss_prompts} prompts)")
     rss = generation_peak_rss_mb(spec, cfg, data_dir, max_length)
 
-    entry = {"runtime": runtime, "perplexity": ppl, "bleu": bleu,
-             **({} if vs_teacher is None else {"bleu_vs_teacher": vs_teacher}),
-             "bleu_sentences": len(prompts), "tokens_per_s": speed, "size_bytes": int(size), "params": int(params),
-             "peak_rss_mb": rss}
+    entry = {
+        "runtime": runtime,
+        "perplexity": ppl,
+        "bleu": bleu,
+        **({} if vs_teacher is None else {"bleu_vs_teacher": vs_teacher}),
+        "bleu_sentences": len(prompts),
+        "tokens_per_s": speed,
+        "size_bytes": int(size),
+        "params": int(params),
+        "peak_rss_mb": rss,
+    }
     compared = "" if vs_teacher is None else f" ({fmt(vs_teacher, '.2f')} vs teacher)"
-    say(f"{runtime}, perplexity {ppl:.2f}, BLEU {bleu:.2f}{compared}, "
-        f"{speed:.1f} tokens/s, {size / 1e6:.1f} MB, peak RSS {rss:.0f} MB")
+    say(
+        f"{runtime}, perplexity {ppl:.2f}, BLEU {bleu:.2f}{compared}, "
+        f"{speed:.1f} tokens/s, {size / 1e6:.1f} MB, peak RSS {rss:.0f} MB"
+    )
     return entry, continuations
 
 
 # ---------------------------------------------------------------- writing
 
+
 def render_markdown(report: dict) -> str:
     env = report["environment"]
-    lines = ["# Compression report (causal LM)", "",
-             f"Dataset `{report['dataset']['source']}` (sha256 `{report['dataset']['sha256'][:12]}`), "
-             f"test rows: {report['dataset']['rows']['test']}. Speed and memory on {env['cpu']}, "
-             f"{env['threads']} intra-op thread(s) for every model.", "",
-             "| model | runtime | perplexity | BLEU | BLEU vs teacher | tokens/s | size (MB) | params "
-             "| peak RSS (MB) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# Compression report (causal LM)",
+        "",
+        f"Dataset `{report['dataset']['source']}` (sha256 `{report['dataset']['sha256'][:12]}`), "
+        f"test rows: {report['dataset']['rows']['test']}. Speed and memory on {env['cpu']}, "
+        f"{env['threads']} intra-op thread(s) for every model.",
+        "",
+        "| model | runtime | perplexity | BLEU | BLEU vs teacher | tokens/s | size (MB) | params | peak RSS (MB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, m in report["models"].items():
-        lines.append(f"| {name} | {m['runtime']} | {fmt(m['perplexity'], '.2f')} | {fmt(m['bleu'], '.2f')} "
-                     f"| {fmt(m['bleu_vs_teacher'], '.2f') if 'bleu_vs_teacher' in m else '-'} "
-                     f"| {fmt(m['tokens_per_s'], '.1f')} "
-                     f"| {m['size_bytes'] / 1e6:.2f} | {m['params']:,} | {fmt(m['peak_rss_mb'], '.0f')} |")
+        lines.append(
+            f"| {name} | {m['runtime']} | {fmt(m['perplexity'], '.2f')} | {fmt(m['bleu'], '.2f')} "
+            f"| {fmt(m['bleu_vs_teacher'], '.2f') if 'bleu_vs_teacher' in m else '-'} "
+            f"| {fmt(m['tokens_per_s'], '.1f')} "
+            f"| {m['size_bytes'] / 1e6:.2f} | {m['params']:,} | {fmt(m['peak_rss_mb'], '.0f')} |"
+        )
     r = report["final_vs_teacher"]
-    lines += ["", "## final vs teacher", "",
-              "| size ratio | generation speed-up | perplexity ratio | BLEU drop (points) |",
-              "|---:|---:|---:|---:|",
-              f"| {fmt(r['size_ratio'], '.2f')}x | {fmt(r['generation_speedup'], '.2f')}x "
-              f"| {fmt(r['perplexity_ratio'], '.3f')} | {fmt(r['bleu_drop_points'], '+.2f')} |"]
+    lines += [
+        "",
+        "## final vs teacher",
+        "",
+        "| size ratio | generation speed-up | perplexity ratio | BLEU drop (points) |",
+        "|---:|---:|---:|---:|",
+        f"| {fmt(r['size_ratio'], '.2f')}x | {fmt(r['generation_speedup'], '.2f')}x "
+        f"| {fmt(r['perplexity_ratio'], '.3f')} | {fmt(r['bleu_drop_points'], '+.2f')} |",
+    ]
     lines += gate_lines(report["gate"])
     if ablation := report.get("ablation"):
-        lines += ["", "## Ablation: what distillation buys", "",
-                  f"The same student trained without the teacher reaches perplexity "
-                  f"{fmt(ablation['student_without_teacher_perplexity'], '.2f')} and BLEU "
-                  f"{fmt(ablation['student_without_teacher_bleu'], '.2f')}; distilled, "
-                  f"{fmt(ablation['student_perplexity'], '.2f')} and {fmt(ablation['student_bleu'], '.2f')} "
-                  f"({fmt(ablation['distillation_bleu_gain_points'], '+.2f')} BLEU points)."]
+        lines += [
+            "",
+            "## Ablation: what distillation buys",
+            "",
+            f"The same student trained without the teacher reaches perplexity "
+            f"{fmt(ablation['student_without_teacher_perplexity'], '.2f')} and BLEU "
+            f"{fmt(ablation['student_without_teacher_bleu'], '.2f')}; distilled, "
+            f"{fmt(ablation['student_perplexity'], '.2f')} and {fmt(ablation['student_bleu'], '.2f')} "
+            f"({fmt(ablation['distillation_bleu_gain_points'], '+.2f')} BLEU points).",
+        ]
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- the stage
 
-def measure_all(models: list[ModelSpec], cfg: LMEvaluateConfig, data_dir: Path, texts: list[str], max_length: int,
-                seed: int) -> dict[str, dict]:
+
+def measure_all(
+    models: list[ModelSpec], cfg: LMEvaluateConfig, data_dir: Path, texts: list[str], max_length: int, seed: int
+) -> dict[str, dict]:
     """Every model's report entry, in the caller's order. The teacher is measured first: the others' BLEU is
     also scored against its continuations. torch's thread count is restored afterwards."""
     import torch
@@ -291,8 +352,9 @@ def measure_all(models: list[ModelSpec], cfg: LMEvaluateConfig, data_dir: Path, 
     teacher_continuations: list[str] | None = None
     try:
         for spec in sorted(models, key=lambda m: m.name != TEACHER):
-            entries[spec.name], continuations = measure_model(spec, cfg, data_dir, texts, max_length,
-                                                              teacher_continuations)
+            entries[spec.name], continuations = measure_model(
+                spec, cfg, data_dir, texts, max_length, teacher_continuations
+            )
             if spec.name == TEACHER:
                 teacher_continuations = continuations
     finally:
@@ -300,26 +362,45 @@ def measure_all(models: list[ModelSpec], cfg: LMEvaluateConfig, data_dir: Path, 
     return {m.name: entries[m.name] for m in models}
 
 
-def run(cfg: LMEvaluateConfig, gate: LMGateConfig, data_dir: Path, models: list[ModelSpec], out_dir: Path,
-        tracker: Tracker, seed: int, max_length: int) -> StageResult:
+def run(
+    cfg: LMEvaluateConfig,
+    gate: LMGateConfig,
+    data_dir: Path,
+    models: list[ModelSpec],
+    out_dir: Path,
+    tracker: Tracker,
+    seed: int,
+    max_length: int,
+) -> StageResult:
     import pandas as pd
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     models = ModelSpec.checked(models, (TEACHER, FINAL))
     texts = [str(t) for t in pd.read_parquet(data_dir / "test.parquet", columns=["text"])["text"]]
-    tracker.log_params({f"evaluate.{k}": v for k, v in cfg.model_dump().items()}
-                       | {"evaluate.models": ",".join(m.name for m in models), "evaluate.max_length": max_length,
-                          "evaluate.seed": seed})
+    tracker.log_params(
+        {f"evaluate.{k}": v for k, v in cfg.model_dump().items()}
+        | {
+            "evaluate.models": ",".join(m.name for m in models),
+            "evaluate.max_length": max_length,
+            "evaluate.seed": seed,
+        }
+    )
 
     # measure, compare, gate
     started = time.perf_counter()
     entries = measure_all(models, cfg, data_dir, texts, max_length, seed)
     ratios = compare_lm_to_teacher(entries[TEACHER], entries[FINAL])
     decision: GateDecision = decide_lm(ratios, gate)
-    report = {"task": "causal-lm", "dataset": dataset_card(data_dir), "models": entries,
-              "final_vs_teacher": ratios, "gate": decision.as_dict(), "ablation": ablation_summary(entries),
-              "environment": environment_info(cfg.threads) | {"seed": seed, "max_length": max_length,
-                                                              "evaluate_seconds": time.perf_counter() - started}}
+    report = {
+        "task": "causal-lm",
+        "dataset": dataset_card(data_dir),
+        "models": entries,
+        "final_vs_teacher": ratios,
+        "gate": decision.as_dict(),
+        "ablation": ablation_summary(entries),
+        "environment": environment_info(cfg.threads)
+        | {"seed": seed, "max_length": max_length, "evaluate_seconds": time.perf_counter() - started},
+    }
 
     # write and log
     json_path, md_path = write_report(out_dir, report, render_markdown)
@@ -328,9 +409,15 @@ def run(cfg: LMEvaluateConfig, gate: LMGateConfig, data_dir: Path, models: list[
     tracker.log_metrics(metrics_to_log(report))
 
     verdict = "passed" if decision.passed else f"FAILED ({', '.join(decision.failed())})"
-    print(f"  evaluate: gate {verdict}; final vs teacher: {ratios['size_ratio']:.2f}x smaller, "
-          f"{ratios['generation_speedup']:.2f}x tokens/s, perplexity x{ratios['perplexity_ratio']:.3f}, "
-          f"BLEU {-ratios['bleu_drop_points']:+.2f} points "
-          f"({report['environment']['evaluate_seconds']:.0f} s)", flush=True)
-    return StageResult(metrics={**ratios, "gate_passed": float(decision.passed)},
-                       outputs={"report": json_path, "markdown": md_path}, info={"report": report})
+    print(
+        f"  evaluate: gate {verdict}; final vs teacher: {ratios['size_ratio']:.2f}x smaller, "
+        f"{ratios['generation_speedup']:.2f}x tokens/s, perplexity x{ratios['perplexity_ratio']:.3f}, "
+        f"BLEU {-ratios['bleu_drop_points']:+.2f} points "
+        f"({report['environment']['evaluate_seconds']:.0f} s)",
+        flush=True,
+    )
+    return StageResult(
+        metrics={**ratios, "gate_passed": float(decision.passed)},
+        outputs={"report": json_path, "markdown": md_path},
+        info={"report": report},
+    )

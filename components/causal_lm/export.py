@@ -43,6 +43,7 @@ class LMExportCheckFailed(RuntimeError):
 
 # ---------------------------------------------------------------- prompts and checks
 
+
 def fixed_prompts(data_dir: Path, tokenizer, n: int, prefix_tokens: int = PROMPT_TOKENS) -> list[list[int]]:
     """The first `prefix_tokens` tokens of each of the first `n` non-empty test sentences."""
     import pandas as pd
@@ -69,8 +70,10 @@ def continuation_agreement(reference: list[list[int]], candidate: list[list[int]
     same_rows = sum(list(a) == list(b) for a, b in zip(reference, candidate))
     positions = sum(max(len(a), len(b)) for a, b in zip(reference, candidate))
     same_tokens = sum(x == y for a, b in zip(reference, candidate) for x, y in zip(a, b))
-    return {"sequence_agreement": same_rows / len(reference) if reference else 1.0,
-            "token_agreement": same_tokens / positions if positions else 1.0}
+    return {
+        "sequence_agreement": same_rows / len(reference) if reference else 1.0,
+        "token_agreement": same_tokens / positions if positions else 1.0,
+    }
 
 
 def copy_metadata(src: Path, dst: Path, tokenizer) -> None:
@@ -83,8 +86,10 @@ def copy_metadata(src: Path, dst: Path, tokenizer) -> None:
 
 # ---------------------------------------------------------------- the stages
 
-def export(model_dir: Path, data_dir: Path, out_dir: Path, tracker: Tracker, prompts: int = 8,
-           max_new_tokens: int = 16) -> StageResult:
+
+def export(
+    model_dir: Path, data_dir: Path, out_dir: Path, tracker: Tracker, prompts: int = 8, max_new_tokens: int = 16
+) -> StageResult:
     from optimum.exporters.onnx import main_export
 
     model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
@@ -100,34 +105,52 @@ def export(model_dir: Path, data_dir: Path, out_dir: Path, tracker: Tracker, pro
         reference = greedy(load(model_dir, "pytorch"), tokenizer, prompt_ids, max_new_tokens)
         exported = greedy(load(tmp, "onnxruntime"), tokenizer, prompt_ids, max_new_tokens)
         equal = sum(a == b for a, b in zip(reference, exported))
-        check = {"prompts": len(prompt_ids), "prompts_equal": equal, "max_new_tokens": max_new_tokens,
-                 "passed": equal == len(prompt_ids),
-                 "continuations": [{"prompt": p, "pytorch": a, "onnxruntime": b}
-                                   for p, a, b in zip(prompt_ids, reference, exported)]}
+        check = {
+            "prompts": len(prompt_ids),
+            "prompts_equal": equal,
+            "max_new_tokens": max_new_tokens,
+            "passed": equal == len(prompt_ids),
+            "continuations": [
+                {"prompt": p, "pytorch": a, "onnxruntime": b} for p, a, b in zip(prompt_ids, reference, exported)
+            ],
+        }
         (tmp / CHECK_FILE).write_text(json.dumps(check, indent=2))
-        metrics = {"onnx_bytes": float(onnx_size_bytes(tmp)), "prompts_equal": float(equal),
-                   "prompts_checked": float(len(prompt_ids))}
-        tracker.log_params({"task": "text-generation-with-past", "prompts": len(prompt_ids),
-                            "prompt_tokens": PROMPT_TOKENS, "max_new_tokens": max_new_tokens})
+        metrics = {
+            "onnx_bytes": float(onnx_size_bytes(tmp)),
+            "prompts_equal": float(equal),
+            "prompts_checked": float(len(prompt_ids)),
+        }
+        tracker.log_params(
+            {
+                "task": "text-generation-with-past",
+                "prompts": len(prompt_ids),
+                "prompt_tokens": PROMPT_TOKENS,
+                "max_new_tokens": max_new_tokens,
+            }
+        )
         tracker.log_metrics(metrics)
         if not check["passed"]:
             first = next(c for c in check["continuations"] if c["pytorch"] != c["onnxruntime"])
             raise LMExportCheckFailed(
                 f"ONNX export of {model_dir} generates differently from PyTorch on "
                 f"{len(prompt_ids) - equal} of {len(prompt_ids)} prompts; e.g. prompt {first['prompt']}: "
-                f"pytorch {first['pytorch']}, onnxruntime {first['onnxruntime']}")
+                f"pytorch {first['pytorch']}, onnxruntime {first['onnxruntime']}"
+            )
         move_into_place(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"  export: {equal}/{len(prompt_ids)} prompts generate identically, "
-          f"{metrics['onnx_bytes'] / 1e6:.1f} MB", flush=True)
+    print(
+        f"  export: {equal}/{len(prompt_ids)} prompts generate identically, {metrics['onnx_bytes'] / 1e6:.1f} MB",
+        flush=True,
+    )
     tracker.log_artifact(out_dir / CHECK_FILE)
     return StageResult(metrics=metrics, outputs={"model": out_dir}, info={"check": check})
 
 
-def quantize(onnx_dir: Path, data_dir: Path, out_dir: Path, tracker: Tracker, prompts: int = 8,
-             max_new_tokens: int = 16) -> StageResult:
+def quantize(
+    onnx_dir: Path, data_dir: Path, out_dir: Path, tracker: Tracker, prompts: int = 8, max_new_tokens: int = 16
+) -> StageResult:
     onnx_dir, data_dir, out_dir = Path(onnx_dir), Path(data_dir), Path(out_dir)
     preset = resolve_preset("auto")
     tokenizer = load_tokenizer(onnx_dir)
@@ -140,24 +163,38 @@ def quantize(onnx_dir: Path, data_dir: Path, out_dir: Path, tracker: Tracker, pr
         int8 = greedy(load(tmp, "onnxruntime"), tokenizer, prompt_ids, max_new_tokens)
         agreement = continuation_agreement(fp32, int8)
         fp32_bytes, int8_bytes = onnx_size_bytes(onnx_dir), onnx_size_bytes(tmp)
-        report = {"preset": preset, "per_channel": False, "prompts": len(prompt_ids),
-                  "max_new_tokens": max_new_tokens, **agreement,
-                  "size_fp32_bytes": fp32_bytes, "size_int8_bytes": int8_bytes,
-                  "size_ratio": fp32_bytes / int8_bytes,  # > 1: int8 is that many times smaller
-                  "continuations": [{"prompt": p, "fp32": a, "int8": b} for p, a, b in zip(prompt_ids, fp32, int8)]}
+        report = {
+            "preset": preset,
+            "per_channel": False,
+            "prompts": len(prompt_ids),
+            "max_new_tokens": max_new_tokens,
+            **agreement,
+            "size_fp32_bytes": fp32_bytes,
+            "size_int8_bytes": int8_bytes,
+            "size_ratio": fp32_bytes / int8_bytes,  # > 1: int8 is that many times smaller
+            "continuations": [{"prompt": p, "fp32": a, "int8": b} for p, a, b in zip(prompt_ids, fp32, int8)],
+        }
         (tmp / QUANTIZE_REPORT).write_text(json.dumps(report, indent=2))
         move_into_place(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    metrics = {"onnx_bytes": float(int8_bytes), "size_fp32_bytes": float(fp32_bytes),
-               "size_ratio": report["size_ratio"], "sequence_agreement": agreement["sequence_agreement"],
-               "token_agreement": agreement["token_agreement"]}
-    print(f"  quantize ({preset}): {int8_bytes / 1e6:.1f} MB ({report['size_ratio']:.2f}x smaller), "
-          f"int8 continues {agreement['sequence_agreement']:.0%} of prompts like fp32 "
-          f"({agreement['token_agreement']:.0%} of tokens)", flush=True)
-    tracker.log_params({"preset": preset, "per_channel": False, "prompts": len(prompt_ids),
-                        "max_new_tokens": max_new_tokens})
+    metrics = {
+        "onnx_bytes": float(int8_bytes),
+        "size_fp32_bytes": float(fp32_bytes),
+        "size_ratio": report["size_ratio"],
+        "sequence_agreement": agreement["sequence_agreement"],
+        "token_agreement": agreement["token_agreement"],
+    }
+    print(
+        f"  quantize ({preset}): {int8_bytes / 1e6:.1f} MB ({report['size_ratio']:.2f}x smaller), "
+        f"int8 continues {agreement['sequence_agreement']:.0%} of prompts like fp32 "
+        f"({agreement['token_agreement']:.0%} of tokens)",
+        flush=True,
+    )
+    tracker.log_params(
+        {"preset": preset, "per_channel": False, "prompts": len(prompt_ids), "max_new_tokens": max_new_tokens}
+    )
     tracker.log_metrics(metrics)
     tracker.log_artifact(out_dir / QUANTIZE_REPORT)
     return StageResult(metrics=metrics, outputs={"model": out_dir}, info={"preset": preset})

@@ -67,6 +67,7 @@ WEIGHT_DECAY = 0.01
 
 # ---- data -------------------------------------------------------------------------------------------
 
+
 def read_texts(data_dir: Path, split: str) -> list[str]:
     path = Path(data_dir) / f"{split}.parquet"
     if not path.exists():
@@ -101,14 +102,20 @@ def batches(encoded: list[list[int]], batch_size: int, shuffle: bool, seed: int 
 
 # ---- losses -----------------------------------------------------------------------------------------
 
+
 def shifted(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits at the positions that predict a real next token (n, vocab), and those targets (n,)."""
     keep = batch["attention_mask"][:, 1:].bool()
     return logits[:, :-1][keep], batch["input_ids"][:, 1:][keep]
 
 
-def lm_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor,
-               alpha: float, temperature: float) -> torch.Tensor:
+def lm_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    targets: torch.Tensor,
+    alpha: float,
+    temperature: float,
+) -> torch.Tensor:
     """Per token: alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE, averaged over tokens.
 
     Inputs are already restricted to real positions: (tokens, vocab) logits, (tokens,) targets.
@@ -137,6 +144,7 @@ def perplexity(model: nn.Module, tokenizer, texts: list[str], max_length: int, b
 
 # ---- the training loop ------------------------------------------------------------------------------
 
+
 @dataclass
 class Teaching:
     """A frozen teacher whose soft next-token distributions the student learns."""
@@ -158,13 +166,27 @@ def adamw(model: nn.Module, lr: float) -> torch.optim.AdamW:
     """AdamW with WEIGHT_DECAY on the weight matrices, none on biases and layer norms (fewer than 2 dims)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
 
 
-def fit(model: nn.Module, tokenizer, train_texts: list[str], val_texts: list[str], *, epochs: int,
-        batch_size: int, lr: float, max_length: int, tracker: Tracker, seed: int,
-        teaching: Teaching | None = None, desc: str = "train", dist: DistributedConfig | None = None) -> FitOutcome:
+def fit(
+    model: nn.Module,
+    tokenizer,
+    train_texts: list[str],
+    val_texts: list[str],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    max_length: int,
+    tracker: Tracker,
+    seed: int,
+    teaching: Teaching | None = None,
+    desc: str = "train",
+    dist: DistributedConfig | None = None,
+) -> FitOutcome:
     """AdamW with linear warm-up and decay; validation perplexity after every epoch; best epoch restored.
     Data-parallel under a multi-process launch (components.kit.distributed): each process takes its share of
     every batch and runs the teacher, when there is one, on that share. The epoch itself is
@@ -194,14 +216,24 @@ def fit(model: nn.Module, tokenizer, train_texts: list[str], val_texts: list[str
     for epoch in range(1, epochs + 1):
         epoch_started = time.perf_counter()
         order = length_bucketed_batches([len(x) for x in train_ids], batch_size, shuffle=True, seed=seed * 1000 + epoch)
-        train_loss = train_epoch(dp, model, optimizer, order, schedule, part_loss, token_share,
-                                 f"{desc} epoch {epoch}/{epochs}", 3)
+        train_loss = train_epoch(
+            dp, model, optimizer, order, schedule, part_loss, token_share, f"{desc} epoch {epoch}/{epochs}", 3
+        )
         # Every process scores the whole validation split with the same weights; rank 0's figure decides.
         val_ppl = same_on_every_rank(perplexity(raw, tokenizer, val_texts, max_length, batch_size))
-        record = {"train_loss": train_loss, "val_perplexity": val_ppl,
-                  "epoch_seconds": time.perf_counter() - epoch_started}
-        report_epoch(history, record, epoch, tracker, dp,
-                     f"{desc} epoch {epoch}: loss {train_loss:.3f}, val perplexity {val_ppl:.2f}")
+        record = {
+            "train_loss": train_loss,
+            "val_perplexity": val_ppl,
+            "epoch_seconds": time.perf_counter() - epoch_started,
+        }
+        report_epoch(
+            history,
+            record,
+            epoch,
+            tracker,
+            dp,
+            f"{desc} epoch {epoch}: loss {train_loss:.3f}, val perplexity {val_ppl:.2f}",
+        )
         best.update(val_ppl, epoch, raw)
     raw = dp.finish(model, home)
     if teaching is not None:
@@ -218,8 +250,9 @@ def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor], teaching: Teach
     if teaching is not None and teaching.alpha > 0:
         with torch.no_grad():
             teacher_logits, _ = shifted(teaching.model(**batch).logits, batch)
-    return lm_kd_loss(logits, teacher_logits, targets, teaching.alpha if teaching else 0.0,
-                      teaching.temperature if teaching else 1.0)
+    return lm_kd_loss(
+        logits, teacher_logits, targets, teaching.alpha if teaching else 0.0, teaching.temperature if teaching else 1.0
+    )
 
 
 def save(model: nn.Module, tokenizer, out_dir: Path) -> None:
@@ -241,19 +274,33 @@ def load_tokenizer(model_dir: Path):
 
 # ---- stage: teacher ---------------------------------------------------------------------------------
 
+
 def scratch_model(cfg: LMTeacherConfig, tokenizer) -> GPT2LMHeadModel:
     arch = cfg.architecture
     if cfg.max_length > arch.n_positions:
         raise ValueError(f"lm.teacher.max_length {cfg.max_length} exceeds architecture.n_positions {arch.n_positions}")
     eos = tokenizer.eos_token_id
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=arch.n_positions, n_embd=arch.n_embd,
-                        n_layer=arch.n_layer, n_head=arch.n_head, bos_token_id=eos, eos_token_id=eos,
-                        pad_token_id=eos)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=arch.n_positions,
+        n_embd=arch.n_embd,
+        n_layer=arch.n_layer,
+        n_head=arch.n_head,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+    )
     return GPT2LMHeadModel(config)
 
 
-def train_teacher(cfg: LMTeacherConfig, data_dir: Path, out_dir: Path, tracker: Tracker, seed: int,
-                  dist: DistributedConfig | None = None) -> StageResult:
+def train_teacher(
+    cfg: LMTeacherConfig,
+    data_dir: Path,
+    out_dir: Path,
+    tracker: Tracker,
+    seed: int,
+    dist: DistributedConfig | None = None,
+) -> StageResult:
     seed_everything(seed)
     if cfg.init == "scratch":
         tokenizer = load_tokenizer(Path(data_dir) / "tokenizer")
@@ -270,16 +317,34 @@ def train_teacher(cfg: LMTeacherConfig, data_dir: Path, out_dir: Path, tracker: 
     tracker.log_params(cfg.model_dump(mode="json") | {"params": params, "train_rows": len(train_texts)})
 
     untrained_ppl = perplexity(model, tokenizer, val_texts, cfg.max_length, cfg.batch_size)
-    outcome = fit(model, tokenizer, train_texts, val_texts, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                  lr=cfg.lr, max_length=cfg.max_length, tracker=tracker, seed=seed, desc="teacher", dist=dist)
+    outcome = fit(
+        model,
+        tokenizer,
+        train_texts,
+        val_texts,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        max_length=cfg.max_length,
+        tracker=tracker,
+        seed=seed,
+        desc="teacher",
+        dist=dist,
+    )
     save(model, tokenizer, out_dir)
-    metrics = {"val_perplexity": outcome.best_val_perplexity, "untrained_val_perplexity": untrained_ppl,
-               "best_epoch": float(outcome.best_epoch), "train_seconds": outcome.seconds, "params": float(params)}
+    metrics = {
+        "val_perplexity": outcome.best_val_perplexity,
+        "untrained_val_perplexity": untrained_ppl,
+        "best_epoch": float(outcome.best_epoch),
+        "train_seconds": outcome.seconds,
+        "params": float(params),
+    }
     tracker.log_metrics({k: v for k, v in metrics.items() if k != "params"})
     return StageResult(metrics=metrics, outputs={"model": out_dir}, info={"history": outcome.history})
 
 
 # ---- stage: distill ---------------------------------------------------------------------------------
+
 
 def keep_blocks(model: GPT2LMHeadModel, layers: list[int]) -> GPT2LMHeadModel:
     """Keep only the given transformer blocks, in order (embeddings, ln_f and the tied head stay)."""
@@ -297,8 +362,17 @@ def keep_blocks(model: GPT2LMHeadModel, layers: list[int]) -> GPT2LMHeadModel:
     return model
 
 
-def distill(cfg: LMDistillConfig, teacher_dir: Path, data_dir: Path, out_dir: Path, ablation_dir: Path,
-            tracker: Tracker, seed: int, max_length: int, dist: DistributedConfig | None = None) -> StageResult:
+def distill(
+    cfg: LMDistillConfig,
+    teacher_dir: Path,
+    data_dir: Path,
+    out_dir: Path,
+    ablation_dir: Path,
+    tracker: Tracker,
+    seed: int,
+    max_length: int,
+    dist: DistributedConfig | None = None,
+) -> StageResult:
     seed_everything(seed)
     tokenizer = load_tokenizer(teacher_dir)
     teacher = load_model(teacher_dir)
@@ -308,21 +382,48 @@ def distill(cfg: LMDistillConfig, teacher_dir: Path, data_dir: Path, out_dir: Pa
     tracker.log_params(cfg.model_dump(mode="json") | {"params": params, "teacher_params": count_params(teacher)})
 
     teacher_ppl = perplexity(teacher, tokenizer, val_texts, max_length, cfg.batch_size)
-    outcome = fit(student, tokenizer, train_texts, val_texts, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                  lr=cfg.lr, max_length=max_length, tracker=tracker, seed=seed,
-                  teaching=Teaching(teacher, cfg.alpha, cfg.temperature), desc="distill", dist=dist)
+    outcome = fit(
+        student,
+        tokenizer,
+        train_texts,
+        val_texts,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        max_length=max_length,
+        tracker=tracker,
+        seed=seed,
+        teaching=Teaching(teacher, cfg.alpha, cfg.temperature),
+        desc="distill",
+        dist=dist,
+    )
     save(student, tokenizer, out_dir)
-    metrics = {"val_perplexity": outcome.best_val_perplexity, "teacher_val_perplexity": teacher_ppl,
-               "best_epoch": float(outcome.best_epoch), "train_seconds": outcome.seconds, "params": float(params)}
+    metrics = {
+        "val_perplexity": outcome.best_val_perplexity,
+        "teacher_val_perplexity": teacher_ppl,
+        "best_epoch": float(outcome.best_epoch),
+        "train_seconds": outcome.seconds,
+        "params": float(params),
+    }
     if cfg.ablation:
         # The same student, from the same initialisation, without the teacher: what distillation buys.
         alone = keep_blocks(load_model(teacher_dir), cfg.layers)
-        ablation = fit(alone, tokenizer, train_texts, val_texts, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                       lr=cfg.lr, max_length=max_length, tracker=PrefixedTracker(tracker, "ablation."), seed=seed,
-                       desc="ablation (no teacher)", dist=dist)
+        ablation = fit(
+            alone,
+            tokenizer,
+            train_texts,
+            val_texts,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            max_length=max_length,
+            tracker=PrefixedTracker(tracker, "ablation."),
+            seed=seed,
+            desc="ablation (no teacher)",
+            dist=dist,
+        )
         save(alone, tokenizer, ablation_dir)
-        metrics |= {"ablation_val_perplexity": ablation.best_val_perplexity,
-                    "ablation_train_seconds": ablation.seconds}
+        metrics |= {"ablation_val_perplexity": ablation.best_val_perplexity, "ablation_train_seconds": ablation.seconds}
     tracker.log_metrics({k: v for k, v in metrics.items() if k != "params"})
     outputs = {"model": out_dir} | ({"ablation": ablation_dir} if cfg.ablation else {})
     return StageResult(metrics=metrics, outputs=outputs, info={"history": outcome.history})
@@ -330,13 +431,23 @@ def distill(cfg: LMDistillConfig, teacher_dir: Path, data_dir: Path, out_dir: Pa
 
 # ---- stage: prune -----------------------------------------------------------------------------------
 
+
 def head_counts(model: nn.Module) -> list[int]:
     return [block.attn.num_heads for block in model.transformer.h]
 
 
-def importance(model: nn.Module, tokenizer, texts: list[str], max_length: int, n_batches: int,
-               batch_size: int, teaching: Teaching, seed: int, *,
-               heads: bool = True) -> tuple[list[np.ndarray] | None, list[np.ndarray]]:
+def importance(
+    model: nn.Module,
+    tokenizer,
+    texts: list[str],
+    max_length: int,
+    n_batches: int,
+    batch_size: int,
+    teaching: Teaching,
+    seed: int,
+    *,
+    heads: bool = True,
+) -> tuple[list[np.ndarray] | None, list[np.ndarray]]:
     """Per layer: head scores (current heads,) and MLP neuron scores (n_inner,), gradient x activation
     (`components.kit.pruning`); the head scores only with `heads` (None without).
 
@@ -386,9 +497,20 @@ def original_head_ids(model: nn.Module, plan: dict[int, list[int]]) -> dict[int,
     return mapped
 
 
-def prune(cfg: LMPruneConfig, student_dir: Path, teacher_dir: Path, data_dir: Path, out_dir: Path,
-          tracker: Tracker, seed: int, max_length: int, distill_cfg: LMDistillConfig, *,
-          ffn_ratio: float = 0.0, dist: DistributedConfig | None = None) -> StageResult:
+def prune(
+    cfg: LMPruneConfig,
+    student_dir: Path,
+    teacher_dir: Path,
+    data_dir: Path,
+    out_dir: Path,
+    tracker: Tracker,
+    seed: int,
+    max_length: int,
+    distill_cfg: LMDistillConfig,
+    *,
+    ffn_ratio: float = 0.0,
+    dist: DistributedConfig | None = None,
+) -> StageResult:
     """Remove the lowest-scoring `head_ratio` of the heads (and `ffn_ratio` of each block's MLP neurons),
     then recover with knowledge distillation from the teacher."""
     seed_everything(seed)
@@ -397,34 +519,70 @@ def prune(cfg: LMPruneConfig, student_dir: Path, teacher_dir: Path, data_dir: Pa
     teaching = Teaching(load_model(teacher_dir), distill_cfg.alpha, distill_cfg.temperature)
     train_texts, val_texts = read_texts(data_dir, "train"), read_texts(data_dir, "validation")
     heads_before, params_before = sum(head_counts(model)), count_params(model)
-    tracker.log_params(cfg.model_dump(mode="json") | {"ffn_ratio": ffn_ratio, "heads_before": heads_before,
-                                                       "params_before": params_before})
+    tracker.log_params(
+        cfg.model_dump(mode="json")
+        | {"ffn_ratio": ffn_ratio, "heads_before": heads_before, "params_before": params_before}
+    )
 
     # Only what is removed is scored: the pipeline refuses head_ratio > 0 (see LMConfig), so heads seldom are.
     heads_out = int(round(cfg.head_ratio * heads_before))
     if heads_out or ffn_ratio > 0:
         # Every process scores the same weights on the same batches; rank 0's scores cut, so all cut alike.
-        by_head, by_neuron = same_on_every_rank(importance(
-            model, tokenizer, train_texts, max_length, cfg.importance_batches, distill_cfg.batch_size, teaching, seed,
-            heads=heads_out > 0))
+        by_head, by_neuron = same_on_every_rank(
+            importance(
+                model,
+                tokenizer,
+                train_texts,
+                max_length,
+                cfg.importance_batches,
+                distill_cfg.batch_size,
+                teaching,
+                seed,
+                heads=heads_out > 0,
+            )
+        )
         if heads_out and (plan := heads_to_prune(by_head, count=heads_out)):
             model.prune_heads(original_head_ids(model, plan))
         if ffn_ratio > 0:
             prune_mlp(model, neurons_to_keep(by_neuron, ratio=ffn_ratio))
     heads_after = sum(head_counts(model))
-    print(f"  prune: removed {heads_before - heads_after} of {heads_before} heads, per layer now {head_counts(model)}"
-          f"; MLP width {model.transformer.h[0].mlp.c_proj.weight.shape[0]}", flush=True)
+    print(
+        f"  prune: removed {heads_before - heads_after} of {heads_before} heads, per layer now {head_counts(model)}"
+        f"; MLP width {model.transformer.h[0].mlp.c_proj.weight.shape[0]}",
+        flush=True,
+    )
     ppl_before = perplexity(model, tokenizer, val_texts, max_length, distill_cfg.batch_size)
     ppl, seconds = ppl_before, 0.0
     if cfg.epochs > 0 and count_params(model) < params_before:
-        outcome = fit(model, tokenizer, train_texts, val_texts, epochs=cfg.epochs,
-                      batch_size=distill_cfg.batch_size, lr=distill_cfg.lr, max_length=max_length,
-                      tracker=tracker, seed=seed, teaching=teaching, desc="prune recovery", dist=dist)
+        outcome = fit(
+            model,
+            tokenizer,
+            train_texts,
+            val_texts,
+            epochs=cfg.epochs,
+            batch_size=distill_cfg.batch_size,
+            lr=distill_cfg.lr,
+            max_length=max_length,
+            tracker=tracker,
+            seed=seed,
+            teaching=teaching,
+            desc="prune recovery",
+            dist=dist,
+        )
         ppl, seconds = outcome.best_val_perplexity, outcome.seconds
     save(model, tokenizer, out_dir)
-    metrics = {"heads_before": float(heads_before), "heads_after": float(heads_after),
-               "params_before": float(params_before), "params": float(count_params(model)),
-               "val_perplexity_before_recovery": ppl_before, "val_perplexity": ppl, "recovery_seconds": seconds}
+    metrics = {
+        "heads_before": float(heads_before),
+        "heads_after": float(heads_after),
+        "params_before": float(params_before),
+        "params": float(count_params(model)),
+        "val_perplexity_before_recovery": ppl_before,
+        "val_perplexity": ppl,
+        "recovery_seconds": seconds,
+    }
     tracker.log_metrics(metrics)
-    return StageResult(metrics=metrics, outputs={"model": out_dir},
-                       info={"pruned_heads": {int(k): list(v) for k, v in model.config.pruned_heads.items()}})
+    return StageResult(
+        metrics=metrics,
+        outputs={"model": out_dir},
+        info={"pruned_heads": {int(k): list(v) for k, v in model.config.pruned_heads.items()}},
+    )

@@ -47,8 +47,10 @@ def keep_layers(model: nn.Module, layers: list[int]) -> nn.Module:
     """Keep only the given transformer blocks, in order, and record the new depth in the config."""
     blocks = transformer_layers(model)
     if max(layers) >= len(blocks):
-        raise ModelSourceError(f"distill.layers {layers} asks for layer {max(layers)}, "
-                               f"but the teacher has {len(blocks)} layers (0..{len(blocks) - 1})")
+        raise ModelSourceError(
+            f"distill.layers {layers} asks for layer {max(layers)}, "
+            f"but the teacher has {len(blocks)} layers (0..{len(blocks) - 1})"
+        )
     set_transformer_layers(model, nn.ModuleList(blocks[i] for i in layers))
     for attr in ("num_hidden_layers", "n_layers", "n_layer"):
         if hasattr(model.config, attr):
@@ -65,8 +67,9 @@ class FeatureTransfer(nn.Module):
     widths differ, a learned linear projection maps the student's hidden states to the teacher's width.
     """
 
-    def __init__(self, teacher: nn.Module, layers: list[int], student_width: int, hidden_weight: float,
-                 attention_weight: float):
+    def __init__(
+        self, teacher: nn.Module, layers: list[int], student_width: int, hidden_weight: float, attention_weight: float
+    ):
         super().__init__()
         # A tuple, not a submodule: the teacher is frozen and its weights stay out of the optimizer.
         self._teacher = (teacher.eval().requires_grad_(False),)
@@ -87,11 +90,13 @@ class FeatureTransfer(nn.Module):
             pairs = [(0, 0)] + [(i + 1, end) for i, end in enumerate(self.ends)]
             loss = loss + self.hidden_weight * sum(
                 hidden_mse(self.project(student_out.hidden_states[s]), teacher_out.hidden_states[t], mask)
-                for s, t in pairs) / len(pairs)
+                for s, t in pairs
+            ) / len(pairs)
         if self.attention_weight > 0:
             loss = loss + self.attention_weight * sum(
                 attention_kl(student_out.attentions[i], teacher_out.attentions[end - 1], mask)
-                for i, end in enumerate(self.ends)) / len(self.ends)
+                for i, end in enumerate(self.ends)
+            ) / len(self.ends)
         return loss
 
 
@@ -109,78 +114,149 @@ def fresh_student(cfg: DistillConfig, teacher_dir: Path, seed: int, features: bo
     seed_everything(seed)
     # Attention maps come out of the eager attention kernels only.
     load = dict(attn_implementation="eager") if features else {}
-    return keep_layers(AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True, **load),
-                       cfg.layers)
+    return keep_layers(
+        AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True, **load), cfg.layers
+    )
 
 
-def distilled(cfg: DistillConfig, teacher_dir: Path, student: nn.Module, train_set: Encoded, teacher_logits: np.ndarray,
-              data: dict, pad_id: int, tracker: Tracker, seed: int, desc: str,
-              dist: DistributedConfig | None) -> tuple[dict, float | None]:
+def distilled(
+    cfg: DistillConfig,
+    teacher_dir: Path,
+    student: nn.Module,
+    train_set: Encoded,
+    teacher_logits: np.ndarray,
+    data: dict,
+    pad_id: int,
+    tracker: Tracker,
+    seed: int,
+    desc: str,
+    dist: DistributedConfig | None,
+) -> tuple[dict, float | None]:
     """Train `student` on `train_set` against the teacher's logits (and intermediate layers when asked);
     returns (training metrics, test accuracy)."""
     transfer = None
     if cfg.hidden_weight > 0 or cfg.attention_weight > 0:
-        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True,
-                                                                     attn_implementation="eager")
-        transfer = FeatureTransfer(teacher, cfg.layers, student.config.hidden_size, cfg.hidden_weight,
-                                   cfg.attention_weight)
+        teacher = AutoModelForSequenceClassification.from_pretrained(
+            teacher_dir, use_safetensors=True, attn_implementation="eager"
+        )
+        transfer = FeatureTransfer(
+            teacher, cfg.layers, student.config.hidden_size, cfg.hidden_weight, cfg.attention_weight
+        )
     kd = Distillation(teacher_logits, cfg.alpha, cfg.temperature, features=transfer)
     outcome = train(student, train_set, data["validation"], cfg, pad_id, tracker, seed, kd=kd, desc=desc, dist=dist)
-    return ({"val_accuracy": outcome.best_val_accuracy, "best_epoch": outcome.best_epoch,
-             "epochs_run": outcome.epochs_run, "train_seconds": outcome.seconds},
-            accuracy_if_any(student, data["test"], pad_id))
+    return (
+        {
+            "val_accuracy": outcome.best_val_accuracy,
+            "best_epoch": outcome.best_epoch,
+            "epochs_run": outcome.epochs_run,
+            "train_seconds": outcome.seconds,
+        },
+        accuracy_if_any(student, data["test"], pad_id),
+    )
 
 
-def without_teacher(cfg: DistillConfig, teacher_dir: Path, data: dict, pad_id: int, tracker: Tracker,
-                    seed: int, dist: DistributedConfig | None = None) -> dict[str, float | None]:
+def without_teacher(
+    cfg: DistillConfig,
+    teacher_dir: Path,
+    data: dict,
+    pad_id: int,
+    tracker: Tracker,
+    seed: int,
+    dist: DistributedConfig | None = None,
+) -> dict[str, float | None]:
     """The first ablation student: the same student (same layers, same initialisation) on labels alone."""
     student = fresh_student(cfg, teacher_dir, seed, features=False)
-    outcome = train(student, data["train"], data["validation"], cfg, pad_id,
-                    PrefixedTracker(tracker, "ablation.labels_only."), seed, kd=None, desc="ablation (no teacher)",
-                    dist=dist)
+    outcome = train(
+        student,
+        data["train"],
+        data["validation"],
+        cfg,
+        pad_id,
+        PrefixedTracker(tracker, "ablation.labels_only."),
+        seed,
+        kd=None,
+        desc="ablation (no teacher)",
+        dist=dist,
+    )
     test_acc = accuracy_if_any(student, data["test"], pad_id)
     print(f"  ablation: the same student on the labels alone reaches test acc {shown(test_acc)}", flush=True)
-    return {"ablation.labels_only.val_accuracy": outcome.best_val_accuracy,
-            "ablation.labels_only.test_accuracy": test_acc, "ablation.labels_only.train_seconds": outcome.seconds}
+    return {
+        "ablation.labels_only.val_accuracy": outcome.best_val_accuracy,
+        "ablation.labels_only.test_accuracy": test_acc,
+        "ablation.labels_only.train_seconds": outcome.seconds,
+    }
 
 
-def train_only(cfg: DistillConfig, teacher_dir: Path, train_logits: np.ndarray, data: dict, pad_id: int,
-               tracker: Tracker, seed: int, dist: DistributedConfig | None = None) -> dict[str, float | None]:
+def train_only(
+    cfg: DistillConfig,
+    teacher_dir: Path,
+    train_logits: np.ndarray,
+    data: dict,
+    pad_id: int,
+    tracker: Tracker,
+    seed: int,
+    dist: DistributedConfig | None = None,
+) -> dict[str, float | None]:
     """The second ablation student: distilled like the stage's student, on the train split alone (no
     transfer set), so that the transfer set's gain and distillation's gain are measured apart."""
     features = cfg.hidden_weight > 0 or cfg.attention_weight > 0
     student = fresh_student(cfg, teacher_dir, seed, features)
-    fit, test_acc = distilled(cfg, teacher_dir, student, data["train"], train_logits, data, pad_id,
-                              PrefixedTracker(tracker, "ablation.kd_train_only."), seed,
-                              "ablation (distilled, train split only)", dist)
-    print(f"  ablation: the same student distilled on the train split alone reaches test acc {shown(test_acc)}",
-          flush=True)
-    return {"ablation.kd_train_only.val_accuracy": fit["val_accuracy"],
-            "ablation.kd_train_only.test_accuracy": test_acc,
-            "ablation.kd_train_only.train_seconds": fit["train_seconds"]}
+    fit, test_acc = distilled(
+        cfg,
+        teacher_dir,
+        student,
+        data["train"],
+        train_logits,
+        data,
+        pad_id,
+        PrefixedTracker(tracker, "ablation.kd_train_only."),
+        seed,
+        "ablation (distilled, train split only)",
+        dist,
+    )
+    print(
+        f"  ablation: the same student distilled on the train split alone reaches test acc {shown(test_acc)}",
+        flush=True,
+    )
+    return {
+        "ablation.kd_train_only.val_accuracy": fit["val_accuracy"],
+        "ablation.kd_train_only.test_accuracy": test_acc,
+        "ablation.kd_train_only.train_seconds": fit["train_seconds"],
+    }
 
 
-def run(cfg: DistillConfig, teacher_dir: Path, prepared: Path, out_dir: Path, tracker: Tracker, seed: int,
-        dist: DistributedConfig | None = None, soft_cache: Path | None = None) -> StageResult:
+def run(
+    cfg: DistillConfig,
+    teacher_dir: Path,
+    prepared: Path,
+    out_dir: Path,
+    tracker: Tracker,
+    seed: int,
+    dist: DistributedConfig | None = None,
+    soft_cache: Path | None = None,
+) -> StageResult:
     labels = read_labels(prepared)
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     pad_id = tokenizer.pad_token_id
     student = fresh_student(cfg, teacher_dir, seed, features=cfg.hidden_weight > 0 or cfg.attention_weight > 0)
     data = load_encoded_splits(prepared, tokenizer, labels, cfg.max_length)
-    train_set, teacher_logits = training_set(teacher_dir, prepared, tokenizer, labels, cfg.max_length,
-                                             data["train"], cfg.transfer, soft_cache, dist)
+    train_set, teacher_logits = training_set(
+        teacher_dir, prepared, tokenizer, labels, cfg.max_length, data["train"], cfg.transfer, soft_cache, dist
+    )
     transfer_rows = len(train_set) - len(data["train"])
     tracker.log_params(cfg.model_dump() | {"params": count_params(student), "train_rows": len(train_set)})
 
-    fit, test_acc = distilled(cfg, teacher_dir, student, train_set, teacher_logits, data, pad_id, tracker, seed,
-                              "distill", dist)
+    fit, test_acc = distilled(
+        cfg, teacher_dir, student, train_set, teacher_logits, data, pad_id, tracker, seed, "distill", dist
+    )
     metrics = {**fit, "test_accuracy": test_acc, "params": count_params(student), "transfer_rows": transfer_rows}
     if cfg.ablation:
         metrics |= without_teacher(cfg, teacher_dir, data, pad_id, tracker, seed, dist)
         if transfer_rows:
             # The train split's rows come first in train_set, and so do their logits.
-            metrics |= train_only(cfg, teacher_dir, teacher_logits[:len(data["train"])], data, pad_id, tracker,
-                                  seed, dist)
+            metrics |= train_only(
+                cfg, teacher_dir, teacher_logits[: len(data["train"])], data, pad_id, tracker, seed, dist
+            )
     save_model(student, tokenizer, labels, out_dir, metrics)
     tracker.log_metrics({"test_accuracy": test_acc, "best_val_accuracy": fit["val_accuracy"]})
     return StageResult(metrics=metrics, outputs={"model": out_dir})

@@ -61,8 +61,10 @@ def file_set_problem(listed: set[str], present: set[str]) -> str | None:
         return f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing from the bundle"
     extra = sorted(present - listed)
     if extra:
-        return (f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} in the bundle folder but not in "
-                f"manifest.json: a bundle holds only its listed files")
+        return (
+            f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} in the bundle folder but not in "
+            f"manifest.json: a bundle holds only its listed files"
+        )
     return None
 
 
@@ -76,12 +78,13 @@ def verify(bundle: Path, expect_manifest: str | None = None) -> dict:
     if expect_manifest is not None:
         actual, wanted = hashlib.sha256(raw).hexdigest(), expect_manifest.strip().lower()
         if actual != wanted:
-            raise BundleError(f"manifest.json has sha256 {actual}, not the expected {wanted}: "
-                              "this is not the bundle that was pinned")
+            raise BundleError(
+                f"manifest.json has sha256 {actual}, not the expected {wanted}: this is not the bundle that was pinned"
+            )
     manifest = json.loads(raw)
     listed = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(listed, dict):
-        raise BundleError("manifest.json has no \"files\" table: not a miniaturize bundle")
+        raise BundleError('manifest.json has no "files" table: not a miniaturize bundle')
     present = {path.name for path in bundle.iterdir()} - {"manifest.json", *IGNORED}
     problem = file_set_problem(set(listed), present)
     if problem:
@@ -117,9 +120,11 @@ class Predictor:
         import numpy as np
 
         encoded = self.tokenizer.encode_batch(list(texts))
-        feed = {"input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
-                "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
-                "token_type_ids": np.array([e.type_ids for e in encoded], dtype=np.int64)}
+        feed = {
+            "input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encoded], dtype=np.int64),
+        }
         logits = self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})[0]
         shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
         return shifted / shifted.sum(axis=-1, keepdims=True)
@@ -128,8 +133,13 @@ class Predictor:
         out = []
         for text, probs in zip(texts, self.scores(texts)):
             best = int(probs.argmax())
-            out.append({"text": text, "label": self.labels[best],
-                        "scores": {label: round(float(p), 6) for label, p in zip(self.labels, probs)}})
+            out.append(
+                {
+                    "text": text,
+                    "label": self.labels[best],
+                    "scores": {label: round(float(p), 6) for label, p in zip(self.labels, probs)},
+                }
+            )
         return out
 
 
@@ -144,7 +154,7 @@ def read_jsonl(path: Path) -> list[str]:
             raise BundleError(f"{path}:{number}: not JSON ({err.msg})") from None
         text = item.get("text") if isinstance(item, dict) else item
         if not isinstance(text, str):
-            raise BundleError(f"{path}:{number}: expected a JSON string or an object with a \"text\" string")
+            raise BundleError(f'{path}:{number}: expected a JSON string or an object with a "text" string')
         texts.append(text)
     return texts
 
@@ -152,11 +162,14 @@ def read_jsonl(path: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Predict with a miniaturize edge bundle.")
     parser.add_argument("text", nargs="*", help="text(s) to classify")
-    parser.add_argument("--jsonl", type=Path, help="file with one JSON string or {\"text\": ...} per line")
+    parser.add_argument("--jsonl", type=Path, help='file with one JSON string or {"text": ...} per line')
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--expect-manifest", metavar="SHA256", help="refuse the bundle unless manifest.json has "
-                        "this sha256 (printed by miniaturize package)")
+    parser.add_argument(
+        "--expect-manifest",
+        metavar="SHA256",
+        help="refuse the bundle unless manifest.json has this sha256 (printed by miniaturize package)",
+    )
     args = parser.parse_args(argv)
     try:
         texts = list(args.text) + (read_jsonl(args.jsonl) if args.jsonl else [])
@@ -164,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("give a text or --jsonl FILE")
         predictor = Predictor(HERE, args.threads, args.expect_manifest)
         for start in range(0, len(texts), args.batch_size):
-            for row in predictor.predict(texts[start:start + args.batch_size]):
+            for row in predictor.predict(texts[start : start + args.batch_size]):
                 print(json.dumps(row))
     except (BundleError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

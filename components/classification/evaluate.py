@@ -53,6 +53,7 @@ STEPS = ("load", "accuracy", "batch-1 latency", "batch-32 latency", "peak RSS")
 
 # ---------------------------------------------------------------- pure helpers
 
+
 def agreement(predictions: np.ndarray, reference: np.ndarray) -> float | None:
     """Share of sentences with the same predicted label; None for an empty split (nothing to agree on)."""
     if len(predictions) != len(reference):
@@ -67,9 +68,12 @@ def classification_scores(predictions: np.ndarray, labels: np.ndarray, n_labels:
 
     if len(labels) == 0:
         return {"accuracy": None, "f1_macro": None}
-    return {"accuracy": float(accuracy_score(labels, predictions)),
-            "f1_macro": float(f1_score(labels, predictions, labels=list(range(n_labels)), average="macro",
-                                       zero_division=0))}
+    return {
+        "accuracy": float(accuracy_score(labels, predictions)),
+        "f1_macro": float(
+            f1_score(labels, predictions, labels=list(range(n_labels)), average="macro", zero_division=0)
+        ),
+    }
 
 
 def metrics_to_log(report: dict) -> dict[str, float]:
@@ -96,9 +100,11 @@ def build_report(card: dict, entries: dict[str, dict], decision: GateDecision, e
     """The compression report: dataset, one entry per model, the ratios, the gate and the environment."""
     report = {
         "task": "sequence-classification",
-        "dataset": {"source": str(card.get("source", "")), "sha256": str(card.get("sha256", "")),
-                    "rows": {split: int(card.get("rows", {}).get(split, 0))
-                             for split in SPLITS}},
+        "dataset": {
+            "source": str(card.get("source", "")),
+            "sha256": str(card.get("sha256", "")),
+            "rows": {split: int(card.get("rows", {}).get(split, 0)) for split in SPLITS},
+        },
         "models": entries,
         "final_vs_teacher": compare_to_teacher(entries[TEACHER], entries[FINAL]),
     }
@@ -126,13 +132,18 @@ def distillation_ablation(student_dir: Path) -> dict | None:
     with_transfer = "ablation.kd_train_only.test_accuracy" in metrics
     kd_train_only = metrics["ablation.kd_train_only.test_accuracy"] if with_transfer else metrics["test_accuracy"]
     kd_with_transfer = metrics["test_accuracy"] if with_transfer else None
-    return {"labels_only": labels_only, "kd_train_only": kd_train_only, "kd_with_transfer": kd_with_transfer,
-            "transfer_rows": int(metrics.get("transfer_rows", 0)),
-            "kd_gain_points": gain_points(kd_train_only, labels_only),
-            "transfer_gain_points": gain_points(kd_with_transfer, kd_train_only) if with_transfer else None}
+    return {
+        "labels_only": labels_only,
+        "kd_train_only": kd_train_only,
+        "kd_with_transfer": kd_with_transfer,
+        "transfer_rows": int(metrics.get("transfer_rows", 0)),
+        "kd_gain_points": gain_points(kd_train_only, labels_only),
+        "transfer_gain_points": gain_points(kd_with_transfer, kd_train_only) if with_transfer else None,
+    }
 
 
 # ---------------------------------------------------------------- measuring one model
+
 
 def model_labels(model_dir: Path, fallback: list[str]) -> list[str]:
     """The model's output order (labels.json), or the data card's labels when the folder has none."""
@@ -147,8 +158,15 @@ def predicted_classes(runner, input_ids: list[list[int]], pad_id: int) -> np.nda
     return latency.runner_logits(runner, input_ids, pad_id).argmax(-1)
 
 
-def measure_model(spec: ModelSpec, cfg: EvaluateConfig, prepared: Path, texts: list[str], gold: list[str],
-                  card_labels: list[str], max_length: int) -> tuple[dict, np.ndarray]:
+def measure_model(
+    spec: ModelSpec,
+    cfg: EvaluateConfig,
+    prepared: Path,
+    texts: list[str],
+    gold: list[str],
+    card_labels: list[str],
+    max_length: int,
+) -> tuple[dict, np.ndarray]:
     """One report entry (without agreement_with_teacher) and the predicted label names."""
     from transformers import AutoTokenizer
 
@@ -176,11 +194,15 @@ def measure_model(spec: ModelSpec, cfg: EvaluateConfig, prepared: Path, texts: l
     predicted = predicted_classes(runner, data.input_ids, pad_id)
     scores = classification_scores(predicted, data.labels, len(labels))
     step(1)
-    batch1 = latency.latency_stats(latency.time_calls(
-        runner, latency.batched_inputs(data.input_ids, pad_id, 1), cfg.warmup, cfg.batch1_calls))
+    batch1 = latency.latency_stats(
+        latency.time_calls(runner, latency.batched_inputs(data.input_ids, pad_id, 1), cfg.warmup, cfg.batch1_calls)
+    )
     step(2)
-    batch32 = latency.latency_stats(latency.time_calls(
-        runner, latency.batched_inputs(data.input_ids, pad_id, BATCH_SIZE), cfg.warmup, cfg.batch32_calls))
+    batch32 = latency.latency_stats(
+        latency.time_calls(
+            runner, latency.batched_inputs(data.input_ids, pad_id, BATCH_SIZE), cfg.warmup, cfg.batch32_calls
+        )
+    )
     step(3)
     del runner
     gc.collect()
@@ -188,10 +210,14 @@ def measure_model(spec: ModelSpec, cfg: EvaluateConfig, prepared: Path, texts: l
     step(4)
     bar.close()
 
-    entry = {"runtime": runtime, **scores, "size_bytes": int(size), "params": int(params),
-             "latency_ms": {"batch1_p50": batch1["p50"], "batch1_p95": batch1["p95"],
-                            "batch32_p50": batch32["p50"]},
-             "peak_rss_mb": float(rss)}
+    entry = {
+        "runtime": runtime,
+        **scores,
+        "size_bytes": int(size),
+        "params": int(params),
+        "latency_ms": {"batch1_p50": batch1["p50"], "batch1_p95": batch1["p95"], "batch32_p50": batch32["p50"]},
+        "peak_rss_mb": float(rss),
+    }
     return entry, np.asarray(labels, dtype=object)[predicted] if len(predicted) else np.array([], dtype=object)
 
 
@@ -216,60 +242,97 @@ def split_accuracy(model: Path, prepared: Path, split: str, threads: int, max_le
 
 # ---------------------------------------------------------------- writing
 
+
 def ablation_lines(ablation: dict) -> list[str]:
     """The three students of the distillation ablation as a markdown section."""
-    rows = [("labels only (no teacher)", ablation["labels_only"], None),
-            ("distilled, train split", ablation["kd_train_only"], ablation["kd_gain_points"])]
+    rows = [
+        ("labels only (no teacher)", ablation["labels_only"], None),
+        ("distilled, train split", ablation["kd_train_only"], ablation["kd_gain_points"]),
+    ]
     if ablation["kd_with_transfer"] is not None:
-        rows.append((f"distilled, train split + transfer set ({ablation['transfer_rows']:,} sentences)",
-                     ablation["kd_with_transfer"], ablation["transfer_gain_points"]))
-    lines = ["", "## Ablation: what distillation buys", "",
-             "The same student (same layers, same initialisation, same epochs), trained three ways; each row "
-             "adds one thing to the row above.", "",
-             "| student | test accuracy | gain over the row above (points) |", "|---|---:|---:|"]
-    lines += [f"| {name} | {fmt(accuracy, '.4f')} | {'-' if i == 0 else fmt(gain, '+.2f')} |"
-              for i, (name, accuracy, gain) in enumerate(rows)]
+        rows.append(
+            (
+                f"distilled, train split + transfer set ({ablation['transfer_rows']:,} sentences)",
+                ablation["kd_with_transfer"],
+                ablation["transfer_gain_points"],
+            )
+        )
+    lines = [
+        "",
+        "## Ablation: what distillation buys",
+        "",
+        "The same student (same layers, same initialisation, same epochs), trained three ways; each row "
+        "adds one thing to the row above.",
+        "",
+        "| student | test accuracy | gain over the row above (points) |",
+        "|---|---:|---:|",
+    ]
+    lines += [
+        f"| {name} | {fmt(accuracy, '.4f')} | {'-' if i == 0 else fmt(gain, '+.2f')} |"
+        for i, (name, accuracy, gain) in enumerate(rows)
+    ]
     return lines
 
 
 def render_markdown(report: dict) -> str:
-    lines = ["# Compression report", "",
-             f"Dataset `{report['dataset']['source']}` (sha256 `{report['dataset']['sha256'][:12]}`), "
-             f"test rows: {report['dataset']['rows']['test']}. "
-             f"Latency and memory on {report['environment']['cpu']}, {report['environment']['threads']} intra-op "
-             f"thread(s) for every model.", "",
-             "| model | runtime | accuracy | F1 macro | agreement | size (MB) | params | batch-1 p50 (ms) "
-             "| batch-1 p95 (ms) | batch-32 p50 (ms) | peak RSS (MB) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# Compression report",
+        "",
+        f"Dataset `{report['dataset']['source']}` (sha256 `{report['dataset']['sha256'][:12]}`), "
+        f"test rows: {report['dataset']['rows']['test']}. "
+        f"Latency and memory on {report['environment']['cpu']}, {report['environment']['threads']} intra-op "
+        f"thread(s) for every model.",
+        "",
+        "| model | runtime | accuracy | F1 macro | agreement | size (MB) | params | batch-1 p50 (ms) "
+        "| batch-1 p95 (ms) | batch-32 p50 (ms) | peak RSS (MB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, m in report["models"].items():
         lat = m["latency_ms"]
-        lines.append(f"| {name} | {m['runtime']} | {fmt(m['accuracy'], '.4f')} | {fmt(m['f1_macro'], '.4f')} "
-                     f"| {fmt(m['agreement_with_teacher'], '.4f')} | {m['size_bytes'] / 1e6:.2f} "
-                     f"| {m['params']:,} | {fmt(lat['batch1_p50'], '.2f')} | {fmt(lat['batch1_p95'], '.2f')} "
-                     f"| {fmt(lat['batch32_p50'], '.2f')} | {fmt(m['peak_rss_mb'], '.0f')} |")
+        lines.append(
+            f"| {name} | {m['runtime']} | {fmt(m['accuracy'], '.4f')} | {fmt(m['f1_macro'], '.4f')} "
+            f"| {fmt(m['agreement_with_teacher'], '.4f')} | {m['size_bytes'] / 1e6:.2f} "
+            f"| {m['params']:,} | {fmt(lat['batch1_p50'], '.2f')} | {fmt(lat['batch1_p95'], '.2f')} "
+            f"| {fmt(lat['batch32_p50'], '.2f')} | {fmt(m['peak_rss_mb'], '.0f')} |"
+        )
     for section in ("final_vs_teacher", f"final_vs_{BASELINE}"):
         if section in report:
             r = report[section]
-            lines += ["", f"## {section.replace('_', ' ')}", "",
-                      "| size ratio | batch-1 speed-up | batch-32 speed-up | accuracy drop (points) |",
-                      "|---:|---:|---:|---:|",
-                      f"| {fmt(r['size_ratio'], '.2f')}x | {fmt(r['speedup_batch1_p50'], '.2f')}x "
-                      f"| {fmt(r['speedup_batch32_p50'], '.2f')}x | {fmt(r['accuracy_drop_points'], '+.2f')} |"]
+            lines += [
+                "",
+                f"## {section.replace('_', ' ')}",
+                "",
+                "| size ratio | batch-1 speed-up | batch-32 speed-up | accuracy drop (points) |",
+                "|---:|---:|---:|---:|",
+                f"| {fmt(r['size_ratio'], '.2f')}x | {fmt(r['speedup_batch1_p50'], '.2f')}x "
+                f"| {fmt(r['speedup_batch32_p50'], '.2f')}x | {fmt(r['accuracy_drop_points'], '+.2f')} |",
+            ]
     lines += gate_lines(report["gate"])
     if ablation := report.get("ablation"):
         lines += ablation_lines(ablation)
     if seeds := report.get("seeds"):
         drop = seeds["accuracy_drop_points"]
-        lines += ["", f"## Seed spread ({drop['n']} training seeds, teacher and data fixed)", "",
-                  "| seed | final accuracy | drop vs teacher (points) | agreement with teacher |",
-                  "|---|---:|---:|---:|"]
-        lines += [f"| {r['seed']} | {r['accuracy']:.4f} | {r['accuracy_drop_points']:+.2f} "
-                  f"| {r['agreement_with_teacher']:.4f} |" for r in seeds["runs"]]
-        lines += ["", f"Accuracy drop vs teacher: mean {drop['mean']:+.2f} points, std {drop['std']:.2f}, "
-                      f"range {drop['min']:+.2f} to {drop['max']:+.2f}."]
+        lines += [
+            "",
+            f"## Seed spread ({drop['n']} training seeds, teacher and data fixed)",
+            "",
+            "| seed | final accuracy | drop vs teacher (points) | agreement with teacher |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['seed']} | {r['accuracy']:.4f} | {r['accuracy_drop_points']:+.2f} "
+            f"| {r['agreement_with_teacher']:.4f} |"
+            for r in seeds["runs"]
+        ]
+        lines += [
+            "",
+            f"Accuracy drop vs teacher: mean {drop['mean']:+.2f} points, std {drop['std']:.2f}, "
+            f"range {drop['min']:+.2f} to {drop['max']:+.2f}.",
+        ]
         if base := seeds.get("accuracy_drop_vs_baseline_points"):
-            lines[-1] += (f" Against {BASELINE}: mean {base['mean']:+.2f} points, "
-                          f"range {base['min']:+.2f} to {base['max']:+.2f}.")
+            lines[-1] += (
+                f" Against {BASELINE}: mean {base['mean']:+.2f} points, range {base['min']:+.2f} to {base['max']:+.2f}."
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -289,14 +352,21 @@ def save_plot(report: dict, path: Path) -> None:
                 continue
             ax.scatter([x], [accuracy], color=f"C{i}")
             # Labels alternate above and below: models of equal size or accuracy often sit on one spot.
-            ax.annotate(name, (x, accuracy), textcoords="offset points", xytext=(5, 5 if i % 2 == 0 else -12),
-                        fontsize=8, color=f"C{i}")
+            ax.annotate(
+                name,
+                (x, accuracy),
+                textcoords="offset points",
+                xytext=(5, 5 if i % 2 == 0 else -12),
+                fontsize=8,
+                color=f"C{i}",
+            )
     latency_ax.set_xscale("log")
     latency_ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # ticks at 1, 2, 5, 10, 20, ...
     latency_ax.xaxis.set_major_formatter(ScalarFormatter())
     latency_ax.xaxis.set_minor_formatter(NullFormatter())
-    latency_ax.set(xlabel="batch-1 p50 latency (ms, log scale)", ylabel="test accuracy (%)",
-                   title="Accuracy vs latency")
+    latency_ax.set(
+        xlabel="batch-1 p50 latency (ms, log scale)", ylabel="test accuracy (%)", title="Accuracy vs latency"
+    )
     size_ax.set(xlabel="size (MB)", ylabel="test accuracy (%)", title="Accuracy vs size")
     for ax in (latency_ax, size_ax):
         ax.grid(True, alpha=0.3)
@@ -305,8 +375,16 @@ def save_plot(report: dict, path: Path) -> None:
 
 # ---------------------------------------------------------------- the stage
 
-def measure_all(models: list[ModelSpec], cfg: EvaluateConfig, prepared: Path, texts: list[str], gold: list[str],
-                card_labels: list[str], max_length: int) -> dict[str, dict]:
+
+def measure_all(
+    models: list[ModelSpec],
+    cfg: EvaluateConfig,
+    prepared: Path,
+    texts: list[str],
+    gold: list[str],
+    card_labels: list[str],
+    max_length: int,
+) -> dict[str, dict]:
     """Every model's report entry, in order, with its agreement with the teacher's predictions. torch's
     thread count is set per model and restored afterwards."""
     import torch
@@ -317,12 +395,16 @@ def measure_all(models: list[ModelSpec], cfg: EvaluateConfig, prepared: Path, te
     try:
         for spec in models:
             entries[spec.name], predictions[spec.name] = measure_model(
-                spec, cfg, prepared, texts, gold, card_labels, max_length)
+                spec, cfg, prepared, texts, gold, card_labels, max_length
+            )
             e = entries[spec.name]
-            print(f"  evaluate {spec.name}: {e['runtime']}, acc {fmt(e['accuracy'], '.4f')}, "
-                  f"batch-1 p50 {e['latency_ms']['batch1_p50']:.2f} ms, "
-                  f"batch-32 p50 {e['latency_ms']['batch32_p50']:.2f} ms, {e['size_bytes'] / 1e6:.1f} MB, "
-                  f"peak RSS {e['peak_rss_mb']:.0f} MB", flush=True)
+            print(
+                f"  evaluate {spec.name}: {e['runtime']}, acc {fmt(e['accuracy'], '.4f')}, "
+                f"batch-1 p50 {e['latency_ms']['batch1_p50']:.2f} ms, "
+                f"batch-32 p50 {e['latency_ms']['batch32_p50']:.2f} ms, {e['size_bytes'] / 1e6:.1f} MB, "
+                f"peak RSS {e['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
     finally:
         torch.set_num_threads(threads_before)
     for name, entry in entries.items():
@@ -337,30 +419,48 @@ def add_seed_spread(report: dict, entries: dict[str, dict], seed: int | None, se
         return
     seeds = summarise_seeds(seed, entries[FINAL], entries[TEACHER], entries.get(BASELINE), list(seed_runs))
     report["seeds"] = seeds
-    for section, key in (("final_vs_teacher", "accuracy_drop_points"),
-                         (f"final_vs_{BASELINE}", "accuracy_drop_vs_baseline_points")):
+    for section, key in (
+        ("final_vs_teacher", "accuracy_drop_points"),
+        (f"final_vs_{BASELINE}", "accuracy_drop_vs_baseline_points"),
+    ):
         if section in report and key in seeds:
-            report[section] |= {"accuracy_drop_points_seed_mean": seeds[key]["mean"],
-                                "accuracy_drop_points_seed_std": seeds[key]["std"]}
-    print(f"  evaluate: accuracy drop over {seeds['accuracy_drop_points']['n']} seeds: mean "
-          f"{seeds['accuracy_drop_points']['mean']:+.2f} points, std {seeds['accuracy_drop_points']['std']:.2f}",
-          flush=True)
+            report[section] |= {
+                "accuracy_drop_points_seed_mean": seeds[key]["mean"],
+                "accuracy_drop_points_seed_std": seeds[key]["std"],
+            }
+    print(
+        f"  evaluate: accuracy drop over {seeds['accuracy_drop_points']['n']} seeds: mean "
+        f"{seeds['accuracy_drop_points']['mean']:+.2f} points, std {seeds['accuracy_drop_points']['std']:.2f}",
+        flush=True,
+    )
 
 
-def run(cfg: EvaluateConfig, gate_cfg: GateConfig, prepared: Path, models: list[ModelSpec], out_dir: Path,
-        tracker: Tracker, max_length: int = 64, seed: int | None = None, seed_runs: list[dict] = ()) -> StageResult:
+def run(
+    cfg: EvaluateConfig,
+    gate_cfg: GateConfig,
+    prepared: Path,
+    models: list[ModelSpec],
+    out_dir: Path,
+    tracker: Tracker,
+    max_length: int = 64,
+    seed: int | None = None,
+    seed_runs: list[dict] = (),
+) -> StageResult:
     """`seed` is the training seed of the evaluated chain; `seed_runs` are the seeds stage's rows for the
     same chain re-trained with other seeds (seed, accuracy, agreement_with_teacher)."""
     prepared, out_dir = Path(prepared), Path(out_dir)
     models = ModelSpec.checked(models, (TEACHER, FINAL))
     card = json.loads((prepared / "data_card.json").read_text())
     test = read_split(prepared, "test")
-    tracker.log_params({f"evaluate.{k}": v for k, v in cfg.model_dump().items()}
-                       | {"evaluate.models": ",".join(m.name for m in models), "evaluate.max_length": max_length})
+    tracker.log_params(
+        {f"evaluate.{k}": v for k, v in cfg.model_dump().items()}
+        | {"evaluate.models": ",".join(m.name for m in models), "evaluate.max_length": max_length}
+    )
 
     # measure, compare, gate
-    entries = measure_all(models, cfg, prepared, test["text"].tolist(), test["label"].tolist(), card["labels"],
-                          max_length)
+    entries = measure_all(
+        models, cfg, prepared, test["text"].tolist(), test["label"].tolist(), card["labels"], max_length
+    )
     ratios = compare_to_teacher(entries[TEACHER], entries[FINAL])
     decision = decide(ratios, gate_cfg)
     report = build_report(card, entries, decision, environment_info(cfg.threads))
@@ -378,12 +478,15 @@ def run(cfg: EvaluateConfig, gate_cfg: GateConfig, prepared: Path, models: list[
     tracker.log_metrics(metrics_to_log(report))
 
     verdict = "passed" if decision.passed else f"FAILED ({', '.join(decision.failed())})"
-    print(f"  evaluate: gate {verdict}; final vs teacher: {ratios['size_ratio']:.2f}x smaller, "
-          f"{ratios['speedup_batch1_p50']:.2f}x faster at batch 1, "
-          f"{fmt(ratios['accuracy_drop_points'], '+.2f')} points accuracy drop", flush=True)
+    print(
+        f"  evaluate: gate {verdict}; final vs teacher: {ratios['size_ratio']:.2f}x smaller, "
+        f"{ratios['speedup_batch1_p50']:.2f}x faster at batch 1, "
+        f"{fmt(ratios['accuracy_drop_points'], '+.2f')} points accuracy drop",
+        flush=True,
+    )
     metrics = {**ratios, "gate_passed": float(decision.passed)}
     if f"final_vs_{BASELINE}" in report:
         metrics |= {f"vs_{BASELINE}.{k}": v for k, v in report[f"final_vs_{BASELINE}"].items()}
-    return StageResult(metrics=metrics,
-                       outputs={"report": json_path, "markdown": md_path, "plot": plot_path},
-                       info={"report": report})
+    return StageResult(
+        metrics=metrics, outputs={"report": json_path, "markdown": md_path, "plot": plot_path}, info={"report": report}
+    )

@@ -66,8 +66,9 @@ def onnx_opset(path: Path) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), -1)
 
 
-def run(cfg: ExportConfig, model_dir: Path, prepared: Path, out_dir: Path, tracker: Tracker,
-        max_length: int = 64) -> StageResult:
+def run(
+    cfg: ExportConfig, model_dir: Path, prepared: Path, out_dir: Path, tracker: Tracker, max_length: int = 64
+) -> StageResult:
     from optimum.exporters.onnx import main_export
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -91,16 +92,20 @@ def run(cfg: ExportConfig, model_dir: Path, prepared: Path, out_dir: Path, track
 
         report = asdict(check) | {"opset": opset, "tolerance": cfg.max_abs_logit_diff}
         (tmp / "export_check.json").write_text(json.dumps(report, indent=2))
-        metrics = {"max_abs_logit_diff": check.max_abs_logit_diff,
-                   "mismatched_predictions": float(check.mismatched_predictions),
-                   "n_checked": float(check.n), "onnx_bytes": float(dir_size_bytes(tmp))}
+        metrics = {
+            "max_abs_logit_diff": check.max_abs_logit_diff,
+            "mismatched_predictions": float(check.mismatched_predictions),
+            "n_checked": float(check.n),
+            "onnx_bytes": float(dir_size_bytes(tmp)),
+        }
         tracker.log_params(cfg.model_dump() | {"opset": opset, "max_length": max_length})
         tracker.log_metrics(metrics)
         if not check.passed:
             raise ExportCheckFailed(
                 f"ONNX export of {model_dir} differs from PyTorch on {check.n} test sentences: "
                 f"max |delta logit| = {check.max_abs_logit_diff:.3g} (tolerance {cfg.max_abs_logit_diff:.3g}), "
-                f"{check.mismatched_predictions} differing predictions")
+                f"{check.mismatched_predictions} differing predictions"
+            )
         move_into_place(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -33,32 +33,49 @@ from components.kit.tracking import StageResult, Tracker
 from components.kit.training import train
 
 
-def run(cfg: TeacherConfig, prepared: Path, out_dir: Path, tracker: Tracker, seed: int,
-        dist: DistributedConfig | None = None) -> StageResult:
+def run(
+    cfg: TeacherConfig,
+    prepared: Path,
+    out_dir: Path,
+    tracker: Tracker,
+    seed: int,
+    dist: DistributedConfig | None = None,
+) -> StageResult:
     seed_everything(seed)
     labels = read_labels(prepared)
     source = resolve_model_source(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForSequenceClassification.from_pretrained(
-        source, use_safetensors=True, num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)})
+        source,
+        use_safetensors=True,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+    )
     data = load_encoded_splits(prepared, tokenizer, labels, cfg.max_length)
     tracker.log_params(cfg.model_dump() | {"resolved_source": source, "params": count_params(model)})
 
-    outcome = train(model, data["train"], data["validation"], cfg, tokenizer.pad_token_id, tracker, seed,
-                    desc="teacher", dist=dist)
+    outcome = train(
+        model, data["train"], data["validation"], cfg, tokenizer.pad_token_id, tracker, seed, desc="teacher", dist=dist
+    )
 
     test_acc = accuracy(predict_logits(model, data["test"], tokenizer.pad_token_id), data["test"].labels)
-    metrics = {"val_accuracy": outcome.best_val_accuracy, "test_accuracy": test_acc,
-               "best_epoch": outcome.best_epoch, "epochs_run": outcome.epochs_run,
-               "train_seconds": outcome.seconds, "params": count_params(model)}
+    metrics = {
+        "val_accuracy": outcome.best_val_accuracy,
+        "test_accuracy": test_acc,
+        "best_epoch": outcome.best_epoch,
+        "epochs_run": outcome.epochs_run,
+        "train_seconds": outcome.seconds,
+        "params": count_params(model),
+    }
     if is_main_process():  # a new teacher: the soft targets of an earlier one can never be read again
         shutil.rmtree(out_dir / soft_targets.FOLDER, ignore_errors=True)
     save_model(model, tokenizer, labels, out_dir, metrics)
     splits = {"train": data["train"], "transfer": load_transfer(prepared, tokenizer, labels, cfg.max_length)}
     for split, encoded in splits.items():
         if encoded is not None:
-            soft_targets.save_for(model, out_dir, prepared, split, encoded, tokenizer.pad_token_id, cfg.max_length,
-                                  dist)
+            soft_targets.save_for(
+                model, out_dir, prepared, split, encoded, tokenizer.pad_token_id, cfg.max_length, dist
+            )
     tracker.log_metrics({"test_accuracy": test_acc, "best_val_accuracy": outcome.best_val_accuracy})
     return StageResult(metrics=metrics, outputs={"model": out_dir})

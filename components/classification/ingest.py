@@ -58,8 +58,7 @@ BUILTIN_LABELS = ["negative", "positive"]
 
 def label_ratings(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """Ratings >= +threshold are positive, <= -threshold negative; the rest are dropped."""
-    label = np.where(frame["rating"] >= threshold, "positive",
-                     np.where(frame["rating"] <= -threshold, "negative", ""))
+    label = np.where(frame["rating"] >= threshold, "positive", np.where(frame["rating"] <= -threshold, "negative", ""))
     out = pd.DataFrame({"text": frame["text"], "label": label})
     return out[out["label"] != ""].reset_index(drop=True)
 
@@ -68,8 +67,10 @@ def read_hub_dataset(dataset_id: str) -> pd.DataFrame:
     try:
         import datasets  # optional, only for hub ids
     except ImportError:
-        raise DataError(f"{dataset_id!r} is neither a file nor a built-in source; "
-                        "hub datasets need `pip install datasets` and a connection") from None
+        raise DataError(
+            f"{dataset_id!r} is neither a file nor a built-in source; "
+            "hub datasets need `pip install datasets` and a connection"
+        ) from None
     try:
         loaded = datasets.load_dataset(dataset_id)
     except Exception as err:  # noqa: BLE001 - the hub raises many kinds; the message matters
@@ -109,7 +110,9 @@ def normalize_columns(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     for column in ("text", "label"):
         if column in frame.columns:
-            frame[column] = frame[column].map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+            frame[column] = frame[column].map(
+                lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+            )
     return frame
 
 
@@ -136,13 +139,19 @@ def deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
         return deduped, {"exact": len(frame) - len(deduped), "normalised": 0, "conflicting_labels": 0}
     keys = frame["text"].map(text_key)
     keys = keys.mask(keys == "")  # empty texts compare as missing: not de-duplicated, see above
-    conflicting = (conflicting_label_rows(keys, frame["label"]) if "label" in frame.columns
-                   else pd.Series(False, index=frame.index))
+    conflicting = (
+        conflicting_label_rows(keys, frame["label"])
+        if "label" in frame.columns
+        else pd.Series(False, index=frame.index)
+    )
     exact = frame["text"].duplicated() & ~conflicting
     normalised = keys.duplicated() & keys.notna() & ~exact & ~conflicting
     keep = ~(conflicting | exact | normalised)
-    counts = {"exact": int(exact.sum()), "normalised": int(normalised.sum()),
-              "conflicting_labels": int(conflicting.sum())}
+    counts = {
+        "exact": int(exact.sum()),
+        "normalised": int(normalised.sum()),
+        "conflicting_labels": int(conflicting.sum()),
+    }
     return frame[keep].reset_index(drop=True), counts
 
 
@@ -154,17 +163,23 @@ def check_duplicate_share(frame: pd.DataFrame, source: str, max_share: float) ->
     share = dropped / len(frame) if len(frame) else 0.0
     if share > max_share and "text" in frame.columns:
         text, count = next(iter(frame["text"].value_counts().items()))
-        raise DataError(f"data source {source}: {dropped} of {len(frame)} rows ({share:.0%}) repeat an earlier "
-                        f"row's text, more than data.max_duplicate_share {max_share:.0%}; most repeated: "
-                        f"{str(text)[:60]!r} x{count}")
+        raise DataError(
+            f"data source {source}: {dropped} of {len(frame)} rows ({share:.0%}) repeat an earlier "
+            f"row's text, more than data.max_duplicate_share {max_share:.0%}; most repeated: "
+            f"{str(text)[:60]!r} x{count}"
+        )
 
 
-def stratified_split(frame: pd.DataFrame, shares: tuple[float, float, float], seed: int,
-                     max_rows: int | None = None) -> dict[str, pd.DataFrame]:
+def stratified_split(
+    frame: pd.DataFrame, shares: tuple[float, float, float], seed: int, max_rows: int | None = None
+) -> dict[str, pd.DataFrame]:
     """Deterministic split by seed, stratified on `label` when every class has enough rows."""
     rng = np.random.default_rng(seed)
-    groups = ([idx for _, idx in frame.groupby("label", sort=True).indices.items()]
-              if "label" in frame.columns and frame["label"].notna().all() else [np.arange(len(frame))])
+    groups = (
+        [idx for _, idx in frame.groupby("label", sort=True).indices.items()]
+        if "label" in frame.columns and frame["label"].notna().all()
+        else [np.arange(len(frame))]
+    )
     if max_rows is not None and max_rows < len(frame):
         keep = max_rows / len(frame)
         groups = [rng.permutation(g)[: max(3, round(len(g) * keep))] for g in groups]
@@ -174,32 +189,41 @@ def stratified_split(frame: pd.DataFrame, shares: tuple[float, float, float], se
         n_train = round(len(order) * shares[0])
         n_val = round(len(order) * shares[1])
         parts["train"].append(order[:n_train])
-        parts["validation"].append(order[n_train:n_train + n_val])
-        parts["test"].append(order[n_train + n_val:])
-    return {name: frame.iloc[np.sort(np.concatenate(idx))].reset_index(drop=True)
-            for name, idx in parts.items()}
+        parts["validation"].append(order[n_train : n_train + n_val])
+        parts["test"].append(order[n_train + n_val :])
+    return {name: frame.iloc[np.sort(np.concatenate(idx))].reset_index(drop=True) for name, idx in parts.items()}
 
 
-def describe(splits: dict[str, pd.DataFrame], source: str, sha256: str, dropped: dict[str, int],
-             labels: list[str]) -> dict:
+def describe(
+    splits: dict[str, pd.DataFrame], source: str, sha256: str, dropped: dict[str, int], labels: list[str]
+) -> dict:
     """The data card; `dropped` is `deduplicate`'s count of rows dropped, by reason."""
-    card = {"source": source, "sha256": sha256,
-            "duplicates_dropped": {"exact": dropped["exact"], "normalised": dropped["normalised"]},
-            "conflicting_labels_dropped": dropped["conflicting_labels"], "labels": labels,
-            "rows": {name: len(df) for name, df in splits.items()}, "label_balance": {}, "length": {}}
+    card = {
+        "source": source,
+        "sha256": sha256,
+        "duplicates_dropped": {"exact": dropped["exact"], "normalised": dropped["normalised"]},
+        "conflicting_labels_dropped": dropped["conflicting_labels"],
+        "labels": labels,
+        "rows": {name: len(df) for name, df in splits.items()},
+        "label_balance": {},
+        "length": {},
+    }
     for name, df in splits.items():
         if "label" in df.columns:
             card["label_balance"][name] = {str(k): int(v) for k, v in df["label"].value_counts().sort_index().items()}
         if "text" in df.columns:
             words = df["text"].fillna("").str.split().str.len()
-            card["length"][name] = {"mean_words": round(float(words.mean()), 2) if len(df) else 0.0,
-                                    "max_words": int(words.max()) if len(df) else 0,
-                                    "p95_words": float(words.quantile(0.95)) if len(df) else 0.0}
+            card["length"][name] = {
+                "mean_words": round(float(words.mean()), 2) if len(df) else 0.0,
+                "max_words": int(words.max()) if len(df) else 0,
+                "p95_words": float(words.quantile(0.95)) if len(df) else 0.0,
+            }
     return card
 
 
-def run(cfg: DataConfig, out_dir: Path, tracker: Tracker, cache_dir: Path = Path("data/raw"),
-        root: Path = Path(".")) -> StageResult:
+def run(
+    cfg: DataConfig, out_dir: Path, tracker: Tracker, cache_dir: Path = Path("data/raw"), root: Path = Path(".")
+) -> StageResult:
     loaded, source, sha256 = load_source(cfg, cache_dir, root)
     loaded = normalize_columns(loaded)
     check_duplicate_share(loaded, source, cfg.max_duplicate_share)
@@ -230,8 +254,13 @@ def run(cfg: DataConfig, out_dir: Path, tracker: Tracker, cache_dir: Path = Path
     (out_dir / "data_card.json").write_text(json.dumps(card, indent=2))
 
     tracker.log_params({"source": source, "source_sha256": sha256, "labels": ",".join(labels)})
-    tracker.log_metrics({f"rows_{k}": v for k, v in card["rows"].items()}
-                        | {f"dropped_{reason}": count for reason, count in dropped.items()})
+    tracker.log_metrics(
+        {f"rows_{k}": v for k, v in card["rows"].items()}
+        | {f"dropped_{reason}": count for reason, count in dropped.items()}
+    )
     tracker.log_artifact(out_dir / "data_card.json")
-    return StageResult(metrics={f"rows_{k}": float(v) for k, v in card["rows"].items()},
-                       outputs={"prepared": out_dir}, info={"card": card})
+    return StageResult(
+        metrics={f"rows_{k}": float(v) for k, v in card["rows"].items()},
+        outputs={"prepared": out_dir},
+        info={"card": card},
+    )

@@ -48,16 +48,28 @@ from components.kit.tracking import PrefixedTracker, StageResult, Tracker
 from components.kit.training import Distillation, train
 
 
-def importance_scores(model: nn.Module, data: Encoded, teacher_logits: np.ndarray, pad_id: int, batches: int,
-                      batch_size: int, alpha: float, temperature: float, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def importance_scores(
+    model: nn.Module,
+    data: Encoded,
+    teacher_logits: np.ndarray,
+    pad_id: int,
+    batches: int,
+    batch_size: int,
+    alpha: float,
+    temperature: float,
+    seed: int,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per layer: head scores (n_heads,) and FFN neuron scores (intermediate,), gradient x activation
     (`components.kit.pruning`)."""
     layers = transformer_layers(model)
     totals_heads = [np.zeros(layer.attention.self.num_attention_heads) for layer in layers]
     totals_ffn = [np.zeros(layer.output.dense.in_features) for layer in layers]
     # Inputs of attention.output.dense: the heads' context vectors; of output.dense: the FFN activations.
-    watched = {key: module for i, layer in enumerate(layers)
-               for key, module in ((("ctx", i), layer.attention.output.dense), (("ffn", i), layer.output.dense))}
+    watched = {
+        key: module
+        for i, layer in enumerate(layers)
+        for key, module in ((("ctx", i), layer.attention.output.dense), (("ffn", i), layer.output.dense))
+    }
     model.eval()  # no dropout: scores should reflect the model as it will run
     order = length_bucketed_batches([len(x) for x in data.input_ids], batch_size, shuffle=True, seed=seed)
     try:
@@ -66,8 +78,13 @@ def importance_scores(model: nn.Module, data: Encoded, teacher_logits: np.ndarra
                 batch = model_inputs(model, collate(data.input_ids, index, pad_id))
                 index_t = torch.as_tensor(index)
                 logits = model(**batch).logits
-                loss = kd_loss(logits, torch.as_tensor(teacher_logits)[index_t],
-                               torch.as_tensor(data.labels[index], dtype=torch.long), alpha, temperature)
+                loss = kd_loss(
+                    logits,
+                    torch.as_tensor(teacher_logits)[index_t],
+                    torch.as_tensor(data.labels[index], dtype=torch.long),
+                    alpha,
+                    temperature,
+                )
                 model.zero_grad(set_to_none=True)
                 loss.backward()
                 mask = batch["attention_mask"].unsqueeze(-1).float()
@@ -79,10 +96,14 @@ def importance_scores(model: nn.Module, data: Encoded, teacher_logits: np.ndarra
     return totals_heads, totals_ffn
 
 
-def step_targets(n_heads: int, n_neurons: int, head_ratio: float, ffn_ratio: float, steps: int) -> list[tuple[int, int]]:
+def step_targets(
+    n_heads: int, n_neurons: int, head_ratio: float, ffn_ratio: float, steps: int
+) -> list[tuple[int, int]]:
     """Per step: (total heads removed so far, FFN neurons kept per layer), reaching the ratios at the last step."""
-    return [(int(round(n_heads * head_ratio * k / steps)),
-             max(1, int(round(n_neurons * (1.0 - ffn_ratio * k / steps))))) for k in range(1, steps + 1)]
+    return [
+        (int(round(n_heads * head_ratio * k / steps)), max(1, int(round(n_neurons * (1.0 - ffn_ratio * k / steps)))))
+        for k in range(1, steps + 1)
+    ]
 
 
 def original_head_ids(model: nn.Module, plan: dict[int, list[int]]) -> dict[int, list[int]]:
@@ -108,60 +129,124 @@ def prune_ffn(model: nn.Module, keep: list[np.ndarray]) -> None:
     model.config.intermediate_size = int(len(keep[0]))
 
 
-def cut(model: nn.Module, train_split: Encoded, train_logits: np.ndarray, pad_id: int, cfg: PruneConfig, seed: int,
-        heads_to_remove: int, neurons_kept: int) -> None:
+def cut(
+    model: nn.Module,
+    train_split: Encoded,
+    train_logits: np.ndarray,
+    pad_id: int,
+    cfg: PruneConfig,
+    seed: int,
+    heads_to_remove: int,
+    neurons_kept: int,
+) -> None:
     """One step's cut: re-score the surviving heads and neurons on the train split, then remove
     `heads_to_remove` more heads and narrow every FFN to `neurons_kept` neurons."""
     # Every process scores the same weights on the same batches; rank 0's scores cut, so all cut alike.
-    by_head, by_neuron = same_on_every_rank(importance_scores(
-        model, train_split, train_logits, pad_id, cfg.importance_batches, cfg.batch_size, cfg.alpha, cfg.temperature,
-        seed))
+    by_head, by_neuron = same_on_every_rank(
+        importance_scores(
+            model,
+            train_split,
+            train_logits,
+            pad_id,
+            cfg.importance_batches,
+            cfg.batch_size,
+            cfg.alpha,
+            cfg.temperature,
+            seed,
+        )
+    )
     plan = heads_to_prune(by_head, count=heads_to_remove)
     model.prune_heads(original_head_ids(model, plan))
     if neurons_kept < model.config.intermediate_size:
         prune_ffn(model, neurons_to_keep(by_neuron, keep=neurons_kept))
 
 
-def run(cfg: PruneConfig, student_dir: Path, teacher_dir: Path, prepared: Path, out_dir: Path, tracker: Tracker,
-        seed: int, dist: DistributedConfig | None = None, soft_cache: Path | None = None) -> StageResult:
+def run(
+    cfg: PruneConfig,
+    student_dir: Path,
+    teacher_dir: Path,
+    prepared: Path,
+    out_dir: Path,
+    tracker: Tracker,
+    seed: int,
+    dist: DistributedConfig | None = None,
+    soft_cache: Path | None = None,
+) -> StageResult:
     seed_everything(seed)
     labels = read_labels(prepared)
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
     model = AutoModelForSequenceClassification.from_pretrained(student_dir, use_safetensors=True)
     pad_id = tokenizer.pad_token_id
     data = load_encoded_splits(prepared, tokenizer, labels, cfg.max_length)
-    train_set, train_logits = training_set(teacher_dir, prepared, tokenizer, labels, cfg.max_length,
-                                           data["train"], cfg.transfer, soft_cache, dist)
+    train_set, train_logits = training_set(
+        teacher_dir, prepared, tokenizer, labels, cfg.max_length, data["train"], cfg.transfer, soft_cache, dist
+    )
     kd = Distillation(train_logits, cfg.alpha, cfg.temperature)
     tracker.log_params(cfg.model_dump())
     params_before, heads_before = count_params(model), n_heads(model)
-    targets = step_targets(heads_before, transformer_layers(model)[0].output.dense.in_features,
-                           cfg.head_ratio, cfg.ffn_ratio, cfg.steps)
+    targets = step_targets(
+        heads_before, transformer_layers(model)[0].output.dense.in_features, cfg.head_ratio, cfg.ffn_ratio, cfg.steps
+    )
 
     history, seconds, removed = [], 0.0, 0
     for step, (heads_removed_target, neurons_kept) in enumerate(targets, start=1):
         # The train split comes first in train_set: its rows of train_logits score the heads.
-        cut(model, data["train"], train_logits[: len(data["train"])], pad_id, cfg, seed + step,
-            heads_removed_target - removed, neurons_kept)
+        cut(
+            model,
+            data["train"],
+            train_logits[: len(data["train"])],
+            pad_id,
+            cfg,
+            seed + step,
+            heads_removed_target - removed,
+            neurons_kept,
+        )
         removed = heads_before - n_heads(model)
         acc_cut = accuracy(predict_logits(model, data["validation"], pad_id), data["validation"].labels)
-        print(f"  prune step {step}/{cfg.steps}: {n_heads(model)} of {heads_before} heads, FFN "
-              f"{model.config.intermediate_size} wide, params {count_params(model):,}; val acc before recovery "
-              f"{acc_cut:.4f}", flush=True)
-        outcome = train(model, train_set, data["validation"], cfg, pad_id, PrefixedTracker(tracker, f"step{step}."),
-                        seed + step, kd=kd, desc=f"recover {step}/{cfg.steps}", dist=dist)
+        print(
+            f"  prune step {step}/{cfg.steps}: {n_heads(model)} of {heads_before} heads, FFN "
+            f"{model.config.intermediate_size} wide, params {count_params(model):,}; val acc before recovery "
+            f"{acc_cut:.4f}",
+            flush=True,
+        )
+        outcome = train(
+            model,
+            train_set,
+            data["validation"],
+            cfg,
+            pad_id,
+            PrefixedTracker(tracker, f"step{step}."),
+            seed + step,
+            kd=kd,
+            desc=f"recover {step}/{cfg.steps}",
+            dist=dist,
+        )
         seconds += outcome.seconds
-        history.append({"step": step, "heads": n_heads(model), "intermediate_size": model.config.intermediate_size,
-                        "params": count_params(model), "val_accuracy_before_recovery": acc_cut,
-                        "val_accuracy": outcome.best_val_accuracy})
+        history.append(
+            {
+                "step": step,
+                "heads": n_heads(model),
+                "intermediate_size": model.config.intermediate_size,
+                "params": count_params(model),
+                "val_accuracy_before_recovery": acc_cut,
+                "val_accuracy": outcome.best_val_accuracy,
+            }
+        )
 
     test_acc = accuracy(predict_logits(model, data["test"], pad_id), data["test"].labels)
     pruned = {int(k): sorted(int(h) for h in v) for k, v in model.config.pruned_heads.items()}
-    metrics = {"params_before": params_before, "params_after": count_params(model), "steps": cfg.steps,
-               "heads_removed": removed, "heads_before": heads_before,
-               "intermediate_size": model.config.intermediate_size,
-               "val_accuracy_before_recovery": history[0]["val_accuracy_before_recovery"],
-               "val_accuracy": history[-1]["val_accuracy"], "test_accuracy": test_acc, "train_seconds": seconds}
+    metrics = {
+        "params_before": params_before,
+        "params_after": count_params(model),
+        "steps": cfg.steps,
+        "heads_removed": removed,
+        "heads_before": heads_before,
+        "intermediate_size": model.config.intermediate_size,
+        "val_accuracy_before_recovery": history[0]["val_accuracy_before_recovery"],
+        "val_accuracy": history[-1]["val_accuracy"],
+        "test_accuracy": test_acc,
+        "train_seconds": seconds,
+    }
     save_model(model, tokenizer, labels, out_dir, metrics | {"pruned_heads": pruned, "history": history})
     tracker.log_params({"pruned_heads": str(pruned)})
     tracker.log_metrics(metrics)

@@ -62,9 +62,14 @@ def fuse_then_quantize(onnx_dir: Path, dst: Path, per_channel: bool) -> Path:
     fused = optimize_model(str(onnx_dir / ONNX_FILE), model_type="bert", num_heads=0, hidden_size=0, opt_level=2)
     fused_path = dst / "fused_fp32.onnx"
     fused.save_model_to_file(str(fused_path))
-    quantize_dynamic(str(fused_path), str(dst / ONNX_FILE), weight_type=QuantType.QInt8, per_channel=per_channel,
-                     # fused ops are in the com.microsoft domain, which shape inference does not type
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    quantize_dynamic(
+        str(fused_path),
+        str(dst / ONNX_FILE),
+        weight_type=QuantType.QInt8,
+        per_channel=per_channel,
+        # fused ops are in the com.microsoft domain, which shape inference does not type
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
     fused_path.unlink()
     return dst / ONNX_FILE
 
@@ -118,27 +123,40 @@ def static_quantize(onnx_dir: Path, dst: Path, per_channel: bool, feeds: list[di
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     dst.mkdir(parents=True, exist_ok=True)
-    quantize_static(str(onnx_dir / ONNX_FILE), str(dst / ONNX_FILE), ValidationReader(feeds),
-                    quant_format=QuantFormat.QOperator, op_types_to_quantize=["MatMul", "Gather"],
-                    per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
+    quantize_static(
+        str(onnx_dir / ONNX_FILE),
+        str(dst / ONNX_FILE),
+        ValidationReader(feeds),
+        quant_format=QuantFormat.QOperator,
+        op_types_to_quantize=["MatMul", "Gather"],
+        per_channel=per_channel,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
     return dst / ONNX_FILE
 
 
 def batch1_feeds(session, data, pad_id: int, sentences: int) -> list[dict]:
     names = {i.name for i in session.get_inputs()}
-    return [{k: v.numpy() for k, v in collate(data.input_ids, np.array([i]), pad_id).items() if k in names}
-            for i in range(min(sentences, len(data)))]
+    return [
+        {k: v.numpy() for k, v in collate(data.input_ids, np.array([i]), pad_id).items() if k in names}
+        for i in range(min(sentences, len(data)))
+    ]
 
 
 def candidate_variants(cfg: QuantizeConfig) -> list[tuple[str, str, bool]]:
     """(label, method, per_channel) for every method in `cfg.candidates` times every `cfg.per_channel` setting."""
-    return [(name + ("_per_channel" if per_channel else ""), name, per_channel)
-            for name in cfg.candidates for per_channel in cfg.per_channel]
+    return [
+        (name + ("_per_channel" if per_channel else ""), name, per_channel)
+        for name in cfg.candidates
+        for per_channel in cfg.per_channel
+    ]
 
 
-def build_candidate(name: str, onnx_dir: Path, dst: Path, preset: str, per_channel: bool,
-                    calibration: list[dict]) -> Path:
+def build_candidate(
+    name: str, onnx_dir: Path, dst: Path, preset: str, per_channel: bool, calibration: list[dict]
+) -> Path:
     if name == "int8":
         return quantize_into(onnx_dir, dst, preset, per_channel)
     if name == "static_int8":
@@ -146,8 +164,9 @@ def build_candidate(name: str, onnx_dir: Path, dst: Path, preset: str, per_chann
     return fuse_then_quantize(onnx_dir, dst, per_channel)
 
 
-def measure_candidates(cfg: QuantizeConfig, onnx_dir: Path, work: Path, preset: str, fp32_session,
-                       fp32_val: np.ndarray, val, pad_id: int) -> dict[str, dict]:
+def measure_candidates(
+    cfg: QuantizeConfig, onnx_dir: Path, work: Path, preset: str, fp32_session, fp32_val: np.ndarray, val, pad_id: int
+) -> dict[str, dict]:
     """Build every variant of `candidate_variants(cfg)` under `work` and measure it on the validation split
     (`val`, on which the fp32 export gave `fp32_val`): accuracy, agreement with fp32, batch-1 p50 latency and
     size. A variant that cannot be built is reported with its error, not fatal."""
@@ -158,9 +177,12 @@ def measure_candidates(cfg: QuantizeConfig, onnx_dir: Path, work: Path, preset: 
             path = build_candidate(name, onnx_dir, work / label, preset, per_channel, calibration)
             session = load_onnx_session(path)
             logits = onnx_logits(session, val, pad_id)
-            measured[label] = {"accuracy": accuracy(logits, val.labels), "agreement": agreement(fp32_val, logits),
-                               "latency_ms": batch1_p50_ms(session, val, pad_id, cfg.latency_sentences),
-                               "size_bytes": path.stat().st_size}
+            measured[label] = {
+                "accuracy": accuracy(logits, val.labels),
+                "agreement": agreement(fp32_val, logits),
+                "latency_ms": batch1_p50_ms(session, val, pad_id, cfg.latency_sentences),
+                "size_bytes": path.stat().st_size,
+            }
         except Exception as err:  # noqa: BLE001 - a candidate that cannot be built is reported, not fatal
             measured[label] = {"accuracy": float("nan"), "latency_ms": float("inf"), "error": str(err)[:300]}
     return measured
@@ -179,14 +201,21 @@ def against_fp32(shipped, splits: dict, pad_id: int) -> dict:
     return report
 
 
-def run(cfg: QuantizeConfig, onnx_dir: Path, prepared: Path, out_dir: Path, tracker: Tracker,
-        max_length: int = 64) -> StageResult:
+def run(
+    cfg: QuantizeConfig, onnx_dir: Path, prepared: Path, out_dir: Path, tracker: Tracker, max_length: int = 64
+) -> StageResult:
     from transformers import AutoTokenizer
 
     onnx_dir, prepared, out_dir = Path(onnx_dir), Path(prepared), Path(out_dir)
     preset = resolve_preset(cfg.preset)
-    tracker.log_params({"preset": preset, "preset_requested": cfg.preset, "per_channel": ",".join(map(str, cfg.per_channel)),
-                        "candidates": ",".join(cfg.candidates)})
+    tracker.log_params(
+        {
+            "preset": preset,
+            "preset_requested": cfg.preset,
+            "per_channel": ",".join(map(str, cfg.per_channel)),
+            "candidates": ",".join(cfg.candidates),
+        }
+    )
     tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
     pad_id = pad_id_of(tokenizer)
     labels = read_model_labels(onnx_dir)
@@ -199,28 +228,43 @@ def run(cfg: QuantizeConfig, onnx_dir: Path, prepared: Path, out_dir: Path, trac
         # decide: measure fp32 and every candidate on the validation split
         fp32_session = load_onnx_session(onnx_dir / ONNX_FILE)
         fp32_val = onnx_logits(fp32_session, val, pad_id)
-        fp32 = {"accuracy": accuracy(fp32_val, val.labels),
-                "latency_ms": batch1_p50_ms(fp32_session, val, pad_id, cfg.latency_sentences)}
+        fp32 = {
+            "accuracy": accuracy(fp32_val, val.labels),
+            "latency_ms": batch1_p50_ms(fp32_session, val, pad_id, cfg.latency_sentences),
+        }
         measured = measure_candidates(cfg, onnx_dir, work, preset, fp32_session, fp32_val, val, pad_id)
         chosen, reasons = choose_candidate(fp32, measured, cfg.max_drop_vs_fp32_points)
         for name, m in measured.items():
-            print(f"  quantize {name}: val acc {m['accuracy']:.4f} (fp32 {fp32['accuracy']:.4f}), "
-                  f"batch-1 p50 {m['latency_ms']:.2f} ms (fp32 {fp32['latency_ms']:.2f}): {reasons[name]}", flush=True)
+            print(
+                f"  quantize {name}: val acc {m['accuracy']:.4f} (fp32 {fp32['accuracy']:.4f}), "
+                f"batch-1 p50 {m['latency_ms']:.2f} ms (fp32 {fp32['latency_ms']:.2f}): {reasons[name]}",
+                flush=True,
+            )
 
         # act: ship the chosen variant (or fp32 when none may ship) with the export's metadata
         tmp.mkdir(parents=True, exist_ok=True)
         shutil.copy2(work / chosen / ONNX_FILE if chosen else onnx_dir / ONNX_FILE, tmp / ONNX_FILE)
         shutil.copy2(onnx_dir / "config.json", tmp / "config.json")
         copy_model_metadata(onnx_dir, tmp, tokenizer)
-        report: dict = {"preset": preset, "per_channel": list(cfg.per_channel), "chosen": chosen or "fp32",
-                        "fp32_validation": fp32, "candidates": measured, "decision": reasons}
+        report: dict = {
+            "preset": preset,
+            "per_channel": list(cfg.per_channel),
+            "chosen": chosen or "fp32",
+            "fp32_validation": fp32,
+            "candidates": measured,
+            "decision": reasons,
+        }
         shipped = load_onnx_session(tmp / ONNX_FILE)
         test = encode_split(prepared, "test", tokenizer, labels, max_length)
-        report |= against_fp32(shipped, {"test": (test, onnx_logits(fp32_session, test, pad_id)),
-                                         "validation": (val, fp32_val)}, pad_id)
+        report |= against_fp32(
+            shipped, {"test": (test, onnx_logits(fp32_session, test, pad_id)), "validation": (val, fp32_val)}, pad_id
+        )
         fp32_bytes, int8_bytes = dir_size_bytes(onnx_dir), dir_size_bytes(tmp)
-        report |= {"size_fp32_bytes": fp32_bytes, "size_int8_bytes": int8_bytes,
-                   "size_ratio": fp32_bytes / int8_bytes}  # > 1: int8 is that many times smaller
+        report |= {
+            "size_fp32_bytes": fp32_bytes,
+            "size_int8_bytes": int8_bytes,
+            "size_ratio": fp32_bytes / int8_bytes,
+        }  # > 1: int8 is that many times smaller
         (tmp / "quantize_report.json").write_text(json.dumps(report, indent=2))
         move_into_place(tmp, out_dir)
     finally:

@@ -52,26 +52,40 @@ class Candidate:
         return f"{self.export_key}_{self.quantize}"
 
     def as_params(self) -> dict:
-        return {"layers": list(self.layers), "prune_ratio": self.prune_ratio, "trim": self.trim,
-                "quantize": self.quantize}
+        return {
+            "layers": list(self.layers),
+            "prune_ratio": self.prune_ratio,
+            "trim": self.trim,
+            "quantize": self.quantize,
+        }
 
 
 def candidates(cfg: SearchConfig) -> list[Candidate]:
     """The space in build order (student, then prune ratio, then vocabulary, then quantization), capped
     at `cfg.max_candidates`."""
-    space = [Candidate(tuple(layers), float(ratio), bool(trim), mode)
-             for layers in cfg.layers for ratio in cfg.prune_ratios for trim in cfg.trim for mode in cfg.quantize]
+    space = [
+        Candidate(tuple(layers), float(ratio), bool(trim), mode)
+        for layers in cfg.layers
+        for ratio in cfg.prune_ratios
+        for trim in cfg.trim
+        for mode in cfg.quantize
+    ]
     return space[: cfg.max_candidates]
 
 
 # ---------------------------------------------------------------- pure decisions
 
+
 def dominates(a: dict, b: dict) -> bool:
     """a is at least as good as b on accuracy, latency and size, and better on one of them."""
-    at_least = a["val_accuracy"] >= b["val_accuracy"] and a["latency_ms"] <= b["latency_ms"] \
+    at_least = (
+        a["val_accuracy"] >= b["val_accuracy"]
+        and a["latency_ms"] <= b["latency_ms"]
         and a["size_bytes"] <= b["size_bytes"]
-    better = a["val_accuracy"] > b["val_accuracy"] or a["latency_ms"] < b["latency_ms"] \
-        or a["size_bytes"] < b["size_bytes"]
+    )
+    better = (
+        a["val_accuracy"] > b["val_accuracy"] or a["latency_ms"] < b["latency_ms"] or a["size_bytes"] < b["size_bytes"]
+    )
     return at_least and better
 
 
@@ -100,11 +114,18 @@ def choose(rows: list[dict], teacher_val_accuracy: float, max_drop_points: float
     within = [r for r in ok if r["accuracy_drop_points"] <= max_drop_points + 1e-9]
     if within:
         best = min(within, key=lambda r: (r["latency_ms"], r["size_bytes"]))
-        return Choice(best["name"], True, f"fastest of {len(within)} candidate(s) within {max_drop_points} "
-                                          f"accuracy points of the teacher")
+        return Choice(
+            best["name"],
+            True,
+            f"fastest of {len(within)} candidate(s) within {max_drop_points} accuracy points of the teacher",
+        )
     best = max(ok, key=lambda r: (r["val_accuracy"], -r["latency_ms"]))
-    return Choice(best["name"], False, f"accuracy constraint failed: no candidate within {max_drop_points} points "
-                                       f"of the teacher; the most accurate loses {best['accuracy_drop_points']:.2f}")
+    return Choice(
+        best["name"],
+        False,
+        f"accuracy constraint failed: no candidate within {max_drop_points} points "
+        f"of the teacher; the most accurate loses {best['accuracy_drop_points']:.2f}",
+    )
 
 
 def save_plot(rows: list[dict], front: list[str], chosen: str | None, teacher: dict, path: Path) -> None:
@@ -113,16 +134,29 @@ def save_plot(rows: list[dict], front: list[str], chosen: str | None, teacher: d
 
     ok = [r for r in rows if "error" not in r]
     fig = Figure(figsize=(11, 4.5), layout="constrained")
-    for ax, key, scale, label in zip(fig.subplots(1, 2), ("latency_ms", "size_bytes"), (1.0, 1e-6),
-                                     ("batch-1 p50 latency (ms)", "size (MB)")):
+    for ax, key, scale, label in zip(
+        fig.subplots(1, 2), ("latency_ms", "size_bytes"), (1.0, 1e-6), ("batch-1 p50 latency (ms)", "size (MB)")
+    ):
         ax.scatter([r[key] * scale for r in ok], [100 * r["val_accuracy"] for r in ok], color="0.6", label="candidate")
         on_front = sorted((r for r in ok if r["name"] in front), key=lambda r: r[key])
-        ax.plot([r[key] * scale for r in on_front], [100 * r["val_accuracy"] for r in on_front], "o-", color="C0",
-                label="Pareto front")
+        ax.plot(
+            [r[key] * scale for r in on_front],
+            [100 * r["val_accuracy"] for r in on_front],
+            "o-",
+            color="C0",
+            label="Pareto front",
+        )
         for r in ok:
             if r["name"] == chosen:
-                ax.scatter([r[key] * scale], [100 * r["val_accuracy"]], s=160, facecolors="none", edgecolors="C3",
-                           linewidths=2, label=f"chosen: {chosen}")
+                ax.scatter(
+                    [r[key] * scale],
+                    [100 * r["val_accuracy"]],
+                    s=160,
+                    facecolors="none",
+                    edgecolors="C3",
+                    linewidths=2,
+                    label=f"chosen: {chosen}",
+                )
         ax.axhline(100 * teacher["val_accuracy"], color="C2", linestyle="--", label="teacher")
         ax.set(xlabel=label, ylabel="validation accuracy (%)")
         ax.grid(True, alpha=0.3)
@@ -136,26 +170,34 @@ def shown(accuracy: float | None) -> str:
 
 
 def render_markdown(result: dict) -> str:
-    lines = ["# Compression search", "",
-             f"Teacher: validation accuracy {result['teacher']['val_accuracy']:.4f}, batch-1 p50 "
-             f"{result['teacher']['latency_ms']:.2f} ms, {result['teacher']['size_bytes'] / 1e6:.1f} MB. "
-             f"Tolerance: {result['max_drop_vs_teacher_points']} points of validation accuracy.", "",
-             f"**Chosen:** {result['chosen'] or 'none'} ({result['reason']}).", "",
-             "| candidate | val acc | test acc | drop (points) | batch-1 p50 (ms) | size (MB) | speed-up | smaller | front |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "# Compression search",
+        "",
+        f"Teacher: validation accuracy {result['teacher']['val_accuracy']:.4f}, batch-1 p50 "
+        f"{result['teacher']['latency_ms']:.2f} ms, {result['teacher']['size_bytes'] / 1e6:.1f} MB. "
+        f"Tolerance: {result['max_drop_vs_teacher_points']} points of validation accuracy.",
+        "",
+        f"**Chosen:** {result['chosen'] or 'none'} ({result['reason']}).",
+        "",
+        "| candidate | val acc | test acc | drop (points) | batch-1 p50 (ms) | size (MB) | speed-up | smaller | front |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in result["candidates"]:
         if "error" in r:
             lines.append(f"| {r['name']} | failed: {r['error'][:80]} | | | | | | | |")
             continue
-        lines.append(f"| {r['name']} | {shown(r['val_accuracy'])} | {shown(r['test_accuracy'])} "
-                     f"| {r['accuracy_drop_points']:+.2f} | {r['latency_ms']:.2f} | {r['size_bytes'] / 1e6:.1f} "
-                     f"| {r['speedup_batch1']:.1f}x | {r['size_ratio']:.1f}x | {'yes' if r['name'] in result['front'] else ''} |")
+        lines.append(
+            f"| {r['name']} | {shown(r['val_accuracy'])} | {shown(r['test_accuracy'])} "
+            f"| {r['accuracy_drop_points']:+.2f} | {r['latency_ms']:.2f} | {r['size_bytes'] / 1e6:.1f} "
+            f"| {r['speedup_batch1']:.1f}x | {r['size_ratio']:.1f}x | {'yes' if r['name'] in result['front'] else ''} |"
+        )
     if result["skipped"]:
         lines += ["", f"Not built (budget of {result['budget_minutes']} min spent): " + ", ".join(result["skipped"])]
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- building and measuring
+
 
 def measure(path: Path, runtime: str, prepared: Path, threads: int, calls: int, max_length: int) -> dict:
     """Validation and test accuracy, batch-1 p50 latency on validation sentences, and size of one model."""
@@ -179,8 +221,9 @@ def measure(path: Path, runtime: str, prepared: Path, threads: int, calls: int, 
         predicted = latency.runner_logits(runner, data.input_ids, pad_id).argmax(-1)
         out[key] = float((predicted == data.labels).mean())
         if split == "validation":
-            times = latency.time_calls(runner, latency.batched_inputs(data.input_ids, pad_id, 1)[:calls],
-                                         warmup=min(20, calls), calls=calls)
+            times = latency.time_calls(
+                runner, latency.batched_inputs(data.input_ids, pad_id, 1)[:calls], warmup=min(20, calls), calls=calls
+            )
             out["latency_ms"] = latency.latency_stats(times)["p50"]
     kind = latency.runtime_kind(runtime)
     out["size_bytes"] = int(dir_size_bytes(path) if kind == "torch" else latency.onnx_size_bytes(path))
@@ -192,10 +235,18 @@ def summary(rows: list[dict], teacher: dict, choice: Choice, cfg: SearchConfig, 
         if "error" not in r:
             r["speedup_batch1"] = teacher["latency_ms"] / r["latency_ms"] if r["latency_ms"] else math.inf
             r["size_ratio"] = teacher["size_bytes"] / r["size_bytes"]
-    return {"teacher": teacher, "max_drop_vs_teacher_points": cfg.max_drop_vs_teacher_points,
-            "budget_minutes": cfg.budget_minutes, "candidates": rows, "front": pareto_front(rows),
-            "chosen": choice.name, "within_tolerance": choice.within_tolerance, "reason": choice.reason,
-            "skipped": skipped, "space": cfg.model_dump()}
+    return {
+        "teacher": teacher,
+        "max_drop_vs_teacher_points": cfg.max_drop_vs_teacher_points,
+        "budget_minutes": cfg.budget_minutes,
+        "candidates": rows,
+        "front": pareto_front(rows),
+        "chosen": choice.name,
+        "within_tolerance": choice.within_tolerance,
+        "reason": choice.reason,
+        "skipped": skipped,
+        "space": cfg.model_dump(),
+    }
 
 
 def json_default(value):

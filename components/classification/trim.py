@@ -36,8 +36,9 @@ class NotTrimmable(ValueError):
 def used_token_ids(tokenizer, texts: list[str], max_length: int | None = None) -> list[int]:
     """Sorted ids of the special tokens plus every piece the tokenizer emits on `texts`."""
     used = set(tokenizer.all_special_ids)
-    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=max_length is not None,
-                        max_length=max_length)["input_ids"]
+    encoded = tokenizer(
+        list(texts), add_special_tokens=False, truncation=max_length is not None, max_length=max_length
+    )["input_ids"]
     for ids in encoded:
         used.update(ids)
     return sorted(used)
@@ -138,8 +139,9 @@ def copy_untrimmed(model_dir: Path, out_dir: Path) -> None:
     shutil.copytree(model_dir, out_dir, ignore=shutil.ignore_patterns("*_logits.npy"))
 
 
-def run(cfg: TrimConfig, model_dir: Path, prepared: Path, out_dir: Path, tracker: Tracker,
-        max_length: int = 64) -> StageResult:
+def run(
+    cfg: TrimConfig, model_dir: Path, prepared: Path, out_dir: Path, tracker: Tracker, max_length: int = 64
+) -> StageResult:
     """Stage trim: a trimmed copy of the pruned model (or a plain copy when disabled)."""
     import pandas as pd
 

@@ -47,8 +47,13 @@ VADER_MEMBERS = {
 DEFAULT_INDEX = "https://pypi.org/simple"  # pip's, when no index-url is configured
 FETCH_TIMEOUT_S = 60  # seconds without data before a download is given up
 # Extension -> (format name, what `sniff` finds at the start of such a file).
-FORMATS = {".csv": ("CSV", "text"), ".jsonl": ("JSON Lines", "JSON Lines"), ".ndjson": ("JSON Lines", "JSON Lines"),
-           ".parquet": ("Parquet", "Parquet"), ".pq": ("Parquet", "Parquet")}
+FORMATS = {
+    ".csv": ("CSV", "text"),
+    ".jsonl": ("JSON Lines", "JSON Lines"),
+    ".ndjson": ("JSON Lines", "JSON Lines"),
+    ".parquet": ("Parquet", "Parquet"),
+    ".pq": ("Parquet", "Parquet"),
+}
 # What the `text` and `label` cells of a user's file may hold (plus nulls, which validate reports).
 ALLOWED_KINDS = {"text": ("str",), "label": ("str", "int")}
 
@@ -60,6 +65,7 @@ class DataError(ValueError):
 @dataclass(frozen=True)
 class IndexSettings:
     """Where pip looks for packages on this machine."""
+
     urls: tuple[str, ...]  # index-url first, then the extra-index-urls
     cert: str | None = None  # CA bundle for HTTPS, when pip is given one
 
@@ -74,8 +80,14 @@ def index_settings(pip_config: str) -> IndexSettings:
             values[key.strip()] = value.strip().strip("'\"")
 
     def pick(name: str) -> str | None:
-        return next((values[f"{section}.{name}"] for section in (":env:", "download", "global")
-                     if f"{section}.{name}" in values), None)
+        return next(
+            (
+                values[f"{section}.{name}"]
+                for section in (":env:", "download", "global")
+                if f"{section}.{name}" in values
+            ),
+            None,
+        )
 
     urls = [pick("index-url") or DEFAULT_INDEX, *(pick("extra-index-url") or "").split()]
     return IndexSettings(tuple(urls), pick("cert") or None)
@@ -166,8 +178,10 @@ def download_verified(url: str, dest: Path, expected_sha256: str, context: ssl.S
         raise
     if digest.hexdigest() != expected_sha256:
         Path(partial).unlink()
-        raise DataError(f"{VADER_ARCHIVE} from {shown(url)} has sha256 {digest.hexdigest()}, expected "
-                        f"{expected_sha256}; deleted it unopened")
+        raise DataError(
+            f"{VADER_ARCHIVE} from {shown(url)} has sha256 {digest.hexdigest()}, expected "
+            f"{expected_sha256}; deleted it unopened"
+        )
     os.chmod(partial, 0o644)  # mkstemp's 0600 would hide the shared cache from other users
     os.replace(partial, dest)
 
@@ -184,8 +198,9 @@ def fetch_vader_archive(cache_dir: Path, indexes: tuple[str, ...] | None = None)
     actual = file_sha256(archive)
     if actual != VADER_SHA256:
         archive.unlink()
-        raise DataError(f"{VADER_ARCHIVE} in {cache_dir} has sha256 {actual}, expected {VADER_SHA256}; "
-                        "deleted it unopened")
+        raise DataError(
+            f"{VADER_ARCHIVE} in {cache_dir} has sha256 {actual}, expected {VADER_SHA256}; deleted it unopened"
+        )
     return archive
 
 
@@ -213,16 +228,23 @@ def workspace_path(source: str | Path, root: Path, key: str) -> Path:
     root = Path(root).resolve()
     path = (root / source).resolve()
     if not path.is_relative_to(root):
-        raise DataError(f"data file {source} ({key}) escapes the workspace {root}: it resolves to {path}. Copy "
-                        f"it under {root / 'data'} (or track it there with `dvc add`, or `dvc import` it from "
-                        f"its repository) and point {key} at that copy")
+        raise DataError(
+            f"data file {source} ({key}) escapes the workspace {root}: it resolves to {path}. Copy "
+            f"it under {root / 'data'} (or track it there with `dvc add`, or `dvc import` it from "
+            f"its repository) and point {key} at that copy"
+        )
     return path
 
 
 def sniff(head: bytes) -> str:
     """What the first bytes of a file look like, for files that are not what their name says."""
-    for magic, kind in ((b"PAR1", "Parquet"), (b"\x1f\x8b", "gzip"), (b"PK\x03\x04", "a zip archive (Excel?)"),
-                        (b"\xff\xfe", "UTF-16 text"), (b"\xfe\xff", "UTF-16 text")):
+    for magic, kind in (
+        (b"PAR1", "Parquet"),
+        (b"\x1f\x8b", "gzip"),
+        (b"PK\x03\x04", "a zip archive (Excel?)"),
+        (b"\xff\xfe", "UTF-16 text"),
+        (b"\xfe\xff", "UTF-16 text"),
+    ):
         if head.startswith(magic):
             return kind
     if b"\x00" in head:
@@ -236,8 +258,10 @@ def decode_utf8(raw: bytes, path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
-        raise DataError(f"data file {path} is not valid UTF-8: byte 0x{raw[err.start]:02x} at offset {err.start} "
-                        f"(line {line}); re-save it as UTF-8") from None
+        raise DataError(
+            f"data file {path} is not valid UTF-8: byte 0x{raw[err.start]:02x} at offset {err.start} "
+            f"(line {line}); re-save it as UTF-8"
+        ) from None
 
 
 def parse_csv(text: str, path: Path) -> pd.DataFrame:
@@ -247,17 +271,26 @@ def parse_csv(text: str, path: Path) -> pd.DataFrame:
     try:
         rows = [(reader.line_num, row) for row in reader if row]  # blank lines are skipped
     except csv.Error as err:
-        raise DataError(f"data file {path} is not valid CSV at line {reader.line_num}: {err} (a quote left open, "
-                        "or the file is cut off)") from None
+        raise DataError(
+            f"data file {path} is not valid CSV at line {reader.line_num}: {err} (a quote left open, "
+            "or the file is cut off)"
+        ) from None
     if not rows:
         raise DataError(f"data file {path} has no header and no rows")
     header = rows[0][1]
     for index, (line, row) in enumerate(rows[1:], start=1):
         if len(row) != len(header):
-            why = ("an unquoted comma? quote texts that contain commas" if len(row) > len(header) else
-                   "the file looks cut off" if index == len(rows) - 1 else "a field is missing")
-            raise DataError(f"data file {path} line {line} has {len(row)} field{'s' * (len(row) != 1)}, the header "
-                            f"({','.join(header)}) has {len(header)}: {why}")
+            why = (
+                "an unquoted comma? quote texts that contain commas"
+                if len(row) > len(header)
+                else "the file looks cut off"
+                if index == len(rows) - 1
+                else "a field is missing"
+            )
+            raise DataError(
+                f"data file {path} line {line} has {len(row)} field{'s' * (len(row) != 1)}, the header "
+                f"({','.join(header)}) has {len(header)}: {why}"
+            )
     return pd.DataFrame([row for _, row in rows[1:]], columns=header, dtype=object)
 
 
@@ -272,11 +305,14 @@ def parse_jsonl(text: str, path: Path) -> pd.DataFrame:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             cut = "; the file looks cut off" if not any(rest.strip() for rest in lines[number:]) else ""
-            raise DataError(f"data file {path} line {number} is not valid JSON at column {err.colno} ({err.msg})"
-                            f"{cut}") from None
+            raise DataError(
+                f"data file {path} line {number} is not valid JSON at column {err.colno} ({err.msg}){cut}"
+            ) from None
         if not isinstance(record, dict):
-            raise DataError(f"data file {path} line {number} holds a JSON {type(record).__name__}, not an object "
-                            "with `text` and `label`")
+            raise DataError(
+                f"data file {path} line {number} holds a JSON {type(record).__name__}, not an object "
+                "with `text` and `label`"
+            )
         records.append(record)
     return pd.DataFrame(records, dtype=object)
 
@@ -296,8 +332,10 @@ def read_table(path: Path) -> pd.DataFrame:
         raise DataError(f"data file {path} is not a {expected} file: it starts like {found} ({raw[:24]!r})")
     if expected == "Parquet":
         if not raw.endswith(b"PAR1"):
-            raise DataError(f"data file {path} is truncated: it starts like Parquet but has no Parquet footer "
-                            f"(it should end with PAR1; {len(raw)} bytes); copy it again")
+            raise DataError(
+                f"data file {path} is truncated: it starts like Parquet but has no Parquet footer "
+                f"(it should end with PAR1; {len(raw)} bytes); copy it again"
+            )
         try:
             frame = pd.read_parquet(io.BytesIO(raw))
         except (ValueError, OSError) as err:
@@ -317,8 +355,12 @@ def value_kind(value) -> str:
         return "list"
     if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
         return "missing"
-    for kind, types in (("str", str), ("bool", (bool, np.bool_)), ("int", (int, np.integer)),
-                        ("float", (float, np.floating))):
+    for kind, types in (
+        ("str", str),
+        ("bool", (bool, np.bool_)),
+        ("int", (int, np.integer)),
+        ("float", (float, np.floating)),
+    ):
         if isinstance(value, types):
             return kind
     return type(value).__name__
@@ -334,6 +376,8 @@ def check_column_types(frame: pd.DataFrame, where: str, columns: tuple[str, ...]
         bad = np.flatnonzero(~np.isin(kinds, ALLOWED_KINDS[column] + ("missing",)))
         if len(bad):
             first = bad[0]
-            raise DataError(f"{where}: column {column!r} must hold {' or '.join(ALLOWED_KINDS[column])} values, "
-                            f"but {len(bad)} of {len(frame)} rows hold {'/'.join(sorted(set(kinds[bad])))} "
-                            f"(row {first}: {str(frame[column].iloc[first])[:60]})")
+            raise DataError(
+                f"{where}: column {column!r} must hold {' or '.join(ALLOWED_KINDS[column])} values, "
+                f"but {len(bad)} of {len(frame)} rows hold {'/'.join(sorted(set(kinds[bad])))} "
+                f"(row {first}: {str(frame[column].iloc[first])[:60]})"
+            )

@@ -44,8 +44,10 @@ def is_main_process() -> bool:
 def resolve_device(setting: str) -> str:
     """'auto' is CUDA when torch sees a GPU, else the CPU."""
     if setting == "cuda" and not torch.cuda.is_available():
-        raise ValueError("distributed.device is cuda, but torch sees no CUDA device (a CPU build of torch, or "
-                         "no GPU visible to this process); use device: auto or cpu")
+        raise ValueError(
+            "distributed.device is cuda, but torch sees no CUDA device (a CPU build of torch, or "
+            "no GPU visible to this process); use device: auto or cpu"
+        )
     if setting == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return setting
@@ -116,9 +118,14 @@ class DataParallel:
         self.cfg = cfg
         device = resolve_device(cfg.device)
         precision = resolve_mixed_precision(cfg.mixed_precision, device)
-        if world_size() == 1 and AcceleratorState._shared_state and (
+        if (
+            world_size() == 1
+            and AcceleratorState._shared_state
+            and (
                 AcceleratorState._shared_state.get("_mixed_precision") != precision
-                or AcceleratorState._shared_state.get("device", torch.device(device)).type != device):
+                or AcceleratorState._shared_state.get("device", torch.device(device)).type != device
+            )
+        ):
             # Accelerate keeps one device and precision per process; a single process that trains under
             # several settings (a test session, a notebook) starts afresh. A launched process never changes.
             AcceleratorState._reset_state(reset_partial_state=True)

@@ -59,10 +59,18 @@ class GateDecision:
 
     def as_dict(self) -> dict:
         """JSON-ready: a value that is not a finite number becomes None (the note says why)."""
-        return {"passed": self.passed,
-                "checks": {name: {"value": c.value if math.isfinite(c.value) else None, "threshold": c.threshold,
-                                  "passed": c.passed, "note": c.note}
-                           for name, c in self.checks.items()}}
+        return {
+            "passed": self.passed,
+            "checks": {
+                name: {
+                    "value": c.value if math.isfinite(c.value) else None,
+                    "threshold": c.threshold,
+                    "passed": c.passed,
+                    "note": c.note,
+                }
+                for name, c in self.checks.items()
+            },
+        }
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -113,16 +121,22 @@ def measured_alike(candidate: dict, champion: dict) -> str | None:
     if None in data or data[0] != data[1]:
         return "champion measured on other data: not compared"
     if None in split or split[0] != split[1]:
-        return f"champion measured on the {split[1] or 'unknown'} split, candidate on the {split[0] or 'unknown'} " \
-               f"split: not compared"
+        return (
+            f"champion measured on the {split[1] or 'unknown'} split, candidate on the {split[0] or 'unknown'} "
+            f"split: not compared"
+        )
     return None
 
 
 def should_remeasure(candidate: dict, champion: dict, data_at_hand: str | None) -> bool:
     """Re-measure the champion when its figure is not like the candidate's and the data the candidate was
     measured on is the data at hand (its sha256), with a known split: then both come from one measurement."""
-    return (measured_alike(candidate, champion) is not None and data_at_hand is not None
-            and candidate.get("data_sha256") == data_at_hand and candidate.get("split") in SPLITS)
+    return (
+        measured_alike(candidate, champion) is not None
+        and data_at_hand is not None
+        and candidate.get("data_sha256") == data_at_hand
+        and candidate.get("split") in SPLITS
+    )
 
 
 def compare_to_champion(candidate: dict, champion: dict, cfg: GateConfig) -> GateDecision:
@@ -134,20 +148,29 @@ def compare_to_champion(candidate: dict, champion: dict, cfg: GateConfig) -> Gat
     teacher is already checked by `decide`.
     """
     drop = 100.0 * (_number(champion.get("accuracy")) - _number(candidate.get("accuracy")))
-    return _vs_champion(candidate, champion, "vs_champion.accuracy_drop_points", drop,
-                        cfg.max_drop_vs_champion_points, cfg.max_size_growth_vs_champion)
+    return _vs_champion(
+        candidate,
+        champion,
+        "vs_champion.accuracy_drop_points",
+        drop,
+        cfg.max_drop_vs_champion_points,
+        cfg.max_size_growth_vs_champion,
+    )
 
 
-def _vs_champion(candidate: dict, champion: dict, quality_check: str, quality: float, max_quality: float,
-                 max_size_growth: float) -> GateDecision:
+def _vs_champion(
+    candidate: dict, champion: dict, quality_check: str, quality: float, max_quality: float, max_size_growth: float
+) -> GateDecision:
     """The quality figure (lower is better) against `max_quality` when `measured_alike`, skipped with the reason
     otherwise; the candidate's size over the champion's against `max_size_growth`, always."""
     unlike = measured_alike(candidate, champion)
     growth = _ratio(_number(candidate.get("size_bytes")), _number(champion.get("size_bytes")))
-    return GateDecision.of({
-        quality_check: _skipped(max_quality, unlike) if unlike else _check(quality, max_quality, at_most=True),
-        "vs_champion.size_growth": _check(growth, max_size_growth, at_most=True),
-    })
+    return GateDecision.of(
+        {
+            quality_check: _skipped(max_quality, unlike) if unlike else _check(quality, max_quality, at_most=True),
+            "vs_champion.size_growth": _check(growth, max_size_growth, at_most=True),
+        }
+    )
 
 
 def combine(*decisions: GateDecision) -> GateDecision:
@@ -156,15 +179,19 @@ def combine(*decisions: GateDecision) -> GateDecision:
 
 def decide(ratios: dict, cfg: GateConfig) -> GateDecision:
     """Every check must pass; a missing ratio counts as NaN and fails its check."""
-    return GateDecision.of({
-        "accuracy_drop_points": _check(ratios.get("accuracy_drop_points"), cfg.max_drop_vs_teacher_points,
-                                       at_most=True),
-        "size_ratio": _check(ratios.get("size_ratio"), cfg.min_size_ratio, at_most=False),
-        "speedup_batch1_p50": _check(ratios.get("speedup_batch1_p50"), cfg.min_speedup, at_most=False),
-    })
+    return GateDecision.of(
+        {
+            "accuracy_drop_points": _check(
+                ratios.get("accuracy_drop_points"), cfg.max_drop_vs_teacher_points, at_most=True
+            ),
+            "size_ratio": _check(ratios.get("size_ratio"), cfg.min_size_ratio, at_most=False),
+            "speedup_batch1_p50": _check(ratios.get("speedup_batch1_p50"), cfg.min_speedup, at_most=False),
+        }
+    )
 
 
 # ---------------------------------------------------------------- causal-lm
+
 
 def compare_lm_to_teacher(teacher: dict, final: dict) -> dict:
     """Ratios of two causal-lm report entries, oriented so that above 1 is better for the final model where
@@ -181,12 +208,14 @@ def compare_lm_to_teacher(teacher: dict, final: dict) -> dict:
 
 def decide_lm(ratios: dict, cfg: LMGateConfig) -> GateDecision:
     """Every check must pass; a missing or non-finite ratio fails its check."""
-    return GateDecision.of({
-        "perplexity_ratio": _check(ratios.get("perplexity_ratio"), cfg.max_perplexity_ratio, at_most=True),
-        "bleu_drop_points": _check(ratios.get("bleu_drop_points"), cfg.max_bleu_drop_points, at_most=True),
-        "generation_speedup": _check(ratios.get("generation_speedup"), cfg.min_generation_speedup, at_most=False),
-        "size_ratio": _check(ratios.get("size_ratio"), cfg.min_size_ratio, at_most=False),
-    })
+    return GateDecision.of(
+        {
+            "perplexity_ratio": _check(ratios.get("perplexity_ratio"), cfg.max_perplexity_ratio, at_most=True),
+            "bleu_drop_points": _check(ratios.get("bleu_drop_points"), cfg.max_bleu_drop_points, at_most=True),
+            "generation_speedup": _check(ratios.get("generation_speedup"), cfg.min_generation_speedup, at_most=False),
+            "size_ratio": _check(ratios.get("size_ratio"), cfg.min_size_ratio, at_most=False),
+        }
+    )
 
 
 def compare_lm_to_champion(candidate: dict, champion: dict, cfg: LMGateConfig) -> GateDecision:
@@ -197,5 +226,11 @@ def compare_lm_to_champion(candidate: dict, champion: dict, cfg: LMGateConfig) -
     checked against each version's own teacher.
     """
     growth = _ratio(_number(candidate.get("perplexity")), _number(champion.get("perplexity")))
-    return _vs_champion(candidate, champion, "vs_champion.perplexity_growth", growth,
-                        cfg.max_perplexity_growth_vs_champion, cfg.max_size_growth_vs_champion)
+    return _vs_champion(
+        candidate,
+        champion,
+        "vs_champion.perplexity_growth",
+        growth,
+        cfg.max_perplexity_growth_vs_champion,
+        cfg.max_size_growth_vs_champion,
+    )

@@ -34,8 +34,9 @@ def load(path: str | Path, runtime: str, threads: int | None = None):
     if threads:
         options.intra_op_num_threads = threads
     folder, file_name = (path.parent, path.name) if path.is_file() else (path, ONNX_FILE)
-    return ORTModelForCausalLM.from_pretrained(str(folder), file_name=file_name, use_cache=True,
-                                               session_options=options, provider="CPUExecutionProvider")
+    return ORTModelForCausalLM.from_pretrained(
+        str(folder), file_name=file_name, use_cache=True, session_options=options, provider="CPUExecutionProvider"
+    )
 
 
 def load_tokenizer(path: str | Path):
@@ -51,11 +52,17 @@ def load_tokenizer(path: str | Path):
 def cut_at_eos(tokens: Sequence[int], eos_id: int | None) -> list[int]:
     """The tokens before the first eos (generate pads a finished row with eos too)."""
     tokens = [int(t) for t in tokens]
-    return tokens[:tokens.index(eos_id)] if eos_id is not None and eos_id in tokens else tokens
+    return tokens[: tokens.index(eos_id)] if eos_id is not None and eos_id in tokens else tokens
 
 
-def greedy(model_or_session, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
-           min_new_tokens: int = 0, batch_size: int = 1) -> list[list[int]]:
+def greedy(
+    model_or_session,
+    tokenizer,
+    prompt_ids: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    min_new_tokens: int = 0,
+    batch_size: int = 1,
+) -> list[list[int]]:
     """Greedy continuation (new token ids, eos and what follows cut off) of every prompt.
 
     `model_or_session` is a PyTorch causal LM or an `ORTModelForCausalLM` (both run `generate` with
@@ -73,7 +80,7 @@ def greedy(model_or_session, tokenizer, prompt_ids: Sequence[Sequence[int]], max
 
     out: list[list[int]] = []
     for start in range(0, len(prompt_ids), batch_size):
-        rows = [list(p) for p in prompt_ids[start:start + batch_size]]
+        rows = [list(p) for p in prompt_ids[start : start + batch_size]]
         width = max(len(r) for r in rows)
         if min(len(r) for r in rows) == 0:
             raise ValueError("greedy needs non-empty prompts")
@@ -81,8 +88,15 @@ def greedy(model_or_session, tokenizer, prompt_ids: Sequence[Sequence[int]], max
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
         with torch.inference_mode():
             generated = model_or_session.generate(
-                input_ids=ids, attention_mask=mask, do_sample=False, num_beams=1, use_cache=True,
-                max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, pad_token_id=pad_id,
-                eos_token_id=eos_id)
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=False,
+                num_beams=1,
+                use_cache=True,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens,
+                pad_token_id=pad_id,
+                eos_token_id=eos_id,
+            )
         out += [cut_at_eos(row[width:].tolist(), eos_id) for row in generated]
     return out

@@ -40,13 +40,25 @@ TORCH_RUNTIMES = ("torch", "pytorch")
 ONNX_RUNTIMES = ("onnx", "onnxruntime")
 BATCH_SIZE = 32  # sentences per call in the batch-32 latency benchmark (the evaluate stage and `miniaturize bench`)
 # Ops that only appear in a quantized graph (ONNX Runtime dynamic / static / QDQ quantization).
-QUANTIZED_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv",
-                 "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeMatMul", "QAttention",
-                 "QEmbedLayerNormalization", "MatMulIntegerToFloat", "QGemm"}
+QUANTIZED_OPS = {
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "ConvInteger",
+    "QLinearMatMul",
+    "QLinearConv",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeMatMul",
+    "QAttention",
+    "QEmbedLayerNormalization",
+    "MatMulIntegerToFloat",
+    "QGemm",
+}
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # components/kit/latency.py -> the checkout
 
 
 # ---------------------------------------------------------------- statistics and timing (pure-ish)
+
 
 def latency_stats(samples_ms: list[float]) -> dict:
     """p50, p95 (numpy linear-interpolated percentiles), mean, in ms, and the sample count n.
@@ -77,14 +89,15 @@ def time_calls(fn: Callable, inputs: list, warmup: int, calls: int) -> list[floa
 
 # ---------------------------------------------------------------- batches
 
+
 def pad_batch(rows: list[list[int]], pad_id: int) -> Batch:
     """Token id lists padded to the longest row: int64 input_ids, attention_mask, token_type_ids."""
     width = max(len(r) for r in rows)
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
     for i, row in enumerate(rows):
-        ids[i, :len(row)] = row
-        mask[i, :len(row)] = 1
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
 
 
@@ -100,7 +113,7 @@ def batched_inputs(input_ids: list[list[int]], pad_id: int, batch_size: int) -> 
     full = len(input_ids) // batch_size
     if full == 0:
         return [pad_batch(input_ids, pad_id)]
-    return [pad_batch(input_ids[i * batch_size:(i + 1) * batch_size], pad_id) for i in range(full)]
+    return [pad_batch(input_ids[i * batch_size : (i + 1) * batch_size], pad_id) for i in range(full)]
 
 
 def runner_logits(runner: Runner, input_ids: list[list[int]], pad_id: int, batch_size: int = 64) -> np.ndarray:
@@ -108,7 +121,7 @@ def runner_logits(runner: Runner, input_ids: list[list[int]], pad_id: int, batch
     order = np.argsort([len(x) for x in input_ids], kind="stable")
     parts: list[np.ndarray] = []
     for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
+        index = order[start : start + batch_size]
         parts.append(np.asarray(runner(pad_batch([input_ids[i] for i in index], pad_id)), dtype=np.float32))
     if not parts:
         return np.zeros((0, 0), dtype=np.float32)
@@ -118,6 +131,7 @@ def runner_logits(runner: Runner, input_ids: list[list[int]], pad_id: int, batch
 
 
 # ---------------------------------------------------------------- runners
+
 
 def runtime_kind(runtime: str) -> str:
     """'torch' or 'onnx' for any accepted spelling ('pytorch', 'onnxruntime', ...)."""
@@ -161,8 +175,9 @@ def find_onnx_file(path: str | Path) -> Path:
     candidates = sorted(path.glob("*.onnx"))
     if len(candidates) == 1:
         return candidates[0]
-    raise FileNotFoundError(f"{path}: expected model.onnx or exactly one .onnx file, found "
-                            f"{[c.name for c in candidates] or 'none'}")
+    raise FileNotFoundError(
+        f"{path}: expected model.onnx or exactly one .onnx file, found {[c.name for c in candidates] or 'none'}"
+    )
 
 
 def load_onnx_session(path: str | Path, threads: int = 2):
@@ -175,8 +190,7 @@ def load_onnx_session(path: str | Path, threads: int = 2):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(find_onnx_file(path)), sess_options=options,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(find_onnx_file(path)), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def onnx_runner(session) -> Runner:
@@ -199,6 +213,7 @@ def load_runner(path: str | Path, runtime: str, threads: int) -> Runner:
 
 # ---------------------------------------------------------------- ONNX file facts
 
+
 def _onnx_graph(path: str | Path):
     import onnx
 
@@ -218,8 +233,14 @@ def onnx_params(path: str | Path) -> int:
     """
     from onnx import TensorProto
 
-    counted = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE,
-               TensorProto.INT8, TensorProto.UINT8}
+    counted = {
+        TensorProto.FLOAT,
+        TensorProto.FLOAT16,
+        TensorProto.BFLOAT16,
+        TensorProto.DOUBLE,
+        TensorProto.INT8,
+        TensorProto.UINT8,
+    }
     initializers = list(_onnx_graph(path).initializer)
     quantized_bases = {i.name[: -len("_quantized")] for i in initializers if i.name.endswith("_quantized")}
     total = 0
@@ -265,23 +286,48 @@ def onnx_size_bytes(path: str | Path) -> int:
         for entry in init.external_data:
             if entry.key == "location":
                 external.add(entry.value)
-    return file.stat().st_size + sum((file.parent / name).stat().st_size for name in external
-                                     if (file.parent / name).is_file())
+    return file.stat().st_size + sum(
+        (file.parent / name).stat().st_size for name in external if (file.parent / name).is_file()
+    )
 
 
 # ---------------------------------------------------------------- memory
 
-def peak_rss_mb(model_dir: str | Path, runtime: str, prepared: str | Path, n_sentences: int, threads: int,
-                max_length: int = 64, timeout_s: float = 600.0, probe_args: tuple[str, ...] = ()) -> float:
+
+def peak_rss_mb(
+    model_dir: str | Path,
+    runtime: str,
+    prepared: str | Path,
+    n_sentences: int,
+    threads: int,
+    max_length: int = 64,
+    timeout_s: float = 600.0,
+    probe_args: tuple[str, ...] = (),
+) -> float:
     """Peak resident memory (MB) of a fresh process that loads the model and predicts n test sentences;
     `probe_args` are further `rss_probe` options (`--work generate ...`: a decoder continues n prompts)."""
     env = dict(os.environ)
     # The probe must import this checkout's components, whichever copy is installed.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     env["OMP_NUM_THREADS"] = str(threads)
-    command = [sys.executable, "-m", "components.kit.rss_probe", "--model", str(model_dir),
-               "--runtime", runtime_kind(runtime), "--prepared", str(prepared), "--n", str(n_sentences),
-               "--threads", str(threads), "--max-length", str(max_length), *probe_args]
+    command = [
+        sys.executable,
+        "-m",
+        "components.kit.rss_probe",
+        "--model",
+        str(model_dir),
+        "--runtime",
+        runtime_kind(runtime),
+        "--prepared",
+        str(prepared),
+        "--n",
+        str(n_sentences),
+        "--threads",
+        str(threads),
+        "--max-length",
+        str(max_length),
+        *probe_args,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout_s)
     if done.returncode != 0:
         raise RuntimeError(f"rss probe failed for {model_dir} (exit {done.returncode}):\n{done.stderr[-2000:]}")

@@ -19,8 +19,13 @@ def soft_kl_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
     return temperature**2 * kl
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
-            alpha: float, temperature: float) -> torch.Tensor:
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    alpha: float,
+    temperature: float,
+) -> torch.Tensor:
     """alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * cross-entropy, averaged over rows.
 
     Rows labelled UNLABELLED (transfer-set sentences) take the soft term alone, at full weight. With no
@@ -29,8 +34,10 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, l
     labelled = labels != UNLABELLED
     ce_rows = torch.zeros_like(student_logits[:, 0])
     if labelled.any():
-        ce_rows = ce_rows.index_put((labelled.nonzero(as_tuple=True)[0],),
-                                    F.cross_entropy(student_logits[labelled], labels[labelled], reduction="none"))
+        ce_rows = ce_rows.index_put(
+            (labelled.nonzero(as_tuple=True)[0],),
+            F.cross_entropy(student_logits[labelled], labels[labelled], reduction="none"),
+        )
     if teacher_logits is None or alpha == 0.0:
         return ce_rows[labelled].mean() if labelled.any() else ce_rows.sum()
     kl_rows = soft_kl_rows(student_logits, teacher_logits, temperature)

@@ -33,8 +33,10 @@ class ModelSourceError(ValueError):
 
 def hub_offline() -> bool:
     """True when the environment forbids calls to the Hugging Face hub (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)."""
-    return any(os.environ.get(key, "").upper() in ("1", "ON", "YES", "TRUE")
-               for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(key, "").upper() in ("1", "ON", "YES", "TRUE")
+        for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def require_safetensors(path: Path) -> None:
@@ -45,8 +47,10 @@ def require_safetensors(path: Path) -> None:
         return
     pickles = sorted(f.name for f in path.iterdir() if f.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
     found = f" (only {', '.join(pickles)}, a pickle checkpoint, which is never loaded)" if pickles else ""
-    raise ModelSourceError(f"model directory {path} has no .safetensors weights{found}; re-save the model with "
-                           "save_pretrained(..., safe_serialization=True)")
+    raise ModelSourceError(
+        f"model directory {path} has no .safetensors weights{found}; re-save the model with "
+        "save_pretrained(..., safe_serialization=True)"
+    )
 
 
 def resolve_model_source(name: str) -> str:
@@ -71,10 +75,12 @@ def resolve_model_source(name: str) -> str:
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-            raise ModelSourceError(f"{name!r} is not a local path, the machine is offline (HF_HUB_OFFLINE or "
-                                   "TRANSFORMERS_OFFLINE is set) so the Hugging Face hub cannot be reached, and "
-                                   f"{name!r} is not in the local Hugging Face cache; download it while online, "
-                                   "or give the path of a local copy")
+            raise ModelSourceError(
+                f"{name!r} is not a local path, the machine is offline (HF_HUB_OFFLINE or "
+                "TRANSFORMERS_OFFLINE is set) so the Hugging Face hub cannot be reached, and "
+                f"{name!r} is not in the local Hugging Face cache; download it while online, "
+                "or give the path of a local copy"
+            )
     return name
 
 
@@ -102,8 +108,7 @@ def read_split(prepared: Path, name: str) -> pd.DataFrame:
     return pd.read_parquet(prepared / f"{name}.parquet")
 
 
-def encode(tokenizer, texts: list[str], labels: list[str] | None, label_names: list[str],
-           max_length: int) -> Encoded:
+def encode(tokenizer, texts: list[str], labels: list[str] | None, label_names: list[str], max_length: int) -> Encoded:
     ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     index = {name: i for i, name in enumerate(label_names)}
     y = np.array([index[label] for label in labels] if labels is not None else [-1] * len(ids), dtype=np.int64)
@@ -146,8 +151,9 @@ def save_model(model, tokenizer, labels: list[str], out_dir: Path, extra: dict) 
     wait_for_everyone()
 
 
-def length_bucketed_batches(lengths: list[int], batch_size: int, shuffle: bool,
-                            seed: int = 0, pool: int = 50) -> list[np.ndarray]:
+def length_bucketed_batches(
+    lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0, pool: int = 50
+) -> list[np.ndarray]:
     """Indices grouped into batches of similar length.
 
     With shuffle, sentences are shuffled, cut into pools of `pool` batches, sorted by length inside a
@@ -157,15 +163,15 @@ def length_bucketed_batches(lengths: list[int], batch_size: int, shuffle: bool,
     lengths_arr = np.asarray(lengths)
     if not shuffle:
         order = order[np.argsort(lengths_arr, kind="stable")]
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     rng = np.random.default_rng(seed)
     order = rng.permutation(order)
     batches = []
     span = batch_size * pool
     for start in range(0, len(order), span):
-        chunk = order[start:start + span]
+        chunk = order[start : start + span]
         chunk = chunk[np.argsort(lengths_arr[chunk], kind="stable")]
-        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     return [batches[i] for i in rng.permutation(len(batches))]
 
 

@@ -16,11 +16,25 @@ class RollbackError(RuntimeError):
     """There is no earlier champion to go back to, or the history does not match the registry."""
 
 
-def event(alias: str, version: str, action: str, by: str, reason: str, forced: bool = False,
-          failed_checks: list[str] | None = None) -> dict:
-    return {"alias": alias, "version": str(version), "action": action,
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "by": by, "reason": reason,
-            "forced": forced, "failed_checks": list(failed_checks or [])}
+def event(
+    alias: str,
+    version: str,
+    action: str,
+    by: str,
+    reason: str,
+    forced: bool = False,
+    failed_checks: list[str] | None = None,
+) -> dict:
+    return {
+        "alias": alias,
+        "version": str(version),
+        "action": action,
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "by": by,
+        "reason": reason,
+        "forced": forced,
+        "failed_checks": list(failed_checks or []),
+    }
 
 
 def champion_stack(events: list[dict]) -> list[str]:
@@ -41,8 +55,10 @@ def rollback_target(events: list[dict], current: str | None) -> str:
     if current is None:
         raise RollbackError("there is no champion to roll back")
     if not stack or stack[-1] != str(current):
-        raise RollbackError(f"the recorded history ends with champion {stack[-1] if stack else 'none'}, but the "
-                            f"registry's champion is version {current}; move the alias with `promote` instead")
+        raise RollbackError(
+            f"the recorded history ends with champion {stack[-1] if stack else 'none'}, but the "
+            f"registry's champion is version {current}; move the alias with `promote` instead"
+        )
     if len(stack) < 2:
         raise RollbackError(f"version {current} is the first champion: there is no previous champion")
     return stack[-2]

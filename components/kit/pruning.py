@@ -26,6 +26,7 @@ def retained_inputs(modules: dict[Hashable, object]) -> Iterator[dict]:
         def hook(_module, args):
             args[0].retain_grad()
             captured[key] = args[0]
+
         return hook
 
     handles = [module.register_forward_pre_hook(keep(key)) for key, module in modules.items()]
@@ -52,8 +53,9 @@ def normalise_per_layer(scores: list[np.ndarray]) -> list[np.ndarray]:
     return [s / (np.linalg.norm(s) + 1e-12) for s in scores]
 
 
-def heads_to_prune(head_scores: list[np.ndarray], ratio: float | None = None,
-                   count: int | None = None) -> dict[int, list[int]]:
+def heads_to_prune(
+    head_scores: list[np.ndarray], ratio: float | None = None, count: int | None = None
+) -> dict[int, list[int]]:
     """The globally lowest-scoring `count` heads (or share `ratio` of them), never the last head of a layer.
 
     Indices are positions among each layer's current heads.
@@ -74,8 +76,9 @@ def heads_to_prune(head_scores: list[np.ndarray], ratio: float | None = None,
     return {layer: sorted(heads) for layer, heads in sorted(chosen.items())}
 
 
-def neurons_to_keep(ffn_scores: list[np.ndarray], ratio: float | None = None,
-                    keep: int | None = None) -> list[np.ndarray]:
+def neurons_to_keep(
+    ffn_scores: list[np.ndarray], ratio: float | None = None, keep: int | None = None
+) -> list[np.ndarray]:
     """Per layer, the indices of the top `keep` (or top 1 - ratio) neurons, in their original order; the same
     count in every layer, so the config keeps one FFN width."""
     keep = keep if keep is not None else max(1, int(round(len(ffn_scores[0]) * (1.0 - ratio))))

@@ -34,8 +34,9 @@ class ModelSpec:
         models = [cls(m.name, Path(m.path), m.runtime) for m in models]
         names = [m.name for m in models]
         if any(n not in names for n in required) or len(set(names)) != len(names):
-            raise ValueError(f"evaluate needs distinct model names including "
-                             f"{' and '.join(map(repr, required))}; got {names}")
+            raise ValueError(
+                f"evaluate needs distinct model names including {' and '.join(map(repr, required))}; got {names}"
+            )
         for m in models:
             runtime_kind(m.runtime)
         return models
@@ -69,9 +70,14 @@ def environment_info(threads: int) -> dict:
     import torch
     import transformers
 
-    return {"cpu": cpu_name(), "threads": threads, "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
+    return {
+        "cpu": cpu_name(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def cpu_name() -> str:
@@ -98,17 +104,25 @@ def check_result(check: dict) -> str:
 
 def gate_lines(gate: dict) -> list[str]:
     """The gate decision as a markdown section (both tasks' reports)."""
-    lines = ["", f"## Gate: {'PASSED' if gate['passed'] else 'FAILED'}", "",
-             "| check | value | threshold | result | note |", "|---|---:|---:|---|---|"]
+    lines = [
+        "",
+        f"## Gate: {'PASSED' if gate['passed'] else 'FAILED'}",
+        "",
+        "| check | value | threshold | result | note |",
+        "|---|---:|---:|---|---|",
+    ]
     for name, c in gate["checks"].items():
-        lines.append(f"| {name} | {fmt(c['value'], '.3f')} | {fmt(c['threshold'], '.3f')} "
-                     f"| {check_result(c)} | {c.get('note', '')} |")
+        lines.append(
+            f"| {name} | {fmt(c['value'], '.3f')} | {fmt(c['threshold'], '.3f')} "
+            f"| {check_result(c)} | {c.get('note', '')} |"
+        )
     return lines
 
 
 def write_report(out_dir: Path, report: dict, render_markdown: Callable[[dict], str]) -> tuple[Path, Path]:
     """out_dir/compression_report.json (strict JSON: no NaN) and out_dir/compression_report.md, each atomically."""
-    json_path = write_atomic(out_dir / REPORT_JSON,
-                             lambda p: p.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False)))
+    json_path = write_atomic(
+        out_dir / REPORT_JSON, lambda p: p.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False))
+    )
     md_path = write_atomic(out_dir / REPORT_MD, lambda p: p.write_text(render_markdown(report)))
     return json_path, md_path

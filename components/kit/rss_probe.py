@@ -33,14 +33,20 @@ from components.kit.latency import load_onnx_session, load_runner, pad_batch, ru
 
 BATCH_SIZE = 32
 # Run in a child process: reading Parquet needs pyarrow, which is no part of serving a model.
-READ_TEXTS = ("import json, sys, pyarrow.parquet as pq; "
-              "texts = pq.read_table(sys.argv[1], columns=['text']).column('text').to_pylist(); "
-              "print(json.dumps(texts[:int(sys.argv[2])]))")
+READ_TEXTS = (
+    "import json, sys, pyarrow.parquet as pq; "
+    "texts = pq.read_table(sys.argv[1], columns=['text']).column('text').to_pylist(); "
+    "print(json.dumps(texts[:int(sys.argv[2])]))"
+)
 
 
 def read_test_texts(prepared: Path, n: int) -> list[str]:
-    done = subprocess.run([sys.executable, "-c", READ_TEXTS, str(prepared / "test.parquet"), str(n)],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", READ_TEXTS, str(prepared / "test.parquet"), str(n)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(done.stdout)
 
 
@@ -89,8 +95,9 @@ def peak_rss_mb(status: Path = Path("/proc/self/status")) -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
-def session_greedy(session, prompt_ids: list[int], max_new_tokens: int, eos_id: int | None,
-                   min_new_tokens: int = 0) -> list[int]:
+def session_greedy(
+    session, prompt_ids: list[int], max_new_tokens: int, eos_id: int | None, min_new_tokens: int = 0
+) -> list[int]:
     """Greedy continuation of one prompt by an ONNX decoder with past key values, at batch 1.
 
     The first call feeds the prompt with an empty cache, each later call only the newest token and the
@@ -109,9 +116,13 @@ def session_greedy(session, prompt_ids: list[int], max_new_tokens: int, eos_id: 
     seen, out = 0, []
     for step in range(max_new_tokens):
         total = seen + ids.shape[1]
-        feed = {"input_ids": ids, "attention_mask": np.ones((1, total), dtype=np.int64),
-                "position_ids": np.arange(seen, total, dtype=np.int64)[None],
-                "use_cache_branch": np.array([seen > 0]), **dict(zip(past_names, past))}
+        feed = {
+            "input_ids": ids,
+            "attention_mask": np.ones((1, total), dtype=np.int64),
+            "position_ids": np.arange(seen, total, dtype=np.int64)[None],
+            "use_cache_branch": np.array([seen > 0]),
+            **dict(zip(past_names, past)),
+        }
         logits, *past = session.run(["logits", *present_names], {k: v for k, v in feed.items() if k in inputs})
         scores = logits[0, -1].astype(np.float32)
         if eos_id is not None and step < min_new_tokens:
@@ -124,8 +135,9 @@ def session_greedy(session, prompt_ids: list[int], max_new_tokens: int, eos_id: 
     return out
 
 
-def generate_prompts(model_dir: Path, runtime: str, prompts: list[list[int]], new_tokens: int, eos_id: int,
-                     threads: int) -> None:
+def generate_prompts(
+    model_dir: Path, runtime: str, prompts: list[list[int]], new_tokens: int, eos_id: int, threads: int
+) -> None:
     """Generate exactly `new_tokens` tokens for every prompt at batch 1 (the probe's `--work generate`)."""
     if runtime_kind(runtime) == "onnx":
         session = load_onnx_session(model_dir, threads)
@@ -140,9 +152,16 @@ def generate_prompts(model_dir: Path, runtime: str, prompts: list[list[int]], ne
     with torch.inference_mode():
         for prompt in prompts:
             ids = torch.tensor([prompt])
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, num_beams=1,
-                           max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=eos_id,
-                           eos_token_id=eos_id)
+            model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                num_beams=1,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                pad_token_id=eos_id,
+                eos_token_id=eos_id,
+            )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -153,12 +172,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n", type=int, default=100, help="test sentences to predict")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--work", choices=["predict", "generate"], default="predict",
-                        help="predict: classify the sentences in batches; generate: a decoder continues prompts")
+    parser.add_argument(
+        "--work",
+        choices=["predict", "generate"],
+        default="predict",
+        help="predict: classify the sentences in batches; generate: a decoder continues prompts",
+    )
     parser.add_argument("--prefix-tokens", type=int, default=8, help="generate: prompt tokens per sentence")
     parser.add_argument("--new-tokens", type=int, default=32, help="generate: tokens generated per prompt")
-    parser.add_argument("--tokenizer", type=Path, default=None,
-                        help="generate: tokenizer folder, when not the model's own folder")
+    parser.add_argument(
+        "--tokenizer", type=Path, default=None, help="generate: tokenizer folder, when not the model's own folder"
+    )
     args = parser.parse_args(argv)
     if args.work == "generate":
         return main_generate(args)
@@ -168,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer_dir = args.model if args.model.is_dir() else args.model.parent
     ids, pad_id = tokenize(tokenizer_dir, texts, args.max_length)
     for start in range(0, len(ids), BATCH_SIZE):
-        runner(pad_batch(ids[start:start + BATCH_SIZE], pad_id))
+        runner(pad_batch(ids[start : start + BATCH_SIZE], pad_id))
     result = {"peak_rss_mb": peak_rss_mb(), "n": len(ids), "runtime": args.runtime, "model": str(args.model)}
     print(json.dumps(result), flush=True)
     return result
@@ -178,7 +202,7 @@ def main_generate(args: argparse.Namespace) -> dict:
     texts = read_test_texts(args.prepared, args.n)
     tokenizer_dir = args.tokenizer or (args.model if args.model.is_dir() else args.model.parent)
     ids, _ = tokenize(tokenizer_dir, texts, args.max_length)
-    prompts = [row[:args.prefix_tokens] for row in ids if row]
+    prompts = [row[: args.prefix_tokens] for row in ids if row]
     if (tokenizer_dir / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
 
@@ -188,8 +212,14 @@ def main_generate(args: argparse.Namespace) -> dict:
 
         eos_id = AutoTokenizer.from_pretrained(str(tokenizer_dir)).eos_token_id or 0
     generate_prompts(args.model, args.runtime, prompts, args.new_tokens, eos_id, args.threads)
-    result = {"peak_rss_mb": peak_rss_mb(), "n": len(prompts), "runtime": args.runtime, "model": str(args.model),
-              "work": args.work, "new_tokens": args.new_tokens}
+    result = {
+        "peak_rss_mb": peak_rss_mb(),
+        "n": len(prompts),
+        "runtime": args.runtime,
+        "model": str(args.model),
+        "work": args.work,
+        "new_tokens": args.new_tokens,
+    }
     print(json.dumps(result), flush=True)
     return result
 

@@ -19,9 +19,11 @@ MASK = "***"
 def secret_values(env: dict[str, str] | None = None) -> list[str]:
     """Credential values in the environment, longest first (so a value containing another is masked whole)."""
     env = os.environ if env is None else env
-    values = {value for name, value in env.items()
-              if _SECRET_NAME.search(name) and not name.endswith("_SOCK") and len(value) >= 6
-              and not os.path.exists(value)}
+    values = {
+        value
+        for name, value in env.items()
+        if _SECRET_NAME.search(name) and not name.endswith("_SOCK") and len(value) >= 6 and not os.path.exists(value)
+    }
     return sorted(values, key=len, reverse=True)
 
 

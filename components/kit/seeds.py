@@ -30,15 +30,22 @@ def measure_final(final_dir: Path, teacher_dir: Path, prepared: Path, max_length
     teacher_test = encode_split(prepared, "test", teacher_tokenizer, labels, max_length)
     teacher_model = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True)
     teacher = predict_logits(teacher_model, teacher_test, teacher_tokenizer.pad_token_id)
-    return {"accuracy": accuracy(final, test.labels),
-            "agreement_with_teacher": float((final.argmax(-1) == teacher.argmax(-1)).mean())}
+    return {
+        "accuracy": accuracy(final, test.labels),
+        "agreement_with_teacher": float((final.argmax(-1) == teacher.argmax(-1)).mean()),
+    }
 
 
 def spread(values: list[float]) -> dict:
     """mean, sample standard deviation (0 for one value), min, max and n."""
     values = [float(v) for v in values]
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values), "n": len(values)}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
 
 
 def summarise(main_seed: int, final: dict, teacher: dict, baseline: dict | None, extra: list[dict]) -> dict:
@@ -47,17 +54,20 @@ def summarise(main_seed: int, final: dict, teacher: dict, baseline: dict | None,
     `final`, `teacher` and `baseline` are evaluate entries (accuracy, agreement_with_teacher); `extra`
     rows come from the seeds stage (seed, accuracy, agreement_with_teacher).
     """
-    rows = [{"seed": main_seed, "accuracy": final["accuracy"],
-             "agreement_with_teacher": final["agreement_with_teacher"]}]
+    rows = [
+        {"seed": main_seed, "accuracy": final["accuracy"], "agreement_with_teacher": final["agreement_with_teacher"]}
+    ]
     rows += [{k: r[k] for k in ("seed", "accuracy", "agreement_with_teacher")} for r in extra]
     for row in rows:
         row["accuracy_drop_points"] = 100.0 * (teacher["accuracy"] - row["accuracy"])
         if baseline is not None:
             row["accuracy_drop_vs_baseline_points"] = 100.0 * (baseline["accuracy"] - row["accuracy"])
-    out = {"runs": rows,
-           "accuracy": spread([r["accuracy"] for r in rows]),
-           "accuracy_drop_points": spread([r["accuracy_drop_points"] for r in rows]),
-           "agreement_with_teacher": spread([r["agreement_with_teacher"] for r in rows])}
+    out = {
+        "runs": rows,
+        "accuracy": spread([r["accuracy"] for r in rows]),
+        "accuracy_drop_points": spread([r["accuracy_drop_points"] for r in rows]),
+        "agreement_with_teacher": spread([r["agreement_with_teacher"] for r in rows]),
+    }
     if baseline is not None:
         out["accuracy_drop_vs_baseline_points"] = spread([r["accuracy_drop_vs_baseline_points"] for r in rows])
     return out

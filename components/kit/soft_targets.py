@@ -36,19 +36,24 @@ FOLDER = "soft_targets"  # inside the teacher's folder
 # Files of the teacher folder that do not change its outputs (run metrics) or are outputs themselves.
 NOT_THE_TEACHER = ("metrics.json",)
 
+
 def teacher_sha256(teacher_dir: Path) -> str:
     """sha256 of the teacher folder's own files (weights, config, tokenizer, labels), not its soft targets."""
     digest = hashlib.sha256()
-    for item in sorted(p for p in Path(teacher_dir).iterdir() if p.is_file() and p.name not in NOT_THE_TEACHER
-                       and p.suffix != ".npy"):
+    for item in sorted(
+        p for p in Path(teacher_dir).iterdir() if p.is_file() and p.name not in NOT_THE_TEACHER and p.suffix != ".npy"
+    ):
         digest.update(f"{item.name}\0{file_sha256(item)}\n".encode())
     return digest.hexdigest()
 
 
 def key_inputs(teacher_dir: Path, prepared: Path, split: str, max_length: int) -> dict:
-    return {"teacher_sha256": teacher_sha256(teacher_dir),
-            "data_sha256": file_sha256(Path(prepared) / f"{split}.parquet"),
-            "split": split, "max_length": max_length}
+    return {
+        "teacher_sha256": teacher_sha256(teacher_dir),
+        "data_sha256": file_sha256(Path(prepared) / f"{split}.parquet"),
+        "split": split,
+        "max_length": max_length,
+    }
 
 
 def find(folders: list[Path], key: str, rows: int) -> np.ndarray | None:
@@ -81,8 +86,16 @@ def teacher_logits(model, data: Encoded, pad_id: int, dist: DistributedConfig) -
     return logits
 
 
-def save_for(model, teacher_dir: Path, prepared: Path, split: str, data: Encoded, pad_id: int, max_length: int,
-             dist: DistributedConfig | None = None) -> str:
+def save_for(
+    model,
+    teacher_dir: Path,
+    prepared: Path,
+    split: str,
+    data: Encoded,
+    pad_id: int,
+    max_length: int,
+    dist: DistributedConfig | None = None,
+) -> str:
     """The finetune stage: the fine-tuned teacher's logits on `split`, stored in its folder; returns the key.
     Call after the teacher's files are saved (they are part of the key)."""
     inputs = key_inputs(teacher_dir, prepared, split, max_length)
@@ -92,8 +105,15 @@ def save_for(model, teacher_dir: Path, prepared: Path, split: str, data: Encoded
     return key
 
 
-def load(teacher_dir: Path, prepared: Path, split: str, data: Encoded, max_length: int, cache: Path | None = None,
-         dist: DistributedConfig | None = None) -> np.ndarray:
+def load(
+    teacher_dir: Path,
+    prepared: Path,
+    split: str,
+    data: Encoded,
+    max_length: int,
+    cache: Path | None = None,
+    dist: DistributedConfig | None = None,
+) -> np.ndarray:
     """The teacher's logits on `split` (as `data`, its sentences cut to `max_length` tokens): from the
     teacher's folder or `cache`, else computed once by rank 0 and stored in `cache` (the teacher's folder
     when no cache is given)."""
@@ -106,8 +126,7 @@ def load(teacher_dir: Path, prepared: Path, split: str, data: Encoded, max_lengt
     dist = dist or DistributedConfig()
     if world_size() > 1:
         process_state(dist)  # joins the process group: the others wait for rank 0 at the barrier in store()
-    print(f"  soft targets: computing the teacher's logits on {split} ({len(data)} sentences, key {key})",
-          flush=True)
+    print(f"  soft targets: computing the teacher's logits on {split} ({len(data)} sentences, key {key})", flush=True)
     logits = None
     if is_main_process():
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -118,9 +137,17 @@ def load(teacher_dir: Path, prepared: Path, split: str, data: Encoded, max_lengt
     return find(folders[-1:], key, len(data))
 
 
-def training_set(teacher_dir: Path, prepared: Path, tokenizer, labels: list[str], max_length: int,
-                 train: Encoded, use_transfer: bool, soft_cache: Path | None = None,
-                 dist: DistributedConfig | None = None) -> tuple[Encoded, np.ndarray]:
+def training_set(
+    teacher_dir: Path,
+    prepared: Path,
+    tokenizer,
+    labels: list[str],
+    max_length: int,
+    train: Encoded,
+    use_transfer: bool,
+    soft_cache: Path | None = None,
+    dist: DistributedConfig | None = None,
+) -> tuple[Encoded, np.ndarray]:
     """The train split, plus the unlabelled transfer set when asked for and present, with the teacher's
     logits on them: stored once by the finetune stage, or computed once into `soft_cache`."""
     logits = load(teacher_dir, prepared, "train", train, max_length, soft_cache, dist)

@@ -98,10 +98,18 @@ class BestEpoch:
             self.stale += 1
 
 
-def train_epoch(dp: DataParallel, model: nn.Module, optimizer: torch.optim.Optimizer, batches: list[np.ndarray],
-                schedule: Schedule, part_loss: Callable[[np.ndarray], torch.Tensor],
-                part_weight: Callable[[np.ndarray, np.ndarray], float], desc: str, loss_digits: int = 4,
-                before_clip: Callable[[], None] | None = None) -> float:
+def train_epoch(
+    dp: DataParallel,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: list[np.ndarray],
+    schedule: Schedule,
+    part_loss: Callable[[np.ndarray], torch.Tensor],
+    part_weight: Callable[[np.ndarray, np.ndarray], float],
+    desc: str,
+    loss_digits: int = 4,
+    before_clip: Callable[[], None] | None = None,
+) -> float:
     """One epoch: an optimizer step per global batch of `batches` (row indices), at the schedule's rate. This
     process takes its share of each batch in micro-batches (`dp.micro_batches`); a micro-batch's loss
     `part_loss(rows)` is back-propagated at weight `part_weight(part, batch)` of the whole batch. Gradients are
@@ -132,8 +140,9 @@ def train_epoch(dp: DataParallel, model: nn.Module, optimizer: torch.optim.Optim
     return running / max(1, seen)
 
 
-def report_epoch(history: list[dict], record: dict[str, float], epoch: int, tracker: Tracker, dp: DataParallel,
-                 summary: str) -> None:
+def report_epoch(
+    history: list[dict], record: dict[str, float], epoch: int, tracker: Tracker, dp: DataParallel, summary: str
+) -> None:
     """Keep the epoch's record, log it as step metrics, and print `summary` with the epoch's seconds (on the
     main process only)."""
     history.append(record)
@@ -151,8 +160,9 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def classifier_loss(model: nn.Module, raw: nn.Module, train_set: Encoded, pad_id: int, kd: Distillation | None,
-                    dp: DataParallel) -> Callable[[np.ndarray], torch.Tensor]:
+def classifier_loss(
+    model: nn.Module, raw: nn.Module, train_set: Encoded, pad_id: int, kd: Distillation | None, dp: DataParallel
+) -> Callable[[np.ndarray], torch.Tensor]:
     """The loss of a micro-batch of training rows: `kd_loss` against the labels and, with `kd`, the teacher's
     logits, plus the feature-transfer term when `kd.features` is set. `model` is the prepared (possibly
     wrapped) model, `raw` the model itself."""
@@ -164,16 +174,30 @@ def classifier_loss(model: nn.Module, raw: nn.Module, train_set: Encoded, pad_id
         batch = dp.to_device(model_inputs(raw, collate(train_set.input_ids, rows, pad_id)))
         out = model(**batch, output_hidden_states=features, output_attentions=features)
         index_t = torch.as_tensor(rows, device=dp.device)
-        loss = kd_loss(out.logits, teacher_all[index_t] if kd else None, labels_all[index_t],
-                       kd.alpha if kd else 0.0, kd.temperature if kd else 1.0)
+        loss = kd_loss(
+            out.logits,
+            teacher_all[index_t] if kd else None,
+            labels_all[index_t],
+            kd.alpha if kd else 0.0,
+            kd.temperature if kd else 1.0,
+        )
         return loss + kd.features(out, batch) if features else loss
 
     return loss_of
 
 
-def train(model: nn.Module, train_set: Encoded, val_set: Encoded, cfg: TrainConfig, pad_id: int,
-          tracker: Tracker, seed: int, kd: Distillation | None = None, desc: str = "train",
-          dist: DistributedConfig | None = None) -> TrainOutcome:
+def train(
+    model: nn.Module,
+    train_set: Encoded,
+    val_set: Encoded,
+    cfg: TrainConfig,
+    pad_id: int,
+    tracker: Tracker,
+    seed: int,
+    kd: Distillation | None = None,
+    desc: str = "train",
+    dist: DistributedConfig | None = None,
+) -> TrainOutcome:
     torch.manual_seed(seed)
     dp = DataParallel(dist or DistributedConfig())
     home = next(model.parameters()).device  # the model goes back there when training ends
@@ -195,16 +219,29 @@ def train(model: nn.Module, train_set: Encoded, val_set: Encoded, cfg: TrainConf
     for epoch in range(1, cfg.epochs + 1):
         # Every process draws the same global batches (same seed) and takes its own share of each.
         batches = length_bucketed_batches(lengths, cfg.batch_size, shuffle=True, seed=seed * 1000 + epoch)
-        train_loss = train_epoch(dp, model, optimizer, batches, schedule, part_loss,
-                                 lambda part, index: dp.weight(len(part), len(index)),
-                                 f"{desc} epoch {epoch}/{cfg.epochs}", 4, before_clip)
+        train_loss = train_epoch(
+            dp,
+            model,
+            optimizer,
+            batches,
+            schedule,
+            part_loss,
+            lambda part, index: dp.weight(len(part), len(index)),
+            f"{desc} epoch {epoch}/{cfg.epochs}",
+            4,
+            before_clip,
+        )
         # Every process holds the same weights and scores the whole validation split; rank 0's figure decides,
         # so early stopping and the best epoch cannot differ between processes.
         val_acc = same_on_every_rank(accuracy(predict_logits(raw, val_set, pad_id), val_set.labels))
-        record = {"train_loss": train_loss, "val_accuracy": val_acc,
-                  "epoch_seconds": time.perf_counter() - started - sum(h["epoch_seconds"] for h in history)}
-        report_epoch(history, record, epoch, tracker, dp,
-                     f"{desc} epoch {epoch}: loss {train_loss:.4f}, val acc {val_acc:.4f}")
+        record = {
+            "train_loss": train_loss,
+            "val_accuracy": val_acc,
+            "epoch_seconds": time.perf_counter() - started - sum(h["epoch_seconds"] for h in history),
+        }
+        report_epoch(
+            history, record, epoch, tracker, dp, f"{desc} epoch {epoch}: loss {train_loss:.4f}, val acc {val_acc:.4f}"
+        )
         best.update(val_acc, epoch, raw)
         if best.stale >= cfg.patience and epoch < cfg.epochs:
             if dp.main:

@@ -71,6 +71,7 @@ class LMWorkspace(Workspace):
 
 # ------------------------------------------------------------------ the stages
 
+
 def ingest(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
     from components.causal_lm import data
 
@@ -92,16 +93,35 @@ def finetune(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
 def distill(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
     from components.causal_lm import train
 
-    return train.distill(p.lm.distill, ws.teacher, ws.prepared, ws.student, ws.student_ablation, tracker,
-                         seed=p.seed, max_length=p.lm.teacher.max_length, dist=p.distributed)
+    return train.distill(
+        p.lm.distill,
+        ws.teacher,
+        ws.prepared,
+        ws.student,
+        ws.student_ablation,
+        tracker,
+        seed=p.seed,
+        max_length=p.lm.teacher.max_length,
+        dist=p.distributed,
+    )
 
 
 def prune(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
     from components.causal_lm import train
 
-    return train.prune(p.lm.prune, ws.student, ws.teacher, ws.prepared, ws.pruned, tracker, seed=p.seed,
-                       max_length=p.lm.teacher.max_length, distill_cfg=p.lm.distill, ffn_ratio=p.lm.prune.ffn_ratio,
-                       dist=p.distributed)
+    return train.prune(
+        p.lm.prune,
+        ws.student,
+        ws.teacher,
+        ws.prepared,
+        ws.pruned,
+        tracker,
+        seed=p.seed,
+        max_length=p.lm.teacher.max_length,
+        distill_cfg=p.lm.distill,
+        ffn_ratio=p.lm.prune.ffn_ratio,
+        dist=p.distributed,
+    )
 
 
 def export(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
@@ -120,9 +140,13 @@ def evaluated_models(ws: LMWorkspace) -> list:
     """Every model the report covers, each in its deployable runtime."""
     from components.kit.report import ModelSpec
 
-    models = [ModelSpec("teacher", ws.teacher, "pytorch"), ModelSpec("student", ws.student, "pytorch"),
-              ModelSpec("pruned", ws.pruned, "pytorch"), ModelSpec("onnx_fp32", ws.onnx_fp32, "onnxruntime"),
-              ModelSpec("final", ws.final, "onnxruntime")]
+    models = [
+        ModelSpec("teacher", ws.teacher, "pytorch"),
+        ModelSpec("student", ws.student, "pytorch"),
+        ModelSpec("pruned", ws.pruned, "pytorch"),
+        ModelSpec("onnx_fp32", ws.onnx_fp32, "onnxruntime"),
+        ModelSpec("final", ws.final, "onnxruntime"),
+    ]
     if ws.student_ablation.exists():
         models.insert(2, ModelSpec("student_without_teacher", ws.student_ablation, "pytorch"))
     return models
@@ -131,8 +155,16 @@ def evaluated_models(ws: LMWorkspace) -> list:
 def evaluate(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
     from components.causal_lm import evaluate as component
 
-    return component.run(p.lm.evaluate, p.lm.gate, ws.prepared, evaluated_models(ws), ws.report.parent, tracker,
-                         seed=p.seed, max_length=p.lm.teacher.max_length)
+    return component.run(
+        p.lm.evaluate,
+        p.lm.gate,
+        ws.prepared,
+        evaluated_models(ws),
+        ws.report.parent,
+        tracker,
+        seed=p.seed,
+        max_length=p.lm.teacher.max_length,
+    )
 
 
 def register(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
@@ -143,29 +175,63 @@ _TRAIN = ("causal_lm.train", "kit.training", "kit.modeling", "kit.losses", "kit.
 _EXPORT = ("causal_lm.export", "kit.generation", "kit.quantization", "kit.onnx_models", "kit.files", "kit.latency")
 _MAX_LENGTH = "lm.teacher.max_length"
 STAGES: dict[str, Stage] = {
-    "ingest": Stage(ingest, StageIO((), ("prepared",), ("causal_lm.data", "kit.data", "kit.hashing", "kit.text")),
-                    ("lm.data", "seed"), reads_data_source=True),
+    "ingest": Stage(
+        ingest,
+        StageIO((), ("prepared",), ("causal_lm.data", "kit.data", "kit.hashing", "kit.text")),
+        ("lm.data", "seed"),
+        reads_data_source=True,
+    ),
     "validate": Stage(validate, StageIO(("prepared",), ("validation",), ("validate", "kit.text")), ("validate",)),
-    "finetune": Stage(finetune, StageIO(("prepared", "validation"), ("teacher",), _TRAIN),
-                      ("lm.teacher", "seed", "distributed"), data_parallel=True),
-    "distill": Stage(distill, StageIO(("prepared", "teacher"), ("student", "student_ablation"), _TRAIN),
-                     ("lm.distill", _MAX_LENGTH, "seed", "distributed"), data_parallel=True),
-    "prune": Stage(prune, StageIO(("prepared", "teacher", "student"), ("pruned",), _TRAIN),
-                   ("lm.prune", "lm.distill", _MAX_LENGTH, "seed", "distributed"), data_parallel=True),
+    "finetune": Stage(
+        finetune,
+        StageIO(("prepared", "validation"), ("teacher",), _TRAIN),
+        ("lm.teacher", "seed", "distributed"),
+        data_parallel=True,
+    ),
+    "distill": Stage(
+        distill,
+        StageIO(("prepared", "teacher"), ("student", "student_ablation"), _TRAIN),
+        ("lm.distill", _MAX_LENGTH, "seed", "distributed"),
+        data_parallel=True,
+    ),
+    "prune": Stage(
+        prune,
+        StageIO(("prepared", "teacher", "student"), ("pruned",), _TRAIN),
+        ("lm.prune", "lm.distill", _MAX_LENGTH, "seed", "distributed"),
+        data_parallel=True,
+    ),
     "export": Stage(export, StageIO(("prepared", "pruned"), ("onnx_fp32",), _EXPORT), ()),
     "quantize": Stage(quantize, StageIO(("prepared", "onnx_fp32"), ("final",), _EXPORT), ()),
-    "evaluate": Stage(evaluate, StageIO(("prepared", "teacher", "student", "student_ablation", "pruned", "onnx_fp32",
-                                         "final"), ("report", "report_md"),
-                                        ("causal_lm.evaluate", "causal_lm.export", "causal_lm.train", "kit.generation",
-                                         "kit.latency", "kit.rss_probe", "kit.gate", "kit.report", "kit.files")),
-                      ("lm.evaluate", "lm.gate", _MAX_LENGTH, "seed")),
-    "register": Stage(register, StageIO(("final", "report"), ("registration",),
-                                        ("kit.gate", "kit.promotion", "flows.registry")),
-                      ("register", "lm.gate"), registers=True),
+    "evaluate": Stage(
+        evaluate,
+        StageIO(
+            ("prepared", "teacher", "student", "student_ablation", "pruned", "onnx_fp32", "final"),
+            ("report", "report_md"),
+            (
+                "causal_lm.evaluate",
+                "causal_lm.export",
+                "causal_lm.train",
+                "kit.generation",
+                "kit.latency",
+                "kit.rss_probe",
+                "kit.gate",
+                "kit.report",
+                "kit.files",
+            ),
+        ),
+        ("lm.evaluate", "lm.gate", _MAX_LENGTH, "seed"),
+    ),
+    "register": Stage(
+        register,
+        StageIO(("final", "report"), ("registration",), ("kit.gate", "kit.promotion", "flows.registry")),
+        ("register", "lm.gate"),
+        registers=True,
+    ),
 }
 
 
 # ------------------------------------------------------------------ what else differs from another task
+
 
 def decide(ratios: dict, p: Params) -> gate.GateDecision:
     return gate.decide_lm(ratios, p.lm.gate)
@@ -193,11 +259,13 @@ def bundle_metrics(final: dict) -> dict:
 
 def summary(report: dict) -> list[str]:
     ratios, teacher, final = report["final_vs_teacher"], report["models"]["teacher"], report["models"]["final"]
-    return [f"  perplexity {teacher['perplexity']:.2f} -> {final['perplexity']:.2f} "
-            f"({ratios['perplexity_ratio']:.3f}x), BLEU {teacher['bleu']:.2f} -> {final['bleu']:.2f} "
-            f"(drop {ratios['bleu_drop_points']:.2f} points)",
-            f"  size {ratios['size_ratio']:.2f}x smaller, greedy generation {ratios['generation_speedup']:.2f}x "
-            f"faster ({teacher['tokens_per_s']:.0f} -> {final['tokens_per_s']:.0f} tokens/s)"]
+    return [
+        f"  perplexity {teacher['perplexity']:.2f} -> {final['perplexity']:.2f} "
+        f"({ratios['perplexity_ratio']:.3f}x), BLEU {teacher['bleu']:.2f} -> {final['bleu']:.2f} "
+        f"(drop {ratios['bleu_drop_points']:.2f} points)",
+        f"  size {ratios['size_ratio']:.2f}x smaller, greedy generation {ratios['generation_speedup']:.2f}x "
+        f"faster ({teacher['tokens_per_s']:.0f} -> {final['tokens_per_s']:.0f} tokens/s)",
+    ]
 
 
 def preflight(params: Params, root: Path, search: bool = False) -> None:
@@ -211,9 +279,24 @@ def preflight(params: Params, root: Path, search: bool = False) -> None:
 
 
 TASK = Task(
-    name=NAME, params_file="configs/causal-lm.yaml", stages=STAGES, workspace=LMWorkspace,
-    data_source="lm.data.source", bundle_kind=KIND, dvc_prefix="lm-",
-    dvc_note=("The causal-lm task (configs/causal-lm.yaml): the same stages over data/causal-lm, models/causal-lm",
-              "and reports/causal-lm."),
-    quality="perplexity", gate=decide, champion_gate=against_champion, remeasure=remeasure, data_sha256=data_sha256,
-    bundle_metrics=bundle_metrics, summary=summary, report_files=".json", preflight=preflight)
+    name=NAME,
+    params_file="configs/causal-lm.yaml",
+    stages=STAGES,
+    workspace=LMWorkspace,
+    data_source="lm.data.source",
+    bundle_kind=KIND,
+    dvc_prefix="lm-",
+    dvc_note=(
+        "The causal-lm task (configs/causal-lm.yaml): the same stages over data/causal-lm, models/causal-lm",
+        "and reports/causal-lm.",
+    ),
+    quality="perplexity",
+    gate=decide,
+    champion_gate=against_champion,
+    remeasure=remeasure,
+    data_sha256=data_sha256,
+    bundle_metrics=bundle_metrics,
+    summary=summary,
+    report_files=".json",
+    preflight=preflight,
+)

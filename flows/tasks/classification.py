@@ -80,8 +80,8 @@ class ClassificationWorkspace(Workspace):
         return self.reports / "seeds.json"
 
 
-
 # ------------------------------------------------------------------ the stages
+
 
 def ingest(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
     from components.classification import ingest as component
@@ -109,15 +109,32 @@ def finetune(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageR
 def distill(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
     from components.classification import distill as component
 
-    return component.run(p.distill, ws.teacher, ws.prepared, ws.student, tracker, seed=p.seed, dist=p.distributed,
-                         soft_cache=soft_cache(ws))
+    return component.run(
+        p.distill,
+        ws.teacher,
+        ws.prepared,
+        ws.student,
+        tracker,
+        seed=p.seed,
+        dist=p.distributed,
+        soft_cache=soft_cache(ws),
+    )
 
 
 def prune(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
     from components.classification import prune as component
 
-    return component.run(p.prune, ws.student, ws.teacher, ws.prepared, ws.pruned, tracker, seed=p.seed,
-                         dist=p.distributed, soft_cache=soft_cache(ws))
+    return component.run(
+        p.prune,
+        ws.student,
+        ws.teacher,
+        ws.prepared,
+        ws.pruned,
+        tracker,
+        seed=p.seed,
+        dist=p.distributed,
+        soft_cache=soft_cache(ws),
+    )
 
 
 def trim(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
@@ -131,9 +148,14 @@ def export(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageRes
     from components.classification import export as component
 
     final = component.run(p.export, ws.trimmed, ws.prepared, ws.onnx_fp32, tracker, max_length=p.teacher.max_length)
-    baseline = component.run(p.export, ws.teacher, ws.prepared, ws.teacher_onnx_fp32,
-                             PrefixedTracker(tracker, "teacher."),
-                             max_length=p.teacher.max_length)
+    baseline = component.run(
+        p.export,
+        ws.teacher,
+        ws.prepared,
+        ws.teacher_onnx_fp32,
+        PrefixedTracker(tracker, "teacher."),
+        max_length=p.teacher.max_length,
+    )
     return merge(final, baseline, "teacher.")
 
 
@@ -142,16 +164,34 @@ def quantize(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageR
 
     final = component.run(p.quantize, ws.onnx_fp32, ws.prepared, ws.final, tracker, max_length=p.teacher.max_length)
     # The baseline is what quantizing alone gives: Optimum's plain dynamic int8 of the teacher.
-    plain = p.quantize.model_copy(update={"candidates": ["int8"], "per_channel": [False],
-                                         "max_drop_vs_fp32_points": 100.0})
-    baseline = component.run(plain, ws.teacher_onnx_fp32, ws.prepared, ws.baseline_teacher_int8,
-                             PrefixedTracker(tracker, "teacher."), max_length=p.teacher.max_length)
+    plain = p.quantize.model_copy(
+        update={"candidates": ["int8"], "per_channel": [False], "max_drop_vs_fp32_points": 100.0}
+    )
+    baseline = component.run(
+        plain,
+        ws.teacher_onnx_fp32,
+        ws.prepared,
+        ws.baseline_teacher_int8,
+        PrefixedTracker(tracker, "teacher."),
+        max_length=p.teacher.max_length,
+    )
     return merge(final, baseline, "teacher.")
 
 
-def student_chain(p: Params, teacher: Path, prepared: Path, out: dict[str, Path], tracker: Tracker, prefix: str,
-                  seed: int, soft: Path, distill_cfg: BaseModel, prune_cfg: BaseModel | None,
-                  trim_cfg: BaseModel | None, quantize_cfg: BaseModel | None) -> tuple[Path, str]:
+def student_chain(
+    p: Params,
+    teacher: Path,
+    prepared: Path,
+    out: dict[str, Path],
+    tracker: Tracker,
+    prefix: str,
+    seed: int,
+    soft: Path,
+    distill_cfg: BaseModel,
+    prune_cfg: BaseModel | None,
+    trim_cfg: BaseModel | None,
+    quantize_cfg: BaseModel | None,
+) -> tuple[Path, str]:
     """The student chain from a trained teacher, as the seeds stage re-runs it per seed and the search builds
     each candidate (flows/search.py): distill -> prune -> trim -> export -> quantize.
 
@@ -162,17 +202,29 @@ def student_chain(p: Params, teacher: Path, prepared: Path, out: dict[str, Path]
     from components.classification import distill, export, prune, quantize, trim
 
     length = p.teacher.max_length
-    log = {name: PrefixedTracker(tracker, f"{prefix}{name}.") for name in ("distill", "prune", "trim", "export",
-                                                                          "quantize")}
+    log = {
+        name: PrefixedTracker(tracker, f"{prefix}{name}.")
+        for name in ("distill", "prune", "trim", "export", "quantize")
+    }
     student = model = out["student"]
     if not student.exists():
-        distill.run(distill_cfg, teacher, prepared, student, log["distill"], seed=seed, dist=p.distributed,
-                    soft_cache=soft)
+        distill.run(
+            distill_cfg, teacher, prepared, student, log["distill"], seed=seed, dist=p.distributed, soft_cache=soft
+        )
     if prune_cfg is not None:
         model = out["pruned"]
         if not model.exists():
-            prune.run(prune_cfg, student, teacher, prepared, model, log["prune"], seed=seed, dist=p.distributed,
-                      soft_cache=soft)
+            prune.run(
+                prune_cfg,
+                student,
+                teacher,
+                prepared,
+                model,
+                log["prune"],
+                seed=seed,
+                dist=p.distributed,
+                soft_cache=soft,
+            )
     onnx_dir = out["onnx_fp32"]
     if not onnx_dir.exists():
         if trim_cfg is not None:
@@ -198,19 +250,36 @@ def seeds(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResu
         out = ws.seeds / str(seed)
         print(f"  seeds: re-training the student chain with seed {seed}", flush=True)
         final, shipped = student_chain(
-            p, ws.teacher, ws.prepared, {step: out / step for step in ("student", "pruned", "trimmed", "onnx_fp32",
-                                                                       "final")},
-            tracker, f"seed{seed}.", seed, soft_cache(ws), p.distill.model_copy(update={"ablation": False}), p.prune,
-            p.trim, p.quantize)
-        row = {"seed": seed, "quantization": shipped,
-               **measure_final(final, ws.teacher, ws.prepared, p.teacher.max_length)}
-        print(f"  seeds: seed {seed} final model test acc {row['accuracy']:.4f}, "
-              f"agreement with the teacher {row['agreement_with_teacher']:.4f}", flush=True)
+            p,
+            ws.teacher,
+            ws.prepared,
+            {step: out / step for step in ("student", "pruned", "trimmed", "onnx_fp32", "final")},
+            tracker,
+            f"seed{seed}.",
+            seed,
+            soft_cache(ws),
+            p.distill.model_copy(update={"ablation": False}),
+            p.prune,
+            p.trim,
+            p.quantize,
+        )
+        row = {
+            "seed": seed,
+            "quantization": shipped,
+            **measure_final(final, ws.teacher, ws.prepared, p.teacher.max_length),
+        }
+        print(
+            f"  seeds: seed {seed} final model test acc {row['accuracy']:.4f}, "
+            f"agreement with the teacher {row['agreement_with_teacher']:.4f}",
+            flush=True,
+        )
         for stage_dir in ("student", "pruned", "trimmed", "onnx_fp32"):
             shutil.rmtree(out / stage_dir)
         rows.append(row)
-        metrics |= {f"seed{seed}.accuracy": row["accuracy"],
-                    f"seed{seed}.agreement_with_teacher": row["agreement_with_teacher"]}
+        metrics |= {
+            f"seed{seed}.accuracy": row["accuracy"],
+            f"seed{seed}.agreement_with_teacher": row["agreement_with_teacher"],
+        }
     ws.seeds.mkdir(parents=True, exist_ok=True)  # an output even when seeds.extra is empty
     ws.seed_report.parent.mkdir(parents=True, exist_ok=True)
     ws.seed_report.write_text(json.dumps({"seed": p.seed, "extra": rows}, indent=2))
@@ -222,18 +291,32 @@ def evaluated_models(ws: ClassificationWorkspace) -> list:
     """Every model the report covers, each in its deployable runtime."""
     from components.kit.report import ModelSpec
 
-    return [ModelSpec("teacher", ws.teacher, "pytorch"), ModelSpec("student", ws.student, "pytorch"),
-            ModelSpec("pruned", ws.pruned, "pytorch"), ModelSpec("trimmed", ws.trimmed, "pytorch"),
-            ModelSpec("onnx_fp32", ws.onnx_fp32, "onnxruntime"), ModelSpec("final", ws.final, "onnxruntime"),
-            ModelSpec("baseline_teacher_int8", ws.baseline_teacher_int8, "onnxruntime")]
+    return [
+        ModelSpec("teacher", ws.teacher, "pytorch"),
+        ModelSpec("student", ws.student, "pytorch"),
+        ModelSpec("pruned", ws.pruned, "pytorch"),
+        ModelSpec("trimmed", ws.trimmed, "pytorch"),
+        ModelSpec("onnx_fp32", ws.onnx_fp32, "onnxruntime"),
+        ModelSpec("final", ws.final, "onnxruntime"),
+        ModelSpec("baseline_teacher_int8", ws.baseline_teacher_int8, "onnxruntime"),
+    ]
 
 
 def evaluate(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
     from components.classification import evaluate as component
 
     extra = json.loads(ws.seed_report.read_text())["extra"] if ws.seed_report.exists() else []
-    return component.run(p.evaluate, p.register_.gate, ws.prepared, evaluated_models(ws), ws.report.parent, tracker,
-                         max_length=p.teacher.max_length, seed=p.seed, seed_runs=extra)
+    return component.run(
+        p.evaluate,
+        p.register_.gate,
+        ws.prepared,
+        evaluated_models(ws),
+        ws.report.parent,
+        tracker,
+        max_length=p.teacher.max_length,
+        seed=p.seed,
+        seed_runs=extra,
+    )
 
 
 def register(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
@@ -245,43 +328,104 @@ _EXPORT = ("classification.export", "kit.onnx_models", "kit.files", "kit.modelin
 _QUANTIZE = ("classification.quantize", "kit.quantization", "kit.onnx_models", "kit.files", "kit.latency")
 _MAX_LENGTH = "teacher.max_length"
 STAGES: dict[str, Stage] = {
-    "ingest": Stage(ingest, StageIO((), ("prepared",), ("classification.ingest", "kit.data", "kit.hashing",
-                                                         "kit.text")),
-                    ("data",), reads_data_source=True),
-    "validate": Stage(validate, StageIO(("prepared",), ("validation",), ("validate", "kit.text")),
-                      ("validate", "data.labels")),
-    "finetune": Stage(finetune, StageIO(("prepared", "validation"), ("teacher",), ("classification.finetune", *_TRAIN)),
-                      ("teacher", "seed", "distributed"), data_parallel=True),
-    "distill": Stage(distill, StageIO(("prepared", "teacher"), ("student",), ("classification.distill", *_TRAIN)),
-                     ("distill", "seed", "distributed"), data_parallel=True),
-    "prune": Stage(prune, StageIO(("prepared", "teacher", "student"), ("pruned",),
-                                  ("classification.prune", "kit.pruning", *_TRAIN)),
-                   ("prune", "seed", "distributed"), data_parallel=True),
+    "ingest": Stage(
+        ingest,
+        StageIO((), ("prepared",), ("classification.ingest", "kit.data", "kit.hashing", "kit.text")),
+        ("data",),
+        reads_data_source=True,
+    ),
+    "validate": Stage(
+        validate, StageIO(("prepared",), ("validation",), ("validate", "kit.text")), ("validate", "data.labels")
+    ),
+    "finetune": Stage(
+        finetune,
+        StageIO(("prepared", "validation"), ("teacher",), ("classification.finetune", *_TRAIN)),
+        ("teacher", "seed", "distributed"),
+        data_parallel=True,
+    ),
+    "distill": Stage(
+        distill,
+        StageIO(("prepared", "teacher"), ("student",), ("classification.distill", *_TRAIN)),
+        ("distill", "seed", "distributed"),
+        data_parallel=True,
+    ),
+    "prune": Stage(
+        prune,
+        StageIO(("prepared", "teacher", "student"), ("pruned",), ("classification.prune", "kit.pruning", *_TRAIN)),
+        ("prune", "seed", "distributed"),
+        data_parallel=True,
+    ),
     "trim": Stage(trim, StageIO(("prepared", "pruned"), ("trimmed",), ("classification.trim",)), ("trim", _MAX_LENGTH)),
-    "export": Stage(export, StageIO(("prepared", "trimmed", "teacher"), ("onnx_fp32", "teacher_onnx_fp32"), _EXPORT),
-                    ("export", _MAX_LENGTH)),
-    "quantize": Stage(quantize, StageIO(("prepared", "onnx_fp32", "teacher_onnx_fp32"),
-                                        ("final", "baseline_teacher_int8"), _QUANTIZE),
-                      ("quantize", _MAX_LENGTH)),
-    "seeds": Stage(seeds, StageIO(("prepared", "teacher"), ("seeds", "seed_report"),
-                                  ("kit.seeds", "classification.distill", "classification.prune", "classification.trim",
-                                   "classification.export", "classification.quantize", "kit.pruning",
-                                   "kit.onnx_models", "kit.quantization", "kit.files", "kit.latency", *_TRAIN)),
-                   ("seeds.extra", "seed", "distill", "prune", "trim", "export", "quantize", _MAX_LENGTH,
-                    "distributed")),
-    "evaluate": Stage(evaluate, StageIO(("prepared", "teacher", "student", "pruned", "trimmed", "onnx_fp32", "final",
-                                         "baseline_teacher_int8", "seed_report"),
-                                        ("report", "report_md", "report_plot"),
-                                        ("classification.evaluate", "kit.latency", "kit.rss_probe", "kit.gate",
-                                         "kit.seeds", "kit.report", "kit.files")),
-                      ("evaluate", "register.gate", _MAX_LENGTH, "seed")),
-    "register": Stage(register, StageIO(("final", "report"), ("registration",),
-                                        ("kit.gate", "kit.promotion", "flows.registry")),
-                      ("register",), registers=True),
+    "export": Stage(
+        export,
+        StageIO(("prepared", "trimmed", "teacher"), ("onnx_fp32", "teacher_onnx_fp32"), _EXPORT),
+        ("export", _MAX_LENGTH),
+    ),
+    "quantize": Stage(
+        quantize,
+        StageIO(("prepared", "onnx_fp32", "teacher_onnx_fp32"), ("final", "baseline_teacher_int8"), _QUANTIZE),
+        ("quantize", _MAX_LENGTH),
+    ),
+    "seeds": Stage(
+        seeds,
+        StageIO(
+            ("prepared", "teacher"),
+            ("seeds", "seed_report"),
+            (
+                "kit.seeds",
+                "classification.distill",
+                "classification.prune",
+                "classification.trim",
+                "classification.export",
+                "classification.quantize",
+                "kit.pruning",
+                "kit.onnx_models",
+                "kit.quantization",
+                "kit.files",
+                "kit.latency",
+                *_TRAIN,
+            ),
+        ),
+        ("seeds.extra", "seed", "distill", "prune", "trim", "export", "quantize", _MAX_LENGTH, "distributed"),
+    ),
+    "evaluate": Stage(
+        evaluate,
+        StageIO(
+            (
+                "prepared",
+                "teacher",
+                "student",
+                "pruned",
+                "trimmed",
+                "onnx_fp32",
+                "final",
+                "baseline_teacher_int8",
+                "seed_report",
+            ),
+            ("report", "report_md", "report_plot"),
+            (
+                "classification.evaluate",
+                "kit.latency",
+                "kit.rss_probe",
+                "kit.gate",
+                "kit.seeds",
+                "kit.report",
+                "kit.files",
+            ),
+        ),
+        ("evaluate", "register.gate", _MAX_LENGTH, "seed"),
+    ),
+    "register": Stage(
+        register,
+        StageIO(("final", "report"), ("registration",), ("kit.gate", "kit.promotion", "flows.registry")),
+        ("register",),
+        registers=True,
+    ),
 }
 
 
 # ------------------------------------------------------------------ what else differs from another task
+
 
 def decide(ratios: dict, p: Params) -> gate.GateDecision:
     return gate.decide(ratios, p.register_.gate)
@@ -313,9 +457,11 @@ def bundle_metrics(final: dict) -> dict:
 
 def summary(report: dict) -> list[str]:
     ratios, teacher, final = report["final_vs_teacher"], report["models"]["teacher"], report["models"]["final"]
-    return [f"  teacher accuracy {teacher['accuracy']:.4f} -> final {final['accuracy']:.4f} "
-            f"(drop {ratios['accuracy_drop_points']:.2f} points)",
-            f"  size {ratios['size_ratio']:.2f}x smaller, batch-1 p50 {ratios['speedup_batch1_p50']:.2f}x faster"]
+    return [
+        f"  teacher accuracy {teacher['accuracy']:.4f} -> final {final['accuracy']:.4f} "
+        f"(drop {ratios['accuracy_drop_points']:.2f} points)",
+        f"  size {ratios['size_ratio']:.2f}x smaller, batch-1 p50 {ratios['speedup_batch1_p50']:.2f}x faster",
+    ]
 
 
 def preflight(params: Params, root: Path, search: bool = False) -> None:
@@ -334,13 +480,36 @@ def bench(p: Params, ws: ClassificationWorkspace, repeats: int) -> tuple[dict, s
     names = json.loads(ws.report.read_text())["models"]
     models = [m for m in evaluated_models(ws) if m.name in names and m.path.exists()]
     cfg = p.evaluate
-    result = component.run(models, ws.prepared, repeats, cfg.threads, cfg.warmup, cfg.batch1_calls,
-                           min(cfg.batch32_calls, 50), p.teacher.max_length)
+    result = component.run(
+        models,
+        ws.prepared,
+        repeats,
+        cfg.threads,
+        cfg.warmup,
+        cfg.batch1_calls,
+        min(cfg.batch32_calls, 50),
+        p.teacher.max_length,
+    )
     return result, component.render(result)
 
 
 TASK = Task(
-    name=NAME, params_file="params.yaml", stages=STAGES, workspace=ClassificationWorkspace, data_source="data.source",
-    bundle_kind=KIND, dvc_prefix="", dvc_note=(), quality="accuracy", gate=decide, champion_gate=against_champion,
-    remeasure=remeasure, data_sha256=data_sha256, bundle_metrics=bundle_metrics, summary=summary,
-    report_files=".json, compression_plot.png", preflight=preflight, bench=bench)
+    name=NAME,
+    params_file="params.yaml",
+    stages=STAGES,
+    workspace=ClassificationWorkspace,
+    data_source="data.source",
+    bundle_kind=KIND,
+    dvc_prefix="",
+    dvc_note=(),
+    quality="accuracy",
+    gate=decide,
+    champion_gate=against_champion,
+    remeasure=remeasure,
+    data_sha256=data_sha256,
+    bundle_metrics=bundle_metrics,
+    summary=summary,
+    report_files=".json, compression_plot.png",
+    preflight=preflight,
+    bench=bench,
+)

@@ -35,8 +35,13 @@ def packaged(tiny_model_dir, tiny_prepared, tmp_path_factory):
 
 def test_bundle_holds_the_model_tokenizer_labels_script_and_hashes(packaged):
     _, out = packaged
-    assert sorted(p.name for p in out.iterdir()) == ["labels.json", "manifest.json", "model.onnx", "predict.py",
-                                                     "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "labels.json",
+        "manifest.json",
+        "model.onnx",
+        "predict.py",
+        "tokenizer.json",
+    ]
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["files"]) == {"model.onnx", "tokenizer.json", "labels.json", "predict.py"}
     assert manifest["metrics"] == {"accuracy": 0.5} and manifest["max_length"] == 32
@@ -89,8 +94,9 @@ def test_predict_py_runs_in_a_fresh_environment(packaged, edge_python, tmp_path)
 
     jsonl = tmp_path / "texts.jsonl"
     jsonl.write_text("\n".join(json.dumps(t if i % 2 else {"text": t}) for i, t in enumerate(TEXTS)) + "\n")
-    batch = subprocess.run([str(edge_python), str(out / "predict.py"), "--jsonl", str(jsonl)], capture_output=True,
-                           text=True)
+    batch = subprocess.run(
+        [str(edge_python), str(out / "predict.py"), "--jsonl", str(jsonl)], capture_output=True, text=True
+    )
     assert batch.returncode == 0, batch.stderr
     assert [json.loads(line)["text"] for line in batch.stdout.splitlines()] == TEXTS
 
@@ -104,6 +110,7 @@ def test_predict_py_runs_in_a_fresh_environment(packaged, edge_python, tmp_path)
 
 
 # ---------------------------------------------------------------- where a bundle may be written
+
 
 def bundle_at(packaged, out, force: bool = False):
     onnx_dir, _ = packaged
@@ -203,6 +210,7 @@ def test_package_command_refuses_with_exit_2_and_prints_the_manifest_sha256(pack
 
 # ---------------------------------------------------------------- the bundle's file set is fixed
 
+
 def rewrite_manifest(folder, change) -> None:
     manifest = json.loads((folder / "manifest.json").read_text())
     change(manifest)
@@ -224,13 +232,16 @@ def test_a_manifest_listing_no_files_is_refused(copy):
         Predictor(copy)
 
 
-@pytest.mark.parametrize("change, words", [
-    (lambda m: m["files"].pop("model.onnx"), "does not list model.onnx"),
-    (lambda m: m["files"].update({"extra.onnx": "0" * 64}), "lists extra.onnx, which a classification bundle"),
-    (lambda m: m["files"].update({"../model.onnx": "0" * 64}), "lists ../model.onnx: a bundle's file names"),
-    (lambda m: m["files"].update({"sub/model.onnx": "0" * 64}), "lists sub/model.onnx"),
-    (lambda m: m.update(files=["model.onnx"]), 'has no "files" table'),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda m: m["files"].pop("model.onnx"), "does not list model.onnx"),
+        (lambda m: m["files"].update({"extra.onnx": "0" * 64}), "lists extra.onnx, which a classification bundle"),
+        (lambda m: m["files"].update({"../model.onnx": "0" * 64}), "lists ../model.onnx: a bundle's file names"),
+        (lambda m: m["files"].update({"sub/model.onnx": "0" * 64}), "lists sub/model.onnx"),
+        (lambda m: m.update(files=["model.onnx"]), 'has no "files" table'),
+    ],
+)
 def test_a_manifest_listing_another_set_is_refused(copy, change, words):
     rewrite_manifest(copy, change)
     with pytest.raises(BundleError, match=re.escape(words)):
@@ -258,10 +269,18 @@ def test_expect_manifest_refuses_a_manifest_rewritten_with_a_swapped_file(copy, 
     assert verify(copy)  # consistent on its own: only the pin tells
     with pytest.raises(BundleError, match=f"not the expected {pinned}"):
         verify(copy, pinned)
-    refused = subprocess.run([sys.executable, str(copy / "predict.py"), "--expect-manifest", pinned, "x"],
-                             capture_output=True, text=True, cwd=tmp_path)
+    refused = subprocess.run(
+        [sys.executable, str(copy / "predict.py"), "--expect-manifest", pinned, "x"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert refused.returncode == 2 and "not the bundle that was pinned" in refused.stderr and refused.stdout == ""
     fresh = bundle.manifest_sha256(copy)
-    done = subprocess.run([sys.executable, str(copy / "predict.py"), "--expect-manifest", fresh, "x"],
-                          capture_output=True, text=True, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(copy / "predict.py"), "--expect-manifest", fresh, "x"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr

@@ -17,26 +17,32 @@ def test_profile_then_overrides_apply_in_order():
     assert params.data.max_rows == 50
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("distill.alphaa=0.3", "unknown key 'distill.alphaa'"),
-    ("distill.alpha=1.5", "distill.alpha"),
-    ("prune.head_ratio=1.0", "prune.head_ratio"),
-    ("register.gate.max_drop_vs_teacher_points=-1", "register.gate.max_drop_vs_teacher_points"),
-    ("teacher.epochs=many", "teacher.epochs"),
-    ("distill.layers=[2, 1]", "distill.layers"),
-    ("data.split=[0.5, 0.5, 0.5]", "data.split"),
-    ("nonsense", "key=value"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("distill.alphaa=0.3", "unknown key 'distill.alphaa'"),
+        ("distill.alpha=1.5", "distill.alpha"),
+        ("prune.head_ratio=1.0", "prune.head_ratio"),
+        ("register.gate.max_drop_vs_teacher_points=-1", "register.gate.max_drop_vs_teacher_points"),
+        ("teacher.epochs=many", "teacher.epochs"),
+        ("distill.layers=[2, 1]", "distill.layers"),
+        ("data.split=[0.5, 0.5, 0.5]", "data.split"),
+        ("nonsense", "key=value"),
+    ],
+)
 def test_bad_values_name_the_key(override, needle):
     with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace(".", r"\.")):
         build_params(RAW, overrides=[override])
 
 
-@pytest.mark.parametrize("old, new", [
-    ("quantize.max_accuracy_drop_points", "quantize.max_drop_vs_fp32_points"),
-    ("search.max_accuracy_drop_points", "search.max_drop_vs_teacher_points"),
-    ("register.gate.max_accuracy_drop_points", "register.gate.max_drop_vs_teacher_points"),
-])
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("quantize.max_accuracy_drop_points", "quantize.max_drop_vs_fp32_points"),
+        ("search.max_accuracy_drop_points", "search.max_drop_vs_teacher_points"),
+        ("register.gate.max_accuracy_drop_points", "register.gate.max_drop_vs_teacher_points"),
+    ],
+)
 def test_a_renamed_key_names_its_new_name(old, new):
     with pytest.raises(ConfigError, match=rf"unknown key '{old}' \(renamed: use '{new}'\)"):
         build_params(RAW, overrides=[f"{old}=1.0"])

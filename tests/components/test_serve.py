@@ -82,8 +82,9 @@ def packaged(tiny_model_dir, tiny_prepared, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def url(packaged):
-    with running(make_app(packaged, max_text_chars=MAX_TEXT_CHARS, max_batch=MAX_BATCH, threads=1,
-                          max_body_bytes=MAX_BODY)) as base:
+    with running(
+        make_app(packaged, max_text_chars=MAX_TEXT_CHARS, max_batch=MAX_BATCH, threads=1, max_body_bytes=MAX_BODY)
+    ) as base:
         yield base
 
 
@@ -94,8 +95,11 @@ def expected(packaged: Path, texts: list[str]) -> list[dict]:
 def test_health_tells_liveness_and_the_model_version_only(url):
     status, body = call(f"{url}/health")
     assert status == 200 and body == {"status": "ok", "model": {"name": None, "version": None}}
-    registered = {"source": {"model_uri": "models:/m/3", "name": "m", "version": "3", "run_id": "r"},
-                  "metrics": {"accuracy": 0.5}, "files": {"model.onnx": "ab" * 32}}
+    registered = {
+        "source": {"model_uri": "models:/m/3", "name": "m", "version": "3", "run_id": "r"},
+        "metrics": {"accuracy": 0.5},
+        "files": {"model.onnx": "ab" * 32},
+    }
     assert model_info(registered) == {"name": "m", "version": "3"}
 
 
@@ -122,15 +126,18 @@ def test_concurrent_requests_get_their_own_answers(url, packaged):
     assert [a[1]["predictions"][0] for a in answers] == [want[i % 3] for i in range(12)]
 
 
-@pytest.mark.parametrize("body, words", [
-    ({}, 'request body: give exactly one of "texts" and "text" ('),
-    ({"texts": []}, "texts: List should have at least 1 item"),
-    ({"texts": ["fine", 3]}, "texts.1: Input should be a valid string"),
-    ({"text": ["not", "a", "string"]}, "text: Input should be a valid string"),
-    ({"txt": "typo"}, "txt: Extra inputs are not permitted"),
-    ({"text": "a", "texts": ["b"]}, 'give exactly one of "texts" and "text"'),
-    ("just a string", "Input should be a valid dictionary"),
-])
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ({}, 'request body: give exactly one of "texts" and "text" ('),
+        ({"texts": []}, "texts: List should have at least 1 item"),
+        ({"texts": ["fine", 3]}, "texts.1: Input should be a valid string"),
+        ({"text": ["not", "a", "string"]}, "text: Input should be a valid string"),
+        ({"txt": "typo"}, "txt: Extra inputs are not permitted"),
+        ({"text": "a", "texts": ["b"]}, 'give exactly one of "texts" and "text"'),
+        ("just a string", "Input should be a valid dictionary"),
+    ],
+)
 def test_a_body_of_the_wrong_shape_is_a_readable_422(url, body, words):
     status, answer = call(f"{url}/predict", body)
     assert status == 422 and words in answer["detail"], answer
@@ -147,9 +154,14 @@ def test_broken_json_and_a_missing_body_are_422(url):
 def test_limits_answer_413_naming_the_limit_and_the_text(url):
     status, answer = call(f"{url}/predict", {"texts": ["short", "x" * 10, "y" * (MAX_TEXT_CHARS + 1)]})
     assert status == 413
-    assert answer["detail"] == f"texts[2] is {MAX_TEXT_CHARS + 1} characters long; the limit is max_text_chars={MAX_TEXT_CHARS}"
+    assert (
+        answer["detail"]
+        == f"texts[2] is {MAX_TEXT_CHARS + 1} characters long; the limit is max_text_chars={MAX_TEXT_CHARS}"
+    )
     status, answer = call(f"{url}/predict", {"texts": ["a"] * (MAX_BATCH + 1)})
-    assert status == 413 and f"{MAX_BATCH + 1} texts" in answer["detail"] and f"max_batch={MAX_BATCH}" in answer["detail"]
+    assert (
+        status == 413 and f"{MAX_BATCH + 1} texts" in answer["detail"] and f"max_batch={MAX_BATCH}" in answer["detail"]
+    )
     status, _ = call(f"{url}/predict", {"texts": ["z" * MAX_TEXT_CHARS] * MAX_BATCH})  # exactly at both limits
     assert status == 200
 
@@ -178,8 +190,10 @@ def raw_exchange(url: str, head: bytes, parts: list[bytes], wait: float = 10.0) 
 
 
 def test_a_100_mb_content_length_is_413_before_the_body_is_sent(url):
-    head = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 100000000\r\n\r\n")
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100000000\r\n\r\n"
+    )
     started = time.monotonic()
     # 1 KB of the promised 100 MB: an answer can only come before the body was read
     answer = raw_exchange(url, head, [b'{"texts": ["' + b"x" * 1000])
@@ -192,8 +206,10 @@ def chunk(data: bytes) -> bytes:
 
 
 def test_a_chunked_body_over_the_limit_is_413_after_reading_no_more_than_the_limit(url):
-    head = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n")
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
     # 5 KB sent of a body that never ends: the answer comes once the limit (4 KB) is passed
     answer = raw_exchange(url, head, [chunk(b'{"texts": ["' + b"x" * 1024)] + [chunk(b"x" * 1024)] * 4)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
@@ -207,8 +223,9 @@ def test_a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_413(url):
     status, answer = call(f"{url}/predict", raw=body + b" " * (MAX_BODY - len(body)))
     assert status == 200 and answer["count"] == 1
     status, answer = call(f"{url}/predict", raw=body + b" " * (MAX_BODY + 1 - len(body)))
-    assert status == 413 and answer["detail"] == (f"the request body is over {MAX_BODY} bytes; the limit is "
-                                                  f"max_body_bytes={MAX_BODY}")
+    assert status == 413 and answer["detail"] == (
+        f"the request body is over {MAX_BODY} bytes; the limit is max_body_bytes={MAX_BODY}"
+    )
 
 
 def test_unknown_routes_are_404(url):
@@ -236,9 +253,13 @@ def free_port() -> int:
 def test_serve_model_command_serves_and_refuses_a_tampered_bundle(packaged, tmp_path):
     port = free_port()
     # cwd is a scratch folder: ONNX Runtime may write temporary files beside the process.
-    process = subprocess.Popen([str(CLI), "serve-model", str(packaged), "--port", str(port), "--max-batch", "2",
-                                "--threads", "1"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+    process = subprocess.Popen(
+        [str(CLI), "serve-model", str(packaged), "--port", str(port), "--max-batch", "2", "--threads", "1"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -259,12 +280,18 @@ def test_serve_model_command_serves_and_refuses_a_tampered_bundle(packaged, tmp_
 
     copy = Path(shutil.copytree(packaged, tmp_path / "edge"))
     (copy / "labels.json").write_text('["positive", "negative"]')
-    refused = subprocess.run([str(CLI), "serve-model", str(copy), "--port", str(port)], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        [str(CLI), "serve-model", str(copy), "--port", str(port)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode == 2
     assert "refusing to serve" in refused.stderr and "labels.json does not match manifest.json" in refused.stderr
-    missing = subprocess.run([str(CLI), "serve-model", str(tmp_path / "nope")], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=60)
+    missing = subprocess.run(
+        [str(CLI), "serve-model", str(tmp_path / "nope")], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
@@ -283,10 +310,16 @@ def test_serve_model_refuses_a_bundle_whose_manifest_is_not_the_pinned_one(packa
 
 # ---------------------------------------------------------------- a causal-LM bundle
 
+
 @pytest.fixture(scope="module")
 def lm_url(tiny_lm_dir, tmp_path_factory):  # noqa: F811 - the fixture imported above
-    out = bundle.package(tiny_lm_dir, tmp_path_factory.mktemp("serve_lm") / "edge",
-                         {"name": "tiny-lm", "version": "2"}, {}, max_length=64)
+    out = bundle.package(
+        tiny_lm_dir,
+        tmp_path_factory.mktemp("serve_lm") / "edge",
+        {"name": "tiny-lm", "version": "2"},
+        {},
+        max_length=64,
+    )
     with running(make_app(out, max_text_chars=MAX_TEXT_CHARS, threads=1, max_new_tokens=8)) as base:
         yield base, out
 
@@ -303,13 +336,16 @@ def test_a_causal_lm_bundle_serves_generate(lm_url):
     assert call(f"{url}/predict", {"text": "x"})[0] == 404
 
 
-@pytest.mark.parametrize("request_body, status, words", [
-    ({"prompt": "the film", "max_new_tokens": 9}, 413, "the limit is max_new_tokens=8"),
-    ({"prompt": "x" * (MAX_TEXT_CHARS + 1)}, 413, f"the limit is max_text_chars={MAX_TEXT_CHARS}"),
-    ({"prompt": ""}, 422, "prompt: String should have at least 1 character"),
-    ({"text": "the film"}, 422, 'send {"prompt": "...", "max_new_tokens": n}'),
-    ({"prompt": "a", "max_new_tokens": 0}, 422, "max_new_tokens: Input should be greater than or equal to 1"),
-])
+@pytest.mark.parametrize(
+    "request_body, status, words",
+    [
+        ({"prompt": "the film", "max_new_tokens": 9}, 413, "the limit is max_new_tokens=8"),
+        ({"prompt": "x" * (MAX_TEXT_CHARS + 1)}, 413, f"the limit is max_text_chars={MAX_TEXT_CHARS}"),
+        ({"prompt": ""}, 422, "prompt: String should have at least 1 character"),
+        ({"text": "the film"}, 422, 'send {"prompt": "...", "max_new_tokens": n}'),
+        ({"prompt": "a", "max_new_tokens": 0}, 422, "max_new_tokens: Input should be greater than or equal to 1"),
+    ],
+)
 def test_generate_limits_and_shapes_answer_readably(lm_url, request_body, status, words):
     answer = call(f"{lm_url[0]}/generate", request_body)
     assert answer[0] == status and words in answer[1]["detail"], answer

@@ -87,7 +87,11 @@ def test_empty_and_whitespace_texts_fail_length(tmp_path):
     error, report = expect_failure(tmp_path, frames)
     by_split = {f["split"]: f for f in failures_of(report, "text_length")}
     assert set(by_split) == {"validation", "test"}
-    assert by_split["validation"]["examples"][0] == {"row": 3, "text": "", "label": frames["validation"].loc[3, "label"]}
+    assert by_split["validation"]["examples"][0] == {
+        "row": 3,
+        "text": "",
+        "label": frames["validation"].loc[3, "label"],
+    }
     assert by_split["test"]["examples"][0]["text"] == "  \t "
     assert "validation: text_length on column 'text'" in str(error)
     assert "row 7: text='  \\t '" in str(error)
@@ -110,8 +114,12 @@ def test_missing_label_column_is_the_headline_and_skips_label_checks(tmp_path):
     assert (report["failures"][0]["split"], report["failures"][0]["column"]) == ("train", "label")
     assert report["failures"][0]["expectation_type"] == "expect_column_to_exist"
     skipped = {(s["split"], s["check"]) for s in report["skipped"]}
-    assert {("train", "not_null"), ("train", "label_in_set"), ("train", "distinct_labels"),
-            ("train", "class_share")} <= skipped
+    assert {
+        ("train", "not_null"),
+        ("train", "label_in_set"),
+        ("train", "distinct_labels"),
+        ("train", "class_share"),
+    } <= skipped
     assert all(s["reason"] == "column 'label' is missing" for s in report["skipped"])
     lines = message_lines(error)
     assert lines[1].startswith("  train: schema on column 'label'") and "column is missing" in lines[1]
@@ -154,8 +162,9 @@ def test_train_test_overlap_fails(tmp_path):
 def test_class_under_minimum_share_fails(tmp_path):
     frames = clean_frames()
     train = frames["train"]
-    frames["train"] = pd.concat([train[train["label"] == "positive"], train[train["label"] == "negative"].head(2)],
-                                ignore_index=True)  # 24 positive, 2 negative: share 0.077
+    frames["train"] = pd.concat(
+        [train[train["label"] == "positive"], train[train["label"] == "negative"].head(2)], ignore_index=True
+    )  # 24 positive, 2 negative: share 0.077
     error, report = expect_failure(tmp_path, frames)
     [failure] = failures_of(report, "class_share")
     assert failure["split"] == "train" and failure["column"] == "label"
@@ -210,9 +219,11 @@ def test_labels_fall_back_to_train_when_the_card_has_none(tmp_path):
 
 def test_class_share_frame_counts_absent_labels_as_zero():
     frame = validate.class_share_frame(pd.Series(["a", "a", "b", None]), ["a", "b", "c"])
-    assert frame.to_dict("records") == [{"label": "a", "count": 2, "share": 0.5},
-                                        {"label": "b", "count": 1, "share": 0.25},
-                                        {"label": "c", "count": 0, "share": 0.0}]
+    assert frame.to_dict("records") == [
+        {"label": "a", "count": 2, "share": 0.5},
+        {"label": "b", "count": 1, "share": 0.25},
+        {"label": "c", "count": 0, "share": 0.0},
+    ]
 
 
 def test_a_text_only_corpus_is_checked_without_label_checks(tmp_path):

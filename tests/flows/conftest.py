@@ -16,8 +16,10 @@ BIN = Path(sys.executable).parent
 
 # The suite runs on two workers, one per core: a second torch or ONNX Runtime thread per run would only
 # oversubscribe the cores (measured: a tiny run, two at once, 97 s with two threads each, 88 s with one).
-ONE_THREAD = {"params.yaml": {"threads": 1, "evaluate.threads": 1},
-              "configs/causal-lm.yaml": {"threads": 1, "lm.evaluate.threads": 1}}
+ONE_THREAD = {
+    "params.yaml": {"threads": 1, "evaluate.threads": 1},
+    "configs/causal-lm.yaml": {"threads": 1, "lm.evaluate.threads": 1},
+}
 
 
 def make_project(dest: Path, params_overrides: dict | None = None, profile: str | None = "smoke") -> Path:
@@ -31,14 +33,19 @@ def make_project(dest: Path, params_overrides: dict | None = None, profile: str 
         shutil.copy(REPO / name, dest / name)
     (dest / ".dvc").mkdir()
     shutil.copy(REPO / ".dvc" / ".gitignore", dest / ".dvc" / ".gitignore")
-    (dest / ".dvc" / "config").write_text(f"[core]\n    remote = local\n    analytics = false\n"
-                                          f"['remote \"local\"']\n    url = {dest.parent / 'dvc-storage'}\n")
+    (dest / ".dvc" / "config").write_text(
+        f"[core]\n    remote = local\n    analytics = false\n"
+        f"['remote \"local\"']\n    url = {dest.parent / 'dvc-storage'}\n"
+    )
     for name in ("params.yaml", "configs/causal-lm.yaml"):
         raw = yaml.safe_load((REPO / name).read_text())
         profiles = raw.pop("profiles")
         overrides = params_overrides if name == "params.yaml" else None
-        for key, value in [*(profiles[profile] if profile else {}).items(), *ONE_THREAD[name].items(),
-                           *(overrides or {}).items()]:
+        for key, value in [
+            *(profiles[profile] if profile else {}).items(),
+            *ONE_THREAD[name].items(),
+            *(overrides or {}).items(),
+        ]:
             node = raw
             *parents, leaf = key.split(".")
             for part in parents:
@@ -57,5 +64,6 @@ def run_cli(args: list[str], cwd: Path, prefect_api: str, timeout: int = 600, ex
     env = os.environ | {"PREFECT_API_URL": prefect_api, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env |= extra_env or {}
-    return subprocess.run([str(BIN / "miniaturize"), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [str(BIN / "miniaturize"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )

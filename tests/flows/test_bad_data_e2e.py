@@ -29,8 +29,9 @@ def bad_file(path: Path, kind: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind, needle", [("labels_outside_set", "label"), ("empty_texts", "text"),
-                                          ("missing_column", "label")])
+@pytest.mark.parametrize(
+    "kind, needle", [("labels_outside_set", "label"), ("empty_texts", "text"), ("missing_column", "label")]
+)
 def test_bad_dataset_stops_at_validation(tmp_path, prefect_api, kind, needle):
     project = make_project(tmp_path / "project")
     (project / "data").mkdir(exist_ok=True)  # a data file must lie inside the project

@@ -24,11 +24,20 @@ def test_tree_hash_follows_content_and_names(tmp_path):
 
 
 def test_key_changes_with_every_part():
-    base = dict(name="prune", config={"prune": {"ratio": 0.5}}, parent_key="p", inputs={"models/student": "h1"},
-                code={"components/classification/prune.py": "c1"})
+    base = dict(
+        name="prune",
+        config={"prune": {"ratio": 0.5}},
+        parent_key="p",
+        inputs={"models/student": "h1"},
+        code={"components/classification/prune.py": "c1"},
+    )
     key = stage_key(**base)
-    for part, value in (("config", {"prune": {"ratio": 0.4}}), ("parent_key", "q"),
-                        ("inputs", {"models/student": "h2"}), ("code", {"components/classification/prune.py": "c2"})):
+    for part, value in (
+        ("config", {"prune": {"ratio": 0.4}}),
+        ("parent_key", "q"),
+        ("inputs", {"models/student": "h2"}),
+        ("code", {"components/classification/prune.py": "c2"}),
+    ):
         assert stage_key(**(base | {part: value})) != key, part
     assert stage_key(**base) == key
 

@@ -51,8 +51,7 @@ def test_causal_lm_report_has_the_promised_schema(lm_run):
     assert ratios["bleu_drop_points"] == pytest.approx(teacher["bleu"] - final["bleu"])
     assert ratios["generation_speedup"] == pytest.approx(final["tokens_per_s"] / teacher["tokens_per_s"])
     assert report["models"]["pruned"]["params"] < report["models"]["student"]["params"] < teacher["params"]
-    assert set(report["gate"]["checks"]) >= {"perplexity_ratio", "bleu_drop_points", "generation_speedup",
-                                             "size_ratio"}
+    assert set(report["gate"]["checks"]) >= {"perplexity_ratio", "bleu_drop_points", "generation_speedup", "size_ratio"}
     assert report["ablation"]
 
 
@@ -79,8 +78,13 @@ def test_causal_lm_champion_packages_into_a_bundle_that_generates(lm_run, prefec
     done = run_cli(["package", "--out", str(out), *CONFIG], project, prefect_api)
     assert done.returncode == 0 and "bundle written" in done.stdout, done.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["task"] == "causal-lm" and manifest["source"]["model_uri"] == "models:/miniaturize-causal-lm@champion"
+    assert (
+        manifest["task"] == "causal-lm" and manifest["source"]["model_uri"] == "models:/miniaturize-causal-lm@champion"
+    )
     assert manifest["metrics"]["perplexity"] > 1.0
-    generated = subprocess.run([str(BIN / "python"), str(out / "predict.py"), "the movie was", "--max-new-tokens", "5"],
-                               capture_output=True, text=True)
+    generated = subprocess.run(
+        [str(BIN / "python"), str(out / "predict.py"), "the movie was", "--max-new-tokens", "5"],
+        capture_output=True,
+        text=True,
+    )
     assert generated.returncode == 0 and generated.stdout.strip(), generated.stderr[-2000:]

@@ -29,6 +29,7 @@ def test_missing_data_file_and_unknown_stage_and_profile(tmp_path):
 
 # ------------------------------------------------------------------ one set of exit codes for every command
 
+
 def invoke(monkeypatch, *args: str):
     from typer.testing import CliRunner
 
@@ -41,6 +42,7 @@ def invoke(monkeypatch, *args: str):
 def raiser(err: BaseException):
     def call(*_args, **_kwargs):
         raise err
+
     return call
 
 
@@ -52,9 +54,16 @@ def failures():
     from flows.registry import GateRejected
     from flows.retries import TrackingUnavailable
 
-    return {2: DataError("bad data"), 3: None, 4: GateRejected("gate"), 5: WorkspaceLocked("held by pid 1"),
-            6: TrackingUnavailable("MLflow did not answer"), 1: RuntimeError("boom"),
-            "config": ConfigError("distill.alpha: bad"), "rollback": RollbackError("no earlier champion")}
+    return {
+        2: DataError("bad data"),
+        3: None,
+        4: GateRejected("gate"),
+        5: WorkspaceLocked("held by pid 1"),
+        6: TrackingUnavailable("MLflow did not answer"),
+        1: RuntimeError("boom"),
+        "config": ConfigError("distill.alpha: bad"),
+        "rollback": RollbackError("no earlier champion"),
+    }
 
 
 def test_exit_code_maps_each_kind_of_failure():
@@ -99,9 +108,15 @@ def test_search_prints_the_tracking_uri_redacted(monkeypatch):
     import flows.prefect_api
     import flows.search
 
-    outcome = {"registration": {"model_uri": "models:/m/1", "alias": "champion", "reason": "fastest"},
-               "chosen": "c1", "reason": "fastest within tolerance", "front": ["c1"], "reports": "reports/search",
-               "tracking_uri": "http://alice:s3cret-pass@mlflow.example:5000", "parent_run_id": "abc"}
+    outcome = {
+        "registration": {"model_uri": "models:/m/1", "alias": "champion", "reason": "fastest"},
+        "chosen": "c1",
+        "reason": "fastest within tolerance",
+        "front": ["c1"],
+        "reports": "reports/search",
+        "tracking_uri": "http://alice:s3cret-pass@mlflow.example:5000",
+        "parent_run_id": "abc",
+    }
     monkeypatch.setattr(flows.search, "search", lambda *args, **kwargs: outcome)
     monkeypatch.setattr(flows.prefect_api, "temporary_api", contextlib.nullcontext)  # no flow runs here
     done = invoke(monkeypatch, "search", "--profile", "smoke")

@@ -20,27 +20,38 @@ def cli_env(**extra: str) -> dict:
     return env
 
 
-@pytest.mark.parametrize("args, api, needle", [
-    (["--set", "distill.alphaa=0.3"], "http://127.0.0.1:9/api", "unknown key 'distill.alphaa'"),
-    (["--cron", "0 3 * *"], "http://127.0.0.1:9/api", "Invalid cron string"),
-    (["--timezone", "Mars/Olympus"], "http://127.0.0.1:9/api", "Invalid timezone"),
-    ([], None, "make serve"),
-])
+@pytest.mark.parametrize(
+    "args, api, needle",
+    [
+        (["--set", "distill.alphaa=0.3"], "http://127.0.0.1:9/api", "unknown key 'distill.alphaa'"),
+        (["--cron", "0 3 * *"], "http://127.0.0.1:9/api", "Invalid cron string"),
+        (["--timezone", "Mars/Olympus"], "http://127.0.0.1:9/api", "Invalid timezone"),
+        ([], None, "make serve"),
+    ],
+)
 def test_deploy_refuses_bad_params_schedule_or_missing_server(tmp_path, args, api, needle):
     env = cli_env(PREFECT_HOME=str(tmp_path / "prefect_home"))  # no profile that could hold an API URL
     env.pop("PREFECT_API_URL", None)
     if api:
         env["PREFECT_API_URL"] = api
-    done = subprocess.run([str(BIN / "miniaturize"), "deploy", "--params", str(REPO / "params.yaml"), *args],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(BIN / "miniaturize"), "deploy", "--params", str(REPO / "params.yaml"), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     assert needle in done.stderr
 
 
-@pytest.mark.parametrize("overrides, until, recorded", [([], None, True), (["distill.alpha=0.6"], None, False),
-                                                       ([], "prune", False)])
+@pytest.mark.parametrize(
+    "overrides, until, recorded", [([], None, True), (["distill.alpha=0.6"], None, False), ([], "prune", False)]
+)
 def test_scheduled_run_loads_params_runs_the_pipeline_and_records_plain_complete_runs_only(
-        tmp_path, prefect_api, monkeypatch, overrides, until, recorded):
+    tmp_path, prefect_api, monkeypatch, overrides, until, recorded
+):
     """The flow's own logic, with the pipeline replaced by a stub: params read at run time, DVC only for
     params.yaml as written and a run to the end, a short JSON-able summary."""
     import shutil
@@ -55,17 +66,30 @@ def test_scheduled_run_loads_params_runs_the_pipeline_and_records_plain_complete
 
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     seen, committed = {}, []
-    registration = {"model_name": "m", "version": "3", "alias": "champion", "gate_passed": True,
-                    "model_uri": "models:/m/3", "failed_checks": [], "gate": {"checks": {}}}
+    registration = {
+        "model_name": "m",
+        "version": "3",
+        "alias": "champion",
+        "gate_passed": True,
+        "model_uri": "models:/m/3",
+        "failed_checks": [],
+        "gate": {"checks": {}},
+    }
 
     def stub_pipeline(params, root, run_name, until=None):
         seen.update(alpha=params.distill.alpha, root=root, run_name=run_name, until=until)
-        return {"parent_run_id": "p1", "experiment_id": "1", "tracking_uri": "sqlite:///x.db",
-                "registration": None if until else registration,
-                "stages": {} if until else {"register": {"cache_hit": False}}}
+        return {
+            "parent_run_id": "p1",
+            "experiment_id": "1",
+            "tracking_uri": "sqlite:///x.db",
+            "registration": None if until else registration,
+            "stages": {} if until else {"register": {"cache_hit": False}},
+        }
 
     monkeypatch.setattr(flows.pipeline, "pipeline", stub_pipeline)
-    monkeypatch.setattr(flows.versioning, "commit_outputs", lambda root, stages=None: committed.append(root) or (True, "DVC: ok"))
+    monkeypatch.setattr(
+        flows.versioning, "commit_outputs", lambda root, stages=None: committed.append(root) or (True, "DVC: ok")
+    )
     with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
         bound = workspace_pipeline(BoundWorkspace(str(tmp_path), overrides=tuple(overrides)))
         summary = bound(until=until)
@@ -80,10 +104,12 @@ def test_scheduled_run_loads_params_runs_the_pipeline_and_records_plain_complete
         assert summary["registration"] is None and summary["stopped_after"] == until
         assert summary["dvc"] == f"DVC: not recorded (the run stopped after {until})"
         return
-    assert summary["registration"] == {k: registration[k] for k in ("model_name", "version", "alias", "gate_passed",
-                                                                      "model_uri")}
-    assert summary["parent_run_id"] == "p1" and summary["dvc"] == ("DVC: ok" if recorded else
-                                                                   "DVC: not recorded (this deployment uses a profile or overrides)")
+    assert summary["registration"] == {
+        k: registration[k] for k in ("model_name", "version", "alias", "gate_passed", "model_uri")
+    }
+    assert summary["parent_run_id"] == "p1" and summary["dvc"] == (
+        "DVC: ok" if recorded else "DVC: not recorded (this deployment uses a profile or overrides)"
+    )
     json.dumps(summary)
 
 
@@ -104,8 +130,9 @@ def test_deployment_is_bound_to_its_workspace_and_takes_only_until(tmp_path, pre
 
     project = tmp_path / "project"
     project.mkdir()
-    deployment = build_deployment("bound", root=project, params_file=project / "params.yaml",
-                                  overrides=["distill.alpha=0.6"], until="prune")
+    deployment = build_deployment(
+        "bound", root=project, params_file=project / "params.yaml", overrides=["distill.alpha=0.6"], until="prune"
+    )
     registered = deployment.to_deployment()
     assert registered.parameters == {"until": "prune"} and registered.enforce_parameter_schema
     assert set(registered._parameter_openapi_schema.properties) == {"until"}
@@ -124,8 +151,11 @@ def test_deployment_is_bound_to_its_workspace_and_takes_only_until(tmp_path, pre
 
         ran.clear()
         registered.apply()
-        flow_run = run_deployment(f"{flows.deploy.FLOW_NAME}/bound", timeout=0,
-                                  parameters={"root": str(tmp_path / "elsewhere"), "params_file": "/etc/passwd"})
+        flow_run = run_deployment(
+            f"{flows.deploy.FLOW_NAME}/bound",
+            timeout=0,
+            parameters={"root": str(tmp_path / "elsewhere"), "params_file": "/etc/passwd"},
+        )
         # What the serving process does with each run (in a subprocess): the engine checks the parameters
         # against the flow's signature first.
         with pytest.raises(SignatureMismatchError, match="expects parameters \\['until'\\]"):
@@ -160,8 +190,14 @@ def test_served_deployment_runs_in_the_folder_it_was_deployed_for(tmp_path, pref
     log = tmp_path / "serve.log"
     env = cli_env(PREFECT_API_URL=prefect_api)
     with log.open("w") as out:
-        proc = subprocess.Popen([str(BIN / "miniaturize"), "deploy", "--name", "bound-served", "--root", str(project)],
-                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(BIN / "miniaturize"), "deploy", "--name", "bound-served", "--root", str(project)],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         with temporary_settings(updates={PREFECT_API_URL: prefect_api}), get_client(sync_client=True) as client:
             deadline = time.monotonic() + 120

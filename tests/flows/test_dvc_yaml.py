@@ -80,6 +80,7 @@ def test_dvc_params_are_the_stage_config_slice_and_in_the_params_file(task):
 
 # ------------------------------------------------------------------ what each stage really reads
 
+
 class Reads:
     """A config (section) that notes which keys a stage reads: a value's dotted key, or the whole section's
     when the section is handed on (to a component), copied or read through a method."""
@@ -114,14 +115,27 @@ class Component:
             if name == "measure_final":
                 return {"accuracy": 1.0, "agreement_with_teacher": 1.0}
             return StageResult(info={"chosen": "int8"})
+
         return call
 
 
 # The modules the stage functions call, as names under components/.
-COMPONENTS = ("validate", "classification.ingest", "classification.finetune", "classification.distill",
-              "classification.prune", "classification.trim", "classification.export", "classification.quantize",
-              "classification.evaluate", "kit.seeds", "causal_lm.data", "causal_lm.train", "causal_lm.export",
-              "causal_lm.evaluate")
+COMPONENTS = (
+    "validate",
+    "classification.ingest",
+    "classification.finetune",
+    "classification.distill",
+    "classification.prune",
+    "classification.trim",
+    "classification.export",
+    "classification.quantize",
+    "classification.evaluate",
+    "kit.seeds",
+    "causal_lm.data",
+    "causal_lm.train",
+    "causal_lm.export",
+    "causal_lm.evaluate",
+)
 # register hands all the params to flows.registry (a version's params_hash tag covers them all), so these
 # fakes cannot tell what it reads: it is left out.
 CASES = [(task, name) for task in NAMES for name, stage in TASKS[task].stages.items() if not stage.registers]

@@ -18,8 +18,12 @@ Dataset `x` (sha256 `5d7c06e027fc`), test rows: 40.
 
 ## Gate: PASSED
 """
-STAMP = Stamp(model_uri="models:/m/3", git_commit="0123456789abcdef0123", params_hash="ab12",
-              command="`miniaturize run` with the committed params.yaml")
+STAMP = Stamp(
+    model_uri="models:/m/3",
+    git_commit="0123456789abcdef0123",
+    params_hash="ab12",
+    command="`miniaturize run` with the committed params.yaml",
+)
 
 
 def test_section_is_the_report_under_its_stamp():
@@ -49,10 +53,12 @@ def test_stamp_comes_from_the_registered_version(tmp_path):
     client = MlflowClient(uri)
     client.create_registered_model("m")
     run = client.create_run(client.create_experiment("e"))
-    client.create_model_version("m", f"runs:/{run.info.run_id}/model", run.info.run_id,
-                                tags={"git_commit": "c0ffee" * 6, "params_hash": "ab12"})
-    (tmp_path / "registration.json").write_text(json.dumps({"model_name": "m", "version": "1",
-                                                             "model_uri": "models:/m/1"}))
+    client.create_model_version(
+        "m", f"runs:/{run.info.run_id}/model", run.info.run_id, tags={"git_commit": "c0ffee" * 6, "params_hash": "ab12"}
+    )
+    (tmp_path / "registration.json").write_text(
+        json.dumps({"model_name": "m", "version": "1", "model_uri": "models:/m/1"})
+    )
     same = read_stamp(tmp_path, tmp_path / "params.yaml", "ab12", uri)
     assert same.model_uri == "models:/m/1" and same.git_commit.startswith("c0ffee") and "committed" in same.command
     other = read_stamp(tmp_path, tmp_path / "params.yaml", "ffff", uri)

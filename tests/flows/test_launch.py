@@ -15,8 +15,13 @@ class RunTracker(NullTracker):
 
 def test_training_stages_launch_on_several_processes_and_the_others_do_not(monkeypatch, tmp_path):
     launched = []
-    monkeypatch.setattr(launch, "launch", lambda task, name, p, ws, run_id: launched.append((name, ws.root, run_id))
-                        or StageResult(metrics={"val_accuracy": 1.0}))
+    monkeypatch.setattr(
+        launch,
+        "launch",
+        lambda task, name, p, ws, run_id: (
+            launched.append((name, ws.root, run_id)) or StageResult(metrics={"val_accuracy": 1.0})
+        ),
+    )
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     for task in TASKS.values():
         params = build_params({"task": task.name, "distributed": {"processes": 4}})
@@ -33,8 +38,9 @@ def test_a_launched_process_runs_the_stage_itself(monkeypatch, tmp_path):
     stages["finetune"] = replace(stages["finetune"], run=lambda p, ws, t: called.append("stage") or StageResult())
     task = replace(CLASSIFICATION, stages=stages)
     monkeypatch.setenv("WORLD_SIZE", "4")  # already one of the four processes
-    launch.run(task, "finetune", build_params({"distributed": {"processes": 4}}), task.workspace(tmp_path),
-               NullTracker())
+    launch.run(
+        task, "finetune", build_params({"distributed": {"processes": 4}}), task.workspace(tmp_path), NullTracker()
+    )
     monkeypatch.delenv("WORLD_SIZE")
     launch.run(task, "finetune", build_params({}), task.workspace(tmp_path), NullTracker())  # one process asked for
     assert called == ["stage", "stage"]
@@ -43,8 +49,19 @@ def test_a_launched_process_runs_the_stage_itself(monkeypatch, tmp_path):
 def test_launch_command_runs_the_stage_cli_under_torchrun_with_the_callers_paths(tmp_path):
     command = launch.launch_command("prune", 8, Path("/tmp/p.yaml"), Path("/tmp/r.json"), "abc", {"pruned": "/s/p"})
     assert command[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=8", "-m"]
-    assert command[6:] == ["flows.cli", "stage", "prune", "--config", "/tmp/p.yaml", "--result", "/tmp/r.json",
-                           "--run-id", "abc", "--workspace-path", "pruned=/s/p"]
+    assert command[6:] == [
+        "flows.cli",
+        "stage",
+        "prune",
+        "--config",
+        "/tmp/p.yaml",
+        "--result",
+        "/tmp/r.json",
+        "--run-id",
+        "abc",
+        "--workspace-path",
+        "pruned=/s/p",
+    ]
 
     ws = CLASSIFICATION.workspace(tmp_path)
     staged = StagedWorkspace(ws, {"pruned": tmp_path / "staging" / "pruned"})  # as a pipeline run stages outputs
@@ -59,5 +76,8 @@ def test_a_result_survives_the_round_trip(tmp_path):
     import json
 
     back = json.loads((tmp_path / "r.json").read_text())
-    assert back == {"metrics": {"test_accuracy": 0.9}, "outputs": {"model": str(tmp_path / "m")},
-                    "info": {"history": [1]}}
+    assert back == {
+        "metrics": {"test_accuracy": 0.9},
+        "outputs": {"model": str(tmp_path / "m")},
+        "info": {"history": [1]},
+    }

@@ -13,7 +13,19 @@ from components.config import SPLITS
 from tests.flows.conftest import BIN, make_project, run_cli
 
 pytestmark = pytest.mark.e2e
-STAGES = ["ingest", "validate", "finetune", "distill", "prune", "trim", "export", "quantize", "seeds", "evaluate", "register"]
+STAGES = [
+    "ingest",
+    "validate",
+    "finetune",
+    "distill",
+    "prune",
+    "trim",
+    "export",
+    "quantize",
+    "seeds",
+    "evaluate",
+    "register",
+]
 MODELS = ["teacher", "student", "pruned", "trimmed", "onnx_fp32", "final", "baseline_teacher_int8"]
 
 
@@ -48,7 +60,9 @@ def test_report_has_the_promised_schema(smoke_run):
     teacher, final = report["models"]["teacher"], report["models"]["final"]
     ratios = report["final_vs_teacher"]
     assert ratios["size_ratio"] == pytest.approx(teacher["size_bytes"] / final["size_bytes"])
-    assert ratios["speedup_batch1_p50"] == pytest.approx(teacher["latency_ms"]["batch1_p50"] / final["latency_ms"]["batch1_p50"])
+    assert ratios["speedup_batch1_p50"] == pytest.approx(
+        teacher["latency_ms"]["batch1_p50"] / final["latency_ms"]["batch1_p50"]
+    )
     assert ratios["accuracy_drop_points"] == pytest.approx(100 * (teacher["accuracy"] - final["accuracy"]))
     # The pruned and distilled model is physically smaller than the student and the teacher.
     assert report["models"]["pruned"]["params"] < report["models"]["student"]["params"] < teacher["params"]
@@ -126,8 +140,11 @@ def test_dvc_push_then_pull_in_a_fresh_clone_restores_the_champion(smoke_run, tm
     assert not (clone / "models").exists()
     pulled = subprocess.run([dvc, "pull", "--quiet", *STAGES], cwd=clone, capture_output=True, text=True)
     assert pulled.returncode == 0, pulled.stderr[-2000:]
-    outs = {out["path"] for stage in yaml.safe_load((project / "dvc.lock").read_text())["stages"].values()
-            for out in stage.get("outs", [])}
+    outs = {
+        out["path"]
+        for stage in yaml.safe_load((project / "dvc.lock").read_text())["stages"].values()
+        for out in stage.get("outs", [])
+    }
     assert {"data/prepared", "models/teacher", "models/final"} <= outs
     for out in sorted(outs):
         assert tree_sha256(clone / out) == tree_sha256(project / out), out
@@ -161,11 +178,13 @@ def test_package_bundles_the_registered_champion(smoke_run, prefect_api, tmp_pat
     assert 0.0 <= manifest["metrics"]["accuracy"] <= 1.0
     final = project / "models" / "final" / "model.onnx"
     assert (out / "model.onnx").read_bytes() == final.read_bytes()
-    predicted = subprocess.run([str(BIN / "python"), str(out / "predict.py"), "a wonderful film"],
-                               capture_output=True, text=True)
+    predicted = subprocess.run(
+        [str(BIN / "python"), str(out / "predict.py"), "a wonderful film"], capture_output=True, text=True
+    )
     assert predicted.returncode == 0 and json.loads(predicted.stdout)["label"] in ("negative", "positive")
-    missing = run_cli(["package", "--out", str(tmp_path / "x"), "--model", "models:/miniaturize-sentiment@nope"],
-                      project, prefect_api)
+    missing = run_cli(
+        ["package", "--out", str(tmp_path / "x"), "--model", "models:/miniaturize-sentiment@nope"], project, prefect_api
+    )
     assert missing.returncode == 2 and "alias nope not found" in missing.stderr
 
 
@@ -177,8 +196,9 @@ def stage_runs(client, parent_id: str) -> dict:
 
 def pipeline_parents(client) -> list:
     experiment = client.get_experiment_by_name("miniaturize")
-    runs = client.search_runs([experiment.experiment_id], "tags.`miniaturize.params_hash` != ''",
-                              order_by=["attributes.start_time ASC"])
+    runs = client.search_runs(
+        [experiment.experiment_id], "tags.`miniaturize.params_hash` != ''", order_by=["attributes.start_time ASC"]
+    )
     return [r for r in runs if "mlflow.parentRunId" not in r.data.tags and "miniaturize.kind" not in r.data.tags]
 
 
@@ -214,7 +234,7 @@ def test_changing_one_stage_param_reruns_that_stage_and_later_ones_only(smoke_ru
     project, _ = smoke_run
     done = run_cli(["run", "--set", "evaluate.batch1_calls=21"], project, prefect_api)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for stage in STAGES[:STAGES.index("evaluate")]:
+    for stage in STAGES[: STAGES.index("evaluate")]:
         assert f"[{stage}] unchanged (key " in done.stdout, stage
     for stage in ("evaluate", "register"):
         assert f"[{stage}] started" in done.stdout and f"[{stage}] finished in" in done.stdout
@@ -238,8 +258,9 @@ def test_lineage_traces_a_version_to_commit_data_params_teacher_and_stage_keys(s
     # unchanged stages trace back to the run that produced their outputs: the teacher of the first run
     assert chain["teacher_run"] == stage_runs(client, first.info.run_id)["finetune"].info.run_id
     latest = stage_runs(client, last.info.run_id)
-    assert {r["stage"]: r["key"] for r in chain["stages"]} == {s: c.data.tags["miniaturize.stage_key"]
-                                                               for s, c in latest.items()}
+    assert {r["stage"]: r["key"] for r in chain["stages"]} == {
+        s: c.data.tags["miniaturize.stage_key"] for s, c in latest.items()
+    }
     text = run_cli(["lineage", "2"], project, prefect_api)
     assert text.returncode == 0 and "teacher run" in text.stdout and "finetune" in text.stdout
     missing = run_cli(["lineage", "99"], project, prefect_api)
@@ -257,8 +278,9 @@ def test_promotion_lifecycle_gate_vs_champion_force_rollback_and_history(smoke_r
     assert refused.returncode == 4 and "vs_champion.size_growth" in refused.stderr, refused.stderr[-2000:]
     no_reason = run_cli(["promote", "--version", "1", "--force", *strict], project, prefect_api)
     assert no_reason.returncode == 2 and "--reason" in no_reason.stderr
-    forced = run_cli(["promote", "--version", "1", "--force", "--reason", "pin v1 for the demo", *strict],
-                     project, prefect_api)
+    forced = run_cli(
+        ["promote", "--version", "1", "--force", "--reason", "pin v1 for the demo", *strict], project, prefect_api
+    )
     assert forced.returncode == 0 and "FORCED past vs_champion.size_growth" in forced.stdout, forced.stderr[-2000:]
     tags = client.get_model_version("miniaturize-sentiment", "1").tags
     assert tags["alias.champion.forced"] == "true" and "pin v1 for the demo" in tags["alias.champion.reason"]
@@ -335,9 +357,14 @@ def test_deploy_serves_a_cron_deployment_whose_triggered_run_completes(smoke_run
     env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PREFECT_API_URL": prefect_api}
     env.pop("MLFLOW_TRACKING_URI", None)
     with log.open("w") as out:
-        proc = subprocess.Popen([str(BIN / "miniaturize"), "deploy", "--cron", "0 3 * * *",
-                                 "--set", "evaluate.batch1_calls=21"], cwd=project, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(BIN / "miniaturize"), "deploy", "--cron", "0 3 * * *", "--set", "evaluate.batch1_calls=21"],
+            cwd=project,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         with temporary_settings(updates={PREFECT_API_URL: prefect_api}), get_client(sync_client=True) as client:
             deadline = time.monotonic() + 120

@@ -7,10 +7,13 @@ from components.config import build_params
 from flows.registry import CHALLENGER, CHAMPION, alias_for, version_tags
 from flows.tasks.classification import TASK as CLASSIFICATION
 
-REPORT = {"task": "sequence-classification", "dataset": {"sha256": "ab" * 32},
-          "models": {"final": {"accuracy": 0.875, "size_bytes": 8_000_000}},
-          "final_vs_teacher": {"size_ratio": 5.0, "speedup_batch1_p50": 9.0, "accuracy_drop_points": 0.5},
-          "gate": {"passed": False, "checks": {"size_ratio": {"passed": True}, "speedup_batch1_p50": {"passed": False}}}}
+REPORT = {
+    "task": "sequence-classification",
+    "dataset": {"sha256": "ab" * 32},
+    "models": {"final": {"accuracy": 0.875, "size_bytes": 8_000_000}},
+    "final_vs_teacher": {"size_ratio": 5.0, "speedup_batch1_p50": 9.0, "accuracy_drop_points": 0.5},
+    "gate": {"passed": False, "checks": {"size_ratio": {"passed": True}, "speedup_batch1_p50": {"passed": False}}},
+}
 
 
 def test_gate_result_picks_the_alias():
@@ -29,8 +32,9 @@ def test_version_tags_trace_the_version():
 def test_version_tags_say_which_split_the_figures_come_from():
     tags = version_tags(CLASSIFICATION, build_params({}), CLASSIFICATION.workspace(Path(".")), REPORT, "parent123")
     assert tags["metrics_split"] == "test" and tags["ratios_split"] == "test"
-    searched = version_tags(CLASSIFICATION, build_params({}), CLASSIFICATION.workspace(Path(".")),
-                            REPORT | {"split": "validation"}, None)
+    searched = version_tags(
+        CLASSIFICATION, build_params({}), CLASSIFICATION.workspace(Path(".")), REPORT | {"split": "validation"}, None
+    )
     assert searched["metrics_split"] == "test" and searched["ratios_split"] == "validation"
 
 
@@ -56,9 +60,12 @@ def registry_ws(tmp_path, monkeypatch):
     experiment = tracking.experiment_id(client, ws.root)
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     onnx.save(helper.make_model(graph), model_dir / "model.onnx")
     params = build_params({})
     ratios = {"size_ratio": 5.0, "speedup_batch1_p50": 9.0, "accuracy_drop_points": 0.5}
@@ -66,9 +73,20 @@ def registry_ws(tmp_path, monkeypatch):
         report = tmp_path / "compression_report.json"
         report.write_text(json.dumps({"final_vs_teacher": ratios, "models": {"final": {"accuracy": accuracy}}}))
         run_id = tracking.start_run(client, experiment, "register")
-        log_version(CLASSIFICATION, params, run_id, model_dir, report,
-                    {"final.accuracy": str(accuracy), "final.size_bytes": "1000", "git_commit": "abc",
-                     "lineage.train.key": "k", **MEASURED})
+        log_version(
+            CLASSIFICATION,
+            params,
+            run_id,
+            model_dir,
+            report,
+            {
+                "final.accuracy": str(accuracy),
+                "final.size_bytes": "1000",
+                "git_commit": "abc",
+                "lineage.train.key": "k",
+                **MEASURED,
+            },
+        )
         tracking.end_run(client, run_id, True)
     return params, ws, client
 
@@ -100,8 +118,12 @@ def test_promotion_lifecycle_gate_vs_champion_force_and_rollback(registry_ws):
 
     history = registry.read_history(client, name)
     assert [(e["version"], e["action"], e["forced"]) for e in history] == [
-        ("1", "set", False), ("2", "set", True), ("3", "set", False), ("2", "rollback", False),
-        ("1", "rollback", False)]
+        ("1", "set", False),
+        ("2", "set", True),
+        ("3", "set", False),
+        ("2", "rollback", False),
+        ("1", "rollback", False),
+    ]
     assert all(e["at"] and e["by"] and e["reason"] for e in history)
     chain = registry.lineage(CLASSIFICATION, params, ws, "2")
     assert chain["git_commit"] == "abc" and [e["action"] for e in chain["alias_history"]] == ["set", "rollback"]
@@ -141,15 +163,24 @@ def test_the_champion_is_remeasured_on_the_candidates_data(registry_ws, tiny_mod
     shutil.copy2(tiny_model_dir / "labels.json", onnx_dir / "labels.json")
     truth = split_accuracy(onnx_dir, tiny_prepared, "test", params.evaluate.threads, params.teacher.max_length)
     report = tmp_path / "compression_report.json"
-    report.write_text(json.dumps({"final_vs_teacher": {"size_ratio": 5.0, "speedup_batch1_p50": 9.0,
-                                                       "accuracy_drop_points": 0.5}}))
+    report.write_text(
+        json.dumps({"final_vs_teacher": {"size_ratio": 5.0, "speedup_batch1_p50": 9.0, "accuracy_drop_points": 0.5}})
+    )
     versions = {}
     experiment = tracking.experiment_id(client, ws.root)
-    for role, folder, accuracy, data in (("champion", onnx_dir, 0.99, "cd" * 32),
-                                         ("candidate", onnx_dir, truth - 0.002, "0" * 64)):
+    for role, folder, accuracy, data in (
+        ("champion", onnx_dir, 0.99, "cd" * 32),
+        ("candidate", onnx_dir, truth - 0.002, "0" * 64),
+    ):
         run_id = tracking.start_run(client, experiment, role)
-        versions[role] = registry.log_version(CLASSIFICATION, params, run_id, folder, report, {
-            "final.accuracy": str(accuracy), "final.size_bytes": "1000", "data_sha256": data, "metrics_split": "test"})
+        versions[role] = registry.log_version(
+            CLASSIFICATION,
+            params,
+            run_id,
+            folder,
+            report,
+            {"final.accuracy": str(accuracy), "final.size_bytes": "1000", "data_sha256": data, "metrics_split": "test"},
+        )
         tracking.end_run(client, run_id, True)
     registry.move_alias(client, ws.root, name, versions["champion"], CHAMPION, reason="gate passed", by="pipeline")
 

@@ -18,9 +18,12 @@ def one_node_onnx(path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     onnx.save(helper.make_model(graph), path)
 
 
@@ -47,13 +50,17 @@ def registry(tmp_path, monkeypatch):
     (full / "tokenizer.json").write_text('{"version": "1.0"}')
     (full / "labels.json").write_text('["negative", "positive"]')
     report = tmp_path / "compression_report.json"
-    report.write_text(json.dumps({"final_vs_teacher": {"size_ratio": 5.0},
-                                  "models": {"final": {"accuracy": 0.9, "size_bytes": 1000}}}))
+    report.write_text(
+        json.dumps(
+            {"final_vs_teacher": {"size_ratio": 5.0}, "models": {"final": {"accuracy": 0.9, "size_bytes": 1000}}}
+        )
+    )
     params = build_params({})
     for folder in (full, bare):
         run_id = tracking.start_run(client, experiment, "register")
-        log_version(CLASSIFICATION, params, run_id, folder, report,
-                    {"final_vs_teacher.size_ratio": "5", "git_commit": "abc"})
+        log_version(
+            CLASSIFICATION, params, run_id, folder, report, {"final_vs_teacher.size_ratio": "5", "git_commit": "abc"}
+        )
         tracking.end_run(client, run_id, True)
     return params, ws, client
 

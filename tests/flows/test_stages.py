@@ -18,8 +18,11 @@ def test_every_stage_has_a_config_slice_and_dvc_stage():
     classification = {n: s for n, s in dvc.items() if not n.startswith("lm-")}
     assert list(STAGES) == list(classification)
     assert all(stage["cmd"] == f"miniaturize stage {name}" for name, stage in classification.items())
-    assert all(stage["cmd"] == f"miniaturize stage {name[3:]} --config configs/causal-lm.yaml"
-               for name, stage in dvc.items() if name.startswith("lm-"))
+    assert all(
+        stage["cmd"] == f"miniaturize stage {name[3:]} --config configs/causal-lm.yaml"
+        for name, stage in dvc.items()
+        if name.startswith("lm-")
+    )
 
 
 def test_dvc_yaml_declares_the_inputs_outputs_and_code_that_stage_keys_hash():

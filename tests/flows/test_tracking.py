@@ -17,7 +17,9 @@ def test_mlflow_tracker_logs_to_the_given_child_run_and_open_runs_are_killed(tmp
     experiment = tracking.experiment_id(client, tmp_path)
     assert tracking.experiment_id(client, tmp_path) == experiment  # found, not created twice
     parent = tracking.start_run(client, experiment, "pipeline")
-    child = tracking.start_run(client, experiment, "distill", parent_run_id=parent, tags={"miniaturize.stage": "distill"})
+    child = tracking.start_run(
+        client, experiment, "distill", parent_run_id=parent, tags={"miniaturize.stage": "distill"}
+    )
     tracker = tracking.MlflowTracker(client, child)
     tracker.log_params({"distill": {"alpha": 0.5, "layers": [0, 2]}})
     tracker.log_metrics({"val_accuracy": 0.8, "note": "not a number", "flag": True}, step=2)
@@ -45,6 +47,7 @@ def test_mlflow_tracker_logs_to_the_given_child_run_and_open_runs_are_killed(tmp
 
 # ---------------------------------------------------------------- calls that are not safe to repeat
 
+
 class FakeMlflowServer(ThreadingHTTPServer):
     """Just enough of MLflow's REST API for `create_run` and `search_runs` (runs kept in memory). The first
     create commits its run, then answers only after `stall_seconds`: past the client's timeout, as a server
@@ -68,10 +71,19 @@ class FakeMlflowHandler(BaseHTTPRequestHandler):
         if self.path.endswith("/runs/create"):
             server.creates += 1
             run_id = uuid.uuid4().hex
-            run = {"info": {"run_id": run_id, "run_uuid": run_id, "experiment_id": body["experiment_id"],
-                            "run_name": body.get("run_name", ""), "status": "RUNNING", "lifecycle_stage": "active",
-                            "start_time": body.get("start_time", 0), "artifact_uri": f"/tmp/{run_id}"},
-                   "data": {"tags": body.get("tags", [])}}
+            run = {
+                "info": {
+                    "run_id": run_id,
+                    "run_uuid": run_id,
+                    "experiment_id": body["experiment_id"],
+                    "run_name": body.get("run_name", ""),
+                    "status": "RUNNING",
+                    "lifecycle_stage": "active",
+                    "start_time": body.get("start_time", 0),
+                    "artifact_uri": f"/tmp/{run_id}",
+                },
+                "data": {"tags": body.get("tags", [])},
+            }
             server.runs.append(run)  # committed
             if server.creates == 1:
                 time.sleep(server.stall_seconds)
@@ -79,8 +91,7 @@ class FakeMlflowHandler(BaseHTTPRequestHandler):
         elif self.path.endswith("/runs/search"):
             wanted = re.fullmatch(r"tags\.`([^`]+)` = '([^']*)'", body.get("filter", ""))
             key, value = wanted.groups()
-            self.answer({"runs": [run for run in server.runs
-                                  if {"key": key, "value": value} in run["data"]["tags"]]})
+            self.answer({"runs": [run for run in server.runs if {"key": key, "value": value} in run["data"]["tags"]]})
         else:
             self.send_error(404)
 
@@ -108,8 +119,7 @@ def stalling_mlflow(monkeypatch):
     server.server_close()
 
 
-def test_a_run_whose_create_timed_out_after_the_server_committed_it_is_created_once(tmp_path, stalling_mlflow,
-                                                                                   capsys):
+def test_a_run_whose_create_timed_out_after_the_server_committed_it_is_created_once(tmp_path, stalling_mlflow, capsys):
     from mlflow.tracking import MlflowClient
 
     policy = RetryPolicy(attempts=3, backoff_seconds=0.1)
@@ -141,6 +151,7 @@ class FlakyClient:
             if self.calls.count(name) <= self.failures:
                 raise TimeoutError("read timed out")
             return name
+
         return call
 
 

@@ -52,23 +52,31 @@ def test_mlflow_and_prefect_require_logins_from_infra_env(compose):
         assert env["MLFLOW_TRACKING_PASSWORD"] == "${MLFLOW_AUTH_ADMIN_PASSWORD:?set it in infra/.env}"
     # Every secret the services check is in the template, with a sample value they refuse.
     sample = env_example()
-    for key in ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD",
-                "MLFLOW_FLASK_SERVER_SECRET_KEY", "PREFECT_API_AUTH_STRING"):
+    for key in (
+        "POSTGRES_PASSWORD",
+        "MINIO_ROOT_PASSWORD",
+        "MLFLOW_AUTH_ADMIN_PASSWORD",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+        "PREFECT_API_AUTH_STRING",
+    ):
         assert "change-me" in sample[key], key
     assert "/infra/.env" in (REPO / ".gitignore").read_text().splitlines()
 
 
 def test_services_holding_secrets_start_through_the_guard(compose):
     services = compose["services"]
-    checked = {"postgres": ["POSTGRES_PASSWORD"], "minio": ["MINIO_ROOT_PASSWORD"],
-               "mlflow": ["MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"],
-               "prefect-server": ["PREFECT_SERVER_API_AUTH_STRING"],
-               "worker-cpu": ["PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_PASSWORD"],
-               "worker-gpu": ["PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_PASSWORD"]}
+    checked = {
+        "postgres": ["POSTGRES_PASSWORD"],
+        "minio": ["MINIO_ROOT_PASSWORD"],
+        "mlflow": ["MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"],
+        "prefect-server": ["PREFECT_SERVER_API_AUTH_STRING"],
+        "worker-cpu": ["PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_PASSWORD"],
+        "worker-gpu": ["PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_PASSWORD"],
+    }
     for name, names in checked.items():
         entrypoint = services[name].get("entrypoint") or compose["x-worker"]["entrypoint"]
         start = entrypoint.index(GUARD)
-        assert entrypoint[start - 1] == "sh" and entrypoint[start + 1:start + 1 + len(names) + 1] == [*names, "--"]
+        assert entrypoint[start - 1] == "sh" and entrypoint[start + 1 : start + 1 + len(names) + 1] == [*names, "--"]
         volumes = services[name].get("volumes", [])
         assert f"./require-secrets.sh:{GUARD}:ro" in volumes, name
 
@@ -88,12 +96,18 @@ def test_images_are_pinned_and_clients_match_the_servers(compose):
     assert '"mlflow[auth]==${MLFLOW_VERSION}"' in mlflow
 
 
-@pytest.mark.parametrize("value, started", [(None, False), ("", False), ("change-me-mlflow-admin", False),
-                                            ("a-real-secret-value", True)])
+@pytest.mark.parametrize(
+    "value, started", [(None, False), ("", False), ("change-me-mlflow-admin", False), ("a-real-secret-value", True)]
+)
 def test_guard_refuses_missing_or_sample_secrets(value, started):
     env = {k: v for k, v in os.environ.items() if k != "SECRET"} | ({"SECRET": value} if value is not None else {})
-    done = subprocess.run(["sh", str(INFRA / "require-secrets.sh"), "SECRET", "--", "echo", "started"], env=env,
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        ["sh", str(INFRA / "require-secrets.sh"), "SECRET", "--", "echo", "started"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if started:
         assert done.returncode == 0 and done.stdout == "started\n"
     else:

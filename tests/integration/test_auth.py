@@ -49,22 +49,47 @@ def auth_server(tmp_path_factory):
     """`mlflow server --app-name basic-auth` on 127.0.0.1:<free port>; yields its URL."""
     tmp_path = tmp_path_factory.mktemp("mlflow_auth")
     port = free_port()
-    env = os.environ | {"MLFLOW_AUTH_CONFIG_PATH": str(auth_ini(tmp_path)), "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN,
-                        "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
-                        "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key",
-                        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = os.environ | {
+        "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini(tmp_path)),
+        "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN,
+        "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         env.pop(name, None)
     log = tmp_path / "server.log"
     with log.open("w") as out:
         # Started as the compose file starts it: through the guard that refuses missing or sample secrets.
-        proc = subprocess.Popen(["sh", str(REPO / "infra" / "require-secrets.sh"), "MLFLOW_AUTH_ADMIN_PASSWORD",
-                                 "MLFLOW_FLASK_SERVER_SECRET_KEY", "--",
-                                 str(BIN / "mlflow"), "server", "--app-name", "basic-auth",
-                                 "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-                                 "--artifacts-destination", str(tmp_path / "artifacts"),
-                                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                "sh",
+                str(REPO / "infra" / "require-secrets.sh"),
+                "MLFLOW_AUTH_ADMIN_PASSWORD",
+                "MLFLOW_FLASK_SERVER_SECRET_KEY",
+                "--",
+                str(BIN / "mlflow"),
+                "server",
+                "--app-name",
+                "basic-auth",
+                "--backend-store-uri",
+                f"sqlite:///{tmp_path / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(tmp_path / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -114,8 +139,10 @@ def test_only_the_admin_can_move_a_registered_model_alias(auth_server, monkeypat
     v1 = client.create_model_version(MODEL, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id).version
     v2 = client.create_model_version(MODEL, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id).version
     client.set_registered_model_alias(MODEL, "champion", v1)
-    assert call(auth_server, "POST", "users/create", {"username": READER, "password": READER_PASSWORD},
-                user=admin)[0] == 200
+    assert (
+        call(auth_server, "POST", "users/create", {"username": READER, "password": READER_PASSWORD}, user=admin)[0]
+        == 200
+    )
 
     move = {"name": MODEL, "alias": "champion", "version": v2}
     # Anonymous: 401 from the REST API and from the Python client, for writes and reads alike.

@@ -30,8 +30,19 @@ from tests.conftest import free_port
 from tests.flows.conftest import BIN, make_project, run_cli
 
 pytestmark = pytest.mark.integration
-STAGES = {"ingest", "validate", "finetune", "distill", "prune", "trim", "export", "quantize", "seeds", "evaluate",
-          "register"}
+STAGES = {
+    "ingest",
+    "validate",
+    "finetune",
+    "distill",
+    "prune",
+    "trim",
+    "export",
+    "quantize",
+    "seeds",
+    "evaluate",
+    "register",
+}
 MODEL_NAME = "miniaturize-sentiment"
 # postgres refuses to run as root: when the tests run as root, the cluster belongs to this OS user.
 CLUSTER_OWNER = "postgres"
@@ -39,6 +50,7 @@ DB_NAME, DB_USER, DB_PASSWORD = "mlflow", "mlflow", "mlflow-integration"
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------------------
+
 
 def postgres_bin_dir() -> Path | None:
     """The directory holding initdb, pg_ctl and psql: from PATH, else the newest /usr/lib/postgresql/N/bin."""
@@ -54,8 +66,9 @@ def ensure_postgres_installed() -> Path:
     if bin_dir is not None:
         return bin_dir
     if os.geteuid() != 0:
-        pytest.skip("PostgreSQL is not installed (no initdb/pg_ctl) and installing it needs root: "
-                    "apt-get install postgresql")
+        pytest.skip(
+            "PostgreSQL is not installed (no initdb/pg_ctl) and installing it needs root: apt-get install postgresql"
+        )
     env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"]
     if subprocess.run(install, env=env, capture_output=True).returncode != 0:
@@ -70,8 +83,10 @@ def ensure_os_user(name: str) -> None:
     try:
         pwd.getpwnam(name)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                        name], check=True)
+        subprocess.run(
+            ["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+            check=True,
+        )
 
 
 @dataclass(frozen=True)
@@ -91,8 +106,24 @@ class Postgres:
         return done
 
     def psql(self, sql: str, database: str = "postgres") -> str:
-        done = self.run(str(self.bin_dir / "psql"), "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-h",
-                        str(self.root / "socket"), "-p", str(self.port), "-U", "postgres", "-d", database, "-c", sql)
+        done = self.run(
+            str(self.bin_dir / "psql"),
+            "-X",
+            "-q",
+            "-tA",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            str(self.root / "socket"),
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-c",
+            sql,
+        )
         return done.stdout.strip()
 
     def uri(self, database: str) -> str:
@@ -111,13 +142,36 @@ def start_postgres(bin_dir: Path) -> Postgres:
     try:
         pg.run("mkdir", str(root / "socket"))
         # Trust on the unix socket (only the owner reaches it), passwords over TCP, which is how MLflow connects.
-        pg.run(str(bin_dir / "initdb"), "-D", str(root / "data"), "-U", "postgres", "--auth-local=trust",
-               "--auth-host=scram-sha-256", "-E", "UTF8", "--no-locale", "--no-sync")
+        pg.run(
+            str(bin_dir / "initdb"),
+            "-D",
+            str(root / "data"),
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+        )
         # fsync off: a test cluster that dies with its tmp folder needs no durability, and it saves seconds.
-        settings = (f"-c listen_addresses=127.0.0.1 -c port={pg.port} "
-                    f"-c unix_socket_directories={root / 'socket'} -c fsync=off")
-        pg.run(str(bin_dir / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "postgres.log"), "-o", settings,
-               "-w", "-t", "60", "start")
+        settings = (
+            f"-c listen_addresses=127.0.0.1 -c port={pg.port} -c unix_socket_directories={root / 'socket'} -c fsync=off"
+        )
+        pg.run(
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(root / "data"),
+            "-l",
+            str(root / "postgres.log"),
+            "-o",
+            settings,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         pg.psql(f"CREATE ROLE {DB_USER} LOGIN PASSWORD '{DB_PASSWORD}'")
         pg.psql(f"CREATE DATABASE {DB_NAME} OWNER {DB_USER}")
     except BaseException:
@@ -136,6 +190,7 @@ def stop_postgres(pg: Postgres) -> None:
 
 
 # --- MLflow server ---------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class TrackingServer:
@@ -180,10 +235,26 @@ def tracking_server(tmp_path_factory) -> TrackingServer:
         # Without job execution the server is 2 processes (~420 MB) instead of 10 (~1.7 GB).
         env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
         with log.open("wb") as out:
-            proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", pg.uri(DB_NAME),
-                                     "--artifacts-destination", str(artifacts), "--host", "127.0.0.1",
-                                     "--port", str(port), "--workers", "1"],
-                                    env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                [
+                    str(BIN / "mlflow"),
+                    "server",
+                    "--backend-store-uri",
+                    pg.uri(DB_NAME),
+                    "--artifacts-destination",
+                    str(artifacts),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    "1",
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
             # The first start creates the schema in PostgreSQL (migrations), slower than a restart.
             wait_healthy(f"http://127.0.0.1:{port}/health", proc, log, seconds=180)
@@ -198,14 +269,14 @@ def tracking_server(tmp_path_factory) -> TrackingServer:
 def smoke_run(tmp_path_factory, prefect_api, tracking_server) -> Path:
     """`miniaturize run` at smoke scale, logging to the tracking server; returns the project folder."""
     project = make_project(tmp_path_factory.mktemp("integration") / "project")
-    done = run_cli(["run"], project, prefect_api, timeout=1200,
-                   extra_env={"MLFLOW_TRACKING_URI": tracking_server.uri})
+    done = run_cli(["run"], project, prefect_api, timeout=1200, extra_env={"MLFLOW_TRACKING_URI": tracking_server.uri})
     if done.returncode != 0:
         pytest.fail(f"miniaturize run failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return project
 
 
 # --- reading the server back -----------------------------------------------------------------------------
+
 
 def api(server: TrackingServer, endpoint: str, body: dict | None = None, **query: str) -> dict:
     """One call to MLflow's REST API: GET with query parameters, or POST with a JSON body."""

@@ -18,13 +18,29 @@ from tests.flows.conftest import BIN, make_project
 
 TINY = {
     "data.labels": ["negative", "positive"],
-    "teacher.epochs": 1, "teacher.batch_size": 8, "teacher.lr": 1.0e-3,
-    "distill.layers": [0, 1], "distill.epochs": 1, "distill.batch_size": 8, "distill.ablation": False,
-    "prune.epochs": 1, "prune.batch_size": 8, "prune.steps": 1, "prune.importance_batches": 2,
-    "quantize.candidates": ["int8"], "quantize.per_channel": [False], "quantize.latency_sentences": 10,
-    "quantize.calibration_sentences": 8, "seeds.extra": [],
-    "evaluate.batch1_calls": 5, "evaluate.batch32_calls": 2, "evaluate.rss_sentences": 5, "evaluate.warmup": 1,
-    "retries.stage_delay_seconds": 0, "retries.tracking_attempts": 3, "retries.tracking_backoff_seconds": 0.2,
+    "teacher.epochs": 1,
+    "teacher.batch_size": 8,
+    "teacher.lr": 1.0e-3,
+    "distill.layers": [0, 1],
+    "distill.epochs": 1,
+    "distill.batch_size": 8,
+    "distill.ablation": False,
+    "prune.epochs": 1,
+    "prune.batch_size": 8,
+    "prune.steps": 1,
+    "prune.importance_batches": 2,
+    "quantize.candidates": ["int8"],
+    "quantize.per_channel": [False],
+    "quantize.latency_sentences": 10,
+    "quantize.calibration_sentences": 8,
+    "seeds.extra": [],
+    "evaluate.batch1_calls": 5,
+    "evaluate.batch32_calls": 2,
+    "evaluate.rss_sentences": 5,
+    "evaluate.warmup": 1,
+    "retries.stage_delay_seconds": 0,
+    "retries.tracking_attempts": 3,
+    "retries.tracking_backoff_seconds": 0.2,
 }
 
 
@@ -63,9 +79,11 @@ def tiny_project(tmp_path, tiny_model_dir, monkeypatch) -> Path:
 
 
 # Credentials a user would have in the environment; no file, log or MLflow record may ever hold them.
-PLANTED_SECRETS = {"MLFLOW_TRACKING_PASSWORD": "planted-mlflow-password-7f3a9c",
-                   "AWS_SECRET_ACCESS_KEY": "planted-aws-secret-2b8e41d0",
-                   "HF_TOKEN": "hf_plantedtoken5d61e0c9a4"}
+PLANTED_SECRETS = {
+    "MLFLOW_TRACKING_PASSWORD": "planted-mlflow-password-7f3a9c",
+    "AWS_SECRET_ACCESS_KEY": "planted-aws-secret-2b8e41d0",
+    "HF_TOKEN": "hf_plantedtoken5d61e0c9a4",
+}
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +94,7 @@ def tiny_run(tmp_path_factory, tiny_model_dir, prefect_api) -> dict:
     import io
 
     # One extra seed: the seeds stage re-trains the student chain and the report gets the seed spread.
-    project = make_tiny_project(tmp_path_factory.mktemp("tiny_run") / "project", tiny_model_dir,
-                                {"seeds.extra": [14]})
+    project = make_tiny_project(tmp_path_factory.mktemp("tiny_run") / "project", tiny_model_dir, {"seeds.extra": [14]})
     saved = {k: os.environ.get(k) for k in [*PLANTED_SECRETS, "MLFLOW_TRACKING_URI"]}
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.update(PLANTED_SECRETS)
@@ -109,10 +126,25 @@ class MlflowServer:
         log = self.workdir / "server.log"
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}",
-                 "--artifacts-destination", str(self.workdir / "artifacts"), "--host", "127.0.0.1",
-                 "--port", str(self.port), "--workers", "1"],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    str(BIN / "mlflow"),
+                    "server",
+                    "--backend-store-uri",
+                    f"sqlite:///{self.workdir / 'mlflow.db'}",
+                    "--artifacts-destination",
+                    str(self.workdir / "artifacts"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    "1",
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         wait_healthy(f"{self.uri}/health", self.proc, log, seconds=120)
 
     def stop(self) -> None:

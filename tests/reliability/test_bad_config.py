@@ -47,29 +47,62 @@ SCHEMA_CASES = [
     ("ffn ratio above 1", CLASSIFICATION, ["prune.ffn_ratio=1.2"], r"prune\.ffn_ratio: Input should be less than 1"),
     ("lm ffn ratio 1", CAUSAL_LM, ["lm.prune.ffn_ratio=1.0"], r"lm\.prune\.ffn_ratio: Input should be less than 1"),
     ("lm head ratio 1", CAUSAL_LM, ["lm.prune.head_ratio=1.0"], r"lm\.prune\.head_ratio: Input should be less than 1"),
-    ("search prune ratio 1", CLASSIFICATION, ["search.prune_ratios=[0.5,1.0]"],
-     r"search\.prune_ratios must be in \[0, 1\)"),
+    (
+        "search prune ratio 1",
+        CLASSIFICATION,
+        ["search.prune_ratios=[0.5,1.0]"],
+        r"search\.prune_ratios must be in \[0, 1\)",
+    ),
     ("layers not increasing", CLASSIFICATION, ["distill.layers=[2,0]"], r"distill\.layers must be increasing"),
-    ("lm student deeper than scratch teacher", CAUSAL_LM, ["lm.distill.layers=[0,2,9]"],
-     r"lm\.distill\.layers \[0, 2, 9\] must be distinct teacher blocks 0\.\.5"),
-    ("export tolerance below 0", CLASSIFICATION, ["export.max_abs_logit_diff=-1"],
-     r"export\.max_abs_logit_diff: Input should be greater than 0"),
-    ("quantize tolerance below 0", CLASSIFICATION, ["quantize.max_drop_vs_fp32_points=-0.5"],
-     r"quantize\.max_drop_vs_fp32_points: .*greater than or equal to 0"),
-    ("gate tolerance below 0", CLASSIFICATION, ["register.gate.max_drop_vs_teacher_points=-1"],
-     r"register\.gate\.max_drop_vs_teacher_points: .*greater than or equal to 0"),
-    ("champion tolerance below 0", CLASSIFICATION, ["register.gate.max_drop_vs_champion_points=-0.1"],
-     r"register\.gate\.max_drop_vs_champion_points: .*greater than or equal to 0"),
-    ("search tolerance below 0", CLASSIFICATION, ["search.max_drop_vs_teacher_points=-1"],
-     r"search\.max_drop_vs_teacher_points: .*greater than or equal to 0"),
-    ("lm gate tolerance below 0", CAUSAL_LM, ["lm.gate.max_bleu_drop_points=-1"],
-     r"lm\.gate\.max_bleu_drop_points: .*greater than or equal to 0"),
+    (
+        "lm student deeper than scratch teacher",
+        CAUSAL_LM,
+        ["lm.distill.layers=[0,2,9]"],
+        r"lm\.distill\.layers \[0, 2, 9\] must be distinct teacher blocks 0\.\.5",
+    ),
+    (
+        "export tolerance below 0",
+        CLASSIFICATION,
+        ["export.max_abs_logit_diff=-1"],
+        r"export\.max_abs_logit_diff: Input should be greater than 0",
+    ),
+    (
+        "quantize tolerance below 0",
+        CLASSIFICATION,
+        ["quantize.max_drop_vs_fp32_points=-0.5"],
+        r"quantize\.max_drop_vs_fp32_points: .*greater than or equal to 0",
+    ),
+    (
+        "gate tolerance below 0",
+        CLASSIFICATION,
+        ["register.gate.max_drop_vs_teacher_points=-1"],
+        r"register\.gate\.max_drop_vs_teacher_points: .*greater than or equal to 0",
+    ),
+    (
+        "champion tolerance below 0",
+        CLASSIFICATION,
+        ["register.gate.max_drop_vs_champion_points=-0.1"],
+        r"register\.gate\.max_drop_vs_champion_points: .*greater than or equal to 0",
+    ),
+    (
+        "search tolerance below 0",
+        CLASSIFICATION,
+        ["search.max_drop_vs_teacher_points=-1"],
+        r"search\.max_drop_vs_teacher_points: .*greater than or equal to 0",
+    ),
+    (
+        "lm gate tolerance below 0",
+        CAUSAL_LM,
+        ["lm.gate.max_bleu_drop_points=-1"],
+        r"lm\.gate\.max_bleu_drop_points: .*greater than or equal to 0",
+    ),
     ("pretrained lm without a model", CAUSAL_LM, PRETRAINED_LM, r"lm\.teacher\.model is required"),
 ]
 
 
-@pytest.mark.parametrize("params_file, overrides, message", [case[1:] for case in SCHEMA_CASES],
-                         ids=[case[0] for case in SCHEMA_CASES])
+@pytest.mark.parametrize(
+    "params_file, overrides, message", [case[1:] for case in SCHEMA_CASES], ids=[case[0] for case in SCHEMA_CASES]
+)
 def test_schema_refuses_with_a_message_naming_the_key(params_file, overrides, message):
     with pytest.raises(ConfigError, match=message) as refused:
         load_params(params_file, overrides=overrides)
@@ -108,14 +141,20 @@ def preflight_case(params_file: Path, overrides: list[str], root: Path, search: 
 def test_student_layers_beyond_the_teachers_depth_are_refused(project, tiny_model_dir):
     for teacher in ("./models/tiny", str(tiny_model_dir)):  # relative to the project, and absolute
         preflight_case(CLASSIFICATION, [f"teacher.model={teacher}", "distill.layers=[0,1]"], project)
-        with pytest.raises(ConfigError, match=r"distill\.layers \[0, 2\] asks for layer 2, but the teacher "
-                                              rf"{teacher} has 2 layers \(0\.\.1\)"):
+        with pytest.raises(
+            ConfigError,
+            match=r"distill\.layers \[0, 2\] asks for layer 2, but the teacher "
+            rf"{teacher} has 2 layers \(0\.\.1\)",
+        ):
             preflight_case(CLASSIFICATION, [f"teacher.model={teacher}", "distill.layers=[0,2]"], project)
 
 
 def test_the_default_teacher_is_read_from_its_packaged_copy(tmp_path):
-    with pytest.raises(ConfigError, match=r"distill\.layers \[0, 2, 9\] asks for layer 9, but the teacher "
-                                          r"sentence-transformers/all-MiniLM-L6-v2 has 6 layers \(0\.\.5\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"distill\.layers \[0, 2, 9\] asks for layer 9, but the teacher "
+        r"sentence-transformers/all-MiniLM-L6-v2 has 6 layers \(0\.\.5\)",
+    ):
         preflight_case(CLASSIFICATION, ["distill.layers=[0,2,9]"], tmp_path)
 
 
@@ -129,26 +168,37 @@ def test_search_layers_are_checked_for_search_only(project):
 def test_lm_student_layers_beyond_a_pretrained_teachers_depth_are_refused(tiny_gpt2_config_dir, tmp_path):
     teacher = f"lm.teacher.model={tiny_gpt2_config_dir}"
     preflight_case(CAUSAL_LM, [*PRETRAINED_LM, teacher, "lm.distill.layers=[0,1]"], tmp_path)
-    with pytest.raises(ConfigError, match=r"lm\.distill\.layers \[0, 2, 4\] asks for layer 4, but the teacher .* "
-                                          r"has 2 layers \(0\.\.1\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"lm\.distill\.layers \[0, 2, 4\] asks for layer 4, but the teacher .* "
+        r"has 2 layers \(0\.\.1\)",
+    ):
         preflight_case(CAUSAL_LM, [*PRETRAINED_LM, teacher, "lm.distill.layers=[0,2,4]"], tmp_path)
 
 
 MISSING_TEACHERS = [
     (CLASSIFICATION, [], "teacher.model=./models/nope", r"teacher\.model: model path \./models/nope does not exist"),
     (CLASSIFICATION, [], "teacher.model=/abs/nope", r"teacher\.model: model path /abs/nope does not exist"),
-    (CAUSAL_LM, PRETRAINED_LM, "lm.teacher.model=./models/nope",
-     r"lm\.teacher\.model: model path \./models/nope does not exist"),
+    (
+        CAUSAL_LM,
+        PRETRAINED_LM,
+        "lm.teacher.model=./models/nope",
+        r"lm\.teacher\.model: model path \./models/nope does not exist",
+    ),
     (CLASSIFICATION, [], "teacher.model=someone/not-cached-model", rf"teacher\.model: .*{OFFLINE}"),
     (CAUSAL_LM, PRETRAINED_LM, "lm.teacher.model=someone/not-cached-lm", rf"lm\.teacher\.model: .*{OFFLINE}"),
 ]
 
 
-@pytest.mark.parametrize("params_file, extra, teacher, message", MISSING_TEACHERS,
-                         ids=["relative path", "absolute path", "lm path", "hub id offline", "lm hub id offline"])
+@pytest.mark.parametrize(
+    "params_file, extra, teacher, message",
+    MISSING_TEACHERS,
+    ids=["relative path", "absolute path", "lm path", "hub id offline", "lm hub id offline"],
+)
 @pytest.mark.parametrize("offline_variable", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
-def test_a_teacher_that_cannot_be_had_is_refused(params_file, extra, teacher, message, offline_variable, tmp_path,
-                                                 monkeypatch):
+def test_a_teacher_that_cannot_be_had_is_refused(
+    params_file, extra, teacher, message, offline_variable, tmp_path, monkeypatch
+):
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(offline_variable, "1")
@@ -187,14 +237,18 @@ def test_a_hub_that_cannot_be_reached_online_says_so(tmp_path, monkeypatch):
     from transformers import AutoConfig
 
     def unreachable(*args, **kwargs):
-        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files") \
-            from LocalEntryNotFoundError("connection error")
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files") from LocalEntryNotFoundError(
+            "connection error"
+        )
 
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(AutoConfig, "from_pretrained", unreachable)
-    with pytest.raises(ConfigError, match=r"teacher\.model: the Hugging Face hub cannot be reached \(there is no "
-                                          r"connection\) and 'someone/model' is not in the local Hugging Face cache"):
+    with pytest.raises(
+        ConfigError,
+        match=r"teacher\.model: the Hugging Face hub cannot be reached \(there is no "
+        r"connection\) and 'someone/model' is not in the local Hugging Face cache",
+    ):
         preflight_case(CLASSIFICATION, ["teacher.model=someone/model"], tmp_path)
 
 
@@ -202,10 +256,17 @@ def snapshot(root: Path) -> set[Path]:
     return {p.relative_to(root) for p in root.rglob("*") if "__pycache__" not in p.parts}
 
 
-@pytest.mark.parametrize("override, message", [
-    ("distill.alpha=1.5", "error: invalid params: distill.alpha: Input should be less than or equal to 1 (got 1.5)"),
-    ("teacher.model=./models/nope", "error: teacher.model: model path ./models/nope does not exist"),
-], ids=["schema", "preflight"])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "distill.alpha=1.5",
+            "error: invalid params: distill.alpha: Input should be less than or equal to 1 (got 1.5)",
+        ),
+        ("teacher.model=./models/nope", "error: teacher.model: model path ./models/nope does not exist"),
+    ],
+    ids=["schema", "preflight"],
+)
 def test_cli_exits_2_and_writes_nothing(override, message, tmp_path):
     root = make_project(tmp_path / "project")
     before = snapshot(root)

@@ -27,14 +27,23 @@ from tests.reliability.conftest import PLANTED_SECRETS, make_tiny_project, run_p
 
 TOLERANCE_POINTS = 0.2
 # A corpus of generated sentences and a teacher trained in seconds: the causal-lm chain in about a minute.
-TINY_LM = ["lm.data.max_sentences=400", "lm.data.vocab_size=300", "lm.teacher.epochs=1",
-           "lm.teacher.architecture={n_layer: 2, n_embd: 32, n_head: 2, n_positions: 48}",
-           "lm.distill.layers=[0]", "lm.distill.ablation=false", "lm.evaluate.rss_prompts=1",
-           "lm.evaluate.generation_prompts=2", "lm.evaluate.bleu_sentences=10", "retries.stage_delay_seconds=0"]
+TINY_LM = [
+    "lm.data.max_sentences=400",
+    "lm.data.vocab_size=300",
+    "lm.teacher.epochs=1",
+    "lm.teacher.architecture={n_layer: 2, n_embd: 32, n_head: 2, n_positions: 48}",
+    "lm.distill.layers=[0]",
+    "lm.distill.ablation=false",
+    "lm.evaluate.rss_prompts=1",
+    "lm.evaluate.generation_prompts=2",
+    "lm.evaluate.bleu_sentences=10",
+    "retries.stage_delay_seconds=0",
+]
 
 
-def test_the_complete_run_left_nothing_staged_and_an_unchanged_rerun_skips_every_stage(tiny_run, prefect_api,
-                                                                                      monkeypatch):
+def test_the_complete_run_left_nothing_staged_and_an_unchanged_rerun_skips_every_stage(
+    tiny_run, prefect_api, monkeypatch
+):
     project = tiny_run["project"]
     assert tiny_run["outcome"]["registration"]["alias"] == "champion"
     assert not any((CLASSIFICATION.workspace(project).state / "staging").glob("*/*")), "staging left behind"
@@ -92,8 +101,9 @@ def test_no_planted_secret_in_any_file_the_run_wrote_or_in_its_output(tiny_run):
         assert secret not in tiny_run["printed"], f"{name} leaked into the run's output"
 
 
-def test_a_second_run_from_scratch_gives_the_same_data_hash_and_accuracy(tiny_run, tmp_path, tiny_model_dir,
-                                                                         prefect_api, monkeypatch):
+def test_a_second_run_from_scratch_gives_the_same_data_hash_and_accuracy(
+    tiny_run, tmp_path, tiny_model_dir, prefect_api, monkeypatch
+):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     first = tiny_run["project"]
     second = make_tiny_project(tmp_path / "again", tiny_model_dir)
@@ -108,8 +118,7 @@ def test_a_second_run_from_scratch_gives_the_same_data_hash_and_accuracy(tiny_ru
         assert abs(a["test_accuracy"] - b["test_accuracy"]) * 100 <= TOLERANCE_POINTS, (stage, a, b)
 
 
-def test_a_crash_between_registration_and_the_alias_move_keeps_the_old_champion(tiny_run, prefect_api,
-                                                                                monkeypatch):
+def test_a_crash_between_registration_and_the_alias_move_keeps_the_old_champion(tiny_run, prefect_api, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from flows import registry

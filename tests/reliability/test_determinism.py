@@ -21,8 +21,9 @@ def test_smoke_scale_data_hash_and_teacher_accuracy_repeat(tmp_path):
     hashes, accuracies = [], []
     for attempt in ("a", "b"):
         prepared = tmp_path / attempt / "prepared"
-        ingest.run(params.data, prepared, NullTracker(), cache_dir=raw if raw.is_dir() else tmp_path / "raw",
-                   root=tmp_path)
+        ingest.run(
+            params.data, prepared, NullTracker(), cache_dir=raw if raw.is_dir() else tmp_path / "raw", root=tmp_path
+        )
         hashes.append(cache.tree_sha256(prepared))
         result = finetune.run(params.teacher, prepared, tmp_path / attempt / "teacher", NullTracker(), seed=params.seed)
         accuracies.append(result.metrics["test_accuracy"])

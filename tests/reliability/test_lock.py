@@ -22,9 +22,17 @@ def test_a_second_run_stops_with_a_message_naming_the_holder(tiny_project, prefe
 def test_two_runs_started_together_run_one_after_the_other(tiny_project, prefect_api):
     env = os.environ | {"PREFECT_API_URL": prefect_api, "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    procs = [subprocess.Popen([str(BIN / "miniaturize"), "run", "--until", "validate", "--wait", "300"],
-                              cwd=tiny_project, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "miniaturize"), "run", "--until", "validate", "--wait", "300"],
+            cwd=tiny_project,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
     outs = [proc.communicate(timeout=400) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], outs
     # One of them did the work; the other waited, then found it done.

@@ -29,8 +29,9 @@ def stage_outputs(project: Path) -> dict[str, str]:
     return {path.name: cache.tree_sha256(path) for path in (project / "models").iterdir() if path.name != "base"}
 
 
-def test_a_stage_that_fails_half_way_keeps_the_previous_outputs_and_is_not_recorded(tiny_project, prefect_api,
-                                                                                     monkeypatch):
+def test_a_stage_that_fails_half_way_keeps_the_previous_outputs_and_is_not_recorded(
+    tiny_project, prefect_api, monkeypatch
+):
     from dataclasses import replace
 
     from flows.tasks.classification import STAGES
@@ -49,7 +50,9 @@ def test_a_stage_that_fails_half_way_keeps_the_previous_outputs_and_is_not_recor
         run_pipeline(tiny_project, prefect_api, until="distill", force=True)
     assert cache.tree_sha256(tiny_project / "models" / "student") == before
     assert not cache.StageCache(CLASSIFICATION.workspace(tiny_project).state).path("distill").exists()
-    assert (CLASSIFICATION.workspace(tiny_project).state / "failed" / "distill" / "models" / "student" / "model.safetensors").exists()
+    assert (
+        CLASSIFICATION.workspace(tiny_project).state / "failed" / "distill" / "models" / "student" / "model.safetensors"
+    ).exists()
     monkeypatch.setitem(STAGES, "distill", real)
     resumed = run_pipeline(tiny_project, prefect_api, until="distill")
     assert [name for name, s in resumed["stages"].items() if not s["cache_hit"]] == ["distill"]
@@ -59,8 +62,15 @@ def start_cli(project: Path, *args: str, env: dict[str, str | None]) -> subproce
     """`miniaturize run` in its own process group, with `env` on top of this one's (None: unset)."""
     env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": None} | env
     env = {key: value for key, value in env.items() if value is not None}
-    return subprocess.Popen([str(BIN / "miniaturize"), "run", *args], cwd=project, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [str(BIN / "miniaturize"), "run", *args],
+        cwd=project,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def read_until(proc: subprocess.Popen, line_start: str, timeout: float = 300) -> str:
@@ -114,8 +124,7 @@ def flow_run_state(api: str, flow_run_id: str) -> str:
         return json.load(answer)["state"]["type"]
 
 
-def test_sigkill_during_a_stage_resumes_from_the_last_completed_stage_and_leaves_no_ghosts(tiny_project,
-                                                                                         prefect_api):
+def test_sigkill_during_a_stage_resumes_from_the_last_completed_stage_and_leaves_no_ghosts(tiny_project, prefect_api):
     from mlflow.tracking import MlflowClient
 
     store = cache.StageCache(CLASSIFICATION.workspace(tiny_project).state)
@@ -129,8 +138,11 @@ def test_sigkill_during_a_stage_resumes_from_the_last_completed_stage_and_leaves
     time.sleep(1.0)
     assert_ends(kill_run_only(first))
     assert "[finetune] finished" in printed
-    assert [s for s in ("ingest", "validate", "finetune", "distill") if store.path(s).exists()] == \
-        ["ingest", "validate", "finetune"]
+    assert [s for s in ("ingest", "validate", "finetune", "distill") if store.path(s).exists()] == [
+        "ingest",
+        "validate",
+        "finetune",
+    ]
     assert not (tiny_project / "models" / "student").exists(), "a half-distilled student is in place"
     teacher = cache.tree_sha256(tiny_project / "models" / "teacher")
     killed = holder(tiny_project)  # what the killed run recorded for the next one
@@ -147,10 +159,16 @@ def test_sigkill_during_a_stage_resumes_from_the_last_completed_stage_and_leaves
     assert_ends(kill_run_only(second))
     assert cache.tree_sha256(tiny_project / "models" / "teacher") == teacher
     assert mlflow.get_run(killed["mlflow_run_id"]).info.status == "KILLED"
-    first_runs = mlflow.search_runs([mlflow.get_run(killed["mlflow_run_id"]).info.experiment_id],
-                                    f"tags.mlflow.parentRunId = '{killed['mlflow_run_id']}'")
+    first_runs = mlflow.search_runs(
+        [mlflow.get_run(killed["mlflow_run_id"]).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{killed['mlflow_run_id']}'",
+    )
     assert {r.info.run_name: r.info.status for r in first_runs} == {
-        "ingest": "FINISHED", "validate": "FINISHED", "finetune": "FINISHED", "distill": "KILLED"}
+        "ingest": "FINISHED",
+        "validate": "FINISHED",
+        "finetune": "FINISHED",
+        "distill": "KILLED",
+    }
     killed = holder(tiny_project)
 
     # The re-run resumes: finished stages are skipped, the killed one and the rest run. It marks the second

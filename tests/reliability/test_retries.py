@@ -18,6 +18,7 @@ def flaky(real, errors: list[Exception], calls: list[int]):
         if errors:
             raise errors.pop(0)
         return real.run(p, ws, tracker)
+
     return replace(real, run=stage)
 
 
@@ -25,8 +26,9 @@ def test_a_transient_error_is_retried_and_the_run_completes(tiny_project, prefec
     from flows.tasks.classification import STAGES
 
     calls: list[int] = []
-    monkeypatch.setitem(STAGES, "ingest", flaky(STAGES["ingest"], [ConnectionResetError(104, "Connection reset by peer")],
-                                                calls))
+    monkeypatch.setitem(
+        STAGES, "ingest", flaky(STAGES["ingest"], [ConnectionResetError(104, "Connection reset by peer")], calls)
+    )
     outcome = run_pipeline(tiny_project, prefect_api, until="ingest")
     assert len(calls) == 2 and not outcome["stages"]["ingest"]["cache_hit"]
     assert (tiny_project / "data" / "prepared" / "train.parquet").is_file()
@@ -43,11 +45,18 @@ def test_a_deterministic_error_is_not_retried(tiny_project, prefect_api, monkeyp
     assert not (tiny_project / "data" / "prepared").exists()
 
 
-@pytest.mark.parametrize("error, transient", [
-    (ConnectionRefusedError(111, "Connection refused"), True), (TimeoutError("read timed out"), True),
-    (TransientError("GPU busy"), True), (FileNotFoundError(2, "No such file"), False),
-    (ValueError("bad value"), False), (KeyError("label"), False), (RuntimeError("shape mismatch"), False),
-])
+@pytest.mark.parametrize(
+    "error, transient",
+    [
+        (ConnectionRefusedError(111, "Connection refused"), True),
+        (TimeoutError("read timed out"), True),
+        (TransientError("GPU busy"), True),
+        (FileNotFoundError(2, "No such file"), False),
+        (ValueError("bad value"), False),
+        (KeyError("label"), False),
+        (RuntimeError("shape mismatch"), False),
+    ],
+)
 def test_errors_are_classified(error, transient):
     assert is_transient(error) is transient
 

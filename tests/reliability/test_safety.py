@@ -75,8 +75,9 @@ def lm_pretrained_preflight(folder: Path, prepared: Path, out: Path) -> None:
 
 
 def distill_from(folder: Path, prepared: Path, out: Path) -> None:
-    distill.run(DistillConfig(layers=[0], epochs=1, max_length=32, ablation=False), folder, prepared, out,
-                NullTracker(), seed=0)
+    distill.run(
+        DistillConfig(layers=[0], epochs=1, max_length=32, ablation=False), folder, prepared, out, NullTracker(), seed=0
+    )
 
 
 def prune_from(folder: Path, prepared: Path, out: Path) -> None:
@@ -149,8 +150,12 @@ def test_no_pickle_loader_in_components_or_flows():
                     found.append(f"{where} {owner}.{name} reads a pickle")
                 # Tokenizers, configs and ONNX Runtime models hold no pickle; every PyTorch model must come
                 # from safetensors.
-                if name == "from_pretrained" and "Model" in owner and not owner.startswith("ORT") \
-                        and not keyword_is_true(node, "use_safetensors"):
+                if (
+                    name == "from_pretrained"
+                    and "Model" in owner
+                    and not owner.startswith("ORT")
+                    and not keyword_is_true(node, "use_safetensors")
+                ):
                     found.append(f"{where} {owner}.from_pretrained without use_safetensors=True")
     assert not found, "\n".join(found)
 
@@ -159,13 +164,13 @@ def test_no_pickle_loader_in_components_or_flows():
 def edge_bundle(tiny_model_dir, tiny_prepared, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("safety_bundle")
     export.run(ExportConfig(), tiny_model_dir, tiny_prepared, root / "onnx", NullTracker(), max_length=32)
-    return bundle.package(root / "onnx", root / "edge", {"path": str(root / "onnx")}, {"accuracy": 0.5},
-                          max_length=32)
+    return bundle.package(root / "onnx", root / "edge", {"path": str(root / "onnx")}, {"accuracy": 0.5}, max_length=32)
 
 
 def predict(folder: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(folder / "predict.py"), *args], capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, str(folder / "predict.py"), *args], capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.parametrize("name", ["model.onnx", "tokenizer.json"])
@@ -182,6 +187,7 @@ def test_a_flipped_byte_stops_predict_py_before_any_prediction(edge_bundle, name
     for args in (["a wonderful film"], ["--jsonl", str(texts)]):
         done = predict(copy, *args)
         assert done.returncode == 2
-        assert done.stderr.strip() == (f"error: {name} does not match manifest.json (sha256 differs): "
-                                       "the bundle was changed")
+        assert done.stderr.strip() == (
+            f"error: {name} does not match manifest.json (sha256 differs): the bundle was changed"
+        )
         assert done.stdout == ""

@@ -12,7 +12,9 @@ from tests.reliability.conftest import load
 
 
 def test_params_with_a_password_are_refused(tiny_project):
-    with pytest.raises(ConfigError, match="data.source holds a password in its URL; credentials belong in the environment"):
+    with pytest.raises(
+        ConfigError, match="data.source holds a password in its URL; credentials belong in the environment"
+    ):
         load(tiny_project, "data.source=https://reader:s3cret-pass@data.example.com/reviews.csv")
 
 

@@ -17,8 +17,9 @@ from flows.tasks.classification import TASK as CLASSIFICATION
 from tests.reliability.conftest import run_pipeline
 
 
-def test_mlflow_down_at_the_start_fails_clearly_after_retries_and_computes_nothing(tiny_project, prefect_api,
-                                                                                  mlflow_server, monkeypatch):
+def test_mlflow_down_at_the_start_fails_clearly_after_retries_and_computes_nothing(
+    tiny_project, prefect_api, mlflow_server, monkeypatch
+):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)  # never started
     with pytest.raises(TrackingUnavailable) as caught:
         run_pipeline(tiny_project, prefect_api, until="validate")
@@ -27,8 +28,9 @@ def test_mlflow_down_at_the_start_fails_clearly_after_retries_and_computes_nothi
     assert not (tiny_project / "data" / "prepared").exists()
 
 
-def test_mlflow_down_mid_stage_keeps_outputs_and_logs_and_the_next_run_replays_them(tiny_project, prefect_api,
-                                                                                    mlflow_server, monkeypatch):
+def test_mlflow_down_mid_stage_keeps_outputs_and_logs_and_the_next_run_replays_them(
+    tiny_project, prefect_api, mlflow_server, monkeypatch
+):
     from dataclasses import replace
 
     from mlflow.tracking import MlflowClient

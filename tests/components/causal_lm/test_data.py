@@ -113,4 +113,6 @@ def test_clean_drops_duplicates_in_the_form_validation_compares():
     from components.causal_lm.data import clean
 
     assert clean(["The film  was good", "the film was good", " x ", None, "Another one"], 3) == [
-        "The film  was good", "Another one"]
+        "The film  was good",
+        "Another one",
+    ]

@@ -22,8 +22,9 @@ from components.classification import edge_predict
 EOS = "<|endoftext|>"
 PROMPTS = ["the film was", "a very dull script and", "music, cast and plot number 7"]
 NEW_TOKENS = 12
-WORDS = ("the a film movie was great dull funny warm long short script acting cast plot scene music and but very "
-         "quite not").split()
+WORDS = (
+    "the a film movie was great dull funny warm long short script acting cast plot scene music and but very quite not"
+).split()
 
 
 def sentences(n: int, seed: int = 0) -> list[str]:
@@ -44,23 +45,37 @@ def tiny_lm_dir(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny_lm")
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(sentences(200), vocab_size=500, min_frequency=1, special_tokens=[EOS],
-                            show_progress=False)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=EOS, eos_token=EOS, pad_token=EOS,
-                                        padding_side="left", model_input_names=["input_ids", "attention_mask"],
-                                        clean_up_tokenization_spaces=False)
+    bpe.train_from_iterator(sentences(200), vocab_size=500, min_frequency=1, special_tokens=[EOS], show_progress=False)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        bos_token=EOS,
+        eos_token=EOS,
+        pad_token=EOS,
+        padding_side="left",
+        model_input_names=["input_ids", "attention_mask"],
+        clean_up_tokenization_spaces=False,
+    )
     torch.manual_seed(0)
     eos = tokenizer.eos_token_id
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=4,
-                        bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+    )
     GPT2LMHeadModel(config).save_pretrained(root / "hf", safe_serialization=True)
     tokenizer.save_pretrained(root / "hf")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)  # ONNX tools may write temporary files to the working directory
         main_export(str(root / "hf"), str(root / "onnx"), task="text-generation-with-past")
         quantizer = ORTQuantizer.from_pretrained(root / "onnx")
-        quantizer.quantize(save_dir=root / "int8",
-                           quantization_config=AutoQuantizationConfig.avx512_vnni(is_static=False))
+        quantizer.quantize(
+            save_dir=root / "int8", quantization_config=AutoQuantizationConfig.avx512_vnni(is_static=False)
+        )
     final = root / "int8"
     for quantized in final.glob("*_quantized.onnx"):
         quantized.rename(final / "model.onnx")
@@ -70,8 +85,13 @@ def tiny_lm_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def lm_bundle(tiny_lm_dir, tmp_path_factory) -> Path:
-    return bundle.package(tiny_lm_dir, tmp_path_factory.mktemp("lm_bundle") / "edge", {"path": str(tiny_lm_dir)},
-                          {"perplexity": 123.0}, max_length=64)
+    return bundle.package(
+        tiny_lm_dir,
+        tmp_path_factory.mktemp("lm_bundle") / "edge",
+        {"path": str(tiny_lm_dir)},
+        {"perplexity": 123.0},
+        max_length=64,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +106,7 @@ def optimum_generate(tiny_lm_dir):
     def generate(prompt: str, max_new_tokens: int = NEW_TOKENS, **kwargs) -> list[int]:
         encoded = tokenizer(prompt, return_tensors="pt")
         out = model.generate(**encoded, do_sample=False, max_new_tokens=max_new_tokens, **kwargs)
-        return out[0, encoded["input_ids"].shape[1]:].tolist()
+        return out[0, encoded["input_ids"].shape[1] :].tolist()
 
     generate.decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
     return generate
@@ -94,18 +114,34 @@ def optimum_generate(tiny_lm_dir):
 
 def run_predict(python, lm_bundle: Path, *args, cwd: Path) -> subprocess.CompletedProcess:
     # cwd is a scratch folder: ONNX Runtime may write temporary files beside the process.
-    return subprocess.run([str(python), str(lm_bundle / "predict.py"), *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [str(python), str(lm_bundle / "predict.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def test_package_detects_a_causal_lm_and_writes_a_generation_bundle(tiny_lm_dir, lm_bundle):
     assert bundle.task_of(tiny_lm_dir) == "causal-lm"
-    assert sorted(p.name for p in lm_bundle.iterdir()) == ["config.json", "generation_config.json", "manifest.json",
-                                                           "model.onnx", "predict.py", "tokenizer.json"]
+    assert sorted(p.name for p in lm_bundle.iterdir()) == [
+        "config.json",
+        "generation_config.json",
+        "manifest.json",
+        "model.onnx",
+        "predict.py",
+        "tokenizer.json",
+    ]
     manifest = json.loads((lm_bundle / "manifest.json").read_text())
     assert manifest["task"] == "causal-lm" and manifest["metrics"] == {"perplexity": 123.0}
-    assert set(manifest["files"]) == {"config.json", "generation_config.json", "model.onnx", "predict.py",
-                                      "tokenizer.json"}
+    assert set(manifest["files"]) == {
+        "config.json",
+        "generation_config.json",
+        "model.onnx",
+        "predict.py",
+        "tokenizer.json",
+    }
     assert (lm_bundle / "predict.py").read_text() == Path(edge_generate.__file__).read_text()
     assert edge_generate.verify(lm_bundle) == manifest
 
@@ -155,7 +191,7 @@ def test_generation_stops_at_the_end_token(lm_bundle, optimum_generate):
     generator.eos = {tokens[stop]}
     assert list(generator.generate(PROMPTS[2], NEW_TOKENS)) == tokens[:stop]
     # Optimum keeps the end token in its output (the decoded text is the same)
-    assert optimum_generate(PROMPTS[2], eos_token_id=tokens[stop]) == tokens[:stop + 1]
+    assert optimum_generate(PROMPTS[2], eos_token_id=tokens[stop]) == tokens[: stop + 1]
 
 
 def test_a_prompt_beyond_the_models_positions_is_refused(lm_bundle):
@@ -193,8 +229,7 @@ def test_a_changed_file_is_refused_before_loading(lm_bundle, tmp_path):
 
 def test_predict_py_runs_in_a_fresh_environment(lm_bundle, optimum_generate, edge_python, tmp_path):
     expected = optimum_generate.decode(optimum_generate(PROMPTS[2]))
-    one = run_predict(edge_python, lm_bundle, PROMPTS[2], "--max-new-tokens", NEW_TOKENS, "--threads", 1,
-                      cwd=tmp_path)
+    one = run_predict(edge_python, lm_bundle, PROMPTS[2], "--max-new-tokens", NEW_TOKENS, "--threads", 1, cwd=tmp_path)
     assert one.returncode == 0, one.stderr
     assert one.stdout == expected + "\n"
 
@@ -242,6 +277,7 @@ def test_expect_manifest_pins_a_causal_lm_bundle(lm_bundle, tmp_path):
     assert edge_generate.verify(lm_bundle, pinned)
     refused = run_predict(sys.executable, lm_bundle, "the film", "--expect-manifest", "0" * 64, cwd=tmp_path)
     assert refused.returncode == 2 and "not the bundle that was pinned" in refused.stderr and refused.stdout == ""
-    done = run_predict(sys.executable, lm_bundle, "the film", "--expect-manifest", pinned, "--max-new-tokens", 2,
-                       cwd=tmp_path)
+    done = run_predict(
+        sys.executable, lm_bundle, "the film", "--expect-manifest", pinned, "--max-new-tokens", 2, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr

@@ -9,10 +9,16 @@ from components.kit.gate import compare_lm_to_champion, compare_lm_to_teacher, d
 from components.kit.report import ModelSpec
 from components.kit.tracking import NullTracker
 
-TINY = LMEvaluateConfig(prefix_tokens=4, continuation_tokens=8, bleu_sentences=16, generation_tokens=8,
-                        generation_prompts=3, rss_prompts=2, threads=1)
-ENTRY_KEYS = {"runtime", "perplexity", "bleu", "bleu_sentences", "tokens_per_s", "size_bytes",
-              "params", "peak_rss_mb"}
+TINY = LMEvaluateConfig(
+    prefix_tokens=4,
+    continuation_tokens=8,
+    bleu_sentences=16,
+    generation_tokens=8,
+    generation_prompts=3,
+    rss_prompts=2,
+    threads=1,
+)
+ENTRY_KEYS = {"runtime", "perplexity", "bleu", "bleu_sentences", "tokens_per_s", "size_bytes", "params", "peak_rss_mb"}
 LM_RATIO_KEYS = ("size_ratio", "perplexity_ratio", "bleu_drop_points", "generation_speedup")  # compare_lm_to_teacher's
 
 
@@ -37,10 +43,12 @@ def lm_models(tiny_gpt2_dir, tiny_lm_data_dir, tmp_path_factory):
     from transformers import GPT2LMHeadModel
 
     root = tmp_path_factory.mktemp("lm_models")
-    onnx = export.export(tiny_gpt2_dir, tiny_lm_data_dir, root / "onnx", NullTracker(), prompts=2,
-                            max_new_tokens=4).outputs["model"]
-    int8 = export.quantize(onnx, tiny_lm_data_dir, root / "int8", NullTracker(), prompts=2,
-                              max_new_tokens=4).outputs["model"]
+    onnx = export.export(
+        tiny_gpt2_dir, tiny_lm_data_dir, root / "onnx", NullTracker(), prompts=2, max_new_tokens=4
+    ).outputs["model"]
+    int8 = export.quantize(onnx, tiny_lm_data_dir, root / "int8", NullTracker(), prompts=2, max_new_tokens=4).outputs[
+        "model"
+    ]
     torch.manual_seed(1)
     untrained = GPT2LMHeadModel(GPT2LMHeadModel.from_pretrained(tiny_gpt2_dir).config)
     untrained.save_pretrained(root / "untrained")
@@ -53,12 +61,13 @@ def evaluated(lm_models, tiny_gpt2_dir, tiny_lm_data_dir, tmp_path_factory):
     tracker = RecordingTracker()
     # "student" is the teacher's own weights exported (so runtimes can be compared); the untrained
     # ablation folder has no tokenizer of its own (the data folder's is used)
-    models = [ModelSpec("student", lm_models["onnx_fp32"], "onnxruntime"),
-              ModelSpec("teacher", tiny_gpt2_dir, "pytorch"),
-              ModelSpec("student_without_teacher", lm_models["untrained"], "pytorch"),
-              ModelSpec("final", lm_models["final"], "onnxruntime")]
-    result = evaluate.run(TINY, LMGateConfig(), tiny_lm_data_dir, models, out_dir, tracker, seed=13,
-                             max_length=32)
+    models = [
+        ModelSpec("student", lm_models["onnx_fp32"], "onnxruntime"),
+        ModelSpec("teacher", tiny_gpt2_dir, "pytorch"),
+        ModelSpec("student_without_teacher", lm_models["untrained"], "pytorch"),
+        ModelSpec("final", lm_models["final"], "onnxruntime"),
+    ]
+    result = evaluate.run(TINY, LMGateConfig(), tiny_lm_data_dir, models, out_dir, tracker, seed=13, max_length=32)
     return result, out_dir, tracker
 
 
@@ -68,7 +77,10 @@ def test_report_has_every_key_with_sane_values(evaluated):
     assert set(report) >= {"task", "dataset", "models", "final_vs_teacher", "gate", "ablation", "environment"}
     assert report["task"] == "causal-lm"
     assert len(report["dataset"]["sha256"]) == 64 and report["dataset"]["rows"] == {
-        "train": 200, "validation": 24, "test": 24}
+        "train": 200,
+        "validation": 24,
+        "test": 24,
+    }
     assert list(report["models"]) == ["student", "teacher", "student_without_teacher", "final"]
     for name, entry in report["models"].items():
         assert set(entry) >= ENTRY_KEYS, name
@@ -115,8 +127,16 @@ def test_ratios_gate_and_ablation_follow_the_entries(evaluated):
 
 def test_evaluate_needs_teacher_and_final(tiny_lm_data_dir, tiny_gpt2_dir, tmp_path):
     with pytest.raises(ValueError, match="'final'"):
-        evaluate.run(TINY, LMGateConfig(), tiny_lm_data_dir, [ModelSpec("teacher", tiny_gpt2_dir, "pytorch")],
-                        tmp_path, NullTracker(), seed=13, max_length=32)
+        evaluate.run(
+            TINY,
+            LMGateConfig(),
+            tiny_lm_data_dir,
+            [ModelSpec("teacher", tiny_gpt2_dir, "pytorch")],
+            tmp_path,
+            NullTracker(),
+            seed=13,
+            max_length=32,
+        )
 
 
 def test_perplexity_helpers():
@@ -135,8 +155,9 @@ GOOD_FINAL = {"size_bytes": 8e6, "perplexity": 22.0, "bleu": 9.5, "tokens_per_s"
 
 def test_compare_lm_to_teacher():
     ratios = compare_lm_to_teacher(TEACHER, GOOD_FINAL)
-    assert ratios == pytest.approx({"size_ratio": 5.0, "perplexity_ratio": 1.1, "bleu_drop_points": 0.5,
-                                    "generation_speedup": 5.0})
+    assert ratios == pytest.approx(
+        {"size_ratio": 5.0, "perplexity_ratio": 1.1, "bleu_drop_points": 0.5, "generation_speedup": 5.0}
+    )
     missing = compare_lm_to_teacher(TEACHER, {"size_bytes": 0, "perplexity": None})
     assert math.isinf(missing["size_ratio"]) and math.isnan(missing["perplexity_ratio"])
     assert math.isnan(missing["bleu_drop_points"]) and math.isnan(missing["generation_speedup"])
@@ -147,8 +168,12 @@ def test_decide_lm_passes_and_fails_each_check():
     assert decide_lm(compare_lm_to_teacher(TEACHER, GOOD_FINAL), cfg).passed
     at_thresholds = {"perplexity_ratio": 1.25, "bleu_drop_points": 1.0, "generation_speedup": 4.0, "size_ratio": 4.0}
     assert decide_lm(at_thresholds, cfg).passed
-    for key, bad in (("perplexity_ratio", 1.3), ("bleu_drop_points", 1.5), ("generation_speedup", 3.9),
-                     ("size_ratio", 3.0)):
+    for key, bad in (
+        ("perplexity_ratio", 1.3),
+        ("bleu_drop_points", 1.5),
+        ("generation_speedup", 3.9),
+        ("size_ratio", 3.0),
+    ):
         decision = decide_lm(at_thresholds | {key: bad}, cfg)
         assert not decision.passed and decision.failed() == [key]
     for key in at_thresholds:
@@ -168,11 +193,15 @@ def test_compare_lm_to_champion():
     assert worse.checks["vs_champion.perplexity_growth"].value == pytest.approx(1.06)
     larger = compare_lm_to_champion({"perplexity": 19.0, "size_bytes": 12e6, **same}, champion, cfg)
     assert larger.failed() == ["vs_champion.size_growth"]
-    for bad in ({"perplexity": math.nan, "size_bytes": 10e6}, {"perplexity": math.inf, "size_bytes": 10e6},
-                {"size_bytes": 10e6}):
+    for bad in (
+        {"perplexity": math.nan, "size_bytes": 10e6},
+        {"perplexity": math.inf, "size_bytes": 10e6},
+        {"size_bytes": 10e6},
+    ):
         assert compare_lm_to_champion(bad | same, champion, cfg).failed() == ["vs_champion.perplexity_growth"]
-    zero_champion = compare_lm_to_champion({"perplexity": 20.0, "size_bytes": 1.0, **same},
-                                           {"perplexity": 0.0, "size_bytes": 0.0, **same}, cfg)
+    zero_champion = compare_lm_to_champion(
+        {"perplexity": 20.0, "size_bytes": 1.0, **same}, {"perplexity": 0.0, "size_bytes": 0.0, **same}, cfg
+    )
     assert zero_champion.failed() == ["vs_champion.perplexity_growth", "vs_champion.size_growth"]
 
 

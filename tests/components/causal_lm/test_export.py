@@ -18,8 +18,9 @@ def exported(tiny_gpt2_dir, tiny_lm_data_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def quantized(exported, tiny_lm_data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("lm_quantize") / "int8"
-    return export.quantize(exported.outputs["model"], tiny_lm_data_dir, out, NullTracker(), prompts=6,
-                              max_new_tokens=12)
+    return export.quantize(
+        exported.outputs["model"], tiny_lm_data_dir, out, NullTracker(), prompts=6, max_new_tokens=12
+    )
 
 
 def test_export_generates_like_pytorch(exported, tiny_gpt2_dir, tiny_lm_data_dir):
@@ -38,6 +39,7 @@ def test_export_generates_like_pytorch(exported, tiny_gpt2_dir, tiny_lm_data_dir
     reference = greedy(load(tiny_gpt2_dir, "pytorch"), tokenizer, prompts, 12)
     assert greedy(load(out, "onnxruntime", threads=1), tokenizer, prompts, 12, batch_size=3) == reference
     from components.kit.latency import load_onnx_session
+
     assert greedy(load_onnx_session(out, 1), tokenizer, prompts, 12) == reference
 
 
@@ -45,6 +47,7 @@ def test_greedy_min_new_tokens_gives_exact_count(exported):
     out = exported.outputs["model"]
     tokenizer = load_tokenizer(out)
     from components.kit.latency import load_onnx_session
+
     for model in (load(out, "onnxruntime"), load_onnx_session(out, 1)):
         rows = greedy(model, tokenizer, [[tokenizer.eos_token_id], [5, 6, 7]], 20, min_new_tokens=20)
         assert [len(r) for r in rows] == [20, 20]
@@ -76,13 +79,15 @@ def test_int8_loads_generates_and_reports_agreement(quantized, exported):
     assert len(rows[0]) == 8
     report = json.loads((out / "quantize_report.json").read_text())
     from components.kit.latency import onnx_precision
+
     assert onnx_precision(out) == "int8" and onnx_precision(exported.outputs["model"]) == "fp32"
     for key in ("sequence_agreement", "token_agreement"):
         assert 0.0 <= quantized.metrics[key] <= 1.0 and report[key] == quantized.metrics[key]
     assert quantized.metrics["token_agreement"] >= quantized.metrics["sequence_agreement"]
     assert quantized.metrics["onnx_bytes"] < exported.metrics["onnx_bytes"]
-    assert math.isclose(quantized.metrics["size_ratio"],
-                        exported.metrics["onnx_bytes"] / quantized.metrics["onnx_bytes"])
+    assert math.isclose(
+        quantized.metrics["size_ratio"], exported.metrics["onnx_bytes"] / quantized.metrics["onnx_bytes"]
+    )
     assert report["preset"] in ("avx512_vnni", "avx512", "avx2", "arm64")
 
 
@@ -93,5 +98,3 @@ def test_continuation_agreement():
     assert got["token_agreement"] == pytest.approx(4 / 6)  # 3 + 1 identical positions out of 3 + 3
     with pytest.raises(ValueError):
         continuation_agreement([[1]], [])
-
-

@@ -26,8 +26,13 @@ def lm_prepared(tmp_path_factory):
 def lm_teacher(tmp_path_factory, lm_prepared):
     """A 2-block, 32-wide, 4-head GPT-2 after 2 epochs from scratch."""
     out = tmp_path_factory.mktemp("lm_teacher")
-    cfg = LMTeacherConfig(architecture=LMArchitecture(n_layer=2, n_embd=32, n_head=4, n_positions=64),
-                          epochs=2, batch_size=16, lr=3e-3, max_length=MAX_LENGTH)
+    cfg = LMTeacherConfig(
+        architecture=LMArchitecture(n_layer=2, n_embd=32, n_head=4, n_positions=64),
+        epochs=2,
+        batch_size=16,
+        lr=3e-3,
+        max_length=MAX_LENGTH,
+    )
     result = train.train_teacher(cfg, lm_prepared, out, NullTracker(), seed=0)
     return out, result
 
@@ -58,7 +63,8 @@ def test_teacher_trains_and_saves_the_agreed_format(lm_teacher, lm_prepared):
     assert model.config.pad_token_id == model.config.eos_token_id == tokenizer.eos_token_id
     val = train.read_texts(lm_prepared, "validation")
     assert train.perplexity(model, tokenizer, val, MAX_LENGTH, 8) == pytest.approx(
-        result.metrics["val_perplexity"], rel=1e-4)
+        result.metrics["val_perplexity"], rel=1e-4
+    )
 
 
 def test_perplexity_does_not_depend_on_batching(lm_teacher, lm_prepared):
@@ -66,7 +72,8 @@ def test_perplexity_does_not_depend_on_batching(lm_teacher, lm_prepared):
     model, tokenizer = AutoModelForCausalLM.from_pretrained(out), train.load_tokenizer(out)
     val = train.read_texts(lm_prepared, "validation")
     assert train.perplexity(model, tokenizer, val, MAX_LENGTH, 3) == pytest.approx(
-        train.perplexity(model, tokenizer, val, MAX_LENGTH, 7), rel=1e-4)
+        train.perplexity(model, tokenizer, val, MAX_LENGTH, 7), rel=1e-4
+    )
 
 
 def test_keep_blocks_copies_the_chosen_blocks(lm_teacher):
@@ -74,8 +81,10 @@ def test_keep_blocks_copies_the_chosen_blocks(lm_teacher):
     teacher = AutoModelForCausalLM.from_pretrained(out)
     student = train.keep_blocks(AutoModelForCausalLM.from_pretrained(out), [1])
     assert student.config.n_layer == 1 and len(student.transformer.h) == 1
-    assert all(torch.equal(a, b) for a, b in zip(student.transformer.h[0].state_dict().values(),
-                                                  teacher.transformer.h[1].state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(student.transformer.h[0].state_dict().values(), teacher.transformer.h[1].state_dict().values())
+    )
     assert torch.equal(student.transformer.wte.weight, teacher.transformer.wte.weight)
     assert student.lm_head.weight is student.transformer.wte.weight
     with pytest.raises(ValueError, match="0..1"):
@@ -86,8 +95,9 @@ def test_keep_blocks_copies_the_chosen_blocks(lm_teacher):
 def lm_student(tmp_path_factory, lm_teacher, lm_prepared):
     out = tmp_path_factory.mktemp("lm_student")
     cfg = LMDistillConfig(layers=[1], epochs=1, batch_size=16, lr=3e-3, ablation=True)
-    result = train.distill(cfg, lm_teacher[0], lm_prepared, out / "student", out / "ablation", NullTracker(),
-                              seed=0, max_length=MAX_LENGTH)
+    result = train.distill(
+        cfg, lm_teacher[0], lm_prepared, out / "student", out / "ablation", NullTracker(), seed=0, max_length=MAX_LENGTH
+    )
     return out / "student", result
 
 
@@ -108,8 +118,17 @@ def test_prune_removes_heads_physically_and_reloads(lm_teacher, lm_student, lm_p
     # A 2-block student: 8 heads, 4 removed, never the last head of a block.
     student_dir = tmp_path / "two_block_student"
     train.save(AutoModelForCausalLM.from_pretrained(teacher_dir), train.load_tokenizer(teacher_dir), student_dir)
-    result = train.prune(cfg, student_dir, teacher_dir, lm_prepared, tmp_path / "pruned", NullTracker(), seed=0,
-                            max_length=MAX_LENGTH, distill_cfg=distill_cfg)
+    result = train.prune(
+        cfg,
+        student_dir,
+        teacher_dir,
+        lm_prepared,
+        tmp_path / "pruned",
+        NullTracker(),
+        seed=0,
+        max_length=MAX_LENGTH,
+        distill_cfg=distill_cfg,
+    )
     assert (result.metrics["heads_before"], result.metrics["heads_after"]) == (8, 4)
     pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
     assert sum(train.head_counts(pruned)) == 4 and min(train.head_counts(pruned)) >= 1
@@ -132,17 +151,35 @@ def test_prune_removes_heads_physically_and_reloads(lm_teacher, lm_student, lm_p
 
 def test_prune_keeps_a_head_in_every_layer(lm_student, lm_teacher, lm_prepared, tmp_path):
     cfg = LMPruneConfig(head_ratio=0.9, epochs=0, importance_batches=1)
-    result = train.prune(cfg, lm_student[0], lm_teacher[0], lm_prepared, tmp_path / "pruned", NullTracker(),
-                            seed=0, max_length=MAX_LENGTH, distill_cfg=LMDistillConfig(layers=[1], batch_size=16))
+    result = train.prune(
+        cfg,
+        lm_student[0],
+        lm_teacher[0],
+        lm_prepared,
+        tmp_path / "pruned",
+        NullTracker(),
+        seed=0,
+        max_length=MAX_LENGTH,
+        distill_cfg=LMDistillConfig(layers=[1], batch_size=16),
+    )
     assert (result.metrics["heads_before"], result.metrics["heads_after"]) == (4, 1)
     assert result.metrics["val_perplexity"] == result.metrics["val_perplexity_before_recovery"]
 
 
 def test_prune_can_remove_mlp_neurons_in_every_block(lm_student, lm_teacher, lm_prepared, tmp_path):
     cfg = LMPruneConfig(head_ratio=0.0, epochs=0, importance_batches=1)
-    result = train.prune(cfg, lm_student[0], lm_teacher[0], lm_prepared, tmp_path / "pruned", NullTracker(),
-                            seed=0, max_length=MAX_LENGTH, distill_cfg=LMDistillConfig(layers=[1], batch_size=16),
-                            ffn_ratio=0.5)
+    result = train.prune(
+        cfg,
+        lm_student[0],
+        lm_teacher[0],
+        lm_prepared,
+        tmp_path / "pruned",
+        NullTracker(),
+        seed=0,
+        max_length=MAX_LENGTH,
+        distill_cfg=LMDistillConfig(layers=[1], batch_size=16),
+        ffn_ratio=0.5,
+    )
     assert result.metrics["heads_after"] == result.metrics["heads_before"] == 4
     pruned, info = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned", output_loading_info=True)
     assert not info["missing_keys"] and not info["mismatched_keys"]
@@ -151,15 +188,24 @@ def test_prune_can_remove_mlp_neurons_in_every_block(lm_student, lm_teacher, lm_
     tokenizer = train.load_tokenizer(tmp_path / "pruned")
     val = train.read_texts(lm_prepared, "validation")
     assert train.perplexity(pruned, tokenizer, val, MAX_LENGTH, 8) == pytest.approx(
-        result.metrics["val_perplexity"], rel=1e-4)
+        result.metrics["val_perplexity"], rel=1e-4
+    )
 
 
 def test_importance_ranks_every_head_and_neuron(lm_teacher, lm_prepared):
     model = AutoModelForCausalLM.from_pretrained(lm_teacher[0])
     tokenizer = train.load_tokenizer(lm_teacher[0])
     teaching = train.Teaching(AutoModelForCausalLM.from_pretrained(lm_teacher[0]), 0.5, 2.0)
-    heads, neurons = train.importance(model, tokenizer, train.read_texts(lm_prepared, "train"), MAX_LENGTH,
-                                         n_batches=1, batch_size=8, teaching=teaching, seed=0)
+    heads, neurons = train.importance(
+        model,
+        tokenizer,
+        train.read_texts(lm_prepared, "train"),
+        MAX_LENGTH,
+        n_batches=1,
+        batch_size=8,
+        teaching=teaching,
+        seed=0,
+    )
     assert [h.shape for h in heads] == [(4,), (4,)] and [n.shape for n in neurons] == [(128,), (128,)]
     assert all((h > 0).all() for h in heads)
     assert [len(k) for k in neurons_to_keep(neurons, 0.25)] == [96, 96]

@@ -24,8 +24,16 @@ def test_keep_layers_rejects_layers_the_teacher_lacks(tiny_model_dir):
 
 @pytest.mark.parametrize("features", [0.0, 1.0], ids=["logits", "hidden+attention"])
 def test_distill_trains_and_saves_a_loadable_student(tiny_teacher_dir, tiny_prepared, tmp_path, features):
-    cfg = DistillConfig(layers=[0], epochs=1, batch_size=8, max_length=32, lr=1e-3, ablation=False,
-                        hidden_weight=features, attention_weight=features)
+    cfg = DistillConfig(
+        layers=[0],
+        epochs=1,
+        batch_size=8,
+        max_length=32,
+        lr=1e-3,
+        ablation=False,
+        hidden_weight=features,
+        attention_weight=features,
+    )
     result = distill.run(cfg, tiny_teacher_dir, tiny_prepared, tmp_path, NullTracker(), seed=0)
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
     assert reloaded.config.num_hidden_layers == 1
@@ -48,10 +56,17 @@ def test_distill_adds_the_transfer_set_with_teacher_logits(tiny_model_dir, tiny_
     shutil.copytree(tiny_prepared, prepared)
     pd.DataFrame({"text": make_frame(5, 500)["text"]}).to_parquet(prepared / "transfer.parquet", index=False)
     teacher = tmp_path / "teacher"
-    finetune.run(TeacherConfig(model=str(tiny_model_dir), epochs=1, batch_size=8, max_length=32), prepared,
-                 teacher, NullTracker(), seed=0)
-    stored = {json.loads((d / "inputs.json").read_text())["split"]: np.load(d / "logits.npy")
-              for d in (teacher / "soft_targets").iterdir()}
+    finetune.run(
+        TeacherConfig(model=str(tiny_model_dir), epochs=1, batch_size=8, max_length=32),
+        prepared,
+        teacher,
+        NullTracker(),
+        seed=0,
+    )
+    stored = {
+        json.loads((d / "inputs.json").read_text())["split"]: np.load(d / "logits.npy")
+        for d in (teacher / "soft_targets").iterdir()
+    }
     assert stored["transfer"].shape == (10, 2) and stored["train"].shape == (48, 2)
 
     logged = {}
@@ -82,7 +97,8 @@ def test_ablation_trains_the_same_student_without_the_teacher(tiny_teacher_dir, 
     ablation = distillation_ablation(tmp_path)
     assert ablation["kd_train_only"] == saved["test_accuracy"] and ablation["kd_with_transfer"] is None
     assert ablation["kd_gain_points"] == pytest.approx(
-        100 * (saved["test_accuracy"] - saved["ablation.labels_only.test_accuracy"]))
+        100 * (saved["test_accuracy"] - saved["ablation.labels_only.test_accuracy"])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +116,13 @@ def transfer_teacher(tiny_model_dir, tiny_prepared, tmp_path_factory):
     prepared = root / "prepared"
     shutil.copytree(tiny_prepared, prepared)
     pd.DataFrame({"text": make_frame(5, 500)["text"]}).to_parquet(prepared / "transfer.parquet", index=False)
-    finetune.run(TeacherConfig(model=str(tiny_model_dir), epochs=1, batch_size=8, max_length=32), prepared,
-                 root / "teacher", NullTracker(), seed=0)
+    finetune.run(
+        TeacherConfig(model=str(tiny_model_dir), epochs=1, batch_size=8, max_length=32),
+        prepared,
+        root / "teacher",
+        NullTracker(),
+        seed=0,
+    )
     return root / "teacher", prepared
 
 
@@ -132,7 +153,8 @@ def test_ablation_with_a_transfer_set_trains_three_students(transfer_teacher, tm
     assert ablation["kd_with_transfer"] == saved["test_accuracy"]
     assert ablation["kd_train_only"] == saved["ablation.kd_train_only.test_accuracy"]
     assert ablation["transfer_gain_points"] == pytest.approx(
-        100 * (saved["test_accuracy"] - saved["ablation.kd_train_only.test_accuracy"]))
+        100 * (saved["test_accuracy"] - saved["ablation.kd_train_only.test_accuracy"])
+    )
 
 
 def test_a_split_without_rows_has_no_accuracy(tiny_model_dir):

@@ -13,8 +13,16 @@ from components.kit.report import ModelSpec, json_safe
 from components.kit.tracking import NullTracker
 
 TINY = EvaluateConfig(threads=1, warmup=1, batch1_calls=3, batch32_calls=3, rss_sentences=4)
-MODEL_KEYS = {"runtime", "accuracy", "f1_macro", "size_bytes", "params", "latency_ms", "peak_rss_mb",
-              "agreement_with_teacher"}
+MODEL_KEYS = {
+    "runtime",
+    "accuracy",
+    "f1_macro",
+    "size_bytes",
+    "params",
+    "latency_ms",
+    "peak_rss_mb",
+    "agreement_with_teacher",
+}
 # What `compare_to_teacher` returns (the report's final_vs_teacher section, before the seed figures).
 RATIO_KEYS = ("size_ratio", "speedup_batch1_p50", "speedup_batch32_p50", "accuracy_drop_points")
 
@@ -52,11 +60,22 @@ def tiny_onnx_dirs(tiny_model_dir, tmp_path_factory):
 def evaluated(tiny_model_dir, tiny_onnx_dirs, tiny_prepared, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("evaluate") / "reports"
     tracker = RecordingTracker()
-    models = [ModelSpec("teacher", tiny_model_dir, "pytorch"),
-              ModelSpec("final", tiny_onnx_dirs["fp32"], "onnxruntime"),
-              ModelSpec("baseline_teacher_int8", tiny_onnx_dirs["int8"], "onnxruntime")]
-    result = evaluate.run(TINY, GateConfig(), tiny_prepared, models, out_dir, tracker, max_length=32, seed=13,
-                          seed_runs=[{"seed": 14, "accuracy": 0.5, "agreement_with_teacher": 0.75}])
+    models = [
+        ModelSpec("teacher", tiny_model_dir, "pytorch"),
+        ModelSpec("final", tiny_onnx_dirs["fp32"], "onnxruntime"),
+        ModelSpec("baseline_teacher_int8", tiny_onnx_dirs["int8"], "onnxruntime"),
+    ]
+    result = evaluate.run(
+        TINY,
+        GateConfig(),
+        tiny_prepared,
+        models,
+        out_dir,
+        tracker,
+        max_length=32,
+        seed=13,
+        seed_runs=[{"seed": 14, "accuracy": 0.5, "agreement_with_teacher": 0.75}],
+    )
     return result, out_dir, tracker
 
 
@@ -70,12 +89,23 @@ def strict_json(path: Path) -> dict:
 def test_report_schema(evaluated, tiny_prepared):
     result, out_dir, _ = evaluated
     report = strict_json(out_dir / "compression_report.json")
-    assert set(report) == {"task", "dataset", "models", "final_vs_teacher", "final_vs_baseline_teacher_int8",
-                           "gate", "environment", "seeds"}
+    assert set(report) == {
+        "task",
+        "dataset",
+        "models",
+        "final_vs_teacher",
+        "final_vs_baseline_teacher_int8",
+        "gate",
+        "environment",
+        "seeds",
+    }
     assert report["task"] == "sequence-classification"
     card = json.loads((tiny_prepared / "data_card.json").read_text())
-    assert report["dataset"] == {"source": card["source"], "sha256": card["sha256"],
-                                 "rows": {"train": 48, "validation": 16, "test": 16}}
+    assert report["dataset"] == {
+        "source": card["source"],
+        "sha256": card["sha256"],
+        "rows": {"train": 48, "validation": 16, "test": 16},
+    }
 
     assert list(report["models"]) == ["teacher", "final", "baseline_teacher_int8"]
     for name, m in report["models"].items():
@@ -97,7 +127,9 @@ def test_report_schema(evaluated, tiny_prepared):
         assert all(isinstance(v, float) for v in report[section].values())
     seeds = report["seeds"]
     assert [r["seed"] for r in seeds["runs"]] == [13, 14]
-    assert seeds["runs"][1]["accuracy_drop_points"] == pytest.approx(100 * (report["models"]["teacher"]["accuracy"] - 0.5))
+    assert seeds["runs"][1]["accuracy_drop_points"] == pytest.approx(
+        100 * (report["models"]["teacher"]["accuracy"] - 0.5)
+    )
     assert report["final_vs_teacher"]["accuracy_drop_points_seed_mean"] == seeds["accuracy_drop_points"]["mean"]
 
     assert isinstance(report["gate"]["passed"], bool)
@@ -136,21 +168,28 @@ def test_ratios_and_gate_follow_from_the_entries(evaluated):
     expected = compare_to_teacher(models["teacher"], models["final"])
     assert {k: report["final_vs_teacher"][k] for k in RATIO_KEYS} == pytest.approx(expected)
     assert report["final_vs_teacher"]["size_ratio"] == pytest.approx(
-        models["teacher"]["size_bytes"] / models["final"]["size_bytes"])
+        models["teacher"]["size_bytes"] / models["final"]["size_bytes"]
+    )
     assert report["final_vs_teacher"]["accuracy_drop_points"] == pytest.approx(
-        100 * (models["teacher"]["accuracy"] - models["final"]["accuracy"]))
+        100 * (models["teacher"]["accuracy"] - models["final"]["accuracy"])
+    )
     assert {k: report["final_vs_baseline_teacher_int8"][k] for k in RATIO_KEYS} == pytest.approx(
-        compare_to_teacher(models["baseline_teacher_int8"], models["final"]))
+        compare_to_teacher(models["baseline_teacher_int8"], models["final"])
+    )
     assert report["gate"] == decide(expected, GateConfig()).as_dict()
     assert result.metrics["gate_passed"] == float(report["gate"]["passed"])
-    assert {k: result.metrics[k] for k in RATIO_KEYS} == pytest.approx({k: report["final_vs_teacher"][k] for k in RATIO_KEYS})
+    assert {k: result.metrics[k] for k in RATIO_KEYS} == pytest.approx(
+        {k: report["final_vs_teacher"][k] for k in RATIO_KEYS}
+    )
 
 
 def test_markdown_plot_outputs_and_tracking(evaluated):
     result, out_dir, tracker = evaluated
-    assert result.outputs == {"report": out_dir / "compression_report.json",
-                              "markdown": out_dir / "compression_report.md",
-                              "plot": out_dir / "compression_plot.png"}
+    assert result.outputs == {
+        "report": out_dir / "compression_report.json",
+        "markdown": out_dir / "compression_report.md",
+        "plot": out_dir / "compression_plot.png",
+    }
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(p.name for p in result.outputs.values())
     markdown = result.outputs["markdown"].read_text()
     for text in ("| teacher |", "| final |", "| baseline_teacher_int8 |", "final vs teacher", "Gate:"):
@@ -158,19 +197,37 @@ def test_markdown_plot_outputs_and_tracking(evaluated):
     assert result.outputs["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result.info["report"]["models"].keys() == {"teacher", "final", "baseline_teacher_int8"}
     assert sorted(tracker.artifacts) == sorted(result.outputs.values())
-    for key in ("final.accuracy", "final.batch1_p50_ms", "teacher.batch32_p50_ms", "final.peak_rss_mb",
-                "final_vs_teacher.size_ratio", "final_vs_baseline_teacher_int8.speedup_batch1_p50", "gate.passed"):
+    for key in (
+        "final.accuracy",
+        "final.batch1_p50_ms",
+        "teacher.batch32_p50_ms",
+        "final.peak_rss_mb",
+        "final_vs_teacher.size_ratio",
+        "final_vs_baseline_teacher_int8.speedup_batch1_p50",
+        "gate.passed",
+    ):
         assert key in tracker.metrics and np.isfinite(tracker.metrics[key]), key
 
 
 def test_requires_teacher_and_final(tiny_model_dir, tiny_prepared, tmp_path):
     with pytest.raises(ValueError, match="'final'"):
-        evaluate.run(TINY, GateConfig(), tiny_prepared, [ModelSpec("teacher", tiny_model_dir, "pytorch")],
-                     tmp_path, NullTracker())
+        evaluate.run(
+            TINY,
+            GateConfig(),
+            tiny_prepared,
+            [ModelSpec("teacher", tiny_model_dir, "pytorch")],
+            tmp_path,
+            NullTracker(),
+        )
     with pytest.raises(ValueError, match="unknown runtime"):
-        evaluate.run(TINY, GateConfig(), tiny_prepared, [ModelSpec("teacher", tiny_model_dir, "pytorch"),
-                                                         ModelSpec("final", tiny_model_dir, "tflite")],
-                     tmp_path, NullTracker())
+        evaluate.run(
+            TINY,
+            GateConfig(),
+            tiny_prepared,
+            [ModelSpec("teacher", tiny_model_dir, "pytorch"), ModelSpec("final", tiny_model_dir, "tflite")],
+            tmp_path,
+            NullTracker(),
+        )
     assert not any(tmp_path.iterdir())
 
 
@@ -178,17 +235,27 @@ def test_pure_helpers():
     assert evaluate.agreement(np.array(["a", "b", "a"]), np.array(["a", "a", "a"])) == pytest.approx(2 / 3)
     scores = evaluate.classification_scores(np.array([0, 0, 0, 0]), np.array([0, 0, 1, 1]), n_labels=2)
     assert scores["accuracy"] == 0.5 and scores["f1_macro"] == pytest.approx((2 / 3 + 0) / 2)
-    assert json_safe({"a": [1.0, math.nan], "b": {"c": math.inf}, "d": "x"}) == \
-        {"a": [1.0, None], "b": {"c": None}, "d": "x"}
+    assert json_safe({"a": [1.0, math.nan], "b": {"c": math.inf}, "d": "x"}) == {
+        "a": [1.0, None],
+        "b": {"c": None},
+        "d": "x",
+    }
 
 
 # ---------------------------------------------------------------- figures that cannot be measured
 
+
 def entry(accuracy, agreement=1.0, scale=1.0) -> dict:
-    return {"runtime": "onnxruntime fp32", "accuracy": accuracy, "f1_macro": accuracy,
-            "size_bytes": int(scale * 1_000_000), "params": 1000,
-            "latency_ms": {"batch1_p50": scale, "batch1_p95": 1.5 * scale, "batch32_p50": 10.0 * scale},
-            "peak_rss_mb": 100.0, "agreement_with_teacher": agreement}
+    return {
+        "runtime": "onnxruntime fp32",
+        "accuracy": accuracy,
+        "f1_macro": accuracy,
+        "size_bytes": int(scale * 1_000_000),
+        "params": 1000,
+        "latency_ms": {"batch1_p50": scale, "batch1_p95": 1.5 * scale, "batch32_p50": 10.0 * scale},
+        "peak_rss_mb": 100.0,
+        "agreement_with_teacher": agreement,
+    }
 
 
 def test_an_empty_split_is_not_available_never_a_number(tmp_path):
@@ -220,12 +287,16 @@ def test_an_empty_split_is_not_available_never_a_number(tmp_path):
 def test_a_skipped_check_shows_as_skipped_with_its_reason():
     from components.kit.gate import compare_to_champion
 
-    decision = compare_to_champion({"accuracy": 0.8, "size_bytes": 1.0, "data_sha256": "a", "split": "test"},
-                                   {"accuracy": 0.9, "size_bytes": 1.0, "data_sha256": "b", "split": "test"},
-                                   GateConfig())
+    decision = compare_to_champion(
+        {"accuracy": 0.8, "size_bytes": 1.0, "data_sha256": "a", "split": "test"},
+        {"accuracy": 0.9, "size_bytes": 1.0, "data_sha256": "b", "split": "test"},
+        GateConfig(),
+    )
     lines = evaluate.gate_lines(decision.as_dict())
-    assert "| vs_champion.accuracy_drop_points | n/a | 0.500 | skipped | champion measured on other data: " \
-           "not compared |" in lines
+    assert (
+        "| vs_champion.accuracy_drop_points | n/a | 0.500 | skipped | champion measured on other data: "
+        "not compared |" in lines
+    )
 
 
 def test_split_accuracy_scores_an_onnx_folder_as_the_report_does(evaluated, tiny_onnx_dirs, tiny_prepared):
@@ -237,6 +308,7 @@ def test_split_accuracy_scores_an_onnx_folder_as_the_report_does(evaluated, tiny
 
 # ---------------------------------------------------------------- the distillation ablation
 
+
 def write_metrics(folder: Path, metrics: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(metrics))
@@ -246,9 +318,15 @@ def write_metrics(folder: Path, metrics: dict) -> Path:
 def test_the_ablation_separates_distillation_from_the_transfer_set(tmp_path):
     """Three students: labels only, distilled on the train split, distilled on train + transfer set; each
     gain is measured against the student that differs by that one factor."""
-    folder = write_metrics(tmp_path / "student", {
-        "test_accuracy": 0.90, "transfer_rows": 13485, "ablation.labels_only.test_accuracy": 0.86,
-        "ablation.kd_train_only.test_accuracy": 0.88})
+    folder = write_metrics(
+        tmp_path / "student",
+        {
+            "test_accuracy": 0.90,
+            "transfer_rows": 13485,
+            "ablation.labels_only.test_accuracy": 0.86,
+            "ablation.kd_train_only.test_accuracy": 0.88,
+        },
+    )
     ablation = evaluate.distillation_ablation(folder)
     assert ablation["labels_only"] == 0.86 and ablation["kd_train_only"] == 0.88
     assert ablation["kd_with_transfer"] == 0.90 and ablation["transfer_rows"] == 13485
@@ -261,8 +339,9 @@ def test_the_ablation_separates_distillation_from_the_transfer_set(tmp_path):
 
 
 def test_without_a_transfer_set_the_student_is_the_kd_train_only_one(tmp_path):
-    folder = write_metrics(tmp_path / "student", {"test_accuracy": 0.88, "transfer_rows": 0,
-                                                  "ablation.labels_only.test_accuracy": 0.86})
+    folder = write_metrics(
+        tmp_path / "student", {"test_accuracy": 0.88, "transfer_rows": 0, "ablation.labels_only.test_accuracy": 0.86}
+    )
     ablation = evaluate.distillation_ablation(folder)
     assert ablation["kd_train_only"] == 0.88 and ablation["kd_with_transfer"] is None
     assert ablation["transfer_gain_points"] is None and ablation["kd_gain_points"] == pytest.approx(2.0)

@@ -38,7 +38,8 @@ def test_export_matches_pytorch_and_writes_check(exported):
     out, tracker, result = exported
     assert result.outputs == {"model": out}
     assert {"model.onnx", "config.json", "labels.json", "tokenizer_config.json", "export_check.json"} <= {
-        p.name for p in out.iterdir()}
+        p.name for p in out.iterdir()
+    }
     check = json.loads((out / "export_check.json").read_text())
     assert check["passed"] and check["n"] == 16 and check["mismatched_predictions"] == 0
     assert check["max_abs_logit_diff"] <= ExportConfig().max_abs_logit_diff
@@ -106,8 +107,11 @@ def test_compare_logits_decides():
 def test_import_does_not_load_runtimes():
     import subprocess
 
-    code = ("import sys, components.classification.export, components.classification.quantize; "
-            "print(any(m.split('.')[0] in ('optimum', 'onnxruntime', 'onnx') for m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[3])
+    code = (
+        "import sys, components.classification.export, components.classification.quantize; "
+        "print(any(m.split('.')[0] in ('optimum', 'onnxruntime', 'onnx') for m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[3]
+    )
     assert done.stdout.strip() == "False", done.stderr

@@ -46,9 +46,11 @@ def test_run_reads_user_files_and_writes_card(tmp_path, suffix):
     frame = pd.concat([make_frame(30), make_frame(2)])  # 4 exact duplicates
     frame["label"] = frame["label"].map({"positive": "pos", "negative": "neg"})
     src = tmp_path / f"data{suffix}"
-    {".csv": lambda p: frame.to_csv(p, index=False),
-     ".jsonl": lambda p: frame.to_json(p, orient="records", lines=True),
-     ".parquet": lambda p: frame.to_parquet(p, index=False)}[suffix](src)
+    {
+        ".csv": lambda p: frame.to_csv(p, index=False),
+        ".jsonl": lambda p: frame.to_json(p, orient="records", lines=True),
+        ".parquet": lambda p: frame.to_parquet(p, index=False),
+    }[suffix](src)
     result = ingest.run(DataConfig(source=str(src)), tmp_path / "out", NullTracker(), root=tmp_path)
     card = json.loads((tmp_path / "out" / "data_card.json").read_text())
     assert card["labels"] == ["neg", "pos"]
@@ -61,6 +63,7 @@ def test_run_reads_user_files_and_writes_card(tmp_path, suffix):
 
 # --- the built-in archive: verified before it is opened, never run ---------------------------------
 
+
 def test_archive_matching_the_pin_is_read_without_running_it(fake_index, tmp_path, monkeypatch):  # noqa: F811
     index, archive, marker = fake_index
     monkeypatch.setattr(data, "VADER_SHA256", file_sha256(archive))
@@ -68,7 +71,10 @@ def test_archive_matching_the_pin_is_read_without_running_it(fake_index, tmp_pat
     fetched = data.fetch_vader_archive(cache, indexes=("http://127.0.0.1:9/nothing-here", index))
     assert [p.name for p in cache.iterdir()] == [data.VADER_ARCHIVE] and fetched == cache / data.VADER_ARCHIVE
     assert data.read_vader_ratings(fetched, "movieReviewSnippets")["text"].tolist() == [
-        "A fine   FILM", "A dull film", "A film"]
+        "A fine   FILM",
+        "A dull film",
+        "A film",
+    ]
     assert not marker.exists()
     # Transfer sentences are excluded by the same key the splits are compared by.
     exclude = {text_key("A fine   FILM"), text_key("A dull film")}
@@ -77,10 +83,26 @@ def test_archive_matching_the_pin_is_read_without_running_it(fake_index, tmp_pat
 
 # --- de-duplication in the form validation compares ------------------------------------------------
 
+
 def test_deduplicate_counts_exact_normalised_and_conflicting_rows():
-    frame = pd.DataFrame({"text": ["Great film", "great  FILM", "Great film", "Bad plot", " bad PLOT ", "Fine", None,
-                                   None, "", " ", " "],
-                          "label": ["pos", "pos", "pos", "neg", "pos", "pos", "neg", "neg", "pos", "neg", "neg"]})
+    frame = pd.DataFrame(
+        {
+            "text": [
+                "Great film",
+                "great  FILM",
+                "Great film",
+                "Bad plot",
+                " bad PLOT ",
+                "Fine",
+                None,
+                None,
+                "",
+                " ",
+                " ",
+            ],
+            "label": ["pos", "pos", "pos", "neg", "pos", "pos", "neg", "neg", "pos", "neg", "neg"],
+        }
+    )
     kept, dropped = ingest.deduplicate(frame)
     # Empty texts stay (but for exact copies) for the validate stage to count and refuse.
     assert kept["text"].fillna("<null>").tolist() == ["Great film", "Fine", "<null>", "", " "]
@@ -88,10 +110,17 @@ def test_deduplicate_counts_exact_normalised_and_conflicting_rows():
 
 
 def test_ingest_output_passes_validations_overlap_check(tmp_path):
-    variants = pd.concat([pd.DataFrame({"text": [f"Great film{s}", f"great  FILM{s}", f"GREAT FILM {s}",
-                                                 f"Bad plot{s}", f"bad plot{s}"],
-                                        "label": ["positive"] * 3 + ["negative", "positive"]})
-                          for s in ("", " x", " y", " z")])
+    variants = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "text": [f"Great film{s}", f"great  FILM{s}", f"GREAT FILM {s}", f"Bad plot{s}", f"bad plot{s}"],
+                    "label": ["positive"] * 3 + ["negative", "positive"],
+                }
+            )
+            for s in ("", " x", " y", " z")
+        ]
+    )
     shouted = make_frame(30).assign(text=lambda f: f["text"].str.upper())  # 60 case-only duplicates
     frame = pd.concat([make_frame(30), variants, shouted], ignore_index=True)
     src = tmp_path / "data.csv"

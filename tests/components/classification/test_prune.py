@@ -31,8 +31,9 @@ def test_importance_scores_shapes_and_signal(tiny_teacher_dir, tiny_prepared):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)
     data = load_encoded_splits(tiny_prepared, tok, ["negative", "positive"], 32, names=("train",))
     logits = soft_targets.load(tiny_teacher_dir, tiny_prepared, "train", data["train"], max_length=32)
-    heads, ffn = prune.importance_scores(model, data["train"], logits,
-                                         tok.pad_token_id, batches=2, batch_size=8, alpha=0.5, temperature=2.0, seed=0)
+    heads, ffn = prune.importance_scores(
+        model, data["train"], logits, tok.pad_token_id, batches=2, batch_size=8, alpha=0.5, temperature=2.0, seed=0
+    )
     assert [h.shape for h in heads] == [(4,), (4,)] and [f.shape for f in ffn] == [(64,), (64,)]
     assert all(np.isfinite(h).all() and h.sum() > 0 for h in heads + ffn)
 

@@ -53,8 +53,14 @@ def test_quantized_model_is_smaller_and_reports_agreement(onnx_dir, tiny_prepare
     assert tracker.params["preset"] in ("avx512_vnni", "avx512", "avx2", "arm64")
     assert tracker.params["per_channel"] == "False,True"
     # every method is built per tensor and per channel, and each is measured or its failure recorded
-    assert set(report["candidates"]) == {"int8", "int8_per_channel", "fused_int8", "fused_int8_per_channel",
-                                         "static_int8", "static_int8_per_channel"}
+    assert set(report["candidates"]) == {
+        "int8",
+        "int8_per_channel",
+        "fused_int8",
+        "fused_int8_per_channel",
+        "static_int8",
+        "static_int8_per_channel",
+    }
     static = report["candidates"]["static_int8"]
     assert "error" not in static and 0.0 <= static["accuracy"] <= 1.0 and static["size_bytes"] > 0
     assert tracker.metrics["agreement_test"] == report["agreement_test"]
@@ -75,8 +81,13 @@ def test_explicit_preset_per_channel_replaces_previous_output(onnx_dir, tiny_pre
     out = tmp_path / "int8"
     out.mkdir()
     (out / "stale.txt").write_text("from an earlier run")
-    result = quantize.run(QuantizeConfig(preset="avx2", per_channel=[True], candidates=["int8"]), onnx_dir, tiny_prepared, out,
-                          NullTracker())
+    result = quantize.run(
+        QuantizeConfig(preset="avx2", per_channel=[True], candidates=["int8"]),
+        onnx_dir,
+        tiny_prepared,
+        out,
+        NullTracker(),
+    )
     assert result.info["preset"] == "avx2"
     assert not (out / "stale.txt").exists()
     assert json.loads((out / "quantize_report.json").read_text())["per_channel"] == [True]
@@ -95,9 +106,11 @@ def test_choose_candidate_takes_the_fastest_within_tolerance():
     from components.classification.quantize import choose_candidate
 
     fp32 = {"accuracy": 0.90, "latency_ms": 2.0}
-    candidates = {"int8": {"accuracy": 0.899, "latency_ms": 1.5},
-                  "fused_int8": {"accuracy": 0.898, "latency_ms": 1.1},
-                  "broken": {"accuracy": float("nan"), "latency_ms": float("inf"), "error": "boom"}}
+    candidates = {
+        "int8": {"accuracy": 0.899, "latency_ms": 1.5},
+        "fused_int8": {"accuracy": 0.898, "latency_ms": 1.1},
+        "broken": {"accuracy": float("nan"), "latency_ms": float("inf"), "error": "boom"},
+    }
     chosen, reasons = choose_candidate(fp32, candidates, max_drop_points=0.5)
     assert chosen == "fused_int8" and reasons["int8"] == "eligible" and "boom" in reasons["broken"]
     chosen, reasons = choose_candidate(fp32, candidates, max_drop_points=0.15)
@@ -108,6 +121,7 @@ def test_choose_candidate_never_ships_a_slower_or_worse_int8():
     from components.classification.quantize import choose_candidate
 
     fp32 = {"accuracy": 0.90, "latency_ms": 1.0}
-    chosen, reasons = choose_candidate(fp32, {"int8": {"accuracy": 0.90, "latency_ms": 1.2},
-                                              "fused_int8": {"accuracy": 0.80, "latency_ms": 0.5}}, 0.5)
+    chosen, reasons = choose_candidate(
+        fp32, {"int8": {"accuracy": 0.90, "latency_ms": 1.2}, "fused_int8": {"accuracy": 0.80, "latency_ms": 0.5}}, 0.5
+    )
     assert chosen is None and "slower" in reasons["int8"] and "loses" in reasons["fused_int8"]

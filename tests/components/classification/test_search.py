@@ -9,10 +9,16 @@ def row(name, acc, ms, mb):
 
 
 def test_candidates_span_the_space_in_build_order_and_respect_the_cap():
-    cfg = SearchConfig(layers=[[0, 2, 4], [0, 5]], prune_ratios=[0.0, 0.5], trim=[True], quantize=["fused_int8", "fp32"])
+    cfg = SearchConfig(
+        layers=[[0, 2, 4], [0, 5]], prune_ratios=[0.0, 0.5], trim=[True], quantize=["fused_int8", "fp32"]
+    )
     names = [c.name for c in search.candidates(cfg)]
-    assert names[:4] == ["L0-2-4_p00_trim_fused_int8", "L0-2-4_p00_trim_fp32", "L0-2-4_p50_trim_fused_int8",
-                         "L0-2-4_p50_trim_fp32"]
+    assert names[:4] == [
+        "L0-2-4_p00_trim_fused_int8",
+        "L0-2-4_p00_trim_fp32",
+        "L0-2-4_p50_trim_fused_int8",
+        "L0-2-4_p50_trim_fp32",
+    ]
     assert len(names) == 8 and len(set(names)) == 8
     assert len(search.candidates(cfg.model_copy(update={"max_candidates": 3}))) == 3
 
@@ -27,15 +33,22 @@ def test_search_config_rejects_an_empty_or_bad_space():
 
 
 def test_pareto_front_drops_dominated_and_failed_candidates():
-    rows = [row("fast", 0.85, 1.0, 9), row("accurate", 0.90, 3.0, 20), row("dominated", 0.84, 2.0, 25),
-            row("small", 0.80, 2.5, 5), {"name": "broken", "error": "boom"}]
+    rows = [
+        row("fast", 0.85, 1.0, 9),
+        row("accurate", 0.90, 3.0, 20),
+        row("dominated", 0.84, 2.0, 25),
+        row("small", 0.80, 2.5, 5),
+        {"name": "broken", "error": "boom"},
+    ]
     assert search.pareto_front(rows) == ["fast", "small", "accurate"]
 
 
 def test_choose_takes_the_fastest_within_tolerance():
     rows = [row("fast_bad", 0.80, 0.5, 5), row("fast_ok", 0.875, 1.0, 9), row("slow_ok", 0.89, 2.0, 8)]
     choice = search.choose(rows, teacher_val_accuracy=0.88, max_drop_points=1.0)
-    assert choice == search.Choice("fast_ok", True, "fastest of 2 candidate(s) within 1.0 accuracy points of the teacher")
+    assert choice == search.Choice(
+        "fast_ok", True, "fastest of 2 candidate(s) within 1.0 accuracy points of the teacher"
+    )
     assert rows[0]["accuracy_drop_points"] == pytest.approx(8.0)
 
 

@@ -5,8 +5,13 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from components.classification import trim
 
-CORPUS = ["a wonderful, moving film", "terrible pacing and flat jokes", "the acting is superb!",
-          "boring boring boring", "unbelievably charming"]
+CORPUS = [
+    "a wonderful, moving film",
+    "terrible pacing and flat jokes",
+    "the acting is superb!",
+    "boring boring boring",
+    "unbelievably charming",
+]
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ def test_missing_file_and_unknown_format_say_so(tmp_path):
 
 # --- the built-in archive: verified before it is opened, never run ---------------------------------
 
+
 def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -50,8 +51,11 @@ def fake_sdist(path: Path, marker: Path, ratings: dict[str, str]) -> Path:
         add_member(tar, f"{root}/pyproject.toml", build_system.encode())
         add_member(tar, f"{root}/backend.py", payload.encode())
         add_member(tar, f"{root}/setup.py", payload.encode())
-        add_member(tar, f"{root}/PKG-INFO",
-                   f"Metadata-Version: 1.0\nName: vaderSentiment\nVersion: {data.VADER_VERSION}\n".encode())
+        add_member(
+            tar,
+            f"{root}/PKG-INFO",
+            f"Metadata-Version: 1.0\nName: vaderSentiment\nVersion: {data.VADER_VERSION}\n".encode(),
+        )
         add_member(tar, f"{root}/additional_resources/hutto_ICWSM_2014.tar.gz", inner.getvalue())
     return path
 
@@ -64,13 +68,22 @@ def fake_index(tmp_path):
     """A simple-API package index on 127.0.0.1 serving a fake archive (relative link, as PyPI mirrors
     often write them). Yields (index URL, archive path, marker path)."""
     site, marker = tmp_path / "site", tmp_path / "archive-code-ran"
-    archive = fake_sdist(site / "files" / data.VADER_ARCHIVE, marker,
-                         {"movieReviewSnippets": MOVIE, "tweets": "1\t0.0\ta fine film\n4\t1.0\tsunny\n",
-                          "nytEditorialSnippets": "", "amazonReviewSnippets": "5\t-1.0\tbroke\n"})
+    archive = fake_sdist(
+        site / "files" / data.VADER_ARCHIVE,
+        marker,
+        {
+            "movieReviewSnippets": MOVIE,
+            "tweets": "1\t0.0\ta fine film\n4\t1.0\tsunny\n",
+            "nytEditorialSnippets": "",
+            "amazonReviewSnippets": "5\t-1.0\tbroke\n",
+        },
+    )
     page = site / "simple" / "vadersentiment" / "index.html"  # the project's normalised name (PEP 503)
     page.parent.mkdir(parents=True)
-    page.write_text(f'<html><body><a href="../../files/{data.VADER_ARCHIVE}#sha256='
-                    f'{file_sha256(archive)}">{data.VADER_ARCHIVE}</a></body></html>')
+    page.write_text(
+        f'<html><body><a href="../../files/{data.VADER_ARCHIVE}#sha256='
+        f'{file_sha256(archive)}">{data.VADER_ARCHIVE}</a></body></html>'
+    )
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
     handler.log_message = lambda *args: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -106,11 +119,13 @@ def test_cached_archive_is_checked_before_it_is_opened(tmp_path, monkeypatch):
 
 
 def test_index_settings_follow_pip_precedence():
-    listed = ("global.cert='/ca.pem'\nglobal.extra-index-url='file:///a/simple file:///b/simple'\n"
-              "global.index-url='https://mirror.example/simple'\n")
+    listed = (
+        "global.cert='/ca.pem'\nglobal.extra-index-url='file:///a/simple file:///b/simple'\n"
+        "global.index-url='https://mirror.example/simple'\n"
+    )
     assert data.index_settings(listed) == data.IndexSettings(
-        ("https://mirror.example/simple", "file:///a/simple", "file:///b/simple"), "/ca.pem")
+        ("https://mirror.example/simple", "file:///a/simple", "file:///b/simple"), "/ca.pem"
+    )
     overridden = ":env:.extra-index-url=''\n:env:.index-url='http://local/simple'\n" + listed
     assert data.index_settings(overridden).urls == ("http://local/simple",)
     assert data.index_settings("").urls == (data.DEFAULT_INDEX,)
-

@@ -44,25 +44,31 @@ def no_dropout_model(tiny_model_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("no_dropout")
     for item in tiny_model_dir.iterdir():
         shutil.copy2(item, out / item.name)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, hidden_dropout_prob=0.0,
-                                                               attention_probs_dropout_prob=0.0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_model_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
     model.save_pretrained(out, safe_serialization=True)
     return out
 
 
 def make_project(root: Path, prepared: Path, model_dir: Path) -> Path:
     shutil.copytree(prepared, root / "data" / "prepared")
-    pd.DataFrame({"text": make_frame(5, 500)["text"]}).to_parquet(root / "data" / "prepared" / "transfer.parquet",
-                                                                  index=False)
-    params = {"teacher": {"model": str(model_dir), **TEACHER}, "distill": STUDENT,
-              "distributed": {"device": "cpu"}}
+    pd.DataFrame({"text": make_frame(5, 500)["text"]}).to_parquet(
+        root / "data" / "prepared" / "transfer.parquet", index=False
+    )
+    params = {"teacher": {"model": str(model_dir), **TEACHER}, "distill": STUDENT, "distributed": {"device": "cpu"}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
 
 
 def stage(root: Path, name: str, processes: int) -> str:
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "stage", name, "--processes", str(processes)],
-                          cwd=root, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "stage", name, "--processes", str(processes)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -84,8 +90,10 @@ def stage_runs(root: Path) -> dict[str, list]:
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     runs: dict[str, list] = {}
     for run in client.search_runs([client.get_experiment_by_name("miniaturize").experiment_id]):
-        history = {key: [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
-                   for key in ("train_loss", "val_accuracy")}
+        history = {
+            key: [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+            for key in ("train_loss", "val_accuracy")
+        }
         runs.setdefault(run.data.tags["miniaturize.stage"], []).append((run, history))
     return runs
 
@@ -108,8 +116,11 @@ def launched(tmp_path_factory, tiny_prepared, no_dropout_model) -> dict[int, dic
     for name in ("finetune", "distill"):
         histories[name] = History()
         TASK.stages[name].run(params, TASK.workspace(root), histories[name])
-    out[1] = {"root": root, "histories": {k: v.history for k, v in histories.items()},
-              "seconds": time.perf_counter() - started}
+    out[1] = {
+        "root": root,
+        "histories": {k: v.history for k, v in histories.items()},
+        "seconds": time.perf_counter() - started,
+    }
     return out
 
 
@@ -129,8 +140,10 @@ def test_two_processes_train_the_same_models_as_one(launched):
         saved = [json.loads((launched[p]["root"] / "models" / folder / "metrics.json").read_text()) for p in (1, 2)]
         assert saved[0]["test_accuracy"] == saved[1]["test_accuracy"]
         assert saved[0]["best_epoch"] == saved[1]["best_epoch"]
-        print(f"{name}: one process loss {one['train_loss'][-1]:.8f} val acc {one['val_accuracy'][-1]}, "
-              f"two {history['train_loss'][-1]:.8f} {history['val_accuracy'][-1]}")
+        print(
+            f"{name}: one process loss {one['train_loss'][-1]:.8f} val acc {one['val_accuracy'][-1]}, "
+            f"two {history['train_loss'][-1]:.8f} {history['val_accuracy'][-1]}"
+        )
     # the teacher learned something, so equal accuracies are not two chance levels
     assert max(launched[1]["histories"]["finetune"]["val_accuracy"]) > 0.75
     print({p: round(r["seconds"], 1) for p, r in launched.items()})
@@ -138,8 +151,10 @@ def test_two_processes_train_the_same_models_as_one(launched):
 
 def test_the_launch_stored_the_soft_targets_once(launched):
     for run in launched.values():
-        stored = sorted(json.loads(p.read_text())["split"]
-                        for p in (run["root"] / "models" / "teacher" / "soft_targets").glob("*/inputs.json"))
+        stored = sorted(
+            json.loads(p.read_text())["split"]
+            for p in (run["root"] / "models" / "teacher" / "soft_targets").glob("*/inputs.json")
+        )
         assert stored == ["train", "transfer"]
         assert not (run["root"] / ".miniaturize" / "soft_targets").exists()  # distill found them: nothing computed
 
@@ -183,14 +198,21 @@ def test_accumulation_and_checkpointing_train_the_same_model(no_dropout_model, t
     logits = {}
     for accum in (1, 2):  # two micro-batches per step, and activations recomputed in the backward pass
         cfg = TeacherConfig(model=str(no_dropout_model), epochs=2, batch_size=8, max_length=32, lr=1e-3)
-        finetune.run(cfg, tiny_prepared, tmp_path / str(accum), NullTracker(), seed=0,
-                     dist=DistributedConfig(grad_accum_steps=accum, gradient_checkpointing=accum == 2))
+        finetune.run(
+            cfg,
+            tiny_prepared,
+            tmp_path / str(accum),
+            NullTracker(),
+            seed=0,
+            dist=DistributedConfig(grad_accum_steps=accum, gradient_checkpointing=accum == 2),
+        )
         logits[accum] = np.load(next((tmp_path / str(accum) / "soft_targets").glob("*/logits.npy")))
     assert np.allclose(logits[1], logits[2], atol=1e-4)  # the trained teachers' logits on the train split
 
 
 def test_soft_targets_are_reused_for_the_same_key_and_recomputed_when_teacher_or_data_change(
-        tiny_teacher_dir, tiny_prepared, tmp_path, monkeypatch):
+    tiny_teacher_dir, tiny_prepared, tmp_path, monkeypatch
+):
     from transformers import AutoTokenizer
 
     calls = []

@@ -14,4 +14,3 @@ def test_write_atomic_leaves_nothing_behind_on_failure(tmp_path):
     with pytest.raises(RuntimeError):
         write_atomic(target, broken)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.json"]
-

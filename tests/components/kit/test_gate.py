@@ -10,16 +10,19 @@ CHECKS = ["accuracy_drop_points", "size_ratio", "speedup_batch1_p50"]
 
 
 def entry(accuracy=0.9, size_bytes=90_000_000, b1=9.0, b32=90.0) -> dict:
-    return {"accuracy": accuracy, "size_bytes": size_bytes,
-            "latency_ms": {"batch1_p50": b1, "batch1_p95": 2 * b1, "batch32_p50": b32}}
+    return {
+        "accuracy": accuracy,
+        "size_bytes": size_bytes,
+        "latency_ms": {"batch1_p50": b1, "batch1_p95": 2 * b1, "batch32_p50": b32},
+    }
 
 
 def ratios(drop=1.0, size=4.0, speedup=4.0) -> dict:
-    return {"accuracy_drop_points": drop, "size_ratio": size, "speedup_batch1_p50": speedup,
-            "speedup_batch32_p50": 1.0}
+    return {"accuracy_drop_points": drop, "size_ratio": size, "speedup_batch1_p50": speedup, "speedup_batch32_p50": 1.0}
 
 
 # ---------------------------------------------------------------- compare_to_teacher
+
 
 def test_compare_to_teacher_ratios():
     r = compare_to_teacher(entry(0.91, 90_000_000, 9.0, 90.0), entry(0.895, 22_500_000, 3.0, 45.0))
@@ -36,8 +39,7 @@ def test_compare_to_teacher_better_final_gives_negative_drop():
 
 def test_compare_to_teacher_identical_models():
     r = compare_to_teacher(entry(), entry())
-    assert r == {"size_ratio": 1.0, "speedup_batch1_p50": 1.0, "speedup_batch32_p50": 1.0,
-                 "accuracy_drop_points": 0.0}
+    assert r == {"size_ratio": 1.0, "speedup_batch1_p50": 1.0, "speedup_batch32_p50": 1.0, "accuracy_drop_points": 0.0}
 
 
 def test_compare_to_teacher_zero_denominators_do_not_raise():
@@ -53,6 +55,7 @@ def test_compare_to_teacher_propagates_nan():
 
 
 # ---------------------------------------------------------------- decide: passing and boundaries
+
 
 def test_all_checks_pass():
     d = decide(ratios(), CFG)
@@ -91,11 +94,15 @@ def test_zero_thresholds():
 
 # ---------------------------------------------------------------- decide: each single failure
 
-@pytest.mark.parametrize("kwargs, failing", [
-    ({"drop": 2.5}, "accuracy_drop_points"),
-    ({"size": 2.9}, "size_ratio"),
-    ({"speedup": 1.5}, "speedup_batch1_p50"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, failing",
+    [
+        ({"drop": 2.5}, "accuracy_drop_points"),
+        ({"size": 2.9}, "size_ratio"),
+        ({"speedup": 1.5}, "speedup_batch1_p50"),
+    ],
+)
 def test_each_single_failure(kwargs, failing):
     d = decide(ratios(**kwargs), CFG)
     assert not d.passed
@@ -114,6 +121,7 @@ def test_batch32_speedup_is_not_gated():
 
 # ---------------------------------------------------------------- decide: NaN, inf, missing
 
+
 @pytest.mark.parametrize("name", ["drop", "size", "speedup"])
 def test_nan_fails_its_check(name):
     d = decide(ratios(**{name: float("nan")}), CFG)
@@ -122,8 +130,17 @@ def test_nan_fails_its_check(name):
     assert math.isnan(failing.value) and not failing.passed
 
 
-@pytest.mark.parametrize("name, value", [("drop", math.inf), ("drop", -math.inf), ("size", math.inf),
-                                         ("size", -math.inf), ("speedup", math.inf), ("speedup", -math.inf)])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("drop", math.inf),
+        ("drop", -math.inf),
+        ("size", math.inf),
+        ("size", -math.inf),
+        ("speedup", math.inf),
+        ("speedup", -math.inf),
+    ],
+)
 def test_infinite_values_fail_their_check(name, value):
     # inf only arises from a zero measurement (0 bytes, 0 ms): not something to ship on.
     d = decide(ratios(**{name: value}), CFG)
@@ -145,6 +162,7 @@ def test_none_and_integer_values():
 
 
 # ---------------------------------------------------------------- GateDecision
+
 
 def test_as_dict_shape():
     d = decide(ratios(drop=2.5), CFG)
@@ -192,6 +210,7 @@ def test_a_candidate_worse_than_the_champion_beyond_tolerance_fails():
 
 # ---------------------------------------------------------------- like with like, and figures not measured
 
+
 def test_a_champion_measured_on_other_data_or_split_is_not_compared():
     from components.kit.gate import compare_to_champion
 
@@ -219,7 +238,8 @@ def test_the_causal_lm_champion_check_follows_the_same_rule():
     champion = {"perplexity": 20.0, "size_bytes": 10e6, **SAME}
     candidate = {"perplexity": 40.0, "size_bytes": 10e6}
     assert compare_lm_to_champion(candidate | SAME, champion, LMGateConfig()).failed() == [
-        "vs_champion.perplexity_growth"]
+        "vs_champion.perplexity_growth"
+    ]
     other = compare_lm_to_champion(candidate | SAME | {"data_sha256": "cd" * 32}, champion, LMGateConfig())
     assert other.passed and other.checks["vs_champion.perplexity_growth"].note.startswith("champion measured on other")
 
@@ -244,7 +264,8 @@ def test_a_figure_not_measured_fails_its_check_with_a_note_and_no_crash():
     assert d.as_dict()["checks"]["accuracy_drop_points"]["value"] is None
     from components.kit.gate import compare_to_champion
 
-    missing = compare_to_champion({"accuracy": None, "size_bytes": 1.0, **SAME},
-                                  {"accuracy": 0.9, "size_bytes": 1.0, **SAME}, GateConfig())
+    missing = compare_to_champion(
+        {"accuracy": None, "size_bytes": 1.0, **SAME}, {"accuracy": 0.9, "size_bytes": 1.0, **SAME}, GateConfig()
+    )
     assert missing.failed() == ["vs_champion.accuracy_drop_points"]
     assert not missing.checks["vs_champion.accuracy_drop_points"].skipped

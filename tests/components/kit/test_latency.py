@@ -13,8 +13,7 @@ from components.kit.latency import batched_inputs, latency_stats, onnx_params, p
 
 def test_latency_stats_known_values():
     stats = latency_stats([float(x) for x in range(100, 0, -1)])  # order must not matter
-    assert stats == {"p50": pytest.approx(50.5), "p95": pytest.approx(95.05), "mean": pytest.approx(50.5),
-                     "n": 100}
+    assert stats == {"p50": pytest.approx(50.5), "p95": pytest.approx(95.05), "mean": pytest.approx(50.5), "n": 100}
 
 
 def test_latency_stats_single_sample_and_types():
@@ -133,8 +132,12 @@ def trained_like_models(tiny_model_dir, tmp_path_factory):
     quantize_dynamic(str(onnx_dir / "model.onnx"), str(int8_dir / "model.onnx"), weight_type=QuantType.QInt8)
     for folder in (onnx_dir, int8_dir):
         shutil.copy2(tiny_model_dir / "labels.json", folder / "labels.json")
-    return {"torch": torch_dir, "onnx": onnx_dir, "int8": int8_dir,
-            "params": sum(p.numel() for p in model.parameters())}
+    return {
+        "torch": torch_dir,
+        "onnx": onnx_dir,
+        "int8": int8_dir,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def test_onnx_params_match_pytorch_and_count_int8_weights_once(trained_like_models):
@@ -177,8 +180,11 @@ def test_torch_and_onnx_runners_agree_on_real_batches(trained_like_models, tiny_
         expected = torch_run(batch)
         assert expected.shape == (len(batch["input_ids"]), 2)
         np.testing.assert_allclose(onnx_run(batch), expected, atol=1e-4)
-    np.testing.assert_allclose(runner_logits(onnx_run, ids, tokenizer.pad_token_id),
-                               runner_logits(torch_run, ids, tokenizer.pad_token_id), atol=1e-4)
+    np.testing.assert_allclose(
+        runner_logits(onnx_run, ids, tokenizer.pad_token_id),
+        runner_logits(torch_run, ids, tokenizer.pad_token_id),
+        atol=1e-4,
+    )
     samples = time_calls(onnx_run, batched_inputs(ids, tokenizer.pad_token_id, 1), warmup=1, calls=3)
     assert len(samples) == 3
 
@@ -193,9 +199,27 @@ def test_rss_probe_cli_reports_json(trained_like_models, tiny_prepared):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "components.kit.rss_probe", "--model", str(trained_like_models["onnx"]),
-                           "--runtime", "onnx", "--prepared", str(tiny_prepared), "--n", "100", "--threads", "1"],
-                          capture_output=True, text=True, check=True, cwd=latency.PROJECT_ROOT)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "components.kit.rss_probe",
+            "--model",
+            str(trained_like_models["onnx"]),
+            "--runtime",
+            "onnx",
+            "--prepared",
+            str(tiny_prepared),
+            "--n",
+            "100",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=latency.PROJECT_ROOT,
+    )
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["n"] == 16 and result["runtime"] == "onnx" and result["peak_rss_mb"] > 0
 

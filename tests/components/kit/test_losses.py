@@ -34,7 +34,7 @@ def test_unlabelled_rows_learn_from_the_teacher_only():
     t = torch.tensor([[-1.0, 2.0], [0.0, 1.0], [2.0, 0.0]])
     y = torch.tensor([0, 1, -1])
     kl = soft_kl_rows(s, t, 2.0).tolist()
-    ce = [torch.nn.functional.cross_entropy(s[i:i + 1], y[i:i + 1]).item() for i in range(2)]
+    ce = [torch.nn.functional.cross_entropy(s[i : i + 1], y[i : i + 1]).item() for i in range(2)]
     expected = (0.3 * kl[0] + 0.7 * ce[0] + 0.3 * kl[1] + 0.7 * ce[1] + kl[2]) / 3
     assert math.isclose(kd_loss(s, t, y, 0.3, 2.0).item(), expected, rel_tol=1e-5)
 

@@ -32,4 +32,3 @@ def test_onnx_logits_feeds_only_declared_inputs_and_restores_order():
     np.testing.assert_array_equal(logits[:, 0], [6, 4, 11])  # row order of the split, not of the batches
     np.testing.assert_array_equal(logits[:, 1], [3, 1, 2])
     assert onnx_logits(session, Encoded([], np.array([])), pad_id=0).shape == (0, 3)
-

@@ -8,15 +8,23 @@ def moves(*pairs):
 
 
 def test_event_records_who_why_and_when():
-    e = event(CHAMPION, 3, "set", by="alice@box (miniaturize promote)", reason="better", forced=True,
-              failed_checks=["size_ratio"])
+    e = event(
+        CHAMPION,
+        3,
+        "set",
+        by="alice@box (miniaturize promote)",
+        reason="better",
+        forced=True,
+        failed_checks=["size_ratio"],
+    )
     assert e["version"] == "3" and e["forced"] is True and e["failed_checks"] == ["size_ratio"]
     assert e["at"].endswith("Z") and e["by"].startswith("alice")
 
 
 def test_stack_follows_sets_and_rollbacks_and_ignores_other_aliases():
-    history = moves((CHAMPION, 1, "set"), (CHALLENGER, 2, "set"), (CHAMPION, 3, "set"), (CHAMPION, 3, "set"),
-                    (CHAMPION, 4, "set"))
+    history = moves(
+        (CHAMPION, 1, "set"), (CHALLENGER, 2, "set"), (CHAMPION, 3, "set"), (CHAMPION, 3, "set"), (CHAMPION, 4, "set")
+    )
     assert champion_stack(history) == ["1", "3", "4"]
     assert rollback_target(history, "4") == "3"
     history += moves((CHAMPION, 3, "rollback"))

@@ -18,7 +18,6 @@ def test_neurons_to_keep_keeps_top_share_in_order():
     assert keep[0].tolist() == [0, 2]
 
 
-
 def test_retained_inputs_scores_are_gradient_times_activation_and_hooks_go_away():
     import torch
 
