@@ -161,6 +161,15 @@ class FitOutcome:
     seconds: float
     history: list[dict[str, float]]
 
+    def metrics(self, params: int) -> dict[str, float]:
+        """What a training stage reports of its fit, beside the model's parameter count."""
+        return {
+            "val_perplexity": self.best_val_perplexity,
+            "best_epoch": float(self.best_epoch),
+            "train_seconds": self.seconds,
+            "params": float(params),
+        }
+
 
 def adamw(model: nn.Module, lr: float) -> torch.optim.AdamW:
     """AdamW with WEIGHT_DECAY on the weight matrices, none on biases and layer norms (fewer than 2 dims)."""
@@ -332,13 +341,7 @@ def train_teacher(
         dist=dist,
     )
     save(model, tokenizer, out_dir)
-    metrics = {
-        "val_perplexity": outcome.best_val_perplexity,
-        "untrained_val_perplexity": untrained_ppl,
-        "best_epoch": float(outcome.best_epoch),
-        "train_seconds": outcome.seconds,
-        "params": float(params),
-    }
+    metrics = outcome.metrics(params) | {"untrained_val_perplexity": untrained_ppl}
     tracker.log_metrics({k: v for k, v in metrics.items() if k != "params"})
     return StageResult(metrics=metrics, outputs={"model": out_dir}, info={"history": outcome.history})
 
@@ -398,13 +401,7 @@ def distill(
         dist=dist,
     )
     save(student, tokenizer, out_dir)
-    metrics = {
-        "val_perplexity": outcome.best_val_perplexity,
-        "teacher_val_perplexity": teacher_ppl,
-        "best_epoch": float(outcome.best_epoch),
-        "train_seconds": outcome.seconds,
-        "params": float(params),
-    }
+    metrics = outcome.metrics(params) | {"teacher_val_perplexity": teacher_ppl}
     if cfg.ablation:
         # The same student, from the same initialisation, without the teacher: what distillation buys.
         alone = keep_blocks(load_model(teacher_dir), cfg.layers)
