@@ -267,8 +267,10 @@ def measure_model(
     )
     del model
     gc.collect()
-    say(f"peak RSS of a fresh process ({cfg.rss_prompts} prompts)")
-    rss = generation_peak_rss_mb(spec, cfg, data_dir, max_length)
+    rss = None
+    if spec.memory:
+        say(f"peak RSS of a fresh process ({cfg.rss_prompts} prompts)")
+        rss = generation_peak_rss_mb(spec, cfg, data_dir, max_length)
 
     entry = {
         "runtime": runtime,
@@ -284,7 +286,7 @@ def measure_model(
     compared = "" if vs_teacher is None else f" ({fmt(vs_teacher, '.2f')} vs teacher)"
     say(
         f"{runtime}, perplexity {ppl:.2f}, BLEU {bleu:.2f}{compared}, "
-        f"{speed:.1f} tokens/s, {size / 1e6:.1f} MB, peak RSS {rss:.0f} MB"
+        f"{speed:.1f} tokens/s, {size / 1e6:.1f} MB, peak RSS {fmt(rss, '.0f')} MB"
     )
     return entry, continuations
 

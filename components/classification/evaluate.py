@@ -3,7 +3,7 @@
 `run(cfg, gate_cfg, prepared, models, out_dir, tracker)` scores each `ModelSpec` (PyTorch folder or ONNX
 folder/file) on the test split: accuracy, macro F1, agreement with the teacher's predictions, weight
 bytes, parameters, batch-1 and batch-32 latency (`cfg.threads` intra-op threads for every model) and the
-peak RSS of a fresh process serving it. It then compares "final" with "teacher" (and with
+peak RSS of a fresh process serving it (for a spec with `memory`; None for the chain's intermediates). It then compares "final" with "teacher" (and with
 "baseline_teacher_int8", the teacher merely quantized, when present), applies the release gate
 (`components.kit.gate`), and writes three files to `out_dir`, each atomically:
 
@@ -206,7 +206,11 @@ def measure_model(
     step(3)
     del runner
     gc.collect()
-    rss = latency.peak_rss_mb(spec.path, spec.runtime, prepared, cfg.rss_sentences, cfg.threads, max_length)
+    rss = (
+        latency.peak_rss_mb(spec.path, spec.runtime, prepared, cfg.rss_sentences, cfg.threads, max_length)
+        if spec.memory
+        else None
+    )
     step(4)
     bar.close()
 
@@ -216,7 +220,7 @@ def measure_model(
         "size_bytes": int(size),
         "params": int(params),
         "latency_ms": {"batch1_p50": batch1["p50"], "batch1_p95": batch1["p95"], "batch32_p50": batch32["p50"]},
-        "peak_rss_mb": float(rss),
+        "peak_rss_mb": None if rss is None else float(rss),
     }
     return entry, np.asarray(labels, dtype=object)[predicted] if len(predicted) else np.array([], dtype=object)
 
@@ -402,7 +406,7 @@ def measure_all(
                 f"  evaluate {spec.name}: {e['runtime']}, acc {fmt(e['accuracy'], '.4f')}, "
                 f"batch-1 p50 {e['latency_ms']['batch1_p50']:.2f} ms, "
                 f"batch-32 p50 {e['latency_ms']['batch32_p50']:.2f} ms, {e['size_bytes'] / 1e6:.1f} MB, "
-                f"peak RSS {e['peak_rss_mb']:.0f} MB",
+                f"peak RSS {fmt(e['peak_rss_mb'], '.0f')} MB",
                 flush=True,
             )
     finally:

@@ -21,17 +21,21 @@ REPORT_JSON, REPORT_MD = "compression_report.json", "compression_report.md"
 
 @dataclass
 class ModelSpec:
-    """A model an evaluate stage measures: its report name, its folder (or file) and the runtime it runs in."""
+    """A model an evaluate stage measures: its report name, its folder (or file), the runtime it runs in, and
+    whether its peak memory is measured (`memory`): a fresh process per model costs seconds, so it is spent
+    on the models that are served or compared (teacher, exports, final, baselines), not on the
+    intermediate PyTorch models of the chain, whose entry then holds None."""
 
     name: str
     path: Path
     runtime: Literal["pytorch", "onnxruntime"]
+    memory: bool = True
 
     @classmethod
     def checked(cls, models: list[ModelSpec], required: tuple[str, ...]) -> list[ModelSpec]:
         """The specs with `Path` paths, in order; ValueError unless their names are distinct and include
         every `required` name, or for an unknown runtime: checked before minutes of measuring."""
-        models = [cls(m.name, Path(m.path), m.runtime) for m in models]
+        models = [cls(m.name, Path(m.path), m.runtime, m.memory) for m in models]
         names = [m.name for m in models]
         if any(n not in names for n in required) or len(set(names)) != len(names):
             raise ValueError(

@@ -142,13 +142,14 @@ def evaluated_models(ws: LMWorkspace) -> list:
 
     models = [
         ModelSpec("teacher", ws.teacher, "pytorch"),
-        ModelSpec("student", ws.student, "pytorch"),
-        ModelSpec("pruned", ws.pruned, "pytorch"),
+        # intermediates of the chain: measured like the rest, but for peak memory (never served)
+        ModelSpec("student", ws.student, "pytorch", memory=False),
+        ModelSpec("pruned", ws.pruned, "pytorch", memory=False),
         ModelSpec("onnx_fp32", ws.onnx_fp32, "onnxruntime"),
         ModelSpec("final", ws.final, "onnxruntime"),
     ]
     if ws.student_ablation.exists():
-        models.insert(2, ModelSpec("student_without_teacher", ws.student_ablation, "pytorch"))
+        models.insert(2, ModelSpec("student_without_teacher", ws.student_ablation, "pytorch", memory=False))
     return models
 
 

@@ -54,7 +54,10 @@ def test_report_has_the_promised_schema(smoke_run):
     for name in MODELS:
         entry = report["models"][name]
         assert 0.0 <= entry["accuracy"] <= 1.0 and 0.0 <= entry["f1_macro"] <= 1.0
-        assert entry["size_bytes"] > 0 and entry["params"] > 0 and entry["peak_rss_mb"] > 0
+        assert entry["size_bytes"] > 0 and entry["params"] > 0
+        # peak memory of what is served or compared; the chain's intermediates are not measured for it
+        intermediate = name in ("student", "pruned", "trimmed")
+        assert entry["peak_rss_mb"] is None if intermediate else entry["peak_rss_mb"] > 0
         assert 0 < entry["latency_ms"]["batch1_p50"] <= entry["latency_ms"]["batch1_p95"]
         assert entry["latency_ms"]["batch32_p50"] > 0
     teacher, final = report["models"]["teacher"], report["models"]["final"]

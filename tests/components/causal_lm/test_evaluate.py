@@ -64,7 +64,7 @@ def evaluated(lm_models, tiny_gpt2_dir, tiny_lm_data_dir, tmp_path_factory):
     models = [
         ModelSpec("student", lm_models["onnx_fp32"], "onnxruntime"),
         ModelSpec("teacher", tiny_gpt2_dir, "pytorch"),
-        ModelSpec("student_without_teacher", lm_models["untrained"], "pytorch"),
+        ModelSpec("student_without_teacher", lm_models["untrained"], "pytorch", memory=False),
         ModelSpec("final", lm_models["final"], "onnxruntime"),
     ]
     result = evaluate.run(TINY, LMGateConfig(), tiny_lm_data_dir, models, out_dir, tracker, seed=13, max_length=32)
@@ -87,7 +87,9 @@ def test_report_has_every_key_with_sane_values(evaluated):
         assert entry["perplexity"] > 1
         assert 0 <= entry["bleu"] <= 100 and (name == "teacher" or 0 <= entry["bleu_vs_teacher"] <= 100)
         assert entry["tokens_per_s"] > 0 and entry["size_bytes"] > 0 and entry["params"] > 0
-        assert entry["peak_rss_mb"] > 0 and entry["bleu_sentences"] == 16
+        assert entry["bleu_sentences"] == 16
+        # an intermediate is not measured for memory (a fresh process each costs seconds)
+        assert entry["peak_rss_mb"] is None if name == "student_without_teacher" else entry["peak_rss_mb"] > 0
     models = report["models"]
     assert models["teacher"]["runtime"] == "pytorch fp32" and models["final"]["runtime"] == "onnxruntime int8"
     assert models["student"]["runtime"] == "onnxruntime fp32"
