@@ -240,6 +240,31 @@ class RegisterConfig(_Section):
     gate: GateConfig = GateConfig()
 
 
+class IncrementalConfig(_Section):
+    """`miniaturize update --data FILE`: learn a new labelled batch, warm-started from the @champion version's
+    teacher and compressed student, with replay and distillation from the previous model against forgetting."""
+
+    # "replay_kd": train on the new batch plus the replay buffer, the replayed rows also taught by the
+    # previous model's soft outputs (learning without forgetting); "naive": fine-tune on the new batch alone,
+    # no replay, no distillation (the ablation the report sets beside it).
+    method: Literal["replay_kd", "naive"] = "replay_kd"
+    replay_size: int = Field(2000, ge=1)  # earlier labelled sentences kept for replay, an equal share per batch
+    teacher_epochs: int = Field(2, ge=1)
+    teacher_lr: float = Field(3e-5, gt=0)
+    student_epochs: int = Field(3, ge=1)
+    student_lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(32, ge=1)
+    patience: int = Field(1, ge=1)  # epochs without a better validation accuracy (over every batch) before stopping
+    # Weight of the soft term: on replayed rows the previous teacher teaches the updated teacher; for the
+    # student, the updated teacher teaches every row.
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
+    temperature: float = Field(2.0, gt=0.0)
+    # The forgetting gate: no earlier batch may lose more test accuracy than this against the champion
+    # (percentage points), and the new batch's test accuracy must reach this floor (0..1).
+    max_forgetting_points: float = Field(1.0, ge=0.0)
+    min_new_batch_accuracy: float = Field(0.7, ge=0.0, le=1.0)
+
+
 class LMDataConfig(_Section):
     # "vader-all": every sentence of the vaderSentiment archive's four sources, ratings ignored. Anything
     # else is a .txt (one sentence per line), .jsonl or .parquet file with a `text` column.
@@ -385,6 +410,7 @@ class Params(_Section):
     search: SearchConfig = SearchConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+    incremental: IncrementalConfig = IncrementalConfig()
     lm: LMConfig = LMConfig()
     retries: RetriesConfig = RetriesConfig()
     distributed: DistributedConfig = DistributedConfig()

@@ -2,14 +2,16 @@
 
     miniaturize run [--profile smoke] [--data FILE] [--set key=value ...] [--force] [--until STAGE] [--wait S]
     miniaturize stage NAME [--processes N]                                    # one stage (what dvc.yaml runs)
+    miniaturize update --data FILE [--profile smoke] [--set key=value ...]   # teach the champion a new batch
     miniaturize search [--profile smoke] [--set key=value ...]               # candidates, Pareto front, best one
     miniaturize package [--model models:/NAME@champion] --out DIR [--force]  # edge bundle with predict.py
     miniaturize serve-model DIR|models:/NAME@champion [--port 8000]          # the bundle over HTTP: /predict, /health
     miniaturize promote --version N [--force --reason TEXT]                   # champion through the gate
     miniaturize rollback [--reason TEXT]                                      # champion back to the previous one
-    miniaturize lineage N                                                     # commit, data, params, stage keys
+    miniaturize lineage N                                                     # commit, data, params, stage keys, updates
     miniaturize bench [--repeats 3]                                           # re-measure the report's models
     miniaturize deploy [--cron "0 2 * * *"] [--name nightly] [--timezone UTC] # the pipeline on a schedule (Prefect)
+    miniaturize deploy --update FILE [--cron ...] [--name weekly-update]     # an update with FILE on a schedule
 
 Every command answers with the same exit codes (`EXIT_CODES`, listed by `miniaturize --help`); an
 unexpected error prints its traceback and exits 1. The commands parse their options, call into flows/ and
@@ -106,11 +108,14 @@ def exit_code(err: BaseException, what: str) -> tuple[int, str]:
     from flows.lock import WorkspaceLocked
     from flows.registry import GateRejected
     from flows.retries import TrackingUnavailable
+    from flows.update import NoWarmStart
 
     if isinstance(err, ValidationFailed):
         report = getattr(err, "report_path", None)
         return 3, f"\n{err}\n\nFull validation result: {report}\nNothing was trained or registered."
-    if isinstance(err, (ConfigError, DataError, BundleSourceError, OutDirRefused, BundleError, FileNotFoundError)):
+    if isinstance(
+        err, (ConfigError, DataError, BundleSourceError, OutDirRefused, BundleError, FileNotFoundError, NoWarmStart)
+    ):
         return 2, f"error: {err}"
     if isinstance(err, MlflowException) and err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
         return 2, f"error: {err.message}"
@@ -266,6 +271,96 @@ def print_summary(task, root: Path, outcome: dict, minutes: float) -> None:
         f"run {outcome['parent_run_id']}  (make ui -> http://127.0.0.1:5000)"
     )
     typer.echo(f"  model:   {reg['model_uri']}  (models:/{reg['model_name']}@{reg['alias']})")
+
+
+@app.command()
+def update(
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="The new labelled batch: a CSV/JSONL/Parquet file of the project (text,label), or a built-in source (vader-amazon, vader-tweets, vader-nyt).",
+        ),
+    ],
+    params_file: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    wait: Annotated[
+        float, typer.Option("--wait", help="Seconds to wait for another run in this workspace to finish.")
+    ] = 0.0,
+    start: Annotated[
+        Optional[str],
+        typer.Option(
+            "--from", help="Update this version instead of the champion: models:/NAME/VERSION or models:/NAME@ALIAS."
+        ),
+    ] = None,
+) -> None:
+    """Teach the @champion version a new labelled batch: its teacher and compressed student warm-started, replay
+    and distillation against forgetting, every earlier batch re-measured, the forgetting gate, a new version."""
+    params, task = load_task(params_file, profile, overrides)
+    from flows import update as updating
+
+    if task is not updating.TASK:
+        fail(f"error: miniaturize update learns {updating.TASK.name} models; {params_file} sets task {task.name}", 2)
+    from flows.preflight import data_source
+
+    with exit_codes("update"):
+        source = data_source(data, Path.cwd())
+    outcome, minutes = run_flow(
+        updating.update, params, Path.cwd(), "update", data=source, wait_seconds=wait, start=start
+    )
+    typer.echo("")
+    if outcome["skipped"]:
+        typer.secho(
+            f"miniaturize: nothing new in {data}: version {outcome['version']} has learned it (batch "
+            f"{outcome['batch']}); {minutes * 60:.0f} s",
+            bold=True,
+        )
+        return
+    report = outcome["report"]
+    typer.secho(f"miniaturize: update finished in {minutes:.1f} min", bold=True)
+    for line in updating.render_markdown(report).splitlines()[2:]:
+        if line:
+            typer.echo(f"  {line}")
+    typer.echo(
+        f"  {outcome['model_name']} version {outcome['version']} (parent {outcome['parent_version']}) is now "
+        f"@{outcome['alias']}: {outcome['reason']}"
+    )
+    typer.echo(f"  report:  {outcome['report_md']}")
+    typer.echo(f"  MLflow:  {outcome['tracking_uri']}  run {outcome['run_id']}")
+    typer.echo(f"  {outcome['dvc']}")
+    typer.echo(f"  lineage: miniaturize lineage {outcome['version']}")
+
+
+@app.command("incremental-demo")
+def incremental_demo(
+    params_file: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    scratch_seeds: Annotated[
+        str, typer.Option("--scratch-seeds", help="Seeds of the from-scratch runs on the last union, comma-separated.")
+    ] = "13,14,15",
+) -> None:
+    """The incremental demonstration, in this (new) project folder: a full run on the movie snippets, then
+    product reviews, tweets and editorials as three updates, beside naive fine-tuning and the pipeline from
+    scratch on all data so far; writes reports/incremental/stream.{md,json,png}. Hours at the default scale."""
+    params, task = load_task(params_file, profile, overrides)
+    from flows import incremental_demo as demo
+
+    if task is not demo.TASK:
+        fail(f"error: the incremental demo learns {demo.TASK.name} models; {params_file} sets task {task.name}", 2)
+    try:
+        seeds = [int(s) for s in scratch_seeds.split(",") if s.strip()]
+    except ValueError:
+        fail(f"error: --scratch-seeds {scratch_seeds!r} is not a comma-separated list of integers", 2)
+    preflight(task, params)
+    outcome, minutes = run_flow(demo.demo, params, Path.cwd(), "incremental demo", scratch_seeds=seeds)
+    typer.echo("")
+    typer.secho(f"miniaturize: incremental demonstration finished in {minutes:.1f} min", bold=True)
+    for line in Path(outcome["files"][1]).read_text().splitlines():
+        if line.startswith("- "):
+            typer.echo(f"  {line}")
+    typer.echo(f"  written: {', '.join(outcome['files'])}")
 
 
 @app.command()
@@ -426,6 +521,14 @@ def lineage(
             typer.echo(f"    {row['stage']:<9} {row['key']}  {row['run']}")
     else:
         typer.echo(f"  stages: not recorded (source: {chain['source']})")
+    if len(chain["updates"]) > 1:
+        typer.echo("  updates, newest first (version, kind, batch learned, data sha256, aliases):")
+        for row in chain["updates"]:
+            typer.echo(
+                f"    v{row['version']:<4} {row['kind']:<9} {row['batch']:<12} {row['data_sha256'][:16]}  "
+                f"{', '.join('@' + a for a in row['aliases']) or '-'}"
+            )
+        typer.echo(f"  data seen: {', '.join(b['name'] + ' ' + b['sha256'][:12] for b in chain['batches'])}")
     for e in chain["alias_history"]:
         forced = " FORCED" if e["forced"] else ""
         typer.echo(f"  {e['at']}  {e['action']} @{e['alias']}{forced} by {e['by']}: {e['reason']}")
@@ -668,9 +771,17 @@ def deploy(
         "."
     ),
     until: UntilOpt = None,
+    update: Annotated[
+        Optional[str],
+        typer.Option(
+            "--update",
+            help="Schedule incremental updates with this batch file (relative to --root) instead of pipeline runs; a run whose file the champion has learned already does nothing.",
+        ),
+    ] = None,
 ) -> None:
     """Run the pipeline on a schedule: register a Prefect deployment and execute its runs here until Ctrl-C.
-    The folder, params file, profile and overrides are bound to the deployment; a run may only set `until`."""
+    The folder, params file, profile and overrides are bound to the deployment; a run may only set `until`.
+    With --update, each run is an incremental update with that batch file instead."""
     import urllib.request
 
     overrides = list(overrides or [])
@@ -683,7 +794,7 @@ def deploy(
     from flows.deploy import FLOW_NAME, build_deployment, serve
 
     try:
-        deployment = build_deployment(name, cron, timezone, root, params_file, profile, overrides, until)
+        deployment = build_deployment(name, cron, timezone, root, params_file, profile, overrides, until, update)
     except ValueError as err:
         fail(f"error: {err}", 2)
     settings = get_current_settings()
@@ -701,6 +812,8 @@ def deploy(
     full_name = f"{FLOW_NAME}/{name}"
     typer.secho(f"miniaturize: serving {full_name} on {api}", bold=True)
     typer.echo(f"  schedule: {cron} ({timezone}); one run at a time, params read when each run starts")
+    if update:
+        typer.echo(f"  each run: an incremental update with {update} (nothing to do when the champion has learned it)")
     typer.echo(
         f"  project:  {root.resolve()}, params {params_file}"
         + (f", profile {profile}" if profile else "")

@@ -16,6 +16,11 @@ Two ways to deploy:
 
 Each run reads the params file when it starts, so an edit to params.yaml takes effect at the next run without
 re-deploying.
+
+`miniaturize deploy --update FILE` deploys incremental updates instead: each run teaches the champion the
+batch FILE holds (`flows.update`), and when FILE holds data the champion has learned already (same sha256)
+the run ends within seconds, having changed nothing. Point the schedule at the file new labelled data lands
+in (tracked with `dvc add` or `dvc import`), and a changed file is learned at the next run.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class BoundWorkspace:
     params_file: str = "params.yaml"  # relative to root, or absolute
     profile: str | None = None
     overrides: tuple[str, ...] = ()
+    update: str | None = None  # a batch file: each run is an incremental update with it, not a pipeline run
 
 
 def run_in_workspace(workspace: BoundWorkspace, until: str | None = None) -> dict:
@@ -54,6 +60,8 @@ def run_in_workspace(workspace: BoundWorkspace, until: str | None = None) -> dic
     params_path = root / workspace.params_file  # an absolute params_file stays as is
     overrides = list(workspace.overrides)
     params = load_params(params_path, workspace.profile, overrides)
+    if workspace.update is not None:
+        return update_in_workspace(params, root, workspace.update)
     outcome = pipeline(params, root=str(root), run_name=time.strftime("scheduled-%Y%m%d-%H%M%S"), until=until)
     dvc = record_run(
         root,
@@ -94,6 +102,31 @@ def run_in_workspace(workspace: BoundWorkspace, until: str | None = None) -> dic
         dvc,
     )
     return summary
+
+
+def update_in_workspace(params, root: Path, data: str) -> dict:
+    """One incremental update with the batch `data` (a subflow); nothing but a log line when the champion has
+    learned that data already."""
+    from flows.update import update
+
+    outcome = update(
+        params,
+        data=str(root / data) if not data.startswith("vader-") else data,
+        root=str(root),
+        run_name=time.strftime("scheduled-update-%Y%m%d-%H%M%S"),
+    )
+    if outcome["skipped"]:
+        get_run_logger().info("nothing new in %s: version %s has learned it", data, outcome["version"])
+        return {"skipped": True, "version": outcome["version"]}
+    get_run_logger().info(
+        "update with %s: %s version %s @%s (%s)",
+        data,
+        outcome["model_name"],
+        outcome["version"],
+        outcome["alias"],
+        outcome["reason"],
+    )
+    return {k: outcome[k] for k in ("skipped", "model_name", "version", "alias", "reason", "dvc")}
 
 
 def workspace_pipeline(workspace: BoundWorkspace) -> Flow:
@@ -153,17 +186,22 @@ def build_deployment(
     profile: str | None = None,
     overrides: list[str] | None = None,
     until: str | None = None,
+    update: str | None = None,
 ) -> ScheduledDeployment:
     """The deployment `<FLOW_NAME>/<name>`: the flow bound to `root` (`params_file` relative to it, or
-    absolute), `profile` and `overrides`, on `cron` in `timezone`; `until` is the runs' default stop."""
+    absolute), `profile` and `overrides`, on `cron` in `timezone`; `until` is the runs' default stop. With
+    `update` (a batch file relative to `root`, or a built-in source) each run is an incremental update."""
     from prefect.flows import EntrypointType
 
     root, params_file = Path(root).resolve(), Path(params_file)
     if params_file.is_absolute() and params_file.is_relative_to(root):
         params_file = params_file.relative_to(root)  # shown as plain "params.yaml" in the description
-    workspace = BoundWorkspace(str(root), str(params_file), profile, tuple(overrides or ()))
+    if update is not None and until is not None:
+        raise ValueError("an update deployment runs whole updates: --until applies to pipeline runs only")
+    workspace = BoundWorkspace(str(root), str(params_file), profile, tuple(overrides or ()), update)
     where = (
         f"{root / params_file}"
+        + (f", updates with {update}" if update else "")
         + (f", profile {profile}" if profile else "")
         + (f", --set {' '.join(overrides)}" if overrides else "")
         + (f", up to {until}" if until else "")
@@ -173,7 +211,10 @@ def build_deployment(
         schedule=schedule(cron, timezone),
         parameters={"until": until},
         tags=["miniaturize", "scheduled"],
-        description=f"The miniaturize pipeline on {where} (fixed when deployed); params are read when each run starts.",
+        description=(
+            f"The miniaturize {'incremental update' if update else 'pipeline'} on {where} (fixed when deployed); "
+            "params are read when each run starts."
+        ),
         # Reject at creation a run whose parameters do not fit the flow's signature.
         enforce_parameter_schema=True,
         # The entrypoint names the module-level flow; the serving process runs the bound flow it holds.

@@ -45,6 +45,7 @@ PIP_REQUIREMENTS = ["onnx", "onnxruntime", "numpy"]
 HISTORY = "alias_history"
 REGISTRY_EXPERIMENT = "miniaturize-registry"
 EDGE_BUNDLE = "edge_bundle"  # the run artifact holding a version's edge bundle
+WARM_START = "warm_start"  # the run artifact an incremental update of a version starts from (Task.warm_start)
 MANIFEST_TAG = "bundle.manifest_sha256"  # the version tag pinning that bundle's manifest.json
 METRICS_SPLIT = "test"  # the split of a pipeline version's final.* figures and ratios
 
@@ -167,6 +168,19 @@ def log_edge_bundle(
     return digest
 
 
+def log_warm_start(task: Task, p: Params, ws: Workspace, client, run_id: str, version: str) -> None:
+    """Log what an incremental update of this version starts from (`Task.warm_start`) as the run's
+    `warm_start/` artifact, and tag the version with the data it saw; before any alias moves, so every
+    champion has one."""
+    if task.warm_start is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        tags = task.warm_start(p, ws, Path(tmp))
+        client.log_artifacts(run_id, tmp, WARM_START)
+    for key, value in tags.items():
+        client.set_model_version_tag(p.register_.model_name, version, key, value)
+
+
 def bundle_metrics(task: Task, tags: dict[str, str], report: dict) -> dict:
     """The figures a bundle's manifest carries: the version's ratios to its teacher (its tags) and its final
     model's figures the task names (its report: quality, size, latency), as far as they are recorded."""
@@ -282,6 +296,7 @@ def register(task: Task, p: Params, ws: Workspace, tracker: Tracker) -> StageRes
     tags = version_tags(task, p, ws, report, parent) | (lineage_tags(task, client, parent) if parent else {})
     version = log_version(task, p, run_id, ws.final, ws.report, tags)
     name = p.register_.model_name
+    log_warm_start(task, p, ws, client, run_id, version)
     decision = judge(task, p, ws, client, client.get_model_version(name, version), report["final_vs_teacher"])
     failed = decision.failed()
     alias = alias_for(decision.passed)
@@ -459,6 +474,8 @@ def lineage(task: Task, p: Params, ws: Workspace, version: str) -> dict:
     ]
     aliases = [e for e in read_history(client, name) if e["version"] == str(version)]
     return {
+        "updates": update_chain(client, name, found),
+        "batches": json.loads(tags.get("incremental.batches") or "[]"),
         "model_name": name,
         "version": str(version),
         "model_run": found.run_id,
@@ -472,6 +489,29 @@ def lineage(task: Task, p: Params, ws: Workspace, version: str) -> dict:
         "stages": stages,
         "alias_history": aliases,
     }
+
+
+def update_chain(client, name: str, version) -> list[dict]:
+    """The version and its parents through incremental updates (`incremental.parent_version` tags), newest
+    first, back to the full run they started from: each with the batch it learned and that batch's data."""
+    chain = []
+    while version is not None and len(chain) < 1000:
+        tags = version.tags
+        chain.append(
+            {
+                "model_name": version.name,
+                "version": str(version.version),
+                "kind": "update" if tags.get("incremental.kind") == "update" else "full run",
+                "batch": tags.get("incremental.batch", "-"),
+                "data_sha256": tags.get("data_sha256", ""),
+                "aliases": list(version.aliases),
+                "forgetting_points": tags.get("incremental.forgetting_points"),
+            }
+        )
+        parent = tags.get("incremental.parent_version")
+        name = tags.get("incremental.parent_model") or name  # an ablation chain may start from another model
+        version = client.get_model_version(name, parent) if parent else None
+    return chain
 
 
 def find_version(client, model: str):

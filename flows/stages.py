@@ -78,6 +78,10 @@ class Task:
     preflight: Callable[[Params, Path, bool], None]  # (params, root, search): ConfigError before anything runs
     # `miniaturize bench`: (params, workspace, repeats) -> (result, text); None when the task has none.
     bench: Callable[[Params, Any, int], tuple[dict, str]] | None = None
+    # What an incremental update starts from (flows/update.py): (params, workspace, folder) writes it into the
+    # folder, logged with every registered version as its `warm_start/` artifact, and returns the version's
+    # tags that say which data it saw. None when the task has no incremental updates.
+    warm_start: Callable[[Params, Any, Path], dict[str, str]] | None = None
 
 
 def stage_paths(ws: Workspace, names: tuple[str, ...]) -> dict[str, Path]:

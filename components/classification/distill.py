@@ -150,6 +150,7 @@ def distilled(
             "best_epoch": outcome.best_epoch,
             "epochs_run": outcome.epochs_run,
             "train_seconds": outcome.seconds,
+            "examples": outcome.examples,  # training rows processed over every epoch run
         },
         accuracy_if_any(student, data["test"], pad_id),
     )

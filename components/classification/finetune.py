@@ -66,6 +66,7 @@ def run(
         "best_epoch": outcome.best_epoch,
         "epochs_run": outcome.epochs_run,
         "train_seconds": outcome.seconds,
+        "examples": outcome.examples,  # training rows processed over every epoch run
         "params": count_params(model),
     }
     if is_main_process():  # a new teacher: the soft targets of an earlier one can never be read again

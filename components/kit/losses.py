@@ -23,13 +23,15 @@ def kd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor | None,
     labels: torch.Tensor,
-    alpha: float,
+    alpha: float | torch.Tensor,
     temperature: float,
 ) -> torch.Tensor:
     """alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * cross-entropy, averaged over rows.
 
     Rows labelled UNLABELLED (transfer-set sentences) take the soft term alone, at full weight. With no
-    teacher logits (plain fine-tuning) this is the cross-entropy of the labelled rows.
+    teacher logits (plain fine-tuning) this is the cross-entropy of the labelled rows. `alpha` may be one
+    weight per row (a tensor): an incremental update teaches replayed rows from the previous model and new
+    rows from their labels alone (alpha 0).
     """
     labelled = labels != UNLABELLED
     ce_rows = torch.zeros_like(student_logits[:, 0])
@@ -38,11 +40,13 @@ def kd_loss(
             (labelled.nonzero(as_tuple=True)[0],),
             F.cross_entropy(student_logits[labelled], labels[labelled], reduction="none"),
         )
-    if teacher_logits is None or alpha == 0.0:
+    per_row = isinstance(alpha, torch.Tensor)
+    if teacher_logits is None or (not per_row and alpha == 0.0):
         return ce_rows[labelled].mean() if labelled.any() else ce_rows.sum()
     kl_rows = soft_kl_rows(student_logits, teacher_logits, temperature)
-    weight_kl = torch.where(labelled, torch.full_like(kl_rows, alpha), torch.ones_like(kl_rows))
-    weight_ce = torch.where(labelled, torch.full_like(kl_rows, 1.0 - alpha), torch.zeros_like(kl_rows))
+    alphas = alpha.to(kl_rows) if per_row else torch.full_like(kl_rows, alpha)
+    weight_kl = torch.where(labelled, alphas, torch.ones_like(kl_rows))
+    weight_ce = torch.where(labelled, 1.0 - alphas, torch.zeros_like(kl_rows))
     return (weight_kl * kl_rows + weight_ce * ce_rows).mean()
 
 

@@ -40,6 +40,8 @@ class Distillation:
     temperature: float
     # Intermediate-layer transfer (hidden states, attention maps): needs the teacher itself at train time.
     features: nn.Module | None = None
+    # One soft-term weight per training row instead of `alpha` (an incremental update: 0 on new rows).
+    row_alpha: np.ndarray | None = None
 
 
 @dataclass
@@ -49,6 +51,7 @@ class TrainOutcome:
     epochs_run: int
     seconds: float
     history: list[dict[str, float]]
+    examples: int = 0  # training rows processed, over all epochs run: the cost an update is compared by
 
 
 def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
@@ -169,6 +172,9 @@ def classifier_loss(
     features = kd is not None and kd.features is not None
     labels_all = torch.as_tensor(train_set.labels, dtype=torch.long).to(dp.device)
     teacher_all = torch.as_tensor(kd.teacher_logits).to(dp.device) if kd else None
+    alpha_all = (
+        torch.as_tensor(kd.row_alpha, dtype=torch.float32).to(dp.device) if kd and kd.row_alpha is not None else None
+    )
 
     def loss_of(rows: np.ndarray) -> torch.Tensor:
         batch = dp.to_device(model_inputs(raw, collate(train_set.input_ids, rows, pad_id)))
@@ -178,7 +184,7 @@ def classifier_loss(
             out.logits,
             teacher_all[index_t] if kd else None,
             labels_all[index_t],
-            kd.alpha if kd else 0.0,
+            alpha_all[index_t] if alpha_all is not None else (kd.alpha if kd else 0.0),
             kd.temperature if kd else 1.0,
         )
         return loss + kd.features(out, batch) if features else loss
@@ -252,4 +258,6 @@ def train(
     raw.eval()
     if features:
         kd.features.to(home)
-    return TrainOutcome(best.epoch, best.value, len(history), time.perf_counter() - started, history)
+    return TrainOutcome(
+        best.epoch, best.value, len(history), time.perf_counter() - started, history, len(train_set) * len(history)
+    )

@@ -293,9 +293,10 @@ def evaluated_models(ws: ClassificationWorkspace) -> list:
 
     return [
         ModelSpec("teacher", ws.teacher, "pytorch"),
-        ModelSpec("student", ws.student, "pytorch"),
-        ModelSpec("pruned", ws.pruned, "pytorch"),
-        ModelSpec("trimmed", ws.trimmed, "pytorch"),
+        # intermediates of the chain: measured like the rest, but for peak memory (never served)
+        ModelSpec("student", ws.student, "pytorch", memory=False),
+        ModelSpec("pruned", ws.pruned, "pytorch", memory=False),
+        ModelSpec("trimmed", ws.trimmed, "pytorch", memory=False),
         ModelSpec("onnx_fp32", ws.onnx_fp32, "onnxruntime"),
         ModelSpec("final", ws.final, "onnxruntime"),
         ModelSpec("baseline_teacher_int8", ws.baseline_teacher_int8, "onnxruntime"),
@@ -417,8 +418,12 @@ STAGES: dict[str, Stage] = {
     ),
     "register": Stage(
         register,
-        StageIO(("final", "report"), ("registration",), ("kit.gate", "kit.promotion", "flows.registry")),
-        ("register",),
+        StageIO(
+            ("final", "report", "teacher", "trimmed", "prepared"),
+            ("registration",),
+            ("kit.gate", "kit.promotion", "flows.registry", "classification.update", "kit.replay"),
+        ),
+        ("register", "data.source", "incremental.replay_size", "seed"),
         registers=True,
     ),
 }
@@ -473,6 +478,20 @@ def preflight(params: Params, root: Path, search: bool = False) -> None:
             require_layers("search.layers", layers, depth, params.teacher.model)
 
 
+def warm_start(p: Params, ws: ClassificationWorkspace, out: Path) -> dict[str, str]:
+    """What an update of this run's version starts from: its teacher, its compressed student before export
+    (trimmed), its data as the first batch and the first replay buffer (`components.classification.update`)."""
+    from components.classification import update
+
+    name = update.batch_name(p.data.source)
+    update.warm_start_folder(ws.teacher, ws.trimmed, ws.prepared, name, p.incremental.replay_size, p.seed, out)
+    return {
+        "incremental.kind": "full run",
+        "incremental.batch": name,
+        "incremental.batches": json.dumps([{"name": name, "sha256": data_sha256(ws.prepared)}]),
+    }
+
+
 def bench(p: Params, ws: ClassificationWorkspace, repeats: int) -> tuple[dict, str]:
     """Every model of the latest report re-measured side by side (`miniaturize bench`)."""
     from components.classification import bench as component
@@ -512,4 +531,5 @@ TASK = Task(
     report_files=".json, compression_plot.png",
     preflight=preflight,
     bench=bench,
+    warm_start=warm_start,
 )

@@ -113,6 +113,60 @@ def test_scheduled_run_loads_params_runs_the_pipeline_and_records_plain_complete
     json.dumps(summary)
 
 
+def test_an_update_deployment_runs_an_update_with_its_file_and_returns_at_once_when_nothing_is_new(
+    tmp_path, prefect_api, monkeypatch
+):
+    """`miniaturize deploy --update FILE`: each run is an incremental update with FILE (the update flow replaced
+    by a stub here; tests/flows/test_update_e2e.py runs the real one), and a run whose file the champion has
+    learned says so and changes nothing."""
+    import shutil
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    import flows.update
+    from flows.deploy import BoundWorkspace, build_deployment, workspace_pipeline
+
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    calls = []
+
+    def stub_update(params, data, root, run_name):
+        calls.append((data, root, run_name))
+        new = len(calls) == 1
+        return {
+            "skipped": not new,
+            "version": "4",
+            "model_name": "m",
+            "alias": "champion",
+            "reason": "ok",
+            "dvc": "DVC: ok",
+        }
+
+    monkeypatch.setattr(flows.update, "update", stub_update)
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+        bound = workspace_pipeline(BoundWorkspace(str(tmp_path), update="data/incoming.csv"))
+        first, second = bound(), bound()
+        APILogWorker.drain_all(timeout=30)
+        EventsWorker.drain_all(timeout=30)
+    assert calls[0][0] == str(tmp_path / "data" / "incoming.csv") and calls[0][1] == str(tmp_path)
+    assert calls[0][2].startswith("scheduled-update-")
+    assert first == {
+        "skipped": False,
+        "model_name": "m",
+        "version": "4",
+        "alias": "champion",
+        "reason": "ok",
+        "dvc": "DVC: ok",
+    }
+    assert second == {"skipped": True, "version": "4"}
+    deployment = build_deployment(name="weekly", root=tmp_path, update="data/incoming.csv")
+    assert "incremental update" in deployment.options["description"]
+    assert "updates with data/incoming.csv" in deployment.options["description"]
+    with pytest.raises(ValueError, match="--until applies to pipeline runs only"):
+        build_deployment(root=tmp_path, update="data/incoming.csv", until="prune")
+
+
 def test_deployment_is_bound_to_its_workspace_and_takes_only_until(tmp_path, prefect_api, monkeypatch):
     """The project folder, params file, profile and overrides are fixed at deploy time: the deployment's only
     run parameter is `until`, and a run created with `root` (as the UI's custom run or the API allow) is

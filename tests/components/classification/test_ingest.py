@@ -7,6 +7,7 @@ from components import validate
 from components.classification import ingest
 from components.config import DataConfig
 from components.kit import data
+from components.kit.data import DataError
 from components.kit.hashing import file_sha256
 from components.kit.text import text_key
 from components.kit.tracking import NullTracker
@@ -79,6 +80,28 @@ def test_archive_matching_the_pin_is_read_without_running_it(fake_index, tmp_pat
     # Transfer sentences are excluded by the same key the splits are compared by.
     exclude = {text_key("A fine   FILM"), text_key("A dull film")}
     assert ingest.transfer_set(fetched, 0.5, exclude)["text"].tolist() == ["A film", "sunny", "broke"]
+    # Another built-in source as the labelled data: the movie snippets join the transfer set, all of them.
+    assert ingest.transfer_set(fetched, 0.5, set(), "amazon")["text"].tolist() == [
+        "A fine   FILM",
+        "A dull film",
+        "A film",
+        "sunny",
+    ]
+    assert set(ingest.BUILTIN_SOURCES) == {"vader-movie", "vader-tweets", "vader-nyt", "vader-amazon"}
+
+
+def test_a_split_column_is_kept_and_a_bad_one_refused(tmp_path):
+    frame = make_frame(10).assign(split=["train"] * 12 + ["validation"] * 4 + ["test"] * 4)
+    frame.to_csv(tmp_path / "union.csv", index=False)
+    ingest.run(DataConfig(source="union.csv"), tmp_path / "out", NullTracker(), root=tmp_path)
+    for name, rows in (("train", 12), ("validation", 4), ("test", 4)):
+        split = pd.read_parquet(tmp_path / "out" / f"{name}.parquet")
+        assert split.columns.tolist() == ["text", "label"]
+        assert split["text"].tolist() == frame[frame["split"] == name]["text"].tolist() and len(split) == rows
+    frame.loc[3, "split"] = "holdout"
+    frame.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match="column split holds 'holdout'"):
+        ingest.run(DataConfig(source="bad.csv"), tmp_path / "out2", NullTracker(), root=tmp_path)
 
 
 # --- de-duplication in the form validation compares ------------------------------------------------

@@ -66,3 +66,19 @@ def test_attention_kl_is_zero_when_equal_and_positive_otherwise():
     # query rows 0 and 1 count (row 2 is padding): KL of (0.9, 0.1) from (0.5, 0.5), and 0
     expected = (0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)) / 2
     assert math.isclose(attention_kl(uniform, teacher, mask).item(), expected, rel_tol=1e-4)
+
+
+def test_per_row_alpha_weighs_each_row_on_its_own():
+    """An incremental update: replayed rows (alpha 0.5) also learn the previous model, new rows (0) the labels."""
+    student = torch.tensor([[1.0, -1.0], [0.3, 0.2], [-0.5, 0.5]])
+    teacher = torch.tensor([[0.0, 2.0], [1.0, 0.0], [2.0, -2.0]])
+    labels = torch.tensor([0, 1, 1])
+    rows = [
+        kd_loss(student[i : i + 1], teacher[i : i + 1], labels[i : i + 1], a, 2.0)
+        for i, a in enumerate((0.0, 0.5, 0.0))
+    ]
+    mixed = kd_loss(student, teacher, labels, torch.tensor([0.0, 0.5, 0.0]), 2.0)
+    assert math.isclose(mixed.item(), sum(r.item() for r in rows) / 3, rel_tol=1e-6)
+    # alpha 0 on a row is its cross-entropy alone
+    ce = torch.nn.functional.cross_entropy(student[:1], labels[:1])
+    assert math.isclose(rows[0].item(), ce.item(), rel_tol=1e-6)

@@ -1,0 +1,338 @@
+"""Incremental update: teach the champion's teacher and compressed student a new labelled batch without
+forgetting the earlier ones (`miniaturize update --data FILE`, flows/update.py).
+
+The warm start is a folder the registry holds for every classification version (`warm_start_folder` writes
+it at registration, `run` writes the next one):
+
+    teacher/   the fine-tuned teacher (PyTorch)
+    student/   the compressed student before export: pruned, its vocabulary trimmed (PyTorch)
+    replay.parquet          the bounded replay buffer: earlier labelled sentences (text, label, batch)
+    batches/<name>/         every batch seen: its train/validation/test splits and data card
+
+`run` (method `replay_kd`, the default):
+1. the teacher trains on the new batch's train split plus the replay buffer; on replayed rows it also learns
+   the previous teacher's soft outputs (learning without forgetting, Li & Hoiem 2017), on new rows the labels
+   alone. Early stopping reads accuracy on the validation splits of every batch seen, so the kept epoch is
+   the one that serves all of them best;
+2. the student keeps its architecture (layers, pruned heads and neurons); the wordpieces of the new batch
+   that its trimmed vocabulary dropped are restored from the updated teacher's embeddings
+   (`components.kit.vocab.restore_wordpieces`), so new words are not locked out; it is then distilled from
+   the updated teacher on the same rows.
+Method `naive` is the ablation: both fine-tune on the new batch alone, no replay, no distillation.
+
+It writes `out_dir/teacher`, `out_dir/student`, the next `out_dir/replay.parquet` and `out_dir/prepared`
+(train: the rows trained on; validation: every batch's validation split; test: the new batch's), which the
+classification export and quantize components take as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from components.config import IncrementalConfig, TrainConfig
+from components.kit.data import DataError
+from components.kit.modeling import count_params, encode, predict_logits, save_model, seed_everything
+from components.kit.replay import replay_buffer
+from components.kit.tracking import PrefixedTracker, StageResult, Tracker
+from components.kit.training import Distillation, train
+from components.kit.vocab import restore_wordpieces
+
+SPLIT_FILES = ("train.parquet", "validation.parquet", "test.parquet", "data_card.json")
+
+
+def batch_name(source: str) -> str:
+    """A short name for a data source: `vader-amazon` -> amazon, `data/week-12.csv` -> week-12."""
+    stem = source.removeprefix("vader-") if source.startswith("vader-") else Path(source).stem or source
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or "batch"
+
+
+def read_labels(model_dir: Path) -> list[str]:
+    return json.loads((Path(model_dir) / "labels.json").read_text())
+
+
+def unknown_labels(batch: Path, labels: list[str]) -> list[str]:
+    """Labels of the batch (any split) the model does not have."""
+    seen: set[str] = set()
+    for split in ("train", "validation", "test"):
+        seen |= set(pd.read_parquet(batch / f"{split}.parquet")["label"].dropna().astype(str))
+    return sorted(seen - set(labels))
+
+
+def check_labels(batch: Path, labels: list[str], what: str) -> None:
+    """An update cannot add classes: a label the model does not know stops it, naming the label."""
+    unknown = unknown_labels(batch, labels)
+    if unknown:
+        raise DataError(
+            f"the new batch has labels {', '.join(map(repr, unknown))} that {what} does not know (its labels: "
+            f"{', '.join(labels)}); an update keeps the label set. To add a class, run the full pipeline "
+            "(`miniaturize run`) on data with every label"
+        )
+
+
+def seen_keys(batches: list[Path]) -> set[str]:
+    from components.kit.text import text_key
+
+    keys: set[str] = set()
+    for folder in batches:
+        for split in ("train", "validation", "test"):
+            path = folder / f"{split}.parquet"
+            if path.exists():
+                keys |= set(pd.read_parquet(path)["text"].map(text_key))
+    return keys
+
+
+def drop_seen(batch: Path, earlier: list[Path]) -> int:
+    """Remove from the new batch's splits (in place) every text an earlier batch holds, compared as the
+    validate stage compares texts: no sentence is ever in two batches' splits. Returns how many went."""
+    from components.kit.text import text_key
+
+    keys = seen_keys(earlier)
+    dropped = 0
+    for split in ("train", "validation", "test"):
+        path = batch / f"{split}.parquet"
+        frame = pd.read_parquet(path)
+        keep = ~frame["text"].map(text_key).isin(keys)
+        dropped += int((~keep).sum())
+        if not keep.all():
+            frame[keep].reset_index(drop=True).to_parquet(path, index=False)
+    return dropped
+
+
+def copy_batch(prepared: Path, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for name in SPLIT_FILES:
+        if (prepared / name).exists():
+            shutil.copy2(prepared / name, out / name)
+
+
+def copy_model(model_dir: Path, out: Path) -> None:
+    """A model folder without the teacher's cached soft targets (recomputed when needed)."""
+    shutil.copytree(model_dir, out, ignore=shutil.ignore_patterns("soft_targets", "*_logits.npy"))
+
+
+def warm_start_folder(
+    teacher: Path, student: Path, prepared: Path, name: str, replay_size: int, seed: int, out: Path
+) -> dict:
+    """The warm start of a version made by a full run: its teacher, its compressed student before export, its
+    data as the first batch, and the first replay buffer drawn from that batch's train split."""
+    out.mkdir(parents=True, exist_ok=True)
+    copy_model(teacher, out / "teacher")
+    copy_model(student, out / "student")
+    copy_batch(prepared, out / "batches" / name)
+    train_rows = pd.read_parquet(prepared / "train.parquet")[["text", "label"]]
+    buffer = replay_buffer(None, train_rows, name, replay_size, seed)
+    buffer.to_parquet(out / "replay.parquet", index=False)
+    return {"batch": name, "replay_rows": len(buffer)}
+
+
+def earlier_batches(champion: Path) -> dict[str, Path]:
+    """The batches the champion has seen, by name, in the order they arrived (the data cards' `arrived`)."""
+    folders = [p for p in sorted((champion / "batches").iterdir()) if p.is_dir()]
+
+    def arrived(folder: Path) -> int:
+        return int(json.loads((folder / "data_card.json").read_text()).get("arrived", 0))
+
+    return {p.name: p for p in sorted(folders, key=arrived)}
+
+
+def training_rows(cfg: IncrementalConfig, batch: Path, replay: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """(rows to train on, soft-term weight per row): the new train split (weight 0: labels alone), then with
+    `replay_kd` the replay buffer (weight alpha: the previous model teaches them too)."""
+    new = pd.read_parquet(batch / "train.parquet")[["text", "label"]]
+    if cfg.method == "naive":
+        return new.reset_index(drop=True), np.zeros(len(new))
+    rows = pd.concat([new, replay[["text", "label"]]], ignore_index=True)
+    return rows, np.concatenate([np.zeros(len(new)), np.full(len(replay), cfg.alpha)])
+
+
+def validation_rows(cfg: IncrementalConfig, batch: Path, earlier: dict[str, Path]) -> pd.DataFrame:
+    """Early stopping reads every batch seen (naive: the new batch alone, as fine-tuning on it would)."""
+    folders = [batch] + ([] if cfg.method == "naive" else list(earlier.values()))
+    return pd.concat([pd.read_parquet(f / "validation.parquet")[["text", "label"]] for f in folders], ignore_index=True)
+
+
+def train_config(cfg: IncrementalConfig, epochs: int, lr: float, max_length: int) -> TrainConfig:
+    return TrainConfig(epochs=epochs, lr=lr, batch_size=cfg.batch_size, patience=cfg.patience, max_length=max_length)
+
+
+def load_encoded(model_dir: Path, rows: pd.DataFrame, val: pd.DataFrame, max_length: int):
+    """(model, tokenizer, labels, training rows, validation rows encoded by the model's own tokenizer)."""
+    labels = read_labels(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+    train_set = encode(tokenizer, rows["text"].tolist(), rows["label"].tolist(), labels, max_length)
+    val_set = encode(tokenizer, val["text"].tolist(), val["label"].tolist(), labels, max_length)
+    return model, tokenizer, labels, train_set, val_set
+
+
+def fit(model, tokenizer, labels, train_set, val_set, cfg: TrainConfig, kd, out: Path, tracker, seed, desc, extra=None):
+    """Train (best validation epoch kept), save the model folder to `out`; returns its training figures."""
+    outcome = train(model, train_set, val_set, cfg, tokenizer.pad_token_id, tracker, seed, kd=kd, desc=desc)
+    metrics = {
+        "val_accuracy": outcome.best_val_accuracy,
+        "epochs_run": outcome.epochs_run,
+        "examples": outcome.examples,
+        "train_seconds": outcome.seconds,
+        **(extra or {}),
+    }
+    save_model(model, tokenizer, labels, out, metrics)
+    return metrics
+
+
+def update_teacher(
+    cfg: IncrementalConfig,
+    teacher_dir: Path,
+    rows: pd.DataFrame,
+    row_alpha: np.ndarray,
+    val: pd.DataFrame,
+    out: Path,
+    tracker: Tracker,
+    seed: int,
+    max_length: int,
+) -> dict:
+    model, tokenizer, labels, train_set, val_set = load_encoded(teacher_dir, rows, val, max_length)
+    kd = None
+    if cfg.method == "replay_kd" and row_alpha.any():
+        # the previous teacher's outputs, taken before it changes
+        previous = predict_logits(model, train_set, tokenizer.pad_token_id)
+        kd = Distillation(previous, cfg.alpha, cfg.temperature, row_alpha=row_alpha)
+    settings = train_config(cfg, cfg.teacher_epochs, cfg.teacher_lr, max_length)
+    return fit(model, tokenizer, labels, train_set, val_set, settings, kd, out, tracker, seed, "update teacher")
+
+
+def update_student(
+    cfg: IncrementalConfig,
+    student_dir: Path,
+    teacher_dir: Path,
+    rows: pd.DataFrame,
+    val: pd.DataFrame,
+    new_texts: list[str],
+    out: Path,
+    tracker: Tracker,
+    seed: int,
+    max_length: int,
+) -> dict:
+    restored = restore_wordpieces(student_dir, teacher_dir, new_texts, out, max_length)
+    if restored["added"]:
+        print(
+            f"  update: {restored['added']} wordpieces of the new batch restored into the student's vocabulary "
+            f"({restored['vocab_before']:,} -> {restored['vocab_after']:,}), "
+            f"e.g. {', '.join(restored['added_pieces'][:8])}",
+            flush=True,
+        )
+    model, tokenizer, labels, train_set, val_set = load_encoded(out, rows, val, max_length)
+    kd = None
+    if cfg.method == "replay_kd":
+        # the updated teacher's outputs on the same rows, through its own (full) vocabulary
+        teacher, teacher_tok, _, teacher_set, _ = load_encoded(teacher_dir, rows, val, max_length)
+        kd = Distillation(predict_logits(teacher, teacher_set, teacher_tok.pad_token_id), cfg.alpha, cfg.temperature)
+        del teacher
+    settings = train_config(cfg, cfg.student_epochs, cfg.student_lr, max_length)
+    extra = {
+        "wordpieces_restored": restored["added"],
+        "vocab_size": restored["vocab_after"],
+        "params": count_params(model),
+    }
+    metrics = fit(
+        model, tokenizer, labels, train_set, val_set, settings, kd, out, tracker, seed, "update student", extra
+    )
+    return metrics | {"restored_pieces": restored["added_pieces"]}
+
+
+def write_prepared(rows: pd.DataFrame, val: pd.DataFrame, batch: Path, labels: list[str], out: Path) -> None:
+    """The data the export and quantize components read: the rows trained on, every batch's validation
+    split, the new batch's test split."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows.to_parquet(out / "train.parquet", index=False)
+    val.to_parquet(out / "validation.parquet", index=False)
+    shutil.copy2(batch / "test.parquet", out / "test.parquet")
+    card = json.loads((batch / "data_card.json").read_text())
+    (out / "data_card.json").write_text(json.dumps(card | {"labels": labels}, indent=2))
+
+
+def run(
+    cfg: IncrementalConfig,
+    champion: Path,
+    batch: Path,
+    name: str,
+    out_dir: Path,
+    tracker: Tracker,
+    seed: int,
+    max_length: int,
+) -> StageResult:
+    """Update the champion's warm start (`champion`, see the module) with the prepared batch `batch`, called
+    `name` (a name no earlier batch has); write the next warm start (the new batch added to `batches/`) and
+    the export's data into `out_dir`."""
+    seed_everything(seed)
+    earlier = earlier_batches(champion)
+    if name in earlier:
+        raise ValueError(f"the champion has already seen a batch called {name!r}")
+    labels = read_labels(champion / "teacher")
+    check_labels(batch, labels, "the champion")
+    replay = pd.read_parquet(champion / "replay.parquet")
+    rows, row_alpha = training_rows(cfg, batch, replay)
+    val = validation_rows(cfg, batch, earlier)
+    tracker.log_params(
+        cfg.model_dump() | {"batch": name, "train_rows": len(rows), "replay_rows": int((row_alpha > 0).sum())}
+    )
+    print(
+        f"  update: {len(rows) - int((row_alpha > 0).sum())} new rows + {int((row_alpha > 0).sum())} replayed "
+        f"({cfg.method}); validation over {len(val)} sentences",
+        flush=True,
+    )
+    teacher = update_teacher(
+        cfg,
+        champion / "teacher",
+        rows,
+        row_alpha,
+        val,
+        out_dir / "teacher",
+        PrefixedTracker(tracker, "teacher."),
+        seed,
+        max_length,
+    )
+    new_texts = pd.concat([pd.read_parquet(batch / f"{s}.parquet")["text"] for s in ("train", "validation")]).tolist()
+    student = update_student(
+        cfg,
+        champion / "student",
+        out_dir / "teacher",
+        rows,
+        val,
+        new_texts,
+        out_dir / "student",
+        PrefixedTracker(tracker, "student."),
+        seed,
+        max_length,
+    )
+    buffer = replay_buffer(
+        replay, pd.read_parquet(batch / "train.parquet")[["text", "label"]], name, cfg.replay_size, seed
+    )
+    buffer.to_parquet(out_dir / "replay.parquet", index=False)
+    for earlier_name, folder in earlier.items():
+        copy_batch(folder, out_dir / "batches" / earlier_name)
+    copy_batch(batch, out_dir / "batches" / name)
+    card = out_dir / "batches" / name / "data_card.json"
+    card.write_text(json.dumps(json.loads(card.read_text()) | {"arrived": len(earlier)}, indent=2))
+    write_prepared(rows, val, batch, labels, out_dir / "prepared")
+    metrics = {f"teacher.{k}": v for k, v in teacher.items()} | {
+        f"student.{k}": v for k, v in student.items() if k != "restored_pieces"
+    }
+    metrics |= {
+        "examples": teacher["examples"] + student["examples"],
+        "train_rows": len(rows),
+        "replay_rows": int((row_alpha > 0).sum()),
+        "next_replay_rows": len(buffer),
+    }
+    tracker.log_metrics({k: float(v) for k, v in metrics.items()})
+    return StageResult(
+        metrics={k: float(v) for k, v in metrics.items()},
+        outputs={"warm_start": out_dir},
+        info={"restored_pieces": student["restored_pieces"]},
+    )

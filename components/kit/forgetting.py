@@ -1,0 +1,121 @@
+"""The incremental-learning gate: may a model updated on a new batch replace the champion?
+
+An update must learn the new batch without forgetting the earlier ones. The caller measures the champion
+(`before`) and the updated model (`after`) on each batch's held-out sentences, as accuracies in 0..1, and:
+
+- `per_batch` lines them up, one row per batch, with the change in percentage points;
+- `forgetting_points` is the largest drop on any EARLIER batch (the new batch cannot be forgotten);
+- `decide` checks it against `max_forgetting_points`, and the new batch's accuracy against
+  `min_new_batch_accuracy`, as a `GateDecision` like the release gate's (`components.kit.gate`);
+- `reason` says in one line why an update was refused, naming the batch it forgot most.
+
+As in the release gate, a figure that could not be measured fails its check with a note: no update becomes
+champion on a measurement nobody made.
+
+Pure decisions, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+
+from components.kit.gate import TOLERANCE, Check, GateDecision
+
+
+def _figure(value: float | None) -> float | None:
+    """float(value); None for a missing figure (None or NaN)."""
+    return None if value is None or math.isnan(float(value)) else float(value)
+
+
+def per_batch(before: dict[str, float | None], after: dict[str, float | None], new_batch: str) -> list[dict]:
+    """One row per batch of `after`, in its order: {"batch", "before", "after", "change_points", "new"}.
+
+    "before" is the champion's accuracy (None where it has none, as for a batch it never saw), "after" the
+    updated model's, "change_points" 100 * (after - before) (None when either is missing; positive: better),
+    "new" whether it is `new_batch`. A batch the champion was measured on that is missing from `after` gets
+    a row of its own at the end, with after None: otherwise an evaluation that skipped an earlier batch
+    would hide its forgetting.
+    """
+    rows = []
+    for batch in list(after) + [b for b in before if b not in after]:
+        was, now = _figure(before.get(batch)), _figure(after.get(batch))
+        change = None if was is None or now is None else 100.0 * (now - was)
+        rows.append({"batch": batch, "before": was, "after": now, "change_points": change, "new": batch == new_batch})
+    return rows
+
+
+def _earlier(rows: list[dict]) -> list[dict]:
+    return [row for row in rows if not row["new"]]
+
+
+def unmeasured_batches(rows: list[dict]) -> list[str]:
+    """The earlier batches whose change cannot be computed (a figure before or after is missing)."""
+    return [row["batch"] for row in _earlier(rows) if row["change_points"] is None]
+
+
+def forgetting_points(rows: list[dict]) -> float:
+    """The largest accuracy drop on an earlier batch, in points (positive: worse); 0.0 when none dropped or
+    there is no earlier batch; NaN when an earlier batch's change is missing."""
+    if unmeasured_batches(rows):
+        return math.nan
+    drops = [-row["change_points"] for row in _earlier(rows)]
+    return max([0.0, *drops])
+
+
+def most_forgotten(rows: list[dict]) -> str | None:
+    """The earlier batch with the largest drop (the first of equals); None when no earlier batch dropped."""
+    measured = [row for row in _earlier(rows) if row["change_points"] is not None and row["change_points"] < 0]
+    return min(measured, key=lambda row: row["change_points"])["batch"] if measured else None
+
+
+def _new_row(rows: list[dict]) -> dict | None:
+    return next((row for row in rows if row["new"]), None)
+
+
+def decide(rows: list[dict], max_forgetting_points: float, min_new_batch_accuracy: float) -> GateDecision:
+    """Two checks, in this order: "forgetting" (forgetting_points at most max_forgetting_points) and
+    "new_batch_accuracy" (the new batch's accuracy in points at least 100 * min_new_batch_accuracy). A value
+    equal to its threshold passes (within `TOLERANCE`); a missing figure fails, with a note naming it."""
+    forgetting = forgetting_points(rows)
+    threshold = float(max_forgetting_points)
+    if math.isnan(forgetting):
+        missing = ", ".join(unmeasured_batches(rows))
+        note = f"no accuracy figure for earlier batch(es) {missing}: forgetting not measured"
+        forgetting_check = Check(value=math.nan, threshold=threshold, passed=False, note=note)
+    else:
+        forgetting_check = Check(value=forgetting, threshold=threshold, passed=forgetting <= threshold + TOLERANCE)
+
+    new = _new_row(rows)
+    accuracy = None if new is None else new["after"]
+    minimum = 100.0 * float(min_new_batch_accuracy)
+    if accuracy is None:
+        name = "the new batch" if new is None else f"the new batch {new['batch']}"
+        note = f"no accuracy figure for {name}: not measured"
+        accuracy_check = Check(value=math.nan, threshold=minimum, passed=False, note=note)
+    else:
+        points = 100.0 * accuracy
+        accuracy_check = Check(value=points, threshold=minimum, passed=points >= minimum - TOLERANCE)
+    return GateDecision.of({"forgetting": forgetting_check, "new_batch_accuracy": accuracy_check})
+
+
+def reason(decision: GateDecision, rows: list[dict]) -> str:
+    """One line: "passed", or each failed check with its value and threshold, e.g.
+    "forgetting: 3.20 points on amazon > 1.00 allowed; new_batch_accuracy: 71.00 points on imdb < 80.00 required"."""
+    if decision.passed:
+        return "passed"
+    parts = []
+    for name in decision.failed():
+        check = decision.checks[name]
+        if not math.isfinite(check.value):
+            parts.append(f"{name}: {check.note or 'not measured'}")
+        elif name == "forgetting":
+            worst = most_forgotten(rows)  # None only below a negative threshold, when no batch dropped
+            where = f" on {worst}" if worst else ""
+            parts.append(f"forgetting: {check.value:.2f} points{where} > {check.threshold:.2f} allowed")
+        elif name == "new_batch_accuracy":
+            new = _new_row(rows)
+            batch = new["batch"] if new else "the new batch"
+            parts.append(f"new_batch_accuracy: {check.value:.2f} points on {batch} < {check.threshold:.2f} required")
+        else:
+            parts.append(f"{name}: {check.value:.2f} against {check.threshold:.2f}")
+    return "; ".join(parts)

@@ -1,0 +1,115 @@
+"""The replay buffer of incremental learning: a bounded, fair sample of every labelled batch seen so far.
+
+When a deployed classifier learns a new batch, it trains on that batch plus the buffer, so that it keeps
+rehearsing what the earlier batches taught it instead of forgetting them. `replay_buffer` builds the next
+buffer from the previous one and the new batch's train rows:
+
+- `batch_shares` splits `size` rows equally among the batches; a batch with fewer rows than its share
+  keeps all of them and its leftover is split among the others (water-filling), so the buffer is full
+  whenever enough rows exist;
+- inside a batch the rows are drawn stratified by label, in proportion to the label counts (largest
+  remainder), so a cut never drops a rare label that the batch's share has room for;
+- it is a reservoir: a batch's rows in the new buffer are a subset of its rows in the previous one, drawn
+  with a generator seeded by (seed, batch name), so the same inputs always give the same buffer and a
+  batch's kept rows only ever shrink as more batches arrive, never get re-drawn from elsewhere.
+
+Pure: data frames in, a data frame out; the caller stores the buffer (a parquet file beside the model).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = ["text", "label", "batch"]
+
+
+def batch_shares(counts: dict[str, int], size: int) -> dict[str, int]:
+    """How many rows of each batch the buffer keeps: an equal share of `size` each, a batch with fewer rows
+    than its share keeping all it has and the rest re-split among the others. The shares add up to
+    min(size, total rows). When the rows do not split evenly, the extra rows go to the newest batches
+    (last in `counts`' order): with `size` below the number of batches, the buffer holds the latest ones."""
+    if size < 0:
+        raise ValueError(f"size must be >= 0, not {size}")
+    if any(count < 0 for count in counts.values()):
+        raise ValueError(f"row counts must be >= 0: {counts}")
+    shares = {batch: 0 for batch in counts}
+    open_batches = [batch for batch, count in counts.items() if count > 0]
+    left = min(size, sum(counts.values()))
+    while left and open_batches:
+        each, extra = divmod(left, len(open_batches))
+        small = [batch for batch in open_batches if counts[batch] <= each]
+        if small:  # they take all they have; what they leave is split again among the rest
+            for batch in small:
+                shares[batch] = counts[batch]
+                left -= counts[batch]
+            open_batches = [batch for batch in open_batches if batch not in small]
+            continue
+        for batch in open_batches:
+            shares[batch] = each
+        for batch in open_batches[len(open_batches) - extra :]:
+            shares[batch] += 1
+        left = 0
+    return shares
+
+
+def label_quotas(labels: pd.Series, k: int) -> dict[str, int]:
+    """k rows split among the labels in proportion to their counts (largest remainder; ties to the label
+    that sorts first), never more than a label has. Labels with no quota are left out."""
+    counts = labels.value_counts().sort_index()
+    total = int(counts.sum())
+    k = min(k, total)
+    # Integer arithmetic: quota = k * n / total exactly, floor plus remainder.
+    floors = {label: k * int(n) // total for label, n in counts.items()}
+    remainders = {label: k * int(n) % total for label, n in counts.items()}
+    short = k - sum(floors.values())
+    for label in sorted(remainders, key=lambda label: -remainders[label])[:short]:
+        floors[label] += 1
+    return {label: quota for label, quota in floors.items() if quota > 0}
+
+
+def stratified_sample(rows: pd.DataFrame, k: int, rng: np.random.Generator) -> pd.DataFrame:
+    """k of `rows` drawn without replacement, stratified by label; all of them when k >= len(rows). The
+    rows keep their order."""
+    if k >= len(rows):
+        return rows
+    chosen: list[int] = []
+    for label, quota in label_quotas(rows["label"], k).items():
+        positions = np.flatnonzero((rows["label"] == label).to_numpy())
+        chosen.extend(rng.choice(positions, size=quota, replace=False).tolist())
+    return rows.iloc[sorted(chosen)]
+
+
+def batch_rng(seed: int, batch: str) -> np.random.Generator:
+    """A generator of its own for each batch: its draw does not depend on which other batches are in the
+    buffer or in what order. crc32, unlike hash(), is the same in every process."""
+    return np.random.default_rng([seed, zlib.crc32(batch.encode("utf-8"))])
+
+
+def replay_buffer(
+    previous: pd.DataFrame | None, new_train: pd.DataFrame, batch: str, size: int, seed: int
+) -> pd.DataFrame:
+    """The next replay buffer: the previous buffer's rows plus `new_train`'s (tagged `batch`), cut to at most
+    `size` rows with `batch_shares` per batch and a label-stratified draw inside each.
+
+    `previous` has columns text, label, batch (None or empty before the first update); `new_train` has text
+    and label (other columns are dropped). Rows of `previous` already tagged `batch` are replaced by
+    `new_train`: re-running an update gives the same buffer. The result has columns text, label, batch, the
+    batches in the order they were first seen, each batch's rows in their previous order.
+    """
+    if size < 1:
+        raise ValueError(f"the replay buffer size must be >= 1, not {size}")
+    older = previous[COLUMNS] if previous is not None else pd.DataFrame(columns=COLUMNS)
+    frames = [older[older["batch"] != batch], new_train[["text", "label"]].assign(batch=batch)]
+    # Empty frames are left out: concatenated with others, their untyped columns would change the dtypes.
+    frames = [rows for rows in frames if len(rows)]
+    if not frames:
+        return pd.DataFrame({column: pd.Series(dtype=str) for column in COLUMNS})
+    pool = pd.concat(frames, ignore_index=True)
+    order = list(dict.fromkeys(pool["batch"].tolist()))
+    groups = {name: pool[pool["batch"] == name] for name in order}
+    shares = batch_shares({name: len(rows) for name, rows in groups.items()}, size)
+    kept = [stratified_sample(groups[name], shares[name], batch_rng(seed, name)) for name in order]
+    return pd.concat([rows for rows in kept if len(rows)], ignore_index=True)[COLUMNS]

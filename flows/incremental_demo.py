@@ -1,0 +1,209 @@
+"""The incremental-learning demonstration: the vaderSentiment archive's four rated sources as a stream.
+
+    miniaturize incremental-demo [--profile smoke] [--scratch-seeds 13,14,15]   # in a new, empty project folder
+
+1. A full pipeline run on the movie snippets alone (`vader-movie`, no transfer set: the first model sees no
+   sentence of the later sources, not even unlabelled), registered as `<register.model_name>-stream`.
+2. Product reviews, tweets and editorials arrive as three updates (`flows.update`, method `replay_kd`), each
+   warm-started from the version before it.
+3. The ablation: the same three updates with method `naive` (the new batch alone: no replay, no
+   distillation), from the same first version, registered as `...-stream-naive`.
+4. The reference: after each update, the whole pipeline from scratch on the union of every batch so far,
+   with the same compression settings and the batches' own splits (`split` column), so every model is tested
+   on the same sentences; on the last union once per seed of `--scratch-seeds`. Registered as
+   `...-stream-scratch`.
+
+Each model's accuracy on every batch's test split, its wall time and training examples go to
+`reports/incremental/stream.json`, with a Markdown table and a plot (accuracy per batch after each update,
+for incremental, naive fine-tuning and from-scratch; `components.classification.stream_report`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+from prefect import flow
+
+from components.config import Params
+from flows.pipeline import pipeline
+from flows.tasks.classification import TASK
+from flows.update import update
+
+STREAM = ("vader-movie", "vader-amazon", "vader-tweets", "vader-nyt")
+TRAINING_STAGES = ("finetune", "distill", "prune")
+
+
+def with_settings(p: Params, **updates) -> Params:
+    """`p` with dotted keys replaced, validated again (e.g. data__source -> data.source)."""
+    from components.config import build_params
+
+    tree = p.as_dict()
+    for dotted, value in updates.items():
+        node = tree
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return build_params(tree)
+
+
+def accuracies(model: Path, batches: dict[str, Path], p: Params) -> dict[str, float | None]:
+    from components.classification.evaluate import split_accuracy
+
+    return {
+        name: split_accuracy(model, folder, "test", p.evaluate.threads, p.teacher.max_length)
+        for name, folder in batches.items()
+    }
+
+
+def pipeline_examples(outcome: dict) -> int:
+    """Training rows processed by a pipeline run's training stages (a skipped stage counts its recorded run)."""
+    return int(sum(outcome["stages"][name]["metrics"].get("examples", 0) for name in TRAINING_STAGES))
+
+
+def union_file(batches: dict[str, Path], out: Path) -> Path:
+    """Every batch's splits in one file, each row keeping its split (`split` column) and its batch."""
+    frames = []
+    for name, folder in batches.items():
+        for split in ("train", "validation", "test"):
+            frame = pd.read_parquet(folder / f"{split}.parquet")[["text", "label"]]
+            frames.append(frame.assign(split=split, batch=name))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pd.concat(frames, ignore_index=True).to_parquet(out, index=False)
+    return out
+
+
+def batch_folders(ws, version: str, model_name: str, client, into: Path) -> dict[str, Path]:
+    """The batches a version saw (its warm start's `batches/`), downloaded, in the order they arrived."""
+    from components.classification.update import earlier_batches
+    from flows import registry
+
+    found = client.get_model_version(model_name, version)
+    warm = Path(client.download_artifacts(found.run_id, registry.WARM_START, str(into)))
+    return earlier_batches(warm)
+
+
+def run_demo(params: Params, root: Path, scratch_seeds: list[int], stream: tuple[str, ...] = STREAM) -> dict:
+    import tempfile
+
+    from flows import tracking
+
+    ws = TASK.workspace(root)
+    base = params.register_.model_name + "-stream"
+    names = {"incremental": base, "naive": base + "-naive", "scratch": base + "-scratch"}
+    first = with_settings(
+        params, data__source=stream[0], data__transfer=False, register__model_name=names["incremental"]
+    )
+    steps: list[dict] = []
+
+    # the first full run: the movie snippets alone
+    started = time.perf_counter()
+    outcome = pipeline(first, root=str(root), run_name="stream-0-full-run")
+    first_seconds = time.perf_counter() - started
+    first_version = outcome["registration"]["version"]
+    client = tracking.client(root)
+    with tempfile.TemporaryDirectory() as tmp:
+        batches = batch_folders(ws, first_version, names["incremental"], client, Path(tmp))
+        first_acc = accuracies(ws.final, batches, first)
+    head = {
+        "version": first_version,
+        "accuracy": first_acc,
+        "seconds": first_seconds,
+        "examples": pipeline_examples(outcome),
+    }
+    steps.append({"step": 0, "learned": next(iter(batches)), "incremental": head, "naive": head, "scratch": head})
+
+    previous = {"incremental": f"models:/{names['incremental']}/{first_version}", "naive": None}
+    previous["naive"] = previous["incremental"]
+    for step, source in enumerate(stream[1:], start=1):
+        row: dict = {"step": step}
+        for method in ("incremental", "naive"):
+            p = with_settings(
+                params,
+                register__model_name=names[method],
+                incremental__method="replay_kd" if method == "incremental" else "naive",
+            )
+            done = update(p, data=source, root=str(root), run_name=f"stream-{step}-{method}", start=previous[method])
+            previous[method] = f"models:/{names[method]}/{done['version']}"
+            report = done["report"]
+            row["learned"] = done["batch"]
+            row[method] = {
+                "version": done["version"],
+                "alias": done["alias"],
+                "accuracy": {r["batch"]: r["after"] for r in report["per_batch"]},
+                "forgetting_points": report["forgetting_points"],
+                "seconds": report["cost"]["seconds"],
+                "examples": report["cost"]["examples"],
+                "wordpieces_restored": report["wordpieces_restored"],
+            }
+        # the reference: the pipeline from scratch on every batch so far
+        with tempfile.TemporaryDirectory() as tmp:
+            batches = batch_folders(ws, row["incremental"]["version"], names["incremental"], client, Path(tmp))
+            data = union_file(batches, root / "data" / "stream" / f"union-{step}.parquet")
+            seeds = scratch_seeds if step == len(stream) - 1 else scratch_seeds[:1]
+            runs = {}
+            for seed in seeds:
+                p = with_settings(
+                    params,
+                    data__source=data.relative_to(root).as_posix(),
+                    data__transfer=False,
+                    register__model_name=names["scratch"],
+                    seed=seed,
+                    seeds__extra=[],
+                )
+                started = time.perf_counter()
+                outcome = pipeline(p, root=str(root), run_name=f"stream-{step}-scratch-seed{seed}")
+                runs[seed] = {
+                    "version": outcome["registration"]["version"],
+                    "accuracy": accuracies(ws.final, batches, p),
+                    "seconds": time.perf_counter() - started,
+                    "examples": pipeline_examples(outcome),
+                }
+        row["scratch"] = mean_of_seeds(runs)
+        steps.append(row)
+        print(
+            f"[stream] after {row['learned']}: mean accuracy incremental "
+            f"{mean(row['incremental']['accuracy']):.4f}, naive {mean(row['naive']['accuracy']):.4f}, "
+            f"from scratch {mean(row['scratch']['accuracy']):.4f}",
+            flush=True,
+        )
+    return {"stream": list(stream), "models": names, "scratch_seeds": scratch_seeds, "steps": steps}
+
+
+def mean(accuracy: dict[str, float | None]) -> float:
+    values = [v for v in accuracy.values() if v is not None]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def mean_of_seeds(runs: dict[int, dict]) -> dict:
+    """The from-scratch figures averaged over seeds, each seed's kept under `seeds`."""
+    first = next(iter(runs.values()))
+    return {
+        "accuracy": {b: sum(r["accuracy"][b] for r in runs.values()) / len(runs) for b in first["accuracy"]},
+        "seconds": sum(r["seconds"] for r in runs.values()) / len(runs),
+        "examples": sum(r["examples"] for r in runs.values()) / len(runs),
+        "seeds": {str(seed): r for seed, r in runs.items()},
+    }
+
+
+def write(results: dict, reports: Path) -> list[Path]:
+    from components.classification import stream_report
+
+    reports.mkdir(parents=True, exist_ok=True)
+    summary = stream_report.summarise(results)
+    (reports / "stream.json").write_text(json.dumps(results | {"summary": summary}, indent=2))
+    (reports / "stream.md").write_text(stream_report.render_markdown(results, summary))
+    stream_report.save_plot(results, reports / "stream.png")
+    return [reports / "stream.json", reports / "stream.md", reports / "stream.png"]
+
+
+@flow(name="miniaturize-incremental-demo", log_prints=False)
+def demo(params: Params, root: str = ".", scratch_seeds: list[int] | None = None) -> dict:
+    """The whole demonstration in the project folder `root`; returns the results and the files written."""
+    root_path = Path(root).resolve()
+    results = run_demo(params, root_path, list(scratch_seeds or [params.seed]))
+    files = write(results, TASK.workspace(root_path).reports / "incremental")
+    return {"results": results, "files": [str(f) for f in files]}

@@ -1,0 +1,445 @@
+"""Incremental updates as a Prefect flow: teach the @champion version a new labelled batch, without forgetting.
+
+    miniaturize update --data FILE|vader-amazon [--profile smoke] [--set incremental.method=naive]
+
+extract:   the champion, found through the registry alias, and its warm start (the `warm_start/` artifact
+           every classification version carries: teacher, compressed student, replay buffer, every batch it
+           saw); the new batch ingested and split by seed like any data, texts an earlier batch holds
+           dropped, labels checked against the champion's, validated (Great Expectations). A batch whose data
+           the champion has seen already (same sha256) ends the update at once: nothing to learn.
+transform: teacher and student updated (`components.classification.update`), exported and quantized by the
+           same components as a full run.
+load:      accuracy of the new model and of the champion on every batch's test split, forgetting (the
+           largest drop on an earlier batch) and cost; the forgetting gate (`components.kit.forgetting`); the
+           version registered with its parent version and the batches it saw, @champion when the gate
+           passes, else @challenger with the reason tagged. Only then are the batch (`data/batches/<name>`)
+           and, for a new champion, the replay buffer (`data/replay/`) put in the workspace and recorded with
+           `dvc add`.
+
+Everything is written into a staging folder first; the champion alias moves last. An update killed at any
+point leaves the champion, its files and the workspace data as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from components.config import Params, section_hash
+from components.kit import gate
+from components.kit.forgetting import decide, per_batch, reason
+from components.kit.promotion import CHALLENGER, CHAMPION
+from components.kit.secrets import redact
+from components.kit.tracking import PrefixedTracker, Tracker
+from flows import prefect_api, registry, tracking
+from flows.lock import note, workspace_lock
+from flows.pipeline import settle_killed_runs
+from flows.retries import RetryPolicy
+from flows.tasks.classification import TASK, ClassificationWorkspace
+from flows.versioning import dvc
+
+REPORT_DIR = "update"  # reports/update/: one report per update, by version
+
+
+class NoWarmStart(LookupError):
+    """There is no champion to update, or it was registered without a warm start."""
+
+
+def staging(ws: ClassificationWorkspace) -> Path:
+    return ws.state / "update"
+
+
+def batches_dir(ws: ClassificationWorkspace) -> Path:
+    return ws.root / "data" / "batches"
+
+
+def replay_dir(ws: ClassificationWorkspace) -> Path:
+    return ws.root / "data" / "replay"
+
+
+def seen_batches(version) -> list[dict]:
+    """[{name, sha256}] of every batch a version learned, oldest first (its `incremental.batches` tag)."""
+    raw = version.tags.get("incremental.batches")
+    if not raw:
+        raise NoWarmStart(
+            f"version {version.version} was registered without a warm start (before incremental updates); "
+            "run the pipeline once (`miniaturize run`) to register one that can be updated"
+        )
+    return json.loads(raw)
+
+
+def unique_name(name: str, taken: list[str]) -> str:
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate
+
+
+# ---------------------------------------------------------------- the steps (Prefect tasks)
+
+
+@task(name="champion", cache_policy=NO_CACHE)
+def fetch_champion(p: Params, client, start: str | None, out: Path) -> tuple:
+    """(the version to update, its warm start folder, its int8 model folder), downloaded from the registry:
+    `start` (models:/NAME/VERSION or models:/NAME@ALIAS), by default the @champion of `register.model_name`."""
+    if start is not None:
+        champion = registry.find_version(client, start)[1]
+    else:
+        champion = registry.champion_version(client, p.register_.model_name)
+    if champion is None:
+        raise NoWarmStart(
+            f"{p.register_.model_name} has no @champion version to update; run the pipeline first (`miniaturize run`)"
+        )
+    seen_batches(champion)  # refuses a version without a warm start before anything is downloaded
+    out.mkdir(parents=True, exist_ok=True)
+    warm = Path(client.download_artifacts(champion.run_id, registry.WARM_START, str(out)))
+    model = Path(client.download_artifacts(champion.run_id, "bundle", str(out)))
+    print(f"[update] starting from {champion.name} version {champion.version}", flush=True)
+    return champion, warm, model
+
+
+@task(name="ingest-batch", cache_policy=NO_CACHE)
+def ingest_batch(p: Params, ws: ClassificationWorkspace, data: str, out: Path, tracker: Tracker) -> dict:
+    """The new batch as prepared splits (like the ingest stage, no transfer set): its data card."""
+    from components.classification import ingest
+
+    cfg = p.data.model_copy(update={"source": data, "transfer": False})
+    result = ingest.run(cfg, out, PrefixedTracker(tracker, "ingest."), cache_dir=ws.raw, root=ws.root)
+    return result.info["card"]
+
+
+@task(name="validate-batch", cache_policy=NO_CACHE)
+def validate_batch(p: Params, batch: Path, labels: list[str], out: Path, tracker: Tracker) -> None:
+    from components import validate
+
+    validate.run(p.section("validate"), batch, out, PrefixedTracker(tracker, "validate."), expected_labels=labels)
+
+
+@task(name="train-update", cache_policy=NO_CACHE)
+def train_update(p: Params, warm: Path, batch: Path, name: str, out: Path, tracker: Tracker) -> dict:
+    from components.classification import update
+
+    result = update.run(p.incremental, warm, batch, name, out, tracker, p.seed, p.teacher.max_length)
+    return result.metrics | {"restored_pieces": result.info["restored_pieces"]}
+
+
+@task(name="export-quantize", cache_policy=NO_CACHE)
+def export_and_quantize(p: Params, student: Path, prepared: Path, out: Path, tracker: Tracker) -> str:
+    from components.classification import export, quantize
+
+    length = p.teacher.max_length
+    export.run(p.export, student, prepared, out / "onnx_fp32", PrefixedTracker(tracker, "export."), max_length=length)
+    chosen = quantize.run(
+        p.quantize, out / "onnx_fp32", prepared, out / "final", PrefixedTracker(tracker, "quantize."), max_length=length
+    )
+    return chosen.info["chosen"]
+
+
+@task(name="evaluate-batches", cache_policy=NO_CACHE)
+def evaluate_batches(p: Params, final: Path, champion_model: Path, batches: dict[str, Path]) -> tuple[dict, dict]:
+    """(new model's, champion's) test accuracy on every batch, by name."""
+    from components.classification.evaluate import split_accuracy
+
+    def on_all(model: Path, names) -> dict:
+        return {n: split_accuracy(model, batches[n], "test", p.evaluate.threads, p.teacher.max_length) for n in names}
+
+    return on_all(final, batches), on_all(champion_model, batches)
+
+
+# ---------------------------------------------------------------- deciding and reporting
+
+
+def size_check(final: Path, champion_model: Path, max_growth: float) -> gate.Check:
+    """The update may grow the model (restored wordpieces) by at most `register.gate.max_size_growth_vs_champion`."""
+    from components.kit.modeling import dir_size_bytes
+
+    growth = dir_size_bytes(final) / max(1, dir_size_bytes(champion_model))
+    return gate.Check(growth, max_growth, growth <= max_growth + gate.TOLERANCE)
+
+
+def build_report(
+    p: Params,
+    champion,
+    name: str,
+    card: dict,
+    rows: list[dict],
+    decision: gate.GateDecision,
+    trained: dict,
+    chosen: str,
+    seconds: float,
+    size_bytes: int,
+    dropped_seen: int,
+) -> dict:
+    after = [r["after"] for r in rows if r["after"] is not None]
+    mean = sum(after) / len(after) if after else None
+    forgot = decision.checks["forgetting"].value
+    return {
+        "task": TASK.name,
+        "kind": "update",
+        "method": p.incremental.method,
+        "parent_version": str(champion.version),
+        "batch": name,
+        "dataset": {"sha256": card["sha256"], "source": card["source"], "rows": card["rows"]},
+        "dropped_seen_in_earlier_batches": dropped_seen,
+        "per_batch": rows,
+        "mean_accuracy": mean,
+        "forgetting_points": forgot if math.isfinite(forgot) else None,  # None: an earlier batch was not measured
+        "gate": decision.as_dict(),
+        "reason": reason(decision, rows),
+        "cost": {
+            "seconds": seconds,
+            "examples": int(trained["examples"]),
+            "teacher_examples": int(trained["teacher.examples"]),
+            "student_examples": int(trained["student.examples"]),
+        },
+        "wordpieces_restored": int(trained["student.wordpieces_restored"]),
+        "restored_examples": trained["restored_pieces"][:20],
+        "quantization": chosen,
+        "models": {"final": {"accuracy": mean, "size_bytes": size_bytes}},
+    }
+
+
+def render_markdown(report: dict) -> str:
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f}"
+
+    def pts(v):
+        return "-" if v is None else f"{v:+.2f}"
+
+    lines = [
+        f"# Incremental update: batch {report['batch']} on version {report['parent_version']} ({report['method']})",
+        "",
+        "| batch | champion acc | updated acc | change (points) |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in report["per_batch"]:
+        label = f"{r['batch']} (new)" if r["new"] else r["batch"]
+        lines.append(f"| {label} | {pct(r['before'])} | {pct(r['after'])} | {pts(r['change_points'])} |")
+    cost = report["cost"]
+    lines += [
+        "",
+        f"- mean test accuracy over every batch: {pct(report['mean_accuracy'])}",
+        "- forgetting (largest drop on an earlier batch): "
+        + ("not measured" if report["forgetting_points"] is None else f"{report['forgetting_points']:.2f} points"),
+        f"- gate: {'passed' if report['gate']['passed'] else 'refused'} ({report['reason']})",
+        f"- cost: {cost['seconds']:.0f} s wall, {cost['examples']:,} training examples processed "
+        f"(teacher {cost['teacher_examples']:,}, student {cost['student_examples']:,})",
+        f"- wordpieces restored into the student's vocabulary: {report['wordpieces_restored']}"
+        + (f" (e.g. {', '.join(report['restored_examples'][:8])})" if report["restored_examples"] else ""),
+        f"- quantization shipped: {report['quantization']}",
+        f"- texts dropped because an earlier batch holds them: {report['dropped_seen_in_earlier_batches']}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def version_tags(p: Params, ws, champion, report: dict, seen: list[dict], parent_run: str) -> dict[str, str]:
+    return {
+        "git_commit": registry.git_commit(ws.root),
+        "data_sha256": report["dataset"]["sha256"],
+        "params_hash": section_hash(p.as_dict()),
+        "parent_run_id": parent_run,
+        "task": TASK.name,
+        "source": "update",
+        "metrics_split": registry.METRICS_SPLIT,
+        "gate_passed": str(report["gate"]["passed"]).lower(),
+        "gate_failed_checks": ",".join(k for k, c in report["gate"]["checks"].items() if not c["passed"]),
+        "final.accuracy": f"{report['mean_accuracy']:.6g}",
+        "final.size_bytes": str(int(report["models"]["final"]["size_bytes"])),
+        "incremental.kind": "update",
+        "incremental.method": report["method"],
+        "incremental.parent_version": str(champion.version),
+        "incremental.parent_model": champion.name,
+        "incremental.batch": report["batch"],
+        "incremental.batches": json.dumps(seen),
+        "incremental.forgetting_points": f"{report['forgetting_points']:.4g}"
+        if report["forgetting_points"] is not None
+        else "",
+        "incremental.examples": str(report["cost"]["examples"]),
+        "incremental.seconds": f"{report['cost']['seconds']:.1f}",
+    }
+
+
+def put_in_workspace(ws: ClassificationWorkspace, batch: Path, name: str, next_replay: Path | None) -> str:
+    """The batch into data/batches/<name> and (for a new champion) the replay buffer into data/replay/, each
+    recorded with `dvc add` when the project uses DVC; returns the line to print."""
+    target = batches_dir(ws) / name
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(batch, target)
+    paths = [target]
+    if next_replay is not None:
+        replay_dir(ws).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(next_replay, replay_dir(ws) / "replay.parquet")
+        paths.append(replay_dir(ws))
+    rel = [path.relative_to(ws.root).as_posix() for path in paths]
+    if not (ws.root / ".dvc").is_dir():
+        return f"DVC: no .dvc/ here; {', '.join(rel)} written, not recorded"
+    done = dvc(ws.root, "add", "--quiet", *rel)
+    if done.returncode != 0:
+        return f"DVC: add failed: {(done.stderr or done.stdout).strip()[-300:]}"
+    return f"DVC: {', '.join(rel)} recorded ({', '.join(r + '.dvc' for r in rel)}; `dvc push` stores them)"
+
+
+# ---------------------------------------------------------------- the flow
+
+
+@flow(name="miniaturize-update", log_prints=False)
+def update(
+    params: Params,
+    data: str,
+    root: str = ".",
+    run_name: str | None = None,
+    wait_seconds: float = 0.0,
+    start: str | None = None,
+) -> dict:
+    """Teach the champion (or the version `start` names) the batch `data` (a file of the project or a built-in
+    source), registering the result as a version of `register.model_name`; one update or run at a time per
+    workspace."""
+    ws = TASK.workspace(Path(root).resolve())
+    with workspace_lock(ws.root, f"miniaturize update {data}", wait_seconds):
+        settle_killed_runs(ws.root, params)  # a run or update killed before: its runs marked, as a run does
+        note(ws.root, **prefect_api.this_flow_run())
+        return run_update(params, ws, data, run_name, start)
+
+
+def run_update(p: Params, ws: ClassificationWorkspace, data: str, run_name: str | None, start: str | None) -> dict:
+    import mlflow
+
+    started = time.perf_counter()
+    client = tracking.client(ws.root, RetryPolicy(p.retries.tracking_attempts, p.retries.tracking_backoff_seconds))
+    mlflow.set_tracking_uri(tracking.tracking_uri(ws.root))
+    work = staging(ws)
+    shutil.rmtree(work, ignore_errors=True)  # what a killed update left behind
+    work.mkdir(parents=True)
+
+    # extract: the champion's warm start, the new batch
+    champion, warm, champion_model = fetch_champion(p, client, start, work / "champion")
+    seen = seen_batches(champion)
+    experiment = tracking.experiment_id(client, ws.root)
+    run_id = tracking.start_run(
+        client,
+        experiment,
+        run_name or time.strftime("update-%Y%m%d-%H%M%S"),
+        tags={"miniaturize.update_of": str(champion.version), "miniaturize.params_hash": section_hash(p.as_dict())},
+    )
+    note(ws.root, mlflow_run_id=run_id)  # what the next run needs to mark this one KILLED if it is killed
+    tracker = tracking.MlflowTracker(client, run_id, root=ws.root)
+    ok = False
+    try:
+        result = update_steps(p, ws, data, champion, warm, champion_model, seen, work, run_id, tracker, started)
+        ok = True
+        return result
+    finally:
+        tracking.end_run(client, run_id, ok)
+        if ok:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def update_steps(p, ws, data, champion, warm, champion_model, seen, work, run_id, tracker, started) -> dict:
+    from components.classification import update as component
+
+    batch = work / "batch"
+    card = ingest_batch(p, ws, data, batch, tracker)
+    known = next((b for b in seen if b["sha256"] == card["sha256"]), None)
+    if known is not None:
+        print(
+            f"[update] nothing new: version {champion.version} has learned this data (batch {known['name']})",
+            flush=True,
+        )
+        return {"skipped": True, "version": str(champion.version), "batch": known["name"], "run_id": run_id}
+    name = unique_name(component.batch_name(data), [b["name"] for b in seen])
+    earlier = component.earlier_batches(warm)
+    dropped = component.drop_seen(batch, list(earlier.values()))
+    labels = component.read_labels(warm / "teacher")
+    component.check_labels(batch, labels, f"the champion (version {champion.version})")
+    validate_batch(p, batch, labels, work / "validation", tracker)
+    print(f"[update] batch {name}: {card['rows']} rows ({dropped} dropped: already in an earlier batch)", flush=True)
+
+    # transform: update teacher and student, export, quantize
+    trained = train_update(p, warm, batch, name, work / "next", tracker)
+    chosen = export_and_quantize(p, work / "next" / "student", work / "next" / "prepared", work / "models", tracker)
+    final = work / "models" / "final"
+
+    # load: every batch measured, the forgetting gate, the registry, the workspace
+    after, before = evaluate_batches(p, final, champion_model, component.earlier_batches(work / "next"))
+    rows = per_batch(before, after, name)
+    decision = decide(rows, p.incremental.max_forgetting_points, p.incremental.min_new_batch_accuracy)
+    size = size_check(final, champion_model, p.register_.gate.max_size_growth_vs_champion)
+    decision = gate.GateDecision.of(decision.checks | {"size_growth_vs_champion": size})
+    from components.kit.modeling import dir_size_bytes
+
+    report = build_report(
+        p,
+        champion,
+        name,
+        card,
+        rows,
+        decision,
+        trained,
+        chosen,
+        time.perf_counter() - started,
+        dir_size_bytes(final),
+        dropped,
+    )
+    report_path = work / "update_report.json"
+    report_path.write_text(json.dumps(report, indent=2))
+    all_seen = seen + [{"name": name, "sha256": card["sha256"]}]
+    tags = version_tags(p, ws, champion, report, all_seen, run_id)
+    version = registry.log_version(TASK, p, run_id, final, report_path, tags)
+    log_next_warm_start(tracker.client, run_id, work / "next")
+    alias = CHAMPION if decision.passed else CHALLENGER
+    why = "forgetting gate passed" if decision.passed else f"forgetting gate refused: {report['reason']}"
+    registry.move_alias(
+        tracker.client,
+        ws.root,
+        p.register_.model_name,
+        version,
+        alias,
+        reason=why,
+        by="miniaturize update",
+        failed_checks=decision.failed(),
+    )
+    tracker.set_tags({"miniaturize.registered_version": version, "miniaturize.alias": alias})
+    tracker.log_metrics(
+        {
+            "mean_accuracy": report["mean_accuracy"] or 0.0,
+            "forgetting_points": report["forgetting_points"] if report["forgetting_points"] is not None else math.nan,
+            "update_seconds": report["cost"]["seconds"],
+            "examples": float(report["cost"]["examples"]),
+        }
+        | {f"accuracy.{r['batch']}": r["after"] for r in rows if r["after"] is not None}
+    )
+    reports = ws.reports / REPORT_DIR
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / f"v{version}.json").write_text(json.dumps(report | {"version": version, "alias": alias}, indent=2))
+    (reports / f"v{version}.md").write_text(render_markdown(report))
+    tracker.log_artifact(reports / f"v{version}.md")
+    dvc_line = put_in_workspace(ws, batch, name, work / "next" / "replay.parquet" if decision.passed else None)
+    return {
+        "skipped": False,
+        "model_name": p.register_.model_name,
+        "version": version,
+        "alias": alias,
+        "parent_version": str(champion.version),
+        "batch": name,
+        "reason": why,
+        "report": report,
+        "report_md": reports / f"v{version}.md",
+        "run_id": run_id,
+        "dvc": dvc_line,
+        "tracking_uri": redact(tracking.tracking_uri(ws.root)),
+    }
+
+
+def log_next_warm_start(client, run_id: str, folder: Path) -> None:
+    """The next warm start (teacher, student, replay buffer, batches) as the version's `warm_start/`."""
+    for item in ("teacher", "student", "batches"):
+        client.log_artifacts(run_id, str(folder / item), f"{registry.WARM_START}/{item}")
+    client.log_artifact(run_id, str(folder / "replay.parquet"), registry.WARM_START)

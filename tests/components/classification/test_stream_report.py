@@ -1,0 +1,68 @@
+"""The incremental demonstration's summary, table and plot, on hand-made results."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.classification import stream_report
+
+
+def entry(accuracy: dict, seconds: float, examples: float) -> dict:
+    return {"accuracy": accuracy, "seconds": seconds, "examples": examples}
+
+
+@pytest.fixture
+def results() -> dict:
+    head = entry({"movie": 0.90}, 600, 50_000)
+    return {
+        "stream": ["vader-movie", "vader-amazon", "vader-tweets"],
+        "models": {},
+        "scratch_seeds": [13, 14],
+        "steps": [
+            {"step": 0, "learned": "movie", "incremental": head, "naive": head, "scratch": head},
+            {
+                "step": 1,
+                "learned": "amazon",
+                "incremental": entry({"movie": 0.895, "amazon": 0.86}, 100, 9_000),
+                "naive": entry({"movie": 0.80, "amazon": 0.88}, 60, 6_000),
+                "scratch": entry({"movie": 0.90, "amazon": 0.87}, 800, 70_000),
+            },
+            {
+                "step": 2,
+                "learned": "tweets",
+                "incremental": entry({"movie": 0.89, "amazon": 0.865, "tweets": 0.84}, 120, 10_000),
+                "naive": entry({"movie": 0.70, "amazon": 0.75, "tweets": 0.86}, 60, 6_000),
+                "scratch": entry({"movie": 0.90, "amazon": 0.87, "tweets": 0.85}, 1000, 90_000),
+            },
+        ],
+    }
+
+
+def test_summary_answers_the_demonstrations_questions(results):
+    summary = stream_report.summarise(results)
+    assert summary["final_mean"]["incremental"] == pytest.approx((0.89 + 0.865 + 0.84) / 3)
+    assert summary["final_vs_scratch_points"] == pytest.approx(100 * ((0.89 + 0.865 + 0.84) - (0.9 + 0.87 + 0.85)) / 3)
+    assert summary["first_batch"] == "movie" and summary["first_batch_first_champion"] == 0.90
+    assert summary["first_batch_change_points"] == pytest.approx(-1.0)
+    first, second = summary["updates"]
+    assert first["incremental_forgetting_points"] == pytest.approx(0.5)
+    assert first["naive_forgetting_points"] == pytest.approx(10.0)
+    assert second["naive_forgetting_points"] == pytest.approx(13.0)  # amazon 0.88 -> 0.75
+    assert first["seconds_ratio"] == pytest.approx(100 / 800) and second["examples_ratio"] == pytest.approx(1 / 9)
+    assert summary["max_seconds_ratio"] == pytest.approx(0.125)
+
+
+def test_table_has_a_row_per_method_and_step_and_the_plot_is_written(results, tmp_path):
+    summary = stream_report.summarise(results)
+    text = stream_report.render_markdown(results, summary)
+    assert "| after | method | movie | amazon | tweets | mean |" in text
+    assert "| movie | first full run | 90.00 | - | - | 90.00 |" in text
+    assert "| tweets | naive fine-tuning | 70.00 | 75.00 | 86.00 |" in text
+    assert "mean of seeds 13, 14" in text and "update 2 (tweets): cost 0.12x the wall time" in text
+    stream_report.save_plot(results, tmp_path / "stream.png")
+    assert (tmp_path / "stream.png").stat().st_size > 5000
+
+
+def test_forgetting_counts_only_batches_measured_twice():
+    assert stream_report.forgetting({"a": 0.9, "b": None}, {"a": 0.95, "b": 0.5, "c": 0.1}) == 0.0
+    assert stream_report.forgetting({"a": 0.9}, {"a": 0.85}) == pytest.approx(5.0)

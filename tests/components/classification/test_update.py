@@ -1,0 +1,107 @@
+"""The update component on the tiny teacher: the warm start a full run leaves, one update with replay and
+distillation (new words restored into the trimmed student, the next warm start complete), the naive
+ablation, and the refusals (a label the model does not know, a batch name already taken)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from components.classification import trim, update
+from components.config import IncrementalConfig
+from components.kit.data import DataError
+from components.kit.tracking import NullTracker
+from tests.conftest import make_frame, write_prepared
+
+NEW_POS = ["the battery lasts forever", "a crisp bright screen", "worth every penny"]
+NEW_NEG = ["the charger broke in a day", "the hinge wobbles", "support never answered"]
+CFG = IncrementalConfig(teacher_epochs=1, student_epochs=1, batch_size=8, replay_size=20, teacher_lr=1e-3)
+
+
+def gadgets(n: int, offset: int = 0) -> pd.DataFrame:
+    rows = []
+    for i in range(n):
+        rows += [
+            (f"{NEW_POS[i % 3]} unit {offset + i}", "positive"),
+            (f"{NEW_NEG[i % 3]} unit {offset + i}", "negative"),
+        ]
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+@pytest.fixture(scope="module")
+def warm(tiny_teacher_dir, tiny_prepared, tmp_path_factory):
+    """The warm start of a full run: the tiny teacher, a trimmed student, the fixture data as batch `reviews`."""
+    root = tmp_path_factory.mktemp("warm")
+    texts = pd.concat([pd.read_parquet(tiny_prepared / f"{s}.parquet") for s in ("train", "validation")])["text"]
+    trim.trim(tiny_teacher_dir, texts.tolist(), root / "trimmed", max_length=32)
+    info = update.warm_start_folder(tiny_teacher_dir, root / "trimmed", tiny_prepared, "reviews", 20, 0, root / "warm")
+    assert info == {"batch": "reviews", "replay_rows": 20}
+    return root / "warm"
+
+
+@pytest.fixture(scope="module")
+def new_batch(tmp_path_factory):
+    out = tmp_path_factory.mktemp("batch")
+    return write_prepared(out, {"train": gadgets(16), "validation": gadgets(4, 100), "test": gadgets(4, 200)})
+
+
+def test_warm_start_holds_teacher_student_first_batch_and_replay(warm):
+    assert (warm / "teacher" / "model.safetensors").exists() and not (warm / "teacher" / "soft_targets").exists()
+    assert (warm / "student" / "kept_token_ids.npy").exists()
+    assert sorted(p.name for p in (warm / "batches" / "reviews").iterdir()) == sorted(update.SPLIT_FILES)
+    replay = pd.read_parquet(warm / "replay.parquet")
+    assert len(replay) == 20 and set(replay["batch"]) == {"reviews"}
+    assert list(update.earlier_batches(warm)) == ["reviews"]
+
+
+def test_update_restores_new_words_and_writes_the_next_warm_start(warm, new_batch, tmp_path):
+    out = tmp_path / "next"
+    result = update.run(CFG, warm, new_batch, "gadgets", out, NullTracker(), seed=0, max_length=32)
+    m = result.metrics
+    # 32 new rows + 20 replayed, one epoch each for teacher and student
+    assert m["train_rows"] == 52 and m["replay_rows"] == 20 and m["examples"] == 2 * 52
+    assert m["student.wordpieces_restored"] > 0 and "battery" in result.info["restored_pieces"]
+    student_vocab = json.loads((out / "student" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert {"battery", "charge", "##r", "crisp"} <= set(student_vocab)
+    assert list(update.earlier_batches(out)) == ["reviews", "gadgets"]
+    replay = pd.read_parquet(out / "replay.parquet")
+    assert len(replay) == 20 and set(replay["batch"]) == {"reviews", "gadgets"}
+    prepared = out / "prepared"
+    assert len(pd.read_parquet(prepared / "validation.parquet")) == 16 + 8  # every batch's validation split
+    assert len(pd.read_parquet(prepared / "test.parquet")) == 8  # the new batch's test split
+    assert json.loads((prepared / "data_card.json").read_text())["labels"] == ["negative", "positive"]
+
+
+def test_naive_update_trains_on_the_new_batch_alone(warm, new_batch, tmp_path):
+    cfg = CFG.model_copy(update={"method": "naive"})
+    result = update.run(cfg, warm, new_batch, "gadgets", tmp_path / "next", NullTracker(), seed=0, max_length=32)
+    assert result.metrics["train_rows"] == 32 and result.metrics["replay_rows"] == 0
+    assert len(pd.read_parquet(tmp_path / "next" / "prepared" / "validation.parquet")) == 8
+
+
+def test_unknown_label_and_taken_name_are_refused(warm, tmp_path):
+    frame = gadgets(4)
+    frame.loc[0, "label"] = "neutral"
+    odd = write_prepared(tmp_path / "odd", {"train": frame, "validation": gadgets(2, 9), "test": gadgets(2, 19)})
+    with pytest.raises(DataError, match="'neutral'.*keeps the label set"):
+        update.run(CFG, warm, odd, "odd", tmp_path / "out", NullTracker(), seed=0, max_length=32)
+    with pytest.raises(ValueError, match="already seen a batch called 'reviews'"):
+        update.run(CFG, warm, odd, "reviews", tmp_path / "out", NullTracker(), seed=0, max_length=32)
+
+
+def test_drop_seen_removes_texts_an_earlier_batch_holds(warm, tmp_path):
+    earlier = update.earlier_batches(warm)["reviews"]
+    repeated = pd.concat([make_frame(2, 0), gadgets(2)], ignore_index=True)  # make_frame(.., 0): in train
+    batch = write_prepared(tmp_path / "b", {"train": repeated, "validation": gadgets(1, 5), "test": gadgets(1, 6)})
+    assert update.drop_seen(batch, [earlier]) == 4
+    assert len(pd.read_parquet(batch / "train.parquet")) == 4
+
+
+@pytest.mark.parametrize(
+    "source, name",
+    [("vader-amazon", "amazon"), ("data/week 12.csv", "week-12"), ("/abs/path/new.parquet", "new"), ("org/ds", "ds")],
+)
+def test_batch_name(source, name):
+    assert update.batch_name(source) == name
