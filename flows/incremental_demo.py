@@ -13,9 +13,14 @@
    on the same sentences; on the last union once per seed of `--scratch-seeds`. Registered as
    `...-stream-scratch`.
 
-Each model's accuracy on every batch's test split, its wall time and training examples go to
-`reports/incremental/stream.json`, with a Markdown table and a plot (accuracy per batch after each update,
-for incremental, naive fine-tuning and from-scratch; `components.classification.stream_report`).
+The first run and the from-scratch runs share the compression settings of the params, without the extra
+seeds and the distillation ablation (they would only add time). Each model's accuracy on every batch's test
+split, its wall time and training examples go to `reports/incremental/stream.json`, with a Markdown table
+and a plot (accuracy per batch after each update, for incremental, naive fine-tuning and from-scratch;
+`components.classification.stream_report`). Each finished unit (the first run, an update, a from-scratch
+run) is recorded in `reports/incremental/progress.json` as it ends: the same command in the same folder
+with the same settings resumes a demonstration that was stopped, and a stopped pipeline run resumes from its
+last completed stage.
 """
 
 from __future__ import annotations
@@ -76,7 +81,7 @@ def union_file(batches: dict[str, Path], out: Path) -> Path:
     return out
 
 
-def batch_folders(ws, version: str, model_name: str, client, into: Path) -> dict[str, Path]:
+def batch_folders(version: str, model_name: str, client, into: Path) -> dict[str, Path]:
     """The batches a version saw (its warm start's `batches/`), downloaded, in the order they arrived."""
     from components.classification.update import earlier_batches
     from flows import registry
@@ -86,38 +91,97 @@ def batch_folders(ws, version: str, model_name: str, client, into: Path) -> dict
     return earlier_batches(warm)
 
 
-def run_demo(params: Params, root: Path, scratch_seeds: list[int], stream: tuple[str, ...] = STREAM) -> dict:
-    import tempfile
+class Progress:
+    """The demonstration's finished units (the first run, each update, each from-scratch run), kept in a file
+    as each one ends, so that a demonstration stopped part-way (hours at the default scale) resumes where it
+    stopped: `miniaturize incremental-demo` again in the same folder with the same settings. Settings that
+    differ start it afresh."""
 
-    from flows import tracking
+    def __init__(self, path: Path, settings: dict):
+        self.path, self.settings = path, settings
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+        self.done: dict = saved.get("done", {}) if saved.get("settings") == settings else {}
+        if self.done:
+            print(f"[stream] resuming: {len(self.done)} units done ({', '.join(self.done)})", flush=True)
 
-    ws = TASK.workspace(root)
-    base = params.register_.model_name + "-stream"
-    names = {"incremental": base, "naive": base + "-naive", "scratch": base + "-scratch"}
-    first = with_settings(
-        params, data__source=stream[0], data__transfer=False, register__model_name=names["incremental"]
-    )
-    steps: list[dict] = []
+    def unit(self, name: str, work) -> dict:
+        """The result of unit `name`: as recorded, or `work()` now, recorded before it is returned."""
+        if name not in self.done:
+            self.done[name] = work()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"settings": self.settings, "done": self.done}, indent=2))
+        return self.done[name]
 
-    # the first full run: the movie snippets alone
+
+def full_run(p: Params, root: Path, run_name: str, batches: dict[str, Path]) -> dict:
+    """A pipeline run, its final model measured on the test split of every batch of `batches`."""
     started = time.perf_counter()
-    outcome = pipeline(first, root=str(root), run_name="stream-0-full-run")
-    first_seconds = time.perf_counter() - started
-    first_version = outcome["registration"]["version"]
-    client = tracking.client(root)
-    with tempfile.TemporaryDirectory() as tmp:
-        batches = batch_folders(ws, first_version, names["incremental"], client, Path(tmp))
-        first_acc = accuracies(ws.final, batches, first)
-    head = {
-        "version": first_version,
-        "accuracy": first_acc,
-        "seconds": first_seconds,
+    outcome = pipeline(p, root=str(root), run_name=run_name)
+    seconds = time.perf_counter() - started
+    return {
+        "version": outcome["registration"]["version"],
+        "learned": next(reversed(batches)),
+        "accuracy": accuracies(TASK.workspace(root).final, batches, p),
+        "seconds": seconds,
         "examples": pipeline_examples(outcome),
     }
-    steps.append({"step": 0, "learned": next(iter(batches)), "incremental": head, "naive": head, "scratch": head})
 
-    previous = {"incremental": f"models:/{names['incremental']}/{first_version}", "naive": None}
-    previous["naive"] = previous["incremental"]
+
+def first_run(p: Params, root: Path, client) -> dict:
+    """The first full run, measured on the batch it learned (read back from its version's warm start)."""
+    import tempfile
+
+    started = time.perf_counter()
+    outcome = pipeline(p, root=str(root), run_name="stream-0-full-run")
+    seconds = time.perf_counter() - started
+    version = outcome["registration"]["version"]
+    with tempfile.TemporaryDirectory() as tmp:
+        batches = batch_folders(version, p.register_.model_name, client, Path(tmp))
+        return {
+            "version": version,
+            "learned": next(iter(batches)),
+            "accuracy": accuracies(TASK.workspace(root).final, batches, p),
+            "seconds": seconds,
+            "examples": pipeline_examples(outcome),
+        }
+
+
+def scratch_run(p: Params, root: Path, client, model: str, version: str, step: int) -> dict:
+    """The pipeline from scratch (params `p`) on the union of the batches incremental version `version` of
+    `model` has seen, their own splits kept, measured on each batch's test split."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        batches = batch_folders(version, model, client, Path(tmp))
+        data = union_file(batches, root / "data" / "stream" / f"union-{step}.parquet")
+        p = with_settings(p, data__source=data.relative_to(root).as_posix())
+        return full_run(p, root, f"stream-{step}-scratch-seed{p.seed}", batches)
+
+
+def update_run(p: Params, root: Path, source: str, step: int, method: str, start: str) -> dict:
+    return updated(update(p, data=source, root=str(root), run_name=f"stream-{step}-{method}", start=start))
+
+
+def run_demo(params: Params, root: Path, scratch_seeds: list[int], stream: tuple[str, ...] = STREAM) -> dict:
+    from functools import partial
+
+    from components.config import section_hash
+    from flows import tracking
+
+    base = params.register_.model_name + "-stream"
+    names = {"incremental": base, "naive": base + "-naive", "scratch": base + "-scratch"}
+    settings = {"params": section_hash(params.as_dict()), "stream": list(stream), "scratch_seeds": scratch_seeds}
+    progress = Progress(TASK.workspace(root).reports / "incremental" / "progress.json", settings)
+    client = tracking.client(root)
+
+    # The first full run and every from-scratch run: the same compression settings, without the extra
+    # seeds and the distillation ablation (the seed spread is the from-scratch runs' own)
+    same = {"data__transfer": False, "seeds__extra": [], "distill__ablation": False}
+    first = with_settings(params, data__source=stream[0], register__model_name=names["incremental"], **same)
+    head = progress.unit("0/full-run", partial(first_run, first, root, client))
+    steps = [{"step": 0, "learned": head["learned"], "incremental": head, "naive": head, "scratch": head}]
+
+    previous = {m: f"models:/{names['incremental']}/{head['version']}" for m in ("incremental", "naive")}
     for step, source in enumerate(stream[1:], start=1):
         row: dict = {"step": step}
         for method in ("incremental", "naive"):
@@ -126,42 +190,16 @@ def run_demo(params: Params, root: Path, scratch_seeds: list[int], stream: tuple
                 register__model_name=names[method],
                 incremental__method="replay_kd" if method == "incremental" else "naive",
             )
-            done = update(p, data=source, root=str(root), run_name=f"stream-{step}-{method}", start=previous[method])
-            previous[method] = f"models:/{names[method]}/{done['version']}"
-            report = done["report"]
-            row["learned"] = done["batch"]
-            row[method] = {
-                "version": done["version"],
-                "alias": done["alias"],
-                "accuracy": {r["batch"]: r["after"] for r in report["per_batch"]},
-                "forgetting_points": report["forgetting_points"],
-                "seconds": report["cost"]["seconds"],
-                "examples": report["cost"]["examples"],
-                "wordpieces_restored": report["wordpieces_restored"],
-            }
+            work = partial(update_run, p, root, source, step, method, previous[method])
+            row[method] = progress.unit(f"{step}/{method}", work)
+            previous[method] = f"models:/{names[method]}/{row[method]['version']}"
+            row["learned"] = row[method]["learned"]
         # the reference: the pipeline from scratch on every batch so far
-        with tempfile.TemporaryDirectory() as tmp:
-            batches = batch_folders(ws, row["incremental"]["version"], names["incremental"], client, Path(tmp))
-            data = union_file(batches, root / "data" / "stream" / f"union-{step}.parquet")
-            seeds = scratch_seeds if step == len(stream) - 1 else scratch_seeds[:1]
-            runs = {}
-            for seed in seeds:
-                p = with_settings(
-                    params,
-                    data__source=data.relative_to(root).as_posix(),
-                    data__transfer=False,
-                    register__model_name=names["scratch"],
-                    seed=seed,
-                    seeds__extra=[],
-                )
-                started = time.perf_counter()
-                outcome = pipeline(p, root=str(root), run_name=f"stream-{step}-scratch-seed{seed}")
-                runs[seed] = {
-                    "version": outcome["registration"]["version"],
-                    "accuracy": accuracies(ws.final, batches, p),
-                    "seconds": time.perf_counter() - started,
-                    "examples": pipeline_examples(outcome),
-                }
+        runs = {}
+        for seed in scratch_seeds if step == len(stream) - 1 else scratch_seeds[:1]:
+            p = with_settings(params, register__model_name=names["scratch"], seed=seed, **same)
+            work = partial(scratch_run, p, root, client, names["incremental"], row["incremental"]["version"], step)
+            runs[seed] = progress.unit(f"{step}/scratch/{seed}", work)
         row["scratch"] = mean_of_seeds(runs)
         steps.append(row)
         print(
@@ -173,6 +211,21 @@ def run_demo(params: Params, root: Path, scratch_seeds: list[int], stream: tuple
     return {"stream": list(stream), "models": names, "scratch_seeds": scratch_seeds, "steps": steps}
 
 
+def updated(done: dict) -> dict:
+    """What the demonstration keeps of an update: its version, alias, accuracy per batch, forgetting, cost."""
+    report = done["report"]
+    return {
+        "version": done["version"],
+        "alias": done["alias"],
+        "learned": done["batch"],
+        "accuracy": {r["batch"]: r["after"] for r in report["per_batch"]},
+        "forgetting_points": report["forgetting_points"],
+        "seconds": report["cost"]["seconds"],
+        "examples": report["cost"]["examples"],
+        "wordpieces_restored": report["wordpieces_restored"],
+    }
+
+
 def mean(accuracy: dict[str, float | None]) -> float:
     values = [v for v in accuracy.values() if v is not None]
     return sum(values) / len(values) if values else float("nan")
@@ -182,6 +235,7 @@ def mean_of_seeds(runs: dict[int, dict]) -> dict:
     """The from-scratch figures averaged over seeds, each seed's kept under `seeds`."""
     first = next(iter(runs.values()))
     return {
+        "learned": first["learned"],
         "accuracy": {b: sum(r["accuracy"][b] for r in runs.values()) / len(runs) for b in first["accuracy"]},
         "seconds": sum(r["seconds"] for r in runs.values()) / len(runs),
         "examples": sum(r["examples"] for r in runs.values()) / len(runs),
