@@ -132,8 +132,11 @@ def test_sigkill_during_a_stage_resumes_from_the_last_completed_stage_and_leaves
     # The killed runs have no PREFECT_API_URL: each starts a temporary Prefect API, both on one database.
     own_api = {"PREFECT_HOME": str(tiny_project.parent / "prefect-home"), "PREFECT_API_URL": None}
 
-    # First run: killed while the student is being distilled. Its temporary Prefect API dies with it.
-    first = start_cli(tiny_project, "--until", "prune", env=own_api)
+    # First run: killed while the student is being distilled. Its temporary Prefect API dies with it. Twenty
+    # epochs keep the tiny student distilling for seconds (one epoch can end within the second the test waits).
+    first = start_cli(
+        tiny_project, "--until", "prune", "--set", "distill.epochs=20", "--set", "distill.patience=20", env=own_api
+    )
     printed = read_until(first, "[distill] started")
     time.sleep(1.0)
     assert_ends(kill_run_only(first))
