@@ -113,14 +113,19 @@ class Progress:
         return self.done[name]
 
 
-def full_run(p: Params, root: Path, run_name: str, batches: dict[str, Path]) -> dict:
-    """A pipeline run, its final model measured on the test split of every batch of `batches`."""
+def timed_run(p: Params, root: Path, run_name: str) -> tuple[dict, float]:
+    """A pipeline run and its wall seconds."""
     started = time.perf_counter()
     outcome = pipeline(p, root=str(root), run_name=run_name)
-    seconds = time.perf_counter() - started
+    return outcome, time.perf_counter() - started
+
+
+def entry(p: Params, root: Path, outcome: dict, seconds: float, batches: dict[str, Path], learned: str) -> dict:
+    """What the demonstration keeps of a pipeline run: its version, the batch it learned last, its final
+    model's accuracy on the test split of every batch of `batches`, its cost."""
     return {
         "version": outcome["registration"]["version"],
-        "learned": next(reversed(batches)),
+        "learned": learned,
         "accuracy": accuracies(TASK.workspace(root).final, batches, p),
         "seconds": seconds,
         "examples": pipeline_examples(outcome),
@@ -131,19 +136,10 @@ def first_run(p: Params, root: Path, client) -> dict:
     """The first full run, measured on the batch it learned (read back from its version's warm start)."""
     import tempfile
 
-    started = time.perf_counter()
-    outcome = pipeline(p, root=str(root), run_name="stream-0-full-run")
-    seconds = time.perf_counter() - started
-    version = outcome["registration"]["version"]
+    outcome, seconds = timed_run(p, root, "stream-0-full-run")
     with tempfile.TemporaryDirectory() as tmp:
-        batches = batch_folders(version, p.register_.model_name, client, Path(tmp))
-        return {
-            "version": version,
-            "learned": next(iter(batches)),
-            "accuracy": accuracies(TASK.workspace(root).final, batches, p),
-            "seconds": seconds,
-            "examples": pipeline_examples(outcome),
-        }
+        batches = batch_folders(outcome["registration"]["version"], p.register_.model_name, client, Path(tmp))
+        return entry(p, root, outcome, seconds, batches, next(iter(batches)))
 
 
 def scratch_run(p: Params, root: Path, client, model: str, version: str, step: int) -> dict:
@@ -155,7 +151,8 @@ def scratch_run(p: Params, root: Path, client, model: str, version: str, step: i
         batches = batch_folders(version, model, client, Path(tmp))
         data = union_file(batches, root / "data" / "stream" / f"union-{step}.parquet")
         p = with_settings(p, data__source=data.relative_to(root).as_posix())
-        return full_run(p, root, f"stream-{step}-scratch-seed{p.seed}", batches)
+        outcome, seconds = timed_run(p, root, f"stream-{step}-scratch-seed{p.seed}")
+        return entry(p, root, outcome, seconds, batches, next(reversed(batches)))
 
 
 def update_run(p: Params, root: Path, source: str, step: int, method: str, start: str) -> dict:

@@ -64,3 +64,34 @@ def test_from_scratch_figures_are_averaged_over_seeds():
     mean = mean_of_seeds(runs)
     assert mean["accuracy"] == pytest.approx({"movie": 0.85, "nyt": 0.65}) and mean["seconds"] == 200
     assert mean["learned"] == "nyt" and set(mean["seeds"]) == {"13", "14"}
+
+
+def test_first_and_scratch_runs_keep_version_batch_accuracy_and_cost(tmp_path, monkeypatch):
+    """The pipeline, the measurement and the registry replaced by stubs: what each run's entry holds."""
+    import flows.incremental_demo as demo
+
+    a = write_prepared(
+        tmp_path / "a", {"train": make_frame(2), "validation": make_frame(1, 10), "test": make_frame(1, 20)}
+    )
+    b = write_prepared(
+        tmp_path / "b", {"train": make_frame(2, 30), "validation": make_frame(1, 40), "test": make_frame(1, 50)}
+    )
+    outcome = {
+        "registration": {"version": "7"},
+        "stages": {
+            "finetune": {"metrics": {"examples": 5}},
+            "distill": {"metrics": {}},
+            "prune": {"metrics": {"examples": 2}},
+        },
+    }
+    sources = []
+    monkeypatch.setattr(demo, "pipeline", lambda p, root, run_name: sources.append(p.data.source) or outcome)
+    monkeypatch.setattr(demo, "accuracies", lambda model, batches, p: {name: 0.5 for name in batches})
+    monkeypatch.setattr(demo, "batch_folders", lambda version, model, client, into: {"movie": a, "amazon": b})
+    params = load_params(REPO / "params.yaml")
+    first = demo.first_run(params, tmp_path, None)
+    assert first["version"] == "7" and first["learned"] == "movie" and first["examples"] == 7
+    assert first["accuracy"] == {"movie": 0.5, "amazon": 0.5} and first["seconds"] >= 0
+    scratch = demo.scratch_run(params, tmp_path, None, "m", "7", 1)
+    assert scratch["learned"] == "amazon" and sources[-1] == "data/stream/union-1.parquet"
+    assert (tmp_path / "data" / "stream" / "union-1.parquet").is_file()
