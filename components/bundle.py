@@ -114,43 +114,39 @@ def package(
     problem = out_dir_problem(out_dir, force)
     if problem:
         raise OutDirRefused(problem)
-    if task_of(model_dir) == CAUSAL_LM:
-        return package_lm(model_dir, out_dir, source, metrics, max_length)
-    missing = [name for name in FILES if not (model_dir / name).is_file()]
-    if missing:
-        raise BundleSourceError(
-            f"{model_dir} lacks {', '.join(missing)}: package an exported or quantized "
-            f"model folder (models/final) or a registered version"
-        )
+    contents = lm_contents if task_of(model_dir) == CAUSAL_LM else classifier_contents
+    names, script, fields = contents(model_dir, max_length)
+    return write_bundle(
+        model_dir, out_dir, names, script, fields | {"requires": REQUIRES, "source": source, "metrics": metrics}
+    )
+
+
+def classifier_contents(model_dir: Path, max_length: int) -> tuple[tuple[str, ...], Path, dict]:
+    """The files, script and task fields of a classifier's bundle."""
+    require_files(model_dir, FILES, "model")
     pad_token = "[PAD]"
     config = model_dir / "tokenizer_config.json"
     if config.is_file():
         value = json.loads(config.read_text()).get("pad_token") or pad_token
         pad_token = value["content"] if isinstance(value, dict) else value
-    return write_bundle(
-        model_dir,
-        out_dir,
-        FILES,
-        PREDICT,
-        {"max_length": max_length, "pad_token": pad_token, "requires": REQUIRES, "source": source, "metrics": metrics},
-    )
+    return FILES, PREDICT, {"max_length": max_length, "pad_token": pad_token}
 
 
-def package_lm(model_dir: Path, out_dir: Path, source: dict, metrics: dict, max_length: int) -> Path:
-    missing = [name for name in LM_FILES if not (model_dir / name).is_file()]
+def lm_contents(model_dir: Path, max_length: int) -> tuple[tuple[str, ...], Path, dict]:
+    """The files, script and task fields of a causal LM's text-generation bundle."""
+    require_files(model_dir, LM_FILES, "causal-LM")
+    names = (*LM_FILES, *(name for name in LM_OPTIONAL if (model_dir / name).is_file()))
+    return names, GENERATE, {"task": CAUSAL_LM, "max_length": max_length}
+
+
+def require_files(model_dir: Path, names: tuple[str, ...], kind: str) -> None:
+    """BundleSourceError naming the `names` that `model_dir` lacks; `kind` names the folder to package."""
+    missing = [name for name in names if not (model_dir / name).is_file()]
     if missing:
         raise BundleSourceError(
             f"{model_dir} lacks {', '.join(missing)}: package an exported or quantized "
-            f"causal-LM folder (models/final) or a registered version"
+            f"{kind} folder (models/final) or a registered version"
         )
-    names = (*LM_FILES, *(name for name in LM_OPTIONAL if (model_dir / name).is_file()))
-    return write_bundle(
-        model_dir,
-        out_dir,
-        names,
-        GENERATE,
-        {"task": CAUSAL_LM, "max_length": max_length, "requires": REQUIRES, "source": source, "metrics": metrics},
-    )
 
 
 def write_bundle(model_dir: Path, out_dir: Path, names: tuple[str, ...], script: Path, fields: dict) -> Path:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -32,12 +32,46 @@ SPLITS = ("train", "validation", "test")
 
 
 class _Section(BaseModel):
+    """A block of the params file: frozen, unknown keys refused. A sub-section is declared without a default
+    (`teacher: TeacherConfig`): one left out of the file takes all its own defaults."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _absent_sections_take_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data  # a section instance, or a wrong value that validation reports
+        absent = {
+            field.alias or name: {}
+            for name, field in cls.model_fields.items()
+            if isinstance(field.annotation, type)
+            and issubclass(field.annotation, _Section)
+            and name not in data
+            and (field.alias or name) not in data
+        }
+        return {**data, **absent}
 
-def _check_shares(split: tuple[float, ...], key: str) -> None:
-    if abs(sum(split) - 1.0) > 1e-6 or min(split) <= 0:
-        raise ValueError(f"{key} must be three positive shares summing to 1, got {split}")
+
+# The bounds most settings share, each written once: a field reads `epochs: Count = 3`, and a bad value is
+# refused with pydantic's message naming the bound ("Input should be greater than or equal to 1").
+Count = Annotated[int, Field(ge=1)]  # epochs, steps, batches, items, threads: at least one
+Positive = Annotated[float, Field(gt=0)]  # learning rates, temperatures, ratios of two sizes or speeds
+NonNegative = Annotated[float, Field(ge=0)]  # tolerances (points), loss weights, delays (s)
+Share = Annotated[float, Field(ge=0, le=1)]  # a part of a whole, 0..1: a loss weight, a rate, an accuracy
+ShareBelowOne = Annotated[float, Field(ge=0, lt=1)]  # a part removed or spent, never the whole
+
+
+def _split_validator(key: str):
+    """The model validator of a data section: its `split` holds three positive shares summing to 1 (the
+    SPLITS), else an error that names the section's dotted `key`."""
+
+    def check(section):
+        if abs(sum(section.split) - 1.0) > 1e-6 or min(section.split) <= 0:
+            raise ValueError(f"{key} must be three positive shares summing to 1, got {section.split}")
+        return section
+
+    return model_validator(mode="after")(check)
 
 
 def _increasing_distinct(layers: list[int]) -> bool:
@@ -61,20 +95,17 @@ class DataConfig(_Section):
     max_rows: int | None = Field(None, gt=0)
     # Exact duplicate rows (same text) are dropped; a larger share than this of the file stops the run, as
     # it points to a broken export (rows appended twice, a join that fanned out).
-    max_duplicate_share: float = Field(0.2, ge=0.0, le=1.0)
+    max_duplicate_share: Share = 0.2
 
-    @model_validator(mode="after")
-    def _split_sums_to_one(self) -> DataConfig:
-        _check_shares(self.split, "data.split")
-        return self
+    _split_sums_to_one = _split_validator("data.split")
 
 
 class ValidateConfig(_Section):
-    min_chars: int = Field(2, ge=1)  # after stripping whitespace
-    max_chars: int = Field(1000, ge=1)
+    min_chars: Count = 2  # after stripping whitespace
+    max_chars: Count = 1000
     min_class_share: float = Field(0.1, gt=0.0, lt=0.5)  # of each split
-    max_duplicate_rate: float = Field(0.01, ge=0.0, le=1.0)  # duplicate texts / rows, per split
-    examples: int = Field(5, ge=1)  # failing rows shown per expectation
+    max_duplicate_rate: Share = 0.01  # duplicate texts / rows, per split
+    examples: Count = 5  # failing rows shown per expectation
 
 
 class DistributedConfig(_Section):
@@ -84,26 +115,26 @@ class DistributedConfig(_Section):
 
     # finetune, distill and prune run as this many processes of the machine (torchrun; one per GPU), each
     # taking its share of every batch: the same batches and optimizer steps as one process.
-    processes: int = Field(1, ge=1)
+    processes: Count = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees a GPU, else the CPU
     # auto: bf16 on a GPU that supports it (Ampere or later), else fp32 ("no"); fp16 uses a gradient scaler.
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     # Each process's share of a batch runs in this many micro-batches, for memory: `batch_size` (the global
     # batch) and the number of optimizer steps stay the same.
-    grad_accum_steps: int = Field(1, ge=1)
+    grad_accum_steps: Count = 1
     # Recompute activations in the backward pass instead of storing them: less memory for a large teacher,
     # about a third more compute.
     gradient_checkpointing: bool = False
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(3, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(5e-5, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    epochs: Count = 3
+    batch_size: Count = 32
+    lr: Positive = 5e-5
+    weight_decay: NonNegative = 0.01
+    warmup_ratio: ShareBelowOne = 0.06
     # Stop after this many epochs without a better validation accuracy; the best epoch is kept.
-    patience: int = Field(1, ge=1)
+    patience: Count = 1
     # Tokens; longer sentences are truncated. teacher.max_length is also the length every later stage
     # measures and serves at; distill's and prune's cut only the sentences they train on, and may differ.
     max_length: int = Field(64, ge=8)
@@ -118,15 +149,15 @@ class TeacherConfig(TrainConfig):
 class DistillConfig(TrainConfig):
     # Teacher layers copied into the student, in order; their count is the student's depth.
     layers: list[int] = [0, 2, 4]
-    alpha: float = Field(0.5, ge=0.0, le=1.0)  # weight of the soft (KL) term
-    temperature: float = Field(2.0, gt=0.0)
+    alpha: Share = 0.5  # weight of the soft (KL) term
+    temperature: Positive = 2.0
     # Intermediate-layer transfer: MSE between hidden states and KL between attention maps of matched
     # layers (0 turns a term off; either one above 0 runs the teacher beside the student). Off by default:
     # on the default job, one epoch with both at 1.0 reached 85.5% validation / 86.6% test accuracy against
     # 86.9% / 88.2% for logits alone, and cost about 50% more time per epoch.
-    hidden_weight: float = Field(0.0, ge=0.0)
-    attention_weight: float = Field(0.0, ge=0.0)
-    lr: float = Field(1e-4, gt=0)
+    hidden_weight: NonNegative = 0.0
+    attention_weight: NonNegative = 0.0
+    lr: Positive = 1e-4
     # Add the unlabelled transfer set (when the data has one), taught by the teacher's soft outputs.
     transfer: bool = True
     # Also train the same student without the teacher (cross-entropy on the train split only), to show
@@ -141,15 +172,15 @@ class DistillConfig(TrainConfig):
 
 
 class PruneConfig(TrainConfig):
-    head_ratio: float = Field(0.5, ge=0.0, lt=1.0)  # share of all attention heads removed
-    ffn_ratio: float = Field(0.5, ge=0.0, lt=1.0)  # share of FFN neurons removed in every layer
-    importance_batches: int = Field(32, ge=1)  # batches used to score heads and neurons, per step
+    head_ratio: ShareBelowOne = 0.5  # share of all attention heads removed
+    ffn_ratio: ShareBelowOne = 0.5  # share of FFN neurons removed in every layer
+    importance_batches: Count = 32  # batches used to score heads and neurons, per step
     # Prune in this many equal steps, re-scoring and recovering after each one.
-    steps: int = Field(2, ge=1)
-    epochs: int = Field(1, ge=1)  # recovery fine-tune after each step
-    lr: float = Field(5e-5, gt=0)
-    alpha: float = Field(0.5, ge=0.0, le=1.0)
-    temperature: float = Field(2.0, gt=0.0)
+    steps: Count = 2
+    epochs: Count = 1  # recovery fine-tune after each step
+    lr: Positive = 5e-5
+    alpha: Share = 0.5
+    temperature: Positive = 2.0
     transfer: bool = False  # recovery on the transfer set too (slower)
 
 
@@ -159,7 +190,7 @@ class TrimConfig(_Section):
 
 
 class ExportConfig(_Section):
-    max_abs_logit_diff: float = Field(1e-4, gt=0)  # PyTorch vs ONNX fp32, or the stage fails
+    max_abs_logit_diff: Positive = 1e-4  # PyTorch vs ONNX fp32, or the stage fails
 
 
 class QuantizeConfig(_Section):
@@ -171,10 +202,10 @@ class QuantizeConfig(_Section):
     candidates: list[Literal["int8", "fused_int8", "static_int8"]] = ["int8", "fused_int8", "static_int8"]
     # Each candidate is built with each setting: one scale per weight column (true) or per tensor (false).
     per_channel: list[bool] = Field([False, True], min_length=1)
-    calibration_sentences: int = Field(200, ge=1)  # validation sentences that fix the static scales
+    calibration_sentences: Count = 200  # validation sentences that fix the static scales
     # A candidate may lose at most this much validation accuracy against the fp32 export it was quantized
     # from (percentage points): the reference is the fp32 ONNX model, not the teacher.
-    max_drop_vs_fp32_points: float = Field(0.5, ge=0.0)
+    max_drop_vs_fp32_points: NonNegative = 0.5
     latency_sentences: int = Field(200, ge=10)  # validation sentences timed at batch 1 per candidate
 
 
@@ -198,11 +229,11 @@ class SearchConfig(_Section):
     prune_ratios: list[float] = [0.4, 0.6]  # share of heads and FFN neurons removed (0: no pruning)
     trim: list[bool] = [True]  # vocabulary trimming on / off
     quantize: list[Literal["fp32", "int8", "fused_int8", "static_int8"]] = ["fused_int8", "static_int8"]
-    epochs: int = Field(1, ge=1)  # distill and prune epochs per candidate: a low-fidelity, cheaper search
-    max_candidates: int = Field(12, ge=1)
-    budget_minutes: float = Field(90.0, gt=0)  # no new candidate starts after this much time
+    epochs: Count = 1  # distill and prune epochs per candidate: a low-fidelity, cheaper search
+    max_candidates: Count = 12
+    budget_minutes: Positive = 90.0  # no new candidate starts after this much time
     # The choice stays within this much validation accuracy below the teacher's (percentage points).
-    max_drop_vs_teacher_points: float = Field(1.0, ge=0.0)
+    max_drop_vs_teacher_points: NonNegative = 1.0
     latency_calls: int = Field(200, ge=10)  # batch-1 calls timed per candidate
 
     @model_validator(mode="after")
@@ -218,26 +249,26 @@ class SearchConfig(_Section):
 
 
 class EvaluateConfig(_Section):
-    threads: int = Field(2, ge=1)  # intra-op threads, the same for every model
+    threads: Count = 2  # intra-op threads, the same for every model
     warmup: int = Field(20, ge=0)
-    batch1_calls: int = Field(200, ge=1)
-    batch32_calls: int = Field(200, ge=1)
-    rss_sentences: int = Field(100, ge=1)
+    batch1_calls: Count = 200
+    batch32_calls: Count = 200
+    rss_sentences: Count = 100
 
 
 class GateConfig(_Section):
     # Teacher minus final test accuracy, in percentage points: the release gate's accuracy check.
-    max_drop_vs_teacher_points: float = Field(2.0, ge=0.0)
-    min_size_ratio: float = Field(3.0, ge=0.0)  # teacher bytes / final bytes
-    min_speedup: float = Field(3.0, ge=0.0)  # teacher / final batch-1 p50 latency
+    max_drop_vs_teacher_points: NonNegative = 2.0
+    min_size_ratio: NonNegative = 3.0  # teacher bytes / final bytes
+    min_speedup: NonNegative = 3.0  # teacher / final batch-1 p50 latency
     # Against the current champion (if any): at most this many accuracy points worse, this much larger.
-    max_drop_vs_champion_points: float = Field(0.5, ge=0.0)
-    max_size_growth_vs_champion: float = Field(1.10, gt=0.0)
+    max_drop_vs_champion_points: NonNegative = 0.5
+    max_size_growth_vs_champion: Positive = 1.10
 
 
 class RegisterConfig(_Section):
     model_name: str = "miniaturize-sentiment"
-    gate: GateConfig = GateConfig()
+    gate: GateConfig
 
 
 class IncrementalConfig(_Section):
@@ -248,21 +279,21 @@ class IncrementalConfig(_Section):
     # previous model's soft outputs (learning without forgetting); "naive": fine-tune on the new batch alone,
     # no replay, no distillation (the ablation the report sets beside it).
     method: Literal["replay_kd", "naive"] = "replay_kd"
-    replay_size: int = Field(2000, ge=1)  # earlier labelled sentences kept for replay, an equal share per batch
-    teacher_epochs: int = Field(2, ge=1)
-    teacher_lr: float = Field(3e-5, gt=0)
-    student_epochs: int = Field(3, ge=1)
-    student_lr: float = Field(1e-4, gt=0)
-    batch_size: int = Field(32, ge=1)
-    patience: int = Field(1, ge=1)  # epochs without a better validation accuracy (over every batch) before stopping
+    replay_size: Count = 2000  # earlier labelled sentences kept for replay, an equal share per batch
+    teacher_epochs: Count = 2
+    teacher_lr: Positive = 3e-5
+    student_epochs: Count = 3
+    student_lr: Positive = 1e-4
+    batch_size: Count = 32
+    patience: Count = 1  # epochs without a better validation accuracy (over every batch) before stopping
     # Weight of the soft term: on replayed rows the previous teacher teaches the updated teacher; for the
     # student, the updated teacher teaches every row.
-    alpha: float = Field(0.5, ge=0.0, le=1.0)
-    temperature: float = Field(2.0, gt=0.0)
+    alpha: Share = 0.5
+    temperature: Positive = 2.0
     # The forgetting gate: no earlier batch may lose more test accuracy than this against the champion
     # (percentage points), and the new batch's test accuracy must reach this floor (0..1).
-    max_forgetting_points: float = Field(1.0, ge=0.0)
-    min_new_batch_accuracy: float = Field(0.7, ge=0.0, le=1.0)
+    max_forgetting_points: NonNegative = 1.0
+    min_new_batch_accuracy: Share = 0.7
 
 
 class LMDataConfig(_Section):
@@ -271,22 +302,19 @@ class LMDataConfig(_Section):
     source: str = "vader-all"
     split: tuple[float, float, float] = (0.9, 0.05, 0.05)
     max_sentences: int | None = Field(None, gt=0)  # cap after cleaning, drawn by seed (smoke profile)
-    min_chars: int = Field(10, ge=1)  # shorter sentences are dropped
+    min_chars: Count = 10  # shorter sentences are dropped
     vocab_size: int = Field(8000, ge=300)  # byte-level BPE trained on the train split
-    min_frequency: int = Field(2, ge=1)
+    min_frequency: Count = 2
 
-    @model_validator(mode="after")
-    def _split_sums_to_one(self) -> LMDataConfig:
-        _check_shares(self.split, "lm.data.split")
-        return self
+    _split_sums_to_one = _split_validator("lm.data.split")
 
 
 class LMArchitecture(_Section):
     """A GPT-2-style decoder for `teacher.init: scratch`."""
 
-    n_layer: int = Field(6, ge=1)
+    n_layer: Count = 6
     n_embd: int = Field(256, ge=8)
-    n_head: int = Field(8, ge=1)
+    n_head: Count = 8
     n_positions: int = Field(128, ge=16)
 
     @model_validator(mode="after")
@@ -299,10 +327,10 @@ class LMArchitecture(_Section):
 class LMTeacherConfig(_Section):
     init: Literal["scratch", "pretrained"] = "scratch"
     model: str | None = None  # hub id or local path of a causal LM, for init: pretrained
-    architecture: LMArchitecture = LMArchitecture()
-    epochs: int = Field(4, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    architecture: LMArchitecture
+    epochs: Count = 4
+    batch_size: Count = 32
+    lr: Positive = 1e-3
     max_length: int = Field(64, ge=8)  # tokens per training sequence
 
     @model_validator(mode="after")
@@ -314,53 +342,53 @@ class LMTeacherConfig(_Section):
 
 class LMDistillConfig(_Section):
     layers: list[int] = [0, 2, 4]  # teacher blocks the student keeps (and starts from)
-    alpha: float = Field(0.5, ge=0.0, le=1.0)  # weight of the KL term; 1 - alpha on cross-entropy
-    temperature: float = Field(2.0, gt=0)
-    epochs: int = Field(4, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    alpha: Share = 0.5  # weight of the KL term; 1 - alpha on cross-entropy
+    temperature: Positive = 2.0
+    epochs: Count = 4
+    batch_size: Count = 32
+    lr: Positive = 1e-3
     ablation: bool = True  # also train the same student without the teacher, for the report
 
 
 class LMPruneConfig(_Section):
-    ffn_ratio: float = Field(0.5, ge=0.0, lt=1.0)  # share of MLP neurons removed, the same in every block
+    ffn_ratio: ShareBelowOne = 0.5  # share of MLP neurons removed, the same in every block
     # Share of attention heads removed. The prune component does it (in PyTorch); the pipeline refuses it
     # (see LMConfig): Optimum sizes the exported KV cache from n_head, so a GPT-2 with fewer heads than its
     # config fails ONNX export.
-    head_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    head_ratio: ShareBelowOne = 0.0
     epochs: int = Field(1, ge=0)  # recovery distillation after pruning
-    importance_batches: int = Field(16, ge=1)
+    importance_batches: Count = 16
 
 
 class LMEvaluateConfig(_Section):
-    prefix_tokens: int = Field(8, ge=1)  # greedy continuation of the first prefix_tokens of a test sentence
-    continuation_tokens: int = Field(16, ge=1)
-    bleu_sentences: int = Field(300, ge=1)
-    generation_tokens: int = Field(32, ge=1)  # tokens/s: greedy generation at batch 1 with the KV cache
-    generation_prompts: int = Field(20, ge=1)
-    rss_prompts: int = Field(10, ge=1)
-    threads: int = Field(2, ge=1)
+    prefix_tokens: Count = 8  # greedy continuation of the first prefix_tokens of a test sentence
+    continuation_tokens: Count = 16
+    bleu_sentences: Count = 300
+    generation_tokens: Count = 32  # tokens/s: greedy generation at batch 1 with the KV cache
+    generation_prompts: Count = 20
+    rss_prompts: Count = 10
+    threads: Count = 2
 
 
 class LMGateConfig(_Section):
-    max_perplexity_ratio: float = Field(1.25, gt=0)  # final / teacher perplexity
-    max_bleu_drop_points: float = Field(1.0, ge=0)  # teacher BLEU minus final BLEU
-    min_generation_speedup: float = Field(4.0, ge=0)  # final / teacher tokens per second
-    min_size_ratio: float = Field(4.0, ge=0)  # teacher bytes / final bytes
+    max_perplexity_ratio: Positive = 1.25  # final / teacher perplexity
+    max_bleu_drop_points: NonNegative = 1.0  # teacher BLEU minus final BLEU
+    min_generation_speedup: NonNegative = 4.0  # final / teacher tokens per second
+    min_size_ratio: NonNegative = 4.0  # teacher bytes / final bytes
     # Against the current champion: at most this much higher perplexity (ratio), this much larger.
-    max_perplexity_growth_vs_champion: float = Field(1.05, gt=0)
-    max_size_growth_vs_champion: float = Field(1.10, gt=0)
+    max_perplexity_growth_vs_champion: Positive = 1.05
+    max_size_growth_vs_champion: Positive = 1.10
 
 
 class LMConfig(_Section):
     """Everything specific to `task: causal-lm`; the classification sections are not used by that task."""
 
-    data: LMDataConfig = LMDataConfig()
-    teacher: LMTeacherConfig = LMTeacherConfig()
-    distill: LMDistillConfig = LMDistillConfig()
-    prune: LMPruneConfig = LMPruneConfig()
-    evaluate: LMEvaluateConfig = LMEvaluateConfig()
-    gate: LMGateConfig = LMGateConfig()
+    data: LMDataConfig
+    teacher: LMTeacherConfig
+    distill: LMDistillConfig
+    prune: LMPruneConfig
+    evaluate: LMEvaluateConfig
+    gate: LMGateConfig
 
     @model_validator(mode="after")
     def _heads_stay_exportable(self) -> LMConfig:
@@ -387,33 +415,34 @@ class LMConfig(_Section):
 class RetriesConfig(_Section):
     # A stage failing with a transient error (network, timeout, tracking server restarting) runs again, up
     # to this many attempts in all; a deterministic error (data, config, a bug) fails at once.
-    stage_attempts: int = Field(3, ge=1)
-    stage_delay_seconds: float = Field(10.0, ge=0)
+    stage_attempts: Count = 3
+    stage_delay_seconds: NonNegative = 10.0
     # Each MLflow call: attempts with exponential backoff (1, 2, 4, ... s, at most 30 s apart).
-    tracking_attempts: int = Field(5, ge=1)
-    tracking_backoff_seconds: float = Field(1.0, ge=0)
+    tracking_attempts: Count = 5
+    tracking_backoff_seconds: NonNegative = 1.0
 
 
 class Params(_Section):
     task: str = classification.NAME  # one of TASK_NAMES (flows.tasks.TASKS holds each one's record)
     seed: int = 13
-    threads: int = Field(2, ge=1)  # torch intra-op threads for training
-    data: DataConfig = DataConfig()
-    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
-    teacher: TeacherConfig = TeacherConfig()
-    distill: DistillConfig = DistillConfig()
-    prune: PruneConfig = PruneConfig()
-    trim: TrimConfig = TrimConfig()
-    export: ExportConfig = ExportConfig()
-    quantize: QuantizeConfig = QuantizeConfig()
-    seeds: SeedsConfig = SeedsConfig()
-    search: SearchConfig = SearchConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
-    incremental: IncrementalConfig = IncrementalConfig()
-    lm: LMConfig = LMConfig()
-    retries: RetriesConfig = RetriesConfig()
-    distributed: DistributedConfig = DistributedConfig()
+    threads: Count = 2  # torch intra-op threads for training
+    # The stages' sections: one left out of the file takes all its defaults (see _Section).
+    data: DataConfig
+    validate_: ValidateConfig = Field(alias="validate")
+    teacher: TeacherConfig
+    distill: DistillConfig
+    prune: PruneConfig
+    trim: TrimConfig
+    export: ExportConfig
+    quantize: QuantizeConfig
+    seeds: SeedsConfig
+    search: SearchConfig
+    evaluate: EvaluateConfig
+    register_: RegisterConfig = Field(alias="register")
+    incremental: IncrementalConfig
+    lm: LMConfig
+    retries: RetriesConfig
+    distributed: DistributedConfig
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -323,13 +323,24 @@ def describe_failure(split: str, item, frame: pd.DataFrame, source_columns: list
     return failure
 
 
+# How a failed check reads, for the checks that one phrase describes: formatted with the failure's
+# `count` (unexpected rows) and `observed` value, the `failure` itself and the stage's `cfg`.
+DETAILS = {
+    "schema": "column is missing",
+    "not_empty": "the split has no rows",
+    "label_in_set": "{count} row(s) with a label outside the expected set {failure[expected]}",
+    "train_overlap": "{count} row(s) whose text (case-folded) is also in train",
+    "not_null": "{count} null value(s)",
+    "distinct_labels": "{observed} distinct labels, need at least 2",
+    "class_share": "{count} label(s) under the minimum share {cfg.min_class_share}",
+}
+
+
 def failure_detail(failure: dict, cfg: ValidateConfig) -> str:
     """One short phrase saying how the data missed the expectation."""
     check, count, observed = failure["check"], failure["unexpected_count"], failure["observed_value"]
-    if check == "schema":
-        return "column is missing"
-    if check == "not_empty":
-        return "the split has no rows"
+    if check in DETAILS:
+        return DETAILS[check].format(count=count, observed=observed, failure=failure, cfg=cfg)
     if check == "text_length":
         kinds = (
             (failure["lengths"]["empty"], "empty or whitespace-only"),
@@ -340,18 +351,8 @@ def failure_detail(failure: dict, cfg: ValidateConfig) -> str:
             f"{count} row(s) with a text outside {cfg.min_chars}..{cfg.max_chars} chars after stripping: "
             + ", ".join(f"{n} {what}" for n, what in kinds if n)
         )
-    if check == "label_in_set":
-        return f"{count} row(s) with a label outside the expected set {failure['expected']}"
-    if check == "train_overlap":
-        return f"{count} row(s) whose text (case-folded) is also in train"
-    if check == "not_null":
-        return f"{count} null value(s)"
     if check == "duplicate_rate":
         return f"{count} duplicate row(s), duplicate rate {1 - float(observed or 0):.3f} > {cfg.max_duplicate_rate}"
-    if check == "distinct_labels":
-        return f"{observed} distinct labels, need at least 2"
-    if check == "class_share":
-        return f"{count} label(s) under the minimum share {cfg.min_class_share}"
     if check == "text_is_string" and observed is not None:
         return f"column dtype is {observed}, not strings"
     if count is not None:

@@ -68,12 +68,27 @@ def environment_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
+# Options that several commands take, declared once; the default params file is named once too.
+PARAMS_FILE = Path("params.yaml")
 ParamsOpt = Annotated[Path, typer.Option("--params", "--config", help="Params file, e.g. configs/causal-lm.yaml.")]
 ProfileOpt = Annotated[
     Optional[str], typer.Option("--profile", help="Named override set from params.yaml, e.g. smoke.")
 ]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one value: key=value (repeatable).")]
 UntilOpt = Annotated[Optional[str], typer.Option("--until", help="Stop after this stage, e.g. prune (training only).")]
+WaitOpt = Annotated[
+    float,
+    typer.Option("--wait", help="Seconds to wait for another run in this workspace to finish (default: stop at once)."),
+]
+ReasonOpt = Annotated[Optional[str], typer.Option("--reason", help="Why; recorded with the alias move.")]
+# figures --write: the page whose task section the measured figures replace.
+PageOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--write",
+        help="Replace the task's section in this Markdown page (appended when the page has none) instead of printing it.",
+    ),
+]
 
 
 def fail(message: str, code: int) -> None:
@@ -195,7 +210,7 @@ def preflight(task, params, search: bool = False) -> None:
 
 @app.command()
 def run(
-    params_file: ParamsOpt = Path("params.yaml"),
+    params_file: ParamsOpt = PARAMS_FILE,
     profile: ProfileOpt = None,
     data: Annotated[
         Optional[str], typer.Option("--data", help="CSV/JSONL/Parquet with text,label, or a hub dataset id.")
@@ -205,12 +220,7 @@ def run(
         bool, typer.Option("--force", help="Run every stage, even those whose inputs, code and config are unchanged.")
     ] = False,
     until: UntilOpt = None,
-    wait: Annotated[
-        float,
-        typer.Option(
-            "--wait", help="Seconds to wait for another run in this workspace to finish (default: stop at once)."
-        ),
-    ] = 0.0,
+    wait: WaitOpt = 0.0,
 ) -> None:
     """Run the whole pipeline: ingest, validate, finetune, distill, prune, trim, export, quantize, seeds, evaluate, register.
 
@@ -282,12 +292,10 @@ def update(
             help="The new labelled batch: a CSV/JSONL/Parquet file of the project (text,label), or a built-in source (vader-amazon, vader-tweets, vader-nyt).",
         ),
     ],
-    params_file: ParamsOpt = Path("params.yaml"),
+    params_file: ParamsOpt = PARAMS_FILE,
     profile: ProfileOpt = None,
     overrides: SetOpt = None,
-    wait: Annotated[
-        float, typer.Option("--wait", help="Seconds to wait for another run in this workspace to finish.")
-    ] = 0.0,
+    wait: WaitOpt = 0.0,
     start: Annotated[
         Optional[str],
         typer.Option(
@@ -334,7 +342,7 @@ def update(
 
 @app.command("incremental-demo")
 def incremental_demo(
-    params_file: ParamsOpt = Path("params.yaml"),
+    params_file: ParamsOpt = PARAMS_FILE,
     profile: ProfileOpt = None,
     overrides: SetOpt = None,
     scratch_seeds: Annotated[
@@ -364,7 +372,7 @@ def incremental_demo(
 
 
 @app.command()
-def search(params_file: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None, overrides: SetOpt = None) -> None:
+def search(params_file: ParamsOpt = PARAMS_FILE, profile: ProfileOpt = None, overrides: SetOpt = None) -> None:
     """Search kept layers x prune ratio x vocabulary x quantization; register the fastest within tolerance."""
     params, task = load_task(params_file, profile, overrides)
     from components.kit.secrets import redact
@@ -394,7 +402,7 @@ def stage(
             help="ingest, validate, finetune, distill, prune, trim, export, quantize, seeds, evaluate or register"
         ),
     ],
-    params_file: ParamsOpt = Path("params.yaml"),
+    params_file: ParamsOpt = PARAMS_FILE,
     profile: ProfileOpt = None,
     overrides: SetOpt = None,
     processes: Annotated[
@@ -446,8 +454,8 @@ def promote(
     force: Annotated[
         bool, typer.Option("--force", help="Promote even if the gate fails (needs --reason); recorded as forced.")
     ] = False,
-    reason: Annotated[Optional[str], typer.Option("--reason", help="Why; recorded with the alias move.")] = None,
-    params_file: ParamsOpt = Path("params.yaml"),
+    reason: ReasonOpt = None,
+    params_file: ParamsOpt = PARAMS_FILE,
     overrides: SetOpt = None,
 ) -> None:
     """Make VERSION the champion if it passes the gate: against its teacher and against the current champion."""
@@ -473,8 +481,8 @@ def promote(
 
 @app.command()
 def rollback(
-    reason: Annotated[str, typer.Option("--reason", help="Why; recorded with the alias move.")] = "manual rollback",
-    params_file: ParamsOpt = Path("params.yaml"),
+    reason: ReasonOpt = "manual rollback",
+    params_file: ParamsOpt = PARAMS_FILE,
 ) -> None:
     """Move the champion back to the previous champion (by the recorded alias history)."""
     params, task = load_task(params_file)
@@ -489,7 +497,7 @@ def rollback(
 def lineage(
     version: Annotated[str, typer.Argument(help="Registered model version.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
-    params_file: ParamsOpt = Path("params.yaml"),
+    params_file: ParamsOpt = PARAMS_FILE,
 ) -> None:
     """Where VERSION comes from: git commit, data hash, params, teacher run, every stage key and run, alias moves."""
     import json
@@ -555,7 +563,7 @@ def package(
             help="Replace --out even when it is a folder holding other files (never a file, a link or the current folder).",
         ),
     ] = False,
-    params_file: ParamsOpt = Path("params.yaml"),
+    params_file: ParamsOpt = PARAMS_FILE,
 ) -> None:
     """Write an edge bundle: int8 ONNX model, tokenizer, labels, manifest with hashes, and predict.py; prints
     the manifest's sha256, which predict.py and serve-model pin with --expect-manifest."""
@@ -583,7 +591,7 @@ def package(
 @app.command()
 def bench(
     repeats: Annotated[int, typer.Option(help="Rounds over all models.")] = 3,
-    params_file: ParamsOpt = Path("params.yaml"),
+    params_file: ParamsOpt = PARAMS_FILE,
     overrides: SetOpt = None,
 ) -> None:
     """Re-measure every model of the latest report side by side: median and min-max latency over rounds."""
@@ -695,16 +703,10 @@ def served_bundle(bundle: str, expect_manifest: str | None, download_to: Path) -
 
 @app.command()
 def figures(
-    params_file: ParamsOpt = Path("params.yaml"),
+    params_file: ParamsOpt = PARAMS_FILE,
     profile: ProfileOpt = None,
     overrides: SetOpt = None,
-    write: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--write",
-            help="Replace the task's section in this Markdown page (appended when the page has none) instead of printing it.",
-        ),
-    ] = None,
+    write: PageOpt = None,
 ) -> None:
     """Print the measured figures of the task's latest report as a docs section, stamped with the registered
     version, git commit and params hash it comes from (flows/figures.py)."""
@@ -787,7 +789,7 @@ def deploy(
     overrides = list(overrides or [])
     if not root.is_dir():
         fail(f"error: project folder {root} does not exist", 2)
-    params_file = (params_file or root / "params.yaml").resolve()
+    params_file = (params_file or root / PARAMS_FILE).resolve()
     check_stage(until, load_task(params_file, profile, overrides)[1])  # bad params fail now, not at the first run
     from prefect.settings import get_current_settings
 

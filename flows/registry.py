@@ -34,6 +34,7 @@ from pathlib import Path
 
 from components.config import Params, section_hash
 from components.kit import gate
+from components.kit.hashing import prepared_sha256
 from components.kit.promotion import CHALLENGER, CHAMPION, event, rollback_target
 from components.kit.tracking import StageResult, Tracker
 from flows.stages import Task
@@ -75,7 +76,7 @@ def version_tags(task: Task, p: Params, ws: Workspace, report: dict, parent_run_
     verdict = report["gate"]
     final = report["models"]["final"]
     # a figure not measured (None) gets no tag: the champion check then reads None and fails, not 0
-    quality = {key: f"{final[key]:.6g}" for key in (task.quality,) if final.get(key) is not None}
+    quality = {key: f"{final[key]:.6g}" for key in (task.judging.quality,) if final.get(key) is not None}
     return {
         "git_commit": git_commit(ws.root),
         "data_sha256": report["dataset"]["sha256"],
@@ -199,11 +200,11 @@ def champion_version(client, name: str):
 
 
 def version_metrics(client, name: str, version, task: Task) -> dict:
-    """The quality figure of the task (`Task.quality`), "size_bytes" of a version's final model and where
+    """The quality figure of the task (`Judging.quality`), "size_bytes" of a version's final model and where
     the quality figure comes from ("data_sha256", "split"): from its tags, else from its report. A pipeline
     version from before the `metrics_split` tag measured on the test split; any other version without it,
     on a split unknown (None)."""
-    key = task.quality
+    key = task.judging.quality
     tags = version.tags
     if f"final.{key}" in tags and "final.size_bytes" in tags:
         legacy = METRICS_SPLIT if tags.get("source", "pipeline") == "pipeline" else None
@@ -225,21 +226,21 @@ def version_metrics(client, name: str, version, task: Task) -> dict:
     }
 
 
-def workspace_data_sha256(task: Task, ws: Workspace) -> str | None:
+def workspace_data_sha256(ws: Workspace) -> str | None:
     """The sha256 of the workspace's prepared data, as its reports record it; None when there is none."""
     if not (ws.prepared / "test.parquet").is_file():
         return None
-    return task.data_sha256(ws.prepared)
+    return prepared_sha256(ws.prepared)
 
 
 def remeasure_champion(task: Task, p: Params, ws: Workspace, client, champion, candidate: dict) -> dict:
     """The champion's quality figure measured on the candidate's split of the workspace data, from its
     registered bundle; {} (and a printed reason) when that fails, so the check is skipped, not crashed."""
-    key, split = task.quality, candidate["split"]
+    key, split = task.judging.quality, candidate["split"]
     try:
         with tempfile.TemporaryDirectory() as tmp:
             bundle = Path(client.download_artifacts(champion.run_id, "bundle", tmp))
-            value = task.remeasure(bundle, ws.prepared, split, p)
+            value = task.judging.remeasure(bundle, ws.prepared, split, p)
     except Exception as err:  # noqa: BLE001 - an unreadable champion must not stop a registration
         print(
             f"[register] champion version {champion.version} could not be re-measured on the {split} split: "
@@ -256,17 +257,18 @@ def remeasure_champion(task: Task, p: Params, ws: Workspace, client, champion, c
 
 def judge(task: Task, p: Params, ws: Workspace, client, version, ratios: dict) -> gate.GateDecision:
     """The gate against the teacher, and against the current champion when there is one (and it is another
-    version), with the checks of the task (`Task.gate`, `Task.champion_gate`: `register.gate` for
-    classification, `lm.gate` for causal-lm). The champion's quality figure is re-measured when it is not
-    like the candidate's (see the module)."""
+    version), with the checks of the task (`Task.judging`). The champion's quality figure is re-measured when
+    it is not like the candidate's (see the module)."""
     name = p.register_.model_name
-    decision = task.gate(ratios, p)
+    rules = task.judging
+    settings = rules.settings(p)
+    decision = rules.against_teacher(ratios, settings)
     champion = champion_version(client, name)
     if champion is not None and str(champion.version) != str(version.version):
         candidate, current = (version_metrics(client, name, v, task) for v in (version, champion))
-        if gate.should_remeasure(candidate, current, workspace_data_sha256(task, ws)):
+        if gate.should_remeasure(candidate, current, workspace_data_sha256(ws)):
             current |= remeasure_champion(task, p, ws, client, champion, candidate)
-        decision = gate.combine(decision, task.champion_gate(candidate, current, p))
+        decision = gate.combine(decision, rules.against_champion(candidate, current, settings))
     return decision
 
 

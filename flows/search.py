@@ -174,7 +174,7 @@ def register_choice(
         "within_tolerance": str(within).lower(),
         # final.* are test-split figures, like a pipeline version's, so the champion check compares like
         # with like; the ratios against the teacher come from the validation split the search selects on
-        "data_sha256": registry.workspace_data_sha256(TASK, ws) or "",
+        "data_sha256": registry.workspace_data_sha256(ws) or "",
         "metrics_split": "test",
         "ratios_split": report["split"],
         **({"final.accuracy": f"{row['test_accuracy']:.6g}"} if row["test_accuracy"] is not None else {}),

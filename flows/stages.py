@@ -55,6 +55,18 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class Judging:
+    """How the registry judges a task's candidate (`flows.registry.judge`)."""
+
+    quality: str  # the final model's figure the champion check compares ("accuracy", "perplexity")
+    settings: Callable[[Params], Any]  # its gate's section of the params
+    against_teacher: Callable[[dict, Any], GateDecision]  # (the report's ratios against the teacher, settings)
+    against_champion: Callable[[dict, dict, Any], GateDecision]  # (candidate, champion figures, settings)
+    # The quality figure of an ONNX model folder on one split of the prepared data: (model, prepared, split).
+    remeasure: Callable[[Path, Path, str, Params], float | None]
+
+
+@dataclass(frozen=True)
 class Task:
     """Everything that differs between two tasks; a record, built once in `flows/tasks/<task>.py`."""
 
@@ -66,12 +78,7 @@ class Task:
     bundle_kind: str  # the kind of edge bundle its models make (`manifest.json`'s task)
     dvc_prefix: str  # its dvc.yaml stage names start with this
     dvc_note: tuple[str, ...]  # comment lines above its stages in dvc.yaml
-    quality: str  # the final model's figure the champion check compares ("accuracy", "perplexity")
-    gate: Callable[[dict, Params], GateDecision]  # the report's ratios against the teacher
-    champion_gate: Callable[[dict, dict, Params], GateDecision]  # (candidate, champion figures)
-    # The quality figure of an ONNX model folder on one split of the prepared data: (model, prepared, split).
-    remeasure: Callable[[Path, Path, str, Params], float | None]
-    data_sha256: Callable[[Path], str | None]  # the prepared data's sha256 as its reports record it
+    judging: Judging  # how the registry judges its candidates
     bundle_metrics: Callable[[dict], dict]  # the final model's figures (report entry) a bundle manifest carries
     summary: Callable[[dict], list[str]]  # what `miniaturize run` prints of the report
     report_files: str  # what is written beside the Markdown report, as the summary names it

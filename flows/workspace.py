@@ -17,6 +17,19 @@ from pathlib import Path
 from typing import ClassVar
 
 
+class Place:
+    """A role of a layout: a path under the root or under another role, written as one line of the layout's
+    table (`teacher = Place("models", "teacher")`); read on a workspace, it is that workspace's path."""
+
+    def __init__(self, base: str, *parts: str):
+        self.base, self.parts = base, parts
+
+    def __get__(self, ws, owner=None):
+        if ws is None:
+            return self
+        return Path(getattr(ws, self.base)).joinpath(*self.parts)
+
+
 @dataclass(frozen=True)
 class Workspace:
     """The roles every task's layout has. A task's layout (`Task.workspace`, in flows/tasks/<task>.py) adds
@@ -30,33 +43,13 @@ class Workspace:
         """This task's run state: stage records (`stages/`), `staging/`, `failed/` and `trash/`."""
         return self.root / ".miniaturize" / self.STATE
 
-    @property
-    def raw(self) -> Path:
-        return self.root / "data" / "raw"
-
-    @property
-    def reports(self) -> Path:
-        return self.root / "reports"
-
-    @property
-    def validation(self) -> Path:
-        return self.reports / "validation"
-
-    @property
-    def report(self) -> Path:
-        return self.reports / "compression_report.json"
-
-    @property
-    def report_md(self) -> Path:
-        return self.reports / "compression_report.md"
-
-    @property
-    def report_plot(self) -> Path:
-        return self.reports / "compression_plot.png"
-
-    @property
-    def registration(self) -> Path:
-        return self.reports / "registration.json"
+    raw = Place("root", "data", "raw")
+    reports = Place("root", "reports")
+    validation = Place("reports", "validation")
+    report = Place("reports", "compression_report.json")
+    report_md = Place("reports", "compression_report.md")
+    report_plot = Place("reports", "compression_plot.png")
+    registration = Place("reports", "registration.json")
 
 
 class StagedWorkspace:

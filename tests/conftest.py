@@ -254,33 +254,15 @@ def lm_sentences(n: int, seed: int) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_lm_data_dir(tmp_path_factory) -> Path:
-    """A prepared causal-LM data folder: 200 / 24 / 24 generated sentences and a byte-level BPE tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """A prepared causal-LM data folder: 200 / 24 / 24 generated sentences and the ingest stage's byte-level
+    BPE tokenizer."""
+    from components.causal_lm.data import train_tokenizer
 
     out = tmp_path_factory.mktemp("lm_data")
     splits = {"train": lm_sentences(200, 0), "validation": lm_sentences(24, 1), "test": lm_sentences(24, 2)}
     for name, texts in splits.items():
         pd.DataFrame({"text": texts}).to_parquet(out / f"{name}.parquet", index=False)
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(
-        splits["train"],
-        trainers.BpeTrainer(
-            vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-        ),
-    )
-    special = "<|endoftext|>"
-    PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        bos_token=special,
-        eos_token=special,
-        pad_token=special,
-        unk_token=special,
-        padding_side="left",
-        model_input_names=["input_ids", "attention_mask"],
-    ).save_pretrained(out / "tokenizer")
+    train_tokenizer(splits["train"], vocab_size=320, min_frequency=1).save_pretrained(out / "tokenizer")
     return out
 
 
@@ -289,20 +271,15 @@ def tiny_gpt2_dir(tmp_path_factory, tiny_lm_data_dir) -> Path:
     """A 2-layer, 4-head, 32-wide GPT2LMHeadModel trained for a few seconds on the fixture sentences
     (so that greedy continuations are not one token repeated), saved with its tokenizer."""
     import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import AutoTokenizer
+
+    from components.causal_lm.train import scratch_model
+    from components.config import LMArchitecture, LMTeacherConfig
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm_data_dir / "tokenizer")
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=64,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = GPT2LMHeadModel(config)
+    architecture = LMArchitecture(n_layer=2, n_head=4, n_embd=32, n_positions=64)
+    model = scratch_model(LMTeacherConfig(architecture=architecture), tokenizer)
     texts = pd.read_parquet(tiny_lm_data_dir / "train.parquet")["text"].tolist()
     rows = [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
     width = max(len(r) for r in rows)

@@ -40,7 +40,7 @@ from components.config import SPLITS, LMEvaluateConfig, LMGateConfig
 from components.kit import latency
 from components.kit.gate import GateDecision, compare_lm_to_teacher, decide_lm
 from components.kit.generation import greedy, load, load_tokenizer
-from components.kit.report import ModelSpec, environment_info, fmt, gate_lines, write_report
+from components.kit.report import ModelSpec, environment_info, fmt, gate_lines, gate_summary, versus_lines, write_report
 from components.kit.rss_probe import session_greedy
 from components.kit.tracking import StageResult, Tracker
 
@@ -314,15 +314,15 @@ def render_markdown(report: dict) -> str:
             f"| {m['size_bytes'] / 1e6:.2f} | {m['params']:,} | {fmt(m['peak_rss_mb'], '.0f')} |"
         )
     r = report["final_vs_teacher"]
-    lines += [
-        "",
-        "## final vs teacher",
-        "",
-        "| size ratio | generation speed-up | perplexity ratio | BLEU drop (points) |",
-        "|---:|---:|---:|---:|",
-        f"| {fmt(r['size_ratio'], '.2f')}x | {fmt(r['generation_speedup'], '.2f')}x "
-        f"| {fmt(r['perplexity_ratio'], '.3f')} | {fmt(r['bleu_drop_points'], '+.2f')} |",
-    ]
+    lines += versus_lines(
+        "final vs teacher",
+        {
+            "size ratio": f"{fmt(r['size_ratio'], '.2f')}x",
+            "generation speed-up": f"{fmt(r['generation_speedup'], '.2f')}x",
+            "perplexity ratio": fmt(r["perplexity_ratio"], ".3f"),
+            "BLEU drop (points)": fmt(r["bleu_drop_points"], "+.2f"),
+        },
+    )
     lines += gate_lines(report["gate"])
     if ablation := report.get("ablation"):
         lines += [
@@ -410,12 +410,13 @@ def run(
         tracker.log_artifact(path)
     tracker.log_metrics(metrics_to_log(report))
 
-    verdict = "passed" if decision.passed else f"FAILED ({', '.join(decision.failed())})"
     print(
-        f"  evaluate: gate {verdict}; final vs teacher: {ratios['size_ratio']:.2f}x smaller, "
-        f"{ratios['generation_speedup']:.2f}x tokens/s, perplexity x{ratios['perplexity_ratio']:.3f}, "
-        f"BLEU {-ratios['bleu_drop_points']:+.2f} points "
-        f"({report['environment']['evaluate_seconds']:.0f} s)",
+        gate_summary(
+            decision,
+            f"{ratios['size_ratio']:.2f}x smaller, {ratios['generation_speedup']:.2f}x tokens/s, "
+            f"perplexity x{ratios['perplexity_ratio']:.3f}, BLEU {-ratios['bleu_drop_points']:+.2f} points "
+            f"({report['environment']['evaluate_seconds']:.0f} s)",
+        ),
         flush=True,
     )
     return StageResult(

@@ -145,6 +145,32 @@ def perplexity(model: nn.Module, tokenizer, texts: list[str], max_length: int, b
 # ---- the training loop ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Corpus:
+    """What every fit reads: the tokenizer, the prepared train and validation texts, the length cap."""
+
+    tokenizer: object
+    train: list[str]
+    validation: list[str]
+    max_length: int
+
+    @classmethod
+    def read(cls, tokenizer, data_dir: Path, max_length: int) -> Corpus:
+        return cls(tokenizer, read_texts(data_dir, "train"), read_texts(data_dir, "validation"), max_length)
+
+    def val_perplexity(self, model: nn.Module, batch_size: int) -> float:
+        return perplexity(model, self.tokenizer, self.validation, self.max_length, batch_size)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long and how fast one fit trains."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+
+
 @dataclass
 class Teaching:
     """A frozen teacher whose soft next-token distributions the student learns."""
@@ -182,14 +208,9 @@ def adamw(model: nn.Module, lr: float) -> torch.optim.AdamW:
 
 def fit(
     model: nn.Module,
-    tokenizer,
-    train_texts: list[str],
-    val_texts: list[str],
+    corpus: Corpus,
+    budget: Budget,
     *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    max_length: int,
     tracker: Tracker,
     seed: int,
     teaching: Teaching | None = None,
@@ -203,11 +224,12 @@ def fit(
     seed_everything(seed)
     dp = DataParallel(dist or DistributedConfig())
     home = next(model.parameters()).device  # the model (and the teacher) go back there when training ends
-    pad = pad_id(tokenizer)
-    train_ids = encode(tokenizer, train_texts, max_length)
-    schedule = Schedule.linear(lr, math.ceil(len(train_ids) / batch_size) * epochs, WARMUP_SHARE)
+    epochs, batch_size = budget.epochs, budget.batch_size
+    pad = pad_id(corpus.tokenizer)
+    train_ids = encode(corpus.tokenizer, corpus.train, corpus.max_length)
+    schedule = Schedule.linear(budget.lr, math.ceil(len(train_ids) / batch_size) * epochs, WARMUP_SHARE)
     raw = model
-    model, optimizer = dp.prepare(model, adamw(model, lr))
+    model, optimizer = dp.prepare(model, adamw(model, budget.lr))
     if teaching is not None:
         teaching.model.eval().requires_grad_(False).to(dp.device)
 
@@ -229,7 +251,7 @@ def fit(
             dp, model, optimizer, order, schedule, part_loss, token_share, f"{desc} epoch {epoch}/{epochs}", 3
         )
         # Every process scores the whole validation split with the same weights; rank 0's figure decides.
-        val_ppl = same_on_every_rank(perplexity(raw, tokenizer, val_texts, max_length, batch_size))
+        val_ppl = same_on_every_rank(corpus.val_perplexity(raw, batch_size))
         record = {
             "train_loss": train_loss,
             "val_perplexity": val_ppl,
@@ -307,9 +329,12 @@ def train_teacher(
     data_dir: Path,
     out_dir: Path,
     tracker: Tracker,
+    *,
     seed: int,
     dist: DistributedConfig | None = None,
 ) -> StageResult:
+    """The teacher: built from `cfg.architecture` on the data stage's tokenizer, or loaded from `cfg.model`;
+    trained on the train split, the epoch with the best validation perplexity kept."""
     seed_everything(seed)
     if cfg.init == "scratch":
         tokenizer = load_tokenizer(Path(data_dir) / "tokenizer")
@@ -321,25 +346,13 @@ def train_teacher(
         model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
-    train_texts, val_texts = read_texts(data_dir, "train"), read_texts(data_dir, "validation")
+    corpus = Corpus.read(tokenizer, data_dir, cfg.max_length)
     params = count_params(model)
-    tracker.log_params(cfg.model_dump(mode="json") | {"params": params, "train_rows": len(train_texts)})
+    tracker.log_params(cfg.model_dump(mode="json") | {"params": params, "train_rows": len(corpus.train)})
 
-    untrained_ppl = perplexity(model, tokenizer, val_texts, cfg.max_length, cfg.batch_size)
-    outcome = fit(
-        model,
-        tokenizer,
-        train_texts,
-        val_texts,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        max_length=cfg.max_length,
-        tracker=tracker,
-        seed=seed,
-        desc="teacher",
-        dist=dist,
-    )
+    untrained_ppl = corpus.val_perplexity(model, cfg.batch_size)
+    budget = Budget(cfg.epochs, cfg.batch_size, cfg.lr)
+    outcome = fit(model, corpus, budget, tracker=tracker, seed=seed, desc="teacher", dist=dist)
     save(model, tokenizer, out_dir)
     metrics = outcome.metrics(params) | {"untrained_val_perplexity": untrained_ppl}
     tracker.log_metrics({k: v for k, v in metrics.items() if k != "params"})
@@ -372,6 +385,7 @@ def distill(
     out_dir: Path,
     ablation_dir: Path,
     tracker: Tracker,
+    *,
     seed: int,
     max_length: int,
     dist: DistributedConfig | None = None,
@@ -380,45 +394,21 @@ def distill(
     tokenizer = load_tokenizer(teacher_dir)
     teacher = load_model(teacher_dir)
     student = keep_blocks(load_model(teacher_dir), cfg.layers)
-    train_texts, val_texts = read_texts(data_dir, "train"), read_texts(data_dir, "validation")
+    corpus = Corpus.read(tokenizer, data_dir, max_length)
     params = count_params(student)
     tracker.log_params(cfg.model_dump(mode="json") | {"params": params, "teacher_params": count_params(teacher)})
 
-    teacher_ppl = perplexity(teacher, tokenizer, val_texts, max_length, cfg.batch_size)
-    outcome = fit(
-        student,
-        tokenizer,
-        train_texts,
-        val_texts,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        max_length=max_length,
-        tracker=tracker,
-        seed=seed,
-        teaching=Teaching(teacher, cfg.alpha, cfg.temperature),
-        desc="distill",
-        dist=dist,
-    )
+    teacher_ppl = corpus.val_perplexity(teacher, cfg.batch_size)
+    budget = Budget(cfg.epochs, cfg.batch_size, cfg.lr)
+    teaching = Teaching(teacher, cfg.alpha, cfg.temperature)
+    outcome = fit(student, corpus, budget, tracker=tracker, seed=seed, teaching=teaching, desc="distill", dist=dist)
     save(student, tokenizer, out_dir)
     metrics = outcome.metrics(params) | {"teacher_val_perplexity": teacher_ppl}
     if cfg.ablation:
         # The same student, from the same initialisation, without the teacher: what distillation buys.
         alone = keep_blocks(load_model(teacher_dir), cfg.layers)
-        ablation = fit(
-            alone,
-            tokenizer,
-            train_texts,
-            val_texts,
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            max_length=max_length,
-            tracker=PrefixedTracker(tracker, "ablation."),
-            seed=seed,
-            desc="ablation (no teacher)",
-            dist=dist,
-        )
+        alone_tracker = PrefixedTracker(tracker, "ablation.")
+        ablation = fit(alone, corpus, budget, tracker=alone_tracker, seed=seed, desc="ablation (no teacher)", dist=dist)
         save(alone, tokenizer, ablation_dir)
         metrics |= {"ablation_val_perplexity": ablation.best_val_perplexity, "ablation_train_seconds": ablation.seconds}
     tracker.log_metrics({k: v for k, v in metrics.items() if k != "params"})
@@ -501,35 +491,31 @@ def prune(
     data_dir: Path,
     out_dir: Path,
     tracker: Tracker,
+    *,
     seed: int,
     max_length: int,
     distill_cfg: LMDistillConfig,
-    *,
-    ffn_ratio: float = 0.0,
     dist: DistributedConfig | None = None,
 ) -> StageResult:
-    """Remove the lowest-scoring `head_ratio` of the heads (and `ffn_ratio` of each block's MLP neurons),
-    then recover with knowledge distillation from the teacher."""
+    """Remove the lowest-scoring `head_ratio` of the heads and `ffn_ratio` of each block's MLP neurons, then
+    recover with knowledge distillation from the teacher (alpha, temperature, batch size and lr of `distill_cfg`)."""
     seed_everything(seed)
     tokenizer = load_tokenizer(student_dir)
     model = load_model(student_dir)
     teaching = Teaching(load_model(teacher_dir), distill_cfg.alpha, distill_cfg.temperature)
-    train_texts, val_texts = read_texts(data_dir, "train"), read_texts(data_dir, "validation")
+    corpus = Corpus.read(tokenizer, data_dir, max_length)
     heads_before, params_before = sum(head_counts(model)), count_params(model)
-    tracker.log_params(
-        cfg.model_dump(mode="json")
-        | {"ffn_ratio": ffn_ratio, "heads_before": heads_before, "params_before": params_before}
-    )
+    tracker.log_params(cfg.model_dump(mode="json") | {"heads_before": heads_before, "params_before": params_before})
 
     # Only what is removed is scored: the pipeline refuses head_ratio > 0 (see LMConfig), so heads seldom are.
     heads_out = int(round(cfg.head_ratio * heads_before))
-    if heads_out or ffn_ratio > 0:
+    if heads_out or cfg.ffn_ratio > 0:
         # Every process scores the same weights on the same batches; rank 0's scores cut, so all cut alike.
         by_head, by_neuron = same_on_every_rank(
             importance(
                 model,
                 tokenizer,
-                train_texts,
+                corpus.train,
                 max_length,
                 cfg.importance_batches,
                 distill_cfg.batch_size,
@@ -540,31 +526,20 @@ def prune(
         )
         if heads_out and (plan := heads_to_prune(by_head, count=heads_out)):
             model.prune_heads(original_head_ids(model, plan))
-        if ffn_ratio > 0:
-            prune_mlp(model, neurons_to_keep(by_neuron, ratio=ffn_ratio))
+        if cfg.ffn_ratio > 0:
+            prune_mlp(model, neurons_to_keep(by_neuron, ratio=cfg.ffn_ratio))
     heads_after = sum(head_counts(model))
     print(
         f"  prune: removed {heads_before - heads_after} of {heads_before} heads, per layer now {head_counts(model)}"
         f"; MLP width {model.transformer.h[0].mlp.c_proj.weight.shape[0]}",
         flush=True,
     )
-    ppl_before = perplexity(model, tokenizer, val_texts, max_length, distill_cfg.batch_size)
+    ppl_before = corpus.val_perplexity(model, distill_cfg.batch_size)
     ppl, seconds = ppl_before, 0.0
     if cfg.epochs > 0 and count_params(model) < params_before:
+        budget = Budget(cfg.epochs, distill_cfg.batch_size, distill_cfg.lr)
         outcome = fit(
-            model,
-            tokenizer,
-            train_texts,
-            val_texts,
-            epochs=cfg.epochs,
-            batch_size=distill_cfg.batch_size,
-            lr=distill_cfg.lr,
-            max_length=max_length,
-            tracker=tracker,
-            seed=seed,
-            teaching=teaching,
-            desc="prune recovery",
-            dist=dist,
+            model, corpus, budget, tracker=tracker, seed=seed, teaching=teaching, desc="prune recovery", dist=dist
         )
         ppl, seconds = outcome.best_val_perplexity, outcome.seconds
     save(model, tokenizer, out_dir)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification
 
 from components.config import DistillConfig, DistributedConfig
 from components.kit.losses import attention_kl, hidden_mse
@@ -30,15 +30,13 @@ from components.kit.modeling import (
     ModelSourceError,
     accuracy,
     count_params,
-    load_encoded_splits,
     predict_logits,
-    read_labels,
     save_model,
     seed_everything,
     set_transformer_layers,
     transformer_layers,
 )
-from components.kit.soft_targets import training_set
+from components.kit.soft_targets import StudentData, student_data
 from components.kit.tracking import PrefixedTracker, StageResult, Tracker
 from components.kit.training import Distillation, train
 
@@ -109,6 +107,11 @@ def shown(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def learns_features(cfg: DistillConfig) -> bool:
+    """Whether the student also learns the teacher's intermediate layers (which then runs beside it)."""
+    return cfg.hidden_weight > 0 or cfg.attention_weight > 0
+
+
 def fresh_student(cfg: DistillConfig, teacher_dir: Path, seed: int, features: bool) -> nn.Module:
     """The student before training: the teacher's kept layers, the same for every student of one seed."""
     seed_everything(seed)
@@ -124,26 +127,29 @@ def distilled(
     teacher_dir: Path,
     student: nn.Module,
     train_set: Encoded,
-    teacher_logits: np.ndarray,
-    data: dict,
-    pad_id: int,
+    teacher_logits: np.ndarray | None,
+    data: StudentData,
     tracker: Tracker,
     seed: int,
     desc: str,
     dist: DistributedConfig | None,
 ) -> tuple[dict, float | None]:
-    """Train `student` on `train_set` against the teacher's logits (and intermediate layers when asked);
-    returns (training metrics, test accuracy)."""
-    transfer = None
-    if cfg.hidden_weight > 0 or cfg.attention_weight > 0:
-        teacher = AutoModelForSequenceClassification.from_pretrained(
-            teacher_dir, use_safetensors=True, attn_implementation="eager"
-        )
-        transfer = FeatureTransfer(
-            teacher, cfg.layers, student.config.hidden_size, cfg.hidden_weight, cfg.attention_weight
-        )
-    kd = Distillation(teacher_logits, cfg.alpha, cfg.temperature, features=transfer)
-    outcome = train(student, train_set, data["validation"], cfg, pad_id, tracker, seed, kd=kd, desc=desc, dist=dist)
+    """Train `student` on `train_set` against the teacher's logits (and intermediate layers when asked), or
+    on the labels alone when `teacher_logits` is None; returns (training metrics, test accuracy)."""
+    kd = None
+    if teacher_logits is not None:
+        transfer = None
+        if learns_features(cfg):
+            teacher = AutoModelForSequenceClassification.from_pretrained(
+                teacher_dir, use_safetensors=True, attn_implementation="eager"
+            )
+            transfer = FeatureTransfer(
+                teacher, cfg.layers, student.config.hidden_size, cfg.hidden_weight, cfg.attention_weight
+            )
+        kd = Distillation(teacher_logits, cfg.alpha, cfg.temperature, features=transfer)
+    outcome = train(
+        student, train_set, data.splits["validation"], cfg, data.pad_id, tracker, seed, kd=kd, desc=desc, dist=dist
+    )
     return (
         {
             "val_accuracy": outcome.best_val_accuracy,
@@ -152,112 +158,78 @@ def distilled(
             "train_seconds": outcome.seconds,
             "examples": outcome.examples,  # training rows processed over every epoch run
         },
-        accuracy_if_any(student, data["test"], pad_id),
+        accuracy_if_any(student, data.splits["test"], data.pad_id),
     )
 
 
-def without_teacher(
-    cfg: DistillConfig,
-    teacher_dir: Path,
-    data: dict,
-    pad_id: int,
-    tracker: Tracker,
-    seed: int,
-    dist: DistributedConfig | None = None,
-) -> dict[str, float | None]:
-    """The first ablation student: the same student (same layers, same initialisation) on labels alone."""
-    student = fresh_student(cfg, teacher_dir, seed, features=False)
-    outcome = train(
-        student,
-        data["train"],
-        data["validation"],
-        cfg,
-        pad_id,
-        PrefixedTracker(tracker, "ablation.labels_only."),
-        seed,
-        kd=None,
-        desc="ablation (no teacher)",
-        dist=dist,
-    )
-    test_acc = accuracy_if_any(student, data["test"], pad_id)
-    print(f"  ablation: the same student on the labels alone reaches test acc {shown(test_acc)}", flush=True)
-    return {
-        "ablation.labels_only.val_accuracy": outcome.best_val_accuracy,
-        "ablation.labels_only.test_accuracy": test_acc,
-        "ablation.labels_only.train_seconds": outcome.seconds,
-    }
+# The ablation students, each the stage's student (same layers, same initialisation) trained another way, by
+# the name their metrics go under (`ablation.<name>.*`): (learns from the teacher's logits, progress-bar
+# label, what the log line says it learned from).
+ABLATION_STUDENTS = {
+    # the labels alone, no teacher
+    "labels_only": (False, "ablation (no teacher)", "on the labels alone"),
+    # distilled like the stage's student on the train split alone (no transfer set), so that the transfer
+    # set's gain and distillation's gain are measured apart
+    "kd_train_only": (True, "ablation (distilled, train split only)", "distilled on the train split alone"),
+}
 
 
-def train_only(
+def ablation_student(
     cfg: DistillConfig,
     teacher_dir: Path,
-    train_logits: np.ndarray,
-    data: dict,
-    pad_id: int,
+    data: StudentData,
     tracker: Tracker,
     seed: int,
-    dist: DistributedConfig | None = None,
+    dist: DistributedConfig | None,
+    name: str,
 ) -> dict[str, float | None]:
-    """The second ablation student: distilled like the stage's student, on the train split alone (no
-    transfer set), so that the transfer set's gain and distillation's gain are measured apart."""
-    features = cfg.hidden_weight > 0 or cfg.attention_weight > 0
-    student = fresh_student(cfg, teacher_dir, seed, features)
+    """Train the ablation student `name` (`ABLATION_STUDENTS`) on the train split; its metrics under
+    `ablation.<name>.`."""
+    taught, desc, how = ABLATION_STUDENTS[name]
+    prefix = f"ablation.{name}."
+    student = fresh_student(cfg, teacher_dir, seed, features=taught and learns_features(cfg))
     fit, test_acc = distilled(
         cfg,
         teacher_dir,
         student,
-        data["train"],
-        train_logits,
+        data.splits["train"],
+        data.train_logits if taught else None,
         data,
-        pad_id,
-        PrefixedTracker(tracker, "ablation.kd_train_only."),
+        PrefixedTracker(tracker, prefix),
         seed,
-        "ablation (distilled, train split only)",
+        desc,
         dist,
     )
-    print(
-        f"  ablation: the same student distilled on the train split alone reaches test acc {shown(test_acc)}",
-        flush=True,
-    )
+    print(f"  ablation: the same student {how} reaches test acc {shown(test_acc)}", flush=True)
     return {
-        "ablation.kd_train_only.val_accuracy": fit["val_accuracy"],
-        "ablation.kd_train_only.test_accuracy": test_acc,
-        "ablation.kd_train_only.train_seconds": fit["train_seconds"],
+        f"{prefix}val_accuracy": fit["val_accuracy"],
+        f"{prefix}test_accuracy": test_acc,
+        f"{prefix}train_seconds": fit["train_seconds"],
     }
 
 
 def run(
     cfg: DistillConfig,
-    teacher_dir: Path,
+    teacher_dir: Path,  # the fine-tuned teacher: the student's layers, its tokenizer and the soft targets
     prepared: Path,
     out_dir: Path,
     tracker: Tracker,
-    seed: int,
+    seed: int,  # the student's initialisation and batch order; the ablation students use the same
     dist: DistributedConfig | None = None,
     soft_cache: Path | None = None,
 ) -> StageResult:
-    labels = read_labels(prepared)
-    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
-    pad_id = tokenizer.pad_token_id
-    student = fresh_student(cfg, teacher_dir, seed, features=cfg.hidden_weight > 0 or cfg.attention_weight > 0)
-    data = load_encoded_splits(prepared, tokenizer, labels, cfg.max_length)
-    train_set, teacher_logits = training_set(
-        teacher_dir, prepared, tokenizer, labels, cfg.max_length, data["train"], cfg.transfer, soft_cache, dist
-    )
-    transfer_rows = len(train_set) - len(data["train"])
-    tracker.log_params(cfg.model_dump() | {"params": count_params(student), "train_rows": len(train_set)})
+    student = fresh_student(cfg, teacher_dir, seed, features=learns_features(cfg))
+    data = student_data(cfg, teacher_dir, teacher_dir, prepared, soft_cache, dist)
+    tracker.log_params(cfg.model_dump() | {"params": count_params(student), "train_rows": len(data.train_set)})
 
     fit, test_acc = distilled(
-        cfg, teacher_dir, student, train_set, teacher_logits, data, pad_id, tracker, seed, "distill", dist
+        cfg, teacher_dir, student, data.train_set, data.teacher_logits, data, tracker, seed, "distill", dist
     )
-    metrics = {**fit, "test_accuracy": test_acc, "params": count_params(student), "transfer_rows": transfer_rows}
+    metrics = {**fit, "test_accuracy": test_acc, "params": count_params(student), "transfer_rows": data.transfer_rows}
     if cfg.ablation:
-        metrics |= without_teacher(cfg, teacher_dir, data, pad_id, tracker, seed, dist)
-        if transfer_rows:
-            # The train split's rows come first in train_set, and so do their logits.
-            metrics |= train_only(
-                cfg, teacher_dir, teacher_logits[: len(data["train"])], data, pad_id, tracker, seed, dist
-            )
-    save_model(student, tokenizer, labels, out_dir, metrics)
+        metrics |= ablation_student(cfg, teacher_dir, data, tracker, seed, dist, "labels_only")
+        if data.transfer_rows:
+            metrics |= ablation_student(cfg, teacher_dir, data, tracker, seed, dist, "kd_train_only")
+    save_model(student, data.tokenizer, data.labels, out_dir, metrics)
     tracker.log_metrics({"test_accuracy": test_acc, "best_val_accuracy": fit["val_accuracy"]})
     return StageResult(metrics=metrics, outputs={"model": out_dir})

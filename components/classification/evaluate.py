@@ -30,6 +30,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +41,9 @@ from components.kit import latency
 from components.kit.files import write_atomic
 from components.kit.gate import GateDecision, compare_to_teacher, decide
 from components.kit.latency import BATCH_SIZE
-from components.kit.modeling import encode, read_split
+from components.kit.modeling import Encoded, encode, read_split
 from components.kit.onnx_models import pad_id_of
-from components.kit.report import ModelSpec, environment_info, fmt, gate_lines, write_report
+from components.kit.report import ModelSpec, environment_info, fmt, gate_lines, gate_summary, versus_lines, write_report
 from components.kit.seeds import summarise as summarise_seeds
 from components.kit.tracking import StageResult, Tracker
 
@@ -151,6 +152,33 @@ def model_labels(model_dir: Path, fallback: list[str]) -> list[str]:
     return json.loads(file.read_text()) if file.is_file() else list(fallback)
 
 
+@dataclass(frozen=True)
+class EvalSplit:
+    """The sentences models are scored on: one split's texts and gold label names, the data card's labels (the
+    output order of a model folder without labels.json), the token limit they are cut to, and the prepared
+    folder they come from (the peak-RSS probe reads it)."""
+
+    prepared: Path
+    texts: list[str]
+    gold: list[str]
+    card_labels: list[str]
+    max_length: int
+
+    @classmethod
+    def read(cls, prepared: Path, split: str, card_labels: list[str], max_length: int) -> EvalSplit:
+        frame = read_split(prepared, split)
+        return cls(prepared, frame["text"].tolist(), frame["label"].tolist(), card_labels, max_length)
+
+    def encoded_for(self, folder: Path) -> tuple[Encoded, list[str], int]:
+        """The sentences as the model in `folder` reads them: encoded by its tokenizer against its label order,
+        that order (`model_labels`), and its padding id."""
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        labels = model_labels(folder, self.card_labels)
+        return encode(tokenizer, self.texts, self.gold, labels, self.max_length), labels, pad_id_of(tokenizer)
+
+
 def predicted_classes(runner, input_ids: list[list[int]], pad_id: int) -> np.ndarray:
     """The highest-scoring class of each sentence; an empty array for no sentences."""
     if not input_ids:
@@ -158,18 +186,8 @@ def predicted_classes(runner, input_ids: list[list[int]], pad_id: int) -> np.nda
     return latency.runner_logits(runner, input_ids, pad_id).argmax(-1)
 
 
-def measure_model(
-    spec: ModelSpec,
-    cfg: EvaluateConfig,
-    prepared: Path,
-    texts: list[str],
-    gold: list[str],
-    card_labels: list[str],
-    max_length: int,
-) -> tuple[dict, np.ndarray]:
+def measure_model(spec: ModelSpec, cfg: EvaluateConfig, split: EvalSplit) -> tuple[dict, np.ndarray]:
     """One report entry (without agreement_with_teacher) and the predicted label names."""
-    from transformers import AutoTokenizer
-
     bar = tqdm(total=len(STEPS), desc=f"evaluate {spec.name}", unit="step", leave=False)
 
     def step(i: int) -> None:
@@ -178,11 +196,7 @@ def measure_model(
             bar.set_postfix_str(STEPS[i + 1])
 
     bar.set_postfix_str(STEPS[0])
-    folder = spec.path if spec.path.is_dir() else spec.path.parent
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    pad_id = pad_id_of(tokenizer)
-    labels = model_labels(folder, card_labels)
-    data = encode(tokenizer, texts, gold, labels, max_length)
+    data, labels, pad_id = split.encoded_for(spec.path if spec.path.is_dir() else spec.path.parent)
     if latency.runtime_kind(spec.runtime) == "torch":
         model = latency.load_torch_model(spec.path, cfg.threads)
         runner = latency.torch_runner(model)
@@ -207,7 +221,7 @@ def measure_model(
     del runner
     gc.collect()
     rss = (
-        latency.peak_rss_mb(spec.path, spec.runtime, prepared, cfg.rss_sentences, cfg.threads, max_length)
+        latency.peak_rss_mb(spec.path, spec.runtime, split.prepared, cfg.rss_sentences, cfg.threads, split.max_length)
         if spec.memory
         else None
     )
@@ -228,17 +242,12 @@ def measure_model(
 def split_accuracy(model: Path, prepared: Path, split: str, threads: int, max_length: int) -> float | None:
     """Accuracy (0..1) of an ONNX classifier folder (model.onnx, its tokenizer and labels.json) on one split
     of `prepared`, scored as `measure_model` scores it; None for an empty split."""
-    from transformers import AutoTokenizer
-
     model, prepared = Path(model), Path(prepared)
     card = json.loads((prepared / "data_card.json").read_text())
-    tokenizer = AutoTokenizer.from_pretrained(str(model))
-    pad_id = pad_id_of(tokenizer)
-    labels = model_labels(model, card["labels"])
-    frame = read_split(prepared, split)
-    if frame.empty:
+    sentences = EvalSplit.read(prepared, split, card["labels"], max_length)
+    if not sentences.texts:
         return None
-    data = encode(tokenizer, frame["text"].tolist(), frame["label"].tolist(), labels, max_length)
+    data, labels, pad_id = sentences.encoded_for(model)
     runner = latency.onnx_runner(latency.load_onnx_session(model, threads))
     predicted = predicted_classes(runner, data.input_ids, pad_id)
     return classification_scores(predicted, data.labels, len(labels))["accuracy"]
@@ -302,15 +311,15 @@ def render_markdown(report: dict) -> str:
     for section in ("final_vs_teacher", f"final_vs_{BASELINE}"):
         if section in report:
             r = report[section]
-            lines += [
-                "",
-                f"## {section.replace('_', ' ')}",
-                "",
-                "| size ratio | batch-1 speed-up | batch-32 speed-up | accuracy drop (points) |",
-                "|---:|---:|---:|---:|",
-                f"| {fmt(r['size_ratio'], '.2f')}x | {fmt(r['speedup_batch1_p50'], '.2f')}x "
-                f"| {fmt(r['speedup_batch32_p50'], '.2f')}x | {fmt(r['accuracy_drop_points'], '+.2f')} |",
-            ]
+            lines += versus_lines(
+                section.replace("_", " "),
+                {
+                    "size ratio": f"{fmt(r['size_ratio'], '.2f')}x",
+                    "batch-1 speed-up": f"{fmt(r['speedup_batch1_p50'], '.2f')}x",
+                    "batch-32 speed-up": f"{fmt(r['speedup_batch32_p50'], '.2f')}x",
+                    "accuracy drop (points)": fmt(r["accuracy_drop_points"], "+.2f"),
+                },
+            )
     lines += gate_lines(report["gate"])
     if ablation := report.get("ablation"):
         lines += ablation_lines(ablation)
@@ -380,15 +389,7 @@ def save_plot(report: dict, path: Path) -> None:
 # ---------------------------------------------------------------- the stage
 
 
-def measure_all(
-    models: list[ModelSpec],
-    cfg: EvaluateConfig,
-    prepared: Path,
-    texts: list[str],
-    gold: list[str],
-    card_labels: list[str],
-    max_length: int,
-) -> dict[str, dict]:
+def measure_all(models: list[ModelSpec], cfg: EvaluateConfig, split: EvalSplit) -> dict[str, dict]:
     """Every model's report entry, in order, with its agreement with the teacher's predictions. torch's
     thread count is set per model and restored afterwards."""
     import torch
@@ -398,9 +399,7 @@ def measure_all(
     predictions: dict[str, np.ndarray] = {}
     try:
         for spec in models:
-            entries[spec.name], predictions[spec.name] = measure_model(
-                spec, cfg, prepared, texts, gold, card_labels, max_length
-            )
+            entries[spec.name], predictions[spec.name] = measure_model(spec, cfg, split)
             e = entries[spec.name]
             print(
                 f"  evaluate {spec.name}: {e['runtime']}, acc {fmt(e['accuracy'], '.4f')}, "
@@ -455,16 +454,14 @@ def run(
     prepared, out_dir = Path(prepared), Path(out_dir)
     models = ModelSpec.checked(models, (TEACHER, FINAL))
     card = json.loads((prepared / "data_card.json").read_text())
-    test = read_split(prepared, "test")
+    test = EvalSplit.read(prepared, "test", card["labels"], max_length)
     tracker.log_params(
         {f"evaluate.{k}": v for k, v in cfg.model_dump().items()}
         | {"evaluate.models": ",".join(m.name for m in models), "evaluate.max_length": max_length}
     )
 
     # measure, compare, gate
-    entries = measure_all(
-        models, cfg, prepared, test["text"].tolist(), test["label"].tolist(), card["labels"], max_length
-    )
+    entries = measure_all(models, cfg, test)
     ratios = compare_to_teacher(entries[TEACHER], entries[FINAL])
     decision = decide(ratios, gate_cfg)
     report = build_report(card, entries, decision, environment_info(cfg.threads))
@@ -481,11 +478,12 @@ def run(
         tracker.log_artifact(path)
     tracker.log_metrics(metrics_to_log(report))
 
-    verdict = "passed" if decision.passed else f"FAILED ({', '.join(decision.failed())})"
     print(
-        f"  evaluate: gate {verdict}; final vs teacher: {ratios['size_ratio']:.2f}x smaller, "
-        f"{ratios['speedup_batch1_p50']:.2f}x faster at batch 1, "
-        f"{fmt(ratios['accuracy_drop_points'], '+.2f')} points accuracy drop",
+        gate_summary(
+            decision,
+            f"{ratios['size_ratio']:.2f}x smaller, {ratios['speedup_batch1_p50']:.2f}x faster at batch 1, "
+            f"{fmt(ratios['accuracy_drop_points'], '+.2f')} points accuracy drop",
+        ),
         flush=True,
     )
     metrics = {**ratios, "gate_passed": float(decision.passed)}

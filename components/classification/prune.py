@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification
 from transformers.pytorch_utils import prune_linear_layer
 
 from components.config import DistributedConfig, PruneConfig
@@ -34,16 +34,14 @@ from components.kit.modeling import (
     collate,
     count_params,
     length_bucketed_batches,
-    load_encoded_splits,
     model_inputs,
     predict_logits,
-    read_labels,
     save_model,
     seed_everything,
     transformer_layers,
 )
 from components.kit.pruning import head_scores, heads_to_prune, neuron_scores, neurons_to_keep, retained_inputs
-from components.kit.soft_targets import training_set
+from components.kit.soft_targets import student_data
 from components.kit.tracking import PrefixedTracker, StageResult, Tracker
 from components.kit.training import Distillation, train
 
@@ -163,25 +161,20 @@ def cut(
 
 def run(
     cfg: PruneConfig,
-    student_dir: Path,
-    teacher_dir: Path,
+    student_dir: Path,  # the model pruned, and its tokenizer
+    teacher_dir: Path,  # only its soft targets are read: scoring and recovery learn from them
     prepared: Path,
     out_dir: Path,
     tracker: Tracker,
-    seed: int,
+    seed: int,  # step k scores its batches and recovers with seed + k
     dist: DistributedConfig | None = None,
     soft_cache: Path | None = None,
 ) -> StageResult:
     seed_everything(seed)
-    labels = read_labels(prepared)
-    tokenizer = AutoTokenizer.from_pretrained(student_dir)
     model = AutoModelForSequenceClassification.from_pretrained(student_dir, use_safetensors=True)
-    pad_id = tokenizer.pad_token_id
-    data = load_encoded_splits(prepared, tokenizer, labels, cfg.max_length)
-    train_set, train_logits = training_set(
-        teacher_dir, prepared, tokenizer, labels, cfg.max_length, data["train"], cfg.transfer, soft_cache, dist
-    )
-    kd = Distillation(train_logits, cfg.alpha, cfg.temperature)
+    data = student_data(cfg, student_dir, teacher_dir, prepared, soft_cache, dist)
+    pad_id, val = data.pad_id, data.splits["validation"]
+    kd = Distillation(data.teacher_logits, cfg.alpha, cfg.temperature)
     tracker.log_params(cfg.model_dump())
     params_before, heads_before = count_params(model), n_heads(model)
     targets = step_targets(
@@ -190,11 +183,11 @@ def run(
 
     history, seconds, removed, examples = [], 0.0, 0, 0
     for step, (heads_removed_target, neurons_kept) in enumerate(targets, start=1):
-        # The train split comes first in train_set: its rows of train_logits score the heads.
+        # The train split's rows of the teacher's logits score the heads.
         cut(
             model,
-            data["train"],
-            train_logits[: len(data["train"])],
+            data.splits["train"],
+            data.train_logits,
             pad_id,
             cfg,
             seed + step,
@@ -202,7 +195,7 @@ def run(
             neurons_kept,
         )
         removed = heads_before - n_heads(model)
-        acc_cut = accuracy(predict_logits(model, data["validation"], pad_id), data["validation"].labels)
+        acc_cut = accuracy(predict_logits(model, val, pad_id), val.labels)
         print(
             f"  prune step {step}/{cfg.steps}: {n_heads(model)} of {heads_before} heads, FFN "
             f"{model.config.intermediate_size} wide, params {count_params(model):,}; val acc before recovery "
@@ -211,8 +204,8 @@ def run(
         )
         outcome = train(
             model,
-            train_set,
-            data["validation"],
+            data.train_set,
+            val,
             cfg,
             pad_id,
             PrefixedTracker(tracker, f"step{step}."),
@@ -234,7 +227,8 @@ def run(
             }
         )
 
-    test_acc = accuracy(predict_logits(model, data["test"], pad_id), data["test"].labels)
+    test = data.splits["test"]
+    test_acc = accuracy(predict_logits(model, test, pad_id), test.labels)
     pruned = {int(k): sorted(int(h) for h in v) for k, v in model.config.pruned_heads.items()}
     metrics = {
         "params_before": params_before,
@@ -249,7 +243,7 @@ def run(
         "train_seconds": seconds,
         "examples": examples,  # training rows processed over every recovery epoch (an update's cost is compared by it)
     }
-    save_model(model, tokenizer, labels, out_dir, metrics | {"pruned_heads": pruned, "history": history})
+    save_model(model, data.tokenizer, data.labels, out_dir, metrics | {"pruned_heads": pruned, "history": history})
     tracker.log_params({"pruned_heads": str(pruned)})
     tracker.log_metrics(metrics)
     return StageResult(metrics=metrics, outputs={"model": out_dir})

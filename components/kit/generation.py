@@ -2,8 +2,8 @@
 
 `load(path, runtime)` gives an eval-mode PyTorch causal LM or an `ORTModelForCausalLM` with its KV cache;
 `greedy(model_or_session, tokenizer, prompt_ids, max_new_tokens)` continues prompts greedily with either,
-or with a bare ONNX Runtime session (`rss_probe.session_greedy`). Heavy libraries are imported inside
-functions only.
+or with a bare ONNX Runtime session (`rss_probe.session_greedy`); `greedy_generate` is its `generate` call,
+which the RSS probe makes too. Heavy libraries are imported inside functions only.
 """
 
 from __future__ import annotations
@@ -86,17 +86,25 @@ def greedy(
             raise ValueError("greedy needs non-empty prompts")
         ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], dtype=torch.long)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
-        with torch.inference_mode():
-            generated = model_or_session.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                do_sample=False,
-                num_beams=1,
-                use_cache=True,
-                max_new_tokens=max_new_tokens,
-                min_new_tokens=min_new_tokens,
-                pad_token_id=pad_id,
-                eos_token_id=eos_id,
-            )
+        generated = greedy_generate(model_or_session, ids, mask, max_new_tokens, min_new_tokens, pad_id, eos_id)
         out += [cut_at_eos(row[width:].tolist(), eos_id) for row in generated]
     return out
+
+
+def greedy_generate(model, ids, mask, max_new_tokens: int, min_new_tokens: int, pad_id: int, eos_id: int):
+    """transformers' `generate` of a PyTorch causal LM or an `ORTModelForCausalLM`: greedy (no sampling, one
+    beam), with the KV cache, without autograd. Gives the prompt ids followed by the new ones, row by row."""
+    import torch
+
+    with torch.inference_mode():
+        return model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=False,
+            num_beams=1,
+            use_cache=True,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            pad_token_id=pad_id,
+            eos_token_id=eos_id,
+        )

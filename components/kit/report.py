@@ -1,8 +1,8 @@
 """What both tasks' evaluate stages share in their compression reports: the models they measure
 (`ModelSpec`: `ModelSpec.checked` checks a list, `weights_facts` describes one), strict JSON (`json_safe`), the
-machine the figures come from (`environment_info`), the markdown of figures and of the gate (`fmt`,
-`gate_lines`), and the two report files (`write_report`: compression_report.json and compression_report.md,
-each written atomically)."""
+machine the figures come from (`environment_info`), the markdown of figures, comparisons and the gate (`fmt`,
+`versus_lines`, `gate_lines`), the stage's closing line (`gate_summary`), and the two report files
+(`write_report`: compression_report.json and compression_report.md, each written atomically)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from components.kit.files import write_atomic
+from components.kit.gate import GateDecision
 from components.kit.latency import onnx_params, onnx_precision, onnx_size_bytes, runtime_kind
 
 REPORT_JSON, REPORT_MD = "compression_report.json", "compression_report.md"
@@ -106,6 +107,19 @@ def check_result(check: dict) -> str:
     return "skipped" if check["value"] is None or not math.isfinite(check["value"]) else "pass"
 
 
+def versus_lines(title: str, figures: dict[str, str]) -> list[str]:
+    """A comparison (final vs teacher, ...) as a markdown section: `## title` over a one-row table, a
+    right-aligned column per figure, `figures` mapping each column's heading to its formatted value."""
+    return [
+        "",
+        f"## {title}",
+        "",
+        "| " + " | ".join(figures) + " |",
+        "|" + "---:|" * len(figures),
+        "| " + " | ".join(figures.values()) + " |",
+    ]
+
+
 def gate_lines(gate: dict) -> list[str]:
     """The gate decision as a markdown section (both tasks' reports)."""
     lines = [
@@ -121,6 +135,13 @@ def gate_lines(gate: dict) -> list[str]:
             f"| {check_result(c)} | {c.get('note', '')} |"
         )
     return lines
+
+
+def gate_summary(decision: GateDecision, versus_teacher: str) -> str:
+    """The evaluate stage's closing line: the gate's verdict (naming the failed checks), then how final
+    compares with teacher (`versus_teacher`, the task's own figures)."""
+    verdict = "passed" if decision.passed else f"FAILED ({', '.join(decision.failed())})"
+    return f"  evaluate: gate {verdict}; final vs teacher: {versus_teacher}"
 
 
 def write_report(out_dir: Path, report: dict, render_markdown: Callable[[dict], str]) -> tuple[Path, Path]:

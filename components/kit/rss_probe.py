@@ -6,9 +6,10 @@ prints one line: {"peak_rss_mb": 812.4, "n": 100, "runtime": "torch", "model": "
 
 With `--work generate` the model is a decoder (GPT-2 style): each of the n test sentences gives a prompt
 (its first `--prefix-tokens` tokens) and the model generates exactly `--new-tokens` tokens greedily at
-batch 1 with its KV cache. A PyTorch model generates with transformers' `generate`; an ONNX decoder
-(Optimum's merged export with past key values) runs `session_greedy`, a numpy loop over the
-InferenceSession, so the probe imports onnxruntime and tokenizers only, never torch.
+batch 1 with its KV cache. A PyTorch model generates with transformers' `generate`
+(`generation.greedy_generate`); an ONNX decoder (Optimum's merged export with past key values) runs
+`session_greedy`, a numpy loop over the InferenceSession, so the probe imports onnxruntime and tokenizers
+only, never torch.
 
 `latency.peak_rss_mb` (and a decoder's evaluate stage, with `--work generate`) runs it in a fresh process
 per model, so a figure holds that model alone. The probe imports only what serving the model needs: tokenisation uses the
@@ -147,21 +148,21 @@ def generate_prompts(
     import torch
     from transformers import AutoModelForCausalLM
 
+    from components.kit.generation import greedy_generate
+
     torch.set_num_threads(threads)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), use_safetensors=True).eval()
-    with torch.inference_mode():
-        for prompt in prompts:
-            ids = torch.tensor([prompt])
-            model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=False,
-                num_beams=1,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                pad_token_id=eos_id,
-                eos_token_id=eos_id,
-            )
+    for prompt in prompts:
+        ids = torch.tensor([prompt])
+        greedy_generate(
+            model,
+            ids,
+            torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            pad_id=eos_id,
+            eos_id=eos_id,
+        )
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -16,21 +16,23 @@ DVC output and a stage-cache input, and stays as the finetune stage wrote it.
 
     logits = soft_targets.load(teacher_dir, prepared, "train", encoded_train, max_length=64, cache=folder)
 
-`training_set` gives the distill and prune stages their train split (plus the transfer set) with these logits.
+`student_data` gives the distill and prune stages what they train on: the encoded splits, the train split
+(plus the transfer set) and these logits on it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from components.config import DistributedConfig, section_hash
+from components.config import DistillConfig, DistributedConfig, PruneConfig, section_hash
 from components.kit.distributed import is_main_process, process_state, resolve_device, wait_for_everyone, world_size
 from components.kit.hashing import file_sha256
-from components.kit.modeling import Encoded, concat, load_transfer, predict_logits
+from components.kit.modeling import Encoded, concat, load_encoded_splits, load_transfer, predict_logits, read_labels
 
 FOLDER = "soft_targets"  # inside the teacher's folder
 # Files of the teacher folder that do not change its outputs (run metrics) or are outputs themselves.
@@ -137,22 +139,52 @@ def load(
     return find(folders[-1:], key, len(data))
 
 
-def training_set(
+@dataclass(frozen=True)
+class StudentData:
+    """What the distill and prune stages train a student on: the tokenizer, the label names, the encoded
+    splits, the training rows (the train split first, then the transfer set when used) and the teacher's
+    logits on those rows, in the same order."""
+
+    tokenizer: object
+    labels: list[str]
+    splits: dict[str, Encoded]
+    train_set: Encoded
+    teacher_logits: np.ndarray
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def train_logits(self) -> np.ndarray:
+        """The teacher's logits on the train split alone: its rows come first in `train_set`."""
+        return self.teacher_logits[: len(self.splits["train"])]
+
+    @property
+    def transfer_rows(self) -> int:
+        return len(self.train_set) - len(self.splits["train"])
+
+
+def student_data(
+    cfg: DistillConfig | PruneConfig,
+    tokenizer_dir: Path,
     teacher_dir: Path,
     prepared: Path,
-    tokenizer,
-    labels: list[str],
-    max_length: int,
-    train: Encoded,
-    use_transfer: bool,
-    soft_cache: Path | None = None,
-    dist: DistributedConfig | None = None,
-) -> tuple[Encoded, np.ndarray]:
-    """The train split, plus the unlabelled transfer set when asked for and present, with the teacher's
-    logits on them: stored once by the finetune stage, or computed once into `soft_cache`."""
-    logits = load(teacher_dir, prepared, "train", train, max_length, soft_cache, dist)
-    transfer = load_transfer(prepared, tokenizer, labels, max_length) if use_transfer else None
-    if transfer is None:
-        return train, logits
-    transfer_logits = load(teacher_dir, prepared, "transfer", transfer, max_length, soft_cache, dist)
-    return concat(train, transfer), np.concatenate([logits, transfer_logits])
+    soft_cache: Path | None,
+    dist: DistributedConfig | None,
+) -> StudentData:
+    """The splits of `prepared`, cut to `cfg.max_length` tokens by the tokenizer of `tokenizer_dir`, and the
+    train split, plus the unlabelled transfer set when `cfg.transfer` asks for it and the data has one, with
+    the teacher's logits on them: stored once by the finetune stage, or computed once into `soft_cache`."""
+    from transformers import AutoTokenizer
+
+    labels = read_labels(prepared)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    splits = load_encoded_splits(prepared, tokenizer, labels, cfg.max_length)
+    train_set = splits["train"]
+    logits = load(teacher_dir, prepared, "train", train_set, cfg.max_length, soft_cache, dist)
+    transfer = load_transfer(prepared, tokenizer, labels, cfg.max_length) if cfg.transfer else None
+    if transfer is not None:
+        transfer_logits = load(teacher_dir, prepared, "transfer", transfer, cfg.max_length, soft_cache, dist)
+        train_set, logits = concat(train_set, transfer), np.concatenate([logits, transfer_logits])
+    return StudentData(tokenizer, labels, splits, train_set, logits)

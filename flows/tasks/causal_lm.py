@@ -20,8 +20,8 @@ from components.kit import gate
 from components.kit.tracking import StageResult, Tracker
 from flows import registry
 from flows.preflight import require_layers, teacher_depth
-from flows.stages import Stage, StageIO, Task
-from flows.workspace import Workspace
+from flows.stages import Judging, Stage, StageIO, Task
+from flows.workspace import Place, Workspace
 
 
 @dataclass(frozen=True)
@@ -31,42 +31,15 @@ class LMWorkspace(Workspace):
 
     STATE: ClassVar[str] = KIND  # .miniaturize/causal-lm
 
-    @property
-    def prepared(self) -> Path:
-        return self.root / "data" / KIND / "prepared"
-
-    @property
-    def models(self) -> Path:
-        return self.root / "models" / KIND
-
-    @property
-    def teacher(self) -> Path:
-        return self.models / "teacher"
-
-    @property
-    def student(self) -> Path:
-        return self.models / "student"
-
-    @property
-    def student_ablation(self) -> Path:
-        """The same student trained without the teacher (the report's ablation)."""
-        return self.models / "student_without_teacher"
-
-    @property
-    def pruned(self) -> Path:
-        return self.models / "pruned"
-
-    @property
-    def onnx_fp32(self) -> Path:
-        return self.models / "onnx_fp32"
-
-    @property
-    def final(self) -> Path:
-        return self.models / "final"
-
-    @property
-    def reports(self) -> Path:
-        return self.root / "reports" / KIND
+    prepared = Place("root", "data", KIND, "prepared")
+    models = Place("root", "models", KIND)
+    teacher = Place("models", "teacher")
+    student = Place("models", "student")
+    student_ablation = Place("models", "student_without_teacher")  # the same student trained without the teacher
+    pruned = Place("models", "pruned")
+    onnx_fp32 = Place("models", "onnx_fp32")
+    final = Place("models", "final")
+    reports = Place("root", "reports", KIND)
 
 
 # ------------------------------------------------------------------ the stages
@@ -84,6 +57,11 @@ def validate(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
     return component.run(p.validate_, ws.prepared, ws.validation, tracker, text_only=True)
 
 
+def training(p: Params) -> dict:
+    """What every training stage of this task takes besides its own section and folders."""
+    return {"seed": p.seed, "max_length": p.lm.teacher.max_length, "dist": p.distributed}
+
+
 def finetune(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
     from components.causal_lm import train
 
@@ -93,34 +71,14 @@ def finetune(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
 def distill(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
     from components.causal_lm import train
 
-    return train.distill(
-        p.lm.distill,
-        ws.teacher,
-        ws.prepared,
-        ws.student,
-        ws.student_ablation,
-        tracker,
-        seed=p.seed,
-        max_length=p.lm.teacher.max_length,
-        dist=p.distributed,
-    )
+    return train.distill(p.lm.distill, ws.teacher, ws.prepared, ws.student, ws.student_ablation, tracker, **training(p))
 
 
 def prune(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
     from components.causal_lm import train
 
     return train.prune(
-        p.lm.prune,
-        ws.student,
-        ws.teacher,
-        ws.prepared,
-        ws.pruned,
-        tracker,
-        seed=p.seed,
-        max_length=p.lm.teacher.max_length,
-        distill_cfg=p.lm.distill,
-        ffn_ratio=p.lm.prune.ffn_ratio,
-        dist=p.distributed,
+        p.lm.prune, ws.student, ws.teacher, ws.prepared, ws.pruned, tracker, distill_cfg=p.lm.distill, **training(p)
     )
 
 
@@ -234,24 +192,10 @@ STAGES: dict[str, Stage] = {
 # ------------------------------------------------------------------ what else differs from another task
 
 
-def decide(ratios: dict, p: Params) -> gate.GateDecision:
-    return gate.decide_lm(ratios, p.lm.gate)
-
-
-def against_champion(candidate: dict, champion: dict, p: Params) -> gate.GateDecision:
-    return gate.compare_lm_to_champion(candidate, champion, p.lm.gate)
-
-
 def remeasure(model: Path, prepared: Path, split: str, p: Params) -> float | None:
     from components.causal_lm.evaluate import split_perplexity
 
     return split_perplexity(model, prepared, split, p.lm.evaluate.threads, p.lm.teacher.max_length)
-
-
-def data_sha256(prepared: Path) -> str | None:
-    from components.causal_lm.evaluate import dataset_card
-
-    return dataset_card(prepared)["sha256"]
 
 
 def bundle_metrics(final: dict) -> dict:
@@ -291,11 +235,13 @@ TASK = Task(
         "The causal-lm task (configs/causal-lm.yaml): the same stages over data/causal-lm, models/causal-lm",
         "and reports/causal-lm.",
     ),
-    quality="perplexity",
-    gate=decide,
-    champion_gate=against_champion,
-    remeasure=remeasure,
-    data_sha256=data_sha256,
+    judging=Judging(
+        quality="perplexity",
+        settings=lambda p: p.lm.gate,
+        against_teacher=gate.decide_lm,
+        against_champion=gate.compare_lm_to_champion,
+        remeasure=remeasure,
+    ),
     bundle_metrics=bundle_metrics,
     summary=summary,
     report_files=".json",

@@ -21,11 +21,12 @@ from pydantic import BaseModel
 from components.classification import KIND, NAME
 from components.config import Params
 from components.kit import gate
+from components.kit.hashing import prepared_sha256
 from components.kit.tracking import PrefixedTracker, StageResult, Tracker
 from flows import registry
 from flows.preflight import require_layers, teacher_depth
-from flows.stages import Stage, StageIO, Task, merge
-from flows.workspace import Workspace
+from flows.stages import Judging, Stage, StageIO, Task, merge
+from flows.workspace import Place, Workspace
 
 
 @dataclass(frozen=True)
@@ -34,50 +35,17 @@ class ClassificationWorkspace(Workspace):
 
     STATE: ClassVar[str] = KIND  # .miniaturize/classification
 
-    @property
-    def prepared(self) -> Path:
-        return self.root / "data" / "prepared"
-
-    @property
-    def teacher(self) -> Path:
-        return self.root / "models" / "teacher"
-
-    @property
-    def student(self) -> Path:
-        return self.root / "models" / "student"
-
-    @property
-    def pruned(self) -> Path:
-        return self.root / "models" / "pruned"
-
-    @property
-    def trimmed(self) -> Path:
-        return self.root / "models" / "trimmed"
-
-    @property
-    def onnx_fp32(self) -> Path:
-        return self.root / "models" / "onnx_fp32"
-
-    @property
-    def teacher_onnx_fp32(self) -> Path:
-        return self.root / "models" / "teacher_onnx_fp32"
-
-    @property
-    def final(self) -> Path:
-        return self.root / "models" / "final"
-
-    @property
-    def baseline_teacher_int8(self) -> Path:
-        return self.root / "models" / "baseline_teacher_int8"
-
-    @property
-    def seeds(self) -> Path:
-        """models/seeds/<seed>/final: the final model re-trained with each of `seeds.extra`."""
-        return self.root / "models" / "seeds"
-
-    @property
-    def seed_report(self) -> Path:
-        return self.reports / "seeds.json"
+    prepared = Place("root", "data", "prepared")
+    teacher = Place("root", "models", "teacher")
+    student = Place("root", "models", "student")
+    pruned = Place("root", "models", "pruned")
+    trimmed = Place("root", "models", "trimmed")
+    onnx_fp32 = Place("root", "models", "onnx_fp32")
+    teacher_onnx_fp32 = Place("root", "models", "teacher_onnx_fp32")
+    final = Place("root", "models", "final")
+    baseline_teacher_int8 = Place("root", "models", "baseline_teacher_int8")
+    seeds = Place("root", "models", "seeds")  # models/seeds/<seed>/final: re-trained with each of `seeds.extra`
+    seed_report = Place("reports", "seeds.json")
 
 
 # ------------------------------------------------------------------ the stages
@@ -106,35 +74,21 @@ def finetune(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageR
     return component.run(p.teacher, ws.prepared, ws.teacher, tracker, seed=p.seed, dist=p.distributed)
 
 
+def training(p: Params, ws: ClassificationWorkspace) -> dict:
+    """What the student's training stages take besides their own section and folders."""
+    return {"seed": p.seed, "dist": p.distributed, "soft_cache": soft_cache(ws)}
+
+
 def distill(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
     from components.classification import distill as component
 
-    return component.run(
-        p.distill,
-        ws.teacher,
-        ws.prepared,
-        ws.student,
-        tracker,
-        seed=p.seed,
-        dist=p.distributed,
-        soft_cache=soft_cache(ws),
-    )
+    return component.run(p.distill, ws.teacher, ws.prepared, ws.student, tracker, **training(p, ws))
 
 
 def prune(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
     from components.classification import prune as component
 
-    return component.run(
-        p.prune,
-        ws.student,
-        ws.teacher,
-        ws.prepared,
-        ws.pruned,
-        tracker,
-        seed=p.seed,
-        dist=p.distributed,
-        soft_cache=soft_cache(ws),
-    )
+    return component.run(p.prune, ws.student, ws.teacher, ws.prepared, ws.pruned, tracker, **training(p, ws))
 
 
 def trim(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
@@ -147,14 +101,10 @@ def export(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageRes
     """The compressed model, and the teacher as the quantize-only baseline's starting point."""
     from components.classification import export as component
 
-    final = component.run(p.export, ws.trimmed, ws.prepared, ws.onnx_fp32, tracker, max_length=p.teacher.max_length)
+    teacher_tracker, max_length = PrefixedTracker(tracker, "teacher."), p.teacher.max_length
+    final = component.run(p.export, ws.trimmed, ws.prepared, ws.onnx_fp32, tracker, max_length=max_length)
     baseline = component.run(
-        p.export,
-        ws.teacher,
-        ws.prepared,
-        ws.teacher_onnx_fp32,
-        PrefixedTracker(tracker, "teacher."),
-        max_length=p.teacher.max_length,
+        p.export, ws.teacher, ws.prepared, ws.teacher_onnx_fp32, teacher_tracker, max_length=max_length
     )
     return merge(final, baseline, "teacher.")
 
@@ -162,18 +112,14 @@ def export(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageRes
 def quantize(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
     from components.classification import quantize as component
 
-    final = component.run(p.quantize, ws.onnx_fp32, ws.prepared, ws.final, tracker, max_length=p.teacher.max_length)
+    teacher_tracker, max_length = PrefixedTracker(tracker, "teacher."), p.teacher.max_length
+    final = component.run(p.quantize, ws.onnx_fp32, ws.prepared, ws.final, tracker, max_length=max_length)
     # The baseline is what quantizing alone gives: Optimum's plain dynamic int8 of the teacher.
     plain = p.quantize.model_copy(
         update={"candidates": ["int8"], "per_channel": [False], "max_drop_vs_fp32_points": 100.0}
     )
     baseline = component.run(
-        plain,
-        ws.teacher_onnx_fp32,
-        ws.prepared,
-        ws.baseline_teacher_int8,
-        PrefixedTracker(tracker, "teacher."),
-        max_length=p.teacher.max_length,
+        plain, ws.teacher_onnx_fp32, ws.prepared, ws.baseline_teacher_int8, teacher_tracker, max_length=max_length
     )
     return merge(final, baseline, "teacher.")
 
@@ -432,25 +378,10 @@ STAGES: dict[str, Stage] = {
 # ------------------------------------------------------------------ what else differs from another task
 
 
-def decide(ratios: dict, p: Params) -> gate.GateDecision:
-    return gate.decide(ratios, p.register_.gate)
-
-
-def against_champion(candidate: dict, champion: dict, p: Params) -> gate.GateDecision:
-    return gate.compare_to_champion(candidate, champion, p.register_.gate)
-
-
 def remeasure(model: Path, prepared: Path, split: str, p: Params) -> float | None:
     from components.classification.evaluate import split_accuracy
 
     return split_accuracy(model, prepared, split, p.evaluate.threads, p.teacher.max_length)
-
-
-def data_sha256(prepared: Path) -> str | None:
-    card = prepared / "data_card.json"
-    if not card.is_file():
-        return None
-    return json.loads(card.read_text()).get("sha256") or None
 
 
 def bundle_metrics(final: dict) -> dict:
@@ -488,7 +419,7 @@ def warm_start(p: Params, ws: ClassificationWorkspace, out: Path) -> dict[str, s
     return {
         "incremental.kind": "full run",
         "incremental.batch": name,
-        "incremental.batches": json.dumps([{"name": name, "sha256": data_sha256(ws.prepared)}]),
+        "incremental.batches": json.dumps([{"name": name, "sha256": prepared_sha256(ws.prepared)}]),
     }
 
 
@@ -521,11 +452,13 @@ TASK = Task(
     bundle_kind=KIND,
     dvc_prefix="",
     dvc_note=(),
-    quality="accuracy",
-    gate=decide,
-    champion_gate=against_champion,
-    remeasure=remeasure,
-    data_sha256=data_sha256,
+    judging=Judging(
+        quality="accuracy",
+        settings=lambda p: p.register_.gate,
+        against_teacher=gate.decide,
+        against_champion=gate.compare_to_champion,
+        remeasure=remeasure,
+    ),
     bundle_metrics=bundle_metrics,
     summary=summary,
     report_files=".json, compression_plot.png",

@@ -19,7 +19,6 @@ from components.causal_lm import edge_generate
 from components.causal_lm.edge_generate import BundleError, Generator, past_shape
 from components.classification import edge_predict
 
-EOS = "<|endoftext|>"
 PROMPTS = ["the film was", "a very dull script and", "music, cast and plot number 7"]
 NEW_TOKENS = 12
 WORDS = (
@@ -40,34 +39,18 @@ def tiny_lm_dir(tmp_path_factory) -> Path:
     from optimum.exporters.onnx import main_export
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from components.causal_lm.data import train_tokenizer
+    from components.causal_lm.train import scratch_model
+    from components.config import LMArchitecture, LMTeacherConfig
 
     root = tmp_path_factory.mktemp("tiny_lm")
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(sentences(200), vocab_size=500, min_frequency=1, special_tokens=[EOS], show_progress=False)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe._tokenizer,
-        bos_token=EOS,
-        eos_token=EOS,
-        pad_token=EOS,
-        padding_side="left",
-        model_input_names=["input_ids", "attention_mask"],
-        clean_up_tokenization_spaces=False,
-    )
+    tokenizer = train_tokenizer(sentences(200), vocab_size=500, min_frequency=1)
     torch.manual_seed(0)
-    eos = tokenizer.eos_token_id
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=64,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        bos_token_id=eos,
-        eos_token_id=eos,
-        pad_token_id=eos,
+    architecture = LMArchitecture(n_layer=2, n_head=4, n_embd=32, n_positions=64)
+    scratch_model(LMTeacherConfig(architecture=architecture), tokenizer).save_pretrained(
+        root / "hf", safe_serialization=True
     )
-    GPT2LMHeadModel(config).save_pretrained(root / "hf", safe_serialization=True)
     tokenizer.save_pretrained(root / "hf")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)  # ONNX tools may write temporary files to the working directory

@@ -113,7 +113,7 @@ def test_distill_trains_the_student_and_the_ablation(lm_student):
 
 def test_prune_removes_heads_physically_and_reloads(lm_teacher, lm_student, lm_prepared, tmp_path):
     teacher_dir, _ = lm_teacher
-    cfg = LMPruneConfig(head_ratio=0.5, epochs=1, importance_batches=2)
+    cfg = LMPruneConfig(head_ratio=0.5, ffn_ratio=0.0, epochs=1, importance_batches=2)
     distill_cfg = LMDistillConfig(layers=[1], batch_size=16, lr=1e-3)
     # A 2-block student: 8 heads, 4 removed, never the last head of a block.
     student_dir = tmp_path / "two_block_student"
@@ -150,7 +150,7 @@ def test_prune_removes_heads_physically_and_reloads(lm_teacher, lm_student, lm_p
 
 
 def test_prune_keeps_a_head_in_every_layer(lm_student, lm_teacher, lm_prepared, tmp_path):
-    cfg = LMPruneConfig(head_ratio=0.9, epochs=0, importance_batches=1)
+    cfg = LMPruneConfig(head_ratio=0.9, ffn_ratio=0.0, epochs=0, importance_batches=1)
     result = train.prune(
         cfg,
         lm_student[0],
@@ -167,7 +167,7 @@ def test_prune_keeps_a_head_in_every_layer(lm_student, lm_teacher, lm_prepared, 
 
 
 def test_prune_can_remove_mlp_neurons_in_every_block(lm_student, lm_teacher, lm_prepared, tmp_path):
-    cfg = LMPruneConfig(head_ratio=0.0, epochs=0, importance_batches=1)
+    cfg = LMPruneConfig(head_ratio=0.0, ffn_ratio=0.5, epochs=0, importance_batches=1)
     result = train.prune(
         cfg,
         lm_student[0],
@@ -178,7 +178,6 @@ def test_prune_can_remove_mlp_neurons_in_every_block(lm_student, lm_teacher, lm_
         seed=0,
         max_length=MAX_LENGTH,
         distill_cfg=LMDistillConfig(layers=[1], batch_size=16),
-        ffn_ratio=0.5,
     )
     assert result.metrics["heads_after"] == result.metrics["heads_before"] == 4
     pruned, info = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned", output_loading_info=True)
