@@ -56,6 +56,7 @@ FORMATS = {
 }
 # What the `text` and `label` cells of a user's file may hold (plus nulls, which validate reports).
 ALLOWED_KINDS = {"text": ("str",), "label": ("str", "int")}
+MIN_SENTENCE_CHARS = 2  # of an archive sentence, after stripping (read_vader_ratings)
 
 
 class DataError(ValueError):
@@ -205,7 +206,9 @@ def fetch_vader_archive(cache_dir: Path, indexes: tuple[str, ...] | None = None)
 
 
 def read_vader_ratings(archive: Path, member: str) -> pd.DataFrame:
-    """Rows of `hutto_ICWSM_2014/<member>_GroundTruth.txt`: id, mean rating, sentence."""
+    """Rows of `hutto_ICWSM_2014/<member>_GroundTruth.txt`: mean rating, sentence. A "sentence" of fewer than
+    MIN_SENTENCE_CHARS characters is left out: the product reviews hold three that are a lone "!", which the
+    validate stage (`validate.min_chars`, 2) would refuse in any batch built from them."""
     with tarfile.open(archive) as outer:
         inner_name = f"vaderSentiment-{VADER_VERSION}/additional_resources/hutto_ICWSM_2014.tar.gz"
         inner_bytes = outer.extractfile(inner_name).read()
@@ -217,9 +220,11 @@ def read_vader_ratings(archive: Path, member: str) -> pd.DataFrame:
         parts = line.split("\t", 2)
         if len(parts) == 3:
             try:
-                rows.append((float(parts[1]), parts[2].strip()))
+                rating, text = float(parts[1]), parts[2].strip()
             except ValueError:
                 continue
+            if len(text) >= MIN_SENTENCE_CHARS:
+                rows.append((rating, text))
     return pd.DataFrame(rows, columns=["rating", "text"])
 
 
@@ -367,17 +372,18 @@ def value_kind(value) -> str:
 
 
 def check_column_types(frame: pd.DataFrame, where: str, columns: tuple[str, ...] = ("text", "label")) -> None:
-    """Texts must be strings and labels strings or integers: anything else would be turned into a string
-    ("0.5", "['a', 'b']", "42") and pass for data."""
+    """Texts must be strings and labels (every column but `text`) strings or integers: anything else would be
+    turned into a string ("0.5", "['a', 'b']", "42") and pass for data."""
     for column in columns:
         if column not in frame.columns:
             continue  # the validate stage reports a missing column with the others
+        allowed = ALLOWED_KINDS["text" if column == "text" else "label"]
         kinds = frame[column].map(value_kind).to_numpy()
-        bad = np.flatnonzero(~np.isin(kinds, ALLOWED_KINDS[column] + ("missing",)))
+        bad = np.flatnonzero(~np.isin(kinds, allowed + ("missing",)))
         if len(bad):
             first = bad[0]
             raise DataError(
-                f"{where}: column {column!r} must hold {' or '.join(ALLOWED_KINDS[column])} values, "
+                f"{where}: column {column!r} must hold {' or '.join(allowed)} values, "
                 f"but {len(bad)} of {len(frame)} rows hold {'/'.join(sorted(set(kinds[bad])))} "
                 f"(row {first}: {str(frame[column].iloc[first])[:60]})"
             )

@@ -129,3 +129,10 @@ def test_index_settings_follow_pip_precedence():
     overridden = ":env:.extra-index-url=''\n:env:.index-url='http://local/simple'\n" + listed
     assert data.index_settings(overridden).urls == ("http://local/simple",)
     assert data.index_settings("").urls == (data.DEFAULT_INDEX,)
+
+
+def test_a_lone_punctuation_mark_is_not_read_as_a_sentence(tmp_path):
+    ratings = {"movieReviewSnippets": MOVIE, "tweets": "", "nytEditorialSnippets": "", "amazonReviewSnippets": ""}
+    ratings["amazonReviewSnippets"] = "1\t0.6\t!\n2\t1.0\tok\n3\t-1.0\t  ?  \n"
+    archive = fake_sdist(tmp_path / data.VADER_ARCHIVE, tmp_path / "marker", ratings)
+    assert data.read_vader_ratings(archive, "amazonReviewSnippets")["text"].tolist() == ["ok"]
