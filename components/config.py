@@ -296,6 +296,47 @@ class IncrementalConfig(_Section):
     min_new_batch_accuracy: Share = 0.7
 
 
+class TaskColumn(_Section):
+    """One task of a multitask model: the data column holding its labels, and its label set."""
+
+    column: str
+    labels: list[str] | None = None  # None reads the set from the data (sorted)
+
+
+# The offline default (data.source "vader-all"): three tasks over every rated sentence of the vaderSentiment
+# archive (components/multitask/ingest.py says how each label is derived from the ratings).
+VADER_TASKS = {
+    "sentiment": TaskColumn(column="sentiment", labels=["negative", "positive"]),
+    "subjectivity": TaskColumn(column="subjectivity", labels=["neutral", "opinionated"]),
+    "source": TaskColumn(column="source", labels=["editorial", "movie", "product", "tweet"]),
+}
+
+
+class MultitaskConfig(_Section):
+    """The tasks of one shared student (`components.kit.heads`): their columns and label sets, and how the
+    training stages weigh them."""
+
+    tasks: dict[str, TaskColumn] = Field(default_factory=lambda: dict(VADER_TASKS))
+    # Loss weight of each task (1 when absent): sum over tasks of weight x that task's loss.
+    weights: dict[str, Positive] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _tasks_are_named_well(self) -> MultitaskConfig:
+        if len(self.tasks) < 2:
+            raise ValueError(f"multitask.tasks needs at least two tasks, got {list(self.tasks)}")
+        bad = [name for name in self.tasks if not name.isidentifier()]
+        if bad:
+            # A task's name becomes an ONNX output (logits_<task>) and a metric key.
+            raise ValueError(f"multitask.tasks: {', '.join(map(repr, bad))} must be names (letters, digits, _)")
+        columns = [t.column for t in self.tasks.values()]
+        if "text" in columns or len(set(columns)) != len(columns):
+            raise ValueError(f"multitask.tasks: each task needs its own label column other than text, got {columns}")
+        unknown = sorted(set(self.weights) - set(self.tasks))
+        if unknown:
+            raise ValueError(f"multitask.weights names {', '.join(unknown)}, not in multitask.tasks")
+        return self
+
+
 class LMDataConfig(_Section):
     # "vader-all": every sentence of the vaderSentiment archive's four sources, ratings ignored. Anything
     # else is a .txt (one sentence per line), .jsonl or .parquet file with a `text` column.

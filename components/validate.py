@@ -7,6 +7,10 @@ train overlap) and one on a small per-class summary (class share), and always wr
 example rows. It returns a `StageResult` when every check passes and raises `ValidationFailed` (after
 writing and logging the report) when any fails.
 
+A multitask split (its data card names `tasks`, each with a label column and its labels) has no `label`
+column: the label checks (label set, distinct labels, class share) run once per task, on the rows that have
+a label for it, and every row must have a label for at least one task (`has_a_label`).
+
 Checks that need a missing column are skipped with a reason instead of crashing; the schema failure
 that caused the skip is reported first. Great Expectations is imported inside the functions that use
 it (about 6 s), so importing this module does nothing.
@@ -31,6 +35,7 @@ CHECKS = (
     "text_is_string",
     "not_null",
     "text_length",
+    "has_a_label",
     "label_in_set",
     "distinct_labels",
     "class_share",
@@ -328,6 +333,7 @@ def describe_failure(split: str, item, frame: pd.DataFrame, source_columns: list
 DETAILS = {
     "schema": "column is missing",
     "not_empty": "the split has no rows",
+    "has_a_label": "{count} row(s) without a label for any task",
     "label_in_set": "{count} row(s) with a label outside the expected set {failure[expected]}",
     "train_overlap": "{count} row(s) whose text (case-folded) is also in train",
     "not_null": "{count} null value(s)",
@@ -425,10 +431,69 @@ def read_prepared(prepared: Path) -> tuple[dict[str, pd.DataFrame], dict]:
     return frames, card
 
 
+def task_checks(context, batch, split: str, source: pd.DataFrame, tasks: dict, cfg: ValidateConfig):
+    """The label checks of each task on the rows of a split that have its label, and `has_a_label` on all rows:
+    (failures, skipped, GX results, checks run). `tasks` is {task: {"column": ..., "labels": [...]}}."""
+    import great_expectations as gx
+
+    failures, skipped, results, total = [], [], {}, 0
+    columns = [t["column"] for t in tasks.values()]
+    present = [c for c in columns if c in source.columns]
+    counts = pd.DataFrame({"text": source.get("text"), "labels_present": source[present].notna().sum(axis=1)})
+    check = gx.expectations.ExpectColumnValuesToBeBetween(column="labels_present", min_value=1)
+    outcome = run_suite(
+        context,
+        batch,
+        f"{split}_has_a_label",
+        counts,
+        [with_meta("has_a_label", ", ".join(columns), check)],
+        cfg.examples,
+    )
+    results["has_a_label"], total = described(outcome), total + len(outcome.results)
+    failures += [
+        describe_failure(split, item, counts, list(source.columns), cfg) for item in outcome.results if not item.success
+    ]
+    for name, task in tasks.items():
+        column, labels = task["column"], list(task["labels"])
+        if column not in source.columns:
+            skipped.append(
+                {
+                    "split": split,
+                    "check": "label checks",
+                    "column": column,
+                    "reason": f"task {name}: column {column!r} is missing",
+                }
+            )
+            continue
+        rows = source[source[column].notna()]
+        frame = pd.DataFrame({"text": rows.get("text"), "label": rows[column]})
+        planned, _ = plan_checks(split, {"text", "label"}, len(frame), cfg, labels, set(), False)
+        wanted = [(c, factory) for c, col, factory in planned if col == "label" and c not in ("schema", "not_null")]
+        expectations = [with_meta(c, column, factory()) for c, factory in wanted]
+        outcome = run_suite(context, batch, f"{split}_{name}_rows", frame, expectations, cfg.examples)
+        shares = class_share_frame(frame["label"], labels)
+        share_outcome = run_suite(
+            context, batch, f"{split}_{name}_class_share", shares, [class_share_check(cfg)], cfg.examples
+        )
+        results[name] = {"rows": described(outcome), "class_share": described(share_outcome)}
+        total += len(outcome.results) + len(share_outcome.results)
+        for item, on in [*((i, frame) for i in outcome.results), *((i, shares) for i in share_outcome.results)]:
+            if not item.success:
+                failure = describe_failure(split, item, on, list(source.columns), cfg)
+                failure["column"] = column
+                failures.append(failure)
+    return failures, skipped, results, total
+
+
 def validate_splits(
-    cfg: ValidateConfig, frames: dict[str, pd.DataFrame], labels: list[str], text_only: bool = False
+    cfg: ValidateConfig,
+    frames: dict[str, pd.DataFrame],
+    labels: list[str],
+    text_only: bool = False,
+    tasks: dict | None = None,
 ) -> dict:
-    """Run every check on every split; returns the report (success, counts, failures, skipped, GX results)."""
+    """Run every check on every split; returns the report (success, counts, failures, skipped, GX results).
+    With `tasks` (a multitask split) the label checks are `task_checks`'."""
     context, batch = open_context()
     train = frames["train"]
     train_columns = set(train.columns)
@@ -437,7 +502,9 @@ def validate_splits(
     for split, source in frames.items():
         columns = set(source.columns)
         frame = rows_frame(source, None if split == "train" else train_keys)
-        planned, split_skipped = plan_checks(split, columns, len(frame), cfg, labels, train_columns, text_only)
+        planned, split_skipped = plan_checks(
+            split, columns, len(frame), cfg, labels, train_columns, text_only or tasks is not None
+        )
         skipped += split_skipped
         expectations = [with_meta(check, column, factory()) for check, column, factory in planned]
         outcome = run_suite(context, batch, f"{split}_rows", frame, expectations, cfg.examples)
@@ -449,6 +516,12 @@ def validate_splits(
             if not item.success
         ]
 
+        if tasks is not None:
+            task_failures, task_skipped, gx_results[split]["tasks"], task_total = task_checks(
+                context, batch, split, source, tasks, cfg
+            )
+            failures, skipped, total = failures + task_failures, skipped + task_skipped, total + task_total
+            continue
         if text_only:
             continue
         if "label" not in columns or not labels:
@@ -488,8 +561,9 @@ def run(
 ) -> StageResult:
     """Validate the prepared splits; `text_only` for an unlabelled language-modelling corpus."""
     frames, card = read_prepared(Path(prepared))
-    labels = [] if text_only else resolve_labels(expected_labels, card, frames["train"])
-    report = validate_splits(cfg, frames, labels, text_only)
+    tasks = card.get("tasks")  # a multitask split: each task's column and labels
+    labels = [] if text_only or tasks else resolve_labels(expected_labels, card, frames["train"])
+    report = validate_splits(cfg, frames, labels, text_only, tasks)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

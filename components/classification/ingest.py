@@ -17,7 +17,8 @@ the format must match the extension, a CSV row with more or fewer fields than th
 JSONL line or Parquet footer, an empty file, texts that are not strings, labels that are not strings or
 integers, and more exact duplicates than `max_duplicate_share` each raise `DataError` naming the file and
 the problem (the CLI exits 2), before anything is written. The archive fetch and these strict readers are
-`components.kit.data`, shared with the causal-lm task's ingest stage.
+`components.kit.data`, shared with the causal-lm task's ingest stage; de-duplication and splitting are
+`components.kit.splits`, shared with the multitask ingest.
 
 Texts are de-duplicated in the form the validate stage compares them (`components.kit.text.text_key`:
 case-folded, whitespace collapsed), so no text lands in two splits. A text that carries more than one label
@@ -40,12 +41,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.config import SPLITS, DataConfig
+from components.config import DataConfig
 from components.kit.data import (
     VADER_MEMBERS,
     VADER_SHA256,
     VADER_VERSION,
-    DataError,
     check_column_types,
     fetch_vader_archive,
     read_table,
@@ -53,6 +53,14 @@ from components.kit.data import (
     workspace_path,
 )
 from components.kit.hashing import file_sha256
+from components.kit.splits import (
+    check_duplicate_share,
+    deduplicate,
+    given_splits,
+    normalize_columns,
+    read_hub_dataset,
+    stratified_split,
+)
 from components.kit.text import text_key
 from components.kit.tracking import StageResult, Tracker
 
@@ -66,21 +74,6 @@ def label_ratings(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
     label = np.where(frame["rating"] >= threshold, "positive", np.where(frame["rating"] <= -threshold, "negative", ""))
     out = pd.DataFrame({"text": frame["text"], "label": label})
     return out[out["label"] != ""].reset_index(drop=True)
-
-
-def read_hub_dataset(dataset_id: str) -> pd.DataFrame:
-    try:
-        import datasets  # optional, only for hub ids
-    except ImportError:
-        raise DataError(
-            f"{dataset_id!r} is neither a file nor a built-in source; "
-            "hub datasets need `pip install datasets` and a connection"
-        ) from None
-    try:
-        loaded = datasets.load_dataset(dataset_id)
-    except Exception as err:  # noqa: BLE001 - the hub raises many kinds; the message matters
-        raise DataError(f"could not load hub dataset {dataset_id!r}: {err}") from None
-    return pd.concat([split.to_pandas() for split in loaded.values()], ignore_index=True)
 
 
 def load_source(cfg: DataConfig, cache_dir: Path, root: Path = Path(".")) -> tuple[pd.DataFrame, str, str]:
@@ -115,109 +108,6 @@ def transfer_set(archive: Path, threshold: float, exclude: set[str], source: str
     keys = texts.map(text_key)
     keep = ~keys.isin(exclude) & ~keys.duplicated() & (texts.str.strip() != "")
     return pd.DataFrame({"text": texts[keep].reset_index(drop=True)})
-
-
-def normalize_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    """Keep `text` and `label` as strings when present; validation reports what is missing."""
-    frame = frame.copy()
-    for column in ("text", "label"):
-        if column in frame.columns:
-            frame[column] = frame[column].map(
-                lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
-            )
-    return frame
-
-
-def conflicting_label_rows(keys: pd.Series, labels: pd.Series) -> pd.Series:
-    """True for every row whose text (by key) carries more than one label in the data; missing labels are
-    not counted as a label (the validate stage reports them)."""
-    pairs = pd.DataFrame({"key": keys, "label": labels}).dropna()
-    per_key = pairs.groupby("key")["label"].nunique()
-    return keys.isin(per_key.index[per_key > 1])
-
-
-def deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The rows to split, and how many were dropped and why.
-
-    Texts are compared by `text_key`, as the validate stage compares them, so no text lands in two splits.
-    A text with conflicting labels is dropped in every copy: which label is right is unknown, and any copy
-    kept would put it in some split. Of the rest the first row of each text is kept; a dropped row is
-    `exact` when an earlier row has the very same text, `normalised` when it differs in case or spacing.
-    Empty and whitespace-only texts are only dropped as exact copies: the validate stage refuses them and
-    should count them all.
-    """
-    if "text" not in frame.columns:  # nothing to compare by; the validate stage reports the schema
-        deduped = frame.drop_duplicates().reset_index(drop=True)
-        return deduped, {"exact": len(frame) - len(deduped), "normalised": 0, "conflicting_labels": 0}
-    keys = frame["text"].map(text_key)
-    keys = keys.mask(keys == "")  # empty texts compare as missing: not de-duplicated, see above
-    conflicting = (
-        conflicting_label_rows(keys, frame["label"])
-        if "label" in frame.columns
-        else pd.Series(False, index=frame.index)
-    )
-    exact = frame["text"].duplicated() & ~conflicting
-    normalised = keys.duplicated() & keys.notna() & ~exact & ~conflicting
-    keep = ~(conflicting | exact | normalised)
-    counts = {
-        "exact": int(exact.sum()),
-        "normalised": int(normalised.sum()),
-        "conflicting_labels": int(conflicting.sum()),
-    }
-    return frame[keep].reset_index(drop=True), counts
-
-
-def check_duplicate_share(frame: pd.DataFrame, source: str, max_share: float) -> None:
-    """A few repeated rows are dropped quietly; many exact repeats mean a broken export (rows appended twice,
-    a join that fanned out), which training on the rest would hide. Texts that differ only in case or
-    spacing are ordinary data and do not count. `frame` is the data before de-duplication."""
-    dropped = int(frame.duplicated(subset=["text"] if "text" in frame.columns else None).sum())
-    share = dropped / len(frame) if len(frame) else 0.0
-    if share > max_share and "text" in frame.columns:
-        text, count = next(iter(frame["text"].value_counts().items()))
-        raise DataError(
-            f"data source {source}: {dropped} of {len(frame)} rows ({share:.0%}) repeat an earlier "
-            f"row's text, more than data.max_duplicate_share {max_share:.0%}; most repeated: "
-            f"{str(text)[:60]!r} x{count}"
-        )
-
-
-def stratified_split(
-    frame: pd.DataFrame, shares: tuple[float, float, float], seed: int, max_rows: int | None = None
-) -> dict[str, pd.DataFrame]:
-    """Deterministic split by seed, stratified on `label` when every class has enough rows."""
-    rng = np.random.default_rng(seed)
-    groups = (
-        [idx for _, idx in frame.groupby("label", sort=True).indices.items()]
-        if "label" in frame.columns and frame["label"].notna().all()
-        else [np.arange(len(frame))]
-    )
-    if max_rows is not None and max_rows < len(frame):
-        keep = max_rows / len(frame)
-        groups = [rng.permutation(g)[: max(3, round(len(g) * keep))] for g in groups]
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}
-    for group in groups:
-        order = rng.permutation(group)
-        n_train = round(len(order) * shares[0])
-        n_val = round(len(order) * shares[1])
-        parts["train"].append(order[:n_train])
-        parts["validation"].append(order[n_train : n_train + n_val])
-        parts["test"].append(order[n_train + n_val :])
-    return {name: frame.iloc[np.sort(np.concatenate(idx))].reset_index(drop=True) for name, idx in parts.items()}
-
-
-def given_splits(frame: pd.DataFrame, source: str) -> dict[str, pd.DataFrame]:
-    """The splits a `split` column assigns (train, validation or test on every row), for data whose split is
-    fixed elsewhere: e.g. the union of batches an incremental update saw, so a model trained on it from
-    scratch is tested on the very sentences the updates were tested on."""
-    values = frame["split"].astype(str)
-    bad = sorted(set(values) - set(SPLITS))
-    if bad:
-        raise DataError(
-            f"data source {source}: column split holds {', '.join(map(repr, bad[:5]))}; allowed: {', '.join(SPLITS)}"
-        )
-    rows = frame.drop(columns=["split"])
-    return {name: rows[values == name].reset_index(drop=True) for name in SPLITS}
 
 
 def describe(

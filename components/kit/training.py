@@ -44,6 +44,19 @@ class Distillation:
     row_alpha: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class Objective:
+    """What a run minimises and early-stops on. The default: one label per row, `kd_loss` and accuracy. A
+    multitask model has one label per task and row (`components.kit.heads.Heads.objective`)."""
+
+    # (student logits, teacher logits or None, labels, alpha (a float or one per row), temperature) -> loss
+    loss: Callable[..., torch.Tensor] = kd_loss
+    score: Callable[[np.ndarray, np.ndarray], float] = accuracy  # (logits, labels): higher is better
+
+
+SINGLE_LABEL = Objective()
+
+
 @dataclass
 class TrainOutcome:
     best_epoch: int
@@ -164,11 +177,17 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def classifier_loss(
-    model: nn.Module, raw: nn.Module, train_set: Encoded, pad_id: int, kd: Distillation | None, dp: DataParallel
+    model: nn.Module,
+    raw: nn.Module,
+    train_set: Encoded,
+    pad_id: int,
+    kd: Distillation | None,
+    dp: DataParallel,
+    objective: Objective = SINGLE_LABEL,
 ) -> Callable[[np.ndarray], torch.Tensor]:
-    """The loss of a micro-batch of training rows: `kd_loss` against the labels and, with `kd`, the teacher's
-    logits, plus the feature-transfer term when `kd.features` is set. `model` is the prepared (possibly
-    wrapped) model, `raw` the model itself."""
+    """The loss of a micro-batch of training rows: the objective's loss (`kd_loss`) against the labels and,
+    with `kd`, the teacher's logits, plus the feature-transfer term when `kd.features` is set. `model` is the
+    prepared (possibly wrapped) model, `raw` the model itself."""
     features = kd is not None and kd.features is not None
     labels_all = torch.as_tensor(train_set.labels, dtype=torch.long).to(dp.device)
     teacher_all = torch.as_tensor(kd.teacher_logits).to(dp.device) if kd else None
@@ -180,7 +199,7 @@ def classifier_loss(
         batch = dp.to_device(model_inputs(raw, collate(train_set.input_ids, rows, pad_id)))
         out = model(**batch, output_hidden_states=features, output_attentions=features)
         index_t = torch.as_tensor(rows, device=dp.device)
-        loss = kd_loss(
+        loss = objective.loss(
             out.logits,
             teacher_all[index_t] if kd else None,
             labels_all[index_t],
@@ -203,6 +222,7 @@ def train(
     kd: Distillation | None = None,
     desc: str = "train",
     dist: DistributedConfig | None = None,
+    objective: Objective = SINGLE_LABEL,
 ) -> TrainOutcome:
     torch.manual_seed(seed)
     dp = DataParallel(dist or DistributedConfig())
@@ -216,7 +236,7 @@ def train(
         groups.append({"params": list(kd.features.parameters()), "weight_decay": 0.0})
     raw = model
     model, optimizer = dp.prepare(model, torch.optim.AdamW(groups, lr=cfg.lr))
-    part_loss = classifier_loss(model, raw, train_set, pad_id, kd, dp)
+    part_loss = classifier_loss(model, raw, train_set, pad_id, kd, dp, objective)
     before_clip = (lambda: dp.average_gradients(kd.features.parameters())) if features else None
 
     best = BestEpoch(-1.0, operator.gt)
@@ -239,7 +259,7 @@ def train(
         )
         # Every process holds the same weights and scores the whole validation split; rank 0's figure decides,
         # so early stopping and the best epoch cannot differ between processes.
-        val_acc = same_on_every_rank(accuracy(predict_logits(raw, val_set, pad_id), val_set.labels))
+        val_acc = same_on_every_rank(objective.score(predict_logits(raw, val_set, pad_id), val_set.labels))
         record = {
             "train_loss": train_loss,
             "val_accuracy": val_acc,

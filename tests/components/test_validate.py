@@ -242,3 +242,51 @@ def test_a_text_only_corpus_is_checked_without_label_checks(tmp_path):
     pd.DataFrame({"text": texts[:9] + [texts[0]]}).to_parquet(tmp_path / "test.parquet")  # a train text in test
     with pytest.raises(ValidationFailed, match="train_overlap"):
         run(ValidateConfig(), tmp_path, tmp_path / "out", NullTracker(), text_only=True)
+
+
+# --- a multitask split: label checks per task, on the rows that have its label ----------------------------
+
+TASKS = {
+    "sentiment": {"column": "sentiment", "labels": ["negative", "positive"]},
+    "source": {"column": "source", "labels": ["movie", "tweet"]},
+}
+
+
+def multitask_frames(rows: int = 24, offset: int = 0) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "text": [f"multitask sentence {offset + i}" for i in range(rows)],
+            "sentiment": [None if i % 3 == 0 else ("positive" if i % 2 else "negative") for i in range(rows)],
+            "source": ["movie" if i % 2 else "tweet" for i in range(rows)],
+        }
+    )
+
+
+def write_multitask(tmp_path, frames: dict[str, pd.DataFrame]):
+    prepared = write_prepared(tmp_path / "prepared", frames)
+    card = json.loads((prepared / "data_card.json").read_text())
+    (prepared / "data_card.json").write_text(json.dumps(card | {"labels": [], "tasks": TASKS}))
+    return prepared
+
+
+def test_multitask_splits_check_each_task_on_its_labelled_rows(tmp_path):
+    frames = {"train": multitask_frames(48), "validation": multitask_frames(16, 100), "test": multitask_frames(16, 200)}
+    result = validate.run(ValidateConfig(), write_multitask(tmp_path, frames), tmp_path / "out", RecordingTracker())
+    report = json.loads(result.outputs["report"].read_text())
+    assert report["success"] and not report["skipped"]  # missing sentiment labels are not null failures
+    assert set(report["gx"]["train"]["tasks"]) == {"has_a_label", "sentiment", "source"}
+
+    bad = dict(frames)
+    bad["train"] = frames["train"].copy()
+    bad["train"].loc[3, "source"] = "editorial"  # outside the declared set
+    bad["train"].loc[[0, 6], ["sentiment", "source"]] = None  # rows with no label at all
+    with pytest.raises(validate.ValidationFailed) as caught:
+        validate.run(ValidateConfig(), write_multitask(tmp_path, bad), tmp_path / "out", RecordingTracker())
+    failed = {(f["check"], f["column"]): f for f in caught.value.failures}
+    assert failed[("has_a_label", "sentiment, source")]["unexpected_count"] == 2
+    assert failed[("label_in_set", "source")]["examples"][0] == {
+        "row": 3,
+        "text": "multitask sentence 3",
+        "label": "editorial",
+    }
+    assert "train: has_a_label on column 'sentiment, source'" in str(caught.value)

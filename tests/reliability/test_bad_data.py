@@ -24,7 +24,7 @@ import pytest
 from components import validate
 from components.causal_lm import data as lm_data
 from components.classification import ingest
-from components.config import DataConfig, ValidateConfig
+from components.config import SPLITS, DataConfig, ValidateConfig
 from components.kit.data import DataError
 from components.kit.tracking import NullTracker
 from components.validate import ValidationFailed
@@ -62,7 +62,7 @@ def ingest_file(root: Path, source: str, **data) -> None:
 
 
 def prepared_rows(root: Path) -> list[tuple[str, str]]:
-    splits = [pd.read_parquet(root / "data" / "prepared" / f"{name}.parquet") for name in ingest.SPLITS]
+    splits = [pd.read_parquet(root / "data" / "prepared" / f"{name}.parquet") for name in SPLITS]
     return sorted(pd.concat(splits).itertuples(index=False, name=None))
 
 

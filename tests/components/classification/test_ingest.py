@@ -5,7 +5,7 @@ import pytest
 
 from components import validate
 from components.classification import ingest
-from components.config import DataConfig
+from components.config import SPLITS, DataConfig
 from components.kit import data
 from components.kit.data import DataError
 from components.kit.hashing import file_sha256
@@ -20,26 +20,6 @@ def test_label_ratings_thresholds_and_drops_neutral():
     out = ingest.label_ratings(frame, 0.5)
     assert out["text"].tolist() == ["a", "b", "e", "f"]
     assert out["label"].tolist() == ["positive", "positive", "negative", "negative"]
-
-
-def test_split_is_deterministic_stratified_and_disjoint():
-    frame = make_frame(100)
-    a = ingest.stratified_split(frame, (0.8, 0.1, 0.1), seed=3)
-    b = ingest.stratified_split(frame, (0.8, 0.1, 0.1), seed=3)
-    c = ingest.stratified_split(frame, (0.8, 0.1, 0.1), seed=4)
-    assert all(a[k].equals(b[k]) for k in a)
-    assert not a["test"].equals(c["test"])
-    assert [len(a[k]) for k in ingest.SPLITS] == [160, 20, 20]
-    assert (a["test"]["label"].value_counts() == 10).all()
-    texts = [set(a[k]["text"]) for k in ingest.SPLITS]
-    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
-
-
-def test_max_rows_caps_while_keeping_balance():
-    parts = ingest.stratified_split(make_frame(100), (0.8, 0.1, 0.1), seed=0, max_rows=50)
-    total = sum(len(p) for p in parts.values())
-    assert total == 50
-    assert parts["train"]["label"].value_counts().nunique() == 1
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
@@ -107,31 +87,6 @@ def test_a_split_column_is_kept_and_a_bad_one_refused(tmp_path):
 # --- de-duplication in the form validation compares ------------------------------------------------
 
 
-def test_deduplicate_counts_exact_normalised_and_conflicting_rows():
-    frame = pd.DataFrame(
-        {
-            "text": [
-                "Great film",
-                "great  FILM",
-                "Great film",
-                "Bad plot",
-                " bad PLOT ",
-                "Fine",
-                None,
-                None,
-                "",
-                " ",
-                " ",
-            ],
-            "label": ["pos", "pos", "pos", "neg", "pos", "pos", "neg", "neg", "pos", "neg", "neg"],
-        }
-    )
-    kept, dropped = ingest.deduplicate(frame)
-    # Empty texts stay (but for exact copies) for the validate stage to count and refuse.
-    assert kept["text"].fillna("<null>").tolist() == ["Great film", "Fine", "<null>", "", " "]
-    assert dropped == {"exact": 3, "normalised": 1, "conflicting_labels": 2}
-
-
 def test_ingest_output_passes_validations_overlap_check(tmp_path):
     variants = pd.concat(
         [
@@ -149,7 +104,7 @@ def test_ingest_output_passes_validations_overlap_check(tmp_path):
     src = tmp_path / "data.csv"
     frame.to_csv(src, index=False)
     ingest.run(DataConfig(source=str(src)), tmp_path / "out", NullTracker(), root=tmp_path)
-    splits = {name: pd.read_parquet(tmp_path / "out" / f"{name}.parquet") for name in ingest.SPLITS}
+    splits = {name: pd.read_parquet(tmp_path / "out" / f"{name}.parquet") for name in SPLITS}
     train_keys = set(splits["train"]["text"].map(validate.text_key))
     for name in ("validation", "test"):
         assert not validate.rows_frame(splits[name], train_keys)["in_train"].any(), name
