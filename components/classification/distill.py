@@ -230,6 +230,6 @@ def run(
         metrics |= ablation_student(cfg, teacher_dir, data, tracker, seed, dist, "labels_only")
         if data.transfer_rows:
             metrics |= ablation_student(cfg, teacher_dir, data, tracker, seed, dist, "kd_train_only")
-    save_model(student, data.tokenizer, data.labels, out_dir, metrics)
+    save_model(student, data.tokenizer, data.labels.names, out_dir, metrics)
     tracker.log_metrics({"test_accuracy": test_acc, "best_val_accuracy": fit["val_accuracy"]})
     return StageResult(metrics=metrics, outputs={"model": out_dir})

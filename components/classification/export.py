@@ -23,6 +23,7 @@ import numpy as np
 
 from components.config import ExportConfig
 from components.kit.files import move_into_place, temp_sibling
+from components.kit.labelling import model_labelling
 from components.kit.latency import load_onnx_session
 from components.kit.modeling import dir_size_bytes, encode_split, predict_logits, require_safetensors
 from components.kit.onnx_models import (
@@ -30,7 +31,6 @@ from components.kit.onnx_models import (
     copy_model_metadata,
     onnx_logits,
     pad_id_of,
-    read_model_labels,
 )
 from components.kit.tracking import StageResult, Tracker
 
@@ -82,7 +82,7 @@ def run(
         main_export(str(model_dir), tmp, task="text-classification", do_validation=False)
         copy_model_metadata(model_dir, tmp, tokenizer)
 
-        test = encode_split(prepared, "test", tokenizer, read_model_labels(model_dir), max_length)
+        test = encode_split(prepared, "test", tokenizer, model_labelling(model_dir, prepared), max_length)
         # Re-applies pruned_heads.
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
         reference = predict_logits(model, test, pad_id_of(tokenizer))

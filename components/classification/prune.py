@@ -243,7 +243,9 @@ def run(
         "train_seconds": seconds,
         "examples": examples,  # training rows processed over every recovery epoch (an update's cost is compared by it)
     }
-    save_model(model, data.tokenizer, data.labels, out_dir, metrics | {"pruned_heads": pruned, "history": history})
+    save_model(
+        model, data.tokenizer, data.labels.names, out_dir, metrics | {"pruned_heads": pruned, "history": history}
+    )
     tracker.log_params({"pruned_heads": str(pruned)})
     tracker.log_metrics(metrics)
     return StageResult(metrics=metrics, outputs={"model": out_dir})

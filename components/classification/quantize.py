@@ -28,6 +28,7 @@ import numpy as np
 
 from components.config import QuantizeConfig
 from components.kit.files import move_into_place, temp_sibling
+from components.kit.labelling import model_labelling
 from components.kit.latency import latency_stats, load_onnx_session, time_calls
 from components.kit.modeling import accuracy, collate, dir_size_bytes, encode_split
 from components.kit.onnx_models import (
@@ -35,7 +36,6 @@ from components.kit.onnx_models import (
     copy_model_metadata,
     onnx_logits,
     pad_id_of,
-    read_model_labels,
 )
 from components.kit.quantization import quantize_into, resolve_preset
 from components.kit.tracking import StageResult, Tracker
@@ -218,7 +218,7 @@ def run(
     )
     tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
     pad_id = pad_id_of(tokenizer)
-    labels = read_model_labels(onnx_dir)
+    labels = model_labelling(onnx_dir, prepared)
     val = encode_split(prepared, "validation", tokenizer, labels, max_length)
 
     tmp = temp_sibling(out_dir)

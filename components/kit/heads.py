@@ -30,13 +30,28 @@ CONFIG_KEY = "task_heads"  # in a model's config.json: {task: [label, ...]} in o
 
 @dataclass(frozen=True)
 class Heads:
-    """The tasks of a multitask model, in output order, each with its labels (the order of its logits)."""
+    """The tasks of a multitask model, in output order, each with its labels (the order of its logits) and
+    the data column holding them (the task's own name unless given)."""
 
     tasks: dict[str, tuple[str, ...]]
+    columns: dict[str, str] | None = None
 
     @classmethod
-    def of(cls, tasks: dict[str, list[str]]) -> Heads:
-        return cls({name: tuple(labels) for name, labels in tasks.items()})
+    def of(cls, tasks: dict[str, list[str]], columns: dict[str, str] | None = None) -> Heads:
+        return cls({name: tuple(labels) for name, labels in tasks.items()}, columns)
+
+    @classmethod
+    def from_card(cls, tasks: dict[str, dict]) -> Heads:
+        """The heads a multitask data card names: {task: {"column": ..., "labels": [...]}}."""
+        return cls.of({n: t["labels"] for n, t in tasks.items()}, {n: t["column"] for n, t in tasks.items()})
+
+    def column(self, task: str) -> str:
+        return (self.columns or {}).get(task, task)
+
+    @property
+    def names(self) -> list[str]:
+        """The model folder's labels.json: the name of each logit, `task:label`."""
+        return [f"{task}:{label}" for task, labels in self.tasks.items() for label in labels]
 
     @classmethod
     def from_config(cls, config) -> Heads:
@@ -47,7 +62,7 @@ class Heads:
         return cls.of(recorded)
 
     @property
-    def names(self) -> list[str]:
+    def task_names(self) -> list[str]:
         return list(self.tasks)
 
     @property
@@ -65,7 +80,7 @@ class Heads:
 
     def config_fields(self) -> dict:
         """What a model's config records: the heads, and every logit named `task:label`."""
-        names = [f"{task}:{label}" for task, labels in self.tasks.items() for label in labels]
+        names = self.names
         return {
             CONFIG_KEY: {task: list(labels) for task, labels in self.tasks.items()},
             "num_labels": self.width,
@@ -131,14 +146,23 @@ class Heads:
 
         return Objective(loss=loss, score=self.mean_accuracy)
 
-    def encode(self, tokenizer, frame, columns: dict[str, str], max_length: int) -> Encoded:
-        """A multitask split tokenized: labels (rows, tasks), MISSING where a row has no label for a task;
-        `columns` is {task: its column in `frame`}."""
+    def encode(self, tokenizer, frame, max_length: int) -> Encoded:
+        """A multitask split tokenized: labels (rows, tasks), MISSING where a row has no label for a task (or
+        for every task where the frame has no task columns: an unlabelled set)."""
         ids = tokenizer(frame["text"].tolist(), truncation=True, max_length=max_length)["input_ids"]
         labels = np.full((len(ids), len(self.tasks)), MISSING, dtype=np.int64)
         for t, (name, names) in enumerate(self.tasks.items()):
+            column = self.column(name)
+            if column not in frame.columns:
+                continue
             index = {label: i for i, label in enumerate(names)}
-            labels[:, t] = [
-                MISSING if value is None or value != value else index[value] for value in frame[columns[name]]
-            ]
+            labels[:, t] = [MISSING if value is None or value != value else index[value] for value in frame[column]]
         return Encoded(ids, labels)
+
+    def scores(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """Each task's accuracy (`accuracy.<task>`) and their mean (`accuracy`)."""
+        per_task = self.accuracies(logits, labels)
+        return {"accuracy": self.mean_accuracy(logits, labels)} | {f"accuracy.{k}": v for k, v in per_task.items()}
+
+    def score(self, logits: np.ndarray, labels: np.ndarray) -> float:
+        return self.mean_accuracy(logits, labels)

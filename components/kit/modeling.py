@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,9 @@ from torch import nn
 
 from components.config import SPLITS
 from components.kit.distributed import is_main_process, wait_for_everyone
+
+if TYPE_CHECKING:
+    from components.kit.labelling import Labelling
 
 PACKAGED_MODELS = {
     # hub id -> (python package, function returning the model directory)
@@ -119,25 +123,20 @@ def read_labels(prepared: Path) -> list[str]:
     return json.loads((prepared / "data_card.json").read_text())["labels"]
 
 
-def encode_split(prepared: Path, name: str, tokenizer, labels: list[str], max_length: int) -> Encoded:
-    frame = read_split(prepared, name)
-    return encode(tokenizer, frame["text"].tolist(), frame["label"].tolist(), labels, max_length)
+def encode_split(prepared: Path, name: str, tokenizer, labelling: Labelling, max_length: int) -> Encoded:
+    """One prepared split tokenized, its labels encoded as `labelling` says (`components.kit.labelling`)."""
+    return labelling.encode(tokenizer, read_split(prepared, name), max_length)
 
 
-def load_encoded_splits(prepared: Path, tokenizer, labels: list[str], max_length: int, names=SPLITS):
-    out = {}
-    for name in names:
-        frame = read_split(prepared, name)
-        out[name] = encode(tokenizer, frame["text"].tolist(), frame["label"].tolist(), labels, max_length)
-    return out
+def load_encoded_splits(prepared: Path, tokenizer, labelling: Labelling, max_length: int, names=SPLITS):
+    return {name: encode_split(prepared, name, tokenizer, labelling, max_length) for name in names}
 
 
-def load_transfer(prepared: Path, tokenizer, labels: list[str], max_length: int):
-    """The unlabelled transfer set as an Encoded split (labels UNLABELLED), or None when there is none."""
-    path = prepared / "transfer.parquet"
-    if not path.exists():
+def load_transfer(prepared: Path, tokenizer, labelling: Labelling, max_length: int):
+    """The unlabelled transfer set as an Encoded split (every label UNLABELLED), or None when there is none."""
+    if not (prepared / "transfer.parquet").exists():
         return None
-    return encode(tokenizer, read_split(prepared, "transfer")["text"].tolist(), None, labels, max_length)
+    return encode_split(prepared, "transfer", tokenizer, labelling, max_length)
 
 
 def save_model(model, tokenizer, labels: list[str], out_dir: Path, extra: dict) -> None:

@@ -19,11 +19,12 @@ def measure_final(final_dir: Path, teacher_dir: Path, prepared: Path, max_length
     """Test accuracy of an ONNX final model and its agreement with the teacher's predictions."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from components.kit.modeling import accuracy, encode_split, predict_logits
-    from components.kit.onnx_models import onnx_logits, pad_id_of, read_model_labels
+    from components.kit.labelling import model_labelling
+    from components.kit.modeling import encode_split, predict_logits
+    from components.kit.onnx_models import onnx_logits, pad_id_of
 
     tokenizer = AutoTokenizer.from_pretrained(final_dir)
-    labels = read_model_labels(final_dir)
+    labels = model_labelling(final_dir, prepared)
     test = encode_split(prepared, "test", tokenizer, labels, max_length)
     final = onnx_logits(final_dir, test, pad_id_of(tokenizer))
     teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
@@ -31,7 +32,7 @@ def measure_final(final_dir: Path, teacher_dir: Path, prepared: Path, max_length
     teacher_model = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True)
     teacher = predict_logits(teacher_model, teacher_test, teacher_tokenizer.pad_token_id)
     return {
-        "accuracy": accuracy(final, test.labels),
+        "accuracy": labels.score(final, test.labels),
         "agreement_with_teacher": float((final.argmax(-1) == teacher.argmax(-1)).mean()),
     }
 

@@ -32,7 +32,8 @@ import numpy as np
 from components.config import DistillConfig, DistributedConfig, PruneConfig, section_hash
 from components.kit.distributed import is_main_process, process_state, resolve_device, wait_for_everyone, world_size
 from components.kit.hashing import file_sha256
-from components.kit.modeling import Encoded, concat, load_encoded_splits, load_transfer, predict_logits, read_labels
+from components.kit.labelling import Labelling, labelling_of
+from components.kit.modeling import Encoded, concat, load_encoded_splits, load_transfer, predict_logits
 
 FOLDER = "soft_targets"  # inside the teacher's folder
 # Files of the teacher folder that do not change its outputs (run metrics) or are outputs themselves.
@@ -141,12 +142,12 @@ def load(
 
 @dataclass(frozen=True)
 class StudentData:
-    """What the distill and prune stages train a student on: the tokenizer, the label names, the encoded
+    """What the distill and prune stages train a student on: the tokenizer, the labelling, the encoded
     splits, the training rows (the train split first, then the transfer set when used) and the teacher's
     logits on those rows, in the same order."""
 
     tokenizer: object
-    labels: list[str]
+    labels: Labelling
     splits: dict[str, Encoded]
     train_set: Encoded
     teacher_logits: np.ndarray
@@ -178,7 +179,7 @@ def student_data(
     the teacher's logits on them: stored once by the finetune stage, or computed once into `soft_cache`."""
     from transformers import AutoTokenizer
 
-    labels = read_labels(prepared)
+    labels = labelling_of(prepared)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     splits = load_encoded_splits(prepared, tokenizer, labels, cfg.max_length)
     train_set = splits["train"]

@@ -52,13 +52,14 @@ def test_export_matches_pytorch_and_writes_check(exported):
 def test_exported_folder_reloads_with_its_own_tokenizer(exported, tiny_prepared):
     from transformers import AutoTokenizer
 
+    from components.kit.labelling import SingleLabel
     from components.kit.modeling import encode_split
     from components.kit.onnx_models import onnx_logits, read_model_labels
 
     out, _, _ = exported
     tokenizer = AutoTokenizer.from_pretrained(out)
     labels = read_model_labels(out)
-    data = encode_split(tiny_prepared, "validation", tokenizer, labels, 64)
+    data = encode_split(tiny_prepared, "validation", tokenizer, SingleLabel(tuple(labels)), 64)
     logits = onnx_logits(out, data, tokenizer.pad_token_id, batch_size=5)
     assert logits.shape == (16, 2) and np.isfinite(logits).all()
 

@@ -25,11 +25,12 @@ def test_importance_scores_shapes_and_signal(tiny_teacher_dir, tiny_prepared):
     from transformers import AutoTokenizer
 
     from components.kit import soft_targets
+    from components.kit.labelling import SingleLabel
     from components.kit.modeling import load_encoded_splits
 
     tok = AutoTokenizer.from_pretrained(tiny_teacher_dir)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)
-    data = load_encoded_splits(tiny_prepared, tok, ["negative", "positive"], 32, names=("train",))
+    data = load_encoded_splits(tiny_prepared, tok, SingleLabel(("negative", "positive")), 32, names=("train",))
     logits = soft_targets.load(tiny_teacher_dir, tiny_prepared, "train", data["train"], max_length=32)
     heads, ffn = prune.importance_scores(
         model, data["train"], logits, tok.pad_token_id, batches=2, batch_size=8, alpha=0.5, temperature=2.0, seed=0

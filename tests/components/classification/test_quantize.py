@@ -69,11 +69,12 @@ def test_quantized_model_is_smaller_and_reports_agreement(onnx_dir, tiny_prepare
     # The int8 folder is loaded like the export folder.
     from transformers import AutoTokenizer
 
+    from components.kit.labelling import SingleLabel
     from components.kit.modeling import encode_split
     from components.kit.onnx_models import onnx_logits, read_model_labels
 
     tokenizer = AutoTokenizer.from_pretrained(out)
-    data = encode_split(tiny_prepared, "test", tokenizer, read_model_labels(out), 64)
+    data = encode_split(tiny_prepared, "test", tokenizer, SingleLabel(tuple(read_model_labels(out))), 64)
     assert onnx_logits(out, data, tokenizer.pad_token_id).shape == (16, 2)
 
 

@@ -21,6 +21,7 @@ from transformers import AutoModelForSequenceClassification
 
 from components.config import DistributedConfig, TeacherConfig
 from components.kit import distributed, soft_targets
+from components.kit.labelling import SingleLabel
 from components.kit.modeling import load_encoded_splits
 from components.kit.tracking import NullTracker
 from tests.conftest import make_frame
@@ -221,7 +222,9 @@ def test_soft_targets_are_reused_for_the_same_key_and_recomputed_when_teacher_or
     tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
 
     def train_split(prepared, max_length=32):
-        data = load_encoded_splits(prepared, tokenizer, ["negative", "positive"], max_length, names=("train",))
+        data = load_encoded_splits(
+            prepared, tokenizer, SingleLabel(("negative", "positive")), max_length, names=("train",)
+        )
         return data["train"]
 
     cache = tmp_path / "cache"

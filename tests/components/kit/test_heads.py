@@ -84,7 +84,7 @@ def test_the_training_loop_learns_every_task_with_masked_labels(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     config = heads.configure(AutoConfig.from_pretrained(model_dir))
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, config=config, ignore_mismatched_sizes=True)
-    data = heads.encode(tokenizer, frame, {"mood": "mood", "topic": "topic"}, 16)
+    data = heads.encode(tokenizer, frame, 16)
     assert (data.labels == MISSING).sum() == 2 * len(rows) // 3
     cfg = TrainConfig(epochs=12, batch_size=8, lr=1e-2, patience=12)
     objective = heads.objective({"topic": 2.0})
