@@ -100,6 +100,30 @@ def write_prepared(out: Path, frames: dict[str, pd.DataFrame], labels=("negative
     return out
 
 
+MULTITASK_TASKS = {
+    "sentiment": {"column": "sentiment", "labels": ["negative", "positive"]},
+    "length": {"column": "length", "labels": ["long", "short"]},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_multitask_prepared(tmp_path_factory) -> Path:
+    """Multitask data (two tasks, `MULTITASK_TASKS`): the tiny_prepared sentences with their sentiment, missing
+    on every fourth row, and whether they are short; train 48 / validation 16 / test 16."""
+
+    def split(n: int, offset: int) -> pd.DataFrame:
+        frame = make_frame(n, offset).rename(columns={"label": "sentiment"})
+        frame["length"] = ["short" if len(t) < 30 else "long" for t in frame["text"]]
+        frame.loc[::4, "sentiment"] = None
+        return frame
+
+    frames = {"train": split(24, 0), "validation": split(8, 100), "test": split(8, 200)}
+    out = write_prepared(tmp_path_factory.mktemp("multitask") / "prepared", frames)
+    card = json.loads((out / "data_card.json").read_text())
+    (out / "data_card.json").write_text(json.dumps(card | {"labels": [], "tasks": MULTITASK_TASKS}))
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory) -> Path:
     """train 48 / validation 16 / test 16 sentences, balanced, no overlap."""

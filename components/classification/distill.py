@@ -28,7 +28,6 @@ from components.kit.losses import attention_kl, hidden_mse
 from components.kit.modeling import (
     Encoded,
     ModelSourceError,
-    accuracy,
     count_params,
     predict_logits,
     save_model,
@@ -98,9 +97,13 @@ class FeatureTransfer(nn.Module):
         return loss
 
 
-def accuracy_if_any(model: nn.Module, test: Encoded, pad_id: int) -> float | None:
-    """Accuracy on the test split; None when it has no rows (an accuracy of nothing is not 0)."""
-    return accuracy(predict_logits(model, test, pad_id), test.labels) if len(test.labels) else None
+def test_scores(model: nn.Module, data: StudentData) -> dict[str, float | None]:
+    """The test split's scores (`accuracy`, and each task's for multitask data); accuracy None when the split
+    has no rows (an accuracy of nothing is not 0)."""
+    test = data.splits["test"]
+    if not len(test.labels):
+        return {"accuracy": None}
+    return data.labels.scores(predict_logits(model, test, data.pad_id), test.labels)
 
 
 def shown(value: float | None) -> str:
@@ -133,9 +136,11 @@ def distilled(
     seed: int,
     desc: str,
     dist: DistributedConfig | None,
-) -> tuple[dict, float | None]:
+    weights: dict[str, float] | None = None,
+) -> tuple[dict, dict[str, float | None]]:
     """Train `student` on `train_set` against the teacher's logits (and intermediate layers when asked), or
-    on the labels alone when `teacher_logits` is None; returns (training metrics, test accuracy)."""
+    on the labels alone when `teacher_logits` is None; returns (training metrics, test scores). `weights`:
+    each task's loss weight for multitask data."""
     kd = None
     if teacher_logits is not None:
         transfer = None
@@ -147,8 +152,9 @@ def distilled(
                 teacher, cfg.layers, student.config.hidden_size, cfg.hidden_weight, cfg.attention_weight
             )
         kd = Distillation(teacher_logits, cfg.alpha, cfg.temperature, features=transfer)
+    val, objective = data.splits["validation"], data.labels.objective(weights)
     outcome = train(
-        student, train_set, data.splits["validation"], cfg, data.pad_id, tracker, seed, kd=kd, desc=desc, dist=dist
+        student, train_set, val, cfg, data.pad_id, tracker, seed, kd=kd, desc=desc, dist=dist, objective=objective
     )
     return (
         {
@@ -158,7 +164,7 @@ def distilled(
             "train_seconds": outcome.seconds,
             "examples": outcome.examples,  # training rows processed over every epoch run
         },
-        accuracy_if_any(student, data.splits["test"], data.pad_id),
+        test_scores(student, data),
     )
 
 
@@ -182,13 +188,14 @@ def ablation_student(
     seed: int,
     dist: DistributedConfig | None,
     name: str,
+    weights: dict[str, float] | None = None,
 ) -> dict[str, float | None]:
     """Train the ablation student `name` (`ABLATION_STUDENTS`) on the train split; its metrics under
     `ablation.<name>.`."""
     taught, desc, how = ABLATION_STUDENTS[name]
     prefix = f"ablation.{name}."
     student = fresh_student(cfg, teacher_dir, seed, features=taught and learns_features(cfg))
-    fit, test_acc = distilled(
+    fit, test = distilled(
         cfg,
         teacher_dir,
         student,
@@ -199,7 +206,9 @@ def ablation_student(
         seed,
         desc,
         dist,
+        weights,
     )
+    test_acc = test["accuracy"]
     print(f"  ablation: the same student {how} reaches test acc {shown(test_acc)}", flush=True)
     return {
         f"{prefix}val_accuracy": fit["val_accuracy"],
@@ -217,19 +226,26 @@ def run(
     seed: int,  # the student's initialisation and batch order; the ablation students use the same
     dist: DistributedConfig | None = None,
     soft_cache: Path | None = None,
+    weights: dict[str, float] | None = None,  # each task's loss weight, for multitask data
 ) -> StageResult:
     student = fresh_student(cfg, teacher_dir, seed, features=learns_features(cfg))
     data = student_data(cfg, teacher_dir, teacher_dir, prepared, soft_cache, dist)
     tracker.log_params(cfg.model_dump() | {"params": count_params(student), "train_rows": len(data.train_set)})
 
-    fit, test_acc = distilled(
-        cfg, teacher_dir, student, data.train_set, data.teacher_logits, data, tracker, seed, "distill", dist
+    fit, test = distilled(
+        cfg, teacher_dir, student, data.train_set, data.teacher_logits, data, tracker, seed, "distill", dist, weights
     )
-    metrics = {**fit, "test_accuracy": test_acc, "params": count_params(student), "transfer_rows": data.transfer_rows}
+    test_acc = test["accuracy"]
+    metrics = {
+        **fit,
+        **{f"test_{key}": value for key, value in test.items()},
+        "params": count_params(student),
+        "transfer_rows": data.transfer_rows,
+    }
     if cfg.ablation:
-        metrics |= ablation_student(cfg, teacher_dir, data, tracker, seed, dist, "labels_only")
+        metrics |= ablation_student(cfg, teacher_dir, data, tracker, seed, dist, "labels_only", weights)
         if data.transfer_rows:
-            metrics |= ablation_student(cfg, teacher_dir, data, tracker, seed, dist, "kd_train_only")
+            metrics |= ablation_student(cfg, teacher_dir, data, tracker, seed, dist, "kd_train_only", weights)
     save_model(student, data.tokenizer, data.labels.names, out_dir, metrics)
     tracker.log_metrics({"test_accuracy": test_acc, "best_val_accuracy": fit["val_accuracy"]})
     return StageResult(metrics=metrics, outputs={"model": out_dir})

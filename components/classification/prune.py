@@ -27,10 +27,8 @@ from transformers.pytorch_utils import prune_linear_layer
 
 from components.config import DistributedConfig, PruneConfig
 from components.kit.distributed import same_on_every_rank
-from components.kit.losses import kd_loss
 from components.kit.modeling import (
     Encoded,
-    accuracy,
     collate,
     count_params,
     length_bucketed_batches,
@@ -43,7 +41,7 @@ from components.kit.modeling import (
 from components.kit.pruning import head_scores, heads_to_prune, neuron_scores, neurons_to_keep, retained_inputs
 from components.kit.soft_targets import student_data
 from components.kit.tracking import PrefixedTracker, StageResult, Tracker
-from components.kit.training import Distillation, train
+from components.kit.training import SINGLE_LABEL, Distillation, Objective, train
 
 
 def importance_scores(
@@ -56,9 +54,10 @@ def importance_scores(
     alpha: float,
     temperature: float,
     seed: int,
+    objective: Objective = SINGLE_LABEL,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per layer: head scores (n_heads,) and FFN neuron scores (intermediate,), gradient x activation
-    (`components.kit.pruning`)."""
+    (`components.kit.pruning`) of the objective's loss: for multitask data, of every task's loss together."""
     layers = transformer_layers(model)
     totals_heads = [np.zeros(layer.attention.self.num_attention_heads) for layer in layers]
     totals_ffn = [np.zeros(layer.output.dense.in_features) for layer in layers]
@@ -76,7 +75,7 @@ def importance_scores(
                 batch = model_inputs(model, collate(data.input_ids, index, pad_id))
                 index_t = torch.as_tensor(index)
                 logits = model(**batch).logits
-                loss = kd_loss(
+                loss = objective.loss(
                     logits,
                     torch.as_tensor(teacher_logits)[index_t],
                     torch.as_tensor(data.labels[index], dtype=torch.long),
@@ -136,6 +135,7 @@ def cut(
     seed: int,
     heads_to_remove: int,
     neurons_kept: int,
+    objective: Objective = SINGLE_LABEL,
 ) -> None:
     """One step's cut: re-score the surviving heads and neurons on the train split, then remove
     `heads_to_remove` more heads and narrow every FFN to `neurons_kept` neurons."""
@@ -151,6 +151,7 @@ def cut(
             cfg.alpha,
             cfg.temperature,
             seed,
+            objective,
         )
     )
     plan = heads_to_prune(by_head, count=heads_to_remove)
@@ -169,12 +170,14 @@ def run(
     seed: int,  # step k scores its batches and recovers with seed + k
     dist: DistributedConfig | None = None,
     soft_cache: Path | None = None,
+    weights: dict[str, float] | None = None,  # each task's loss weight, for multitask data
 ) -> StageResult:
     seed_everything(seed)
     model = AutoModelForSequenceClassification.from_pretrained(student_dir, use_safetensors=True)
     data = student_data(cfg, student_dir, teacher_dir, prepared, soft_cache, dist)
     pad_id, val = data.pad_id, data.splits["validation"]
     kd = Distillation(data.teacher_logits, cfg.alpha, cfg.temperature)
+    objective, score = data.labels.objective(weights), data.labels.score
     tracker.log_params(cfg.model_dump())
     params_before, heads_before = count_params(model), n_heads(model)
     targets = step_targets(
@@ -193,9 +196,10 @@ def run(
             seed + step,
             heads_removed_target - removed,
             neurons_kept,
+            objective,
         )
         removed = heads_before - n_heads(model)
-        acc_cut = accuracy(predict_logits(model, val, pad_id), val.labels)
+        acc_cut = score(predict_logits(model, val, pad_id), val.labels)
         print(
             f"  prune step {step}/{cfg.steps}: {n_heads(model)} of {heads_before} heads, FFN "
             f"{model.config.intermediate_size} wide, params {count_params(model):,}; val acc before recovery "
@@ -213,6 +217,7 @@ def run(
             kd=kd,
             desc=f"recover {step}/{cfg.steps}",
             dist=dist,
+            objective=objective,
         )
         seconds += outcome.seconds
         examples += outcome.examples
@@ -228,7 +233,7 @@ def run(
         )
 
     test = data.splits["test"]
-    test_acc = accuracy(predict_logits(model, test, pad_id), test.labels)
+    test_scores = data.labels.scores(predict_logits(model, test, pad_id), test.labels)
     pruned = {int(k): sorted(int(h) for h in v) for k, v in model.config.pruned_heads.items()}
     metrics = {
         "params_before": params_before,
@@ -239,7 +244,7 @@ def run(
         "intermediate_size": model.config.intermediate_size,
         "val_accuracy_before_recovery": history[0]["val_accuracy_before_recovery"],
         "val_accuracy": history[-1]["val_accuracy"],
-        "test_accuracy": test_acc,
+        **{f"test_{key}": value for key, value in test_scores.items()},
         "train_seconds": seconds,
         "examples": examples,  # training rows processed over every recovery epoch (an update's cost is compared by it)
     }

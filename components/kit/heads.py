@@ -25,7 +25,9 @@ from components.kit.modeling import Encoded
 from components.kit.training import Objective
 
 MISSING = UNLABELLED  # a row's label for a task it has no label for
-CONFIG_KEY = "task_heads"  # in a model's config.json: {task: [label, ...]} in output order
+# In a model's config.json: [[task, [label, ...]], ...] in output order. A list, not a mapping:
+# transformers writes config.json with sorted keys, which would reorder the tasks against the logits.
+CONFIG_KEY = "task_heads"
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class Heads:
         recorded = getattr(config, CONFIG_KEY, None)
         if not recorded:
             raise ValueError("the model's config.json has no task_heads: it is not a multitask model")
-        return cls.of(recorded)
+        return cls.of(dict(recorded))
 
     @property
     def task_names(self) -> list[str]:
@@ -82,7 +84,7 @@ class Heads:
         """What a model's config records: the heads, and every logit named `task:label`."""
         names = self.names
         return {
-            CONFIG_KEY: {task: list(labels) for task, labels in self.tasks.items()},
+            CONFIG_KEY: [[task, list(labels)] for task, labels in self.tasks.items()],
             "num_labels": self.width,
             "id2label": dict(enumerate(names)),
             "label2id": {name: i for i, name in enumerate(names)},

@@ -73,5 +73,5 @@ def model_labelling(model_dir: Path, prepared: Path) -> Labelling:
     config = json.loads((Path(model_dir) / "config.json").read_text())
     if config.get(CONFIG_KEY):
         data = labelling_of(prepared)
-        return Heads.of(config[CONFIG_KEY], data.columns if isinstance(data, Heads) else None)
+        return Heads.of(dict(config[CONFIG_KEY]), data.columns if isinstance(data, Heads) else None)
     return SingleLabel(tuple(json.loads((Path(model_dir) / "labels.json").read_text())))

@@ -161,11 +161,18 @@ def test_a_split_without_rows_has_no_accuracy(tiny_model_dir):
     """An accuracy of nothing is None, never 0."""
     import numpy as np
 
+    from components.kit.labelling import SingleLabel
     from components.kit.modeling import Encoded
+    from components.kit.soft_targets import StudentData
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
-    assert distill.accuracy_if_any(model, Encoded([], np.zeros(0, dtype=np.int64)), pad_id=0) is None
-    assert 0.0 <= distill.accuracy_if_any(model, Encoded([[101, 102]], np.array([1])), pad_id=0) <= 1.0
+    tokenizer = type("Tokenizer", (), {"pad_token_id": 0})()
+
+    def data(test: Encoded) -> StudentData:
+        return StudentData(tokenizer, SingleLabel(("negative", "positive")), {"test": test}, test, np.zeros((0, 2)))
+
+    assert distill.test_scores(model, data(Encoded([], np.zeros(0, dtype=np.int64)))) == {"accuracy": None}
+    assert 0.0 <= distill.test_scores(model, data(Encoded([[101, 102]], np.array([1]))))["accuracy"] <= 1.0
 
 
 def test_feature_transfer_matches_span_ends_and_keeps_the_teacher_frozen(tiny_teacher_dir):

@@ -47,35 +47,19 @@ def test_resolve_model_source(tmp_path, monkeypatch):
         resolve_model_source("someone/some-model")
 
 
-def test_finetune_trains_one_block_of_logits_per_task_on_multitask_data(tiny_model_dir, tmp_path):
+def test_finetune_trains_one_block_of_logits_per_task_on_multitask_data(
+    tiny_model_dir, tiny_multitask_prepared, tmp_path
+):
     """A prepared folder whose data card names tasks gives a teacher with one head per task
     (`components.kit.heads`), scored per task on the rows that have each label."""
-    import pandas as pd
-
     from components.kit.heads import Heads
-    from tests.conftest import make_frame, write_prepared
+    from tests.conftest import MULTITASK_TASKS
 
-    def split(n: int, offset: int) -> pd.DataFrame:
-        frame = make_frame(n, offset).rename(columns={"label": "sentiment"})
-        frame["length"] = ["short" if len(t) < 30 else "long" for t in frame["text"]]
-        frame.loc[::4, "sentiment"] = None  # a row without a sentiment label
-        return frame
-
-    prepared = write_prepared(
-        tmp_path / "prepared", {"train": split(24, 0), "validation": split(8, 100), "test": split(8, 200)}
-    )
-    card = json.loads((prepared / "data_card.json").read_text())
-    tasks = {
-        "sentiment": {"column": "sentiment", "labels": ["negative", "positive"]},
-        "length": {"column": "length", "labels": ["long", "short"]},
-    }
-    (prepared / "data_card.json").write_text(json.dumps(card | {"tasks": tasks}))
     cfg = TeacherConfig(model=str(tiny_model_dir), epochs=1, batch_size=8, max_length=32, lr=1e-3)
-    result = finetune.run(cfg, prepared, tmp_path / "teacher", NullTracker(), seed=0, weights={"length": 0.5})
-    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "teacher")
-    assert Heads.from_config(model.config) == Heads.of({n: t["labels"] for n, t in tasks.items()})
+    result = finetune.run(cfg, tiny_multitask_prepared, tmp_path, NullTracker(), seed=0, weights={"length": 0.5})
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert Heads.from_config(model.config) == Heads.of({n: t["labels"] for n, t in MULTITASK_TASKS.items()})
     assert model.config.num_labels == 4 and model.config.id2label[2] == "length:long"
-    assert json.loads((tmp_path / "teacher" / "labels.json").read_text())[1] == "sentiment:positive"
+    assert json.loads((tmp_path / "labels.json").read_text())[1] == "sentiment:positive"
     assert {"test_accuracy", "test_accuracy.sentiment", "test_accuracy.length"} <= set(result.metrics)
-    stored = np.load(next((tmp_path / "teacher" / "soft_targets").glob("*/logits.npy")))
-    assert stored.shape == (48, 4)
+    assert np.load(next((tmp_path / "soft_targets").glob("*/logits.npy"))).shape == (48, 4)

@@ -19,6 +19,13 @@ def test_slices_and_config_fields_name_every_logit():
     assert Heads.from_config(BertConfig.from_dict(config.to_dict())) == HEADS
 
 
+def test_the_task_order_survives_config_json(tmp_path):
+    """transformers writes config.json with sorted keys: the tasks must come back in logit order."""
+    heads = Heads.of({"zeta": ["b", "a"], "alpha": ["x", "y", "z"]})
+    heads.configure(BertConfig()).save_pretrained(tmp_path)
+    assert Heads.from_config(BertConfig.from_pretrained(tmp_path)) == heads
+
+
 def test_from_config_refuses_a_single_task_model():
     with pytest.raises(ValueError, match="task_heads"):
         Heads.from_config(BertConfig(num_labels=2))
