@@ -64,10 +64,6 @@ class Heads:
         return cls.of(dict(recorded))
 
     @property
-    def task_names(self) -> list[str]:
-        return list(self.tasks)
-
-    @property
     def width(self) -> int:
         """How many logits the model has in all."""
         return sum(len(labels) for labels in self.tasks.values())
