@@ -294,6 +294,12 @@ class IncrementalConfig(_Section):
     # (percentage points), and the new batch's test accuracy must reach this floor (0..1).
     max_forgetting_points: NonNegative = 1.0
     min_new_batch_accuracy: Share = 0.7
+    # replay_kd only: the trained student's weights are mixed back toward the champion student's, by the share
+    # (`components.kit.interpolation.SHARES`) with the best mean validation accuracy over every batch seen
+    # among those losing at most mix_budget_points on an earlier batch (under max_forgetting_points, leaving
+    # room for test-split noise and int8). False ships the trained student as it is.
+    mix: bool = True
+    mix_budget_points: NonNegative = 0.5
 
 
 class TaskColumn(_Section):

@@ -94,23 +94,45 @@ def batch_folders(version: str, model_name: str, client, into: Path) -> dict[str
 class Progress:
     """The demonstration's finished units (the first run, each update, each from-scratch run), kept in a file
     as each one ends, so that a demonstration stopped part-way (hours at the default scale) resumes where it
-    stopped: `miniaturize incremental-demo` again in the same folder with the same settings. Settings that
-    differ start it afresh."""
+    stopped: `miniaturize incremental-demo` again in the same folder. Each unit is kept with the key of the
+    settings it ran with (`key`): a unit whose settings changed runs again, the others are reused (a change
+    to the `incremental` section re-runs the updates, not the full runs). A different stream or different
+    seeds start it afresh."""
 
     def __init__(self, path: Path, settings: dict):
         self.path, self.settings = path, settings
         saved = json.loads(path.read_text()) if path.is_file() else {}
-        self.done: dict = saved.get("done", {}) if saved.get("settings") == settings else {}
+        same = saved.get("settings") == settings
+        self.done: dict = saved.get("done", {}) if same else {}
+        self.keys: dict = saved.get("keys", {}) if same else {}
         if self.done:
-            print(f"[stream] resuming: {len(self.done)} units done ({', '.join(self.done)})", flush=True)
+            print(f"[stream] resuming: {len(self.done)} units recorded ({', '.join(self.done)})", flush=True)
 
-    def unit(self, name: str, work) -> dict:
-        """The result of unit `name`: as recorded, or `work()` now, recorded before it is returned."""
-        if name not in self.done:
-            self.done[name] = work()
+    def unit(self, name: str, key: str, work) -> dict:
+        """The result of unit `name`: as recorded with settings `key`, or `work()` now, recorded before it is
+        returned."""
+        if name not in self.done or self.keys.get(name) != key:
+            self.done[name], self.keys[name] = work(), key
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({"settings": self.settings, "done": self.done}, indent=2))
+            state = {"settings": self.settings, "keys": self.keys, "done": self.done}
+            self.path.write_text(json.dumps(state, indent=2))
         return self.done[name]
+
+
+def run_key(p: Params, *context: str) -> str:
+    """What a pipeline run's result depends on: every section but `incremental` (which only updates read),
+    plus `context`."""
+    from components.config import section_hash
+
+    tree = {k: v for k, v in p.as_dict().items() if k != "incremental"}
+    return section_hash({"params": tree, "context": list(context)})
+
+
+def update_key(p: Params, start: str) -> str:
+    """What an update's result depends on: every section, and the version it starts from."""
+    from components.config import section_hash
+
+    return section_hash({"params": p.as_dict(), "start": start})
 
 
 def timed_run(p: Params, root: Path, run_name: str) -> tuple[dict, float]:
@@ -162,12 +184,11 @@ def update_run(p: Params, root: Path, source: str, step: int, method: str, start
 def run_demo(params: Params, root: Path, scratch_seeds: list[int], stream: tuple[str, ...] = STREAM) -> dict:
     from functools import partial
 
-    from components.config import section_hash
     from flows import tracking
 
     base = params.register_.model_name + "-stream"
     names = {"incremental": base, "naive": base + "-naive", "scratch": base + "-scratch"}
-    settings = {"params": section_hash(params.as_dict()), "stream": list(stream), "scratch_seeds": scratch_seeds}
+    settings = {"stream": list(stream), "scratch_seeds": scratch_seeds}
     progress = Progress(TASK.workspace(root).reports / "incremental" / "progress.json", settings)
     client = tracking.client(root)
 
@@ -175,7 +196,7 @@ def run_demo(params: Params, root: Path, scratch_seeds: list[int], stream: tuple
     # seeds and the distillation ablation (the seed spread is the from-scratch runs' own)
     same = {"data__transfer": False, "seeds__extra": [], "distill__ablation": False}
     first = with_settings(params, data__source=stream[0], register__model_name=names["incremental"], **same)
-    head = progress.unit("0/full-run", partial(first_run, first, root, client))
+    head = progress.unit("0/full-run", run_key(first), partial(first_run, first, root, client))
     steps = [{"step": 0, "learned": head["learned"], "incremental": head, "naive": head, "scratch": head}]
 
     previous = {m: f"models:/{names['incremental']}/{head['version']}" for m in ("incremental", "naive")}
@@ -188,7 +209,7 @@ def run_demo(params: Params, root: Path, scratch_seeds: list[int], stream: tuple
                 incremental__method="replay_kd" if method == "incremental" else "naive",
             )
             work = partial(update_run, p, root, source, step, method, previous[method])
-            row[method] = progress.unit(f"{step}/{method}", work)
+            row[method] = progress.unit(f"{step}/{method}", update_key(p, previous[method]), work)
             previous[method] = f"models:/{names[method]}/{row[method]['version']}"
             row["learned"] = row[method]["learned"]
         # the reference: the pipeline from scratch on every batch so far
@@ -196,7 +217,7 @@ def run_demo(params: Params, root: Path, scratch_seeds: list[int], stream: tuple
         for seed in scratch_seeds if step == len(stream) - 1 else scratch_seeds[:1]:
             p = with_settings(params, register__model_name=names["scratch"], seed=seed, **same)
             work = partial(scratch_run, p, root, client, names["incremental"], row["incremental"]["version"], step)
-            runs[seed] = progress.unit(f"{step}/scratch/{seed}", work)
+            runs[seed] = progress.unit(f"{step}/scratch/{seed}", run_key(p, source), work)
         row["scratch"] = mean_of_seeds(runs)
         steps.append(row)
         print(

@@ -127,7 +127,7 @@ def train_update(p: Params, warm: Path, batch: Path, name: str, out: Path, track
     from components.classification import update
 
     result = update.run(p.incremental, warm, batch, name, out, tracker, p.seed, p.teacher.max_length)
-    return result.metrics | {"restored_pieces": result.info["restored_pieces"]}
+    return result.metrics | {k: result.info[k] for k in ("restored_pieces", "mix_val_accuracy")}
 
 
 @task(name="export-quantize", cache_policy=NO_CACHE)
@@ -201,6 +201,10 @@ def build_report(
         },
         "wordpieces_restored": int(trained["student.wordpieces_restored"]),
         "restored_examples": trained["restored_pieces"][:20],
+        # the share of the trained student's update kept (None: not mixed) and each share's validation
+        # accuracy per batch, which chose it
+        "mix_share": trained.get("student.mix_share"),
+        "mix_val_accuracy": trained.get("mix_val_accuracy"),
         "quantization": chosen,
         "models": {"final": {"accuracy": mean, "size_bytes": size_bytes}},
     }
@@ -233,6 +237,13 @@ def render_markdown(report: dict) -> str:
         f"(teacher {cost['teacher_examples']:,}, student {cost['student_examples']:,})",
         f"- wordpieces restored into the student's vocabulary: {report['wordpieces_restored']}"
         + (f" (e.g. {', '.join(report['restored_examples'][:8])})" if report["restored_examples"] else ""),
+        "- student weights: "
+        + (
+            "trained as they are (no mixing)"
+            if report.get("mix_share") is None
+            else f"{report['mix_share']:.1f} of the update kept, mixed back toward the champion's "
+            "(chosen on validation over every batch)"
+        ),
         f"- quantization shipped: {report['quantization']}",
         f"- texts dropped because an earlier batch holds them: {report['dropped_seen_in_earlier_batches']}",
     ]

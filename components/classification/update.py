@@ -38,6 +38,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from components.config import IncrementalConfig, TrainConfig
 from components.kit.data import DataError
+from components.kit.interpolation import SHARES, choose_share, largest_drop, mean_accuracy, mixed_state
+from components.kit.modeling import accuracy as accuracy_of
 from components.kit.modeling import count_params, encode, predict_logits, save_model, seed_everything
 from components.kit.replay import replay_buffer
 from components.kit.tracking import PrefixedTracker, StageResult, Tracker
@@ -152,10 +154,14 @@ def training_rows(cfg: IncrementalConfig, batch: Path, replay: pd.DataFrame) -> 
     return rows, np.concatenate([np.zeros(len(new)), np.full(len(replay), cfg.alpha)])
 
 
-def validation_rows(cfg: IncrementalConfig, batch: Path, earlier: dict[str, Path]) -> pd.DataFrame:
-    """Early stopping reads every batch seen (naive: the new batch alone, as fine-tuning on it would)."""
-    folders = [batch] + ([] if cfg.method == "naive" else list(earlier.values()))
-    return pd.concat([pd.read_parquet(f / "validation.parquet")[["text", "label"]] for f in folders], ignore_index=True)
+def validation_rows(cfg: IncrementalConfig, batch: Path, name: str, earlier: dict[str, Path]) -> pd.DataFrame:
+    """Early stopping reads every batch seen (naive: the new batch alone, as fine-tuning on it would); each
+    row keeps its batch's name (`batch` column), the new batch's first."""
+    folders = {name: batch} | ({} if cfg.method == "naive" else earlier)
+    return pd.concat(
+        [pd.read_parquet(f / "validation.parquet")[["text", "label"]].assign(batch=b) for b, f in folders.items()],
+        ignore_index=True,
+    )
 
 
 def train_config(cfg: IncrementalConfig, epochs: int, lr: float, max_length: int) -> TrainConfig:
@@ -234,6 +240,8 @@ def update_student(
         teacher, teacher_tok, _, teacher_set, _ = load_encoded(teacher_dir, rows, val, max_length)
         kd = Distillation(predict_logits(teacher, teacher_set, teacher_tok.pad_token_id), cfg.alpha, cfg.temperature)
         del teacher
+    # the champion student (its vocabulary grown): the start the trained weights are mixed back toward
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     settings = train_config(cfg, cfg.student_epochs, cfg.student_lr, max_length)
     extra = {
         "wordpieces_restored": restored["added"],
@@ -243,7 +251,42 @@ def update_student(
     metrics = fit(
         model, tokenizer, labels, train_set, val_set, settings, kd, out, tracker, seed, "update student", extra
     )
+    if cfg.method == "replay_kd" and cfg.mix:
+        metrics |= mix_back(cfg, model, start, tokenizer, labels, val, max_length)
+        save_model(model, tokenizer, labels, out, metrics)
+        tracker.log_metrics({"mix_share": metrics["mix_share"]})
     return metrics | {"restored_pieces": restored["added_pieces"]}
+
+
+def mix_back(cfg: IncrementalConfig, model, start: dict, tokenizer, labels, val: pd.DataFrame, max_length: int):
+    """Load into `model` the mix of `start` and its trained weights that validation chooses
+    (`components.kit.interpolation`); returns the share and each share's validation accuracy per batch."""
+    trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    batches = {
+        name: encode(tokenizer, rows["text"].tolist(), rows["label"].tolist(), labels, max_length)
+        for name, rows in val.groupby("batch", sort=False)
+    }
+    accuracy: dict[float, dict[str, float]] = {}
+    for share in SHARES:
+        model.load_state_dict(mixed_state(start, trained, share))
+        accuracy[share] = {
+            name: accuracy_of(predict_logits(model, data, tokenizer.pad_token_id), data.labels)
+            for name, data in batches.items()
+        }
+    new = val["batch"].iloc[0]
+    share = choose_share(accuracy, new, cfg.mix_budget_points)
+    model.load_state_dict(mixed_state(start, trained, share))
+    print(
+        f"  update: student mixed back toward the champion's weights, share {share:.1f} of the update kept "
+        f"(validation mean {100 * mean_accuracy(accuracy[share]):.2f} vs {100 * mean_accuracy(accuracy[1.0]):.2f}"
+        f" trained as is, {100 * mean_accuracy(accuracy[0.0]):.2f} champion; earlier batches lose at most "
+        f"{largest_drop(accuracy, share, new):.2f} points)",
+        flush=True,
+    )
+    return {
+        "mix_share": share,
+        "mix_val_accuracy": {f"{s:.1f}": per_batch for s, per_batch in accuracy.items()},
+    }
 
 
 def write_prepared(rows: pd.DataFrame, val: pd.DataFrame, batch: Path, labels: list[str], out: Path) -> None:
@@ -251,7 +294,7 @@ def write_prepared(rows: pd.DataFrame, val: pd.DataFrame, batch: Path, labels: l
     split, the new batch's test split."""
     out.mkdir(parents=True, exist_ok=True)
     rows.to_parquet(out / "train.parquet", index=False)
-    val.to_parquet(out / "validation.parquet", index=False)
+    val[["text", "label"]].to_parquet(out / "validation.parquet", index=False)
     shutil.copy2(batch / "test.parquet", out / "test.parquet")
     card = json.loads((batch / "data_card.json").read_text())
     (out / "data_card.json").write_text(json.dumps(card | {"labels": labels}, indent=2))
@@ -278,7 +321,7 @@ def run(
     check_labels(batch, labels, "the champion")
     replay = pd.read_parquet(champion / "replay.parquet")
     rows, row_alpha = training_rows(cfg, batch, replay)
-    val = validation_rows(cfg, batch, earlier)
+    val = validation_rows(cfg, batch, name, earlier)
     tracker.log_params(
         cfg.model_dump() | {"batch": name, "train_rows": len(rows), "replay_rows": int((row_alpha > 0).sum())}
     )
@@ -322,7 +365,7 @@ def run(
     card.write_text(json.dumps(json.loads(card.read_text()) | {"arrived": len(earlier)}, indent=2))
     write_prepared(rows, val, batch, labels, out_dir / "prepared")
     metrics = {f"teacher.{k}": v for k, v in teacher.items()} | {
-        f"student.{k}": v for k, v in student.items() if k != "restored_pieces"
+        f"student.{k}": v for k, v in student.items() if k not in ("restored_pieces", "mix_val_accuracy")
     }
     metrics |= {
         "examples": teacher["examples"] + student["examples"],
@@ -334,5 +377,5 @@ def run(
     return StageResult(
         metrics={k: float(v) for k, v in metrics.items()},
         outputs={"warm_start": out_dir},
-        info={"restored_pieces": student["restored_pieces"]},
+        info={"restored_pieces": student["restored_pieces"], "mix_val_accuracy": student.get("mix_val_accuracy")},
     )

@@ -10,24 +10,37 @@ import pandas as pd
 import pytest
 
 from components.config import load_params
-from flows.incremental_demo import Progress, mean_of_seeds, union_file, with_settings
+from components.config import build_params
+from flows.incremental_demo import Progress, mean_of_seeds, run_key, union_file, update_key, with_settings
 from tests.conftest import make_frame, write_prepared
 from tests.flows.conftest import REPO
 
 
 def test_a_finished_unit_is_recorded_and_not_run_again(tmp_path):
     path, ran = tmp_path / "progress.json", []
-    progress = Progress(path, {"params": "abc"})
-    assert progress.unit("0/full-run", lambda: ran.append(1) or {"version": "1"}) == {"version": "1"}
-    resumed = Progress(path, {"params": "abc"})
-    assert resumed.unit("0/full-run", lambda: ran.append(2) or {"version": "9"}) == {"version": "1"}
+    progress = Progress(path, {"stream": ["a", "b"]})
+    assert progress.unit("0/full-run", "k1", lambda: ran.append(1) or {"version": "1"}) == {"version": "1"}
+    resumed = Progress(path, {"stream": ["a", "b"]})
+    assert resumed.unit("0/full-run", "k1", lambda: ran.append(2) or {"version": "9"}) == {"version": "1"}
     assert ran == [1] and json.loads(path.read_text())["done"] == {"0/full-run": {"version": "1"}}
     # a failed unit records nothing: it runs again on the next try
     with pytest.raises(RuntimeError):
-        resumed.unit("1/incremental", lambda: (_ for _ in ()).throw(RuntimeError("killed")))
+        resumed.unit("1/incremental", "k2", lambda: (_ for _ in ()).throw(RuntimeError("killed")))
     assert "1/incremental" not in json.loads(path.read_text())["done"]
-    # other settings: nothing carried over
-    assert Progress(path, {"params": "other"}).done == {}
+    # the unit's own settings changed: it runs again, the others stay
+    resumed.unit("1/incremental", "k2", lambda: {"version": "2"})
+    again = Progress(path, {"stream": ["a", "b"]})
+    assert again.unit("1/incremental", "k3", lambda: {"version": "3"}) == {"version": "3"}
+    assert again.unit("0/full-run", "k1", lambda: {"version": "9"}) == {"version": "1"}
+    # another stream: nothing carried over
+    assert Progress(path, {"stream": ["b"]}).done == {}
+
+
+def test_only_updates_depend_on_the_incremental_section():
+    p = with_settings(build_params({}), incremental__alpha=0.9)
+    assert run_key(p) == run_key(build_params({})) != run_key(p, "vader-amazon")
+    assert update_key(p, "models:/m/1") != update_key(build_params({}), "models:/m/1")
+    assert update_key(p, "models:/m/1") != update_key(p, "models:/m/2")
 
 
 def test_union_file_keeps_each_batch_and_split(tmp_path):

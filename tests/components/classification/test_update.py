@@ -72,12 +72,16 @@ def test_update_restores_new_words_and_writes_the_next_warm_start(warm, new_batc
     assert len(pd.read_parquet(prepared / "validation.parquet")) == 16 + 8  # every batch's validation split
     assert len(pd.read_parquet(prepared / "test.parquet")) == 8  # the new batch's test split
     assert json.loads((prepared / "data_card.json").read_text())["labels"] == ["negative", "positive"]
+    # the student mixed back toward the champion's weights by a share validation chose
+    assert m["student.mix_share"] in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    assert set(result.info["mix_val_accuracy"]["1.0"]) == {"gadgets", "reviews"}
 
 
 def test_naive_update_trains_on_the_new_batch_alone(warm, new_batch, tmp_path):
     cfg = CFG.model_copy(update={"method": "naive"})
     result = update.run(cfg, warm, new_batch, "gadgets", tmp_path / "next", NullTracker(), seed=0, max_length=32)
     assert result.metrics["train_rows"] == 32 and result.metrics["replay_rows"] == 0
+    assert "student.mix_share" not in result.metrics  # the ablation ships the trained student as it is
     assert len(pd.read_parquet(tmp_path / "next" / "prepared" / "validation.parquet")) == 8
 
 
