@@ -17,6 +17,12 @@ generation_config.json and no labels.json) gets a text-generation bundle instead
 key/value cache, `tokenizer.json`, `config.json` (head counts, positions, end token), generation_config.json
 when there is one, and `components/causal_lm/edge_generate.py` as `predict.py`; its manifest's `task` is
 that task's bundle kind (`components.causal_lm.KIND`).
+
+A multitask model folder (config.json records `task_heads`, `components.kit.heads`) gets a classifier's
+files and script, and its manifest's `task` is the multitask task's bundle kind (`components.multitask.KIND`):
+its exported model has one output per task (`logits_<task>`), from which predict.py answers every task in one
+call. A multitask folder whose model.onnx still has a single `logits` output is refused (export it again).
+A classifier's manifest has no `task`, as before.
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from components import causal_lm, classification
+from components import causal_lm, classification, multitask
 from components.causal_lm import edge_generate
 from components.classification import edge_predict
 from components.classification.edge_predict import sha256
+from components.kit.latency import TASK_LOGITS_PREFIX
 
 FORMAT = "miniaturize-edge-bundle/1"
 FILES = tuple(name for name in edge_predict.BUNDLE_FILES if name != "predict.py")
@@ -40,6 +47,10 @@ LM_FILES = tuple(name for name in edge_generate.BUNDLE_FILES if name != "predict
 LM_OPTIONAL = edge_generate.OPTIONAL_FILES
 GENERATE = Path(edge_generate.__file__)
 CAUSAL_LM = causal_lm.KIND
+MULTITASK = multitask.KIND
+# `components.kit.heads.CONFIG_KEY` (a test keeps them equal), repeated so that importing this module, which
+# the CLI does to report errors, does not import torch with the heads.
+TASK_HEADS_KEY = "task_heads"
 REQUIRES = ["onnxruntime", "tokenizers", "numpy"]
 # What a bundle folder may hold besides the files its manifest lists (Python writes __pycache__ beside a
 # script it imports).
@@ -55,11 +66,14 @@ class BundleSourceError(ValueError):
 
 
 def task_of(model_dir: Path) -> str:
-    """The bundle kind of a model folder: `causal_lm.KIND` (text generation) or `classification.KIND`."""
-    config = model_dir / "config.json"
-    architectures = (json.loads(config.read_text()).get("architectures") or []) if config.is_file() else []
-    if any(a.endswith(("LMHeadModel", "ForCausalLM")) for a in architectures):
+    """The bundle kind of a model folder: `causal_lm.KIND` (text generation), `multitask.KIND` (config.json
+    records `task_heads`) or `classification.KIND`."""
+    config_path = model_dir / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    if any(a.endswith(("LMHeadModel", "ForCausalLM")) for a in config.get("architectures") or []):
         return CAUSAL_LM
+    if config.get(TASK_HEADS_KEY):
+        return MULTITASK
     if (model_dir / "generation_config.json").is_file() and not (model_dir / "labels.json").is_file():
         return CAUSAL_LM
     return classification.KIND
@@ -114,7 +128,7 @@ def package(
     problem = out_dir_problem(out_dir, force)
     if problem:
         raise OutDirRefused(problem)
-    contents = lm_contents if task_of(model_dir) == CAUSAL_LM else classifier_contents
+    contents = CONTENTS.get(task_of(model_dir), classifier_contents)
     names, script, fields = contents(model_dir, max_length)
     return write_bundle(
         model_dir, out_dir, names, script, fields | {"requires": REQUIRES, "source": source, "metrics": metrics}
@@ -132,11 +146,34 @@ def classifier_contents(model_dir: Path, max_length: int) -> tuple[tuple[str, ..
     return FILES, PREDICT, {"max_length": max_length, "pad_token": pad_token}
 
 
+def multitask_contents(model_dir: Path, max_length: int) -> tuple[tuple[str, ...], Path, dict]:
+    """A classifier's files and script, the manifest's `task` saying multitask; the model must have one
+    output per task (`logits_<task>`), which predict.py reads the tasks from."""
+    names, script, fields = classifier_contents(model_dir, max_length)
+    outputs = onnx_output_names(model_dir / "model.onnx")
+    if not outputs or not all(name.startswith(TASK_LOGITS_PREFIX) for name in outputs):
+        raise BundleSourceError(
+            f"{model_dir}/model.onnx has outputs {outputs}, not one logits_<task> per task: run this multitask "
+            f"model through the export stage again before packaging it"
+        )
+    return names, script, {"task": MULTITASK} | fields
+
+
+def onnx_output_names(path: Path) -> list[str]:
+    import onnx  # the project's environment, not the bundle's: packaging runs there
+
+    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+
+
 def lm_contents(model_dir: Path, max_length: int) -> tuple[tuple[str, ...], Path, dict]:
     """The files, script and task fields of a causal LM's text-generation bundle."""
     require_files(model_dir, LM_FILES, "causal-LM")
     names = (*LM_FILES, *(name for name in LM_OPTIONAL if (model_dir / name).is_file()))
     return names, GENERATE, {"task": CAUSAL_LM, "max_length": max_length}
+
+
+# The bundle kinds with their own contents; any other folder is a classifier's.
+CONTENTS = {CAUSAL_LM: lm_contents, MULTITASK: multitask_contents}
 
 
 def require_files(model_dir: Path, names: tuple[str, ...], kind: str) -> None:

@@ -17,10 +17,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from components import causal_lm, classification
+from components import causal_lm, classification, multitask
 
 # The tasks a params file may name (`task:`), each exported by its own package; classification is the default.
-TASK_NAMES = (classification.NAME, causal_lm.NAME)
+TASK_NAMES = (classification.NAME, causal_lm.NAME, multitask.NAME)
 
 
 class ConfigError(ValueError):
@@ -325,6 +325,15 @@ class MultitaskConfig(_Section):
     tasks: dict[str, TaskColumn] = Field(default_factory=lambda: dict(VADER_TASKS))
     # Loss weight of each task (1 when absent): sum over tasks of weight x that task's loss.
     weights: dict[str, Positive] = Field(default_factory=dict)
+    # Draw each epoch's rows so that every task's labelled rows are drawn equally often (a task labelled on
+    # fewer rows, such as sentiment, is not outweighed); False: every row once per epoch.
+    balanced_sampling: bool = True
+    # The baseline: the same compression chain once per task (a single-task student distilled from the
+    # teacher's head for that task), measured beside the multitask student. False skips it (and its gate).
+    single_task_baselines: bool = True
+    # Gate: no task may lose more test accuracy than this against its single-task student (points); the drop
+    # against the teacher is register.gate.max_drop_vs_teacher_points, per task.
+    max_drop_vs_single_points: NonNegative = 1.0
 
     @model_validator(mode="after")
     def _tasks_are_named_well(self) -> MultitaskConfig:
@@ -487,6 +496,7 @@ class Params(_Section):
     evaluate: EvaluateConfig
     register_: RegisterConfig = Field(alias="register")
     incremental: IncrementalConfig
+    multitask: MultitaskConfig
     lm: LMConfig
     retries: RetriesConfig
     distributed: DistributedConfig

@@ -11,6 +11,8 @@ that fails the check raises `BundleError` and nothing is served. `serve(...)` ru
     GET  /health    -> {"status": "ok", "model": {"name": ..., "version": ...}}   (liveness, nothing more)
     POST /predict   {"texts": ["...", ...]} or {"text": "..."}                    (a classification bundle)
                     -> {"predictions": [{"label": ..., "scores": {label: p}}], "count": n, "elapsed_ms": ms}
+    POST /predict   the same request                                              (a multitask bundle)
+                    -> {"predictions": [{"tasks": {task: {"label": ..., "scores": {label: p}}, ...}}], ...}
     POST /generate  {"prompt": "...", "max_new_tokens": n}                        (a causal-LM bundle)
                     -> {"continuation": "...", "tokens": n, "elapsed_ms": ms}
 
@@ -138,8 +140,8 @@ def bundle_task(bundle_dir: Path) -> str:
 
 
 def load_model(bundle_dir: Path, threads: int, expect_manifest: str | None = None):
-    """The bundle's Predictor (classification) or Generator (causal-LM) after its check; anything that stops
-    it loading becomes a BundleError."""
+    """The bundle's Predictor (classification or multitask) or Generator (causal-LM) after its check; anything
+    that stops it loading becomes a BundleError."""
     from components.causal_lm.edge_generate import BundleError as GenerateBundleError, Generator
 
     try:
@@ -245,8 +247,9 @@ def add_predict(app: FastAPI, predictor: Predictor, lock: threading.Lock, max_te
         started = time.perf_counter()
         with lock:
             rows = predictor.predict(texts)
-        # The client has the texts in order; echoing up to max_batch x max_text_chars back is waste.
-        predictions = [{"label": row["label"], "scores": row["scores"]} for row in rows]
+        # The client has the texts in order; echoing up to max_batch x max_text_chars back is waste. The rest
+        # of a row is the prediction: label and scores, or every task's of a multitask bundle.
+        predictions = [{key: value for key, value in row.items() if key != "text"} for row in rows]
         return {
             "predictions": predictions,
             "count": len(predictions),

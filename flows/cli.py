@@ -649,7 +649,8 @@ def serve_model(
         typer.Option("--docs", help="Also serve the interactive API documentation (/docs, /redoc, /openapi.json)."),
     ] = False,
 ) -> None:
-    """Serve an edge bundle over HTTP: GET /health, and POST /predict {"texts": [...]} (classification) or POST
+    """Serve an edge bundle over HTTP: GET /health, and POST /predict {"texts": [...]} (classification; a
+    multitask bundle answers every task per text: {"tasks": {task: {"label", "scores"}}}) or POST
     /generate {"prompt": "..."} (causal-LM). The bundle is checked before anything listens."""
     import tempfile
 

@@ -90,6 +90,13 @@ def version_tags(task: Task, p: Params, ws: Workspace, report: dict, parent_run_
         **{f"final.{key}": value for key, value in quality.items()},
         "final.size_bytes": str(int(final["size_bytes"])),
         **{f"final_vs_teacher.{k}": f"{v:.6g}" for k, v in report["final_vs_teacher"].items() if v is not None},
+        # a multitask model's figures per task: final.accuracy.sentiment, final.f1_macro.sentiment, ...
+        **{
+            f"final.{key}.{name}": f"{value:.6g}"
+            for name, scores in final.get("tasks", {}).items()
+            for key, value in scores.items()
+            if value is not None
+        },
     }
 
 
@@ -255,14 +262,14 @@ def remeasure_champion(task: Task, p: Params, ws: Workspace, client, champion, c
     return {key: value, "data_sha256": candidate["data_sha256"], "split": split}
 
 
-def judge(task: Task, p: Params, ws: Workspace, client, version, ratios: dict) -> gate.GateDecision:
-    """The gate against the teacher, and against the current champion when there is one (and it is another
+def judge(task: Task, p: Params, ws: Workspace, client, version, report: dict) -> gate.GateDecision:
+    """The gate against the teacher (the checks of the version's report), and against the current champion when there is one (and it is another
     version), with the checks of the task (`Task.judging`). The champion's quality figure is re-measured when
     it is not like the candidate's (see the module)."""
     name = p.register_.model_name
     rules = task.judging
     settings = rules.settings(p)
-    decision = rules.against_teacher(ratios, settings)
+    decision = rules.against_teacher(report, settings)
     champion = champion_version(client, name)
     if champion is not None and str(champion.version) != str(version.version):
         candidate, current = (version_metrics(client, name, v, task) for v in (version, champion))
@@ -299,7 +306,7 @@ def register(task: Task, p: Params, ws: Workspace, tracker: Tracker) -> StageRes
     version = log_version(task, p, run_id, ws.final, ws.report, tags)
     name = p.register_.model_name
     log_warm_start(task, p, ws, client, run_id, version)
-    decision = judge(task, p, ws, client, client.get_model_version(name, version), report["final_vs_teacher"])
+    decision = judge(task, p, ws, client, client.get_model_version(name, version), report)
     failed = decision.failed()
     alias = alias_for(decision.passed)
     move_alias(
@@ -410,7 +417,7 @@ def promote(task: Task, p: Params, ws: Workspace, version: str, force: bool = Fa
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(client.download_artifacts(found.run_id, "report/compression_report.json", tmp))
         report = json.loads(local.read_text())
-    decision = judge(task, p, ws, client, found, report["final_vs_teacher"])
+    decision = judge(task, p, ws, client, found, report)
     failed = decision.failed()
     if failed and not force:
         raise GateRejected(f"version {version} of {name} fails the gate ({describe(decision)}); champion unchanged")

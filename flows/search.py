@@ -184,7 +184,7 @@ def register_choice(
     version = registry.log_version(TASK, p, row["run_id"], Path(row["model_dir"]), report_path, tags)
     client = tracking.client(ws.root)
     name = p.register_.model_name
-    decision = registry.judge(TASK, p, ws, client, client.get_model_version(name, version), report["final_vs_teacher"])
+    decision = registry.judge(TASK, p, ws, client, client.get_model_version(name, version), report)
     failed = decision.failed()
     for key, value in {"gate_passed": str(decision.passed).lower(), "gate_failed_checks": ",".join(failed)}.items():
         client.set_model_version_tag(name, version, key, value)

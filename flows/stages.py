@@ -60,7 +60,7 @@ class Judging:
 
     quality: str  # the final model's figure the champion check compares ("accuracy", "perplexity")
     settings: Callable[[Params], Any]  # its gate's section of the params
-    against_teacher: Callable[[dict, Any], GateDecision]  # (the report's ratios against the teacher, settings)
+    against_teacher: Callable[[dict, Any], GateDecision]  # (the report, settings): its checks against the teacher
     against_champion: Callable[[dict, dict, Any], GateDecision]  # (candidate, champion figures, settings)
     # The quality figure of an ONNX model folder on one split of the prepared data: (model, prepared, split).
     remeasure: Callable[[Path, Path, str, Params], float | None]
@@ -68,7 +68,7 @@ class Judging:
 
 @dataclass(frozen=True)
 class Task:
-    """Everything that differs between two tasks; a record, built once in `flows/tasks/<task>.py`."""
+    """Everything that differs between tasks; a record, built once in `flows/tasks/<task>.py`."""
 
     name: str  # the params' `task:` value (exported by the task's component package as NAME)
     params_file: str  # the params file its DVC stages read

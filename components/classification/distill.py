@@ -37,7 +37,7 @@ from components.kit.modeling import (
 )
 from components.kit.soft_targets import StudentData, student_data
 from components.kit.tracking import PrefixedTracker, StageResult, Tracker
-from components.kit.training import Distillation, train
+from components.kit.training import Distillation, TaskMix, train
 
 
 def keep_layers(model: nn.Module, layers: list[int]) -> nn.Module:
@@ -136,11 +136,11 @@ def distilled(
     seed: int,
     desc: str,
     dist: DistributedConfig | None,
-    weights: dict[str, float] | None = None,
+    mix: TaskMix | None = None,
 ) -> tuple[dict, dict[str, float | None]]:
     """Train `student` on `train_set` against the teacher's logits (and intermediate layers when asked), or
-    on the labels alone when `teacher_logits` is None; returns (training metrics, test scores). `weights`:
-    each task's loss weight for multitask data."""
+    on the labels alone when `teacher_logits` is None; returns (training metrics, test scores). `mix`: how
+    the tasks of multitask data share training."""
     kd = None
     if teacher_logits is not None:
         transfer = None
@@ -152,7 +152,7 @@ def distilled(
                 teacher, cfg.layers, student.config.hidden_size, cfg.hidden_weight, cfg.attention_weight
             )
         kd = Distillation(teacher_logits, cfg.alpha, cfg.temperature, features=transfer)
-    val, objective = data.splits["validation"], data.labels.objective(weights)
+    val, objective = data.splits["validation"], data.labels.objective(mix)
     outcome = train(
         student, train_set, val, cfg, data.pad_id, tracker, seed, kd=kd, desc=desc, dist=dist, objective=objective
     )
@@ -188,7 +188,7 @@ def ablation_student(
     seed: int,
     dist: DistributedConfig | None,
     name: str,
-    weights: dict[str, float] | None = None,
+    mix: TaskMix | None = None,
 ) -> dict[str, float | None]:
     """Train the ablation student `name` (`ABLATION_STUDENTS`) on the train split; its metrics under
     `ablation.<name>.`."""
@@ -206,7 +206,7 @@ def ablation_student(
         seed,
         desc,
         dist,
-        weights,
+        mix,
     )
     test_acc = test["accuracy"]
     print(f"  ablation: the same student {how} reaches test acc {shown(test_acc)}", flush=True)
@@ -226,14 +226,14 @@ def run(
     seed: int,  # the student's initialisation and batch order; the ablation students use the same
     dist: DistributedConfig | None = None,
     soft_cache: Path | None = None,
-    weights: dict[str, float] | None = None,  # each task's loss weight, for multitask data
+    mix: TaskMix | None = None,  # how the tasks of multitask data share training
 ) -> StageResult:
     student = fresh_student(cfg, teacher_dir, seed, features=learns_features(cfg))
     data = student_data(cfg, teacher_dir, teacher_dir, prepared, soft_cache, dist)
     tracker.log_params(cfg.model_dump() | {"params": count_params(student), "train_rows": len(data.train_set)})
 
     fit, test = distilled(
-        cfg, teacher_dir, student, data.train_set, data.teacher_logits, data, tracker, seed, "distill", dist, weights
+        cfg, teacher_dir, student, data.train_set, data.teacher_logits, data, tracker, seed, "distill", dist, mix
     )
     test_acc = test["accuracy"]
     metrics = {
@@ -243,9 +243,9 @@ def run(
         "transfer_rows": data.transfer_rows,
     }
     if cfg.ablation:
-        metrics |= ablation_student(cfg, teacher_dir, data, tracker, seed, dist, "labels_only", weights)
+        metrics |= ablation_student(cfg, teacher_dir, data, tracker, seed, dist, "labels_only", mix)
         if data.transfer_rows:
-            metrics |= ablation_student(cfg, teacher_dir, data, tracker, seed, dist, "kd_train_only", weights)
+            metrics |= ablation_student(cfg, teacher_dir, data, tracker, seed, dist, "kd_train_only", mix)
     save_model(student, data.tokenizer, data.labels.names, out_dir, metrics)
     tracker.log_metrics({"test_accuracy": test_acc, "best_val_accuracy": fit["val_accuracy"]})
     return StageResult(metrics=metrics, outputs={"model": out_dir})

@@ -1,17 +1,23 @@
 """Predict with a miniaturize edge bundle: needs only onnxruntime, tokenizers and numpy.
 
-This file is copied into every bundle as `predict.py` (by `miniaturize package`):
+This file is copied into every classification and multitask bundle as `predict.py` (by `miniaturize package`):
 
-    python predict.py "a moving, funny film"        # label and scores as JSON
+    python predict.py "a moving, funny film"        # {"text": ..., "label": ..., "scores": {label: p}}
     python predict.py --jsonl texts.jsonl           # one {"text": ...} (or a JSON string) per line
 
 Before loading anything it checks the bundle: the folder must hold exactly a classification bundle's files
-(model.onnx, tokenizer.json, labels.json, predict.py and manifest.json), the manifest must list exactly
-those, and each must have the sha256 the manifest records. `--expect-manifest SHA256` also pins
-manifest.json itself (the sha256 `miniaturize package` prints, or the registered version's
-`bundle.manifest_sha256` tag), so a manifest rewritten together with a swapped file is refused too. Any
-failure stops it with exit code 2 and the reason, never a prediction from a model that is not the one
-pinned. Threads: `--threads` (default 2).
+(model.onnx, tokenizer.json, labels.json, predict.py and manifest.json; a multitask bundle holds the same),
+the manifest must list exactly those, and each must have the sha256 the manifest records.
+`--expect-manifest SHA256` also pins manifest.json itself (the sha256 `miniaturize package` prints, or the
+registered version's `bundle.manifest_sha256` tag), so a manifest rewritten together with a swapped file is
+refused too. Any failure stops it with exit code 2 and the reason, never a prediction from a model that is
+not the one pinned. Threads: `--threads` (default 2).
+
+A multitask bundle (manifest.json's `task` is "multitask") answers every task in one call:
+{"text": ..., "tasks": {task: {"label": ..., "scores": {label: p}}, ...}}, each task's scores a softmax over
+its own labels. Its model has one output per task, `logits_<task>`, and labels.json names each logit
+`task:label` in output order: the tasks are read from the outputs, and a labels.json or a manifest `task`
+that does not agree with them is refused (exit code 2) before anything is predicted.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 KIND = "classification"
+MULTITASK = "multitask"  # the manifest's `task` of a bundle whose model has one output per task
+TASK_LOGITS_PREFIX = "logits_"  # a multitask model's outputs: logits_<task>, in task order
 # Every file of a classification bundle besides manifest.json: the folder must hold exactly these, and the
 # manifest list exactly these, so that no file a prediction reads escapes the hash check.
 BUNDLE_FILES = ("model.onnx", "tokenizer.json", "labels.json", "predict.py")
@@ -98,6 +106,30 @@ def verify(bundle: Path, expect_manifest: str | None = None) -> dict:
     return manifest
 
 
+def output_tasks(outputs: list[str], widths: list, labels: list[str]) -> dict[str, list[str]] | None:
+    """{task: its labels} of a model with one output per task (`outputs`, `logits_<task>`, in graph order, each
+    `widths` wide when its shape is fixed), from labels.json's `task:label` names; None for a model with one
+    `logits` output. BundleError when labels.json does not name exactly these outputs' logits, in order."""
+    if "logits" in outputs or not any(name.startswith(TASK_LOGITS_PREFIX) for name in outputs):
+        return None
+    per_task = [(name, width) for name, width in zip(outputs, widths) if name.startswith(TASK_LOGITS_PREFIX)]
+    tasks = {}
+    for name, width in per_task:
+        task = name[len(TASK_LOGITS_PREFIX) :]
+        tasks[task] = [label[len(task) + 1 :] for label in labels if label.startswith(f"{task}:")]
+        if not tasks[task] or (isinstance(width, int) and width != len(tasks[task])):
+            raise BundleError(
+                f"model.onnx has output {name} ({width} logits) but labels.json names {len(tasks[task])} "
+                f"labels {task}:...: the bundle's model and labels do not belong together"
+            )
+    if [f"{task}:{label}" for task, names in tasks.items() for label in names] != labels:
+        raise BundleError(
+            f"labels.json does not name the logits of model.onnx's outputs ({', '.join(n for n, _ in per_task)}) "
+            f"in order, as task:label"
+        )
+    return tasks
+
+
 class Predictor:
     def __init__(self, bundle: Path = HERE, threads: int = 2, expect_manifest: str | None = None):
         import onnxruntime as ort
@@ -115,8 +147,18 @@ class Predictor:
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(bundle / "model.onnx"), options, providers=["CPUExecutionProvider"])
         self.inputs = {i.name for i in self.session.get_inputs()}
+        declared = self.session.get_outputs()
+        # {task: its labels} of a multitask model, read from its outputs; None for a classifier's one output
+        self.tasks = output_tasks([o.name for o in declared], [o.shape[-1] for o in declared], self.labels)
+        self.outputs = [f"{TASK_LOGITS_PREFIX}{t}" for t in self.tasks] if self.tasks else [declared[0].name]
+        task = self.manifest.get("task", KIND)
+        if task != (MULTITASK if self.tasks else KIND):
+            has = f"one output per task ({', '.join(self.outputs)})" if self.tasks else "one logits output"
+            raise BundleError(f"manifest.json says task {task!r} but model.onnx has {has}")
 
     def scores(self, texts: list[str]):
+        """Probabilities (rows, labels.json's logits): a softmax over all labels, or over each task's own block
+        for a multitask model."""
         import numpy as np
 
         encoded = self.tokenizer.encode_batch(list(texts))
@@ -125,11 +167,12 @@ class Predictor:
             "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
             "token_type_ids": np.array([e.type_ids for e in encoded], dtype=np.int64),
         }
-        logits = self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})[0]
-        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return shifted / shifted.sum(axis=-1, keepdims=True)
+        blocks = self.session.run(self.outputs, {k: v for k, v in feed.items() if k in self.inputs})
+        return np.concatenate([softmax(logits) for logits in blocks], axis=-1)
 
     def predict(self, texts: list[str]) -> list[dict]:
+        if self.tasks:
+            return [{"text": text, "tasks": self.by_task(probs)} for text, probs in zip(texts, self.scores(texts))]
         out = []
         for text, probs in zip(texts, self.scores(texts)):
             best = int(probs.argmax())
@@ -141,6 +184,25 @@ class Predictor:
                 }
             )
         return out
+
+    def by_task(self, probs) -> dict[str, dict]:
+        """{task: {"label", "scores"}} of one row of a multitask model's `scores`."""
+        out, start = {}, 0
+        for task, labels in self.tasks.items():
+            block = probs[start : start + len(labels)]
+            start += len(labels)
+            out[task] = {
+                "label": labels[int(block.argmax())],
+                "scores": {label: round(float(p), 6) for label, p in zip(labels, block)},
+            }
+        return out
+
+
+def softmax(logits):
+    import numpy as np
+
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def read_jsonl(path: Path) -> list[str]:

@@ -29,7 +29,7 @@ from components.kit.modeling import (
     seed_everything,
 )
 from components.kit.tracking import StageResult, Tracker
-from components.kit.training import train
+from components.kit.training import TaskMix, train
 
 
 def run(
@@ -39,9 +39,9 @@ def run(
     tracker: Tracker,
     seed: int,
     dist: DistributedConfig | None = None,
-    weights: dict[str, float] | None = None,
+    mix: TaskMix | None = None,
 ) -> StageResult:
-    """`weights`: the loss weight of each task of multitask data (`multitask.weights`; 1 when absent)."""
+    """`mix`: how the tasks of multitask data share training (each task's loss weight, balanced drawing)."""
     seed_everything(seed)
     labels = labelling_of(prepared)
     source = resolve_model_source(cfg.model)
@@ -64,7 +64,7 @@ def run(
         seed,
         desc="teacher",
         dist=dist,
-        objective=labels.objective(weights),
+        objective=labels.objective(mix),
     )
 
     test = labels.scores(predict_logits(model, data["test"], tokenizer.pad_token_id), data["test"].labels)

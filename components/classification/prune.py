@@ -41,7 +41,7 @@ from components.kit.modeling import (
 from components.kit.pruning import head_scores, heads_to_prune, neuron_scores, neurons_to_keep, retained_inputs
 from components.kit.soft_targets import student_data
 from components.kit.tracking import PrefixedTracker, StageResult, Tracker
-from components.kit.training import SINGLE_LABEL, Distillation, Objective, train
+from components.kit.training import SINGLE_LABEL, Distillation, Objective, TaskMix, train
 
 
 def importance_scores(
@@ -170,14 +170,14 @@ def run(
     seed: int,  # step k scores its batches and recovers with seed + k
     dist: DistributedConfig | None = None,
     soft_cache: Path | None = None,
-    weights: dict[str, float] | None = None,  # each task's loss weight, for multitask data
+    mix: TaskMix | None = None,  # how the tasks of multitask data share training
 ) -> StageResult:
     seed_everything(seed)
     model = AutoModelForSequenceClassification.from_pretrained(student_dir, use_safetensors=True)
     data = student_data(cfg, student_dir, teacher_dir, prepared, soft_cache, dist)
     pad_id, val = data.pad_id, data.splits["validation"]
     kd = Distillation(data.teacher_logits, cfg.alpha, cfg.temperature)
-    objective, score = data.labels.objective(weights), data.labels.score
+    objective, score = data.labels.objective(mix), data.labels.score
     tracker.log_params(cfg.model_dump())
     params_before, heads_before = count_params(model), n_heads(model)
     targets = step_targets(

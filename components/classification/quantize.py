@@ -16,6 +16,12 @@ none is, the fp32 model ships and the report says why.
 It then reports how far the shipped model strays from fp32: the share of identical predictions (agreement) on the test
 and validation splits, both accuracies, and the sizes, in `out_dir/quantize_report.json`. The folder is
 built in a temporary sibling and renamed into place at the end.
+
+A multitask export (one output per task, `logits_<task>`: `components.classification.export`) goes through
+unchanged: the quantizers keep the graph's outputs, `onnx_logits` reads them as one matrix, accuracy is the
+mean of the tasks' accuracies and agreement the mean of their agreements (each task's prediction is the
+argmax of its own block), and the report adds each task's figures (`agreement_test.<task>`,
+`accuracy_int8_test.<task>`, ...).
 """
 
 from __future__ import annotations
@@ -28,9 +34,10 @@ import numpy as np
 
 from components.config import QuantizeConfig
 from components.kit.files import move_into_place, temp_sibling
-from components.kit.labelling import model_labelling
+from components.kit.heads import Heads
+from components.kit.labelling import Labelling, model_labelling
 from components.kit.latency import latency_stats, load_onnx_session, time_calls
-from components.kit.modeling import accuracy, collate, dir_size_bytes, encode_split
+from components.kit.modeling import collate, dir_size_bytes, encode_split
 from components.kit.onnx_models import (
     ONNX_FILE,
     copy_model_metadata,
@@ -41,11 +48,37 @@ from components.kit.quantization import quantize_into, resolve_preset
 from components.kit.tracking import StageResult, Tracker
 
 
-def agreement(a_logits: np.ndarray, b_logits: np.ndarray) -> float:
-    """Share of sentences on which two models predict the same class (1.0 for an empty split)."""
+def agreement(a_logits: np.ndarray, b_logits: np.ndarray, blocks: list[slice] | None = None) -> float:
+    """Share of sentences on which two models predict the same class (1.0 for an empty split); with `blocks`
+    (a multitask model's block of logits per task), the mean over the blocks of that share in each."""
     if len(a_logits) != len(b_logits):
         raise ValueError(f"different numbers of rows: {len(a_logits)} and {len(b_logits)}")
-    return float((a_logits.argmax(-1) == b_logits.argmax(-1)).mean()) if len(a_logits) else 1.0
+    if not len(a_logits):
+        return 1.0
+    shares = [(a_logits[:, cut].argmax(-1) == b_logits[:, cut].argmax(-1)).mean() for cut in blocks or [slice(None)]]
+    return float(np.mean(shares))
+
+
+def task_blocks(labels: Labelling) -> dict[str, slice]:
+    """{task: its block of logits} of a multitask model; {} for one label per row."""
+    return labels.slices if isinstance(labels, Heads) else {}
+
+
+def agreements(a_logits: np.ndarray, b_logits: np.ndarray, labels: Labelling) -> dict[str, float]:
+    """{"": the agreement (over tasks, their mean), task: that task's} ({"": ...} alone for one label per row)."""
+    blocks = task_blocks(labels)
+    overall = {"": agreement(a_logits, b_logits, list(blocks.values()))}
+    return overall | {task: agreement(a_logits, b_logits, [cut]) for task, cut in blocks.items()}
+
+
+def by_task(scores: dict[str, float]) -> dict[str, float]:
+    """{"": overall, task: ...} from `Labelling.scores`' {"accuracy": ..., "accuracy.<task>": ...}."""
+    return {key.partition(".")[2]: value for key, value in scores.items()}
+
+
+def named(name: str, split: str, figures: dict[str, float]) -> dict[str, float]:
+    """Report keys of {"": overall, task: ...}: `<name>_<split>`, then `<name>_<split>.<task>` per task."""
+    return {f"{name}_{split}" + (f".{task}" if task else ""): value for task, value in figures.items()}
 
 
 def fuse_then_quantize(onnx_dir: Path, dst: Path, per_channel: bool) -> Path:
@@ -165,11 +198,19 @@ def build_candidate(
 
 
 def measure_candidates(
-    cfg: QuantizeConfig, onnx_dir: Path, work: Path, preset: str, fp32_session, fp32_val: np.ndarray, val, pad_id: int
+    cfg: QuantizeConfig,
+    onnx_dir: Path,
+    work: Path,
+    preset: str,
+    fp32_session,
+    fp32_val: np.ndarray,
+    val,
+    pad_id: int,
+    labels: Labelling,
 ) -> dict[str, dict]:
     """Build every variant of `candidate_variants(cfg)` under `work` and measure it on the validation split
-    (`val`, on which the fp32 export gave `fp32_val`): accuracy, agreement with fp32, batch-1 p50 latency and
-    size. A variant that cannot be built is reported with its error, not fatal."""
+    (`val`, on which the fp32 export gave `fp32_val`, scored as `labels` says): accuracy, agreement with fp32,
+    batch-1 p50 latency and size. A variant that cannot be built is reported with its error, not fatal."""
     calibration = batch1_feeds(fp32_session, val, pad_id, cfg.calibration_sentences)
     measured: dict[str, dict] = {}
     for label, name, per_channel in candidate_variants(cfg):
@@ -178,8 +219,8 @@ def measure_candidates(
             session = load_onnx_session(path)
             logits = onnx_logits(session, val, pad_id)
             measured[label] = {
-                "accuracy": accuracy(logits, val.labels),
-                "agreement": agreement(fp32_val, logits),
+                "accuracy": labels.score(logits, val.labels),
+                "agreement": agreement(fp32_val, logits, list(task_blocks(labels).values())),
                 "latency_ms": batch1_p50_ms(session, val, pad_id, cfg.latency_sentences),
                 "size_bytes": path.stat().st_size,
             }
@@ -188,15 +229,16 @@ def measure_candidates(
     return measured
 
 
-def against_fp32(shipped, splits: dict, pad_id: int) -> dict:
+def against_fp32(shipped, splits: dict, pad_id: int, labels: Labelling) -> dict:
     """How far the shipped model strays from fp32 on each split of `splits` ({name: (encoded split, the fp32
-    export's logits)}): agreement, both accuracies and the row count."""
+    export's logits)}): agreement, both accuracies and the row count; for a multitask model also each task's
+    (`agreement_test.<task>`, `accuracy_int8_test.<task>`, ...)."""
     report = {}
     for split, (data, fp32_logits) in splits.items():
         int8_logits = onnx_logits(shipped, data, pad_id)
-        report[f"agreement_{split}"] = agreement(fp32_logits, int8_logits)
-        report[f"accuracy_fp32_{split}"] = accuracy(fp32_logits, data.labels)
-        report[f"accuracy_int8_{split}"] = accuracy(int8_logits, data.labels)
+        report |= named("agreement", split, agreements(fp32_logits, int8_logits, labels))
+        report |= named("accuracy_fp32", split, by_task(labels.scores(fp32_logits, data.labels)))
+        report |= named("accuracy_int8", split, by_task(labels.scores(int8_logits, data.labels)))
         report[f"n_{split}"] = len(data)
     return report
 
@@ -229,10 +271,10 @@ def run(
         fp32_session = load_onnx_session(onnx_dir / ONNX_FILE)
         fp32_val = onnx_logits(fp32_session, val, pad_id)
         fp32 = {
-            "accuracy": accuracy(fp32_val, val.labels),
+            "accuracy": labels.score(fp32_val, val.labels),
             "latency_ms": batch1_p50_ms(fp32_session, val, pad_id, cfg.latency_sentences),
         }
-        measured = measure_candidates(cfg, onnx_dir, work, preset, fp32_session, fp32_val, val, pad_id)
+        measured = measure_candidates(cfg, onnx_dir, work, preset, fp32_session, fp32_val, val, pad_id, labels)
         chosen, reasons = choose_candidate(fp32, measured, cfg.max_drop_vs_fp32_points)
         for name, m in measured.items():
             print(
@@ -257,7 +299,10 @@ def run(
         shipped = load_onnx_session(tmp / ONNX_FILE)
         test = encode_split(prepared, "test", tokenizer, labels, max_length)
         report |= against_fp32(
-            shipped, {"test": (test, onnx_logits(fp32_session, test, pad_id)), "validation": (val, fp32_val)}, pad_id
+            shipped,
+            {"test": (test, onnx_logits(fp32_session, test, pad_id)), "validation": (val, fp32_val)},
+            pad_id,
+            labels,
         )
         fp32_bytes, int8_bytes = dir_size_bytes(onnx_dir), dir_size_bytes(tmp)
         report |= {

@@ -39,8 +39,14 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from components.config import IncrementalConfig, TrainConfig
 from components.kit.data import DataError
 from components.kit.interpolation import SHARES, choose_share, largest_drop, mean_accuracy, mixed_state
-from components.kit.modeling import accuracy as accuracy_of
-from components.kit.modeling import count_params, encode, predict_logits, save_model, seed_everything
+from components.kit.modeling import (
+    accuracy as accuracy_of,
+    count_params,
+    encode,
+    predict_logits,
+    save_model,
+    seed_everything,
+)
 from components.kit.replay import replay_buffer
 from components.kit.tracking import PrefixedTracker, StageResult, Tracker
 from components.kit.training import Distillation, train

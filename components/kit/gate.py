@@ -190,6 +190,19 @@ def decide(ratios: dict, cfg: GateConfig) -> GateDecision:
     )
 
 
+def decide_multitask(
+    vs_teacher: dict, vs_single_tasks: dict | None, cfg: GateConfig, max_drop_vs_single_points: float
+) -> GateDecision:
+    """The classification checks against the teacher (`decide`), its accuracy drop being the worst task's,
+    and, when the single-task baseline ran, the worst task's drop against its single-task student."""
+    checks = dict(decide(vs_teacher, cfg).checks)
+    if vs_single_tasks is not None:
+        checks["accuracy_drop_vs_single_task_points"] = _check(
+            vs_single_tasks.get("accuracy_drop_points"), max_drop_vs_single_points, at_most=True
+        )
+    return GateDecision.of(checks)
+
+
 # ---------------------------------------------------------------- causal-lm
 
 

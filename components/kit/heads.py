@@ -22,7 +22,7 @@ import torch
 
 from components.kit.losses import UNLABELLED, kd_loss
 from components.kit.modeling import Encoded
-from components.kit.training import Objective
+from components.kit.training import Objective, TaskMix
 
 MISSING = UNLABELLED  # a row's label for a task it has no label for
 # In a model's config.json: [[task, [label, ...]], ...] in output order. A list, not a mapping:
@@ -135,27 +135,34 @@ class Heads:
         """The mean of the tasks' accuracies: what early stopping and candidate choices compare."""
         return float(np.nanmean(list(self.accuracies(logits, labels).values())))
 
-    def objective(self, weights: dict[str, float] | None = None) -> Objective:
-        """The training objective of these heads: the weighted masked loss, early stopping on the mean of the
-        tasks' validation accuracies."""
+    def objective(self, mix: TaskMix | None = None) -> Objective:
+        """The training objective of these heads: the masked loss weighted by `mix.weights`, early stopping on
+        the mean of the tasks' validation accuracies, and with `mix.balanced` rows drawn task-balanced
+        (`balanced_draw`)."""
+        mix = mix or TaskMix()
 
         def loss(student, teacher, labels, alpha, temperature):
-            return self.loss(student, teacher, labels, alpha, temperature, weights)
+            return self.loss(student, teacher, labels, alpha, temperature, mix.weights)
 
-        return Objective(loss=loss, score=self.mean_accuracy)
+        return Objective(loss=loss, score=self.mean_accuracy, sampling=balanced_draw if mix.balanced else None)
 
     def encode(self, tokenizer, frame, max_length: int) -> Encoded:
         """A multitask split tokenized: labels (rows, tasks), MISSING where a row has no label for a task (or
         for every task where the frame has no task columns: an unlabelled set)."""
         ids = tokenizer(frame["text"].tolist(), truncation=True, max_length=max_length)["input_ids"]
-        labels = np.full((len(ids), len(self.tasks)), MISSING, dtype=np.int64)
+        return Encoded(ids, self.gold(frame))
+
+    def gold(self, frame) -> np.ndarray:
+        """The frame's labels as (rows, tasks) label indices, MISSING where a row has no label for a task (or
+        for every task where the frame has no task columns)."""
+        labels = np.full((len(frame), len(self.tasks)), MISSING, dtype=np.int64)
         for t, (name, names) in enumerate(self.tasks.items()):
             column = self.column(name)
             if column not in frame.columns:
                 continue
             index = {label: i for i, label in enumerate(names)}
             labels[:, t] = [MISSING if value is None or value != value else index[value] for value in frame[column]]
-        return Encoded(ids, labels)
+        return labels
 
     def scores(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """Each task's accuracy (`accuracy.<task>`) and their mean (`accuracy`)."""
@@ -164,3 +171,20 @@ class Heads:
 
     def score(self, logits: np.ndarray, labels: np.ndarray) -> float:
         return self.mean_accuracy(logits, labels)
+
+
+def balanced_draw(labels: np.ndarray) -> np.ndarray | None:
+    """The probability of drawing each row so that every task's labelled rows are drawn equally often: a row
+    weighs the sum, over the tasks it has a label for, of 1 / (rows labelled for that task). A task labelled
+    on fewer rows (sentiment, on the rows with a clear rating) is then seen as often as one every row has.
+    A row with no label (a transfer sentence, learned from the teacher alone) weighs the labelled rows' mean.
+    None (every row once) for labels that are not one column per task, or no label at all."""
+    if labels.ndim != 2:
+        return None
+    known = labels != MISSING
+    if not known.any():
+        return None
+    weight = (known / np.maximum(known.sum(axis=0), 1)).sum(axis=1)
+    labelled = known.any(axis=1)
+    weight[~labelled] = weight[labelled].mean()
+    return weight / weight.sum()

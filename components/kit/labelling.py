@@ -15,7 +15,7 @@ import pandas as pd
 
 from components.kit.heads import CONFIG_KEY, Heads
 from components.kit.modeling import Encoded, accuracy, encode
-from components.kit.training import SINGLE_LABEL, Objective
+from components.kit.training import SINGLE_LABEL, Objective, TaskMix
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class SingleLabel:
         gold = frame["label"].tolist() if "label" in frame.columns else None
         return encode(tokenizer, frame["text"].tolist(), gold, list(self.labels), max_length)
 
-    def objective(self, weights: dict[str, float] | None = None) -> Objective:
+    def objective(self, mix: TaskMix | None = None) -> Objective:
         return SINGLE_LABEL
 
     def scores(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -6,8 +6,9 @@ sizes and peak memory.
 
 The evaluate stage builds a *runner* per model (`load_runner(path, runtime, threads)`): a callable that
 takes one pre-tokenised batch (a dict of int64 numpy arrays `input_ids`, `attention_mask`,
-`token_type_ids`) and returns the logits. Batches are built from real test sentences before any clock
-starts (`batched_inputs`), so a timed call covers the model forward only, never tokenisation or padding.
+`token_type_ids`) and returns the logits: one matrix, also from a multitask export's one output per task
+(`logit_outputs`). Batches are built from real test sentences before any clock starts (`batched_inputs`), so
+a timed call covers the model forward only, never tokenisation or padding.
 
 - `time_calls` runs warm-up calls, then timed calls (`time.perf_counter`, milliseconds);
   `latency_stats` summarises them (pure).
@@ -54,6 +55,9 @@ QUANTIZED_OPS = {
     "MatMulIntegerToFloat",
     "QGemm",
 }
+# A multitask model's ONNX export has one output per task, `logits_<task>`, in task order
+# (components.classification.export); the edge script (edge_predict.py) stands alone and repeats the prefix.
+TASK_LOGITS_PREFIX = "logits_"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # components/kit/latency.py -> the checkout
 
 
@@ -180,27 +184,43 @@ def find_onnx_file(path: str | Path) -> Path:
     )
 
 
-def load_onnx_session(path: str | Path, threads: int = 2):
+def load_onnx_session(path: str | Path, threads: int = 2, spinning: bool = True):
     """A CPU InferenceSession with `threads` intra-op threads and one inter-op thread, of an .onnx file or a
     folder's model (`find_onnx_file`). Every stage opens its sessions here; it lives in this module, which
-    imports nothing heavy, so that the RSS probe of an ONNX model never imports torch."""
+    imports nothing heavy, so that the RSS probe of an ONNX model never imports torch.
+
+    `spinning=False` stops the intra-op threads from spin-waiting after a call: several sessions run one after
+    another in one process (a device answering with one model per task) otherwise leave each other's
+    threads spinning on the same cores, measured here 4x slower in all."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(find_onnx_file(path)), sess_options=options, providers=["CPUExecutionProvider"])
 
 
+def logit_outputs(names: list[str]) -> list[str]:
+    """The outputs of an ONNX classifier (`names`, in graph order) whose concatenation on the last axis, in
+    that order, is its logits: `logits` when the graph has it, else a multitask export's one output per task
+    (`logits_<task>`, `TASK_LOGITS_PREFIX`), else the first output."""
+    if "logits" in names:
+        return ["logits"]
+    return [name for name in names if name.startswith(TASK_LOGITS_PREFIX)] or names[:1]
+
+
 def onnx_runner(session) -> Runner:
-    """Feeds only the inputs the graph declares (token_type_ids is absent from some architectures)."""
+    """Feeds only the inputs the graph declares (token_type_ids is absent from some architectures); a multitask
+    export's per-task outputs come back as one matrix (`logit_outputs`)."""
     wanted = [i.name for i in session.get_inputs()]
-    outputs = [o.name for o in session.get_outputs()]
-    output = "logits" if "logits" in outputs else outputs[0]
+    outputs = logit_outputs([o.name for o in session.get_outputs()])
 
     def run(batch: Batch) -> np.ndarray:
-        return session.run([output], {name: batch[name] for name in wanted})[0]
+        found = session.run(outputs, {name: batch[name] for name in wanted})
+        return found[0] if len(found) == 1 else np.concatenate(found, axis=-1)
 
     return run
 

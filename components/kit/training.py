@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import operator
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -52,6 +52,18 @@ class Objective:
     # (student logits, teacher logits or None, labels, alpha (a float or one per row), temperature) -> loss
     loss: Callable[..., torch.Tensor] = kd_loss
     score: Callable[[np.ndarray, np.ndarray], float] = accuracy  # (logits, labels): higher is better
+    # (training labels) -> the probability of drawing each row, or None: every row once per epoch
+    sampling: Callable[[np.ndarray], np.ndarray | None] | None = None
+
+
+@dataclass(frozen=True)
+class TaskMix:
+    """How the tasks of a multitask model share its training (`multitask.weights`,
+    `multitask.balanced_sampling`): each task's loss weight (1 when absent), and whether each epoch draws its
+    rows so that every task's labelled rows are drawn equally often (`components.kit.heads`)."""
+
+    weights: dict[str, float] = field(default_factory=dict)
+    balanced: bool = False
 
 
 SINGLE_LABEL = Objective()
@@ -238,13 +250,14 @@ def train(
     model, optimizer = dp.prepare(model, torch.optim.AdamW(groups, lr=cfg.lr))
     part_loss = classifier_loss(model, raw, train_set, pad_id, kd, dp, objective)
     before_clip = (lambda: dp.average_gradients(kd.features.parameters())) if features else None
+    draw = objective.sampling(train_set.labels) if objective.sampling is not None else None
 
     best = BestEpoch(-1.0, operator.gt)
     history: list[dict[str, float]] = []
     started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         # Every process draws the same global batches (same seed) and takes its own share of each.
-        batches = length_bucketed_batches(lengths, cfg.batch_size, shuffle=True, seed=seed * 1000 + epoch)
+        batches = length_bucketed_batches(lengths, cfg.batch_size, shuffle=True, seed=seed * 1000 + epoch, draw=draw)
         train_loss = train_epoch(
             dp,
             model,

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.config import DataConfig, MultitaskConfig
+from components.config import DataConfig, TaskColumn
 from components.kit.data import (
     VADER_MEMBERS,
     VADER_SHA256,
@@ -74,7 +74,9 @@ def label_vader(archive: Path, threshold: float) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def load_source(data: DataConfig, mt: MultitaskConfig, cache_dir: Path, root: Path) -> tuple[pd.DataFrame, str, str]:
+def load_source(
+    data: DataConfig, tasks: dict[str, TaskColumn], cache_dir: Path, root: Path
+) -> tuple[pd.DataFrame, str, str]:
     """(rows, source description, sha256 of the source bytes)."""
     if data.source == BUILTIN:
         return (
@@ -84,16 +86,16 @@ def load_source(data: DataConfig, mt: MultitaskConfig, cache_dir: Path, root: Pa
         )
     path = workspace_path(data.source, root, "data.source")
     frame = read_table(path)
-    check_column_types(frame, f"data file {path}", ("text", *(t.column for t in mt.tasks.values())))
+    check_column_types(frame, f"data file {path}", ("text", *(t.column for t in tasks.values())))
     return frame, path.relative_to(Path(root).resolve()).as_posix(), file_sha256(path)
 
 
-def task_labels(frame: pd.DataFrame, mt: MultitaskConfig, source: str) -> dict[str, list[str]]:
+def task_labels(frame: pd.DataFrame, tasks: dict[str, TaskColumn], source: str) -> dict[str, list[str]]:
     """Each task's label set (declared, else the sorted labels in its column), after checking the rows:
     DataError naming the task and its column for a missing column, a label outside the declared set, fewer
     than two classes, and rows that have no label for any task."""
     found: dict[str, list[str]] = {}
-    for name, task in mt.tasks.items():
+    for name, task in tasks.items():
         where = f"task {name} (column {task.column!r})"
         if task.column not in frame.columns:
             raise DataError(
@@ -117,7 +119,7 @@ def task_labels(frame: pd.DataFrame, mt: MultitaskConfig, source: str) -> dict[s
                 "least two to learn anything"
             )
         found[name] = labels
-    columns = [t.column for t in mt.tasks.values()]
+    columns = [t.column for t in tasks.values()]
     unlabelled = frame[columns].isna().all(axis=1)
     if unlabelled.any():
         first = int(np.flatnonzero(unlabelled.to_numpy())[0])
@@ -129,25 +131,25 @@ def task_labels(frame: pd.DataFrame, mt: MultitaskConfig, source: str) -> dict[s
     return found
 
 
-def stratify_column(frame: pd.DataFrame, mt: MultitaskConfig) -> str | None:
+def stratify_column(frame: pd.DataFrame, tasks: dict[str, TaskColumn]) -> str | None:
     """The first task column every row has a label in, which the split is stratified on."""
-    return next((t.column for t in mt.tasks.values() if frame[t.column].notna().all()), None)
+    return next((t.column for t in tasks.values() if frame[t.column].notna().all()), None)
 
 
 def describe(
-    splits: dict[str, pd.DataFrame], mt: MultitaskConfig, labels: dict, source: str, sha256: str, dropped: dict
+    splits: dict[str, pd.DataFrame], tasks: dict[str, TaskColumn], labels: dict, source: str, sha256: str, dropped: dict
 ) -> dict:
     return {
         "source": source,
         "sha256": sha256,
-        "tasks": {name: {"column": t.column, "labels": labels[name]} for name, t in mt.tasks.items()},
+        "tasks": {name: {"column": t.column, "labels": labels[name]} for name, t in tasks.items()},
         "duplicates_dropped": {"exact": dropped["exact"], "normalised": dropped["normalised"]},
         "conflicting_labels_dropped": dropped["conflicting_labels"],
         "rows": {name: len(df) for name, df in splits.items()},
         "label_balance": {
             split: {
                 name: {str(k): int(v) for k, v in df[t.column].value_counts().sort_index().items()}
-                for name, t in mt.tasks.items()
+                for name, t in tasks.items()
             }
             for split, df in splits.items()
         },
@@ -156,30 +158,30 @@ def describe(
 
 def run(
     data: DataConfig,
-    mt: MultitaskConfig,
+    tasks: dict[str, TaskColumn],
     out_dir: Path,
     tracker: Tracker,
     cache_dir: Path = Path("data/raw"),
     root: Path = Path("."),
 ) -> StageResult:
-    loaded, source, sha256 = load_source(data, mt, cache_dir, root)
-    columns = tuple(t.column for t in mt.tasks.values())
+    loaded, source, sha256 = load_source(data, tasks, cache_dir, root)
+    columns = tuple(t.column for t in tasks.values())
     loaded = normalize_columns(loaded, ("text", *columns))
     for column in columns:  # an empty cell (CSV) is a row without a label for that task
         if column in loaded.columns:
             loaded[column] = loaded[column].mask(loaded[column].str.strip() == "")
-    labels = task_labels(loaded, mt, source)
+    labels = task_labels(loaded, tasks, source)
     check_duplicate_share(loaded, source, data.max_duplicate_share)
     frame, dropped = deduplicate(loaded, label_columns=columns)
     frame = frame[["text", *columns]]
-    splits = stratified_split(frame, data.split, data.seed, data.max_rows, by=stratify_column(frame, mt))
+    splits = stratified_split(frame, data.split, data.seed, data.max_rows, by=stratify_column(frame, tasks))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, df in splits.items():
         df.to_parquet(out_dir / f"{name}.parquet", index=False)
-    card = describe(splits, mt, labels, source, sha256, dropped)
+    card = describe(splits, tasks, labels, source, sha256, dropped)
     (out_dir / "data_card.json").write_text(json.dumps(card, indent=2))
-    tracker.log_params({"source": source, "source_sha256": sha256, "tasks": ",".join(mt.tasks)})
+    tracker.log_params({"source": source, "source_sha256": sha256, "tasks": ",".join(tasks)})
     tracker.log_metrics(
         {f"rows_{k}": v for k, v in card["rows"].items()} | {f"dropped_{k}": v for k, v in dropped.items()}
     )

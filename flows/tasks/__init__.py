@@ -1,4 +1,4 @@
-"""The tasks: one module per task (`classification.py`, `causal_lm.py`), each building its record, and `TASKS`,
+"""The tasks: one module per task (`classification.py`, `causal_lm.py`, `multitask.py`), each building its record, and `TASKS`,
 the one dict that names them. Everything outside a task's own module reaches it through `TASKS` or
 `task_for(params)`, and reads the record (`flows.stages.Task`), never the task's name.
 
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from components.config import Params
 from flows.stages import Task
-from flows.tasks import causal_lm, classification
+from flows.tasks import causal_lm, classification, multitask
 
 TASKS: dict[str, Task] = {
     classification.TASK.name: classification.TASK,
     causal_lm.TASK.name: causal_lm.TASK,
+    multitask.TASK.name: multitask.TASK,
 }
 
 

@@ -238,7 +238,7 @@ TASK = Task(
     judging=Judging(
         quality="perplexity",
         settings=lambda p: p.lm.gate,
-        against_teacher=gate.decide_lm,
+        against_teacher=lambda report, cfg: gate.decide_lm(report["final_vs_teacher"], cfg),
         against_champion=gate.compare_lm_to_champion,
         remeasure=remeasure,
     ),

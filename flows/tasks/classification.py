@@ -16,16 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import BaseModel
-
 from components.classification import KIND, NAME
 from components.config import Params
 from components.kit import gate
 from components.kit.hashing import prepared_sha256
-from components.kit.tracking import PrefixedTracker, StageResult, Tracker
+from components.kit.tracking import StageResult, Tracker
 from flows import registry
 from flows.preflight import require_layers, teacher_depth
-from flows.stages import Judging, Stage, StageIO, Task, merge
+from flows.stages import Judging, Stage, StageIO, Task
+from flows.tasks.chain import export, quantize, soft_cache, student_chain, training, trim
 from flows.workspace import Place, Workspace
 
 
@@ -63,20 +62,10 @@ def validate(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageR
     return component.run(p.section("validate"), ws.prepared, ws.validation, tracker, expected_labels=p.data.labels)
 
 
-def soft_cache(ws: ClassificationWorkspace) -> Path:
-    """Teacher soft targets the teacher's folder lacks, computed once (beside the stage cache, not a DVC output)."""
-    return ws.root / ".miniaturize" / "soft_targets"
-
-
 def finetune(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
     from components.classification import finetune as component
 
     return component.run(p.teacher, ws.prepared, ws.teacher, tracker, seed=p.seed, dist=p.distributed)
-
-
-def training(p: Params, ws: ClassificationWorkspace) -> dict:
-    """What the student's training stages take besides their own section and folders."""
-    return {"seed": p.seed, "dist": p.distributed, "soft_cache": soft_cache(ws)}
 
 
 def distill(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
@@ -89,98 +78,6 @@ def prune(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResu
     from components.classification import prune as component
 
     return component.run(p.prune, ws.student, ws.teacher, ws.prepared, ws.pruned, tracker, **training(p, ws))
-
-
-def trim(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
-    from components.classification import trim as component
-
-    return component.run(p.trim, ws.pruned, ws.prepared, ws.trimmed, tracker, max_length=p.teacher.max_length)
-
-
-def export(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
-    """The compressed model, and the teacher as the quantize-only baseline's starting point."""
-    from components.classification import export as component
-
-    teacher_tracker, max_length = PrefixedTracker(tracker, "teacher."), p.teacher.max_length
-    final = component.run(p.export, ws.trimmed, ws.prepared, ws.onnx_fp32, tracker, max_length=max_length)
-    baseline = component.run(
-        p.export, ws.teacher, ws.prepared, ws.teacher_onnx_fp32, teacher_tracker, max_length=max_length
-    )
-    return merge(final, baseline, "teacher.")
-
-
-def quantize(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
-    from components.classification import quantize as component
-
-    teacher_tracker, max_length = PrefixedTracker(tracker, "teacher."), p.teacher.max_length
-    final = component.run(p.quantize, ws.onnx_fp32, ws.prepared, ws.final, tracker, max_length=max_length)
-    # The baseline is what quantizing alone gives: Optimum's plain dynamic int8 of the teacher.
-    plain = p.quantize.model_copy(
-        update={"candidates": ["int8"], "per_channel": [False], "max_drop_vs_fp32_points": 100.0}
-    )
-    baseline = component.run(
-        plain, ws.teacher_onnx_fp32, ws.prepared, ws.baseline_teacher_int8, teacher_tracker, max_length=max_length
-    )
-    return merge(final, baseline, "teacher.")
-
-
-def student_chain(
-    p: Params,
-    teacher: Path,
-    prepared: Path,
-    out: dict[str, Path],
-    tracker: Tracker,
-    prefix: str,
-    seed: int,
-    soft: Path,
-    distill_cfg: BaseModel,
-    prune_cfg: BaseModel | None,
-    trim_cfg: BaseModel | None,
-    quantize_cfg: BaseModel | None,
-) -> tuple[Path, str]:
-    """The student chain from a trained teacher, as the seeds stage re-runs it per seed and the search builds
-    each candidate (flows/search.py): distill -> prune -> trim -> export -> quantize.
-
-    `out` says where each step writes (student, pruned, trimmed, onnx_fp32, final). A step whose folder
-    already exists is reused (search candidates share students, pruned and exported models); a step given
-    no config (None) is skipped, its input passed on. Each step logs under `<prefix><step>.`. Returns the
-    final folder and what it ships (the chosen quantization, or fp32)."""
-    from components.classification import distill, export, prune, quantize, trim
-
-    length = p.teacher.max_length
-    log = {
-        name: PrefixedTracker(tracker, f"{prefix}{name}.")
-        for name in ("distill", "prune", "trim", "export", "quantize")
-    }
-    student = model = out["student"]
-    if not student.exists():
-        distill.run(
-            distill_cfg, teacher, prepared, student, log["distill"], seed=seed, dist=p.distributed, soft_cache=soft
-        )
-    if prune_cfg is not None:
-        model = out["pruned"]
-        if not model.exists():
-            prune.run(
-                prune_cfg,
-                student,
-                teacher,
-                prepared,
-                model,
-                log["prune"],
-                seed=seed,
-                dist=p.distributed,
-                soft_cache=soft,
-            )
-    onnx_dir = out["onnx_fp32"]
-    if not onnx_dir.exists():
-        if trim_cfg is not None:
-            trim.run(trim_cfg, model, prepared, out["trimmed"], log["trim"], max_length=length)
-            model = out["trimmed"]
-        export.run(p.export, model, prepared, onnx_dir, log["export"], max_length=length)
-    if quantize_cfg is None:
-        return onnx_dir, "fp32"
-    chosen = quantize.run(quantize_cfg, onnx_dir, prepared, out["final"], log["quantize"], max_length=length)
-    return out["final"], chosen.info["chosen"]
 
 
 def seeds(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
@@ -455,7 +352,7 @@ TASK = Task(
     judging=Judging(
         quality="accuracy",
         settings=lambda p: p.register_.gate,
-        against_teacher=gate.decide,
+        against_teacher=lambda report, cfg: gate.decide(report["final_vs_teacher"], cfg),
         against_champion=gate.compare_to_champion,
         remeasure=remeasure,
     ),

@@ -1,7 +1,8 @@
 """Edge bundle: files and hashes, predictions equal to the pipeline's, tamper detection, and predict.py in
 a fresh virtual environment that holds only onnxruntime, tokenizers and numpy (from the package index);
 where a bundle may be written (never over a folder or file that is not one), its fixed file set, and the
-manifest pinned by its sha256."""
+manifest pinned by its sha256; a multitask bundle answers every task in one call, in that fresh
+environment too."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from components import bundle
-from components.classification import export
+from components.classification import edge_predict, export
 from components.classification.edge_predict import BundleError, Predictor, verify
 from components.config import ExportConfig
 from components.kit.tracking import NullTracker
@@ -284,3 +285,102 @@ def test_expect_manifest_refuses_a_manifest_rewritten_with_a_swapped_file(copy, 
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
+
+
+# ---------------------------------------------------------------- a multitask bundle: every task in one call
+
+TASKS = {"sentiment": ["negative", "positive"], "length": ["long", "short"]}  # conftest's MULTITASK_TASKS
+
+
+@pytest.fixture(scope="module")
+def multitask_packaged(tiny_model_dir, tiny_multitask_prepared, tmp_path_factory):
+    from tests.components.classification.test_export import multitask_export
+
+    root = tmp_path_factory.mktemp("multitask_bundle")
+    onnx_dir = multitask_export(root, tiny_model_dir, tiny_multitask_prepared)
+    out = bundle.package(onnx_dir, root / "edge", {"path": str(onnx_dir)}, {"accuracy": 0.5}, max_length=32)
+    return onnx_dir, out
+
+
+def test_a_multitask_bundle_holds_the_same_files_and_says_multitask(multitask_packaged):
+    from components import multitask
+    from components.kit.heads import CONFIG_KEY
+    from components.kit.latency import TASK_LOGITS_PREFIX
+
+    _, out = multitask_packaged
+    manifest = verify(out)
+    assert manifest["task"] == multitask.KIND == bundle.MULTITASK
+    assert set(manifest["files"]) == {"model.onnx", "tokenizer.json", "labels.json", "predict.py"}
+    # the stand-alone script and bundle.py repeat these names: they must not drift from their sources
+    assert edge_predict.MULTITASK == multitask.KIND and edge_predict.TASK_LOGITS_PREFIX == TASK_LOGITS_PREFIX
+    assert bundle.TASK_HEADS_KEY == CONFIG_KEY
+
+
+def test_a_multitask_bundle_predicts_every_task_as_the_pipelines_outputs(multitask_packaged):
+    from transformers import AutoTokenizer
+
+    from components.kit.modeling import encode
+    from components.kit.onnx_models import onnx_outputs
+
+    onnx_dir, out = multitask_packaged
+    predictor = Predictor(out)
+    assert predictor.tasks == TASKS
+    tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
+    data = encode(tokenizer, TEXTS, None, [], 32)
+    expected = [np.exp(x) / np.exp(x).sum(-1, keepdims=True) for x in onnx_outputs(onnx_dir, data, 0).values()]
+    np.testing.assert_allclose(predictor.scores(TEXTS), np.concatenate(expected, axis=-1), atol=1e-5)
+    rows = predictor.predict(TEXTS)
+    assert [row["text"] for row in rows] == TEXTS and all(set(row) == {"text", "tasks"} for row in rows)
+    for row, sentiment, length in zip(rows, *expected):
+        assert list(row["tasks"]) == ["sentiment", "length"]
+        for task, probs in (("sentiment", sentiment), ("length", length)):
+            answer = row["tasks"][task]
+            assert answer["label"] == TASKS[task][int(probs.argmax())]
+            assert answer["scores"] == pytest.approx(dict(zip(TASKS[task], probs.tolist())), abs=1e-5)
+
+
+def test_multitask_predict_py_runs_in_a_fresh_environment(multitask_packaged, edge_python):
+    _, out = multitask_packaged
+    done = subprocess.run([str(edge_python), str(out / "predict.py"), *TEXTS[:2]], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]  # one line per text, every task in it
+    for row, want in zip(rows, Predictor(out).predict(TEXTS[:2]), strict=True):
+        assert row["text"] == want["text"] and list(row["tasks"]) == ["sentiment", "length"]
+        for task, answer in row["tasks"].items():
+            assert answer["scores"] == pytest.approx(want["tasks"][task]["scores"], abs=1e-5)
+            assert abs(sum(answer["scores"].values()) - 1) < 1e-4
+
+
+def test_a_manifest_task_that_the_model_does_not_have_is_refused(multitask_packaged, packaged, tmp_path):
+    import shutil
+
+    multi = shutil.copytree(multitask_packaged[1], tmp_path / "multi")
+    rewrite_manifest(multi, lambda m: m.pop("task"))
+    with pytest.raises(BundleError, match=r"says task 'classification' but model.onnx has one output per task"):
+        Predictor(multi)
+    single = shutil.copytree(packaged[1], tmp_path / "single")
+    rewrite_manifest(single, lambda m: m.update(task="multitask"))
+    with pytest.raises(BundleError, match="says task 'multitask' but model.onnx has one logits output"):
+        Predictor(single)
+
+
+def test_output_tasks_reads_the_tasks_and_checks_labels_json():
+    from components.classification.edge_predict import output_tasks
+
+    labels = ["sentiment:negative", "sentiment:positive", "length:long", "length:short"]
+    assert output_tasks(["logits_sentiment", "logits_length"], [2, "batch"], labels) == TASKS
+    assert output_tasks(["logits"], [2], ["negative", "positive"]) is None
+    with pytest.raises(BundleError, match="output logits_length .2 logits. but labels.json names 1"):
+        output_tasks(["logits_sentiment", "logits_length"], [2, 2], labels[:3])
+    with pytest.raises(BundleError, match="in order"):
+        output_tasks(["logits_length", "logits_sentiment"], [2, 2], labels)
+
+
+def test_a_multitask_folder_exported_with_one_logits_output_is_refused(multitask_packaged, packaged, tmp_path):
+    import shutil
+
+    old = shutil.copytree(multitask_packaged[0], tmp_path / "old")
+    shutil.copy2(packaged[0] / "model.onnx", old / "model.onnx")  # one `logits` output
+    with pytest.raises(bundle.BundleSourceError, match="not one logits_<task> per task"):
+        bundle.package(old, tmp_path / "edge", {}, {})
+    assert not (tmp_path / "edge").exists()

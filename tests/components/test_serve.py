@@ -1,8 +1,9 @@
 """HTTP serving of an edge bundle: a real uvicorn server on a free loopback port, queried with urllib (and a
 raw socket for oversized bodies); predictions equal the bundle's Predictor, size and shape limits answer
 413/422 with readable messages, an oversized body is refused before it is read, /health tells only
-liveness and the version, the API documentation is off, a causal-LM bundle serves /generate, a tampered
-or unpinned bundle is refused before anything listens, and `miniaturize serve-model` runs as a process."""
+liveness and the version, the API documentation is off, a causal-LM bundle serves /generate, a multitask
+bundle answers every task in one /predict, a tampered or unpinned bundle is refused before anything listens,
+and `miniaturize serve-model` runs as a process."""
 
 from __future__ import annotations
 
@@ -349,3 +350,28 @@ def test_a_causal_lm_bundle_serves_generate(lm_url):
 def test_generate_limits_and_shapes_answer_readably(lm_url, request_body, status, words):
     answer = call(f"{lm_url[0]}/generate", request_body)
     assert answer[0] == status and words in answer[1]["detail"], answer
+
+
+# ---------------------------------------------------------------- a multitask bundle
+
+
+@pytest.fixture(scope="module")
+def multitask_url(tiny_model_dir, tiny_multitask_prepared, tmp_path_factory):
+    from tests.components.classification.test_export import multitask_export
+
+    root = tmp_path_factory.mktemp("serve_multitask")
+    onnx_dir = multitask_export(root, tiny_model_dir, tiny_multitask_prepared)
+    out = bundle.package(onnx_dir, root / "edge", {"name": "tiny-multitask", "version": "1"}, {}, max_length=32)
+    with running(make_app(out, threads=1)) as base:
+        yield base, out
+
+
+def test_a_multitask_bundle_serves_every_task_in_one_predict(multitask_url):
+    url, out = multitask_url
+    status, body = call(f"{url}/predict", {"texts": TEXTS[:2]})
+    assert status == 200 and body["count"] == 2
+    want = Predictor(out, 1).predict(TEXTS[:2])
+    assert body["predictions"] == [{"tasks": row["tasks"]} for row in want]
+    assert set(body["predictions"][0]["tasks"]) == {"sentiment", "length"}
+    assert set(body["predictions"][0]["tasks"]["length"]) == {"label", "scores"}
+    assert call(f"{url}/health")[1] == {"status": "ok", "model": {"name": "tiny-multitask", "version": "1"}}

@@ -19,13 +19,16 @@ BIN = Path(sys.executable).parent
 ONE_THREAD = {
     "params.yaml": {"threads": 1, "evaluate.threads": 1},
     "configs/causal-lm.yaml": {"threads": 1, "lm.evaluate.threads": 1},
+    "configs/multitask.yaml": {"threads": 1, "evaluate.threads": 1},
 }
 
 
-def make_project(dest: Path, params_overrides: dict | None = None, profile: str | None = "smoke") -> Path:
+def make_project(
+    dest: Path, params_overrides: dict | None = None, profile: str | None = "smoke", config: str = "params.yaml"
+) -> Path:
     """A copy of the project (code, dvc.yaml, .dvc config) in its own git repo, with the profile's values
-    written into params.yaml and configs/causal-lm.yaml, so that a plain `miniaturize run` (and one with
-    `--config configs/causal-lm.yaml`) is a smoke run DVC can record."""
+    written into params.yaml and each file of configs/, so that a plain `miniaturize run` (and one with
+    `--config configs/<task>.yaml`) is a smoke run DVC can record; `params_overrides` go into `config`."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("components", "flows"):
         shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -37,10 +40,10 @@ def make_project(dest: Path, params_overrides: dict | None = None, profile: str 
         f"[core]\n    remote = local\n    analytics = false\n"
         f"['remote \"local\"']\n    url = {dest.parent / 'dvc-storage'}\n"
     )
-    for name in ("params.yaml", "configs/causal-lm.yaml"):
+    for name in ONE_THREAD:
         raw = yaml.safe_load((REPO / name).read_text())
         profiles = raw.pop("profiles")
-        overrides = params_overrides if name == "params.yaml" else None
+        overrides = params_overrides if name == config else None
         for key, value in [
             *(profiles[profile] if profile else {}).items(),
             *ONE_THREAD[name].items(),

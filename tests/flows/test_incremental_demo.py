@@ -9,8 +9,7 @@ import json
 import pandas as pd
 import pytest
 
-from components.config import load_params
-from components.config import build_params
+from components.config import build_params, load_params
 from flows.incremental_demo import Progress, mean_of_seeds, run_key, union_file, update_key, with_settings
 from tests.conftest import make_frame, write_prepared
 from tests.flows.conftest import REPO

@@ -11,18 +11,20 @@ from flows.tracking import flatten
 STAGES = CLASSIFICATION.stages
 
 
+def task_of(dvc_name: str):
+    """The task whose dvc.yaml stage this is: the longest prefix that matches (the classification's is "")."""
+    return max((t for t in TASKS.values() if dvc_name.startswith(t.dvc_prefix)), key=lambda t: len(t.dvc_prefix))
+
+
 def test_every_stage_has_a_config_slice_and_dvc_stage():
     import yaml
 
     dvc = yaml.safe_load(open("dvc.yaml"))["stages"]
-    classification = {n: s for n, s in dvc.items() if not n.startswith("lm-")}
-    assert list(STAGES) == list(classification)
-    assert all(stage["cmd"] == f"miniaturize stage {name}" for name, stage in classification.items())
-    assert all(
-        stage["cmd"] == f"miniaturize stage {name[3:]} --config configs/causal-lm.yaml"
-        for name, stage in dvc.items()
-        if name.startswith("lm-")
-    )
+    for task in TASKS.values():
+        mine = [n for n in dvc if task_of(n) is task]
+        assert mine == [task.dvc_prefix + n for n in task.stages], task.name
+        config = "" if task.params_file == "params.yaml" else f" --config {task.params_file}"
+        assert all(dvc[n]["cmd"] == f"miniaturize stage {n[len(task.dvc_prefix) :]}{config}" for n in mine)
 
 
 def test_dvc_yaml_declares_the_inputs_outputs_and_code_that_stage_keys_hash():
@@ -34,18 +36,17 @@ def test_dvc_yaml_declares_the_inputs_outputs_and_code_that_stage_keys_hash():
         return {n for item in items for n in (item if isinstance(item, dict) else [item])}
 
     dvc = yaml.safe_load(open("dvc.yaml"))["stages"]
-    assert [task.dvc_prefix for task in TASKS.values()] == ["", "lm-"]
+    assert [task.dvc_prefix for task in TASKS.values()] == ["", "lm-", "multitask-"]
     for task in TASKS.values():
         prefix, ws = task.dvc_prefix, task.workspace(Path.cwd())
-        assert [n for n in dvc if n.startswith("lm-") == bool(prefix)] == [prefix + n for n in task.stages]
         for name, declared in task.stages.items():
             io, sections = declared.io, declared.sections
             stage = dvc[prefix + name]
             assert names(stage.get("deps", [])) == set(stage_paths(ws, io.inputs)) | set(code_files(io.code)), name
             assert names(stage["outs"]) | names(stage.get("metrics", [])) == set(stage_paths(ws, io.outputs)), name
-            if prefix:  # the causal-lm stages read configs/causal-lm.yaml, the same sections as their keys
+            if prefix:  # these stages read their task's config file, the same sections as their keys
                 params = dict(item for entry in stage.get("params", []) for item in entry.items())
-                assert params == ({"configs/causal-lm.yaml": list(sections)} if sections else {}), name
+                assert params == ({task.params_file: list(sections)} if sections else {}), name
 
 
 def test_stage_key_changes_only_downstream_of_a_changed_slice():
@@ -117,9 +118,9 @@ def test_flatten_nested_params():
 
 
 def test_each_task_names_the_bundle_kind_its_edge_script_checks():
-    from components import causal_lm, classification
+    from components import causal_lm, classification, multitask
     from components.causal_lm import edge_generate
     from components.classification import edge_predict
 
     assert classification.KIND == edge_predict.KIND and causal_lm.KIND == edge_generate.KIND
-    assert [task.bundle_kind for task in TASKS.values()] == [classification.KIND, causal_lm.KIND]
+    assert [task.bundle_kind for task in TASKS.values()] == [classification.KIND, causal_lm.KIND, multitask.KIND]

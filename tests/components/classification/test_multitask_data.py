@@ -11,6 +11,7 @@ from components.classification import distill, finetune, prune
 from components.config import DistillConfig, PruneConfig, TeacherConfig
 from components.kit.heads import Heads
 from components.kit.tracking import NullTracker
+from components.kit.training import TaskMix
 
 TASK_METRICS = {"test_accuracy", "test_accuracy.sentiment", "test_accuracy.length"}
 
@@ -18,18 +19,18 @@ TASK_METRICS = {"test_accuracy", "test_accuracy.sentiment", "test_accuracy.lengt
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, tiny_model_dir, tiny_multitask_prepared):
     out = tmp_path_factory.mktemp("multitask_chain")
-    data, weights = tiny_multitask_prepared, {"length": 0.5}
+    data, weights = tiny_multitask_prepared, TaskMix({"length": 0.5}, balanced=True)
     teacher = TeacherConfig(model=str(tiny_model_dir), epochs=1, batch_size=8, max_length=32, lr=1e-3)
-    finetune.run(teacher, data, out / "teacher", NullTracker(), seed=0, weights=weights)
+    finetune.run(teacher, data, out / "teacher", NullTracker(), seed=0, mix=weights)
     student_cfg = DistillConfig(
         layers=[1], epochs=1, batch_size=8, max_length=32, lr=1e-3, transfer=False, ablation=True
     )
-    student = distill.run(student_cfg, out / "teacher", data, out / "student", NullTracker(), seed=0, weights=weights)
+    student = distill.run(student_cfg, out / "teacher", data, out / "student", NullTracker(), seed=0, mix=weights)
     prune_cfg = PruneConfig(
         head_ratio=0.5, ffn_ratio=0.5, steps=1, epochs=1, batch_size=8, max_length=32, importance_batches=2
     )
     pruned = prune.run(
-        prune_cfg, out / "student", out / "teacher", data, out / "pruned", NullTracker(), seed=0, weights=weights
+        prune_cfg, out / "student", out / "teacher", data, out / "pruned", NullTracker(), seed=0, mix=weights
     )
     return out, student, pruned
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,49 @@ def test_choose_candidate_never_ships_a_slower_or_worse_int8():
         fp32, {"int8": {"accuracy": 0.90, "latency_ms": 1.2}, "fused_int8": {"accuracy": 0.80, "latency_ms": 0.5}}, 0.5
     )
     assert chosen is None and "slower" in reasons["int8"] and "loses" in reasons["fused_int8"]
+
+
+# ---------------------------------------------------------------- a multitask export (one output per task)
+
+
+def test_agreement_of_a_multitask_model_is_the_mean_over_its_tasks():
+    a = np.array([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 0.0, 1.0]])
+    b = np.array([[0.9, 0.1, 1.0, 0.0], [0.2, 0.8, 0.0, 1.0]])  # the first task always agrees, the second half
+    assert quantize.agreement(a, b, [slice(0, 2), slice(2, 4)]) == 0.75
+    assert quantize.agreement(a, b) == 0.0  # one argmax over the whole row mixes the tasks' logits
+
+
+def test_a_multitask_export_quantizes_keeping_its_outputs_and_per_task_scores(
+    tiny_model_dir, tiny_multitask_prepared, tmp_path, monkeypatch
+):
+    """Every candidate (Optimum's dynamic int8, the fused graph's dynamic int8, static int8) is built and
+    measured on the split-output graph, each keeps one output per task, and so does the shipped model."""
+    from tests.components.classification.test_export import multitask_export
+
+    onnx_dir = multitask_export(tmp_path / "export", tiny_model_dir, tiny_multitask_prepared)
+    opened: dict[str, list[str]] = {}  # the output names of every model the stage opens, by folder
+
+    def recording(path, *args, **kwargs):
+        session = real_load(path, *args, **kwargs)
+        opened[Path(path).parent.name] = [o.name for o in session.get_outputs()]
+        return session
+
+    real_load = quantize.load_onnx_session
+    monkeypatch.setattr(quantize, "load_onnx_session", recording)
+    cfg = QuantizeConfig(per_channel=[False], calibration_sentences=16, latency_sentences=10)
+    tracker = RecordingTracker()
+    quantize.run(cfg, onnx_dir, tiny_multitask_prepared, tmp_path / "int8", tracker, max_length=32)
+
+    report = json.loads((tmp_path / "int8" / "quantize_report.json").read_text())
+    assert set(report["candidates"]) == {"int8", "fused_int8", "static_int8"}
+    for name, candidate in report["candidates"].items():
+        assert "error" not in candidate, (name, candidate)
+        assert 0.0 <= candidate["accuracy"] <= 1.0 and 0.0 <= candidate["agreement"] <= 1.0
+    for split in ("test", "validation"):
+        for figure in ("agreement", "accuracy_fp32", "accuracy_int8"):
+            per_task = [report[f"{figure}_{split}.{task}"] for task in ("sentiment", "length")]
+            assert report[f"{figure}_{split}"] == pytest.approx(np.mean(per_task))
+    assert tracker.metrics["accuracy_int8_test.length"] == report["accuracy_int8_test.length"]
+    # the fp32 export, the three candidates and the shipped copy (in a temporary folder beside int8)
+    assert {"onnx", "int8", "fused_int8", "static_int8"} <= set(opened) and len(opened) == 5
+    assert all(names == ["logits_sentiment", "logits_length"] for names in opened.values()), opened

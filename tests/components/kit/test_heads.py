@@ -7,6 +7,7 @@ from transformers import BertConfig
 
 from components.kit.heads import MISSING, Heads
 from components.kit.losses import kd_loss
+from components.kit.training import TaskMix
 
 HEADS = Heads.of({"sentiment": ["negative", "positive"], "source": ["movie", "tweet", "nyt"]})
 
@@ -94,8 +95,28 @@ def test_the_training_loop_learns_every_task_with_masked_labels(tmp_path):
     data = heads.encode(tokenizer, frame, 16)
     assert (data.labels == MISSING).sum() == 2 * len(rows) // 3
     cfg = TrainConfig(epochs=12, batch_size=8, lr=1e-2, patience=12)
-    objective = heads.objective({"topic": 2.0})
+    objective = heads.objective(TaskMix({"topic": 2.0}))
     outcome = train(model, data, data, cfg, tokenizer.pad_token_id, NullTracker(), seed=0, objective=objective)
     scores = heads.accuracies(predict_logits(model, data, tokenizer.pad_token_id), data.labels)
     # Both tasks learned far above chance (1/2 and 1/3), each from the rows that have its label.
     assert min(scores.values()) >= 0.9 and outcome.best_val_accuracy == pytest.approx(np.mean(list(scores.values())))
+
+
+def test_balanced_draw_gives_every_task_an_equal_share_of_draws():
+    from components.kit.heads import balanced_draw
+
+    # task 0 labelled on every row, task 1 on the first two only; the last row has no label at all
+    labels = np.array([[0, 1], [1, 0], [0, MISSING], [1, MISSING], [MISSING, MISSING]])
+    p = balanced_draw(labels)
+    assert p.sum() == pytest.approx(1.0)
+    assert p[:2].sum() == pytest.approx(p[:4].sum() - p[2:4].sum())  # rows 0-1 carry task 1's whole share
+    share_task1 = p[:2].sum() / p[:4].sum()
+    assert share_task1 == pytest.approx((2 * (1 / 4 + 1 / 2)) / (4 / 4 + 2 / 2))
+    assert p[4] == pytest.approx(p[:4].mean())  # an unlabelled row weighs the labelled rows' mean
+    assert balanced_draw(np.array([0, 1, 1])) is None  # one label per row: every row once
+    assert balanced_draw(np.full((3, 2), MISSING)) is None
+
+
+def test_the_balanced_objective_samples_and_the_plain_one_does_not():
+    assert HEADS.objective(TaskMix(balanced=True)).sampling is not None
+    assert HEADS.objective(TaskMix()).sampling is None and HEADS.objective().sampling is None

@@ -236,3 +236,25 @@ def test_probe_reads_peak_rss_from_proc_status(tmp_path):
     status.write_text("Name:\tpython\nVmPeak:\t 900000 kB\nVmHWM:\t   81920 kB\nVmRSS:\t   40960 kB\n")
     assert rss_probe.peak_rss_mb(status) == 80.0
     assert rss_probe.peak_rss_mb(tmp_path / "missing") > 0  # falls back to ru_maxrss
+
+
+def test_logit_outputs_and_the_onnx_runner_of_a_multitask_export():
+    from types import SimpleNamespace
+
+    assert latency.logit_outputs(["logits", "logits_a"]) == ["logits"]
+    assert latency.logit_outputs(["logits_a", "hidden", "logits_b"]) == ["logits_a", "logits_b"]
+    assert latency.logit_outputs(["scores", "hidden"]) == ["scores"]
+
+    class Session:
+        def get_inputs(self):
+            return [SimpleNamespace(name="input_ids")]
+
+        def get_outputs(self):
+            return [SimpleNamespace(name=n) for n in ("logits_a", "hidden", "logits_b")]
+
+        def run(self, names, feed):
+            ids = feed["input_ids"].astype(np.float32)
+            return [{"logits_a": ids[:, :2], "logits_b": ids[:, 2:3] * 10, "hidden": ids}[n] for n in names]
+
+    batch = pad_batch([[1, 2, 3], [4, 5, 6]], pad_id=0)
+    np.testing.assert_array_equal(latency.onnx_runner(Session())(batch), [[1, 2, 30], [4, 5, 60]])

@@ -35,7 +35,7 @@ def ingest_file(tmp_path, source: str, tasks=TASKS):
     out = tmp_path / "prepared"
     ingest.run(
         DataConfig(source=source),
-        MultitaskConfig.model_validate({"tasks": tasks}),
+        MultitaskConfig.model_validate({"tasks": tasks}).tasks,
         out,
         NullTracker(),
         cache_dir=tmp_path,

@@ -1,0 +1,386 @@
+"""The multitask task (configs/multitask.yaml): one shared student answering several classification tasks
+about a sentence; its workspace layout, its stages and its record, `TASK`.
+
+ingest (one label column per task, `components.multitask.ingest`) -> validate (each task's labels on the rows
+that have them) -> finetune (one teacher, a head per task) -> distill (fewer layers, every task at once) ->
+prune (heads and neurons scored on every task together) -> trim -> export (ONNX, one output per task) ->
+quantize -> singles (the single-task baseline: the same chain once per task) -> evaluate (every task's
+accuracy and macro F1, size, latency, against the teacher and the single-task students; the gate) ->
+register. The training stages are the classification components, which read the data card's tasks
+(`components.kit.labelling`) and take the tasks' loss weights (`multitask.weights`); trim, export and
+quantize are the classification task's own stages (`flows.tasks.chain`).
+
+    miniaturize run --config configs/multitask.yaml [--profile smoke] [--data FILE]
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, NamedTuple
+
+from components.config import GateConfig, Params
+from components.kit import gate
+from components.kit.tracking import StageResult, Tracker
+from components.kit.training import TaskMix
+from components.multitask import KIND, NAME
+from flows import registry
+from flows.preflight import require_layers, teacher_depth
+from flows.stages import Judging, Stage, StageIO, Task
+from flows.tasks.chain import export, quantize, soft_cache, student_chain, training, trim
+from flows.workspace import Place, Workspace
+
+CHAIN_STEPS = ("student", "pruned", "trimmed", "onnx_fp32", "final")
+
+
+@dataclass(frozen=True)
+class MultitaskWorkspace(Workspace):
+    """The multitask task's paths: data/multitask/prepared, models/multitask/<stage>, reports/multitask/."""
+
+    STATE: ClassVar[str] = KIND  # .miniaturize/multitask
+
+    prepared = Place("root", "data", KIND, "prepared")
+    models = Place("root", "models", KIND)
+    teacher = Place("models", "teacher")
+    student = Place("models", "student")
+    pruned = Place("models", "pruned")
+    trimmed = Place("models", "trimmed")
+    onnx_fp32 = Place("models", "onnx_fp32")
+    teacher_onnx_fp32 = Place("models", "teacher_onnx_fp32")
+    final = Place("models", "final")
+    baseline_teacher_int8 = Place("models", "baseline_teacher_int8")
+    # singles/<task>/final: each task's single-task int8 student (and its data view), the baseline
+    singles = Place("models", "single_tasks")
+    reports = Place("root", "reports", KIND)
+    validation = Place("reports", "validation")
+    report = Place("reports", "compression_report.json")
+    report_md = Place("reports", "compression_report.md")
+    registration = Place("reports", "registration.json")
+
+
+# ------------------------------------------------------------------ the stages
+
+
+def ingest(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult:
+    from components.multitask import ingest as component
+
+    return component.run(p.data, p.multitask.tasks, ws.prepared, tracker, cache_dir=ws.raw, root=ws.root)
+
+
+def validate(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult:
+    from components import validate as component
+
+    return component.run(p.section("validate"), ws.prepared, ws.validation, tracker)
+
+
+def mix(p: Params) -> TaskMix:
+    """How the tasks share the training stages: their loss weights, balanced drawing of rows."""
+    return TaskMix(dict(p.multitask.weights), p.multitask.balanced_sampling)
+
+
+def finetune(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult:
+    from components.classification import finetune as component
+
+    return component.run(p.teacher, ws.prepared, ws.teacher, tracker, seed=p.seed, dist=p.distributed, mix=mix(p))
+
+
+def distill(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult:
+    from components.classification import distill as component
+
+    args = training(p, ws) | {"mix": mix(p)}
+    return component.run(p.distill, ws.teacher, ws.prepared, ws.student, tracker, **args)
+
+
+def prune(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult:
+    from components.classification import prune as component
+
+    args = training(p, ws) | {"mix": mix(p)}
+    return component.run(p.prune, ws.student, ws.teacher, ws.prepared, ws.pruned, tracker, **args)
+
+
+def singles(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult:
+    """The single-task baseline: for each task, its rows of the data and the teacher's head for it
+    (`components.multitask.singles`), then the classification student chain with the same settings as the
+    multitask student's. Only each task's final model is kept."""
+    from components.multitask import singles as component
+
+    shutil.rmtree(ws.singles, ignore_errors=True)
+    ws.singles.mkdir(parents=True)
+    metrics: dict[str, float] = {}
+    if not p.multitask.single_task_baselines:
+        return StageResult(metrics=metrics, outputs={"singles": ws.singles})
+    for task in p.multitask.tasks:
+        out = ws.singles / task
+        print(f"  singles: the compression chain for task {task} alone", flush=True)
+        card = component.project_data(ws.prepared, task, out / "prepared")
+        component.teacher_view(ws.teacher, task, out / "teacher")
+        final, shipped = student_chain(
+            p,
+            out / "teacher",
+            out / "prepared",
+            {step: out / step for step in CHAIN_STEPS},
+            tracker,
+            f"{task}.",
+            p.seed,
+            soft_cache(ws),
+            p.distill.model_copy(update={"ablation": False}),
+            p.prune,
+            p.trim,
+            p.quantize,
+        )
+        for step in ("student", "pruned", "trimmed", "onnx_fp32", "teacher"):
+            shutil.rmtree(out / step, ignore_errors=True)
+        metrics |= {f"{task}.train_rows": float(card["rows"]["train"])}
+        print(f"  singles: {task} done ({shipped})", flush=True)
+    return StageResult(metrics=metrics, outputs={"singles": ws.singles})
+
+
+def single_finals(p: Params, ws: MultitaskWorkspace) -> dict[str, Path] | None:
+    if not p.multitask.single_task_baselines:
+        return None
+    return {task: ws.singles / task / "final" for task in p.multitask.tasks}
+
+
+def evaluated_models(ws: MultitaskWorkspace) -> list:
+    from components.kit.report import ModelSpec
+
+    return [
+        ModelSpec("teacher", ws.teacher, "pytorch"),
+        ModelSpec("onnx_fp32", ws.onnx_fp32, "onnxruntime"),
+        ModelSpec("final", ws.final, "onnxruntime"),
+        ModelSpec("baseline_teacher_int8", ws.baseline_teacher_int8, "onnxruntime"),
+    ]
+
+
+def evaluate(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult:
+    from components.multitask import evaluate as component
+
+    return component.run(
+        p.evaluate,
+        p.register_.gate,
+        p.multitask.max_drop_vs_single_points,
+        ws.prepared,
+        evaluated_models(ws),
+        single_finals(p, ws),
+        ws.report.parent,
+        tracker,
+        max_length=p.teacher.max_length,
+    )
+
+
+def register(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult:
+    return registry.register(TASK, p, ws, tracker)
+
+
+_TRAIN = (
+    "kit.training",
+    "kit.modeling",
+    "kit.losses",
+    "kit.distributed",
+    "kit.soft_targets",
+    "kit.heads",
+    "kit.labelling",
+)
+_EXPORT = ("classification.export", "kit.onnx_models", "kit.files", "kit.modeling", "kit.heads", "kit.labelling")
+_QUANTIZE = (
+    "classification.quantize",
+    "kit.quantization",
+    "kit.onnx_models",
+    "kit.files",
+    "kit.latency",
+    "kit.labelling",
+)
+_CHAIN = (
+    "classification.distill",
+    "classification.prune",
+    "classification.trim",
+    "classification.export",
+    "classification.quantize",
+    "kit.pruning",
+    "kit.vocab",
+    "kit.quantization",
+    "kit.onnx_models",
+    "kit.files",
+    "kit.latency",
+    *_TRAIN,
+)
+_MAX_LENGTH = "teacher.max_length"
+STAGES: dict[str, Stage] = {
+    "ingest": Stage(
+        ingest,
+        StageIO((), ("prepared",), ("multitask.ingest", "kit.splits", "kit.data", "kit.hashing", "kit.text")),
+        ("data", "multitask.tasks"),
+        reads_data_source=True,
+    ),
+    "validate": Stage(validate, StageIO(("prepared",), ("validation",), ("validate", "kit.text")), ("validate",)),
+    "finetune": Stage(
+        finetune,
+        StageIO(("prepared", "validation"), ("teacher",), ("classification.finetune", *_TRAIN)),
+        ("teacher", "multitask.weights", "multitask.balanced_sampling", "seed", "distributed"),
+        data_parallel=True,
+    ),
+    "distill": Stage(
+        distill,
+        StageIO(("prepared", "teacher"), ("student",), ("classification.distill", *_TRAIN)),
+        ("distill", "multitask.weights", "multitask.balanced_sampling", "seed", "distributed"),
+        data_parallel=True,
+    ),
+    "prune": Stage(
+        prune,
+        StageIO(("prepared", "teacher", "student"), ("pruned",), ("classification.prune", "kit.pruning", *_TRAIN)),
+        ("prune", "multitask.weights", "multitask.balanced_sampling", "seed", "distributed"),
+        data_parallel=True,
+    ),
+    "trim": Stage(
+        trim, StageIO(("prepared", "pruned"), ("trimmed",), ("classification.trim", "kit.vocab")), ("trim", _MAX_LENGTH)
+    ),
+    "export": Stage(
+        export,
+        StageIO(("prepared", "trimmed", "teacher"), ("onnx_fp32", "teacher_onnx_fp32"), _EXPORT),
+        ("export", _MAX_LENGTH),
+    ),
+    "quantize": Stage(
+        quantize,
+        StageIO(("prepared", "onnx_fp32", "teacher_onnx_fp32"), ("final", "baseline_teacher_int8"), _QUANTIZE),
+        ("quantize", _MAX_LENGTH),
+    ),
+    "singles": Stage(
+        singles,
+        StageIO(("prepared", "teacher"), ("singles",), ("multitask.singles", *_CHAIN)),
+        (
+            "multitask.tasks",
+            "multitask.single_task_baselines",
+            "seed",
+            "distill",
+            "prune",
+            "trim",
+            "export",
+            "quantize",
+            _MAX_LENGTH,
+            "distributed",
+        ),
+    ),
+    "evaluate": Stage(
+        evaluate,
+        StageIO(
+            ("prepared", "teacher", "onnx_fp32", "final", "baseline_teacher_int8", "singles"),
+            ("report", "report_md"),
+            ("multitask.evaluate", "kit.latency", "kit.gate", "kit.heads", "kit.report", "kit.files"),
+        ),
+        (
+            "evaluate",
+            "register.gate",
+            "multitask.max_drop_vs_single_points",
+            "multitask.single_task_baselines",
+            "multitask.tasks",
+            _MAX_LENGTH,
+        ),
+    ),
+    "register": Stage(
+        register,
+        StageIO(
+            ("final", "report", "teacher", "prepared"),
+            ("registration",),
+            ("kit.gate", "kit.promotion", "flows.registry"),
+        ),
+        ("register", "data.source", "seed"),
+        registers=True,
+    ),
+}
+
+
+# ------------------------------------------------------------------ what else differs from another task
+
+
+class GateSettings(NamedTuple):
+    """What the registry judges a multitask version with: the classification gate and the single-task limit."""
+
+    gate: GateConfig
+    max_drop_vs_single_points: float
+
+
+def against_teacher(report: dict, settings: GateSettings) -> gate.GateDecision:
+    return gate.decide_multitask(
+        report["final_vs_teacher"],
+        report.get("final_vs_single_tasks"),
+        settings.gate,
+        settings.max_drop_vs_single_points,
+    )
+
+
+def remeasure(model: Path, prepared: Path, split: str, p: Params) -> float | None:
+    """The mean over tasks of an ONNX multitask model's accuracy on one split."""
+    from components.multitask.evaluate import split_accuracy
+
+    return split_accuracy(model, prepared, split, p.evaluate.threads, p.teacher.max_length)
+
+
+def bundle_metrics(final: dict) -> dict:
+    metrics = {k: final[k] for k in ("accuracy", "size_bytes") if k in final}
+    metrics |= {f"accuracy.{t}": s["accuracy"] for t, s in final.get("tasks", {}).items()}
+    if "batch1_p50" in final.get("latency_ms", {}):
+        metrics["batch1_p50_ms"] = final["latency_ms"]["batch1_p50"]
+    return metrics
+
+
+def summary(report: dict) -> list[str]:
+    from components.kit.report import fmt
+
+    final, teacher = report["models"]["final"], report["models"]["teacher"]
+    lines = [
+        f"  {task}: teacher accuracy {fmt(teacher['tasks'][task]['accuracy'], '.4f')} -> final "
+        f"{fmt(scores['accuracy'], '.4f')}"
+        + (
+            f" (single-task student {fmt(report['models']['single_tasks']['tasks'][task]['accuracy'], '.4f')})"
+            if "single_tasks" in report["models"]
+            else ""
+        )
+        for task, scores in final["tasks"].items()
+    ]
+    ratios = report["final_vs_teacher"]
+    lines.append(
+        f"  size {ratios['size_ratio']:.2f}x smaller than the teacher, batch-1 p50 {ratios['speedup_batch1_p50']:.2f}x faster"
+    )
+    if "final_vs_single_tasks" in report:
+        vs = report["final_vs_single_tasks"]
+        lines.append(
+            f"  against the single-task students together: {vs['size_ratio']:.2f}x smaller, all tasks "
+            f"{vs['speedup_batch1_p50']:.2f}x faster at batch 1"
+        )
+    return lines
+
+
+def preflight(params: Params, root: Path, search: bool = False) -> None:
+    """The teacher can be read and has the layers the student keeps."""
+    if search:
+        from components.config import ConfigError
+
+        raise ConfigError("the search runs on the classification task; the multitask task has none")
+    depth = teacher_depth("teacher.model", params.teacher.model, root)
+    require_layers("distill.layers", params.distill.layers, depth, params.teacher.model)
+
+
+TASK = Task(
+    name=NAME,
+    params_file="configs/multitask.yaml",
+    stages=STAGES,
+    workspace=MultitaskWorkspace,
+    data_source="data.source",
+    bundle_kind=KIND,
+    dvc_prefix="multitask-",
+    dvc_note=("# The multitask task: `miniaturize run --config configs/multitask.yaml` (or `dvc repro` of these).",),
+    judging=Judging(
+        quality="accuracy",
+        settings=lambda p: GateSettings(p.register_.gate, p.multitask.max_drop_vs_single_points),
+        against_teacher=against_teacher,
+        against_champion=lambda candidate, champion, settings: gate.compare_to_champion(
+            candidate, champion, settings.gate
+        ),
+        remeasure=remeasure,
+    ),
+    bundle_metrics=bundle_metrics,
+    summary=summary,
+    report_files=".json",
+    preflight=preflight,
+)
