@@ -194,12 +194,13 @@ def decide_multitask(
     vs_teacher: dict, vs_single_tasks: dict | None, cfg: GateConfig, max_drop_vs_single_points: float
 ) -> GateDecision:
     """The classification checks against the teacher (`decide`), its accuracy drop being the worst task's,
-    and, when the single-task baseline ran, the worst task's drop against its single-task student."""
+    and, when the single-task baseline ran, the worst task's drop against its single-task student: its mean
+    over seeds when the seeds stage re-trained the chains (one seed's drop on a test split of a few thousand
+    sentences moves by tenths of a point), else the one run's."""
     checks = dict(decide(vs_teacher, cfg).checks)
     if vs_single_tasks is not None:
-        checks["accuracy_drop_vs_single_task_points"] = _check(
-            vs_single_tasks.get("accuracy_drop_points"), max_drop_vs_single_points, at_most=True
-        )
+        drop = vs_single_tasks.get("accuracy_drop_points_seed_mean", vs_single_tasks.get("accuracy_drop_points"))
+        checks["accuracy_drop_vs_single_task_points"] = _check(drop, max_drop_vs_single_points, at_most=True)
     return GateDecision.of(checks)
 
 

@@ -139,12 +139,12 @@ def measure_multitask(spec: ModelSpec, cfg: EvaluateConfig, frame: pd.DataFrame,
     return entry(loaded.runtime, tasks, loaded.size_bytes, loaded.params, latency_ms(one, many)), loaded
 
 
-def load_singles(folders: dict[str, Path], cfg: EvaluateConfig, frame: pd.DataFrame, heads: Heads, max_length: int):
+def load_singles(folders: dict[str, Path], threads: int, frame: pd.DataFrame, heads: Heads, max_length: int):
     """Each task's single-task student loaded on the whole test split, and its scores on its task's rows."""
     gold = heads.gold(frame)
     loaded, tasks, sizes = {}, {}, {}
     for t, task in enumerate(heads.tasks):
-        model = load(ModelSpec(task, folders[task], "onnxruntime"), frame["text"].tolist(), cfg.threads, max_length)
+        model = load(ModelSpec(task, folders[task], "onnxruntime"), frame["text"].tolist(), threads, max_length)
         logits = latency.runner_logits(model.runner, model.input_ids, model.pad_id)
         labels = json.loads((folders[task] / "labels.json").read_text())
         if labels != list(heads.tasks[task]):
@@ -195,6 +195,59 @@ def compare(reference: dict, final: dict) -> dict:
     known = [d for d in drops.values() if d is not None]
     ratios["accuracy_drop_points"] = max(known) if known else None
     return ratios | {f"accuracy_drop_points.{task}": d for task, d in drops.items()}
+
+
+def seed_accuracies(
+    final: Path, singles: dict[str, Path] | None, prepared: Path, threads: int, max_length: int
+) -> dict:
+    """Each task's test accuracy of a multitask final model and (when given) of each task's single-task
+    final model: what the seeds stage records per seed."""
+    prepared = Path(prepared)
+    heads = Heads.from_card(json.loads((prepared / "data_card.json").read_text())["tasks"])
+    frame = read_split(prepared, "test")
+    loaded = load(ModelSpec(FINAL, Path(final), "onnxruntime"), frame["text"].tolist(), threads, max_length)
+    row = {FINAL: {t: s["accuracy"] for t, s in scores_of(loaded, heads, heads.gold(frame)).items()}}
+    if singles is not None:
+        _, tasks, _ = load_singles(singles, threads, frame, heads, max_length)
+        row[SINGLES] = {t: s["accuracy"] for t, s in tasks.items()}
+    return row
+
+
+def seed_spread(entries: dict, seed: int | None, seed_runs: list[dict]) -> dict | None:
+    """Each task's accuracy over the pipeline's own seed and the seeds stage's (`seed_runs`): of the final
+    model, of its single-task student, and the drop between them (points), each as mean, std, min, max, n."""
+    from components.kit.seeds import spread
+
+    if not seed_runs:
+        return None
+    own = {"seed": seed, FINAL: {t: s["accuracy"] for t, s in entries[FINAL]["tasks"].items()}}
+    if SINGLES in entries:
+        own[SINGLES] = {t: s["accuracy"] for t, s in entries[SINGLES]["tasks"].items()}
+    runs = [own, *seed_runs]
+    tasks = {}
+    for task in own[FINAL]:
+        finals = [r[FINAL][task] for r in runs if r[FINAL].get(task) is not None]
+        tasks[task] = {"final_accuracy": spread(finals)} if finals else {}
+        if all(r.get(SINGLES) for r in runs):
+            pairs = [(r[SINGLES][task], r[FINAL][task]) for r in runs if None not in (r[SINGLES][task], r[FINAL][task])]
+            tasks[task] |= {
+                "single_task_accuracy": spread([s for s, _ in pairs]),
+                "drop_vs_single_task_points": spread([100 * (s - f) for s, f in pairs]),
+            }
+    return {"runs": runs, "tasks": tasks}
+
+
+def add_seed_means(versus: dict, seeds: dict) -> None:
+    """Each task's mean drop over seeds against its single-task student, and the worst task's, into the
+    comparison (what the gate reads when seeds ran)."""
+    means = {
+        t: s["drop_vs_single_task_points"]["mean"]
+        for t, s in seeds["tasks"].items()
+        if "drop_vs_single_task_points" in s
+    }
+    if means:
+        versus |= {f"accuracy_drop_points_seed_mean.{t}": m for t, m in means.items()}
+        versus["accuracy_drop_points_seed_mean"] = max(means.values())
 
 
 def build_report(card: dict, entries: dict, singles: dict | None, decision: GateDecision, environment: dict) -> dict:
@@ -270,6 +323,23 @@ def render_markdown(report: dict) -> str:
                 "speedup, batch-32 p50": fmt(r.get("speedup_batch32_p50"), ".2f"),
             } | {f"accuracy drop, {t} (points)": fmt(r[f"accuracy_drop_points.{t}"], "+.2f") for t in tasks}
             lines += versus_lines(title, figures)
+    if "seeds" in report:
+        runs = report["seeds"]["runs"]
+        lines += [
+            "",
+            f"## Over {len(runs)} seeds (seeds {', '.join(str(r['seed']) for r in runs)}: the student chains "
+            "re-trained, the teacher fixed)",
+            "",
+            "| task | final acc mean (std) | single-task acc mean (std) | drop vs single-task, mean (points) |",
+            "|---|---:|---:|---:|",
+        ]
+        for task, s in report["seeds"]["tasks"].items():
+            final, single = s.get("final_accuracy", {}), s.get("single_task_accuracy", {})
+            drop = s.get("drop_vs_single_task_points", {})
+            lines.append(
+                f"| {task} | {fmt(final.get('mean'), '.4f')} ({fmt(final.get('std'), '.4f')}) | "
+                f"{fmt(single.get('mean'), '.4f')} ({fmt(single.get('std'), '.4f')}) | {fmt(drop.get('mean'), '+.2f')} |"
+            )
     lines += gate_lines(report["gate"])
     env = report["environment"]
     lines += ["", f"Measured on {env.get('cpu', '?')}, {env.get('threads', '?')} threads."]
@@ -286,9 +356,12 @@ def run(
     out_dir: Path,
     tracker: Tracker,
     max_length: int = 64,
+    seed: int | None = None,
+    seed_runs: list[dict] = (),
 ) -> StageResult:
     """`models`: the multitask models (teacher and final at least); `singles`: each task's single-task final
-    model folder (None: no baseline)."""
+    model folder (None: no baseline); `seed_runs`: the seeds stage's rows (the chains re-trained with other
+    seeds), `seed` the pipeline's own."""
     prepared, out_dir = Path(prepared), Path(out_dir)
     models = ModelSpec.checked(models, (TEACHER, FINAL))
     card = json.loads((prepared / "data_card.json").read_text())
@@ -306,7 +379,7 @@ def run(
             del loaded[spec.name]
     single_models = None
     if singles is not None:
-        single_loaded, tasks, sizes = load_singles(singles, cfg, frame, heads, max_length)
+        single_loaded, tasks, sizes = load_singles(singles, cfg.threads, frame, heads, max_length)
         timings = alternate(loaded[FINAL], single_loaded, cfg)
         entries[FINAL]["latency_ms"] = timings[FINAL]
         total_params = sum(m.params for m in single_loaded.values())
@@ -317,8 +390,14 @@ def run(
         print(f"  evaluate {SINGLES}: {describe(entries[SINGLES])}", flush=True)
     vs_teacher = compare(entries[TEACHER], entries[FINAL])
     vs_singles = compare(entries[SINGLES], entries[FINAL]) if singles is not None else None
+    seeds = seed_spread(entries, seed, list(seed_runs))
+    if seeds is not None and vs_singles is not None:
+        add_seed_means(vs_singles, seeds)
     decision = decide_multitask(vs_teacher, vs_singles, gate_cfg, max_drop_vs_single)
     report = build_report(card, entries, single_models, decision, environment_info(cfg.threads))
+    if seeds is not None:
+        report["seeds"] = seeds
+        report[f"final_vs_{SINGLES}"] = vs_singles
 
     json_path, md_path = write_report(out_dir, report, render_markdown)
     for path in (json_path, md_path):
@@ -333,6 +412,12 @@ def run(
             f"; against the {len(singles)} single-task students: {vs_singles['size_ratio']:.2f}x smaller, "
             f"{vs_singles['speedup_batch1_p50']:.2f}x faster at batch 1, worst task "
             f"{fmt(vs_singles['accuracy_drop_points'], '+.2f')} points"
+            + (
+                f" ({fmt(vs_singles['accuracy_drop_points_seed_mean'], '+.2f')} as the mean of "
+                f"{len(seeds['runs'])} seeds)"
+                if seeds is not None and "accuracy_drop_points_seed_mean" in vs_singles
+                else ""
+            )
         )
     print(gate_summary(decision, against), flush=True)
     metrics = {k: v for k, v in vs_teacher.items() if v is not None} | {"gate_passed": float(decision.passed)}

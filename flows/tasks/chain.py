@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from components.config import Params
 from components.kit.tracking import PrefixedTracker, StageResult, Tracker
+from components.kit.training import TaskMix
 from flows.stages import merge
 
 
@@ -76,14 +77,16 @@ def student_chain(
     prune_cfg: BaseModel | None,
     trim_cfg: BaseModel | None,
     quantize_cfg: BaseModel | None,
+    mix: TaskMix | None = None,
 ) -> tuple[Path, str]:
     """The student chain from a trained teacher, as the seeds stage re-runs it per seed and the search builds
     each candidate (flows/search.py): distill -> prune -> trim -> export -> quantize.
 
     `out` says where each step writes (student, pruned, trimmed, onnx_fp32, final). A step whose folder
     already exists is reused (search candidates share students, pruned and exported models); a step given
-    no config (None) is skipped, its input passed on. Each step logs under `<prefix><step>.`. Returns the
-    final folder and what it ships (the chosen quantization, or fp32)."""
+    no config (None) is skipped, its input passed on. Each step logs under `<prefix><step>.`. `mix`: how the
+    tasks of multitask data share distill and prune. Returns the final folder and what it ships (the chosen
+    quantization, or fp32)."""
     from components.classification import distill, export, prune, quantize, trim
 
     length = p.teacher.max_length
@@ -94,7 +97,15 @@ def student_chain(
     student = model = out["student"]
     if not student.exists():
         distill.run(
-            distill_cfg, teacher, prepared, student, log["distill"], seed=seed, dist=p.distributed, soft_cache=soft
+            distill_cfg,
+            teacher,
+            prepared,
+            student,
+            log["distill"],
+            seed=seed,
+            dist=p.distributed,
+            soft_cache=soft,
+            mix=mix,
         )
     if prune_cfg is not None:
         model = out["pruned"]
@@ -109,6 +120,7 @@ def student_chain(
                 seed=seed,
                 dist=p.distributed,
                 soft_cache=soft,
+                mix=mix,
             )
     onnx_dir = out["onnx_fp32"]
     if not onnx_dir.exists():

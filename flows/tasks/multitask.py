@@ -15,6 +15,7 @@ quantize are the classification task's own stages (`flows.tasks.chain`).
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,8 @@ class MultitaskWorkspace(Workspace):
     baseline_teacher_int8 = Place("models", "baseline_teacher_int8")
     # singles/<task>/final: each task's single-task int8 student (and its data view), the baseline
     singles = Place("models", "single_tasks")
+    seeds = Place("models", "seeds")  # models/multitask/seeds/<seed>/: both chains re-trained per extra seed
+    seed_report = Place("reports", "seeds.json")
     reports = Place("root", "reports", KIND)
     validation = Place("reports", "validation")
     report = Place("reports", "compression_report.json")
@@ -99,30 +102,48 @@ def prune(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult:
     return component.run(p.prune, ws.student, ws.teacher, ws.prepared, ws.pruned, tracker, **args)
 
 
-def singles(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult:
-    """The single-task baseline: for each task, its rows of the data and the teacher's head for it
-    (`components.multitask.singles`), then the classification student chain with the same settings as the
-    multitask student's. Only each task's final model is kept."""
+def multitask_chain(p: Params, ws: MultitaskWorkspace, out: Path, seed: int, prefix: str, tracker: Tracker) -> Path:
+    """The multitask student chain from the teacher, with `seed`, into `out`; returns its final model."""
+    final, _ = student_chain(
+        p,
+        ws.teacher,
+        ws.prepared,
+        {step: out / step for step in CHAIN_STEPS},
+        tracker,
+        prefix,
+        seed,
+        soft_cache(ws),
+        p.distill.model_copy(update={"ablation": False}),
+        p.prune,
+        p.trim,
+        p.quantize,
+        mix(p),
+    )
+    return final
+
+
+def single_task_chains(
+    p: Params, ws: MultitaskWorkspace, out: Path, seed: int, prefix: str, tracker: Tracker
+) -> dict[str, Path]:
+    """For each task, its rows of the data and the teacher's head for it (`components.multitask.singles`),
+    then the classification student chain with the multitask student's settings and `seed`, into
+    `out/<task>/`; only each task's final model (and its data view) is kept. Returns {task: final}."""
     from components.multitask import singles as component
 
-    shutil.rmtree(ws.singles, ignore_errors=True)
-    ws.singles.mkdir(parents=True)
-    metrics: dict[str, float] = {}
-    if not p.multitask.single_task_baselines:
-        return StageResult(metrics=metrics, outputs={"singles": ws.singles})
+    finals = {}
     for task in p.multitask.tasks:
-        out = ws.singles / task
-        print(f"  singles: the compression chain for task {task} alone", flush=True)
-        card = component.project_data(ws.prepared, task, out / "prepared")
-        component.teacher_view(ws.teacher, task, out / "teacher")
-        final, shipped = student_chain(
+        folder = out / task
+        print(f"  singles: the compression chain for task {task} alone (seed {seed})", flush=True)
+        component.project_data(ws.prepared, task, folder / "prepared")
+        component.teacher_view(ws.teacher, task, folder / "teacher")
+        finals[task], shipped = student_chain(
             p,
-            out / "teacher",
-            out / "prepared",
-            {step: out / step for step in CHAIN_STEPS},
+            folder / "teacher",
+            folder / "prepared",
+            {step: folder / step for step in CHAIN_STEPS},
             tracker,
-            f"{task}.",
-            p.seed,
+            f"{prefix}{task}.",
+            seed,
             soft_cache(ws),
             p.distill.model_copy(update={"ablation": False}),
             p.prune,
@@ -130,10 +151,46 @@ def singles(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult:
             p.quantize,
         )
         for step in ("student", "pruned", "trimmed", "onnx_fp32", "teacher"):
-            shutil.rmtree(out / step, ignore_errors=True)
-        metrics |= {f"{task}.train_rows": float(card["rows"]["train"])}
+            shutil.rmtree(folder / step, ignore_errors=True)
         print(f"  singles: {task} done ({shipped})", flush=True)
-    return StageResult(metrics=metrics, outputs={"singles": ws.singles})
+    return finals
+
+
+def singles(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult:
+    """The single-task baseline: the same chain once per task (`single_task_chains`)."""
+    shutil.rmtree(ws.singles, ignore_errors=True)
+    ws.singles.mkdir(parents=True)
+    if p.multitask.single_task_baselines:
+        single_task_chains(p, ws, ws.singles, p.seed, "", tracker)
+    return StageResult(metrics={}, outputs={"singles": ws.singles})
+
+
+def seeds(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult:
+    """The multitask student chain and the single-task chains again for each of `seeds.extra` (teacher and
+    data fixed), each final model's test accuracy per task measured; reports/multitask/seeds.json holds the
+    rows, which the evaluate stage turns into each task's mean over seeds."""
+    from components.multitask.evaluate import seed_accuracies
+
+    shutil.rmtree(ws.seeds, ignore_errors=True)
+    rows, metrics = [], {}
+    for seed in p.seeds.extra:
+        out = ws.seeds / str(seed)
+        print(f"  seeds: re-training the multitask and single-task chains with seed {seed}", flush=True)
+        final = multitask_chain(p, ws, out / "multitask", seed, f"seed{seed}.", tracker)
+        baselines = p.multitask.single_task_baselines
+        finals = single_task_chains(p, ws, out / "single_tasks", seed, f"seed{seed}.", tracker) if baselines else None
+        row = {"seed": seed, **seed_accuracies(final, finals, ws.prepared, p.evaluate.threads, p.teacher.max_length)}
+        print(f"  seeds: seed {seed}: {row}", flush=True)
+        for step in CHAIN_STEPS[:-1]:
+            shutil.rmtree(out / "multitask" / step, ignore_errors=True)
+        rows.append(row)
+        for model in ("final", "single_tasks"):
+            metrics |= {f"seed{seed}.{model}.accuracy.{t}": a for t, a in (row.get(model) or {}).items()}
+    ws.seeds.mkdir(parents=True, exist_ok=True)  # an output even when seeds.extra is empty
+    ws.seed_report.parent.mkdir(parents=True, exist_ok=True)
+    ws.seed_report.write_text(json.dumps({"seed": p.seed, "extra": rows}, indent=2))
+    tracker.log_metrics(metrics)
+    return StageResult(metrics=metrics, outputs={"seeds": ws.seeds, "report": ws.seed_report})
 
 
 def single_finals(p: Params, ws: MultitaskWorkspace) -> dict[str, Path] | None:
@@ -156,6 +213,7 @@ def evaluated_models(ws: MultitaskWorkspace) -> list:
 def evaluate(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult:
     from components.multitask import evaluate as component
 
+    extra = json.loads(ws.seed_report.read_text())["extra"] if ws.seed_report.exists() else []
     return component.run(
         p.evaluate,
         p.register_.gate,
@@ -166,6 +224,8 @@ def evaluate(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult
         ws.report.parent,
         tracker,
         max_length=p.teacher.max_length,
+        seed=p.seed,
+        seed_runs=extra,
     )
 
 
@@ -261,10 +321,32 @@ STAGES: dict[str, Stage] = {
             "distributed",
         ),
     ),
+    "seeds": Stage(
+        seeds,
+        StageIO(
+            ("prepared", "teacher"), ("seeds", "seed_report"), ("multitask.singles", "multitask.evaluate", *_CHAIN)
+        ),
+        (
+            "seeds.extra",
+            "seed",
+            "multitask.tasks",
+            "multitask.weights",
+            "multitask.balanced_sampling",
+            "multitask.single_task_baselines",
+            "distill",
+            "prune",
+            "trim",
+            "export",
+            "quantize",
+            "evaluate.threads",
+            _MAX_LENGTH,
+            "distributed",
+        ),
+    ),
     "evaluate": Stage(
         evaluate,
         StageIO(
-            ("prepared", "teacher", "onnx_fp32", "final", "baseline_teacher_int8", "singles"),
+            ("prepared", "teacher", "onnx_fp32", "final", "baseline_teacher_int8", "singles", "seed_report"),
             ("report", "report_md"),
             ("multitask.evaluate", "kit.latency", "kit.gate", "kit.heads", "kit.report", "kit.files"),
         ),
@@ -275,6 +357,7 @@ STAGES: dict[str, Stage] = {
             "multitask.single_task_baselines",
             "multitask.tasks",
             _MAX_LENGTH,
+            "seed",
         ),
     ),
     "register": Stage(

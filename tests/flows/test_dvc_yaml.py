@@ -120,6 +120,8 @@ class Component:
                 return {"accuracy": 1.0, "agreement_with_teacher": 1.0}
             if name == "project_data":
                 return {"rows": {"train": 0}}
+            if name == "seed_accuracies":
+                return {"final": {}}
             return StageResult(info={"chosen": "int8"})
 
         return call
@@ -165,7 +167,8 @@ def test_each_stage_reads_exactly_its_config_slice(task, name, tmp_path, monkeyp
         monkeypatch.setitem(sys.modules, f"components.{module}", fake)
     rmtree = shutil.rmtree  # the fake components write nothing for the seeds stage to remove
     monkeypatch.setattr(shutil, "rmtree", lambda path, ignore_errors=False: rmtree(path, ignore_errors=True))
-    params = load_params(REPO / TASKS[task].params_file)
+    # with extra seeds, so that a seeds stage reads what it reads for each one
+    params = load_params(REPO / TASKS[task].params_file, overrides=["seeds.extra=[14]"])
     stage = TASKS[task].stages[name]
     stage.run(Reads(params, "", log), TASKS[task].workspace(tmp_path), NullTracker())
     assert collapse(log) == set(stage.sections), name

@@ -25,6 +25,7 @@ STAGES = [
     "export",
     "quantize",
     "singles",
+    "seeds",
     "evaluate",
     "register",
 ]
@@ -33,7 +34,7 @@ TASKS = ["sentiment", "subjectivity", "source"]
 
 @pytest.fixture(scope="module")
 def mt_run(tmp_path_factory, prefect_api, tiny_model_dir):
-    tiny = {"teacher.model": str(tiny_model_dir), "distill.layers": [1], "distill.ablation": False}
+    tiny = {"teacher.model": str(tiny_model_dir), "distill.layers": [1], "seeds.extra": [14]}
     project = make_project(tmp_path_factory.mktemp("mt") / "project", tiny, config="configs/multitask.yaml")
     return project, run_cli(["run", *CONFIG], project, prefect_api, timeout=900)
 
@@ -65,6 +66,10 @@ def test_multitask_report_sets_every_task_beside_the_single_task_students(mt_run
     assert versus["size_ratio"] == pytest.approx(singles["size_bytes"] / report["models"]["final"]["size_bytes"])
     assert {f"accuracy_drop_points.{t}" for t in TASKS} <= set(versus)
     assert "accuracy_drop_vs_single_task_points" in report["gate"]["checks"]
+    # the seeds stage re-trained both chains with seed 14: each task's mean over two seeds, and the gate reads it
+    assert [r["seed"] for r in report["seeds"]["runs"]] == [13, 14]
+    assert all(report["seeds"]["tasks"][t]["drop_vs_single_task_points"]["n"] == 2 for t in TASKS)
+    assert "accuracy_drop_points_seed_mean" in versus
 
 
 def test_multitask_onnx_model_has_one_output_per_task(mt_run):
@@ -89,7 +94,7 @@ def test_multitask_unchanged_rerun_skips_every_stage(mt_run, prefect_api):
     project, _ = mt_run
     done = run_cli(["run", *CONFIG], project, prefect_api)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert f"unchanged, skipped: {', '.join(STAGES)} (11 of 11 stages" in done.stdout
+    assert f"unchanged, skipped: {', '.join(STAGES)} (12 of 12 stages" in done.stdout
 
 
 def test_multitask_bundle_answers_every_task_in_one_call(mt_run, prefect_api, tmp_path):

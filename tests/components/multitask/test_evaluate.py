@@ -72,3 +72,23 @@ def test_report_metrics_and_markdown_name_every_task():
     assert metrics["final_vs_single_tasks.speedup_batch1_p50"] == pytest.approx(3.0)
     text = evaluate.render_markdown(report)
     assert "sentiment acc" in text and "Final vs the single-task students together" in text
+
+
+def test_seed_spread_and_the_gate_read_each_tasks_mean_over_seeds():
+    entries = {"teacher": TEACHER, "final": FINAL, "single_tasks": SINGLES}
+    runs = [
+        {"seed": 14, "final": {"sentiment": 0.88, "source": 0.79}, "single_tasks": {"sentiment": 0.90, "source": 0.77}},
+        {"seed": 15, "final": {"sentiment": 0.90, "source": 0.78}, "single_tasks": {"sentiment": 0.89, "source": 0.78}},
+    ]
+    seeds = evaluate.seed_spread(entries, 13, runs)
+    assert [r["seed"] for r in seeds["runs"]] == [13, 14, 15]
+    sentiment = seeds["tasks"]["sentiment"]
+    assert sentiment["final_accuracy"]["mean"] == pytest.approx((0.89 + 0.88 + 0.90) / 3)
+    assert sentiment["drop_vs_single_task_points"]["mean"] == pytest.approx((0.5 + 2.0 - 1.0) / 3)
+    versus = evaluate.compare(SINGLES, FINAL)
+    evaluate.add_seed_means(versus, seeds)
+    assert versus["accuracy_drop_points_seed_mean"] == pytest.approx(0.5)  # sentiment; source gains on average
+    cfg = GateConfig(max_drop_vs_teacher_points=2.0, min_size_ratio=3.0, min_speedup=3.0)
+    decision = decide_multitask(evaluate.compare(TEACHER, FINAL), versus, cfg, max_drop_vs_single_points=0.6)
+    assert decision.checks["accuracy_drop_vs_single_task_points"].value == pytest.approx(0.5) and decision.passed
+    assert evaluate.seed_spread(entries, 13, []) is None
