@@ -51,6 +51,10 @@ class RunContext:
     force: bool = False
 
 
+class StageOutputMissing(RuntimeError):
+    """A stage returned without writing an output it declares: a bug in the stage, never recorded as done."""
+
+
 def stage_key(name: str, params: Params, parent_key: str, ws: Workspace | None = None) -> str:
     """Content address of a stage: its name, its config slice, the key of the stage before it, the hashes of
     the files it reads (when a workspace is given) and of its components' source."""
@@ -163,6 +167,13 @@ def execute_stage(name: str, ctx: RunContext, parent_key: str) -> dict:
     started = time.perf_counter()
     try:
         result = launch.run(task, name, ctx.params, view, tracker)
+        missing = stage.io.missing(view)
+        if missing:
+            raise StageOutputMissing(
+                f"the {name} stage finished without writing {', '.join(missing)} "
+                f"({', '.join(str(getattr(view, role)) for role in missing)}): a stage must write every output "
+                "it declares (flows/tasks/<task>.py), or nothing could tell its record from a complete one"
+            )
     except Exception as err:
         seconds = time.perf_counter() - started
         settle_failure(name, err, view, staging, store, ws.state)

@@ -36,6 +36,13 @@ class StageIO:
     # Module names under components/ (a task's stage module, a kit module, a top-level one) or full dotted
     # names: the stage's module and the kit modules it imports, whose source the stage key hashes.
     code: tuple[str, ...]
+    # Outputs the stage may leave unwritten (an ablation it was told to skip); every other output must exist
+    # when the stage returns, or the run fails rather than record a stage that wrote nothing.
+    optional: tuple[str, ...] = ()
+
+    def missing(self, ws) -> list[str]:
+        """The required outputs the stage did not write (paths on `ws`, its staging view)."""
+        return [role for role in self.outputs if role not in self.optional and not Path(getattr(ws, role)).exists()]
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ baseline runs the classification task's own compression chain once per task (flo
   card with the task's labels;
 - `teacher_view`: the multitask teacher with its output layer cut to the task's block of rows: the same
   encoder and the same head, as a plain single-label classifier. The single-task student learns from exactly
-  the teacher the multitask student learns from, so the comparison isolates sharing the student.
+  the teacher the multitask student learns from, so the comparison isolates sharing the student;
+- `carry_soft_targets`: the view's soft targets on the task's train rows, cut from the multitask teacher's
+  stored ones (the view computes exactly that block of logits), so no chain runs the teacher again.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import pandas as pd
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from components.config import section_hash
+from components.kit import soft_targets
 from components.kit.heads import CONFIG_KEY, Heads
 from components.kit.labelling import SingleLabel
 from components.kit.modeling import save_model
@@ -96,3 +100,23 @@ def replace_module(model: torch.nn.Module, old: torch.nn.Module, new: torch.nn.M
                 setattr(parent, name, new)
                 return
     raise ValueError("the layer is not part of the model")
+
+
+def carry_soft_targets(teacher: Path, prepared: Path, view: Path, projected: Path, task: str, max_length: int) -> bool:
+    """Store in the `view` teacher's folder its logits on the task's train rows (`projected`), cut from the
+    multitask `teacher`'s stored logits on the train split of `prepared` at `max_length` tokens; False (and
+    nothing written) when the teacher has none stored at that length: the chain then computes them."""
+    teacher, prepared, view, projected = Path(teacher), Path(prepared), Path(view), Path(projected)
+    frame = pd.read_parquet(prepared / "train.parquet")
+    key = section_hash(soft_targets.key_inputs(teacher, prepared, "train", max_length))
+    logits = soft_targets.find([teacher / soft_targets.FOLDER], key, len(frame))
+    if logits is None:
+        return False
+    card = json.loads((prepared / "data_card.json").read_text())
+    heads = Heads.from_card(card["tasks"])
+    labelled = frame[heads.column(task)].notna().to_numpy()
+    inputs = soft_targets.key_inputs(view, projected, "train", max_length)
+    soft_targets.store(
+        view / soft_targets.FOLDER, section_hash(inputs), inputs, logits[labelled][:, heads.slices[task]]
+    )
+    return True

@@ -149,7 +149,7 @@ STAGES: dict[str, Stage] = {
     ),
     "distill": Stage(
         distill,
-        StageIO(("prepared", "teacher"), ("student", "student_ablation"), _TRAIN),
+        StageIO(("prepared", "teacher"), ("student", "student_ablation"), _TRAIN, optional=("student_ablation",)),
         ("lm.distill", _MAX_LENGTH, "seed", "distributed"),
         data_parallel=True,
     ),

@@ -136,6 +136,9 @@ def single_task_chains(
         print(f"  singles: the compression chain for task {task} alone (seed {seed})", flush=True)
         component.project_data(ws.prepared, task, folder / "prepared")
         component.teacher_view(ws.teacher, task, folder / "teacher")
+        component.carry_soft_targets(
+            ws.teacher, ws.prepared, folder / "teacher", folder / "prepared", task, p.distill.max_length
+        )
         finals[task], shipped = student_chain(
             p,
             folder / "teacher",

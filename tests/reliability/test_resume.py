@@ -124,6 +124,22 @@ def flow_run_state(api: str, flow_run_id: str) -> str:
         return json.load(answer)["state"]["type"]
 
 
+def test_a_stage_that_returns_without_writing_an_output_fails_and_is_not_recorded(
+    tiny_project, prefect_api, monkeypatch
+):
+    from dataclasses import replace
+
+    from components.kit.tracking import StageResult
+    from flows.pipeline import StageOutputMissing
+    from flows.tasks.classification import STAGES
+
+    run_pipeline(tiny_project, prefect_api, until="ingest")
+    monkeypatch.setitem(STAGES, "validate", replace(STAGES["validate"], run=lambda p, ws, tracker: StageResult()))
+    with pytest.raises(StageOutputMissing, match="validate stage finished without writing validation"):
+        run_pipeline(tiny_project, prefect_api, until="validate", force=True)
+    assert not cache.StageCache(CLASSIFICATION.workspace(tiny_project).state).path("validate").exists()
+
+
 def test_sigkill_during_a_stage_resumes_from_the_last_completed_stage_and_leaves_no_ghosts(tiny_project, prefect_api):
     from mlflow.tracking import MlflowClient
 

@@ -55,3 +55,23 @@ def test_teacher_view_answers_its_task_as_the_multitask_teacher_does(teacher, ti
 def test_teacher_view_refuses_a_task_the_teacher_lacks(teacher, tmp_path):
     with pytest.raises(ValueError, match="no head for task 'topic'"):
         singles.teacher_view(teacher, "topic", tmp_path / "topic")
+
+
+def test_the_views_soft_targets_are_cut_from_the_teachers_without_running_it(
+    teacher, tiny_multitask_prepared, tmp_path
+):
+    from components.kit import soft_targets
+
+    view = singles.teacher_view(teacher, "sentiment", tmp_path / "view")
+    projected = tmp_path / "data"
+    singles.project_data(tiny_multitask_prepared, "sentiment", projected)
+    assert singles.carry_soft_targets(teacher, tiny_multitask_prepared, view, projected, "sentiment", 32)
+    tokenizer = AutoTokenizer.from_pretrained(view)
+    train = pd.read_parquet(projected / "train.parquet")
+    data = encode(tokenizer, train["text"].tolist(), train["label"].tolist(), ["negative", "positive"], 32)
+    key = soft_targets.section_hash(soft_targets.key_inputs(view, projected, "train", 32))
+    carried = soft_targets.find([view / soft_targets.FOLDER], key, len(data))
+    assert carried is not None  # found where the chain looks: no teacher pass needed
+    computed = predict_logits(AutoModelForSequenceClassification.from_pretrained(view), data, tokenizer.pad_token_id)
+    np.testing.assert_allclose(carried, computed, atol=1e-4)
+    assert not singles.carry_soft_targets(teacher, tiny_multitask_prepared, view, projected, "sentiment", 16)
