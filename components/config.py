@@ -307,6 +307,9 @@ class TaskColumn(_Section):
 
     column: str
     labels: list[str] | None = None  # None reads the set from the data (sorted)
+    # A file of this task's own (CSV, JSONL or Parquet with `text` and the column); None: data.source. Rows of
+    # several files are joined on their text (compared as de-duplication compares texts).
+    source: str | None = None
 
 
 # The offline default (data.source "vader-all"): three tasks over every rated sentence of the vaderSentiment

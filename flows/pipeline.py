@@ -77,8 +77,8 @@ def external_inputs(task: Task, stage: Stage, params: Params, root: Path) -> dic
     sha256)."""
     if not stage.reads_data_source:
         return {}
-    source = root / lookup(params, task.data_source)
-    return {task.data_source: source} if source.is_file() else {}
+    named = {task.data_source: lookup(params, task.data_source)} | task.more_data_sources(params)
+    return {key: root / path for key, path in named.items() if (root / path).is_file()}
 
 
 def still_registered(record: cache.Record, client) -> bool:

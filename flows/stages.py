@@ -96,6 +96,9 @@ class Task:
     # folder, logged with every registered version as its `warm_start/` artifact, and returns the version's
     # tags that say which data it saw. None when the task has no incremental updates.
     warm_start: Callable[[Params, Any, Path], dict[str, str]] | None = None
+    # Further data files the stage that reads the data source reads: {params key: path}, e.g. a multitask
+    # task's own label file; each is an input of that stage like the data source.
+    more_data_sources: Callable[[Params], dict[str, str]] = lambda p: {}
 
 
 def stage_paths(ws: Workspace, names: tuple[str, ...]) -> dict[str, Path]:

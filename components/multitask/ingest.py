@@ -11,7 +11,10 @@ Sources (`data.source`):
   - `source`: movie, tweet, editorial or product.
 - a local CSV, JSONL or Parquet file with a `text` column and each task's column (`multitask.tasks`), read
   as strictly as the classification task reads its files (`components.kit.data`); an empty cell is a row
-  without a label for that task.
+  without a label for that task;
+- or several files: a task with a `source` of its own reads its column from that file. The rows of all
+  files are joined on their text (`join_on_text`: a sentence labelled for one task in one file and for
+  another in a second becomes one row with both labels); each file is checked for repeated rows alone.
 
 Before anything is written, `check_tasks` refuses (`DataError`, the CLI exits 2) a task whose column is
 missing, a task with fewer than two classes, a label outside a task's declared set, and rows with no label for
@@ -27,6 +30,7 @@ Writes `train/validation/test.parquet` (`text` and one column per task, null whe
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -74,20 +78,59 @@ def label_vader(archive: Path, threshold: float) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def load_source(
-    data: DataConfig, tasks: dict[str, TaskColumn], cache_dir: Path, root: Path
+def load_one(
+    source: str, key: str, columns: tuple[str, ...], data: DataConfig, cache_dir: Path, root: Path
 ) -> tuple[pd.DataFrame, str, str]:
-    """(rows, source description, sha256 of the source bytes)."""
-    if data.source == BUILTIN:
+    """(rows, source description, sha256 of the source bytes) of the built-in data or one file (the params
+    key `key` names it), the file's `columns` checked."""
+    if source == BUILTIN:
         return (
             label_vader(fetch_vader_archive(cache_dir), data.threshold),
             f"vaderSentiment=={VADER_VERSION}",
             VADER_SHA256,
         )
-    path = workspace_path(data.source, root, "data.source")
+    path = workspace_path(source, root, key)
     frame = read_table(path)
-    check_column_types(frame, f"data file {path}", ("text", *(t.column for t in tasks.values())))
+    check_column_types(frame, f"data file {path}", ("text", *columns))
     return frame, path.relative_to(Path(root).resolve()).as_posix(), file_sha256(path)
+
+
+def load_source(
+    data: DataConfig, tasks: dict[str, TaskColumn], cache_dir: Path, root: Path
+) -> tuple[list[pd.DataFrame], str, str]:
+    """(the rows of each file, the sources described, the sha256 of their bytes: the one file's, or of the
+    files' sha256s in order). Tasks without a `source` of their own read data.source."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name, task in tasks.items():
+        where = (task.source, f"multitask.tasks.{name}.source") if task.source else (data.source, "data.source")
+        groups.setdefault(where, []).append(task.column)
+    loaded = [load_one(source, key, tuple(columns), data, cache_dir, root) for (source, key), columns in groups.items()]
+    # each file gives its text and its own tasks' columns only, so two files' other columns never collide
+    frames = [
+        frame[[c for c in ("text", *columns) if c in frame.columns]] if len(groups) > 1 else frame
+        for (frame, _, _), columns in zip(loaded, groups.values(), strict=True)
+    ]
+    if len(loaded) == 1:
+        return frames, loaded[0][1], loaded[0][2]
+    digest = hashlib.sha256("".join(sha for _, _, sha in loaded).encode()).hexdigest()
+    return frames, " + ".join(source for _, source, _ in loaded), digest
+
+
+def join_on_text(frames: list[pd.DataFrame], columns: tuple[str, ...]) -> pd.DataFrame:
+    """The rows of every file, each text's labels filled in from the other rows of the same text (compared
+    by `text_key`): one file's sentiment and another's topic for a sentence end up on each of its rows, which
+    de-duplication then keeps once. Differing labels for one text stay as they are (de-duplication drops the
+    text as conflicting)."""
+    from components.kit.text import text_key
+
+    frame = pd.concat(frames, ignore_index=True)
+    if len(frames) == 1:
+        return frame
+    keys = frame["text"].map(text_key)
+    for column in columns:
+        if column in frame.columns:
+            frame[column] = frame[column].fillna(frame[column].groupby(keys).transform("first"))
+    return frame
 
 
 def task_labels(frame: pd.DataFrame, tasks: dict[str, TaskColumn], source: str) -> dict[str, list[str]]:
@@ -164,14 +207,17 @@ def run(
     cache_dir: Path = Path("data/raw"),
     root: Path = Path("."),
 ) -> StageResult:
-    loaded, source, sha256 = load_source(data, tasks, cache_dir, root)
+    frames, source, sha256 = load_source(data, tasks, cache_dir, root)
     columns = tuple(t.column for t in tasks.values())
-    loaded = normalize_columns(loaded, ("text", *columns))
-    for column in columns:  # an empty cell (CSV) is a row without a label for that task
-        if column in loaded.columns:
-            loaded[column] = loaded[column].mask(loaded[column].str.strip() == "")
+    for i, part in enumerate(frames):
+        part = normalize_columns(part, ("text", *columns))
+        for column in columns:  # an empty cell (CSV) is a row without a label for that task
+            if column in part.columns:
+                part[column] = part[column].mask(part[column].str.strip() == "")
+        check_duplicate_share(part, source, data.max_duplicate_share)
+        frames[i] = part
+    loaded = join_on_text(frames, columns)
     labels = task_labels(loaded, tasks, source)
-    check_duplicate_share(loaded, source, data.max_duplicate_share)
     frame, dropped = deduplicate(loaded, label_columns=columns)
     frame = frame[["text", *columns]]
     splits = stratified_split(frame, data.split, data.seed, data.max_rows, by=stratify_column(frame, tasks))

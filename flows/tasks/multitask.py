@@ -469,4 +469,7 @@ TASK = Task(
     summary=summary,
     report_files=".json",
     preflight=preflight,
+    more_data_sources=lambda p: {
+        f"multitask.tasks.{name}.source": task.source for name, task in p.multitask.tasks.items() if task.source
+    },
 )

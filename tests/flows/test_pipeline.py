@@ -41,3 +41,25 @@ def test_the_registration_of_a_run_comes_from_the_stage_that_registers():
     outcome = {"stages": {"evaluate": {"cache_hit": True}, "register": {"cache_hit": True}}}
     assert pipeline.registration_cached(TASK, outcome)
     assert not pipeline.registration_cached(TASK, {"stages": {"evaluate": {"cache_hit": True}}})
+
+
+def test_a_multitask_tasks_own_label_file_is_an_input_of_ingest(tmp_path):
+    from flows.pipeline import external_inputs
+    from flows.tasks.multitask import TASK as MULTITASK
+
+    (tmp_path / "data").mkdir()
+    for name in ("rows.csv", "tones.csv"):
+        (tmp_path / "data" / name).write_text("text,x\n")
+    params = build_params(
+        {
+            "task": "multitask",
+            "data": {"source": "data/rows.csv"},
+            "multitask": {"tasks": {"topic": {"column": "topic"}, "tone": {"column": "tone", "source": "data/tones.csv"}}},
+        }
+    )
+    inputs = external_inputs(MULTITASK, MULTITASK.stages["ingest"], params, tmp_path)
+    assert inputs == {
+        "data.source": tmp_path / "data" / "rows.csv",
+        "multitask.tasks.tone.source": tmp_path / "data" / "tones.csv",
+    }
+    assert external_inputs(MULTITASK, MULTITASK.stages["validate"], params, tmp_path) == {}

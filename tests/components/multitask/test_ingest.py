@@ -100,3 +100,31 @@ def test_the_archive_gives_three_labels_per_sentence(tmp_path):
     assert pd.isna(rows.loc["A film", "sentiment"]) and rows.loc["A film"].tolist()[1:] == ["neutral", "movie"]
     assert rows.loc["sunny day", "source"] == "tweet" and rows.loc["the policy failed", "sentiment"] == "negative"
     assert rows.loc["works"].tolist() == ["positive", "opinionated", "product"]
+
+
+def test_tasks_from_several_files_are_joined_on_the_text(tmp_path):
+    texts = [f"sentence number {i}" for i in range(60)]
+    pd.DataFrame({"text": texts, "topic": ["sport" if i % 2 else "tech" for i in range(60)]}).to_csv(
+        tmp_path / "topics.csv", index=False
+    )
+    # the tone file labels the same sentences (one in different case) plus ten of its own
+    tone_texts = [t.upper() if i == 0 else t for i, t in enumerate(texts[:40])] + [f"other line {i}" for i in range(10)]
+    pd.DataFrame({"text": tone_texts, "tone": ["calm" if i % 2 else "angry" for i in range(50)]}).to_csv(
+        tmp_path / "tones.csv", index=False
+    )
+    tasks = {"topic": {"column": "topic"}, "tone": {"column": "tone", "source": "tones.csv"}}
+    out = ingest_file(tmp_path, "topics.csv", tasks)
+    rows = pd.concat([pd.read_parquet(out / f"{s}.parquet") for s in ("train", "validation", "test")])
+    assert len(rows) == 70  # 60 sentences, 10 more of the tone file; the upper-cased copy joined its sentence
+    both = rows[rows["topic"].notna() & rows["tone"].notna()]
+    assert len(both) == 40 and rows["tone"].isna().sum() == 20 and rows["topic"].isna().sum() == 10
+    card = json.loads((out / "data_card.json").read_text())
+    assert card["source"] == "topics.csv + tones.csv" and len(card["sha256"]) == 64
+
+
+def test_a_tasks_own_file_without_its_column_is_refused_naming_the_task(tmp_path):
+    user_file(tmp_path)
+    pd.DataFrame({"text": ["a", "b"], "mood": ["x", "y"]}).to_csv(tmp_path / "tones.csv", index=False)
+    tasks = {"topic": {"column": "topic"}, "tone": {"column": "tone", "source": "tones.csv"}}
+    with pytest.raises(DataError, match="task tone \\(column 'tone'\\)"):
+        ingest_file(tmp_path, "rows.csv", tasks)
