@@ -54,7 +54,9 @@ def test_a_multitask_tasks_own_label_file_is_an_input_of_ingest(tmp_path):
         {
             "task": "multitask",
             "data": {"source": "data/rows.csv"},
-            "multitask": {"tasks": {"topic": {"column": "topic"}, "tone": {"column": "tone", "source": "data/tones.csv"}}},
+            "multitask": {
+                "tasks": {"topic": {"column": "topic"}, "tone": {"column": "tone", "source": "data/tones.csv"}}
+            },
         }
     )
     inputs = external_inputs(MULTITASK, MULTITASK.stages["ingest"], params, tmp_path)
