@@ -8,6 +8,7 @@ from components.classification import finetune
 from components.config import TeacherConfig
 from components.kit.modeling import ModelSourceError, resolve_model_source
 from components.kit.tracking import NullTracker
+from components.kit.training import TaskMix
 
 
 class RecordingTracker(NullTracker):
@@ -56,7 +57,7 @@ def test_finetune_trains_one_block_of_logits_per_task_on_multitask_data(
     from tests.conftest import MULTITASK_TASKS
 
     cfg = TeacherConfig(model=str(tiny_model_dir), epochs=1, batch_size=8, max_length=32, lr=1e-3)
-    result = finetune.run(cfg, tiny_multitask_prepared, tmp_path, NullTracker(), seed=0, weights={"length": 0.5})
+    result = finetune.run(cfg, tiny_multitask_prepared, tmp_path, NullTracker(), seed=0, mix=TaskMix({"length": 0.5}))
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path)
     assert Heads.from_config(model.config) == Heads.of({n: t["labels"] for n, t in MULTITASK_TASKS.items()})
     assert model.config.num_labels == 4 and model.config.id2label[2] == "length:long"
