@@ -55,11 +55,7 @@ class MultitaskWorkspace(Workspace):
     singles = Place("models", "single_tasks")
     seeds = Place("models", "seeds")  # models/multitask/seeds/<seed>/: both chains re-trained per extra seed
     seed_report = Place("reports", "seeds.json")
-    reports = Place("root", "reports", KIND)
-    validation = Place("reports", "validation")
-    report = Place("reports", "compression_report.json")
-    report_md = Place("reports", "compression_report.md")
-    registration = Place("reports", "registration.json")
+    reports = Place("root", "reports", KIND)  # validation, the report, registration.json: the shared roles here
 
 
 # ------------------------------------------------------------------ the stages
@@ -102,6 +98,12 @@ def prune(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult:
     return component.run(p.prune, ws.student, ws.teacher, ws.prepared, ws.pruned, tracker, **args)
 
 
+def chain_settings(p: Params) -> tuple:
+    """The student chain's settings (distill without its ablation, prune, trim, quantize): the same for the
+    multitask student and every single-task one, so the comparison changes only what is shared."""
+    return p.distill.model_copy(update={"ablation": False}), p.prune, p.trim, p.quantize
+
+
 def multitask_chain(p: Params, ws: MultitaskWorkspace, out: Path, seed: int, prefix: str, tracker: Tracker) -> Path:
     """The multitask student chain from the teacher, with `seed`, into `out`; returns its final model."""
     final, _ = student_chain(
@@ -113,10 +115,7 @@ def multitask_chain(p: Params, ws: MultitaskWorkspace, out: Path, seed: int, pre
         prefix,
         seed,
         soft_cache(ws),
-        p.distill.model_copy(update={"ablation": False}),
-        p.prune,
-        p.trim,
-        p.quantize,
+        *chain_settings(p),
         mix(p),
     )
     return final
@@ -148,10 +147,7 @@ def single_task_chains(
             f"{prefix}{task}.",
             seed,
             soft_cache(ws),
-            p.distill.model_copy(update={"ablation": False}),
-            p.prune,
-            p.trim,
-            p.quantize,
+            *chain_settings(p),
         )
         for step in ("student", "pruned", "trimmed", "onnx_fp32", "teacher"):
             shutil.rmtree(folder / step, ignore_errors=True)
