@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import operator
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -180,12 +181,34 @@ def report_epoch(
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups: weight decay on the weights, none on biases and layer norms."""
+    """AdamW parameter groups of the trainable parameters: weight decay on the weights, none on biases and
+    layer norms."""
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     return [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": weight_decay},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
+        {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
+
+
+def adamw(groups: list[dict], lr: float) -> torch.optim.AdamW:
+    """AdamW with the fused kernel: one pass over the parameters per step instead of several. On the default
+    3-layer student on 2 CPU cores it cut a training step from 289 to 247 ms (`docs/measured.md`)."""
+    return torch.optim.AdamW(groups, lr=lr, fused=True)
+
+
+@contextmanager
+def word_embeddings_frozen(model: nn.Module, frozen: bool):
+    """Keep the word-embedding table fixed while training when `frozen`. It holds most of a small student's
+    parameters, and its dense gradient and optimizer step were a third of a step's time on 2 CPU cores; the
+    rows a task's text never uses would not move anyway (and vocabulary trimming drops them)."""
+    table = model.get_input_embeddings().weight
+    before = table.requires_grad
+    table.requires_grad_(before and not frozen)
+    try:
+        yield
+    finally:
+        table.requires_grad_(before)
 
 
 def classifier_loss(
@@ -236,6 +259,25 @@ def train(
     dist: DistributedConfig | None = None,
     objective: Objective = SINGLE_LABEL,
 ) -> TrainOutcome:
+    """Train `model` on `train_set` (with `kd`'s teacher targets, when given), keep its best epoch on
+    `val_set`, and say what it cost."""
+    with word_embeddings_frozen(model, cfg.freeze_word_embeddings):
+        return _train(model, train_set, val_set, cfg, pad_id, tracker, seed, kd, desc, dist, objective)
+
+
+def _train(
+    model: nn.Module,
+    train_set: Encoded,
+    val_set: Encoded,
+    cfg: TrainConfig,
+    pad_id: int,
+    tracker: Tracker,
+    seed: int,
+    kd: Distillation | None = None,
+    desc: str = "train",
+    dist: DistributedConfig | None = None,
+    objective: Objective = SINGLE_LABEL,
+) -> TrainOutcome:
     torch.manual_seed(seed)
     dp = DataParallel(dist or DistributedConfig())
     home = next(model.parameters()).device  # the model goes back there when training ends
@@ -247,7 +289,7 @@ def train(
         kd.features.to(dp.device)
         groups.append({"params": list(kd.features.parameters()), "weight_decay": 0.0})
     raw = model
-    model, optimizer = dp.prepare(model, torch.optim.AdamW(groups, lr=cfg.lr))
+    model, optimizer = dp.prepare(model, adamw(groups, cfg.lr))
     part_loss = classifier_loss(model, raw, train_set, pad_id, kd, dp, objective)
     before_clip = (lambda: dp.average_gradients(kd.features.parameters())) if features else None
     draw = objective.sampling(train_set.labels) if objective.sampling is not None else None

@@ -28,3 +28,28 @@ def test_best_epoch_keeps_the_best_weights_and_counts_the_epochs_since():
     accuracy = BestEpoch(-1.0, operator.gt)
     accuracy.update(0.5, 1, model)
     assert (accuracy.value, accuracy.epoch, accuracy.stale) == (0.5, 1, 0)
+
+
+def test_frozen_word_embeddings_stay_as_they_start_while_the_rest_learns(tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from components.config import TrainConfig
+    from components.kit.modeling import encode
+    from components.kit.tracking import NullTracker
+    from components.kit.training import train
+    from tests.conftest import NEGATIVE, POSITIVE, tiny_bert
+
+    model_dir = tiny_bert(tmp_path / "model", dropout=0.0)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    labels = ["positive"] * len(POSITIVE) + ["negative"] * len(NEGATIVE)
+    data = encode(tokenizer, POSITIVE + NEGATIVE, labels, ["negative", "positive"], 16)
+    table = model.get_input_embeddings().weight
+    words, layer = table.detach().clone(), model.bert.encoder.layer[0].output.dense.weight.detach().clone()
+
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, patience=2, freeze_word_embeddings=True)
+    train(model, data, data, cfg, tokenizer.pad_token_id, NullTracker(), seed=0)
+
+    assert torch.equal(model.get_input_embeddings().weight, words)
+    assert not torch.equal(model.bert.encoder.layer[0].output.dense.weight, layer)
+    assert model.get_input_embeddings().weight.requires_grad  # as it was before training
