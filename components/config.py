@@ -331,9 +331,14 @@ class MultitaskConfig(_Section):
     tasks: dict[str, TaskColumn] = Field(default_factory=lambda: dict(VADER_TASKS))
     # Loss weight of each task (1 when absent): sum over tasks of weight x that task's loss.
     weights: dict[str, Positive] = Field(default_factory=dict)
+    # The multitask student's own loss weights (distill and prune recovery), over `weights` (the teacher
+    # trains with `weights` alone): tuning the student re-runs neither the teacher nor the single-task baseline.
+    student_weights: dict[str, Positive] = Field(default_factory=dict)
     # Draw each epoch's rows so that every task's labelled rows are drawn equally often (a task labelled on
-    # fewer rows, such as sentiment, is not outweighed); False: every row once per epoch.
-    balanced_sampling: bool = True
+    # fewer rows, such as sentiment, is not outweighed); False: every row once per epoch. Off by default: where
+    # the rows a task lacks are one class of another task (sentiment is missing exactly on the neutral rows of
+    # the default data), balanced drawing starves that class.
+    balanced_sampling: bool = False
     # The baseline: the same compression chain once per task (a single-task student distilled from the
     # teacher's head for that task), measured beside the multitask student. False skips it (and its gate).
     single_task_baselines: bool = True
@@ -352,9 +357,10 @@ class MultitaskConfig(_Section):
         columns = [t.column for t in self.tasks.values()]
         if "text" in columns or len(set(columns)) != len(columns):
             raise ValueError(f"multitask.tasks: each task needs its own label column other than text, got {columns}")
-        unknown = sorted(set(self.weights) - set(self.tasks))
-        if unknown:
-            raise ValueError(f"multitask.weights names {', '.join(unknown)}, not in multitask.tasks")
+        for name, weights in (("weights", self.weights), ("student_weights", self.student_weights)):
+            unknown = sorted(set(weights) - set(self.tasks))
+            if unknown:
+                raise ValueError(f"multitask.{name} names {', '.join(unknown)}, not in multitask.tasks")
         return self
 
 

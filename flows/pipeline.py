@@ -342,8 +342,8 @@ def run_stages(params: Params, workspace: Workspace, run_name: str | None, force
     # register (the stage table is in that order)
     task = task_for(params)
     try:
-        for name in task.stages:
-            stages[name] = stage(name, ctx, key)
+        for name, spec in task.stages.items():
+            stages[name] = stage(name, ctx, stages[spec.after]["key"] if spec.after else key)
             key = stages[name]["key"]
             if name == until:
                 break
@@ -398,9 +398,10 @@ def run_one_stage(params: Params, name: str, root: Path) -> dict | None:
 
 
 def recorded_parent_key(task: Task, ws: Workspace, name: str) -> str:
-    """The key the stage before `name` was last completed with ("root" before the first stage)."""
+    """The key the stage `name` chains to (its `after`, or the stage before it) was last completed with
+    ("root" before the first stage)."""
     names = list(task.stages)
     if names.index(name) == 0:
         return "root"
-    record = cache.StageCache(ws.state).read(names[names.index(name) - 1])
+    record = cache.StageCache(ws.state).read(task.stages[name].after or names[names.index(name) - 1])
     return record.key if record is not None else "unrecorded"

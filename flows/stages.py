@@ -59,6 +59,9 @@ class Stage:
     # Registers a model: its result's info is the run's registration, its cached record counts only while
     # that version still exists, and its key covers the registry it registered in.
     registers: bool = False
+    # The stage whose key this one's chains to (None: the stage before it). A stage that reads only earlier
+    # outputs names the last stage it depends on, so a change to a stage in between does not re-run it.
+    after: str | None = None
 
 
 @dataclass(frozen=True)

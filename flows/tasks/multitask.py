@@ -73,15 +73,19 @@ def validate(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult
     return component.run(p.section("validate"), ws.prepared, ws.validation, tracker)
 
 
-def mix(p: Params) -> TaskMix:
-    """How the tasks share the training stages: their loss weights, balanced drawing of rows."""
-    return TaskMix(dict(p.multitask.weights), p.multitask.balanced_sampling)
+def mix(p: Params, student: bool = True) -> TaskMix:
+    """How the tasks share a training stage: their loss weights (the student's over the teacher's), balanced
+    drawing of rows."""
+    weights = p.multitask.weights | (p.multitask.student_weights if student else {})
+    return TaskMix(dict(weights), p.multitask.balanced_sampling)
 
 
 def finetune(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult:
     from components.classification import finetune as component
 
-    return component.run(p.teacher, ws.prepared, ws.teacher, tracker, seed=p.seed, dist=p.distributed, mix=mix(p))
+    return component.run(
+        p.teacher, ws.prepared, ws.teacher, tracker, seed=p.seed, dist=p.distributed, mix=mix(p, student=False)
+    )
 
 
 def distill(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult:
@@ -282,13 +286,27 @@ STAGES: dict[str, Stage] = {
     "distill": Stage(
         distill,
         StageIO(("prepared", "teacher"), ("student",), ("classification.distill", *_TRAIN)),
-        ("distill", "multitask.weights", "multitask.balanced_sampling", "seed", "distributed"),
+        (
+            "distill",
+            "multitask.weights",
+            "multitask.student_weights",
+            "multitask.balanced_sampling",
+            "seed",
+            "distributed",
+        ),
         data_parallel=True,
     ),
     "prune": Stage(
         prune,
         StageIO(("prepared", "teacher", "student"), ("pruned",), ("classification.prune", "kit.pruning", *_TRAIN)),
-        ("prune", "multitask.weights", "multitask.balanced_sampling", "seed", "distributed"),
+        (
+            "prune",
+            "multitask.weights",
+            "multitask.student_weights",
+            "multitask.balanced_sampling",
+            "seed",
+            "distributed",
+        ),
         data_parallel=True,
     ),
     "trim": Stage(
@@ -319,6 +337,8 @@ STAGES: dict[str, Stage] = {
             _MAX_LENGTH,
             "distributed",
         ),
+        # it reads only the data and the teacher: tuning the multitask student does not re-run the baseline
+        after="finetune",
     ),
     "seeds": Stage(
         seeds,
@@ -330,6 +350,7 @@ STAGES: dict[str, Stage] = {
             "seed",
             "multitask.tasks",
             "multitask.weights",
+            "multitask.student_weights",
             "multitask.balanced_sampling",
             "multitask.single_task_baselines",
             "distill",

@@ -89,3 +89,10 @@ def test_causal_lm_config_refuses_head_pruning_it_cannot_export_and_student_laye
         build_params({"task": "causal-lm", "lm": {"prune": {"head_ratio": 0.25}}})
     with pytest.raises(ConfigError, match=r"lm.distill.layers \[0, 7\] must be distinct teacher blocks 0..5"):
         build_params({"lm": {"distill": {"layers": [0, 7]}}})
+
+
+@pytest.mark.parametrize("key", ["weights", "student_weights"])
+def test_multitask_loss_weights_must_name_declared_tasks(key):
+    raw = {"task": "multitask", "multitask": {key: {"sentiment": 2.0, "topic": 1.0}}}
+    with pytest.raises(ConfigError, match=f"multitask.{key} names topic"):
+        build_params(raw)

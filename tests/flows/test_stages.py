@@ -62,6 +62,30 @@ def test_stage_key_changes_only_downstream_of_a_changed_slice():
         assert same == (order.index(name) < order.index("distill")), name
 
 
+def test_a_stage_that_chains_to_an_earlier_one_survives_a_change_in_between():
+    import yaml
+
+    from flows.tasks.multitask import TASK as MULTITASK
+
+    def keys(params):
+        done = {}
+        for name, stage in MULTITASK.stages.items():
+            parent = done[stage.after] if stage.after else (list(done.values()) or ["root"])[-1]
+            done[name] = stage_key(name, params, parent)
+        return done
+
+    assert all(
+        list(task.stages).index(s.after) < list(task.stages).index(n)
+        for task in TASKS.values()
+        for n, s in task.stages.items()
+        if s.after
+    )
+    raw = yaml.safe_load(open("configs/multitask.yaml"))
+    a, b = keys(build_params(raw)), keys(build_params(raw, overrides=["multitask.student_weights={sentiment: 2}"]))
+    assert a["finetune"] == b["finetune"] and a["singles"] == b["singles"]  # the teacher and the baseline stay
+    assert all(a[n] != b[n] for n in ("distill", "prune", "quantize", "seeds", "evaluate"))
+
+
 def test_stage_config_holds_only_the_stage_sections():
     params = build_params({})
     assert set(stage_config(params, STAGES["distill"].sections)) == {"distill", "seed", "distributed"}
@@ -124,3 +148,13 @@ def test_each_task_names_the_bundle_kind_its_edge_script_checks():
 
     assert classification.KIND == edge_predict.KIND and causal_lm.KIND == edge_generate.KIND
     assert [task.bundle_kind for task in TASKS.values()] == [classification.KIND, causal_lm.KIND, multitask.KIND]
+
+
+def test_the_multitask_students_weights_go_over_the_teachers():
+    from flows.tasks.multitask import mix
+
+    p = build_params(
+        {"task": "multitask", "multitask": {"weights": {"source": 0.5}, "student_weights": {"sentiment": 2}}}
+    )
+    assert mix(p, student=False).weights == {"source": 0.5}
+    assert mix(p).weights == {"source": 0.5, "sentiment": 2.0}
