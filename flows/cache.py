@@ -1,6 +1,7 @@
 """Content-addressed stage keys, and the record that lets an unchanged stage be skipped.
 
-A stage's key hashes its name, its config slice, the key of the stage before it, the sha256 of every
+A stage's key hashes its name, its config slice, the key of the stage before it (or of the earlier stage
+its record names in `after`), the sha256 of every
 input file it reads and of the source of the components it runs. After a stage finishes, its key, the
 sha256 of its outputs, its metrics and the MLflow run that produced it are written to
 `.miniaturize/<task>/stages/<stage>.json` (`StageCache(workspace.state)`). The next run skips the stage when the key is the same and every
