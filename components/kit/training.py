@@ -262,77 +262,68 @@ def train(
     """Train `model` on `train_set` (with `kd`'s teacher targets, when given), keep its best epoch on
     `val_set`, and say what it cost."""
     with word_embeddings_frozen(model, cfg.freeze_word_embeddings):
-        return _train(model, train_set, val_set, cfg, pad_id, tracker, seed, kd, desc, dist, objective)
+        torch.manual_seed(seed)
+        dp = DataParallel(dist or DistributedConfig())
+        home = next(model.parameters()).device  # the model goes back there when training ends
+        lengths = [len(x) for x in train_set.input_ids]
+        schedule = Schedule.linear(cfg.lr, math.ceil(len(train_set) / cfg.batch_size) * cfg.epochs, cfg.warmup_ratio)
+        groups = parameter_groups(model, cfg.weight_decay)
+        features = kd is not None and kd.features is not None
+        if features:  # its projections (where widths differ) learn alongside the student
+            kd.features.to(dp.device)
+            groups.append({"params": list(kd.features.parameters()), "weight_decay": 0.0})
+        raw = model
+        model, optimizer = dp.prepare(model, adamw(groups, cfg.lr))
+        part_loss = classifier_loss(model, raw, train_set, pad_id, kd, dp, objective)
+        before_clip = (lambda: dp.average_gradients(kd.features.parameters())) if features else None
+        draw = objective.sampling(train_set.labels) if objective.sampling is not None else None
 
-
-def _train(
-    model: nn.Module,
-    train_set: Encoded,
-    val_set: Encoded,
-    cfg: TrainConfig,
-    pad_id: int,
-    tracker: Tracker,
-    seed: int,
-    kd: Distillation | None = None,
-    desc: str = "train",
-    dist: DistributedConfig | None = None,
-    objective: Objective = SINGLE_LABEL,
-) -> TrainOutcome:
-    torch.manual_seed(seed)
-    dp = DataParallel(dist or DistributedConfig())
-    home = next(model.parameters()).device  # the model goes back there when training ends
-    lengths = [len(x) for x in train_set.input_ids]
-    schedule = Schedule.linear(cfg.lr, math.ceil(len(train_set) / cfg.batch_size) * cfg.epochs, cfg.warmup_ratio)
-    groups = parameter_groups(model, cfg.weight_decay)
-    features = kd is not None and kd.features is not None
-    if features:  # its projections (where widths differ) learn alongside the student
-        kd.features.to(dp.device)
-        groups.append({"params": list(kd.features.parameters()), "weight_decay": 0.0})
-    raw = model
-    model, optimizer = dp.prepare(model, adamw(groups, cfg.lr))
-    part_loss = classifier_loss(model, raw, train_set, pad_id, kd, dp, objective)
-    before_clip = (lambda: dp.average_gradients(kd.features.parameters())) if features else None
-    draw = objective.sampling(train_set.labels) if objective.sampling is not None else None
-
-    best = BestEpoch(-1.0, operator.gt)
-    history: list[dict[str, float]] = []
-    started = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
-        # Every process draws the same global batches (same seed) and takes its own share of each.
-        batches = length_bucketed_batches(lengths, cfg.batch_size, shuffle=True, seed=seed * 1000 + epoch, draw=draw)
-        train_loss = train_epoch(
-            dp,
-            model,
-            optimizer,
-            batches,
-            schedule,
-            part_loss,
-            lambda part, index: dp.weight(len(part), len(index)),
-            f"{desc} epoch {epoch}/{cfg.epochs}",
-            4,
-            before_clip,
+        best = BestEpoch(-1.0, operator.gt)
+        history: list[dict[str, float]] = []
+        started = time.perf_counter()
+        for epoch in range(1, cfg.epochs + 1):
+            # Every process draws the same global batches (same seed) and takes its own share of each.
+            batches = length_bucketed_batches(
+                lengths, cfg.batch_size, shuffle=True, seed=seed * 1000 + epoch, draw=draw
+            )
+            train_loss = train_epoch(
+                dp,
+                model,
+                optimizer,
+                batches,
+                schedule,
+                part_loss,
+                lambda part, index: dp.weight(len(part), len(index)),
+                f"{desc} epoch {epoch}/{cfg.epochs}",
+                4,
+                before_clip,
+            )
+            # Every process holds the same weights and scores the whole validation split; rank 0's figure decides,
+            # so early stopping and the best epoch cannot differ between processes.
+            val_acc = same_on_every_rank(objective.score(predict_logits(raw, val_set, pad_id), val_set.labels))
+            record = {
+                "train_loss": train_loss,
+                "val_accuracy": val_acc,
+                "epoch_seconds": time.perf_counter() - started - sum(h["epoch_seconds"] for h in history),
+            }
+            report_epoch(
+                history,
+                record,
+                epoch,
+                tracker,
+                dp,
+                f"{desc} epoch {epoch}: loss {train_loss:.4f}, val acc {val_acc:.4f}",
+            )
+            best.update(val_acc, epoch, raw)
+            if best.stale >= cfg.patience and epoch < cfg.epochs:
+                if dp.main:
+                    print(f"  {desc}: early stop, best epoch {best.epoch} (val acc {best.value:.4f})", flush=True)
+                break
+        raw = dp.finish(model, home)
+        raw.load_state_dict(best.state)
+        raw.eval()
+        if features:
+            kd.features.to(home)
+        return TrainOutcome(
+            best.epoch, best.value, len(history), time.perf_counter() - started, history, len(train_set) * len(history)
         )
-        # Every process holds the same weights and scores the whole validation split; rank 0's figure decides,
-        # so early stopping and the best epoch cannot differ between processes.
-        val_acc = same_on_every_rank(objective.score(predict_logits(raw, val_set, pad_id), val_set.labels))
-        record = {
-            "train_loss": train_loss,
-            "val_accuracy": val_acc,
-            "epoch_seconds": time.perf_counter() - started - sum(h["epoch_seconds"] for h in history),
-        }
-        report_epoch(
-            history, record, epoch, tracker, dp, f"{desc} epoch {epoch}: loss {train_loss:.4f}, val acc {val_acc:.4f}"
-        )
-        best.update(val_acc, epoch, raw)
-        if best.stale >= cfg.patience and epoch < cfg.epochs:
-            if dp.main:
-                print(f"  {desc}: early stop, best epoch {best.epoch} (val acc {best.value:.4f})", flush=True)
-            break
-    raw = dp.finish(model, home)
-    raw.load_state_dict(best.state)
-    raw.eval()
-    if features:
-        kd.features.to(home)
-    return TrainOutcome(
-        best.epoch, best.value, len(history), time.perf_counter() - started, history, len(train_set) * len(history)
-    )
