@@ -169,7 +169,9 @@ def test_sigkill_during_a_stage_resumes_from_the_last_completed_stage_and_leaves
     # Second run: forced, killed while the teacher is being trained again. It first settles the first run:
     # its flow run Crashed, its open MLflow runs (the pipeline and distill) KILLED. The complete teacher of the
     # first run stays in place, with its record: the forced run had not finished anything yet.
-    second = start_cli(tiny_project, "--until", "prune", "--force", env=own_api)
+    # Twenty epochs keep the tiny teacher training past the two seconds the test waits on a fast machine.
+    teacher_epochs = ("--set", "teacher.epochs=20", "--set", "teacher.patience=20")
+    second = start_cli(tiny_project, "--until", "prune", "--force", *teacher_epochs, env=own_api)
     printed = read_until(second, "[finetune] started")
     assert f"Prefect flow run {killed['prefect_flow_run_id']} (" in printed and "marked CRASHED" in printed
     assert f"MLflow run {killed['mlflow_run_id']} marked KILLED" in printed
