@@ -253,7 +253,14 @@ class SearchConfig(_Section):
 
 class EvaluateConfig(_Section):
     threads: Count = 2  # intra-op threads, the same for every model
+    # Untimed calls per model and batch size, made once, before the first timing round.
     warmup: int = Field(20, ge=0)
+    # Timing rounds: every model is loaded first, then the models take turns, each round in a rotated order,
+    # so a change in the machine's load falls on all of them alike; a latency is the median over the rounds
+    # of each round's percentile (components.kit.latency.time_rounds).
+    rounds: Count = 5
+    # Timed calls per model in all (not per round): split evenly over the rounds, at least one per round,
+    # so more rounds do not make the stage longer.
     batch1_calls: Count = 200
     batch32_calls: Count = 200
     rss_sentences: Count = 100

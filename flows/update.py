@@ -137,7 +137,13 @@ def export_and_quantize(p: Params, student: Path, prepared: Path, out: Path, tra
     length = p.teacher.max_length
     export.run(p.export, student, prepared, out / "onnx_fp32", PrefixedTracker(tracker, "export."), max_length=length)
     chosen = quantize.run(
-        p.quantize, out / "onnx_fp32", prepared, out / "final", PrefixedTracker(tracker, "quantize."), max_length=length
+        p.quantize,
+        out / "onnx_fp32",
+        prepared,
+        out / "final",
+        PrefixedTracker(tracker, "quantize."),
+        max_length=length,
+        threads=p.evaluate.threads,
     )
     return chosen.info["chosen"]
 

@@ -1,25 +1,27 @@
 """Re-measure the models of a compression report side by side: batch-1 and batch-32 latency, repeated.
 
-The report's figures come from one pass per model; this takes `repeats` rounds, each round timing every
-model in turn (so drift in machine load spreads over all models alike), and gives the median with its
-min-max per model, plus the final model's speed-ups over the teacher and the quantize-only baseline.
+The evaluate stage already times its models in alternating rounds; this re-times them with more calls, after
+a pipeline run: every model is loaded once and warmed up, then the models take turns in `repeats` rounds, each
+round in a rotated order and with `calls_b1` / `calls_b32` timed calls per model (the kit's
+`latency.time_rounds`, as the evaluate stage times). It gives the median of the round p50s with their min-max
+per model, plus the final model's speed-ups over the teacher and the quantize-only baseline.
 Run it with `make bench` (or `miniaturize bench`), after a pipeline run.
 """
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 from components.kit import latency
 from components.kit.latency import BATCH_SIZE
 from components.kit.modeling import encode, read_split
-from components.kit.report import ModelSpec
+from components.kit.report import ModelSpec, environment_info, environment_line
 
 
-def spread(values: list[float]) -> dict:
-    """Median and range of repeated measurements (ms)."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+def spread(stats: dict) -> dict:
+    """Median and range of the round p50s of one model's `latency.round_stats` (ms)."""
+    p50s = stats["round_p50"]
+    return {"median": stats["p50"], "min": min(p50s), "max": max(p50s), "n": len(p50s)}
 
 
 def speedups(table: dict[str, dict], reference: str, target: str = "final") -> dict:
@@ -29,26 +31,16 @@ def speedups(table: dict[str, dict], reference: str, target: str = "final") -> d
     return {key: table[reference][key]["median"] / table[target][key]["median"] for key in table[target]}
 
 
-def measure_round(
-    spec: ModelSpec,
-    texts: list[str],
-    labels: list[str],
-    threads: int,
-    warmup: int,
-    calls_b1: int,
-    calls_b32: int,
-    max_length: int,
-) -> dict[str, float]:
+def load(spec: ModelSpec, texts: list[str], threads: int, max_length: int) -> tuple[latency.Runner, dict[int, list]]:
+    """The model's runner and the test sentences as its batches of 1 and of `BATCH_SIZE`."""
     from transformers import AutoTokenizer
 
     folder = spec.path if spec.path.is_dir() else spec.path.parent
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     pad_id = tokenizer.pad_token_id or 0
-    data = encode(tokenizer, texts, None, labels, max_length)
+    data = encode(tokenizer, texts, None, [], max_length)
     runner = latency.load_runner(spec.path, spec.runtime, threads)
-    b1 = latency.time_calls(runner, latency.batched_inputs(data.input_ids, pad_id, 1), warmup, calls_b1)
-    b32 = latency.time_calls(runner, latency.batched_inputs(data.input_ids, pad_id, BATCH_SIZE), warmup, calls_b32)
-    return {"batch1_p50": latency.latency_stats(b1)["p50"], "batch32_p50": latency.latency_stats(b32)["p50"]}
+    return runner, {size: latency.batched_inputs(data.input_ids, pad_id, size) for size in (1, BATCH_SIZE)}
 
 
 def run(
@@ -62,22 +54,28 @@ def run(
     max_length: int = 64,
 ) -> dict:
     texts = read_split(prepared, "test")["text"].tolist()
-    rounds: dict[str, list[dict]] = {m.name: [] for m in models}
-    for r in range(repeats):
-        for spec in models:
-            rounds[spec.name].append(measure_round(spec, texts, [], threads, warmup, calls_b1, calls_b32, max_length))
-            print(
-                f"  round {r + 1}/{repeats} {spec.name}: b1 p50 {rounds[spec.name][-1]['batch1_p50']:.2f} ms, "
-                f"b32 p50 {rounds[spec.name][-1]['batch32_p50']:.1f} ms",
-                flush=True,
-            )
-    table = {
-        name: {key: spread([m[key] for m in measured]) for key in ("batch1_p50", "batch32_p50")}
-        for name, measured in rounds.items()
-    }
+    loaded = {spec.name: load(spec, texts, threads, max_length) for spec in models}
+
+    def report(name: str, r: int, samples: list[float]) -> None:
+        print(f"  round {r + 1}/{repeats} {name}: p50 {latency.latency_stats(samples)['p50']:.2f} ms", flush=True)
+
+    table: dict[str, dict] = {name: {} for name in loaded}
+    for key, size, calls in (("batch1_p50", 1, calls_b1), ("batch32_p50", BATCH_SIZE, calls_b32)):
+        print(f"  {key}:", flush=True)
+        rounds = latency.time_rounds(
+            {name: runner for name, (runner, _) in loaded.items()},
+            {name: batches[size] for name, (_, batches) in loaded.items()},
+            warmup,
+            calls * repeats,  # `calls` in each round: a bench times more than the evaluate stage
+            repeats,
+            report,
+        )
+        for name, samples in rounds.items():
+            table[name][key] = spread(latency.round_stats(samples))
     return {
         "repeats": repeats,
         "threads": threads,
+        "environment": environment_info(threads),
         "models": table,
         "final_speedup_vs_teacher": speedups(table, "teacher"),
         "final_speedup_vs_baseline_teacher_int8": speedups(table, "baseline_teacher_int8"),
@@ -100,4 +98,6 @@ def render(result: dict) -> str:
             lines.append(
                 f"\nfinal vs {ref}: batch-1 {ups['batch1_p50']:.2f}x, batch-32 {ups['batch32_p50']:.2f}x faster"
             )
+    if env := result.get("environment"):
+        lines.append(f"\nMeasured {environment_line(env)}")
     return "\n".join(lines)

@@ -3,13 +3,27 @@
 `run(cfg, gate_cfg, prepared, models, out_dir, tracker)` scores each `ModelSpec` (PyTorch folder or ONNX
 folder/file) on the test split: accuracy, macro F1, agreement with the teacher's predictions, weight
 bytes, parameters, batch-1 and batch-32 latency (`cfg.threads` intra-op threads for every model) and the
-peak RSS of a fresh process serving it (for a spec with `memory`; None for the chain's intermediates). It then compares "final" with "teacher" (and with
-"baseline_teacher_int8", the teacher merely quantized, when present), applies the release gate
-(`components.kit.gate`), and writes three files to `out_dir`, each atomically:
+peak RSS of a fresh process serving it (for a spec with `memory`; None for the chain's intermediates). It then
+compares "final" with "teacher" (and with "baseline_teacher_int8", the teacher merely quantized, when
+present), applies the release gate (`components.kit.gate`), and writes three files to `out_dir`, each
+atomically:
 
 - compression_report.json: the machine-readable report (schema in `build_report`);
 - compression_report.md: the same as readable tables;
 - compression_plot.png: accuracy against batch-1 latency and against size, one labelled point per model.
+
+Latency is timed like a benchmark (`time_models`, `components.kit.latency.time_rounds`): every model is
+loaded and scored first and stays loaded (a few hundred MB at this project's sizes), then the models take
+turns in `cfg.rounds` rounds, each round in a rotated order (teacher, final, baseline, ...; then final,
+baseline, ..., teacher; ...), each with its share of `cfg.batch1_calls` / `cfg.batch32_calls`. A model's
+`latency_ms.batch1_p50` (and `batch1_p95`, `batch32_p50`, `batch32_p95`) is the median over the rounds of each
+round's percentile, which the gate and the comparisons read; `batch1_p50_spread` (and `batch32_p50_spread`) is
+the largest round p50 minus the smallest, in ms; `latency_rounds_ms` holds each round's figures, and the
+report's `timing` section the rounds and calls. So a change in the machine's load during the stage falls on
+every model alike and shows as spread, instead of moving one model's figure and the speed-ups. At a round's
+start the previous model's threads may still spin-wait for a moment; a round's median over tens of calls
+absorbs the one slow call that can give. Peak RSS is measured after the timing, so no probe process competes
+with it.
 
 Models named "teacher" and "final" are required. Sizes: a PyTorch folder's weight files
 (`modeling.dir_size_bytes`); an ONNX model's .onnx file plus its external data (`kit.latency.onnx_size_bytes`).
@@ -43,13 +57,22 @@ from components.kit.gate import GateDecision, compare_to_teacher, decide
 from components.kit.latency import BATCH_SIZE
 from components.kit.modeling import Encoded, encode, read_split
 from components.kit.onnx_models import pad_id_of
-from components.kit.report import ModelSpec, environment_info, fmt, gate_lines, gate_summary, versus_lines, write_report
+from components.kit.report import (
+    ModelSpec,
+    environment_info,
+    environment_line,
+    fmt,
+    gate_lines,
+    gate_summary,
+    versus_lines,
+    write_report,
+)
 from components.kit.seeds import summarise as summarise_seeds
 from components.kit.tracking import StageResult, Tracker
 
 REPORT_PLOT = "compression_plot.png"  # beside the report files of `kit.report.write_report`
 TEACHER, FINAL, BASELINE = "teacher", "final", "baseline_teacher_int8"
-STEPS = ("load", "accuracy", "batch-1 latency", "batch-32 latency", "peak RSS")
+SPREAD = "largest minus smallest round p50 (ms)"  # what a `*_p50_spread` figure is, as the report states it
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -97,8 +120,11 @@ def metrics_to_log(report: dict) -> dict[str, float]:
     return out
 
 
-def build_report(card: dict, entries: dict[str, dict], decision: GateDecision, environment: dict) -> dict:
-    """The compression report: dataset, one entry per model, the ratios, the gate and the environment."""
+def build_report(
+    card: dict, entries: dict[str, dict], decision: GateDecision, environment: dict, timing: dict | None = None
+) -> dict:
+    """The compression report: dataset, one entry per model, the ratios, the gate, the environment (the machine,
+    `kit.report.environment_info`) and how latency was timed (`timing_section`)."""
     report = {
         "task": "sequence-classification",
         "dataset": {
@@ -113,7 +139,22 @@ def build_report(card: dict, entries: dict[str, dict], decision: GateDecision, e
         report[f"final_vs_{BASELINE}"] = compare_to_teacher(entries[BASELINE], entries[FINAL])
     report["gate"] = decision.as_dict()
     report["environment"] = environment
+    if timing is not None:
+        report["timing"] = timing
     return report
+
+
+def timing_section(cfg: EvaluateConfig) -> dict:
+    """How the latency figures were timed: the rounds, the warm-up calls per model and batch size, the timed
+    calls of each round (per model) and what the spread is."""
+    return {
+        "rounds": cfg.rounds,
+        "warmup": cfg.warmup,
+        "batch1_calls_per_round": latency.calls_per_round(cfg.batch1_calls, cfg.rounds),
+        "batch32_calls_per_round": latency.calls_per_round(cfg.batch32_calls, cfg.rounds),
+        "statistic": "median over rounds of each round's percentile",
+        "spread": SPREAD,
+    }
 
 
 def gain_points(better: float | None, base: float | None) -> float | None:
@@ -186,16 +227,18 @@ def predicted_classes(runner, input_ids: list[list[int]], pad_id: int) -> np.nda
     return latency.runner_logits(runner, input_ids, pad_id).argmax(-1)
 
 
-def measure_model(spec: ModelSpec, cfg: EvaluateConfig, split: EvalSplit) -> tuple[dict, np.ndarray]:
-    """One report entry (without agreement_with_teacher) and the predicted label names."""
-    bar = tqdm(total=len(STEPS), desc=f"evaluate {spec.name}", unit="step", leave=False)
+@dataclass
+class Timed:
+    """What the timing rounds need of a loaded model: its runner and its test sentences in batches of 1 and
+    of `BATCH_SIZE`, tokenised and padded before any clock starts."""
 
-    def step(i: int) -> None:
-        bar.update(1)
-        if i + 1 < len(STEPS):
-            bar.set_postfix_str(STEPS[i + 1])
+    runner: latency.Runner
+    batches: dict[int, list[latency.Batch]]
 
-    bar.set_postfix_str(STEPS[0])
+
+def measure_model(spec: ModelSpec, cfg: EvaluateConfig, split: EvalSplit) -> tuple[dict, np.ndarray, Timed]:
+    """One report entry without its latency, peak RSS and agreement (None until `measure_all` fills them), the
+    predicted label names, and the loaded model for the timing rounds."""
     data, labels, pad_id = split.encoded_for(spec.path if spec.path.is_dir() else spec.path.parent)
     if latency.runtime_kind(spec.runtime) == "torch":
         model = latency.load_torch_model(spec.path, cfg.threads)
@@ -203,40 +246,45 @@ def measure_model(spec: ModelSpec, cfg: EvaluateConfig, split: EvalSplit) -> tup
     else:
         model, runner = None, latency.onnx_runner(latency.load_onnx_session(spec.path, cfg.threads))
     runtime, size, params = spec.weights_facts(model)
-    step(0)
-
     predicted = predicted_classes(runner, data.input_ids, pad_id)
-    scores = classification_scores(predicted, data.labels, len(labels))
-    step(1)
-    batch1 = latency.latency_stats(
-        latency.time_calls(runner, latency.batched_inputs(data.input_ids, pad_id, 1), cfg.warmup, cfg.batch1_calls)
-    )
-    step(2)
-    batch32 = latency.latency_stats(
-        latency.time_calls(
-            runner, latency.batched_inputs(data.input_ids, pad_id, BATCH_SIZE), cfg.warmup, cfg.batch32_calls
-        )
-    )
-    step(3)
-    del runner
-    gc.collect()
-    rss = (
-        latency.peak_rss_mb(spec.path, spec.runtime, split.prepared, cfg.rss_sentences, cfg.threads, split.max_length)
-        if spec.memory
-        else None
-    )
-    step(4)
-    bar.close()
-
     entry = {
         "runtime": runtime,
-        **scores,
+        **classification_scores(predicted, data.labels, len(labels)),
         "size_bytes": int(size),
         "params": int(params),
-        "latency_ms": {"batch1_p50": batch1["p50"], "batch1_p95": batch1["p95"], "batch32_p50": batch32["p50"]},
-        "peak_rss_mb": None if rss is None else float(rss),
+        "latency_ms": None,
+        "latency_rounds_ms": None,
+        "peak_rss_mb": None,
     }
-    return entry, np.asarray(labels, dtype=object)[predicted] if len(predicted) else np.array([], dtype=object)
+    batches = {n: latency.batched_inputs(data.input_ids, pad_id, n) for n in (1, BATCH_SIZE)}
+    names = np.asarray(labels, dtype=object)[predicted] if len(predicted) else np.array([], dtype=object)
+    return entry, names, Timed(runner, batches)
+
+
+def time_models(timed: dict[str, Timed], cfg: EvaluateConfig) -> dict[str, tuple[dict, dict]]:
+    """Every model's (`latency_ms`, `latency_rounds_ms`) from batch-1 then batch-32 timing in alternating
+    rounds (`latency.time_rounds`, `latency.latency_figures`)."""
+    series = ((1, cfg.batch1_calls), (BATCH_SIZE, cfg.batch32_calls))
+    rounds_run = sum(len(latency.calls_per_round(total, cfg.rounds)) for _, total in series)
+    bar = tqdm(total=len(timed) * rounds_run, desc="evaluate latency", unit="share", leave=False)
+
+    def progress(name: str, r: int, samples: list[float]) -> None:
+        bar.update(1)
+        bar.set_postfix_str(f"round {r + 1}: {name} p50 {latency.latency_stats(samples)['p50']:.2f} ms")
+
+    stats: dict[int, dict[str, dict]] = {}
+    for size, total in series:
+        rounds = latency.time_rounds(
+            {name: t.runner for name, t in timed.items()},
+            {name: t.batches[size] for name, t in timed.items()},
+            cfg.warmup,
+            total,
+            cfg.rounds,
+            progress,
+        )
+        stats[size] = {name: latency.round_stats(samples) for name, samples in rounds.items()}
+    bar.close()
+    return {name: latency.latency_figures(stats[1][name], stats[BATCH_SIZE][name]) for name in timed}
 
 
 def split_accuracy(model: Path, prepared: Path, split: str, threads: int, max_length: int) -> float | None:
@@ -292,12 +340,10 @@ def render_markdown(report: dict) -> str:
         "# Compression report",
         "",
         f"Dataset `{report['dataset']['source']}` (sha256 `{report['dataset']['sha256'][:12]}`), "
-        f"test rows: {report['dataset']['rows']['test']}. "
-        f"Latency and memory on {report['environment']['cpu']}, {report['environment']['threads']} intra-op "
-        f"thread(s) for every model.",
+        f"test rows: {report['dataset']['rows']['test']}. Latency and memory {environment_line(report['environment'])}",
         "",
-        "| model | runtime | accuracy | F1 macro | agreement | size (MB) | params | batch-1 p50 (ms) "
-        "| batch-1 p95 (ms) | batch-32 p50 (ms) | peak RSS (MB) |",
+        "| model | runtime | accuracy | F1 macro | agreement | size (MB) | params | batch-1 p50 ms (spread) "
+        "| batch-1 p95 (ms) | batch-32 p50 ms (spread) | peak RSS (MB) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in report["models"].items():
@@ -305,9 +351,17 @@ def render_markdown(report: dict) -> str:
         lines.append(
             f"| {name} | {m['runtime']} | {fmt(m['accuracy'], '.4f')} | {fmt(m['f1_macro'], '.4f')} "
             f"| {fmt(m['agreement_with_teacher'], '.4f')} | {m['size_bytes'] / 1e6:.2f} "
-            f"| {m['params']:,} | {fmt(lat['batch1_p50'], '.2f')} | {fmt(lat['batch1_p95'], '.2f')} "
-            f"| {fmt(lat['batch32_p50'], '.2f')} | {fmt(m['peak_rss_mb'], '.0f')} |"
+            f"| {m['params']:,} | {with_spread(lat, 'batch1_p50')} | {fmt(lat['batch1_p95'], '.2f')} "
+            f"| {with_spread(lat, 'batch32_p50')} | {fmt(m['peak_rss_mb'], '.0f')} |"
         )
+    if timing := report.get("timing"):
+        lines += [
+            "",
+            f"Latency: every model loaded first, then timed in {timing['rounds']} alternating rounds (the order "
+            f"rotated each round) after {timing['warmup']} warm-up calls; each figure is the median over the rounds "
+            "of that round's percentile; the spread, in brackets, is the largest round p50 minus the smallest (ms). "
+            f"Calls per round: batch 1 {timing['batch1_calls_per_round']}, batch 32 {timing['batch32_calls_per_round']}.",
+        ]
     for section in ("final_vs_teacher", f"final_vs_{BASELINE}"):
         if section in report:
             r = report[section]
@@ -347,6 +401,13 @@ def render_markdown(report: dict) -> str:
                 f" Against {BASELINE}: mean {base['mean']:+.2f} points, range {base['min']:+.2f} to {base['max']:+.2f}."
             )
     return "\n".join(lines) + "\n"
+
+
+def with_spread(lat: dict, key: str) -> str:
+    """A median latency with its spread over the rounds in brackets, "1.23 (0.05)" (ms); the median alone when
+    the entry has no spread (a report built without timing rounds)."""
+    spread = lat.get(f"{key}_spread")
+    return fmt(lat[key], ".2f") + ("" if spread is None else f" ({fmt(spread, '.2f')})")
 
 
 def save_plot(report: dict, path: Path) -> None:
@@ -390,26 +451,40 @@ def save_plot(report: dict, path: Path) -> None:
 
 
 def measure_all(models: list[ModelSpec], cfg: EvaluateConfig, split: EvalSplit) -> dict[str, dict]:
-    """Every model's report entry, in order, with its agreement with the teacher's predictions. torch's
-    thread count is set per model and restored afterwards."""
+    """Every model's report entry, in order, with its agreement with the teacher's predictions: all models
+    loaded and scored, then timed in alternating rounds, then released, then their peak RSS measured one
+    fresh process at a time. torch's thread count is set for the PyTorch models and restored afterwards."""
     import torch
 
     threads_before = torch.get_num_threads()
     entries: dict[str, dict] = {}
     predictions: dict[str, np.ndarray] = {}
+    timed: dict[str, Timed] = {}
     try:
-        for spec in models:
-            entries[spec.name], predictions[spec.name] = measure_model(spec, cfg, split)
-            e = entries[spec.name]
-            print(
-                f"  evaluate {spec.name}: {e['runtime']}, acc {fmt(e['accuracy'], '.4f')}, "
-                f"batch-1 p50 {e['latency_ms']['batch1_p50']:.2f} ms, "
-                f"batch-32 p50 {e['latency_ms']['batch32_p50']:.2f} ms, {e['size_bytes'] / 1e6:.1f} MB, "
-                f"peak RSS {fmt(e['peak_rss_mb'], '.0f')} MB",
-                flush=True,
-            )
+        for spec in tqdm(models, desc="evaluate: load and score", unit="model", leave=False):
+            entries[spec.name], predictions[spec.name], timed[spec.name] = measure_model(spec, cfg, split)
+        for name, (latency_ms, rounds_ms) in time_models(timed, cfg).items():
+            entries[name] |= {"latency_ms": latency_ms, "latency_rounds_ms": rounds_ms}
     finally:
         torch.set_num_threads(threads_before)
+        timed.clear()  # the runners: every model's memory is released before the RSS probes
+        gc.collect()
+    for spec in models:
+        e = entries[spec.name]
+        if spec.memory:
+            e["peak_rss_mb"] = float(
+                latency.peak_rss_mb(
+                    spec.path, spec.runtime, split.prepared, cfg.rss_sentences, cfg.threads, split.max_length
+                )
+            )
+        lat = e["latency_ms"]
+        print(
+            f"  evaluate {spec.name}: {e['runtime']}, acc {fmt(e['accuracy'], '.4f')}, "
+            f"batch-1 p50 {lat['batch1_p50']:.2f} ms (spread {lat['batch1_p50_spread']:.2f}), "
+            f"batch-32 p50 {lat['batch32_p50']:.2f} ms (spread {lat['batch32_p50_spread']:.2f}), "
+            f"{e['size_bytes'] / 1e6:.1f} MB, peak RSS {fmt(e['peak_rss_mb'], '.0f')} MB",
+            flush=True,
+        )
     for name, entry in entries.items():
         entry["agreement_with_teacher"] = agreement(predictions[name], predictions[TEACHER])
     return entries
@@ -464,7 +539,7 @@ def run(
     entries = measure_all(models, cfg, test)
     ratios = compare_to_teacher(entries[TEACHER], entries[FINAL])
     decision = decide(ratios, gate_cfg)
-    report = build_report(card, entries, decision, environment_info(cfg.threads))
+    report = build_report(card, entries, decision, environment_info(cfg.threads), timing_section(cfg))
     student = next((m for m in models if m.name == "student"), None)
     if student is not None and (ablation := distillation_ablation(student.path)):
         report["ablation"] = ablation

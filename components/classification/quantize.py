@@ -9,9 +9,12 @@ folder, so later stages load either one the same way.
 
 Quantization is chosen by measurement: each variant in `cfg.candidates` (Optimum's dynamic int8, ONNX
 Runtime's fused graph with dynamic int8, static int8 calibrated on validation sentences; per-channel
-weights or not) is built and measured on the validation split (accuracy, agreement with fp32, batch-1 latency), and `choose_candidate` ships the fastest
-one that is no slower than the fp32 export and within `cfg.max_drop_vs_fp32_points` of its accuracy; if
-none is, the fp32 model ships and the report says why.
+weights or not) is built and measured on the validation split (accuracy, agreement with fp32, batch-1
+latency), and `choose_candidate` ships the fastest one that is no slower than the fp32 export and within
+`cfg.max_drop_vs_fp32_points` of its accuracy; if none is, the fp32 model ships and the report says why.
+Latency is timed with the kit's `latency.time_calls` and `latency_stats`, as the evaluate stage times, and
+every session runs with `threads` intra-op threads: the flows pass `evaluate.threads`, so a variant is chosen
+at the thread count the evaluate stage and its gate measure it with (a variant's lead can change with it).
 
 It then reports how far the shipped model strays from fp32: the share of identical predictions (agreement) on the test
 and validation splits, both accuracies, and the sizes, in `out_dir/quantize_report.json`. The folder is
@@ -207,16 +210,18 @@ def measure_candidates(
     val,
     pad_id: int,
     labels: Labelling,
+    threads: int = 2,
 ) -> dict[str, dict]:
     """Build every variant of `candidate_variants(cfg)` under `work` and measure it on the validation split
     (`val`, on which the fp32 export gave `fp32_val`, scored as `labels` says): accuracy, agreement with fp32,
-    batch-1 p50 latency and size. A variant that cannot be built is reported with its error, not fatal."""
+    batch-1 p50 latency (`threads` intra-op threads) and size. A variant that cannot be built is reported with
+    its error, not fatal."""
     calibration = batch1_feeds(fp32_session, val, pad_id, cfg.calibration_sentences)
     measured: dict[str, dict] = {}
     for label, name, per_channel in candidate_variants(cfg):
         try:
             path = build_candidate(name, onnx_dir, work / label, preset, per_channel, calibration)
-            session = load_onnx_session(path)
+            session = load_onnx_session(path, threads)
             logits = onnx_logits(session, val, pad_id)
             measured[label] = {
                 "accuracy": labels.score(logits, val.labels),
@@ -244,8 +249,16 @@ def against_fp32(shipped, splits: dict, pad_id: int, labels: Labelling) -> dict:
 
 
 def run(
-    cfg: QuantizeConfig, onnx_dir: Path, prepared: Path, out_dir: Path, tracker: Tracker, max_length: int = 64
+    cfg: QuantizeConfig,
+    onnx_dir: Path,
+    prepared: Path,
+    out_dir: Path,
+    tracker: Tracker,
+    max_length: int = 64,
+    threads: int = 2,
 ) -> StageResult:
+    """`threads`: the intra-op threads of every ONNX Runtime session here, the fp32 export's and each
+    candidate's, timed and scored (the flows pass `evaluate.threads`)."""
     from transformers import AutoTokenizer
 
     onnx_dir, prepared, out_dir = Path(onnx_dir), Path(prepared), Path(out_dir)
@@ -256,6 +269,7 @@ def run(
             "preset_requested": cfg.preset,
             "per_channel": ",".join(map(str, cfg.per_channel)),
             "candidates": ",".join(cfg.candidates),
+            "threads": threads,
         }
     )
     tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
@@ -268,13 +282,13 @@ def run(
     work.mkdir(parents=True)
     try:
         # decide: measure fp32 and every candidate on the validation split
-        fp32_session = load_onnx_session(onnx_dir / ONNX_FILE)
+        fp32_session = load_onnx_session(onnx_dir / ONNX_FILE, threads)
         fp32_val = onnx_logits(fp32_session, val, pad_id)
         fp32 = {
             "accuracy": labels.score(fp32_val, val.labels),
             "latency_ms": batch1_p50_ms(fp32_session, val, pad_id, cfg.latency_sentences),
         }
-        measured = measure_candidates(cfg, onnx_dir, work, preset, fp32_session, fp32_val, val, pad_id, labels)
+        measured = measure_candidates(cfg, onnx_dir, work, preset, fp32_session, fp32_val, val, pad_id, labels, threads)
         chosen, reasons = choose_candidate(fp32, measured, cfg.max_drop_vs_fp32_points)
         for name, m in measured.items():
             print(
@@ -291,12 +305,13 @@ def run(
         report: dict = {
             "preset": preset,
             "per_channel": list(cfg.per_channel),
+            "timing": {"threads": threads},  # intra-op threads of every latency above
             "chosen": chosen or "fp32",
             "fp32_validation": fp32,
             "candidates": measured,
             "decision": reasons,
         }
-        shipped = load_onnx_session(tmp / ONNX_FILE)
+        shipped = load_onnx_session(tmp / ONNX_FILE, threads)
         test = encode_split(prepared, "test", tokenizer, labels, max_length)
         report |= against_fp32(
             shipped,

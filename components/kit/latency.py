@@ -12,6 +12,12 @@ a timed call covers the model forward only, never tokenisation or padding.
 
 - `time_calls` runs warm-up calls, then timed calls (`time.perf_counter`, milliseconds);
   `latency_stats` summarises them (pure).
+- `time_rounds` times several models like a benchmark: each is warmed up once, then the models take turns
+  in `rounds` rounds, each round in a rotated order (`round_order`) and with its share of the calls
+  (`calls_per_round`), so a change in the machine's load during the run falls on every model alike.
+  `round_stats` summarises one model's rounds (pure): the median over rounds of each round's p50 and p95,
+  and the spread, the largest round p50 minus the smallest (ms). `latency_figures` shapes both batch sizes'
+  summaries into a report's `latency_ms` (medians and spreads) and `latency_rounds_ms` (each round's figures).
 - `peak_rss_mb` starts a fresh Python process (`python -m components.kit.rss_probe`) that loads one model
   and predicts some test sentences (or, with `--work generate`, continues prompts with a decoder), so each
   model's peak resident memory is measured on its own, without the memory of the models evaluated before it.
@@ -89,6 +95,92 @@ def time_calls(fn: Callable, inputs: list, warmup: int, calls: int) -> list[floa
         fn(x)
         samples.append((time.perf_counter() - start) * 1000.0)
     return samples
+
+
+# ---------------------------------------------------------------- alternating rounds (benchmark timing)
+
+
+def calls_per_round(total: int, rounds: int) -> list[int]:
+    """`total` timed calls split over `rounds` as evenly as they go, the first rounds taking one call more where
+    they do not divide: the shares sum to `total` and each is at least one, so with fewer calls than rounds
+    there are only `total` rounds of one call each."""
+    if total < 1 or rounds < 1:
+        raise ValueError(f"calls_per_round needs at least one call and one round, got {total} and {rounds}")
+    rounds = min(rounds, total)
+    share, extra = divmod(total, rounds)
+    return [share + 1 if r < extra else share for r in range(rounds)]
+
+
+def round_order(names: list[str], round_index: int) -> list[str]:
+    """The order the models run in round `round_index` (0-based): `names` rotated left by that many places,
+    so the first model of the list goes first in round 0, the second in round 1, and so on: no model always
+    runs first (just after the warm-ups) or always right after the same other model."""
+    if not names:
+        return []
+    shift = round_index % len(names)
+    return list(names[shift:]) + list(names[:shift])
+
+
+def time_rounds(
+    fns: dict[str, Callable],
+    inputs: dict[str, list],
+    warmup: int,
+    total_calls: int,
+    rounds: int,
+    after_each: Callable[[str, int, list[float]], None] | None = None,
+) -> dict[str, list[list[float]]]:
+    """Each model's timed calls (ms), round by round: every model of `fns` first gets `warmup` untimed calls
+    (once, all before the first round), then in round r every model, in `round_order(names, r)`, makes its
+    share `calls_per_round(total_calls, rounds)[r]` of timed calls of fn(input) on its own `inputs[name]`.
+    A model's calls go on cycling through its inputs from round to round, as one `time_calls` run would.
+    `after_each(name, r, samples)` is called after each model's share (progress, printing)."""
+    shares = calls_per_round(total_calls, rounds)
+    names = list(fns)
+    for name in names:
+        time_calls(fns[name], inputs[name], warmup, 0)
+    samples: dict[str, list[list[float]]] = {name: [] for name in names}
+    for r, share in enumerate(shares):
+        start = warmup + sum(shares[:r])  # where this round's calls start in the model's cycle of inputs
+        for name in round_order(names, r):
+            cycle = inputs[name]
+            offset = start % len(cycle)
+            samples[name].append(time_calls(fns[name], cycle[offset:] + cycle[:offset], 0, share))
+            if after_each is not None:
+                after_each(name, r, samples[name][-1])
+    return samples
+
+
+def round_stats(rounds_ms: list[list[float]]) -> dict:
+    """One model's timings in rounds (a list of ms samples per round), summarised: `p50` and `p95`, the median
+    over rounds of each round's p50 and p95 (a round disturbed by load moves them less than it moves one
+    pooled percentile); `p50_spread`, the largest round p50 minus the smallest (ms; 0 for one round);
+    `round_p50` and `round_p95`, each round's own; `n`, the calls timed in all. No rounds: NaN figures."""
+    nan = float("nan")
+    if not rounds_ms:
+        return {"p50": nan, "p95": nan, "p50_spread": nan, "round_p50": [], "round_p95": [], "n": 0}
+    per_round = [latency_stats(samples) for samples in rounds_ms]
+    p50s, p95s = [r["p50"] for r in per_round], [r["p95"] for r in per_round]
+    return {
+        "p50": float(np.median(p50s)),
+        "p95": float(np.median(p95s)),
+        "p50_spread": float(max(p50s) - min(p50s)),
+        "round_p50": p50s,
+        "round_p95": p95s,
+        "n": sum(r["n"] for r in per_round),
+    }
+
+
+def latency_figures(batch1: dict, batch32: dict) -> tuple[dict, dict]:
+    """A report entry's latency from the `round_stats` of its batch-1 and batch-32 rounds: `latency_ms` (the
+    medians, `batch1_p50`, `batch1_p95`, `batch32_p50`, `batch32_p95`, and the spreads `batch1_p50_spread`,
+    `batch32_p50_spread`, all ms: what the gate and the comparisons read) and `latency_rounds_ms` (each
+    round's p50 and p95, lists of ms)."""
+    latency_ms, rounds_ms = {}, {}
+    for prefix, stats in (("batch1", batch1), ("batch32", batch32)):
+        latency_ms |= {f"{prefix}_p50": stats["p50"], f"{prefix}_p95": stats["p95"]}
+        rounds_ms |= {f"{prefix}_p50": list(stats["round_p50"]), f"{prefix}_p95": list(stats["round_p95"])}
+    latency_ms |= {"batch1_p50_spread": batch1["p50_spread"], "batch32_p50_spread": batch32["p50_spread"]}
+    return latency_ms, rounds_ms
 
 
 # ---------------------------------------------------------------- batches

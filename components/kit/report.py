@@ -1,6 +1,6 @@
 """What both tasks' evaluate stages share in their compression reports: the models they measure
 (`ModelSpec`: `ModelSpec.checked` checks a list, `weights_facts` describes one), strict JSON (`json_safe`), the
-machine the figures come from (`environment_info`), the markdown of figures, comparisons and the gate (`fmt`,
+machine the figures come from (`environment_info`, and `environment_line` for the markdown), the markdown of figures, comparisons and the gate (`fmt`,
 `versus_lines`, `gate_lines`), the stage's closing line (`gate_summary`), and the two report files
 (`write_report`: compression_report.json and compression_report.md, each written atomically)."""
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,12 +72,16 @@ def json_safe(value):
 
 
 def environment_info(threads: int) -> dict:
+    """The machine and software the figures come from: the CPU model (`cpu_name`), its logical CPU count, the
+    intra-op thread count every model ran with (`threads`), and the onnxruntime, torch, transformers and
+    Python versions."""
     import onnxruntime
     import torch
     import transformers
 
     return {
         "cpu": cpu_name(),
+        "logical_cpus": os.cpu_count() or 0,  # 0: the count is unknown on this platform
         "threads": threads,
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
@@ -85,9 +90,22 @@ def environment_info(threads: int) -> dict:
     }
 
 
-def cpu_name() -> str:
+def environment_line(env: dict) -> str:
+    """The environment as a sentence for a markdown report: "on <cpu> (<n> logical CPUs), <t> intra-op
+    thread(s) for every model; onnxruntime <v>, torch <v>, transformers <v>." A figure the dict lacks (an
+    older report) is left out."""
+    cpus = f" ({env['logical_cpus']} logical CPUs)" if env.get("logical_cpus") else ""
+    versions = ", ".join(f"{name} {env[name]}" for name in ("onnxruntime", "torch", "transformers") if env.get(name))
+    return (
+        f"on {env.get('cpu', 'an unnamed CPU')}{cpus}, {env.get('threads', '?')} intra-op thread(s) for every model"
+        + (f"; {versions}." if versions else ".")
+    )
+
+
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU model from /proc/cpuinfo ("model name"), else `platform.processor()`, else the architecture."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in cpuinfo.read_text().splitlines():
             key, sep, value = line.partition(":")
             if sep and key.strip() == "model name":
                 return value.strip()

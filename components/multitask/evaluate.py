@@ -9,8 +9,11 @@ Models measured on the test split (each task scored on the rows that carry its l
   as a device running three models would), and whose size is their total on disk.
 
 Latency: batch 1 (one sentence, every task answered) and batch 32, p50. The final model and the single-task
-students are timed in alternating rounds (`ROUNDS`), each round giving each a share of the calls, so that a
-change in the machine's load between the two affects both alike; the speedup is the ratio of the medians.
+students are timed again in `cfg.rounds` alternating rounds (`components.kit.latency.time_rounds`, the order
+rotated each round), each round giving each a share of the calls, so that a change in the machine's load
+between the two affects both alike: their figures are the median over the rounds of each round's
+percentile, with the spread of the round p50s (largest minus smallest, ms); the speedup is the ratio of the
+medians.
 Every ONNX session here runs without spin-waiting threads (`latency.load_onnx_session(spinning=False)`):
 three sessions run one after another in one process otherwise keep each other's threads spinning on the
 same cores, which would slow the baseline for a reason a device would not accept.
@@ -39,11 +42,19 @@ from components.kit.heads import MISSING, Heads
 from components.kit.latency import BATCH_SIZE
 from components.kit.modeling import read_split
 from components.kit.onnx_models import pad_id_of
-from components.kit.report import ModelSpec, environment_info, fmt, gate_lines, gate_summary, versus_lines, write_report
+from components.kit.report import (
+    ModelSpec,
+    environment_info,
+    environment_line,
+    fmt,
+    gate_lines,
+    gate_summary,
+    versus_lines,
+    write_report,
+)
 from components.kit.tracking import StageResult, Tracker
 
 TEACHER, FINAL, BASELINE, SINGLES = "teacher", "final", "baseline_teacher_int8", "single_tasks"
-ROUNDS = 3  # alternating timing rounds of the final model and the single-task students
 
 
 def task_scores(predicted: np.ndarray, gold: np.ndarray, n_labels: int) -> dict:
@@ -162,21 +173,22 @@ def all_tasks_inputs(loaded: dict[str, Loaded], batch_size: int) -> list[tuple]:
 
 def alternate(final: Loaded, singles: dict[str, Loaded], cfg: EvaluateConfig) -> dict[str, dict]:
     """Batch-1 and batch-32 timings of the final model and of the single-task students run one after another,
-    in alternating rounds; the latency section of each."""
+    in `cfg.rounds` alternating rounds; the latency section of each (medians over the rounds and spreads,
+    `latency.latency_figures`)."""
     runners = [m.runner for m in singles.values()]
 
     def run_all(feeds: tuple) -> None:
         for runner, feed in zip(runners, feeds, strict=True):
             runner(feed)
 
-    samples = {FINAL: {1: [], BATCH_SIZE: []}, SINGLES: {1: [], BATCH_SIZE: []}}
+    fns = {FINAL: final.runner, SINGLES: run_all}
+    stats: dict[int, dict[str, dict]] = {}
     for size, total in ((1, cfg.batch1_calls), (BATCH_SIZE, cfg.batch32_calls)):
         inputs = {FINAL: final.calls(size), SINGLES: all_tasks_inputs(singles, size)}
-        fns = {FINAL: final.runner, SINGLES: run_all}
-        for _ in range(ROUNDS):
-            for name in (FINAL, SINGLES):
-                samples[name][size] += timed(fns[name], inputs[name], cfg, max(1, total // ROUNDS))
-    return {name: latency_ms(s[1], s[BATCH_SIZE]) for name, s in samples.items()}
+        warmup = min(cfg.warmup, min(len(calls) for calls in inputs.values()))
+        rounds = latency.time_rounds(fns, inputs, warmup, total, cfg.rounds)
+        stats[size] = {name: latency.round_stats(samples) for name, samples in rounds.items()}
+    return {name: latency.latency_figures(stats[1][name], stats[BATCH_SIZE][name])[0] for name in fns}
 
 
 def per_task_drops(better: dict, worse: dict) -> dict[str, float | None]:
@@ -198,15 +210,17 @@ def compare(reference: dict, final: dict) -> dict:
 
 
 def seed_accuracies(
-    final: Path, singles: dict[str, Path] | None, prepared: Path, threads: int, max_length: int
+    final: Path | None, singles: dict[str, Path] | None, prepared: Path, threads: int, max_length: int
 ) -> dict:
-    """Each task's test accuracy of a multitask final model and (when given) of each task's single-task
-    final model: what the seeds stage records per seed."""
+    """Each task's test accuracy of a multitask final model and of each task's single-task final model
+    (each when given): what the seeds stages record per seed."""
     prepared = Path(prepared)
     heads = Heads.from_card(json.loads((prepared / "data_card.json").read_text())["tasks"])
     frame = read_split(prepared, "test")
-    loaded = load(ModelSpec(FINAL, Path(final), "onnxruntime"), frame["text"].tolist(), threads, max_length)
-    row = {FINAL: {t: s["accuracy"] for t, s in scores_of(loaded, heads, heads.gold(frame)).items()}}
+    row = {}
+    if final is not None:
+        loaded = load(ModelSpec(FINAL, Path(final), "onnxruntime"), frame["text"].tolist(), threads, max_length)
+        row[FINAL] = {t: s["accuracy"] for t, s in scores_of(loaded, heads, heads.gold(frame)).items()}
     if singles is not None:
         _, tasks, _ = load_singles(singles, threads, frame, heads, max_length)
         row[SINGLES] = {t: s["accuracy"] for t, s in tasks.items()}
@@ -342,7 +356,7 @@ def render_markdown(report: dict) -> str:
             )
     lines += gate_lines(report["gate"])
     env = report["environment"]
-    lines += ["", f"Measured on {env.get('cpu', '?')}, {env.get('threads', '?')} threads."]
+    lines += ["", f"Measured {environment_line(env)}"]
     return "\n".join(lines) + "\n"
 
 

@@ -50,16 +50,30 @@ def export(p: Params, ws: Any, tracker: Tracker) -> StageResult:
 
 
 def quantize(p: Params, ws: Any, tracker: Tracker) -> StageResult:
+    """The compressed model's int8 variant and the quantize-only baseline, timed at the evaluate stage's
+    thread count."""
     from components.classification import quantize as component
 
-    teacher_tracker, max_length = PrefixedTracker(tracker, "teacher."), p.teacher.max_length
-    final = component.run(p.quantize, ws.onnx_fp32, ws.prepared, ws.final, tracker, max_length=max_length)
+    teacher_tracker, max_length, threads = (
+        PrefixedTracker(tracker, "teacher."),
+        p.teacher.max_length,
+        p.evaluate.threads,
+    )
+    final = component.run(
+        p.quantize, ws.onnx_fp32, ws.prepared, ws.final, tracker, max_length=max_length, threads=threads
+    )
     # The baseline is what quantizing alone gives: Optimum's plain dynamic int8 of the teacher.
     plain = p.quantize.model_copy(
         update={"candidates": ["int8"], "per_channel": [False], "max_drop_vs_fp32_points": 100.0}
     )
     baseline = component.run(
-        plain, ws.teacher_onnx_fp32, ws.prepared, ws.baseline_teacher_int8, teacher_tracker, max_length=max_length
+        plain,
+        ws.teacher_onnx_fp32,
+        ws.prepared,
+        ws.baseline_teacher_int8,
+        teacher_tracker,
+        max_length=max_length,
+        threads=threads,
     )
     return merge(final, baseline, "teacher.")
 
@@ -130,5 +144,7 @@ def student_chain(
         export.run(p.export, model, prepared, onnx_dir, log["export"], max_length=length)
     if quantize_cfg is None:
         return onnx_dir, "fp32"
-    chosen = quantize.run(quantize_cfg, onnx_dir, prepared, out["final"], log["quantize"], max_length=length)
+    chosen = quantize.run(
+        quantize_cfg, onnx_dir, prepared, out["final"], log["quantize"], max_length=length, threads=p.evaluate.threads
+    )
     return out["final"], chosen.info["chosen"]

@@ -208,7 +208,7 @@ STAGES: dict[str, Stage] = {
     "quantize": Stage(
         quantize,
         StageIO(("prepared", "onnx_fp32", "teacher_onnx_fp32"), ("final", "baseline_teacher_int8"), _QUANTIZE),
-        ("quantize", _MAX_LENGTH),
+        ("quantize", _MAX_LENGTH, "evaluate.threads"),  # candidates are timed at the evaluate stage's threads
     ),
     "seeds": Stage(
         seeds,
@@ -230,7 +230,18 @@ STAGES: dict[str, Stage] = {
                 *_TRAIN,
             ),
         ),
-        ("seeds.extra", "seed", "distill", "prune", "trim", "export", "quantize", _MAX_LENGTH, "distributed"),
+        (
+            "seeds.extra",
+            "seed",
+            "distill",
+            "prune",
+            "trim",
+            "export",
+            "quantize",
+            "evaluate.threads",
+            _MAX_LENGTH,
+            "distributed",
+        ),
     ),
     "evaluate": Stage(
         evaluate,

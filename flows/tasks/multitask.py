@@ -53,7 +53,10 @@ class MultitaskWorkspace(Workspace):
     baseline_teacher_int8 = Place("models", "baseline_teacher_int8")
     # singles/<task>/final: each task's single-task int8 student (and its data view), the baseline
     singles = Place("models", "single_tasks")
-    seeds = Place("models", "seeds")  # models/multitask/seeds/<seed>/: both chains re-trained per extra seed
+    # models/multitask/single_task_seeds/<seed>/<task>/final: the baseline re-trained per extra seed
+    single_seeds = Place("models", "single_task_seeds")
+    single_seed_report = Place("reports", "single_task_seeds.json")
+    seeds = Place("models", "seeds")  # models/multitask/seeds/<seed>/final: the multitask chain per extra seed
     seed_report = Place("reports", "seeds.json")
     reports = Place("root", "reports", KIND)  # validation, the report, registration.json: the shared roles here
 
@@ -168,32 +171,65 @@ def singles(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult:
     return StageResult(metrics={}, outputs={"singles": ws.singles})
 
 
+def write_seed_rows(path: Path, seed: int, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"seed": seed, "extra": rows}, indent=2))
+
+
+def single_seeds(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult:
+    """The single-task chains again for each of `seeds.extra` (teacher and data fixed), each task's test
+    accuracy measured into reports/multitask/single_task_seeds.json. A stage of its own, keyed on the
+    baseline's settings only: tuning the multitask student re-runs none of it."""
+    from components.multitask.evaluate import seed_accuracies
+
+    shutil.rmtree(ws.single_seeds, ignore_errors=True)
+    ws.single_seeds.mkdir(parents=True)  # an output even when there is nothing to re-train
+    rows, metrics = [], {}
+    for seed in p.seeds.extra if p.multitask.single_task_baselines else ():
+        print(f"  single seeds: re-training the single-task chains with seed {seed}", flush=True)
+        finals = single_task_chains(p, ws, ws.single_seeds / str(seed), seed, f"seed{seed}.", tracker)
+        row = {"seed": seed, **seed_accuracies(None, finals, ws.prepared, p.evaluate.threads, p.teacher.max_length)}
+        print(f"  single seeds: seed {seed}: {row}", flush=True)
+        rows.append(row)
+        metrics |= {f"seed{seed}.single_tasks.accuracy.{t}": a for t, a in row["single_tasks"].items()}
+    write_seed_rows(ws.single_seed_report, p.seed, rows)
+    tracker.log_metrics(metrics)
+    return StageResult(metrics=metrics, outputs={"seeds": ws.single_seeds, "report": ws.single_seed_report})
+
+
 def seeds(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult:
-    """The multitask student chain and the single-task chains again for each of `seeds.extra` (teacher and
-    data fixed), each final model's test accuracy per task measured; reports/multitask/seeds.json holds the
-    rows, which the evaluate stage turns into each task's mean over seeds."""
+    """The multitask student chain again for each of `seeds.extra` (teacher and data fixed), each final
+    model's test accuracy per task measured; reports/multitask/seeds.json holds the rows, which the evaluate
+    stage joins with the single-task ones (`single_seeds`) into each task's mean over seeds."""
     from components.multitask.evaluate import seed_accuracies
 
     shutil.rmtree(ws.seeds, ignore_errors=True)
+    ws.seeds.mkdir(parents=True)  # an output even when seeds.extra is empty
     rows, metrics = [], {}
     for seed in p.seeds.extra:
         out = ws.seeds / str(seed)
-        print(f"  seeds: re-training the multitask and single-task chains with seed {seed}", flush=True)
-        final = multitask_chain(p, ws, out / "multitask", seed, f"seed{seed}.", tracker)
-        baselines = p.multitask.single_task_baselines
-        finals = single_task_chains(p, ws, out / "single_tasks", seed, f"seed{seed}.", tracker) if baselines else None
-        row = {"seed": seed, **seed_accuracies(final, finals, ws.prepared, p.evaluate.threads, p.teacher.max_length)}
+        print(f"  seeds: re-training the multitask chain with seed {seed}", flush=True)
+        final = multitask_chain(p, ws, out, seed, f"seed{seed}.", tracker)
+        row = {"seed": seed, **seed_accuracies(final, None, ws.prepared, p.evaluate.threads, p.teacher.max_length)}
         print(f"  seeds: seed {seed}: {row}", flush=True)
         for step in CHAIN_STEPS[:-1]:
-            shutil.rmtree(out / "multitask" / step, ignore_errors=True)
+            shutil.rmtree(out / step, ignore_errors=True)
         rows.append(row)
-        for model in ("final", "single_tasks"):
-            metrics |= {f"seed{seed}.{model}.accuracy.{t}": a for t, a in (row.get(model) or {}).items()}
-    ws.seeds.mkdir(parents=True, exist_ok=True)  # an output even when seeds.extra is empty
-    ws.seed_report.parent.mkdir(parents=True, exist_ok=True)
-    ws.seed_report.write_text(json.dumps({"seed": p.seed, "extra": rows}, indent=2))
+        metrics |= {f"seed{seed}.final.accuracy.{t}": a for t, a in row["final"].items()}
+    write_seed_rows(ws.seed_report, p.seed, rows)
     tracker.log_metrics(metrics)
     return StageResult(metrics=metrics, outputs={"seeds": ws.seeds, "report": ws.seed_report})
+
+
+def seed_rows(ws: MultitaskWorkspace) -> list[dict]:
+    """The seeds stage's rows, each with the same seed's single-task figures (when the baseline ran)."""
+    from components.multitask.evaluate import SINGLES
+
+    def rows(path: Path) -> list[dict]:
+        return json.loads(path.read_text())["extra"] if path.exists() else []
+
+    singles = {r["seed"]: r[SINGLES] for r in rows(ws.single_seed_report)}
+    return [r | ({SINGLES: singles[r["seed"]]} if r["seed"] in singles else {}) for r in rows(ws.seed_report)]
 
 
 def single_finals(p: Params, ws: MultitaskWorkspace) -> dict[str, Path] | None:
@@ -216,7 +252,6 @@ def evaluated_models(ws: MultitaskWorkspace) -> list:
 def evaluate(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult:
     from components.multitask import evaluate as component
 
-    extra = json.loads(ws.seed_report.read_text())["extra"] if ws.seed_report.exists() else []
     return component.run(
         p.evaluate,
         p.register_.gate,
@@ -228,7 +263,7 @@ def evaluate(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult
         tracker,
         max_length=p.teacher.max_length,
         seed=p.seed,
-        seed_runs=extra,
+        seed_runs=seed_rows(ws),
     )
 
 
@@ -269,6 +304,20 @@ _CHAIN = (
     *_TRAIN,
 )
 _MAX_LENGTH = "teacher.max_length"
+# what the single-task baseline depends on (the multitask student's own settings are not among them)
+_SINGLES = (
+    "multitask.tasks",
+    "multitask.single_task_baselines",
+    "seed",
+    "distill",
+    "prune",
+    "trim",
+    "export",
+    "quantize",
+    "evaluate.threads",
+    _MAX_LENGTH,
+    "distributed",
+)
 STAGES: dict[str, Stage] = {
     "ingest": Stage(
         ingest,
@@ -320,39 +369,34 @@ STAGES: dict[str, Stage] = {
     "quantize": Stage(
         quantize,
         StageIO(("prepared", "onnx_fp32", "teacher_onnx_fp32"), ("final", "baseline_teacher_int8"), _QUANTIZE),
-        ("quantize", _MAX_LENGTH),
+        ("quantize", _MAX_LENGTH, "evaluate.threads"),  # candidates are timed at the evaluate stage's threads
     ),
     "singles": Stage(
         singles,
         StageIO(("prepared", "teacher"), ("singles",), ("multitask.singles", *_CHAIN)),
-        (
-            "multitask.tasks",
-            "multitask.single_task_baselines",
-            "seed",
-            "distill",
-            "prune",
-            "trim",
-            "export",
-            "quantize",
-            _MAX_LENGTH,
-            "distributed",
-        ),
+        _SINGLES,
         # it reads only the data and the teacher: tuning the multitask student does not re-run the baseline
         after="finetune",
     ),
+    "single_seeds": Stage(
+        single_seeds,
+        StageIO(
+            ("prepared", "teacher"),
+            ("single_seeds", "single_seed_report"),
+            ("multitask.singles", "multitask.evaluate", *_CHAIN),
+        ),
+        ("seeds.extra", *_SINGLES),
+        after="finetune",  # like the singles stage: the multitask student's settings do not re-run it
+    ),
     "seeds": Stage(
         seeds,
-        StageIO(
-            ("prepared", "teacher"), ("seeds", "seed_report"), ("multitask.singles", "multitask.evaluate", *_CHAIN)
-        ),
+        StageIO(("prepared", "teacher"), ("seeds", "seed_report"), ("multitask.evaluate", *_CHAIN)),
         (
             "seeds.extra",
             "seed",
-            "multitask.tasks",
             "multitask.weights",
             "multitask.student_weights",
             "multitask.balanced_sampling",
-            "multitask.single_task_baselines",
             "distill",
             "prune",
             "trim",
@@ -362,11 +406,21 @@ STAGES: dict[str, Stage] = {
             _MAX_LENGTH,
             "distributed",
         ),
+        after="finetune",  # it reads only the data and the teacher
     ),
     "evaluate": Stage(
         evaluate,
         StageIO(
-            ("prepared", "teacher", "onnx_fp32", "final", "baseline_teacher_int8", "singles", "seed_report"),
+            (
+                "prepared",
+                "teacher",
+                "onnx_fp32",
+                "final",
+                "baseline_teacher_int8",
+                "singles",
+                "seed_report",
+                "single_seed_report",
+            ),
             ("report", "report_md"),
             ("multitask.evaluate", "kit.latency", "kit.gate", "kit.heads", "kit.report", "kit.files"),
         ),

@@ -27,6 +27,7 @@ def test_profile_then_overrides_apply_in_order():
         ("teacher.epochs=many", "teacher.epochs"),
         ("distill.layers=[2, 1]", "distill.layers"),
         ("data.split=[0.5, 0.5, 0.5]", "data.split"),
+        ("evaluate.rounds=0", "evaluate.rounds"),
         ("nonsense", "key=value"),
     ],
 )
@@ -96,3 +97,11 @@ def test_multitask_loss_weights_must_name_declared_tasks(key):
     raw = {"task": "multitask", "multitask": {key: {"sentiment": 2.0, "topic": 1.0}}}
     with pytest.raises(ConfigError, match=f"multitask.{key} names topic"):
         build_params(raw)
+
+
+def test_evaluate_rounds_in_the_repository_configs():
+    """Latency is timed in rounds; the smoke profiles keep two, and every round still gets a call."""
+    for path, calls in (("params.yaml", 200), ("configs/multitask.yaml", 300)):
+        default, smoke = load_params(path).evaluate, load_params(path, profile="smoke").evaluate
+        assert default.rounds == 5 and default.batch1_calls == calls and smoke.rounds == 2
+        assert min(smoke.batch1_calls, smoke.batch32_calls) >= smoke.rounds

@@ -12,7 +12,7 @@ from components.kit.gate import compare_to_teacher, decide
 from components.kit.report import ModelSpec, json_safe
 from components.kit.tracking import NullTracker
 
-TINY = EvaluateConfig(threads=1, warmup=1, batch1_calls=3, batch32_calls=3, rss_sentences=4)
+TINY = EvaluateConfig(threads=1, warmup=1, rounds=2, batch1_calls=3, batch32_calls=3, rss_sentences=4)
 MODEL_KEYS = {
     "runtime",
     "accuracy",
@@ -20,8 +20,18 @@ MODEL_KEYS = {
     "size_bytes",
     "params",
     "latency_ms",
+    "latency_rounds_ms",
     "peak_rss_mb",
     "agreement_with_teacher",
+}
+# The medians the gate reads (batch1_p50, batch1_p95, batch32_p50), batch-32 p95, and the spreads.
+LATENCY_KEYS = {
+    "batch1_p50",
+    "batch1_p95",
+    "batch32_p50",
+    "batch32_p95",
+    "batch1_p50_spread",
+    "batch32_p50_spread",
 }
 # What `compare_to_teacher` returns (the report's final_vs_teacher section, before the seed figures).
 RATIO_KEYS = ("size_ratio", "speedup_batch1_p50", "speedup_batch32_p50", "accuracy_drop_points")
@@ -97,6 +107,7 @@ def test_report_schema(evaluated, tiny_prepared):
         "final_vs_baseline_teacher_int8",
         "gate",
         "environment",
+        "timing",
         "seeds",
     }
     assert report["task"] == "sequence-classification"
@@ -115,9 +126,15 @@ def test_report_schema(evaluated, tiny_prepared):
             assert isinstance(m[key], float) and 0.0 <= m[key] <= 1.0, (name, key)
         assert isinstance(m["size_bytes"], int) and m["size_bytes"] > 0
         assert isinstance(m["params"], int) and m["params"] > 0
-        assert set(m["latency_ms"]) == {"batch1_p50", "batch1_p95", "batch32_p50"}
-        assert all(isinstance(v, float) and v > 0 for v in m["latency_ms"].values())
-        assert m["latency_ms"]["batch1_p95"] >= m["latency_ms"]["batch1_p50"]
+        lat, rounds = m["latency_ms"], m["latency_rounds_ms"]
+        assert set(lat) == LATENCY_KEYS
+        assert all(isinstance(v, float) and v >= 0 for v in lat.values())
+        assert lat["batch1_p95"] >= lat["batch1_p50"] > 0 and lat["batch32_p95"] >= lat["batch32_p50"] > 0
+        # two rounds (3 calls each: 2 + 1): the median is their mean, the spread their difference
+        assert set(rounds) == {"batch1_p50", "batch1_p95", "batch32_p50", "batch32_p95"}
+        assert all(len(r) == 2 for r in rounds.values())
+        assert lat["batch1_p50"] == pytest.approx(sum(rounds["batch1_p50"]) / 2)
+        assert lat["batch1_p50_spread"] == pytest.approx(max(rounds["batch1_p50"]) - min(rounds["batch1_p50"]))
         assert isinstance(m["peak_rss_mb"], float) and m["peak_rss_mb"] > 0
 
     seed_keys = {"accuracy_drop_points_seed_mean", "accuracy_drop_points_seed_std"}
@@ -140,8 +157,17 @@ def test_report_schema(evaluated, tiny_prepared):
         assert isinstance(check["passed"], bool)
 
     env = report["environment"]
-    assert set(env) == {"cpu", "threads", "torch", "onnxruntime", "transformers", "python"}
-    assert env["threads"] == 1 and all(isinstance(env[k], str) and env[k] for k in env if k != "threads")
+    assert set(env) == {"cpu", "logical_cpus", "threads", "torch", "onnxruntime", "transformers", "python"}
+    assert env["threads"] == 1 and env["logical_cpus"] >= 1
+    assert all(isinstance(env[k], str) and env[k] for k in env if k not in ("threads", "logical_cpus"))
+    assert report["timing"] == {
+        "rounds": 2,
+        "warmup": 1,
+        "batch1_calls_per_round": [2, 1],
+        "batch32_calls_per_round": [2, 1],
+        "statistic": "median over rounds of each round's percentile",
+        "spread": evaluate.SPREAD,
+    }
 
 
 def test_model_entries_are_consistent(evaluated, tiny_onnx_dirs):
@@ -194,13 +220,22 @@ def test_markdown_plot_outputs_and_tracking(evaluated):
     markdown = result.outputs["markdown"].read_text()
     for text in ("| teacher |", "| final |", "| baseline_teacher_int8 |", "final vs teacher", "Gate:"):
         assert text in markdown
+    env = result.info["report"]["environment"]
+    assert f"on {env['cpu']} ({env['logical_cpus']} logical CPUs), 1 intra-op thread(s)" in markdown
+    assert f"onnxruntime {env['onnxruntime']}, torch {env['torch']}" in markdown
+    assert "timed in 2 alternating rounds" in markdown and "batch 1 [2, 1]" in markdown
+    final = result.info["report"]["models"]["final"]["latency_ms"]
+    final_row = next(line for line in markdown.splitlines() if line.startswith("| final |"))
+    assert f"| {final['batch1_p50']:.2f} ({final['batch1_p50_spread']:.2f}) |" in final_row
     assert result.outputs["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result.info["report"]["models"].keys() == {"teacher", "final", "baseline_teacher_int8"}
     assert sorted(tracker.artifacts) == sorted(result.outputs.values())
     for key in (
         "final.accuracy",
         "final.batch1_p50_ms",
+        "final.batch1_p50_spread_ms",
         "teacher.batch32_p50_ms",
+        "teacher.batch32_p95_ms",
         "final.peak_rss_mb",
         "final_vs_teacher.size_ratio",
         "final_vs_baseline_teacher_int8.speedup_batch1_p50",
@@ -347,3 +382,59 @@ def test_without_a_transfer_set_the_student_is_the_kd_train_only_one(tmp_path):
     assert ablation["transfer_gain_points"] is None and ablation["kd_gain_points"] == pytest.approx(2.0)
     assert not any("transfer set" in line for line in evaluate.ablation_lines(ablation))
     assert evaluate.distillation_ablation(write_metrics(tmp_path / "plain", {"test_accuracy": 0.88})) is None
+
+
+# ---------------------------------------------------------------- timing in alternating rounds (fakes)
+
+
+def test_models_are_timed_in_alternating_rotated_rounds_with_the_calls_split():
+    """Fake runners record who runs when: the warm-ups first, then rounds in a rotated order, each model with
+    its share of the total calls, batch 1 then batch 32; each model's figures are the medians of its rounds."""
+    calls = []
+
+    def runner(name):
+        return lambda batch: calls.append((name, len(batch)))
+
+    timed = {
+        name: evaluate.Timed(runner(name), {1: [[0]], evaluate.BATCH_SIZE: [[0] * evaluate.BATCH_SIZE]})
+        for name in ("teacher", "final", "baseline_teacher_int8")
+    }
+    cfg = EvaluateConfig(warmup=1, rounds=3, batch1_calls=7, batch32_calls=3)
+    figures = evaluate.time_models(timed, cfg)
+
+    def turns(order: list[str], share: int) -> list[str]:
+        return [name for name in order for _ in range(share)]
+
+    t, f, b = "teacher", "final", "baseline_teacher_int8"
+    batch1 = [name for name, size in calls if size == 1]
+    assert batch1 == (
+        [t, f, b]  # one warm-up call each, before the first round
+        + turns([t, f, b], 3)  # round 1: 3 of the 7 calls each
+        + turns([f, b, t], 2)  # round 2, the order rotated: 2 calls each
+        + turns([b, t, f], 2)  # round 3, rotated again
+    )
+    assert [size for _, size in calls] == [1] * len(batch1) + [evaluate.BATCH_SIZE] * (3 + 3 * 3)
+    assert sum(1 for name, size in calls if name == "final" and size == 1) == 1 + 7  # the total is kept
+    for latency_ms, rounds_ms in figures.values():
+        assert len(rounds_ms["batch1_p50"]) == 3 and len(rounds_ms["batch32_p50"]) == 3
+        assert latency_ms["batch1_p50"] == pytest.approx(float(np.median(rounds_ms["batch1_p50"])))
+        assert latency_ms["batch32_p50_spread"] == pytest.approx(
+            max(rounds_ms["batch32_p50"]) - min(rounds_ms["batch32_p50"])
+        )
+
+
+def test_evaluate_config_rounds_default_and_bounds():
+    from pydantic import ValidationError
+
+    assert EvaluateConfig().rounds == 5
+    with pytest.raises(ValidationError, match="rounds"):
+        EvaluateConfig(rounds=0)
+    # fewer calls than rounds: each call its own round, the total kept (the report's timing says so)
+    timing = evaluate.timing_section(EvaluateConfig(rounds=5, batch1_calls=12, batch32_calls=2))
+    assert timing["batch1_calls_per_round"] == [3, 3, 2, 2, 2] and timing["batch32_calls_per_round"] == [1, 1]
+
+
+def test_markdown_shows_the_median_with_its_spread():
+    lat = {"batch1_p50": 1.234, "batch1_p50_spread": 0.056}
+    assert evaluate.with_spread(lat, "batch1_p50") == "1.23 (0.06)"
+    assert evaluate.with_spread({"batch32_p50": 9.0}, "batch32_p50") == "9.00"  # no spread recorded

@@ -79,20 +79,33 @@ def test_quantized_model_is_smaller_and_reports_agreement(onnx_dir, tiny_prepare
     assert onnx_logits(out, data, tokenizer.pad_token_id).shape == (16, 2)
 
 
-def test_explicit_preset_per_channel_replaces_previous_output(onnx_dir, tiny_prepared, tmp_path):
+def test_explicit_preset_per_channel_replaces_previous_output(onnx_dir, tiny_prepared, tmp_path, monkeypatch):
     out = tmp_path / "int8"
     out.mkdir()
     (out / "stale.txt").write_text("from an earlier run")
+    threads_seen = []
+    real_session = quantize.load_onnx_session
+
+    def recording_session(path, threads=2, spinning=True):
+        threads_seen.append(threads)
+        return real_session(path, threads, spinning)
+
+    monkeypatch.setattr(quantize, "load_onnx_session", recording_session)
+    tracker = RecordingTracker()
     result = quantize.run(
         QuantizeConfig(preset="avx2", per_channel=[True], candidates=["int8"]),
         onnx_dir,
         tiny_prepared,
         out,
-        NullTracker(),
+        tracker,
+        threads=1,
     )
     assert result.info["preset"] == "avx2"
     assert not (out / "stale.txt").exists()
-    assert json.loads((out / "quantize_report.json").read_text())["per_channel"] == [True]
+    report = json.loads((out / "quantize_report.json").read_text())
+    assert report["per_channel"] == [True]
+    # every session, fp32 and each candidate, timed at the thread count the flows pass (evaluate.threads)
+    assert threads_seen == [1, 1, 1] and report["timing"] == {"threads": 1} and tracker.params["threads"] == 1
 
 
 def test_agreement():

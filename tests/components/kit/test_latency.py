@@ -54,6 +54,114 @@ def test_time_calls_needs_inputs():
         time_calls(lambda _: None, [], warmup=1, calls=1)
 
 
+# ---------------------------------------------------------------- alternating rounds (pure, with fakes)
+
+
+@pytest.mark.parametrize(
+    "total, rounds, shares",
+    [(200, 5, [40] * 5), (21, 2, [11, 10]), (7, 3, [3, 2, 2]), (1, 1, [1]), (5, 5, [1] * 5), (3, 5, [1, 1, 1])],
+)
+def test_calls_per_round_keeps_the_total_with_at_least_one_call_a_round(total, rounds, shares):
+    split = latency.calls_per_round(total, rounds)
+    assert split == shares
+    assert sum(split) == total and min(split) >= 1 and len(split) == min(rounds, total)
+    assert max(split) - min(split) <= 1  # as even as the numbers allow
+
+
+@pytest.mark.parametrize("total, rounds", [(0, 5), (10, 0), (-1, 2)])
+def test_calls_per_round_needs_a_call_and_a_round(total, rounds):
+    with pytest.raises(ValueError, match="at least one call and one round"):
+        latency.calls_per_round(total, rounds)
+
+
+def test_round_order_rotates_so_each_model_goes_first_in_turn():
+    names = ["teacher", "final", "baseline"]
+    orders = [latency.round_order(names, r) for r in range(4)]
+    assert orders == [
+        ["teacher", "final", "baseline"],
+        ["final", "baseline", "teacher"],
+        ["baseline", "teacher", "final"],
+        ["teacher", "final", "baseline"],
+    ]
+    assert [o[0] for o in orders[:3]] == names  # over len(names) rounds, every model leads once
+    assert names == ["teacher", "final", "baseline"]  # the caller's list is left alone
+    assert latency.round_order([], 3) == []
+
+
+def test_time_rounds_warms_up_once_then_alternates_in_rotated_rounds():
+    calls = []  # (model, input) in the order the calls were made
+
+    def fake(name):
+        return lambda x: calls.append((name, x))
+
+    fns = {"a": fake("a"), "b": fake("b"), "c": fake("c")}
+    inputs = {"a": [0, 1, 2], "b": [10, 11], "c": [20]}
+    seen_rounds = []
+    samples = latency.time_rounds(
+        fns, inputs, warmup=2, total_calls=5, rounds=2, after_each=lambda n, r, s: seen_rounds.append((n, r, len(s)))
+    )
+    # warm-up: each model twice, all before the first round, nothing timed
+    assert calls[:6] == [("a", 0), ("a", 1), ("b", 10), ("b", 11), ("c", 20), ("c", 20)]
+    # round 0 in list order with 3 calls each, round 1 rotated (b, c, a) with 2 calls each
+    assert [n for n, _ in calls[6:]] == ["a"] * 3 + ["b"] * 3 + ["c"] * 3 + ["b"] * 2 + ["c"] * 2 + ["a"] * 2
+    assert seen_rounds == [("a", 0, 3), ("b", 0, 3), ("c", 0, 3), ("b", 1, 2), ("c", 1, 2), ("a", 1, 2)]
+    # a model's calls cycle through its inputs across warm-up and rounds, as one long time_calls run would
+    assert [x for n, x in calls if n == "a"] == [0, 1, 2, 0, 1, 2, 0]
+    assert [x for n, x in calls if n == "b"] == [10, 11, 10, 11, 10, 11, 10]
+    assert {name: [len(r) for r in rounds] for name, rounds in samples.items()} == {
+        "a": [3, 2],
+        "b": [3, 2],
+        "c": [3, 2],
+    }
+    assert all(isinstance(ms, float) and ms >= 0 for rounds in samples.values() for r in rounds for ms in r)
+
+
+def test_time_rounds_needs_inputs_for_every_model():
+    with pytest.raises(ValueError):
+        latency.time_rounds({"a": lambda _: None}, {"a": []}, warmup=0, total_calls=2, rounds=1)
+
+
+def test_round_stats_median_of_round_percentiles_and_spread():
+    rounds = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [2.0, 2.5, 3.0], [100.0, 100.0, 100.0], [1.5, 2.5, 3.5]]
+    stats = latency.round_stats(rounds)
+    assert stats["round_p50"] == [2.0, 5.0, 2.5, 100.0, 2.5]
+    assert stats["p50"] == 2.5  # the median of the round p50s: one disturbed round (100 ms) barely moves it
+    assert stats["round_p95"] == pytest.approx([2.9, 5.9, 2.95, 100.0, 3.4])
+    assert stats["p95"] == pytest.approx(3.4)
+    assert stats["p50_spread"] == 98.0  # largest round p50 minus the smallest: the disturbed round shows here
+    assert stats["n"] == 15
+    pooled = latency_stats([ms for r in rounds for ms in r])["p50"]
+    assert pooled == 3.0 and stats["p50"] != pooled  # not the percentile of all calls pooled
+
+
+def test_round_stats_even_rounds_one_round_and_none():
+    assert latency.round_stats([[1.0], [3.0]])["p50"] == 2.0  # an even count: the mean of the middle two
+    one = latency.round_stats([[2.0, 4.0]])
+    assert one["p50"] == 3.0 and one["p50_spread"] == 0.0 and one["round_p50"] == [3.0]
+    none = latency.round_stats([])
+    assert none["n"] == 0 and math.isnan(none["p50"]) and math.isnan(none["p50_spread"])
+
+
+def test_latency_figures_keep_the_gates_keys_as_medians_and_add_spreads_and_rounds():
+    b1 = latency.round_stats([[1.0, 1.0], [3.0, 3.0], [2.0, 2.0]])
+    b32 = latency.round_stats([[10.0], [12.0], [11.0]])
+    latency_ms, rounds_ms = latency.latency_figures(b1, b32)
+    assert latency_ms == {
+        "batch1_p50": 2.0,
+        "batch1_p95": 2.0,
+        "batch32_p50": 11.0,
+        "batch32_p95": 11.0,
+        "batch1_p50_spread": 2.0,
+        "batch32_p50_spread": 2.0,
+    }
+    assert rounds_ms == {
+        "batch1_p50": [1.0, 3.0, 2.0],
+        "batch1_p95": [1.0, 3.0, 2.0],
+        "batch32_p50": [10.0, 12.0, 11.0],
+        "batch32_p95": [10.0, 12.0, 11.0],
+    }
+
+
 # ---------------------------------------------------------------- batches
 
 

@@ -72,6 +72,7 @@ def test_report_metrics_and_markdown_name_every_task():
     assert metrics["final_vs_single_tasks.speedup_batch1_p50"] == pytest.approx(3.0)
     text = evaluate.render_markdown(report)
     assert "sentiment acc" in text and "Final vs the single-task students together" in text
+    assert "Measured on x, 2 intra-op thread(s) for every model." in text
 
 
 def test_seed_spread_and_the_gate_read_each_tasks_mean_over_seeds():
@@ -92,3 +93,28 @@ def test_seed_spread_and_the_gate_read_each_tasks_mean_over_seeds():
     decision = decide_multitask(evaluate.compare(TEACHER, FINAL), versus, cfg, max_drop_vs_single_points=0.6)
     assert decision.checks["accuracy_drop_vs_single_task_points"].value == pytest.approx(0.5) and decision.passed
     assert evaluate.seed_spread(entries, 13, []) is None
+
+
+def test_final_and_single_task_students_take_turns_in_rounds():
+    """Fake runners: the final model and the three single-task students (run one after another per call)
+    alternate in `cfg.rounds` rounds, the order rotated, each with its share of the calls."""
+    from components.config import EvaluateConfig
+
+    calls = []
+
+    def loaded(name: str) -> evaluate.Loaded:
+        return evaluate.Loaded(lambda batch: calls.append(name), [[5, 6, 7]] * 40, 0, "onnxruntime int8", 1, 1)
+
+    singles = {task: loaded(task) for task in ("sentiment", "source", "topic")}
+    cfg = EvaluateConfig(warmup=1, rounds=2, batch1_calls=4, batch32_calls=2)
+    timings = evaluate.alternate(loaded("final"), singles, cfg)
+
+    def turns(share: int) -> dict[str, list[str]]:
+        return {"final": ["final"] * share, "singles": ["sentiment", "source", "topic"] * share}
+
+    one, two = turns(1), turns(2)
+    expected_batch1 = one["final"] + one["singles"] + two["final"] + two["singles"] + two["singles"] + two["final"]
+    assert calls[: len(expected_batch1)] == expected_batch1  # warm-up; round 1: final first; round 2: singles first
+    assert set(timings) == {"final", "single_tasks"}
+    for lat in timings.values():
+        assert {"batch1_p50", "batch1_p95", "batch32_p50", "batch1_p50_spread", "batch32_p50_spread"} <= set(lat)
