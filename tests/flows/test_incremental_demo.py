@@ -65,7 +65,7 @@ def test_with_settings_replaces_dotted_keys_and_validates():
     changed = with_settings(params, data__source="vader-amazon", seeds__extra=[], seed=14)
     assert (changed.data.source, changed.seeds.extra, changed.seed, params.seed) == ("vader-amazon", [], 14, 13)
     with pytest.raises(ValueError):
-        with_settings(params, seed=15)  # seeds.extra still holds 15: the same check as any params file
+        with_settings(changed, seed=15, seeds__extra=[15])  # the same check as any params file
 
 
 def test_from_scratch_figures_are_averaged_over_seeds():
