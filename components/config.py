@@ -176,6 +176,11 @@ class DistillConfig(TrainConfig):
 
 class PruneConfig(TrainConfig):
     head_ratio: ShareBelowOne = 0.5  # share of all attention heads removed
+    # Remove the same number of heads from every layer (each its own weakest; each step's cut rounded to a
+    # multiple of the layer count) rather than the weakest across layers. One head count then describes
+    # every layer, which ONNX Runtime's attention fusion falls back on where an export does not spell each
+    # layer's (docs/stages.md). Off until measured at full scale.
+    uniform_heads: bool = False
     ffn_ratio: ShareBelowOne = 0.5  # share of FFN neurons removed in every layer
     importance_batches: Count = 32  # batches used to score heads and neurons, per step
     # Prune in this many equal steps, re-scoring and recovering after each one.

@@ -4,9 +4,11 @@ Importance is gradient x activation (Michel et al., 2019; Molchanov et al., 2019
 absolute sum over tokens of its context vector times the loss gradient with respect to it, which equals
 |dL/d gate| for a gate on that head; for an FFN neuron, the same on its activation. Scores are summed
 over `importance_batches` training batches, normalised per layer, and the lowest-scoring heads are
-removed across all layers (at least one head stays in every layer); FFN neurons are removed in the same
-share from every layer so that the config keeps one `intermediate_size`. Both are physical removals
-(`prune_heads`, sliced Linear layers): the saved model has fewer parameters. The selection from the scores
+removed across all layers (at least one head stays in every layer); with `prune.uniform_heads`, the same
+number from every layer instead, each layer's weakest (each step's cut rounded to a multiple of the layer
+count), so that every layer keeps the same head count. FFN neurons are removed in the same share from
+every layer so that the config keeps one `intermediate_size`. Both are physical removals (`prune_heads`,
+sliced Linear layers): the saved model has fewer parameters. The selection from the scores
 (`heads_to_prune`, `neurons_to_keep`) is `components.kit.pruning`, shared with the causal-lm prune stage.
 
 Pruning is iterative (`prune.steps`): each step removes an equal part of the target, re-scoring the
@@ -94,11 +96,18 @@ def importance_scores(
 
 
 def step_targets(
-    n_heads: int, n_neurons: int, head_ratio: float, ffn_ratio: float, steps: int
+    n_heads: int, n_neurons: int, head_ratio: float, ffn_ratio: float, steps: int, head_multiple: int = 1
 ) -> list[tuple[int, int]]:
-    """Per step: (total heads removed so far, FFN neurons kept per layer), reaching the ratios at the last step."""
+    """Per step: (total heads removed so far, FFN neurons kept per layer), reaching the ratios at the last step.
+
+    Head totals are rounded to the nearest multiple of `head_multiple` (the layer count when every layer
+    loses the same number of heads), so each step's cut divides evenly over the layers.
+    """
     return [
-        (int(round(n_heads * head_ratio * k / steps)), max(1, int(round(n_neurons * (1.0 - ffn_ratio * k / steps)))))
+        (
+            head_multiple * int(round(n_heads * head_ratio * k / steps / head_multiple)),
+            max(1, int(round(n_neurons * (1.0 - ffn_ratio * k / steps)))),
+        )
         for k in range(1, steps + 1)
     ]
 
@@ -154,7 +163,7 @@ def cut(
             objective,
         )
     )
-    plan = heads_to_prune(by_head, count=heads_to_remove)
+    plan = heads_to_prune(by_head, count=heads_to_remove, uniform=cfg.uniform_heads)
     model.prune_heads(original_head_ids(model, plan))
     if neurons_kept < model.config.intermediate_size:
         prune_ffn(model, neurons_to_keep(by_neuron, keep=neurons_kept))
@@ -180,8 +189,14 @@ def run(
     objective, score = data.labels.objective(mix), data.labels.score
     tracker.log_params(cfg.model_dump())
     params_before, heads_before = count_params(model), n_heads(model)
+    layers = transformer_layers(model)
     targets = step_targets(
-        heads_before, transformer_layers(model)[0].output.dense.in_features, cfg.head_ratio, cfg.ffn_ratio, cfg.steps
+        heads_before,
+        layers[0].output.dense.in_features,
+        cfg.head_ratio,
+        cfg.ffn_ratio,
+        cfg.steps,
+        head_multiple=len(layers) if cfg.uniform_heads else 1,
     )
 
     history, seconds, removed, examples = [], 0.0, 0, 0

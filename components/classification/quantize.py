@@ -84,20 +84,50 @@ def named(name: str, split: str, figures: dict[str, float]) -> dict[str, float]:
     return {f"{name}_{split}" + (f".{task}" if task else ""): value for task, value in figures.items()}
 
 
-def fuse_then_quantize(onnx_dir: Path, dst: Path, per_channel: bool) -> Path:
+def attention_shape(config: dict) -> tuple[int, int]:
+    """(num_heads, hidden_size) for ONNX Runtime's transformer optimizer, from a model's config.json: the
+    head count and attention width (heads x head size) that every layer shares, or (0, 0), "read each
+    layer's from the graph", when pruning left layers with different head counts or the config does not say.
+
+    ORT reads a layer's head count from the constant in its query Reshape and uses these arguments only
+    where the graph writes -1 there; one value then stands for every layer, which is right for a model whose
+    layers all keep the same heads (`prune.uniform_heads`) and wrong for any other (docs/stages.md).
+    """
+    heads, width, layers = (config.get(k) for k in ("num_attention_heads", "hidden_size", "num_hidden_layers"))
+    if not (heads and width and layers):
+        return 0, 0
+    pruned = {int(layer): cut for layer, cut in (config.get("pruned_heads") or {}).items()}
+    kept = {heads - len(pruned.get(layer, [])) for layer in range(layers)}
+    if len(kept) != 1:
+        return 0, 0
+    n_heads = kept.pop()
+    return n_heads, n_heads * (width // heads)
+
+
+def fuse_transformer(onnx_dir: Path, dst: Path) -> Path:
     """ONNX Runtime's transformer fusions (Attention, EmbedLayerNormalization, SkipLayerNormalization,
-    BiasGelu), then dynamic int8 of the fused graph. Fewer, larger kernels matter most at batch 1."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    BiasGelu) of `onnx_dir/model.onnx`, written to the file `dst`."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    model_type = json.loads((onnx_dir / "config.json").read_text()).get("model_type", "bert")
+    config = json.loads((onnx_dir / "config.json").read_text())
+    model_type = config.get("model_type", "bert")
     if model_type not in FUSABLE_MODEL_TYPES:
         raise ValueError(f"no transformer fusions for model_type {model_type!r}")
-    dst.mkdir(parents=True, exist_ok=True)
-    fused = optimize_model(str(onnx_dir / ONNX_FILE), model_type="bert", num_heads=0, hidden_size=0, opt_level=2)
-    fused_path = dst / "fused_fp32.onnx"
-    fused.save_model_to_file(str(fused_path))
+    num_heads, hidden_size = attention_shape(config)
+    fused = optimize_model(
+        str(onnx_dir / ONNX_FILE), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=2
+    )
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fused.save_model_to_file(str(dst))
+    return dst
+
+
+def fuse_then_quantize(onnx_dir: Path, dst: Path, per_channel: bool) -> Path:
+    """`fuse_transformer`, then dynamic int8 of the fused graph. Fewer, larger kernels matter most at batch 1."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fused_path = fuse_transformer(onnx_dir, dst / "fused_fp32.onnx")
     quantize_dynamic(
         str(fused_path),
         str(dst / ONNX_FILE),

@@ -54,15 +54,20 @@ def normalise_per_layer(scores: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def heads_to_prune(
-    head_scores: list[np.ndarray], ratio: float | None = None, count: int | None = None
+    head_scores: list[np.ndarray], ratio: float | None = None, count: int | None = None, uniform: bool = False
 ) -> dict[int, list[int]]:
     """The globally lowest-scoring `count` heads (or share `ratio` of them), never the last head of a layer.
 
-    Indices are positions among each layer's current heads.
+    With `uniform`, every layer loses the same number of heads, each its own lowest-scoring ones: the budget
+    split evenly over the layers and rounded to the nearest whole number per layer (so to the nearest
+    multiple of the layer count: 7 heads over 3 layers remove 2 from each), at most all but one of a
+    layer's heads. Indices are positions among each layer's current heads.
     """
-    scores = normalise_per_layer(head_scores)
-    total = sum(len(s) for s in scores)
+    total = sum(len(s) for s in head_scores)
     budget = count if count is not None else int(round(total * ratio))
+    if uniform:
+        return lowest_per_layer(head_scores, int(round(budget / len(head_scores))))
+    scores = normalise_per_layer(head_scores)
     ranked = sorted((score, layer, head) for layer, s in enumerate(scores) for head, score in enumerate(s))
     remaining = [len(s) for s in scores]
     chosen: dict[int, list[int]] = {}
@@ -74,6 +79,16 @@ def heads_to_prune(
             remaining[layer] -= 1
             budget -= 1
     return {layer: sorted(heads) for layer, heads in sorted(chosen.items())}
+
+
+def lowest_per_layer(head_scores: list[np.ndarray], per_layer: int) -> dict[int, list[int]]:
+    """{layer: its `per_layer` lowest-scoring heads}, keeping at least one head in every layer; a layer
+    that loses none is left out, as `heads_to_prune` leaves it out."""
+    plan = {
+        layer: sorted(int(h) for h in np.argsort(s, kind="stable")[: min(per_layer, len(s) - 1)])
+        for layer, s in enumerate(head_scores)
+    }
+    return {layer: heads for layer, heads in plan.items() if heads}
 
 
 def neurons_to_keep(

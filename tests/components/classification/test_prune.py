@@ -12,6 +12,8 @@ from components.kit.tracking import NullTracker
 def test_step_targets_reach_the_ratios_in_equal_steps():
     assert prune.step_targets(36, 1536, 0.4, 0.4, 2) == [(7, 1229), (14, 922)]
     assert prune.step_targets(8, 64, 0.5, 0.0, 1) == [(4, 64)]
+    # every layer losing the same number: head totals at multiples of the layer count (7 -> 6, 14 -> 15)
+    assert prune.step_targets(36, 1536, 0.4, 0.4, 2, head_multiple=3) == [(6, 1229), (15, 922)]
 
 
 def test_original_head_ids_skip_heads_already_pruned(tiny_teacher_dir):
@@ -51,3 +53,14 @@ def test_prune_physically_removes_heads_and_neurons(tiny_teacher_dir, tiny_prepa
     # two steps (the default): half the cut each, re-scored and recovered in between
     history = json.loads((tmp_path / "metrics.json").read_text())["history"]
     assert [(h["heads"], h["intermediate_size"]) for h in history] == [(6, 48), (4, 32)]
+
+
+def test_uniform_heads_leave_every_layer_the_same_head_count(tiny_teacher_dir, tiny_prepared, tmp_path):
+    cfg = PruneConfig(
+        head_ratio=0.5, uniform_heads=True, ffn_ratio=0.0, importance_batches=2, epochs=1, batch_size=8, max_length=32
+    )
+    prune.run(cfg, tiny_teacher_dir, tiny_teacher_dir, tiny_prepared, tmp_path, NullTracker(), seed=0)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert [layer.attention.self.num_attention_heads for layer in transformer_layers(reloaded)] == [2, 2]
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    assert [h["heads"] for h in history] == [6, 4]  # one head from each layer per step

@@ -142,6 +142,75 @@ def test_choose_candidate_never_ships_a_slower_or_worse_int8():
     assert chosen is None and "slower" in reasons["int8"] and "loses" in reasons["fused_int8"]
 
 
+# ---------------------------------------------------------------- the fused graph of a pruned model
+
+
+def test_attention_shape_is_the_shared_head_count_or_left_to_the_graph():
+    config = {"num_attention_heads": 4, "hidden_size": 32, "num_hidden_layers": 2}
+    assert quantize.attention_shape(config) == (4, 32)
+    # every layer keeps 2 heads of width 8: the attention is 16 wide, the hidden states still 32
+    assert quantize.attention_shape(config | {"pruned_heads": {"0": [0, 1], "1": [1, 3]}}) == (2, 16)
+    assert quantize.attention_shape(config | {"pruned_heads": {"0": [0], "1": [0, 1, 2]}}) == (0, 0)
+    assert quantize.attention_shape(config | {"pruned_heads": {"0": [0, 1]}}) == (0, 0)  # layer 1 keeps 4
+    assert quantize.attention_shape({"n_heads": 12, "dim": 768}) == (0, 0)  # distilbert's keys: ORT reads the graph
+
+
+def pruned_export(root: Path, prepared: Path, plan: dict[int, list[int]]) -> Path:
+    """The tiny BERT with `plan` pruned, exported. Its weights are redrawn wider (std 0.3) so attention is
+    peaked and the logits spread: a fused graph with a wrong head count then moves them by about 1, not 1e-5."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from tests.conftest import tiny_bert
+
+    model_dir = tiny_bert(root / "model")
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    model.prune_heads(plan)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0.0, 0.3)
+    model.save_pretrained(model_dir, safe_serialization=True)
+    export.run(ExportConfig(), model_dir, prepared, root / "onnx", NullTracker())
+    return root / "onnx"
+
+
+@pytest.mark.parametrize(
+    "plan, heads",
+    [
+        ({0: [0, 1], 1: [1, 3]}, [2, 2]),  # prune.uniform_heads: 16 wide attention on 32 wide hidden states
+        ({0: [0], 1: [0, 1, 2]}, [3, 1]),  # the global ranking: each layer its own head count
+    ],
+    ids=["uniform", "per-layer"],
+)
+def test_pruned_attention_fuses_with_each_layers_head_count(plan, heads, tiny_prepared, tmp_path):
+    """ONNX Runtime reads each layer's head count from the export's query Reshape, so pruned layers fuse
+    into one Attention node each, with that layer's heads, computing what the unfused graph computes."""
+    import onnx
+    from transformers import AutoTokenizer
+
+    from components.kit.labelling import SingleLabel
+    from components.kit.latency import load_onnx_session
+    from components.kit.modeling import encode_split
+    from components.kit.onnx_models import onnx_logits
+
+    onnx_dir = pruned_export(tmp_path, tiny_prepared, plan)
+    fused = quantize.fuse_transformer(onnx_dir, tmp_path / "fused.onnx")
+
+    attention = [n for n in onnx.load(str(fused)).graph.node if n.op_type == "Attention"]
+    assert [next(a.i for a in n.attribute if a.name == "num_heads") for n in attention] == heads
+    tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
+    test = encode_split(tiny_prepared, "test", tokenizer, SingleLabel(("negative", "positive")), 64)
+    unfused_logits = onnx_logits(load_onnx_session(onnx_dir / "model.onnx"), test, tokenizer.pad_token_id)
+    fused_logits = onnx_logits(load_onnx_session(fused), test, tokenizer.pad_token_id)
+    assert unfused_logits.std() > 0.1  # spread enough that a wrong head split would show
+    assert np.abs(fused_logits - unfused_logits).max() < 1e-4
+    assert (fused_logits.argmax(-1) == unfused_logits.argmax(-1)).all()
+    # and the fused_int8 candidate keeps them fused, as int8 attention
+    int8 = quantize.fuse_then_quantize(onnx_dir, tmp_path / "fused_int8", per_channel=False)
+    assert sum(n.op_type == "QAttention" for n in onnx.load(str(int8)).graph.node) == len(heads)
+
+
 # ---------------------------------------------------------------- a multitask export (one output per task)
 
 

@@ -13,6 +13,28 @@ def test_heads_to_prune_is_global_lowest_first_and_keeps_one_per_layer():
     assert all(len(h) == 3 for h in everything.values())
 
 
+def test_uniform_heads_to_prune_takes_each_layers_own_weakest_in_equal_numbers():
+    # Globally, layer 1's heads all score below layer 0's; uniformly, each layer still loses two.
+    scores = [np.array([0.9, 0.1, 0.8, 0.7]), np.array([0.01, 0.04, 0.03, 0.02])]
+    assert heads_to_prune(scores, count=4, uniform=True) == {0: [1, 3], 1: [0, 3]}
+    assert heads_to_prune(scores, ratio=0.5, uniform=True) == {0: [1, 3], 1: [0, 3]}
+
+
+def test_uniform_heads_budget_rounds_to_a_multiple_of_the_layer_count():
+    scores = [np.array([0.4, 0.3, 0.2, 0.1])] * 3
+    assert heads_to_prune(scores, count=7, uniform=True) == {i: [2, 3] for i in range(3)}  # 7 / 3 -> 2 each
+    assert heads_to_prune(scores, count=5, uniform=True) == {i: [2, 3] for i in range(3)}  # 5 / 3 -> 2 each
+    assert heads_to_prune(scores, count=4, uniform=True) == {i: [3] for i in range(3)}  # 4 / 3 -> 1 each
+    assert heads_to_prune(scores, count=1, uniform=True) == {}  # 1 / 3 -> none
+
+
+def test_uniform_heads_never_removes_a_layers_last_head():
+    scores = [np.array([0.5, 0.2]), np.array([0.1, 0.3, 0.2, 0.4])]
+    # 3 heads a layer asked for: the two-head layer keeps one, the other loses three
+    assert heads_to_prune(scores, count=6, uniform=True) == {0: [1], 1: [0, 1, 2]}
+    assert heads_to_prune(scores, ratio=0.99, uniform=True) == {0: [1], 1: [0, 1, 2]}
+
+
 def test_neurons_to_keep_keeps_top_share_in_order():
     keep = neurons_to_keep([np.array([5.0, 1.0, 3.0, 0.0])], ratio=0.5)
     assert keep[0].tolist() == [0, 2]
