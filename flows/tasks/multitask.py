@@ -378,16 +378,6 @@ STAGES: dict[str, Stage] = {
         # it reads only the data and the teacher: tuning the multitask student does not re-run the baseline
         after="finetune",
     ),
-    "single_seeds": Stage(
-        single_seeds,
-        StageIO(
-            ("prepared", "teacher"),
-            ("single_seeds", "single_seed_report"),
-            ("multitask.singles", "multitask.evaluate", *_CHAIN),
-        ),
-        ("seeds.extra", *_SINGLES),
-        after="finetune",  # like the singles stage: the multitask student's settings do not re-run it
-    ),
     "seeds": Stage(
         seeds,
         StageIO(("prepared", "teacher"), ("seeds", "seed_report"), ("multitask.evaluate", *_CHAIN)),
@@ -407,6 +397,16 @@ STAGES: dict[str, Stage] = {
             "distributed",
         ),
         after="finetune",  # it reads only the data and the teacher
+    ),
+    "single_seeds": Stage(
+        single_seeds,
+        StageIO(
+            ("prepared", "teacher"),
+            ("single_seeds", "single_seed_report"),
+            ("multitask.singles", "multitask.evaluate", *_CHAIN),
+        ),
+        ("seeds.extra", *_SINGLES),
+        after="finetune",  # like the singles stage: the multitask student's settings do not re-run it
     ),
     "evaluate": Stage(
         evaluate,

@@ -25,8 +25,8 @@ STAGES = [
     "export",
     "quantize",
     "singles",
-    "single_seeds",
     "seeds",
+    "single_seeds",
     "evaluate",
     "register",
 ]

@@ -84,7 +84,8 @@ def test_a_stage_that_chains_to_an_earlier_one_survives_a_change_in_between():
     a, b = keys(build_params(raw)), keys(build_params(raw, overrides=["multitask.student_weights={sentiment: 2}"]))
     # the teacher and the baseline (at every seed) stay
     assert a["finetune"] == b["finetune"] and a["singles"] == b["singles"] and a["single_seeds"] == b["single_seeds"]
-    assert all(a[n] != b[n] for n in ("distill", "prune", "quantize", "seeds", "evaluate"))
+    # (evaluate chains to single_seeds; the student's change reaches its key through the files it reads)
+    assert all(a[n] != b[n] for n in ("distill", "prune", "quantize", "seeds"))
 
 
 def test_stage_config_holds_only_the_stage_sections():
