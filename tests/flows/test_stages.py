@@ -81,7 +81,7 @@ def test_a_stage_that_chains_to_an_earlier_one_survives_a_change_in_between():
         if s.after
     )
     raw = yaml.safe_load(open("configs/multitask.yaml"))
-    a, b = keys(build_params(raw)), keys(build_params(raw, overrides=["multitask.student_weights={sentiment: 2}"]))
+    a, b = keys(build_params(raw)), keys(build_params(raw, overrides=["multitask.student_weights={sentiment: 3}"]))
     # the teacher and the baseline (at every seed) stay
     assert a["finetune"] == b["finetune"] and a["singles"] == b["singles"] and a["single_seeds"] == b["single_seeds"]
     # (evaluate chains to single_seeds; the student's change reaches its key through the files it reads)
