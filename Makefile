@@ -52,8 +52,9 @@ lint: $(VENV)/.installed-test
 test: lint $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 $(ARGS)
 
-# The smoke pipeline against a real MLflow server on a throwaway PostgreSQL cluster (installs the
-# postgresql Debian package when missing and run as root); left out of `make test`.
+# The smoke pipeline against a real MLflow server on a throwaway PostgreSQL cluster, then its MLflow and
+# Prefect UIs checked in headless Chromium (screenshots in reports/ui/); installs the postgresql and chromium
+# Debian packages when missing and run as root. Left out of `make test`.
 test-integration: $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m integration tests/integration $(ARGS)
 

@@ -3,7 +3,8 @@
 `package(model_dir, out_dir, source, metrics, max_length)` copies the ONNX model, `tokenizer.json` and
 `labels.json` of an exported (or quantized) model folder, adds `predict.py` (the stand-alone script in
 `components/classification/edge_predict.py`) and writes `manifest.json`: the sha256 of every file, the
-metrics and the source it came from (registered version, run). `predict.py` checks the folder against the
+metrics and the source it came from (registered version, run). Given a `card` (a registered version's model card,
+`components.model_card.hugging_face`), the bundle holds it as `README.md`, listed and hashed like every file. `predict.py` checks the folder against the
 manifest before it loads anything; `manifest_sha256(bundle)` is the value to pin the manifest itself with.
 
 `out_dir` is judged before anything is built (`out_dir_problem`): a new or empty folder is written, a
@@ -46,6 +47,7 @@ PREDICT = Path(edge_predict.__file__)
 LM_FILES = tuple(name for name in edge_generate.BUNDLE_FILES if name != "predict.py")
 LM_OPTIONAL = edge_generate.OPTIONAL_FILES
 GENERATE = Path(edge_generate.__file__)
+MODEL_CARD = edge_predict.MODEL_CARD  # README.md, the same name in both scripts
 CAUSAL_LM = causal_lm.KIND
 MULTITASK = multitask.KIND
 # `components.kit.heads.CONFIG_KEY` (a test keeps them equal), repeated so that importing this module, which
@@ -120,10 +122,16 @@ def manifest_sha256(bundle_dir: Path) -> str:
 
 
 def package(
-    model_dir: Path, out_dir: Path, source: dict, metrics: dict, max_length: int = 64, force: bool = False
+    model_dir: Path,
+    out_dir: Path,
+    source: dict,
+    metrics: dict,
+    max_length: int = 64,
+    force: bool = False,
+    card: str | None = None,
 ) -> Path:
-    """Write the edge bundle of `model_dir` to `out_dir` (see the module docstring for what may be replaced;
-    OutDirRefused, with nothing touched, otherwise)."""
+    """Write the edge bundle of `model_dir` to `out_dir`, with `card` as its README.md when given (see the module
+    docstring for what may be replaced; OutDirRefused, with nothing touched, otherwise)."""
     model_dir, out_dir = Path(model_dir), Path(os.path.abspath(out_dir))
     problem = out_dir_problem(out_dir, force)
     if problem:
@@ -131,7 +139,7 @@ def package(
     contents = CONTENTS.get(task_of(model_dir), classifier_contents)
     names, script, fields = contents(model_dir, max_length)
     return write_bundle(
-        model_dir, out_dir, names, script, fields | {"requires": REQUIRES, "source": source, "metrics": metrics}
+        model_dir, out_dir, names, script, fields | {"requires": REQUIRES, "source": source, "metrics": metrics}, card
     )
 
 
@@ -186,10 +194,12 @@ def require_files(model_dir: Path, names: tuple[str, ...], kind: str) -> None:
         )
 
 
-def write_bundle(model_dir: Path, out_dir: Path, names: tuple[str, ...], script: Path, fields: dict) -> Path:
-    """Copies `names` and `script` (as predict.py) into a fresh folder beside `out_dir`, writes manifest.json
-    (format, time, sha256 of every file, then `fields`) and moves the folder into place. `out_dir` has been
-    judged replaceable by the caller."""
+def write_bundle(
+    model_dir: Path, out_dir: Path, names: tuple[str, ...], script: Path, fields: dict, card: str | None = None
+) -> Path:
+    """Copies `names` and `script` (as predict.py) into a fresh folder beside `out_dir`, writes `card` as
+    README.md when given and manifest.json (format, time, sha256 of every file, then `fields`), and moves the
+    folder into place. `out_dir` has been judged replaceable by the caller."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # A fresh, uniquely named folder: only what this call created is ever removed on the way out.
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
@@ -198,7 +208,11 @@ def write_bundle(model_dir: Path, out_dir: Path, names: tuple[str, ...], script:
         for name in names:
             shutil.copy2(model_dir / name, tmp / name)
         shutil.copy2(script, tmp / "predict.py")
-        files = {name: sha256(tmp / name) for name in (*names, "predict.py")}
+        written = (*names, "predict.py")
+        if card is not None:
+            (tmp / MODEL_CARD).write_text(card, encoding="utf-8")
+            written += (MODEL_CARD,)
+        files = {name: sha256(tmp / name) for name in written}
         created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         manifest = {"format": FORMAT, "created_at": created_at, "files": files} | fields
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -1,18 +1,20 @@
 """The one validated configuration of a pipeline run.
 
 `load_params("params.yaml", profile="smoke", overrides=["teacher.epochs=2"])` reads the YAML file,
-applies the named profile (a block of dotted-key overrides under `profiles:`), then the `--set`
-overrides, and validates the result into a frozen `Params`. Unknown keys and bad values raise
-`ConfigError` with a message that names the key. Each stage receives only its own slice
-(`params.distill`, `params.prune`, ...).
+applies the named profile (a block of dotted-key overrides under `profiles:`; without one, the file's own
+`profile:` key names it), then the `--set` overrides, and validates the result into a frozen `Params`.
+Unknown keys and bad values raise `ConfigError` with a message that names the key. Each stage receives only
+its own slice (`params.distill`, `params.prune`, ...).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
-from typing import Annotated, Any, Literal
+import re
+from functools import reduce
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -25,6 +27,35 @@ TASK_NAMES = (classification.NAME, causal_lm.NAME, multitask.NAME)
 
 class ConfigError(ValueError):
     """A params file, profile or override that does not fit the schema."""
+
+
+class ModelNaming(NamedTuple):
+    """How a task's registered model is named when `register.model_name` is not set."""
+
+    data_key: (
+        str  # the params key naming the task's data (flows/tasks/<task>.py's `data_source`: a test keeps them equal)
+    )
+    builtin: str  # the data the task ships with ...
+    builtin_name: str  # ... whose model keeps the task's plain name
+    prefix: str  # a model of any other data is `<prefix>-<data_source_id>`
+
+
+# One line per task: the default job's model stays miniaturize-sentiment, `--data topics.csv` makes
+# miniaturize-topics, and a causal-LM or multitask model of a file says its task too.
+MODEL_NAMES = {
+    classification.NAME: ModelNaming("data.source", "vader-movie", "miniaturize-sentiment", "miniaturize"),
+    causal_lm.NAME: ModelNaming("lm.data.source", "vader-all", "miniaturize-causal-lm", "miniaturize-causal-lm"),
+    multitask.NAME: ModelNaming("data.source", "vader-all", "miniaturize-multitask", "miniaturize-multitask"),
+}
+
+
+def data_source_id(source: str) -> str:
+    """A data source's name, the same for every version of its data (a file that grows keeps it): a built-in
+    source's name (vader-movie), a file's stem (data/topics.csv -> topics), a hub id's last part (org/reviews ->
+    reviews); lower case, each run of characters other than letters, digits, `_`, `.` and `-` made one `-`. The
+    registered model's default name and the `data_source` version tag are made from it."""
+    stem = PurePosixPath(str(source).replace("\\", "/")).stem or str(source)
+    return re.sub(r"[^a-z0-9_.-]+", "-", stem.lower()).strip("-.") or "data"
 
 
 # The prepared data's splits, in the order of the shares in `data.split` and `lm.data.split`.
@@ -283,7 +314,9 @@ class GateConfig(_Section):
 
 
 class RegisterConfig(_Section):
-    model_name: str = "miniaturize-sentiment"
+    # The registered model's name. None (the default): named after the task and its data
+    # (`Params.registered_model_name`), so that two datasets never share a champion; a name given here always wins.
+    model_name: str | None = None
     gate: GateConfig
 
 
@@ -553,6 +586,22 @@ class Params(_Section):
             raise ValueError(f"seeds.extra {self.seeds.extra} repeats the run's own seed {self.seed}")
         return self
 
+    def data_source(self) -> str:
+        """The task's data as the params name it (`MODEL_NAMES`' data key: data.source, lm.data.source)."""
+        return reduce(getattr, MODEL_NAMES[self.task].data_key.split("."), self)
+
+    def registered_model_name(self, continuing: str | None = None) -> str:
+        """The name every registration, promotion, rollback and lineage of these params uses: `register.model_name`
+        when set; else, for an incremental update, the name of the model it continues (`continuing`: never one
+        made from the new batch); else the task's plain name for the data it ships with (miniaturize-sentiment),
+        or `<prefix>-<data_source_id>` for any other data (`--data topics.csv`: miniaturize-topics)."""
+        if self.register_.model_name:
+            return self.register_.model_name
+        if continuing:
+            return continuing
+        naming, source = MODEL_NAMES[self.task], self.data_source()
+        return naming.builtin_name if source == naming.builtin else f"{naming.prefix}-{data_source_id(source)}"
+
     def section(self, name: str) -> BaseModel:
         """The config slice a stage sees, by stage name ('validate' and 'register' are aliased fields)."""
         return getattr(self, name + "_" if name in ("validate", "register") else name)
@@ -602,9 +651,12 @@ def set_dotted(tree: dict, key: str, value: Any) -> None:
 
 
 def build_params(raw: dict, profile: str | None = None, overrides: list[str] = ()) -> Params:
-    """Apply a profile and overrides to a raw params tree, then validate it."""
+    """Apply a profile and overrides to a raw params tree, then validate it. The profile is `profile`, else the
+    tree's own `profile:` key (what `dvc exp run -S profile=smoke` sets, since DVC runs stages on the file)."""
     tree = json.loads(json.dumps(raw or {}))  # deep copy of plain data
     profiles = tree.pop("profiles", {}) or {}
+    named = tree.pop("profile", None)
+    profile = profile or named  # --profile wins over the file's own
     if profile:
         if profile not in profiles:
             known = ", ".join(sorted(profiles)) or "none"

@@ -6,9 +6,9 @@
     miniaturize search [--profile smoke] [--set key=value ...]               # candidates, Pareto front, best one
     miniaturize package [--model models:/NAME@champion] --out DIR [--force]  # edge bundle with predict.py
     miniaturize serve-model DIR|models:/NAME@champion [--port 8000]          # the bundle over HTTP: /predict, /health
-    miniaturize promote --version N [--force --reason TEXT]                   # champion through the gate
-    miniaturize rollback [--reason TEXT]                                      # champion back to the previous one
-    miniaturize lineage N                                                     # commit, data, params, stage keys, updates
+    miniaturize promote --version N [--force --reason TEXT] [--data FILE]     # champion through the gate
+    miniaturize rollback [--reason TEXT] [--data FILE]                        # champion back to the previous one
+    miniaturize lineage N [--data FILE]                                       # commit, data, params, stage keys, updates
     miniaturize bench [--repeats 3]                                           # re-measure the report's models
     miniaturize deploy [--cron "0 2 * * *"] [--name nightly] [--timezone UTC] # the pipeline on a schedule (Prefect)
     miniaturize deploy --update FILE [--cron ...] [--name weekly-update]     # an update with FILE on a schedule
@@ -16,6 +16,9 @@
 Every command answers with the same exit codes (`EXIT_CODES`, listed by `miniaturize --help`); an
 unexpected error prints its traceback and exits 1. The commands parse their options, call into flows/ and
 map errors to exit codes; what differs between tasks comes from the params' task record (`flows.tasks`).
+The registered model a command acts on is the params' `registered_model_name` (named after the task's data
+unless `register.model_name` is set): `promote`, `rollback` and `lineage` take the `--data` a run was given,
+to act on that data's model.
 """
 
 from __future__ import annotations
@@ -81,6 +84,13 @@ WaitOpt = Annotated[
     typer.Option("--wait", help="Seconds to wait for another run in this workspace to finish (default: stop at once)."),
 ]
 ReasonOpt = Annotated[Optional[str], typer.Option("--reason", help="Why; recorded with the alias move.")]
+DataOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--data",
+        help="The data file the model learned, as `run --data` had it: act on that data's model (named after it).",
+    ),
+]
 # figures --write: the page whose task section the measured figures replace.
 PageOpt = Annotated[
     Optional[Path],
@@ -198,6 +208,19 @@ def load_task(params_file: Path, profile: str | None = None, overrides: list[str
     return params, task_for(params)
 
 
+def load_with_data(params_file: Path, profile: str | None, overrides: list[str] | None, data: str | None, what: str):
+    """(params, task) with `data` (a `--data` value) as the task's data source, checked like a run's: the model
+    a command acts on is named after that data (`Params.registered_model_name`)."""
+    params, task = load_task(params_file, profile, overrides)
+    if data:
+        from flows.preflight import data_source
+
+        with exit_codes(what):  # fail here, before anything starts: a missing file, or one outside the project
+            override = f"{task.data_source}={data_source(data, Path.cwd())}"
+        params = load(params_file, profile, [*(overrides or []), override])
+    return params, task
+
+
 def preflight(task, params, search: bool = False) -> None:
     """Check the params against the teacher model (path, hub reachability, depth) before anything runs."""
     from components.config import ConfigError
@@ -225,14 +248,7 @@ def run(
     """Run the whole pipeline: ingest, validate, finetune, distill, prune, trim, export, quantize, seeds, evaluate, register.
 
     A stage whose inputs, component code and config slice are unchanged since its last run is skipped."""
-    overrides = list(overrides or [])
-    params, task = load_task(params_file, profile, overrides)
-    if data:
-        from flows.preflight import data_source
-
-        with exit_codes("run"):  # fail here, before the flow starts: a missing file, or one outside the project
-            overrides.append(f"{task.data_source}={data_source(data, Path.cwd())}")
-        params = load(params_file, profile, overrides)
+    params, task = load_with_data(params_file, profile, overrides, data, "run")
     check_stage(until, task)
     preflight(task, params)
     root = Path.cwd()
@@ -247,7 +263,7 @@ def run(
         return
     print_summary(task, root, outcome, minutes)
     customised = f"this run used --profile/--set/--data; put the values in {params_file} to version them"
-    typer.echo(record_run(root, params_file, task, None, customised if profile or overrides else None))
+    typer.echo(record_run(root, params_file, task, None, customised if profile or overrides or data else None))
 
 
 def print_summary(task, root: Path, outcome: dict, minutes: float) -> None:
@@ -457,11 +473,12 @@ def promote(
     reason: ReasonOpt = None,
     params_file: ParamsOpt = PARAMS_FILE,
     overrides: SetOpt = None,
+    data: DataOpt = None,
 ) -> None:
     """Make VERSION the champion if it passes the gate: against its teacher and against the current champion."""
     if force and not (reason or "").strip():
         fail("error: --force needs --reason TEXT (it is recorded with the alias move)", 2)
-    params, task = load_task(params_file, None, overrides)
+    params, task = load_with_data(params_file, None, overrides, data, "promote")
     from flows import registry
 
     with exit_codes("promote"):
@@ -483,9 +500,10 @@ def promote(
 def rollback(
     reason: ReasonOpt = "manual rollback",
     params_file: ParamsOpt = PARAMS_FILE,
+    data: DataOpt = None,
 ) -> None:
     """Move the champion back to the previous champion (by the recorded alias history)."""
-    params, task = load_task(params_file)
+    params, task = load_with_data(params_file, None, None, data, "rollback")
     from flows import registry
 
     with exit_codes("rollback"):
@@ -498,11 +516,12 @@ def lineage(
     version: Annotated[str, typer.Argument(help="Registered model version.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
     params_file: ParamsOpt = PARAMS_FILE,
+    data: DataOpt = None,
 ) -> None:
     """Where VERSION comes from: git commit, data hash, params, teacher run, every stage key and run, alias moves."""
     import json
 
-    params, task = load_task(params_file)
+    params, task = load_with_data(params_file, None, None, data, "lineage")
     from flows.registry import lineage as trace
 
     with exit_codes("lineage"):

@@ -31,6 +31,8 @@ from pathlib import Path
 
 from prefect import Flow, flow, get_run_logger
 
+from flows.run_log import printed_to_run_log
+
 FLOW_NAME = "miniaturize-scheduled"
 DEFAULT_NAME = "nightly"
 DEFAULT_CRON = "0 2 * * *"  # every night at 02:00
@@ -133,10 +135,12 @@ def workspace_pipeline(workspace: BoundWorkspace) -> Flow:
     """The scheduled flow bound to `workspace`. Its only run parameter is `until`; a run given any other
     parameter (`root`, `params_file`, ...) fails its parameter check before anything runs."""
 
+    # Prints reach the Prefect run log through `printed_to_run_log`, standard output unchanged (flows/run_log.py).
     @flow(name=FLOW_NAME, log_prints=False)
     def scheduled_pipeline(until: str | None = None) -> dict:
         """Run the pipeline in the workspace this deployment was made for: every stage, or up to `until`."""
-        return run_in_workspace(workspace, until)
+        with printed_to_run_log():
+            return run_in_workspace(workspace, until)
 
     return scheduled_pipeline
 

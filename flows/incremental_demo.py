@@ -3,7 +3,8 @@
     miniaturize incremental-demo [--profile smoke] [--scratch-seeds 13,14,15]   # in a new, empty project folder
 
 1. A full pipeline run on the movie snippets alone (`vader-movie`, no transfer set: the first model sees no
-   sentence of the later sources, not even unlabelled), registered as `<register.model_name>-stream`.
+   sentence of the later sources, not even unlabelled), registered as `<name>-stream`, where `<name>` is the
+   params' model name (`Params.registered_model_name`: miniaturize-sentiment by default).
 2. Product reviews, tweets and editorials arrive as three updates (`flows.update`, method `replay_kd`), each
    warm-started from the version before it.
 3. The ablation: the same three updates with method `naive` (the new batch alone: no replay, no
@@ -34,6 +35,7 @@ from prefect import flow
 
 from components.config import Params
 from flows.pipeline import pipeline
+from flows.run_log import printed_to_run_log
 from flows.tasks.classification import TASK
 from flows.update import update
 
@@ -160,7 +162,7 @@ def first_run(p: Params, root: Path, client) -> dict:
 
     outcome, seconds = timed_run(p, root, "stream-0-full-run")
     with tempfile.TemporaryDirectory() as tmp:
-        batches = batch_folders(outcome["registration"]["version"], p.register_.model_name, client, Path(tmp))
+        batches = batch_folders(outcome["registration"]["version"], p.registered_model_name(), client, Path(tmp))
         return entry(p, root, outcome, seconds, batches, next(iter(batches)))
 
 
@@ -186,7 +188,7 @@ def run_demo(params: Params, root: Path, scratch_seeds: list[int], stream: tuple
 
     from flows import tracking
 
-    base = params.register_.model_name + "-stream"
+    base = params.registered_model_name() + "-stream"
     names = {"incremental": base, "naive": base + "-naive", "scratch": base + "-scratch"}
     settings = {"stream": list(stream), "scratch_seeds": scratch_seeds}
     progress = Progress(TASK.workspace(root).reports / "incremental" / "progress.json", settings)
@@ -272,10 +274,12 @@ def write(results: dict, reports: Path) -> list[Path]:
     return [reports / "stream.json", reports / "stream.md", reports / "stream.png"]
 
 
+# Prints reach the Prefect run log through `printed_to_run_log`, standard output unchanged (flows/run_log.py).
 @flow(name="miniaturize-incremental-demo", log_prints=False)
 def demo(params: Params, root: str = ".", scratch_seeds: list[int] | None = None) -> dict:
     """The whole demonstration in the project folder `root`; returns the results and the files written."""
     root_path = Path(root).resolve()
-    results = run_demo(params, root_path, list(scratch_seeds or [params.seed]))
+    with printed_to_run_log():
+        results = run_demo(params, root_path, list(scratch_seeds or [params.seed]))
     files = write(results, TASK.workspace(root_path).reports / "incremental")
     return {"results": results, "files": [str(f) for f in files]}

@@ -26,17 +26,19 @@ from pathlib import Path
 
 from components.config import Params
 from components.kit.tracking import StageResult, Tracker
+from flows import stage_metrics
 from flows.stages import Task
 
 
 def run(task: Task, name: str, p: Params, ws, tracker: Tracker) -> StageResult:
     """Stage `name` of `task`, launched on `distributed.processes` processes when it trains and that is above
-    1 (and this process is not already one of a launch); in this process otherwise."""
+    1 (and this process is not already one of a launch); in this process otherwise, where the files DVC shows
+    of it (metrics, training curves) are written once it has returned (`flows.stage_metrics`)."""
     from components.kit.distributed import world_size
 
     stage = task.stages[name]
     if not stage.data_parallel or p.distributed.processes == 1 or world_size() > 1:
-        return stage.run(p, ws, tracker)
+        return stage_metrics.recorded(task, name, ws, tracker, lambda recorder: stage.run(p, ws, recorder))
     return launch(task, name, p, ws, getattr(tracker, "run_id", None))
 
 

@@ -31,9 +31,10 @@ from prefect.cache_policies import NO_CACHE
 
 from components.config import Params, section_hash
 from components.kit.secrets import redact
-from flows import cache, launch, prefect_api, tracking
+from flows import artifacts, cache, launch, prefect_api, stage_metrics, tracking
 from flows.lock import killed_runs, note, settled, workspace_lock
 from flows.retries import RetryPolicy, TrackingUnavailable, retry_transient, short
+from flows.run_log import printed_to_run_log
 from flows.stages import Stage, Task, code_files, lookup, stage_config, stage_paths
 from flows.tasks import task_for
 from flows.workspace import StagedWorkspace, Workspace, move_into_place, staged, staged_paths
@@ -126,7 +127,7 @@ def execute_stage(name: str, ctx: RunContext, parent_key: str) -> dict:
     stage = task.stages[name]
     client = tracking.client(ws.root, policy(ctx.params))
     store = cache.StageCache(ws.state)
-    outputs = stage_paths(ws, stage.io.outputs)
+    outputs = stage_paths(ws, stage.io.outputs) | stage_metrics.paths(task, name, ws)  # and its metrics, plot data
     key = stage_key(name, ctx.params, parent_key, ws)
     record = None if ctx.force else reusable(name, stage, key, outputs, store, client, ws.root)
     # A stage run on its own (dvc repro) is a run of its own, named apart from a pipeline's child runs.
@@ -163,6 +164,7 @@ def execute_stage(name: str, ctx: RunContext, parent_key: str) -> dict:
     staging = staging_folder(ws, name)
     shutil.rmtree(staging, ignore_errors=True)  # what a killed run left behind
     view = staged(ws, stage.io.outputs, staging)
+    tracker.log_datasets(stage_paths(ws, stage.io.inputs).values())  # the run's Datasets panel: the splits it reads
     print(f"[{name}] started", flush=True)
     started = time.perf_counter()
     try:
@@ -270,6 +272,8 @@ def settle_failure(
         print(f"[{name}] its unfinished outputs are set aside in {failed}; the pipeline never reads them", flush=True)
 
 
+# What the stages print reaches the Prefect run log through `printed_to_run_log`, which keeps standard output as
+# it is; Prefect's log_prints would move it to standard error (flows/run_log.py).
 @flow(name="miniaturize", log_prints=False)
 def pipeline(
     params: Params,
@@ -286,11 +290,17 @@ def pipeline(
     if until is not None and until not in task.stages:
         raise ValueError(f"unknown stage {until!r} for until; stages: {', '.join(task.stages)}")
     workspace = task.workspace(Path(root).resolve())
-    with workspace_lock(workspace.root, f"miniaturize run {run_name or ''}".strip(), wait_seconds):
+    with (
+        printed_to_run_log(),
+        workspace_lock(workspace.root, f"miniaturize run {run_name or ''}".strip(), wait_seconds),
+    ):
         settle_killed_runs(workspace.root, params)
         # what the next run needs to settle this one if it is killed (the MLflow run is added once created)
         note(workspace.root, **prefect_api.this_flow_run())
-        return run_stages(params, workspace, run_name, force, until)
+        outcome = run_stages(params, workspace, run_name, force, until)
+        # the report, the gate's decision and the MLflow links in the Prefect UI (none after --until)
+        artifacts.publish_run_report(task.name, workspace, outcome, registration_cached(task, outcome))
+        return outcome
 
 
 def settle_killed_runs(root: Path, params: Params) -> None:

@@ -17,6 +17,16 @@ the run's `edge_bundle/` artifact, and that bundle's manifest sha256 as the vers
 `bundle.manifest_sha256`: `miniaturize serve-model models:/...` serves that bundle only when its manifest
 still has that sha256.
 
+The registered model's name is `Params.registered_model_name` (components/config.py): `register.model_name`
+when set, else made from the task and its data, so two datasets never share a champion. Each version is tagged
+with its data's source (`data_source`, `components.config.data_source_id`: the same for every version of a file
+that grows), and the champion check refuses a champion of another data source (`other_data_source`).
+
+What MLflow shows of a version: the ONNX model with a signature read from its graph (`signature`: every input
+and output, its element type and shape) and an input example (`input_example`: one tokenized sentence), its
+model card (`components.model_card`) as its description and as the run's `MODEL_CARD.md`, and the same card in
+the Hugging Face format as its edge bundle's README.md.
+
 Every alias move is recorded twice: as tags on the version (`alias.<alias>.set_at|reason|by|forced`) and
 as one JSON event in the history run (`alias_history/` artifacts of the run `alias-history-<model>` in
 the experiment `miniaturize-registry`), which `rollback` replays.
@@ -26,18 +36,20 @@ from __future__ import annotations
 
 import getpass
 import json
+import math
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from components.config import Params, section_hash
+from components import model_card
+from components.config import Params, data_source_id, section_hash
 from components.kit import gate
 from components.kit.hashing import prepared_sha256
 from components.kit.promotion import CHALLENGER, CHAMPION, event, rollback_target
 from components.kit.tracking import StageResult, Tracker
-from flows.stages import Task
+from flows.stages import Task, stage_config
 from flows.workspace import Workspace
 
 # What the registered ONNX model needs to run through mlflow.pyfunc; given explicitly because
@@ -49,6 +61,13 @@ EDGE_BUNDLE = "edge_bundle"  # the run artifact holding a version's edge bundle
 WARM_START = "warm_start"  # the run artifact an incremental update of a version starts from (Task.warm_start)
 MANIFEST_TAG = "bundle.manifest_sha256"  # the version tag pinning that bundle's manifest.json
 METRICS_SPLIT = "test"  # the split of a pipeline version's final.* figures and ratios
+DATA_SOURCE_TAG = "data_source"  # the version tag naming its data's source (`components.config.data_source_id`)
+MODEL_CARD = "MODEL_CARD.md"  # the run artifact holding a version's model card
+DESCRIPTION_CHARS = 5000  # what MLflow's store keeps of a version's description
+# The stages a model card's compression chain lists, where the task has them (each with its own params section).
+CARD_CHAIN = ("finetune", "distill", "prune", "trim", "quantize")
+# The input example's sentence: a fixed one, so that no row of the user's data is copied into the registry.
+EXAMPLE_SENTENCE = "the film was a quiet, moving surprise"
 
 
 class GateRejected(RuntimeError):
@@ -85,6 +104,7 @@ def version_tags(task: Task, p: Params, ws: Workspace, report: dict, parent_run_
         "gate_passed": str(verdict["passed"]).lower(),
         "gate_failed_checks": ",".join(k for k, c in verdict["checks"].items() if not c["passed"]),
         "task": report["task"],
+        DATA_SOURCE_TAG: data_source_id(p.data_source()),
         "metrics_split": METRICS_SPLIT,
         "ratios_split": report.get("split", METRICS_SPLIT),
         **{f"final.{key}": value for key, value in quality.items()},
@@ -121,18 +141,32 @@ def lineage_tags(task: Task, client, parent_run_id: str) -> dict[str, str]:
     return tags
 
 
-def log_version(task: Task, p: Params, run_id: str, model_dir: Path, report: Path, tags: dict[str, str]) -> str:
-    """Log the ONNX model of model_dir under the MLflow run as a new registered version, with its folder
-    (tokenizer, labels) as the `bundle` artifact, the report, the tags and its edge bundle; returns the
-    version."""
+def log_version(
+    task: Task,
+    p: Params,
+    run_id: str,
+    model_dir: Path,
+    report: Path,
+    tags: dict[str, str],
+    name: str | None = None,
+    chain: dict[str, dict] | None = None,
+) -> str:
+    """Log the ONNX model of model_dir under the MLflow run as a new version of `name` (default: the params'
+    `registered_model_name`), with its signature and input example, its folder (tokenizer, labels) as the
+    `bundle` artifact, the report, the tags, its model card (description and `MODEL_CARD.md`; `chain`: the
+    compression steps it lists, default the params' own, `card_chain`) and its edge bundle; returns the version."""
     import mlflow
     import onnx
 
+    name = name or p.registered_model_name()
+    model = onnx.load(str(model_dir / "model.onnx"))
     with mlflow.start_run(run_id=run_id):
         info = mlflow.onnx.log_model(
-            onnx.load(str(model_dir / "model.onnx")),
+            model,
             name="model",
-            registered_model_name=p.register_.model_name,
+            registered_model_name=name,
+            signature=signature(model),
+            input_example=input_example(model, model_dir),
             onnx_execution_providers=["CPUExecutionProvider"],
             pip_requirements=PIP_REQUIREMENTS,
             save_as_external_data=False,
@@ -142,20 +176,146 @@ def log_version(task: Task, p: Params, run_id: str, model_dir: Path, report: Pat
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()  # the tracking URI the caller set
     for key, value in tags.items():
-        client.set_model_version_tag(p.register_.model_name, version, key, value)
-    log_edge_bundle(task, p, client, run_id, version, model_dir, report, tags)
+        client.set_model_version_tag(name, version, key, value)
+    # the model card: the version's description, the run's MODEL_CARD.md, its edge bundle's README.md
+    chain = card_chain(task, p, model_dir) if chain is None else chain
+    facts, measured = card_facts(task, p, name, version, model_dir, tags, chain), json.loads(report.read_text())
+    card = model_card.markdown(measured, facts)
+    client.update_model_version(name, version, description=description(card))
+    client.log_text(run_id, card, MODEL_CARD)
+    hf_card = model_card.hugging_face(measured, facts)
+    log_edge_bundle(task, p, client, run_id, version, model_dir, report, tags, name, hf_card)
     return version
 
 
+def signature(model):
+    """The ONNX graph's inputs and outputs as an MLflow tensor signature: each one's name, element type and
+    shape, a dimension the graph leaves free (batch, sequence, past length) as -1. Read from the graph, so it
+    is every task's: a classifier's input_ids / attention_mask / token_type_ids and logits (a multitask model's
+    logits_<task>), a decoder's cache inputs and outputs too."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    def schema(values) -> Schema:
+        return Schema([TensorSpec(tensor_dtype(v), tensor_shape(v), v.name) for v in values])
+
+    return ModelSignature(inputs=schema(graph_inputs(model)), outputs=schema(model.graph.output))
+
+
+def input_example(model, model_dir: Path) -> dict | None:
+    """EXAMPLE_SENTENCE as the graph's inputs, tokenized by the folder's tokenizer.json: ids, attention mask,
+    token types, positions from 0. An input the tokenizer does not give (a decoder's key/value cache) gets one
+    position of zeros, masked out in the attention mask, which the model reads as an empty cache (MLflow's JSON
+    example cannot hold a zero-length axis). None (and a printed reason) when the folder has no readable
+    tokenizer: the version then has a signature and no example."""
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    path = model_dir / "tokenizer.json"
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as err:  # noqa: BLE001 - an example is a courtesy: a version registers without one
+        why = f"{path} is not a tokenizer ({err})" if path.is_file() else f"{model_dir} has no tokenizer.json"
+        print(f"[register] no input example: {why}", flush=True)
+        return None
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    encoded = tokenizer.encode(EXAMPLE_SENTENCE)
+    given = {
+        "input_ids": encoded.ids,
+        "attention_mask": encoded.attention_mask,
+        "token_type_ids": encoded.type_ids,
+        "position_ids": list(range(len(encoded.ids))),
+    }
+    inputs = graph_inputs(model)
+    cached = any(v.name not in given for v in inputs)
+    example = {}
+    for v in inputs:
+        if v.name in given:
+            row = ([0] if cached and v.name == "attention_mask" else []) + list(given[v.name])
+            example[v.name] = np.array([row], dtype=tensor_dtype(v))
+        else:  # batch 1, one cached position (masked out above)
+            example[v.name] = np.zeros([d if d > 0 else 1 for d in tensor_shape(v)], dtype=tensor_dtype(v))
+    return example
+
+
+def graph_inputs(model) -> list:
+    """The graph's inputs less its initializers (an older export lists its weights as inputs too)."""
+    weights = {t.name for t in model.graph.initializer}
+    return [v for v in model.graph.input if v.name not in weights]
+
+
+def tensor_dtype(value):
+    import numpy as np
+    from onnx import helper
+
+    return np.dtype(helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
+
+
+def tensor_shape(value) -> tuple[int, ...]:
+    return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim)
+
+
+def card_chain(task: Task, p: Params, model_dir: Path) -> dict[str, dict]:
+    """The compression steps of a model card: each of CARD_CHAIN's stages the task has, with its own params
+    section (the first it reads: teacher, distill, lm.prune, ...), and for quantize what it shipped (the model
+    folder's quantize_report.json: the variant chosen and the instruction set)."""
+    chain = {}
+    for name in CARD_CHAIN:
+        stage = task.stages.get(name)
+        if stage is not None:
+            own = stage_config(p, stage.sections[:1])
+            settings = next(iter(own.values()), {})
+            chain[name] = settings if isinstance(settings, dict) else {stage.sections[0]: settings}
+    quantized = model_dir / "quantize_report.json"
+    if "quantize" in chain and quantized.is_file():
+        shipped = json.loads(quantized.read_text())
+        chain["quantize"] |= {f"shipped.{k}": shipped[k] for k in ("chosen", "preset") if k in shipped}
+    return chain
+
+
+def card_facts(
+    task: Task, p: Params, name: str, version: str, model_dir: Path, tags: dict[str, str], chain: dict[str, dict]
+) -> model_card.About:
+    """What a version's model card tells besides its report."""
+    labels = model_dir / "labels.json"
+    return model_card.About(
+        name=name,
+        version=version,
+        data_source=tags.get(DATA_SOURCE_TAG) or data_source_id(p.data_source()),
+        data_sha256=tags.get("data_sha256", ""),
+        quality=task.judging.quality,
+        chain=chain,
+        labels=[str(label) for label in json.loads(labels.read_text())] if labels.is_file() else None,
+    )
+
+
+def description(card: str) -> str:
+    """The card as a version's description: whole when MLflow keeps it, else cut, saying where the rest is."""
+    if len(card) <= DESCRIPTION_CHARS:
+        return card
+    more = f"\n\n... (cut: the whole card is the run's {MODEL_CARD})\n"
+    return card[: DESCRIPTION_CHARS - len(more)] + more
+
+
 def log_edge_bundle(
-    task: Task, p: Params, client, run_id: str, version: str, model_dir: Path, report: Path, tags: dict[str, str]
+    task: Task,
+    p: Params,
+    client,
+    run_id: str,
+    version: str,
+    model_dir: Path,
+    report: Path,
+    tags: dict[str, str],
+    name: str,
+    card: str | None = None,
 ) -> str | None:
-    """Package model_dir as the edge bundle of `version`, log it as the run's `edge_bundle` artifact and tag
-    the version with its manifest's sha256; returns that sha256. A folder that cannot be packaged (no
-    tokenizer or labels) gets neither, and `serve-model models:/...` then refuses the version."""
+    """Package model_dir as the edge bundle of version `version` of `name` (with `card` as its README.md), log
+    it as the run's `edge_bundle` artifact and tag the version with its manifest's sha256; returns that
+    sha256. A folder that cannot be packaged (no tokenizer or labels) gets neither, and `serve-model
+    models:/...` then refuses the version."""
     from components import bundle
 
-    name = p.register_.model_name
     source = {
         "model_uri": f"models:/{name}/{version}",
         "name": name,
@@ -167,7 +327,7 @@ def log_edge_bundle(
     metrics = bundle_metrics(task, tags, json.loads(report.read_text()))
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            out = bundle.package(model_dir, Path(tmp) / "edge", source, metrics, p.teacher.max_length)
+            out = bundle.package(model_dir, Path(tmp) / "edge", source, metrics, p.teacher.max_length, card=card)
         except bundle.BundleSourceError:
             return None
         client.log_artifacts(run_id, str(out), EDGE_BUNDLE)
@@ -186,7 +346,7 @@ def log_warm_start(task: Task, p: Params, ws: Workspace, client, run_id: str, ve
         tags = task.warm_start(p, ws, Path(tmp))
         client.log_artifacts(run_id, tmp, WARM_START)
     for key, value in tags.items():
-        client.set_model_version_tag(p.register_.model_name, version, key, value)
+        client.set_model_version_tag(p.registered_model_name(), version, key, value)
 
 
 def bundle_metrics(task: Task, tags: dict[str, str], report: dict) -> dict:
@@ -262,16 +422,34 @@ def remeasure_champion(task: Task, p: Params, ws: Workspace, client, champion, c
     return {key: value, "data_sha256": candidate["data_sha256"], "split": split}
 
 
+def other_data_source(candidate_tags: dict, champion_tags: dict) -> gate.GateDecision | None:
+    """A refusal when the champion learned another data source than the candidate (their `data_source` tags
+    differ): two datasets never share a champion, and no figure of one says which model is better on the
+    other. None when they are the same source, or a version predates the tag."""
+    mine, theirs = (tags.get(DATA_SOURCE_TAG) for tags in (candidate_tags, champion_tags))
+    if not mine or not theirs or mine == theirs:
+        return None
+    note = (
+        f"the champion learned data source {theirs!r}, this version {mine!r}: not compared; a model of other data "
+        f"is registered under its own name (leave register.model_name unset, or give each data its own)"
+    )
+    return gate.GateDecision.of({"vs_champion.data_source": gate.Check(math.nan, math.nan, False, note)})
+
+
 def judge(task: Task, p: Params, ws: Workspace, client, version, report: dict) -> gate.GateDecision:
-    """The gate against the teacher (the checks of the version's report), and against the current champion when there is one (and it is another
-    version), with the checks of the task (`Task.judging`). The champion's quality figure is re-measured when
-    it is not like the candidate's (see the module)."""
-    name = p.register_.model_name
+    """The gate against the teacher (the checks of the version's report), and against the current champion when
+    there is one (and it is another version), with the checks of the task (`Task.judging`). A champion of
+    another data source is refused, not compared (`other_data_source`); the champion's quality figure is
+    re-measured when it is not like the candidate's (see the module)."""
+    name = version.name
     rules = task.judging
     settings = rules.settings(p)
     decision = rules.against_teacher(report, settings)
     champion = champion_version(client, name)
     if champion is not None and str(champion.version) != str(version.version):
+        refused = other_data_source(version.tags, champion.tags)
+        if refused is not None:
+            return gate.combine(decision, refused)
         candidate, current = (version_metrics(client, name, v, task) for v in (version, champion))
         if gate.should_remeasure(candidate, current, workspace_data_sha256(ws)):
             current |= remeasure_champion(task, p, ws, client, champion, candidate)
@@ -303,8 +481,8 @@ def register(task: Task, p: Params, ws: Workspace, tracker: Tracker) -> StageRes
     client = tracker.client
     parent = client.get_run(run_id).data.tags.get("mlflow.parentRunId")
     tags = version_tags(task, p, ws, report, parent) | (lineage_tags(task, client, parent) if parent else {})
-    version = log_version(task, p, run_id, ws.final, ws.report, tags)
-    name = p.register_.model_name
+    name = p.registered_model_name()
+    version = log_version(task, p, run_id, ws.final, ws.report, tags, name)
     log_warm_start(task, p, ws, client, run_id, version)
     decision = judge(task, p, ws, client, client.get_model_version(name, version), report)
     failed = decision.failed()
@@ -412,7 +590,7 @@ def promote(task: Task, p: Params, ws: Workspace, version: str, force: bool = Fa
     from flows.tracking import client as make_client
 
     client = make_client(ws.root)
-    name = p.register_.model_name
+    name = p.registered_model_name()
     found = client.get_model_version(name, version)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(client.download_artifacts(found.run_id, "report/compression_report.json", tmp))
@@ -451,7 +629,7 @@ def rollback(p: Params, ws: Workspace, reason: str) -> dict:
     from flows.tracking import client as make_client
 
     client = make_client(ws.root)
-    name = p.register_.model_name
+    name = p.registered_model_name()
     current = champion_version(client, name)
     target = rollback_target(read_history(client, name), str(current.version) if current else None)
     move_alias(
@@ -473,7 +651,7 @@ def lineage(task: Task, p: Params, ws: Workspace, version: str) -> dict:
     from flows.tracking import client as make_client
 
     client = make_client(ws.root)
-    name = p.register_.model_name
+    name = p.registered_model_name()
     found = client.get_model_version(name, version)
     tags = found.tags
     stages = [
@@ -542,7 +720,7 @@ def bundle_source(
     or of the params' task."""
     from flows.tracking import client as make_client
 
-    model = model or f"models:/{p.register_.model_name}@{CHAMPION}"
+    model = model or f"models:/{p.registered_model_name()}@{CHAMPION}"
     if not model.startswith("models:/"):
         path = Path(model)
         if not path.is_dir():

@@ -24,11 +24,12 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from components.classification import search as component
-from components.config import Params, section_hash
+from components.config import Params, data_source_id, section_hash
 from components.kit.gate import decide
 from flows import tracking
 from flows.lock import workspace_lock
 from flows.pipeline import RunContext, run_stage
+from flows.run_log import printed_to_run_log
 from flows.tasks.classification import TASK, ClassificationWorkspace, student_chain
 
 
@@ -175,15 +176,19 @@ def register_choice(
         # final.* are test-split figures, like a pipeline version's, so the champion check compares like
         # with like; the ratios against the teacher come from the validation split the search selects on
         "data_sha256": registry.workspace_data_sha256(ws) or "",
+        registry.DATA_SOURCE_TAG: data_source_id(p.data_source()),
         "metrics_split": "test",
         "ratios_split": report["split"],
         **({"final.accuracy": f"{row['test_accuracy']:.6g}"} if row["test_accuracy"] is not None else {}),
         "final.size_bytes": str(int(row["size_bytes"])),
         **{f"final_vs_teacher.{k}": f"{v:.6g}" for k, v in report["final_vs_teacher"].items()},
     }
-    version = registry.log_version(TASK, p, row["run_id"], Path(row["model_dir"]), report_path, tags)
+    # the card's chain is the candidate's own (its layers, pruning, vocabulary, quantization), not the params'
+    chosen = {k: row[k] for k in ("layers", "prune_ratio", "trim", "quantize", "shipped") if k in row}
+    name = p.registered_model_name()
+    chain = {"search": chosen | {"epochs": p.search.epochs}}
+    version = registry.log_version(TASK, p, row["run_id"], Path(row["model_dir"]), report_path, tags, name, chain)
     client = tracking.client(ws.root)
-    name = p.register_.model_name
     decision = registry.judge(TASK, p, ws, client, client.get_model_version(name, version), report)
     failed = decision.failed()
     for key, value in {"gate_passed": str(decision.passed).lower(), "gate_failed_checks": ",".join(failed)}.items():
@@ -207,12 +212,13 @@ def register_choice(
     }
 
 
+# Prints reach the Prefect run log through `printed_to_run_log`, standard output unchanged (flows/run_log.py).
 @flow(name="miniaturize-search", log_prints=False)
 def search(params: Params, root: str = ".", run_name: str | None = None, wait_seconds: float = 0.0) -> dict:
     """Every candidate, the Pareto front, the chosen one registered. It holds the workspace like a pipeline
     run does (`flows.lock`): it reads the teacher and data a concurrent run would rewrite."""
     ws = TASK.workspace(Path(root).resolve())
-    with workspace_lock(ws.root, "miniaturize search", wait_seconds):
+    with printed_to_run_log(), workspace_lock(ws.root, "miniaturize search", wait_seconds):
         return run_search(params, ws, run_name)
 
 

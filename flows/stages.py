@@ -77,6 +77,26 @@ class Judging:
 
 
 @dataclass(frozen=True)
+class Axis:
+    """A figure of the report's model entries that `dvc plots show` draws (`flows.stage_metrics`)."""
+
+    key: str  # dotted key in a model entry of the report, e.g. "latency_ms.batch1_p50"
+    column: str  # its column in the plot data, without dots (Vega reads a dot as a nested field)
+    higher_is_better: bool  # for the Pareto front
+    scale: float = 1.0  # e.g. 1e-6 for bytes -> MB
+
+
+@dataclass(frozen=True)
+class Plots:
+    """What dvc.yaml's plots draw for a task: each training stage's per-epoch figures, and every model of the
+    report by its quality (the first axis) against each other axis, with the models no other one beats on
+    all axes (the Pareto front)."""
+
+    curves: tuple[str, ...]  # per-epoch figures the training loop logs, e.g. ("train_loss", "val_accuracy")
+    models: tuple[Axis, ...]  # quality first, then e.g. latency and size
+
+
+@dataclass(frozen=True)
 class Task:
     """Everything that differs between tasks; a record, built once in `flows/tasks/<task>.py`."""
 
@@ -89,6 +109,7 @@ class Task:
     dvc_prefix: str  # its dvc.yaml stage names start with this
     dvc_note: tuple[str, ...]  # comment lines above its stages in dvc.yaml
     judging: Judging  # how the registry judges its candidates
+    plots: Plots  # what `dvc plots show` draws of its runs
     bundle_metrics: Callable[[dict], dict]  # the final model's figures (report entry) a bundle manifest carries
     summary: Callable[[dict], list[str]]  # what `miniaturize run` prints of the report
     report_files: str  # what is written beside the Markdown report, as the summary names it

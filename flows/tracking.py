@@ -12,10 +12,16 @@ may have created. A stage already computing does not lose its work: once MLflow 
 tracker keeps the params, metrics, tags and artifacts it is given in a journal on disk
 (`.miniaturize/pending/<run id>/`), and the next run replays them into the same MLflow run. Values that
 look like credentials are masked (`components.kit.secrets`) before anything is sent.
+
+Each data split a stage reads (the parquet files of its input folders, `data/prepared/train.parquet`, ...) is
+logged as one of its run's dataset inputs (`MlflowTracker.log_datasets`: the Datasets panel of the run), its
+digest the start of the file's sha256, its context the split's name; the same journal keeps them while MLflow
+is away, and a dataset that cannot be logged never fails its stage.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -23,8 +29,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from components.kit.hashing import file_sha256
 from components.kit.secrets import redact
-from flows.retries import RetryPolicy, TrackingUnavailable, send_once, with_retries
+from flows.retries import RetryPolicy, TrackingUnavailable, send_once, short, with_retries
 
 EXPERIMENT = "miniaturize"
 # The tag that makes run creation idempotent: a key chosen before the first attempt, looked up before another.
@@ -39,8 +46,14 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
+# The input tag MLflow's Datasets panel shows as a dataset's context; ours is the split's name (train, test, ...).
+DATASET_CONTEXT = "mlflow.data.context"
+# MLflow stores at most 36 characters of a dataset's digest: a split's is the start of its file's sha256.
+DIGEST_CHARS = 32
+
 # Calls whose effect is the same however many times the server receives them, so a timeout can be retried:
-# reads; updates by key (tags, params of the same value, an alias, a run's end status); metrics in a batch,
+# reads; updates by key (tags, params of the same value, an alias, a run's end status, a version's
+# description); dataset inputs (the store keeps one per run, dataset name and digest); metrics in a batch,
 # whose timestamp and step are fixed before the first attempt (the store keeps one row per key, value,
 # timestamp and step); and artifacts: the same file sent again to the same artifact path replaces itself,
 # byte for byte, and lists once. Not here: `log_metric` stamps the time at each attempt, and a delete sent
@@ -76,6 +89,8 @@ IDEMPOTENT = frozenset(
         "set_registered_model_alias",
         "set_model_version_tag",
         "set_registered_model_tag",
+        "update_model_version",
+        "log_inputs",
     }
 )
 
@@ -223,6 +238,62 @@ class MlflowTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         self._send({"kind": "tags", "items": {k: redact(str(v)) for k, v in tags.items()}})
 
+    def log_datasets(self, paths) -> None:
+        """Every data split among `paths` (a stage's input files and folders: `split_files`) as a dataset input
+        of the run. Logging is a record of the stage, not part of it: a split that cannot be read or logged is
+        named in one printed line and the stage goes on."""
+        try:
+            items = [dataset_entry(path, self.root) for path in split_files(paths)]
+            if items:
+                self._send({"kind": "datasets", "items": items})
+        except Exception as err:  # noqa: BLE001 - see the docstring
+            print(f"  tracking: the stage's data splits are not logged as datasets ({short(err, 160)})", flush=True)
+
+
+def split_files(paths) -> list[Path]:
+    """The data splits among a stage's inputs: each parquet file, and each parquet file directly inside an input
+    folder (data/prepared/train.parquet, validation.parquet, ...), in name order."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(path.glob("*.parquet"))
+        elif path.suffix == ".parquet" and path.is_file():
+            found.append(path)
+    return found
+
+
+def dataset_entry(path: Path, root: Path | None = None) -> dict:
+    """One split file as the fields of an MLflow dataset (name, digest, source, schema, profile) and its context,
+    plain strings a journal can keep: named by its path under `root`, its digest the start of its sha256 (the
+    whole sha256 is in the profile), its schema and row count read by `mlflow.data.from_pandas`, a `label`
+    column as its targets."""
+    import mlflow.data
+    import pandas as pd
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    path = Path(path).resolve()
+    sha256 = file_sha256(path)
+    frame = pd.read_parquet(path)
+    name = path.relative_to(root.resolve()).as_posix() if root and path.is_relative_to(root.resolve()) else path.name
+    dataset = mlflow.data.from_pandas(
+        frame,
+        source=LocalArtifactDatasetSource(path.as_uri()),
+        name=name,
+        digest=sha256[:DIGEST_CHARS],
+        targets="label" if "label" in frame.columns else None,
+    )
+    entity = dataset._to_mlflow_entity()
+    profile = json.loads(entity.profile or "{}") | {"sha256": sha256}
+    return {
+        "name": entity.name,
+        "digest": entity.digest,
+        "source_type": entity.source_type,
+        "source": entity.source,
+        "schema": entity.schema,
+        "profile": json.dumps(profile),
+        "context": path.stem,
+    }
+
 
 def send(mlflow_client, run_id: str, entry: dict) -> None:
     """One journal entry to MLflow."""
@@ -243,6 +314,17 @@ def send(mlflow_client, run_id: str, entry: dict) -> None:
         path = Path(entry["path"])
         log = mlflow_client.log_artifacts if path.is_dir() else mlflow_client.log_artifact
         log(run_id, str(path), entry["artifact_path"])
+    elif kind == "datasets":
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = [
+            DatasetInput(
+                Dataset(**{k: v for k, v in item.items() if k != "context"}),
+                tags=[InputTag(DATASET_CONTEXT, item["context"])],
+            )
+            for item in entry["items"]
+        ]
+        mlflow_client.log_inputs(run_id, datasets=inputs)
     elif kind == "end":
         mlflow_client.set_terminated(run_id, status=entry["status"])
 

@@ -31,16 +31,17 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from components.config import Params, section_hash
+from components.config import Params, data_source_id, section_hash
 from components.kit import gate
 from components.kit.forgetting import decide, per_batch, reason
 from components.kit.promotion import CHALLENGER, CHAMPION
 from components.kit.secrets import redact
 from components.kit.tracking import PrefixedTracker, Tracker
-from flows import prefect_api, registry, tracking
+from flows import artifacts, prefect_api, registry, tracking
 from flows.lock import note, workspace_lock
 from flows.pipeline import settle_killed_runs
 from flows.retries import RetryPolicy
+from flows.run_log import printed_to_run_log
 from flows.tasks.classification import TASK, ClassificationWorkspace
 from flows.versioning import dvc
 
@@ -88,14 +89,16 @@ def unique_name(name: str, taken: list[str]) -> str:
 @task(name="champion", cache_policy=NO_CACHE)
 def fetch_champion(p: Params, client, start: str | None, out: Path) -> tuple:
     """(the version to update, its warm start folder, its int8 model folder), downloaded from the registry:
-    `start` (models:/NAME/VERSION or models:/NAME@ALIAS), by default the @champion of `register.model_name`."""
+    `start` (models:/NAME/VERSION or models:/NAME@ALIAS), by default the @champion of the params' model
+    (`registered_model_name`: the model the pipeline registered, named after its data, not after the batch)."""
     if start is not None:
         champion = registry.find_version(client, start)[1]
     else:
-        champion = registry.champion_version(client, p.register_.model_name)
+        champion = registry.champion_version(client, p.registered_model_name())
     if champion is None:
         raise NoWarmStart(
-            f"{p.register_.model_name} has no @champion version to update; run the pipeline first (`miniaturize run`)"
+            f"{p.registered_model_name()} has no @champion version to update; run the pipeline first "
+            "(`miniaturize run`)"
         )
     seen_batches(champion)  # refuses a version without a warm start before anything is downloaded
     out.mkdir(parents=True, exist_ok=True)
@@ -260,6 +263,8 @@ def version_tags(p: Params, ws, champion, report: dict, seen: list[dict], parent
     return {
         "git_commit": registry.git_commit(ws.root),
         "data_sha256": report["dataset"]["sha256"],
+        # the source of the data the model continues, not the batch's: a growing dataset stays one source
+        registry.DATA_SOURCE_TAG: champion.tags.get(registry.DATA_SOURCE_TAG) or data_source_id(p.data_source()),
         "params_hash": section_hash(p.as_dict()),
         "parent_run_id": parent_run,
         "task": TASK.name,
@@ -307,6 +312,7 @@ def put_in_workspace(ws: ClassificationWorkspace, batch: Path, name: str, next_r
 # ---------------------------------------------------------------- the flow
 
 
+# Prints reach the Prefect run log through `printed_to_run_log`, standard output unchanged (flows/run_log.py).
 @flow(name="miniaturize-update", log_prints=False)
 def update(
     params: Params,
@@ -317,13 +323,15 @@ def update(
     start: str | None = None,
 ) -> dict:
     """Teach the champion (or the version `start` names) the batch `data` (a file of the project or a built-in
-    source), registering the result as a version of `register.model_name`; one update or run at a time per
-    workspace."""
+    source), registering the result as a new version of the model it continues (`registered_model_name`: an
+    explicit `register.model_name`, else the champion's own name); one update or run at a time per workspace."""
     ws = TASK.workspace(Path(root).resolve())
-    with workspace_lock(ws.root, f"miniaturize update {data}", wait_seconds):
+    with printed_to_run_log(), workspace_lock(ws.root, f"miniaturize update {data}", wait_seconds):
         settle_killed_runs(ws.root, params)  # a run or update killed before: its runs marked, as a run does
         note(ws.root, **prefect_api.this_flow_run())
-        return run_update(params, ws, data, run_name, start)
+        outcome = run_update(params, ws, data, run_name, start)
+        artifacts.publish_update_report(TASK.name, outcome)  # the report in the Prefect UI (none: nothing new)
+        return outcome
 
 
 def run_update(p: Params, ws: ClassificationWorkspace, data: str, run_name: str | None, start: str | None) -> dict:
@@ -409,14 +417,15 @@ def update_steps(p, ws, data, champion, warm, champion_model, seen, work, run_id
     report_path.write_text(json.dumps(report, indent=2))
     all_seen = seen + [{"name": name, "sha256": card["sha256"]}]
     tags = version_tags(p, ws, champion, report, all_seen, run_id)
-    version = registry.log_version(TASK, p, run_id, final, report_path, tags)
+    model_name = p.registered_model_name(continuing=champion.name)  # never a name made from the new batch
+    version = registry.log_version(TASK, p, run_id, final, report_path, tags, model_name)
     log_next_warm_start(tracker.client, run_id, work / "next")
     alias = CHAMPION if decision.passed else CHALLENGER
     why = "forgetting gate passed" if decision.passed else f"forgetting gate refused: {report['reason']}"
     registry.move_alias(
         tracker.client,
         ws.root,
-        p.register_.model_name,
+        model_name,
         version,
         alias,
         reason=why,
@@ -441,7 +450,7 @@ def update_steps(p, ws, data, champion, warm, champion_model, seen, work, run_id
     dvc_line = put_in_workspace(ws, batch, name, work / "next" / "replay.parquet" if decision.passed else None)
     return {
         "skipped": False,
-        "model_name": p.register_.model_name,
+        "model_name": model_name,
         "version": version,
         "alias": alias,
         "parent_version": str(champion.version),

@@ -1,7 +1,9 @@
 """DVC bookkeeping after a pipeline run: record the outputs of every stage in dvc.lock and the cache.
 
 The Prefect flow produces exactly the outputs dvc.yaml declares, so `dvc commit` can record them without
-re-running anything; `dvc status` then reports the pipeline up to date and `dvc push` can store it.
+re-running anything; `dvc status <the task's stages>` then reports them up to date, which is checked and
+printed as a command to paste (a plain `dvc status` also lists the stages of the other tasks in dvc.yaml,
+which a run of this one never touches), and `dvc push` can store them.
 `record_run` is the one rule for which runs are recorded (`miniaturize run` and a scheduled run use it).
 """
 
@@ -53,8 +55,8 @@ def record_run(
 
 
 def commit_outputs(root: Path, stages: list[str] | None) -> tuple[bool, str]:
-    """`dvc commit -f` for the given stages (None: the params file is not the one they read); returns (ok,
-    message)."""
+    """`dvc commit -f` for the given stages (None: the params file is not the one they read), then `dvc status`
+    of the same stages; returns (ok, message), the message naming that status command."""
     if not (root / ".dvc").is_dir() or not (root / "dvc.yaml").is_file():
         return False, "DVC: no .dvc/ or dvc.yaml here, outputs not recorded"
     if not stages:
@@ -62,4 +64,22 @@ def commit_outputs(root: Path, stages: list[str] | None) -> tuple[bool, str]:
     done = dvc(root, "commit", "--force", "--quiet", *stages)
     if done.returncode != 0:
         return False, f"DVC: commit failed: {(done.stderr or done.stdout).strip()[-400:]}"
-    return True, "DVC: outputs recorded in dvc.lock (`dvc status` is clean; `dvc push` stores them)"
+    command = f"dvc status {' '.join(stages)}"
+    changed = changed_stages(dvc(root, "status", "--json", *stages))
+    if changed is None:
+        return False, f"DVC: outputs recorded in dvc.lock, but `{command}` failed"
+    if changed:
+        return False, f"DVC: outputs recorded in dvc.lock, but `{command}` lists changes in {', '.join(changed)}"
+    return True, f"DVC: outputs recorded in dvc.lock; `{command}` is clean (`dvc push` stores them)"
+
+
+def changed_stages(status: subprocess.CompletedProcess) -> list[str] | None:
+    """What `dvc status --json` says changed (stage names, or paths of other DVC files); None when it failed."""
+    import json
+
+    if status.returncode != 0:
+        return None
+    try:
+        return list(json.loads(status.stdout or "{}"))
+    except ValueError:
+        return None

@@ -196,6 +196,8 @@ def prefect_api(tmp_path_factory) -> str:
     home = tmp_path_factory.mktemp("prefect_home")
     port = free_port()
     env = os.environ | {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    # the UI's pages call the API at this address (else the default port, 4200, where nothing listens)
+    env["PREFECT_UI_API_URL"] = f"http://127.0.0.1:{port}/api"
     prefect = Path(sys.executable).parent / "prefect"
     proc = subprocess.Popen(
         [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],

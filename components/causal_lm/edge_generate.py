@@ -8,8 +8,8 @@ This file is copied into every causal-LM bundle as `predict.py` (by `miniaturize
                                                            # prints one {"prompt", "continuation"} per line
 
 Before loading anything it checks the bundle: the folder must hold exactly a causal-LM bundle's files
-(model.onnx, tokenizer.json, config.json, predict.py, manifest.json and an optional
-generation_config.json), the manifest must list exactly those, and each must have the sha256 the manifest
+(model.onnx, tokenizer.json, config.json, predict.py, manifest.json, an optional
+generation_config.json and a registered version's README.md, its model card), the manifest must list exactly those, and each must have the sha256 the manifest
 records. `--expect-manifest SHA256` also pins manifest.json itself (the sha256 `miniaturize package`
 prints, or the registered version's `bundle.manifest_sha256` tag). Any failure stops it with exit code 2
 and the reason.
@@ -34,6 +34,7 @@ KIND = "causal-lm"
 # one may be absent), and the manifest list exactly these, so that no file generation reads escapes the check.
 BUNDLE_FILES = ("model.onnx", "tokenizer.json", "config.json", "predict.py")
 OPTIONAL_FILES = ("generation_config.json",)
+MODEL_CARD = "README.md"  # a registered version's model card, listed and hashed like the rest
 IGNORED = ("__pycache__",)  # Python may write it beside the script
 ONNX_FLOATS = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
 
@@ -58,7 +59,7 @@ def file_set_problem(listed: set[str], present: set[str]) -> str | None:
     odd = sorted(name for name in listed if ".." in name or "/" in name or "\\" in name)
     if odd:
         return f"manifest.json lists {', '.join(odd)}: a bundle's file names hold no '..' and no path separator"
-    allowed = set(BUNDLE_FILES) | set(OPTIONAL_FILES)
+    allowed = set(BUNDLE_FILES) | set(OPTIONAL_FILES) | {MODEL_CARD}
     unlisted_required = sorted(set(BUNDLE_FILES) - listed)
     if unlisted_required:
         return f"manifest.json does not list {', '.join(unlisted_required)}: not a complete {KIND} bundle"

@@ -6,7 +6,8 @@ This file is copied into every classification and multitask bundle as `predict.p
     python predict.py --jsonl texts.jsonl           # one {"text": ...} (or a JSON string) per line
 
 Before loading anything it checks the bundle: the folder must hold exactly a classification bundle's files
-(model.onnx, tokenizer.json, labels.json, predict.py and manifest.json; a multitask bundle holds the same),
+(model.onnx, tokenizer.json, labels.json, predict.py and manifest.json, and a registered version's README.md,
+its model card; a multitask bundle holds the same),
 the manifest must list exactly those, and each must have the sha256 the manifest records.
 `--expect-manifest SHA256` also pins manifest.json itself (the sha256 `miniaturize package` prints, or the
 registered version's `bundle.manifest_sha256` tag), so a manifest rewritten together with a swapped file is
@@ -36,6 +37,7 @@ TASK_LOGITS_PREFIX = "logits_"  # a multitask model's outputs: logits_<task>, in
 # manifest list exactly these, so that no file a prediction reads escapes the hash check.
 BUNDLE_FILES = ("model.onnx", "tokenizer.json", "labels.json", "predict.py")
 OPTIONAL_FILES: tuple[str, ...] = ()
+MODEL_CARD = "README.md"  # a registered version's model card, listed and hashed like the rest
 IGNORED = ("__pycache__",)  # Python may write it beside the script
 
 
@@ -57,7 +59,7 @@ def file_set_problem(listed: set[str], present: set[str]) -> str | None:
     odd = sorted(name for name in listed if ".." in name or "/" in name or "\\" in name)
     if odd:
         return f"manifest.json lists {', '.join(odd)}: a bundle's file names hold no '..' and no path separator"
-    allowed = set(BUNDLE_FILES) | set(OPTIONAL_FILES)
+    allowed = set(BUNDLE_FILES) | set(OPTIONAL_FILES) | {MODEL_CARD}
     unlisted_required = sorted(set(BUNDLE_FILES) - listed)
     if unlisted_required:
         return f"manifest.json does not list {', '.join(unlisted_required)}: not a complete {KIND} bundle"

@@ -48,7 +48,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from components.config import SPLITS, EvaluateConfig, GateConfig
 from components.kit import latency
@@ -57,6 +56,7 @@ from components.kit.gate import GateDecision, compare_to_teacher, decide
 from components.kit.latency import BATCH_SIZE
 from components.kit.modeling import Encoded, encode, read_split
 from components.kit.onnx_models import pad_id_of
+from components.kit.progress import progress
 from components.kit.report import (
     ModelSpec,
     environment_info,
@@ -266,9 +266,10 @@ def time_models(timed: dict[str, Timed], cfg: EvaluateConfig) -> dict[str, tuple
     rounds (`latency.time_rounds`, `latency.latency_figures`)."""
     series = ((1, cfg.batch1_calls), (BATCH_SIZE, cfg.batch32_calls))
     rounds_run = sum(len(latency.calls_per_round(total, cfg.rounds)) for _, total in series)
-    bar = tqdm(total=len(timed) * rounds_run, desc="evaluate latency", unit="share", leave=False)
+    # On a log or the Prefect UI, a line per round (every model's share of it).
+    bar = progress(None, "evaluate latency", total=len(timed) * rounds_run, unit="share", every=len(timed))
 
-    def progress(name: str, r: int, samples: list[float]) -> None:
+    def after_share(name: str, r: int, samples: list[float]) -> None:
         bar.update(1)
         bar.set_postfix_str(f"round {r + 1}: {name} p50 {latency.latency_stats(samples)['p50']:.2f} ms")
 
@@ -280,7 +281,7 @@ def time_models(timed: dict[str, Timed], cfg: EvaluateConfig) -> dict[str, tuple
             cfg.warmup,
             total,
             cfg.rounds,
-            progress,
+            after_share,
         )
         stats[size] = {name: latency.round_stats(samples) for name, samples in rounds.items()}
     bar.close()
@@ -461,7 +462,7 @@ def measure_all(models: list[ModelSpec], cfg: EvaluateConfig, split: EvalSplit) 
     predictions: dict[str, np.ndarray] = {}
     timed: dict[str, Timed] = {}
     try:
-        for spec in tqdm(models, desc="evaluate: load and score", unit="model", leave=False):
+        for spec in progress(models, "evaluate: load and score", unit="model", every=1):
             entries[spec.name], predictions[spec.name], timed[spec.name] = measure_model(spec, cfg, split)
         for name, (latency_ms, rounds_ms) in time_models(timed, cfg).items():
             entries[name] |= {"latency_ms": latency_ms, "latency_rounds_ms": rounds_ms}

@@ -5,7 +5,8 @@ schedule (`Schedule`), one epoch of optimizer steps (`train_epoch`) and the best
 `train` reads top to bottom: AdamW with linear warm-up and decay, length-bucketed batches, an optional
 teacher-logit target (knowledge distillation), validation after every epoch, early stopping on validation
 accuracy with the best epoch's weights restored at the end. Per-epoch metrics go to the tracker as step
-metrics; a tqdm bar shows progress.
+metrics; each epoch's progress shows as a bar on a terminal and as plain lines elsewhere (a log file, the
+Prefect UI: `components.kit.progress`).
 
 Device, precision, gradient accumulation and checkpointing follow `params.distributed`; under a
 multi-process launch the loop is data-parallel (components/kit/distributed.py): every process takes its share
@@ -25,12 +26,12 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from components.config import DistributedConfig, TrainConfig
 from components.kit.distributed import DataParallel, cpu_state, same_on_every_rank
 from components.kit.losses import kd_loss
 from components.kit.modeling import Encoded, accuracy, collate, length_bucketed_batches, model_inputs, predict_logits
+from components.kit.progress import progress
 from components.kit.tracking import Tracker
 
 
@@ -145,7 +146,7 @@ def train_epoch(
     clipped to norm 1.0 (after `before_clip`). Returns the mean training loss over all processes' rows."""
     model.train()
     running, seen = 0.0, 0
-    bar = tqdm(batches, desc=desc, unit="batch", leave=False, mininterval=2.0, disable=not dp.main)
+    bar = progress(batches, desc, unit="batch", disable=not dp.main)
     for index in bar:
         lr = schedule.next_lr()
         for group in optimizer.param_groups:

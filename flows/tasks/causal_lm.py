@@ -20,7 +20,7 @@ from components.kit import gate
 from components.kit.tracking import StageResult, Tracker
 from flows import registry
 from flows.preflight import require_layers, teacher_depth
-from flows.stages import Judging, Stage, StageIO, Task
+from flows.stages import Axis, Judging, Plots, Stage, StageIO, Task
 from flows.workspace import Place, Workspace
 
 
@@ -241,6 +241,14 @@ TASK = Task(
         against_teacher=lambda report, cfg: gate.decide_lm(report["final_vs_teacher"], cfg),
         against_champion=gate.compare_lm_to_champion,
         remeasure=remeasure,
+    ),
+    plots=Plots(
+        curves=("train_loss", "val_perplexity"),
+        models=(
+            Axis("perplexity", "perplexity", higher_is_better=False),
+            Axis("tokens_per_s", "tokens_per_s", higher_is_better=True),
+            Axis("size_bytes", "size_mb", higher_is_better=False, scale=1e-6),
+        ),
     ),
     bundle_metrics=bundle_metrics,
     summary=summary,

@@ -23,7 +23,7 @@ from components.kit.hashing import prepared_sha256
 from components.kit.tracking import StageResult, Tracker
 from flows import registry
 from flows.preflight import require_layers, teacher_depth
-from flows.stages import Judging, Stage, StageIO, Task
+from flows.stages import Axis, Judging, Plots, Stage, StageIO, Task
 from flows.tasks.chain import export, quantize, soft_cache, student_chain, training, trim
 from flows.workspace import Place, Workspace
 
@@ -366,6 +366,14 @@ TASK = Task(
         against_teacher=lambda report, cfg: gate.decide(report["final_vs_teacher"], cfg),
         against_champion=gate.compare_to_champion,
         remeasure=remeasure,
+    ),
+    plots=Plots(
+        curves=("train_loss", "val_accuracy"),
+        models=(
+            Axis("accuracy", "accuracy", higher_is_better=True),
+            Axis("latency_ms.batch1_p50", "batch1_p50_ms", higher_is_better=False),
+            Axis("size_bytes", "size_mb", higher_is_better=False, scale=1e-6),
+        ),
     ),
     bundle_metrics=bundle_metrics,
     summary=summary,

@@ -28,7 +28,7 @@ from components.kit.training import TaskMix
 from components.multitask import KIND, NAME
 from flows import registry
 from flows.preflight import require_layers, teacher_depth
-from flows.stages import Judging, Stage, StageIO, Task
+from flows.stages import Axis, Judging, Plots, Stage, StageIO, Task
 from flows.tasks.chain import export, quantize, soft_cache, student_chain, training, trim
 from flows.workspace import Place, Workspace
 
@@ -535,6 +535,14 @@ TASK = Task(
             candidate, champion, settings.gate
         ),
         remeasure=remeasure,
+    ),
+    plots=Plots(
+        curves=("train_loss", "val_accuracy"),
+        models=(
+            Axis("accuracy", "accuracy", higher_is_better=True),
+            Axis("latency_ms.batch1_p50", "batch1_p50_ms", higher_is_better=False),
+            Axis("size_bytes", "size_mb", higher_is_better=False, scale=1e-6),
+        ),
     ),
     bundle_metrics=bundle_metrics,
     summary=summary,

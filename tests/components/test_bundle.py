@@ -49,6 +49,25 @@ def test_bundle_holds_the_model_tokenizer_labels_script_and_hashes(packaged):
     assert verify(out) == manifest
 
 
+def test_a_model_card_is_the_bundles_readme_listed_and_hashed(packaged, tmp_path):
+    """A registered version's bundle carries its model card as README.md: listed in the manifest with its sha256,
+    so predict.py accepts the bundle, and refuses it once the card is edited."""
+    from components.causal_lm import edge_generate
+
+    onnx_dir, _ = packaged
+    card = "---\nlibrary_name: onnx\n---\n\n# m, version 1\n"
+    out = bundle.package(onnx_dir, tmp_path / "edge", {"path": str(onnx_dir)}, {}, max_length=32, card=card)
+    manifest = verify(out)
+    assert set(manifest["files"]) == {"model.onnx", "tokenizer.json", "labels.json", "predict.py", "README.md"}
+    assert (out / "README.md").read_text() == card and manifest["files"]["README.md"] == edge_predict.sha256(
+        out / "README.md"
+    )
+    assert bundle.MODEL_CARD == edge_predict.MODEL_CARD == edge_generate.MODEL_CARD == "README.md"
+    (out / "README.md").write_text(card + "edited\n")
+    with pytest.raises(BundleError, match="README.md does not match manifest.json"):
+        verify(out)
+
+
 def test_bundle_predictions_match_the_pipelines_onnx_logits(packaged):
     from transformers import AutoTokenizer
 

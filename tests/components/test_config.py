@@ -6,9 +6,20 @@ RAW = {"distill": {"alpha": 0.4}, "profiles": {"smoke": {"distill.epochs": 1, "d
 
 
 def test_repository_params_file_is_valid_with_every_profile():
-    assert load_params("params.yaml").register_.model_name == "miniaturize-sentiment"
+    params = load_params("params.yaml")
+    assert params.register_.model_name is None and params.registered_model_name() == "miniaturize-sentiment"
     smoke = load_params("params.yaml", profile="smoke")
     assert smoke.data.max_rows is not None and smoke.teacher.epochs == 1
+
+
+def test_the_files_own_profile_key_names_a_profile_and_the_option_wins():
+    """`profile: smoke` in the file is what `dvc exp run -S profile=smoke` writes; `--profile` still wins."""
+    raw = RAW | {"profile": "smoke", "profiles": RAW["profiles"] | {"other": {"distill.epochs": 2}}}
+    assert build_params(raw).distill.epochs == 1 and build_params(raw).data.max_rows == 50
+    assert build_params(raw, profile="other").distill.epochs == 2
+    assert build_params(RAW | {"profile": None}).distill.epochs == build_params(RAW).distill.epochs
+    with pytest.raises(ConfigError, match="unknown profile 'fast'"):
+        build_params(RAW | {"profile": "fast"})
 
 
 def test_profile_then_overrides_apply_in_order():
@@ -105,3 +116,47 @@ def test_evaluate_rounds_in_the_repository_configs():
         default, smoke = load_params(path).evaluate, load_params(path, profile="smoke").evaluate
         assert default.rounds == 5 and default.batch1_calls == calls and smoke.rounds == 2
         assert min(smoke.batch1_calls, smoke.batch32_calls) >= smoke.rounds
+
+
+@pytest.mark.parametrize(
+    "raw, name",
+    [
+        ({}, "miniaturize-sentiment"),  # the default job keeps its name
+        ({"data": {"source": "data/topics.csv"}}, "miniaturize-topics"),
+        ({"data": {"source": "data/My Topics (v2).CSV"}}, "miniaturize-my-topics-v2"),  # sanitised
+        ({"data": {"source": "vader-amazon"}}, "miniaturize-vader-amazon"),  # other built-in data: its own model
+        ({"data": {"source": "org/reviews"}}, "miniaturize-reviews"),  # a hub dataset id
+        ({"task": "causal-lm"}, "miniaturize-causal-lm"),
+        ({"task": "causal-lm", "lm": {"data": {"source": "data/corpus.txt"}}}, "miniaturize-causal-lm-corpus"),
+        ({"task": "multitask", "data": {"source": "vader-all"}}, "miniaturize-multitask"),
+        ({"task": "multitask", "data": {"source": "data/topics.csv"}}, "miniaturize-multitask-topics"),
+        ({"data": {"source": "data/topics.csv"}, "register": {"model_name": "mine"}}, "mine"),  # given: it wins
+    ],
+)
+def test_the_registered_model_is_named_after_its_task_and_data(raw, name):
+    assert build_params(raw).registered_model_name() == name
+
+
+def test_the_repository_configs_name_their_own_models():
+    names = {f: load_params(f).registered_model_name() for f in ("configs/causal-lm.yaml", "configs/multitask.yaml")}
+    assert names == {
+        "configs/causal-lm.yaml": "miniaturize-causal-lm",
+        "configs/multitask.yaml": "miniaturize-multitask",
+    }
+
+
+def test_an_update_keeps_the_name_of_the_model_it_continues():
+    """`miniaturize update --data week-50.csv` never names a model after its batch: it continues its champion's,
+    unless a name is given (the incremental demo's ablation chains)."""
+    ran_on_topics = build_params({"data": {"source": "data/topics.csv"}})
+    assert ran_on_topics.registered_model_name(continuing="miniaturize-topics") == "miniaturize-topics"
+    assert ran_on_topics.registered_model_name(continuing="miniaturize-sentiment") == "miniaturize-sentiment"
+    named = build_params({"register": {"model_name": "demo-stream-naive"}})
+    assert named.registered_model_name(continuing="demo-stream") == "demo-stream-naive"
+
+
+def test_a_data_source_keeps_its_id_across_versions_of_its_file():
+    from components.config import data_source_id
+
+    assert data_source_id("data/topics.csv") == data_source_id("/elsewhere/topics.csv") == "topics"
+    assert data_source_id("vader-movie") == "vader-movie" and data_source_id("data/week-12.parquet") == "week-12"

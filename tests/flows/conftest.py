@@ -42,7 +42,7 @@ def make_project(
     )
     for name in ONE_THREAD:
         raw = yaml.safe_load((REPO / name).read_text())
-        profiles = raw.pop("profiles")
+        profiles = raw["profiles"]  # kept in the file: every dvc.yaml stage with params depends on it
         overrides = params_overrides if name == config else None
         for key, value in [
             *(profiles[profile] if profile else {}).items(),

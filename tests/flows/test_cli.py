@@ -129,3 +129,26 @@ def test_bench_and_search_refuse_a_task_they_do_not_handle(monkeypatch):
     assert done.exit_code == 2 and "does not re-measure causal-lm models" in done.output
     done = invoke(monkeypatch, "search", "--config", "configs/causal-lm.yaml")
     assert done.exit_code == 2 and "compresses sequence-classification models" in done.output
+
+
+def test_promote_rollback_and_lineage_act_on_the_model_of_the_data_given(monkeypatch, tmp_path):
+    """`run --data topics.csv` registers miniaturize-topics: `--data` points promote, rollback and lineage at it,
+    and without it they act on the params' own data's model."""
+    import flows.registry
+
+    seen = []
+
+    def record(*args, **kwargs):
+        params = next(a for a in args if hasattr(a, "registered_model_name"))
+        seen.append(params.registered_model_name())
+        raise failures()[4]
+
+    for command in ("promote", "rollback", "lineage"):
+        monkeypatch.setattr(flows.registry, command, record)
+    topics = tmp_path / "topics.csv"
+    topics.write_text("text,label\na,b\n")
+    monkeypatch.setattr("flows.preflight.data_source", lambda data, root: "data/topics.csv")
+    for args in (["promote", "--version", "2"], ["rollback"], ["lineage", "2"]):
+        assert invoke(monkeypatch, *args, "--data", str(topics)).exit_code == 4
+        assert invoke(monkeypatch, *args).exit_code == 4
+    assert seen == ["miniaturize-topics", "miniaturize-sentiment"] * 3

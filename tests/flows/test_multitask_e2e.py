@@ -121,4 +121,4 @@ def test_a_file_without_a_tasks_column_stops_before_training(mt_run, prefect_api
     done = run_cli(["run", *CONFIG, "--data", str(data)], project, prefect_api)
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     assert "source" in done.stderr and "column" in done.stderr, done.stderr[-2000:]
-    assert "[finetune] started" not in done.stdout and "miniaturize-multitask/2" not in done.stdout
+    assert "[finetune] started" not in done.stdout and "models:/" not in done.stdout

@@ -1,12 +1,14 @@
 """The generic runner (flows/pipeline.py) with stand-in stage functions: one stage run on its own goes
 through the same lifecycle as a pipeline's stage; the runner learns from the task's record, not from names."""
 
+import json
 from dataclasses import replace
 
 from components.config import build_params
 from components.kit.tracking import StageResult
-from flows import cache, pipeline
+from flows import cache, pipeline, stage_metrics
 from flows.tasks.classification import STAGES, TASK
+from tests.conftest import make_frame
 
 
 def writes_validation(p, ws, tracker):
@@ -23,6 +25,9 @@ def test_a_stage_run_on_its_own_is_staged_recorded_and_tracked_like_a_pipeline_s
     monkeypatch.setitem(STAGES, "validate", replace(STAGES["validate"], run=writes_validation))
     ws = TASK.workspace(tmp_path)
     cache.StageCache(ws.state).store("ingest", "key-of-ingest", {}, "run-0", {}, {})
+    ws.prepared.mkdir(parents=True)
+    for split in ("train", "validation", "test"):
+        make_frame(2).to_parquet(ws.prepared / f"{split}.parquet")
     params = build_params({})
 
     done = pipeline.run_one_stage(params, "validate", tmp_path)
@@ -30,11 +35,19 @@ def test_a_stage_run_on_its_own_is_staged_recorded_and_tracked_like_a_pipeline_s
     assert (ws.validation / "validation.json").is_file() and not (ws.state / "staging" / "validate").exists()
     assert done["key"] == pipeline.stage_key("validate", params, "key-of-ingest", ws)  # chained to ingest's record
     assert done["info"] == {} and done["metrics"] == {"checks": 1.0}  # only a registering stage keeps its info
-    record = cache.StageCache(ws.state).lookup("validate", done["key"], {"reports/validation": ws.validation})
+    # its metrics file for DVC is one of the outputs its record covers
+    assert json.loads((tmp_path / "reports/metrics/validate.json").read_text()) == {"checks": 1.0}
+    outputs = {"reports/validation": ws.validation} | stage_metrics.paths(TASK, "validate", ws)
+    record = cache.StageCache(ws.state).lookup("validate", done["key"], outputs)
     assert record is not None and record.run_id == done["run_id"]
     run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(done["run_id"])
     assert run.info.run_name == "stage-validate" and run.info.status == "FINISHED"
     assert run.data.tags["miniaturize.parent_key"] == "key-of-ingest" and "mlflow.parentRunId" not in run.data.tags
+    # the splits it reads, in the run's Datasets panel: one input per split, its context the split's name
+    datasets = {i.dataset.name: {t.key: t.value for t in i.tags} for i in run.inputs.dataset_inputs}
+    assert datasets == {
+        f"data/prepared/{split}.parquet": {"mlflow.data.context": split} for split in ("test", "train", "validation")
+    }
 
 
 def test_the_registration_of_a_run_comes_from_the_stage_that_registers():

@@ -96,7 +96,7 @@ def test_promotion_lifecycle_gate_vs_champion_force_and_rollback(registry_ws):
     from flows import registry
 
     params, ws, client = registry_ws
-    name = params.register_.model_name
+    name = params.registered_model_name()
     registry.move_alias(client, ws.root, name, "1", CHAMPION, reason="gate passed", by="pipeline")
     with pytest.raises(registry.GateRejected, match="vs_champion.accuracy_drop_points: 2 vs threshold 0.5"):
         registry.promote(CLASSIFICATION, params, ws, "2")
@@ -135,7 +135,7 @@ def test_a_champion_measured_on_other_data_is_not_compared(registry_ws):
     from flows import registry
 
     params, ws, client = registry_ws
-    name = params.register_.model_name
+    name = params.registered_model_name()
     client.set_model_version_tag(name, "1", "data_sha256", "cd" * 32)
     registry.move_alias(client, ws.root, name, "1", CHAMPION, reason="gate passed", by="pipeline")
     done = registry.promote(CLASSIFICATION, params, ws, "2")
@@ -156,7 +156,7 @@ def test_the_champion_is_remeasured_on_the_candidates_data(registry_ws, tiny_mod
     from flows import registry, tracking
 
     params, ws, client = registry_ws
-    name = params.register_.model_name
+    name = params.registered_model_name()
     shutil.copytree(tiny_prepared, ws.prepared)  # its data card's sha256 is "0" * 64
     onnx_dir = tmp_path / "champion"
     main_export(str(tiny_model_dir), str(onnx_dir), task="text-classification", do_validation=False)
@@ -188,3 +188,216 @@ def test_the_champion_is_remeasured_on_the_candidates_data(registry_ws, tiny_mod
     check = done["checks"]["checks"]["vs_champion.accuracy_drop_points"]
     assert check["passed"] and check["note"] == ""
     assert check["value"] == pytest.approx(100 * (truth - (truth - 0.002)))  # against the re-measured figure
+
+
+def test_a_champion_of_another_data_source_is_refused_not_compared(registry_ws):
+    """Two datasets never share a champion: a version of another data source (its `data_source` tag) is refused
+    by the gate, with the reason, and the champion stays; one of the same source (a grown file) is compared."""
+    from flows import registry
+
+    params, ws, client = registry_ws
+    name = params.registered_model_name()
+    client.set_model_version_tag(name, "1", registry.DATA_SOURCE_TAG, "topics")
+    client.set_model_version_tag(name, "3", registry.DATA_SOURCE_TAG, "vader-movie")
+    registry.move_alias(client, ws.root, name, "1", CHAMPION, reason="gate passed", by="pipeline")
+    with pytest.raises(
+        registry.GateRejected, match="the champion learned data source 'topics', this version 'vader-movie'"
+    ):
+        registry.promote(CLASSIFICATION, params, ws, "3")
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
+
+    client.set_model_version_tag(name, "1", registry.DATA_SOURCE_TAG, "vader-movie")  # same source, other sha
+    client.set_model_version_tag(name, "1", "data_sha256", "cd" * 32)
+    done = registry.promote(CLASSIFICATION, params, ws, "3")
+    assert "vs_champion.data_source" not in done["checks"]["checks"] and not done["forced"]
+
+
+def test_every_tasks_data_key_is_the_one_its_model_is_named_after():
+    from components.config import MODEL_NAMES
+    from flows.tasks import TASKS
+
+    assert {name: MODEL_NAMES[name].data_key for name in TASKS} == {n: t.data_source for n, t in TASKS.items()}
+
+
+# ---------------------------------------------------------------- what MLflow shows of a version
+
+
+@pytest.fixture(scope="module")
+def onnx_classifier(tmp_path_factory, tiny_model_dir) -> Path:
+    """The tiny BERT classifier exported to ONNX, with its tokenizer and labels."""
+    import shutil
+
+    from optimum.exporters.onnx import main_export
+
+    out = tmp_path_factory.mktemp("onnx_classifier")
+    main_export(str(tiny_model_dir), str(out), task="text-classification", do_validation=False)
+    shutil.copy2(tiny_model_dir / "labels.json", out / "labels.json")
+    return out
+
+
+@pytest.fixture(scope="module")
+def onnx_decoder(tmp_path_factory, tiny_lm_data_dir) -> Path:
+    """A random 2-layer GPT-2 exported as the causal-lm task exports (decoder with its key/value cache)."""
+    import torch
+    from optimum.exporters.onnx import main_export
+    from transformers import AutoTokenizer
+
+    from components.causal_lm.train import scratch_model
+    from components.config import LMArchitecture, LMTeacherConfig
+
+    torch.manual_seed(0)
+    model_dir = tmp_path_factory.mktemp("gpt2")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm_data_dir / "tokenizer")
+    architecture = LMArchitecture(n_layer=2, n_head=4, n_embd=32, n_positions=64)
+    scratch_model(LMTeacherConfig(architecture=architecture), tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    out = tmp_path_factory.mktemp("onnx_decoder")
+    main_export(str(model_dir), str(out), task="text-generation-with-past", do_validation=False)
+    return out
+
+
+@pytest.fixture()
+def multitask_graph(tmp_path, tiny_model_dir) -> Path:
+    """A stand-in multitask export: input_ids and attention_mask in, one logits_<task> output per task (each a
+    constant projection of the summed ids), with the tiny model's tokenizer."""
+    import shutil
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Cast", ["input_ids"], ["ids"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["ids", "axes"], ["summed"], keepdims=1),
+    ]
+    weights = [numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")]
+    outputs = []
+    for task, width in (("sentiment", 2), ("source", 4)):
+        weights.append(numpy_helper.from_array(np.ones((1, width), dtype=np.float32), f"w_{task}"))
+        nodes.append(helper.make_node("MatMul", ["summed", f"w_{task}"], [f"logits_{task}"]))
+        outputs.append(helper.make_tensor_value_info(f"logits_{task}", TensorProto.FLOAT, ["batch_size", width]))
+    inputs = [
+        helper.make_tensor_value_info(name, TensorProto.INT64, ["batch_size", "sequence_length"])
+        for name in ("input_ids", "attention_mask")
+    ]
+    graph = helper.make_graph(nodes, "multitask", inputs, outputs, initializer=weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folder = tmp_path / "multitask"
+    folder.mkdir()
+    onnx.save(model, folder / "model.onnx")
+    shutil.copy2(tiny_model_dir / "tokenizer.json", folder / "tokenizer.json")
+    return folder
+
+
+CARD_REPORT = {
+    "task": "sequence-classification",
+    "dataset": {"source": "vaderSentiment==3.3.2:movie", "sha256": "ab" * 32, "rows": {"test": 16}},
+    "models": {
+        "teacher": {"accuracy": 0.9, "size_bytes": 9_000_000, "latency_ms": {"batch1_p50": 9.0}},
+        "final": {"accuracy": 0.875, "size_bytes": 1_000_000, "latency_ms": {"batch1_p50": 1.0}},
+    },
+    "final_vs_teacher": {"size_ratio": 9.0, "speedup_batch1_p50": 9.0, "accuracy_drop_points": 2.5},
+    "gate": {
+        "passed": False,
+        "checks": {"accuracy_drop_points": {"value": 2.5, "threshold": 2.0, "passed": False, "note": ""}},
+    },
+}
+
+
+def register_folder(task, params, ws, client, folder: Path, report: dict) -> tuple[str, str]:
+    """(name, version) of `folder` logged as a new version, as the register stage logs a final model."""
+    from flows import registry, tracking
+
+    path = ws.root / "report.json"
+    path.write_text(json.dumps(report))
+    run_id = tracking.start_run(client, tracking.experiment_id(client, ws.root), "register")
+    tags = registry.version_tags(task, params, ws, report, None) | {"git_commit": "abc"}
+    version = registry.log_version(task, params, run_id, folder, path, tags)
+    tracking.end_run(client, run_id, True)
+    return params.registered_model_name(), version
+
+
+def test_a_registered_classifier_shows_its_signature_example_card_and_bundle_readme(
+    registry_ws, onnx_classifier, tmp_path
+):
+    import mlflow
+    import numpy as np
+    import yaml
+
+    from components.classification.edge_predict import verify
+    from flows import registry
+
+    params, ws, client = registry_ws
+    name, version = register_folder(CLASSIFICATION, params, ws, client, onnx_classifier, CARD_REPORT)
+    uri = f"models:/{name}/{version}"
+
+    info = mlflow.models.get_model_info(uri)
+    inputs = {s.name: (s.type, s.shape) for s in info.signature.inputs.inputs}
+    assert inputs == {n: (np.dtype("int64"), (-1, -1)) for n in ("input_ids", "attention_mask", "token_type_ids")}
+    assert [(s.name, s.shape) for s in info.signature.outputs.inputs] == [("logits", (-1, 2))]
+    example = mlflow.models.Model.load(uri).load_input_example()
+    assert set(example) == set(inputs) and np.asarray(example["input_ids"]).shape[0] == 1
+    logits = mlflow.pyfunc.load_model(uri).predict({k: np.asarray(v, dtype=np.int64) for k, v in example.items()})
+    assert np.asarray(logits["logits"]).shape == (1, 2)
+
+    found = client.get_model_version(name, version)
+    assert found.description.startswith(f"# {name}, version {version}\n")
+    assert (
+        "## Gate: FAILED" in found.description
+        and "| accuracy_drop_points | 2.500 | 2.000 | FAIL |" in found.description
+    )
+    assert "labels: negative, positive" in found.description and "ab" * 32 in found.description
+    assert found.tags[registry.DATA_SOURCE_TAG] == "vader-movie"
+    card = Path(client.download_artifacts(found.run_id, registry.MODEL_CARD, str(tmp_path)))
+    assert card.read_text() == found.description
+
+    bundle, pinned = registry.registered_bundle(ws.root, uri, tmp_path / "bundle")
+    manifest = verify(bundle, pinned)  # README.md is listed and hashed like every file of the bundle
+    assert "README.md" in manifest["files"]
+    readme = (bundle / "README.md").read_text()
+    front = yaml.safe_load(readme.split("---\n")[1])
+    result = front["model-index"][0]["results"][0]
+    assert front["model-index"][0]["name"] == name and result["task"]["type"] == "text-classification"
+    assert result["metrics"] == [{"type": "accuracy", "value": 0.875, "name": "test accuracy"}]
+    assert readme.split("---\n", 2)[2].lstrip() == found.description
+
+
+@pytest.mark.parametrize("kind", ["causal-lm", "multitask"])
+def test_every_tasks_signature_and_example_are_read_from_its_graph(
+    kind, registry_ws, onnx_decoder, multitask_graph, tmp_path
+):
+    """A decoder's inputs and outputs include its key/value cache, a multitask model's one logits per task: both
+    read from the graph, and the input example runs through mlflow.pyfunc as MLflow stores it."""
+    import mlflow
+    import numpy as np
+    import onnx
+
+    from flows.tasks import TASKS
+
+    params, ws, client = registry_ws
+    folder = onnx_decoder if kind == "causal-lm" else multitask_graph
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    report = {
+        "task": kind,
+        "dataset": {"sha256": "ef" * 32},
+        "models": {"final": {"size_bytes": 1}},
+        "final_vs_teacher": {},
+        "gate": {"passed": True, "checks": {}},
+    }
+    name, version = register_folder(TASKS[kind], params, ws, client, folder, report)
+    uri = f"models:/{name}/{version}"
+
+    signature = mlflow.models.get_model_info(uri).signature
+    assert signature.inputs.input_names() == [v.name for v in graph.input]
+    assert signature.outputs.input_names() == [v.name for v in graph.output]
+    example = mlflow.models.Model.load(uri).load_input_example()
+    types = {s.name: s.type for s in signature.inputs.inputs}
+    outputs = mlflow.pyfunc.load_model(uri).predict({k: np.asarray(v, dtype=types[k]) for k, v in example.items()})
+    if kind == "causal-lm":
+        assert any(n.startswith("past_key_values.") for n in types) and "present.0.key" in outputs
+        assert np.asarray(example["attention_mask"])[0, 0] == 0  # the one cached position, masked out
+        assert np.asarray(outputs["logits"]).shape[:2] == np.asarray(example["input_ids"]).shape
+    else:
+        assert set(outputs) == {"logits_sentiment", "logits_source"}
+        assert np.asarray(outputs["logits_source"]).shape == (1, 4)

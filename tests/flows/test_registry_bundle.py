@@ -94,7 +94,7 @@ def test_registration_logs_the_edge_bundle_and_tags_its_manifest_sha256(registry
     from flows.registry import MANIFEST_TAG, registered_bundle
 
     params, ws, client = registry
-    name = params.register_.model_name
+    name = params.registered_model_name()
     tag = client.get_model_version(name, "1").tags[MANIFEST_TAG]
     folder, expected = registered_bundle(ws.root, f"models:/{name}/1", tmp_path / "download")
     assert expected == tag == manifest_sha256(folder)
@@ -106,7 +106,7 @@ def test_registration_logs_the_edge_bundle_and_tags_its_manifest_sha256(registry
 
 def test_serve_model_serves_a_registered_bundle_only_while_its_manifest_matches_the_tag(registry, monkeypatch):
     params, ws, client = registry
-    name = params.register_.model_name
+    name = params.registered_model_name()
     client.set_registered_model_alias(name, "champion", "1")
     done, checked = serve_model(monkeypatch, f"models:/{name}@champion")
     assert done.exit_code == 0, done.output
@@ -124,7 +124,7 @@ def test_serve_model_refuses_a_version_without_a_bundle_tag_or_another_pin(regis
     from flows.registry import MANIFEST_TAG
 
     params, ws, client = registry
-    name = params.register_.model_name
+    name = params.registered_model_name()
     untagged, checked = serve_model(monkeypatch, f"models:/{name}/2")
     assert untagged.exit_code == 2 and f"has no {MANIFEST_TAG} tag" in untagged.output and not checked
     other, checked = serve_model(monkeypatch, f"models:/{name}/1", "--expect-manifest", "0" * 64)

@@ -30,6 +30,7 @@ def test_every_stage_has_a_config_slice_and_dvc_stage():
 def test_dvc_yaml_declares_the_inputs_outputs_and_code_that_stage_keys_hash():
     import yaml
 
+    from flows import dvc_yaml, stage_metrics
     from flows.stages import code_files, stage_paths
 
     def names(items):
@@ -43,10 +44,13 @@ def test_dvc_yaml_declares_the_inputs_outputs_and_code_that_stage_keys_hash():
             io, sections = declared.io, declared.sections
             stage = dvc[prefix + name]
             assert names(stage.get("deps", [])) == set(stage_paths(ws, io.inputs)) | set(code_files(io.code)), name
-            assert names(stage["outs"]) | names(stage.get("metrics", [])) == set(stage_paths(ws, io.outputs)), name
+            # and the metrics and plot data every stage writes (flows/stage_metrics.py)
+            written = set(stage_paths(ws, io.outputs)) | set(stage_metrics.paths(task, name, ws))
+            assert names(stage["outs"]) | names(stage.get("metrics", [])) == written, name
             if prefix:  # these stages read their task's config file, the same sections as their keys
                 params = dict(item for entry in stage.get("params", []) for item in entry.items())
-                assert params == ({task.params_file: list(sections)} if sections else {}), name
+                keys = [*sections, *dvc_yaml.PROFILE_PARAMS]
+                assert params == ({task.params_file: keys} if sections else {}), name
 
 
 def test_stage_key_changes_only_downstream_of_a_changed_slice():

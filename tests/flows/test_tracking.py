@@ -45,6 +45,79 @@ def test_mlflow_tracker_logs_to_the_given_child_run_and_open_runs_are_killed(tmp
     assert status == {parent: "KILLED", child: "FINISHED", killed_mid_stage: "KILLED", other: "RUNNING"}
 
 
+# ---------------------------------------------------------------- the data splits a stage reads
+
+
+def prepared_splits(folder):
+    """A prepared folder's splits (train and test parquet files) beside a file that is not a split."""
+    import pandas as pd
+
+    folder.mkdir(parents=True)
+    pd.DataFrame({"text": ["a good film", "a dull film"], "label": ["positive", "negative"]}).to_parquet(
+        folder / "train.parquet"
+    )
+    pd.DataFrame({"text": ["fine"], "label": ["positive"]}).to_parquet(folder / "test.parquet")
+    (folder / "data_card.json").write_text("{}")
+    return folder
+
+
+def dataset_inputs(client, run_id) -> dict:
+    """{context: (name, digest, schema, profile)} of the run's dataset inputs, as MLflow reads them back."""
+    inputs = client.get_run(run_id).inputs.dataset_inputs
+    return {
+        {t.key: t.value for t in i.tags}[tracking.DATASET_CONTEXT]: (
+            i.dataset.name,
+            i.dataset.digest,
+            json.loads(i.dataset.schema),
+            json.loads(i.dataset.profile),
+        )
+        for i in inputs
+    }
+
+
+def test_the_splits_a_stage_reads_are_its_runs_dataset_inputs(tmp_path, monkeypatch):
+    from components.kit.hashing import file_sha256
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    prepared = prepared_splits(tmp_path / "data" / "prepared")
+    client = tracking.client(tmp_path)
+    run_id = tracking.start_run(client, tracking.experiment_id(client, tmp_path), "finetune")
+    tracker = tracking.MlflowTracker(client, run_id, root=tmp_path)
+    tracker.log_datasets([prepared, tmp_path / "models" / "teacher"])  # a model folder holds no split
+    tracker.log_datasets([prepared])  # logged again (a retried stage): still one input per split
+
+    logged = dataset_inputs(client, run_id)
+    assert set(logged) == {"train", "test"} and len(client.get_run(run_id).inputs.dataset_inputs) == 2
+    name, digest, schema, profile = logged["train"]
+    sha256 = file_sha256(prepared / "train.parquet")
+    assert name == "data/prepared/train.parquet" and digest == sha256[:32] and profile["sha256"] == sha256
+    assert [c["name"] for c in schema["mlflow_colspec"]] == ["text", "label"] and profile["num_rows"] == 2
+
+
+def test_datasets_wait_in_the_journal_while_mlflow_is_down_and_never_fail_the_stage(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    prepared = prepared_splits(tmp_path / "data" / "prepared")
+    client = tracking.client(tmp_path)
+    run_id = tracking.start_run(client, tracking.experiment_id(client, tmp_path), "distill")
+
+    class Down:
+        tracking_uri = "http://mlflow.invalid"
+
+        def log_inputs(self, *args, **kwargs):
+            raise TrackingUnavailable("MLflow did not answer")
+
+    tracker = tracking.MlflowTracker(Down(), run_id, root=tmp_path)
+    tracker.log_datasets([prepared])
+    assert [e["kind"] for e in tracker.journal] == ["datasets"]
+    json.dumps(tracker.journal)  # what the stage record keeps: plain JSON
+    tracking.replay(client, tmp_path, run_id, tracker.journal)
+    assert set(dataset_inputs(client, run_id)) == {"train", "test"}
+
+    (prepared / "test.parquet").write_text("not parquet")  # a split that cannot be read: one line, no failure
+    tracking.MlflowTracker(client, run_id, root=tmp_path).log_datasets([prepared])
+    assert "not logged as datasets" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------- calls that are not safe to repeat
 
 

@@ -90,7 +90,7 @@ def test_updates_register_versions_warm_started_from_the_champion(stream):
     for name, done in steps.items():
         assert done.returncode == 0, f"{name}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     out = steps["gadgets"].stdout
-    assert "starting from miniaturize-sentiment version 1" in out
+    assert "starting from miniaturize-reviews version 1" in out
     assert "version 2 (parent 1) is now @champion" in out, out[-2000:]
     assert "forgetting (largest drop on an earlier batch)" in out and "training examples processed" in out
     assert "version 3 (parent 2) is now @champion" in steps["food"].stdout
@@ -103,8 +103,9 @@ def test_updates_register_versions_warm_started_from_the_champion(stream):
     assert gadgets["wordpieces_restored"] > 0 and gadgets["restored_examples"]
     # the cost is counted: new rows plus the replay buffer, over every epoch of teacher and student
     assert report["cost"]["examples"] >= 2 * (64 + 60) and report["cost"]["seconds"] > 0
-    version = registry(project).get_model_version("miniaturize-sentiment", "3")
+    version = registry(project).get_model_version("miniaturize-reviews", "3")
     assert version.tags["incremental.parent_version"] == "2" and version.tags["source"] == "update"
+    assert version.tags["data_source"] == "reviews"  # the data the first run learned, not a batch's
     assert [b["name"] for b in json.loads(version.tags["incremental.batches"])] == ["reviews", "gadgets", "food"]
     assert version.tags["bundle.manifest_sha256"]  # its edge bundle is registered like a full run's
 
@@ -149,7 +150,7 @@ def test_unchanged_batch_ends_at_once_and_unknown_label_is_refused(stream, prefe
 
 
 def champion(project: Path) -> str:
-    return str(registry(project).get_model_version_by_alias("miniaturize-sentiment", "champion").version)
+    return str(registry(project).get_model_version_by_alias("miniaturize-reviews", "champion").version)
 
 
 def test_a_forgetting_batch_is_refused_and_the_champion_stays(stream, prefect_api):
@@ -161,7 +162,7 @@ def test_a_forgetting_batch_is_refused_and_the_champion_stays(stream, prefect_ap
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "is now @challenger: forgetting gate refused: forgetting" in done.stdout, done.stdout[-2000:]
     assert champion(project) == before
-    refused = registry(project).get_model_version_by_alias("miniaturize-sentiment", "challenger")
+    refused = registry(project).get_model_version_by_alias("miniaturize-reviews", "challenger")
     assert refused.tags["gate_passed"] == "false" and "forgetting" in refused.tags["gate_failed_checks"]
     assert float(refused.tags["incremental.forgetting_points"]) > UPDATE["incremental.max_forgetting_points"]
     # the refused batch is kept as data, the replay buffer stays the champion's

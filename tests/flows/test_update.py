@@ -1,0 +1,36 @@
+"""What an incremental update registers, without running one (tests/flows/test_update_e2e.py runs them): its
+version continues the champion's model and data source, never one named after the new batch."""
+
+from types import SimpleNamespace
+
+from components.config import build_params
+from flows import registry, update
+from flows.tasks.classification import TASK
+
+
+def report(batch: str) -> dict:
+    return {
+        "dataset": {"sha256": "ab" * 32},
+        "gate": {"passed": True, "checks": {}},
+        "mean_accuracy": 0.9,
+        "models": {"final": {"size_bytes": 1000}},
+        "method": "replay_kd",
+        "batch": batch,
+        "forgetting_points": 0.5,
+        "cost": {"examples": 10, "seconds": 1.0},
+    }
+
+
+def test_an_update_keeps_its_champions_data_source_and_model_name(tmp_path):
+    params = build_params({"data": {"source": "data/reviews.csv"}})
+    champion = SimpleNamespace(name="miniaturize-reviews", version="1", tags={registry.DATA_SOURCE_TAG: "reviews"})
+    tags = update.version_tags(params, TASK.workspace(tmp_path), champion, report("gadgets"), [], "run")
+    assert tags[registry.DATA_SOURCE_TAG] == "reviews" and tags["incremental.batch"] == "gadgets"
+    # a champion registered before the tag: the params' data source
+    older = SimpleNamespace(name="miniaturize-reviews", version="1", tags={})
+    assert (
+        update.version_tags(params, TASK.workspace(tmp_path), older, report("food"), [], "run")[
+            registry.DATA_SOURCE_TAG
+        ]
+        == "reviews"
+    )

@@ -1,0 +1,77 @@
+"""Recording a run in DVC (flows/versioning.py): the message names the `dvc status` it checked, the task's own
+stages, and that command agrees with it while a plain `dvc status` still lists another task's stages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from flows import versioning
+from flows.tasks import TASKS
+
+DVC = str(Path(sys.executable).with_name("dvc"))
+
+# Two tasks in one dvc.yaml: "a" ran (its stages' outputs exist), "b" never did.
+PIPELINE = {
+    "stages": {
+        "a-make": {"cmd": "echo", "deps": ["input.txt"], "outs": ["made.txt"]},
+        "a-use": {"cmd": "echo", "deps": ["made.txt"], "metrics": ["metrics.json"]},
+        "b-make": {"cmd": "echo", "deps": ["input.txt"], "outs": ["other.txt"]},
+    }
+}
+
+
+def dvc_project(root: Path) -> Path:
+    subprocess.run([DVC, "init", "--no-scm", "--quiet"], cwd=root, check=True)
+    (root / "dvc.yaml").write_text(yaml.safe_dump(PIPELINE, sort_keys=False))
+    for name, text in (("input.txt", "in\n"), ("made.txt", "made\n"), ("metrics.json", '{"accuracy": 0.9}\n')):
+        (root / name).write_text(text)
+    return root
+
+
+def status(root: Path, *args: str) -> str:
+    return subprocess.run([DVC, "status", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
+
+def test_the_message_names_the_status_command_it_checked_and_dvc_agrees(tmp_path):
+    root = dvc_project(tmp_path)
+    ok, message = versioning.commit_outputs(root, ["a-make", "a-use"])
+    assert ok, message
+    assert message == "DVC: outputs recorded in dvc.lock; `dvc status a-make a-use` is clean (`dvc push` stores them)"
+    command = message.split("`")[1].split()
+    assert "up to date" in status(root, *command[2:])
+    assert "b-make" in status(root)  # the stage that never ran: why the message names the stages
+
+
+def test_a_change_after_the_commit_is_reported_not_called_clean(tmp_path, monkeypatch):
+    root = dvc_project(tmp_path)
+    original = versioning.dvc
+
+    def dvc(where, *args):
+        if args[0] == "status":  # an output edited between the commit and the check
+            (root / "made.txt").write_text("changed\n")
+        return original(where, *args)
+
+    monkeypatch.setattr(versioning, "dvc", dvc)
+    ok, message = versioning.commit_outputs(root, ["a-make", "a-use"])
+    assert not ok and message.endswith("`dvc status a-make a-use` lists changes in a-make, a-use")
+
+
+def test_what_dvc_status_json_says_changed():
+    def done(code: int, out: str) -> subprocess.CompletedProcess:
+        return subprocess.CompletedProcess([], code, out, "")
+
+    assert versioning.changed_stages(done(0, "{}\n")) == []
+    assert versioning.changed_stages(done(0, '{"train": [{"changed deps": {"a": "modified"}}]}')) == ["train"]
+    assert versioning.changed_stages(done(1, "")) is None
+    assert versioning.changed_stages(done(0, "not json")) is None
+
+
+def test_the_stages_recorded_are_the_tasks_own_under_its_prefix():
+    root = Path(__file__).resolve().parents[2]
+    lm = TASKS["causal-lm"]
+    assert versioning.dvc_stages(root, root / lm.params_file, lm) == [f"lm-{name}" for name in lm.stages]
+    assert versioning.dvc_stages(root, root / "params.yaml", lm) is None  # another file: not what dvc.lock holds
