@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import urllib.request
@@ -74,10 +75,13 @@ def screenshot(page, name: str) -> Path:
 
 
 def close_mlflow_assistant(page) -> None:
-    """MLflow 3's assistant panel opens beside every page and covers a third of it."""
+    """MLflow 3's assistant panel opens beside a page (once per browser context) and covers a third of it."""
     close = page.get_by_role("button", name="Close")
-    if close.count():
-        close.first.click()
+    try:
+        close.first.wait_for(timeout=5_000)
+    except Exception:  # playwright's TimeoutError: the panel did not open
+        return
+    close.first.click()
 
 
 def mlflow_get(server: TrackingServer, endpoint: str, **query: str) -> dict:
@@ -131,31 +135,30 @@ def pipeline_flow_run(api: str) -> dict:
 # --- MLflow --------------------------------------------------------------------------------------------------
 
 
-def test_mlflow_experiment_lists_the_pipeline_run_and_its_stage_runs(smoke_run, tracking_server, page):
+def test_mlflow_experiment_lists_the_pipeline_run_its_stage_runs_and_their_datasets(smoke_run, tracking_server, page):
     experiment_id, _ = stage_run(tracking_server, "finetune")
     page.goto(f"{tracking_server.uri}/#/experiments/{experiment_id}/runs")
+    pipeline_row = page.get_by_role("row").filter(has_text="pipeline-").first
+    pipeline_row.wait_for()
     close_mlflow_assistant(page)
-    page.get_by_text("pipeline-", exact=False).first.wait_for()
-    # the stage runs nest under the pipeline run: unfold them
-    page.get_by_role("button", name="Toggle visibility of runs").first.wait_for()
-    expander = page.locator("[data-testid='nested-runs-expander'], button[aria-label*='xpand']")
-    if expander.count():
-        expander.first.click()
-    page.get_by_text("finetune", exact=True).first.wait_for()
+    pipeline_row.get_by_role("button").first.click()  # the stage runs nest under the pipeline run: unfold them
+    page.get_by_role("link", name="finetune", exact=True).wait_for()
     text = page.inner_text("body")
-    for stage in ("ingest", "validate", "finetune", "distill", "quantize", "evaluate", "register"):
+    for stage in ("ingest", "validate", "finetune", "distill", "prune", "quantize", "evaluate", "register"):
         assert stage in text, f"stage run {stage} not shown"
+    assert "data/prepared/" in text, "the Dataset column names no split"
+    assert MODEL_NAME in text, "the register run does not show the model it registered"
     screenshot(page, "mlflow-experiment")
 
 
 def test_mlflow_run_shows_the_datasets_it_read(smoke_run, tracking_server, page):
     experiment_id, run_id = stage_run(tracking_server, "finetune")
     page.goto(f"{tracking_server.uri}/#/experiments/{experiment_id}/runs/{run_id}")
+    page.get_by_text("About this run").wait_for()
     close_mlflow_assistant(page)
-    page.get_by_text("Datasets", exact=False).first.wait_for()
-    page.get_by_text("train", exact=False).first.wait_for()
     text = page.inner_text("body")
-    assert "train" in text and "validation" in text, "the finetune run's datasets panel lists no train/validation"
+    assert "Datasets" in text and "data/prepared/" in text and ".parquet" in text, "the Datasets panel is empty"
+    assert "test_accuracy" in text and "pipeline-" in text  # its metrics, and its parent run
     screenshot(page, "mlflow-run-datasets")
 
 
@@ -163,14 +166,16 @@ def test_mlflow_model_version_shows_alias_card_and_signature(smoke_run, tracking
     registration = json.loads((smoke_run / "reports" / "registration.json").read_text())
     alias, version = registration["alias"], registration["version"]
     page.goto(f"{tracking_server.uri}/#/models/{MODEL_NAME}/versions/{version}")
+    page.get_by_text("Intended use").first.wait_for()  # the model card, as the version's description
     close_mlflow_assistant(page)
-    page.get_by_text(f"Version {version}").first.wait_for()
-    page.get_by_text(alias, exact=False).first.wait_for()
-    page.get_by_text("Intended use", exact=False).first.wait_for()
-    page.get_by_text("input_ids", exact=False).first.wait_for(state="attached")
     text = page.inner_text("body")
-    assert f"@ {alias}" in text or f"@{alias}" in text
+    assert re.search(rf"Aliases\W+@\W*{alias}", text), f"alias {alias} not shown"
+    for heading in ("Data", "Compression chain", "Gate:", "Known limits"):
+        assert heading in text, f"the card has no {heading!r}"
     screenshot(page, "mlflow-model-version")
+    page.get_by_text(re.compile(r"^Inputs \(\d+\)$")).click()  # the signature, folded under Schema
+    page.get_by_text("input_ids").first.wait_for()
+    assert "attention_mask" in page.inner_text("body")
 
 
 # --- Prefect -------------------------------------------------------------------------------------------------
@@ -180,13 +185,19 @@ def test_prefect_flow_run_shows_stage_progress_and_the_report_artifact(smoke_run
     run = pipeline_flow_run(prefect_api)
     logs = prefect_post(prefect_api, "logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
     messages = [log["message"] for log in logs]
-    assert any("[finetune]" in m for m in messages), "no stage line in the flow run's logs"
+    assert any(m.startswith("[finetune] started") for m in messages), "no stage line in the flow run's logs"
+    assert any("epoch 1/" in m and "batch" in m for m in messages), "no training progress line in the logs"
     assert not any("\r" in m for m in messages), "carriage-return progress fragments in the Prefect logs"
+    artifacts = prefect_post(prefect_api, "artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
+    assert [a["type"] for a in artifacts] == ["markdown"], artifacts
 
     ui = prefect_api.removesuffix("/api")
     page.goto(f"{ui}/runs/flow-run/{run['id']}")
-    page.get_by_text("[finetune]", exact=False).first.wait_for()
+    page.get_by_text("[finetune] started").first.wait_for()
+    assert "[finetune] finished in" in page.inner_text("body")
     screenshot(page, "prefect-flow-run")
-    page.get_by_role("tab", name="Artifacts").click()
-    page.get_by_text("report", exact=False).first.wait_for()
+    page.goto(f"{ui}/artifacts/artifact/{artifacts[0]['id']}")
+    page.get_by_text("Compression report").first.wait_for()
+    text = page.inner_text("body")
+    assert "Gate:" in text and MODEL_NAME in text and "MLflow run" in text
     screenshot(page, "prefect-artifact")
