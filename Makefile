@@ -4,6 +4,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# The Flower environment (make federate-env): flwr's pins cannot share .venv.
+FLOWER := .venv-flower
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 # Quiet, offline-friendly defaults for every tool the pipeline drives.
 export DVC_NO_ANALYTICS := 1
@@ -12,7 +14,8 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run smoke seeds search lint test test-integration bench ui stop-ui serve dvc-status dvc-yaml repro push clean
+.PHONY: install run smoke seeds search lint test test-integration test-federation federate federate-env bench ui stop-ui \
+	serve dvc-status dvc-yaml repro push clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +44,7 @@ search: $(VENV)/.installed
 
 # ruff (lint and format), then the import contracts of pyproject.toml ([tool.importlinter]): components never import flows,
 # Prefect, MLflow or DVC; the edge scripts import nothing from the project; the kit imports no task; the
-# tasks, and the stage modules, never import each other.
+# tasks, and the stage modules, never import each other; only the Flower apps import flwr (not in .venv).
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check components flows tests
 	$(BIN)/ruff format --check components flows tests
@@ -57,6 +60,24 @@ test: lint $(VENV)/.installed-test
 # Debian packages when missing and run as root. Left out of `make test`.
 test-integration: $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m integration tests/integration $(ARGS)
+
+# Federation tests: real Flower processes (a SuperLink and SuperNodes) on loopback, in .venv-flower. Left out of
+# `make test` (pyproject.toml's addopts deselect the `federation` marker), which runs without the Flower environment.
+test-federation: $(VENV)/.installed-test $(FLOWER)/.installed
+	HF_HUB_OFFLINE=1 MINIATURIZE_FLOWER_VENV=$(CURDIR)/$(FLOWER) $(BIN)/python -m pytest -q -m federation tests $(ARGS)
+
+# The Flower environment (flwr's pins cannot live in .venv: docs/federated.md): flwr, torch and what a client
+# trains with; rebuilt when components/federated/requirements-flower.txt changes.
+$(FLOWER)/.installed: components/federated/requirements-flower.txt $(VENV)/.installed
+	$(BIN)/python -m flows.federation.env $(FLOWER)
+	touch $@
+
+federate-env: $(FLOWER)/.installed
+
+# Federated fine-tuning of the champion's student: a SuperLink and one SuperNode per client on loopback (the four
+# vader sources), every process stopped at the end; then export, quantize, gate and register.
+federate: $(VENV)/.installed $(FLOWER)/.installed
+	HF_HUB_OFFLINE=1 $(BIN)/miniaturize federate $(ARGS)
 
 # Re-measure every model of the latest report, 3 rounds side by side (median and min-max).
 # The job with seeds 14 and 15 as well: each student chain re-trained per seed, the report's means and spread

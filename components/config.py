@@ -526,6 +526,91 @@ class LMConfig(_Section):
         return self
 
 
+# The vaderSentiment archive's rated sources (components.kit.data.VADER_MEMBERS keys): one client each in the
+# offline demonstration, data that differ in kind from client to client as on real devices.
+DEMO_CLIENTS = ("movie", "amazon", "tweets", "nyt")
+
+
+class FederatedConfig(_Section):
+    """Federated fine-tuning of the compressed student on Flower (docs/federated.md)."""
+
+    # One client per name, each the vader source of that name (`vader-<name>`), split by `data.seed` like any
+    # data: its train split trains, its validation split keeps the best local epoch, its test split is its own
+    # figure; the union of the test splits is the pooled test set that measures the global model.
+    clients: list[Literal["movie", "amazon", "tweets", "nyt"]] = Field(default_factory=lambda: list(DEMO_CLIENTS))
+    max_rows_per_client: int | None = Field(None, ge=20)  # rows read from each source (None: all)
+    rounds: Count = 5
+    # --- each client's round: E epochs on its train split, from the global weights it receives
+    local_epochs: Count = 1
+    lr: Positive = 1e-4
+    batch_size: Count = 32
+    max_length: int = Field(64, ge=8)  # tokens, as teacher.max_length (the length the model is served at)
+    # Distillation on the client where a teacher is there (its node config names `teacher-dir`): the loss is
+    # alpha x the soft term + (1 - alpha) x cross-entropy, as the distill stage's; clients without one train on
+    # their labels alone.
+    distill: bool = True
+    alpha: Share = 0.5
+    temperature: Positive = 2.0
+    # --- the server
+    # fedavg: the accepted updates' mean weighted by training rows; fedprox: the same mean, and every client
+    # adds (proximal_mu / 2) x ||w - w_global||^2 to its loss, which keeps a client whose data differ in kind
+    # from drifting far from the others (Li et al. 2020).
+    strategy: Literal["fedavg", "fedprox"] = "fedavg"
+    proximal_mu: NonNegative = 0.01
+    # Round 1 starts once this many clients are connected; a round is aggregated once `min_clients` have
+    # answered (and then waits at most `straggler_grace_s` for the rest, at most `round_timeout_s` in all). A
+    # round with fewer accepted updates keeps the global weights.
+    min_available_clients: Count = 4
+    min_clients: Count = 3
+    straggler_grace_s: NonNegative = 30.0
+    round_timeout_s: Positive = 1800.0
+    # After each round every client measures the new global weights on its own test split (one more message a
+    # round: per-client figures, the cost is a forward pass of its test split).
+    evaluate_on_clients: bool = True
+    # --- what travels: the student's trainable weights (every parameter but the word-embedding table, which
+    # stays as each client has it), down as the global weights and up as each client's update, in this dtype.
+    wire_dtype: Literal["float16", "float32"] = "float16"
+    # --- refusals: an update with NaN or inf, a norm above max_update_norm_ratio x the global weights' norm (a
+    # round of fine-tuning moves the weights by a few percent of their norm: 0.13-0.18 on the tiny test model
+    # at lr 1e-2), or (three updates or more) above max_median_factor x the round's median update norm is
+    # logged and left out.
+    max_update_norm_ratio: Positive = 1.0
+    max_median_factor: Positive = 10.0
+    # --- the local runtime (`make federate`): torch threads of each client's training process
+    threads_per_client: Count = 1
+    # --- after the federation: the same student fine-tuned centrally on the union of the shards (as many
+    # epochs as rounds x local_epochs), the figure the federation is judged against in the report
+    central_baseline: bool = True
+    # --- the gate against the champion (points of test accuracy, int8 models): the pooled test split may
+    # drop at most max_pooled_drop_points, any client's own test split at most max_client_drop_points
+    max_pooled_drop_points: NonNegative = 1.0
+    max_client_drop_points: NonNegative = 2.0
+
+    @model_validator(mode="after")
+    def _minimums_fit(self) -> FederatedConfig:
+        if self.min_clients > self.min_available_clients:
+            raise ValueError(
+                f"federated.min_clients ({self.min_clients}) is above federated.min_available_clients "
+                f"({self.min_available_clients}): a round could never gather enough answers"
+            )
+        if len(set(self.clients)) != len(self.clients):
+            raise ValueError(f"federated.clients {self.clients} names a source twice")
+        return self
+
+    def local_settings(self) -> dict[str, float | int | bool]:
+        """What a client's round reads, sent to every client in the round's config (a device needs no params
+        file); Flower's FedProx adds `proximal-mu` itself."""
+        return {
+            "local-epochs": self.local_epochs,
+            "lr": self.lr,
+            "batch-size": self.batch_size,
+            "max-length": self.max_length,
+            "distill": self.distill,
+            "alpha": self.alpha,
+            "temperature": self.temperature,
+        }
+
+
 class RetriesConfig(_Section):
     # A stage failing with a transient error (network, timeout, tracking server restarting) runs again, up
     # to this many attempts in all; a deterministic error (data, config, a bug) fails at once.
@@ -554,6 +639,7 @@ class Params(_Section):
     evaluate: EvaluateConfig
     register_: RegisterConfig = Field(alias="register")
     incremental: IncrementalConfig
+    federated: FederatedConfig
     multitask: MultitaskConfig
     lm: LMConfig
     retries: RetriesConfig

@@ -3,6 +3,7 @@
     miniaturize run [--profile smoke] [--data FILE] [--set key=value ...] [--force] [--until STAGE] [--wait S]
     miniaturize stage NAME [--processes N]                                    # one stage (what dvc.yaml runs)
     miniaturize update --data FILE [--profile smoke] [--set key=value ...]   # teach the champion a new batch
+    miniaturize federate [--from models:/NAME@champion] [--set federated.rounds=10]  # fine-tune across clients (Flower)
     miniaturize search [--profile smoke] [--set key=value ...]               # candidates, Pareto front, best one
     miniaturize package [--model models:/NAME@champion] --out DIR [--force]  # edge bundle with predict.py
     miniaturize serve-model DIR|models:/NAME@champion [--port 8000]          # the bundle over HTTP: /predict, /health
@@ -354,6 +355,45 @@ def update(
     typer.echo(f"  MLflow:  {outcome['tracking_uri']}  run {outcome['run_id']}")
     typer.echo(f"  {outcome['dvc']}")
     typer.echo(f"  lineage: miniaturize lineage {outcome['version']}")
+
+
+@app.command()
+def federate(
+    params_file: ParamsOpt = PARAMS_FILE,
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    wait: WaitOpt = 0.0,
+    start: Annotated[
+        Optional[str],
+        typer.Option(
+            "--from",
+            help="Federate this version's student instead of the champion's: models:/NAME/VERSION or models:/NAME@ALIAS.",
+        ),
+    ] = None,
+) -> None:
+    """Fine-tune the @champion's compressed student across clients that keep their data (Flower: a SuperLink and one
+    SuperNode per client on loopback, all stopped at the end), then export, quantize, gate and register it."""
+    params, task = load_task(params_file, profile, overrides)
+    from flows import federate as federating
+
+    if task is not federating.TASK:
+        fail(
+            f"error: miniaturize federate federates {federating.TASK.name} models; {params_file} sets task {task.name}",
+            2,
+        )
+    outcome, minutes = run_flow(federating.federate, params, Path.cwd(), "federate", wait_seconds=wait, start=start)
+    typer.echo("")
+    typer.secho(f"miniaturize: federation finished in {minutes:.1f} min", bold=True)
+    for line in federating.render_markdown(outcome["report"]).splitlines()[2:]:
+        if line:
+            typer.echo(f"  {line}")
+    typer.echo(
+        f"  {outcome['model_name']} version {outcome['version']} (parent {outcome['parent_version']}) is now "
+        f"@{outcome['alias']}: {outcome['reason']}"
+    )
+    typer.echo(f"  report:  {outcome['report_md']}")
+    typer.echo(f"  MLflow:  run {outcome['run_id']}")
+    typer.echo(f"  {outcome['dvc']}")
 
 
 @app.command("incremental-demo")

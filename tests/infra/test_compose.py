@@ -1,6 +1,7 @@
 """The compose stack's file, read without Docker: ports on loopback unless BIND_ADDRESS says otherwise, the
 logins of MLflow and Prefect wired from infra/.env, pinned images whose versions agree with the workers'
-clients, and the entrypoint guard that refuses missing or sample secrets.
+clients, the Flower SuperLink's image built as the Flower environment, and the entrypoint guard that refuses
+missing or sample secrets.
 (`docker compose -f infra/docker-compose.yml config` renders the same file with a real .env.)"""
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def env_example() -> dict[str, str]:
 
 def test_published_ports_listen_on_loopback_by_default(compose):
     published = {name: service["ports"] for name, service in compose["services"].items() if "ports" in service}
-    assert set(published) == {"minio", "mlflow", "prefect-server"}
+    assert set(published) == {"minio", "mlflow", "prefect-server", "flower-superlink"}
     for name, ports in published.items():
         for port in ports:
             assert port.startswith("${BIND_ADDRESS:-127.0.0.1}:"), f"{name} publishes {port} on every interface"
@@ -94,6 +95,19 @@ def test_images_are_pinned_and_clients_match_the_servers(compose):
     assert yaml.safe_load((REPO / "prefect.yaml").read_text())["prefect-version"] == prefect_version
     assert re.search(r"ARG MLFLOW_VERSION=(\S+)", worker)[1] == re.search(r"ARG MLFLOW_VERSION=(\S+)", mlflow)[1]
     assert '"mlflow[auth]==${MLFLOW_VERSION}"' in mlflow
+
+
+def test_the_flower_superlink_runs_the_flower_environment(compose):
+    """The SuperLink's image installs what .venv-flower holds (the same torch pin, then requirements-flower.txt),
+    installs nothing at run time, and its build context holds only components/."""
+    from flows.federation import env
+
+    service = compose["services"]["flower-superlink"]
+    dockerfile = (REPO / service["build"]["dockerfile"]).read_text()
+    assert env.TORCH in dockerfile and "-r requirements-flower.txt" in dockerfile
+    assert "--disable-runtime-dependency-installation" in service["command"] and "healthcheck" in service
+    ignored = (REPO / (service["build"]["dockerfile"] + ".dockerignore")).read_text().splitlines()
+    assert ignored[1:3] == ["*", "!components/"]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,354 @@
+"""Flower's deployment runtime on this machine: one SuperLink and one SuperNode per client, each a process of
+its own (and its own process group) talking over loopback, the federation started with `flwr run`, and every
+process stopped at the end, on success, failure or Ctrl-C.
+
+    with LocalFederation(FlowerEnv.at(venv), work_dir) as fed:
+        fed.start_superlink()
+        for client in clients:
+            fed.start_supernode(client)
+        fed.run_app(app_dir)                 # `flwr run <app_dir> local`
+        fed.wait_for(out_dir / "done.json", timeout_s)
+
+The processes run in the Flower virtual environment (`flows.federation.env`: flwr and what a client trains
+with; Flower's own pins cannot live beside Prefect's), with the repository on PYTHONPATH so that Flower's
+`flwr-serverapp` and `flwr-clientapp` processes import `components.federated`. Each process writes its log
+into `work_dir/logs/`. Flower's telemetry and update check are off: nothing leaves the machine.
+
+A device elsewhere joins the same way a local SuperNode does (`supernode_command`): see docs/federated.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+QUIET = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+class FederationError(RuntimeError):
+    """A Flower process would not start, died, or the federation did not finish in time; the message names
+    the process and the tail of its log."""
+
+
+@dataclass(frozen=True)
+class FlowerEnv:
+    """The Flower virtual environment's executables."""
+
+    bin: Path
+
+    @classmethod
+    def at(cls, venv: Path) -> FlowerEnv:
+        return cls(Path(venv) / "bin")
+
+    def exe(self, name: str) -> str:
+        path = self.bin / name
+        if not path.exists():
+            raise FederationError(f"{path} does not exist: install the Flower environment (make federate-env)")
+        return str(path)
+
+
+@dataclass(frozen=True)
+class Client:
+    """One SuperNode: its name and what its node config names (docs: `components.federated.client_app`)."""
+
+    name: str
+    data_dir: Path
+    student_dir: Path
+    teacher_dir: Path | None = None
+    threads: int = 1
+    extra: dict = field(default_factory=dict)  # more node config (a test's fault to inject)
+
+    def node_config(self, cache_dir: Path) -> str:
+        values = {
+            "name": self.name,
+            "data-dir": str(self.data_dir),
+            "student-dir": str(self.student_dir),
+            "teacher-dir": str(self.teacher_dir or ""),
+            "cache-dir": str(cache_dir),
+            "threads": self.threads,
+        } | self.extra
+        return " ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def supernode_command(env: FlowerEnv, superlink: str, client: Client, port: int, cache_dir: Path) -> list[str]:
+    """The command a client runs to join the federation at `superlink` (host:port)."""
+    return [
+        env.exe("flower-supernode"),
+        "--insecure",
+        "--superlink",
+        superlink,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--node-config",
+        client.node_config(cache_dir),
+    ]
+
+
+def app_folder(out: Path, name: str, serverapp: str, clientapp: str, settings_file: Path) -> Path:
+    """A Flower App folder (`flwr run` bundles it into a FAB): a pyproject.toml naming the ServerApp and
+    ClientApp by module path (they are imported from PYTHONPATH, not from the bundle) and the run config: the
+    path of the server's settings file."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pyproject.toml").write_text(
+        "\n".join(
+            [
+                "[build-system]",
+                'requires = ["hatchling"]',
+                'build-backend = "hatchling.build"',
+                "",
+                "[project]",
+                f'name = "{name}"',
+                'version = "1.0.0"',
+                'description = "miniaturize: federated fine-tuning of the compressed student"',
+                'license = "Apache-2.0"',
+                "dependencies = []",
+                "",
+                "[tool.flwr.app]",
+                'publisher = "miniaturize"',
+                "",
+                "[tool.flwr.app.components]",
+                f'serverapp = "{serverapp}"',
+                f'clientapp = "{clientapp}"',
+                "",
+                "[tool.flwr.app.config]",
+                f"settings-file = {json.dumps(str(settings_file))}",
+                "",
+            ]
+        )
+    )
+    (out / "README.md").write_text("Generated by miniaturize (flows/federation/runtime.py); do not edit.\n")
+    return out
+
+
+class LocalFederation:
+    """The processes of a federation on this machine (see the module); a context manager that stops them all."""
+
+    def __init__(self, env: FlowerEnv, work: Path, pythonpath: Path = REPO):
+        self.env, self.work = env, Path(work)
+        self.logs = self.work / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.home = self.work / "flwr-home"  # the `flwr` CLI's config (the SuperLink connection)
+        self.pythonpath = pythonpath
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.superlink_address: str | None = None
+
+    # ------------------------------------------------------------ processes
+
+    def environment(self, home: Path) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHONHOME"))}
+        path = os.pathsep.join([str(self.env.bin), env.get("PATH", "")])
+        extra = os.pathsep.join(p for p in (str(self.pythonpath), env.get("PYTHONPATH", "")) if p)
+        return env | QUIET | {"PATH": path, "PYTHONPATH": extra, "FLWR_HOME": str(home)}
+
+    def spawn(self, name: str, command: list[str], home: Path) -> subprocess.Popen:
+        """Start `command` in a new session (its own process group: stopping it stops what it started)."""
+        home.mkdir(parents=True, exist_ok=True)
+        log = open(self.logs / f"{name}.log", "ab")
+        try:
+            proc = subprocess.Popen(
+                command,
+                cwd=self.work,
+                env=self.environment(home),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        self.procs[name] = proc
+        (self.work / "pids.json").write_text(json.dumps({k: p.pid for k, p in self.procs.items()}))
+        return proc
+
+    def log_tail(self, name: str, chars: int = 2000) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def check_alive(self, name: str) -> None:
+        proc = self.procs[name]
+        if proc.poll() is not None:
+            raise FederationError(f"{name} exited with code {proc.returncode}; its log ends:\n{self.log_tail(name)}")
+
+    def start_superlink(self, port: int | None = None, timeout_s: float = 60.0) -> str:
+        """The SuperLink on loopback; returns its address (host:port) once it accepts connections."""
+        port = port or free_port()
+        command = [
+            self.env.exe("flower-superlink"),
+            "--insecure",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--disable-runtime-dependency-installation",
+        ]
+        self.spawn("superlink", command, self.work / "superlink-home")
+        self.superlink_address = f"127.0.0.1:{port}"
+        self.wait_port("superlink", port, timeout_s)
+        self.write_cli_config()
+        return self.superlink_address
+
+    def write_cli_config(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "config.toml").write_text(
+            '[superlink]\ndefault = "local"\n\n[superlink.local]\n'
+            f'address = "{self.superlink_address}"\ninsecure = true\n'
+        )
+
+    def wait_port(self, name: str, port: int, timeout_s: float) -> None:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            self.check_alive(name)
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.2)
+        raise FederationError(f"{name} did not listen on port {port} within {timeout_s:.0f} s:\n{self.log_tail(name)}")
+
+    def start_supernode(self, client: Client) -> subprocess.Popen:
+        if self.superlink_address is None:
+            raise FederationError("start the SuperLink first")
+        node_home = self.work / "nodes" / client.name
+        command = supernode_command(self.env, self.superlink_address, client, free_port(), node_home / "cache")
+        return self.spawn(f"supernode-{client.name}", command, node_home / "flwr-home")
+
+    def kill(self, name: str) -> None:
+        """Kill a process and every process it started (SIGKILL), as a crash or a power cut would."""
+        proc = self.procs.get(name)
+        if proc is not None:
+            kill_tree([proc.pid], grace_s=0.0)
+            proc.wait(timeout=30)
+
+    # ------------------------------------------------------------ the run
+
+    def flwr(self, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess:
+        """The `flwr` CLI against this federation's SuperLink (its config in FLWR_HOME)."""
+        return subprocess.run(
+            [self.env.exe("flwr"), *args],
+            cwd=self.work,
+            env=self.environment(self.home),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+
+    def run_app(self, app_dir: Path) -> int:
+        """`flwr run <app_dir> local`: the SuperLink starts the ServerApp; returns the run id."""
+        done = self.flwr("run", str(app_dir), "local", "--format", "json")
+        (self.logs / "flwr-run.log").write_text(done.stdout + done.stderr)
+        if done.returncode != 0:
+            raise FederationError(f"flwr run failed ({done.returncode}):\n{(done.stdout + done.stderr)[-2000:]}")
+        payload = json.loads(done.stdout[done.stdout.index("{") :])
+        if not payload.get("success"):
+            raise FederationError(f"flwr run did not start a run: {payload}")
+        return int(payload["run-id"])
+
+    def save_run_log(self, run_id: int) -> Path:
+        """The run's log as the SuperLink kept it (the ServerApp's lines: rounds, refusals) into
+        logs/serverapp.log; best effort (a SuperLink already gone leaves the note of why)."""
+        path = self.logs / "serverapp.log"
+        try:
+            done = self.flwr("log", str(run_id), "local", "--show", timeout_s=60)
+            path.write_text(done.stdout + done.stderr)
+        except (OSError, subprocess.SubprocessError) as err:
+            path.write_text(f"could not read the run's log: {err}\n")
+        return path
+
+    def run_status(self, run_id: int) -> str:
+        """The run's status as `flwr ls` gives it (e.g. running, finished:completed, finished:failed)."""
+        done = self.flwr("ls", "local", "--run-id", str(run_id), "--format", "json")
+        try:
+            runs = json.loads(done.stdout[done.stdout.index("{") :]).get("runs", [])
+        except ValueError:
+            return "unknown"
+        return str(runs[0].get("status", "unknown")) if runs else "unknown"
+
+    def wait_for(self, marker: Path, timeout_s: float, run_id: int | None = None, poll_s: float = 1.0) -> None:
+        """Until `marker` exists (the ServerApp writes it last); fails at once when the SuperLink dies or the
+        run finishes without it, and after `timeout_s`."""
+        deadline = time.time() + timeout_s
+        last_status_check = 0.0
+        while time.time() < deadline:
+            if marker.exists():
+                return
+            self.check_alive("superlink")
+            if run_id is not None and time.time() - last_status_check > 10:
+                last_status_check = time.time()
+                status = self.run_status(run_id)
+                if status.startswith("finished") and not marker.exists():
+                    time.sleep(poll_s)
+                    if not marker.exists():
+                        raise FederationError(
+                            f"run {run_id} ended ({status}) without {marker.name}; "
+                            f"the SuperLink's log ends:\n{self.log_tail('superlink')}"
+                        )
+            time.sleep(poll_s)
+        raise FederationError(f"the federation did not finish within {timeout_s:.0f} s (no {marker})")
+
+    # ------------------------------------------------------------ stopping
+
+    def stop(self, grace_s: float = 10.0) -> list[int]:
+        """Every process started and every process they started (Flower detaches some into sessions of their
+        own: the SuperLink's SuperExec, the ServerApp), all at once: SIGTERM, then SIGKILL to what is left
+        after `grace_s`. Returns the pids that had to be killed."""
+        forced = kill_tree([proc.pid for proc in self.procs.values()], grace_s)
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.wait(timeout=10)
+        return forced
+
+    def __enter__(self) -> LocalFederation:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def kill_tree(pids: list[int], grace_s: float) -> list[int]:
+    """SIGTERM to the processes and all their descendants (read before any of them is signalled, so none is
+    orphaned unseen), SIGKILL to those alive after `grace_s` (at once when 0); returns the pids that needed
+    SIGKILL after a grace."""
+    import psutil
+
+    family: list[psutil.Process] = []
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            family += [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    alive = family
+    if grace_s > 0:
+        for proc in family:
+            try:
+                proc.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(family, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+    return [proc.pid for proc in alive] if grace_s > 0 else []
