@@ -120,7 +120,7 @@ class MlflowServer:
         self.proc = None
 
     def start(self) -> None:
-        from tests.integration.test_tracking_server import wait_healthy
+        from tests.integration.conftest import wait_healthy
 
         env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
         log = self.workdir / "server.log"
@@ -148,7 +148,7 @@ class MlflowServer:
         wait_healthy(f"{self.uri}/health", self.proc, log, seconds=120)
 
     def stop(self) -> None:
-        from tests.integration.test_tracking_server import stop_process_group
+        from tests.integration.conftest import stop_process_group
 
         if self.proc is not None:
             stop_process_group(self.proc)

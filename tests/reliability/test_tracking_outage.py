@@ -49,7 +49,10 @@ def test_mlflow_down_mid_stage_keeps_outputs_and_logs_and_the_next_run_replays_t
     with pytest.raises(TrackingUnavailable) as caught:
         run_pipeline(tiny_project, prefect_api, "retries.stage_attempts=1", until="validate")
     message = str(caught.value)
-    assert "the validate stage finished and its outputs are in place (reports/validation)" in message
+    assert (
+        "the validate stage finished and its outputs are in place (reports/validation, reports/metrics/validate.json)"
+        in message
+    )
     assert "the next run logs them without computing it again" in message
     record = cache.StageCache(CLASSIFICATION.workspace(tiny_project).state).path("validate")
     assert record.is_file() and (tiny_project / "reports" / "validation" / "validation.json").is_file()
