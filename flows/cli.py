@@ -342,9 +342,13 @@ def update(
             bold=True,
         )
         return
-    report = outcome["report"]
-    typer.secho(f"miniaturize: update finished in {minutes:.1f} min", bold=True)
-    for line in updating.render_markdown(report).splitlines()[2:]:
+    echo_new_version("update", outcome, updating.render_markdown(outcome["report"]), minutes)
+
+
+def echo_new_version(what: str, outcome: dict, markdown: str, minutes: float) -> None:
+    """What an update or a federation registered: its report's lines, the version and alias, where to look next."""
+    typer.secho(f"miniaturize: {what} finished in {minutes:.1f} min", bold=True)
+    for line in markdown.splitlines()[2:]:
         if line:
             typer.echo(f"  {line}")
     typer.echo(
@@ -383,17 +387,7 @@ def federate(
         )
     outcome, minutes = run_flow(federating.federate, params, Path.cwd(), "federate", wait_seconds=wait, start=start)
     typer.echo("")
-    typer.secho(f"miniaturize: federation finished in {minutes:.1f} min", bold=True)
-    for line in federating.render_markdown(outcome["report"]).splitlines()[2:]:
-        if line:
-            typer.echo(f"  {line}")
-    typer.echo(
-        f"  {outcome['model_name']} version {outcome['version']} (parent {outcome['parent_version']}) is now "
-        f"@{outcome['alias']}: {outcome['reason']}"
-    )
-    typer.echo(f"  report:  {outcome['report_md']}")
-    typer.echo(f"  MLflow:  run {outcome['run_id']}")
-    typer.echo(f"  {outcome['dvc']}")
+    echo_new_version("federation", outcome, federating.render_markdown(outcome["report"]), minutes)
 
 
 @app.command("incremental-demo")

@@ -31,7 +31,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from components.config import FederatedConfig, Params, section_hash
-from components.kit.promotion import CHALLENGER, CHAMPION
+from components.kit.secrets import redact
 from components.kit.tracking import PrefixedTracker, Tracker
 from flows import prefect_api, registry, tracking
 from flows.lock import note, workspace_lock
@@ -354,27 +354,14 @@ def federate_steps(p, cfg, ws, champion, warm, champion_model, work, run_id, tra
     version = registry.log_version(
         TASK, p, run_id, final, report_path, version_tags(p, ws, champion, report, run_id), model_name
     )
-    alias = CHAMPION if decision.passed else CHALLENGER
     why = "federated gate passed" if decision.passed else f"federated gate refused: {', '.join(decision.failed())}"
-    registry.move_alias(
-        tracker.client,
-        ws.root,
-        model_name,
-        version,
-        alias,
-        reason=why,
-        by="miniaturize federate",
-        failed_checks=decision.failed(),
-    )
-    tracker.set_tags({"miniaturize.registered_version": version, "miniaturize.alias": alias})
+    alias = registry.settle_version(tracker, ws.root, model_name, version, decision, why, by="miniaturize federate")
     tracker.log_metrics(
         {f"accuracy.{m}.{s}": v for m, row in accuracy.items() for s, v in row.items() if v is not None}
     )
-    reports = ws.reports / REPORT_DIR
-    reports.mkdir(parents=True, exist_ok=True)
-    (reports / f"v{version}.json").write_text(json.dumps(report | {"version": version, "alias": alias}, indent=2))
-    (reports / f"v{version}.md").write_text(render_markdown(report))
-    tracker.log_artifact(reports / f"v{version}.md")
+    report_md = registry.write_version_report(
+        ws.reports / REPORT_DIR, version, alias, report, render_markdown(report), tracker
+    )
     return {
         "model_name": model_name,
         "version": version,
@@ -382,7 +369,8 @@ def federate_steps(p, cfg, ws, champion, warm, champion_model, work, run_id, tra
         "parent_version": str(champion.version),
         "reason": why,
         "report": report,
-        "report_md": reports / f"v{version}.md",
+        "report_md": report_md,
         "run_id": run_id,
         "dvc": record_shards(ws, shards),
+        "tracking_uri": redact(tracking.tracking_uri(ws.root)),
     }

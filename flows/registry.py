@@ -584,6 +584,28 @@ def move_alias(
     return record
 
 
+def settle_version(
+    tracker: Tracker, root: Path, model_name: str, version: str, decision: gate.GateDecision, why: str, by: str
+) -> str:
+    """A continuation's (update, federation) last step: @champion when its gate passed, else @challenger, the move
+    recorded with `why`; the run tagged with the version and alias. Returns the alias."""
+    alias = alias_for(decision.passed)
+    move_alias(tracker.client, root, model_name, version, alias, reason=why, by=by, failed_checks=decision.failed())
+    tracker.set_tags({"miniaturize.registered_version": version, "miniaturize.alias": alias})
+    return alias
+
+
+def write_version_report(folder: Path, version: str, alias: str, report: dict, markdown: str, tracker: Tracker) -> Path:
+    """`<folder>/v<version>.json` (the report with its version and alias) and `.md`, logged on the run; the
+    markdown's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"v{version}.json").write_text(json.dumps(report | {"version": version, "alias": alias}, indent=2))
+    md = folder / f"v{version}.md"
+    md.write_text(markdown)
+    tracker.log_artifact(md)
+    return md
+
+
 def promote(task: Task, p: Params, ws: Workspace, version: str, force: bool = False, reason: str | None = None) -> dict:
     """Make `version` the champion through the gate (teacher ratios and the current champion), judged with the
     current gate config. `force` overrides a failed gate; the override and its reason are recorded."""

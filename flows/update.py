@@ -34,7 +34,6 @@ from prefect.cache_policies import NO_CACHE
 from components.config import Params, data_source_id, section_hash
 from components.kit import gate
 from components.kit.forgetting import decide, per_batch, reason
-from components.kit.promotion import CHALLENGER, CHAMPION
 from components.kit.secrets import redact
 from components.kit.tracking import PrefixedTracker, Tracker
 from flows import artifacts, prefect_api, registry, tracking
@@ -420,19 +419,8 @@ def update_steps(p, ws, data, champion, warm, champion_model, seen, work, run_id
     model_name = p.registered_model_name(continuing=champion.name)  # never a name made from the new batch
     version = registry.log_version(TASK, p, run_id, final, report_path, tags, model_name)
     log_next_warm_start(tracker.client, run_id, work / "next")
-    alias = CHAMPION if decision.passed else CHALLENGER
     why = "forgetting gate passed" if decision.passed else f"forgetting gate refused: {report['reason']}"
-    registry.move_alias(
-        tracker.client,
-        ws.root,
-        model_name,
-        version,
-        alias,
-        reason=why,
-        by="miniaturize update",
-        failed_checks=decision.failed(),
-    )
-    tracker.set_tags({"miniaturize.registered_version": version, "miniaturize.alias": alias})
+    alias = registry.settle_version(tracker, ws.root, model_name, version, decision, why, by="miniaturize update")
     tracker.log_metrics(
         {
             "mean_accuracy": report["mean_accuracy"] or 0.0,
@@ -442,11 +430,9 @@ def update_steps(p, ws, data, champion, warm, champion_model, seen, work, run_id
         }
         | {f"accuracy.{r['batch']}": r["after"] for r in rows if r["after"] is not None}
     )
-    reports = ws.reports / REPORT_DIR
-    reports.mkdir(parents=True, exist_ok=True)
-    (reports / f"v{version}.json").write_text(json.dumps(report | {"version": version, "alias": alias}, indent=2))
-    (reports / f"v{version}.md").write_text(render_markdown(report))
-    tracker.log_artifact(reports / f"v{version}.md")
+    report_md = registry.write_version_report(
+        ws.reports / REPORT_DIR, version, alias, report, render_markdown(report), tracker
+    )
     dvc_line = put_in_workspace(ws, batch, name, work / "next" / "replay.parquet" if decision.passed else None)
     return {
         "skipped": False,
@@ -457,7 +443,7 @@ def update_steps(p, ws, data, champion, warm, champion_model, seen, work, run_id
         "batch": name,
         "reason": why,
         "report": report,
-        "report_md": reports / f"v{version}.md",
+        "report_md": report_md,
         "run_id": run_id,
         "dvc": dvc_line,
         "tracking_uri": redact(tracking.tracking_uri(ws.root)),

@@ -1,5 +1,5 @@
-"""Helpers for flow-level tests: a throwaway project workspace and the `miniaturize` CLI run in it
-(the real local Prefect server, `prefect_api`, lives in tests/conftest.py)."""
+"""Helpers for flow-level tests: a throwaway project workspace, the `miniaturize` CLI run in it, and the Flower
+environment of the federation tests (the real local Prefect server, `prefect_api`, lives in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,3 +71,12 @@ def run_cli(args: list[str], cwd: Path, prefect_api: str, timeout: int = 600, ex
     return subprocess.run(
         [str(BIN / "miniaturize"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+@pytest.fixture(scope="session")
+def flower_env():
+    """The Flower environment (`flows.federation.env`): MINIATURIZE_FLOWER_VENV when set, else .venv-flower, built
+    once (minutes) when missing or out of date."""
+    from flows.federation import env
+
+    return env.ensure(Path(os.environ.get("MINIATURIZE_FLOWER_VENV", REPO / ".venv-flower")))

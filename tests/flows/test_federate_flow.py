@@ -7,7 +7,6 @@ reports/federated/."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ import pytest
 from components.config import FederatedConfig
 from components.kit import data
 from components.kit.hashing import file_sha256
-from flows.federation.runtime import REPO
 from tests.components.federated.test_shards import WORDS, ratings
 from tests.components.kit.test_data import fake_sdist
 from tests.conftest import tiny_bert
@@ -41,7 +39,7 @@ FEDERATED = FederatedConfig(
 
 
 @pytest.fixture(scope="module")
-def federated(tmp_path_factory, prefect_api):
+def federated(tmp_path_factory, prefect_api, flower_env):
     monkeypatch = pytest.MonkeyPatch()
     try:
         root = tmp_path_factory.mktemp("federate")
@@ -55,9 +53,8 @@ def federated(tmp_path_factory, prefect_api):
 
         from flows.federate import federate
 
-        venv = os.environ.get("MINIATURIZE_FLOWER_VENV", str(REPO / ".venv-flower"))
         with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
-            outcome = federate(load(project), FEDERATED, root=str(project), flower_venv=venv)
+            outcome = federate(load(project), FEDERATED, root=str(project), flower_venv=str(flower_env.bin.parent))
         yield project, first, outcome
     finally:
         monkeypatch.undo()

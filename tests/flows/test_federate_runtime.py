@@ -18,7 +18,6 @@ import pytest
 from components.config import FederatedConfig
 from components.federated import local
 from components.federated.shards import pooled_test
-from flows.federation import env as flower_env
 from flows.federation.runtime import REPO
 from flows.federation.stage import run_federation
 from tests.conftest import make_frame, tiny_bert, write_prepared
@@ -42,8 +41,8 @@ SMOKE = dict(
 
 
 @pytest.fixture(scope="module")
-def env():
-    return flower_env.ensure(Path(os.environ.get("MINIATURIZE_FLOWER_VENV", REPO / ".venv-flower")))
+def env(flower_env):
+    return flower_env
 
 
 @pytest.fixture(scope="module")
