@@ -221,6 +221,14 @@ class PruneConfig(TrainConfig):
     alpha: Share = 0.5
     temperature: Positive = 2.0
     transfer: bool = False  # recovery on the transfer set too (slower)
+    # Accuracy-aware pruning: the ratios above are then the most it removes. After each step's recovery the
+    # student's validation accuracy is compared with the teacher's (same sentences, same token limit); a step
+    # that leaves it more than the budget below is undone and pruning stops there. "auto": the gate's
+    # `register.gate.max_drop_vs_teacher_points`, less what quantization may still spend
+    # (`quantize.max_drop_vs_fp32_points`) and `budget_margin_points` (validation is not test); a number: that
+    # many points; null: fixed ratios, every step taken. The flows resolve "auto" (`flows.tasks.chain.prune_settings`).
+    accuracy_budget_points: Literal["auto"] | NonNegative | None = "auto"
+    budget_margin_points: NonNegative = 0.25
 
 
 class TrimConfig(_Section):

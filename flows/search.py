@@ -68,7 +68,15 @@ def build(
         p.seed,
         root / "soft_targets",
         p.distill.model_copy(update={"layers": list(c.layers), "epochs": epochs, "ablation": False}),
-        p.prune.model_copy(update={"head_ratio": c.prune_ratio, "ffn_ratio": c.prune_ratio, "epochs": epochs})
+        p.prune.model_copy(
+            # a candidate is its ratio: the search itself weighs accuracy against size and speed
+            update={
+                "head_ratio": c.prune_ratio,
+                "ffn_ratio": c.prune_ratio,
+                "epochs": epochs,
+                "accuracy_budget_points": None,
+            }
+        )
         if c.prune_ratio > 0
         else None,
         p.trim.model_copy(update={"enabled": True}) if c.trim else None,

@@ -116,6 +116,10 @@ def metrics_to_log(report: dict) -> dict[str, float]:
     for key, value in report.get("seeds", {}).items():
         if key != "runs":
             out |= {f"seeds.{key}.{stat}": float(v) for stat, v in value.items()}
+    if budget := report.get("accuracy_budget"):
+        out["budget.budget_points"] = float(budget["budget_points"])
+        spent = budget["spent_points"] | {"total": budget["total_spent_points"]}
+        out |= {f"budget.spent.{name}_points": float(v) for name, v in spent.items() if v is not None}
     out["gate.passed"] = float(report["gate"]["passed"])
     return out
 
@@ -182,6 +186,60 @@ def distillation_ablation(student_dir: Path) -> dict | None:
         "kd_gain_points": gain_points(kd_train_only, labels_only),
         "transfer_gain_points": gain_points(kd_with_transfer, kd_train_only) if with_transfer else None,
     }
+
+
+def accuracy_budget(pruned_dir: Path, final_dir: Path) -> dict | None:
+    """How much of the accuracy budget each technique spent, in validation points, from the prune stage's
+    metrics.json (when it pruned against a budget) and the quantize stage's quantize_report.json: distillation
+    (teacher to student), pruning (student to pruned), trim and export (pruned in PyTorch to the fp32 export)
+    and quantization (fp32 export to the shipped model). None for fixed-ratio pruning."""
+    path = Path(pruned_dir) / "metrics.json"
+    pruned = json.loads(path.read_text()) if path.is_file() else {}
+    if "budget_points" not in pruned:
+        return None
+    path = Path(final_dir) / "quantize_report.json"
+    quantized = json.loads(path.read_text()) if path.is_file() else {}
+    fp32, shipped = quantized.get("accuracy_fp32_validation"), quantized.get("accuracy_int8_validation")
+    spent = {
+        "distill": pruned["budget_spent_distill_points"],
+        "prune": pruned["budget_spent_prune_points"],
+        "trim_and_export": gain_points(pruned["val_accuracy"], fp32),
+        "quantize": gain_points(fp32, shipped),
+    }
+    return {
+        "budget_points": pruned["budget_points"],
+        "teacher_val_accuracy": pruned["teacher_val_accuracy"],
+        "spent_points": spent,
+        "total_spent_points": gain_points(pruned["teacher_val_accuracy"], shipped),
+        "prune_steps_taken": pruned["steps_taken"],
+        "prune_step_undone": pruned["step_undone"] or None,
+    }
+
+
+def budget_lines(budget: dict) -> list[str]:
+    """The accuracy budget's spending as a markdown section."""
+    names = {
+        "distill": "distillation",
+        "prune": "pruning",
+        "trim_and_export": "vocabulary trim and ONNX export",
+        "quantize": "quantization",
+    }
+    undone = budget["prune_step_undone"]
+    lines = [
+        "",
+        "## Accuracy budget",
+        "",
+        f"Pruning was given {budget['budget_points']:.2f} validation points below the teacher "
+        f"({budget['teacher_val_accuracy']:.4f}); it took {budget['prune_steps_taken']} step(s)"
+        + (f" and undid step {undone}, which went over" if undone else "")
+        + ". Points spent on validation by each technique (negative: it gained):",
+        "",
+        "| technique | points spent |",
+        "|---|---:|",
+    ]
+    lines += [f"| {names[k]} | {fmt(v, '+.2f')} |" for k, v in budget["spent_points"].items()]
+    lines.append(f"| **total, teacher to shipped model** | **{fmt(budget['total_spent_points'], '+.2f')}** |")
+    return lines
 
 
 # ---------------------------------------------------------------- measuring one model
@@ -376,6 +434,8 @@ def render_markdown(report: dict) -> str:
                 },
             )
     lines += gate_lines(report["gate"])
+    if budget := report.get("accuracy_budget"):
+        lines += budget_lines(budget)
     if ablation := report.get("ablation"):
         lines += ablation_lines(ablation)
     if seeds := report.get("seeds"):
@@ -544,6 +604,10 @@ def run(
     student = next((m for m in models if m.name == "student"), None)
     if student is not None and (ablation := distillation_ablation(student.path)):
         report["ablation"] = ablation
+    pruned = next((m for m in models if m.name == "pruned"), None)
+    final = next(m for m in models if m.name == FINAL)
+    if pruned is not None and (budget := accuracy_budget(pruned.path, final.path)):
+        report["accuracy_budget"] = budget
     report["final_vs_teacher"]["agreement_with_teacher"] = entries[FINAL]["agreement_with_teacher"]
     add_seed_spread(report, entries, seed, seed_runs)
 

@@ -15,10 +15,19 @@ Pruning is iterative (`prune.steps`): each step removes an equal part of the tar
 surviving heads and neurons first, and is followed by a recovery fine-tune (`prune.epochs` per step) with
 distillation from the stored teacher logits, so that later cuts are chosen on the recovered model.
 Under a multi-process launch each recovery is data-parallel and every process cuts the same heads.
+
+Pruning is accuracy-aware when `cfg.accuracy_budget_points` is a number (the flows turn the params' "auto"
+into one): the ratios are then the most it removes. The teacher's validation accuracy, on the
+same sentences cut to the same token limit, is the reference; after each step's recovery, a step that leaves
+the student more than the budget below it is undone (the model as it was before that step's cut) and pruning
+stops; a student that distillation already left over the budget is not cut at all. The metrics say what the
+distilled student had already spent, what pruning spent, and which step was undone; with no budget (None)
+every step is taken.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +37,7 @@ from transformers import AutoModelForSequenceClassification
 from transformers.pytorch_utils import prune_linear_layer
 
 from components.config import DistributedConfig, PruneConfig
+from components.kit import soft_targets
 from components.kit.distributed import same_on_every_rank
 from components.kit.modeling import (
     Encoded,
@@ -169,6 +179,11 @@ def cut(
         prune_ffn(model, neurons_to_keep(by_neuron, keep=neurons_kept))
 
 
+def points(share: float) -> float:
+    """An accuracy difference as percentage points."""
+    return 100.0 * share
+
+
 def run(
     cfg: PruneConfig,
     student_dir: Path,  # the model pruned, and its tokenizer
@@ -199,8 +214,28 @@ def run(
         head_multiple=len(layers) if cfg.uniform_heads else 1,
     )
 
-    history, seconds, removed, examples = [], 0.0, 0, 0
+    budget = cfg.accuracy_budget_points
+    if budget == "auto":
+        raise ValueError("prune.accuracy_budget_points is 'auto': resolve it first (flows.tasks.chain.prune_settings)")
+    student_val = score(predict_logits(model, val, pad_id), val.labels)
+    reference = None
+    if budget is not None:
+        teacher_val = soft_targets.load(teacher_dir, prepared, "validation", val, cfg.max_length, soft_cache, dist)
+        reference = score(teacher_val, val.labels)
+        print(
+            f"  prune: accuracy budget {budget:.2f} points below the teacher's validation accuracy "
+            f"{reference:.4f}; the distilled student is at {student_val:.4f}",
+            flush=True,
+        )
+
+    if budget is not None and points(reference - student_val) > budget:
+        # Distillation alone spent the budget: any cut would only add to it.
+        print("  prune: the distilled student is already over the budget; nothing is cut", flush=True)
+        targets = []
+
+    history, seconds, removed, examples, undone = [], 0.0, 0, 0, None
     for step, (heads_removed_target, neurons_kept) in enumerate(targets, start=1):
+        before = copy.deepcopy(model) if budget is not None else None
         # The train split's rows of the teacher's logits score the heads.
         cut(
             model,
@@ -246,7 +281,21 @@ def run(
                 "val_accuracy": outcome.best_val_accuracy,
             }
         )
+        if budget is not None and points(reference - outcome.best_val_accuracy) > budget:
+            # Over budget: this step is undone, and a deeper cut would only spend more.
+            model, undone = before, step
+            history[-1]["undone"] = True
+            print(
+                f"  prune step {step}/{cfg.steps} undone: validation accuracy {outcome.best_val_accuracy:.4f} is "
+                f"{points(reference - outcome.best_val_accuracy):.2f} points below the teacher's, over the "
+                f"budget of {budget:.2f}; keeping {n_heads(model)} heads, FFN {model.config.intermediate_size} wide",
+                flush=True,
+            )
+            break
 
+    removed = heads_before - n_heads(model)
+    kept = [row for row in history if not row.get("undone")]
+    val_after = kept[-1]["val_accuracy"] if kept else student_val
     test = data.splits["test"]
     test_scores = data.labels.scores(predict_logits(model, test, pad_id), test.labels)
     pruned = {int(k): sorted(int(h) for h in v) for k, v in model.config.pruned_heads.items()}
@@ -257,8 +306,22 @@ def run(
         "heads_removed": removed,
         "heads_before": heads_before,
         "intermediate_size": model.config.intermediate_size,
-        "val_accuracy_before_recovery": history[0]["val_accuracy_before_recovery"],
-        "val_accuracy": history[-1]["val_accuracy"],
+        "val_accuracy_before_recovery": history[0]["val_accuracy_before_recovery"] if history else student_val,
+        "val_accuracy": val_after,
+        "student_val_accuracy": student_val,  # the distilled student's, before any cut
+        "steps_taken": len(kept),
+        "step_undone": undone or 0,  # the step undone for going over the budget; 0: none
+        **(
+            {
+                "budget_points": budget,
+                "teacher_val_accuracy": reference,
+                # what distillation had spent before pruning, and what pruning spent on top (points)
+                "budget_spent_distill_points": points(reference - student_val),
+                "budget_spent_prune_points": points(student_val - val_after),
+            }
+            if budget is not None
+            else {}
+        ),
         **{f"test_{key}": value for key, value in test_scores.items()},
         "train_seconds": seconds,
         "examples": examples,  # training rows processed over every recovery epoch (an update's cost is compared by it)

@@ -15,10 +15,25 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from components.config import Params
+from components.config import Params, PruneConfig
 from components.kit.tracking import PrefixedTracker, StageResult, Tracker
 from components.kit.training import TaskMix
 from flows.stages import merge
+
+# What the prune stage reads besides its own section: what an "auto" accuracy budget is made of.
+PRUNE_BUDGET = ("register.gate.max_drop_vs_teacher_points", "quantize.max_drop_vs_fp32_points")
+
+
+def prune_settings(p: Params) -> PruneConfig:
+    """The prune section as the prune component takes it, its accuracy budget a number of points or None (fixed
+    ratios): "auto" is the gate's tolerance against the teacher less what quantization may still spend and
+    the margin for validation not being test."""
+    auto = max(
+        0.0,
+        p.register_.gate.max_drop_vs_teacher_points - p.quantize.max_drop_vs_fp32_points - p.prune.budget_margin_points,
+    )
+    budget = p.prune.accuracy_budget_points
+    return p.prune.model_copy(update={"accuracy_budget_points": auto if budget == "auto" else budget})
 
 
 def soft_cache(ws: Any) -> Path:

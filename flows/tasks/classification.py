@@ -24,7 +24,7 @@ from components.kit.tracking import StageResult, Tracker
 from flows import registry
 from flows.preflight import require_layers, teacher_depth
 from flows.stages import Axis, Judging, Plots, Stage, StageIO, Task
-from flows.tasks.chain import export, quantize, soft_cache, student_chain, training, trim
+from flows.tasks.chain import PRUNE_BUDGET, export, prune_settings, quantize, soft_cache, student_chain, training, trim
 from flows.workspace import Place, Workspace
 
 
@@ -77,7 +77,7 @@ def distill(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageRe
 def prune(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
     from components.classification import prune as component
 
-    return component.run(p.prune, ws.student, ws.teacher, ws.prepared, ws.pruned, tracker, **training(p, ws))
+    return component.run(prune_settings(p), ws.student, ws.teacher, ws.prepared, ws.pruned, tracker, **training(p, ws))
 
 
 def seeds(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
@@ -102,7 +102,7 @@ def seeds(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResu
             seed,
             soft_cache(ws),
             p.distill.model_copy(update={"ablation": False}),
-            p.prune,
+            prune_settings(p),
             p.trim,
             p.quantize,
         )
@@ -196,7 +196,7 @@ STAGES: dict[str, Stage] = {
     "prune": Stage(
         prune,
         StageIO(("prepared", "teacher", "student"), ("pruned",), ("classification.prune", "kit.pruning", *_TRAIN)),
-        ("prune", "seed", "distributed"),
+        ("prune", *PRUNE_BUDGET, "seed", "distributed"),
         data_parallel=True,
     ),
     "trim": Stage(trim, StageIO(("prepared", "pruned"), ("trimmed",), ("classification.trim",)), ("trim", _MAX_LENGTH)),
@@ -235,6 +235,7 @@ STAGES: dict[str, Stage] = {
             "seed",
             "distill",
             "prune",
+            "register.gate.max_drop_vs_teacher_points",  # an "auto" prune budget reads it
             "trim",
             "export",
             "quantize",

@@ -29,7 +29,7 @@ from components.multitask import KIND, NAME
 from flows import registry
 from flows.preflight import require_layers, teacher_depth
 from flows.stages import Axis, Judging, Plots, Stage, StageIO, Task
-from flows.tasks.chain import export, quantize, soft_cache, student_chain, training, trim
+from flows.tasks.chain import PRUNE_BUDGET, export, prune_settings, quantize, soft_cache, student_chain, training, trim
 from flows.workspace import Place, Workspace
 
 CHAIN_STEPS = ("student", "pruned", "trimmed", "onnx_fp32", "final")
@@ -102,13 +102,13 @@ def prune(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult:
     from components.classification import prune as component
 
     args = training(p, ws) | {"mix": mix(p)}
-    return component.run(p.prune, ws.student, ws.teacher, ws.prepared, ws.pruned, tracker, **args)
+    return component.run(prune_settings(p), ws.student, ws.teacher, ws.prepared, ws.pruned, tracker, **args)
 
 
 def chain_settings(p: Params) -> tuple:
     """The student chain's settings (distill without its ablation, prune, trim, quantize): the same for the
     multitask student and every single-task one, so the comparison changes only what is shared."""
-    return p.distill.model_copy(update={"ablation": False}), p.prune, p.trim, p.quantize
+    return p.distill.model_copy(update={"ablation": False}), prune_settings(p), p.trim, p.quantize
 
 
 def multitask_chain(p: Params, ws: MultitaskWorkspace, out: Path, seed: int, prefix: str, tracker: Tracker) -> Path:
@@ -311,6 +311,7 @@ _SINGLES = (
     "seed",
     "distill",
     "prune",
+    "register.gate.max_drop_vs_teacher_points",  # an "auto" prune budget reads it
     "trim",
     "export",
     "quantize",
@@ -350,6 +351,7 @@ STAGES: dict[str, Stage] = {
         StageIO(("prepared", "teacher", "student"), ("pruned",), ("classification.prune", "kit.pruning", *_TRAIN)),
         (
             "prune",
+            *PRUNE_BUDGET,
             "multitask.weights",
             "multitask.student_weights",
             "multitask.balanced_sampling",
@@ -389,6 +391,7 @@ STAGES: dict[str, Stage] = {
             "multitask.balanced_sampling",
             "distill",
             "prune",
+            "register.gate.max_drop_vs_teacher_points",  # an "auto" prune budget reads it
             "trim",
             "export",
             "quantize",

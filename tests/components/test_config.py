@@ -160,3 +160,11 @@ def test_a_data_source_keeps_its_id_across_versions_of_its_file():
 
     assert data_source_id("data/topics.csv") == data_source_id("/elsewhere/topics.csv") == "topics"
     assert data_source_id("vader-movie") == "vader-movie" and data_source_id("data/week-12.parquet") == "week-12"
+
+
+def test_the_prune_budget_is_auto_a_number_or_null():
+    assert load_params("params.yaml").prune.accuracy_budget_points == "auto"
+    assert build_params({}, overrides=["prune.accuracy_budget_points=0.8"]).prune.accuracy_budget_points == 0.8
+    assert build_params({}, overrides=["prune.accuracy_budget_points=null"]).prune.accuracy_budget_points is None
+    with pytest.raises(ConfigError, match="prune.accuracy_budget_points"):
+        build_params({}, overrides=["prune.accuracy_budget_points=-1"])

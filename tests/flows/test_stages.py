@@ -1,12 +1,16 @@
 from pathlib import Path
 
-from components.config import build_params
+import pytest
+
+from components.config import build_params, load_params
 from components.kit.tracking import NullTracker, PrefixedTracker, StageResult
 from flows.pipeline import stage_key
 from flows.stages import merge, stage_config
 from flows.tasks import TASKS
 from flows.tasks.classification import TASK as CLASSIFICATION
 from flows.tracking import flatten
+
+REPO = Path(__file__).resolve().parents[2]
 
 STAGES = CLASSIFICATION.stages
 
@@ -164,3 +168,19 @@ def test_the_multitask_students_weights_go_over_the_teachers():
     )
     assert mix(p, student=False).weights == {"source": 0.5}
     assert mix(p).weights == {"source": 0.5, "sentiment": 2.0}
+
+
+def test_the_prune_budget_is_the_gates_tolerance_less_quantization_and_a_margin():
+    from flows.tasks.chain import prune_settings
+
+    def budget(path="params.yaml", *overrides):
+        return prune_settings(load_params(REPO / path, overrides=list(overrides))).accuracy_budget_points
+
+    assert budget() == pytest.approx(2.0 - 0.5 - 0.25)
+    assert budget("configs/multitask.yaml") is None  # fixed ratios, like its single-task baselines
+    assert budget(
+        "params.yaml", "register.gate.max_drop_vs_teacher_points=1.0", "quantize.max_drop_vs_fp32_points=0.2"
+    ) == pytest.approx(0.55)
+    assert budget("params.yaml", "register.gate.max_drop_vs_teacher_points=0.3") == 0.0
+    assert budget("params.yaml", "prune.accuracy_budget_points=0.8") == 0.8
+    assert budget("params.yaml", "prune.accuracy_budget_points=null") is None

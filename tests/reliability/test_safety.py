@@ -81,7 +81,15 @@ def distill_from(folder: Path, prepared: Path, out: Path) -> None:
 
 
 def prune_from(folder: Path, prepared: Path, out: Path) -> None:
-    prune.run(PruneConfig(epochs=1, steps=1, max_length=32), folder, folder, prepared, out, NullTracker(), seed=0)
+    prune.run(
+        PruneConfig(epochs=1, steps=1, max_length=32, accuracy_budget_points=None),
+        folder,
+        folder,
+        prepared,
+        out,
+        NullTracker(),
+        seed=0,
+    )
 
 
 def export_from(folder: Path, prepared: Path, out: Path) -> None:

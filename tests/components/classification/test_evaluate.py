@@ -384,6 +384,37 @@ def test_without_a_transfer_set_the_student_is_the_kd_train_only_one(tmp_path):
     assert evaluate.distillation_ablation(write_metrics(tmp_path / "plain", {"test_accuracy": 0.88})) is None
 
 
+def test_the_accuracy_budget_says_what_each_technique_spent(tmp_path):
+    """Validation points from teacher to shipped model, split by technique: the prune stage's own figures,
+    trim and export from the pruned model to the fp32 export, quantization from fp32 to the shipped model."""
+    pruned = write_metrics(
+        tmp_path / "pruned",
+        {
+            "budget_points": 1.25,
+            "teacher_val_accuracy": 0.90,
+            "val_accuracy": 0.885,
+            "budget_spent_distill_points": 0.5,
+            "budget_spent_prune_points": 1.0,
+            "steps_taken": 1,
+            "step_undone": 2,
+        },
+    )
+    final = tmp_path / "final"
+    final.mkdir()
+    (final / "quantize_report.json").write_text(
+        json.dumps({"accuracy_fp32_validation": 0.885, "accuracy_int8_validation": 0.883})
+    )
+    budget = evaluate.accuracy_budget(pruned, final)
+    spent = budget["spent_points"]
+    assert spent["distill"] == 0.5 and spent["prune"] == 1.0 and spent["trim_and_export"] == pytest.approx(0.0)
+    assert spent["quantize"] == pytest.approx(0.2) and budget["total_spent_points"] == pytest.approx(1.7)
+    lines = evaluate.budget_lines(budget)
+    assert any("undid step 2" in line for line in lines) and "| quantization | +0.20 |" in lines
+    logged = evaluate.metrics_to_log({"models": {}, "gate": {"passed": True}, "accuracy_budget": budget})
+    assert logged["budget.spent.prune_points"] == 1.0 and logged["budget.spent.total_points"] == pytest.approx(1.7)
+    assert evaluate.accuracy_budget(write_metrics(tmp_path / "fixed", {"val_accuracy": 0.88}), final) is None
+
+
 # ---------------------------------------------------------------- timing in alternating rounds (fakes)
 
 

@@ -27,7 +27,14 @@ def chain(tmp_path_factory, tiny_model_dir, tiny_multitask_prepared):
     )
     student = distill.run(student_cfg, out / "teacher", data, out / "student", NullTracker(), seed=0, mix=weights)
     prune_cfg = PruneConfig(
-        head_ratio=0.5, ffn_ratio=0.5, steps=1, epochs=1, batch_size=8, max_length=32, importance_batches=2
+        head_ratio=0.5,
+        ffn_ratio=0.5,
+        steps=1,
+        epochs=1,
+        batch_size=8,
+        max_length=32,
+        importance_batches=2,
+        accuracy_budget_points=100.0,  # the budget's path on every task's validation accuracy; never spent here
     )
     pruned = prune.run(
         prune_cfg, out / "student", out / "teacher", data, out / "pruned", NullTracker(), seed=0, mix=weights

@@ -1,11 +1,12 @@
 import json
 
 import numpy as np
+import pytest
 from transformers import AutoModelForSequenceClassification
 
 from components.classification import prune
 from components.config import PruneConfig
-from components.kit.modeling import count_params, transformer_layers
+from components.kit.modeling import count_params, predict_logits, transformer_layers
 from components.kit.tracking import NullTracker
 
 
@@ -43,7 +44,15 @@ def test_importance_scores_shapes_and_signal(tiny_teacher_dir, tiny_prepared):
 
 def test_prune_physically_removes_heads_and_neurons(tiny_teacher_dir, tiny_prepared, tmp_path):
     before = count_params(AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir))
-    cfg = PruneConfig(head_ratio=0.5, ffn_ratio=0.5, importance_batches=2, epochs=1, batch_size=8, max_length=32)
+    cfg = PruneConfig(
+        head_ratio=0.5,
+        ffn_ratio=0.5,
+        importance_batches=2,
+        epochs=1,
+        batch_size=8,
+        max_length=32,
+        accuracy_budget_points=None,
+    )
     result = prune.run(cfg, tiny_teacher_dir, tiny_teacher_dir, tiny_prepared, tmp_path, NullTracker(), seed=0)
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
     assert count_params(reloaded) == result.metrics["params_after"] < before
@@ -57,10 +66,110 @@ def test_prune_physically_removes_heads_and_neurons(tiny_teacher_dir, tiny_prepa
 
 def test_uniform_heads_leave_every_layer_the_same_head_count(tiny_teacher_dir, tiny_prepared, tmp_path):
     cfg = PruneConfig(
-        head_ratio=0.5, uniform_heads=True, ffn_ratio=0.0, importance_batches=2, epochs=1, batch_size=8, max_length=32
+        head_ratio=0.5,
+        uniform_heads=True,
+        ffn_ratio=0.0,
+        importance_batches=2,
+        epochs=1,
+        batch_size=8,
+        max_length=32,
+        accuracy_budget_points=None,
     )
     prune.run(cfg, tiny_teacher_dir, tiny_teacher_dir, tiny_prepared, tmp_path, NullTracker(), seed=0)
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
     assert [layer.attention.self.num_attention_heads for layer in transformer_layers(reloaded)] == [2, 2]
     history = json.loads((tmp_path / "metrics.json").read_text())["history"]
     assert [h["heads"] for h in history] == [6, 4]  # one head from each layer per step
+
+
+def budgeted(budget, steps: int = 2) -> PruneConfig:
+    return PruneConfig(
+        head_ratio=0.5,
+        ffn_ratio=0.5,
+        steps=steps,
+        importance_batches=2,
+        epochs=1,
+        batch_size=8,
+        max_length=32,
+        accuracy_budget_points=budget,
+    )
+
+
+@pytest.fixture
+def scripted(monkeypatch, tiny_teacher_dir):
+    """The teacher's validation accuracy made the student's own (the reference: no budget spent before pruning),
+    and each recovery's validation accuracy scripted, in points below it: the budget decisions without training."""
+    from transformers import AutoTokenizer
+
+    from components.kit import soft_targets
+    from components.kit.training import TrainOutcome
+
+    real_load, below, reference = soft_targets.load, [], {}
+
+    def teacher_is_the_student(teacher_dir, prepared, split, data, *args, **kwargs):
+        if split != "validation":
+            return real_load(teacher_dir, prepared, split, data, *args, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)
+        logits = predict_logits(model, data, AutoTokenizer.from_pretrained(tiny_teacher_dir).pad_token_id)
+        reference["accuracy"] = float(np.mean(logits.argmax(1) == data.labels))
+        return logits
+
+    def recovery(model, train_set, *args, **kwargs):
+        return TrainOutcome(
+            1, reference.get("accuracy", 1.0) - below.pop(0) / 100.0, 1, 0.5, [], examples=len(train_set)
+        )
+
+    monkeypatch.setattr(soft_targets, "load", teacher_is_the_student)
+    monkeypatch.setattr(prune, "train", recovery)
+    return below
+
+
+def test_a_step_over_the_budget_is_undone_and_pruning_stops(scripted, tiny_teacher_dir, tiny_prepared, tmp_path):
+    scripted.extend([0.5, 5.0])  # step 1 spends half a point, step 2 five: over a budget of one
+    result = prune.run(
+        budgeted(1.0), tiny_teacher_dir, tiny_teacher_dir, tiny_prepared, tmp_path, NullTracker(), seed=0
+    )
+    m = result.metrics
+    assert (m["steps_taken"], m["step_undone"], m["budget_points"]) == (1, 2, 1.0)
+    assert m["budget_spent_distill_points"] == 0.0 and m["budget_spent_prune_points"] == pytest.approx(0.5)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)  # the model as step 1 left it
+    assert sum(layer.attention.self.num_attention_heads for layer in transformer_layers(reloaded)) == 6
+    assert reloaded.config.intermediate_size == 48 and m["heads_removed"] == 2
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    assert [h.get("undone", False) for h in history] == [False, True]
+
+
+def test_within_the_budget_every_step_is_taken(scripted, tiny_teacher_dir, tiny_prepared, tmp_path):
+    scripted.extend([0.2, 0.9])
+    m = prune.run(
+        budgeted(1.0), tiny_teacher_dir, tiny_teacher_dir, tiny_prepared, tmp_path, NullTracker(), seed=0
+    ).metrics
+    assert (m["steps_taken"], m["step_undone"], m["heads_removed"]) == (2, 0, 4)
+    assert m["budget_spent_prune_points"] == pytest.approx(0.9)
+
+
+def test_fixed_ratios_take_every_step_whatever_it_costs(scripted, tiny_teacher_dir, tiny_prepared, tmp_path):
+    scripted.extend([5.0, 9.0])
+    m = prune.run(
+        budgeted(None), tiny_teacher_dir, tiny_teacher_dir, tiny_prepared, tmp_path, NullTracker(), seed=0
+    ).metrics
+    assert (m["steps_taken"], m["heads_removed"]) == (2, 4) and "budget_points" not in m
+
+
+def test_a_student_already_over_the_budget_is_not_cut(monkeypatch, tiny_teacher_dir, tiny_prepared, tmp_path):
+    from components.kit import soft_targets
+
+    def perfect_teacher(teacher_dir, prepared, split, data, *args, **kwargs):
+        return np.eye(2, dtype=np.float32)[data.labels] * 10.0  # 100% on validation: the student is far below
+
+    monkeypatch.setattr(soft_targets, "load", perfect_teacher)
+    m = prune.run(
+        budgeted(0.5), tiny_teacher_dir, tiny_teacher_dir, tiny_prepared, tmp_path, NullTracker(), seed=0
+    ).metrics
+    assert (m["steps_taken"], m["heads_removed"], m["budget_spent_prune_points"]) == (0, 0, 0.0)
+    assert m["budget_spent_distill_points"] > 0.5 and m["params_after"] == m["params_before"]
+
+
+def test_an_unresolved_auto_budget_is_refused(tiny_teacher_dir, tiny_prepared, tmp_path):
+    with pytest.raises(ValueError, match="prune_settings"):
+        prune.run(budgeted("auto"), tiny_teacher_dir, tiny_teacher_dir, tiny_prepared, tmp_path, NullTracker(), seed=0)
