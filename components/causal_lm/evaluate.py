@@ -17,7 +17,11 @@ in that runtime, on the test split of `data_dir`, with `cfg.threads` intra-op th
 - size_bytes (weight files), params, and peak_rss_mb of a fresh process that loads the model and
   generates for `cfg.rss_prompts` prompts (`python -m components.kit.rss_probe --work generate`).
 
-It then compares "final" with "teacher" (`gate.compare_lm_to_teacher`), applies the gate
+It then compares "final" with "teacher" (`gate.compare_lm_to_teacher`), and, like for like, with the teacher
+exported to ONNX Runtime fp32 ("teacher_onnx_fp32", timed by the same harness as the students) and with the
+quantize-only baseline ("baseline_teacher_int8": the teacher exported and int8-quantized) when they are given
+(`final_vs_teacher_onnx_fp32`, `final_vs_baseline_teacher_int8`: the same ratios), applies the gate (on the
+PyTorch teacher ratios)
 (`gate.decide_lm`), compares "student" with "student_without_teacher" when both are given (the ablation),
 and writes out_dir/compression_report.json and out_dir/compression_report.md, each atomically. The
 report has the classification report's shape with task "causal-lm".
@@ -45,6 +49,9 @@ from components.kit.rss_probe import session_greedy
 from components.kit.tracking import StageResult, Tracker
 
 TEACHER, FINAL, STUDENT, ABLATION = "teacher", "final", "student", "student_without_teacher"
+TEACHER_ORT, BASELINE = "teacher_onnx_fp32", "baseline_teacher_int8"
+# final against each reference model the report has: the gate reads the first (the PyTorch teacher)
+VERSUS = (TEACHER, TEACHER_ORT, BASELINE)
 BLEU_BATCH = 16  # prompts per generate call for BLEU (left-padded); speed is timed at batch 1 separately
 PERPLEXITY_BATCH = 16
 ENTRY_METRICS = ("perplexity", "bleu", "bleu_vs_teacher", "tokens_per_s", "size_bytes", "params", "peak_rss_mb")
@@ -106,7 +113,7 @@ def metrics_to_log(report: dict) -> dict[str, float]:
         for key in ENTRY_METRICS
         if entry.get(key) is not None
     }
-    for section in ("final_vs_teacher", "ablation"):
+    for section in (*(f"final_vs_{name}" for name in VERSUS), "ablation"):
         out |= {f"{section}.{k}": float(v) for k, v in (report.get(section) or {}).items() if v is not None}
     out["gate.passed"] = float(report["gate"]["passed"])
     return out
@@ -313,16 +320,17 @@ def render_markdown(report: dict) -> str:
             f"| {fmt(m['tokens_per_s'], '.1f')} "
             f"| {m['size_bytes'] / 1e6:.2f} | {m['params']:,} | {fmt(m['peak_rss_mb'], '.0f')} |"
         )
-    r = report["final_vs_teacher"]
-    lines += versus_lines(
-        "final vs teacher",
-        {
-            "size ratio": f"{fmt(r['size_ratio'], '.2f')}x",
-            "generation speed-up": f"{fmt(r['generation_speedup'], '.2f')}x",
-            "perplexity ratio": fmt(r["perplexity_ratio"], ".3f"),
-            "BLEU drop (points)": fmt(r["bleu_drop_points"], "+.2f"),
-        },
-    )
+    for name in VERSUS:
+        if (r := report.get(f"final_vs_{name}")) is not None:
+            lines += versus_lines(
+                f"final vs {name}",
+                {
+                    "size ratio": f"{fmt(r['size_ratio'], '.2f')}x",
+                    "generation speed-up": f"{fmt(r['generation_speedup'], '.2f')}x",
+                    "perplexity ratio": fmt(r["perplexity_ratio"], ".3f"),
+                    "BLEU drop (points)": fmt(r["bleu_drop_points"], "+.2f"),
+                },
+            )
     lines += gate_lines(report["gate"])
     if ablation := report.get("ablation"):
         lines += [
@@ -398,6 +406,11 @@ def run(
         "dataset": dataset_card(data_dir),
         "models": entries,
         "final_vs_teacher": ratios,
+        **{
+            f"final_vs_{name}": compare_lm_to_teacher(entries[name], entries[FINAL])
+            for name in VERSUS[1:]
+            if name in entries
+        },
         "gate": decision.as_dict(),
         "ablation": ablation_summary(entries),
         "environment": environment_info(cfg.threads)

@@ -17,10 +17,10 @@ from typing import ClassVar
 from components.causal_lm import KIND, NAME
 from components.config import Params
 from components.kit import gate
-from components.kit.tracking import StageResult, Tracker
+from components.kit.tracking import PrefixedTracker, StageResult, Tracker
 from flows import registry
 from flows.preflight import require_layers, teacher_depth
-from flows.stages import Axis, Judging, Plots, Stage, StageIO, Task
+from flows.stages import Axis, Judging, Plots, Stage, StageIO, Task, merge
 from flows.workspace import Place, Workspace
 
 
@@ -39,6 +39,10 @@ class LMWorkspace(Workspace):
     pruned = Place("models", "pruned")
     onnx_fp32 = Place("models", "onnx_fp32")
     final = Place("models", "final")
+    # the teacher exported as it is (timed in ONNX Runtime like the students) and int8-quantized: the
+    # quantize-only baseline
+    teacher_onnx_fp32 = Place("models", "teacher_onnx_fp32")
+    baseline_teacher_int8 = Place("models", "baseline_teacher_int8")
     reports = Place("root", "reports", KIND)
 
 
@@ -83,15 +87,24 @@ def prune(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
 
 
 def export(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
+    """The compressed decoder, and the teacher as it is: the like-for-like runtime reference and the
+    quantize-only baseline's starting point."""
     from components.causal_lm import export as component
 
-    return component.export(ws.pruned, ws.prepared, ws.onnx_fp32, tracker)
+    final = component.export(ws.pruned, ws.prepared, ws.onnx_fp32, tracker)
+    teacher = component.export(ws.teacher, ws.prepared, ws.teacher_onnx_fp32, PrefixedTracker(tracker, "teacher."))
+    return merge(final, teacher, "teacher.")
 
 
 def quantize(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
+    """The compressed decoder's int8 variant and the quantize-only baseline (the teacher's)."""
     from components.causal_lm import export as component
 
-    return component.quantize(ws.onnx_fp32, ws.prepared, ws.final, tracker)
+    final = component.quantize(ws.onnx_fp32, ws.prepared, ws.final, tracker)
+    baseline = component.quantize(
+        ws.teacher_onnx_fp32, ws.prepared, ws.baseline_teacher_int8, PrefixedTracker(tracker, "teacher.")
+    )
+    return merge(final, baseline, "teacher.")
 
 
 def evaluated_models(ws: LMWorkspace) -> list:
@@ -105,6 +118,9 @@ def evaluated_models(ws: LMWorkspace) -> list:
         ModelSpec("pruned", ws.pruned, "pytorch", memory=False),
         ModelSpec("onnx_fp32", ws.onnx_fp32, "onnxruntime"),
         ModelSpec("final", ws.final, "onnxruntime"),
+        # like for like: the teacher in the students' runtime, and quantized alone (the baseline)
+        ModelSpec("teacher_onnx_fp32", ws.teacher_onnx_fp32, "onnxruntime", memory=False),
+        ModelSpec("baseline_teacher_int8", ws.baseline_teacher_int8, "onnxruntime"),
     ]
     if ws.student_ablation.exists():
         models.insert(2, ModelSpec("student_without_teacher", ws.student_ablation, "pytorch", memory=False))
@@ -159,12 +175,28 @@ STAGES: dict[str, Stage] = {
         ("lm.prune", "lm.distill", _MAX_LENGTH, "seed", "distributed"),
         data_parallel=True,
     ),
-    "export": Stage(export, StageIO(("prepared", "pruned"), ("onnx_fp32",), _EXPORT), ()),
-    "quantize": Stage(quantize, StageIO(("prepared", "onnx_fp32"), ("final",), _EXPORT), ()),
+    "export": Stage(
+        export, StageIO(("prepared", "pruned", "teacher"), ("onnx_fp32", "teacher_onnx_fp32"), _EXPORT), ()
+    ),
+    "quantize": Stage(
+        quantize,
+        StageIO(("prepared", "onnx_fp32", "teacher_onnx_fp32"), ("final", "baseline_teacher_int8"), _EXPORT),
+        (),
+    ),
     "evaluate": Stage(
         evaluate,
         StageIO(
-            ("prepared", "teacher", "student", "student_ablation", "pruned", "onnx_fp32", "final"),
+            (
+                "prepared",
+                "teacher",
+                "student",
+                "student_ablation",
+                "pruned",
+                "onnx_fp32",
+                "final",
+                "teacher_onnx_fp32",
+                "baseline_teacher_int8",
+            ),
             ("report", "report_md"),
             (
                 "causal_lm.evaluate",

@@ -14,7 +14,16 @@ from tests.flows.conftest import BIN, make_project, run_cli
 pytestmark = pytest.mark.e2e
 CONFIG = ["--config", "configs/causal-lm.yaml"]
 STAGES = ["ingest", "validate", "finetune", "distill", "prune", "export", "quantize", "evaluate", "register"]
-MODELS = ["teacher", "student", "student_without_teacher", "pruned", "onnx_fp32", "final"]
+MODELS = [
+    "teacher",
+    "student",
+    "student_without_teacher",
+    "pruned",
+    "onnx_fp32",
+    "final",
+    "teacher_onnx_fp32",
+    "baseline_teacher_int8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +52,8 @@ def test_causal_lm_report_has_the_promised_schema(lm_run):
         assert entry["perplexity"] > 1.0 and 0.0 <= entry["bleu"] <= 100.0
         assert name == "teacher" or 0.0 <= entry["bleu_vs_teacher"] <= 100.0
         assert entry["tokens_per_s"] > 0 and entry["size_bytes"] > 0 and entry["params"] > 0
-        intermediate = name in ("student", "student_without_teacher", "pruned")  # not measured for memory
+        # not measured for memory: the intermediates, and the teacher's export (its PyTorch run is)
+        intermediate = name in ("student", "student_without_teacher", "pruned", "teacher_onnx_fp32")
         assert entry["peak_rss_mb"] is None if intermediate else entry["peak_rss_mb"] > 0
     teacher, final = report["models"]["teacher"], report["models"]["final"]
     ratios = report["final_vs_teacher"]
@@ -54,6 +64,13 @@ def test_causal_lm_report_has_the_promised_schema(lm_run):
     assert report["models"]["pruned"]["params"] < report["models"]["student"]["params"] < teacher["params"]
     assert set(report["gate"]["checks"]) >= {"perplexity_ratio", "bleu_drop_points", "generation_speedup", "size_ratio"}
     assert report["ablation"]
+    # like for like: the same teacher in ONNX Runtime scores as in PyTorch; the baseline is its int8 variant
+    ort, baseline = report["models"]["teacher_onnx_fp32"], report["models"]["baseline_teacher_int8"]
+    assert ort["perplexity"] == pytest.approx(teacher["perplexity"], rel=1e-3) and ort["runtime"] == "onnxruntime fp32"
+    assert baseline["runtime"] == "onnxruntime int8" and baseline["size_bytes"] < ort["size_bytes"]
+    assert report["final_vs_baseline_teacher_int8"]["size_ratio"] == pytest.approx(
+        baseline["size_bytes"] / final["size_bytes"]
+    )
 
 
 def test_causal_lm_outputs_are_recorded_by_dvc_and_traced_by_lineage(lm_run, prefect_api):

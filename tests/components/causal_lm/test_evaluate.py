@@ -66,6 +66,9 @@ def evaluated(lm_models, tiny_gpt2_dir, tiny_lm_data_dir, tmp_path_factory):
         ModelSpec("teacher", tiny_gpt2_dir, "pytorch"),
         ModelSpec("student_without_teacher", lm_models["untrained"], "pytorch", memory=False),
         ModelSpec("final", lm_models["final"], "onnxruntime"),
+        # the like-for-like references: here the same exported and quantized weights as student and final
+        ModelSpec("teacher_onnx_fp32", lm_models["onnx_fp32"], "onnxruntime", memory=False),
+        ModelSpec("baseline_teacher_int8", lm_models["final"], "onnxruntime", memory=False),
     ]
     result = evaluate.run(TINY, LMGateConfig(), tiny_lm_data_dir, models, out_dir, tracker, seed=13, max_length=32)
     return result, out_dir, tracker
@@ -81,7 +84,14 @@ def test_report_has_every_key_with_sane_values(evaluated):
         "validation": 24,
         "test": 24,
     }
-    assert list(report["models"]) == ["student", "teacher", "student_without_teacher", "final"]
+    assert list(report["models"]) == [
+        "student",
+        "teacher",
+        "student_without_teacher",
+        "final",
+        "teacher_onnx_fp32",
+        "baseline_teacher_int8",
+    ]
     for name, entry in report["models"].items():
         assert set(entry) >= ENTRY_KEYS, name
         assert entry["perplexity"] > 1
@@ -89,7 +99,8 @@ def test_report_has_every_key_with_sane_values(evaluated):
         assert entry["tokens_per_s"] > 0 and entry["size_bytes"] > 0 and entry["params"] > 0
         assert entry["bleu_sentences"] == 16
         # an intermediate is not measured for memory (a fresh process each costs seconds)
-        assert entry["peak_rss_mb"] is None if name == "student_without_teacher" else entry["peak_rss_mb"] > 0
+        unmeasured = ("student_without_teacher", "teacher_onnx_fp32", "baseline_teacher_int8")
+        assert entry["peak_rss_mb"] is None if name in unmeasured else entry["peak_rss_mb"] > 0
     models = report["models"]
     assert models["teacher"]["runtime"] == "pytorch fp32" and models["final"]["runtime"] == "onnxruntime int8"
     assert models["student"]["runtime"] == "onnxruntime fp32"
@@ -125,6 +136,23 @@ def test_ratios_gate_and_ablation_follow_the_entries(evaluated):
     markdown = (out_dir / "compression_report.md").read_text()
     for text in ("| final | onnxruntime int8 |", "## Gate:", "## final vs teacher", "## Ablation"):
         assert text in markdown
+
+
+def test_final_is_also_compared_with_the_teacher_in_onnx_runtime_and_the_quantize_only_baseline(evaluated):
+    result, out_dir, tracker = evaluated
+    report = json.loads((out_dir / "compression_report.json").read_text())
+    models, baseline = report["models"], report["final_vs_baseline_teacher_int8"]
+    assert set(baseline) == set(LM_RATIO_KEYS) == set(report["final_vs_teacher_onnx_fp32"])
+    assert baseline["size_ratio"] == pytest.approx(1.0) and baseline["perplexity_ratio"] == pytest.approx(1.0)
+    ort = report["final_vs_teacher_onnx_fp32"]
+    assert ort["size_ratio"] == pytest.approx(models["teacher_onnx_fp32"]["size_bytes"] / models["final"]["size_bytes"])
+    assert ort["generation_speedup"] == pytest.approx(
+        models["final"]["tokens_per_s"] / models["teacher_onnx_fp32"]["tokens_per_s"]
+    )
+    markdown = (out_dir / "compression_report.md").read_text()
+    assert "final vs teacher_onnx_fp32" in markdown and "final vs baseline_teacher_int8" in markdown
+    logged = evaluate.metrics_to_log(report)
+    assert logged["final_vs_baseline_teacher_int8.size_ratio"] == pytest.approx(1.0)
 
 
 def test_evaluate_needs_teacher_and_final(tiny_lm_data_dir, tiny_gpt2_dir, tmp_path):
