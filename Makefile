@@ -51,9 +51,9 @@ lint: $(VENV)/.installed-test
 	$(BIN)/lint-imports --no-cache
 
 # Lint first; then two workers (pytest-xdist); each test file stays on one worker, so its module fixtures are
-# built once.
+# built once. Files go out in collection order, which tests/conftest.py sorts long files first (e2e, slow).
 test: lint $(VENV)/.installed-test
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 $(ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15 $(ARGS)
 
 # The smoke pipeline against a real MLflow server on a throwaway PostgreSQL cluster, then its MLflow and
 # Prefect UIs checked in headless Chromium (screenshots in reports/ui/); installs the postgresql and chromium

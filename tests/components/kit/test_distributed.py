@@ -26,6 +26,8 @@ from components.kit.modeling import load_encoded_splits
 from components.kit.tracking import NullTracker
 from tests.conftest import make_frame
 
+pytestmark = pytest.mark.slow  # two training processes: scheduled first (tests/conftest.py)
+
 # Two processes against one, dropout off (see `no_dropout_model`): the runs differ only in floating-point
 # summation order (each share pads to its own longest sentence; the all-reduce sums the gradients), which
 # left the per-epoch train losses 1e-8 apart when this was written, after 28 + 18 optimizer steps. 1e-4
