@@ -566,11 +566,14 @@ class FederatedConfig(_Section):
     strategy: Literal["fedavg", "fedprox"] = "fedavg"
     proximal_mu: NonNegative = 0.01
     # Round 1 starts once this many clients are connected; a round is aggregated once `min_clients` have
-    # answered (and then waits at most `straggler_grace_s` for the rest, at most `round_timeout_s` in all). A
-    # round with fewer accepted updates keeps the global weights.
+    # answered and then waits for the rest at most `straggler_grace_s`, or `straggler_grace_factor` x the time
+    # the minimum took when that is longer (a client's round lasts as long as its shard: the movie snippets
+    # are twice the editorials, and a fixed grace would leave that client out of every round), at most
+    # `round_timeout_s` in all. A round with fewer accepted updates keeps the global weights.
     min_available_clients: Count = 4
     min_clients: Count = 3
     straggler_grace_s: NonNegative = 30.0
+    straggler_grace_factor: NonNegative = 1.0
     round_timeout_s: Positive = 1800.0
     # After each round every client measures the new global weights on its own test split (one more message a
     # round: per-client figures, the cost is a forward pass of its test split).

@@ -6,8 +6,9 @@
   out of bounds are refused, logged and left out) and adds the accepted updates' row-weighted mean to the
   fp32 global weights; a round with fewer accepted updates than the minimum keeps the global weights;
 - `QuorumGrid` wraps Flower's Grid so that a round's replies are collected until every client answered, or
-  the minimum has answered and `straggler_grace_s` more passed, or `round_timeout_s`: a client killed
-  mid-round does not hold the federation up once enough clients have answered;
+  the minimum has answered and the grace passed (`straggler_grace_s`, or `straggler_grace_factor` x the time
+  the minimum took, whichever is longer), or `round_timeout_s`: a client killed mid-round does not hold the
+  federation up once enough clients have answered, and a client with more data than the rest is waited for;
 - the end of each round (Flower's `evaluate_fn` hook) measures the global weights on the pooled test set when
   the server has one, checkpoints them with every round's record (`save_checkpoint`), and rewrites
   `rounds.json`; a restarted server resumes from the last completed round (`load_checkpoint`).
@@ -60,10 +61,19 @@ def shard_hash(message: Message) -> str:
 
 class QuorumGrid(Grid):
     """Flower's Grid with one change: `send_and_receive` returns once every message is answered, or once
-    `quorum` error-free replies are in and `grace_s` more seconds passed, or at the timeout."""
+    `quorum` error-free replies are in and the grace passed, or at the timeout. The grace is `grace_s`, or
+    `grace_factor` x the seconds the quorum took when that is longer: clients' rounds last as long as their
+    shards, and on real data one client may hold twice the rows of the next (the movie snippets against the
+    editorials), so a fixed grace would leave the largest client out of every round."""
 
-    def __init__(self, grid: Grid, quorum: int, grace_s: float, poll_s: float = 0.5):
-        self.grid, self.quorum, self.grace_s, self.poll_s = grid, quorum, grace_s, poll_s
+    def __init__(self, grid: Grid, quorum: int, grace_s: float, grace_factor: float = 0.0, poll_s: float = 0.5):
+        self.grid, self.quorum, self.grace_s, self.grace_factor, self.poll_s = (
+            grid,
+            quorum,
+            grace_s,
+            grace_factor,
+            poll_s,
+        )
 
     def set_run(self, run) -> None:
         self.grid.set_run(run)
@@ -87,16 +97,18 @@ class QuorumGrid(Grid):
     def send_and_receive(self, messages, *, timeout: float | None = None):
         waiting = set(self.push_messages(messages))
         quorum = min(self.quorum, len(waiting))
-        end = time.time() + (timeout if timeout is not None else float("inf"))
+        sent = time.time()
+        end = sent + (timeout if timeout is not None else float("inf"))
         replies: list[Message] = []
-        quorum_at = None
+        quorum_at, grace = None, self.grace_s
         while waiting and time.time() < end:
             got = list(self.pull_messages(waiting))
             replies += got
             waiting -= {m.metadata.reply_to_message_id for m in got}
             if quorum_at is None and sum(not m.has_error() for m in replies) >= quorum:
                 quorum_at = time.time()
-            if waiting and quorum_at is not None and time.time() - quorum_at >= self.grace_s:
+                grace = max(self.grace_s, self.grace_factor * (quorum_at - sent))
+            if waiting and quorum_at is not None and time.time() - quorum_at >= grace:
                 log(
                     WARNING,
                     "round: %d of %d answered, not waiting for the other %d",
@@ -300,7 +312,7 @@ def main(grid: Grid, context: Context) -> None:
     final = start
     if remaining > 0:
         result = strategy.start(
-            grid=QuorumGrid(grid, cfg.min_clients, cfg.straggler_grace_s),
+            grid=QuorumGrid(grid, cfg.min_clients, cfg.straggler_grace_s, cfg.straggler_grace_factor),
             initial_arrays=encode(updates.to_float32(start)),
             num_rounds=remaining,
             timeout=cfg.round_timeout_s,
