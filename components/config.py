@@ -245,8 +245,18 @@ class QuantizeConfig(_Section):
     preset: Literal["auto", "avx512_vnni", "avx512", "avx2", "arm64"] = "auto"
     # Variants measured on the validation split; the fastest within tolerance ships. "int8": Optimum's
     # dynamic int8; "fused_int8": ONNX Runtime's transformer fusions (attention, layer norm, GELU), then
-    # dynamic int8; "static_int8": weights and activations int8 with scales calibrated on validation sentences.
-    candidates: list[Literal["int8", "fused_int8", "static_int8"]] = ["int8", "fused_int8", "static_int8"]
+    # dynamic int8; "fused_int8_emb4": the same with the word-embedding table in 4 bits (block-wise, the
+    # embedding layer norm left unfused); "static_int8": weights and activations int8 with scales calibrated on
+    # validation sentences.
+    candidates: list[Literal["int8", "fused_int8", "fused_int8_emb4", "static_int8"]] = [
+        "int8",
+        "fused_int8",
+        "fused_int8_emb4",
+        "static_int8",
+    ]
+    # Eligible candidates whose batch-1 latency is within this share of the fastest count as equally fast,
+    # and the smallest of them ships (a single timing pass on a shared machine moves by about this much).
+    latency_tie_share: NonNegative = 0.05
     # Each candidate is built with each setting: one scale per weight column (true) or per tensor (false).
     per_channel: list[bool] = Field([False, True], min_length=1)
     calibration_sentences: Count = 200  # validation sentences that fix the static scales
@@ -276,7 +286,10 @@ class SearchConfig(_Section):
     layers: list[list[int]] = [[0, 2, 4], [0, 3], [0, 5]]  # teacher layers kept by each student
     prune_ratios: list[float] = [0.4, 0.6]  # share of heads and FFN neurons removed (0: no pruning)
     trim: list[bool] = [True]  # vocabulary trimming on / off
-    quantize: list[Literal["fp32", "int8", "fused_int8", "static_int8"]] = ["fused_int8", "static_int8"]
+    quantize: list[Literal["fp32", "int8", "fused_int8", "fused_int8_emb4", "static_int8"]] = [
+        "fused_int8",
+        "static_int8",
+    ]
     epochs: Count = 1  # distill and prune epochs per candidate: a low-fidelity, cheaper search
     max_candidates: Count = 12
     budget_minutes: Positive = 90.0  # no new candidate starts after this much time

@@ -8,10 +8,12 @@ folder holds the int8 `model.onnx`, `config.json`, the tokenizer and `labels.jso
 folder, so later stages load either one the same way.
 
 Quantization is chosen by measurement: each variant in `cfg.candidates` (Optimum's dynamic int8, ONNX
-Runtime's fused graph with dynamic int8, static int8 calibrated on validation sentences; per-channel
-weights or not) is built and measured on the validation split (accuracy, agreement with fp32, batch-1
-latency), and `choose_candidate` ships the fastest one that is no slower than the fp32 export and within
-`cfg.max_drop_vs_fp32_points` of its accuracy; if none is, the fp32 model ships and the report says why.
+Runtime's fused graph with dynamic int8, the same with the word embeddings in 4 bits, static int8 calibrated
+on validation sentences; per-channel weights or not) is built and measured on the validation split
+(accuracy, agreement with fp32, batch-1 latency, size), and `choose_candidate` ships the fastest one that is
+no slower than the fp32 export and within `cfg.max_drop_vs_fp32_points` of its accuracy, the smallest where
+several are within `cfg.latency_tie_share` of the fastest; if none is eligible, the fp32 model ships and
+the report says why.
 Latency is timed with the kit's `latency.time_calls` and `latency_stats`, as the evaluate stage times, and
 every session runs with `threads` intra-op threads: the flows pass `evaluate.threads`, so a variant is chosen
 at the thread count the evaluate stage and its gate measure it with (a variant's lead can change with it).
@@ -104,9 +106,12 @@ def attention_shape(config: dict) -> tuple[int, int]:
     return n_heads, n_heads * (width // heads)
 
 
-def fuse_transformer(onnx_dir: Path, dst: Path) -> Path:
+def fuse_transformer(onnx_dir: Path, dst: Path, fuse_embeddings: bool = True) -> Path:
     """ONNX Runtime's transformer fusions (Attention, EmbedLayerNormalization, SkipLayerNormalization,
-    BiasGelu) of `onnx_dir/model.onnx`, written to the file `dst`."""
+    BiasGelu) of `onnx_dir/model.onnx`, written to the file `dst`. `fuse_embeddings=False` leaves the embedding
+    lookups and their layer norm as they are, so that the word-embedding table stays a plain Gather that
+    `quantize_word_embeddings` can store in 4 bits."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     config = json.loads((onnx_dir / "config.json").read_text())
@@ -114,20 +119,72 @@ def fuse_transformer(onnx_dir: Path, dst: Path) -> Path:
     if model_type not in FUSABLE_MODEL_TYPES:
         raise ValueError(f"no transformer fusions for model_type {model_type!r}")
     num_heads, hidden_size = attention_shape(config)
+    options = FusionOptions("bert")
+    options.enable_embed_layer_norm = fuse_embeddings
     fused = optimize_model(
-        str(onnx_dir / ONNX_FILE), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=2
+        str(onnx_dir / ONNX_FILE),
+        model_type="bert",
+        num_heads=num_heads,
+        hidden_size=hidden_size,
+        opt_level=2,
+        optimization_options=options,
     )
     dst.parent.mkdir(parents=True, exist_ok=True)
     fused.save_model_to_file(str(dst))
     return dst
 
 
-def fuse_then_quantize(onnx_dir: Path, dst: Path, per_channel: bool) -> Path:
-    """`fuse_transformer`, then dynamic int8 of the fused graph. Fewer, larger kernels matter most at batch 1."""
+# Values per 4-bit scale along an embedding row (GatherBlockQuantized takes powers of two from 16).
+EMBEDDING_BLOCK = 32
+
+
+def word_embedding_gather(model) -> str:
+    """The name of the Gather that reads the word-embedding table: the largest two-dimensional initializer a
+    Gather reads (position and token-type tables are far smaller than any vocabulary)."""
+    tables = {t.name: t.dims[0] * t.dims[1] for t in model.graph.initializer if len(t.dims) == 2}
+    gathers = [(tables[n.input[0]], n.name) for n in model.graph.node if n.op_type == "Gather" and n.input[0] in tables]
+    if not gathers:
+        raise ValueError("no Gather reads a two-dimensional table: no word embeddings to quantize")
+    return max(gathers)[1]
+
+
+def quantize_word_embeddings(src: Path, dst: Path) -> Path:
+    """`src` with its word-embedding table in 4 bits (ONNX Runtime's GatherBlockQuantized: symmetric, one fp32
+    scale per EMBEDDING_BLOCK values of a row), every other node unchanged, written to `dst`. The table is most
+    of a trimmed student's weights (13,052 x 384 of 8.0 M parameters in the default job) and a row is only read,
+    never multiplied, so it is the cheapest place to halve bytes again after int8."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    from onnxruntime.quantization.quant_utils import QuantFormat
+
+    model = onnx.load(str(src))
+    word = word_embedding_gather(model)
+    others = [n.name for n in model.graph.node if n.op_type == "Gather" and n.name != word]
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=EMBEDDING_BLOCK,
+        is_symmetric=True,
+        quant_format=QuantFormat.QOperator,
+        op_types_to_quantize=("Gather",),
+        quant_axes=(("Gather", 1),),
+    )
+    quantizer = MatMulNBitsQuantizer(
+        model, algo_config=config, op_types_to_quantize=("Gather",), nodes_to_exclude=others
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+    return dst
+
+
+def fuse_then_quantize(onnx_dir: Path, dst: Path, per_channel: bool, embedding_bits: int = 8) -> Path:
+    """`fuse_transformer`, then dynamic int8 of the fused graph. Fewer, larger kernels matter most at batch 1.
+    `embedding_bits=4`: the word embeddings in 4 bits (`quantize_word_embeddings`) instead of int8 inside the
+    fused embedding layer norm, which ONNX Runtime has no 4-bit form of."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    fused_path = fuse_transformer(onnx_dir, dst / "fused_fp32.onnx")
+    fused_path = fuse_transformer(onnx_dir, dst / "fused_fp32.onnx", fuse_embeddings=embedding_bits == 8)
+    if embedding_bits == 4:
+        quantize_word_embeddings(fused_path, fused_path)
     quantize_dynamic(
         str(fused_path),
         str(dst / ONNX_FILE),
@@ -152,8 +209,12 @@ def batch1_p50_ms(session, data, pad_id: int, sentences: int, warmup: int = 10) 
     return latency_stats(times)["p50"]
 
 
-def choose_candidate(fp32: dict, candidates: dict[str, dict], max_drop_points: float) -> tuple[str | None, dict]:
-    """The fastest candidate no slower than fp32 and within `max_drop_points` of its validation accuracy.
+def choose_candidate(
+    fp32: dict, candidates: dict[str, dict], max_drop_points: float, tie_share: float = 0.0
+) -> tuple[str | None, dict]:
+    """The fastest candidate no slower than fp32 and within `max_drop_points` of its validation accuracy; the
+    eligible candidates within `tie_share` of the fastest one's batch-1 latency count as equally fast, and the
+    smallest of them (by `size_bytes`) is chosen.
 
     Returns (name or None, reasons): None means no int8 variant may ship, and the fp32 model ships instead.
     """
@@ -169,7 +230,14 @@ def choose_candidate(fp32: dict, candidates: dict[str, dict], max_drop_points: f
         else:
             reasons[name] = "eligible"
             eligible.append((c["latency_ms"], name))
-    return (min(eligible)[1] if eligible else None), reasons
+    if not eligible:
+        return None, reasons
+    fastest = min(eligible)[0]
+    tied = [name for latency, name in eligible if latency <= fastest * (1.0 + tie_share)]
+    chosen = min(tied, key=lambda name: (candidates[name].get("size_bytes", 0), candidates[name]["latency_ms"]))
+    if len(tied) > 1:
+        reasons[chosen] = f"eligible; the smallest of {len(tied)} within {tie_share:.0%} of the fastest"
+    return chosen, reasons
 
 
 class ValidationReader:
@@ -227,7 +295,7 @@ def build_candidate(
         return quantize_into(onnx_dir, dst, preset, per_channel)
     if name == "static_int8":
         return static_quantize(onnx_dir, dst, per_channel, calibration)
-    return fuse_then_quantize(onnx_dir, dst, per_channel)
+    return fuse_then_quantize(onnx_dir, dst, per_channel, embedding_bits=4 if name == "fused_int8_emb4" else 8)
 
 
 def measure_candidates(
@@ -319,7 +387,7 @@ def run(
             "latency_ms": batch1_p50_ms(fp32_session, val, pad_id, cfg.latency_sentences),
         }
         measured = measure_candidates(cfg, onnx_dir, work, preset, fp32_session, fp32_val, val, pad_id, labels, threads)
-        chosen, reasons = choose_candidate(fp32, measured, cfg.max_drop_vs_fp32_points)
+        chosen, reasons = choose_candidate(fp32, measured, cfg.max_drop_vs_fp32_points, cfg.latency_tie_share)
         for name, m in measured.items():
             print(
                 f"  quantize {name}: val acc {m['accuracy']:.4f} (fp32 {fp32['accuracy']:.4f}), "

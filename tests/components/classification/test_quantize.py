@@ -59,11 +59,18 @@ def test_quantized_model_is_smaller_and_reports_agreement(onnx_dir, tiny_prepare
         "int8_per_channel",
         "fused_int8",
         "fused_int8_per_channel",
+        "fused_int8_emb4",
+        "fused_int8_emb4_per_channel",
         "static_int8",
         "static_int8_per_channel",
     }
     static = report["candidates"]["static_int8"]
     assert "error" not in static and 0.0 <= static["accuracy"] <= 1.0 and static["size_bytes"] > 0
+    # 4-bit word embeddings: the tiny model's 30,522 x 32 table is most of it, so the file shrinks by about
+    # a third against int8 embeddings
+    emb4, fused = report["candidates"]["fused_int8_emb4"], report["candidates"]["fused_int8"]
+    assert "error" not in emb4 and 0.0 <= emb4["accuracy"] <= 1.0
+    assert emb4["size_bytes"] < 0.75 * fused["size_bytes"]
     assert tracker.metrics["agreement_test"] == report["agreement_test"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folder left behind"
 
@@ -130,6 +137,43 @@ def test_choose_candidate_takes_the_fastest_within_tolerance():
     assert chosen == "fused_int8" and reasons["int8"] == "eligible" and "boom" in reasons["broken"]
     chosen, reasons = choose_candidate(fp32, candidates, max_drop_points=0.15)
     assert chosen == "int8" and "loses 0.20" in reasons["fused_int8"]
+
+
+def test_choose_candidate_takes_the_smallest_of_those_tied_with_the_fastest():
+    from components.classification.quantize import choose_candidate
+
+    fp32 = {"accuracy": 0.90, "latency_ms": 2.0}
+    candidates = {
+        "fused_int8": {"accuracy": 0.90, "latency_ms": 1.00, "size_bytes": 8_000_000},
+        "fused_int8_emb4": {"accuracy": 0.90, "latency_ms": 1.04, "size_bytes": 6_000_000},
+        "int8": {"accuracy": 0.90, "latency_ms": 1.20, "size_bytes": 5_000_000},
+    }
+    chosen, reasons = choose_candidate(fp32, candidates, 0.5, tie_share=0.05)
+    assert chosen == "fused_int8_emb4" and "smallest of 2 within 5%" in reasons["fused_int8_emb4"]
+    # no tie allowed: the fastest, whatever its size; a tie share wide enough takes in the smallest
+    assert choose_candidate(fp32, candidates, 0.5)[0] == "fused_int8"
+    assert choose_candidate(fp32, candidates, 0.5, tie_share=0.25)[0] == "int8"
+
+
+def test_word_embeddings_in_4_bits(onnx_dir, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from components.classification.quantize import fuse_transformer, quantize_word_embeddings, word_embedding_gather
+
+    fused = fuse_transformer(onnx_dir, tmp_path / "fused.onnx", fuse_embeddings=False)
+    word = word_embedding_gather(onnx.load(str(fused)))
+    assert "word_embeddings" in word
+    out = quantize_word_embeddings(fused, tmp_path / "emb4.onnx")
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    # only the word table: the position and token-type lookups stay plain Gathers
+    assert ops.count("GatherBlockQuantized") == 1 and "EmbedLayerNormalization" not in ops
+    ids = np.array([[101, 2054, 2003, 102]], dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    before, after = (ort.InferenceSession(str(p)) for p in (fused, out))
+    names = {i.name for i in before.get_inputs()}
+    a, b = (s.run(None, {k: v for k, v in feeds.items() if k in names})[0] for s in (before, after))
+    assert a.shape == b.shape and np.abs(a - b).max() < 0.05 * np.abs(a).max() + 1e-3
 
 
 def test_choose_candidate_never_ships_a_slower_or_worse_int8():
@@ -243,7 +287,7 @@ def test_a_multitask_export_quantizes_keeping_its_outputs_and_per_task_scores(
     quantize.run(cfg, onnx_dir, tiny_multitask_prepared, tmp_path / "int8", tracker, max_length=32)
 
     report = json.loads((tmp_path / "int8" / "quantize_report.json").read_text())
-    assert set(report["candidates"]) == {"int8", "fused_int8", "static_int8"}
+    assert set(report["candidates"]) == {"int8", "fused_int8", "fused_int8_emb4", "static_int8"}
     for name, candidate in report["candidates"].items():
         assert "error" not in candidate, (name, candidate)
         assert 0.0 <= candidate["accuracy"] <= 1.0 and 0.0 <= candidate["agreement"] <= 1.0
@@ -252,6 +296,6 @@ def test_a_multitask_export_quantizes_keeping_its_outputs_and_per_task_scores(
             per_task = [report[f"{figure}_{split}.{task}"] for task in ("sentiment", "length")]
             assert report[f"{figure}_{split}"] == pytest.approx(np.mean(per_task))
     assert tracker.metrics["accuracy_int8_test.length"] == report["accuracy_int8_test.length"]
-    # the fp32 export, the three candidates and the shipped copy (in a temporary folder beside int8)
-    assert {"onnx", "int8", "fused_int8", "static_int8"} <= set(opened) and len(opened) == 5
+    # the fp32 export, the four candidates and the shipped copy (in a temporary folder beside int8)
+    assert {"onnx", "int8", "fused_int8", "fused_int8_emb4", "static_int8"} <= set(opened) and len(opened) == 6
     assert all(names == ["logits_sentiment", "logits_length"] for names in opened.values()), opened
