@@ -50,14 +50,36 @@ def test_a_change_after_the_commit_is_reported_not_called_clean(tmp_path, monkey
     root = dvc_project(tmp_path)
     original = versioning.dvc
 
+    calls = []
+
     def dvc(where, *args):
-        if args[0] == "status":  # an output edited between the commit and the check
+        calls.append(args[0])
+        if calls[-2:] == ["commit", "status"]:  # an output edited between the commit and the check
             (root / "made.txt").write_text("changed\n")
         return original(where, *args)
 
     monkeypatch.setattr(versioning, "dvc", dvc)
     ok, message = versioning.commit_outputs(root, ["a-make", "a-use"])
     assert not ok and message.endswith("`dvc status a-make a-use` lists changes in a-make, a-use")
+
+
+def test_outputs_dvc_lock_already_records_cost_one_status_and_no_commit(tmp_path, monkeypatch):
+    root = dvc_project(tmp_path)
+    assert versioning.commit_outputs(root, ["a-make", "a-use"])[0]
+    original, calls = versioning.dvc, []
+
+    def dvc(where, *args):
+        calls.append(args[0])
+        return original(where, *args)
+
+    monkeypatch.setattr(versioning, "dvc", dvc)
+    ok, message = versioning.commit_outputs(root, ["a-make", "a-use"])  # an unchanged re-run
+    assert ok and calls == ["status"]
+    assert message.startswith("DVC: dvc.lock already records these outputs; `dvc status a-make a-use` is clean")
+    (root / "made.txt").write_text("new\n")  # a stage that re-ran: committed, then checked
+    calls.clear()
+    ok, message = versioning.commit_outputs(root, ["a-make", "a-use"])
+    assert ok and calls == ["status", "commit", "status"] and "outputs recorded in dvc.lock" in message
 
 
 def test_what_dvc_status_json_says_changed():
