@@ -200,7 +200,7 @@ class Robust(FedAvg):
             )
             return None, None
         mean = updates.weighted_mean([updates.to_float32(deltas[n]) for n in accepted], [weights[n] for n in accepted])
-        self.global_weights = updates.apply_update(self.global_weights, mean)
+        self.global_weights = updates.apply_update(self.global_weights, mean, self.cfg.server_lr)
         log(INFO, "round %d: aggregated %d updates (%s)", server_round, len(accepted), ", ".join(accepted))
         train_loss = float(
             np.average([record["clients"][n]["train_loss"] for n in accepted], weights=[weights[n] for n in accepted])

@@ -129,8 +129,13 @@ def weighted_mean(updates: list[Arrays], weights: list[float]) -> Arrays:
     return mean
 
 
-def apply_update(global_weights: Arrays, mean_update: Arrays) -> Arrays:
-    return {name: np.asarray(value, np.float32) + mean_update[name] for name, value in global_weights.items()}
+def apply_update(global_weights: Arrays, mean_update: Arrays, server_lr: float = 1.0) -> Arrays:
+    """The global weights moved by `server_lr` x the mean update (FedAvg with a server learning rate, Reddi et al.
+    2021; 1.0 is plain FedAvg)."""
+    return {
+        name: np.asarray(value, np.float32) + np.float32(server_lr) * mean_update[name]
+        for name, value in global_weights.items()
+    }
 
 
 # ---------------------------------------------------------------- checkpoints

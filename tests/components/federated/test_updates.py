@@ -63,6 +63,7 @@ def test_weighted_mean_weights_by_rows_and_apply_adds_it():
     mean = updates.weighted_mean([a, b], [3, 1])
     assert mean["w"].dtype == np.float32 and np.allclose(mean["w"], 1.75)
     assert np.allclose(updates.apply_update({"w": np.zeros(3)}, mean)["w"], 1.75)
+    assert np.allclose(updates.apply_update({"w": np.ones(3)}, mean, server_lr=2.0)["w"], 4.5)
     with pytest.raises(ValueError):
         updates.weighted_mean([], [])
 
