@@ -67,13 +67,8 @@ class QuorumGrid(Grid):
     editorials), so a fixed grace would leave the largest client out of every round."""
 
     def __init__(self, grid: Grid, quorum: int, grace_s: float, grace_factor: float = 0.0, poll_s: float = 0.5):
-        self.grid, self.quorum, self.grace_s, self.grace_factor, self.poll_s = (
-            grid,
-            quorum,
-            grace_s,
-            grace_factor,
-            poll_s,
-        )
+        self.grid, self.quorum, self.poll_s = grid, quorum, poll_s
+        self.grace_s, self.grace_factor = grace_s, grace_factor
 
     def set_run(self, run) -> None:
         self.grid.set_run(run)
