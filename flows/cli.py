@@ -398,6 +398,13 @@ def incremental_demo(
     scratch_seeds: Annotated[
         str, typer.Option("--scratch-seeds", help="Seeds of the from-scratch runs on the last union, comma-separated.")
     ] = "13,14,15",
+    scratch_steps: Annotated[
+        str,
+        typer.Option(
+            "--scratch-steps",
+            help="all: the pipeline from scratch after every update; last: after the last update only.",
+        ),
+    ] = "all",
 ) -> None:
     """The incremental demonstration, in this (new) project folder: a full run on the movie snippets, then
     product reviews, tweets and editorials as three updates, beside naive fine-tuning and the pipeline from
@@ -411,8 +418,12 @@ def incremental_demo(
         seeds = [int(s) for s in scratch_seeds.split(",") if s.strip()]
     except ValueError:
         fail(f"error: --scratch-seeds {scratch_seeds!r} is not a comma-separated list of integers", 2)
+    if scratch_steps not in demo.SCRATCH_STEPS:
+        fail(f"error: --scratch-steps {scratch_steps!r} is not one of {', '.join(demo.SCRATCH_STEPS)}", 2)
     preflight(task, params)
-    outcome, minutes = run_flow(demo.demo, params, Path.cwd(), "incremental demo", scratch_seeds=seeds)
+    outcome, minutes = run_flow(
+        demo.demo, params, Path.cwd(), "incremental demo", scratch_seeds=seeds, scratch_steps=scratch_steps
+    )
     typer.echo("")
     typer.secho(f"miniaturize: incremental demonstration finished in {minutes:.1f} min", bold=True)
     for line in Path(outcome["files"][1]).read_text().splitlines():

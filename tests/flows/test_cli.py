@@ -131,6 +131,13 @@ def test_bench_and_search_refuse_a_task_they_do_not_handle(monkeypatch):
     assert done.exit_code == 2 and "compresses sequence-classification models" in done.output
 
 
+def test_incremental_demo_refuses_bad_seeds_and_scratch_steps(monkeypatch):
+    done = invoke(monkeypatch, "incremental-demo", "--scratch-seeds", "13,x")
+    assert done.exit_code == 2 and "not a comma-separated list of integers" in done.output
+    done = invoke(monkeypatch, "incremental-demo", "--scratch-steps", "some")
+    assert done.exit_code == 2 and "--scratch-steps 'some' is not one of all, last" in done.output
+
+
 def test_promote_rollback_and_lineage_act_on_the_model_of_the_data_given(monkeypatch, tmp_path):
     """`run --data topics.csv` registers miniaturize-topics: `--data` points promote, rollback and lineage at it,
     and without it they act on the params' own data's model."""

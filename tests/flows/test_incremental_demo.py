@@ -10,7 +10,15 @@ import pandas as pd
 import pytest
 
 from components.config import build_params, load_params
-from flows.incremental_demo import Progress, mean_of_seeds, run_key, union_file, update_key, with_settings
+from flows.incremental_demo import (
+    Progress,
+    mean_of_seeds,
+    run_key,
+    scratch_seeds_at,
+    union_file,
+    update_key,
+    with_settings,
+)
 from tests.conftest import make_frame, write_prepared
 from tests.flows.conftest import REPO
 
@@ -107,3 +115,9 @@ def test_first_and_scratch_runs_keep_version_batch_accuracy_and_cost(tmp_path, m
     scratch = demo.scratch_run(params, tmp_path, None, "m", "7", 1)
     assert scratch["learned"] == "amazon" and sources[-1] == "data/stream/union-1.parquet"
     assert (tmp_path / "data" / "stream" / "union-1.parquet").is_file()
+
+
+def test_from_scratch_runs_after_every_update_or_only_the_last():
+    seeds = [13, 14, 15]
+    assert [scratch_seeds_at(step, 3, seeds, "all") for step in (1, 2, 3)] == [[13], [13], seeds]
+    assert [scratch_seeds_at(step, 3, seeds, "last") for step in (1, 2, 3)] == [[], [], seeds]

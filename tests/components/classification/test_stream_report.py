@@ -66,3 +66,18 @@ def test_table_has_a_row_per_method_and_step_and_the_plot_is_written(results, tm
 def test_forgetting_counts_only_batches_measured_twice():
     assert stream_report.forgetting({"a": 0.9, "b": None}, {"a": 0.95, "b": 0.5, "c": 0.1}) == 0.0
     assert stream_report.forgetting({"a": 0.9}, {"a": 0.85}) == pytest.approx(5.0)
+
+
+def test_without_intermediate_scratch_runs_updates_are_costed_against_the_first_run(results, tmp_path):
+    """`--scratch-steps last`: no from-scratch run after update 1; its cost is set against the first full run."""
+    results["steps"][1]["scratch"] = None
+    summary = stream_report.summarise(results)
+    first, second = summary["updates"]
+    assert first["cost_reference"] == "first_run" and second["cost_reference"] == "scratch"
+    assert first["seconds_ratio"] == pytest.approx(100 / 600) and first["examples_ratio"] == pytest.approx(9 / 50)
+    assert "scratch_mean" not in first and summary["final_mean"]["scratch"] == pytest.approx((0.9 + 0.87 + 0.85) / 3)
+    text = stream_report.render_markdown(results, summary)
+    assert "| amazon | from scratch |" not in text and "| tweets | from scratch |" in text
+    assert "of the first full run (from scratch on less data: an upper bound)" in text
+    stream_report.save_plot(results, tmp_path / "stream.png")
+    assert (tmp_path / "stream.png").stat().st_size > 5000
