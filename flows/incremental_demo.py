@@ -101,13 +101,14 @@ class Progress:
     as each one ends, so that a demonstration stopped part-way (hours at the default scale) resumes where it
     stopped: `miniaturize incremental-demo` again in the same folder. Each unit is kept with the key of the
     settings it ran with (`key`): a unit whose settings changed runs again, the others are reused (a change
-    to the `incremental` section re-runs the updates, not the full runs). A different stream or different
-    seeds start it afresh."""
+    to the `incremental` section re-runs the updates, not the full runs; more `--scratch-seeds` run only the
+    new seeds). A different stream (`settings`) starts it afresh."""
 
     def __init__(self, path: Path, settings: dict):
         self.path, self.settings = path, settings
         saved = json.loads(path.read_text()) if path.is_file() else {}
-        same = saved.get("settings") == settings
+        # only the settings given now must match: a record of older runs may hold more keys
+        same = bool(saved) and all(saved.get("settings", {}).get(k) == v for k, v in settings.items())
         self.done: dict = saved.get("done", {}) if same else {}
         self.keys: dict = saved.get("keys", {}) if same else {}
         if self.done:
@@ -210,7 +211,7 @@ def run_demo(
 
     base = params.registered_model_name() + "-stream"
     names = {"incremental": base, "naive": base + "-naive", "scratch": base + "-scratch"}
-    settings = {"stream": list(stream), "scratch_seeds": scratch_seeds}
+    settings = {"stream": list(stream)}  # each from-scratch unit is keyed by its seed
     progress = Progress(TASK.workspace(root).reports / "incremental" / "progress.json", settings)
     client = tracking.client(root)
 

@@ -43,6 +43,22 @@ def test_a_finished_unit_is_recorded_and_not_run_again(tmp_path):
     assert Progress(path, {"stream": ["b"]}).done == {}
 
 
+def test_a_record_with_more_settings_than_given_now_is_resumed(tmp_path):
+    """A record written with the scratch seeds among its settings: the same stream resumes it, and more seeds
+    run only the new seeds' units (each unit carries its own key)."""
+    path = tmp_path / "progress.json"
+    old = {
+        "settings": {"stream": ["a"], "scratch_seeds": [13]},
+        "keys": {"3/scratch/13": "k"},
+        "done": {"3/scratch/13": {"v": 1}},
+    }
+    path.write_text(json.dumps(old))
+    progress = Progress(path, {"stream": ["a"]})
+    assert progress.unit("3/scratch/13", "k", lambda: {"v": 2}) == {"v": 1}
+    assert progress.unit("3/scratch/14", "k", lambda: {"v": 3}) == {"v": 3}
+    assert Progress(path, {"stream": ["b"]}).done == {}
+
+
 def test_only_updates_depend_on_the_incremental_section():
     p = with_settings(build_params({}), incremental__alpha=0.9)
     assert run_key(p) == run_key(build_params({})) != run_key(p, "vader-amazon")
