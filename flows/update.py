@@ -132,8 +132,18 @@ def train_update(p: Params, warm: Path, batch: Path, name: str, out: Path, track
     return result.metrics | {k: result.info[k] for k in ("restored_pieces", "mix_val_accuracy")}
 
 
+def shipped_variant(model: Path) -> str | None:
+    """The quantized variant a model folder ships (its quantize_report.json), None when it does not say."""
+    report = model / "quantize_report.json"
+    return json.loads(report.read_text()).get("chosen") if report.is_file() else None
+
+
 @task(name="export-quantize", cache_policy=NO_CACHE)
-def export_and_quantize(p: Params, student: Path, prepared: Path, out: Path, tracker: Tracker) -> str:
+def export_and_quantize(
+    p: Params, student: Path, prepared: Path, out: Path, tracker: Tracker, keep: str | None = None
+) -> str:
+    """Export and quantize the updated student; `keep`, the champion's variant, ships whenever it is still
+    eligible, so that the update keeps the champion's format (and size) rather than a latency coin-toss."""
     from components.classification import export, quantize
 
     length = p.teacher.max_length
@@ -146,6 +156,7 @@ def export_and_quantize(p: Params, student: Path, prepared: Path, out: Path, tra
         PrefixedTracker(tracker, "quantize."),
         max_length=length,
         threads=p.evaluate.threads,
+        keep=keep,
     )
     return chosen.info["chosen"]
 
@@ -388,7 +399,14 @@ def update_steps(p, ws, data, champion, warm, champion_model, seen, work, run_id
 
     # transform: update teacher and student, export, quantize
     trained = train_update(p, warm, batch, name, work / "next", tracker)
-    chosen = export_and_quantize(p, work / "next" / "student", work / "next" / "prepared", work / "models", tracker)
+    chosen = export_and_quantize(
+        p,
+        work / "next" / "student",
+        work / "next" / "prepared",
+        work / "models",
+        tracker,
+        keep=shipped_variant(champion_model),
+    )
     final = work / "models" / "final"
 
     # load: every batch measured, the forgetting gate, the registry, the workspace

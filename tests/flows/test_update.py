@@ -34,3 +34,11 @@ def test_an_update_keeps_its_champions_data_source_and_model_name(tmp_path):
         ]
         == "reviews"
     )
+
+
+def test_the_champions_shipped_variant_is_read_from_its_quantize_report(tmp_path):
+    import json
+
+    assert update.shipped_variant(tmp_path) is None
+    (tmp_path / "quantize_report.json").write_text(json.dumps({"chosen": "fused_int8_emb4", "preset": "avx2"}))
+    assert update.shipped_variant(tmp_path) == "fused_int8_emb4"

@@ -155,6 +155,22 @@ def test_choose_candidate_takes_the_smallest_of_those_tied_with_the_fastest():
     assert choose_candidate(fp32, candidates, 0.5, tie_share=0.25)[0] == "int8"
 
 
+def test_an_update_keeps_the_variant_it_was_given_while_it_is_eligible():
+    from components.classification.quantize import choose_candidate
+
+    fp32 = {"accuracy": 0.90, "latency_ms": 2.0}
+    candidates = {
+        "int8_per_channel": {"accuracy": 0.90, "latency_ms": 1.00, "size_bytes": 9_000_000},
+        "fused_int8_emb4": {"accuracy": 0.90, "latency_ms": 1.10, "size_bytes": 6_000_000},
+        "static_int8": {"accuracy": 0.85, "latency_ms": 0.90, "size_bytes": 9_000_000},
+    }
+    chosen, reasons = choose_candidate(fp32, candidates, 0.5, tie_share=0.05, keep="fused_int8_emb4")
+    assert chosen == "fused_int8_emb4" and "kept" in reasons["fused_int8_emb4"]
+    # not eligible any more (too inaccurate), or not measured: the usual choice
+    assert choose_candidate(fp32, candidates, 0.5, keep="static_int8")[0] == "int8_per_channel"
+    assert choose_candidate(fp32, candidates, 0.5, keep="fp32")[0] == "int8_per_channel"
+
+
 def test_word_embeddings_in_4_bits(onnx_dir, tmp_path):
     import onnx
     import onnxruntime as ort
