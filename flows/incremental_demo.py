@@ -13,7 +13,7 @@
 4. The reference: after each update, the whole pipeline from scratch on the union of every batch so far,
    with the same compression settings and the batches' own splits (`split` column), so every model is tested
    on the same sentences; on the last union once per seed of `--scratch-seeds`. Registered as
-   `...-stream-scratch`. With `--scratch-steps last` only the last union is run from scratch (hours less at
+   `...-stream-scratch`. With `--scratch-steps last` only the last union is run from scratch (two from-scratch runs fewer at
    the default scale); each update's cost is then set against the first full run, a from-scratch run on
    less data (an upper bound on the ratio).
 
