@@ -12,12 +12,14 @@ it at registration, `run` writes the next one):
 `run` (method `replay_kd`, the default):
 1. the teacher trains on the new batch's train split plus the replay buffer; on replayed rows it also learns
    the previous teacher's soft outputs (learning without forgetting, Li & Hoiem 2017), on new rows the labels
-   alone. Early stopping reads accuracy on the validation splits of every batch seen, so the kept epoch is
-   the one that serves all of them best;
+   alone. Each epoch draws its rows batch-balanced (`balanced`): the new batch no more often than each
+   earlier one, whose rows in the buffer are fewer. Early stopping reads accuracy on the validation splits
+   of every batch seen, so the kept epoch is the one that serves all of them best;
 2. the student keeps its architecture (layers, pruned heads and neurons); the wordpieces of the new batch
    that its trimmed vocabulary dropped are restored from the updated teacher's embeddings
    (`components.kit.vocab.restore_wordpieces`), so new words are not locked out; it is then distilled from
-   the updated teacher on the same rows.
+   the updated teacher on the same rows, drawn the same way, and mixed back toward the champion student's
+   weights by the share validation chooses (`mix_back`).
 Method `naive` is the ablation: both fine-tune on the new batch alone, no replay, no distillation.
 
 It writes `out_dir/teacher`, `out_dir/student`, the next `out_dir/replay.parquet` and `out_dir/prepared`
@@ -47,9 +49,9 @@ from components.kit.modeling import (
     save_model,
     seed_everything,
 )
-from components.kit.replay import replay_buffer
+from components.kit.replay import batch_balanced_draw, replay_buffer
 from components.kit.tracking import PrefixedTracker, StageResult, Tracker
-from components.kit.training import Distillation, train
+from components.kit.training import Distillation, Objective, train
 from components.kit.vocab import restore_wordpieces
 
 SPLIT_FILES = ("train.parquet", "validation.parquet", "test.parquet", "data_card.json")
@@ -150,14 +152,24 @@ def earlier_batches(champion: Path) -> dict[str, Path]:
     return {p.name: p for p in sorted(folders, key=arrived)}
 
 
-def training_rows(cfg: IncrementalConfig, batch: Path, replay: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+def training_rows(
+    cfg: IncrementalConfig, batch: Path, name: str, replay: pd.DataFrame
+) -> tuple[pd.DataFrame, np.ndarray]:
     """(rows to train on, soft-term weight per row): the new train split (weight 0: labels alone), then with
-    `replay_kd` the replay buffer (weight alpha: the previous model teaches them too)."""
-    new = pd.read_parquet(batch / "train.parquet")[["text", "label"]]
+    `replay_kd` the replay buffer (weight alpha: the previous model teaches them too). Each row keeps its
+    batch's name (`batch` column; the new batch's is `name`)."""
+    new = pd.read_parquet(batch / "train.parquet")[["text", "label"]].assign(batch=name)
     if cfg.method == "naive":
         return new.reset_index(drop=True), np.zeros(len(new))
-    rows = pd.concat([new, replay[["text", "label"]]], ignore_index=True)
+    rows = pd.concat([new, replay[["text", "label", "batch"]]], ignore_index=True)
     return rows, np.concatenate([np.zeros(len(new)), np.full(len(replay), cfg.alpha)])
+
+
+def objective(cfg: IncrementalConfig, rows: pd.DataFrame) -> Objective:
+    """What both models minimise: one label per row, each epoch's rows drawn batch-balanced with
+    `balanced` (`components.kit.replay.batch_balanced_draw`; the naive ablation's one batch: every row once)."""
+    draw = batch_balanced_draw(rows["batch"]) if cfg.balanced else None
+    return Objective(sampling=None if draw is None else (lambda _labels: draw))
 
 
 def validation_rows(cfg: IncrementalConfig, batch: Path, name: str, earlier: dict[str, Path]) -> pd.DataFrame:
@@ -184,9 +196,13 @@ def load_encoded(model_dir: Path, rows: pd.DataFrame, val: pd.DataFrame, max_len
     return model, tokenizer, labels, train_set, val_set
 
 
-def fit(model, tokenizer, labels, train_set, val_set, cfg: TrainConfig, kd, out: Path, tracker, seed, desc, extra=None):
+def fit(
+    model, tokenizer, labels, train_set, val_set, cfg: TrainConfig, kd, out: Path, tracker, seed, desc, goal, extra=None
+):
     """Train (best validation epoch kept), save the model folder to `out`; returns its training figures."""
-    outcome = train(model, train_set, val_set, cfg, tokenizer.pad_token_id, tracker, seed, kd=kd, desc=desc)
+    outcome = train(
+        model, train_set, val_set, cfg, tokenizer.pad_token_id, tracker, seed, kd=kd, desc=desc, objective=goal
+    )
     metrics = {
         "val_accuracy": outcome.best_val_accuracy,
         "epochs_run": outcome.epochs_run,
@@ -216,7 +232,8 @@ def update_teacher(
         previous = predict_logits(model, train_set, tokenizer.pad_token_id)
         kd = Distillation(previous, cfg.alpha, cfg.temperature, row_alpha=row_alpha)
     settings = train_config(cfg, cfg.teacher_epochs, cfg.teacher_lr, max_length)
-    return fit(model, tokenizer, labels, train_set, val_set, settings, kd, out, tracker, seed, "update teacher")
+    goal = objective(cfg, rows)
+    return fit(model, tokenizer, labels, train_set, val_set, settings, kd, out, tracker, seed, "update teacher", goal)
 
 
 def update_student(
@@ -254,8 +271,9 @@ def update_student(
         "vocab_size": restored["vocab_after"],
         "params": count_params(model),
     }
+    goal = objective(cfg, rows)
     metrics = fit(
-        model, tokenizer, labels, train_set, val_set, settings, kd, out, tracker, seed, "update student", extra
+        model, tokenizer, labels, train_set, val_set, settings, kd, out, tracker, seed, "update student", goal, extra
     )
     if cfg.method == "replay_kd" and cfg.mix:
         metrics |= mix_back(cfg, model, start, tokenizer, labels, val, max_length)
@@ -326,7 +344,7 @@ def run(
     labels = read_labels(champion / "teacher")
     check_labels(batch, labels, "the champion")
     replay = pd.read_parquet(champion / "replay.parquet")
-    rows, row_alpha = training_rows(cfg, batch, replay)
+    rows, row_alpha = training_rows(cfg, batch, name, replay)
     val = validation_rows(cfg, batch, name, earlier)
     tracker.log_params(
         cfg.model_dump() | {"batch": name, "train_rows": len(rows), "replay_rows": int((row_alpha > 0).sum())}

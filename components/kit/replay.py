@@ -13,6 +13,10 @@ buffer from the previous one and the new batch's train rows:
   with a generator seeded by (seed, batch name), so the same inputs always give the same buffer and a
   batch's kept rows only ever shrink as more batches arrive, never get re-drawn from elsewhere.
 
+`batch_balanced_draw` is how an update then trains on the new batch and the buffer: each epoch draws its rows
+so that every batch is drawn equally often, the new one (thousands of rows) no more than each earlier one
+(its share of the buffer).
+
 Pure: data frames in, a data frame out; the caller stores the buffer (a parquet file beside the model).
 """
 
@@ -113,3 +117,15 @@ def replay_buffer(
     shares = batch_shares({name: len(rows) for name, rows in groups.items()}, size)
     kept = [stratified_sample(groups[name], shares[name], batch_rng(seed, name)) for name in order]
     return pd.concat([rows for rows in kept if len(rows)], ignore_index=True)[COLUMNS]
+
+
+def batch_balanced_draw(batches) -> np.ndarray | None:
+    """The probability of drawing each row so that every batch is drawn equally often: a row of a batch
+    with n rows weighs 1 / n. `batches` names each row's batch; None (every row once per epoch) when there
+    is only one batch."""
+    names = pd.Series(list(batches), dtype=object)
+    counts = names.map(names.value_counts())
+    if names.nunique() < 2:
+        return None
+    weight = 1.0 / counts.to_numpy(dtype=float)
+    return weight / weight.sum()

@@ -77,6 +77,18 @@ def test_update_restores_new_words_and_writes_the_next_warm_start(warm, new_batc
     assert set(result.info["mix_val_accuracy"]["1.0"]) == {"gadgets", "reviews"}
 
 
+def test_replay_kd_draws_batch_balanced_and_naive_every_row_once(warm, new_batch):
+    replay = pd.read_parquet(warm / "replay.parquet")
+    rows, _ = update.training_rows(CFG, new_batch, "gadgets", replay)
+    assert rows["batch"].value_counts().to_dict() == {"gadgets": 32, "reviews": 20}
+    draw = update.objective(CFG, rows).sampling(None)
+    assert draw[rows["batch"].eq("gadgets").to_numpy()].sum() == pytest.approx(0.5)
+    assert update.objective(CFG.model_copy(update={"balanced": False}), rows).sampling is None
+    naive = CFG.model_copy(update={"method": "naive"})
+    alone, _ = update.training_rows(naive, new_batch, "gadgets", replay)
+    assert len(alone) == 32 and update.objective(naive, alone).sampling is None
+
+
 def test_naive_update_trains_on_the_new_batch_alone(warm, new_batch, tmp_path):
     cfg = CFG.model_copy(update={"method": "naive"})
     result = update.run(cfg, warm, new_batch, "gadgets", tmp_path / "next", NullTracker(), seed=0, max_length=32)

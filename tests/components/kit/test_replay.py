@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.kit.replay import COLUMNS, batch_shares, label_quotas, replay_buffer
+from components.kit.replay import COLUMNS, batch_balanced_draw, batch_shares, label_quotas, replay_buffer
 
 
 def frame(name: str, positive: int, negative: int = None) -> pd.DataFrame:
@@ -208,3 +208,20 @@ def test_inputs_are_not_modified():
     new_copy = new.copy()
     replay_buffer(previous, new, "b", size=6, seed=0)
     assert previous.equals(previous_copy) and new.equals(new_copy)
+
+
+# ---------------------------------------------------------------- batch_balanced_draw
+
+
+def test_balanced_draw_gives_every_batch_the_same_total_probability():
+    batches = ["new"] * 6 + ["movie"] * 2 + ["amazon"] * 1
+    draw = batch_balanced_draw(batches)
+    assert draw.sum() == pytest.approx(1.0)
+    names = np.array(batches)
+    for name in ("new", "movie", "amazon"):
+        assert draw[names == name].sum() == pytest.approx(1 / 3)
+    assert draw[0] == pytest.approx(1 / 18) and draw[-1] == pytest.approx(1 / 3)
+
+
+def test_balanced_draw_of_one_batch_is_every_row_once():
+    assert batch_balanced_draw(["new"] * 4) is None
