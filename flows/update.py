@@ -223,6 +223,7 @@ def build_report(
         # the share of the trained student's update kept (None: not mixed) and each share's validation
         # accuracy per batch, which chose it
         "mix_share": trained.get("student.mix_share"),
+        "mix_chosen": p.incremental.mix_share is None,
         "mix_val_accuracy": trained.get("mix_val_accuracy"),
         "quantization": chosen,
         "models": {"final": {"accuracy": mean, "size_bytes": size_bytes}},
@@ -260,8 +261,8 @@ def render_markdown(report: dict) -> str:
         + (
             "trained as they are (no mixing)"
             if report.get("mix_share") is None
-            else f"{report['mix_share']:.1f} of the update kept, mixed back toward the champion's "
-            "(chosen on validation over every batch)"
+            else f"{report['mix_share']:.2f} of the update kept, mixed back toward the champion's "
+            + ("(chosen on validation over every batch)" if report.get("mix_chosen") else "(incremental.mix_share)")
         ),
         f"- quantization shipped: {report['quantization']}",
         f"- texts dropped because an earlier batch holds them: {report['dropped_seen_in_earlier_batches']}",

@@ -283,8 +283,9 @@ def update_student(
 
 
 def mix_back(cfg: IncrementalConfig, model, start: dict, tokenizer, labels, val: pd.DataFrame, max_length: int):
-    """Load into `model` the mix of `start` and its trained weights that validation chooses
-    (`components.kit.interpolation`); returns the share and each share's validation accuracy per batch."""
+    """Load into `model` the mix of `start` and its trained weights: `mix_share`, or when that is None the
+    share validation chooses (`components.kit.interpolation`); returns the share and each share's
+    validation accuracy per batch."""
     trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
     batches = {
         name: encode(tokenizer, rows["text"].tolist(), rows["label"].tolist(), labels, max_length)
@@ -298,10 +299,18 @@ def mix_back(cfg: IncrementalConfig, model, start: dict, tokenizer, labels, val:
             for name, data in batches.items()
         }
     new = val["batch"].iloc[0]
-    share = choose_share(accuracy, new, cfg.mix_budget_points)
+    chosen = cfg.mix_share is None
+    share = choose_share(accuracy, new, cfg.mix_budget_points) if chosen else cfg.mix_share
+    if share not in accuracy:  # a fixed share off the grid: measured too, for the report
+        model.load_state_dict(mixed_state(start, trained, share))
+        accuracy[share] = {
+            name: accuracy_of(predict_logits(model, data, tokenizer.pad_token_id), data.labels)
+            for name, data in batches.items()
+        }
     model.load_state_dict(mixed_state(start, trained, share))
+    how = "chosen on validation" if chosen else "incremental.mix_share"
     print(
-        f"  update: student mixed back toward the champion's weights, share {share:.1f} of the update kept "
+        f"  update: student mixed back toward the champion's weights, share {share:.2f} of the update kept ({how}) "
         f"(validation mean {100 * mean_accuracy(accuracy[share]):.2f} vs {100 * mean_accuracy(accuracy[1.0]):.2f}"
         f" trained as is, {100 * mean_accuracy(accuracy[0.0]):.2f} champion; earlier batches lose at most "
         f"{largest_drop(accuracy, share, new):.2f} points)",
@@ -309,7 +318,7 @@ def mix_back(cfg: IncrementalConfig, model, start: dict, tokenizer, labels, val:
     )
     return {
         "mix_share": share,
-        "mix_val_accuracy": {f"{s:.1f}": per_batch for s, per_batch in accuracy.items()},
+        "mix_val_accuracy": {f"{s:.2f}": per_batch for s, per_batch in sorted(accuracy.items())},
     }
 
 

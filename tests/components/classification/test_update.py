@@ -12,6 +12,7 @@ import pytest
 from components.classification import trim, update
 from components.config import IncrementalConfig
 from components.kit.data import DataError
+from components.kit.interpolation import choose_share
 from components.kit.tracking import NullTracker
 from tests.conftest import make_frame, write_prepared
 
@@ -72,9 +73,36 @@ def test_update_restores_new_words_and_writes_the_next_warm_start(warm, new_batc
     assert len(pd.read_parquet(prepared / "validation.parquet")) == 16 + 8  # every batch's validation split
     assert len(pd.read_parquet(prepared / "test.parquet")) == 8  # the new batch's test split
     assert json.loads((prepared / "data_card.json").read_text())["labels"] == ["negative", "positive"]
-    # the student mixed back toward the champion's weights by a share validation chose
-    assert m["student.mix_share"] in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-    assert set(result.info["mix_val_accuracy"]["1.0"]) == {"gadgets", "reviews"}
+    # the student mixed back toward the champion's weights by the fixed share, every share measured
+    assert m["student.mix_share"] == 0.8
+    assert set(result.info["mix_val_accuracy"]) == {"0.00", "0.20", "0.40", "0.60", "0.80", "1.00"}
+    assert set(result.info["mix_val_accuracy"]["1.00"]) == {"gadgets", "reviews"}
+
+
+def test_mix_share_chosen_on_validation_or_fixed_off_the_grid(warm, new_batch, tmp_path):
+    chosen = update.run(
+        CFG.model_copy(update={"mix_share": None, "mix_budget_points": 0.0}),
+        warm,
+        new_batch,
+        "gadgets",
+        tmp_path / "a",
+        NullTracker(),
+        seed=0,
+        max_length=32,
+    )
+    accuracy = {float(k): v for k, v in chosen.info["mix_val_accuracy"].items()}
+    assert chosen.metrics["student.mix_share"] == choose_share(accuracy, "gadgets", 0.0)
+    fixed = update.run(
+        CFG.model_copy(update={"mix_share": 0.5}),
+        warm,
+        new_batch,
+        "gadgets",
+        tmp_path / "b",
+        NullTracker(),
+        seed=0,
+        max_length=32,
+    )
+    assert fixed.metrics["student.mix_share"] == 0.5 and "0.50" in fixed.info["mix_val_accuracy"]
 
 
 def test_replay_kd_draws_batch_balanced_and_naive_every_row_once(warm, new_batch):
