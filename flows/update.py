@@ -172,6 +172,39 @@ def evaluate_batches(p: Params, final: Path, champion_model: Path, batches: dict
     return on_all(final, batches), on_all(champion_model, batches)
 
 
+def against_current_champion(
+    p: Params, client, model_name: str, start, final: Path, after: dict, out: Path
+) -> gate.Check | None:
+    """When the update started from another version than the current @champion (`--from`), the forgetting
+    check against that champion too, on every batch it has seen: otherwise an update of an older or refused
+    version could take the alias while knowing less than the model it replaces. None when it started from
+    the champion (or there is none)."""
+    from components.classification.evaluate import split_accuracy
+    from components.classification.update import earlier_batches
+    from components.kit.forgetting import champion_check
+
+    current = registry.champion_version(client, model_name)
+    if current is None or (current.name, str(current.version)) == (start.name, str(start.version)):
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    warm = Path(client.download_artifacts(current.run_id, registry.WARM_START + "/batches", str(out)))
+    bundle = Path(client.download_artifacts(current.run_id, "bundle", str(out)))
+    batches = earlier_batches(warm.parent)  # the artifact keeps its path: <out>/warm_start/batches
+
+    def measured(model: Path, names) -> dict:
+        return {n: split_accuracy(model, batches[n], "test", p.evaluate.threads, p.teacher.max_length) for n in names}
+
+    # the updated model on the champion's batches it has not seen itself (a version started from earlier)
+    after = after | measured(final, [n for n in batches if n not in after])
+    check = champion_check(measured(bundle, batches), after, p.incremental.max_forgetting_points)
+    print(
+        f"[update] started from version {start.version}, not the champion (version {current.version}): "
+        f"largest drop against the champion {check.value:.2f} points",
+        flush=True,
+    )
+    return check
+
+
 # ---------------------------------------------------------------- deciding and reporting
 
 
@@ -416,6 +449,10 @@ def update_steps(p, ws, data, champion, warm, champion_model, seen, work, run_id
     decision = decide(rows, p.incremental.max_forgetting_points, p.incremental.min_new_batch_accuracy)
     size = size_check(final, champion_model, p.register_.gate.max_size_growth_vs_champion)
     decision = gate.GateDecision.of(decision.checks | {"size_growth_vs_champion": size})
+    model_name = p.registered_model_name(continuing=champion.name)  # never a name made from the new batch
+    elsewhere = against_current_champion(p, tracker.client, model_name, champion, final, after, work / "current")
+    if elsewhere is not None:
+        decision = gate.GateDecision.of(decision.checks | {"forgetting_vs_champion": elsewhere})
     from components.kit.modeling import dir_size_bytes
 
     report = build_report(
@@ -435,7 +472,6 @@ def update_steps(p, ws, data, champion, warm, champion_model, seen, work, run_id
     report_path.write_text(json.dumps(report, indent=2))
     all_seen = seen + [{"name": name, "sha256": card["sha256"]}]
     tags = version_tags(p, ws, champion, report, all_seen, run_id)
-    model_name = p.registered_model_name(continuing=champion.name)  # never a name made from the new batch
     version = registry.log_version(TASK, p, run_id, final, report_path, tags, model_name)
     log_next_warm_start(tracker.client, run_id, work / "next")
     why = "forgetting gate passed" if decision.passed else f"forgetting gate refused: {report['reason']}"

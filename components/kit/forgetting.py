@@ -7,7 +7,9 @@ An update must learn the new batch without forgetting the earlier ones. The call
 - `forgetting_points` is the largest drop on any EARLIER batch (the new batch cannot be forgotten);
 - `decide` checks it against `max_forgetting_points`, and the new batch's accuracy against
   `min_new_batch_accuracy`, as a `GateDecision` like the release gate's (`components.kit.gate`);
-- `reason` says in one line why an update was refused, naming the batch it forgot most.
+- `reason` says in one line why an update was refused, naming the batch it forgot most;
+- `champion_check`: an update started from another version than the current champion (`--from`) must not
+  forget what the champion knows either: the same largest drop, against the champion on the batches it saw.
 
 As in the release gate, a figure that could not be measured fails its check with a note: no update becomes
 champion on a measurement nobody made.
@@ -117,5 +119,23 @@ def reason(decision: GateDecision, rows: list[dict]) -> str:
             batch = new["batch"] if new else "the new batch"
             parts.append(f"new_batch_accuracy: {check.value:.2f} points on {batch} < {check.threshold:.2f} required")
         else:
-            parts.append(f"{name}: {check.value:.2f} against {check.threshold:.2f}")
+            where = f" ({check.note})" if check.note else ""
+            parts.append(f"{name}: {check.value:.2f} against {check.threshold:.2f}{where}")
     return "; ".join(parts)
+
+
+def champion_check(
+    champion: dict[str, float | None], after: dict[str, float | None], max_forgetting_points: float
+) -> Check:
+    """The largest drop of the updated model (`after`) against the current champion on every batch the
+    champion was measured on (`champion`), in points, checked against `max_forgetting_points`; a batch
+    without a figure fails the check with a note."""
+    rows = per_batch(champion, {b: after.get(b) for b in champion}, new_batch="")
+    value = forgetting_points(rows)
+    threshold = float(max_forgetting_points)
+    if math.isnan(value):
+        note = f"no accuracy figure for {', '.join(unmeasured_batches(rows))}: not compared with the champion"
+        return Check(value=math.nan, threshold=threshold, passed=False, note=note)
+    worst = most_forgotten(rows)
+    note = f"largest drop on {worst} against the current champion" if worst else ""
+    return Check(value=value, threshold=threshold, passed=value <= threshold + TOLERANCE, note=note)

@@ -1,7 +1,7 @@
 """End to end through the CLI: a first run, then `miniaturize update` twice (each warm-started from the
 champion, each a new version with its parent), the lineage chain, an unchanged batch that ends at once, a
 batch with an unknown label refused, a batch with flipped labels refused by the forgetting gate (the
-champion stays), a killed update that leaves everything as it was, and the DVC records of the batches and
+champion stays), an update of an older version refused for what the champion knows, a killed update that leaves everything as it was, and the DVC records of the batches and
 the replay buffer. The tiny project of tests/reliability (2-layer random BERT) keeps it to seconds per step.
 """
 
@@ -168,6 +168,20 @@ def test_a_forgetting_batch_is_refused_and_the_champion_stays(stream, prefect_ap
     # the refused batch is kept as data, the replay buffer stays the champion's
     assert (project / "data" / "batches" / "flipped").is_dir()
     assert "flipped" not in set(pd.read_parquet(project / "data" / "replay" / "replay.parquet")["batch"])
+
+
+def test_an_update_of_an_older_version_must_not_forget_what_the_champion_knows(stream, prefect_api):
+    project, _ = stream
+    before = champion(project)
+    batch(FOOD_POS, FOOD_NEG, 40, offset=700).to_csv(project / "data" / "food3.csv", index=False)
+    # version 1 never learned the gadgets: against it (its parent) nothing is forgotten, against the champion
+    # the gadgets are
+    args = ["update", "--data", "data/food3.csv", "--from", "models:/miniaturize-reviews/1"]
+    done = run_cli(args, project, prefect_api)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"started from version 1, not the champion (version {before})" in done.stdout, done.stdout[-3000:]
+    assert "forgetting gate refused: forgetting_vs_champion" in done.stdout, done.stdout[-2000:]
+    assert champion(project) == before
 
 
 def test_a_killed_update_leaves_the_champion_and_its_files_as_they_were(stream, prefect_api):

@@ -2,6 +2,7 @@ import math
 
 import pytest
 
+from components.kit import forgetting
 from components.kit.forgetting import decide, forgetting_points, most_forgotten, per_batch, reason
 from components.kit.gate import Check, GateDecision
 
@@ -179,3 +180,20 @@ def test_reason_describes_checks_added_by_the_caller():
     extra = Check(value=1.5, threshold=1.1, passed=False)
     decision = GateDecision.of(decide(table, 1.0, 0.8).checks | {"size_growth_vs_champion": extra})
     assert reason(decision, table) == "size_growth_vs_champion: 1.50 against 1.10"
+
+
+# ---------------------------------------------------------------- champion_check
+
+
+def test_champion_check_reads_the_largest_drop_against_the_current_champion():
+    champion = {"movie": 0.8718, "amazon": 0.8696}
+    after = {"movie": 0.8579, "amazon": 0.8896, "nyt": 0.79}  # a batch the champion never saw is not compared
+    check = forgetting.champion_check(champion, after, 1.0)
+    assert check.value == pytest.approx(1.39) and not check.passed
+    assert check.note == "largest drop on movie against the current champion"
+    assert forgetting.champion_check(champion, {"movie": 0.87, "amazon": 0.87}, 1.0).passed
+
+
+def test_champion_check_fails_without_a_figure_for_a_champion_batch():
+    check = forgetting.champion_check({"movie": 0.87, "food": 0.9}, {"movie": 0.87}, 1.0)
+    assert not check.passed and "food" in check.note
