@@ -166,9 +166,12 @@ def test_an_update_keeps_the_variant_it_was_given_while_it_is_eligible():
     }
     chosen, reasons = choose_candidate(fp32, candidates, 0.5, tie_share=0.05, keep="fused_int8_emb4")
     assert chosen == "fused_int8_emb4" and "kept" in reasons["fused_int8_emb4"]
-    # not eligible any more (too inaccurate), or not measured: the usual choice
-    assert choose_candidate(fp32, candidates, 0.5, keep="static_int8")[0] == "int8_per_channel"
-    assert choose_candidate(fp32, candidates, 0.5, keep="fp32")[0] == "int8_per_channel"
+    # not eligible any more (too inaccurate), or not measured: the smallest eligible one
+    chosen, reasons = choose_candidate(fp32, candidates, 0.5, keep="static_int8")
+    assert chosen == "fused_int8_emb4" and "the smallest" in reasons[chosen]
+    assert choose_candidate(fp32, candidates, 0.5, keep="fp32")[0] == "fused_int8_emb4"
+    # a full run (nothing to keep): the fastest
+    assert choose_candidate(fp32, candidates, 0.5)[0] == "int8_per_channel"
 
 
 def test_word_embeddings_in_4_bits(onnx_dir, tmp_path):
