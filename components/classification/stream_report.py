@@ -71,6 +71,10 @@ def pct(value: float | None) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
 
 
+# An update's registry alias as the forgetting gate left it (the first run and from-scratch runs have none).
+GATE = {"champion": "passed", "challenger": "refused"}
+
+
 def render_markdown(results: dict, summary: dict) -> str:
     batches = [step["learned"] for step in results["steps"]]
     lines = [
@@ -84,8 +88,8 @@ def render_markdown(results: dict, summary: dict) -> str:
             else "."
         ),
         "",
-        "| after | method | " + " | ".join(batches) + " | mean | forgetting (points) | seconds | examples |",
-        "|---|---|" + "---:|" * (len(batches) + 4),
+        "| after | method | " + " | ".join(batches) + " | mean | forgetting (points) | gate | seconds | examples |",
+        "|---|---|" + "---:|" * (len(batches) + 2) + "---|" + "---:|" * 2,
     ]
     updates = {u["step"]: u for u in summary["updates"]}
     for step in results["steps"]:
@@ -98,7 +102,8 @@ def render_markdown(results: dict, summary: dict) -> str:
             name = "first full run" if step["step"] == 0 else LABELS[m]
             lines.append(
                 f"| {step['learned']} | {name} | " + " | ".join(cells) + f" | {pct(mean(entry['accuracy']))} | "
-                f"{'-' if lost is None else f'{lost:.2f}'} | {entry['seconds']:.0f} | {entry['examples']:,.0f} |"
+                f"{'-' if lost is None else f'{lost:.2f}'} | {GATE.get(entry.get('alias'), '-')} | "
+                f"{entry['seconds']:.0f} | {entry['examples']:,.0f} |"
             )
     lines += [
         "",

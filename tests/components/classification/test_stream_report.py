@@ -30,8 +30,9 @@ def results() -> dict:
             {
                 "step": 2,
                 "learned": "tweets",
-                "incremental": entry({"movie": 0.89, "amazon": 0.865, "tweets": 0.84}, 120, 10_000),
-                "naive": entry({"movie": 0.70, "amazon": 0.75, "tweets": 0.86}, 60, 6_000),
+                "incremental": entry({"movie": 0.89, "amazon": 0.865, "tweets": 0.84}, 120, 10_000)
+                | {"alias": "champion"},
+                "naive": entry({"movie": 0.70, "amazon": 0.75, "tweets": 0.86}, 60, 6_000) | {"alias": "challenger"},
                 "scratch": entry({"movie": 0.90, "amazon": 0.87, "tweets": 0.85}, 1000, 90_000),
             },
         ],
@@ -58,6 +59,9 @@ def test_table_has_a_row_per_method_and_step_and_the_plot_is_written(results, tm
     assert "| after | method | movie | amazon | tweets | mean |" in text
     assert "| movie | first full run | 90.00 | - | - | 90.00 |" in text
     assert "| tweets | naive fine-tuning | 70.00 | 75.00 | 86.00 |" in text
+    # each update's gate outcome (its registry alias); none for the first run and the from-scratch runs
+    assert "| 13.00 | refused | 60 | 6,000 |" in text and "| 0.50 | passed | 120 | 10,000 |" in text
+    assert "| 90.00 | - | - | 600 | 50,000 |" in text
     assert "mean of seeds 13, 14" in text and "update 2 (tweets): cost 0.12x the wall time" in text
     stream_report.save_plot(results, tmp_path / "stream.png")
     assert (tmp_path / "stream.png").stat().st_size > 5000
