@@ -13,9 +13,9 @@
 4. The reference: after each update, the whole pipeline from scratch on the union of every batch so far,
    with the same compression settings and the batches' own splits (`split` column), so every model is tested
    on the same sentences; on the last union once per seed of `--scratch-seeds`. Registered as
-   `...-stream-scratch`. With `--scratch-steps last` only the last union is run from scratch (two from-scratch runs fewer at
-   the default scale); each update's cost is then set against the first full run, a from-scratch run on
-   less data (an upper bound on the ratio).
+   `...-stream-scratch`. With `--scratch-steps last` only the last union is run from scratch (two
+   from-scratch runs fewer at the default scale); each update's cost is then set against the first full
+   run, a from-scratch run on less data (an upper bound on the ratio).
 
 The first run and the from-scratch runs share the compression settings of the params, without the extra
 seeds and the distillation ablation (they would only add time). Each model's accuracy on every batch's test

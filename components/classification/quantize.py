@@ -239,18 +239,17 @@ def choose_candidate(
         reasons[keep] = "eligible; kept: the variant the updated model ships"
         return keep, reasons
     if keep is not None:
-        # the update's model is gated on its size against the one it updates: the smallest eligible variant
-        # (measured: the fastest one, with 8-bit embeddings, grew an update 1.43x and the size check refused it)
-        chosen = min(
-            (name for _, name in eligible),
-            key=lambda n: (candidates[n].get("size_bytes", 0), candidates[n]["latency_ms"]),
-        )
-        reasons[chosen] = f"eligible; the smallest (the updated model's {keep} is not eligible)"
-        return chosen, reasons
-    fastest = min(eligible)[0]
-    tied = [name for latency, name in eligible if latency <= fastest * (1.0 + tie_share)]
+        # the update's model is gated on its size against the one it updates: every eligible variant counts as
+        # tied (measured: the fastest one, with 8-bit embeddings, grew an update 1.43x and the size check
+        # refused it)
+        tied = [name for _, name in eligible]
+    else:
+        fastest = min(eligible)[0]
+        tied = [name for latency, name in eligible if latency <= fastest * (1.0 + tie_share)]
     chosen = min(tied, key=lambda name: (candidates[name].get("size_bytes", 0), candidates[name]["latency_ms"]))
-    if len(tied) > 1:
+    if keep is not None:
+        reasons[chosen] = f"eligible; the smallest (the updated model's {keep} is not eligible)"
+    elif len(tied) > 1:
         reasons[chosen] = f"eligible; the smallest of {len(tied)} within {tie_share:.0%} of the fastest"
     return chosen, reasons
 

@@ -19,7 +19,7 @@ it at registration, `run` writes the next one):
    that its trimmed vocabulary dropped are restored from the updated teacher's embeddings
    (`components.kit.vocab.restore_wordpieces`), so new words are not locked out; it is then distilled from
    the updated teacher on the same rows, drawn the same way, and mixed back toward the champion student's
-   weights by the share validation chooses (`mix_back`).
+   weights (`mix_back`: the share `mix_share`, or the one validation chooses).
 Method `naive` is the ablation: both fine-tune on the new batch alone, no replay, no distillation.
 
 It writes `out_dir/teacher`, `out_dir/student`, the next `out_dir/replay.parquet` and `out_dir/prepared`
@@ -291,22 +291,20 @@ def mix_back(cfg: IncrementalConfig, model, start: dict, tokenizer, labels, val:
         name: encode(tokenizer, rows["text"].tolist(), rows["label"].tolist(), labels, max_length)
         for name, rows in val.groupby("batch", sort=False)
     }
-    accuracy: dict[float, dict[str, float]] = {}
-    for share in SHARES:
+
+    def scored(share: float) -> dict[str, float]:
         model.load_state_dict(mixed_state(start, trained, share))
-        accuracy[share] = {
+        return {
             name: accuracy_of(predict_logits(model, data, tokenizer.pad_token_id), data.labels)
             for name, data in batches.items()
         }
+
+    accuracy = {share: scored(share) for share in SHARES}
     new = val["batch"].iloc[0]
     chosen = cfg.mix_share is None
     share = choose_share(accuracy, new, cfg.mix_budget_points) if chosen else cfg.mix_share
     if share not in accuracy:  # a fixed share off the grid: measured too, for the report
-        model.load_state_dict(mixed_state(start, trained, share))
-        accuracy[share] = {
-            name: accuracy_of(predict_logits(model, data, tokenizer.pad_token_id), data.labels)
-            for name, data in batches.items()
-        }
+        accuracy[share] = scored(share)
     model.load_state_dict(mixed_state(start, trained, share))
     how = "chosen on validation" if chosen else "incremental.mix_share"
     print(
