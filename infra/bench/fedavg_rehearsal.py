@@ -1,0 +1,129 @@
+"""Rehearse aggregation settings of a federation in one process, before paying for a real one: the clients'
+rounds run one after another with the federation's own client code (`components.federated.local.client_round`,
+fp16 on the wire, distillation from the version's teacher) and are aggregated with its own functions
+(`components.federated.updates`); after each round the global weights are measured on every client's test split
+and on the pooled one. No Flower, no processes, no faults, no tracking: a bench for choosing settings, not a
+way to federate (`miniaturize federate` is). docs/federated.md gives what it measured.
+
+    .venv/bin/python infra/bench/fedavg_rehearsal.py --project . --from models:/NAME/1 --out /tmp/rehearsal \
+        --name rows --rounds 3                                   # FedAvg as `miniaturize federate` runs it
+    ... --name uniform --weighting uniform --server-lr 1.5       # each client's update counts equally
+    ... --name steps --local-steps 74                            # every client the same optimizer steps a round
+    ... --name prox --proximal-mu 0.1                            # FedProx's proximal term on every client
+    ... --name central --central-epochs 5                        # the student fine-tuned on the union instead
+
+Each variant prints one JSON line per round and writes <out>/<name>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from components.config import DEMO_CLIENTS, load_params
+from components.federated import local, shards, updates
+
+
+def prepare(project: Path, start: str, out: Path) -> tuple[Path, Path, dict[str, Path], Path]:
+    """(student folder, teacher folder, {client: shard}, pooled test file): the version's warm start downloaded
+    from the project's registry and one shard per vader source, as the federate flow builds them."""
+    p = load_params(project / "params.yaml")
+    folder = out / "shards"
+    if not (folder / "shards.json").exists():
+        shards.build(p.data, list(DEMO_CLIENTS), None, folder, project / "data" / "raw", project)
+    warm = out / "warm_start"
+    if not (warm / "student").exists():
+        client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+        name, version = start.removeprefix("models:/").split("/")
+        run_id = client.get_model_version(name, version).run_id
+        client.download_artifacts(run_id, "warm_start", str(out))
+    return warm / "student", warm / "teacher", {c: folder / c for c in DEMO_CLIENTS}, folder / shards.POOLED
+
+
+def measure(student: Path, client_shards: dict[str, Path], pooled: Path, weights: updates.Arrays) -> dict:
+    figures = {c: local.client_evaluate(student, s, weights, 64)["accuracy"] for c, s in client_shards.items()}
+    model, tokenizer, labels = local.load_student(student)
+    local.set_arrays(model, weights)
+    data = local.encode_rows(tokenizer, pd.read_parquet(pooled / "test.parquet"), labels, 64)
+    return figures | {"pooled": local.measure(model, data, tokenizer.pad_token_id)["accuracy"]}
+
+
+def with_local_steps(steps: int | None, batch_size: int):
+    """Make each client's train split `steps` x `batch_size` rows drawn afresh each round (None: all rows)."""
+    read = local.read_split
+    state = {"round": 0}
+
+    def read_split(shard: Path, split: str) -> pd.DataFrame:
+        rows = read(shard, split)
+        if split == "train" and steps and len(rows) > steps * batch_size:
+            rows = rows.sample(n=steps * batch_size, random_state=1000 * state["round"] + len(rows))
+        return rows.reset_index(drop=True)
+
+    local.read_split = read_split
+    return state
+
+
+def rehearse(args, student: Path, teacher: Path, client_shards: dict[str, Path], pooled: Path) -> list[dict]:
+    model, _, _ = local.load_student(student)
+    weights = local.get_arrays(model)
+    settings = local.LocalSettings(lr=args.lr, local_epochs=args.local_epochs, proximal_mu=args.proximal_mu)
+    state = with_local_steps(args.local_steps, settings.batch_size)
+    log = []
+    for round_ in range(1, args.rounds + 1):
+        state["round"], started = round_, time.perf_counter()
+        deltas, counts = [], []
+        for shard in client_shards.values():
+            delta, figures = local.client_round(
+                student, shard, weights, settings, "float16", args.seed + round_, teacher, args.out / "teacher_logits"
+            )
+            deltas.append(updates.to_float32(delta))
+            counts.append(figures["num-examples"] if args.weighting == "rows" else 1.0)
+        weights = updates.apply_update(weights, updates.weighted_mean(deltas, counts), args.server_lr)
+        entry = measure(student, client_shards, pooled, weights) | {
+            "round": round_,
+            "seconds": round(time.perf_counter() - started),
+        }
+        log.append(entry)
+        print(args.name, json.dumps({k: round(v, 4) for k, v in entry.items()}), flush=True)
+    return log
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--project", type=Path, default=Path("."))
+    parser.add_argument("--from", dest="start", required=True, help="models:/NAME/VERSION")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--local-epochs", type=int, default=1)
+    parser.add_argument("--local-steps", type=int, default=None)
+    parser.add_argument("--weighting", choices=["rows", "uniform"], default="rows")
+    parser.add_argument("--server-lr", type=float, default=1.0)
+    parser.add_argument("--proximal-mu", type=float, default=0.0, help="FedProx's mu (0: FedAvg)")
+    parser.add_argument("--central-epochs", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=13)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    student, teacher, client_shards, pooled = prepare(args.project.resolve(), args.start, args.out)
+    if args.central_epochs:
+        settings = local.LocalSettings(lr=args.lr)
+        trained = args.out / args.name
+        local.finetune_central(
+            student, list(client_shards.values()), settings, args.central_epochs, args.seed, trained, teacher
+        )
+        model, _, _ = local.load_student(trained)
+        log = [measure(student, client_shards, pooled, local.get_arrays(model))]
+        print(args.name, json.dumps(log[0]), flush=True)
+    else:
+        log = rehearse(args, student, teacher, client_shards, pooled)
+    (args.out / f"{args.name}.json").write_text(json.dumps(log, indent=1))
+
+
+if __name__ == "__main__":
+    main()
