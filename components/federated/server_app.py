@@ -194,7 +194,8 @@ class Robust(FedAvg):
                 self.cfg.min_clients,
             )
             return None, None
-        mean = updates.weighted_mean([updates.to_float32(deltas[n]) for n in accepted], [weights[n] for n in accepted])
+        counted = updates.aggregation_weights({n: weights[n] for n in accepted}, self.cfg.weighting)
+        mean = updates.weighted_mean([updates.to_float32(deltas[n]) for n in accepted], [counted[n] for n in accepted])
         self.global_weights = updates.apply_update(self.global_weights, mean, self.cfg.server_lr)
         log(INFO, "round %d: aggregated %d updates (%s)", server_round, len(accepted), ", ".join(accepted))
         train_loss = float(

@@ -129,6 +129,19 @@ def weighted_mean(updates: list[Arrays], weights: list[float]) -> Arrays:
     return mean
 
 
+def aggregation_weights(rows: dict[str, float], weighting: str) -> dict[str, float]:
+    """Each accepted client's weight in the mean: its training rows ("rows", FedAvg's rule) or 1 ("equal").
+
+    With every client running whole local epochs, a client's update grows with its rows, and the rows-weighted
+    mean counts it twice over: FedAvg then settles where sum(share^2 x loss) is least, not the union's loss
+    (the objective inconsistency of Wang et al. 2020). Equal weights count each client's rows once."""
+    if weighting == "rows":
+        return dict(rows)
+    if weighting == "equal":
+        return dict.fromkeys(rows, 1.0)
+    raise ValueError(f"unknown weighting {weighting!r}: rows or equal")
+
+
 def apply_update(global_weights: Arrays, mean_update: Arrays, server_lr: float = 1.0) -> Arrays:
     """The global weights moved by `server_lr` x the mean update (FedAvg with a server learning rate, Reddi et al.
     2021; 1.0 is plain FedAvg)."""

@@ -68,6 +68,17 @@ def test_weighted_mean_weights_by_rows_and_apply_adds_it():
         updates.weighted_mean([], [])
 
 
+def test_aggregation_weights_count_rows_or_each_client_once():
+    rows = {"movie": 8056.0, "tweets": 2698.0}
+    assert updates.aggregation_weights(rows, "rows") == rows
+    assert updates.aggregation_weights(rows, "equal") == {"movie": 1.0, "tweets": 1.0}
+    a, b = {"w": np.full(2, 3.0, np.float32)}, {"w": np.ones(2, np.float32)}
+    equal = updates.aggregation_weights(rows, "equal")
+    assert np.allclose(updates.weighted_mean([a, b], [equal["movie"], equal["tweets"]])["w"], 2.0)
+    with pytest.raises(ValueError, match="rows or equal"):
+        updates.aggregation_weights(rows, "median")
+
+
 def test_fp16_transfer_halves_the_bytes_and_keeps_an_update_close():
     update = small_update()
     wire = updates.to_wire(update, "float16")
