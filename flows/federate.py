@@ -150,7 +150,7 @@ def build_report(
                 "seconds",
             )
         }
-        | {"wire_dtype": cfg.wire_dtype},
+        | {"wire_dtype": cfg.wire_dtype, "weighting": cfg.weighting, "server_lr": cfg.server_lr},
         "rounds": record["rounds"],
         "accuracy": accuracy,
         "federated_vs_central_points": versus_central(accuracy["federated_fp32"], accuracy["central_fp32"])
@@ -171,9 +171,15 @@ def render_markdown(report: dict) -> str:
     acc = report["accuracy"]
     columns = [c for c in ("champion", "federated", "federated_fp32", "central_fp32") if c in acc]
     fed = report["federation"]
+    rounds = len(report["rounds"]) - 1
+    aggregation = f"{fed.get('weighting', 'rows')}-weighted" + (
+        f", server step {fed['server_lr']:g}" if fed.get("server_lr", 1.0) != 1.0 else ""
+    )
+    reached = report["rounds_to_within_1_point_of_central"]
+    gap = (report.get("federated_vs_central_points") or {}).get("pooled")
     lines = [
-        f"# Federated fine-tuning of version {report['parent_version']} ({report['method']}, "
-        f"{len(report['dataset']['clients'])} clients, {len(report['rounds']) - 1} rounds)",
+        f"# Federated fine-tuning of version {report['parent_version']} ({report['method']}, {aggregation}, "
+        f"{len(report['dataset']['clients'])} clients, {rounds} rounds)",
         "",
         "| test split | " + " | ".join(columns) + " |",
         "|---|" + "---:|" * len(columns),
@@ -197,7 +203,10 @@ def render_markdown(report: dict) -> str:
         "",
         f"- bytes per round per client: {fed['bytes_per_round_per_client']:,} (down and up, {fed['wire_dtype']}); "
         f"in all {fed['bytes_total']:,}",
-        f"- rounds to reach within 1 point of central training: {report['rounds_to_within_1_point_of_central']}",
+        "- federated minus central training (fp32, pooled): "
+        + ("not measured" if gap is None else f"{-gap:+.2f} points"),
+        "- rounds to reach within 1 point of central training: "
+        + (f"not reached in {rounds}" if reached is None else str(reached)),
         f"- gate: {'passed' if report['gate']['passed'] else 'refused'}",
         f"- quantization shipped: {report['quantization']}",
     ]

@@ -7,9 +7,10 @@ way to federate (`miniaturize federate` is). docs/federated.md gives what it mea
 
     .venv/bin/python infra/bench/fedavg_rehearsal.py --project . --from models:/NAME/1 --out /tmp/rehearsal \
         --name rows --rounds 3                                   # FedAvg as `miniaturize federate` runs it
-    ... --name uniform --weighting uniform --server-lr 1.5       # each client's update counts equally
+    ... --name equal --weighting equal --server-lr 1.5       # each client's update counts equally
     ... --name steps --local-steps 74                            # every client the same optimizer steps a round
     ... --name prox --proximal-mu 0.1                            # FedProx's proximal term on every client
+    ... --name scaffold --scaffold                               # drift corrected (SCAFFOLD, control variates)
     ... --name central --central-epochs 5                        # the student fine-tuned on the union instead
 
 Each variant prints one JSON line per round and writes <out>/<name>.json.
@@ -24,9 +25,14 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import torch
 
-from components.config import DEMO_CLIENTS, load_params
+from components.config import DEMO_CLIENTS, DistributedConfig, load_params
 from components.federated import local, shards, updates
+from components.kit.distributed import DataParallel
+from components.kit.losses import kd_loss
+from components.kit.modeling import length_bucketed_batches
+from components.kit.training import Distillation, Objective, classifier_loss
 
 
 def prepare(project: Path, start: str, out: Path) -> tuple[Path, Path, dict[str, Path], Path]:
@@ -68,6 +74,37 @@ def with_local_steps(steps: int | None, batch_size: int):
     return state
 
 
+def mean_gradient(student: Path, shard: Path, weights: updates.Arrays, settings, teacher: Path, cache: Path):
+    """The gradient of a client's loss (distillation + labels) at `weights`, averaged over its train split:
+    SCAFFOLD's control variate, computed afresh each round (its option I, Karimireddy et al. 2020)."""
+    model, tokenizer, labels = local.load_student(student)
+    local.set_arrays(model, weights)
+    model.eval()
+    model.get_input_embeddings().weight.requires_grad_(False)
+    rows = local.read_split(shard, "train")
+    data = local.encode_rows(tokenizer, rows, labels, settings.max_length)
+    soft = local.teacher_logits(teacher, rows, labels, settings.max_length, cache)
+    kd = Distillation(soft, settings.alpha, settings.temperature)
+    loss_of = classifier_loss(model, model, data, tokenizer.pad_token_id, kd, DataParallel(DistributedConfig()))
+    for batch in length_bucketed_batches([len(x) for x in data.input_ids], settings.batch_size, shuffle=False):
+        (loss_of(batch) * (len(batch) / len(data))).backward()
+    params = dict(model.named_parameters())
+    return {name: params[name].grad.detach().numpy().copy() for name in weights}
+
+
+def corrected_objective(model, correction: updates.Arrays) -> Objective:
+    """The client's loss plus <c - c_i, w>: every local step's gradient corrected by the union's mean gradient
+    less the client's own, so that a client's epoch follows the union's direction instead of its own."""
+    params = dict(model.named_parameters())
+    terms = {name: torch.from_numpy(value) for name, value in correction.items()}
+
+    def loss(student_logits, teacher, labels, alpha, temperature):
+        linear = sum(torch.sum(params[n] * c) for n, c in terms.items())
+        return kd_loss(student_logits, teacher, labels, alpha, temperature) + linear
+
+    return Objective(loss=loss)
+
+
 def rehearse(args, student: Path, teacher: Path, client_shards: dict[str, Path], pooled: Path) -> list[dict]:
     model, _, _ = local.load_student(student)
     weights = local.get_arrays(model)
@@ -77,7 +114,15 @@ def rehearse(args, student: Path, teacher: Path, client_shards: dict[str, Path],
     for round_ in range(1, args.rounds + 1):
         state["round"], started = round_, time.perf_counter()
         deltas, counts = [], []
-        for shard in client_shards.values():
+        if args.scaffold:
+            cache = args.out / "teacher_logits"
+            grads = {c: mean_gradient(student, s, weights, settings, teacher, cache) for c, s in client_shards.items()}
+            rows = {c: len(local.read_split(s, "train")) for c, s in client_shards.items()}
+            union = updates.weighted_mean(list(grads.values()), list(rows.values()))
+        for name, shard in client_shards.items():
+            if args.scaffold:
+                correction = {n: union[n] - grads[name][n] for n in union}
+                local.proximal_objective = lambda model, start, mu, c=correction: corrected_objective(model, c)
             delta, figures = local.client_round(
                 student, shard, weights, settings, "float16", args.seed + round_, teacher, args.out / "teacher_logits"
             )
@@ -103,9 +148,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--local-steps", type=int, default=None)
-    parser.add_argument("--weighting", choices=["rows", "uniform"], default="rows")
+    parser.add_argument("--weighting", choices=["rows", "equal"], default="rows")
     parser.add_argument("--server-lr", type=float, default=1.0)
     parser.add_argument("--proximal-mu", type=float, default=0.0, help="FedProx's mu (0: FedAvg)")
+    parser.add_argument("--scaffold", action="store_true", help="correct each local step by c - c_i")
     parser.add_argument("--central-epochs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=13)
     args = parser.parse_args()

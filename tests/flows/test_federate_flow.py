@@ -84,5 +84,10 @@ def test_the_report_compares_champion_federated_and_central(federated):
     assert {"champion", "federated", "federated_fp32", "central_fp32"} <= set(report["accuracy"])
     assert set(report["accuracy"]["federated"]) == {"movie", "amazon", "tweets", "pooled"}
     assert report["federation"]["bytes_per_round_per_client"] > 0 and report["quantization"]
+    assert report["federation"]["weighting"] == "rows"
+    markdown = Path(outcome["report_md"]).read_text()
+    assert "(fedavg, rows-weighted, 3 clients, 2 rounds)" in markdown
+    gap = -report["federated_vs_central_points"]["pooled"]
+    assert f"- federated minus central training (fp32, pooled): {gap:+.2f} points" in markdown
     assert (project / "data" / "federated" / "tweets" / "test.parquet").exists()
     assert not (project / ".miniaturize" / "classification" / "federate").exists()  # staging removed once registered
