@@ -233,6 +233,7 @@ def version_tags(p: Params, ws, champion, report: dict, run_id: str) -> dict[str
         "federated.run_id": run_id,
         "federated.key": fed["key"],
         "federated.strategy": report["method"],
+        "federated.weighting": fed["weighting"],
         "federated.clients": json.dumps(report["dataset"]["clients"]),  # name -> sha256 of its shard
         "federated.bytes_per_round_per_client": str(fed["bytes_per_round_per_client"]),
     }

@@ -73,6 +73,7 @@ def test_the_federated_student_is_registered_with_its_lineage(federated):
     assert tags["source"] == "federate" and tags["federated.parent_version"] == outcome["parent_version"]
     assert set(json.loads(tags["federated.clients"])) == {"movie", "amazon", "tweets"}
     assert tags["federated.key"] == outcome["report"]["federation"]["key"]
+    assert tags["federated.weighting"] == "rows"
     history = client.get_metric_history(outcome["run_id"], "pooled_accuracy")
     assert sorted(m.step for m in history) == [0, 1, 2]
     assert mlflow.get_tracking_uri()
