@@ -172,11 +172,11 @@ def render_markdown(report: dict) -> str:
     columns = [c for c in ("champion", "federated", "federated_fp32", "central_fp32") if c in acc]
     fed = report["federation"]
     rounds = len(report["rounds"]) - 1
-    aggregation = f"{fed.get('weighting', 'rows')}-weighted" + (
-        f", server step {fed['server_lr']:g}" if fed.get("server_lr", 1.0) != 1.0 else ""
+    aggregation = f"{fed['weighting']}-weighted" + (
+        f", server step {fed['server_lr']:g}" if fed["server_lr"] != 1 else ""
     )
     reached = report["rounds_to_within_1_point_of_central"]
-    gap = (report.get("federated_vs_central_points") or {}).get("pooled")
+    gap = (report["federated_vs_central_points"] or {}).get("pooled")
     lines = [
         f"# Federated fine-tuning of version {report['parent_version']} ({report['method']}, {aggregation}, "
         f"{len(report['dataset']['clients'])} clients, {rounds} rounds)",

@@ -76,7 +76,7 @@ def with_local_steps(steps: int | None, batch_size: int):
 
 def mean_gradient(student: Path, shard: Path, weights: updates.Arrays, settings, teacher: Path, cache: Path):
     """The gradient of a client's loss (distillation + labels) at `weights`, averaged over its train split:
-    SCAFFOLD's control variate, computed afresh each round (its option I, Karimireddy et al. 2020)."""
+    SCAFFOLD's control variate, computed afresh each round (its option I, Karimireddy et al. 2020); and the rows."""
     model, tokenizer, labels = local.load_student(student)
     local.set_arrays(model, weights)
     model.eval()
@@ -89,7 +89,7 @@ def mean_gradient(student: Path, shard: Path, weights: updates.Arrays, settings,
     for batch in length_bucketed_batches([len(x) for x in data.input_ids], settings.batch_size, shuffle=False):
         (loss_of(batch) * (len(batch) / len(data))).backward()
     params = dict(model.named_parameters())
-    return {name: params[name].grad.detach().numpy().copy() for name in weights}
+    return {name: params[name].grad.detach().numpy().copy() for name in weights}, len(rows)
 
 
 def corrected_objective(model, correction: updates.Arrays) -> Objective:
@@ -116,9 +116,11 @@ def rehearse(args, student: Path, teacher: Path, client_shards: dict[str, Path],
         deltas, counts = [], []
         if args.scaffold:
             cache = args.out / "teacher_logits"
-            grads = {c: mean_gradient(student, s, weights, settings, teacher, cache) for c, s in client_shards.items()}
-            rows = {c: len(local.read_split(s, "train")) for c, s in client_shards.items()}
-            union = updates.weighted_mean(list(grads.values()), list(rows.values()))
+            measured = {
+                c: mean_gradient(student, s, weights, settings, teacher, cache) for c, s in client_shards.items()
+            }
+            grads = {c: grad for c, (grad, _) in measured.items()}
+            union = updates.weighted_mean(list(grads.values()), [rows for _, rows in measured.values()])
         for name, shard in client_shards.items():
             if args.scaffold:
                 correction = {n: union[n] - grads[name][n] for n in union}
