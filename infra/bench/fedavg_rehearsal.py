@@ -11,6 +11,7 @@ way to federate (`miniaturize federate` is). docs/federated.md gives what it mea
     ... --name steps --local-steps 74                            # every client the same optimizer steps a round
     ... --name prox --proximal-mu 0.1                            # FedProx's proximal term on every client
     ... --name scaffold --scaffold                               # drift corrected (SCAFFOLD, control variates)
+    ... --name decay --round-decay                               # the client lr decayed linearly over the rounds
     ... --name central --central-epochs 5                        # the student fine-tuned on the union instead
 
 Each variant prints one JSON line per round and writes <out>/<name>.json.
@@ -19,6 +20,7 @@ Each variant prints one JSON line per round and writes <out>/<name>.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -113,6 +115,8 @@ def rehearse(args, student: Path, teacher: Path, client_shards: dict[str, Path],
     log = []
     for round_ in range(1, args.rounds + 1):
         state["round"], started = round_, time.perf_counter()
+        if args.round_decay:  # one linear decay over the federation, as central training's over its epochs
+            settings = dataclasses.replace(settings, lr=args.lr * (args.rounds - round_ + 1) / args.rounds)
         deltas, counts = [], []
         if args.scaffold:
             cache = args.out / "teacher_logits"
@@ -155,6 +159,7 @@ def main() -> None:
     parser.add_argument("--proximal-mu", type=float, default=0.0, help="FedProx's mu (0: FedAvg)")
     parser.add_argument("--scaffold", action="store_true", help="correct each local step by c - c_i")
     parser.add_argument("--central-epochs", type=int, default=None)
+    parser.add_argument("--round-decay", action="store_true", help="client lr x (R - r + 1) / R in round r")
     parser.add_argument("--seed", type=int, default=13)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
