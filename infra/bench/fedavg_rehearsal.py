@@ -12,6 +12,8 @@ way to federate (`miniaturize federate` is). docs/federated.md gives what it mea
     ... --name prox --proximal-mu 0.1                            # FedProx's proximal term on every client
     ... --name scaffold --scaffold                               # drift corrected (SCAFFOLD, control variates)
     ... --name decay --round-decay                               # the client lr decayed linearly over the rounds
+    ... --name kept --keep-optimizer --local-steps 25            # each client's AdamW moments kept across rounds
+    ... --name fedadam --client-sgd --lr 1e-2 --server-adam 1e-3 --local-steps 25   # FedAdam, SGD clients
     ... --name central --central-epochs 5                        # the student fine-tuned on the union instead
 
 Each variant prints one JSON line per round and writes <out>/<name>.json.
@@ -31,6 +33,7 @@ import torch
 
 from components.config import DEMO_CLIENTS, DistributedConfig, load_params
 from components.federated import local, shards, updates
+from components.kit import training
 from components.kit.distributed import DataParallel
 from components.kit.losses import kd_loss
 from components.kit.modeling import length_bucketed_batches
@@ -76,6 +79,50 @@ def with_local_steps(steps: int | None, batch_size: int):
     return state
 
 
+def with_kept_optimizer_state() -> dict:
+    """Each client's AdamW starts a round from the moments it ended its last round with (a device keeps them),
+    instead of afresh; returns the state the loop sets `client` in."""
+    make, state = training.adamw, {"client": None, "saved": {}}
+
+    def adamw(groups, lr):
+        optimizer = make(groups, lr)
+        if state["client"] in state["saved"]:
+            optimizer.load_state_dict(state["saved"][state["client"]])
+        state["saved"][state["client"]] = optimizer  # read back as a state dict once the round ends
+        return optimizer
+
+    training.adamw = adamw
+    return state
+
+
+def with_sgd_clients() -> None:
+    """Clients step with plain SGD at the round's learning rate instead of AdamW: their updates stay linear in
+    their gradients, so the server's mean of them is a step along the union's gradient (FedOpt's clients)."""
+    training.adamw = lambda groups, lr: torch.optim.SGD(groups, lr=lr)
+
+
+class ServerAdam:
+    """FedAdam's server step (Reddi et al. 2021): the mean update, negated, is the pseudo-gradient of one Adam
+    step (bias-corrected) at the server's own learning rate."""
+
+    def __init__(self, lr: float, beta1: float = 0.9, beta2: float = 0.99, eps: float = 1e-8):
+        self.lr, self.beta1, self.beta2, self.eps, self.step = lr, beta1, beta2, eps, 0
+        self.m: updates.Arrays = {}
+        self.v: updates.Arrays = {}
+
+    def apply(self, weights: updates.Arrays, mean_update: updates.Arrays) -> updates.Arrays:
+        self.step += 1
+        out = {}
+        for name, w in weights.items():
+            g = -mean_update[name]
+            m = self.beta1 * self.m.get(name, 0.0) + (1 - self.beta1) * g
+            v = self.beta2 * self.v.get(name, 0.0) + (1 - self.beta2) * g * g
+            self.m[name], self.v[name] = m, v
+            m_hat, v_hat = m / (1 - self.beta1**self.step), v / (1 - self.beta2**self.step)
+            out[name] = (w - self.lr * m_hat / (v_hat**0.5 + self.eps)).astype(w.dtype)
+        return out
+
+
 def mean_gradient(student: Path, shard: Path, weights: updates.Arrays, settings, teacher: Path, cache: Path):
     """The gradient of a client's loss (distillation + labels) at `weights`, averaged over its train split:
     SCAFFOLD's control variate, computed afresh each round (its option I, Karimireddy et al. 2020); and the rows."""
@@ -112,6 +159,10 @@ def rehearse(args, student: Path, teacher: Path, client_shards: dict[str, Path],
     weights = local.get_arrays(model)
     settings = local.LocalSettings(lr=args.lr, local_epochs=args.local_epochs, proximal_mu=args.proximal_mu)
     state = with_local_steps(args.local_steps, settings.batch_size)
+    kept = with_kept_optimizer_state() if args.keep_optimizer else None
+    if args.client_sgd:
+        with_sgd_clients()
+    server_adam = ServerAdam(args.server_adam) if args.server_adam else None
     log = []
     for round_ in range(1, args.rounds + 1):
         state["round"], started = round_, time.perf_counter()
@@ -129,12 +180,20 @@ def rehearse(args, student: Path, teacher: Path, client_shards: dict[str, Path],
             if args.scaffold:
                 correction = {n: union[n] - grads[name][n] for n in union}
                 local.proximal_objective = lambda model, start, mu, c=correction: corrected_objective(model, c)
+            if kept is not None:
+                kept["client"] = name
             delta, figures = local.client_round(
                 student, shard, weights, settings, "float16", args.seed + round_, teacher, args.out / "teacher_logits"
             )
             deltas.append(updates.to_float32(delta))
+            if kept is not None:
+                kept["saved"][name] = kept["saved"][name].state_dict()
             counts.append(figures["num-examples"] if args.weighting == "rows" else 1.0)
-        weights = updates.apply_update(weights, updates.weighted_mean(deltas, counts), args.server_lr)
+        mean = updates.weighted_mean(deltas, counts)
+        if server_adam is not None:
+            weights = server_adam.apply(weights, mean)
+        else:
+            weights = updates.apply_update(weights, mean, args.server_lr)
         entry = measure(student, client_shards, pooled, weights) | {
             "round": round_,
             "seconds": round(time.perf_counter() - started),
@@ -159,6 +218,9 @@ def main() -> None:
     parser.add_argument("--proximal-mu", type=float, default=0.0, help="FedProx's mu (0: FedAvg)")
     parser.add_argument("--scaffold", action="store_true", help="correct each local step by c - c_i")
     parser.add_argument("--central-epochs", type=int, default=None)
+    parser.add_argument("--keep-optimizer", action="store_true", help="clients keep AdamW's moments across rounds")
+    parser.add_argument("--client-sgd", action="store_true", help="clients step with SGD at --lr, not AdamW")
+    parser.add_argument("--server-adam", type=float, default=None, help="FedAdam: the server's Adam lr")
     parser.add_argument("--round-decay", action="store_true", help="client lr x (R - r + 1) / R in round r")
     parser.add_argument("--seed", type=int, default=13)
     args = parser.parse_args()
