@@ -321,7 +321,9 @@ class EvaluateConfig(_Section):
     # so more rounds do not make the stage longer.
     batch1_calls: Count = 200
     batch32_calls: Count = 200
-    rss_sentences: Count = 100
+    # Peak RSS: a fresh process per model loads it and predicts this many sentences (seconds a model: the
+    # PyTorch teacher's probe imports torch and transformers); 0 measures none and the report says n/a.
+    rss_sentences: int = Field(100, ge=0)
 
 
 class GateConfig(_Section):
@@ -508,7 +510,7 @@ class LMEvaluateConfig(_Section):
     bleu_sentences: Count = 300
     generation_tokens: Count = 32  # tokens/s: greedy generation at batch 1 with the KV cache
     generation_prompts: Count = 20
-    rss_prompts: Count = 10
+    rss_prompts: int = Field(10, ge=0)  # peak RSS: a fresh process per model continues this many prompts; 0: none
     threads: Count = 2
 
 

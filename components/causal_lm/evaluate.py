@@ -275,7 +275,7 @@ def measure_model(
     del model
     gc.collect()
     rss = None
-    if spec.memory:
+    if spec.memory and cfg.rss_prompts:
         say(f"peak RSS of a fresh process ({cfg.rss_prompts} prompts)")
         rss = generation_peak_rss_mb(spec, cfg, data_dir, max_length)
 

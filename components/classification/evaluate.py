@@ -3,10 +3,10 @@
 `run(cfg, gate_cfg, prepared, models, out_dir, tracker)` scores each `ModelSpec` (PyTorch folder or ONNX
 folder/file) on the test split: accuracy, macro F1, agreement with the teacher's predictions, weight
 bytes, parameters, batch-1 and batch-32 latency (`cfg.threads` intra-op threads for every model) and the
-peak RSS of a fresh process serving it (for a spec with `memory`; None for the chain's intermediates). It then
-compares "final" with "teacher" (and with "baseline_teacher_int8", the teacher merely quantized, when
-present), applies the release gate (`components.kit.gate`), and writes three files to `out_dir`, each
-atomically:
+peak RSS of a fresh process serving it (for a spec with `memory`, unless `cfg.rss_sentences` is 0; None for
+the chain's intermediates). It then compares "final" with "teacher" (and with "baseline_teacher_int8", the
+teacher merely quantized, when present), applies the release gate (`components.kit.gate`), and writes three
+files to `out_dir`, each atomically:
 
 - compression_report.json: the machine-readable report (schema in `build_report`);
 - compression_report.md: the same as readable tables;
@@ -514,7 +514,8 @@ def save_plot(report: dict, path: Path) -> None:
 def measure_all(models: list[ModelSpec], cfg: EvaluateConfig, split: EvalSplit) -> dict[str, dict]:
     """Every model's report entry, in order, with its agreement with the teacher's predictions: all models
     loaded and scored, then timed in alternating rounds, then released, then their peak RSS measured one
-    fresh process at a time. torch's thread count is set for the PyTorch models and restored afterwards."""
+    fresh process at a time (none when `rss_sentences` is 0). torch's thread count is set for the PyTorch models
+    and restored afterwards."""
     import torch
 
     threads_before = torch.get_num_threads()
@@ -532,7 +533,7 @@ def measure_all(models: list[ModelSpec], cfg: EvaluateConfig, split: EvalSplit) 
         gc.collect()
     for spec in models:
         e = entries[spec.name]
-        if spec.memory:
+        if spec.memory and cfg.rss_sentences:
             e["peak_rss_mb"] = float(
                 latency.peak_rss_mb(
                     spec.path, spec.runtime, split.prepared, cfg.rss_sentences, cfg.threads, split.max_length

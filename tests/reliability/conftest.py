@@ -36,7 +36,7 @@ TINY = {
     "seeds.extra": [],
     "evaluate.batch1_calls": 5,
     "evaluate.batch32_calls": 2,
-    "evaluate.rss_sentences": 5,
+    "evaluate.rss_sentences": 0,  # no peak-RSS probes (a fresh process each); the smoke e2e run measures them
     "evaluate.warmup": 1,
     "retries.stage_delay_seconds": 0,
     "retries.tracking_attempts": 3,

@@ -34,7 +34,7 @@ TINY_LM = [
     "lm.teacher.architecture={n_layer: 2, n_embd: 32, n_head: 2, n_positions: 48}",
     "lm.distill.layers=[0]",
     "lm.distill.ablation=false",
-    "lm.evaluate.rss_prompts=1",
+    "lm.evaluate.rss_prompts=0",  # no peak-RSS probes: the causal-lm e2e run measures them
     "lm.evaluate.generation_prompts=2",
     "lm.evaluate.bleu_sentences=10",
     "retries.stage_delay_seconds=0",
@@ -63,6 +63,12 @@ def test_the_seeds_stage_retrains_the_chain_and_the_report_gives_the_seed_spread
     assert spread["min"] <= ratios["accuracy_drop_points_seed_mean"] <= spread["max"]
     assert (project / "models" / "seeds" / "14" / "final" / "model.onnx").exists()
     assert not (project / "models" / "seeds" / "14" / "student").exists()  # intermediate models removed
+
+
+def test_with_rss_sentences_0_no_peak_rss_probe_runs_and_the_report_says_n_a(tiny_run):
+    report = json.loads((tiny_run["project"] / "reports" / "compression_report.json").read_text())
+    assert all(entry["peak_rss_mb"] is None for entry in report["models"].values())
+    assert "peak RSS n/a MB" in tiny_run["printed"]
 
 
 def run_lm(project, prefect_api: str) -> dict:
