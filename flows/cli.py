@@ -264,7 +264,7 @@ def run(
         return
     print_summary(task, root, outcome, minutes)
     customised = f"this run used --profile/--set/--data; put the values in {params_file} to version them"
-    typer.echo(record_run(root, params_file, task, None, customised if profile or overrides or data else None))
+    typer.echo(record_run(root, params_file, task, None, customised if profile or overrides or data else None, outcome))
 
 
 def print_summary(task, root: Path, outcome: dict, minutes: float) -> None:

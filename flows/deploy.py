@@ -71,6 +71,7 @@ def run_in_workspace(workspace: BoundWorkspace, until: str | None = None) -> dic
         task_for(params),
         until if outcome["registration"] is None else None,
         "this deployment uses a profile or overrides" if workspace.profile or overrides else None,
+        outcome,
     )
     reg = outcome["registration"]
     if reg is None:

@@ -42,29 +42,38 @@ def dvc_stages(root: Path, params_file: Path | str, task: Task) -> list[str] | N
 
 
 def record_run(
-    root: Path, params_file: Path | str, task: Task, stopped_after: str | None, customised: str | None
+    root: Path,
+    params_file: Path | str,
+    task: Task,
+    stopped_after: str | None,
+    customised: str | None,
+    outcome: dict | None = None,
 ) -> str:
     """Record a finished run's outputs in DVC when that is what dvc.lock describes; returns the line to print.
     Only a complete run (not one `stopped_after` a stage: the later stages' outputs are from an older run) of
-    the task's params file as written (not `customised`, which says how) is recorded."""
+    the task's params file as written (not `customised`, which says how) is recorded. `outcome` (the
+    pipeline's) says whether any stage ran; without it, `dvc status` finds out."""
     if stopped_after is not None:
         return f"DVC: not recorded (the run stopped after {stopped_after})"
     if customised:
         return f"DVC: not recorded ({customised})"
-    return commit_outputs(root, dvc_stages(root, params_file, task))[1]
+    ran = None if outcome is None else any(not s.get("cache_hit") for s in outcome.get("stages", {}).values())
+    return commit_outputs(root, dvc_stages(root, params_file, task), ran)[1]
 
 
-def commit_outputs(root: Path, stages: list[str] | None) -> tuple[bool, str]:
+def commit_outputs(root: Path, stages: list[str] | None, ran: bool | None = None) -> tuple[bool, str]:
     """`dvc commit -f` for the given stages (None: the params file is not the one they read), then `dvc status`
-    of the same stages; returns (ok, message), the message naming that status command."""
+    of the same stages; returns (ok, message), the message naming that status command. `ran`: whether any
+    of them ran in this run (None: not known)."""
     if not (root / ".dvc").is_dir() or not (root / "dvc.yaml").is_file():
         return False, "DVC: no .dvc/ or dvc.yaml here, outputs not recorded"
     if not stages:
         return False, "DVC: not recorded (this params file is not the one dvc.yaml's stages read)"
     command = f"dvc status {' '.join(stages)}"
     # decide: an unchanged re-run's outputs are already what dvc.lock records, and one DVC process (seconds
-    # each) is all it then costs
-    if changed_stages(dvc(root, "status", "--json", *stages)) == []:
+    # each) is all it then costs; after a stage ran they are new, and that first check would be one process
+    # more for nothing
+    if not ran and changed_stages(dvc(root, "status", "--json", *stages)) == []:
         return True, f"DVC: dvc.lock already records these outputs; `{command}` is clean (`dvc push` stores them)"
     done = dvc(root, "commit", "--force", "--quiet", *stages)
     if done.returncode != 0:

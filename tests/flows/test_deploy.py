@@ -88,7 +88,9 @@ def test_scheduled_run_loads_params_runs_the_pipeline_and_records_plain_complete
 
     monkeypatch.setattr(flows.pipeline, "pipeline", stub_pipeline)
     monkeypatch.setattr(
-        flows.versioning, "commit_outputs", lambda root, stages=None: committed.append(root) or (True, "DVC: ok")
+        flows.versioning,
+        "commit_outputs",
+        lambda root, stages=None, ran=None: committed.append(root) or (True, "DVC: ok"),
     )
     with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
         bound = workspace_pipeline(BoundWorkspace(str(tmp_path), overrides=tuple(overrides)))

@@ -80,6 +80,10 @@ def test_outputs_dvc_lock_already_records_cost_one_status_and_no_commit(tmp_path
     calls.clear()
     ok, message = versioning.commit_outputs(root, ["a-make", "a-use"])
     assert ok and calls == ["status", "commit", "status"] and "outputs recorded in dvc.lock" in message
+    (root / "made.txt").write_text("newer\n")  # the caller knows a stage ran: no first check
+    calls.clear()
+    ok, message = versioning.commit_outputs(root, ["a-make", "a-use"], ran=True)
+    assert ok and calls == ["commit", "status"] and "outputs recorded in dvc.lock" in message
 
 
 def test_what_dvc_status_json_says_changed():
