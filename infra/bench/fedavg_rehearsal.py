@@ -13,7 +13,7 @@ way to federate (`miniaturize federate` is). docs/federated.md gives what it mea
     ... --name scaffold --scaffold                               # drift corrected (SCAFFOLD, control variates)
     ... --name decay --round-decay                               # the client lr decayed linearly over the rounds
     ... --name kept --keep-optimizer --local-steps 25            # each client's AdamW moments kept across rounds
-    ... --name fedadam --client-sgd --lr 1e-2 --server-adam 1e-3 --local-steps 25   # FedAdam, SGD clients
+    ... --name fedadam --client-sgd --lr 2e-2 --server-adam 1e-3 --local-steps 25   # FedAdam, SGD clients
     ... --name central --central-epochs 5                        # the student fine-tuned on the union instead
 
 Each variant prints one JSON line per round and writes <out>/<name>.json.
@@ -82,13 +82,13 @@ def with_local_steps(steps: int | None, batch_size: int):
 def with_kept_optimizer_state() -> dict:
     """Each client's AdamW starts a round from the moments it ended its last round with (a device keeps them),
     instead of afresh; returns the state the loop sets `client` in."""
-    make, state = training.adamw, {"client": None, "saved": {}}
+    make, state = training.adamw, {"client": None, "last": {}}
 
     def adamw(groups, lr):
         optimizer = make(groups, lr)
-        if state["client"] in state["saved"]:
-            optimizer.load_state_dict(state["saved"][state["client"]])
-        state["saved"][state["client"]] = optimizer  # read back as a state dict once the round ends
+        if state["client"] in state["last"]:  # its last round's optimizer, read once the new one exists
+            optimizer.load_state_dict(state["last"][state["client"]].state_dict())
+        state["last"][state["client"]] = optimizer
         return optimizer
 
     training.adamw = adamw
@@ -186,8 +186,6 @@ def rehearse(args, student: Path, teacher: Path, client_shards: dict[str, Path],
                 student, shard, weights, settings, "float16", args.seed + round_, teacher, args.out / "teacher_logits"
             )
             deltas.append(updates.to_float32(delta))
-            if kept is not None:
-                kept["saved"][name] = kept["saved"][name].state_dict()
             counts.append(figures["num-examples"] if args.weighting == "rows" else 1.0)
         mean = updates.weighted_mean(deltas, counts)
         if server_adam is not None:
