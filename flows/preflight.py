@@ -10,22 +10,26 @@ loading the params, and exit with code 2; `data_source` checks `miniaturize run 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from components.config import ConfigError
-from components.kit.modeling import ModelSourceError, hub_offline, resolve_model_source
+from components.kit.sources import ModelSourceError, hub_offline, resolve_model_source
 
 
 def teacher_depth(key: str, name: str, root: Path) -> int | None:
     """Transformer layers of the teacher `name` (a path, relative to root or absolute, a packaged or hub id)
     by its config.json; None when the config does not say."""
-    from transformers import AutoConfig
-
     local = Path(root) / Path(name).expanduser()  # an absolute name stays as it is
     try:
         source = resolve_model_source(str(local) if local.exists() else name)
     except ModelSourceError as err:
         raise ConfigError(f"{key}: {err}") from None
+    depth = local_depth(Path(source))
+    if depth is not None:
+        return depth
+    from transformers import AutoConfig
+
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=hub_offline())
     except OSError as err:
@@ -33,6 +37,22 @@ def teacher_depth(key: str, name: str, root: Path) -> int | None:
     except ValueError as err:  # e.g. a model_type this transformers does not know
         raise ConfigError(f"{key}: cannot read the config of {source}: {first_line(err)}") from None
     return getattr(config, "num_hidden_layers", None)
+
+
+DEPTH_KEYS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers")  # BERT-like, GPT-2, DistilBERT, T5
+
+
+def local_depth(folder: Path) -> int | None:
+    """The layer count a local model folder's config.json states, read as JSON: importing transformers (and
+    torch with it) takes seconds, which a run whose stages are all cached, or that stops at validation, would
+    spend on this check alone. None when the file is not there or names no layer count under DEPTH_KEYS."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or "model_type" not in config:
+        return None  # let transformers say what is wrong with it
+    return next((config[k] for k in DEPTH_KEYS if isinstance(config.get(k), int)), None)
 
 
 def unreadable(source: str, err: OSError) -> str:

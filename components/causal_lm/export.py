@@ -28,8 +28,8 @@ from pathlib import Path
 from components.kit.files import move_into_place, temp_sibling
 from components.kit.generation import greedy, load, load_tokenizer
 from components.kit.latency import onnx_size_bytes
-from components.kit.modeling import require_safetensors
 from components.kit.quantization import quantize_into, resolve_preset
+from components.kit.sources import require_safetensors
 from components.kit.tracking import StageResult, Tracker
 
 PROMPT_TOKENS = 8  # tokens of a test sentence that form one fixed prompt of the checks

@@ -54,10 +54,10 @@ from components.kit.modeling import (
     count_params,
     length_bucketed_batches,
     pad_rows,
-    resolve_model_source,
     seed_everything,
 )
 from components.kit.pruning import head_scores, heads_to_prune, neuron_scores, neurons_to_keep, retained_inputs
+from components.kit.sources import resolve_model_source
 from components.kit.tracking import PrefixedTracker, StageResult, Tracker
 from components.kit.training import BestEpoch, Schedule, report_epoch, train_epoch
 

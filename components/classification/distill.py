@@ -27,7 +27,6 @@ from components.config import DistillConfig, DistributedConfig
 from components.kit.losses import attention_kl, hidden_mse
 from components.kit.modeling import (
     Encoded,
-    ModelSourceError,
     count_params,
     predict_logits,
     save_model,
@@ -36,6 +35,7 @@ from components.kit.modeling import (
     transformer_layers,
 )
 from components.kit.soft_targets import StudentData, student_data
+from components.kit.sources import ModelSourceError
 from components.kit.tracking import PrefixedTracker, StageResult, Tracker
 from components.kit.training import Distillation, TaskMix, train
 

@@ -36,8 +36,9 @@ from components.kit.files import move_into_place, temp_sibling
 from components.kit.heads import Heads
 from components.kit.labelling import Labelling, model_labelling
 from components.kit.latency import TASK_LOGITS_PREFIX, load_onnx_session
-from components.kit.modeling import dir_size_bytes, encode_split, predict_logits, require_safetensors
+from components.kit.modeling import dir_size_bytes, encode_split, predict_logits
 from components.kit.onnx_models import ONNX_FILE, copy_model_metadata, onnx_outputs, pad_id_of
+from components.kit.sources import require_safetensors
 from components.kit.tracking import StageResult, Tracker
 
 

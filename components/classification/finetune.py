@@ -24,10 +24,10 @@ from components.kit.modeling import (
     load_encoded_splits,
     load_transfer,
     predict_logits,
-    resolve_model_source,
     save_model,
     seed_everything,
 )
+from components.kit.sources import resolve_model_source
 from components.kit.tracking import StageResult, Tracker
 from components.kit.training import TaskMix, train
 

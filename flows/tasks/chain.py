@@ -11,14 +11,16 @@ baseline_teacher_int8).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from components.config import Params, PruneConfig
 from components.kit.tracking import PrefixedTracker, StageResult, Tracker
-from components.kit.training import TaskMix
 from flows.stages import merge
+
+if TYPE_CHECKING:  # the training loop imports torch, which the commands that train nothing never need
+    from components.kit.training import TaskMix
 
 # What the prune stage reads besides its own section: what an "auto" accuracy budget is made of.
 PRUNE_BUDGET = ("register.gate.max_drop_vs_teacher_points", "quantize.max_drop_vs_fp32_points")

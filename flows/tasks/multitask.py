@@ -19,18 +19,20 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 from components.config import GateConfig, Params
 from components.kit import gate
 from components.kit.tracking import StageResult, Tracker
-from components.kit.training import TaskMix
 from components.multitask import KIND, NAME
 from flows import registry
 from flows.preflight import require_layers, teacher_depth
 from flows.stages import Axis, Judging, Plots, Stage, StageIO, Task
 from flows.tasks.chain import PRUNE_BUDGET, export, prune_settings, quantize, soft_cache, student_chain, training, trim
 from flows.workspace import Place, Workspace
+
+if TYPE_CHECKING:  # the training loop imports torch, which the commands that train nothing never need
+    from components.kit.training import TaskMix
 
 CHAIN_STEPS = ("student", "pruned", "trimmed", "onnx_fp32", "final")
 
@@ -79,6 +81,8 @@ def validate(p: Params, ws: MultitaskWorkspace, tracker: Tracker) -> StageResult
 def mix(p: Params, student: bool = True) -> TaskMix:
     """How the tasks share a training stage: their loss weights (the student's over the teacher's), balanced
     drawing of rows."""
+    from components.kit.training import TaskMix
+
     weights = p.multitask.weights | (p.multitask.student_weights if student else {})
     return TaskMix(dict(weights), p.multitask.balanced_sampling)
 

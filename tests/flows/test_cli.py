@@ -27,6 +27,20 @@ def test_missing_data_file_and_unknown_stage_and_profile(tmp_path):
     assert done.returncode == 2 and "unknown profile 'fastest'" in done.stderr
 
 
+def test_the_commands_that_train_nothing_start_without_torch():
+    """What lineage, promote, rollback and a run whose stages are all cached load (the CLI, the task records,
+    the registry, the teacher's depth from its config.json) imports neither torch nor transformers, which take
+    seconds to import; the stages that train import them when they run."""
+    code = (
+        "import sys, flows.cli, flows.tasks, flows.registry, flows.preflight; "
+        "flows.preflight.teacher_depth('teacher.model', 'sentence-transformers/all-MiniLM-L6-v2', '.'); "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 # ------------------------------------------------------------------ one set of exit codes for every command
 
 

@@ -158,6 +158,28 @@ def test_the_default_teacher_is_read_from_its_packaged_copy(tmp_path):
         preflight_case(CLASSIFICATION, ["distill.layers=[0,2,9]"], tmp_path)
 
 
+@pytest.mark.parametrize(
+    "config, depth",
+    [
+        ({"model_type": "bert", "num_hidden_layers": 6}, 6),
+        ({"model_type": "gpt2", "n_layer": 4}, 4),
+        ({"model_type": "distilbert", "n_layers": 3}, 3),
+        ({"n_layer": 4}, None),  # no model_type: transformers reads it and says what is wrong
+        ({"model_type": "bert"}, None),  # no layer count under a known key: transformers reads it
+        ("not json", None),
+    ],
+)
+def test_a_local_config_json_gives_the_depth_without_transformers(tmp_path, config, depth):
+    import json
+
+    from flows.preflight import local_depth
+
+    text = config if isinstance(config, str) else json.dumps(config)
+    (tmp_path / "config.json").write_text(text)
+    assert local_depth(tmp_path) == depth
+    assert local_depth(tmp_path / "missing") is None
+
+
 def test_search_layers_are_checked_for_search_only(project):
     overrides = ["teacher.model=./models/tiny", "distill.layers=[0]", "search.layers=[[0],[0,3]]"]
     preflight_case(CLASSIFICATION, overrides, project)  # `run` does not use search.layers

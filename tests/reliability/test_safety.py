@@ -24,7 +24,7 @@ from components import bundle
 from components.causal_lm import train as lm_train
 from components.classification import distill, export, finetune, prune
 from components.config import DistillConfig, ExportConfig, PruneConfig, TeacherConfig, load_params
-from components.kit.modeling import ModelSourceError
+from components.kit.sources import ModelSourceError
 from components.kit.tracking import NullTracker
 from flows.tasks import task_for
 

@@ -3,7 +3,8 @@ from transformers import AutoModelForSequenceClassification
 
 from components.classification import distill
 from components.config import DistillConfig
-from components.kit.modeling import ModelSourceError, count_params, transformer_layers
+from components.kit.modeling import count_params, transformer_layers
+from components.kit.sources import ModelSourceError
 from components.kit.tracking import NullTracker
 
 

@@ -6,7 +6,7 @@ from transformers import AutoModelForSequenceClassification
 
 from components.classification import finetune
 from components.config import TeacherConfig
-from components.kit.modeling import ModelSourceError, resolve_model_source
+from components.kit.sources import ModelSourceError, resolve_model_source
 from components.kit.tracking import NullTracker
 from components.kit.training import TaskMix
 
