@@ -1,5 +1,6 @@
 """Model helpers shared by the training stages: load models (where a model comes from: `components.kit.sources`),
-splits, batch, predict, save a classifier folder (`save_model`: weights, tokenizer, labels.json, metrics.json).
+read and tokenize the prepared splits, batch, predict, save a classifier folder (`save_model`: weights, tokenizer,
+labels.json, metrics.json).
 
 Sentences are tokenized once and batched by length (`length_bucketed_batches`), so a batch pads only to
 its own longest sentence: on short review snippets this roughly halves the cost of an epoch against
