@@ -617,6 +617,14 @@ class FederatedConfig(_Section):
     # logged and left out.
     max_update_norm_ratio: Positive = 1.0
     max_median_factor: Positive = 10.0
+    # --- after the last round, the classifier layer refitted on the server (CCVR, components/federated/head.py):
+    # each client sends the count, mean and covariance of its train rows' classifier inputs per class (about
+    # 0.6 MB per class at width 384, once); the server draws head_draws x count inputs from each and fits the
+    # layer to them in head_steps full-batch Adam steps. On shards that differ in kind FedAvg's averaged layer
+    # serves no client well while the body separates the classes for all of them (docs/federated.md).
+    calibrate_head: bool = True
+    head_steps: Count = 1000
+    head_draws: Positive = 4.0
     # --- the local runtime (`make federate`): torch threads of each client's training process
     threads_per_client: Count = 1
     # --- after the federation: the same student fine-tuned centrally on the union of the shards (as many

@@ -157,11 +157,24 @@ def build_report(
         if "central_fp32" in accuracy
         else None,
         "rounds_to_within_1_point_of_central": rounds_to_reach(record["rounds"], central) if central else None,
+        "head_calibration": record.get("head"),
         "gate": decision.as_dict(),
         "quantization": chosen,
         "cost": {"seconds": seconds},
         "models": {"final": {"accuracy": accuracy["federated"]["pooled"], "size_bytes": size_bytes}},
     }
+
+
+def head_line(head: dict | None) -> str:
+    if not head:
+        return "as aggregated (no calibration asked)"
+    used = ", ".join(head["clients"]) or "none"
+    if not head["calibrated"]:
+        return f"as aggregated: too few usable statistics (from {used}; refused {head['refused'] or '-'})"
+    pooled = ""
+    if "pooled_accuracy_before" in head:
+        pooled = f"; pooled {100 * head['pooled_accuracy_before']:.2f} -> {100 * head['pooled_accuracy_after']:.2f}"
+    return f"refitted (CCVR) from the statistics of {used} ({head['bytes_up']:,} bytes up){pooled}"
 
 
 def render_markdown(report: dict) -> str:
@@ -207,6 +220,7 @@ def render_markdown(report: dict) -> str:
         + ("not measured" if gap is None else f"{-gap:+.2f} points"),
         "- rounds to reach within 1 point of central training: "
         + (f"not reached in {rounds}" if reached is None else str(reached)),
+        "- classifier layer after the last round: " + head_line(report.get("head_calibration")),
         f"- gate: {'passed' if report['gate']['passed'] else 'refused'}",
         f"- quantization shipped: {report['quantization']}",
     ]
@@ -330,6 +344,12 @@ def federate_steps(p, cfg, ws, champion, warm, champion_model, work, run_id, tra
     # transform: the federation, the central baseline, export and quantize
     record = federation(cfg, warm, shards, work / "federation", flower, p.seed)
     log_rounds(tracker, record["rounds"])
+    head = record.get("head") or {}
+    figures = {
+        f"head.{k}": float(v) for k, v in head.items() if k.startswith("pooled_") or k in ("bytes_up", "seconds")
+    }
+    if figures:
+        tracker.log_metrics(figures)
     models = {"federated_fp32": work / "federation" / "student"}
     if cfg.central_baseline:
         central_baseline(cfg, warm, shards, work / "central", p.seed)

@@ -1,6 +1,8 @@
 """The Flower ClientApp a device runs: on a `train` message it fine-tunes the student, holding the global
 weights it received, on its private shard and answers with its update; on an `evaluate` message it measures
-the received weights on its own test split. Data never leave the device: only the update travels, in the
+the received weights on its own test split; on the `query.head_statistics` message after the last round it
+answers with the count, mean and covariance of its train rows' classifier inputs per class
+(`components.federated.head`), from which the server refits the classifier layer. Data never leave the device: only the update travels, in the
 dtype the server asks for (`wire-dtype`), with the client's figures and its shard's content hash.
 
 Flower's SuperNode runs it (`flwr-clientapp`, one process per message); what it reads of the device comes
@@ -116,5 +118,21 @@ def evaluate(message: Message, context: Context) -> Message:
     figures = local.client_evaluate(device.student_dir, device.data_dir, received_arrays(message), max_length)
     content = RecordDict(
         {"metrics": MetricRecord({k: float(v) for k, v in figures.items()}), "client": identity(device)}
+    )
+    return Message(content=content, reply_to=message)
+
+
+@app.query("head_statistics")
+def head_statistics(message: Message, context: Context) -> Message:
+    import torch
+
+    from components.federated import head
+
+    device = Device.from_node_config(dict(context.node_config))
+    torch.set_num_threads(device.threads)
+    max_length = int(message.content["config"].get("max-length", 64))
+    stats = head.head_statistics(device.student_dir, device.data_dir, received_arrays(message), max_length)
+    content = RecordDict(
+        {"arrays": ArrayRecord({name: Array(value) for name, value in stats.items()}), "client": identity(device)}
     )
     return Message(content=content, reply_to=message)

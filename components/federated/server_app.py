@@ -9,13 +9,18 @@
   the minimum has answered and the grace passed (`straggler_grace_s`, or `straggler_grace_factor` x the time
   the minimum took, whichever is longer), or `round_timeout_s`: a client killed mid-round does not hold the
   federation up once enough clients have answered, and a client with more data than the rest is waited for;
+- after the last round, when `calibrate_head` is set, one query message (`query.head_statistics`) asks every
+  client for the statistics of its classifier inputs per class, and the classifier layer is refitted to
+  them (`calibrate`, `components.federated.head`: CCVR); statistics that are not finite or not of the
+  model's shapes are refused and logged, and with fewer usable answers than `min_clients` the layer stays;
 - the end of each round (Flower's `evaluate_fn` hook) measures the global weights on the pooled test set when
   the server has one, checkpoints them with every round's record (`save_checkpoint`), and rewrites
   `rounds.json`; a restarted server resumes from the last completed round (`load_checkpoint`).
 
 It runs in Flower's `flwr-serverapp` process (started by the SuperLink for `flwr run`), reads its settings
 from the JSON file the run config names (`settings-file`, written by the launcher: `server_settings`), and
-writes into its `out-dir`: rounds.json, global.npz (the final global weights) and done.json (the summary, last).
+writes into its `out-dir`: rounds.json, global.npz (the final global weights) and done.json (the summary, with
+the head calibration's record, last).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedProx
@@ -254,6 +259,60 @@ def pooled_evaluator(student_dir: str | None, pooled_test: str | None, max_lengt
     return evaluate
 
 
+HEAD_QUERY = "query.head_statistics"  # what the ClientApp's `@app.query("head_statistics")` answers
+
+
+def calibrate(grid: Grid, cfg: FederatedConfig, weights: updates.Arrays, student_dir: str, seed: int, evaluate):
+    """(weights with the classifier layer refitted, the record) after the last round: every connected client
+    is asked once for its statistics (`components.federated.head.head_statistics`), the replies are collected
+    as a round's are (`QuorumGrid`), and the usable ones refit the layer (`head.fit_head`)."""
+    from components.federated import head
+
+    started = time.time()
+    content = RecordDict(
+        {
+            "arrays": encode(updates.to_wire(weights, cfg.wire_dtype)),
+            "config": ConfigRecord({"max-length": cfg.max_length}),
+        }
+    )
+    messages = [Message(content=content, message_type=HEAD_QUERY, dst_node_id=n) for n in grid.get_node_ids()]
+    quorum = QuorumGrid(grid, cfg.min_clients, cfg.straggler_grace_s, cfg.straggler_grace_factor)
+    replies = quorum.send_and_receive(messages, timeout=cfg.round_timeout_s)
+    width = int(next(v.shape[1] for n, v in weights.items() if n == f"{head.HEAD}.weight"))
+    record = {"clients": {}, "refused": [], "failed": [], "bytes_up": 0}
+    stats = []
+    for message in replies:
+        if message.has_error():
+            record["failed"].append({"node": message.metadata.src_node_id, "reason": message.error.reason})
+            continue
+        name, arrays = client_name(message), decode(next(iter(message.content.array_records.values())))
+        record["bytes_up"] += updates.payload_bytes(arrays)
+        if not head.usable(arrays, width):
+            record["refused"].append(name)
+            log(WARNING, "head calibration: the statistics of %s refused (not finite, or not the model's shapes)", name)
+            continue
+        record["clients"][name] = {k: int(v[0]) for k, v in arrays.items() if k.startswith("rows.")}
+        stats.append(arrays)
+    if len(stats) < cfg.min_clients:
+        log(
+            WARNING,
+            "head calibration: %d usable answers, below the minimum %d: the layer stays",
+            len(stats),
+            cfg.min_clients,
+        )
+        return weights, record | {"calibrated": False, "seconds": time.time() - started}
+    calibrated = head.fit_head(Path(student_dir), weights, stats, seed, cfg.head_steps, draws=cfg.head_draws)
+    record |= {"calibrated": True, "seconds": time.time() - started}
+    if evaluate:
+        before, after = evaluate(weights), evaluate(calibrated)
+        record |= {
+            "pooled_accuracy_before": before["pooled_accuracy"],
+            "pooled_accuracy_after": after["pooled_accuracy"],
+        }
+    log(INFO, "head calibration: the classifier layer refitted to %d clients' statistics", len(stats))
+    return calibrated, record
+
+
 def write_json(path: Path, payload) -> None:
     tmp = path.with_name("tmp-" + path.name)
     tmp.write_text(json.dumps(payload, indent=2))
@@ -321,5 +380,11 @@ def main(grid: Grid, context: Context) -> None:
             evaluate_fn=end_of_round,
         )
         final = updates.to_float32(decode(result.arrays)) if len(result.arrays) else start
+    calibration = None
+    if cfg.calibrate_head and settings["student_dir"]:
+        final, calibration = calibrate(grid, cfg, final, settings["student_dir"], settings["seed"], evaluate)
     np.savez(out / "global.npz", **final)
-    write_json(out / "done.json", {"rounds": cfg.rounds, "resumed_after": done_rounds, "key": settings["key"]})
+    write_json(
+        out / "done.json",
+        {"rounds": cfg.rounds, "resumed_after": done_rounds, "key": settings["key"], "head": calibration},
+    )

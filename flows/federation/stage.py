@@ -133,10 +133,12 @@ def run_federation(
     with np.load(server_out / "global.npz") as saved:
         final = {name: saved[name] for name in saved.files}
     rounds = json.loads((server_out / "rounds.json").read_text())
+    done = json.loads((server_out / "done.json").read_text())
     record = summarise(rounds, cfg, fp32_bytes, hashes) | {
         "key": key,
         "seconds": seconds,
-        "resumed_after": json.loads((server_out / "done.json").read_text())["resumed_after"],
+        "resumed_after": done["resumed_after"],
+        "head": done.get("head"),  # the classifier layer's refit after the last round (None: not asked)
     }
     local.write_student(student_dir, final, out_dir / "student", {"federation_key": key, "rounds": cfg.rounds})
     (out_dir / "federation.json").write_text(json.dumps(record, indent=2))

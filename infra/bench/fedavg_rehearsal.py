@@ -15,6 +15,7 @@ way to federate (`miniaturize federate` is). docs/federated.md gives what it mea
     ... --name kept --keep-optimizer --local-steps 25            # each client's AdamW moments kept across rounds
     ... --name fedadam --client-sgd --lr 2e-2 --server-adam 1e-3 --local-steps 25   # FedAdam, SGD clients
     ... --name fedsgd --client-sgd --lr 2e-2 --server-adam 3e-4 --local-steps 5 --rounds 60 --eval-every 10
+    ... --name ccvr --load-weights /tmp/rehearsal/equal.npz --rounds 0 --calibrate-head virtual  # the head refit
     ... --name central --central-epochs 5                        # the student fine-tuned on the union instead
 
 Each variant prints one JSON line per round and writes <out>/<name>.json.
@@ -29,11 +30,12 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import torch
 
 from components.config import DEMO_CLIENTS, DistributedConfig, load_params
-from components.federated import local, shards, updates
+from components.federated import head, local, shards, updates
 from components.kit import training
 from components.kit.distributed import DataParallel
 from components.kit.losses import kd_loss
@@ -155,9 +157,30 @@ def corrected_objective(model, correction: updates.Arrays) -> Objective:
     return Objective(loss=loss)
 
 
+def calibrate_head(args, student: Path, client_shards: dict[str, Path], weights: updates.Arrays) -> updates.Arrays:
+    """The classifier layer refitted after the last round (`components.federated.head`, CCVR): `virtual` from
+    each client's per-class statistics, as `miniaturize federate` does; `real`, a diagnostic, from the clients'
+    rows themselves (the data leaving the devices): how far a better layer alone could go."""
+    if args.calibrate_head == "virtual":
+        stats = [head.head_statistics(student, s, weights, 64) for s in client_shards.values()]
+        return head.fit_head(student, weights, stats, args.seed, args.head_steps, args.head_lr, args.head_draws)
+    model, tokenizer, labels = local.load_student(student)
+    local.set_arrays(model, weights)
+    xs, ys = [], []
+    for shard in client_shards.values():
+        data = local.encode_rows(tokenizer, local.read_split(shard, "train"), labels, 64)
+        xs.append(head.classifier_inputs(model, data, tokenizer.pad_token_id))
+        ys.append(data.labels)
+    layer = head.classifier_layer(model)
+    head.fit_layer(layer, np.concatenate(xs), np.concatenate(ys), args.head_steps, args.head_lr, args.seed)
+    return weights | {f"classifier.{n}": p.detach().numpy().copy() for n, p in layer.named_parameters()}
+
+
 def rehearse(args, student: Path, teacher: Path, client_shards: dict[str, Path], pooled: Path) -> list[dict]:
     model, _, _ = local.load_student(student)
     weights = local.get_arrays(model)
+    if args.load_weights:  # a run saved by --save-weights: go on from it, or only calibrate its head
+        weights = dict(np.load(args.load_weights))
     settings = local.LocalSettings(lr=args.lr, local_epochs=args.local_epochs, proximal_mu=args.proximal_mu)
     state = with_local_steps(args.local_steps, settings.batch_size)
     kept = with_kept_optimizer_state() if args.keep_optimizer else None
@@ -165,6 +188,9 @@ def rehearse(args, student: Path, teacher: Path, client_shards: dict[str, Path],
         with_sgd_clients()
     server_adam = ServerAdam(args.server_adam) if args.server_adam else None
     log = []
+    if not args.rounds:  # only the loaded weights, before any calibration
+        log.append(measure(student, client_shards, pooled, weights) | {"round": 0})
+        print(args.name, json.dumps(log[0]), flush=True)
     for round_ in range(1, args.rounds + 1):
         state["round"], started = round_, time.perf_counter()
         if args.round_decay:  # one linear decay over the federation, as central training's over its epochs
@@ -199,6 +225,17 @@ def rehearse(args, student: Path, teacher: Path, client_shards: dict[str, Path],
         entry = measure(student, client_shards, pooled, weights) | {"round": round_, "seconds": seconds}
         log.append(entry)
         print(args.name, json.dumps({k: round(v, 4) for k, v in entry.items()}), flush=True)
+    if args.save_weights:
+        np.savez(args.out / f"{args.name}.npz", **weights)
+    if args.calibrate_head:
+        started = time.perf_counter()
+        calibrated = calibrate_head(args, student, client_shards, weights)
+        entry = measure(student, client_shards, pooled, calibrated) | {
+            "round": f"head-{args.calibrate_head}",
+            "seconds": round(time.perf_counter() - started),
+        }
+        log.append(entry)
+        print(args.name, json.dumps(entry), flush=True)
     return log
 
 
@@ -221,6 +258,12 @@ def main() -> None:
     parser.add_argument("--client-sgd", action="store_true", help="clients step with SGD at --lr, not AdamW")
     parser.add_argument("--server-adam", type=float, default=None, help="FedAdam: the server's Adam lr")
     parser.add_argument("--round-decay", action="store_true", help="client lr x (R - r + 1) / R in round r")
+    parser.add_argument("--save-weights", action="store_true", help="write the last global weights to <out>/<name>.npz")
+    parser.add_argument("--load-weights", type=Path, default=None, help="start from weights --save-weights wrote")
+    parser.add_argument("--calibrate-head", choices=["virtual", "real"], default=None, help="CCVR after the last round")
+    parser.add_argument("--head-steps", type=int, default=1000)
+    parser.add_argument("--head-lr", type=float, default=1e-3)
+    parser.add_argument("--head-draws", type=float, default=4.0, help="virtual rows per real row of each class")
     parser.add_argument("--eval-every", type=int, default=1, help="measure after every Nth round (and the last)")
     parser.add_argument("--seed", type=int, default=13)
     args = parser.parse_args()

@@ -126,6 +126,12 @@ def test_three_clients_federate_end_to_end(env, student, shards, tiny_teacher_di
     after, before = weights_of(tmp_path / "fed" / "student"), weights_of(student)
     assert any(not np.allclose(after[k], before[k]) for k in before)
     assert json.loads((tmp_path / "fed" / "federation.json").read_text())["key"] == record["key"]
+    # after the last round, the classifier layer refitted from every client's statistics (CCVR)
+    head = record["head"]
+    assert head["calibrated"] and sorted(head["clients"]) == ["a", "b", "c"] and not head["refused"]
+    assert head["clients"]["a"] == {"rows.0": 8, "rows.1": 8} and head["bytes_up"] > 0
+    assert 0 <= head["pooled_accuracy_before"] <= 1 and 0 <= head["pooled_accuracy_after"] <= 1
+    assert not np.allclose(after["classifier.weight"], before["classifier.weight"])
     assert watch.pids and not watch.left_running()
 
 
@@ -185,6 +191,9 @@ def test_a_client_sending_nan_weights_is_refused_and_left_out(env, student, shar
     assert all(np.all(np.isfinite(v)) for v in after.values())
     log = (tmp_path / "fed" / "runtime" / "logs" / "serverapp.log").read_text()
     assert "update of a refused: non-finite" in log
+    # its statistics for the head calibration are NaN too: refused, and the layer refitted from b's and c's
+    assert record["head"]["refused"] == ["a"] and record["head"]["calibrated"]
+    assert sorted(record["head"]["clients"]) == ["b", "c"] and "the statistics of a refused" in log
     assert not watch.left_running()
 
 
