@@ -54,6 +54,15 @@ class Device:
         )
 
 
+def device_for(context: Context) -> Device:
+    """This client's device, its torch threads set as the node config asks."""
+    import torch
+
+    device = Device.from_node_config(dict(context.node_config))
+    torch.set_num_threads(device.threads)
+    return device
+
+
 def received_arrays(message: Message) -> dict:
     return {name: array.numpy() for name, array in message.content["arrays"].items()}
 
@@ -66,12 +75,9 @@ def identity(device: Device) -> ConfigRecord:
 
 def train_reply(message: Message, context: Context) -> tuple[dict, dict, Device]:
     """(update, figures, device) of this client's round: the work of `train`, apart so a test can wrap it."""
-    import torch
-
     from components.federated import local
 
-    device = Device.from_node_config(dict(context.node_config))
-    torch.set_num_threads(device.threads)
+    device = device_for(context)
     config = dict(message.content["config"])
     settings = local.LocalSettings.from_config(config)
     round_number = int(config.get("round-offset", 0)) + int(config.get("server-round", 0))
@@ -108,12 +114,9 @@ def train(message: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
-    import torch
-
     from components.federated import local
 
-    device = Device.from_node_config(dict(context.node_config))
-    torch.set_num_threads(device.threads)
+    device = device_for(context)
     max_length = int(message.content["config"].get("max-length", 64))
     figures = local.client_evaluate(device.student_dir, device.data_dir, received_arrays(message), max_length)
     content = RecordDict(
@@ -124,12 +127,9 @@ def evaluate(message: Message, context: Context) -> Message:
 
 @app.query("head_statistics")
 def head_statistics(message: Message, context: Context) -> Message:
-    import torch
-
     from components.federated import head
 
-    device = Device.from_node_config(dict(context.node_config))
-    torch.set_num_threads(device.threads)
+    device = device_for(context)
     max_length = int(message.content["config"].get("max-length", 64))
     stats = head.head_statistics(device.student_dir, device.data_dir, received_arrays(message), max_length)
     content = RecordDict(
