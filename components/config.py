@@ -673,7 +673,9 @@ class RetriesConfig(_Section):
 class Params(_Section):
     task: str = classification.NAME  # one of TASK_NAMES (flows.tasks.TASKS holds each one's record)
     seed: int = 13
-    threads: Count = 2  # torch intra-op threads for training
+    # torch intra-op threads for every stage that trains (None: torch's default, one per core); not in the stage
+    # keys: it changes how fast a model trains, not what it learns
+    threads: Count | None = None
     # The stages' sections: one left out of the file takes all its defaults (see _Section).
     data: DataConfig
     validate_: ValidateConfig = Field(alias="validate")

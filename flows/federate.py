@@ -80,8 +80,11 @@ def federation(cfg: FederatedConfig, warm: Path, shards: dict, out: Path, flower
 
 
 @task(name="central-baseline", cache_policy=NO_CACHE)
-def central_baseline(cfg: FederatedConfig, warm: Path, shards: dict, out: Path, seed: int) -> dict:
+def central_baseline(cfg: FederatedConfig, warm: Path, shards: dict, out: Path, seed: int, threads: int | None) -> dict:
     from components.federated import local
+    from components.kit.training import use_threads
+
+    use_threads(threads)
 
     settings = local.LocalSettings.from_config(cfg.local_settings())
     teacher = warm / "teacher" if cfg.distill else None
@@ -352,7 +355,7 @@ def federate_steps(p, cfg, ws, champion, warm, champion_model, work, run_id, tra
         tracker.log_metrics(figures)
     models = {"federated_fp32": work / "federation" / "student"}
     if cfg.central_baseline:
-        central_baseline(cfg, warm, shards, work / "central", p.seed)
+        central_baseline(cfg, warm, shards, work / "central", p.seed, p.threads)
         models["central_fp32"] = work / "central"
     prepared = union_prepared(shards, work / "prepared", read_labels(warm / "teacher"))
     chosen = export_and_quantize(p, models["federated_fp32"], prepared, work / "models", tracker)

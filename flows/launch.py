@@ -38,6 +38,10 @@ def run(task: Task, name: str, p: Params, ws, tracker: Tracker) -> StageResult:
 
     stage = task.stages[name]
     if not stage.data_parallel or p.distributed.processes == 1 or world_size() > 1:
+        if (stage.trains or stage.data_parallel) and world_size() == 1:  # a launch's share the cores by OMP_NUM_THREADS
+            from components.kit.training import use_threads
+
+            use_threads(p.threads)
         return stage_metrics.recorded(task, name, ws, tracker, lambda recorder: stage.run(p, ws, recorder))
     return launch(task, name, p, ws, getattr(tracker, "run_id", None))
 

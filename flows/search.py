@@ -47,6 +47,9 @@ def build(
     """The candidate's final ONNX folder under root/candidates and what it ships (int8 or fp32), reusing
     students, pruned and exported models already under root (`student_chain`). Training stages run at
     `p.search.epochs` epochs."""
+    from components.kit.training import use_threads
+
+    use_threads(p.threads)
     epochs = p.search.epochs
     out = {
         "student": root / "students" / c.student_key,

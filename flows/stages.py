@@ -55,6 +55,7 @@ class Stage:
     io: StageIO
     sections: tuple[str, ...]
     data_parallel: bool = False  # trains on `distributed.processes` processes (flows.launch)
+    trains: bool = False  # trains models in this process (data_parallel stages do too): at `threads` torch threads
     reads_data_source: bool = False  # the user's data file (`Task.data_source`) is one of its inputs
     # Registers a model: its result's info is the run's registration, its cached record counts only while
     # that version still exists, and its key covers the registry it registered in.

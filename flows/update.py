@@ -127,7 +127,9 @@ def validate_batch(p: Params, batch: Path, labels: list[str], out: Path, tracker
 @task(name="train-update", cache_policy=NO_CACHE)
 def train_update(p: Params, warm: Path, batch: Path, name: str, out: Path, tracker: Tracker) -> dict:
     from components.classification import update
+    from components.kit.training import use_threads
 
+    use_threads(p.threads)
     result = update.run(p.incremental, warm, batch, name, out, tracker, p.seed, p.teacher.max_length)
     return result.metrics | {k: result.info[k] for k in ("restored_pieces", "mix_val_accuracy")}
 

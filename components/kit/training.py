@@ -81,6 +81,13 @@ class TrainOutcome:
     examples: int = 0  # training rows processed, over all epochs run: the cost an update is compared by
 
 
+def use_threads(threads: int | None) -> None:
+    """torch's intra-op threads in this process for what it trains next (the `threads` param); None keeps
+    torch's own default, one per core."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
     """Linear warm-up to base_lr, then linear decay to zero."""
     if step < warmup:

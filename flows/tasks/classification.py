@@ -243,6 +243,7 @@ STAGES: dict[str, Stage] = {
             _MAX_LENGTH,
             "distributed",
         ),
+        trains=True,
     ),
     "evaluate": Stage(
         evaluate,

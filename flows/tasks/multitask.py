@@ -382,6 +382,7 @@ STAGES: dict[str, Stage] = {
         StageIO(("prepared", "teacher"), ("singles",), ("multitask.singles", *_CHAIN)),
         _SINGLES,
         # it reads only the data and the teacher: tuning the multitask student does not re-run the baseline
+        trains=True,
         after="finetune",
     ),
     "seeds": Stage(
@@ -403,6 +404,7 @@ STAGES: dict[str, Stage] = {
             _MAX_LENGTH,
             "distributed",
         ),
+        trains=True,
         after="finetune",  # it reads only the data and the teacher
     ),
     "single_seeds": Stage(
@@ -413,6 +415,7 @@ STAGES: dict[str, Stage] = {
             ("multitask.singles", "multitask.evaluate", *_CHAIN),
         ),
         ("seeds.extra", *_SINGLES),
+        trains=True,
         after="finetune",  # like the singles stage: the multitask student's settings do not re-run it
     ),
     "evaluate": Stage(

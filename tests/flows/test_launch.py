@@ -81,3 +81,23 @@ def test_a_result_survives_the_round_trip(tmp_path):
         "outputs": {"model": str(tmp_path / "m")},
         "info": {"history": [1]},
     }
+
+
+def test_a_training_stage_in_this_process_trains_on_the_threads_param(monkeypatch, tmp_path):
+    import torch
+
+    seen = []
+    stages = dict(CLASSIFICATION.stages)
+    stages["finetune"] = replace(
+        stages["finetune"], run=lambda p, ws, t: seen.append(torch.get_num_threads()) or StageResult()
+    )
+    task = replace(CLASSIFICATION, stages=stages)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    before = torch.get_num_threads()
+    try:
+        launch.run(task, "finetune", build_params({"threads": 1}), task.workspace(tmp_path), NullTracker())
+        torch.set_num_threads(2)
+        launch.run(task, "finetune", build_params({}), task.workspace(tmp_path), NullTracker())  # None: as it was
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 2]

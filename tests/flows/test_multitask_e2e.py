@@ -35,7 +35,13 @@ TASKS = ["sentiment", "subjectivity", "source"]
 
 @pytest.fixture(scope="module")
 def mt_run(tmp_path_factory, prefect_api, tiny_model_dir):
-    tiny = {"teacher.model": str(tiny_model_dir), "distill.layers": [1], "seeds.extra": [14]}
+    # no peak-memory probes (a fresh process per model): the classification and causal-LM runs measure them
+    tiny = {
+        "teacher.model": str(tiny_model_dir),
+        "distill.layers": [1],
+        "seeds.extra": [14],
+        "evaluate.rss_sentences": 0,
+    }
     project = make_project(tmp_path_factory.mktemp("mt") / "project", tiny, config="configs/multitask.yaml")
     return project, run_cli(["run", *CONFIG], project, prefect_api, timeout=900)
 
