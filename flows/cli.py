@@ -493,10 +493,10 @@ def stage(
     overrides = list(overrides or []) + ([f"distributed.processes={processes}"] if processes else [])
     params, task = load_task(params_file, profile, overrides)
     check_stage(name, task)
-    from components.kit import distributed
+    from components.kit.processes import world_size
     from flows import launch
 
-    if ((processes or 1) > 1 or distributed.world_size() > 1) and not task.stages[name].data_parallel:
+    if ((processes or 1) > 1 or world_size() > 1) and not task.stages[name].data_parallel:
         fail(f"error: only {', '.join(launch.training_stages(task))} train on several processes; run {name} in one", 2)
     preflight(task, params)
     with exit_codes(f"stage {name}"):

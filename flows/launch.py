@@ -34,7 +34,7 @@ def run(task: Task, name: str, p: Params, ws, tracker: Tracker) -> StageResult:
     """Stage `name` of `task`, launched on `distributed.processes` processes when it trains and that is above
     1 (and this process is not already one of a launch); in this process otherwise, where the files DVC shows
     of it (metrics, training curves) are written once it has returned (`flows.stage_metrics`)."""
-    from components.kit.distributed import world_size
+    from components.kit.processes import world_size
 
     stage = task.stages[name]
     if not stage.data_parallel or p.distributed.processes == 1 or world_size() > 1:

@@ -247,7 +247,7 @@ def run_tags(
     if record is not None:
         tags["miniaturize.source_run_id"] = record.run_id
     if stage.data_parallel:
-        from components.kit.distributed import world_size
+        from components.kit.processes import world_size
 
         tags["miniaturize.processes"] = str(max(world_size(), params.distributed.processes))
     return tags
@@ -389,13 +389,15 @@ def run_one_stage(params: Params, name: str, root: Path) -> dict | None:
 
     Under torchrun started by hand (several machines, WORLD_SIZE set): every process joins the group, rank 0
     runs the stage so, and the others train their share on the same staged paths (`flows.launch.join`)."""
-    from components.kit import distributed
+    from components.kit import processes
 
     task = task_for(params)
     ws = task.workspace(Path(root).resolve())
-    if distributed.world_size() > 1:
+    if processes.world_size() > 1:
+        from components.kit import distributed
+
         distributed.process_state(params.distributed)  # join the process group before any collective call
-        if not distributed.is_main_process():
+        if not processes.is_main_process():
             paths = staged_paths(ws, task.stages[name].io.outputs, staging_folder(ws, name))
             launch.join(task, name, params, ws.root, paths, None, None)
             return None
@@ -403,7 +405,10 @@ def run_one_stage(params: Params, name: str, root: Path) -> dict | None:
         client = tracking.client(ws.root, policy(params))
         ctx = RunContext(params, ws, tracking.experiment_id(client, ws.root), None, force=True)
         done = execute_stage(name, ctx, recorded_parent_key(task, ws, name))
-    distributed.leave()
+    if processes.world_size() > 1:  # only a launch joins a process group
+        from components.kit import distributed
+
+        distributed.leave()
     return done
 
 

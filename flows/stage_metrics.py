@@ -178,7 +178,7 @@ def recorded(
     """`run(tracker)` (the stage) with a `Recorder` around its tracker, then its files written: by the main
     process only, as the other processes of a launch write nothing, and only when the stage wrote every
     output it declares (the runner fails one that did not, and nothing of it may look complete)."""
-    from components.kit.distributed import is_main_process
+    from components.kit.processes import is_main_process
 
     recorder = Recorder(tracker)
     result = run(recorder)

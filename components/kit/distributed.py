@@ -17,7 +17,6 @@ For the stage components: `is_main_process()` (only rank 0 writes files and logs
 from __future__ import annotations
 
 import contextlib
-import os
 from collections import OrderedDict
 
 import numpy as np
@@ -25,20 +24,11 @@ import torch
 from torch import nn
 
 from components.config import DistributedConfig
-
-
-def world_size() -> int:
-    """Processes in this launch (WORLD_SIZE, set by torchrun and accelerate launch; 1 otherwise)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def is_main_process() -> bool:
-    """Rank 0: the one process that writes output files and logs to the tracker."""
-    return rank() == 0
+from components.kit.processes import (
+    is_main_process as is_main_process,  # re-exported for the stages
+    rank as rank,
+    world_size,
+)
 
 
 def resolve_device(setting: str) -> str:

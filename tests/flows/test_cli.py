@@ -34,6 +34,8 @@ def test_the_commands_that_train_nothing_start_without_torch():
     code = (
         "import sys, flows.cli, flows.tasks, flows.registry, flows.preflight; "
         "flows.preflight.teacher_depth('teacher.model', 'sentence-transformers/all-MiniLM-L6-v2', '.'); "
+        "import flows.pipeline; from components.config import build_params; from flows.tasks import TASKS; "
+        "[flows.pipeline.run_tags(n, s, 'k', 'p', None, build_params({})) for n, s in TASKS['sequence-classification'].stages.items()]; "
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

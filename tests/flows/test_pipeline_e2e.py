@@ -32,7 +32,8 @@ MODELS = ["teacher", "student", "pruned", "trimmed", "onnx_fp32", "final", "base
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, prefect_api):
-    project = make_project(tmp_path_factory.mktemp("e2e") / "project")
+    # half the smoke profile's rows (and transfer sentences): every stage still runs on the real teacher
+    project = make_project(tmp_path_factory.mktemp("e2e") / "project", {"data.max_rows": 200})
     done = run_cli(["run"], project, prefect_api)
     return project, done
 
