@@ -38,7 +38,8 @@ def run(task: Task, name: str, p: Params, ws, tracker: Tracker) -> StageResult:
 
     stage = task.stages[name]
     if not stage.data_parallel or p.distributed.processes == 1 or world_size() > 1:
-        if (stage.trains or stage.data_parallel) and world_size() == 1:  # a launch's share the cores by OMP_NUM_THREADS
+        # a stage that trains here runs at `threads`; a launch's processes share the cores by OMP_NUM_THREADS
+        if (stage.trains or stage.data_parallel) and world_size() == 1:
             from components.kit.training import use_threads
 
             use_threads(p.threads)

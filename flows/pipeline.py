@@ -393,7 +393,8 @@ def run_one_stage(params: Params, name: str, root: Path) -> dict | None:
 
     task = task_for(params)
     ws = task.workspace(Path(root).resolve())
-    if processes.world_size() > 1:
+    launched = processes.world_size() > 1  # only a launch joins a process group (and imports torch for it)
+    if launched:
         from components.kit import distributed
 
         distributed.process_state(params.distributed)  # join the process group before any collective call
@@ -405,9 +406,7 @@ def run_one_stage(params: Params, name: str, root: Path) -> dict | None:
         client = tracking.client(ws.root, policy(params))
         ctx = RunContext(params, ws, tracking.experiment_id(client, ws.root), None, force=True)
         done = execute_stage(name, ctx, recorded_parent_key(task, ws, name))
-    if processes.world_size() > 1:  # only a launch joins a process group
-        from components.kit import distributed
-
+    if launched:
         distributed.leave()
     return done
 

@@ -381,8 +381,8 @@ STAGES: dict[str, Stage] = {
         singles,
         StageIO(("prepared", "teacher"), ("singles",), ("multitask.singles", *_CHAIN)),
         _SINGLES,
-        # it reads only the data and the teacher: tuning the multitask student does not re-run the baseline
         trains=True,
+        # it reads only the data and the teacher: tuning the multitask student does not re-run the baseline
         after="finetune",
     ),
     "seeds": Stage(
