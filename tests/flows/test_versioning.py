@@ -92,6 +92,9 @@ def test_what_dvc_status_json_says_changed():
 
     assert versioning.changed_stages(done(0, "{}\n")) == []
     assert versioning.changed_stages(done(0, '{"train": [{"changed deps": {"a": "modified"}}]}')) == ["train"]
+    # the whole project's status, the task's own stages picked out of it
+    both = '{"train": [{"changed outs": {"m": "deleted"}}], "lm-train": [], "data/replay.dvc": []}'
+    assert versioning.changed_stages(done(0, both), ["train", "evaluate"]) == ["train"]
     assert versioning.changed_stages(done(1, "")) is None
     assert versioning.changed_stages(done(0, "not json")) is None
 
