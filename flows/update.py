@@ -414,7 +414,7 @@ def run_update(p: Params, ws: ClassificationWorkspace, data: str, run_name: str 
 
 
 def update_steps(p, ws, data, champion, warm, champion_model, seen, work, run_id, tracker, started) -> dict:
-    from components.classification import update as component
+    from components.kit import batches
 
     batch = work / "batch"
     card = ingest_batch(p, ws, data, batch, tracker)
@@ -425,11 +425,11 @@ def update_steps(p, ws, data, champion, warm, champion_model, seen, work, run_id
             flush=True,
         )
         return {"skipped": True, "version": str(champion.version), "batch": known["name"], "run_id": run_id}
-    name = unique_name(component.batch_name(data), [b["name"] for b in seen])
-    earlier = component.earlier_batches(warm)
-    dropped = component.drop_seen(batch, list(earlier.values()))
-    labels = component.read_labels(warm / "teacher")
-    component.check_labels(batch, labels, f"the champion (version {champion.version})")
+    name = unique_name(batches.batch_name(data), [b["name"] for b in seen])
+    earlier = batches.earlier_batches(warm)
+    dropped = batches.drop_seen(batch, list(earlier.values()))
+    labels = batches.read_labels(warm / "teacher")
+    batches.check_labels(batch, labels, f"the champion (version {champion.version})")
     validate_batch(p, batch, labels, work / "validation", tracker)
     print(f"[update] batch {name}: {card['rows']} rows ({dropped} dropped: already in an earlier batch)", flush=True)
 
@@ -446,7 +446,7 @@ def update_steps(p, ws, data, champion, warm, champion_model, seen, work, run_id
     final = work / "models" / "final"
 
     # load: every batch measured, the forgetting gate, the registry, the workspace
-    after, before = evaluate_batches(p, final, champion_model, component.earlier_batches(work / "next"))
+    after, before = evaluate_batches(p, final, champion_model, batches.earlier_batches(work / "next"))
     rows = per_batch(before, after, name)
     decision = decide(rows, p.incremental.max_forgetting_points, p.incremental.min_new_batch_accuracy)
     size = size_check(final, champion_model, p.register_.gate.max_size_growth_vs_champion)

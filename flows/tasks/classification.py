@@ -323,8 +323,9 @@ def warm_start(p: Params, ws: ClassificationWorkspace, out: Path) -> dict[str, s
     """What an update of this run's version starts from: its teacher, its compressed student before export
     (trimmed), its data as the first batch and the first replay buffer (`components.classification.update`)."""
     from components.classification import update
+    from components.kit.batches import batch_name
 
-    name = update.batch_name(p.data.source)
+    name = batch_name(p.data.source)
     update.warm_start_folder(ws.teacher, ws.trimmed, ws.prepared, name, p.incremental.replay_size, p.seed, out)
     return {
         "incremental.kind": "full run",

@@ -30,9 +30,11 @@ def test_missing_data_file_and_unknown_stage_and_profile(tmp_path):
 def test_the_commands_that_train_nothing_start_without_torch():
     """What lineage, promote, rollback and a run whose stages are all cached load (the CLI, the task records,
     the registry, the teacher's depth from its config.json) imports neither torch nor transformers, which take
-    seconds to import; the stages that train import them when they run."""
+    seconds to import; the stages that train import them when they run. Nor does an update up to its refusals
+    (the batch ingested, its labels checked, validated), so a batch it refuses or has seen ends at once."""
     code = (
-        "import sys, flows.cli, flows.tasks, flows.registry, flows.preflight; "
+        "import sys, flows.cli, flows.tasks, flows.registry, flows.preflight, flows.update, components.kit.batches, "
+        "components.classification.ingest, components.validate; "
         "flows.preflight.teacher_depth('teacher.model', 'sentence-transformers/all-MiniLM-L6-v2', '.'); "
         "import flows.pipeline; from components.config import build_params; from flows.tasks import TASKS; "
         "[flows.pipeline.run_tags(n, s, 'k', 'p', None, build_params({})) for n, s in TASKS['sequence-classification'].stages.items()]; "

@@ -11,6 +11,7 @@ import pytest
 
 from components.classification import trim, update
 from components.config import IncrementalConfig
+from components.kit import batches
 from components.kit.data import DataError
 from components.kit.interpolation import choose_share
 from components.kit.tracking import NullTracker
@@ -51,10 +52,10 @@ def new_batch(tmp_path_factory):
 def test_warm_start_holds_teacher_student_first_batch_and_replay(warm):
     assert (warm / "teacher" / "model.safetensors").exists() and not (warm / "teacher" / "soft_targets").exists()
     assert (warm / "student" / "kept_token_ids.npy").exists()
-    assert sorted(p.name for p in (warm / "batches" / "reviews").iterdir()) == sorted(update.SPLIT_FILES)
+    assert sorted(p.name for p in (warm / "batches" / "reviews").iterdir()) == sorted(batches.SPLIT_FILES)
     replay = pd.read_parquet(warm / "replay.parquet")
     assert len(replay) == 20 and set(replay["batch"]) == {"reviews"}
-    assert list(update.earlier_batches(warm)) == ["reviews"]
+    assert list(batches.earlier_batches(warm)) == ["reviews"]
 
 
 def test_update_restores_new_words_and_writes_the_next_warm_start(warm, new_batch, tmp_path):
@@ -66,7 +67,7 @@ def test_update_restores_new_words_and_writes_the_next_warm_start(warm, new_batc
     assert m["student.wordpieces_restored"] > 0 and "battery" in result.info["restored_pieces"]
     student_vocab = json.loads((out / "student" / "tokenizer.json").read_text())["model"]["vocab"]
     assert {"battery", "charge", "##r", "crisp"} <= set(student_vocab)
-    assert list(update.earlier_batches(out)) == ["reviews", "gadgets"]
+    assert list(batches.earlier_batches(out)) == ["reviews", "gadgets"]
     replay = pd.read_parquet(out / "replay.parquet")
     assert len(replay) == 20 and set(replay["batch"]) == {"reviews", "gadgets"}
     prepared = out / "prepared"
@@ -136,16 +137,8 @@ def test_unknown_label_and_taken_name_are_refused(warm, tmp_path):
 
 
 def test_drop_seen_removes_texts_an_earlier_batch_holds(warm, tmp_path):
-    earlier = update.earlier_batches(warm)["reviews"]
+    earlier = batches.earlier_batches(warm)["reviews"]
     repeated = pd.concat([make_frame(2, 0), gadgets(2)], ignore_index=True)  # make_frame(.., 0): in train
     batch = write_prepared(tmp_path / "b", {"train": repeated, "validation": gadgets(1, 5), "test": gadgets(1, 6)})
-    assert update.drop_seen(batch, [earlier]) == 4
+    assert batches.drop_seen(batch, [earlier]) == 4
     assert len(pd.read_parquet(batch / "train.parquet")) == 4
-
-
-@pytest.mark.parametrize(
-    "source, name",
-    [("vader-amazon", "amazon"), ("data/week 12.csv", "week-12"), ("/abs/path/new.parquet", "new"), ("org/ds", "ds")],
-)
-def test_batch_name(source, name):
-    assert update.batch_name(source) == name
