@@ -75,7 +75,7 @@ def commit_outputs(root: Path, stages: list[str] | None, ran: bool | None = None
     # more for nothing
     if not ran and changed_stages(status_of(root), stages) == []:
         return True, f"DVC: dvc.lock already records these outputs; `{command}` is clean (`dvc push` stores them)"
-    done = dvc(root, "commit", "--force", "--quiet", *stages)
+    done = dvc(root, "commit", "--force", "--quiet", *commit_targets(root, stages))
     if done.returncode != 0:
         return False, f"DVC: commit failed: {(done.stderr or done.stdout).strip()[-400:]}"
     changed = changed_stages(status_of(root), stages)
@@ -84,6 +84,52 @@ def commit_outputs(root: Path, stages: list[str] | None, ran: bool | None = None
     if changed:
         return False, f"DVC: outputs recorded in dvc.lock, but `{command}` lists changes in {', '.join(changed)}"
     return True, f"DVC: outputs recorded in dvc.lock; `{command}` is clean (`dvc push` stores them)"
+
+
+def commit_targets(root: Path, stages: list[str]) -> list[str]:
+    """The `dvc commit` arguments that record exactly `stages`: `--with-deps` and the last of them (those no
+    other of them depends on) when everything upstream of those is `stages` itself, else the stages by name.
+    DVC parses dvc.yaml and dvc.lock, and rewrites dvc.lock, once per target, but once in all for one
+    `--with-deps` target (measured: 3.4 s against 12.5 s for the 11 classification stages)."""
+    upstream = upstream_stages(root)
+    wanted = set(stages)
+    last = [name for name in stages if not any(name in upstream.get(other, ()) for other in wanted)]
+    closure = set(last).union(*(upstream.get(name, set()) for name in last))
+    return ["--with-deps", *last] if closure == wanted else list(stages)
+
+
+def upstream_stages(root: Path) -> dict[str, set[str]]:
+    """Every dvc.yaml stage with all the stages it depends on through their outputs, as DVC links them (a
+    dependency path equal to, inside or above an output path)."""
+    import yaml
+
+    declared = (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages", {})
+
+    def paths(entries) -> list[str]:
+        return [next(iter(e)) if isinstance(e, dict) else str(e) for e in entries or []]
+
+    def overlap(a: str, b: str) -> bool:
+        a, b = a.rstrip("/"), b.rstrip("/")
+        return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+    outs = {
+        name: paths(s.get("outs")) + paths(s.get("metrics")) + paths(s.get("plots")) for name, s in declared.items()
+    }
+    direct = {
+        name: {
+            other for dep in paths(s.get("deps")) for other, made in outs.items() if any(overlap(dep, o) for o in made)
+        }
+        for name, s in declared.items()
+    }
+    closure: dict[str, set[str]] = {}
+
+    def walk(name: str) -> set[str]:
+        if name not in closure:
+            closure[name] = set()  # a cycle (DVC refuses one anyway) ends here
+            closure[name] = set(direct.get(name, ())).union(*(walk(d) for d in direct.get(name, ())))
+        return closure[name]
+
+    return {name: walk(name) for name in declared}
 
 
 def status_of(root: Path) -> subprocess.CompletedProcess:

@@ -277,7 +277,7 @@ STAGES: dict[str, Stage] = {
         StageIO(
             ("final", "report", "teacher", "trimmed", "prepared"),
             ("registration",),
-            ("kit.gate", "kit.promotion", "flows.registry", "classification.update", "kit.replay"),
+            ("kit.gate", "kit.promotion", "flows.registry", "classification.update", "kit.batches", "kit.replay"),
         ),
         ("register", "data.source", "incremental.replay_size", "seed"),
         registers=True,

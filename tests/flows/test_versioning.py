@@ -86,6 +86,15 @@ def test_outputs_dvc_lock_already_records_cost_one_status_and_no_commit(tmp_path
     assert ok and calls == ["commit", "status"] and "outputs recorded in dvc.lock" in message
 
 
+def test_one_with_deps_target_commits_the_stages_when_nothing_else_is_upstream(tmp_path):
+    root = dvc_project(tmp_path)
+    assert versioning.upstream_stages(root) == {"a-make": set(), "a-use": {"a-make"}, "b-make": set()}
+    assert versioning.commit_targets(root, ["a-make", "a-use"]) == ["--with-deps", "a-use"]
+    # a-use alone: --with-deps would commit a-make too, so the stage is named on its own
+    assert versioning.commit_targets(root, ["a-use"]) == ["a-use"]
+    assert versioning.commit_targets(root, ["a-make", "b-make"]) == ["--with-deps", "a-make", "b-make"]
+
+
 def test_what_dvc_status_json_says_changed():
     def done(code: int, out: str) -> subprocess.CompletedProcess:
         return subprocess.CompletedProcess([], code, out, "")
