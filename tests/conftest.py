@@ -30,6 +30,8 @@ PINNED = {
     "TRANSFORMERS_VERBOSITY": "error",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # a served deployment (`miniaturize deploy`) picks up a triggered run within a second, not Prefect's ten
+    "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     "DVC_NO_ANALYTICS": "1",
 }
 
