@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 import traceback
 from contextlib import contextmanager
@@ -121,35 +122,37 @@ class NoTracebackFor(logging.Filter):
         return True
 
 
+def raised(err: BaseException, module: str, *names: str) -> bool:
+    """Whether `err` is one of `module`'s exception classes `names`. A module not imported yet cannot have
+    raised one, and importing it only to ask would cost seconds (mlflow, Prefect) on an error found at once."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(err, tuple(getattr(loaded, name) for name in names))
+
+
 def exit_code(err: BaseException, what: str) -> tuple[int, str]:
     """The exit code and the message for an error a command raised (see EXIT_CODES)."""
-    from mlflow.exceptions import MlflowException
-
-    from components.bundle import BundleSourceError, OutDirRefused
-    from components.config import ConfigError
-    from components.kit.data import DataError
-    from components.kit.promotion import RollbackError
-    from components.serve import BundleError
-    from components.validate import ValidationFailed
-    from flows.lock import WorkspaceLocked
-    from flows.registry import GateRejected
-    from flows.retries import TrackingUnavailable
-    from flows.update import NoWarmStart
-
-    if isinstance(err, ValidationFailed):
+    if raised(err, "components.validate", "ValidationFailed"):
         report = getattr(err, "report_path", None)
         return 3, f"\n{err}\n\nFull validation result: {report}\nNothing was trained or registered."
-    if isinstance(
-        err, (ConfigError, DataError, BundleSourceError, OutDirRefused, BundleError, FileNotFoundError, NoWarmStart)
+    if (
+        isinstance(err, FileNotFoundError)
+        or raised(err, "components.config", "ConfigError")
+        or raised(err, "components.kit.data", "DataError")
+        or raised(err, "components.bundle", "BundleSourceError", "OutDirRefused")
+        or raised(err, "components.serve", "BundleError")
+        or raised(err, "flows.update", "NoWarmStart")
     ):
         return 2, f"error: {err}"
-    if isinstance(err, MlflowException) and err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+    if raised(err, "mlflow.exceptions", "MlflowException") and err.error_code in (
+        "RESOURCE_DOES_NOT_EXIST",
+        "INVALID_PARAMETER_VALUE",
+    ):
         return 2, f"error: {err.message}"
-    if isinstance(err, (GateRejected, RollbackError)):
+    if raised(err, "flows.registry", "GateRejected") or raised(err, "components.kit.promotion", "RollbackError"):
         return 4, f"refused: {err}"
-    if isinstance(err, WorkspaceLocked):
+    if raised(err, "flows.lock", "WorkspaceLocked"):
         return 5, f"error: {err}"
-    if isinstance(err, TrackingUnavailable):
+    if raised(err, "flows.retries", "TrackingUnavailable"):
         return 6, f"error: {what} stopped: {err}"
     return 1, f"error: {what} failed: {type(err).__name__}: {err}"
 

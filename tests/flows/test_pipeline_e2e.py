@@ -407,7 +407,7 @@ def test_deploy_serves_a_cron_deployment_whose_triggered_run_completes(smoke_run
             assert schedule.schedule.cron == "0 3 * * *" and schedule.schedule.timezone == "UTC" and schedule.active
             assert deployment.parameters == {"until": None}  # the folder and params are bound when deploying
             assert deployment.entrypoint == "flows.deploy.scheduled_pipeline"
-            flow_run = run_deployment(name=name, timeout=900, poll_interval=3)
+            flow_run = run_deployment(name=name, timeout=900, poll_interval=1)
             assert flow_run.state.is_completed(), f"{flow_run.state!r}\n{log_tail(log)}"
             # Ctrl-C or SIGTERM stops serving and pauses the schedule.
             proc.terminate()
