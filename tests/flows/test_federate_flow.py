@@ -73,7 +73,7 @@ def test_the_federated_student_is_registered_with_its_lineage(federated):
     assert tags["source"] == "federate" and tags["federated.parent_version"] == outcome["parent_version"]
     assert set(json.loads(tags["federated.clients"])) == {"movie", "amazon", "tweets"}
     assert tags["federated.key"] == outcome["report"]["federation"]["key"]
-    assert tags["federated.weighting"] == "rows"
+    assert tags["federated.weighting"] == "equal"
     history = client.get_metric_history(outcome["run_id"], "pooled_accuracy")
     assert sorted(m.step for m in history) == [0, 1, 2]
     assert mlflow.get_tracking_uri()
@@ -85,9 +85,9 @@ def test_the_report_compares_champion_federated_and_central(federated):
     assert {"champion", "federated", "federated_fp32", "central_fp32"} <= set(report["accuracy"])
     assert set(report["accuracy"]["federated"]) == {"movie", "amazon", "tweets", "pooled"}
     assert report["federation"]["bytes_per_round_per_client"] > 0 and report["quantization"]
-    assert report["federation"]["weighting"] == "rows"
+    assert report["federation"]["weighting"] == "equal"
     markdown = Path(outcome["report_md"]).read_text()
-    assert "(fedavg, rows-weighted, 3 clients, 2 rounds)" in markdown
+    assert "(fedavg, equal-weighted, 3 clients, 2 rounds)" in markdown
     gap = -report["federated_vs_central_points"]["pooled"]
     assert f"- federated minus central training (fp32, pooled): {gap:+.2f} points" in markdown
     assert (project / "data" / "federated" / "tweets" / "test.parquet").exists()
