@@ -232,8 +232,15 @@ class PruneConfig(TrainConfig):
 
 
 class TrimConfig(_Section):
-    # Keep only the wordpieces the train and validation texts use (plus special tokens).
+    # Keep only the wordpieces the task's texts use (plus special tokens), and of those, when min_count > 1,
+    # only the ones the train split uses at least min_count times (plus the single characters that spell
+    # the rest, so a word whose pieces were dropped is split into kept pieces, not read as [UNK]). A rarer
+    # cut is measured on validation against the untrimmed model and taken only when it loses at most
+    # max_drop_points, and no more than the accuracy budget pruning left; otherwise min_count steps down,
+    # to 1 at the least: every piece the train and validation texts use, the outputs on them unchanged.
     enabled: bool = True
+    min_count: Count = 2
+    max_drop_points: NonNegative = 0.5
 
 
 class ExportConfig(_Section):

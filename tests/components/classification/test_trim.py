@@ -67,3 +67,80 @@ def test_trimmed_tokenizer_keeps_normalisation(trimmed):
     out, _ = trimmed
     tok = AutoTokenizer.from_pretrained(out)
     assert tok("WONDERFUL Film")["input_ids"] == tok("wonderful film")["input_ids"]
+
+
+# ---------------------------------------------------------------- rare pieces cut, measured on validation
+
+
+def test_rare_cut_keeps_frequent_pieces_specials_and_the_characters_that_spell_the_rest(tiny_model_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    train = ["boring film", "boring plot", "a wonderful film"]
+    keep = set(trim.rare_cut_ids(tok, train, min_count=2))
+    vocab = tok.get_vocab()
+    assert {vocab["boring"], vocab["film"]} <= keep and vocab["wonderful"] not in keep
+    assert set(tok.all_special_ids) <= keep
+    assert {vocab["w"], vocab["##w"], vocab["##l"]} <= keep  # characters of the train texts, both forms
+    assert vocab.get("q") not in keep  # no "q" in the train texts
+    small, small_tok = trim.trimmed_in_memory(AutoModelForSequenceClassification.from_pretrained(tiny_model_dir), tok, sorted(keep))
+    ids = small_tok("a wonderful film")["input_ids"]
+    assert small_tok.convert_tokens_to_ids("[UNK]") not in ids  # spelled from kept pieces, not unknown
+    assert small.get_input_embeddings().num_embeddings == len(keep) == len(small_tok)
+
+
+def test_choose_cut_steps_down_until_validation_is_within_the_allowance(tiny_model_dir, tiny_prepared, monkeypatch):
+    from components.config import TrimConfig
+
+    scores = iter([0.90, 0.80, 0.897])  # untrimmed, min_count 3 (10 points lost), min_count 2 (0.3 lost)
+    monkeypatch.setattr(trim, "validation_score", lambda *a, **k: next(scores))
+    keep, record = trim.choose_cut(TrimConfig(min_count=3, max_drop_points=0.5), tiny_model_dir, tiny_prepared, 32)
+    assert record["min_count"] == 2 and [t["min_count"] for t in record["tried"]] == [3, 2]
+    assert record["allowance_points"] == 0.5 and record["budget_left_points"] is None  # no prune budget here
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    import pandas as pd
+
+    train = pd.read_parquet(tiny_prepared / "train.parquet")["text"].tolist()
+    assert keep == trim.rare_cut_ids(tok, train, 2, 32)
+
+
+def test_choose_cut_keeps_every_piece_when_no_rarer_cut_fits(tiny_model_dir, tiny_prepared, monkeypatch):
+    from components.config import TrimConfig
+
+    scores = iter([0.90, 0.70])
+    monkeypatch.setattr(trim, "validation_score", lambda *a, **k: next(scores))
+    keep, record = trim.choose_cut(TrimConfig(min_count=2, max_drop_points=0.5), tiny_model_dir, tiny_prepared, 32)
+    import pandas as pd
+
+    texts = [t for s in ("train", "validation") for t in pd.read_parquet(tiny_prepared / f"{s}.parquet")["text"]]
+    assert record["min_count"] == 1
+    assert keep == vocab_used(tiny_model_dir, texts)
+
+
+def vocab_used(model_dir, texts):
+    from components.kit.vocab import used_token_ids
+
+    return used_token_ids(AutoTokenizer.from_pretrained(model_dir), texts, 32)
+
+
+def test_the_prune_budget_left_caps_the_allowance(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "pruned"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "metrics.json").write_text(json.dumps({"budget_points": 1.25, "teacher_val_accuracy": 0.87}))
+    assert trim.budget_left(folder, 0.86) == pytest.approx(0.25)  # one point of 1.25 already spent
+    assert trim.budget_left(tiny_model_dir, 0.86) is None
+
+
+def test_the_stage_writes_what_it_measured(tiny_model_dir, tiny_prepared, tmp_path):
+    import json
+
+    from components.config import TrimConfig
+    from components.kit.tracking import NullTracker
+
+    out = tmp_path / "trimmed"
+    result = trim.run(TrimConfig(min_count=2, max_drop_points=100.0), tiny_model_dir, tiny_prepared, out, NullTracker(), 32)
+    record = json.loads((out / trim.TRIM_FILE).read_text())
+    assert record["min_count"] == 2 and result.metrics["min_count"] == 2.0
+    assert record["vocab_after"] == record["tried"][0]["vocab"] < record["vocab_before"]
+    assert 0.0 <= record["untrimmed_val"] <= 1.0
