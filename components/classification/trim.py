@@ -53,7 +53,6 @@ from components.kit.vocab import (
     wordpiece_vocab,
 )
 
-
 TRIM_FILE = "trim.json"
 
 

@@ -81,7 +81,9 @@ def test_rare_cut_keeps_frequent_pieces_specials_and_the_characters_that_spell_t
     assert set(tok.all_special_ids) <= keep
     assert {vocab["w"], vocab["##w"], vocab["##l"]} <= keep  # characters of the train texts, both forms
     assert vocab.get("q") not in keep  # no "q" in the train texts
-    small, small_tok = trim.trimmed_in_memory(AutoModelForSequenceClassification.from_pretrained(tiny_model_dir), tok, sorted(keep))
+    small, small_tok = trim.trimmed_in_memory(
+        AutoModelForSequenceClassification.from_pretrained(tiny_model_dir), tok, sorted(keep)
+    )
     ids = small_tok("a wonderful film")["input_ids"]
     assert small_tok.convert_tokens_to_ids("[UNK]") not in ids  # spelled from kept pieces, not unknown
     assert small.get_input_embeddings().num_embeddings == len(keep) == len(small_tok)
@@ -139,7 +141,9 @@ def test_the_stage_writes_what_it_measured(tiny_model_dir, tiny_prepared, tmp_pa
     from components.kit.tracking import NullTracker
 
     out = tmp_path / "trimmed"
-    result = trim.run(TrimConfig(min_count=2, max_drop_points=100.0), tiny_model_dir, tiny_prepared, out, NullTracker(), 32)
+    result = trim.run(
+        TrimConfig(min_count=2, max_drop_points=100.0), tiny_model_dir, tiny_prepared, out, NullTracker(), 32
+    )
     record = json.loads((out / trim.TRIM_FILE).read_text())
     assert record["min_count"] == 2 and result.metrics["min_count"] == 2.0
     assert record["vocab_after"] == record["tried"][0]["vocab"] < record["vocab_before"]
