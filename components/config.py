@@ -271,6 +271,9 @@ class QuantizeConfig(_Section):
     # from (percentage points): the reference is the fp32 ONNX model, not the teacher.
     max_drop_vs_fp32_points: NonNegative = 0.5
     latency_sentences: int = Field(200, ge=10)  # validation sentences timed at batch 1 per candidate
+    # The fused candidates' residual layer norms (ONNX Runtime's SkipLayerNormalization) split back into two
+    # adds and a LayerNormalization: measured faster on the CPU (docs/stages.md); false keeps the fused op.
+    split_layer_norms: bool = True
 
 
 class SeedsConfig(_Section):

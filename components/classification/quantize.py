@@ -175,10 +175,13 @@ def quantize_word_embeddings(src: Path, dst: Path) -> Path:
     return dst
 
 
-def fuse_then_quantize(onnx_dir: Path, dst: Path, per_channel: bool, embedding_bits: int = 8) -> Path:
+def fuse_then_quantize(
+    onnx_dir: Path, dst: Path, per_channel: bool, embedding_bits: int = 8, split_layer_norms: bool = True
+) -> Path:
     """`fuse_transformer`, then dynamic int8 of the fused graph. Fewer, larger kernels matter most at batch 1.
     `embedding_bits=4`: the word embeddings in 4 bits (`quantize_word_embeddings`) instead of int8 inside the
-    fused embedding layer norm, which ONNX Runtime has no 4-bit form of."""
+    fused embedding layer norm, which ONNX Runtime has no 4-bit form of. `split_layer_norms`: the fused
+    residual layer norms split back into adds and a layer norm (`split_skip_layer_norms`)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -194,7 +197,54 @@ def fuse_then_quantize(onnx_dir: Path, dst: Path, per_channel: bool, embedding_b
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
     fused_path.unlink()
+    if split_layer_norms:
+        model = onnx.load(str(dst / ONNX_FILE))
+        split_skip_layer_norms(model)
+        onnx.save(model, str(dst / ONNX_FILE))
     return dst / ONNX_FILE
+
+
+def split_skip_layer_norms(model) -> int:
+    """Replace each SkipLayerNormalization that has a bias input (ONNX Runtime's fused residual add, bias add
+    and layer norm) by Add(input, skip), Add(that, bias) and a plain LayerNormalization; returns how many.
+
+    Why: in ONNX Runtime 1.32 on the CPU its SkipLayerNormalization kernel took about 2.2 ms of a 40 ms
+    batch-32 call of the default student (30% of the time, six calls on a [32, ~50, 384] tensor), where Add
+    and LayerNormalization take a fraction of that (docs/stages.md). The adds are in that order, input plus
+    skip first, because ONNX Runtime's own SkipLayerNormFusion, which runs when a session loads the model,
+    matches the bias added first (`Add(Add(x, bias), skip)`) or a bias-free `Add -> LayerNormalization`, and
+    would put the slow kernel back. A node whose mean or inverse-deviation outputs are used is left as it is."""
+    from onnx import helper
+
+    consumed = {name for node in model.graph.node for name in node.input}
+    graph_outputs = {o.name for o in model.graph.output}
+    nodes, split = [], 0
+    for node in model.graph.node:
+        inputs = list(node.input) + [""] * (5 - len(node.input))
+        outputs = list(node.output) + [""] * (4 - len(node.output))
+        stats_used = any(o and (o in consumed or o in graph_outputs) for o in outputs[1:3])
+        if node.op_type != "SkipLayerNormalization" or not inputs[4] or stats_used:
+            nodes.append(node)
+            continue
+        x, skip, gamma, beta, bias = inputs[:5]
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-12)
+        summed, biased = f"{node.name}_residual", outputs[3] or f"{node.name}_residual_bias"
+        nodes += [
+            helper.make_node("Add", [x, skip], [summed], name=f"{node.name}_add_residual"),
+            helper.make_node("Add", [summed, bias], [biased], name=f"{node.name}_add_bias"),
+            helper.make_node(
+                "LayerNormalization",
+                [biased, gamma] + ([beta] if beta else []),
+                [outputs[0]],
+                name=f"{node.name}_layer_norm",
+                axis=-1,
+                epsilon=eps,
+            ),
+        ]
+        split += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return split
 
 
 FUSABLE_MODEL_TYPES = ("bert", "roberta", "distilbert", "electra", "xlm-roberta")
@@ -303,13 +353,20 @@ def candidate_variants(cfg: QuantizeConfig) -> list[tuple[str, str, bool]]:
 
 
 def build_candidate(
-    name: str, onnx_dir: Path, dst: Path, preset: str, per_channel: bool, calibration: list[dict]
+    name: str,
+    onnx_dir: Path,
+    dst: Path,
+    preset: str,
+    per_channel: bool,
+    calibration: list[dict],
+    split_layer_norms: bool = True,
 ) -> Path:
     if name == "int8":
         return quantize_into(onnx_dir, dst, preset, per_channel)
     if name == "static_int8":
         return static_quantize(onnx_dir, dst, per_channel, calibration)
-    return fuse_then_quantize(onnx_dir, dst, per_channel, embedding_bits=4 if name == "fused_int8_emb4" else 8)
+    bits = 4 if name == "fused_int8_emb4" else 8
+    return fuse_then_quantize(onnx_dir, dst, per_channel, embedding_bits=bits, split_layer_norms=split_layer_norms)
 
 
 def measure_candidates(
@@ -332,7 +389,9 @@ def measure_candidates(
     measured: dict[str, dict] = {}
     for label, name, per_channel in candidate_variants(cfg):
         try:
-            path = build_candidate(name, onnx_dir, work / label, preset, per_channel, calibration)
+            path = build_candidate(
+                name, onnx_dir, work / label, preset, per_channel, calibration, cfg.split_layer_norms
+            )
             session = load_onnx_session(path, threads)
             logits = onnx_logits(session, val, pad_id)
             measured[label] = {

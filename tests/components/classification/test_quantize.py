@@ -318,3 +318,29 @@ def test_a_multitask_export_quantizes_keeping_its_outputs_and_per_task_scores(
     # the fp32 export, the four candidates and the shipped copy (in a temporary folder beside int8)
     assert {"onnx", "int8", "fused_int8", "fused_int8_emb4", "static_int8"} <= set(opened) and len(opened) == 6
     assert all(names == ["logits_sentiment", "logits_length"] for names in opened.values()), opened
+
+
+def test_fused_layer_norms_are_split_and_stay_split_when_a_session_loads_them(onnx_dir, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from components.classification.quantize import fuse_then_quantize
+
+    fused = fuse_then_quantize(onnx_dir, tmp_path / "fused", per_channel=False, split_layer_norms=False)
+    split = fuse_then_quantize(onnx_dir, tmp_path / "split", per_channel=False)
+    fused_ops = [n.op_type for n in onnx.load(str(fused)).graph.node]
+    assert fused_ops.count("SkipLayerNormalization") == 4  # 2 layers x (attention, FFN)
+    split_ops = [n.op_type for n in onnx.load(str(split)).graph.node]
+    assert "SkipLayerNormalization" not in split_ops and split_ops.count("LayerNormalization") == 4
+    assert "QAttention" in split_ops  # the other fusions stay
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "as_loaded.onnx")
+    ort.InferenceSession(str(split), options, providers=["CPUExecutionProvider"])
+    loaded = [n.op_type for n in onnx.load(str(tmp_path / "as_loaded.onnx")).graph.node]
+    assert "SkipLayerNormalization" not in loaded  # ONNX Runtime's load-time fusion did not put it back
+    ids = np.array([[101, 2054, 2003, 1037, 2143, 102]], dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fused, split))
+    names = {i.name for i in a.get_inputs()}
+    feeds = {k: v for k, v in feeds.items() if k in names}
+    np.testing.assert_allclose(a.run(None, feeds)[0], b.run(None, feeds)[0], atol=1e-4)
