@@ -129,6 +129,21 @@ def test_predict_py_runs_in_a_fresh_environment(packaged, edge_python, tmp_path)
         (out / "model.onnx").write_bytes((out / "model.onnx").read_bytes()[:-1])
 
 
+def test_predict_py_hashes_with_pythons_own_sha256_not_openssl(packaged, edge_python):
+    import hashlib
+
+    from components.classification import edge_predict
+
+    _, out = packaged
+    # hashlib would load OpenSSL's libcrypto, 3.5 MB of resident memory on the device, for one hash
+    code = "import runpy, sys; runpy.run_path(sys.argv[1]); print('_hashlib' in sys.modules)"
+    loaded = subprocess.run([str(edge_python), "-c", code, str(out / "predict.py")], capture_output=True, text=True)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "False"
+    model = out / "model.onnx"
+    assert edge_predict.sha256(model) == hashlib.sha256(model.read_bytes()).hexdigest()
+
+
 # ---------------------------------------------------------------- where a bundle may be written
 
 
