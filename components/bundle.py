@@ -44,6 +44,7 @@ from components.kit.latency import TASK_LOGITS_PREFIX
 FORMAT = "miniaturize-edge-bundle/1"
 FILES = tuple(name for name in edge_predict.BUNDLE_FILES if name != "predict.py")
 PREDICT = Path(edge_predict.__file__)
+WEIGHTS_FILE = edge_predict.WEIGHTS_FILE
 LM_FILES = tuple(name for name in edge_generate.BUNDLE_FILES if name != "predict.py")
 LM_OPTIONAL = edge_generate.OPTIONAL_FILES
 GENERATE = Path(edge_generate.__file__)
@@ -138,9 +139,9 @@ def package(
         raise OutDirRefused(problem)
     contents = CONTENTS.get(task_of(model_dir), classifier_contents)
     names, script, fields = contents(model_dir, max_length)
-    return write_bundle(
-        model_dir, out_dir, names, script, fields | {"requires": REQUIRES, "source": source, "metrics": metrics}, card
-    )
+    weights = WEIGHTS_FILE if script == PREDICT else None
+    fields |= {"requires": REQUIRES, "source": source, "metrics": metrics}
+    return write_bundle(model_dir, out_dir, names, script, fields, card, weights)
 
 
 def classifier_contents(model_dir: Path, max_length: int) -> tuple[tuple[str, ...], Path, dict]:
@@ -194,12 +195,40 @@ def require_files(model_dir: Path, names: tuple[str, ...], kind: str) -> None:
         )
 
 
+def weights_apart(model_path: Path, location: str) -> None:
+    """Rewrite an ONNX file with its initializers in the file `location` beside it (ONNX external data).
+
+    Why: ONNX Runtime maps an external-data file into memory and reads the weights from there, where an ONNX
+    file holding them is parsed whole and its weights copied into the session, both held at once while the
+    session is built. Measured on the default job's 5.6 MB int8 student: a process that loads it and predicts
+    one sentence peaked at 71.6 MB resident with the weights inside model.onnx, 67.1 MB with them apart; the
+    predictions are the same file's."""
+    import onnx  # the project's environment, not the bundle's: packaging runs there
+
+    model = onnx.load(str(model_path))
+    onnx.save_model(
+        model,
+        str(model_path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=1024,  # small constants stay inline: shape inference reads them
+    )
+
+
 def write_bundle(
-    model_dir: Path, out_dir: Path, names: tuple[str, ...], script: Path, fields: dict, card: str | None = None
+    model_dir: Path,
+    out_dir: Path,
+    names: tuple[str, ...],
+    script: Path,
+    fields: dict,
+    card: str | None = None,
+    weights: str | None = None,
 ) -> Path:
-    """Copies `names` and `script` (as predict.py) into a fresh folder beside `out_dir`, writes `card` as
-    README.md when given and manifest.json (format, time, sha256 of every file, then `fields`), and moves the
-    folder into place. `out_dir` has been judged replaceable by the caller."""
+    """Copies `names` and `script` (as predict.py) into a fresh folder beside `out_dir`, with model.onnx's
+    weights moved into the file `weights` when given (`weights_apart`), writes `card` as README.md when given
+    and manifest.json (format, time, sha256 of every file, then `fields`), and moves the folder into place.
+    `out_dir` has been judged replaceable by the caller."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # A fresh, uniquely named folder: only what this call created is ever removed on the way out.
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
@@ -209,6 +238,9 @@ def write_bundle(
             shutil.copy2(model_dir / name, tmp / name)
         shutil.copy2(script, tmp / "predict.py")
         written = (*names, "predict.py")
+        if weights is not None:
+            weights_apart(tmp / "model.onnx", weights)
+            written += (weights,) if (tmp / weights).is_file() else ()  # a graph with no weights writes none
         if card is not None:
             (tmp / MODEL_CARD).write_text(card, encoding="utf-8")
             written += (MODEL_CARD,)

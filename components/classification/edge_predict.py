@@ -43,7 +43,10 @@ TASK_LOGITS_PREFIX = "logits_"  # a multitask model's outputs: logits_<task>, in
 # Every file of a classification bundle besides manifest.json: the folder must hold exactly these, and the
 # manifest list exactly these, so that no file a prediction reads escapes the hash check.
 BUNDLE_FILES = ("model.onnx", "tokenizer.json", "labels.json", "predict.py")
-OPTIONAL_FILES: tuple[str, ...] = ()
+# The model's weights beside model.onnx (ONNX external data, written by `miniaturize package`): ONNX Runtime
+# maps that file into memory instead of holding the parsed model and its weights at once (docs/operations.md).
+WEIGHTS_FILE = "model.onnx.data"
+OPTIONAL_FILES: tuple[str, ...] = (WEIGHTS_FILE,)
 MODEL_CARD = "README.md"  # a registered version's model card, listed and hashed like the rest
 IGNORED = ("__pycache__",)  # Python may write it beside the script
 

@@ -40,13 +40,44 @@ def test_bundle_holds_the_model_tokenizer_labels_script_and_hashes(packaged):
         "labels.json",
         "manifest.json",
         "model.onnx",
+        "model.onnx.data",
         "predict.py",
         "tokenizer.json",
     ]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert set(manifest["files"]) == {"model.onnx", "tokenizer.json", "labels.json", "predict.py"}
+    assert set(manifest["files"]) == {"model.onnx", "model.onnx.data", "tokenizer.json", "labels.json", "predict.py"}
     assert manifest["metrics"] == {"accuracy": 0.5} and manifest["max_length"] == 32
     assert verify(out) == manifest
+
+
+def test_the_weights_sit_beside_the_graph_and_predictions_are_the_exports(packaged):
+    import onnx
+    import onnxruntime as ort
+
+    onnx_dir, out = packaged
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    external = [t.name for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert any("word_embeddings" in name for name in external)
+    assert (out / "model.onnx").stat().st_size * 10 < (out / "model.onnx.data").stat().st_size
+    ids = np.array([[101, 2054, 2003, 102]], dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    a, b = (ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"]) for d in (onnx_dir, out))
+    names = {i.name for i in a.get_inputs()}
+    feeds = {k: v for k, v in feeds.items() if k in names}
+    np.testing.assert_array_equal(a.run(None, feeds)[0], b.run(None, feeds)[0])
+
+
+def test_an_earlier_bundle_with_the_weights_inside_model_onnx_still_verifies(packaged, tmp_path):
+    import shutil
+
+    _, out = packaged
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "model.onnx.data").unlink()
+    del manifest["files"]["model.onnx.data"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert verify(old)["files"].keys() == {"model.onnx", "tokenizer.json", "labels.json", "predict.py"}
 
 
 def test_a_model_card_is_the_bundles_readme_listed_and_hashed(packaged, tmp_path):
@@ -58,7 +89,14 @@ def test_a_model_card_is_the_bundles_readme_listed_and_hashed(packaged, tmp_path
     card = "---\nlibrary_name: onnx\n---\n\n# m, version 1\n"
     out = bundle.package(onnx_dir, tmp_path / "edge", {"path": str(onnx_dir)}, {}, max_length=32, card=card)
     manifest = verify(out)
-    assert set(manifest["files"]) == {"model.onnx", "tokenizer.json", "labels.json", "predict.py", "README.md"}
+    assert set(manifest["files"]) == {
+        "model.onnx",
+        "model.onnx.data",
+        "tokenizer.json",
+        "labels.json",
+        "predict.py",
+        "README.md",
+    }
     assert (out / "README.md").read_text() == card and manifest["files"]["README.md"] == edge_predict.sha256(
         out / "README.md"
     )
@@ -344,7 +382,7 @@ def test_a_multitask_bundle_holds_the_same_files_and_says_multitask(multitask_pa
     _, out = multitask_packaged
     manifest = verify(out)
     assert manifest["task"] == multitask.KIND == bundle.MULTITASK
-    assert set(manifest["files"]) == {"model.onnx", "tokenizer.json", "labels.json", "predict.py"}
+    assert set(manifest["files"]) == {"model.onnx", "model.onnx.data", "tokenizer.json", "labels.json", "predict.py"}
     # the stand-alone script and bundle.py repeat these names: they must not drift from their sources
     assert edge_predict.MULTITASK == multitask.KIND and edge_predict.TASK_LOGITS_PREFIX == TASK_LOGITS_PREFIX
     assert bundle.TASK_HEADS_KEY == CONFIG_KEY
