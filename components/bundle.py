@@ -214,6 +214,9 @@ def weights_apart(model_path: Path, location: str) -> None:
         location=location,
         size_threshold=1024,  # small constants stay inline: shape inference reads them
     )
+    data = model_path.parent / location
+    if data.is_file():
+        data.chmod(0o644)  # onnx writes it 0600, unreadable to a service running as another user
 
 
 def write_bundle(
