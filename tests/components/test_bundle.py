@@ -59,6 +59,7 @@ def test_the_weights_sit_beside_the_graph_and_predictions_are_the_exports(packag
     external = [t.name for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     assert any("word_embeddings" in name for name in external)
     assert (out / "model.onnx").stat().st_size * 10 < (out / "model.onnx.data").stat().st_size
+    assert (out / "model.onnx.data").stat().st_mode & 0o777 == 0o644  # readable like the other files
     ids = np.array([[101, 2054, 2003, 102]], dtype=np.int64)
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
     a, b = (ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"]) for d in (onnx_dir, out))
