@@ -79,12 +79,13 @@ federate-env: $(FLOWER)/.installed
 federate: $(VENV)/.installed $(FLOWER)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/miniaturize federate $(ARGS)
 
-# Re-measure every model of the latest report, 3 rounds side by side (median and min-max).
 # The job with seeds 14 and 15 as well: each student chain re-trained per seed, the report's means and spread
-# over three seeds (ARGS="--config configs/multitask.yaml" for the multitask job).
+# over three seeds (ARGS="--config configs/multitask.yaml" for the multitask job; with configs/causal-lm.yaml,
+# the distilled student and its no-teacher ablation per seed).
 seeds: $(VENV)/.installed
 	$(BIN)/miniaturize run --set "seeds.extra=[14,15]" $(ARGS)
 
+# Re-measure every model of the latest report, 3 rounds side by side (median and min-max).
 bench: $(VENV)/.installed
 	$(BIN)/miniaturize bench $(ARGS)
 

@@ -482,7 +482,9 @@ class LMTeacherConfig(_Section):
     init: Literal["scratch", "pretrained"] = "scratch"
     model: str | None = None  # hub id or local path of a causal LM, for init: pretrained
     architecture: LMArchitecture
-    epochs: Count = 4
+    epochs: Count = 4  # the most it trains; with patience it stops earlier
+    # Stop once this many epochs in a row have not lowered validation perplexity; null: train all epochs.
+    patience: int | None = Field(None, ge=1)
     batch_size: Count = 32
     lr: Positive = 1e-3
     max_length: int = Field(64, ge=8)  # tokens per training sequence

@@ -40,6 +40,7 @@ import statistics
 import time
 from pathlib import Path
 
+from components.causal_lm import HISTORY_FILE, SEEDS_FILE
 from components.config import SPLITS, LMEvaluateConfig, LMGateConfig
 from components.kit import latency
 from components.kit.gate import GateDecision, compare_lm_to_teacher, decide_lm
@@ -89,12 +90,13 @@ def bleu_prompts(tokenizer, texts: list[str], prefix_tokens: int, n: int) -> tup
     return prompts, references
 
 
-def ablation_summary(entries: dict[str, dict]) -> dict | None:
-    """What distillation bought: the student against the same student trained without the teacher."""
+def ablation_summary(entries: dict[str, dict], seeds: dict | None = None) -> dict | None:
+    """What distillation bought: the student against the same student trained without the teacher; with
+    `seeds` (the distill stage's SEEDS_FILE), the same comparison over several training seeds."""
     if STUDENT not in entries or ABLATION not in entries:
         return None
     s, a = entries[STUDENT], entries[ABLATION]
-    return {
+    return ({"seeds": seeds} if seeds else {}) | {
         "student_perplexity": s["perplexity"],
         "student_without_teacher_perplexity": a["perplexity"],
         "student_bleu": s["bleu"],
@@ -114,7 +116,13 @@ def metrics_to_log(report: dict) -> dict[str, float]:
         if entry.get(key) is not None
     }
     for section in (*(f"final_vs_{name}" for name in VERSUS), "ablation"):
-        out |= {f"{section}.{k}": float(v) for k, v in (report.get(section) or {}).items() if v is not None}
+        out |= {
+            f"{section}.{k}": float(v) for k, v in (report.get(section) or {}).items() if isinstance(v, (int, float))
+        }
+    seeds = (report.get("ablation") or {}).get("seeds") or {}
+    out |= {f"ablation.seeds.{k}": float(v) for k, v in seeds.items() if isinstance(v, (int, float))}
+    if curve := report.get("teacher_training"):
+        out["teacher_training.epochs_run"] = float(len(curve["epochs"]))
     out["gate.passed"] = float(report["gate"]["passed"])
     return out
 
@@ -298,6 +306,12 @@ def measure_model(
     return entry, continuations
 
 
+def read_json_beside(model_dir: Path | None, name: str) -> dict | None:
+    """A record a training stage wrote in a model's folder (the teacher's curve, the seeds comparison)."""
+    path = Path(model_dir) / name if model_dir is not None else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
 # ---------------------------------------------------------------- writing
 
 
@@ -342,6 +356,40 @@ def render_markdown(report: dict) -> str:
             f"{fmt(ablation['student_without_teacher_bleu'], '.2f')}; distilled, "
             f"{fmt(ablation['student_perplexity'], '.2f')} and {fmt(ablation['student_bleu'], '.2f')} "
             f"({fmt(ablation['distillation_bleu_gain_points'], '+.2f')} BLEU points).",
+        ]
+        if seeds := ablation.get("seeds"):
+            lines += [
+                "",
+                f"Over {len(seeds['seeds'])} training seeds (the distill stage, PyTorch, same teacher and split), "
+                f"test perplexity distilled {seeds['student_test_perplexity_mean']:.2f} "
+                f"(std {seeds['student_test_perplexity_std']:.2f}) against "
+                f"{seeds['student_without_teacher_test_perplexity_mean']:.2f} "
+                f"(std {seeds['student_without_teacher_test_perplexity_std']:.2f}) without the teacher; "
+                f"distillation lower on {seeds['distillation_wins']:.0f} of {len(seeds['seeds'])} seeds.",
+                "",
+                "| seed | distilled | without teacher |",
+                "|---:|---:|---:|",
+                *(
+                    f"| {r['seed']} | {r['student_test_perplexity']:.2f} "
+                    f"| {r['student_without_teacher_test_perplexity']:.2f} |"
+                    for r in seeds["seeds"]
+                ),
+            ]
+    if curve := report.get("teacher_training"):
+        patience = f", stopping after {curve['patience']} epoch(s) without a lower one" if curve["patience"] else ""
+        lines += [
+            "",
+            "## The teacher's validation curve",
+            "",
+            f"Trained for at most {curve['max_epochs']} epochs{patience}; epoch {curve['best_epoch']} kept. "
+            f"Untrained: validation perplexity {curve['untrained_val_perplexity']:.1f}.",
+            "",
+            "| epoch | train loss | validation perplexity | seconds |",
+            "|---:|---:|---:|---:|",
+            *(
+                f"| {i} | {e['train_loss']:.3f} | {e['val_perplexity']:.2f} | {e['epoch_seconds']:.0f} |"
+                for i, e in enumerate(curve["epochs"], 1)
+            ),
         ]
     return "\n".join(lines) + "\n"
 
@@ -399,6 +447,7 @@ def run(
     # measure, compare, gate
     started = time.perf_counter()
     entries = measure_all(models, cfg, data_dir, texts, max_length, seed)
+    beside = {m.name: Path(m.path) for m in models}
     ratios = compare_lm_to_teacher(entries[TEACHER], entries[FINAL])
     decision: GateDecision = decide_lm(ratios, gate)
     report = {
@@ -412,7 +461,8 @@ def run(
             if name in entries
         },
         "gate": decision.as_dict(),
-        "ablation": ablation_summary(entries),
+        "ablation": ablation_summary(entries, read_json_beside(beside.get(ABLATION), SEEDS_FILE)),
+        "teacher_training": read_json_beside(beside[TEACHER], HISTORY_FILE),
         "environment": environment_info(cfg.threads)
         | {"seed": seed, "max_length": max_length, "evaluate_seconds": time.perf_counter() - started},
     }

@@ -33,6 +33,7 @@ token is context only, so perplexity is exp(mean NLL) over every later token and
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 import time
@@ -47,6 +48,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import prune_conv1d_layer
 
+from components.causal_lm import HISTORY_FILE, SEEDS_FILE
 from components.config import DistributedConfig, LMDistillConfig, LMPruneConfig, LMTeacherConfig
 from components.kit.distributed import DataParallel, is_main_process, same_on_every_rank, wait_for_everyone
 from components.kit.losses import soft_kl_rows
@@ -217,8 +219,11 @@ def fit(
     teaching: Teaching | None = None,
     desc: str = "train",
     dist: DistributedConfig | None = None,
+    patience: int | None = None,
 ) -> FitOutcome:
     """AdamW with linear warm-up and decay; validation perplexity after every epoch; best epoch restored.
+    With `patience`, training stops once that many epochs in a row have not improved validation perplexity
+    (`budget.epochs` is then the most it trains; the schedule still decays over all of them).
     Data-parallel under a multi-process launch (components.kit.distributed): each process takes its share of
     every batch and runs the teacher, when there is one, on that share. The epoch itself is
     `components.kit.training.train_epoch`, as in the classifier loop."""
@@ -267,6 +272,10 @@ def fit(
             f"{desc} epoch {epoch}: loss {train_loss:.3f}, val perplexity {val_ppl:.2f}",
         )
         best.update(val_ppl, epoch, raw)
+        if patience is not None and best.stale >= patience and epoch < epochs:
+            if dp.main:
+                print(f"  {desc}: early stop, best epoch {best.epoch} (val perplexity {best.value:.2f})", flush=True)
+            break
     raw = dp.finish(model, home)
     if teaching is not None:
         teaching.model.to(home)
@@ -335,7 +344,8 @@ def train_teacher(
     dist: DistributedConfig | None = None,
 ) -> StageResult:
     """The teacher: built from `cfg.architecture` on the data stage's tokenizer, or loaded from `cfg.model`;
-    trained on the train split, the epoch with the best validation perplexity kept."""
+    trained on the train split until validation perplexity stops improving (`cfg.patience` epochs without a
+    better one, at most `cfg.epochs`), the epoch with the best validation perplexity kept."""
     seed_everything(seed)
     if cfg.init == "scratch":
         tokenizer = load_tokenizer(Path(data_dir) / "tokenizer")
@@ -353,9 +363,18 @@ def train_teacher(
 
     untrained_ppl = corpus.val_perplexity(model, cfg.batch_size)
     budget = Budget(cfg.epochs, cfg.batch_size, cfg.lr)
-    outcome = fit(model, corpus, budget, tracker=tracker, seed=seed, desc="teacher", dist=dist)
+    outcome = fit(model, corpus, budget, tracker=tracker, seed=seed, desc="teacher", dist=dist, patience=cfg.patience)
     save(model, tokenizer, out_dir)
-    metrics = outcome.metrics(params) | {"untrained_val_perplexity": untrained_ppl}
+    if is_main_process():
+        curve = {
+            "untrained_val_perplexity": untrained_ppl,
+            "best_epoch": outcome.best_epoch,
+            "max_epochs": cfg.epochs,
+            "patience": cfg.patience,
+            "epochs": outcome.history,
+        }
+        (Path(out_dir) / HISTORY_FILE).write_text(json.dumps(curve, indent=2) + "\n")
+    metrics = outcome.metrics(params) | {"untrained_val_perplexity": untrained_ppl, "epochs_run": len(outcome.history)}
     tracker.log_metrics({k: v for k, v in metrics.items() if k != "params"})
     return StageResult(metrics=metrics, outputs={"model": out_dir}, info={"history": outcome.history})
 
@@ -390,7 +409,13 @@ def distill(
     seed: int,
     max_length: int,
     dist: DistributedConfig | None = None,
+    extra_seeds: list[int] | tuple[int, ...] = (),
 ) -> StageResult:
+    """The student (`cfg.layers` of the teacher) trained on the KD loss; with `cfg.ablation`, the same student
+    trained without the teacher. With `extra_seeds` (and the ablation), both are trained again with each of
+    those seeds (teacher and split unchanged; the seed orders the batches and draws dropout) and every seed's
+    test perplexity, this run's own seed first, goes to `ablation_dir/SEEDS_FILE`: whether distillation beats
+    the ablation beyond seed noise. Only this run's seed's models are kept."""
     seed_everything(seed)
     tokenizer = load_tokenizer(teacher_dir)
     teacher = load_model(teacher_dir)
@@ -412,9 +437,71 @@ def distill(
         ablation = fit(alone, corpus, budget, tracker=alone_tracker, seed=seed, desc="ablation (no teacher)", dist=dist)
         save(alone, tokenizer, ablation_dir)
         metrics |= {"ablation_val_perplexity": ablation.best_val_perplexity, "ablation_train_seconds": ablation.seconds}
+        if extra_seeds:
+            seeds = seed_comparison(
+                cfg, teacher_dir, data_dir, corpus, budget, teaching, tracker, (student, alone), seed, extra_seeds, dist
+            )
+            if is_main_process():
+                (Path(ablation_dir) / SEEDS_FILE).write_text(json.dumps(seeds, indent=2) + "\n")
+            metrics |= {k: v for k, v in seeds.items() if isinstance(v, float)}
     tracker.log_metrics({k: v for k, v in metrics.items() if k != "params"})
     outputs = {"model": out_dir} | ({"ablation": ablation_dir} if cfg.ablation else {})
     return StageResult(metrics=metrics, outputs=outputs, info={"history": outcome.history})
+
+
+def seed_comparison(
+    cfg: LMDistillConfig,
+    teacher_dir: Path,
+    data_dir: Path,
+    corpus: Corpus,
+    budget: Budget,
+    teaching: Teaching,
+    tracker: Tracker,
+    trained: tuple[nn.Module, nn.Module],
+    seed: int,
+    extra_seeds: list[int] | tuple[int, ...],
+    dist: DistributedConfig | None,
+) -> dict:
+    """Test perplexity of the distilled student and of the ablation for `seed` (the models in `trained`) and
+    for each extra seed (trained here, then dropped), with the means over all seeds."""
+    test = read_texts(data_dir, "test")
+    rows = [{"seed": seed, **test_perplexities(trained, corpus, test, cfg.batch_size)}]
+    for extra in extra_seeds:
+        pair = []
+        for teacher_or_none, name in ((teaching, "distill"), (None, "ablation")):
+            model = keep_blocks(load_model(teacher_dir), cfg.layers)
+            fit(
+                model,
+                corpus,
+                budget,
+                tracker=PrefixedTracker(tracker, f"seed_{extra}.{name}."),
+                seed=extra,
+                teaching=teacher_or_none,
+                desc=f"{name} (seed {extra})",
+                dist=dist,
+            )
+            pair.append(model)
+        rows.append({"seed": extra, **test_perplexities(tuple(pair), corpus, test, cfg.batch_size)})
+    student = [r["student_test_perplexity"] for r in rows]
+    alone = [r["student_without_teacher_test_perplexity"] for r in rows]
+    return {
+        "seeds": rows,
+        "student_test_perplexity_mean": float(np.mean(student)),
+        "student_without_teacher_test_perplexity_mean": float(np.mean(alone)),
+        "student_test_perplexity_std": float(np.std(student)),
+        "student_without_teacher_test_perplexity_std": float(np.std(alone)),
+        "distillation_wins": float(sum(s < a for s, a in zip(student, alone))),  # seeds where it had the lower
+    }
+
+
+def test_perplexities(pair: tuple[nn.Module, nn.Module], corpus: Corpus, test: list[str], batch_size: int) -> dict:
+    student, alone = pair
+    return {
+        "student_test_perplexity": perplexity(student, corpus.tokenizer, test, corpus.max_length, batch_size),
+        "student_without_teacher_test_perplexity": perplexity(
+            alone, corpus.tokenizer, test, corpus.max_length, batch_size
+        ),
+    }
 
 
 # ---- stage: prune -----------------------------------------------------------------------------------

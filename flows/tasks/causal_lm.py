@@ -75,7 +75,16 @@ def finetune(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
 def distill(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
     from components.causal_lm import train
 
-    return train.distill(p.lm.distill, ws.teacher, ws.prepared, ws.student, ws.student_ablation, tracker, **training(p))
+    return train.distill(
+        p.lm.distill,
+        ws.teacher,
+        ws.prepared,
+        ws.student,
+        ws.student_ablation,
+        tracker,
+        extra_seeds=p.seeds.extra,
+        **training(p),
+    )
 
 
 def prune(p: Params, ws: LMWorkspace, tracker: Tracker) -> StageResult:
@@ -166,7 +175,7 @@ STAGES: dict[str, Stage] = {
     "distill": Stage(
         distill,
         StageIO(("prepared", "teacher"), ("student", "student_ablation"), _TRAIN, optional=("student_ablation",)),
-        ("lm.distill", _MAX_LENGTH, "seed", "distributed"),
+        ("lm.distill", _MAX_LENGTH, "seed", "seeds", "distributed"),
         data_parallel=True,
     ),
     "prune": Stage(

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from components.causal_lm import evaluate, export
+from components.causal_lm import HISTORY_FILE, SEEDS_FILE, evaluate, export
 from components.config import LMEvaluateConfig, LMGateConfig
 from components.kit.gate import compare_lm_to_champion, compare_lm_to_teacher, decide_lm
 from components.kit.report import ModelSpec
@@ -254,3 +254,50 @@ def test_split_perplexity_of_an_onnx_decoder_matches_the_report(evaluated, lm_mo
     report = json.loads((out_dir / "compression_report.json").read_text())
     measured = evaluate.split_perplexity(lm_models["final"], tiny_lm_data_dir, "test", TINY.threads, 32)
     assert measured == pytest.approx(report["models"]["final"]["perplexity"], rel=1e-6)
+
+
+def test_the_report_shows_the_teacher_curve_and_the_seeds_comparison(evaluated, tmp_path):
+    _, out_dir, _ = evaluated
+    report = json.loads((out_dir / "compression_report.json").read_text())
+    assert report["teacher_training"] is None and "seeds" not in report["ablation"]  # no records beside the models
+    curve = {
+        "untrained_val_perplexity": 8000.0,
+        "best_epoch": 2,
+        "max_epochs": 12,
+        "patience": 1,
+        "epochs": [
+            {"train_loss": 6.1, "val_perplexity": 300.0, "epoch_seconds": 60.0},
+            {"train_loss": 5.2, "val_perplexity": 210.5, "epoch_seconds": 61.0},
+            {"train_loss": 4.9, "val_perplexity": 215.0, "epoch_seconds": 59.0},
+        ],
+    }
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / HISTORY_FILE).write_text(json.dumps(curve))
+    seeds = {
+        "seeds": [
+            {"seed": 13, "student_test_perplexity": 250.0, "student_without_teacher_test_perplexity": 260.0},
+            {"seed": 14, "student_test_perplexity": 252.0, "student_without_teacher_test_perplexity": 251.0},
+        ],
+        "student_test_perplexity_mean": 251.0,
+        "student_without_teacher_test_perplexity_mean": 255.5,
+        "student_test_perplexity_std": 1.0,
+        "student_without_teacher_test_perplexity_std": 4.5,
+        "distillation_wins": 1.0,
+    }
+    (tmp_path / "ablation").mkdir()
+    (tmp_path / "ablation" / SEEDS_FILE).write_text(json.dumps(seeds))
+    report["teacher_training"] = evaluate.read_json_beside(tmp_path / "teacher", HISTORY_FILE)
+    report["ablation"] = evaluate.ablation_summary(
+        report["models"], evaluate.read_json_beside(tmp_path / "ablation", SEEDS_FILE)
+    )
+    assert (
+        evaluate.read_json_beside(tmp_path, SEEDS_FILE) is None and evaluate.read_json_beside(None, SEEDS_FILE) is None
+    )
+    markdown = evaluate.render_markdown(report)
+    assert "## The teacher's validation curve" in markdown and "| 2 | 5.200 | 210.50 | 61 |" in markdown
+    assert "stopping after 1 epoch(s) without a lower one; epoch 2 kept" in markdown
+    assert "test perplexity distilled 251.00 (std 1.00) against 255.50 (std 4.50)" in markdown
+    assert "lower on 1 of 2 seeds" in markdown and "| 14 | 252.00 | 251.00 |" in markdown
+    logged = evaluate.metrics_to_log(report)
+    assert logged["ablation.seeds.student_test_perplexity_mean"] == 251.0
+    assert logged["teacher_training.epochs_run"] == 3.0

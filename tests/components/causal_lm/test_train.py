@@ -1,9 +1,11 @@
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from components.causal_lm import data, train
+from components.causal_lm import HISTORY_FILE, SEEDS_FILE, data, train
 from components.config import LMArchitecture, LMDataConfig, LMDistillConfig, LMPruneConfig, LMTeacherConfig
 from components.kit.modeling import count_params
 from components.kit.pruning import neurons_to_keep
@@ -208,3 +210,57 @@ def test_importance_ranks_every_head_and_neuron(lm_teacher, lm_prepared):
     assert [h.shape for h in heads] == [(4,), (4,)] and [n.shape for n in neurons] == [(128,), (128,)]
     assert all((h > 0).all() for h in heads)
     assert [len(k) for k in neurons_to_keep(neurons, 0.25)] == [96, 96]
+
+
+def test_teacher_writes_its_validation_curve(lm_teacher):
+    out, result = lm_teacher
+    curve = json.loads((out / HISTORY_FILE).read_text())
+    assert [round(e["val_perplexity"], 6) for e in curve["epochs"]] == [
+        round(e["val_perplexity"], 6) for e in result.info["history"]
+    ]
+    assert len(curve["epochs"]) == result.metrics["epochs_run"] == 2 and curve["patience"] is None
+    assert curve["epochs"][curve["best_epoch"] - 1]["val_perplexity"] == pytest.approx(result.metrics["val_perplexity"])
+    assert curve["untrained_val_perplexity"] == pytest.approx(result.metrics["untrained_val_perplexity"])
+
+
+def test_fit_stops_once_validation_perplexity_stops_improving(lm_teacher, lm_prepared, monkeypatch):
+    scripted = iter([50.0, 40.0, 45.0, 30.0, 20.0])  # the third epoch is worse: patience 1 stops there
+    monkeypatch.setattr(train.Corpus, "val_perplexity", lambda self, model, batch_size: next(scripted))
+    tokenizer = train.load_tokenizer(lm_teacher[0])
+    model = AutoModelForCausalLM.from_pretrained(lm_teacher[0])
+    corpus = train.Corpus.read(tokenizer, lm_prepared, MAX_LENGTH)
+    outcome = train.fit(model, corpus, train.Budget(5, 16, 1e-3), tracker=NullTracker(), seed=0, patience=1)
+    assert len(outcome.history) == 3 and outcome.best_epoch == 2 and outcome.best_val_perplexity == 40.0
+    scripted = iter([50.0, 40.0, 45.0, 30.0, 20.0])
+    outcome = train.fit(model, corpus, train.Budget(5, 16, 1e-3), tracker=NullTracker(), seed=0)
+    assert len(outcome.history) == 5 and outcome.best_epoch == 5
+
+
+def test_distill_compares_with_the_ablation_over_extra_seeds(lm_teacher, lm_prepared, lm_student, tmp_path):
+    cfg = LMDistillConfig(layers=[1], epochs=1, batch_size=16, lr=3e-3, ablation=True)
+    result = train.distill(
+        cfg,
+        lm_teacher[0],
+        lm_prepared,
+        tmp_path / "student",
+        tmp_path / "ablation",
+        NullTracker(),
+        seed=0,
+        max_length=MAX_LENGTH,
+        extra_seeds=[1],
+    )
+    seeds = json.loads((tmp_path / "ablation" / SEEDS_FILE).read_text())
+    assert [row["seed"] for row in seeds["seeds"]] == [0, 1]
+    # the run's own seed's row is the kept models' test perplexity; the same seed trains the same models
+    tokenizer, test = train.load_tokenizer(tmp_path / "student"), train.read_texts(lm_prepared, "test")
+    kept = AutoModelForCausalLM.from_pretrained(tmp_path / "student")
+    assert seeds["seeds"][0]["student_test_perplexity"] == pytest.approx(
+        train.perplexity(kept, tokenizer, test, MAX_LENGTH, 16), rel=1e-5
+    )
+    assert result.metrics["val_perplexity"] == pytest.approx(lm_student[1].metrics["val_perplexity"], rel=1e-5)
+    # another seed orders the batches differently: another model
+    assert seeds["seeds"][1]["student_test_perplexity"] != seeds["seeds"][0]["student_test_perplexity"]
+    mean = (seeds["seeds"][0]["student_test_perplexity"] + seeds["seeds"][1]["student_test_perplexity"]) / 2
+    assert seeds["student_test_perplexity_mean"] == pytest.approx(mean)
+    assert 0 <= seeds["distillation_wins"] <= 2
+    assert result.metrics["student_test_perplexity_mean"] == seeds["student_test_perplexity_mean"]
