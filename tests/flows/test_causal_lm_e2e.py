@@ -63,7 +63,9 @@ def test_causal_lm_report_has_the_promised_schema(lm_run):
     assert ratios["generation_speedup"] == pytest.approx(final["tokens_per_s"] / teacher["tokens_per_s"])
     assert report["models"]["pruned"]["params"] < report["models"]["student"]["params"] < teacher["params"]
     assert set(report["gate"]["checks"]) >= {"perplexity_ratio", "bleu_drop_points", "generation_speedup", "size_ratio"}
-    assert report["ablation"]
+    assert report["ablation"] and "seeds" not in report["ablation"]  # no seeds.extra in this run
+    # the teacher's validation curve, one entry per epoch it trained (the smoke profile's one)
+    assert len(report["teacher_training"]["epochs"]) == 1 and report["teacher_training"]["best_epoch"] == 1
     # like for like: the same teacher in ONNX Runtime scores as in PyTorch; the baseline is its int8 variant
     ort, baseline = report["models"]["teacher_onnx_fp32"], report["models"]["baseline_teacher_int8"]
     assert ort["perplexity"] == pytest.approx(teacher["perplexity"], rel=1e-3) and ort["runtime"] == "onnxruntime fp32"
