@@ -360,7 +360,9 @@ def render_markdown(report: dict) -> str:
         if seeds := ablation.get("seeds"):
             lines += [
                 "",
-                f"Over {len(seeds['seeds'])} training seeds (the distill stage, PyTorch, same teacher and split), "
+                f"Over {len(seeds['seeds'])} training seeds (the distill stage, PyTorch, same teacher and split; "
+                "scored as training scores validation, where a sentence over max_length tokens keeps its end "
+                "token, so this run's seed differs slightly from the table above), "
                 f"test perplexity distilled {seeds['student_test_perplexity_mean']:.2f} "
                 f"(std {seeds['student_test_perplexity_std']:.2f}) against "
                 f"{seeds['student_without_teacher_test_perplexity_mean']:.2f} "
