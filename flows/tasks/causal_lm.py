@@ -175,7 +175,7 @@ STAGES: dict[str, Stage] = {
     "distill": Stage(
         distill,
         StageIO(("prepared", "teacher"), ("student", "student_ablation"), _TRAIN, optional=("student_ablation",)),
-        ("lm.distill", _MAX_LENGTH, "seed", "seeds", "distributed"),
+        ("lm.distill", _MAX_LENGTH, "seed", "seeds.extra", "distributed"),
         data_parallel=True,
     ),
     "prune": Stage(

@@ -95,7 +95,7 @@ def test_causal_lm_config_refuses_head_pruning_it_cannot_export_and_student_laye
     from components.config import ConfigError, build_params, load_params
 
     params = load_params("configs/causal-lm.yaml")
-    assert params.task == "causal-lm" and params.lm.prune.ffn_ratio == 0.5
+    assert params.task == "causal-lm" and params.lm.prune.ffn_ratio == 0.75
     assert load_params("configs/causal-lm.yaml", "smoke").lm.teacher.architecture.n_layer == 3
     with pytest.raises(ConfigError, match="head_ratio > 0 cannot be exported"):
         build_params({"task": "causal-lm", "lm": {"prune": {"head_ratio": 0.25}}})
