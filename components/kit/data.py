@@ -196,11 +196,17 @@ def fetch_vader_archive(cache_dir: Path, indexes: tuple[str, ...] | None = None)
         context = ssl.create_default_context(cafile=settings.cert) if settings.cert else None
         url = find_archive_url(indexes if indexes is not None else settings.urls, context)
         download_verified(url, archive, VADER_SHA256, context)
+    return checked_pin(archive, VADER_SHA256)
+
+
+def checked_pin(archive: Path, expected_sha256: str) -> Path:
+    """`archive` when its sha256 is the pinned one; else it is deleted unopened and a `DataError` says so
+    (checked on every use, not only after a download: a cache can be changed)."""
     actual = file_sha256(archive)
-    if actual != VADER_SHA256:
+    if actual != expected_sha256:
         archive.unlink()
         raise DataError(
-            f"{VADER_ARCHIVE} in {cache_dir} has sha256 {actual}, expected {VADER_SHA256}; deleted it unopened"
+            f"{archive.name} in {archive.parent} has sha256 {actual}, expected {expected_sha256}; deleted it unopened"
         )
     return archive
 
