@@ -522,7 +522,8 @@ class LMEvaluateConfig(_Section):
     continuation_tokens: Count = 16
     bleu_sentences: Count = 300
     generation_tokens: Count = 32  # tokens/s: greedy generation at batch 1 with the KV cache
-    generation_prompts: Count = 20
+    generation_prompts: Count = 20  # timed generations per model in all, split over the rounds
+    rounds: Count = 5  # the models take turns generating, a rotated order each round; tokens/s: median over rounds
     rss_prompts: int = Field(10, ge=0)  # peak RSS: a fresh process per model continues this many prompts; 0: none
     threads: Count = 2
 

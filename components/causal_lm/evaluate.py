@@ -12,8 +12,12 @@ in that runtime, on the test split of `data_dir`, with `cfg.threads` intra-op th
   `cfg.continuation_tokens` tokens (stopping at eos) and the reference is the rest of the true sentence;
   bleu_vs_teacher scores the same continuations against the teacher's (absent from the teacher's entry,
   "-" in the markdown: the teacher against itself is not a measurement);
-- tokens_per_s: median over `cfg.generation_prompts` prompts of greedy generation at batch 1 with the
-  KV cache of exactly `cfg.generation_tokens` new tokens (eos is suppressed), after one warm-up run;
+- tokens_per_s: greedy generation at batch 1 with the KV cache of exactly `cfg.generation_tokens` new tokens
+  (eos is suppressed), timed like a benchmark: every model loaded and warmed up with one generation, then the
+  models take turns in `cfg.rounds` rounds, each round in a rotated order (`latency.time_rounds`) and with its
+  share of `cfg.generation_prompts` timed generations; a round's figure is its median generation, the entry's
+  `tokens_per_s` the median over rounds, `tokens_per_s_spread` the largest round figure minus the smallest and
+  `tokens_per_s_rounds` each round's, so a change in the machine's load falls on every model alike;
 - size_bytes (weight files), params, and peak_rss_mb of a fresh process that loads the model and
   generates for `cfg.rss_prompts` prompts (`python -m components.kit.rss_probe --work generate`).
 
@@ -39,6 +43,7 @@ import math
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
 from components.causal_lm import HISTORY_FILE, SEEDS_FILE
 from components.config import SPLITS, LMEvaluateConfig, LMGateConfig
@@ -55,7 +60,16 @@ TEACHER_ORT, BASELINE = "teacher_onnx_fp32", "baseline_teacher_int8"
 VERSUS = (TEACHER, TEACHER_ORT, BASELINE)
 BLEU_BATCH = 16  # prompts per generate call for BLEU (left-padded); speed is timed at batch 1 separately
 PERPLEXITY_BATCH = 16
-ENTRY_METRICS = ("perplexity", "bleu", "bleu_vs_teacher", "tokens_per_s", "size_bytes", "params", "peak_rss_mb")
+ENTRY_METRICS = (
+    "perplexity",
+    "bleu",
+    "bleu_vs_teacher",
+    "tokens_per_s",
+    "tokens_per_s_spread",
+    "size_bytes",
+    "params",
+    "peak_rss_mb",
+)
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -177,36 +191,51 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int, batch_size: 
     return nll_to_perplexity(total_nll, tokens)
 
 
-def tokens_per_second(model, tokenizer, prompts: list[list[int]], new_tokens: int, n_prompts: int) -> float:
-    """Median tokens/s of batch-1 greedy generation of exactly `new_tokens` tokens, over `n_prompts`
-    prompts (cycled when fewer exist), after one warm-up generation.
-
-    Each model runs as it is deployed: a PyTorch model through `generate`; an ONNX model through the plain
-    loop over its session with the KV cache (what the edge bundle's predict.py runs), not through
-    `ORTModelForCausalLM.generate`, whose per-token overhead in Python is larger than a small model's step.
-    """
-    if not prompts:
-        raise ValueError("no prompts to time generation with")
+def generation_call(model, tokenizer, new_tokens: int):
+    """A callable that continues one prompt (token ids) with exactly `new_tokens` greedy tokens at batch 1,
+    as the model is deployed: a PyTorch model through `generate`; an ONNX model through the plain loop over
+    its session with the KV cache (what the edge bundle's predict.py runs), not through
+    `ORTModelForCausalLM.generate`, whose per-token overhead in Python is larger than a small model's step."""
     session = getattr(model, "session", None)
-    if session is not None:
 
-        def generate(prompt):
-            return session_greedy(session, prompt, new_tokens, tokenizer.eos_token_id, min_new_tokens=new_tokens)
-    else:
+    def generate(prompt: list[int]) -> None:
+        if session is not None:
+            made = session_greedy(session, prompt, new_tokens, tokenizer.eos_token_id, min_new_tokens=new_tokens)
+        else:
+            made = greedy(model, tokenizer, [prompt], new_tokens, min_new_tokens=new_tokens)[0]
+        if len(made) != new_tokens:
+            raise RuntimeError(f"generation made {len(made)} tokens instead of {new_tokens}")
 
-        def generate(prompt):
-            return greedy(model, tokenizer, [prompt], new_tokens, min_new_tokens=new_tokens)[0]
+    return generate
 
-    generate(prompts[0])  # warm-up
-    rates = []
-    for i in range(n_prompts):
-        started = time.perf_counter()
-        generated = generate(prompts[i % len(prompts)])
-        elapsed = time.perf_counter() - started
-        if len(generated) != new_tokens:
-            raise RuntimeError(f"generation made {len(generated)} tokens instead of {new_tokens}")
-        rates.append(new_tokens / elapsed)
-    return float(statistics.median(rates))
+
+def round_rates(rounds_ms: list[list[float]], new_tokens: int) -> dict:
+    """One model's timed generations (ms each, per round) as tokens/s (pure): `tokens_per_s`, the median over
+    rounds of each round's median generation; `tokens_per_s_spread`, the largest round figure minus the
+    smallest; `tokens_per_s_rounds`, each round's. No rounds: NaN and an empty list."""
+    rates = [new_tokens * 1000.0 / statistics.median(ms) for ms in rounds_ms if ms]
+    if not rates:
+        return {"tokens_per_s": math.nan, "tokens_per_s_spread": math.nan, "tokens_per_s_rounds": []}
+    return {
+        "tokens_per_s": float(statistics.median(rates)),
+        "tokens_per_s_spread": float(max(rates) - min(rates)),
+        "tokens_per_s_rounds": rates,
+    }
+
+
+def time_generation(generators: dict, prompts: dict[str, list[list[int]]], cfg: LMEvaluateConfig) -> dict[str, dict]:
+    """Every model's `round_rates`: one warm-up generation each, then `cfg.rounds` alternating rounds of
+    `cfg.generation_prompts` timed generations in all per model (`latency.time_rounds`), each model on its
+    own prompts (cycled when fewer exist)."""
+    if any(not p for p in prompts.values()):
+        raise ValueError("no prompts to time generation with")
+
+    def said(name: str, r: int, samples: list[float]) -> None:
+        rate = cfg.generation_tokens * 1000.0 / statistics.median(samples)
+        print(f"  evaluate tokens/s, round {r + 1}: {name} {rate:.1f}", flush=True)
+
+    rounds = latency.time_rounds(generators, prompts, 1, cfg.generation_prompts, cfg.rounds, after_each=said)
+    return {name: round_rates(samples, cfg.generation_tokens) for name, samples in rounds.items()}
 
 
 def split_perplexity(model: Path, data_dir: Path, split: str, threads: int, max_length: int) -> float:
@@ -252,8 +281,9 @@ def measure_model(
     texts: list[str],
     max_length: int,
     teacher_continuations: list[str] | None,
-) -> tuple[dict, list[str]]:
-    """One report entry and the model's decoded BLEU continuations."""
+) -> tuple[dict, list[str], Callable, list[list[int]]]:
+    """One report entry without its speed and memory (None until `measure_all` fills them), the model's decoded
+    BLEU continuations, its generation call (`generation_call`, holding the loaded model) and its prompts."""
 
     def say(what: str) -> None:
         print(f"  evaluate {spec.name}: {what}", flush=True)
@@ -276,34 +306,19 @@ def measure_model(
     bleu = corpus_bleu(continuations, references)
     # None for the teacher itself (no teacher continuations yet): it is left out of its entry
     vs_teacher = None if teacher_continuations is None else corpus_bleu(continuations, teacher_continuations)
-    say(f"tokens/s over {cfg.generation_prompts} prompts x {cfg.generation_tokens} tokens")
-    speed = tokens_per_second(
-        model, tokenizer, prompts or [[tokenizer.eos_token_id]], cfg.generation_tokens, cfg.generation_prompts
-    )
-    del model
-    gc.collect()
-    rss = None
-    if spec.memory and cfg.rss_prompts:
-        say(f"peak RSS of a fresh process ({cfg.rss_prompts} prompts)")
-        rss = generation_peak_rss_mb(spec, cfg, data_dir, max_length)
-
     entry = {
         "runtime": runtime,
         "perplexity": ppl,
         "bleu": bleu,
         **({} if vs_teacher is None else {"bleu_vs_teacher": vs_teacher}),
         "bleu_sentences": len(prompts),
-        "tokens_per_s": speed,
+        "tokens_per_s": None,
         "size_bytes": int(size),
         "params": int(params),
-        "peak_rss_mb": rss,
+        "peak_rss_mb": None,
     }
-    compared = "" if vs_teacher is None else f" ({fmt(vs_teacher, '.2f')} vs teacher)"
-    say(
-        f"{runtime}, perplexity {ppl:.2f}, BLEU {bleu:.2f}{compared}, "
-        f"{speed:.1f} tokens/s, {size / 1e6:.1f} MB, peak RSS {fmt(rss, '.0f')} MB"
-    )
-    return entry, continuations
+    generate = generation_call(model, tokenizer, cfg.generation_tokens)
+    return entry, continuations, generate, prompts or [[tokenizer.eos_token_id]]
 
 
 def read_json_beside(model_dir: Path | None, name: str) -> dict | None:
@@ -315,6 +330,14 @@ def read_json_beside(model_dir: Path | None, name: str) -> dict | None:
 # ---------------------------------------------------------------- writing
 
 
+def rate_with_spread(entry: dict) -> str:
+    """tokens/s with its spread over the rounds in brackets, "1234.5 (56.7)"; the figure alone when the entry has
+    no spread (a report built before the rounds)."""
+    spread = entry.get("tokens_per_s_spread")
+    rate = fmt(entry["tokens_per_s"], ".1f")
+    return rate if spread is None else f"{rate} ({fmt(spread, '.1f')})"
+
+
 def render_markdown(report: dict) -> str:
     env = report["environment"]
     lines = [
@@ -322,7 +345,14 @@ def render_markdown(report: dict) -> str:
         "",
         f"Dataset `{report['dataset']['source']}` (sha256 `{report['dataset']['sha256'][:12]}`), "
         f"test rows: {report['dataset']['rows']['test']}. Speed and memory on {env['cpu']}, "
-        f"{env['threads']} intra-op thread(s) for every model.",
+        f"{env['threads']} intra-op thread(s) for every model."
+        + (
+            f" tokens/s: batch-1 greedy generation with the KV cache, every model loaded first, then the models "
+            f"taking turns in {env['generation_rounds']} rounds (the order rotated each round) after one warm-up "
+            f"generation; the median over rounds, the spread over rounds in brackets."
+            if env.get("generation_rounds")
+            else ""
+        ),
         "",
         "| model | runtime | perplexity | BLEU | BLEU vs teacher | tokens/s | size (MB) | params | peak RSS (MB) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -331,7 +361,7 @@ def render_markdown(report: dict) -> str:
         lines.append(
             f"| {name} | {m['runtime']} | {fmt(m['perplexity'], '.2f')} | {fmt(m['bleu'], '.2f')} "
             f"| {fmt(m['bleu_vs_teacher'], '.2f') if 'bleu_vs_teacher' in m else '-'} "
-            f"| {fmt(m['tokens_per_s'], '.1f')} "
+            f"| {rate_with_spread(m)} "
             f"| {m['size_bytes'] / 1e6:.2f} | {m['params']:,} | {fmt(m['peak_rss_mb'], '.0f')} |"
         )
     for name in VERSUS:
@@ -402,23 +432,47 @@ def render_markdown(report: dict) -> str:
 def measure_all(
     models: list[ModelSpec], cfg: LMEvaluateConfig, data_dir: Path, texts: list[str], max_length: int, seed: int
 ) -> dict[str, dict]:
-    """Every model's report entry, in the caller's order. The teacher is measured first: the others' BLEU is
-    also scored against its continuations. torch's thread count is restored afterwards."""
+    """Every model's report entry, in the caller's order: all models loaded and scored (the teacher first: the
+    others' BLEU is also scored against its continuations), then their generation timed in alternating rounds
+    (`time_generation`), then released, then their peak RSS measured one fresh process at a time. torch's
+    thread count is restored afterwards."""
     import torch
 
     threads_before = torch.get_num_threads()
     torch.manual_seed(seed)  # generation is greedy; this only pins anything a model might sample
     entries: dict[str, dict] = {}
+    generators: dict[str, Callable] = {}
+    prompts: dict[str, list[list[int]]] = {}
     teacher_continuations: list[str] | None = None
     try:
         for spec in sorted(models, key=lambda m: m.name != TEACHER):
-            entries[spec.name], continuations = measure_model(
+            entries[spec.name], continuations, generators[spec.name], prompts[spec.name] = measure_model(
                 spec, cfg, data_dir, texts, max_length, teacher_continuations
             )
             if spec.name == TEACHER:
                 teacher_continuations = continuations
+        order = [m.name for m in models]  # the rounds rotate the caller's order: teacher, final, ...
+        print(
+            f"  evaluate tokens/s: {len(order)} models, {cfg.rounds} alternating rounds, "
+            f"{cfg.generation_prompts} generations of {cfg.generation_tokens} tokens each in all",
+            flush=True,
+        )
+        for name, rates in time_generation({n: generators[n] for n in order}, prompts, cfg).items():
+            entries[name] |= rates
     finally:
         torch.set_num_threads(threads_before)
+        generators.clear()  # the loaded models: every one is released before the RSS probes
+        gc.collect()
+    for spec in models:
+        e = entries[spec.name]
+        if spec.memory and cfg.rss_prompts:
+            e["peak_rss_mb"] = generation_peak_rss_mb(spec, cfg, data_dir, max_length)
+        print(
+            f"  evaluate {spec.name}: {e['runtime']}, perplexity {e['perplexity']:.2f}, BLEU {e['bleu']:.2f}, "
+            f"{e['tokens_per_s']:.1f} tokens/s (spread {e['tokens_per_s_spread']:.1f}), "
+            f"{e['size_bytes'] / 1e6:.1f} MB, peak RSS {fmt(e['peak_rss_mb'], '.0f')} MB",
+            flush=True,
+        )
     return {m.name: entries[m.name] for m in models}
 
 
@@ -466,7 +520,14 @@ def run(
         "ablation": ablation_summary(entries, read_json_beside(beside.get(ABLATION), SEEDS_FILE)),
         "teacher_training": read_json_beside(beside[TEACHER], HISTORY_FILE),
         "environment": environment_info(cfg.threads)
-        | {"seed": seed, "max_length": max_length, "evaluate_seconds": time.perf_counter() - started},
+        | {
+            "seed": seed,
+            "max_length": max_length,
+            "generation_rounds": cfg.rounds,
+            "generations_per_model": cfg.generation_prompts,
+            "generation_tokens": cfg.generation_tokens,
+            "evaluate_seconds": time.perf_counter() - started,
+        },
     }
 
     # write and log

@@ -14,11 +14,23 @@ TINY = LMEvaluateConfig(
     continuation_tokens=8,
     bleu_sentences=16,
     generation_tokens=8,
-    generation_prompts=3,
+    generation_prompts=4,
+    rounds=2,
     rss_prompts=2,
     threads=1,
 )
-ENTRY_KEYS = {"runtime", "perplexity", "bleu", "bleu_sentences", "tokens_per_s", "size_bytes", "params", "peak_rss_mb"}
+ENTRY_KEYS = {
+    "runtime",
+    "perplexity",
+    "bleu",
+    "bleu_sentences",
+    "tokens_per_s",
+    "tokens_per_s_spread",
+    "tokens_per_s_rounds",
+    "size_bytes",
+    "params",
+    "peak_rss_mb",
+}
 LM_RATIO_KEYS = ("size_ratio", "perplexity_ratio", "bleu_drop_points", "generation_speedup")  # compare_lm_to_teacher's
 
 
@@ -97,6 +109,10 @@ def test_report_has_every_key_with_sane_values(evaluated):
         assert entry["perplexity"] > 1
         assert 0 <= entry["bleu"] <= 100 and (name == "teacher" or 0 <= entry["bleu_vs_teacher"] <= 100)
         assert entry["tokens_per_s"] > 0 and entry["size_bytes"] > 0 and entry["params"] > 0
+        # timed in TINY.rounds alternating rounds: the figure is the median of the rounds' figures
+        rounds = entry["tokens_per_s_rounds"]
+        assert len(rounds) == TINY.rounds and min(rounds) <= entry["tokens_per_s"] <= max(rounds)
+        assert entry["tokens_per_s_spread"] == pytest.approx(max(rounds) - min(rounds))
         assert entry["bleu_sentences"] == 16
         # an intermediate is not measured for memory (a fresh process each costs seconds)
         unmeasured = ("student_without_teacher", "teacher_onnx_fp32", "baseline_teacher_int8")
@@ -134,8 +150,11 @@ def test_ratios_gate_and_ablation_follow_the_entries(evaluated):
     assert tracker.metrics["final_vs_teacher.size_ratio"] == pytest.approx(ratios["size_ratio"])
     assert {p.name for p in tracker.artifacts} == {"compression_report.json", "compression_report.md"}
     markdown = (out_dir / "compression_report.md").read_text()
-    for text in ("| final | onnxruntime int8 |", "## Gate:", "## final vs teacher", "## Ablation"):
+    for text in ("| final | onnxruntime int8 |", "## Gate:", "## final vs teacher", "## Ablation", "in 2 rounds"):
         assert text in markdown
+    assert f"| {final['tokens_per_s']:.1f} ({final['tokens_per_s_spread']:.1f}) |" in markdown
+    assert report["environment"]["generation_rounds"] == TINY.rounds
+    assert tracker.metrics["final.tokens_per_s_spread"] == pytest.approx(final["tokens_per_s_spread"])
 
 
 def test_final_is_also_compared_with_the_teacher_in_onnx_runtime_and_the_quantize_only_baseline(evaluated):
@@ -301,3 +320,29 @@ def test_the_report_shows_the_teacher_curve_and_the_seeds_comparison(evaluated, 
     logged = evaluate.metrics_to_log(report)
     assert logged["ablation.seeds.student_test_perplexity_mean"] == 251.0
     assert logged["teacher_training.epochs_run"] == 3.0
+
+
+def test_round_rates_are_the_median_over_rounds_of_each_rounds_median_generation():
+    # 32 tokens in 10 ms is 3,200 tokens/s; a slow generation in round 2 moves its median, not the others'
+    rates = evaluate.round_rates([[10.0, 10.0, 12.0], [20.0, 40.0, 20.0], [16.0, 16.0]], new_tokens=32)
+    assert rates["tokens_per_s_rounds"] == pytest.approx([3200.0, 1600.0, 2000.0])
+    assert rates["tokens_per_s"] == pytest.approx(2000.0)
+    assert rates["tokens_per_s_spread"] == pytest.approx(1600.0)
+    empty = evaluate.round_rates([], new_tokens=32)
+    assert math.isnan(empty["tokens_per_s"]) and empty["tokens_per_s_rounds"] == []
+
+
+def test_time_generation_alternates_the_models_and_cycles_their_prompts():
+    calls = []
+
+    def model(name):
+        return lambda prompt: calls.append((name, prompt[0]))
+
+    cfg = TINY.model_copy(update={"generation_prompts": 4, "rounds": 2})
+    rates = evaluate.time_generation({"a": model("a"), "b": model("b")}, {"a": [[1], [2], [3]], "b": [[9]]}, cfg)
+    assert set(rates) == {"a", "b"} and all(len(r["tokens_per_s_rounds"]) == 2 for r in rates.values())
+    # one warm-up each, then round 1 in the given order and round 2 rotated, two generations a turn
+    assert [name for name, _ in calls] == ["a", "b", "a", "a", "b", "b", "b", "b", "a", "a"]
+    assert [p for name, p in calls if name == "a"] == [1, 2, 3, 1, 2]
+    with pytest.raises(ValueError, match="no prompts"):
+        evaluate.time_generation({"a": model("a")}, {"a": []}, cfg)
