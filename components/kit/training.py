@@ -4,9 +4,9 @@ schedule (`Schedule`), one epoch of optimizer steps (`train_epoch`) and the best
 
 `train` reads top to bottom: AdamW with linear warm-up and decay, length-bucketed batches, an optional
 teacher-logit target (knowledge distillation), validation after every epoch, early stopping on validation
-accuracy with the best epoch's weights restored at the end. Per-epoch metrics go to the tracker as step
-metrics; each epoch's progress shows as a bar on a terminal and as plain lines elsewhere (a log file, the
-Prefect UI: `components.kit.progress`).
+accuracy (a tie broken by the lower validation loss) with the best epoch's weights restored at the end.
+Per-epoch metrics go to the tracker as step metrics; each epoch's progress shows as a bar on a terminal and as
+plain lines elsewhere (a log file, the Prefect UI: `components.kit.progress`).
 
 Device, precision, gradient accumulation and checkpointing follow `params.distributed`; under a
 multi-process launch the loop is data-parallel (components/kit/distributed.py): every process takes its share
@@ -71,6 +71,17 @@ class TaskMix:
 SINGLE_LABEL = Objective()
 
 
+def validation_loss(objective: Objective, logits: np.ndarray, labels: np.ndarray) -> float:
+    """The objective's loss on the labels alone (no teacher), what breaks a tie in validation accuracy; NaN
+    (which breaks no tie) for a split without a labelled row."""
+    if len(labels) == 0:
+        return math.nan
+    with torch.no_grad():
+        loss = objective.loss(torch.as_tensor(logits).float(), None, torch.as_tensor(labels), 0.0, 1.0)
+    value = float(loss)
+    return value if math.isfinite(value) else math.nan
+
+
 @dataclass
 class TrainOutcome:
     best_epoch: int
@@ -119,17 +130,20 @@ class Schedule:
 @dataclass
 class BestEpoch:
     """Best-epoch bookkeeping: the best validation figure so far (`better(new, best)` says which is better),
-    its epoch, the weights then (on the CPU) and the epochs since."""
+    its epoch, the weights then (on the CPU) and the epochs since. An epoch that equals the best figure but has
+    a lower `tiebreak` (the validation loss) counts as better: on a validation split of a few hundred rows the
+    accuracy moves in coarse steps, and a tie there must not stop a model that is still learning."""
 
     value: float
     better: Callable[[float, float], bool]
     epoch: int = 0
     state: dict | None = None
     stale: int = 0
+    tiebreak: float = math.inf
 
-    def update(self, value: float, epoch: int, model: nn.Module) -> None:
-        if self.better(value, self.value):
-            self.value, self.epoch, self.stale = value, epoch, 0
+    def update(self, value: float, epoch: int, model: nn.Module, tiebreak: float = math.inf) -> None:
+        if self.better(value, self.value) or (value == self.value and tiebreak < self.tiebreak):
+            self.value, self.epoch, self.stale, self.tiebreak = value, epoch, 0, tiebreak
             self.state = cpu_state(model)
         else:
             self.stale += 1
@@ -308,10 +322,13 @@ def train(
             )
             # Every process holds the same weights and scores the whole validation split; rank 0's figure decides,
             # so early stopping and the best epoch cannot differ between processes.
-            val_acc = same_on_every_rank(objective.score(predict_logits(raw, val_set, pad_id), val_set.labels))
+            val_logits = predict_logits(raw, val_set, pad_id)
+            val_acc = same_on_every_rank(objective.score(val_logits, val_set.labels))
+            val_loss = same_on_every_rank(validation_loss(objective, val_logits, val_set.labels))
             record = {
                 "train_loss": train_loss,
                 "val_accuracy": val_acc,
+                "val_loss": val_loss,
                 "epoch_seconds": time.perf_counter() - started - sum(h["epoch_seconds"] for h in history),
             }
             report_epoch(
@@ -322,7 +339,7 @@ def train(
                 dp,
                 f"{desc} epoch {epoch}: loss {train_loss:.4f}, val acc {val_acc:.4f}",
             )
-            best.update(val_acc, epoch, raw)
+            best.update(val_acc, epoch, raw, tiebreak=val_loss)
             if best.stale >= cfg.patience and epoch < cfg.epochs:
                 if dp.main:
                     print(f"  {desc}: early stop, best epoch {best.epoch} (val acc {best.value:.4f})", flush=True)

@@ -1,6 +1,8 @@
 import math
 import operator
 
+import numpy as np
+import pytest
 import torch
 
 from components.kit.training import BestEpoch, Schedule, lr_at
@@ -28,6 +30,30 @@ def test_best_epoch_keeps_the_best_weights_and_counts_the_epochs_since():
     accuracy = BestEpoch(-1.0, operator.gt)
     accuracy.update(0.5, 1, model)
     assert (accuracy.value, accuracy.epoch, accuracy.stale) == (0.5, 1, 0)
+
+
+def test_a_tie_in_validation_accuracy_goes_to_the_lower_validation_loss():
+    model = torch.nn.Linear(2, 1)
+    best = BestEpoch(-1.0, operator.gt)
+    best.update(0.90, 1, model, tiebreak=0.40)
+    best.update(0.90, 2, model, tiebreak=0.30)  # the same accuracy, still learning: not stale
+    assert (best.value, best.epoch, best.stale, best.tiebreak) == (0.90, 2, 0, 0.30)
+    best.update(0.90, 3, model, tiebreak=0.35)  # the same accuracy, a higher loss: stale
+    best.update(0.90, 4, model, tiebreak=float("nan"))  # no loss breaks no tie
+    best.update(0.89, 5, model, tiebreak=0.10)  # a lower accuracy loses whatever its loss
+    assert (best.epoch, best.stale) == (2, 3)
+    best.update(0.91, 6, model, tiebreak=0.50)  # a higher accuracy wins whatever its loss
+    assert (best.value, best.epoch, best.stale) == (0.91, 6, 0)
+
+
+def test_validation_loss_is_the_objectives_loss_on_the_labels_alone():
+    from components.kit.training import SINGLE_LABEL, validation_loss
+
+    logits = np.array([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0]], dtype=np.float32)
+    labels = np.array([0, 1, 1])
+    expected = float(torch.nn.functional.cross_entropy(torch.tensor(logits), torch.tensor(labels)))
+    assert validation_loss(SINGLE_LABEL, logits, labels) == pytest.approx(expected)
+    assert math.isnan(validation_loss(SINGLE_LABEL, logits[:0], labels[:0]))
 
 
 def test_frozen_word_embeddings_stay_as_they_start_while_the_rest_learns(tmp_path):
