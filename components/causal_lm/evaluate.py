@@ -50,7 +50,16 @@ from components.config import SPLITS, LMEvaluateConfig, LMGateConfig
 from components.kit import latency
 from components.kit.gate import GateDecision, compare_lm_to_teacher, decide_lm
 from components.kit.generation import greedy, load, load_tokenizer
-from components.kit.report import ModelSpec, environment_info, fmt, gate_lines, gate_summary, versus_lines, write_report
+from components.kit.report import (
+    ModelSpec,
+    environment_info,
+    fmt,
+    gate_lines,
+    gate_summary,
+    versus_lines,
+    with_spread,
+    write_report,
+)
 from components.kit.rss_probe import session_greedy
 from components.kit.tracking import StageResult, Tracker
 
@@ -231,7 +240,7 @@ def time_generation(generators: dict, prompts: dict[str, list[list[int]]], cfg: 
         raise ValueError("no prompts to time generation with")
 
     def said(name: str, r: int, samples: list[float]) -> None:
-        rate = cfg.generation_tokens * 1000.0 / statistics.median(samples)
+        rate = round_rates([samples], cfg.generation_tokens)["tokens_per_s"]
         print(f"  evaluate tokens/s, round {r + 1}: {name} {rate:.1f}", flush=True)
 
     rounds = latency.time_rounds(generators, prompts, 1, cfg.generation_prompts, cfg.rounds, after_each=said)
@@ -330,14 +339,6 @@ def read_json_beside(model_dir: Path | None, name: str) -> dict | None:
 # ---------------------------------------------------------------- writing
 
 
-def rate_with_spread(entry: dict) -> str:
-    """tokens/s with its spread over the rounds in brackets, "1234.5 (56.7)"; the figure alone when the entry has
-    no spread (a report built before the rounds)."""
-    spread = entry.get("tokens_per_s_spread")
-    rate = fmt(entry["tokens_per_s"], ".1f")
-    return rate if spread is None else f"{rate} ({fmt(spread, '.1f')})"
-
-
 def render_markdown(report: dict) -> str:
     env = report["environment"]
     lines = [
@@ -361,7 +362,7 @@ def render_markdown(report: dict) -> str:
         lines.append(
             f"| {name} | {m['runtime']} | {fmt(m['perplexity'], '.2f')} | {fmt(m['bleu'], '.2f')} "
             f"| {fmt(m['bleu_vs_teacher'], '.2f') if 'bleu_vs_teacher' in m else '-'} "
-            f"| {rate_with_spread(m)} "
+            f"| {with_spread(m, 'tokens_per_s', '.1f')} "
             f"| {m['size_bytes'] / 1e6:.2f} | {m['params']:,} | {fmt(m['peak_rss_mb'], '.0f')} |"
         )
     for name in VERSUS:

@@ -65,6 +65,7 @@ from components.kit.report import (
     gate_lines,
     gate_summary,
     versus_lines,
+    with_spread,
     write_report,
 )
 from components.kit.seeds import summarise as summarise_seeds
@@ -462,13 +463,6 @@ def render_markdown(report: dict) -> str:
                 f" Against {BASELINE}: mean {base['mean']:+.2f} points, range {base['min']:+.2f} to {base['max']:+.2f}."
             )
     return "\n".join(lines) + "\n"
-
-
-def with_spread(lat: dict, key: str) -> str:
-    """A median latency with its spread over the rounds in brackets, "1.23 (0.05)" (ms); the median alone when
-    the entry has no spread (a report built without timing rounds)."""
-    spread = lat.get(f"{key}_spread")
-    return fmt(lat[key], ".2f") + ("" if spread is None else f" ({fmt(spread, '.2f')})")
 
 
 def save_plot(report: dict, path: Path) -> None:

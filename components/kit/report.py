@@ -118,6 +118,13 @@ def fmt(value, spec: str) -> str:
     return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
 
 
+def with_spread(figures: dict, key: str, spec: str = ".2f") -> str:
+    """A median figure with its spread over timing rounds in brackets, "1.23 (0.05)" (`figures[key + "_spread"]`);
+    the median alone when the entry has no spread (a report built without timing rounds)."""
+    spread = figures.get(f"{key}_spread")
+    return fmt(figures[key], spec) + ("" if spread is None else f" ({fmt(spread, spec)})")
+
+
 def check_result(check: dict) -> str:
     """pass, FAIL, or skipped (passed without a value: a comparison that was not made, the note says why)."""
     if not check["passed"]:

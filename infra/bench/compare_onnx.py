@@ -30,12 +30,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-length", type=int, default=64)
     args = parser.parse_args()
+    models = dict(spec.partition("=")[::2] for spec in args.models)
+    for name, folder in models.items():
+        if not name or not (Path(folder) / "labels.json").is_file():
+            parser.error(f"{name}={folder}: give NAME=FOLDER, a folder with model.onnx, its tokenizer and labels.json")
+    if not (args.prepared / "test.parquet").is_file():
+        parser.error(f"no test.parquet in {args.prepared}")
     from transformers import AutoTokenizer
 
     test = read_split(args.prepared, "test")
     runners, inputs, rows = {}, {1: {}, 32: {}}, {}
-    for spec in args.models:
-        name, _, folder = spec.partition("=")
+    for name, folder in models.items():
         folder = Path(folder)
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
         labels = json.loads((folder / "labels.json").read_text())
