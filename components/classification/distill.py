@@ -12,6 +12,10 @@ factor shows on its own: on the labels alone (`ablation.labels_only.*` in metric
 transfer set was used, distilled on the train split alone (`ablation.kd_train_only.*`). With the stage's
 own student (KD + transfer set) that makes three; without a transfer set the stage's student is the
 KD-on-train one and two suffice. A test split with no rows gives test accuracy None, not a number.
+
+Given an accuracy budget (the prune stage's, `components.kit.budget`), a student over it on validation is
+replaced by the next of `distill.deeper_layers`, until one is within it or none is left; the ablation students
+then take the chosen layers. `layers` and `tried` in the student's metrics.json say which ones were trained.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from components.config import DistillConfig, DistributedConfig
+from components.kit import soft_targets
+from components.kit.budget import AccuracyBudget
 from components.kit.losses import attention_kl, hidden_mse
 from components.kit.modeling import (
     Encoded,
@@ -227,25 +233,68 @@ def run(
     dist: DistributedConfig | None = None,
     soft_cache: Path | None = None,
     mix: TaskMix | None = None,  # how the tasks of multitask data share training
+    budget: AccuracyBudget | None = None,  # with one, `cfg.deeper_layers` are tried while the student is over it
 ) -> StageResult:
-    student = fresh_student(cfg, teacher_dir, seed, features=learns_features(cfg))
     data = student_data(cfg, teacher_dir, teacher_dir, prepared, soft_cache, dist)
-    tracker.log_params(cfg.model_dump() | {"params": count_params(student), "train_rows": len(data.train_set)})
+    depth = AutoConfig.from_pretrained(teacher_dir).num_hidden_layers
+    tracker.log_params(cfg.model_dump() | {"train_rows": len(data.train_set)})
 
-    fit, test = distilled(
-        cfg, teacher_dir, student, data.train_set, data.teacher_logits, data, tracker, seed, "distill", dist, mix
-    )
+    tried, candidates = [], student_layers(cfg, depth, budget)
+    for layers in candidates:
+        if tried:
+            print(f"  distill: a deeper student, layers {layers}, in its place", flush=True)
+        chosen = cfg.model_copy(update={"layers": layers})
+        student = fresh_student(chosen, teacher_dir, seed, features=learns_features(chosen))
+        log = tracker if not tried else PrefixedTracker(tracker, f"L{'-'.join(map(str, layers))}.")
+        fit, test = distilled(
+            chosen, teacher_dir, student, data.train_set, data.teacher_logits, data, log, seed, "distill", dist, mix
+        )
+        row = {"layers": layers, "val_accuracy": fit["val_accuracy"], "test_accuracy": test["accuracy"]}
+        tried.append(row)
+        if budget is None or len(tried) == len(candidates):
+            break  # nothing deeper to try: the prune stage judges this one
+        val = data.splits["validation"]
+        teacher_val = soft_targets.load(teacher_dir, prepared, "validation", val, cfg.max_length, soft_cache, dist)
+        spent = budget.spent(data.labels.score, teacher_val, predict_logits(student, val, data.pad_id), val.labels)
+        row |= {"spent_points": spent.points, "spent_bound_points": spent.bound, "within_budget": spent.within}
+        verdict = "within" if spent.within else "over"
+        print(
+            f"  distill: the {len(layers)}-layer student spent {spent.describe()} of the teacher's validation "
+            f"accuracy: {verdict} the budget of {budget.describe()}",
+            flush=True,
+        )
+        if spent.within:
+            break
+
     test_acc = test["accuracy"]
     metrics = {
         **fit,
         **{f"test_{key}": value for key, value in test.items()},
         "params": count_params(student),
+        "layers_kept": len(chosen.layers),
+        "students_tried": len(tried),
         "transfer_rows": data.transfer_rows,
     }
     if cfg.ablation:
-        metrics |= ablation_student(cfg, teacher_dir, data, tracker, seed, dist, "labels_only", mix)
+        metrics |= ablation_student(chosen, teacher_dir, data, tracker, seed, dist, "labels_only", mix)
         if data.transfer_rows:
-            metrics |= ablation_student(cfg, teacher_dir, data, tracker, seed, dist, "kd_train_only", mix)
-    save_model(student, data.tokenizer, data.labels.names, out_dir, metrics)
+            metrics |= ablation_student(chosen, teacher_dir, data, tracker, seed, dist, "kd_train_only", mix)
+    save_model(student, data.tokenizer, data.labels.names, out_dir, metrics | {"layers": chosen.layers, "tried": tried})
     tracker.log_metrics({"test_accuracy": test_acc, "best_val_accuracy": fit["val_accuracy"]})
     return StageResult(metrics=metrics, outputs={"model": out_dir})
+
+
+def student_layers(cfg: DistillConfig, depth: int, budget: AccuracyBudget | None) -> list[list[int]]:
+    """The students to try in turn: `cfg.layers`, then (with a budget) each of `cfg.deeper_layers` the
+    teacher's `depth` can give."""
+    if budget is None:
+        return [cfg.layers]
+    deeper = []
+    for layers in cfg.deeper_layers:
+        if max(layers) >= depth:
+            print(
+                f"  distill: deeper_layers {layers} need a teacher of {max(layers) + 1}+ layers, this one has {depth}: not tried"
+            )
+        else:
+            deeper.append(layers)
+    return [cfg.layers, *deeper]

@@ -214,6 +214,10 @@ def accuracy_budget(pruned_dir: Path, final_dir: Path) -> dict | None:
         "total_spent_points": gain_points(pruned["teacher_val_accuracy"], shipped),
         "prune_steps_taken": pruned["steps_taken"],
         "prune_step_undone": pruned["step_undone"] or None,
+        # the pruned model's one-sided upper bound of its spent points, and what it had to stay within
+        "confidence": pruned.get("budget_confidence"),
+        "spent_bound_points": pruned.get("budget_spent_bound_points"),
+        "bound_limit_points": pruned["budget_points"] + pruned.get("budget_margin_points", 0.0),
     }
 
 
@@ -240,6 +244,14 @@ def budget_lines(budget: dict) -> list[str]:
     ]
     lines += [f"| {names[k]} | {fmt(v, '+.2f')} |" for k, v in budget["spent_points"].items()]
     lines.append(f"| **total, teacher to shipped model** | **{fmt(budget['total_spent_points'], '+.2f')}** |")
+    if budget.get("spent_bound_points") is not None:
+        lines += [
+            "",
+            f"Validation is not test: the pruned model's spent points have a one-sided upper bound of "
+            f"{budget['spent_bound_points']:+.2f} at {budget['confidence']:.0%} confidence (spent + z x the "
+            f"standard error of the paired difference with the teacher), which every step had to keep "
+            f"within {budget['bound_limit_points']:.2f}.",
+        ]
     return lines
 
 

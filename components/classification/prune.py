@@ -20,9 +20,11 @@ Pruning is accuracy-aware when `cfg.accuracy_budget_points` is a number (the flo
 into one): the ratios are then the most it removes. The teacher's validation accuracy, on the
 same sentences cut to the same token limit, is the reference; after each step's recovery, a step that leaves
 the student more than the budget below it is undone (the model as it was before that step's cut) and pruning
-stops; a student that distillation already left over the budget is not cut at all. The metrics say what the
-distilled student had already spent, what pruning spent, and which step was undone; with no budget (None)
-every step is taken.
+stops; a student that distillation already left over the budget is not cut at all. With
+`cfg.budget_confidence` a step must also keep the one-sided upper bound of its spent points within the budget
+plus `cfg.budget_margin_points` (`components.kit.budget`): on a small validation split that leaves little to
+cut. The metrics say what the distilled student had already spent, what pruning spent, the kept model's
+bound, and which step was undone; with no budget (None) every step is taken.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from transformers.pytorch_utils import prune_linear_layer
 
 from components.config import DistributedConfig, PruneConfig
 from components.kit import soft_targets
+from components.kit.budget import accuracy_budget
 from components.kit.distributed import same_on_every_rank
 from components.kit.modeling import (
     Encoded,
@@ -214,21 +217,21 @@ def run(
         head_multiple=len(layers) if cfg.uniform_heads else 1,
     )
 
-    budget = cfg.accuracy_budget_points
-    if budget == "auto":
-        raise ValueError("prune.accuracy_budget_points is 'auto': resolve it first (flows.tasks.chain.prune_settings)")
-    student_val = score(predict_logits(model, val, pad_id), val.labels)
-    reference = None
+    budget = accuracy_budget(cfg.accuracy_budget_points, cfg.budget_margin_points, cfg.budget_confidence)
+    student_logits = predict_logits(model, val, pad_id)
+    student_val = score(student_logits, val.labels)
+    reference = teacher_val = spent = None
     if budget is not None:
         teacher_val = soft_targets.load(teacher_dir, prepared, "validation", val, cfg.max_length, soft_cache, dist)
         reference = score(teacher_val, val.labels)
+        spent = budget.spent(score, teacher_val, student_logits, val.labels)
         print(
-            f"  prune: accuracy budget {budget:.2f} points below the teacher's validation accuracy "
-            f"{reference:.4f}; the distilled student is at {student_val:.4f}",
+            f"  prune: accuracy budget {budget.describe()} below the teacher's validation accuracy "
+            f"{reference:.4f}; the distilled student is at {student_val:.4f}, {spent.describe()}",
             flush=True,
         )
 
-    if budget is not None and points(reference - student_val) > budget:
+    if spent is not None and not spent.within:
         # Distillation alone spent the budget: any cut would only add to it.
         print("  prune: the distilled student is already over the budget; nothing is cut", flush=True)
         targets = []
@@ -281,17 +284,24 @@ def run(
                 "val_accuracy": outcome.best_val_accuracy,
             }
         )
-        if budget is not None and points(reference - outcome.best_val_accuracy) > budget:
-            # Over budget: this step is undone, and a deeper cut would only spend more.
-            model, undone = before, step
-            history[-1]["undone"] = True
-            print(
-                f"  prune step {step}/{cfg.steps} undone: validation accuracy {outcome.best_val_accuracy:.4f} is "
-                f"{points(reference - outcome.best_val_accuracy):.2f} points below the teacher's, over the "
-                f"budget of {budget:.2f}; keeping {n_heads(model)} heads, FFN {model.config.intermediate_size} wide",
-                flush=True,
-            )
-            break
+        if budget is not None:
+            # The recovery's best validation accuracy is the point estimate (its weights are the model's now);
+            # its logits give the paired standard error.
+            se = budget.standard_error(score, teacher_val, predict_logits(model, val, pad_id), val.labels)
+            step_spent = budget.judge(points(reference - outcome.best_val_accuracy), se)
+            history[-1]["spent_bound_points"] = step_spent.bound
+            if not step_spent.within:
+                # Over budget: this step is undone, and a deeper cut would only spend more.
+                model, undone = before, step
+                history[-1]["undone"] = True
+                print(
+                    f"  prune step {step}/{cfg.steps} undone: validation accuracy {outcome.best_val_accuracy:.4f}, "
+                    f"{step_spent.describe()} against the teacher's, over the budget of {budget.describe()}; "
+                    f"keeping {n_heads(model)} heads, FFN {model.config.intermediate_size} wide",
+                    flush=True,
+                )
+                break
+            spent = step_spent
 
     removed = heads_before - n_heads(model)
     kept = [row for row in history if not row.get("undone")]
@@ -313,7 +323,11 @@ def run(
         "step_undone": undone or 0,  # the step undone for going over the budget; 0: none
         **(
             {
-                "budget_points": budget,
+                "budget_points": budget.points,
+                "budget_margin_points": budget.margin_points,
+                "budget_confidence": budget.confidence,
+                # the kept model's one-sided upper bound of its spent points (None: no confidence asked)
+                "budget_spent_bound_points": spent.bound,
                 "teacher_val_accuracy": reference,
                 # what distillation had spent before pruning, and what pruning spent on top (points)
                 "budget_spent_distill_points": points(reference - student_val),

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from components.config import Params, PruneConfig
+from components.kit.budget import AccuracyBudget, accuracy_budget as budget_of
 from components.kit.tracking import PrefixedTracker, StageResult, Tracker
 from flows.stages import merge
 
@@ -24,18 +25,37 @@ if TYPE_CHECKING:  # the training loop imports torch, which the commands that tr
 
 # What the prune stage reads besides its own section: what an "auto" accuracy budget is made of.
 PRUNE_BUDGET = ("register.gate.max_drop_vs_teacher_points", "quantize.max_drop_vs_fp32_points")
+# What the distill stage reads of it: the same budget chooses how deep the student is.
+DISTILL_BUDGET = (
+    "prune.accuracy_budget_points",
+    "prune.budget_margin_points",
+    "prune.budget_confidence",
+    *PRUNE_BUDGET,
+)
 
 
-def prune_settings(p: Params) -> PruneConfig:
-    """The prune section as the prune component takes it, its accuracy budget a number of points or None (fixed
-    ratios): "auto" is the gate's tolerance against the teacher less what quantization may still spend and
-    the margin for validation not being test."""
+def budget_points(p: Params) -> float | None:
+    """The prune section's accuracy budget as a number of points, or None (fixed ratios): "auto" is the gate's
+    tolerance against the teacher less what quantization may still spend and the margin for validation not
+    being test."""
+    # computed whatever the setting, so that the keys a stage reads do not depend on their values
     auto = max(
         0.0,
         p.register_.gate.max_drop_vs_teacher_points - p.quantize.max_drop_vs_fp32_points - p.prune.budget_margin_points,
     )
     budget = p.prune.accuracy_budget_points
-    return p.prune.model_copy(update={"accuracy_budget_points": auto if budget == "auto" else budget})
+    return auto if budget == "auto" else budget
+
+
+def prune_settings(p: Params) -> PruneConfig:
+    """The prune section as the prune component takes it, its accuracy budget resolved (`budget_points`)."""
+    return p.prune.model_copy(update={"accuracy_budget_points": budget_points(p)})
+
+
+def accuracy_budget(p: Params) -> AccuracyBudget | None:
+    """The accuracy budget of the student chain (None: fixed ratios, no budget), as prune and distill test it;
+    reads only the budget's keys (`DISTILL_BUDGET`), so that other prune settings leave the distill stage be."""
+    return budget_of(budget_points(p), p.prune.budget_margin_points, p.prune.budget_confidence)
 
 
 def soft_cache(ws: Any) -> Path:
@@ -109,6 +129,7 @@ def student_chain(
     trim_cfg: BaseModel | None,
     quantize_cfg: BaseModel | None,
     mix: TaskMix | None = None,
+    budget: AccuracyBudget | None = None,
 ) -> tuple[Path, str]:
     """The student chain from a trained teacher, as the seeds stage re-runs it per seed and the search builds
     each candidate (flows/search.py): distill -> prune -> trim -> export -> quantize.
@@ -116,7 +137,8 @@ def student_chain(
     `out` says where each step writes (student, pruned, trimmed, onnx_fp32, final). A step whose folder
     already exists is reused (search candidates share students, pruned and exported models); a step given
     no config (None) is skipped, its input passed on. Each step logs under `<prefix><step>.`. `mix`: how the
-    tasks of multitask data share distill and prune. Returns the final folder and what it ships (the chosen
+    tasks of multitask data share distill and prune; `budget`: the accuracy budget a deeper student is tried
+    against (`distill.deeper_layers`; None: the student keeps `distill_cfg.layers`). Returns the final folder and what it ships (the chosen
     quantization, or fp32)."""
     from components.classification import distill, export, prune, quantize, trim
 
@@ -137,6 +159,7 @@ def student_chain(
             dist=p.distributed,
             soft_cache=soft,
             mix=mix,
+            budget=budget,
         )
     if prune_cfg is not None:
         model = out["pruned"]

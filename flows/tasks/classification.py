@@ -24,7 +24,18 @@ from components.kit.tracking import StageResult, Tracker
 from flows import registry
 from flows.preflight import require_layers, teacher_depth
 from flows.stages import Axis, Judging, Plots, Stage, StageIO, Task
-from flows.tasks.chain import PRUNE_BUDGET, export, prune_settings, quantize, soft_cache, student_chain, training, trim
+from flows.tasks.chain import (
+    DISTILL_BUDGET,
+    PRUNE_BUDGET,
+    accuracy_budget,
+    export,
+    prune_settings,
+    quantize,
+    soft_cache,
+    student_chain,
+    training,
+    trim,
+)
 from flows.workspace import Place, Workspace
 
 
@@ -71,7 +82,9 @@ def finetune(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageR
 def distill(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
     from components.classification import distill as component
 
-    return component.run(p.distill, ws.teacher, ws.prepared, ws.student, tracker, **training(p, ws))
+    return component.run(
+        p.distill, ws.teacher, ws.prepared, ws.student, tracker, budget=accuracy_budget(p), **training(p, ws)
+    )
 
 
 def prune(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResult:
@@ -105,6 +118,7 @@ def seeds(p: Params, ws: ClassificationWorkspace, tracker: Tracker) -> StageResu
             prune_settings(p),
             p.trim,
             p.quantize,
+            budget=accuracy_budget(p),
         )
         row = {
             "seed": seed,
@@ -189,13 +203,17 @@ STAGES: dict[str, Stage] = {
     ),
     "distill": Stage(
         distill,
-        StageIO(("prepared", "teacher"), ("student",), ("classification.distill", *_TRAIN)),
-        ("distill", "seed", "distributed"),
+        StageIO(("prepared", "teacher"), ("student",), ("classification.distill", "kit.budget", *_TRAIN)),
+        ("distill", *DISTILL_BUDGET, "seed", "distributed"),
         data_parallel=True,
     ),
     "prune": Stage(
         prune,
-        StageIO(("prepared", "teacher", "student"), ("pruned",), ("classification.prune", "kit.pruning", *_TRAIN)),
+        StageIO(
+            ("prepared", "teacher", "student"),
+            ("pruned",),
+            ("classification.prune", "kit.pruning", "kit.budget", *_TRAIN),
+        ),
         ("prune", *PRUNE_BUDGET, "seed", "distributed"),
         data_parallel=True,
     ),
@@ -223,6 +241,7 @@ STAGES: dict[str, Stage] = {
                 "classification.export",
                 "classification.quantize",
                 "kit.pruning",
+                "kit.budget",
                 "kit.onnx_models",
                 "kit.quantization",
                 "kit.files",

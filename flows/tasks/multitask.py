@@ -300,6 +300,7 @@ _CHAIN = (
     "classification.export",
     "classification.quantize",
     "kit.pruning",
+    "kit.budget",
     "kit.vocab",
     "kit.quantization",
     "kit.onnx_models",
@@ -352,7 +353,11 @@ STAGES: dict[str, Stage] = {
     ),
     "prune": Stage(
         prune,
-        StageIO(("prepared", "teacher", "student"), ("pruned",), ("classification.prune", "kit.pruning", *_TRAIN)),
+        StageIO(
+            ("prepared", "teacher", "student"),
+            ("pruned",),
+            ("classification.prune", "kit.pruning", "kit.budget", *_TRAIN),
+        ),
         (
             "prune",
             *PRUNE_BUDGET,

@@ -98,7 +98,13 @@ def test_a_stage_that_chains_to_an_earlier_one_survives_a_change_in_between():
 
 def test_stage_config_holds_only_the_stage_sections():
     params = build_params({})
-    assert set(stage_config(params, STAGES["distill"].sections)) == {"distill", "seed", "distributed"}
+    assert set(stage_config(params, STAGES["prune"].sections)) == {
+        "prune",
+        "register.gate.max_drop_vs_teacher_points",
+        "quantize.max_drop_vs_fp32_points",
+        "seed",
+        "distributed",
+    }
     assert stage_config(params, STAGES["ingest"].sections)["data"]["source"] == "vader-movie"
 
 

@@ -200,3 +200,35 @@ def test_feature_transfer_matches_span_ends_and_keeps_the_teacher_frozen(tiny_te
 
     narrow = distill.FeatureTransfer(teacher, [0], 16, 1.0, 0.0)
     assert isinstance(narrow.project, torch.nn.Linear) and narrow.project.out_features == teacher.config.hidden_size
+
+
+@pytest.mark.parametrize(("points", "trained"), [(100.0, [[0]]), (-100.0, [[0], [0, 1]])], ids=["within", "over"])
+def test_a_student_over_the_budget_is_replaced_by_a_deeper_one(
+    tiny_teacher_dir, tiny_prepared, tmp_path, capsys, points, trained
+):
+    import json
+
+    from components.kit.budget import AccuracyBudget
+
+    # [0, 1, 2] asks for a layer the 2-layer teacher lacks: said, and not tried
+    cfg = DistillConfig(
+        layers=[0], deeper_layers=[[0, 1], [0, 1, 2]], epochs=1, batch_size=8, max_length=32, ablation=False
+    )
+    budget = AccuracyBudget(points=points, margin_points=0.25, confidence=0.95)
+    m = distill.run(cfg, tiny_teacher_dir, tiny_prepared, tmp_path, NullTracker(), seed=0, budget=budget).metrics
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert [row["layers"] for row in saved["tried"]] == trained and saved["layers"] == trained[-1]
+    assert m["students_tried"] == len(trained) and m["layers_kept"] == len(trained[-1])
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path).config.num_hidden_layers == len(trained[-1])
+    # every student but the last was judged (the last one has nothing deeper after it: prune judges it)
+    judged = [row for row in saved["tried"] if "spent_points" in row]
+    assert len(judged) == 1 and judged[0]["spent_bound_points"] >= judged[0]["spent_points"]
+    assert judged[0]["within_budget"] == (points > 0)
+    assert "need a teacher of 3+ layers" in capsys.readouterr().out
+
+
+def test_deeper_students_must_each_keep_more_layers():
+    with pytest.raises(ValueError, match="more layers than the one before"):
+        DistillConfig(layers=[0, 2, 4], deeper_layers=[[0, 5]])
+    with pytest.raises(ValueError, match="deeper_layers must be increasing"):
+        DistillConfig(deeper_layers=[[3, 1, 2, 4]])

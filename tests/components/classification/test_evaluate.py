@@ -397,6 +397,9 @@ def test_the_accuracy_budget_says_what_each_technique_spent(tmp_path):
             "budget_spent_prune_points": 1.0,
             "steps_taken": 1,
             "step_undone": 2,
+            "budget_margin_points": 0.25,
+            "budget_confidence": 0.95,
+            "budget_spent_bound_points": 1.4,
         },
     )
     final = tmp_path / "final"
@@ -410,6 +413,7 @@ def test_the_accuracy_budget_says_what_each_technique_spent(tmp_path):
     assert spent["quantize"] == pytest.approx(0.2) and budget["total_spent_points"] == pytest.approx(1.7)
     lines = evaluate.budget_lines(budget)
     assert any("undid step 2" in line for line in lines) and "| quantization | +0.20 |" in lines
+    assert any("upper bound of +1.40 at 95% confidence" in line and "within 1.50" in line for line in lines)
     logged = evaluate.metrics_to_log({"models": {}, "gate": {"passed": True}, "accuracy_budget": budget})
     assert logged["budget.spent.prune_points"] == 1.0 and logged["budget.spent.total_points"] == pytest.approx(1.7)
     assert evaluate.accuracy_budget(write_metrics(tmp_path / "fixed", {"val_accuracy": 0.88}), final) is None

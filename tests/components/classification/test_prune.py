@@ -148,6 +148,24 @@ def test_within_the_budget_every_step_is_taken(scripted, tiny_teacher_dir, tiny_
     assert m["budget_spent_prune_points"] == pytest.approx(0.9)
 
 
+def test_a_step_within_the_points_but_not_their_bound_is_undone(
+    scripted, monkeypatch, tiny_teacher_dir, tiny_prepared, tmp_path
+):
+    from components.kit.budget import AccuracyBudget
+
+    # the student and step 1 measured as exactly as the teacher; step 2's difference with a 1-point standard
+    # error: 0.5 + 1.645 x 1.0 is over the budget of 1.0 plus the 0.25 margin, though 0.5 alone is within it
+    errors = [0.0, 0.0, 1.0]
+    monkeypatch.setattr(AccuracyBudget, "standard_error", lambda self, *args: errors.pop(0))
+    scripted.extend([0.2, 0.5])
+    cfg = budgeted(1.0).model_copy(update={"budget_confidence": 0.95})
+    m = prune.run(cfg, tiny_teacher_dir, tiny_teacher_dir, tiny_prepared, tmp_path, NullTracker(), seed=0).metrics
+    assert (m["steps_taken"], m["step_undone"]) == (1, 2)
+    assert m["budget_spent_bound_points"] == pytest.approx(0.2) and m["budget_confidence"] == 0.95
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    assert history[1]["spent_bound_points"] == pytest.approx(0.5 + 1.6449, abs=1e-3)
+
+
 def test_fixed_ratios_take_every_step_whatever_it_costs(scripted, tiny_teacher_dir, tiny_prepared, tmp_path):
     scripted.extend([5.0, 9.0])
     m = prune.run(

@@ -104,23 +104,36 @@ def test_choose_cut_steps_down_until_validation_is_within_the_allowance(tiny_mod
     assert keep == trim.rare_cut_ids(tok, train, 2, 32)
 
 
-def test_choose_cut_keeps_every_piece_when_no_rarer_cut_fits(tiny_model_dir, tiny_prepared, monkeypatch):
+def test_choose_cut_measures_every_piece_of_train_last(tiny_model_dir, tiny_prepared, monkeypatch):
     from components.config import TrimConfig
 
-    scores = iter([0.90, 0.70])
+    scores = iter([0.90, 0.70, 0.899])  # untrimmed, min_count 2 (20 points lost), min_count 1 (0.1 lost)
     monkeypatch.setattr(trim, "validation_score", lambda *a, **k: next(scores))
     keep, record = trim.choose_cut(TrimConfig(min_count=2, max_drop_points=0.5), tiny_model_dir, tiny_prepared, 32)
     import pandas as pd
 
-    texts = [t for s in ("train", "validation") for t in pd.read_parquet(tiny_prepared / f"{s}.parquet")["text"]]
-    assert record["min_count"] == 1
-    assert keep == vocab_used(tiny_model_dir, texts)
+    train = pd.read_parquet(tiny_prepared / "train.parquet")["text"].tolist()
+    assert record["min_count"] == 1 and [t["min_count"] for t in record["tried"]] == [2, 1]
+    assert keep == trim.rare_cut_ids(AutoTokenizer.from_pretrained(tiny_model_dir), train, 1, 32)
 
 
-def vocab_used(model_dir, texts):
-    from components.kit.vocab import used_token_ids
+def test_when_no_cut_fits_the_vocabulary_is_kept_whole(tiny_model_dir, tiny_prepared, tmp_path, monkeypatch):
+    import json
 
-    return used_token_ids(AutoTokenizer.from_pretrained(model_dir), texts, 32)
+    from components.config import TrimConfig
+    from components.kit.tracking import NullTracker
+
+    scores = iter([0.90, 0.70, 0.88])  # even every piece of train loses 2 points on validation
+    monkeypatch.setattr(trim, "validation_score", lambda *a, **k: next(scores))
+    out = tmp_path / "trimmed"
+    result = trim.run(
+        TrimConfig(min_count=2, max_drop_points=0.5), tiny_model_dir, tiny_prepared, out, NullTracker(), 32
+    )
+    assert result.metrics == {"trimmed": 0.0}
+    record = json.loads((out / trim.TRIM_FILE).read_text())
+    assert record["min_count"] is None and [t["min_count"] for t in record["tried"]] == [2, 1]
+    size = AutoModelForSequenceClassification.from_pretrained(out).get_input_embeddings().num_embeddings
+    assert size == len(AutoTokenizer.from_pretrained(tiny_model_dir))
 
 
 def test_the_prune_budget_left_caps_the_allowance(tiny_model_dir, tmp_path):
