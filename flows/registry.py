@@ -258,8 +258,9 @@ def tensor_shape(value) -> tuple[int, ...]:
 
 def card_chain(task: Task, p: Params, model_dir: Path) -> dict[str, dict]:
     """The compression steps of a model card: each of CARD_CHAIN's stages the task has, with its own params
-    section (the first it reads: teacher, distill, lm.prune, ...), and for quantize what it shipped (the model
-    folder's quantize_report.json: the variant chosen and the instruction set)."""
+    section (the first it reads: teacher, distill, lm.prune, ...), for distill the shipped model's depth (its
+    config.json), and for quantize what it shipped (the model folder's quantize_report.json: the variant chosen
+    and the instruction set)."""
     chain = {}
     for name in CARD_CHAIN:
         stage = task.stages.get(name)
@@ -267,6 +268,13 @@ def card_chain(task: Task, p: Params, model_dir: Path) -> dict[str, dict]:
             own = stage_config(p, stage.sections[:1])
             settings = next(iter(own.values()), {})
             chain[name] = settings if isinstance(settings, dict) else {stage.sections[0]: settings}
+    # The student's depth as shipped: the distill stage may have trained a deeper one than `layers`
+    # (`distill.deeper_layers`), so the params alone do not say it.
+    config = model_dir / "config.json"
+    if "distill" in chain and config.is_file():
+        depth = json.loads(config.read_text()).get("num_hidden_layers")
+        if depth is not None:
+            chain["distill"] |= {"shipped.num_hidden_layers": depth}
     quantized = model_dir / "quantize_report.json"
     if "quantize" in chain and quantized.is_file():
         shipped = json.loads(quantized.read_text())

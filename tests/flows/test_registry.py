@@ -348,6 +348,7 @@ def test_a_registered_classifier_shows_its_signature_example_card_and_bundle_rea
         and "| accuracy_drop_points | 2.500 | 2.000 | FAIL |" in found.description
     )
     assert "labels: negative, positive" in found.description and "ab" * 32 in found.description
+    assert "shipped.num_hidden_layers=2" in found.description  # the student's depth as shipped, not as asked
     assert found.tags[registry.DATA_SOURCE_TAG] == "vader-movie"
     card = Path(client.download_artifacts(found.run_id, registry.MODEL_CARD, str(tmp_path)))
     assert card.read_text() == found.description
