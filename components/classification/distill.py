@@ -240,6 +240,8 @@ def run(
     tracker.log_params(cfg.model_dump() | {"train_rows": len(data.train_set)})
 
     tried, candidates = [], student_layers(cfg, depth, budget)
+    val = data.splits["validation"]
+    teacher_val = None  # the teacher's validation logits, read once when a student is judged
     for layers in candidates:
         if tried:
             print(f"  distill: a deeper student, layers {layers}, in its place", flush=True)
@@ -253,8 +255,8 @@ def run(
         tried.append(row)
         if budget is None or len(tried) == len(candidates):
             break  # nothing deeper to try: the prune stage judges this one
-        val = data.splits["validation"]
-        teacher_val = soft_targets.load(teacher_dir, prepared, "validation", val, cfg.max_length, soft_cache, dist)
+        if teacher_val is None:
+            teacher_val = soft_targets.load(teacher_dir, prepared, "validation", val, cfg.max_length, soft_cache, dist)
         spent = budget.spent(data.labels.score, teacher_val, predict_logits(student, val, data.pad_id), val.labels)
         row |= {"spent_points": spent.points, "spent_bound_points": spent.bound, "within_budget": spent.within}
         verdict = "within" if spent.within else "over"
