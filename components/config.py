@@ -384,10 +384,15 @@ class IncrementalConfig(_Section):
     student_lr: Positive = 1e-4
     batch_size: Count = 32
     patience: Count = 1  # epochs without a better validation accuracy (over every batch) before stopping
-    # Weight of the soft term: on replayed rows the previous teacher teaches the updated teacher; for the
-    # student, the updated teacher teaches every row.
+    # Weight of the soft term: on replayed rows soft outputs (see replay_targets) teach the updated teacher;
+    # for the student, the updated teacher teaches the new rows and the same soft outputs the replayed ones.
     alpha: Share = 0.5
     temperature: Positive = 2.0
+    # replay_kd only: what teaches a replayed row. "learned": the soft outputs the teacher gave it when its
+    # batch was learned, kept with the row in the replay buffer (dark experience replay: forgetting does not
+    # compound from update to update); "previous": the previous teacher's outputs now (learning without
+    # forgetting). A row the buffer holds no outputs for is taught by the previous teacher either way.
+    replay_targets: Literal["learned", "previous"] = "learned"
     # The forgetting gate: no earlier batch may lose more test accuracy than this against the champion
     # (percentage points), and the new batch's test accuracy must reach this floor (0..1).
     max_forgetting_points: NonNegative = 1.0

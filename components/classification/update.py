@@ -11,18 +11,23 @@ it at registration, `run` writes the next one):
 
 `run` (method `replay_kd`, the default):
 1. the teacher trains on the new batch's train split plus the replay buffer; on replayed rows it also learns
-   the previous teacher's soft outputs (learning without forgetting, Li & Hoiem 2017), on new rows the labels
-   alone. Each epoch draws its rows batch-balanced (`balanced`): the new batch no more often than each
+   soft outputs, on new rows the labels alone. With `replay_targets: learned` (the default) a replayed row's
+   soft outputs are those the teacher gave it when its batch was learned, kept with it in the buffer (dark
+   experience replay, Buzzega et al. 2020), so each update is held to what the model knew of every earlier
+   batch then, not to its parent, which may have drifted already; `previous` (and a row stored without them)
+   takes the previous teacher's outputs now (learning without forgetting, Li & Hoiem 2017). Each epoch draws its rows batch-balanced (`balanced`): the new batch no more often than each
    earlier one, whose rows in the buffer are fewer. Early stopping reads accuracy on the validation splits
    of every batch seen, so the kept epoch is the one that serves all of them best;
 2. the student keeps its architecture (layers, pruned heads and neurons); the wordpieces of the new batch
    that its trimmed vocabulary dropped are restored from the updated teacher's embeddings
    (`components.kit.vocab.restore_wordpieces`), so new words are not locked out; it is then distilled from
-   the updated teacher on the same rows, drawn the same way, and mixed back toward the champion student's
+   the updated teacher on the same rows (on replayed rows the same stored outputs as the teacher learned),
+   drawn the same way, and mixed back toward the champion student's
    weights (`mix_back`: the share `mix_share`, or the one validation chooses).
 Method `naive` is the ablation: both fine-tune on the new batch alone, no replay, no distillation.
 
-It writes `out_dir/teacher`, `out_dir/student`, the next `out_dir/replay.parquet` and `out_dir/prepared`
+It writes `out_dir/teacher`, `out_dir/student`, the next `out_dir/replay.parquet` (each row with the soft
+outputs it was taught by, the new batch's those of the updated teacher) and `out_dir/prepared`
 (train: the rows trained on; validation: every batch's validation split; test: the new batch's), which the
 classification export and quantize components take as they are.
 """
@@ -48,7 +53,7 @@ from components.kit.modeling import (
     save_model,
     seed_everything,
 )
-from components.kit.replay import batch_balanced_draw, replay_buffer
+from components.kit.replay import batch_balanced_draw, replay_buffer, stored_logits, with_logits
 from components.kit.tracking import PrefixedTracker, StageResult, Tracker
 from components.kit.training import Distillation, Objective, train
 from components.kit.vocab import restore_wordpieces
@@ -146,16 +151,28 @@ def update_teacher(
     tracker: Tracker,
     seed: int,
     max_length: int,
-) -> dict:
+    stored: np.ndarray | None = None,
+) -> tuple[dict, np.ndarray | None]:
+    """Train the teacher (see the module); returns its training figures and the soft outputs its replayed
+    rows (`row_alpha` > 0) were taught by, None when none were. `stored`: the replay buffer's soft outputs,
+    one row per replayed row in order, NaN where it has none."""
     model, tokenizer, labels, train_set, val_set = load_encoded(teacher_dir, rows, val, max_length)
-    kd = None
+    kd, replay_targets = None, None
     if cfg.method == "replay_kd" and row_alpha.any():
         # the previous teacher's outputs, taken before it changes
-        previous = predict_logits(model, train_set, tokenizer.pad_token_id)
-        kd = Distillation(previous, cfg.alpha, cfg.temperature, row_alpha=row_alpha)
+        targets = predict_logits(model, train_set, tokenizer.pad_token_id)
+        replayed = row_alpha > 0
+        replay_targets = targets[replayed]
+        if cfg.replay_targets == "learned" and stored is not None:
+            known = ~np.isnan(stored).any(axis=1)
+            replay_targets[known] = stored[known]
+            targets[replayed] = replay_targets
+            print(f"  update: {int(known.sum())} of {len(known)} replayed rows taught by their stored outputs", flush=True)
+        kd = Distillation(targets, cfg.alpha, cfg.temperature, row_alpha=row_alpha)
     settings = train_config(cfg, cfg.teacher_epochs, cfg.teacher_lr, max_length)
     goal = objective(cfg, rows)
-    return fit(model, tokenizer, labels, train_set, val_set, settings, kd, out, tracker, seed, "update teacher", goal)
+    metrics = fit(model, tokenizer, labels, train_set, val_set, settings, kd, out, tracker, seed, "update teacher", goal)
+    return metrics, replay_targets
 
 
 def update_student(
@@ -169,7 +186,11 @@ def update_student(
     tracker: Tracker,
     seed: int,
     max_length: int,
+    replay_targets: np.ndarray | None = None,
 ) -> dict:
+    """Restore the new batch's wordpieces, distil, mix back (see the module); returns the training figures,
+    with the updated teacher's soft outputs on every row (`teacher_logits`, replay_kd only). `replay_targets`:
+    what teaches the replayed rows (`rows`' last rows, one each) instead of the updated teacher."""
     restored = restore_wordpieces(student_dir, teacher_dir, new_texts, out, max_length)
     if restored["added"]:
         print(
@@ -179,11 +200,15 @@ def update_student(
             flush=True,
         )
     model, tokenizer, labels, train_set, val_set = load_encoded(out, rows, val, max_length)
-    kd = None
+    kd, teacher_logits = None, None
     if cfg.method == "replay_kd":
         # the updated teacher's outputs on the same rows, through its own (full) vocabulary
         teacher, teacher_tok, _, teacher_set, _ = load_encoded(teacher_dir, rows, val, max_length)
-        kd = Distillation(predict_logits(teacher, teacher_set, teacher_tok.pad_token_id), cfg.alpha, cfg.temperature)
+        teacher_logits = predict_logits(teacher, teacher_set, teacher_tok.pad_token_id)
+        targets = teacher_logits.copy()
+        if cfg.replay_targets == "learned" and replay_targets is not None and len(replay_targets):
+            targets[len(rows) - len(replay_targets) :] = replay_targets
+        kd = Distillation(targets, cfg.alpha, cfg.temperature)
         del teacher
     # the champion student (its vocabulary grown): the start the trained weights are mixed back toward
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -201,7 +226,7 @@ def update_student(
         metrics |= mix_back(cfg, model, start, tokenizer, labels, val, max_length)
         save_model(model, tokenizer, labels, out, metrics)
         tracker.log_metrics({"mix_share": metrics["mix_share"]})
-    return metrics | {"restored_pieces": restored["added_pieces"]}
+    return metrics | {"restored_pieces": restored["added_pieces"], "teacher_logits": teacher_logits}
 
 
 def mix_back(cfg: IncrementalConfig, model, start: dict, tokenizer, labels, val: pd.DataFrame, max_length: int):
@@ -274,6 +299,7 @@ def run(
     check_labels(batch, labels, "the champion")
     replay = pd.read_parquet(champion / "replay.parquet")
     rows, row_alpha = training_rows(cfg, batch, name, replay)
+    stored = stored_logits(replay, len(labels))
     val = validation_rows(cfg, batch, name, earlier)
     tracker.log_params(
         cfg.model_dump() | {"batch": name, "train_rows": len(rows), "replay_rows": int((row_alpha > 0).sum())}
@@ -283,7 +309,7 @@ def run(
         f"({cfg.method}); validation over {len(val)} sentences",
         flush=True,
     )
-    teacher = update_teacher(
+    teacher, replay_targets = update_teacher(
         cfg,
         champion / "teacher",
         rows,
@@ -293,6 +319,7 @@ def run(
         PrefixedTracker(tracker, "teacher."),
         seed,
         max_length,
+        stored,
     )
     new_texts = pd.concat([pd.read_parquet(batch / f"{s}.parquet")["text"] for s in ("train", "validation")]).tolist()
     student = update_student(
@@ -306,9 +333,18 @@ def run(
         PrefixedTracker(tracker, "student."),
         seed,
         max_length,
+        replay_targets,
     )
+    # the next buffer keeps each row's soft outputs: the replayed rows' as they were taught, the new batch's
+    # from the updated teacher (the naive ablation: none for the new batch)
+    new = rows["batch"].to_numpy() == name
+    learned = student["teacher_logits"]
     buffer = replay_buffer(
-        replay, pd.read_parquet(batch / "train.parquet")[["text", "label"]], name, cfg.replay_size, seed
+        replay if replay_targets is None else with_logits(replay, replay_targets),
+        with_logits(rows.loc[new, ["text", "label"]], None if learned is None else learned[new]),
+        name,
+        cfg.replay_size,
+        seed,
     )
     buffer.to_parquet(out_dir / "replay.parquet", index=False)
     for earlier_name, folder in earlier.items():
@@ -318,7 +354,9 @@ def run(
     card.write_text(json.dumps(json.loads(card.read_text()) | {"arrived": len(earlier)}, indent=2))
     write_prepared(rows, val, batch, labels, out_dir / "prepared")
     metrics = {f"teacher.{k}": v for k, v in teacher.items()} | {
-        f"student.{k}": v for k, v in student.items() if k not in ("restored_pieces", "mix_val_accuracy")
+        f"student.{k}": v
+        for k, v in student.items()
+        if k not in ("restored_pieces", "mix_val_accuracy", "teacher_logits")
     }
     metrics |= {
         "examples": teacher["examples"] + student["examples"],

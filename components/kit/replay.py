@@ -13,6 +13,11 @@ buffer from the previous one and the new batch's train rows:
   with a generator seeded by (seed, batch name), so the same inputs always give the same buffer and a
   batch's kept rows only ever shrink as more batches arrive, never get re-drawn from elsewhere.
 
+Each row may carry the soft outputs (`logits`) of the teacher that learned its batch, taken when it learned it
+(dark experience replay, Buzzega et al. 2020): later updates distil toward what the model knew of the batch
+then, not toward a previous model that may itself have drifted, so forgetting does not compound from update to
+update. `stored_logits` reads them back; a row without them (`None`) is taught by the previous model.
+
 `batch_balanced_draw` is how an update then trains on the new batch and the buffer: each epoch draws its rows
 so that every batch is drawn equally often, the new one (thousands of rows) no more than each earlier one
 (its share of the buffer).
@@ -28,6 +33,24 @@ import numpy as np
 import pandas as pd
 
 COLUMNS = ["text", "label", "batch"]
+LOGITS = "logits"  # optional: one list of floats per row, or None
+
+
+def with_logits(rows: pd.DataFrame, logits: np.ndarray | None) -> pd.DataFrame:
+    """`rows` with a `logits` column: row i's soft outputs `logits[i]` (float32), or None for every row."""
+    column = [None] * len(rows) if logits is None else [np.asarray(row, dtype=np.float32) for row in logits]
+    return rows.assign(**{LOGITS: column})
+
+
+def stored_logits(rows: pd.DataFrame, n_labels: int) -> np.ndarray:
+    """The stored soft outputs of `rows` as an (n, n_labels) float32 array, NaN where a row has none (no
+    `logits` column: none at all)."""
+    out = np.full((len(rows), n_labels), np.nan, dtype=np.float32)
+    if LOGITS in rows.columns:
+        for i, row in enumerate(rows[LOGITS].tolist()):
+            if row is not None and len(row) == n_labels:
+                out[i] = np.asarray(row, dtype=np.float32)
+    return out
 
 
 def batch_shares(counts: dict[str, int], size: int) -> dict[str, int]:
@@ -99,24 +122,29 @@ def replay_buffer(
     `size` rows with `batch_shares` per batch and a label-stratified draw inside each.
 
     `previous` has columns text, label, batch (None or empty before the first update); `new_train` has text
-    and label (other columns are dropped). Rows of `previous` already tagged `batch` are replaced by
+    and label (other columns are dropped); either may also hold `logits`, kept with its rows. Rows of `previous` already tagged `batch` are replaced by
     `new_train`: re-running an update gives the same buffer. The result has columns text, label, batch, the
     batches in the order they were first seen, each batch's rows in their previous order.
     """
     if size < 1:
         raise ValueError(f"the replay buffer size must be >= 1, not {size}")
-    older = previous[COLUMNS] if previous is not None else pd.DataFrame(columns=COLUMNS)
-    frames = [older[older["batch"] != batch], new_train[["text", "label"]].assign(batch=batch)]
+    keep = LOGITS in new_train.columns or (previous is not None and LOGITS in previous.columns)
+    columns = COLUMNS + [LOGITS] if keep else COLUMNS
+    older = pd.DataFrame(columns=COLUMNS) if previous is None else previous
+    new = new_train.assign(batch=batch)
+    if keep:  # a frame without stored outputs gets None in their place
+        older, new = (f if LOGITS in f.columns else with_logits(f, None) for f in (older, new))
+    frames = [older.loc[older["batch"] != batch, columns], new[columns]]
     # Empty frames are left out: concatenated with others, their untyped columns would change the dtypes.
     frames = [rows for rows in frames if len(rows)]
     if not frames:
-        return pd.DataFrame({column: pd.Series(dtype=str) for column in COLUMNS})
+        return pd.DataFrame({column: pd.Series(dtype=str if column != LOGITS else object) for column in columns})
     pool = pd.concat(frames, ignore_index=True)
     order = list(dict.fromkeys(pool["batch"].tolist()))
     groups = {name: pool[pool["batch"] == name] for name in order}
     shares = batch_shares({name: len(rows) for name, rows in groups.items()}, size)
     kept = [stratified_sample(groups[name], shares[name], batch_rng(seed, name)) for name in order]
-    return pd.concat([rows for rows in kept if len(rows)], ignore_index=True)[COLUMNS]
+    return pd.concat([rows for rows in kept if len(rows)], ignore_index=True)[columns]
 
 
 def batch_balanced_draw(batches) -> np.ndarray | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -14,6 +15,8 @@ from components.config import IncrementalConfig
 from components.kit import batches
 from components.kit.data import DataError
 from components.kit.interpolation import choose_share
+from components.kit.modeling import predict_logits
+from components.kit.replay import stored_logits
 from components.kit.tracking import NullTracker
 from tests.conftest import make_frame, write_prepared
 
@@ -70,6 +73,13 @@ def test_update_restores_new_words_and_writes_the_next_warm_start(warm, new_batc
     assert list(batches.earlier_batches(out)) == ["reviews", "gadgets"]
     replay = pd.read_parquet(out / "replay.parquet")
     assert len(replay) == 20 and set(replay["batch"]) == {"reviews", "gadgets"}
+    # every row keeps the soft outputs it was taught by: the first batch's from the champion's teacher
+    # (the model that learned it), the new batch's from the updated teacher
+    stored = stored_logits(replay, 2)
+    assert not np.isnan(stored).any()
+    first = replay["batch"].eq("reviews").to_numpy()
+    np.testing.assert_allclose(stored[first], outputs(warm / "teacher", replay.loc[first]), atol=1e-4)
+    np.testing.assert_allclose(stored[~first], outputs(out / "teacher", replay.loc[~first]), atol=1e-4)
     prepared = out / "prepared"
     assert len(pd.read_parquet(prepared / "validation.parquet")) == 16 + 8  # every batch's validation split
     assert len(pd.read_parquet(prepared / "test.parquet")) == 8  # the new batch's test split
@@ -78,6 +88,32 @@ def test_update_restores_new_words_and_writes_the_next_warm_start(warm, new_batc
     assert m["student.mix_share"] == 0.8
     assert set(result.info["mix_val_accuracy"]) == {"0.00", "0.20", "0.40", "0.60", "0.80", "1.00"}
     assert set(result.info["mix_val_accuracy"]["1.00"]) == {"gadgets", "reviews"}
+
+
+def outputs(model_dir, rows: pd.DataFrame) -> np.ndarray:
+    """A saved model's logits on `rows`."""
+    model, tokenizer, labels, data, _ = update.load_encoded(model_dir, rows, rows, 32)
+    return predict_logits(model, data, tokenizer.pad_token_id)
+
+
+def test_replayed_rows_are_taught_by_their_stored_outputs(warm, new_batch, tmp_path):
+    replay = pd.read_parquet(warm / "replay.parquet")
+    rows, row_alpha = update.training_rows(CFG, new_batch, "gadgets", replay)
+    val = update.validation_rows(CFG, new_batch, "gadgets", batches.earlier_batches(warm))
+    stored = np.full((len(replay), 2), np.nan, dtype=np.float32)
+    stored[:5] = [[4.0, -4.0]] * 5  # outputs kept for five rows, none for the others
+
+    def taught(cfg):
+        _, targets = update.update_teacher(
+            cfg, warm / "teacher", rows, row_alpha, val, tmp_path / cfg.replay_targets, NullTracker(), 0, 32, stored
+        )
+        return targets
+
+    parent = outputs(warm / "teacher", replay)
+    learned = taught(CFG)
+    np.testing.assert_allclose(learned[:5], stored[:5])
+    np.testing.assert_allclose(learned[5:], parent[5:], atol=1e-4)  # no stored outputs: the previous teacher's
+    np.testing.assert_allclose(taught(CFG.model_copy(update={"replay_targets": "previous"})), parent, atol=1e-4)
 
 
 def test_mix_share_chosen_on_validation_or_fixed_off_the_grid(warm, new_batch, tmp_path):

@@ -4,7 +4,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.kit.replay import COLUMNS, batch_balanced_draw, batch_shares, label_quotas, replay_buffer
+from components.kit.replay import (
+    COLUMNS,
+    LOGITS,
+    batch_balanced_draw,
+    batch_shares,
+    label_quotas,
+    replay_buffer,
+    stored_logits,
+    with_logits,
+)
 
 
 def frame(name: str, positive: int, negative: int = None) -> pd.DataFrame:
@@ -225,3 +234,37 @@ def test_balanced_draw_gives_every_batch_the_same_total_probability():
 
 def test_balanced_draw_of_one_batch_is_every_row_once():
     assert batch_balanced_draw(["new"] * 4) is None
+
+
+# ---------------------------------------------------------------- stored soft outputs
+
+
+def test_stored_outputs_travel_with_their_rows():
+    first = replay_buffer(None, with_logits(frame("a", 10), np.arange(40).reshape(20, 2)), "a", 12, seed=0)
+    assert list(first.columns) == COLUMNS + [LOGITS]
+    # each kept row still holds its own outputs: row i of batch a was given [2i, 2i + 1]
+    source = {text: i for i, text in enumerate(frame("a", 10)["text"])}
+    for text, logits in zip(first["text"], first[LOGITS]):
+        assert list(logits) == [2 * source[text], 2 * source[text] + 1]
+    # a batch arriving without outputs gets None; the earlier batch keeps its own, only ever fewer of them
+    second = replay_buffer(first, frame("b", 10), "b", 12, seed=0)
+    kept_a = second[second["batch"] == "a"]
+    assert rows_of(second, "a") <= rows_of(first, "a")
+    assert all(logits is not None for logits in kept_a[LOGITS])
+    assert all(logits is None for logits in second.loc[second["batch"] == "b", LOGITS])
+
+
+def test_stored_outputs_read_back_nan_where_missing(tmp_path):
+    buffer = replay_buffer(None, with_logits(frame("a", 2), np.ones((4, 3))), "a", 4, seed=0)
+    buffer = replay_buffer(buffer, frame("b", 1), "b", 6, seed=0)
+    buffer.to_parquet(tmp_path / "replay.parquet", index=False)  # as an update stores and reads it
+    read = stored_logits(pd.read_parquet(tmp_path / "replay.parquet"), 3)
+    is_a = (buffer["batch"] == "a").to_numpy()
+    assert read.shape == (6, 3) and read.dtype == np.float32
+    assert (read[is_a] == 1).all() and np.isnan(read[~is_a]).all()
+    # a buffer written before outputs were stored: none known
+    assert np.isnan(stored_logits(frame("c", 2).assign(batch="c"), 3)).all()
+
+
+def test_buffer_without_outputs_keeps_its_columns():
+    assert list(replay_buffer(None, frame("a", 3), "a", 4, seed=0).columns) == COLUMNS
