@@ -167,11 +167,15 @@ def update_teacher(
             known = ~np.isnan(stored).any(axis=1)
             replay_targets[known] = stored[known]
             targets[replayed] = replay_targets
-            print(f"  update: {int(known.sum())} of {len(known)} replayed rows taught by their stored outputs", flush=True)
+            print(
+                f"  update: {int(known.sum())} of {len(known)} replayed rows taught by their stored outputs", flush=True
+            )
         kd = Distillation(targets, cfg.alpha, cfg.temperature, row_alpha=row_alpha)
     settings = train_config(cfg, cfg.teacher_epochs, cfg.teacher_lr, max_length)
     goal = objective(cfg, rows)
-    metrics = fit(model, tokenizer, labels, train_set, val_set, settings, kd, out, tracker, seed, "update teacher", goal)
+    metrics = fit(
+        model, tokenizer, labels, train_set, val_set, settings, kd, out, tracker, seed, "update teacher", goal
+    )
     return metrics, replay_targets
 
 

@@ -133,6 +133,8 @@ def test_batches_and_replay_buffer_are_recorded_by_dvc(stream):
     replay = pd.read_parquet(project / "data" / "replay" / "replay.parquet")
     assert len(replay) <= UPDATE["incremental.replay_size"]
     assert set(replay["batch"]) == {"reviews", "gadgets", "food"}
+    # every row keeps the soft outputs it was taught by (two labels each), for the next update to distil toward
+    assert all(logits is not None and len(logits) == 2 for logits in replay["logits"])
     status = subprocess.run(
         [str(BIN / "dvc"), "status", "data/replay.dvc"], cwd=project, capture_output=True, text=True
     )
