@@ -389,9 +389,9 @@ class IncrementalConfig(_Section):
     alpha: Share = 0.5
     temperature: Positive = 2.0
     # replay_kd only: what teaches a replayed row. "learned": the soft outputs the teacher gave it when its
-    # batch was learned, kept with the row in the replay buffer (dark experience replay: forgetting does not
-    # compound from update to update); "previous": the previous teacher's outputs now (learning without
-    # forgetting). A row the buffer holds no outputs for is taught by the previous teacher either way.
+    # batch was learned, kept with the row in the replay buffer (dark experience replay: a fixed reference,
+    # not the parent's outputs, which earlier updates may have moved); "previous": the previous teacher's
+    # outputs now (learning without forgetting). Measured over the demonstration's stream, docs/incremental.md. A row the buffer holds no outputs for is taught by the previous teacher either way.
     replay_targets: Literal["learned", "previous"] = "learned"
     # The forgetting gate: no earlier batch may lose more test accuracy than this against the champion
     # (percentage points), and the new batch's test accuracy must reach this floor (0..1).

@@ -15,8 +15,8 @@ buffer from the previous one and the new batch's train rows:
 
 Each row may carry the soft outputs (`logits`) of the teacher that learned its batch, taken when it learned it
 (dark experience replay, Buzzega et al. 2020): later updates distil toward what the model knew of the batch
-then, not toward a previous model that may itself have drifted, so forgetting does not compound from update to
-update. `stored_logits` reads them back; a row without them (`None`) is taught by the previous model.
+then, not toward a previous model that earlier updates may have moved (docs/incremental.md has what it
+measured). `stored_logits` reads them back; a row without them (`None`) is taught by the previous model.
 
 `batch_balanced_draw` is how an update then trains on the new batch and the buffer: each epoch draws its rows
 so that every batch is drawn equally often, the new one (thousands of rows) no more than each earlier one
