@@ -128,9 +128,11 @@ def validate_batch(p: Params, batch: Path, labels: list[str], out: Path, tracker
 def train_update(p: Params, warm: Path, batch: Path, name: str, out: Path, tracker: Tracker) -> dict:
     from components.classification import update
     from components.kit.training import use_threads
+    from flows.tasks.chain import accuracy_budget
 
     use_threads(p.threads)
-    result = update.run(p.incremental, warm, batch, name, out, tracker, p.seed, p.teacher.max_length)
+    budget = accuracy_budget(p)
+    result = update.run(p.incremental, warm, batch, name, out, tracker, p.seed, p.teacher.max_length, budget)
     return result.metrics | {k: result.info[k] for k in ("restored_pieces", "mix_val_accuracy")}
 
 
@@ -261,8 +263,32 @@ def build_report(
         "mix_chosen": p.incremental.mix_share is None,
         "mix_val_accuracy": trained.get("mix_val_accuracy"),
         "quantization": chosen,
+        # the updated student against the updated teacher, by the accuracy budget of a full run (None: no budget)
+        "budget": None
+        if "student.spent_points" not in trained
+        else {
+            "spent_points": trained["student.spent_points"],
+            "bound": trained.get("student.spent_bound"),
+            "within": bool(trained["student.within_budget"]),
+        },
         "models": {"final": {"accuracy": mean, "size_bytes": size_bytes}},
     }
+
+
+def budget_lines(budget: dict | None) -> list[str]:
+    """The report's line on the updated student against the updated teacher (none without a budget)."""
+    if budget is None:
+        return []
+    bound = "" if budget["bound"] is None else f" (upper bound {budget['bound']:.2f})"
+    verdict = (
+        "within the accuracy budget a full run holds its student to"
+        if budget["within"]
+        else "over the accuracy budget a full run holds its student to: the first run's student may no longer "
+        "fit every batch (a full run on all the data chooses its depth and pruning again)"
+    )
+    return [
+        f"- student against the updated teacher (every batch's validation): {budget['spent_points']:+.2f} points{bound}, {verdict}"
+    ]
 
 
 def render_markdown(report: dict) -> str:
@@ -300,6 +326,7 @@ def render_markdown(report: dict) -> str:
             + ("(chosen on validation over every batch)" if report.get("mix_chosen") else "(incremental.mix_share)")
         ),
         f"- quantization shipped: {report['quantization']}",
+        *budget_lines(report.get("budget")),
         f"- texts dropped because an earlier batch holds them: {report['dropped_seen_in_earlier_batches']}",
     ]
     return "\n".join(lines) + "\n"

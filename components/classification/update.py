@@ -44,6 +44,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from components.config import IncrementalConfig, TrainConfig
 from components.kit.batches import check_labels, copy_batch, earlier_batches, read_labels
+from components.kit.budget import AccuracyBudget
 from components.kit.interpolation import SHARES, choose_share, largest_drop, mean_accuracy, mixed_state
 from components.kit.modeling import (
     accuracy as accuracy_of,
@@ -271,6 +272,26 @@ def mix_back(cfg: IncrementalConfig, model, start: dict, tokenizer, labels, val:
     }
 
 
+def budget_check(budget: AccuracyBudget, teacher_dir: Path, student_dir: Path, val: pd.DataFrame, max_length: int):
+    """The updated student against the updated teacher on every batch's validation split, judged by the
+    accuracy budget a full run holds its student to (`components.kit.budget`): over it, the first run's
+    architecture no longer holds what the teacher learned, which a full run on all the data would answer with
+    a deeper or less pruned student."""
+    logits = {}
+    for name, folder in (("teacher", teacher_dir), ("student", student_dir)):
+        model, tokenizer, _, _, data = load_encoded(folder, val.head(1), val, max_length)
+        logits[name] = predict_logits(model, data, tokenizer.pad_token_id)
+        labels = np.asarray(data.labels)
+    spent = budget.spent(accuracy_of, logits["teacher"], logits["student"], labels)
+    print(
+        f"  update: the student spends {spent.describe()} of the updated teacher's validation accuracy over "
+        f"every batch: {'within' if spent.within else 'over'} the budget a full run holds its student to, "
+        f"{budget.describe()}",
+        flush=True,
+    )
+    return spent
+
+
 def write_prepared(rows: pd.DataFrame, val: pd.DataFrame, batch: Path, labels: list[str], out: Path) -> None:
     """The data the export and quantize components read: the rows trained on, every batch's validation
     split, the new batch's test split."""
@@ -291,10 +312,12 @@ def run(
     tracker: Tracker,
     seed: int,
     max_length: int,
+    budget: AccuracyBudget | None = None,
 ) -> StageResult:
     """Update the champion's warm start (`champion`, see the module) with the prepared batch `batch`, called
     `name` (a name no earlier batch has); write the next warm start (the new batch added to `batches/`) and
-    the export's data into `out_dir`."""
+    the export's data into `out_dir`. With a `budget`, the updated student is judged against the updated
+    teacher by it (`budget_check`: reported, not acted on)."""
     seed_everything(seed)
     earlier = earlier_batches(champion)
     if name in earlier:
@@ -362,6 +385,10 @@ def run(
         for k, v in student.items()
         if k not in ("restored_pieces", "mix_val_accuracy", "teacher_logits")
     }
+    if budget is not None:
+        spent = budget_check(budget, out_dir / "teacher", out_dir / "student", val, max_length)
+        metrics |= {"student.spent_points": spent.points, "student.within_budget": float(spent.within)}
+        metrics |= {} if spent.bound is None else {"student.spent_bound": spent.bound}
     metrics |= {
         "examples": teacher["examples"] + student["examples"],
         "train_rows": len(rows),

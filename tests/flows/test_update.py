@@ -42,3 +42,11 @@ def test_the_champions_shipped_variant_is_read_from_its_quantize_report(tmp_path
     assert update.shipped_variant(tmp_path) is None
     (tmp_path / "quantize_report.json").write_text(json.dumps({"chosen": "fused_int8_emb4", "preset": "avx2"}))
     assert update.shipped_variant(tmp_path) == "fused_int8_emb4"
+
+
+def test_the_report_says_whether_the_updated_student_is_within_the_budget():
+    assert update.budget_lines(None) == []
+    (within,) = update.budget_lines({"spent_points": 0.4, "bound": 1.1, "within": True})
+    assert "+0.40 points (upper bound 1.10), within the accuracy budget" in within
+    (over,) = update.budget_lines({"spent_points": 2.1, "bound": None, "within": False})
+    assert "+2.10 points, over the accuracy budget" in over and "may no longer fit every batch" in over

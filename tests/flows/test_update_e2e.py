@@ -103,6 +103,9 @@ def test_updates_register_versions_warm_started_from_the_champion(stream):
     assert gadgets["wordpieces_restored"] > 0 and gadgets["restored_examples"]
     # the cost is counted: new rows plus the replay buffer, over every epoch of teacher and student
     assert report["cost"]["examples"] >= 2 * (64 + 60) and report["cost"]["seconds"] > 0
+    # the updated student judged against the updated teacher by the accuracy budget a full run holds it to
+    assert isinstance(report["budget"]["spent_points"], float) and isinstance(report["budget"]["within"], bool)
+    assert "- student against the updated teacher" in (project / "reports" / "update" / "v3.md").read_text()
     version = registry(project).get_model_version("miniaturize-reviews", "3")
     assert version.tags["incremental.parent_version"] == "2" and version.tags["source"] == "update"
     assert version.tags["data_source"] == "reviews"  # the data the first run learned, not a batch's

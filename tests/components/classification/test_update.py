@@ -13,6 +13,7 @@ import pytest
 from components.classification import trim, update
 from components.config import IncrementalConfig
 from components.kit import batches
+from components.kit.budget import accuracy_budget
 from components.kit.data import DataError
 from components.kit.interpolation import choose_share
 from components.kit.modeling import predict_logits
@@ -140,6 +141,25 @@ def test_mix_share_chosen_on_validation_or_fixed_off_the_grid(warm, new_batch, t
         max_length=32,
     )
     assert fixed.metrics["student.mix_share"] == 0.5 and "0.50" in fixed.info["mix_val_accuracy"]
+
+
+def test_the_updated_student_is_judged_by_the_accuracy_budget(warm, new_batch, tmp_path):
+    budget = accuracy_budget(1.25, 0.25, 0.95)
+    result = update.run(CFG, warm, new_batch, "gadgets", tmp_path / "next", NullTracker(), 0, 32, budget)
+    m = result.metrics
+    # the spent points are the updated teacher's validation accuracy over every batch less the student's
+    val = pd.read_parquet(tmp_path / "next" / "prepared" / "validation.parquet")
+    labels = np.array([["negative", "positive"].index(label) for label in val["label"]])
+    teacher = outputs(tmp_path / "next" / "teacher", val).argmax(1) == labels
+    student = outputs(tmp_path / "next" / "student", val).argmax(1) == labels
+    assert m["student.spent_points"] == pytest.approx(100 * (teacher.mean() - student.mean()))
+    assert m["student.spent_bound"] >= m["student.spent_points"]
+    within = m["student.spent_points"] <= 1.25 and m["student.spent_bound"] <= 1.25 + 0.25
+    assert m["student.within_budget"] == float(within)
+    assert (
+        "student.spent_points"
+        not in update.run(CFG, warm, new_batch, "gadgets", tmp_path / "plain", NullTracker(), 0, 32).metrics
+    )
 
 
 def test_replay_kd_draws_batch_balanced_and_naive_every_row_once(warm, new_batch):
