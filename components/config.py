@@ -391,7 +391,8 @@ class IncrementalConfig(_Section):
     # replay_kd only: what teaches a replayed row. "learned": the soft outputs the teacher gave it when its
     # batch was learned, kept with the row in the replay buffer (dark experience replay: a fixed reference,
     # not the parent's outputs, which earlier updates may have moved); "previous": the previous teacher's
-    # outputs now (learning without forgetting). Measured over the demonstration's stream, docs/incremental.md. A row the buffer holds no outputs for is taught by the previous teacher either way.
+    # outputs now (learning without forgetting). Measured over the demonstration's stream, docs/incremental.md.
+    # A row the buffer holds no outputs for is taught by the previous teacher either way.
     replay_targets: Literal["learned", "previous"] = "learned"
     # The forgetting gate: no earlier batch may lose more test accuracy than this against the champion
     # (percentage points), and the new batch's test accuracy must reach this floor (0..1).

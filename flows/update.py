@@ -286,9 +286,8 @@ def budget_lines(budget: dict | None) -> list[str]:
         else "over the accuracy budget a full run holds its student to: the first run's student may no longer "
         "fit every batch (a full run on all the data chooses its depth and pruning again)"
     )
-    return [
-        f"- student against the updated teacher (every batch's validation): {budget['spent_points']:+.2f} points{bound}, {verdict}"
-    ]
+    spent = f"{budget['spent_points']:+.2f} points{bound}"
+    return [f"- student against the updated teacher (every batch's validation): {spent}, {verdict}"]
 
 
 def render_markdown(report: dict) -> str:

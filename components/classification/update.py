@@ -15,9 +15,10 @@ it at registration, `run` writes the next one):
    soft outputs are those the teacher gave it when its batch was learned, kept with it in the buffer (dark
    experience replay, Buzzega et al. 2020), so each update is held to what the model knew of every earlier
    batch then, not to its parent, which may have drifted already; `previous` (and a row stored without them)
-   takes the previous teacher's outputs now (learning without forgetting, Li & Hoiem 2017). Each epoch draws its rows batch-balanced (`balanced`): the new batch no more often than each
-   earlier one, whose rows in the buffer are fewer. Early stopping reads accuracy on the validation splits
-   of every batch seen, so the kept epoch is the one that serves all of them best;
+   takes the previous teacher's outputs now (learning without forgetting, Li & Hoiem 2017). Each epoch draws
+   its rows batch-balanced (`balanced`): the new batch no more often than each earlier one, whose rows in the
+   buffer are fewer. Early stopping reads accuracy on the validation splits of every batch seen, so the kept
+   epoch is the one that serves all of them best;
 2. the student keeps its architecture (layers, pruned heads and neurons); the wordpieces of the new batch
    that its trimmed vocabulary dropped are restored from the updated teacher's embeddings
    (`components.kit.vocab.restore_wordpieces`), so new words are not locked out; it is then distilled from

@@ -122,9 +122,10 @@ def replay_buffer(
     `size` rows with `batch_shares` per batch and a label-stratified draw inside each.
 
     `previous` has columns text, label, batch (None or empty before the first update); `new_train` has text
-    and label (other columns are dropped); either may also hold `logits`, kept with its rows. Rows of `previous` already tagged `batch` are replaced by
-    `new_train`: re-running an update gives the same buffer. The result has columns text, label, batch, the
-    batches in the order they were first seen, each batch's rows in their previous order.
+    and label (other columns are dropped); either may also hold `logits`, kept with its rows. Rows of
+    `previous` already tagged `batch` are replaced by `new_train`: re-running an update gives the same buffer.
+    The result has columns text, label, batch (and `logits` when either input has it, None for rows without
+    them), the batches in the order they were first seen, each batch's rows in their previous order.
     """
     if size < 1:
         raise ValueError(f"the replay buffer size must be >= 1, not {size}")
