@@ -411,6 +411,10 @@ class IncrementalConfig(_Section):
     mix: bool = True
     mix_share: Share | None = 0.8
     mix_budget_points: NonNegative = 2.0
+    # replay_kd only, with an accuracy budget: before the student learns the new batch it is judged against
+    # the updated teacher on the batches it already knows; over the full run's budget there, it is grown by
+    # one of the teacher's layers (`distill.deeper_layers`, components/kit/grow.py) first.
+    grow: bool = True
 
 
 class TaskColumn(_Section):

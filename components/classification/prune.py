@@ -33,79 +33,26 @@ import copy
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification
-from transformers.pytorch_utils import prune_linear_layer
 
 from components.config import DistributedConfig, PruneConfig
 from components.kit import soft_targets
 from components.kit.budget import accuracy_budget
 from components.kit.distributed import same_on_every_rank
+from components.kit.encoder_pruning import importance_scores, prune_ffn
 from components.kit.modeling import (
     Encoded,
-    collate,
     count_params,
-    length_bucketed_batches,
-    model_inputs,
     predict_logits,
     save_model,
     seed_everything,
     transformer_layers,
 )
-from components.kit.pruning import head_scores, heads_to_prune, neuron_scores, neurons_to_keep, retained_inputs
+from components.kit.pruning import heads_to_prune, neurons_to_keep
 from components.kit.soft_targets import student_data
 from components.kit.tracking import PrefixedTracker, StageResult, Tracker
 from components.kit.training import SINGLE_LABEL, Distillation, Objective, TaskMix, train
-
-
-def importance_scores(
-    model: nn.Module,
-    data: Encoded,
-    teacher_logits: np.ndarray,
-    pad_id: int,
-    batches: int,
-    batch_size: int,
-    alpha: float,
-    temperature: float,
-    seed: int,
-    objective: Objective = SINGLE_LABEL,
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per layer: head scores (n_heads,) and FFN neuron scores (intermediate,), gradient x activation
-    (`components.kit.pruning`) of the objective's loss: for multitask data, of every task's loss together."""
-    layers = transformer_layers(model)
-    totals_heads = [np.zeros(layer.attention.self.num_attention_heads) for layer in layers]
-    totals_ffn = [np.zeros(layer.output.dense.in_features) for layer in layers]
-    # Inputs of attention.output.dense: the heads' context vectors; of output.dense: the FFN activations.
-    watched = {
-        key: module
-        for i, layer in enumerate(layers)
-        for key, module in ((("ctx", i), layer.attention.output.dense), (("ffn", i), layer.output.dense))
-    }
-    model.eval()  # no dropout: scores should reflect the model as it will run
-    order = length_bucketed_batches([len(x) for x in data.input_ids], batch_size, shuffle=True, seed=seed)
-    try:
-        with retained_inputs(watched) as captured:
-            for index in order[:batches]:
-                batch = model_inputs(model, collate(data.input_ids, index, pad_id))
-                index_t = torch.as_tensor(index)
-                logits = model(**batch).logits
-                loss = objective.loss(
-                    logits,
-                    torch.as_tensor(teacher_logits)[index_t],
-                    torch.as_tensor(data.labels[index], dtype=torch.long),
-                    alpha,
-                    temperature,
-                )
-                model.zero_grad(set_to_none=True)
-                loss.backward()
-                mask = batch["attention_mask"].unsqueeze(-1).float()
-                for i, layer in enumerate(layers):
-                    totals_heads[i] += head_scores(captured[("ctx", i)], mask, layer.attention.self.num_attention_heads)
-                    totals_ffn[i] += neuron_scores(captured[("ffn", i)], mask)
-    finally:
-        model.zero_grad(set_to_none=True)
-    return totals_heads, totals_ffn
 
 
 def step_targets(
@@ -138,14 +85,6 @@ def original_head_ids(model: nn.Module, plan: dict[int, list[int]]) -> dict[int,
 
 def n_heads(model: nn.Module) -> int:
     return sum(layer.attention.self.num_attention_heads for layer in transformer_layers(model))
-
-
-def prune_ffn(model: nn.Module, keep: list[np.ndarray]) -> None:
-    for layer, idx in zip(transformer_layers(model), keep):
-        index = torch.as_tensor(idx, dtype=torch.long)
-        layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, index, dim=0)
-        layer.output.dense = prune_linear_layer(layer.output.dense, index, dim=1)
-    model.config.intermediate_size = int(len(keep[0]))
 
 
 def cut(

@@ -19,12 +19,14 @@ it at registration, `run` writes the next one):
    its rows batch-balanced (`balanced`): the new batch no more often than each earlier one, whose rows in the
    buffer are fewer. Early stopping reads accuracy on the validation splits of every batch seen, so the kept
    epoch is the one that serves all of them best;
-2. the student keeps its architecture (layers, pruned heads and neurons); the wordpieces of the new batch
-   that its trimmed vocabulary dropped are restored from the updated teacher's embeddings
-   (`components.kit.vocab.restore_wordpieces`), so new words are not locked out; it is then distilled from
-   the updated teacher on the same rows (on replayed rows the same stored outputs as the teacher learned),
-   drawn the same way, and mixed back toward the champion student's
-   weights (`mix_back`: the share `mix_share`, or the one validation chooses).
+2. the champion student is judged against the updated teacher on the batches it already knows; over the
+   full run's accuracy budget there, it grows by one of the teacher's layers first (`grown_start`,
+   `components.kit.grow`: `grow`, replay_kd only). It then keeps its architecture (layers, pruned heads and
+   neurons); the wordpieces of the new batch that its trimmed vocabulary dropped are restored from the
+   updated teacher's embeddings (`components.kit.vocab.restore_wordpieces`), so new words are not locked
+   out; it is then distilled from the updated teacher on the same rows (on replayed rows the same stored
+   outputs as the teacher learned), drawn the same way, and mixed back toward the weights it started from
+   (`mix_back`: the share `mix_share`, or the one validation chooses).
 Method `naive` is the ablation: both fine-tune on the new batch alone, no replay, no distillation.
 
 It writes `out_dir/teacher`, `out_dir/student`, the next `out_dir/replay.parquet` (each row with the soft
@@ -41,11 +43,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from components.config import IncrementalConfig, TrainConfig
+from components.kit import grow
 from components.kit.batches import check_labels, copy_batch, earlier_batches, read_labels
 from components.kit.budget import AccuracyBudget
+from components.kit.grow import Growth
 from components.kit.interpolation import SHARES, choose_share, largest_drop, mean_accuracy, mixed_state
 from components.kit.modeling import (
     accuracy as accuracy_of,
@@ -67,13 +71,23 @@ def copy_model(model_dir: Path, out: Path) -> None:
 
 
 def warm_start_folder(
-    teacher: Path, student: Path, prepared: Path, name: str, replay_size: int, seed: int, out: Path
+    teacher: Path,
+    student: Path,
+    prepared: Path,
+    name: str,
+    replay_size: int,
+    seed: int,
+    out: Path,
+    layers: list[int] | None = None,
 ) -> dict:
-    """The warm start of a version made by a full run: its teacher, its compressed student before export, its
-    data as the first batch, and the first replay buffer drawn from that batch's train split."""
+    """The warm start of a version made by a full run: its teacher, its compressed student before export (with
+    `layers`, the teacher layers it kept, recorded in its config for growing), its data as the first batch,
+    and the first replay buffer drawn from that batch's train split."""
     out.mkdir(parents=True, exist_ok=True)
     copy_model(teacher, out / "teacher")
     copy_model(student, out / "student")
+    if layers is not None:
+        grow.record_teacher_layers(out / "student", layers)
     copy_batch(prepared, out / "batches" / name)
     train_rows = pd.read_parquet(prepared / "train.parquet")[["text", "label"]]
     buffer = replay_buffer(None, train_rows, name, replay_size, seed)
@@ -273,9 +287,17 @@ def mix_back(cfg: IncrementalConfig, model, start: dict, tokenizer, labels, val:
     }
 
 
-def budget_check(budget: AccuracyBudget, teacher_dir: Path, student_dir: Path, val: pd.DataFrame, max_length: int):
-    """The updated student against the updated teacher on every batch's validation split, judged by the
-    accuracy budget a full run holds its student to (`components.kit.budget`): over it, the first run's
+def budget_check(
+    budget: AccuracyBudget,
+    teacher_dir: Path,
+    student_dir: Path,
+    val: pd.DataFrame,
+    max_length: int,
+    who: str = "the student",
+    where: str = "every batch",
+):
+    """A student against the updated teacher on the validation rows `val` (by default every batch's), judged
+    by the accuracy budget a full run holds its student to (`components.kit.budget`): over it, the student's
     architecture no longer holds what the teacher learned, which a full run on all the data would answer with
     a deeper or less pruned student."""
     logits = {}
@@ -285,12 +307,73 @@ def budget_check(budget: AccuracyBudget, teacher_dir: Path, student_dir: Path, v
         labels = np.asarray(data.labels)
     spent = budget.spent(accuracy_of, logits["teacher"], logits["student"], labels)
     print(
-        f"  update: the student spends {spent.describe()} of the updated teacher's validation accuracy over "
-        f"every batch: {'within' if spent.within else 'over'} the budget a full run holds its student to, "
+        f"  update: {who} spends {spent.describe()} of the updated teacher's validation accuracy over "
+        f"{where}: {'within' if spent.within else 'over'} the budget a full run holds its student to, "
         f"{budget.describe()}",
         flush=True,
     )
     return spent
+
+
+def grown_start(
+    cfg: IncrementalConfig,
+    budget: AccuracyBudget | None,
+    growth: Growth | None,
+    student_dir: Path,
+    teacher_dir: Path,
+    rows: pd.DataFrame,
+    val: pd.DataFrame,
+    name: str,
+    out: Path,
+    seed: int,
+    max_length: int,
+) -> tuple[Path, dict]:
+    """(the student the update trains, what was decided): the champion's `student_dir`, or, when it is over
+    `budget` against the updated teacher on the validation splits of the batches it already knows, a copy
+    grown by the teacher's next layer (`components.kit.grow`) written to `out`. Nothing is judged
+    for the naive ablation, with `grow` off, or without a budget or `growth`."""
+    if cfg.method != "replay_kd" or not cfg.grow or budget is None or growth is None:
+        return student_dir, {}
+    known = val[val["batch"] != name]
+    spent = budget_check(budget, teacher_dir, student_dir, known, max_length, "the champion student", "its batches")
+    decided = {"known_spent_points": spent.points, "known_within_budget": float(spent.within)}
+    if spent.within:
+        return student_dir, decided
+    layers = grow.teacher_layers(student_dir, growth.layers)
+    depth = AutoConfig.from_pretrained(teacher_dir).num_hidden_layers
+    grown = None if layers is None else grow.next_layers(layers, growth.deeper, depth)
+    if grown is None:
+        why = "its teacher layers are not recorded" if layers is None else "no deeper layers are left to add"
+        print(f"  update: the student is not grown: {why} (distill.deeper_layers)", flush=True)
+        return student_dir, decided
+    # the inserted block's FFN neurons are chosen on a sample of the update's rows, taught by the teacher
+    sample = rows.sample(n=min(len(rows), grow.SCORING_BATCHES * cfg.batch_size), random_state=seed)
+    _, tokenizer, _, scoring, _ = load_encoded(student_dir, sample, val.head(1), max_length)
+    teacher, teacher_tok, _, teacher_set, _ = load_encoded(teacher_dir, sample, val.head(1), max_length)
+    logits = predict_logits(teacher, teacher_set, teacher_tok.pad_token_id)
+    del teacher
+    result = grow.grow(
+        student_dir,
+        teacher_dir,
+        layers,
+        grown,
+        scoring,
+        logits,
+        tokenizer.pad_token_id,
+        out,
+        seed,
+        cfg.alpha,
+        cfg.temperature,
+    )
+    print(
+        f"  update: the student grows by the teacher's layer {result['inserted']}: teacher layers {layers} -> "
+        f"{grown}, {result['params_before']:,} -> {result['params_after']:,} parameters",
+        flush=True,
+    )
+    return out, decided | {
+        "grown_layer": result["inserted"],
+        "grown_params_ratio": result["params_after"] / result["params_before"],
+    }
 
 
 def write_prepared(rows: pd.DataFrame, val: pd.DataFrame, batch: Path, labels: list[str], out: Path) -> None:
@@ -314,11 +397,13 @@ def run(
     seed: int,
     max_length: int,
     budget: AccuracyBudget | None = None,
+    growth: Growth | None = None,
 ) -> StageResult:
     """Update the champion's warm start (`champion`, see the module) with the prepared batch `batch`, called
     `name` (a name no earlier batch has); write the next warm start (the new batch added to `batches/`) and
-    the export's data into `out_dir`. With a `budget`, the updated student is judged against the updated
-    teacher by it (`budget_check`: reported, not acted on)."""
+    the export's data into `out_dir`. With a `budget`, the champion student is judged against the updated
+    teacher on the batches it knows before it is trained, and grown by `growth` when over it (`grown_start`);
+    the updated student is judged again on every batch (`budget_check`, reported)."""
     seed_everything(seed)
     earlier = earlier_batches(champion)
     if name in earlier:
@@ -350,9 +435,22 @@ def run(
         stored,
     )
     new_texts = pd.concat([pd.read_parquet(batch / f"{s}.parquet")["text"] for s in ("train", "validation")]).tolist()
+    start, grown = grown_start(
+        cfg,
+        budget,
+        growth,
+        champion / "student",
+        out_dir / "teacher",
+        rows,
+        val,
+        name,
+        out_dir / "grown",
+        seed,
+        max_length,
+    )
     student = update_student(
         cfg,
-        champion / "student",
+        start,
         out_dir / "teacher",
         rows,
         val,
@@ -386,6 +484,8 @@ def run(
         for k, v in student.items()
         if k not in ("restored_pieces", "mix_val_accuracy", "teacher_logits")
     }
+    shutil.rmtree(out_dir / "grown", ignore_errors=True)  # the grown start: trained into student/
+    metrics |= {f"student.{k}": v for k, v in grown.items()}
     if budget is not None:
         spent = budget_check(budget, out_dir / "teacher", out_dir / "student", val, max_length)
         metrics |= {"student.spent_points": spent.points, "student.within_budget": float(spent.within)}

@@ -345,7 +345,13 @@ def warm_start(p: Params, ws: ClassificationWorkspace, out: Path) -> dict[str, s
     from components.kit.batches import batch_name
 
     name = batch_name(p.data.source)
-    update.warm_start_folder(ws.teacher, ws.trimmed, ws.prepared, name, p.incremental.replay_size, p.seed, out)
+    # the teacher layers the student kept: the distill stage's choice (a deeper one than distill.layers when
+    # the budget asked for it)
+    distilled = ws.student / "metrics.json"
+    layers = json.loads(distilled.read_text()).get("layers") if distilled.is_file() else None
+    update.warm_start_folder(
+        ws.teacher, ws.trimmed, ws.prepared, name, p.incremental.replay_size, p.seed, out, layers or p.distill.layers
+    )
     return {
         "incremental.kind": "full run",
         "incremental.batch": name,

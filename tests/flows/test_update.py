@@ -3,6 +3,8 @@ version continues the champion's model and data source, never one named after th
 
 from types import SimpleNamespace
 
+import pytest
+
 from components.config import build_params
 from flows import registry, update
 from flows.tasks.classification import TASK
@@ -50,3 +52,23 @@ def test_the_report_says_whether_the_updated_student_is_within_the_budget():
     assert "+0.40 points (upper bound 1.10), within the accuracy budget" in within
     (over,) = update.budget_lines({"spent_points": 2.1, "bound": None, "within": False})
     assert "+2.10 points, over the accuracy budget" in over and "may no longer fit every batch" in over
+
+
+def test_the_report_says_whether_the_champion_student_grew():
+    assert update.growth_lines(None) == []
+    (kept,) = update.growth_lines({"spent_points": 0.5, "within": True, "layer": None, "params_ratio": None})
+    assert "+0.50 points, within the accuracy budget: its architecture kept" in kept
+    (grown,) = update.growth_lines({"spent_points": 2.2, "within": False, "layer": 3, "params_ratio": 1.1})
+    assert "over the accuracy budget: grown by the teacher's layer 3 (1.10x the parameters)" in grown
+    (full,) = update.growth_lines({"spent_points": 2.2, "within": False, "layer": None, "params_ratio": None})
+    assert "not grown (no deeper layers left" in full
+
+
+def test_a_grown_student_may_grow_the_model_by_its_new_layer_too(tmp_path):
+    (tmp_path / "champion").mkdir()
+    (tmp_path / "final").mkdir()
+    (tmp_path / "champion" / "model.onnx").write_bytes(b"x" * 1000)
+    (tmp_path / "final" / "model.onnx").write_bytes(b"x" * 1150)
+    assert not update.size_check(tmp_path / "final", tmp_path / "champion", 1.10).passed
+    check = update.size_check(tmp_path / "final", tmp_path / "champion", 1.10, grown=1.08)
+    assert check.passed and check.threshold == pytest.approx(1.188)

@@ -106,6 +106,12 @@ def test_updates_register_versions_warm_started_from_the_champion(stream):
     # the updated student judged against the updated teacher by the accuracy budget a full run holds it to
     assert isinstance(report["budget"]["spent_points"], float) and isinstance(report["budget"]["within"], bool)
     assert "- student against the updated teacher" in (project / "reports" / "update" / "v3.md").read_text()
+    # and, before it learned the batch, the champion student against the updated teacher on what it knew
+    assert isinstance(report["growth"]["spent_points"], float) and isinstance(report["growth"]["within"], bool)
+    assert (
+        "- champion student against the updated teacher on the batches it knew"
+        in (project / "reports" / "update" / "v3.md").read_text()
+    )
     version = registry(project).get_model_version("miniaturize-reviews", "3")
     assert version.tags["incremental.parent_version"] == "2" and version.tags["source"] == "update"
     assert version.tags["data_source"] == "reviews"  # the data the first run learned, not a batch's

@@ -13,8 +13,9 @@ import pytest
 from components.classification import trim, update
 from components.config import IncrementalConfig
 from components.kit import batches
-from components.kit.budget import accuracy_budget
+from components.kit.budget import AccuracyBudget, accuracy_budget
 from components.kit.data import DataError
+from components.kit.grow import Growth
 from components.kit.interpolation import choose_share
 from components.kit.modeling import predict_logits
 from components.kit.replay import stored_logits
@@ -198,3 +199,80 @@ def test_drop_seen_removes_texts_an_earlier_batch_holds(warm, tmp_path):
     batch = write_prepared(tmp_path / "b", {"train": repeated, "validation": gadgets(1, 5), "test": gadgets(1, 6)})
     assert batches.drop_seen(batch, [earlier]) == 4
     assert len(pd.read_parquet(batch / "train.parquet")) == 4
+
+
+@pytest.fixture(scope="module")
+def shallow_warm(tiny_teacher_dir, tiny_prepared, tmp_path_factory):
+    """A warm start whose trimmed student kept the tiny teacher's layer 0 alone (recorded in its config)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from components.classification.distill import keep_layers
+
+    root = tmp_path_factory.mktemp("shallow")
+    model = keep_layers(AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir), [0])
+    model.save_pretrained(root / "student")
+    AutoTokenizer.from_pretrained(tiny_teacher_dir).save_pretrained(root / "student")
+    (root / "student" / "labels.json").write_text(json.dumps(["negative", "positive"]))
+    texts = pd.concat([pd.read_parquet(tiny_prepared / f"{s}.parquet") for s in ("train", "validation")])["text"]
+    trim.trim(root / "student", texts.tolist(), root / "trimmed", max_length=32)
+    update.warm_start_folder(tiny_teacher_dir, root / "trimmed", tiny_prepared, "reviews", 20, 0, root / "warm", [0])
+    return root / "warm"
+
+
+def test_a_student_over_the_budget_on_its_batches_grows_before_it_learns(shallow_warm, new_batch, tmp_path):
+    growth = Growth(layers=[0], deeper=[[0, 1]])
+    assert json.loads((shallow_warm / "student" / "config.json").read_text())["teacher_layers"] == [0]
+    # a budget no student can keep (-100 points): the champion student is over it and grows
+    over = update.run(
+        CFG,
+        shallow_warm,
+        new_batch,
+        "gadgets",
+        tmp_path / "grown",
+        NullTracker(),
+        0,
+        32,
+        AccuracyBudget(-100.0),
+        growth,
+    )
+    m = over.metrics
+    assert m["student.known_within_budget"] == 0.0 and m["student.grown_layer"] == 1
+    assert m["student.grown_params_ratio"] > 1.0
+    config = json.loads((tmp_path / "grown" / "student" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 2 and config["teacher_layers"] == [0, 1]
+    assert not (tmp_path / "grown" / "grown").exists()  # the grown start was trained into student/
+    # the next warm start's student records its layers: a later update grows from there (none left here)
+    again = update.run(
+        CFG,
+        tmp_path / "grown",
+        new_batch,
+        "more",
+        tmp_path / "again",
+        NullTracker(),
+        0,
+        32,
+        AccuracyBudget(-100.0),
+        growth,
+    )
+    assert "student.grown_layer" not in again.metrics and again.metrics["student.known_within_budget"] == 0.0
+    # within the budget on the batches it knows (a budget of 100 points), the student keeps its architecture
+    within = update.run(
+        CFG, shallow_warm, new_batch, "gadgets", tmp_path / "kept", NullTracker(), 0, 32, AccuracyBudget(100.0), growth
+    )
+    assert within.metrics["student.known_within_budget"] == 1.0 and "student.grown_layer" not in within.metrics
+    assert json.loads((tmp_path / "kept" / "student" / "config.json").read_text())["num_hidden_layers"] == 1
+    # the naive ablation and `grow: false` judge nothing before training
+    for cfg in (CFG.model_copy(update={"grow": False}), CFG.model_copy(update={"method": "naive"})):
+        plain = update.run(
+            cfg,
+            shallow_warm,
+            new_batch,
+            "gadgets",
+            tmp_path / cfg.method,
+            NullTracker(),
+            0,
+            32,
+            AccuracyBudget(-100.0),
+            growth,
+        )
+        assert "student.known_spent_points" not in plain.metrics
