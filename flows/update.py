@@ -213,13 +213,15 @@ def against_current_champion(
 # ---------------------------------------------------------------- deciding and reporting
 
 
-def size_check(final: Path, champion_model: Path, max_growth: float, grown: float = 1.0) -> gate.Check:
+def size_check(final: Path, champion_model: Path, max_growth: float, grown_params: int = 0) -> gate.Check:
     """The update may grow the model (restored wordpieces) by at most `register.gate.max_size_growth_vs_champion`;
-    a student grown by a teacher layer (`grown`: its parameters over the champion's) by that much more."""
+    a student grown by a teacher layer also by that layer's `grown_params` weights at one byte each (the int8
+    the pipeline ships)."""
     from components.kit.modeling import dir_size_bytes
 
-    growth = dir_size_bytes(final) / max(1, dir_size_bytes(champion_model))
-    limit = max_growth * grown
+    champion = max(1, dir_size_bytes(champion_model))
+    growth = dir_size_bytes(final) / champion
+    limit = max_growth + grown_params / champion
     return gate.Check(growth, limit, growth <= limit + gate.TOLERANCE)
 
 
@@ -283,6 +285,7 @@ def build_report(
             "within": bool(trained["student.known_within_budget"]),
             "layer": None if "student.grown_layer" not in trained else int(trained["student.grown_layer"]),
             "params_ratio": trained.get("student.grown_params_ratio"),
+            "params_added": trained.get("student.grown_params"),
         },
         "models": {"final": {"accuracy": mean, "size_bytes": size_bytes}},
     }
@@ -506,7 +509,7 @@ def update_steps(p, ws, data, champion, warm, champion_model, seen, work, run_id
     after, before = evaluate_batches(p, final, champion_model, batches.earlier_batches(work / "next"))
     rows = per_batch(before, after, name)
     decision = decide(rows, p.incremental.max_forgetting_points, p.incremental.min_new_batch_accuracy)
-    grown = trained.get("student.grown_params_ratio", 1.0)
+    grown = int(trained.get("student.grown_params", 0))
     size = size_check(final, champion_model, p.register_.gate.max_size_growth_vs_champion, grown)
     decision = gate.GateDecision.of(decision.checks | {"size_growth_vs_champion": size})
     model_name = p.registered_model_name(continuing=champion.name)  # never a name made from the new batch

@@ -372,6 +372,7 @@ def grown_start(
     )
     return out, decided | {
         "grown_layer": result["inserted"],
+        "grown_params": result["params_after"] - result["params_before"],
         "grown_params_ratio": result["params_after"] / result["params_before"],
     }
 

@@ -70,5 +70,7 @@ def test_a_grown_student_may_grow_the_model_by_its_new_layer_too(tmp_path):
     (tmp_path / "champion" / "model.onnx").write_bytes(b"x" * 1000)
     (tmp_path / "final" / "model.onnx").write_bytes(b"x" * 1150)
     assert not update.size_check(tmp_path / "final", tmp_path / "champion", 1.10).passed
-    check = update.size_check(tmp_path / "final", tmp_path / "champion", 1.10, grown=1.08)
-    assert check.passed and check.threshold == pytest.approx(1.188)
+    # a grown student may also add its new layer's weights at one byte each
+    check = update.size_check(tmp_path / "final", tmp_path / "champion", 1.10, grown_params=60)
+    assert check.passed and check.threshold == pytest.approx(1.16)
+    assert not update.size_check(tmp_path / "final", tmp_path / "champion", 1.10, grown_params=40).passed
