@@ -34,6 +34,7 @@ from prefect.cache_policies import NO_CACHE
 from components.config import Params, data_source_id, section_hash
 from components.kit import gate
 from components.kit.forgetting import decide, per_batch, reason
+from components.kit.promotion import CHAMPION
 from components.kit.secrets import redact
 from components.kit.tracking import PrefixedTracker, Tracker
 from flows import artifacts, prefect_api, registry, tracking
@@ -95,9 +96,16 @@ def fetch_champion(p: Params, client, start: str | None, out: Path) -> tuple:
     else:
         champion = registry.champion_version(client, p.registered_model_name())
     if champion is None:
+        others = [m.name for m in client.search_registered_models() if CHAMPION in (m.aliases or {})]
+        hint = (
+            f"; models with a @champion here: {', '.join(sorted(others))} (update one with "
+            f"`--from models:/{sorted(others)[0]}@champion`)"
+            if others
+            else ""
+        )
         raise NoWarmStart(
             f"{p.registered_model_name()} has no @champion version to update; run the pipeline first "
-            "(`miniaturize run`)"
+            f"(`miniaturize run`){hint}"
         )
     seen_batches(champion)  # refuses a version without a warm start before anything is downloaded
     out.mkdir(parents=True, exist_ok=True)

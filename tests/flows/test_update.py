@@ -74,3 +74,20 @@ def test_a_grown_student_may_grow_the_model_by_its_new_layer_too(tmp_path):
     check = update.size_check(tmp_path / "final", tmp_path / "champion", 1.10, grown_params=60)
     assert check.passed and check.threshold == pytest.approx(1.16)
     assert not update.size_check(tmp_path / "final", tmp_path / "champion", 1.10, grown_params=40).passed
+
+
+def test_no_champion_names_the_models_here_that_have_one(tmp_path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = build_params({"data": {"source": "data/reviews.csv"}})
+    with pytest.raises(update.NoWarmStart, match=r"no @champion version to update; run the pipeline first") as plain:
+        update.fetch_champion.fn(params, client, None, tmp_path / "out")
+    assert "models with a @champion here" not in str(plain.value)
+    # another model of this store has a champion (the demonstration's stream): the error names it
+    client.create_registered_model("miniaturize-sentiment-stream")
+    run = client.create_run(client.create_experiment("e")).info.run_id
+    version = client.create_model_version("miniaturize-sentiment-stream", f"runs:/{run}/model", run_id=run)
+    client.set_registered_model_alias("miniaturize-sentiment-stream", "champion", version.version)
+    with pytest.raises(update.NoWarmStart, match=r"--from models:/miniaturize-sentiment-stream@champion"):
+        update.fetch_champion.fn(params, client, None, tmp_path / "out")
