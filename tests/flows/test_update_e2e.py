@@ -112,6 +112,13 @@ def test_updates_register_versions_warm_started_from_the_champion(stream):
         "- champion student against the updated teacher on the batches it knew"
         in (project / "reports" / "update" / "v3.md").read_text()
     )
+    # the first run's warm start records which teacher layers its student kept, so an update can grow it
+    first = registry(project).get_model_version("miniaturize-reviews", "1")
+    config = Path(
+        registry(project).download_artifacts(first.run_id, "warm_start/student/config.json", str(project / "dl"))
+    )
+    student = json.loads(config.read_text())
+    assert len(student["teacher_layers"]) == student["num_hidden_layers"]
     version = registry(project).get_model_version("miniaturize-reviews", "3")
     assert version.tags["incremental.parent_version"] == "2" and version.tags["source"] == "update"
     assert version.tags["data_source"] == "reviews"  # the data the first run learned, not a batch's
