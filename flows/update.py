@@ -299,6 +299,17 @@ def build_report(
     }
 
 
+def gate_detail(report: dict) -> str:
+    """What the gate read: a refusal's reason, or each check's value against its limit when it passed."""
+    if not report["gate"]["passed"]:
+        return report["reason"]
+    checks = report["gate"]["checks"].items()
+    return ", ".join(
+        f"{name} {'-' if c['value'] is None else format(c['value'], '.2f')} against {c['threshold']:.2f}"
+        for name, c in checks
+    )
+
+
 def growth_lines(growth: dict | None) -> list[str]:
     """The report's line on the champion student judged before it learned the batch (none when not judged)."""
     if growth is None:
@@ -353,7 +364,7 @@ def render_markdown(report: dict) -> str:
         f"- mean test accuracy over every batch: {pct(report['mean_accuracy'])}",
         "- forgetting (largest drop on an earlier batch): "
         + ("not measured" if report["forgetting_points"] is None else f"{report['forgetting_points']:.2f} points"),
-        f"- gate: {'passed' if report['gate']['passed'] else 'refused'} ({report['reason']})",
+        f"- gate: {'passed' if report['gate']['passed'] else 'refused'} ({gate_detail(report)})",
         f"- cost: {cost['seconds']:.0f} s wall, {cost['examples']:,} training examples processed "
         f"(teacher {cost['teacher_examples']:,}, student {cost['student_examples']:,})",
         f"- wordpieces restored into the student's vocabulary: {report['wordpieces_restored']}"
@@ -362,7 +373,7 @@ def render_markdown(report: dict) -> str:
         + (
             "trained as they are (no mixing)"
             if report.get("mix_share") is None
-            else f"{report['mix_share']:.2f} of the update kept, mixed back toward the champion's "
+            else f"{report['mix_share']:.2f} of the update kept, mixed back toward the weights it started from "
             + ("(chosen on validation over every batch)" if report.get("mix_chosen") else "(incremental.mix_share)")
         ),
         f"- quantization shipped: {report['quantization']}",

@@ -91,3 +91,14 @@ def test_no_champion_names_the_models_here_that_have_one(tmp_path):
     client.set_registered_model_alias("miniaturize-sentiment-stream", "champion", version.version)
     with pytest.raises(update.NoWarmStart, match=r"--from models:/miniaturize-sentiment-stream@champion"):
         update.fetch_champion.fn(params, client, None, tmp_path / "out")
+
+
+def test_a_passed_gate_says_what_it_read():
+    checks = {
+        "forgetting": {"value": 0.7, "threshold": 1.0},
+        "size_growth_vs_champion": {"value": 1.24, "threshold": 1.25},
+    }
+    passed = {"gate": {"passed": True, "checks": checks}, "reason": "passed"}
+    assert update.gate_detail(passed) == "forgetting 0.70 against 1.00, size_growth_vs_champion 1.24 against 1.25"
+    refused = {"gate": {"passed": False, "checks": checks}, "reason": "forgetting: 1.49 points on movie > 1.00 allowed"}
+    assert update.gate_detail(refused) == refused["reason"]
