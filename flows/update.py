@@ -320,7 +320,10 @@ def growth_lines(growth: dict | None) -> list[str]:
     if growth["within"]:
         return [f"{judged}, within the accuracy budget: its architecture kept"]
     if growth["layer"] is None:
-        return [f"{judged}, over the accuracy budget; not grown (no deeper layers left, distill.deeper_layers)"]
+        return [
+            f"{judged}, over the accuracy budget; not grown (distill.deeper_layers has no layer left to add, or "
+            "the student does not record its teacher layers)"
+        ]
     return [
         f"{judged}, over the accuracy budget: grown by the teacher's layer {growth['layer']} "
         f"({growth['params_ratio']:.2f}x the parameters) before it learned the batch"

@@ -61,7 +61,7 @@ def test_the_report_says_whether_the_champion_student_grew():
     (grown,) = update.growth_lines({"spent_points": 2.2, "within": False, "layer": 3, "params_ratio": 1.1})
     assert "over the accuracy budget: grown by the teacher's layer 3 (1.10x the parameters)" in grown
     (full,) = update.growth_lines({"spent_points": 2.2, "within": False, "layer": None, "params_ratio": None})
-    assert "not grown (no deeper layers left" in full
+    assert "not grown (distill.deeper_layers has no layer left to add" in full
 
 
 def test_a_grown_student_may_grow_the_model_by_its_new_layer_too(tmp_path):
