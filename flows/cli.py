@@ -565,6 +565,14 @@ def lineage(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
     params_file: ParamsOpt = PARAMS_FILE,
     data: DataOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="A registered model's name, e.g. the incremental demonstration's miniaturize-sentiment-stream "
+            "(default: the params' model).",
+        ),
+    ] = None,
 ) -> None:
     """Where VERSION comes from: git commit, data hash, params, teacher run, every stage key and run, alias moves."""
     import json
@@ -573,7 +581,7 @@ def lineage(
     from flows.registry import lineage as trace
 
     with exit_codes("lineage"):
-        chain = trace(task, params, task.workspace(Path.cwd().resolve()), version)
+        chain = trace(task, params, task.workspace(Path.cwd().resolve()), version, model)
     if as_json:
         typer.echo(json.dumps(chain, indent=2))
         return

@@ -675,13 +675,13 @@ def rollback(p: Params, ws: Workspace, reason: str) -> dict:
     return {"model_name": name, "version": target, "alias": CHAMPION, "from": str(current.version)}
 
 
-def lineage(task: Task, p: Params, ws: Workspace, version: str) -> dict:
-    """Where a registered version comes from: commit, data, params, teacher run, every stage key and run,
-    and its alias moves."""
+def lineage(task: Task, p: Params, ws: Workspace, version: str, model: str | None = None) -> dict:
+    """Where a registered version of `model` (default: the params' model) comes from: commit, data, params,
+    teacher run, every stage key and run, and its alias moves."""
     from flows.tracking import client as make_client
 
     client = make_client(ws.root)
-    name = p.registered_model_name()
+    name = model or p.registered_model_name()
     found = client.get_model_version(name, version)
     tags = found.tags
     stages = [

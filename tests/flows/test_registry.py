@@ -127,6 +127,13 @@ def test_promotion_lifecycle_gate_vs_champion_force_and_rollback(registry_ws):
     assert all(e["at"] and e["by"] and e["reason"] for e in history)
     chain = registry.lineage(CLASSIFICATION, params, ws, "2")
     assert chain["git_commit"] == "abc" and [e["action"] for e in chain["alias_history"]] == ["set", "rollback"]
+    # another model of the store, by name (the incremental demonstration registers `<name>-stream`)
+    other = f"{params.registered_model_name()}-stream"
+    client.create_registered_model(other)
+    client.create_model_version(
+        other, "runs:/x/model", run_id=client.get_model_version(params.registered_model_name(), "2").run_id
+    )
+    assert registry.lineage(CLASSIFICATION, params, ws, "1", model=other)["model_name"] == other
 
 
 def test_a_champion_measured_on_other_data_is_not_compared(registry_ws):
