@@ -351,10 +351,9 @@ def grown_start(
     _, tokenizer, _, scoring, _ = load_encoded(student_dir, sample, val.head(1), max_length)
     teacher, teacher_tok, _, teacher_set, _ = load_encoded(teacher_dir, sample, val.head(1), max_length)
     logits = predict_logits(teacher, teacher_set, teacher_tok.pad_token_id)
-    del teacher
     result = grow.grow(
         student_dir,
-        teacher_dir,
+        teacher,
         layers,
         grown,
         scoring,
@@ -362,9 +361,11 @@ def grown_start(
         tokenizer.pad_token_id,
         out,
         seed,
+        cfg.batch_size,
         cfg.alpha,
         cfg.temperature,
     )
+    del teacher
     print(
         f"  update: the student grows by the teacher's layer {result['inserted']}: teacher layers {layers} -> "
         f"{grown}, {result['params_before']:,} -> {result['params_after']:,} parameters",

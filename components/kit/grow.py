@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -73,7 +74,7 @@ def next_layers(layers: list[int], deeper: list[list[int]], depth: int) -> list[
 
 def grow(
     student_dir: Path,
-    teacher_dir: Path,
+    teacher: nn.Module,
     layers: list[int],
     grown: list[int],
     scoring: Encoded,
@@ -81,15 +82,16 @@ def grow(
     pad_id: int,
     out: Path,
     seed: int,
+    batch_size: int,
     alpha: float,
     temperature: float,
 ) -> dict:
-    """Write to `out` a copy of the student folder with the teacher's block `grown - layers` inserted (see the
-    module); `scoring`: rows in the student's tokenization with the teacher's logits on them, to choose the
-    inserted block's FFN neurons. Returns {"layers", "inserted", "params_before", "params_after"}."""
+    """Write to `out` a copy of the student folder with the `teacher`'s block `grown - layers` inserted (see
+    the module); `scoring`: rows in the student's tokenization with the teacher's logits on them, to choose
+    the inserted block's FFN neurons (`SCORING_BATCHES` batches of `batch_size`). Returns {"layers",
+    "inserted", "params_before", "params_after"}."""
     (added,) = [i for i in grown if i not in layers]
     student = AutoModelForSequenceClassification.from_pretrained(student_dir, use_safetensors=True)
-    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True)
     before = count_params(student)
     blocks = list(transformer_layers(student))
     position = grown.index(added)
@@ -103,7 +105,7 @@ def grow(
     width = student.config.intermediate_size
     if transformer_layers(student)[position].output.dense.in_features > width:
         _, by_neuron = importance_scores(
-            student, scoring, teacher_logits, pad_id, SCORING_BATCHES, 32, alpha, temperature, seed
+            student, scoring, teacher_logits, pad_id, SCORING_BATCHES, batch_size, alpha, temperature, seed
         )
         keep = [
             np.sort(np.argsort(-scores, kind="stable")[:width]) if i == position else np.arange(len(scores))
@@ -113,6 +115,6 @@ def grow(
     out.mkdir(parents=True, exist_ok=True)
     for item in Path(student_dir).iterdir():  # tokenizer, labels, trimmed vocabulary record
         if item.is_file() and item.name not in ("model.safetensors", "config.json"):
-            (out / item.name).write_bytes(item.read_bytes())
+            shutil.copy2(item, out / item.name)
     student.save_pretrained(out, safe_serialization=True)
     return {"layers": list(grown), "inserted": added, "params_before": before, "params_after": count_params(student)}

@@ -61,7 +61,7 @@ def test_grow_inserts_the_teacher_block_narrowed_and_keeps_the_student_blocks(pr
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
     logits = predict_logits(teacher, data, tokenizer.pad_token_id)
     result = grow.grow(
-        student_dir, teacher_dir, [0, 2], [0, 1, 2], data, logits, tokenizer.pad_token_id, tmp_path, 0, 0.5, 2.0
+        student_dir, teacher, [0, 2], [0, 1, 2], data, logits, tokenizer.pad_token_id, tmp_path, 0, 8, 0.5, 2.0
     )
     assert result["inserted"] == 1 and result["params_after"] > result["params_before"]
 
