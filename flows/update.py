@@ -96,10 +96,10 @@ def fetch_champion(p: Params, client, start: str | None, out: Path) -> tuple:
     else:
         champion = registry.champion_version(client, p.registered_model_name())
     if champion is None:
-        others = [m.name for m in client.search_registered_models() if CHAMPION in (m.aliases or {})]
+        others = sorted(m.name for m in client.search_registered_models() if CHAMPION in (m.aliases or {}))
         hint = (
-            f"; models with a @champion here: {', '.join(sorted(others))} (update one with "
-            f"`--from models:/{sorted(others)[0]}@champion`)"
+            f"; models with a @champion here: {', '.join(others)} (update one with "
+            f"`--from models:/{others[0]}@champion`)"
             if others
             else ""
         )
