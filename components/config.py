@@ -378,6 +378,9 @@ class IncrementalConfig(_Section):
     # no replay, no distillation (the ablation the report sets beside it).
     method: Literal["replay_kd", "naive"] = "replay_kd"
     replay_size: Count = 2000  # earlier labelled sentences kept for replay, an equal share per batch
+    # Replayed rows an epoch draws (with `balanced`): an epoch processes the new batch's rows plus this many,
+    # however large the buffer, so a larger buffer adds variety to what is rehearsed, not cost.
+    replay_draws: Count = 2000
     teacher_epochs: Count = 2
     teacher_lr: Positive = 3e-5
     student_epochs: Count = 3

@@ -52,6 +52,7 @@ from components.kit.budget import AccuracyBudget
 from components.kit.grow import Growth
 from components.kit.interpolation import SHARES, choose_share, largest_drop, mean_accuracy, mixed_state
 from components.kit.modeling import (
+    Encoded,
     accuracy as accuracy_of,
     count_params,
     encode,
@@ -59,7 +60,7 @@ from components.kit.modeling import (
     save_model,
     seed_everything,
 )
-from components.kit.replay import batch_balanced_draw, replay_buffer, stored_logits, with_logits
+from components.kit.replay import batch_balanced_draw, replay_buffer, stored_logits, topped_up, with_logits
 from components.kit.tracking import PrefixedTracker, StageResult, Tracker
 from components.kit.training import Distillation, Objective, train
 from components.kit.vocab import restore_wordpieces
@@ -95,6 +96,21 @@ def warm_start_folder(
     return {"batch": name, "replay_rows": len(buffer)}
 
 
+def buffer_at_size(cfg: IncrementalConfig, replay: pd.DataFrame, earlier: dict[str, Path], seed: int) -> pd.DataFrame:
+    """The champion's replay buffer, topped up to `replay_size` from the earlier batches' train splits the
+    warm start keeps (`components.kit.replay.topped_up`): a larger `replay_size` than the buffer was built
+    with takes effect at the next update, not only as later batches arrive."""
+    trains = {b: pd.read_parquet(folder / "train.parquet")[["text", "label"]] for b, folder in earlier.items()}
+    grown = topped_up(replay, trains, cfg.replay_size, seed)
+    if len(grown) > len(replay):
+        print(
+            f"  update: replay buffer topped up from the earlier batches' train splits, {len(replay):,} -> "
+            f"{len(grown):,} rows (incremental.replay_size {cfg.replay_size:,})",
+            flush=True,
+        )
+    return grown
+
+
 def training_rows(
     cfg: IncrementalConfig, batch: Path, name: str, replay: pd.DataFrame
 ) -> tuple[pd.DataFrame, np.ndarray]:
@@ -110,9 +126,13 @@ def training_rows(
 
 def objective(cfg: IncrementalConfig, rows: pd.DataFrame) -> Objective:
     """What both models minimise: one label per row, each epoch's rows drawn batch-balanced with
-    `balanced` (`components.kit.replay.batch_balanced_draw`; the naive ablation's one batch: every row once)."""
+    `balanced` (`components.kit.replay.batch_balanced_draw`; the naive ablation's one batch: every row once):
+    as many draws as the new batch (`training_rows`' first rows) has rows plus at most `replay_draws`."""
     draw = batch_balanced_draw(rows["batch"]) if cfg.balanced else None
-    return Objective(sampling=None if draw is None else (lambda _labels: draw))
+    if draw is None:
+        return Objective()
+    new = int((rows["batch"] == rows["batch"].iloc[0]).sum())
+    return Objective(sampling=lambda _labels: draw, draws=new + min(len(rows) - new, cfg.replay_draws))
 
 
 def validation_rows(cfg: IncrementalConfig, batch: Path, name: str, earlier: dict[str, Path]) -> pd.DataFrame:
@@ -137,6 +157,14 @@ def load_encoded(model_dir: Path, rows: pd.DataFrame, val: pd.DataFrame, max_len
     train_set = encode(tokenizer, rows["text"].tolist(), rows["label"].tolist(), labels, max_length)
     val_set = encode(tokenizer, val["text"].tolist(), val["label"].tolist(), labels, max_length)
     return model, tokenizer, labels, train_set, val_set
+
+
+def predict_rows(model, data: Encoded, pad_id: int, index: np.ndarray) -> np.ndarray:
+    """The model's outputs on the rows `index` of `data` (one row each, in that order): a row whose soft
+    outputs are known already costs no forward pass."""
+    if not len(index):
+        return np.zeros((0, model.config.num_labels), dtype=np.float32)
+    return predict_logits(model, Encoded([data.input_ids[i] for i in index], data.labels[index]), pad_id)
 
 
 def fit(
@@ -175,17 +203,19 @@ def update_teacher(
     model, tokenizer, labels, train_set, val_set = load_encoded(teacher_dir, rows, val, max_length)
     kd, replay_targets = None, None
     if cfg.method == "replay_kd" and row_alpha.any():
-        # the previous teacher's outputs, taken before it changes
-        targets = predict_logits(model, train_set, tokenizer.pad_token_id)
         replayed = row_alpha > 0
-        replay_targets = targets[replayed]
+        replay_targets = np.full((int(replayed.sum()), len(labels)), np.nan, dtype=np.float32)
         if cfg.replay_targets == "learned" and stored is not None:
-            known = ~np.isnan(stored).any(axis=1)
-            replay_targets[known] = stored[known]
-            targets[replayed] = replay_targets
-            print(
-                f"  update: {int(known.sum())} of {len(known)} replayed rows taught by their stored outputs", flush=True
-            )
+            replay_targets = stored.copy()
+            known = int((~np.isnan(stored).any(axis=1)).sum())
+            print(f"  update: {known} of {len(stored)} replayed rows taught by their stored outputs", flush=True)
+        # the rest by the previous teacher's outputs, taken before it changes
+        missing = np.isnan(replay_targets).any(axis=1)
+        replay_targets[missing] = predict_rows(
+            model, train_set, tokenizer.pad_token_id, np.flatnonzero(replayed)[missing]
+        )
+        targets = np.zeros((len(rows), len(labels)), dtype=np.float32)  # new rows: labels alone (weight 0)
+        targets[replayed] = replay_targets
         kd = Distillation(targets, cfg.alpha, cfg.temperature, row_alpha=row_alpha)
     settings = train_config(cfg, cfg.teacher_epochs, cfg.teacher_lr, max_length)
     goal = objective(cfg, rows)
@@ -224,10 +254,14 @@ def update_student(
     if cfg.method == "replay_kd":
         # the updated teacher's outputs on the same rows, through its own (full) vocabulary
         teacher, teacher_tok, _, teacher_set, _ = load_encoded(teacher_dir, rows, val, max_length)
-        teacher_logits = predict_logits(teacher, teacher_set, teacher_tok.pad_token_id)
+        taught = cfg.replay_targets == "learned" and replay_targets is not None and len(replay_targets)
+        # rows the replay targets teach need no pass of the teacher (NaN in `teacher_logits`)
+        first = len(rows) - len(replay_targets) if taught else len(rows)
+        teacher_logits = np.full((len(rows), len(labels)), np.nan, dtype=np.float32)
+        teacher_logits[:first] = predict_rows(teacher, teacher_set, teacher_tok.pad_token_id, np.arange(first))
         targets = teacher_logits.copy()
-        if cfg.replay_targets == "learned" and replay_targets is not None and len(replay_targets):
-            targets[len(rows) - len(replay_targets) :] = replay_targets
+        if taught:
+            targets[first:] = replay_targets
         kd = Distillation(targets, cfg.alpha, cfg.temperature)
         del teacher
     # the champion student (its vocabulary grown): the start the trained weights are mixed back toward
@@ -413,6 +447,8 @@ def run(
     labels = read_labels(champion / "teacher")
     check_labels(batch, labels, "the champion")
     replay = pd.read_parquet(champion / "replay.parquet")
+    if cfg.method == "replay_kd":
+        replay = buffer_at_size(cfg, replay, earlier, seed)
     rows, row_alpha = training_rows(cfg, batch, name, replay)
     stored = stored_logits(replay, len(labels))
     val = validation_rows(cfg, batch, name, earlier)

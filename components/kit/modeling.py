@@ -90,14 +90,20 @@ def save_model(model, tokenizer, labels: list[str], out_dir: Path, extra: dict) 
 
 
 def length_bucketed_batches(
-    lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0, pool: int = 50, draw: np.ndarray | None = None
+    lengths: list[int],
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    pool: int = 50,
+    draw: np.ndarray | None = None,
+    draws: int | None = None,
 ) -> list[np.ndarray]:
     """Indices grouped into batches of similar length.
 
     With shuffle, sentences are shuffled, cut into pools of `pool` batches, sorted by length inside a
     pool and batched; the batch order is shuffled again. Without shuffle, batches follow length order.
-    `draw` (with shuffle): each row's probability; as many rows as there are are drawn by it, with
-    replacement, instead of every row once.
+    `draw` (with shuffle): each row's probability; `draws` rows (default: as many as there are) are drawn
+    by it, with replacement, instead of every row once.
     """
     order = np.arange(len(lengths))
     lengths_arr = np.asarray(lengths)
@@ -105,7 +111,10 @@ def length_bucketed_batches(
         order = order[np.argsort(lengths_arr, kind="stable")]
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     rng = np.random.default_rng(seed)
-    order = rng.permutation(order) if draw is None else rng.choice(order, size=len(order), replace=True, p=draw)
+    if draw is not None:
+        order = rng.choice(order, size=len(order) if draws is None else draws, replace=True, p=draw)
+    else:
+        order = rng.permutation(order)
     batches = []
     span = batch_size * pool
     for start in range(0, len(order), span):

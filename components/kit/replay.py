@@ -158,3 +158,32 @@ def batch_balanced_draw(batches) -> np.ndarray | None:
         return None
     weight = 1.0 / counts.to_numpy(dtype=float)
     return weight / weight.sum()
+
+
+def topped_up(buffer: pd.DataFrame, trains: dict[str, pd.DataFrame], size: int, seed: int) -> pd.DataFrame:
+    """`buffer` with each batch's share of `size` (`batch_shares` over the batches' train splits `trains`)
+    filled from its train split where the buffer holds fewer of its rows: a buffer built with a smaller
+    `replay_size` grows to the size set now, never past it (a full buffer is returned as it is). Every row
+    the buffer has is kept (with its stored outputs); a row added has none (`logits` None), so the previous
+    model teaches it. Added rows are drawn label-stratified from the train rows the buffer lacks, with the
+    batch's own generator; each batch's rows stay together, in the buffer's order of batches (a batch it
+    lacks altogether last)."""
+    if len(buffer) >= size:
+        return buffer
+    shares = batch_shares({name: len(rows) for name, rows in trains.items()}, size)
+    room = size - len(buffer)  # the buffer never grows past `size`, however its rows were shared out
+    have = buffer if LOGITS in buffer.columns else with_logits(buffer, None)
+    order = list(dict.fromkeys(have["batch"].tolist())) + [name for name in trains if name not in set(have["batch"])]
+    parts = []
+    for name in order:
+        kept = have[have["batch"] == name]
+        train = trains.get(name)
+        missing = 0 if train is None else min(shares[name] - len(kept), room)
+        parts.append(kept)
+        if missing > 0:
+            spare = train.loc[~train["text"].isin(set(kept["text"])), ["text", "label"]]
+            extra = stratified_sample(spare, min(missing, len(spare)), batch_rng(seed, name))
+            room -= len(extra)
+            parts.append(with_logits(extra.assign(batch=name), None)[have.columns])
+    parts = [rows for rows in parts if len(rows)]
+    return pd.concat(parts, ignore_index=True) if parts else have

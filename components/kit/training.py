@@ -56,6 +56,8 @@ class Objective:
     score: Callable[[np.ndarray, np.ndarray], float] = accuracy  # (logits, labels): higher is better
     # (training labels) -> the probability of drawing each row, or None: every row once per epoch
     sampling: Callable[[np.ndarray], np.ndarray | None] | None = None
+    # rows an epoch draws when `sampling` gives probabilities; None: as many as there are training rows
+    draws: int | None = None
 
 
 @dataclass(frozen=True)
@@ -288,7 +290,10 @@ def train(
         dp = DataParallel(dist or DistributedConfig())
         home = next(model.parameters()).device  # the model goes back there when training ends
         lengths = [len(x) for x in train_set.input_ids]
-        schedule = Schedule.linear(cfg.lr, math.ceil(len(train_set) / cfg.batch_size) * cfg.epochs, cfg.warmup_ratio)
+        draw = objective.sampling(train_set.labels) if objective.sampling is not None else None
+        # the rows an epoch processes: what the schedule and the cost count
+        per_epoch = len(train_set) if draw is None or objective.draws is None else objective.draws
+        schedule = Schedule.linear(cfg.lr, math.ceil(per_epoch / cfg.batch_size) * cfg.epochs, cfg.warmup_ratio)
         groups = parameter_groups(model, cfg.weight_decay)
         features = kd is not None and kd.features is not None
         if features:  # its projections (where widths differ) learn alongside the student
@@ -298,7 +303,6 @@ def train(
         model, optimizer = dp.prepare(model, adamw(groups, cfg.lr))
         part_loss = classifier_loss(model, raw, train_set, pad_id, kd, dp, objective)
         before_clip = (lambda: dp.average_gradients(kd.features.parameters())) if features else None
-        draw = objective.sampling(train_set.labels) if objective.sampling is not None else None
 
         best = BestEpoch(-1.0, operator.gt)
         history: list[dict[str, float]] = []
@@ -306,7 +310,7 @@ def train(
         for epoch in range(1, cfg.epochs + 1):
             # Every process draws the same global batches (same seed) and takes its own share of each.
             batches = length_bucketed_batches(
-                lengths, cfg.batch_size, shuffle=True, seed=seed * 1000 + epoch, draw=draw
+                lengths, cfg.batch_size, shuffle=True, seed=seed * 1000 + epoch, draw=draw, draws=per_epoch
             )
             train_loss = train_epoch(
                 dp,
@@ -350,5 +354,5 @@ def train(
         if features:
             kd.features.to(home)
         return TrainOutcome(
-            best.epoch, best.value, len(history), time.perf_counter() - started, history, len(train_set) * len(history)
+            best.epoch, best.value, len(history), time.perf_counter() - started, history, per_epoch * len(history)
         )

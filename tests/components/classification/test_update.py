@@ -92,6 +92,20 @@ def test_update_restores_new_words_and_writes_the_next_warm_start(warm, new_batc
     assert set(result.info["mix_val_accuracy"]["1.00"]) == {"gadgets", "reviews"}
 
 
+def test_a_larger_replay_size_tops_the_buffer_up_at_the_same_cost(warm, new_batch, tmp_path):
+    cfg = CFG.model_copy(update={"replay_size": 60, "replay_draws": 20})
+    result = update.run(cfg, warm, new_batch, "gadgets", tmp_path / "next", NullTracker(), seed=0, max_length=32)
+    reviews = len(pd.read_parquet(warm / "batches" / "reviews" / "train.parquet"))
+    m = result.metrics
+    # the champion's 20 replayed rows topped up from the reviews' train split to the share the size allows
+    assert m["replay_rows"] == min(60, reviews) > 20
+    # each epoch still draws the 32 new rows and 20 replayed ones: the cost of the 20-row buffer
+    assert m["examples"] == 2 * (32 + 20)
+    replay = pd.read_parquet(tmp_path / "next" / "replay.parquet")
+    assert len(replay) == min(60, reviews + 32)
+    assert not np.isnan(stored_logits(replay, 2)).any()  # every row now keeps the outputs it was taught by
+
+
 def outputs(model_dir, rows: pd.DataFrame) -> np.ndarray:
     """A saved model's logits on `rows`."""
     model, tokenizer, labels, data, _ = update.load_encoded(model_dir, rows, rows, 32)
@@ -169,6 +183,9 @@ def test_replay_kd_draws_batch_balanced_and_naive_every_row_once(warm, new_batch
     assert rows["batch"].value_counts().to_dict() == {"gadgets": 32, "reviews": 20}
     draw = update.objective(CFG, rows).sampling(None)
     assert draw[rows["batch"].eq("gadgets").to_numpy()].sum() == pytest.approx(0.5)
+    # an epoch draws the new batch's rows and at most replay_draws of the replayed ones
+    assert update.objective(CFG, rows).draws == 32 + 20
+    assert update.objective(CFG.model_copy(update={"replay_draws": 8}), rows).draws == 32 + 8
     assert update.objective(CFG.model_copy(update={"balanced": False}), rows).sampling is None
     naive = CFG.model_copy(update={"method": "naive"})
     alone, _ = update.training_rows(naive, new_batch, "gadgets", replay)

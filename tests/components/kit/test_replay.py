@@ -12,6 +12,7 @@ from components.kit.replay import (
     label_quotas,
     replay_buffer,
     stored_logits,
+    topped_up,
     with_logits,
 )
 
@@ -268,3 +269,42 @@ def test_stored_outputs_read_back_nan_where_missing(tmp_path):
 
 def test_buffer_without_outputs_keeps_its_columns():
     assert list(replay_buffer(None, frame("a", 3), "a", 4, seed=0).columns) == COLUMNS
+
+
+# ---------------------------------------------------------------- topped_up
+
+
+def test_a_buffer_grows_to_a_larger_size_from_the_train_splits():
+    trains = {"a": frame("a", 10), "b": frame("b", 3)}
+    small = replay_buffer(
+        replay_buffer(None, with_logits(trains["a"], np.ones((20, 2))), "a", 4, seed=0), trains["b"], "b", 4, 0
+    )
+    grown = topped_up(small, trains, 16, seed=0)
+    # shares of 16 over 20 and 6 rows: b keeps all 6, a gets the other 10
+    assert grown["batch"].value_counts().to_dict() == {"a": 10, "b": 6}
+    assert not grown["text"].duplicated().any()
+    for name in trains:
+        assert rows_of(small, name) <= rows_of(grown, name) <= set(zip(trains[name]["text"], trains[name]["label"]))
+    # the rows it had keep their stored outputs, the rows added have none; each batch's rows stay together
+    kept = grown["text"].isin(small["text"])
+    assert grown.loc[kept, LOGITS].tolist() == small[LOGITS].tolist()
+    assert grown.loc[~kept, LOGITS].isna().all()
+    assert grown["batch"].tolist() == ["a"] * 10 + ["b"] * 6
+    # label-stratified: a's extra rows split evenly between its two labels
+    assert grown[grown["batch"] == "a"]["label"].value_counts().to_dict() == {"positive": 5, "negative": 5}
+
+
+def test_a_buffer_at_its_size_or_above_is_kept_as_it_is():
+    trains = {"a": frame("a", 10), "b": frame("b", 10)}
+    buffer = replay_buffer(replay_buffer(None, trains["a"], "a", 8, seed=0), trains["b"], "b", 8, seed=0)
+    for size in (8, 4):
+        again = topped_up(buffer, trains, size, seed=0)
+        assert again[COLUMNS].equals(buffer[COLUMNS])
+
+
+def test_topping_up_is_deterministic_and_adds_a_batch_the_buffer_lacks():
+    trains = {"a": frame("a", 6), "b": frame("b", 6)}
+    buffer = replay_buffer(None, trains["a"], "a", 4, seed=0)
+    first, second = (topped_up(buffer, trains, 12, seed=3) for _ in range(2))
+    assert first.equals(second)
+    assert first["batch"].value_counts().to_dict() == {"a": 12 // 2, "b": 12 // 2}

@@ -79,3 +79,47 @@ def test_frozen_word_embeddings_stay_as_they_start_while_the_rest_learns(tmp_pat
     assert torch.equal(model.get_input_embeddings().weight, words)
     assert not torch.equal(model.bert.encoder.layer[0].output.dense.weight, layer)
     assert model.get_input_embeddings().weight.requires_grad  # as it was before training
+
+
+def test_an_objective_with_draws_processes_that_many_rows_an_epoch(tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from components.config import TrainConfig
+    from components.kit.modeling import encode
+    from components.kit.tracking import NullTracker
+    from components.kit.training import Objective, train
+    from tests.conftest import NEGATIVE, POSITIVE, tiny_bert
+
+    model_dir = tiny_bert(tmp_path / "model")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    labels = ["positive"] * len(POSITIVE) + ["negative"] * len(NEGATIVE)
+    data = encode(tokenizer, POSITIVE + NEGATIVE, labels, ["negative", "positive"], 16)
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-3, patience=2)
+    uniform = np.full(len(data), 1 / len(data))
+    outcomes = {
+        draws: train(
+            AutoModelForSequenceClassification.from_pretrained(model_dir),
+            data,
+            data,
+            cfg,
+            tokenizer.pad_token_id,
+            NullTracker(),
+            seed=0,
+            objective=Objective(sampling=lambda _labels: uniform, draws=draws),
+        )
+        for draws in (None, 5)
+    }
+    assert outcomes[None].examples == 2 * len(data)  # as many draws as rows
+    assert outcomes[5].examples == 2 * 5
+    # without a sampling there is nothing to draw: every row once, `draws` or not
+    plain = train(
+        AutoModelForSequenceClassification.from_pretrained(model_dir),
+        data,
+        data,
+        cfg,
+        tokenizer.pad_token_id,
+        NullTracker(),
+        seed=0,
+        objective=Objective(draws=5),
+    )
+    assert plain.examples == 2 * len(data)
