@@ -377,7 +377,7 @@ class IncrementalConfig(_Section):
     # previous model's soft outputs (learning without forgetting); "naive": fine-tune on the new batch alone,
     # no replay, no distillation (the ablation the report sets beside it).
     method: Literal["replay_kd", "naive"] = "replay_kd"
-    replay_size: Count = 2000  # earlier labelled sentences kept for replay, an equal share per batch
+    replay_size: Count = 16000  # earlier labelled sentences kept for replay, an equal share per batch
     # Replayed rows an epoch draws (with `balanced`): an epoch processes the new batch's rows plus this many,
     # however large the buffer, so a larger buffer adds variety to what is rehearsed, not cost.
     replay_draws: Count = 2000
