@@ -855,7 +855,10 @@ def build_params(raw: dict, profile: str | None = None, overrides: list[str] = (
 def load_params(path: str | Path = "params.yaml", profile: str | None = None, overrides: list[str] = ()) -> Params:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"params file {path} does not exist")
+        raise ConfigError(
+            f"params file {path} does not exist (pass --params PATH, e.g. the repository's params.yaml, or copy "
+            "it into this folder)"
+        )
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:

@@ -260,11 +260,13 @@ def run_demo(
 
 
 def updated(done: dict) -> dict:
-    """What the demonstration keeps of an update: its version, alias, accuracy per batch, forgetting, cost."""
+    """What the demonstration keeps of an update: its version, alias (and the gate's reason when it refused),
+    accuracy per batch, forgetting, cost."""
     report = done["report"]
     return {
         "version": done["version"],
         "alias": done["alias"],
+        "gate_reason": None if report["gate"]["passed"] else report["reason"],
         "learned": done["batch"],
         "accuracy": {r["batch"]: r["after"] for r in report["per_batch"]},
         "forgetting_points": report["forgetting_points"],

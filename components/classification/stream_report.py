@@ -118,11 +118,19 @@ def render_markdown(results: dict, summary: dict) -> str:
         "scratch": "the from-scratch run",
         "first_run": "the first full run (from scratch on less data: an upper bound)",
     }
+    steps = {step["step"]: step for step in results["steps"]}
     for u in summary["updates"]:
+        # why the gate refused an update (kept by the demonstration since it records the reason)
+        refusals = [
+            f"{m} refused: {steps[u['step']][m]['gate_reason']}"
+            for m in ("incremental", "naive")
+            if (steps[u["step"]].get(m) or {}).get("gate_reason")
+        ]
         lines.append(
             f"- update {u['step']} ({u['learned']}): cost {u['seconds_ratio']:.2f}x the wall time and "
             f"{u['examples_ratio']:.2f}x the training examples of {yardstick[u['cost_reference']]}; forgetting "
             f"{u['incremental_forgetting_points']:.2f} points incremental, {u['naive_forgetting_points']:.2f} naive"
+            + "".join(f"; {r}" for r in refusals)
         )
     return "\n".join(lines) + "\n"
 

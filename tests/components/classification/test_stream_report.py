@@ -32,7 +32,8 @@ def results() -> dict:
                 "learned": "tweets",
                 "incremental": entry({"movie": 0.89, "amazon": 0.865, "tweets": 0.84}, 120, 10_000)
                 | {"alias": "champion"},
-                "naive": entry({"movie": 0.70, "amazon": 0.75, "tweets": 0.86}, 60, 6_000) | {"alias": "challenger"},
+                "naive": entry({"movie": 0.70, "amazon": 0.75, "tweets": 0.86}, 60, 6_000)
+                | {"alias": "challenger", "gate_reason": "forgetting 13.00 points on amazon (max 1.00)"},
                 "scratch": entry({"movie": 0.90, "amazon": 0.87, "tweets": 0.85}, 1000, 90_000),
             },
         ],
@@ -63,6 +64,8 @@ def test_table_has_a_row_per_method_and_step_and_the_plot_is_written(results, tm
     assert "| 13.00 | refused | 60 | 6,000 |" in text and "| 0.50 | passed | 120 | 10,000 |" in text
     assert "| 90.00 | - | - | 600 | 50,000 |" in text
     assert "mean of seeds 13, 14" in text and "update 2 (tweets): cost 0.12x the wall time" in text
+    # a refusal's reason, where the demonstration kept it
+    assert text.count("refused: ") == 1 and "naive refused: forgetting 13.00 points on amazon" in text
     stream_report.save_plot(results, tmp_path / "stream.png")
     assert (tmp_path / "stream.png").stat().st_size > 5000
 
