@@ -96,30 +96,14 @@ def test_an_objective_with_draws_processes_that_many_rows_an_epoch(tmp_path):
     data = encode(tokenizer, POSITIVE + NEGATIVE, labels, ["negative", "positive"], 16)
     cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-3, patience=2)
     uniform = np.full(len(data), 1 / len(data))
-    outcomes = {
-        draws: train(
-            AutoModelForSequenceClassification.from_pretrained(model_dir),
-            data,
-            data,
-            cfg,
-            tokenizer.pad_token_id,
-            NullTracker(),
-            seed=0,
-            objective=Objective(sampling=lambda _labels: uniform, draws=draws),
-        )
-        for draws in (None, 5)
-    }
-    assert outcomes[None].examples == 2 * len(data)  # as many draws as rows
-    assert outcomes[5].examples == 2 * 5
+
+    def examples(objective: Objective) -> int:
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+        return train(
+            model, data, data, cfg, tokenizer.pad_token_id, NullTracker(), seed=0, objective=objective
+        ).examples
+
+    assert examples(Objective(sampling=lambda _labels: uniform)) == 2 * len(data)  # as many draws as rows
+    assert examples(Objective(sampling=lambda _labels: uniform, draws=5)) == 2 * 5
     # without a sampling there is nothing to draw: every row once, `draws` or not
-    plain = train(
-        AutoModelForSequenceClassification.from_pretrained(model_dir),
-        data,
-        data,
-        cfg,
-        tokenizer.pad_token_id,
-        NullTracker(),
-        seed=0,
-        objective=Objective(draws=5),
-    )
-    assert plain.examples == 2 * len(data)
+    assert examples(Objective(draws=5)) == 2 * len(data)
