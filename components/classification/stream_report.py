@@ -122,7 +122,7 @@ def render_markdown(results: dict, summary: dict) -> str:
     for u in summary["updates"]:
         # why the gate refused an update (kept by the demonstration since it records the reason)
         refusals = [
-            f"{m} refused: {steps[u['step']][m]['gate_reason']}"
+            f"{m} refused ({steps[u['step']][m]['gate_reason']})"
             for m in ("incremental", "naive")
             if (steps[u["step"]].get(m) or {}).get("gate_reason")
         ]

@@ -65,7 +65,7 @@ def test_table_has_a_row_per_method_and_step_and_the_plot_is_written(results, tm
     assert "| 90.00 | - | - | 600 | 50,000 |" in text
     assert "mean of seeds 13, 14" in text and "update 2 (tweets): cost 0.12x the wall time" in text
     # a refusal's reason, where the demonstration kept it
-    assert text.count("refused: ") == 1 and "naive refused: forgetting 13.00 points on amazon" in text
+    assert text.count("refused (") == 1 and "naive refused (forgetting 13.00 points on amazon (max 1.00))" in text
     stream_report.save_plot(results, tmp_path / "stream.png")
     assert (tmp_path / "stream.png").stat().st_size > 5000
 
