@@ -253,12 +253,12 @@ def update_student(
     kd, teacher_logits = None, None
     if cfg.method == "replay_kd":
         # the updated teacher's outputs on the same rows, through its own (full) vocabulary
-        teacher, teacher_tok, _, teacher_set, _ = load_encoded(teacher_dir, rows, val, max_length)
         taught = cfg.replay_targets == "learned" and replay_targets is not None and len(replay_targets)
         # rows the replay targets teach need no pass of the teacher (NaN in `teacher_logits`)
         first = len(rows) - len(replay_targets) if taught else len(rows)
+        teacher, teacher_tok, _, teacher_set, _ = load_encoded(teacher_dir, rows.iloc[:first], val, max_length)
         teacher_logits = np.full((len(rows), len(labels)), np.nan, dtype=np.float32)
-        teacher_logits[:first] = predict_rows(teacher, teacher_set, teacher_tok.pad_token_id, np.arange(first))
+        teacher_logits[:first] = predict_logits(teacher, teacher_set, teacher_tok.pad_token_id)
         targets = teacher_logits.copy()
         if taught:
             targets[first:] = replay_targets
