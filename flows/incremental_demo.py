@@ -150,11 +150,15 @@ def timed_run(p: Params, root: Path, run_name: str) -> tuple[dict, float]:
 
 def entry(p: Params, root: Path, outcome: dict, seconds: float, batches: dict[str, Path], learned: str) -> dict:
     """What the demonstration keeps of a pipeline run: its version, the batch it learned last, its final
-    model's accuracy on the test split of every batch of `batches`, its cost."""
+    model's accuracy on the test split of every batch of `batches`, its size (weight files), its cost."""
+    from components.kit.modeling import dir_size_bytes
+
+    final = TASK.workspace(root).final
     return {
         "version": outcome["registration"]["version"],
         "learned": learned,
-        "accuracy": accuracies(TASK.workspace(root).final, batches, p),
+        "accuracy": accuracies(final, batches, p),
+        "size_bytes": dir_size_bytes(final),
         "seconds": seconds,
         "examples": pipeline_examples(outcome),
     }
@@ -261,7 +265,7 @@ def run_demo(
 
 def updated(done: dict) -> dict:
     """What the demonstration keeps of an update: its version, alias (and the gate's reason when it refused),
-    accuracy per batch, forgetting, cost."""
+    accuracy per batch, forgetting, its final model's size, cost."""
     report = done["report"]
     return {
         "version": done["version"],
@@ -270,6 +274,7 @@ def updated(done: dict) -> dict:
         "learned": done["batch"],
         "accuracy": {r["batch"]: r["after"] for r in report["per_batch"]},
         "forgetting_points": report["forgetting_points"],
+        "size_bytes": report["models"]["final"]["size_bytes"],
         "seconds": report["cost"]["seconds"],
         "examples": report["cost"]["examples"],
         "wordpieces_restored": report["wordpieces_restored"],
@@ -281,6 +286,10 @@ def mean(accuracy: dict[str, float | None]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def mean_or_none(values: list[float | None]) -> float | None:
+    return None if not values or any(v is None for v in values) else sum(values) / len(values)
+
+
 def mean_of_seeds(runs: dict[int, dict]) -> dict:
     """The from-scratch figures averaged over seeds, each seed's kept under `seeds`."""
     first = next(iter(runs.values()))
@@ -289,6 +298,8 @@ def mean_of_seeds(runs: dict[int, dict]) -> dict:
         "accuracy": {b: sum(r["accuracy"][b] for r in runs.values()) / len(runs) for b in first["accuracy"]},
         "seconds": sum(r["seconds"] for r in runs.values()) / len(runs),
         "examples": sum(r["examples"] for r in runs.values()) / len(runs),
+        # a run recorded before sizes were kept has none: the mean is then unknown
+        "size_bytes": mean_or_none([r.get("size_bytes") for r in runs.values()]),
         "seeds": {str(seed): r for seed, r in runs.items()},
     }
 

@@ -1,10 +1,13 @@
 """The incremental demonstration's report (flows/incremental_demo.py): a summary, a Markdown table and a plot.
 
 `results["steps"]` holds, after the first run (step 0) and after each update, for each method (incremental,
-naive, scratch): test accuracy on every batch seen so far (0..1), wall seconds and training examples. The
+naive, scratch): test accuracy on every batch seen so far (0..1), the final model's size (`size_bytes`, its
+weight files; absent from results recorded before sizes were kept), wall seconds and training examples. The
 summary answers the demonstration's questions: how far the incremental model's mean accuracy is from the
-from-scratch one after the last update, how much of the first batch it kept, what each method forgot, and
-what each update cost against training from scratch on all data so far.
+from-scratch one after the last update, how much of the first batch it kept, what each method forgot, what
+each update cost against training from scratch on all data so far, and how large each final model is (the
+pipeline from scratch chooses its student's depth and pruning again on all the data, so its model may be
+larger than the one the updates carry forward).
 
 A demonstration may run the from-scratch reference after the last update only (`--scratch-steps last`:
 `step["scratch"]` is None before it). An update's cost is then set against the first full run instead,
@@ -64,11 +67,16 @@ def summarise(results: dict) -> dict:
         "updates": per_update,
         "max_seconds_ratio": max((u["seconds_ratio"] for u in per_update), default=math.nan),
         "max_examples_ratio": max((u["examples_ratio"] for u in per_update), default=math.nan),
+        "final_size_bytes": {m: last[m].get("size_bytes") for m in METHODS},
     }
 
 
 def pct(value: float | None) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+
+
+def megabytes(size_bytes: float | None) -> str:
+    return "-" if size_bytes is None else f"{size_bytes / 1e6:.1f}"
 
 
 # An update's registry alias as the forgetting gate left it (the first run and from-scratch runs have none).
@@ -81,15 +89,18 @@ def render_markdown(results: dict, summary: dict) -> str:
         "# Incremental learning: the vaderSentiment sources as a stream",
         "",
         "Test accuracy (%) on each batch after each step; `-`: not seen yet. Cost: wall seconds and training "
-        "examples processed; from scratch is the whole pipeline on every batch so far"
+        "examples processed; MB: the final model's weight files; from scratch is the whole pipeline on every "
+        "batch so far"
         + (
             f" (the last one: mean of seeds {', '.join(map(str, results['scratch_seeds']))})."
             if results["scratch_seeds"]
             else "."
         ),
         "",
-        "| after | method | " + " | ".join(batches) + " | mean | forgetting (points) | gate | seconds | examples |",
-        "|---|---|" + "---:|" * (len(batches) + 2) + "---|" + "---:|" * 2,
+        "| after | method | "
+        + " | ".join(batches)
+        + " | mean | forgetting (points) | gate | MB | seconds | examples |",
+        "|---|---|" + "---:|" * (len(batches) + 2) + "---|" + "---:|" * 3,
     ]
     updates = {u["step"]: u for u in summary["updates"]}
     for step in results["steps"]:
@@ -103,7 +114,7 @@ def render_markdown(results: dict, summary: dict) -> str:
             lines.append(
                 f"| {step['learned']} | {name} | " + " | ".join(cells) + f" | {pct(mean(entry['accuracy']))} | "
                 f"{'-' if lost is None else f'{lost:.2f}'} | {GATE.get(entry.get('alias'), '-')} | "
-                f"{entry['seconds']:.0f} | {entry['examples']:,.0f} |"
+                f"{megabytes(entry.get('size_bytes'))} | {entry['seconds']:.0f} | {entry['examples']:,.0f} |"
             )
     lines += [
         "",
@@ -114,6 +125,13 @@ def render_markdown(results: dict, summary: dict) -> str:
         f"after the last update {pct(summary['first_batch_final']['incremental'])} incremental "
         f"({summary['first_batch_change_points']:+.2f} points), {pct(summary['first_batch_final']['naive'])} naive",
     ]
+    sizes = summary["final_size_bytes"]
+    if sizes["incremental"] and sizes["scratch"]:
+        lines.append(
+            f"- final model size: incremental {megabytes(sizes['incremental'])} MB, from scratch "
+            f"{megabytes(sizes['scratch'])} MB ({sizes['scratch'] / sizes['incremental']:.2f}x: the pipeline from "
+            "scratch chooses its student's depth and pruning again on all the data)"
+        )
     yardstick = {
         "scratch": "the from-scratch run",
         "first_run": "the first full run (from scratch on less data: an upper bound)",

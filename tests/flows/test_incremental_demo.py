@@ -17,6 +17,7 @@ from flows.incremental_demo import (
     scratch_seeds_at,
     union_file,
     update_key,
+    updated,
     with_settings,
 )
 from tests.conftest import make_frame, write_prepared
@@ -94,12 +95,32 @@ def test_with_settings_replaces_dotted_keys_and_validates():
 
 def test_from_scratch_figures_are_averaged_over_seeds():
     runs = {
-        13: {"learned": "nyt", "accuracy": {"movie": 0.8, "nyt": 0.6}, "seconds": 100, "examples": 10},
-        14: {"learned": "nyt", "accuracy": {"movie": 0.9, "nyt": 0.7}, "seconds": 300, "examples": 30},
+        13: {"learned": "nyt", "accuracy": {"movie": 0.8, "nyt": 0.6}, "seconds": 100, "examples": 10, "size_bytes": 4},
+        14: {"learned": "nyt", "accuracy": {"movie": 0.9, "nyt": 0.7}, "seconds": 300, "examples": 30, "size_bytes": 6},
     }
     mean = mean_of_seeds(runs)
     assert mean["accuracy"] == pytest.approx({"movie": 0.85, "nyt": 0.65}) and mean["seconds"] == 200
-    assert mean["learned"] == "nyt" and set(mean["seeds"]) == {"13", "14"}
+    assert mean["learned"] == "nyt" and set(mean["seeds"]) == {"13", "14"} and mean["size_bytes"] == 5
+    # a seed recorded before sizes were kept: the mean size is unknown, not a mean of the others
+    del runs[14]["size_bytes"]
+    assert mean_of_seeds(runs)["size_bytes"] is None
+
+
+def test_an_update_keeps_its_gate_reason_accuracy_size_and_cost():
+    report = {
+        "gate": {"passed": False},
+        "reason": "forgetting: 5.36 points on tweets > 1.00 allowed",
+        "per_batch": [{"batch": "movie", "after": 0.8}, {"batch": "nyt", "after": 0.7}],
+        "forgetting_points": 5.36,
+        "models": {"final": {"size_bytes": 9_000_000}},
+        "cost": {"seconds": 77.0, "examples": 9376},
+        "wordpieces_restored": 12,
+    }
+    kept = updated({"version": "3", "alias": "challenger", "batch": "nyt", "report": report})
+    assert kept["gate_reason"] == report["reason"] and kept["accuracy"] == {"movie": 0.8, "nyt": 0.7}
+    assert (kept["size_bytes"], kept["seconds"], kept["examples"]) == (9_000_000, 77.0, 9376)
+    report["gate"]["passed"] = True
+    assert updated({"version": "4", "alias": "champion", "batch": "nyt", "report": report})["gate_reason"] is None
 
 
 def test_first_and_scratch_runs_keep_version_batch_accuracy_and_cost(tmp_path, monkeypatch):
@@ -125,8 +146,13 @@ def test_first_and_scratch_runs_keep_version_batch_accuracy_and_cost(tmp_path, m
     monkeypatch.setattr(demo, "accuracies", lambda model, batches, p: {name: 0.5 for name in batches})
     monkeypatch.setattr(demo, "batch_folders", lambda version, model, client, into: {"movie": a, "amazon": b})
     params = load_params(REPO / "params.yaml")
+    final = demo.TASK.workspace(tmp_path).final
+    final.mkdir(parents=True)
+    (final / "model.onnx").write_bytes(b"x" * 300)
+    (final / "tokenizer.json").write_text("{}")  # not a weight file: not counted
     first = demo.first_run(params, tmp_path, None)
     assert first["version"] == "7" and first["learned"] == "movie" and first["examples"] == 7
+    assert first["size_bytes"] == 300
     assert first["accuracy"] == {"movie": 0.5, "amazon": 0.5} and first["seconds"] >= 0
     scratch = demo.scratch_run(params, tmp_path, None, "m", "7", 1)
     assert scratch["learned"] == "amazon" and sources[-1] == "data/stream/union-1.parquet"

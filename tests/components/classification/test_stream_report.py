@@ -7,8 +7,8 @@ import pytest
 from components.classification import stream_report
 
 
-def entry(accuracy: dict, seconds: float, examples: float) -> dict:
-    return {"accuracy": accuracy, "seconds": seconds, "examples": examples}
+def entry(accuracy: dict, seconds: float, examples: float, size_bytes: float | None = None) -> dict:
+    return {"accuracy": accuracy, "seconds": seconds, "examples": examples, "size_bytes": size_bytes}
 
 
 @pytest.fixture
@@ -30,11 +30,11 @@ def results() -> dict:
             {
                 "step": 2,
                 "learned": "tweets",
-                "incremental": entry({"movie": 0.89, "amazon": 0.865, "tweets": 0.84}, 120, 10_000)
+                "incremental": entry({"movie": 0.89, "amazon": 0.865, "tweets": 0.84}, 120, 10_000, 8_000_000)
                 | {"alias": "champion"},
                 "naive": entry({"movie": 0.70, "amazon": 0.75, "tweets": 0.86}, 60, 6_000)
                 | {"alias": "challenger", "gate_reason": "forgetting 13.00 points on amazon (max 1.00)"},
-                "scratch": entry({"movie": 0.90, "amazon": 0.87, "tweets": 0.85}, 1000, 90_000),
+                "scratch": entry({"movie": 0.90, "amazon": 0.87, "tweets": 0.85}, 1000, 90_000, 12_440_000),
             },
         ],
     }
@@ -52,6 +52,7 @@ def test_summary_answers_the_demonstrations_questions(results):
     assert second["naive_forgetting_points"] == pytest.approx(13.0)  # amazon 0.88 -> 0.75
     assert first["seconds_ratio"] == pytest.approx(100 / 800) and second["examples_ratio"] == pytest.approx(1 / 9)
     assert summary["max_seconds_ratio"] == pytest.approx(0.125)
+    assert summary["final_size_bytes"] == {"incremental": 8_000_000, "naive": None, "scratch": 12_440_000}
 
 
 def test_table_has_a_row_per_method_and_step_and_the_plot_is_written(results, tmp_path):
@@ -61,8 +62,10 @@ def test_table_has_a_row_per_method_and_step_and_the_plot_is_written(results, tm
     assert "| movie | first full run | 90.00 | - | - | 90.00 |" in text
     assert "| tweets | naive fine-tuning | 70.00 | 75.00 | 86.00 |" in text
     # each update's gate outcome (its registry alias); none for the first run and the from-scratch runs
-    assert "| 13.00 | refused | 60 | 6,000 |" in text and "| 0.50 | passed | 120 | 10,000 |" in text
-    assert "| 90.00 | - | - | 600 | 50,000 |" in text
+    # each final model's size in MB, where the results hold it
+    assert "| 13.00 | refused | - | 60 | 6,000 |" in text and "| 0.50 | passed | 8.0 | 120 | 10,000 |" in text
+    assert "| 90.00 | - | - | - | 600 | 50,000 |" in text and "| 87.33 | - | - | 12.4 | 1000 | 90,000 |" in text
+    assert "- final model size: incremental 8.0 MB, from scratch 12.4 MB (1.55x:" in text
     assert "mean of seeds 13, 14" in text and "update 2 (tweets): cost 0.12x the wall time" in text
     # a refusal's reason, where the demonstration kept it
     assert text.count("refused (") == 1 and "naive refused (forgetting 13.00 points on amazon (max 1.00))" in text
@@ -86,5 +89,8 @@ def test_without_intermediate_scratch_runs_updates_are_costed_against_the_first_
     text = stream_report.render_markdown(results, summary)
     assert "| amazon | from scratch |" not in text and "| tweets | from scratch |" in text
     assert "of the first full run (from scratch on less data: an upper bound)" in text
+    # results recorded before sizes were kept: no size line
+    results["steps"][2]["scratch"].pop("size_bytes")
+    assert "final model size" not in stream_report.render_markdown(results, stream_report.summarise(results))
     stream_report.save_plot(results, tmp_path / "stream.png")
     assert (tmp_path / "stream.png").stat().st_size > 5000
