@@ -408,11 +408,21 @@ def incremental_demo(
             help="all: the pipeline from scratch after every update; last: after the last update only.",
         ),
     ] = "all",
+    scratch_overrides: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--scratch-set",
+            help="Override one value of the from-scratch runs only: key=value (repeatable), e.g. "
+            "prune.accuracy_budget_points=null to prune them to the first run's size.",
+        ),
+    ] = None,
 ) -> None:
     """The incremental demonstration, in this (new) project folder: a full run on the movie snippets, then
     product reviews, tweets and editorials as three updates, beside naive fine-tuning and the pipeline from
     scratch on all data so far; writes reports/incremental/stream.{md,json,png}. Hours at the default scale."""
     params, task = load_task(params_file, profile, overrides)
+    # validated like --set, before anything runs
+    scratch_params = load(params_file, profile, [*(overrides or []), *scratch_overrides]) if scratch_overrides else None
     from flows import incremental_demo as demo
 
     if task is not demo.TASK:
@@ -425,7 +435,14 @@ def incremental_demo(
         fail(f"error: --scratch-steps {scratch_steps!r} is not one of {', '.join(demo.SCRATCH_STEPS)}", 2)
     preflight(task, params)
     outcome, minutes = run_flow(
-        demo.demo, params, Path.cwd(), "incremental demo", scratch_seeds=seeds, scratch_steps=scratch_steps
+        demo.demo,
+        params,
+        Path.cwd(),
+        "incremental demo",
+        scratch_seeds=seeds,
+        scratch_steps=scratch_steps,
+        scratch_params=scratch_params,
+        scratch_settings=list(scratch_overrides or []),
     )
     typer.echo("")
     typer.secho(f"miniaturize: incremental demonstration finished in {minutes:.1f} min", bold=True)

@@ -1,6 +1,7 @@
 """The incremental-learning demonstration: the vaderSentiment archive's four rated sources as a stream.
 
     miniaturize incremental-demo [--profile smoke] [--scratch-seeds 13,14,15] [--scratch-steps last]
+                                 [--scratch-set prune.accuracy_budget_points=null]
                                                                         # in a new, empty project folder
 
 1. A full pipeline run on the movie snippets alone (`vader-movie`, no transfer set: the first model sees no
@@ -16,6 +17,11 @@
    `...-stream-scratch`. With `--scratch-steps last` only the last union is run from scratch (two
    from-scratch runs fewer at the default scale); each update's cost is then set against the first full
    run, a from-scratch run on less data (an upper bound on the ratio).
+   `--scratch-set KEY=VALUE` changes the from-scratch runs' params only: with the same compression
+   settings the pipeline from scratch chooses its student's depth and pruning again on all the data (its
+   accuracy budget), so its model may be larger than the one the updates carry forward;
+   `--scratch-set prune.accuracy_budget_points=null --scratch-set 'distill.deeper_layers=[]'` prunes it by
+   the fixed ratios, to the first run's structure, for a comparison at the same size.
 
 The first run and the from-scratch runs share the compression settings of the params, without the extra
 seeds and the distillation ablation (they would only add time). Each model's accuracy on every batch's test
@@ -208,7 +214,12 @@ def run_demo(
     scratch_seeds: list[int],
     stream: tuple[str, ...] = STREAM,
     scratch_steps: str = "all",
+    scratch_params: Params | None = None,
+    scratch_settings: list[str] | None = None,
 ) -> dict:
+    """The stream (see the module); `scratch_params`: the params of the from-scratch runs where they differ
+    from `params` (`--scratch-set`, e.g. the first run's pruning ratios to compare at its size), recorded as
+    `scratch_settings` in the results."""
     from functools import partial
 
     from flows import tracking
@@ -242,7 +253,7 @@ def run_demo(
         # the reference: the pipeline from scratch on every batch so far
         runs = {}
         for seed in scratch_seeds_at(step, len(stream) - 1, scratch_seeds, scratch_steps):
-            p = with_settings(params, register__model_name=names["scratch"], seed=seed, **same)
+            p = with_settings(scratch_params or params, register__model_name=names["scratch"], seed=seed, **same)
             work = partial(scratch_run, p, root, client, names["incremental"], row["incremental"]["version"], step)
             runs[seed] = progress.unit(f"{step}/scratch/{seed}", run_key(p, source), work)
         row["scratch"] = mean_of_seeds(runs) if runs else None
@@ -259,6 +270,7 @@ def run_demo(
         "models": names,
         "scratch_seeds": scratch_seeds,
         "scratch_steps": scratch_steps,
+        "scratch_settings": list(scratch_settings or []),
         "steps": steps,
     }
 
@@ -317,10 +329,24 @@ def write(results: dict, reports: Path) -> list[Path]:
 
 # Prints reach the Prefect run log through `printed_to_run_log`, standard output unchanged (flows/run_log.py).
 @flow(name="miniaturize-incremental-demo", log_prints=False)
-def demo(params: Params, root: str = ".", scratch_seeds: list[int] | None = None, scratch_steps: str = "all") -> dict:
+def demo(
+    params: Params,
+    root: str = ".",
+    scratch_seeds: list[int] | None = None,
+    scratch_steps: str = "all",
+    scratch_params: Params | None = None,
+    scratch_settings: list[str] | None = None,
+) -> dict:
     """The whole demonstration in the project folder `root`; returns the results and the files written."""
     root_path = Path(root).resolve()
     with printed_to_run_log():
-        results = run_demo(params, root_path, list(scratch_seeds or [params.seed]), scratch_steps=scratch_steps)
+        results = run_demo(
+            params,
+            root_path,
+            list(scratch_seeds or [params.seed]),
+            scratch_steps=scratch_steps,
+            scratch_params=scratch_params,
+            scratch_settings=scratch_settings,
+        )
     files = write(results, TASK.workspace(root_path).reports / "incremental")
     return {"results": results, "files": [str(f) for f in files]}

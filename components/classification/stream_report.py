@@ -92,8 +92,13 @@ def render_markdown(results: dict, summary: dict) -> str:
         "examples processed; MB: the final model's weight files; from scratch is the whole pipeline on every "
         "batch so far"
         + (
-            f" (the last one: mean of seeds {', '.join(map(str, results['scratch_seeds']))})."
+            f" (the last one: mean of seeds {', '.join(map(str, results['scratch_seeds']))})"
             if results["scratch_seeds"]
+            else ""
+        )
+        + (
+            f", with {', '.join(f'`{s}`' for s in results['scratch_settings'])}."
+            if results.get("scratch_settings")
             else "."
         ),
         "",

@@ -154,6 +154,29 @@ def test_incremental_demo_refuses_bad_seeds_and_scratch_steps(monkeypatch):
     assert done.exit_code == 2 and "not a comma-separated list of integers" in done.output
     done = invoke(monkeypatch, "incremental-demo", "--scratch-steps", "some")
     assert done.exit_code == 2 and "--scratch-steps 'some' is not one of all, last" in done.output
+    # the from-scratch runs' own overrides are validated like --set, before anything runs
+    done = invoke(monkeypatch, "incremental-demo", "--scratch-set", "prune.no_such_key=1")
+    assert done.exit_code == 2 and "no_such_key" in done.output
+
+
+def test_incremental_demo_passes_the_from_scratch_overrides(monkeypatch):
+    import flows.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "preflight", lambda task, params: None)
+
+    def run_flow(flow, params, root, what, **options):
+        seen.update(options)
+        raise SystemExit(4)
+
+    monkeypatch.setattr(cli, "run_flow", run_flow)
+    args = ("--scratch-set", "prune.accuracy_budget_points=null", "--scratch-set", "distill.deeper_layers=[]")
+    assert invoke(monkeypatch, "incremental-demo", "--set", "seed=14", *args).exit_code == 4
+    scratch = seen["scratch_params"]
+    assert scratch.prune.accuracy_budget_points is None and scratch.distill.deeper_layers == []
+    assert scratch.seed == 14  # --set applies to them too
+    assert seen["scratch_settings"] == ["prune.accuracy_budget_points=null", "distill.deeper_layers=[]"]
+    assert invoke(monkeypatch, "incremental-demo").exit_code == 4 and seen["scratch_params"] is None
 
 
 def test_promote_rollback_and_lineage_act_on_the_model_of_the_data_given(monkeypatch, tmp_path):

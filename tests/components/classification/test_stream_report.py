@@ -66,7 +66,7 @@ def test_table_has_a_row_per_method_and_step_and_the_plot_is_written(results, tm
     assert "| 13.00 | refused | - | 60 | 6,000 |" in text and "| 0.50 | passed | 8.0 | 120 | 10,000 |" in text
     assert "| 90.00 | - | - | - | 600 | 50,000 |" in text and "| 87.33 | - | - | 12.4 | 1000 | 90,000 |" in text
     assert "- final model size: incremental 8.0 MB, from scratch 12.4 MB (1.55x:" in text
-    assert "mean of seeds 13, 14" in text and "update 2 (tweets): cost 0.12x the wall time" in text
+    assert "mean of seeds 13, 14)." in text and "update 2 (tweets): cost 0.12x the wall time" in text
     # a refusal's reason, where the demonstration kept it
     assert text.count("refused (") == 1 and "naive refused (forgetting 13.00 points on amazon (max 1.00))" in text
     stream_report.save_plot(results, tmp_path / "stream.png")
@@ -89,6 +89,10 @@ def test_without_intermediate_scratch_runs_updates_are_costed_against_the_first_
     text = stream_report.render_markdown(results, summary)
     assert "| amazon | from scratch |" not in text and "| tweets | from scratch |" in text
     assert "of the first full run (from scratch on less data: an upper bound)" in text
+    # from-scratch runs with their own overrides (--scratch-set) say so
+    results["scratch_settings"] = ["prune.accuracy_budget_points=null"]
+    text = stream_report.render_markdown(results, summary)
+    assert "(the last one: mean of seeds 13, 14), with `prune.accuracy_budget_points=null`." in text
     # results recorded before sizes were kept: no size line
     results["steps"][2]["scratch"].pop("size_bytes")
     assert "final model size" not in stream_report.render_markdown(results, stream_report.summarise(results))
