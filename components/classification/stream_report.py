@@ -2,7 +2,8 @@
 
 `results["steps"]` holds, after the first run (step 0) and after each update, for each method (incremental,
 naive, scratch): test accuracy on every batch seen so far (0..1), the final model's size (`size_bytes`, its
-weight files; absent from results recorded before sizes were kept), wall seconds and training examples. The
+weight files; absent from results recorded before sizes were kept), wall seconds and training examples
+(`reused`: the training stages a pipeline run took from an earlier run, whose time it did not spend). The
 summary answers the demonstration's questions: how far the incremental model's mean accuracy is from the
 from-scratch one after the last update, how much of the first batch it kept, what each method forgot, what
 each update cost against training from scratch on all data so far, and how large each final model is (the
@@ -89,7 +90,8 @@ def render_markdown(results: dict, summary: dict) -> str:
         "# Incremental learning: the vaderSentiment sources as a stream",
         "",
         "Test accuracy (%) on each batch after each step; `-`: not seen yet. Cost: wall seconds and training "
-        "examples processed; MB: the final model's weight files; from scratch is the whole pipeline on every "
+        "examples processed ((reused): a run that reused training stages of an earlier one, whose time is "
+        "not in its seconds); MB: the final model's weight files; from scratch is the whole pipeline on every "
         "batch so far"
         + (
             f" (the last one: mean of seeds {', '.join(map(str, results['scratch_seeds']))})"
@@ -119,7 +121,7 @@ def render_markdown(results: dict, summary: dict) -> str:
             lines.append(
                 f"| {step['learned']} | {name} | " + " | ".join(cells) + f" | {pct(mean(entry['accuracy']))} | "
                 f"{'-' if lost is None else f'{lost:.2f}'} | {GATE.get(entry.get('alias'), '-')} | "
-                f"{megabytes(entry.get('size_bytes'))} | {entry['seconds']:.0f} | {entry['examples']:,.0f} |"
+                f"{megabytes(entry.get('size_bytes'))} | {entry['seconds']:.0f}{' (reused)' if entry.get('reused') else ''} | {entry['examples']:,.0f} |"
             )
     lines += [
         "",

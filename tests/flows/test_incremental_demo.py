@@ -104,6 +104,12 @@ def test_from_scratch_figures_are_averaged_over_seeds():
     # a seed recorded before sizes were kept: the mean size is unknown, not a mean of the others
     del runs[14]["size_bytes"]
     assert mean_of_seeds(runs)["size_bytes"] is None
+    # a seed that reused its training stages from an earlier run: its seconds are not its model's cost
+    runs[13]["reused"] = ["finetune", "distill", "prune"]
+    mean = mean_of_seeds(runs)
+    assert mean["seconds"] == 300 and mean["reused"] == [] and mean["accuracy"]["movie"] == pytest.approx(0.85)
+    runs[14]["reused"] = ["finetune"]  # every seed reused: all counted, and said
+    assert mean_of_seeds(runs)["seconds"] == 200 and mean_of_seeds(runs)["reused"] == ["distill", "finetune", "prune"]
 
 
 def test_an_update_keeps_its_gate_reason_accuracy_size_and_cost():
@@ -152,7 +158,9 @@ def test_first_and_scratch_runs_keep_version_batch_accuracy_and_cost(tmp_path, m
     (final / "tokenizer.json").write_text("{}")  # not a weight file: not counted
     first = demo.first_run(params, tmp_path, None)
     assert first["version"] == "7" and first["learned"] == "movie" and first["examples"] == 7
-    assert first["size_bytes"] == 300
+    assert first["size_bytes"] == 300 and first["reused"] == []
+    outcome["stages"]["finetune"]["cache_hit"] = True  # the teacher's stage reused from an earlier run
+    assert demo.first_run(params, tmp_path, None)["reused"] == ["finetune"]
     assert first["accuracy"] == {"movie": 0.5, "amazon": 0.5} and first["seconds"] >= 0
     scratch = demo.scratch_run(params, tmp_path, None, "m", "7", 1)
     assert scratch["learned"] == "amazon" and sources[-1] == "data/stream/union-1.parquet"

@@ -66,6 +66,9 @@ def test_table_has_a_row_per_method_and_step_and_the_plot_is_written(results, tm
     assert "| 13.00 | refused | - | 60 | 6,000 |" in text and "| 0.50 | passed | 8.0 | 120 | 10,000 |" in text
     assert "| 90.00 | - | - | - | 600 | 50,000 |" in text and "| 87.33 | - | - | 12.4 | 1000 | 90,000 |" in text
     assert "- final model size: incremental 8.0 MB, from scratch 12.4 MB (1.55x the incremental model's)" in text
+    # a from-scratch run that reused training stages: its seconds are flagged
+    results["steps"][1]["scratch"]["reused"] = ["finetune"]
+    assert "| 800 (reused) | 70,000 |" in stream_report.render_markdown(results, stream_report.summarise(results))
     assert "mean of seeds 13, 14)." in text and "update 2 (tweets): cost 0.12x the wall time" in text
     # a refusal's reason, where the demonstration kept it
     assert text.count("refused (") == 1 and "naive refused (forgetting 13.00 points on amazon (max 1.00))" in text
