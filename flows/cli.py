@@ -421,9 +421,13 @@ def incremental_demo(
     product reviews, tweets and editorials as three updates, beside naive fine-tuning and the pipeline from
     scratch on all data so far; writes reports/incremental/stream.{md,json,png}. Hours at the default scale."""
     params, task = load_task(params_file, profile, overrides)
-    # validated like --set, before anything runs
-    scratch_params = load(params_file, profile, [*(overrides or []), *scratch_overrides]) if scratch_overrides else None
+    from components.config import ConfigError
     from flows import incremental_demo as demo
+
+    try:  # validated like --set, before anything runs
+        demo.scratch_params(params, list(scratch_overrides or []))
+    except ConfigError as err:
+        fail(f"error: --scratch-set: {err}", 2)
 
     if task is not demo.TASK:
         fail(f"error: the incremental demo learns {demo.TASK.name} models; {params_file} sets task {task.name}", 2)
@@ -441,7 +445,6 @@ def incremental_demo(
         "incremental demo",
         scratch_seeds=seeds,
         scratch_steps=scratch_steps,
-        scratch_params=scratch_params,
         scratch_settings=list(scratch_overrides or []),
     )
     typer.echo("")

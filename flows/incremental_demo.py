@@ -54,16 +54,19 @@ TRAINING_STAGES = ("finetune", "distill", "prune")
 
 def with_settings(p: Params, **updates) -> Params:
     """`p` with dotted keys replaced, validated again (e.g. data__source -> data.source)."""
-    from components.config import build_params
+    from components.config import build_params, set_dotted
 
     tree = p.as_dict()
     for dotted, value in updates.items():
-        node = tree
-        *parents, leaf = dotted.split("__")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+        set_dotted(tree, dotted.replace("__", "."), value)
     return build_params(tree)
+
+
+def scratch_params(p: Params, settings: list[str]) -> Params:
+    """`p` with `key=value` overrides (`--scratch-set`), validated again; raises ConfigError."""
+    from components.config import build_params
+
+    return build_params(p.as_dict(), overrides=settings) if settings else p
 
 
 def accuracies(model: Path, batches: dict[str, Path], p: Params) -> dict[str, float | None]:
@@ -217,12 +220,10 @@ def run_demo(
     scratch_seeds: list[int],
     stream: tuple[str, ...] = STREAM,
     scratch_steps: str = "all",
-    scratch_params: Params | None = None,
     scratch_settings: list[str] | None = None,
 ) -> dict:
-    """The stream (see the module); `scratch_params`: the params of the from-scratch runs where they differ
-    from `params` (`--scratch-set`, e.g. the first run's pruning ratios to compare at its size), recorded as
-    `scratch_settings` in the results."""
+    """The stream (see the module); `scratch_settings`: `key=value` overrides of the from-scratch runs' params
+    only (`--scratch-set`, e.g. the first run's pruning ratios to compare at its size)."""
     from functools import partial
 
     from flows import tracking
@@ -237,6 +238,7 @@ def run_demo(
     # seeds and the distillation ablation (the seed spread is the from-scratch runs' own)
     same = {"data__transfer": False, "seeds__extra": [], "distill__ablation": False}
     first = with_settings(params, data__source=stream[0], register__model_name=names["incremental"], **same)
+    scratch_base = scratch_params(params, scratch_settings or [])
     head = progress.unit("0/full-run", run_key(first), partial(first_run, first, root, client))
     steps = [{"step": 0, "learned": head["learned"], "incremental": head, "naive": head, "scratch": head}]
 
@@ -256,7 +258,7 @@ def run_demo(
         # the reference: the pipeline from scratch on every batch so far
         runs = {}
         for seed in scratch_seeds_at(step, len(stream) - 1, scratch_seeds, scratch_steps):
-            p = with_settings(scratch_params or params, register__model_name=names["scratch"], seed=seed, **same)
+            p = with_settings(scratch_base, register__model_name=names["scratch"], seed=seed, **same)
             work = partial(scratch_run, p, root, client, names["incremental"], row["incremental"]["version"], step)
             runs[seed] = progress.unit(f"{step}/scratch/{seed}", run_key(p, source), work)
         row["scratch"] = mean_of_seeds(runs) if runs else None
@@ -341,7 +343,6 @@ def demo(
     root: str = ".",
     scratch_seeds: list[int] | None = None,
     scratch_steps: str = "all",
-    scratch_params: Params | None = None,
     scratch_settings: list[str] | None = None,
 ) -> dict:
     """The whole demonstration in the project folder `root`; returns the results and the files written."""
@@ -352,7 +353,6 @@ def demo(
             root_path,
             list(scratch_seeds or [params.seed]),
             scratch_steps=scratch_steps,
-            scratch_params=scratch_params,
             scratch_settings=scratch_settings,
         )
     files = write(results, TASK.workspace(root_path).reports / "incremental")

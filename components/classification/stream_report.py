@@ -118,10 +118,11 @@ def render_markdown(results: dict, summary: dict) -> str:
             lost = update.get(f"{m}_forgetting_points")
             cells = [pct(entry["accuracy"].get(b)) for b in batches]
             name = "first full run" if step["step"] == 0 else LABELS[m]
+            seconds = f"{entry['seconds']:.0f}" + (" (reused)" if entry.get("reused") else "")
             lines.append(
                 f"| {step['learned']} | {name} | " + " | ".join(cells) + f" | {pct(mean(entry['accuracy']))} | "
                 f"{'-' if lost is None else f'{lost:.2f}'} | {GATE.get(entry.get('alias'), '-')} | "
-                f"{megabytes(entry.get('size_bytes'))} | {entry['seconds']:.0f}{' (reused)' if entry.get('reused') else ''} | {entry['examples']:,.0f} |"
+                f"{megabytes(entry.get('size_bytes'))} | {seconds} | {entry['examples']:,.0f} |"
             )
     lines += [
         "",

@@ -161,22 +161,25 @@ def test_incremental_demo_refuses_bad_seeds_and_scratch_steps(monkeypatch):
 
 def test_incremental_demo_passes_the_from_scratch_overrides(monkeypatch):
     import flows.cli as cli
+    from flows.incremental_demo import scratch_params
 
     seen = {}
     monkeypatch.setattr(cli, "preflight", lambda task, params: None)
 
     def run_flow(flow, params, root, what, **options):
-        seen.update(options)
+        seen.update(options, params=params)
         raise SystemExit(4)
 
     monkeypatch.setattr(cli, "run_flow", run_flow)
     args = ("--scratch-set", "prune.accuracy_budget_points=null", "--scratch-set", "distill.deeper_layers=[]")
     assert invoke(monkeypatch, "incremental-demo", "--set", "seed=14", *args).exit_code == 4
-    scratch = seen["scratch_params"]
+    assert seen["scratch_settings"] == ["prune.accuracy_budget_points=null", "distill.deeper_layers=[]"]
+    scratch = scratch_params(seen["params"], seen["scratch_settings"])
     assert scratch.prune.accuracy_budget_points is None and scratch.distill.deeper_layers == []
     assert scratch.seed == 14  # --set applies to them too
-    assert seen["scratch_settings"] == ["prune.accuracy_budget_points=null", "distill.deeper_layers=[]"]
-    assert invoke(monkeypatch, "incremental-demo").exit_code == 4 and seen["scratch_params"] is None
+    assert seen["params"].prune.accuracy_budget_points == "auto"  # the other runs keep the params as given
+    assert invoke(monkeypatch, "incremental-demo").exit_code == 4 and seen["scratch_settings"] == []
+    assert scratch_params(seen["params"], []) is seen["params"]
 
 
 def test_promote_rollback_and_lineage_act_on_the_model_of_the_data_given(monkeypatch, tmp_path):

@@ -171,3 +171,44 @@ def test_from_scratch_runs_after_every_update_or_only_the_last():
     seeds = [13, 14, 15]
     assert [scratch_seeds_at(step, 3, seeds, "all") for step in (1, 2, 3)] == [[13], [13], seeds]
     assert [scratch_seeds_at(step, 3, seeds, "last") for step in (1, 2, 3)] == [[], [], seeds]
+
+
+def test_the_stream_runs_from_scratch_with_their_own_overrides_only(tmp_path, monkeypatch):
+    """The runs replaced by stubs that record their params: `--scratch-set` reaches the from-scratch runs, not
+    the first run or the updates, and the results name it."""
+    import flows.incremental_demo as demo
+    import flows.tracking
+
+    seen: dict[str, list] = {"first": [], "update": [], "scratch": []}
+
+    def result(version: str, learned: str) -> dict:
+        accuracy = {"movie": 0.8, "amazon": 0.7}
+        return {"version": version, "learned": learned, "accuracy": accuracy, "seconds": 1.0, "examples": 1}
+
+    monkeypatch.setattr(flows.tracking, "client", lambda root: None)
+    monkeypatch.setattr(demo, "first_run", lambda p, root, client: seen["first"].append(p) or result("1", "movie"))
+    monkeypatch.setattr(
+        demo,
+        "update_run",
+        lambda p, root, source, step, method, start: seen["update"].append(p) or result("2", "amazon"),
+    )
+    monkeypatch.setattr(
+        demo,
+        "scratch_run",
+        lambda p, root, client, model, version, step: seen["scratch"].append(p) or result("1", "amazon"),
+    )
+    params = load_params(REPO / "params.yaml")
+    results = demo.run_demo(
+        params,
+        tmp_path,
+        [13, 14],
+        ("vader-movie", "vader-amazon", "vader-tweets"),
+        "last",
+        ["prune.accuracy_budget_points=null"],
+    )
+    assert [p.prune.accuracy_budget_points for p in seen["scratch"]] == [None, None]
+    assert [p.seed for p in seen["scratch"]] == [13, 14]
+    assert all(p.prune.accuracy_budget_points == "auto" for p in seen["first"] + seen["update"])
+    assert results["scratch_settings"] == ["prune.accuracy_budget_points=null"]
+    assert results["steps"][1]["scratch"] is None  # --scratch-steps last: after the last update only
+    assert results["steps"][2]["scratch"]["accuracy"] == {"movie": 0.8, "amazon": 0.7}
