@@ -199,6 +199,31 @@ def scratch_run(p: Params, root: Path, client, model: str, version: str, step: i
         return entry(p, root, outcome, seconds, batches, next(reversed(batches)))
 
 
+def first_batch_paired(p: Params, client, names: dict[str, str], first: str, last: dict[str, str]) -> dict:
+    """Each method's last version (`last`: {method: version of `names[method]`}) against the first run (version
+    `first` of the incremental model) on the first batch's test split, sentence by sentence
+    (`forgetting.paired_change`): whether the first batch's change after the stream is more than its few
+    hundred test sentences move by chance."""
+    import tempfile
+
+    from components.classification.evaluate import split_correct
+    from components.kit.forgetting import paired_change
+    from flows import registry
+
+    with tempfile.TemporaryDirectory() as tmp:
+        first_batch = next(iter(batch_folders(first, names["incremental"], client, Path(tmp) / "first").values()))
+
+        def correct(model: str, version: str):
+            found = client.get_model_version(model, version)
+            into = Path(tmp) / model / version
+            into.mkdir(parents=True)
+            bundle = Path(client.download_artifacts(found.run_id, registry.BUNDLE, str(into)))
+            return split_correct(bundle, first_batch, "test", p.evaluate.threads, p.teacher.max_length)
+
+        start = correct(names["incremental"], first)
+        return {method: paired_change(start, correct(names[method], version)) for method, version in last.items()}
+
+
 def update_run(p: Params, root: Path, source: str, step: int, method: str, start: str) -> dict:
     return updated(update(p, data=source, root=str(root), run_name=f"stream-{step}-{method}", start=start))
 
@@ -270,9 +295,11 @@ def run_demo(
             f"from scratch {scratch}",
             flush=True,
         )
+    last = {m: str(steps[-1][m]["version"]) for m in ("incremental", "naive")}
     return {
         "stream": list(stream),
         "models": names,
+        "first_batch_paired": first_batch_paired(params, client, names, str(head["version"]), last),
         "scratch_seeds": scratch_seeds,
         "scratch_steps": scratch_steps,
         "scratch_settings": list(scratch_settings or []),

@@ -57,6 +57,7 @@ from flows.workspace import Workspace
 PIP_REQUIREMENTS = ["onnx", "onnxruntime", "numpy"]
 HISTORY = "alias_history"
 REGISTRY_EXPERIMENT = "miniaturize-registry"
+BUNDLE = "bundle"  # the run artifact holding a version's model folder (what evaluation and serving load)
 EDGE_BUNDLE = "edge_bundle"  # the run artifact holding a version's edge bundle
 WARM_START = "warm_start"  # the run artifact an incremental update of a version starts from (Task.warm_start)
 MANIFEST_TAG = "bundle.manifest_sha256"  # the version tag pinning that bundle's manifest.json
@@ -171,7 +172,7 @@ def log_version(
             pip_requirements=PIP_REQUIREMENTS,
             save_as_external_data=False,
         )
-        mlflow.log_artifacts(str(model_dir), artifact_path="bundle")
+        mlflow.log_artifacts(str(model_dir), artifact_path=BUNDLE)
         mlflow.log_artifact(str(report), artifact_path="report")
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()  # the tracking URI the caller set
@@ -414,7 +415,7 @@ def remeasure_champion(task: Task, p: Params, ws: Workspace, client, champion, c
     key, split = task.judging.quality, candidate["split"]
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            bundle = Path(client.download_artifacts(champion.run_id, "bundle", tmp))
+            bundle = Path(client.download_artifacts(champion.run_id, BUNDLE, tmp))
             value = task.judging.remeasure(bundle, ws.prepared, split, p)
     except Exception as err:  # noqa: BLE001 - an unreadable champion must not stop a registration
         print(
@@ -758,7 +759,7 @@ def bundle_source(
         return path, {"path": str(path.resolve())}, {}
     client = make_client(ws.root)
     name, version = find_version(client, model)
-    folder = Path(client.download_artifacts(version.run_id, "bundle", str(download_to)))
+    folder = Path(client.download_artifacts(version.run_id, BUNDLE, str(download_to)))
     try:
         report = json.loads(
             Path(

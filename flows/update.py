@@ -110,7 +110,7 @@ def fetch_champion(p: Params, client, start: str | None, out: Path) -> tuple:
     seen_batches(champion)  # refuses a version without a warm start before anything is downloaded
     out.mkdir(parents=True, exist_ok=True)
     warm = Path(client.download_artifacts(champion.run_id, registry.WARM_START, str(out)))
-    model = Path(client.download_artifacts(champion.run_id, "bundle", str(out)))
+    model = Path(client.download_artifacts(champion.run_id, registry.BUNDLE, str(out)))
     print(f"[update] starting from {champion.name} version {champion.version}", flush=True)
     return champion, warm, model
 
@@ -175,14 +175,21 @@ def export_and_quantize(
 
 
 @task(name="evaluate-batches", cache_policy=NO_CACHE)
-def evaluate_batches(p: Params, final: Path, champion_model: Path, batches: dict[str, Path]) -> tuple[dict, dict]:
-    """(new model's, champion's) test accuracy on every batch, by name."""
-    from components.classification.evaluate import split_accuracy
+def evaluate_batches(p: Params, final: Path, champion_model: Path, batches: dict[str, Path]) -> tuple[dict, dict, dict]:
+    """(new model's, champion's) test accuracy on every batch, by name, and on each batch with a test split
+    the two models' paired outcomes (`forgetting.paired_change`)."""
+    from components.classification.evaluate import split_correct
+    from components.kit.forgetting import paired_change
 
-    def on_all(model: Path, names) -> dict:
-        return {n: split_accuracy(model, batches[n], "test", p.evaluate.threads, p.teacher.max_length) for n in names}
+    def on_all(model: Path) -> dict:
+        return {n: split_correct(model, batches[n], "test", p.evaluate.threads, p.teacher.max_length) for n in batches}
 
-    return on_all(final, batches), on_all(champion_model, batches)
+    def accuracy(correct: dict) -> dict:
+        return {n: None if c is None else float(c.mean()) for n, c in correct.items()}
+
+    after, before = on_all(final), on_all(champion_model)
+    paired = {n: paired_change(before[n], after[n]) for n in batches if after[n] is not None}
+    return accuracy(after), accuracy(before), paired
 
 
 def against_current_champion(
@@ -201,7 +208,7 @@ def against_current_champion(
         return None
     out.mkdir(parents=True, exist_ok=True)
     warm = Path(client.download_artifacts(current.run_id, registry.WARM_START + "/batches", str(out)))
-    bundle = Path(client.download_artifacts(current.run_id, "bundle", str(out)))
+    bundle = Path(client.download_artifacts(current.run_id, registry.BUNDLE, str(out)))
     batches = earlier_batches(warm.parent)  # the artifact keeps its path: <out>/warm_start/batches
 
     def measured(model: Path, names) -> dict:
@@ -355,18 +362,23 @@ def render_markdown(report: dict) -> str:
     lines = [
         f"# Incremental update: batch {report['batch']} on version {report['parent_version']} ({report['method']})",
         "",
-        "| batch | champion acc | updated acc | change (points) |",
-        "|---|---:|---:|---:|",
+        "| batch | champion acc | updated acc | change (points) | right to wrong | wrong to right | McNemar p |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["per_batch"]:
         label = f"{r['batch']} (new)" if r["new"] else r["batch"]
-        lines.append(f"| {label} | {pct(r['before'])} | {pct(r['after'])} | {pts(r['change_points'])} |")
+        pair = r.get("paired")  # absent from reports written before paired outcomes were kept
+        flips = f"{pair['lost']} | {pair['gained']} | {pair['p_value']:.2f}" if pair else "- | - | -"
+        lines.append(f"| {label} | {pct(r['before'])} | {pct(r['after'])} | {pts(r['change_points'])} | {flips} |")
     cost = report["cost"]
     lines += [
         "",
         f"- mean test accuracy over every batch: {pct(report['mean_accuracy'])}",
         "- forgetting (largest drop on an earlier batch): "
         + ("not measured" if report["forgetting_points"] is None else f"{report['forgetting_points']:.2f} points"),
+        "- right to wrong, wrong to right: the batch's test sentences the champion answered right and the updated"
+        " model wrong, and the other way; McNemar p: how likely a split at least this uneven is when neither model"
+        " is better (small test splits move a point with a few sentences)",
         f"- gate: {'passed' if report['gate']['passed'] else 'refused'} ({gate_detail(report)})",
         f"- cost: {cost['seconds']:.0f} s wall, {cost['examples']:,} training examples processed "
         f"(teacher {cost['teacher_examples']:,}, student {cost['student_examples']:,})",
@@ -528,8 +540,8 @@ def update_steps(p, ws, data, champion, warm, champion_model, seen, work, run_id
     final = work / "models" / "final"
 
     # load: every batch measured, the forgetting gate, the registry, the workspace
-    after, before = evaluate_batches(p, final, champion_model, batches.earlier_batches(work / "next"))
-    rows = per_batch(before, after, name)
+    after, before, paired = evaluate_batches(p, final, champion_model, batches.earlier_batches(work / "next"))
+    rows = per_batch(before, after, name, paired)
     decision = decide(rows, p.incremental.max_forgetting_points, p.incremental.min_new_batch_accuracy)
     grown = int(trained.get("student.grown_params", 0))
     size = size_check(final, champion_model, p.register_.gate.max_size_growth_vs_champion, grown)

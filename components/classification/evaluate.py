@@ -359,18 +359,25 @@ def time_models(timed: dict[str, Timed], cfg: EvaluateConfig) -> dict[str, tuple
     return {name: latency.latency_figures(stats[1][name], stats[BATCH_SIZE][name]) for name in timed}
 
 
-def split_accuracy(model: Path, prepared: Path, split: str, threads: int, max_length: int) -> float | None:
-    """Accuracy (0..1) of an ONNX classifier folder (model.onnx, its tokenizer and labels.json) on one split
-    of `prepared`, scored as `measure_model` scores it; None for an empty split."""
+def split_correct(model: Path, prepared: Path, split: str, threads: int, max_length: int) -> np.ndarray | None:
+    """Whether an ONNX classifier folder (model.onnx, its tokenizer and labels.json) answers each sentence of
+    one split of `prepared` right (booleans, in the split's order), predicted as `measure_model` predicts;
+    None for an empty split."""
     model, prepared = Path(model), Path(prepared)
     card = json.loads((prepared / "data_card.json").read_text())
     sentences = EvalSplit.read(prepared, split, card["labels"], max_length)
     if not sentences.texts:
         return None
-    data, labels, pad_id = sentences.encoded_for(model)
+    data, _, pad_id = sentences.encoded_for(model)
     runner = latency.onnx_runner(latency.load_onnx_session(model, threads))
-    predicted = predicted_classes(runner, data.input_ids, pad_id)
-    return classification_scores(predicted, data.labels, len(labels))["accuracy"]
+    return np.asarray(predicted_classes(runner, data.input_ids, pad_id)) == np.asarray(data.labels)
+
+
+def split_accuracy(model: Path, prepared: Path, split: str, threads: int, max_length: int) -> float | None:
+    """Accuracy (0..1) of an ONNX classifier folder on one split of `prepared` (`split_correct`), scored as
+    `measure_model` scores it; None for an empty split."""
+    correct = split_correct(model, prepared, split, threads, max_length)
+    return None if correct is None else float(correct.mean())
 
 
 # ---------------------------------------------------------------- writing

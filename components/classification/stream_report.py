@@ -8,7 +8,9 @@ summary answers the demonstration's questions: how far the incremental model's m
 from-scratch one after the last update, how much of the first batch it kept, what each method forgot, what
 each update cost against training from scratch on all data so far, and how large each final model is (the
 pipeline from scratch chooses its student's depth and pruning again on all the data, so its model may be
-larger than the one the updates carry forward).
+larger than the one the updates carry forward). `results["first_batch_paired"]` (where kept) compares each
+method's last model with the first run on the first batch's test sentences one by one, so the report says how
+many went right to wrong and back, and whether the change is more than chance moves on them.
 
 A demonstration may run the from-scratch reference after the last update only (`--scratch-steps last`:
 `step["scratch"]` is None before it). An update's cost is then set against the first full run instead,
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+
+from components.kit.forgetting import paired_note
 
 METHODS = ("incremental", "naive", "scratch")
 LABELS = {"incremental": "incremental (replay + KD)", "naive": "naive fine-tuning", "scratch": "from scratch"}
@@ -69,6 +73,8 @@ def summarise(results: dict) -> dict:
         "max_seconds_ratio": max((u["seconds_ratio"] for u in per_update), default=math.nan),
         "max_examples_ratio": max((u["examples_ratio"] for u in per_update), default=math.nan),
         "final_size_bytes": {m: last[m].get("size_bytes") for m in METHODS},
+        # absent from results recorded before the first batch was compared sentence by sentence
+        "first_batch_paired": results.get("first_batch_paired") or {},
     }
 
 
@@ -110,6 +116,7 @@ def render_markdown(results: dict, summary: dict) -> str:
         "|---|---|" + "---:|" * (len(batches) + 2) + "---|" + "---:|" * 3,
     ]
     updates = {u["step"]: u for u in summary["updates"]}
+    paired = summary.get("first_batch_paired") or {}
     for step in results["steps"]:
         methods = ("incremental",) if step["step"] == 0 else METHODS
         for m in (m for m in methods if step[m]):
@@ -131,7 +138,8 @@ def render_markdown(results: dict, summary: dict) -> str:
         f"(incremental minus from scratch: {summary['final_vs_scratch_points']:+.2f} points)",
         f"- first batch ({summary['first_batch']}): first champion {pct(summary['first_batch_first_champion'])}, "
         f"after the last update {pct(summary['first_batch_final']['incremental'])} incremental "
-        f"({summary['first_batch_change_points']:+.2f} points), {pct(summary['first_batch_final']['naive'])} naive",
+        f"({summary['first_batch_change_points']:+.2f} points{paired_note(paired.get('incremental'))}), "
+        f"{pct(summary['first_batch_final']['naive'])} naive{paired_note(paired.get('naive'))}",
     ]
     sizes = summary["final_size_bytes"]
     if sizes["incremental"] and sizes["scratch"]:

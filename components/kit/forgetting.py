@@ -3,7 +3,10 @@
 An update must learn the new batch without forgetting the earlier ones. The caller measures the champion
 (`before`) and the updated model (`after`) on each batch's held-out sentences, as accuracies in 0..1, and:
 
-- `per_batch` lines them up, one row per batch, with the change in percentage points;
+- `per_batch` lines them up, one row per batch, with the change in percentage points and, where the caller
+  has each sentence's outcome (`paired_change`), how many sentences went right to wrong and wrong to right,
+  with the exact McNemar p-value: on a few hundred test sentences a 1-point drop can be a handful of
+  sentences, and the report should say when a change is within what chance moves;
 - `forgetting_points` is the largest drop on any EARLIER batch (the new batch cannot be forgotten);
 - `decide` checks it against `max_forgetting_points`, and the new batch's accuracy against
   `min_new_batch_accuracy`, as a `GateDecision` like the release gate's (`components.kit.gate`);
@@ -20,6 +23,7 @@ Pure decisions, no I/O.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from components.kit.gate import TOLERANCE, Check, GateDecision
 
@@ -29,21 +33,63 @@ def _figure(value: float | None) -> float | None:
     return None if value is None or math.isnan(float(value)) else float(value)
 
 
-def per_batch(before: dict[str, float | None], after: dict[str, float | None], new_batch: str) -> list[dict]:
-    """One row per batch of `after`, in its order: {"batch", "before", "after", "change_points", "new"}.
+def paired_change(before: Sequence[bool], after: Sequence[bool]) -> dict:
+    """Two models on the same sentences (`before[i]`, `after[i]`: sentence i answered right): {"n", "lost"
+    (right before, wrong after), "gained" (wrong before, right after), "p_value"}, the p-value of the exact
+    McNemar test (two-sided binomial on the discordant sentences; 1.0 when there are none): how likely a
+    change at least this large is when neither model is better."""
+    from scipy.stats import binomtest
+
+    if len(before) != len(after):
+        raise ValueError(f"paired outcomes need the same sentences: {len(before)} before, {len(after)} after")
+    lost = sum(1 for b, a in zip(before, after) if b and not a)
+    gained = sum(1 for b, a in zip(before, after) if a and not b)
+    p_value = 1.0 if lost + gained == 0 else float(binomtest(lost, lost + gained).pvalue)
+    return {"n": len(before), "lost": lost, "gained": gained, "p_value": p_value}
+
+
+def per_batch(
+    before: dict[str, float | None],
+    after: dict[str, float | None],
+    new_batch: str,
+    paired: dict[str, dict] | None = None,
+) -> list[dict]:
+    """One row per batch of `after`, in its order: {"batch", "before", "after", "change_points", "new",
+    "paired"}.
 
     "before" is the champion's accuracy (None where it has none, as for a batch it never saw), "after" the
     updated model's, "change_points" 100 * (after - before) (None when either is missing; positive: better),
     "new" whether it is `new_batch`. A batch the champion was measured on that is missing from `after` gets
     a row of its own at the end, with after None: otherwise an evaluation that skipped an earlier batch
-    would hide its forgetting.
+    would hide its forgetting. "paired" is `paired[batch]` (`paired_change` of the two models on that batch),
+    None where the caller has none.
     """
     rows = []
     for batch in list(after) + [b for b in before if b not in after]:
         was, now = _figure(before.get(batch)), _figure(after.get(batch))
         change = None if was is None or now is None else 100.0 * (now - was)
-        rows.append({"batch": batch, "before": was, "after": now, "change_points": change, "new": batch == new_batch})
+        rows.append(
+            {
+                "batch": batch,
+                "before": was,
+                "after": now,
+                "change_points": change,
+                "new": batch == new_batch,
+                "paired": (paired or {}).get(batch),
+            }
+        )
     return rows
+
+
+def paired_note(paired: dict | None) -> str:
+    """What the paired figures of a batch add to a line, e.g. ' (on its 1,006 test sentences: 50 right to
+    wrong, 33 wrong to right; McNemar p=0.08)'; '' without them."""
+    if not paired:
+        return ""
+    return (
+        f" (on its {paired['n']:,} test sentences: {paired['lost']} right to wrong, {paired['gained']} wrong to"
+        f" right; McNemar p={paired['p_value']:.2f})"
+    )
 
 
 def _earlier(rows: list[dict]) -> list[dict]:
@@ -113,7 +159,11 @@ def reason(decision: GateDecision, rows: list[dict]) -> str:
         elif name == "forgetting":
             worst = most_forgotten(rows)  # None only below a negative threshold, when no batch dropped
             where = f" on {worst}" if worst else ""
-            parts.append(f"forgetting: {check.value:.2f} points{where} > {check.threshold:.2f} allowed")
+            row = next((r for r in rows if r["batch"] == worst), None) if worst else None
+            parts.append(
+                f"forgetting: {check.value:.2f} points{where} > {check.threshold:.2f} allowed"
+                + paired_note(row.get("paired") if row else None)
+            )
         elif name == "new_batch_accuracy":
             new = _new_row(rows)
             batch = new["batch"] if new else "the new batch"

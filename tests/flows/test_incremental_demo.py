@@ -197,6 +197,12 @@ def test_the_stream_runs_from_scratch_with_their_own_overrides_only(tmp_path, mo
         "scratch_run",
         lambda p, root, client, model, version, step: seen["scratch"].append(p) or result("1", "amazon"),
     )
+    compared = []
+    monkeypatch.setattr(
+        demo,
+        "first_batch_paired",
+        lambda p, client, names, first, last: compared.append((first, last)) or {"incremental": {"n": 1}},
+    )
     params = load_params(REPO / "params.yaml")
     results = demo.run_demo(
         params,
@@ -212,3 +218,6 @@ def test_the_stream_runs_from_scratch_with_their_own_overrides_only(tmp_path, mo
     assert results["scratch_settings"] == ["prune.accuracy_budget_points=null"]
     assert results["steps"][1]["scratch"] is None  # --scratch-steps last: after the last update only
     assert results["steps"][2]["scratch"]["accuracy"] == {"movie": 0.8, "amazon": 0.7}
+    # each method's last version compared with the first run on the first batch, sentence by sentence
+    assert compared == [("1", {"incremental": "2", "naive": "2"})]
+    assert results["first_batch_paired"] == {"incremental": {"n": 1}}

@@ -102,3 +102,32 @@ def test_a_passed_gate_says_what_it_read():
     assert update.gate_detail(passed) == "forgetting 0.70 against 1.00, size_growth_vs_champion 1.24 against 1.25"
     refused = {"gate": {"passed": False, "checks": checks}, "reason": "forgetting: 1.49 points on movie > 1.00 allowed"}
     assert update.gate_detail(refused) == refused["reason"]
+
+
+def markdown_report(per_batch: list[dict]) -> dict:
+    return report("gadgets") | {
+        "parent_version": "1",
+        "per_batch": per_batch,
+        "cost": {"seconds": 1.0, "examples": 10, "teacher_examples": 6, "student_examples": 4},
+        "wordpieces_restored": 0,
+        "restored_examples": [],
+        "quantization": "fused_int8",
+        "dropped_seen_in_earlier_batches": 0,
+    }
+
+
+def test_the_report_gives_each_batch_its_sentences_right_to_wrong_and_back():
+    pair = {"n": 1006, "lost": 50, "gained": 33, "p_value": 0.0785}
+    rows = [
+        {"batch": "reviews", "before": 0.8847, "after": 0.8678, "change_points": -1.69, "new": False, "paired": pair},
+        {"batch": "gadgets", "before": None, "after": 0.8, "change_points": None, "new": True, "paired": None},
+    ]
+    text = update.render_markdown(markdown_report(rows))
+    assert (
+        "| batch | champion acc | updated acc | change (points) | right to wrong | wrong to right | McNemar p |" in text
+    )
+    assert "| reviews | 88.47 | 86.78 | -1.69 | 50 | 33 | 0.08 |" in text
+    assert "| gadgets (new) | - | 80.00 | - | - | - | - |" in text
+    # a report written before paired outcomes were kept has no "paired" key at all
+    del rows[0]["paired"]
+    assert "| reviews | 88.47 | 86.78 | -1.69 | - | - | - |" in update.render_markdown(markdown_report(rows))

@@ -98,6 +98,12 @@ def test_updates_register_versions_warm_started_from_the_champion(stream):
     assert [r["batch"] for r in report["per_batch"]] == ["reviews", "gadgets", "food"]
     assert [r["new"] for r in report["per_batch"]] == [False, False, True]
     assert all(0.0 <= r["after"] <= 1.0 and 0.0 <= r["before"] <= 1.0 for r in report["per_batch"])
+    # both models on the same test sentences: the change in accuracy is the sentences gained less those lost
+    for r in report["per_batch"]:
+        pair = r["paired"]
+        assert 0.0 <= pair["p_value"] <= 1.0 and pair["lost"] + pair["gained"] <= pair["n"]
+        assert 100 * (pair["gained"] - pair["lost"]) / pair["n"] == pytest.approx(r["change_points"])
+    assert "| right to wrong | wrong to right | McNemar p |" in (project / "reports" / "update" / "v3.md").read_text()
     # new words reached the trimmed student: pieces its vocabulary had dropped were restored from the teacher
     gadgets = json.loads((project / "reports" / "update" / "v2.json").read_text())
     assert gadgets["wordpieces_restored"] > 0 and gadgets["restored_examples"]
@@ -124,6 +130,26 @@ def test_updates_register_versions_warm_started_from_the_champion(stream):
     assert version.tags["data_source"] == "reviews"  # the data the first run learned, not a batch's
     assert [b["name"] for b in json.loads(version.tags["incremental.batches"])] == ["reviews", "gadgets", "food"]
     assert version.tags["bundle.manifest_sha256"]  # its edge bundle is registered like a full run's
+
+
+def test_the_first_batch_is_compared_with_the_first_run_sentence_by_sentence(stream):
+    """What the incremental demonstration reports of the first batch after the stream: the last version
+    against the first run on the first batch's test sentences."""
+    from components.config import load_params
+    from flows.incremental_demo import first_batch_paired
+
+    project, _ = stream
+    names = {"incremental": "miniaturize-reviews"}
+    paired = first_batch_paired(
+        load_params(project / "params.yaml"), registry(project), names, "1", {"incremental": "3"}
+    )
+    first = json.loads((project / "reports" / "update" / "v2.json").read_text())["per_batch"][0]
+    last = json.loads((project / "reports" / "update" / "v3.json").read_text())["per_batch"][0]
+    assert first["batch"] == last["batch"] == "reviews"
+    pair = paired["incremental"]
+    assert pair["n"] == first["paired"]["n"] and 0.0 <= pair["p_value"] <= 1.0
+    # version 1's accuracy on it (the first update's "before") to version 3's
+    assert 100 * (pair["gained"] - pair["lost"]) / pair["n"] == pytest.approx(100 * (last["after"] - first["before"]))
 
 
 def test_lineage_shows_the_chain_of_updates_back_to_the_first_run(stream, prefect_api):

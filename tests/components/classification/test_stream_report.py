@@ -101,3 +101,23 @@ def test_without_intermediate_scratch_runs_updates_are_costed_against_the_first_
     assert "final model size" not in stream_report.render_markdown(results, stream_report.summarise(results))
     stream_report.save_plot(results, tmp_path / "stream.png")
     assert (tmp_path / "stream.png").stat().st_size > 5000
+
+
+def test_the_first_batch_line_gives_the_sentences_behind_its_change(results):
+    text = stream_report.render_markdown(results, stream_report.summarise(results))
+    # results recorded before the first batch was compared sentence by sentence: the figures alone
+    assert (
+        "- first batch (movie): first champion 90.00, after the last update 89.00 incremental (-1.00 points), "
+        "70.00 naive\n" in text
+    )
+    results["first_batch_paired"] = {
+        "incremental": {"n": 1006, "lost": 50, "gained": 33, "p_value": 0.0785},
+        "naive": {"n": 1006, "lost": 240, "gained": 40, "p_value": 1e-30},
+    }
+    summary = stream_report.summarise(results)
+    assert summary["first_batch_paired"]["incremental"]["lost"] == 50
+    assert (
+        "- first batch (movie): first champion 90.00, after the last update 89.00 incremental (-1.00 points "
+        "(on its 1,006 test sentences: 50 right to wrong, 33 wrong to right; McNemar p=0.08)), 70.00 naive "
+        "(on its 1,006 test sentences: 240 right to wrong, 40 wrong to right; McNemar p=0.00)\n"
+    ) in stream_report.render_markdown(results, summary)

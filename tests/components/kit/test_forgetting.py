@@ -25,9 +25,17 @@ def test_per_batch_rows_in_the_order_of_after():
         "after": 0.84,
         "change_points": pytest.approx(-1.0),
         "new": False,
+        "paired": None,
     }
     assert table[1]["change_points"] == pytest.approx(1.0) and table[1]["new"] is False
-    assert table[2] == {"batch": "new", "before": None, "after": 0.80, "change_points": None, "new": True}
+    assert table[2] == {
+        "batch": "new",
+        "before": None,
+        "after": 0.80,
+        "change_points": None,
+        "new": True,
+        "paired": None,
+    }
 
 
 def test_per_batch_keeps_a_baseline_for_the_new_batch():
@@ -47,7 +55,45 @@ def test_per_batch_missing_and_nan_figures_are_none():
 def test_per_batch_adds_a_row_for_an_earlier_batch_missing_after():
     table = rows({"imdb": 0.9, "amazon": 0.8}, {"imdb": 0.9, "new": 0.8})
     assert [r["batch"] for r in table] == ["imdb", "new", "amazon"]
-    assert table[2] == {"batch": "amazon", "before": 0.8, "after": None, "change_points": None, "new": False}
+    assert table[2] == {
+        "batch": "amazon",
+        "before": 0.8,
+        "after": None,
+        "change_points": None,
+        "new": False,
+        "paired": None,
+    }
+
+
+# ---------------------------------------------------------------- paired outcomes
+
+
+def test_paired_change_counts_each_way_and_tests_them():
+    before = [True] * 50 + [False] * 33 + [True] * 900 + [False] * 23
+    after = [False] * 50 + [True] * 33 + [True] * 900 + [False] * 23
+    paired = forgetting.paired_change(before, after)
+    # the first champion and the final model of a measured stream, on the movie snippets' test split
+    assert paired == {"n": 1006, "lost": 50, "gained": 33, "p_value": pytest.approx(0.0785, abs=5e-4)}
+
+
+def test_paired_change_without_discordant_sentences_is_certainly_chance():
+    assert forgetting.paired_change([True, False], [True, False]) == {"n": 2, "lost": 0, "gained": 0, "p_value": 1.0}
+
+
+def test_paired_change_all_one_way_is_unlikely():
+    paired = forgetting.paired_change([True] * 12, [False] * 12)
+    assert paired["lost"] == 12 and paired["gained"] == 0 and paired["p_value"] < 0.001
+
+
+def test_paired_change_needs_the_same_sentences():
+    with pytest.raises(ValueError, match="3 before, 2 after"):
+        forgetting.paired_change([True] * 3, [True] * 2)
+
+
+def test_per_batch_keeps_each_batch_paired_figures():
+    pair = {"n": 10, "lost": 3, "gained": 1, "p_value": 0.625}
+    table = per_batch({"imdb": 0.9}, {"imdb": 0.7, "new": 0.8}, "new", {"imdb": pair})
+    assert table[0]["paired"] == pair and table[1]["paired"] is None
 
 
 # ---------------------------------------------------------------- forgetting_points
@@ -153,6 +199,15 @@ def test_reason_when_passed():
 def test_reason_names_the_most_forgotten_batch():
     table = rows({"imdb": 0.9, "amazon": 0.9}, {"imdb": 0.89, "amazon": 0.868, "new": 0.9})
     assert reason(decide(table, 1.0, 0.8), table) == "forgetting: 3.20 points on amazon > 1.00 allowed"
+
+
+def test_reason_gives_the_sentences_behind_the_drop():
+    pair = {"n": 1006, "lost": 50, "gained": 33, "p_value": 0.0785}
+    table = per_batch({"movie": 0.8847, "new": 0.5}, {"movie": 0.8678, "new": 0.8}, "new", {"movie": pair})
+    assert reason(decide(table, 1.0, 0.7), table) == (
+        "forgetting: 1.69 points on movie > 1.00 allowed (on its 1,006 test sentences: 50 right to wrong, "
+        "33 wrong to right; McNemar p=0.08)"
+    )
 
 
 def test_reason_lists_every_failed_check():
