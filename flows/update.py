@@ -33,7 +33,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components.config import Params, data_source_id, section_hash
 from components.kit import gate
-from components.kit.forgetting import decide, per_batch, reason
+from components.kit.forgetting import decide, p_value_text, per_batch, reason
 from components.kit.promotion import CHAMPION
 from components.kit.secrets import redact
 from components.kit.tracking import PrefixedTracker, Tracker
@@ -368,7 +368,7 @@ def render_markdown(report: dict) -> str:
     for r in report["per_batch"]:
         label = f"{r['batch']} (new)" if r["new"] else r["batch"]
         pair = r.get("paired")  # absent from reports written before paired outcomes were kept
-        flips = f"{pair['lost']} | {pair['gained']} | {pair['p_value']:.2f}" if pair else "- | - | -"
+        flips = f"{pair['lost']} | {pair['gained']} | {p_value_text(pair['p_value'])}" if pair else "- | - | -"
         lines.append(f"| {label} | {pct(r['before'])} | {pct(r['after'])} | {pts(r['change_points'])} | {flips} |")
     cost = report["cost"]
     lines += [

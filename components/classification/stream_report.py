@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from components.kit.forgetting import paired_note
+from components.kit.forgetting import paired_text
 
 METHODS = ("incremental", "naive", "scratch")
 LABELS = {"incremental": "incremental (replay + KD)", "naive": "naive fine-tuning", "scratch": "from scratch"}
@@ -138,8 +138,9 @@ def render_markdown(results: dict, summary: dict) -> str:
         f"(incremental minus from scratch: {summary['final_vs_scratch_points']:+.2f} points)",
         f"- first batch ({summary['first_batch']}): first champion {pct(summary['first_batch_first_champion'])}, "
         f"after the last update {pct(summary['first_batch_final']['incremental'])} incremental "
-        f"({summary['first_batch_change_points']:+.2f} points{paired_note(paired.get('incremental'))}), "
-        f"{pct(summary['first_batch_final']['naive'])} naive{paired_note(paired.get('naive'))}",
+        f"({summary['first_batch_change_points']:+.2f} points{'; ' if paired.get('incremental') else ''}"
+        f"{paired_text(paired.get('incremental'))}), {pct(summary['first_batch_final']['naive'])} naive"
+        + (f" ({paired_text(paired['naive'])})" if paired.get("naive") else ""),
     ]
     sizes = summary["final_size_bytes"]
     if sizes["incremental"] and sizes["scratch"]:

@@ -81,14 +81,22 @@ def per_batch(
     return rows
 
 
-def paired_note(paired: dict | None) -> str:
-    """What the paired figures of a batch add to a line, e.g. ' (on its 1,006 test sentences: 50 right to
-    wrong, 33 wrong to right; McNemar p=0.08)'; '' without them."""
+def p_value_text(p_value: float) -> str:
+    """A p-value as a report prints it: two decimals, three below 0.01, "<0.001" below that."""
+    if p_value < 0.001:
+        return "<0.001"
+    return f"{p_value:.3f}" if p_value < 0.01 else f"{p_value:.2f}"
+
+
+def paired_text(paired: dict | None) -> str:
+    """A batch's paired figures in words, e.g. 'on its 1,006 test sentences: 50 right to wrong, 33 wrong to
+    right; McNemar p=0.08'; '' without them."""
     if not paired:
         return ""
+    p_value = p_value_text(paired["p_value"])
     return (
-        f" (on its {paired['n']:,} test sentences: {paired['lost']} right to wrong, {paired['gained']} wrong to"
-        f" right; McNemar p={paired['p_value']:.2f})"
+        f"on its {paired['n']:,} test sentences: {paired['lost']} right to wrong, {paired['gained']} wrong to"
+        f" right; McNemar p{'' if p_value.startswith('<') else '='}{p_value}"
     )
 
 
@@ -162,7 +170,7 @@ def reason(decision: GateDecision, rows: list[dict]) -> str:
             row = next((r for r in rows if r["batch"] == worst), None) if worst else None
             parts.append(
                 f"forgetting: {check.value:.2f} points{where} > {check.threshold:.2f} allowed"
-                + paired_note(row.get("paired") if row else None)
+                + (f" ({paired_text(row['paired'])})" if row and row.get("paired") else "")
             )
         elif name == "new_batch_accuracy":
             new = _new_row(rows)

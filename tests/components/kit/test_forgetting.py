@@ -90,6 +90,10 @@ def test_paired_change_needs_the_same_sentences():
         forgetting.paired_change([True] * 3, [True] * 2)
 
 
+def test_p_values_print_with_the_digits_they_need():
+    assert [forgetting.p_value_text(p) for p in (0.0785, 0.0042, 0.0004, 1.0)] == ["0.08", "0.004", "<0.001", "1.00"]
+
+
 def test_per_batch_keeps_each_batch_paired_figures():
     pair = {"n": 10, "lost": 3, "gained": 1, "p_value": 0.625}
     table = per_batch({"imdb": 0.9}, {"imdb": 0.7, "new": 0.8}, "new", {"imdb": pair})
