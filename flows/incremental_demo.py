@@ -101,8 +101,9 @@ def batch_folders(version: str, model_name: str, client, into: Path) -> dict[str
     from flows import registry
 
     found = client.get_model_version(model_name, version)
-    warm = Path(client.download_artifacts(found.run_id, registry.WARM_START, str(into)))
-    return earlier_batches(warm)
+    # the batches only, not the teacher and student beside them; the artifact keeps its path
+    batches = Path(client.download_artifacts(found.run_id, registry.WARM_START + "/batches", str(into)))
+    return earlier_batches(batches.parent)
 
 
 class Progress:
